@@ -1,0 +1,121 @@
+"""The ``soswap`` command line: argument parsing and dispatch, nothing else.
+
+Each subcommand lives in its own module under :mod:`soswap.commands`, which exposes ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``. Errors raised as :class:`soswap.errors.SoswapError` become one
+line on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import List, NoReturn, Optional, Sequence
+
+from soswap import __version__
+from soswap.errors import EXIT_ERROR, SoswapError
+
+# Order of appearance in ``soswap --help``.
+COMMAND_MODULES = (
+    "tree",
+    "check",
+    "diff",
+    "install",
+    "recover",
+    "rollback",
+    "history",
+    "stale",
+    "users",
+    "rdeps",
+    "elf",
+    "demo",
+)
+
+_PROG = "soswap"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with soswap's one-line error format and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _available_commands() -> List[object]:
+    modules = []
+    for name in COMMAND_MODULES:
+        try:
+            modules.append(importlib.import_module(f"soswap.commands.{name}"))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"soswap.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full argument parser (used by the CLI and by the docs tests)."""
+    parser = _Parser(
+        prog=_PROG,
+        description="Replace shared libraries and executables under running programs, safely.",
+        epilog="Exit status: 0 ok, 1 something found or refused, 2 error. See docs/exit-codes.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in _available_commands():
+        cmd = sub.add_parser(
+            module.NAME,  # type: ignore[attr-defined]
+            help=module.HELP,  # type: ignore[attr-defined]
+            description=getattr(module, "DESCRIPTION", module.HELP),  # type: ignore[attr-defined]
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)  # type: ignore[attr-defined]
+        cmd.set_defaults(_run=module.run)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``soswap`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args))
+    except SoswapError as exc:
+        _error_line(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``soswap ... | head``): not an error worth a message.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_ERROR
+    except OSError as exc:
+        _error_line(_describe_oserror(exc))
+        return EXIT_ERROR
+    except Exception as exc:  # pragma: no cover - a bug, but still never a traceback for the user
+        if os.environ.get("SOSWAP_DEBUG"):
+            raise
+        _error_line(f"internal error: {type(exc).__name__}: {exc} (set SOSWAP_DEBUG=1 for a traceback)")
+        return EXIT_ERROR
+
+
+def _describe_oserror(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{os.fsdecode(exc.filename)}: {text}"
+    return text
+
+
+def _error_line(message: str) -> None:
+    message = " ".join(message.splitlines())
+    try:
+        sys.stderr.write(f"{_PROG}: error: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

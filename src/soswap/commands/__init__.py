@@ -1,0 +1,1 @@
+"""Subcommands of the soswap CLI, one module each."""

@@ -1,0 +1,33 @@
+"""Fast, hardened, lazy reading of ELF files from their program headers.
+
+>>> from soswap.elf import ElfFile
+>>> elf = ElfFile.open("/bin/ls")
+>>> elf.needed                     # decodes PT_DYNAMIC only
+>>> elf.symbols[1].versioned_name  # decodes DT_SYMTAB, DT_VERSYM, DT_VERDEF/DT_VERNEED
+
+Every malformation raises :class:`soswap.errors.ElfError`.
+"""
+
+from soswap.elf.cache import ElfCache
+from soswap.elf.dynamic import DynamicInfo
+from soswap.elf.file import ElfFile, Header, Segment
+from soswap.elf.relocs import Relocation
+from soswap.elf.symbols import Symbol, SymbolTable
+from soswap.elf.versions import VersionDef, VersionNeed, VersionNeedEntry, elf_hash
+from soswap.errors import ElfError
+
+__all__ = [
+    "DynamicInfo",
+    "ElfCache",
+    "ElfError",
+    "ElfFile",
+    "Header",
+    "Relocation",
+    "Segment",
+    "Symbol",
+    "SymbolTable",
+    "VersionDef",
+    "VersionNeed",
+    "VersionNeedEntry",
+    "elf_hash",
+]

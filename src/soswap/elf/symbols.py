@@ -1,0 +1,380 @@
+"""The dynamic symbol table (DT_SYMTAB), sized by DT_HASH or DT_GNU_HASH, with versions from DT_VERSYM."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import struct
+from array import array
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from soswap.elf import constants as C
+from soswap.errors import ElfError
+
+if TYPE_CHECKING:
+    from soswap.elf.file import ElfFile
+
+SHT_DYNSYM = 11
+
+
+class Symbol(NamedTuple):
+    """One dynamic symbol.
+
+    ``version`` is the version name (a definition for a defined symbol, a need for an undefined one) or None
+    for an unversioned symbol (versym index 0 or 1). ``version_index`` is the versym index without the hidden
+    bit; ``hidden`` is the hidden bit (``foo@V`` rather than ``foo@@V``); ``default`` is True for a defined
+    symbol whose version is its default (``@@``). ``version_file`` is the DT_VERNEED file of a needed version.
+    """
+
+    index: int
+    name: str
+    value: int
+    size: int
+    type: int
+    bind: int
+    visibility: int
+    shndx: int
+    version: Optional[str]
+    version_index: int
+    hidden: bool
+    default: bool
+    version_file: Optional[str]
+
+    @property
+    def defined(self) -> bool:
+        return self.shndx != C.SHN_UNDEF
+
+    @property
+    def type_name(self) -> str:
+        return C.STT_NAMES.get(self.type, str(self.type))
+
+    @property
+    def bind_name(self) -> str:
+        return C.STB_NAMES.get(self.bind, str(self.bind))
+
+    @property
+    def visibility_name(self) -> str:
+        return C.STV_NAMES.get(self.visibility, str(self.visibility))
+
+    @property
+    def versioned_name(self) -> str:
+        """``name``, ``name@V`` or ``name@@V`` as readelf and abidiff spell it."""
+        if self.version is None:
+            return self.name
+        return f"{self.name}{'@@' if self.default else '@'}{self.version}"
+
+
+class SymbolTable:
+    """All dynamic symbols of one object, with a by-name index built on first use."""
+
+    def __init__(self, symbols: Tuple[Symbol, ...], has_versym: bool) -> None:
+        self.symbols = symbols
+        #: True when the object has DT_VERSYM (matters for versioned lookups, ``check_match``).
+        self.has_versym = has_versym
+        self._by_name: Optional[Dict[str, List[Symbol]]] = None
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def by_name(self, name: str) -> List[Symbol]:
+        """Every symbol called ``name`` (defined or not), in table order."""
+        if self._by_name is None:
+            index: Dict[str, List[Symbol]] = {}
+            for s in self.symbols:
+                if s.name:
+                    lst = index.get(s.name)
+                    if lst is None:
+                        index[s.name] = [s]
+                    else:
+                        lst.append(s)
+            self._by_name = index
+        return self._by_name.get(name, [])
+
+    def defined(self) -> List[Symbol]:
+        return [s for s in self.symbols if s.shndx != C.SHN_UNDEF and s.index]
+
+    def undefined(self) -> List[Symbol]:
+        return [s for s in self.symbols if s.shndx == C.SHN_UNDEF and s.index]
+
+
+def symbol_count(elf: ElfFile) -> int:
+    """The number of dynamic symbols, from DT_HASH (nchain), else DT_GNU_HASH (last chain end), else the
+    section headers, else the gap between DT_SYMTAB and DT_STRTAB."""
+    tags = elf.dynamic.tags
+    lay = elf.layout
+    if C.DT_HASH in tags:
+        _nbucket, nchain = lay.hash_header.unpack(elf.read_at_vaddr(tags[C.DT_HASH], 8, "DT_HASH"))
+        return int(nchain)
+    if C.DT_GNU_HASH in tags:
+        return _gnu_hash_count(elf, tags[C.DT_GNU_HASH])
+    n = _count_from_section_headers(elf)
+    if n is not None:
+        return n
+    if C.DT_STRTAB in tags and C.DT_SYMTAB in tags and tags[C.DT_STRTAB] > tags[C.DT_SYMTAB]:
+        return (tags[C.DT_STRTAB] - tags[C.DT_SYMTAB]) // lay.sym.size
+    return 0
+
+
+def _gnu_hash_count(elf: ElfFile, addr: int) -> int:
+    lay = elf.layout
+    nbuckets, symoffset, bloom_size, _shift = lay.gnu_hash_header.unpack(
+        elf.read_at_vaddr(addr, 16, "DT_GNU_HASH header"))
+    room = elf.room_at(addr)
+    buckets_at = 16 + bloom_size * lay.addr_size
+    if buckets_at + 4 * nbuckets > room:
+        raise ElfError(elf.path, f"DT_GNU_HASH buckets ({nbuckets}) run past their segment")
+    raw = elf.read_at_vaddr(addr + buckets_at, 4 * nbuckets, "DT_GNU_HASH buckets")
+    buckets = array("I", raw)
+    if lay.little != _NATIVE_LITTLE:
+        buckets.byteswap()
+    last = max(buckets) if nbuckets else 0
+    if last < symoffset:
+        return int(symoffset)
+    # Walk the chain of the highest bucket until the entry with the low bit set (its last symbol).
+    chain_at = addr + buckets_at + 4 * nbuckets
+    chain_room = room - buckets_at - 4 * nbuckets
+    pos = last - symoffset
+    step = 256
+    while True:
+        if pos * 4 >= chain_room:
+            raise ElfError(elf.path, "DT_GNU_HASH chain runs past its segment")
+        n = min(step, chain_room // 4 - pos)
+        words = array("I", elf.read_at_vaddr(chain_at + 4 * pos, 4 * n, "DT_GNU_HASH chain"))
+        if lay.little != _NATIVE_LITTLE:
+            words.byteswap()
+        for i, w in enumerate(words):
+            if w & 1:
+                return int(symoffset + pos + i + 1)
+        pos += n
+
+
+def _count_from_section_headers(elf: ElfFile) -> Optional[int]:
+    h = elf.header
+    lay = elf.layout
+    if h.shoff == 0 or h.shnum == 0 or h.shentsize != lay.shdr.size:
+        return None
+    if h.shoff + h.shnum * h.shentsize > elf.size:
+        return None
+    table = elf.read(h.shoff, h.shnum * h.shentsize, "section header table")
+    for i in range(h.shnum):
+        fields = lay.shdr.unpack_from(table, i * h.shentsize)
+        if fields[1] == SHT_DYNSYM and fields[9]:
+            return int(fields[5] // fields[9])
+    return None
+
+
+def _name_index(strtab: bytes) -> Dict[int, str]:
+    """Offset -> name for every string of the table that starts after a NUL. Names that point into the
+    middle of another string (tail merging) are not in it and are looked up with :func:`_name_at`."""
+    if strtab.isascii():
+        parts: Sequence[Any] = strtab.decode("ascii").split("\0")
+    else:
+        parts = [p.decode("utf-8", "surrogateescape") for p in strtab.split(b"\0")]
+    starts = itertools.accumulate(map(len, parts), lambda a, b: a + b + 1, initial=0)
+    return dict(zip(starts, parts))
+
+
+def _name_at(path: str, strtab: bytes, offset: int, i: int) -> str:
+    if offset >= len(strtab):
+        raise ElfError(path, f"symbol {i}: name offset {offset} is outside DT_STRTAB")
+    end = strtab.find(b"\0", offset)
+    if end < 0:
+        raise ElfError(path, f"symbol {i}: name is not NUL-terminated")
+    return strtab[offset:end].decode("utf-8", "surrogateescape")
+
+
+def decode_symbol_table(elf: ElfFile) -> SymbolTable:
+    """Decode every dynamic symbol of ``elf`` with its version."""
+    dyn = elf.dynamic
+    tags = dyn.tags
+    if C.DT_SYMTAB not in tags:
+        return SymbolTable((), False)
+    lay = elf.layout
+    entsize = tags.get(C.DT_SYMENT, lay.sym.size)
+    if entsize != lay.sym.size:
+        raise ElfError(elf.path, f"DT_SYMENT is {entsize}, expected {lay.sym.size}")
+    count = symbol_count(elf)
+    if count <= 0:
+        return SymbolTable((), C.DT_VERSYM in tags)
+    if count * entsize > elf.size:
+        raise ElfError(elf.path, f"symbol count {count} does not fit in the file")
+    raw = elf.read_at_vaddr(tags[C.DT_SYMTAB], count * entsize, "DT_SYMTAB")
+    strtab = dyn.strtab.load()
+    versym: Sequence[int]
+    by_index: Dict[int, Tuple[str, Optional[str], bool]] = {}
+    has_versym = C.DT_VERSYM in tags
+    if has_versym:
+        versym = array("H", elf.read_at_vaddr(tags[C.DT_VERSYM], 2 * count, "DT_VERSYM"))
+        if lay.little != _NATIVE_LITTLE:
+            versym.byteswap()  # type: ignore[attr-defined]
+        by_index = elf.versions.by_index
+    else:
+        versym = itertools.repeat(0, count)  # type: ignore[assignment]
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # tens of thousands of small tuples: generation-0 collections would dominate
+    try:
+        symbols = _decode_rows(elf.path, raw, lay.sym, lay.is64, strtab, versym, by_index)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return SymbolTable(symbols, has_versym)
+
+
+_NATIVE_LITTLE = array("H", b"\x01\x00")[0] == 1
+
+
+def _decode_rows(path: str, raw: bytes, row: struct.Struct, is64: bool, strtab: bytes, versym: Sequence[int],
+                 by_index: Dict[int, Tuple[str, Optional[str], bool]]) -> Tuple[Symbol, ...]:
+    get_name = _name_index(strtab).get
+    get_version = by_index.get
+    new = tuple.__new__
+    out: List[Symbol] = []
+    append = out.append
+    for i, fields, v in zip(itertools.count(), row.iter_unpack(raw), versym):
+        if is64:
+            st_name, st_info, st_other, st_shndx, st_value, st_size = fields
+        else:
+            st_name, st_value, st_size, st_info, st_other, st_shndx = fields
+        name = get_name(st_name)
+        if name is None:
+            name = _name_at(path, strtab, st_name, i)
+        vindex = v & 0x7FFF
+        if vindex > 1:
+            entry = get_version(vindex)
+            if entry is not None:
+                hidden = v > 0x7FFF
+                append(new(Symbol, (i, name, st_value, st_size, st_info & 0xF, st_info >> 4, st_other & 3,
+                                    st_shndx, entry[0], vindex, hidden,
+                                    st_shndx != 0 and not hidden and entry[1] is None, entry[1])))
+                continue
+        append(new(Symbol, (i, name, st_value, st_size, st_info & 0xF, st_info >> 4, st_other & 3, st_shndx,
+                            None, vindex, v > 0x7FFF, False, None)))
+    return tuple(out)
+
+
+def gnu_hash(name: bytes) -> int:
+    """The GNU hash of a symbol name (``dl_new_hash``)."""
+    h = 5381
+    for c in name:
+        h = (h * 33 + c) & 0xFFFFFFFF
+    return h
+
+
+class HashIndex:
+    """Symbol lookup by name through DT_GNU_HASH or DT_HASH, as ``do_lookup_x`` does it, decoding only the
+    candidate symbols: the way to look up a few names in a big library without decoding its whole table.
+
+    Only symbols present in the hash table are found (the loader sees no others): undefined symbols usually
+    are not.
+    """
+
+    def __init__(self, elf: "ElfFile") -> None:
+        self._elf = elf
+        tags = elf.dynamic.tags
+        lay = elf.layout
+        self._row = lay.sym
+        self._is64 = lay.is64
+        self.count = symbol_count(elf) if C.DT_SYMTAB in tags else 0
+        self._raw = elf.read_at_vaddr(tags[C.DT_SYMTAB], self.count * lay.sym.size, "DT_SYMTAB") if self.count else b""
+        self._strtab = elf.dynamic.strtab
+        self._versym: Optional[array] = None
+        if C.DT_VERSYM in tags and self.count:
+            self._versym = array("H", elf.read_at_vaddr(tags[C.DT_VERSYM], 2 * self.count, "DT_VERSYM"))
+            if lay.little != _NATIVE_LITTLE:
+                self._versym.byteswap()
+        self._gnu: Optional[Tuple[int, int, array, array]] = None
+        self._sysv: Optional[Tuple[array, array]] = None
+        if C.DT_GNU_HASH in tags:
+            self._gnu = self._load_gnu(tags[C.DT_GNU_HASH])
+        elif C.DT_HASH in tags:
+            self._sysv = self._load_sysv(tags[C.DT_HASH])
+
+    def _words(self, vaddr: int, n: int, what: str) -> array:
+        a = array("I", self._elf.read_at_vaddr(vaddr, 4 * n, what))
+        if self._elf.layout.little != _NATIVE_LITTLE:
+            a.byteswap()
+        return a
+
+    def _load_gnu(self, addr: int) -> Tuple[int, int, array, array]:
+        lay = self._elf.layout
+        nbuckets, symoffset, bloom_size, _shift = lay.gnu_hash_header.unpack(
+            self._elf.read_at_vaddr(addr, 16, "DT_GNU_HASH header"))
+        buckets_at = addr + 16 + bloom_size * lay.addr_size
+        buckets = self._words(buckets_at, nbuckets, "DT_GNU_HASH buckets")
+        nchain = max(0, self.count - symoffset)
+        chain = self._words(buckets_at + 4 * nbuckets, nchain, "DT_GNU_HASH chain") if nchain else array("I")
+        return nbuckets, symoffset, buckets, chain
+
+    def _load_sysv(self, addr: int) -> Tuple[array, array]:
+        nbucket, nchain = self._elf.layout.hash_header.unpack(self._elf.read_at_vaddr(addr, 8, "DT_HASH"))
+        buckets = self._words(addr + 8, nbucket, "DT_HASH buckets")
+        chain = self._words(addr + 8 + 4 * nbucket, nchain, "DT_HASH chain")
+        return buckets, chain
+
+    def _name_matches(self, index: int, name: bytes) -> bool:
+        st_name = self._row.unpack_from(self._raw, index * self._row.size)[0]
+        return self._strtab.get_bytes(st_name, "symbol") == name
+
+    def candidates(self, name: str) -> List[int]:
+        """Indexes of the hashed symbols called ``name``, in chain order."""
+        raw_name = name.encode("utf-8", "surrogateescape")
+        out: List[int] = []
+        if self._gnu is not None:
+            nbuckets, symoffset, buckets, chain = self._gnu
+            if not nbuckets:
+                return out
+            h = gnu_hash(raw_name)
+            idx = buckets[h % nbuckets]
+            if idx < symoffset:
+                return out
+            steps = 0
+            while 0 <= idx - symoffset < len(chain) and steps <= len(chain):
+                word = chain[idx - symoffset]
+                if (word | 1) == (h | 1) and self._name_matches(idx, raw_name):
+                    out.append(idx)
+                if word & 1:
+                    break
+                idx += 1
+                steps += 1
+        elif self._sysv is not None:
+            buckets, chain = self._sysv
+            if not len(buckets):
+                return out
+            from soswap.elf.versions import elf_hash
+
+            idx = buckets[elf_hash(raw_name) % len(buckets)]
+            seen = 0
+            while idx and idx < min(len(chain), self.count) and seen <= len(chain):
+                if self._name_matches(idx, raw_name):
+                    out.append(idx)
+                idx = chain[idx]
+                seen += 1
+        return out
+
+    def symbol(self, index: int) -> Symbol:
+        """Decode the symbol at ``index`` with its version."""
+        if not 0 <= index < self.count:
+            raise ElfError(self._elf.path, f"symbol index {index} out of range ({self.count})")
+        fields = self._row.unpack_from(self._raw, index * self._row.size)
+        if self._is64:
+            st_name, st_info, st_other, st_shndx, st_value, st_size = fields
+        else:
+            st_name, st_value, st_size, st_info, st_other, st_shndx = fields
+        name = self._strtab.get(st_name, "symbol") if st_name else ""
+        version = vfile = None
+        vindex = 0
+        hidden = default = False
+        if self._versym is not None:
+            v = self._versym[index]
+            vindex, hidden = v & 0x7FFF, v > 0x7FFF
+            if vindex > 1:
+                entry = self._elf.versions.by_index.get(vindex)
+                if entry is not None:
+                    version, vfile = entry[0], entry[1]
+                    default = st_shndx != 0 and not hidden and vfile is None
+        return Symbol(index, name, st_value, st_size, st_info & 0xF, st_info >> 4, st_other & 3, st_shndx,
+                      version, vindex, hidden, default, vfile)
+
+    def lookup(self, name: str) -> List[Symbol]:
+        """The hashed symbols called ``name``."""
+        return [self.symbol(i) for i in self.candidates(name)]

@@ -1,0 +1,77 @@
+"""The exception hierarchy of soswap, and the exit codes the CLI maps them to.
+
+Every failure a user can cause (a malformed file, a vanished process, a refused replacement, a bad argument)
+raises a subclass of :class:`SoswapError`. The CLI prints ``soswap: error: <message>`` on one line and exits
+with the exception's ``exit_code``. No other exception type is meant to escape the library on bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+#: Exit status: success, nothing to report.
+EXIT_OK = 0
+#: Exit status: the command worked and found something that needs action (stale processes, an incompatible
+#: library, a refused replacement, a predicted load failure).
+EXIT_FOUND = 1
+#: Exit status: the command could not do its job (bad input, unreadable file, I/O error, bad usage).
+EXIT_ERROR = 2
+
+
+class SoswapError(Exception):
+    """Base class of every error soswap raises on purpose."""
+
+    exit_code = EXIT_ERROR
+
+
+class UsageError(SoswapError):
+    """A bad command-line argument or API argument."""
+
+
+class ElfError(SoswapError):
+    """A file is not a readable ELF file, or is malformed.
+
+    ``path`` names the file, ``problem`` says what is wrong, ``offset`` (when known) where in the file.
+    """
+
+    def __init__(self, path: str, problem: str, offset: Optional[int] = None) -> None:
+        self.path = path
+        self.problem = problem
+        self.offset = offset
+        where = f" (at file offset {offset:#x})" if offset is not None else ""
+        super().__init__(f"{path}: {problem}{where}")
+
+
+class CacheError(SoswapError):
+    """A malformed ``ld.so.cache`` or loader configuration file."""
+
+
+class ProcessGone(SoswapError):
+    """A process vanished (or its PID was reused) while it was being read."""
+
+    def __init__(self, pid: int, detail: str = "") -> None:
+        self.pid = pid
+        super().__init__(f"process {pid} is gone" + (f": {detail}" if detail else ""))
+
+
+class AccessDenied(SoswapError):
+    """The kernel refused access to a process's /proc entries."""
+
+    def __init__(self, pid: int, what: str) -> None:
+        self.pid = pid
+        self.what = what
+        super().__init__(f"access to /proc/{pid}/{what} denied")
+
+
+class ReplaceError(SoswapError):
+    """A replacement could not be carried out; the destination is left as it was (or journaled)."""
+
+
+class StateError(SoswapError):
+    """The transaction journal or state directory is unusable."""
+
+
+class Refused(SoswapError):
+    """soswap refused an action because it would break something (exit status 1, nothing changed)."""
+
+    exit_code = EXIT_FOUND

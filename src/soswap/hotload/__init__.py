@@ -1,0 +1,1 @@
+"""soswap.hotload"""

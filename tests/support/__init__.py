@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: gcc-built fixtures and process handling."""
