@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support.procs import ProcessPool  # noqa: E402
+from support.procs import ProcessPool
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Union
 class Spawned:
     """A started process; ``stop()`` kills it by PID and reaps it."""
 
-    def __init__(self, popen: "subprocess.Popen[bytes]") -> None:
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
         self.pid = popen.pid
 

@@ -146,6 +146,8 @@ class StringTable:
             return cls(None, elf.path, 0, 0)
         addr = tags[C.DT_STRTAB]
         room = elf.room_at(addr)
+        if room == 0:
+            raise ElfError(elf.path, f"DT_STRTAB at address {addr:#x} is not in any loaded segment")
         if C.DT_STRSZ in tags:
             size = tags[C.DT_STRSZ]
             if size > room:

@@ -98,21 +98,31 @@ class SymbolTable:
 
 
 def symbol_count(elf: ElfFile) -> int:
-    """The number of dynamic symbols, from DT_HASH (nchain), else DT_GNU_HASH (last chain end), else the
-    section headers, else the gap between DT_SYMTAB and DT_STRTAB."""
+    """The number of dynamic symbols: DT_HASH's nchain; else the end of DT_GNU_HASH's last chain; else (no
+    hash table, or a GNU hash table with no hashed symbol) the section headers, else the gap between DT_SYMTAB
+    and a DT_STRTAB that follows it."""
     tags = elf.dynamic.tags
     lay = elf.layout
     if C.DT_HASH in tags:
         _nbucket, nchain = lay.hash_header.unpack(elf.read_at_vaddr(tags[C.DT_HASH], 8, "DT_HASH"))
         return int(nchain)
+    floor = 0
     if C.DT_GNU_HASH in tags:
-        return _gnu_hash_count(elf, tags[C.DT_GNU_HASH])
+        n = _gnu_hash_count(elf, tags[C.DT_GNU_HASH])
+        if n is not None:
+            return n
+        floor = _gnu_symoffset(elf, tags[C.DT_GNU_HASH])
     n = _count_from_section_headers(elf)
     if n is not None:
-        return n
+        return max(n, floor)
     if C.DT_STRTAB in tags and C.DT_SYMTAB in tags and tags[C.DT_STRTAB] > tags[C.DT_SYMTAB]:
-        return (tags[C.DT_STRTAB] - tags[C.DT_SYMTAB]) // lay.sym.size
-    return 0
+        gap = (tags[C.DT_STRTAB] - tags[C.DT_SYMTAB]) // lay.sym.size
+        return max(min(gap, elf.room_at(tags[C.DT_SYMTAB]) // lay.sym.size), floor)
+    return floor
+
+
+def _gnu_symoffset(elf: ElfFile, addr: int) -> int:
+    return int(elf.layout.gnu_hash_header.unpack(elf.read_at_vaddr(addr, 16, "DT_GNU_HASH header"))[1])
 
 
 def _gnu_hash_count(elf: ElfFile, addr: int) -> int:
@@ -129,7 +139,7 @@ def _gnu_hash_count(elf: ElfFile, addr: int) -> int:
         buckets.byteswap()
     last = max(buckets) if nbuckets else 0
     if last < symoffset:
-        return int(symoffset)
+        return None
     # Walk the chain of the highest bucket until the entry with the low bit set (its last symbol).
     chain_at = addr + buckets_at + 4 * nbuckets
     chain_room = room - buckets_at - 4 * nbuckets
@@ -268,7 +278,7 @@ class HashIndex:
     are not.
     """
 
-    def __init__(self, elf: "ElfFile") -> None:
+    def __init__(self, elf: ElfFile) -> None:
         self._elf = elf
         tags = elf.dynamic.tags
         lay = elf.layout

@@ -1,0 +1,48 @@
+"""``soswap elf``: what the dynamic loader reads from ELF files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from soswap.errors import EXIT_ERROR, EXIT_OK, ElfError
+
+NAME = "elf"
+HELP = "show the dynamic section, versions and symbols of ELF files"
+DESCRIPTION = """\
+Show what the dynamic loader reads from each FILE: class, machine, interpreter, DT_NEEDED, SONAME,
+RPATH/RUNPATH, flags, build-id, version definitions and needs, and with --symbols the dynamic symbols with
+their versions (name@version, name@@version for the default).
+
+Nothing is executed. Exit status: 0, or 2 when any file is unreadable or malformed (one error line per file
+on standard error; the other files are still shown)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="ELF files to read")
+    parser.add_argument("--symbols", "-s", action="store_true", help="list the dynamic symbols too")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json.md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from soswap.elf import ElfFile
+    from soswap.report.elf import elf_to_json, elf_to_text
+    from soswap.report.output import print_json
+
+    status = EXIT_OK
+    objects = []
+    for path in args.files:
+        try:
+            with ElfFile.open(path) as elf:
+                if args.json:
+                    objects.append(elf_to_json(elf, args.symbols))
+                else:
+                    text = "\n".join(elf_to_text(elf, args.symbols))
+                    sys.stdout.write(text + "\n")
+        except ElfError as exc:
+            sys.stdout.flush()
+            sys.stderr.write(f"soswap: error: {exc}\n")
+            status = EXIT_ERROR
+    if args.json:
+        print_json(objects[0] if len(args.files) == 1 and objects else objects)
+    return status

@@ -1,0 +1,43 @@
+"""The command line: --version, --help everywhere, errors as one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from soswap import __version__
+from soswap.cli import build_parser
+
+
+def soswap(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "soswap", *args], capture_output=True, text=True)
+
+
+def test_version() -> None:
+    r = soswap("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"soswap {__version__}"
+
+
+def _commands() -> list:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sorted(sub.choices)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_help_for_every_command(command: str) -> None:
+    r = soswap(command, "--help")
+    assert r.returncode == 0 and "usage: soswap " + command in r.stdout
+
+
+def test_no_command_is_a_usage_error() -> None:
+    r = soswap()
+    assert r.returncode == 2 and "error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    r = soswap("elf", "--bogus", "/bin/true")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("soswap") and "error: unrecognized arguments: --bogus" in last
