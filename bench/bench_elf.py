@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""ELF reader benchmark: soswap vs pyelftools vs LIEF, in one run.
+
+    python bench/bench_elf.py [--repeat N] [--quick]
+
+1. Dynamic symbols with their versions (name, version, defined, binding, type, size for every symbol) of
+   libc.so.6, libstdc++.so.6 and the largest shared library on the machine. Each tool produces the same list of
+   tuples; best of N runs, in this process, file data in the page cache. LIEF is timed with its default parser
+   configuration and with a minimal one (dynamic symbols and versions only).
+2. Dependencies (DT_NEEDED, DT_SONAME, DT_RUNPATH) of every ELF file under /usr/bin and /usr/sbin: soswap in one
+   process vs pyelftools in one process vs a `readelf -d` loop (one process per file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from soswap.elf import ElfFile
+from soswap.errors import ElfError
+
+LIBDIR = "/usr/lib/x86_64-linux-gnu"
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> Tuple[float, object]:
+    best = float("inf")
+    result: object = None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+def soswap_symbols(path: str) -> List[tuple]:
+    """soswap's Symbol objects are already tuples holding name, version, section (defined), binding, type, size."""
+    with ElfFile.open(path) as elf:
+        return list(elf.symbols[1:])
+
+
+def pyelftools_symbols(path: str) -> List[tuple]:
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.gnuversions import GNUVerDefSection, GNUVerNeedSection, GNUVerSymSection
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        names: Dict[int, str] = {}
+        versym = None
+        for sec in elf.iter_sections():
+            if isinstance(sec, GNUVerDefSection):
+                for vd, aux in sec.iter_versions():
+                    names[vd["vd_ndx"]] = next(iter(aux)).name
+            elif isinstance(sec, GNUVerNeedSection):
+                for _vn, aux in sec.iter_versions():
+                    for a in aux:
+                        names[a["vna_other"] & 0x7FFF] = a.name
+            elif isinstance(sec, GNUVerSymSection):
+                versym = sec
+        dynsym = elf.get_section_by_name(".dynsym")
+        out = []
+        for i, s in enumerate(dynsym.iter_symbols()):
+            if i == 0:
+                continue
+            ndx = versym.get_symbol(i)["ndx"] if versym is not None else 0
+            ndx = ndx if isinstance(ndx, int) else 0
+            out.append((s.name, names.get(ndx & 0x7FFF) if (ndx & 0x7FFF) > 1 else None,
+                        s["st_shndx"] != "SHN_UNDEF", s["st_info"]["bind"], s["st_info"]["type"], s["st_size"]))
+        return out
+
+
+def lief_symbols(path: str, minimal: bool) -> List[tuple]:
+    import lief
+
+    if minimal:
+        cfg = lief.ELF.ParserConfig()
+        cfg.parse_relocations = False
+        cfg.parse_symtab_symbols = False
+        cfg.parse_notes = False
+        cfg.parse_overlay = False
+        binary = lief.ELF.parse(path, cfg)
+    else:
+        binary = lief.ELF.parse(path)
+    out = []
+    for i, s in enumerate(binary.dynamic_symbols):
+        if i == 0:  # LIEF lists the null symbol too
+            continue
+        sv = s.symbol_version
+        version = None
+        if sv is not None:
+            aux = sv.symbol_version_auxiliary
+            version = aux.name if aux is not None else None
+        out.append((s.name, version, s.shndx != 0, s.binding, s.type, s.size))
+    return out
+
+
+def largest_library() -> str:
+    best: Tuple[int, str] = (0, "")
+    for p in Path(LIBDIR).iterdir():
+        if p.is_file() and not p.is_symlink() and ".so" in p.name:
+            size = p.stat().st_size
+            if size > best[0]:
+                try:
+                    if ElfFile.open(p).is_dynamic:
+                        best = (size, str(p))
+                except ElfError:
+                    pass
+    return best[1]
+
+
+def elf_files(dirs: List[str]) -> List[str]:
+    out = []
+    for d in dirs:
+        for p in sorted(Path(d).iterdir()):
+            try:
+                if p.is_file() and not p.is_symlink() and p.read_bytes()[:4] == b"\x7fELF":
+                    out.append(str(p))
+            except OSError:
+                pass
+    return out
+
+
+def soswap_deps(files: List[str]) -> int:
+    n = 0
+    for f in files:
+        try:
+            with ElfFile.open(f) as elf:
+                n += len(elf.needed) + (elf.soname is not None) + (elf.runpath is not None)
+        except ElfError:
+            pass
+    return n
+
+
+def pyelftools_deps(files: List[str]) -> int:
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            elf = ELFFile(fh)
+            for sec in elf.iter_sections():
+                if isinstance(sec, DynamicSection):
+                    for tag in sec.iter_tags():
+                        if tag.entry.d_tag in ("DT_NEEDED", "DT_SONAME", "DT_RUNPATH"):
+                            n += 1
+    return n
+
+
+def readelf_loop(files: List[str]) -> int:
+    n = 0
+    for f in files:
+        out = subprocess.run(["readelf", "-d", f], capture_output=True, text=True).stdout
+        n += sum(1 for line in out.splitlines() if "(NEEDED)" in line or "(SONAME)" in line or "(RUNPATH)" in line)
+    return n
+
+
+def fmt(t: Optional[float]) -> str:
+    return "-" if t is None else (f"{t * 1000:.1f} ms" if t < 10 else f"{t:.1f} s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="skip the readelf loop and pyelftools on the biggest file")
+    args = ap.parse_args()
+    print(f"# machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, kernel {platform.release()}, "
+          f"Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}")
+    libs = [f"{LIBDIR}/libc.so.6", f"{LIBDIR}/libstdc++.so.6", largest_library()]
+    print(f"\n## Dynamic symbols with versions (best of {args.repeat})\n")
+    print("| library | symbols | soswap | pyelftools | LIEF (default) | LIEF (minimal) | pyelftools/soswap | "
+          "LIEF default/soswap | LIEF minimal/soswap |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for lib in libs:
+        lib = os.path.realpath(lib)
+        t_s, res = best_of(lambda lib=lib: soswap_symbols(lib), args.repeat)
+        reps = 1 if args.quick and lib == libs[-1] else max(1, args.repeat // 2)
+        t_p, res_p = (None, None) if args.quick and lib == os.path.realpath(libs[-1]) else best_of(
+            lambda lib=lib: pyelftools_symbols(lib), reps)
+        try:
+            t_l, res_l = best_of(lambda lib=lib: lief_symbols(lib, False), reps)
+            t_m, _ = best_of(lambda lib=lib: lief_symbols(lib, True), args.repeat)
+        except ImportError:
+            t_l = t_m = None
+            res_l = None
+        n = len(res)  # type: ignore[arg-type]
+        assert res_p is None or len(res_p) == n  # type: ignore[arg-type]
+        assert res_l is None or len(res_l) == n  # type: ignore[arg-type]
+        def ratio(t: Optional[float], base: float = t_s) -> str:
+            return "-" if t is None else f"{t / base:.0f}×"
+
+        print(f"| {os.path.basename(lib)} | {n} | {fmt(t_s)} | {fmt(t_p)} | {fmt(t_l)} | {fmt(t_m)} | "
+              f"{ratio(t_p)} | {ratio(t_l)} | {ratio(t_m)} |")
+    files = elf_files(["/usr/bin", "/usr/sbin"])
+    print(f"\n## Dependencies of every ELF file in /usr/bin and /usr/sbin ({len(files)} files)\n")
+    t_s, n_s = best_of(lambda: soswap_deps(files), args.repeat)
+    t_p, n_p = best_of(lambda: pyelftools_deps(files), 1)
+    t_r, n_r = (None, None) if args.quick else best_of(lambda: readelf_loop(files), 1)
+    print("| tool | time | entries | ratio to soswap |")
+    print("|---|---|---|---|")
+    print(f"| soswap (one process) | {fmt(t_s)} | {n_s} | 1× |")
+    print(f"| pyelftools (one process) | {fmt(t_p)} | {n_p} | {t_p / t_s:.0f}× |")
+    if t_r is not None:
+        print(f"| readelf -d loop | {fmt(t_r)} | {n_r} | {t_r / t_s:.0f}× |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
