@@ -1,0 +1,186 @@
+"""Hot reload with real libraries, each scenario in a child Python process (a crash there is an observation,
+not a lost test run). Cases 26-29 of replace.md."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from support.build import requires_cc, run_cc, shared_lib
+
+pytestmark = requires_cc
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def version_lib(path: Path, version: int, extra: str = "", flags: tuple = ()) -> Path:
+    """A library whose ``version()`` returns ``version`` (16 filler functions shift the code layout)."""
+    filler = "\n".join(f"int filler{i}_{version}(int x) {{ return x * {i + version}; }}" for i in range(16))
+    return shared_lib(path, f"{filler}\nint version(void) {{ return {version}; }}\n{extra}", flags=list(flags))
+
+
+CHILD_PRELUDE = """
+import os
+def swap(src, dst):
+    tmp = dst + ".new"
+    with open(src, "rb") as a, open(tmp, "wb") as b:
+        b.write(a.read())
+    os.replace(tmp, dst)
+"""
+
+
+def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``code`` in a child Python; it can call ``swap(src, dst)`` (an atomic rename-replace)."""
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_plain_dlopen_after_replace_returns_the_old_code(tmp_path: Path) -> None:
+    """The glibc behaviour the reloader exists for: same path, same (old) handle."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    r = run_child(f"""
+        import ctypes, os
+        a = ctypes.CDLL({str(lib)!r}); print(a.version())
+        swap({str(v2)!r}, {str(lib)!r})
+        b = ctypes.CDLL({str(lib)!r}); print(b.version(), a._handle == b._handle)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "1", "True"]
+
+
+def test_reload_gives_the_new_code_and_unmaps_the_old(tmp_path: Path) -> None:
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    r = run_child(f"""
+        import os, re
+        from soswap.hotload import NativeReloader, is_loaded
+        r = NativeReloader({str(lib)!r})
+        print(r.function("version")(), r.changed())
+        old = r._copy
+        swap({str(v2)!r}, {str(lib)!r})
+        print(r.changed())
+        res = r.reload_if_changed()
+        print(r.function("version")(), res.generation, res.old_unloaded, is_loaded(old))
+        maps = open("/proc/self/maps").read()
+        print(old in maps, "gen2" in maps)
+        print(r.close(), os.path.exists(r.workdir))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:5] == ["1 False", "True", "2 2 True False", "False True", "True False"]
+
+
+def test_a_bad_new_version_keeps_the_old_generation(tmp_path: Path) -> None:
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    bad = shared_lib(tmp_path / "bad" / "libplug.so", "int nothere(void);\nint version(void){return nothere();}")
+    r = run_child(f"""
+        import os
+        from soswap.hotload import NativeReloader, ReloadError
+        r = NativeReloader({str(lib)!r})
+        swap({str(bad)!r}, {str(lib)!r})
+        try:
+            r.reload()
+        except ReloadError as e:
+            print("refused:", e)
+        print(r.function("version")(), r.generation)
+    """)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "undefined symbol: nothere" in lines[0] and "keeping generation 1" in lines[0]
+    assert lines[1] == "1 1"
+
+
+def test_nodelete_and_gnu_unique_are_reported_as_not_unloadable(tmp_path: Path) -> None:
+    nodelete = version_lib(tmp_path / "nd" / "libnd.so", 1, flags=("-Wl,-z,nodelete",))
+    cxx_src = tmp_path / "uniq.cc"
+    cxx_src.write_text('inline int &counter() { static int c = 0; return c; }\n'
+                       'extern "C" int version(void) { return ++counter(); }\n')
+    uniq = tmp_path / "uq" / "libuq.so"
+    uniq.parent.mkdir()
+    run_cc(["-x", "c++", "-shared", "-fPIC", "-o", str(uniq), str(cxx_src), "-lstdc++"])
+    r = run_child(f"""
+        from soswap.hotload import NativeReloader
+        for path in ({str(nodelete)!r}, {str(uniq)!r}):
+            r = NativeReloader(path)
+            r.function("version")()
+            res = r.reload()
+            print(res.old_unloaded, "|", "; ".join(res.not_unloadable_because))
+    """)
+    assert r.returncode == 0, r.stderr
+    nd, uq = r.stdout.splitlines()
+    assert nd.startswith("False") and "nodelete" in nd
+    assert uq.startswith("False") and "GNU_UNIQUE" in uq
+
+
+THREAD_LIB = r"""
+#include <pthread.h>
+#include <unistd.h>
+static volatile int running;
+static pthread_t th;
+static void *spin(void *arg) { (void)arg; while (running) usleep(1000); return 0; }
+int start(void) { running = 1; return pthread_create(&th, 0, spin, 0); }
+void stop(void) { running = 0; pthread_join(th, 0); }
+int version(void) { return VERSION; }
+"""
+
+
+@pytest.mark.parametrize("quiesce", [True, False])
+def test_threads_must_be_stopped_before_the_old_generation_goes(tmp_path: Path, quiesce: bool) -> None:
+    lib = shared_lib(tmp_path / "libthr.so", THREAD_LIB.replace("VERSION", "1"), libs=["-lpthread"])
+    v2 = shared_lib(tmp_path / "v2" / "libthr.so", THREAD_LIB.replace("VERSION", "2"), libs=["-lpthread"])
+    r = run_child(f"""
+        import os, time
+        from soswap.hotload import NativeReloader
+        on_unload = (lambda h: h.stop()) if {quiesce} else None
+        r = NativeReloader({str(lib)!r}, on_unload=on_unload, on_load=lambda h, state: h.start())
+        swap({str(v2)!r}, {str(lib)!r})
+        res = r.reload()
+        time.sleep(0.3)
+        print(r.function("version")(), res.old_unloaded)
+        r.handle.stop()
+    """)
+    if quiesce:
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["2", "True"]
+    else:
+        # the old generation was unmapped under its running thread
+        assert r.returncode == -signal.SIGSEGV
+
+
+def test_ctypes_dlclose_once_per_open_then_reopen_gives_new_code(tmp_path: Path) -> None:
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    r = run_child(f"""
+        import ctypes, os, _ctypes
+        a = ctypes.CDLL({str(lib)!r}); b = ctypes.CDLL({str(lib)!r}); print(a.version())
+        swap({str(v2)!r}, {str(lib)!r})
+        _ctypes.dlclose(a._handle)
+        print(ctypes.CDLL({str(lib)!r}).version())   # b still holds the old object
+        _ctypes.dlclose(b._handle); _ctypes.dlclose(b._handle)
+        print(ctypes.CDLL({str(lib)!r}).version())
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "1", "2"]
+
+
+def test_cffi_dlclose_then_call_raises_instead_of_crashing(tmp_path: Path) -> None:
+    pytest.importorskip("cffi")
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    r = run_child(f"""
+        import cffi
+        ffi = cffi.FFI(); ffi.cdef("int version(void);")
+        lib = ffi.dlopen({str(lib)!r}); print(lib.version())
+        ffi.dlclose(lib)
+        try:
+            lib.version()
+        except ValueError as e:
+            print("ValueError")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "ValueError"]
