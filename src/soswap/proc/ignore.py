@@ -1,0 +1,118 @@
+"""The ignore list: mappings that are deleted or temporary *by design* and never mean "old code".
+
+Each rule has a name (used in docs and to disable it), a bytes regular expression matched with ``re.search``
+against the mapped path (unescaped, without " (deleted)"), and a reason. The defaults are documented in
+docs/stale.md; users add patterns with ``--ignore REGEX`` or an ignore file and drop the defaults with
+``--no-default-ignores`` (or a ``no-defaults`` line in the file).
+
+Deliberately absent: a blanket ``/tmp/`` or ``/home/`` rule (needrestart, checkrestart). Real programs do run
+libraries from those places; only the known temporary-file *names* below are ignored there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable, List, NamedTuple, Optional, Pattern, Sequence, Tuple
+
+from soswap.errors import UsageError
+
+
+class IgnoreRule(NamedTuple):
+    name: str
+    pattern: Pattern[bytes]
+    reason: str
+
+
+def _rule(name: str, regex: bytes, reason: str) -> IgnoreRule:
+    return IgnoreRule(name, re.compile(regex), reason)
+
+
+#: The default rules, in the order they are tried.
+DEFAULT_RULES: Tuple[IgnoreRule, ...] = (
+    _rule("memfd", rb"^/memfd:", "memfd_create() object (JIT code, runc/lxc-attach exe, NVIDIA, Qt)"),
+    _rule("sysv-shm", rb"^/SYSV[0-9a-fA-F]{8}$", "System V shared memory segment (shmat)"),
+    _rule("dev", rb"^/dev/", "device or MAP_SHARED|MAP_ANONYMOUS (/dev/zero) mapping, POSIX shm (/dev/shm)"),
+    _rule("aio", rb"^/\[aio\]$", "io_setup() ring"),
+    _rule("drm", rb"^/(drm mm object|i915|kgsl)", "GPU buffer object"),
+    _rule("kde-inode", rb"^/#[0-9]+$", "KDE/KIO anonymous shared memory"),
+    _rule("libffi", rb"/ffi[A-Za-z0-9]{6}$", "libffi closure trampoline temp file"),
+    _rule("jna", rb"(/jna[0-9-]+\.tmp$|/\.cache/JNA/)", "JNA native stub unpacked to a temp file"),
+    _rule("orcexec", rb"/orcexec\.[A-Za-z0-9]+$", "GStreamer ORC JIT temp file"),
+    _rule("java-tmp", rb"/(hsperfdata_[^/]+/[0-9]+|\.java_pid[0-9]+)$", "JVM perf-data / attach file"),
+)
+
+
+class IgnoreList:
+    """An ordered set of ignore rules; ``match(path)`` returns the first rule that matches, else None."""
+
+    def __init__(self, rules: Iterable[IgnoreRule] = DEFAULT_RULES) -> None:
+        self.rules: Tuple[IgnoreRule, ...] = tuple(rules)
+        self._any: Optional[Pattern[bytes]] = None  # compiled on first use
+
+    def match(self, path: bytes) -> Optional[IgnoreRule]:
+        if not self.rules:
+            return None
+        if self._any is None:
+            # One alternation for the common "no match" case; the per-rule loop runs only on a hit.
+            self._any = re.compile(b"|".join(b"(?:" + r.pattern.pattern + b")" for r in self.rules))
+        if self._any.search(path) is None:
+            return None
+        for rule in self.rules:
+            if rule.pattern.search(path):
+                return rule
+        return None  # pragma: no cover - the alternation and the loop agree
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        defaults: bool = True,
+        extra: Sequence[str] = (),
+        files: Sequence[str] = (),
+    ) -> IgnoreList:
+        """Defaults (unless ``defaults`` is False) plus ``extra`` regexes plus the patterns of ``files``."""
+        rules: List[IgnoreRule] = []
+        use_defaults = defaults
+        for path in files:
+            file_rules, file_defaults = load_ignore_file(path)
+            rules.extend(file_rules)
+            use_defaults = use_defaults and file_defaults
+        for i, text in enumerate(extra):
+            rules.append(_compile_user(text, f"--ignore #{i + 1}"))
+        if use_defaults:
+            rules = list(DEFAULT_RULES) + rules
+        return cls(rules)
+
+
+def _compile_user(text: str, where: str) -> IgnoreRule:
+    try:
+        pattern = re.compile(os.fsencode(text))
+    except re.error as exc:
+        raise UsageError(f"{where}: bad regular expression {text!r}: {exc}") from None
+    return IgnoreRule(f"user:{text}", pattern, f"user pattern ({where})")
+
+
+def load_ignore_file(path: str) -> Tuple[List[IgnoreRule], bool]:
+    """Read an ignore file: one regex per line, ``#`` comments, and ``no-defaults`` to drop the defaults.
+
+    Returns (rules, whether the defaults stay on)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ignore file: {exc.strerror}") from None
+    rules = []
+    keep_defaults = True
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith(b"#"):
+            continue
+        if line == b"no-defaults":
+            keep_defaults = False
+            continue
+        rules.append(_compile_user(os.fsdecode(line), f"{path}:{lineno}"))
+    return rules, keep_defaults
+
+
+DEFAULT_IGNORE = IgnoreList()

@@ -1,0 +1,215 @@
+"""Low-level readers of ``/proc/PID/*``, all as bytes, with typed races.
+
+Every reader turns the kernel's answers into values or into one of two typed events:
+
+- :class:`soswap.errors.ProcessGone` — the process exited (``ENOENT``/``ESRCH``) or its PID now belongs to
+  another process (checked by the caller through the start time);
+- :class:`soswap.errors.AccessDenied` — the kernel refused (``EACCES``/``EPERM``: another user's process without
+  ``CAP_SYS_PTRACE``, a hardened PID 1, ``hidepid``).
+
+Nothing here decodes text: paths stay bytes until a result is built (then ``os.fsdecode``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import List, NamedTuple, Optional, Tuple
+
+from soswap.errors import AccessDenied, ProcessGone
+
+PROC = "/proc"
+
+#: ``PF_KTHREAD`` in the flags field of /proc/PID/stat (include/linux/sched.h).
+PF_KTHREAD = 0x00200000
+
+_GONE = (errno.ENOENT, errno.ESRCH)
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
+class ProcStat(NamedTuple):
+    """The fields of ``/proc/PID/stat`` soswap uses."""
+
+    pid: int
+    comm: bytes
+    state: bytes
+    ppid: int
+    flags: int
+    starttime: int  #: clock ticks after boot (CLOCK_BOOTTIME), field 22
+
+    @property
+    def kernel_thread(self) -> bool:
+        return bool(self.flags & PF_KTHREAD)
+
+    @property
+    def zombie(self) -> bool:
+        return self.state in (b"Z", b"X", b"x")
+
+
+def _raise(pid: int, what: str, exc: OSError) -> None:
+    if exc.errno in _GONE:
+        raise ProcessGone(pid, what) from None
+    if exc.errno in _DENIED:
+        raise AccessDenied(pid, what) from None
+    raise exc
+
+
+def read_file(pid: int, name: str) -> bytes:
+    """Read ``/proc/PID/name`` whole, as bytes."""
+    path = f"{PROC}/{pid}/{name}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        _raise(pid, name, exc)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 17)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        _raise(pid, name, exc)
+        raise  # pragma: no cover - _raise always raises
+    finally:
+        os.close(fd)
+
+
+def read_link(pid: int, name: str) -> bytes:
+    """``readlink /proc/PID/name`` as bytes (``exe``, ``cwd``, ``root``, ``fd/N``, ``map_files/A-B``)."""
+    try:
+        return os.readlink(os.fsencode(f"{PROC}/{pid}/{name}"))
+    except OSError as exc:
+        _raise(pid, name, exc)
+        raise  # pragma: no cover
+
+
+def list_pids() -> List[int]:
+    """Every numeric entry of /proc (processes only, not threads), ascending."""
+    pids = []
+    for name in os.listdir(PROC):
+        if name.isdigit():
+            pids.append(int(name))
+    pids.sort()
+    return pids
+
+
+def parse_stat(pid: int, data: bytes) -> ProcStat:
+    """Parse ``/proc/PID/stat``. The comm may hold spaces and ``)``: split after the **last** ``)``."""
+    # do_task_stat prints "pid (comm) state ...": comm is free text up to 16 bytes.
+    open_paren = data.find(b"(")
+    close_paren = data.rfind(b")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ProcessGone(pid, "unreadable stat line")
+    comm = data[open_paren + 1 : close_paren]
+    rest = data[close_paren + 2 :].split()
+    try:
+        # rest[0] is field 3 (state); field N is rest[N - 3].
+        return ProcStat(pid, comm, rest[0], int(rest[1]), int(rest[6]), int(rest[19]))
+    except (IndexError, ValueError):
+        raise ProcessGone(pid, "truncated stat line") from None
+
+
+def read_small(pid: int, name: str) -> bytes:
+    """Read a one-record /proc file (``stat``, ``comm``) with a single read: the kernel renders it whole."""
+    path = f"{PROC}/{pid}/{name}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        _raise(pid, name, exc)
+    try:
+        return os.read(fd, 4096)
+    except OSError as exc:
+        _raise(pid, name, exc)
+        raise  # pragma: no cover
+    finally:
+        os.close(fd)
+
+
+def read_starttime(pid: int) -> int:
+    """Field 22 of /proc/PID/stat only (the pass-1 hot path)."""
+    data = read_small(pid, "stat")
+    rest = data[data.rfind(b")") + 2 :].split(b" ", 20)
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        raise ProcessGone(pid, "truncated stat line") from None
+
+
+def read_stat(pid: int) -> ProcStat:
+    return parse_stat(pid, read_small(pid, "stat"))
+
+
+def parse_status_ids(data: bytes) -> Tuple[Optional[int], Optional[int]]:
+    """(effective uid, effective gid) from ``/proc/PID/status``."""
+    uid = gid = None
+    for line in data.split(b"\n"):
+        if line.startswith(b"Uid:"):
+            fields = line.split()
+            if len(fields) > 2:
+                uid = int(fields[2])
+        elif line.startswith(b"Gid:"):
+            fields = line.split()
+            if len(fields) > 2:
+                gid = int(fields[2])
+            break
+    return uid, gid
+
+
+def read_uid(pid: int) -> Optional[int]:
+    return parse_status_ids(read_file(pid, "status"))[0]
+
+
+def parse_cmdline(data: bytes) -> Tuple[bytes, ...]:
+    """Split ``/proc/PID/cmdline`` on NULs (a trailing NUL ends the last argument)."""
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(data.split(b"\0"))
+
+
+def read_cmdline(pid: int) -> Tuple[bytes, ...]:
+    return parse_cmdline(read_file(pid, "cmdline"))
+
+
+def ns_inode(pid: int, kind: str) -> Optional[int]:
+    """The inode of ``/proc/PID/ns/<kind>`` (``mnt``, ``pid``...), or None if the kernel has no such namespace."""
+    try:
+        return os.stat(f"{PROC}/{pid}/ns/{kind}").st_ino
+    except OSError as exc:
+        if exc.errno in _GONE and os.path.exists(f"{PROC}/{pid}"):
+            return None
+        _raise(pid, f"ns/{kind}", exc)
+        raise  # pragma: no cover
+
+
+def own_ns_inode(kind: str) -> Optional[int]:
+    try:
+        return os.stat(f"{PROC}/self/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def map_files_name(start: int, end: int) -> str:
+    """The entry name in ``/proc/PID/map_files`` of a mapping (hex without leading zeros)."""
+    # proc_map_files_readdir: "%lx-%lx"
+    return f"map_files/{start:x}-{end:x}"
+
+
+def stat_map_file(pid: int, start: int, end: int) -> os.stat_result:
+    """``stat()`` the file behind a mapping through ``/proc/PID/map_files`` (needs CAP_SYS_ADMIN)."""
+    try:
+        return os.stat(f"{PROC}/{pid}/{map_files_name(start, end)}")
+    except OSError as exc:
+        _raise(pid, "map_files", exc)
+        raise  # pragma: no cover
+
+
+def list_fds(pid: int) -> List[str]:
+    try:
+        return os.listdir(f"{PROC}/{pid}/fd")
+    except OSError as exc:
+        _raise(pid, "fd", exc)
+        raise  # pragma: no cover

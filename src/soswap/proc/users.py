@@ -1,0 +1,206 @@
+"""Who uses a file: processes that execute, map or hold open a path or an inode, in one /proc pass.
+
+This is the engine of ``soswap users`` and the API other packages call:
+
+- :func:`find_users` — for each path, every process using its current inode or an older version still alive
+  (a mapping or fd that shows the same name, " (deleted)" or not, but another inode);
+- :func:`processes_using_inodes` — which processes map or execute any of these (st_dev, st_ino) pairs (the
+  replaced old inodes a journal recorded);
+- :func:`processes_mapping` — which running processes map file X (any version).
+
+Each process's maps text is first searched for the target names and inode numbers with a bytes ``in`` test;
+only a hit is parsed, so the cost stays close to reading every maps file once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+from soswap.errors import AccessDenied, ProcessGone
+from soswap.proc import cgroup as cgroup_mod
+from soswap.proc import procfs
+from soswap.proc.maps import parse_maps, split_deleted
+from soswap.proc.model import FileUse, UsersReport
+from soswap.proc.view import FileView
+
+HOW_EXE = "exe"
+HOW_MAPPED = "mapped"
+HOW_OPEN = "open"
+
+
+class _Target(NamedTuple):
+    path: str
+    names: Tuple[bytes, ...]  #: the path as given and its resolved form
+    identity: Optional[Tuple[int, int]]  #: (st_dev, st_ino) now at the path
+
+
+class _Pass:
+    """One pass over /proc for a set of targets."""
+
+    def __init__(self, targets: Sequence[_Target], inodes: Iterable[Tuple[int, int]] = (),
+                 fds: bool = True, pids: Optional[Sequence[int]] = None) -> None:
+        self.targets = targets
+        self.inode_pairs = frozenset(inodes) | frozenset(t.identity for t in targets if t.identity)
+        self.inode_needles = tuple({b" %d " % ino for _, ino in self.inode_pairs})
+        self.name_needles = tuple({n for t in targets for n in t.names})
+        self.fds = fds
+        self.pids = pids
+        self.view = FileView()
+        self.unreadable = 0
+        self.self_pid = os.getpid()
+
+    def run(self) -> Dict[int, List[FileUse]]:
+        """{target index (or -1 for bare inode pairs): uses}"""
+        out: Dict[int, List[FileUse]] = {}
+        pids = list(self.pids) if self.pids is not None else procfs.list_pids()
+        for pid in pids:
+            if pid == self.self_pid:
+                continue
+            try:
+                self._one(pid, out)
+            except ProcessGone:
+                continue
+            except AccessDenied:
+                self.unreadable += 1
+        return out
+
+    def _same(self, pid: int, dev: int, ino: int, start: int, end: int, pair: Tuple[int, int]) -> bool:
+        if ino != pair[1]:
+            return False
+        if dev == pair[0]:
+            return True
+        if os.major(dev) != 0 and os.major(pair[0]) != 0:
+            return False
+        mf = self.view.map_file_stat(pid, dev, ino, start, end)
+        return mf is None or (mf.st_dev, mf.st_ino) == pair
+
+    def _one(self, pid: int, out: Dict[int, List[FileUse]]) -> None:
+        data = procfs.read_file(pid, "maps")
+        if not data:
+            return
+        hits: Dict[int, Tuple[Set[str], str, int, int]] = {}  # target index -> (how, version, dev, ino)
+        if any(n in data for n in self.name_needles) or any(n in data for n in self.inode_needles):
+            foreign = self.view.foreign_mount_ns(pid) is not None
+            try:
+                exe = split_deleted(procfs.read_link(pid, "exe"))[0]
+            except ProcessGone:
+                exe = b""
+            for m in parse_maps(data):
+                for idx, pair in self._match(pid, m.dev, m.inode, m.start, m.end, m.path, foreign):
+                    # idx -1: a bare inode pair, which callers pass for *old* versions.
+                    first = "old" if (pair is None or idx < 0) else "current"
+                    how, version, dev, ino = hits.setdefault(idx, (set(), first, m.dev, m.inode))
+                    how.add(HOW_EXE if m.path == exe else HOW_MAPPED)
+                    if first == "old" and version == "current":
+                        hits[idx] = (how, "old", m.dev, m.inode)
+        if self.fds:
+            self._fds(pid, hits)
+        if not hits:
+            return
+        s1 = procfs.read_stat(pid)
+        try:
+            exe_s = os.fsdecode(procfs.read_link(pid, "exe"))
+        except ProcessGone:
+            exe_s = ""
+        cmdline = tuple(os.fsdecode(a) for a in procfs.read_cmdline(pid))
+        try:
+            cg = cgroup_mod.parse(procfs.read_file(pid, "cgroup"))
+        except AccessDenied:
+            cg = cgroup_mod.CgroupInfo("", None, None)
+        if procfs.read_stat(pid).starttime != s1.starttime:
+            raise ProcessGone(pid, "PID reused")
+        for idx, (how, version, dev, ino) in hits.items():
+            ordered = tuple(h for h in (HOW_EXE, HOW_MAPPED, HOW_OPEN) if h in how)
+            out.setdefault(idx, []).append(FileUse(pid, s1.starttime, exe_s, cmdline, ordered, version, dev, ino,
+                                                   cg.unit, cg.container))
+
+    def _match(self, pid: int, dev: int, ino: int, start: int, end: int, path: bytes,
+               foreign: bool) -> List[Tuple[int, Optional[Tuple[int, int]]]]:
+        """[(target index, matched identity or None for "same name, other inode")]."""
+        found = []
+        for idx, t in enumerate(self.targets):
+            if t.identity is not None and self._same(pid, dev, ino, start, end, t.identity):
+                found.append((idx, t.identity))
+            elif path in t.names and not foreign:
+                found.append((idx, None))
+        if not self.targets or len(found) == 0:
+            for pair in self.inode_pairs:
+                if self._same(pid, dev, ino, start, end, pair):
+                    found.append((-1, pair))
+                    break
+        return found
+
+    def _fds(self, pid: int, hits: Dict[int, Tuple[Set[str], str, int, int]]) -> None:
+        if not self.targets:
+            return
+        try:
+            fds = procfs.list_fds(pid)
+        except (ProcessGone, AccessDenied):
+            return
+        for fd in fds:
+            try:
+                link = procfs.read_link(pid, f"fd/{fd}")
+            except (ProcessGone, AccessDenied):
+                continue
+            if not link.startswith(b"/"):
+                continue
+            name, _deleted = split_deleted(link)
+            for idx, t in enumerate(self.targets):
+                if name not in t.names:
+                    continue
+                try:
+                    st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                version = "current" if t.identity == (st.st_dev, st.st_ino) else "old"
+                how, old_version, _dev, _ino = hits.setdefault(idx, (set(), version, st.st_dev, st.st_ino))
+                how.add(HOW_OPEN)
+                if version == "old" and old_version == "current":
+                    hits[idx] = (how, "old", st.st_dev, st.st_ino)
+
+
+def _target(path: str) -> _Target:
+    raw = os.fsencode(os.path.abspath(path))
+    names = {raw}
+    try:
+        names.add(os.fsencode(os.path.realpath(path)))
+    except (OSError, ValueError):
+        pass
+    try:
+        st = os.stat(raw)
+        identity: Optional[Tuple[int, int]] = (st.st_dev, st.st_ino)
+    except OSError:
+        identity = None
+    return _Target(path, tuple(sorted(names)), identity)
+
+
+def find_users(paths: Sequence[str], *, fds: bool = True, pids: Optional[Sequence[int]] = None) -> List[UsersReport]:
+    """For each path: every process that executes, maps or holds it open (current inode or an older one)."""
+    targets = [_target(p) for p in paths]
+    scan = _Pass(targets, fds=fds, pids=pids)
+    found = scan.run()
+    reports = []
+    for idx, t in enumerate(targets):
+        uses = tuple(sorted(found.get(idx, []), key=lambda u: u.pid))
+        reports.append(UsersReport(t.path, t.identity is not None, t.identity[0] if t.identity else None,
+                                   t.identity[1] if t.identity else None, uses, scan.unreadable > 0))
+    return reports
+
+
+def processes_using_inodes(pairs: Iterable[Tuple[int, int]], *, pids: Optional[Sequence[int]] = None) -> List[FileUse]:
+    """Processes that map or execute any (st_dev, st_ino) in ``pairs`` (e.g. old inodes a replacement recorded).
+
+    One /proc pass; ``version`` is "old" and ``dev``/``inode`` name the matched pair."""
+    wanted = frozenset(pairs)
+    if not wanted:
+        return []
+    scan = _Pass((), inodes=wanted, fds=False, pids=pids)
+    found = scan.run().get(-1, [])
+    return sorted(found, key=lambda u: u.pid)
+
+
+def processes_mapping(path: str, *, pids: Optional[Sequence[int]] = None) -> List[FileUse]:
+    """Processes that map or execute ``path`` (its current inode, or an older version under the same name)."""
+    report = find_users([path], fds=False, pids=pids)[0]
+    return list(report.uses)

@@ -1,0 +1,212 @@
+"""Human text and JSON for ``soswap stale`` and ``soswap users`` (renderers only; no decisions).
+
+JSON schemas: docs/json-stale.md. Paths keep non-UTF-8 bytes as ``\\udcXX`` surrogate escapes (ensure_ascii).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from soswap.proc.cgroup import (
+    KIND_CONTAINER,
+    KIND_MANAGER,
+    KIND_SESSION,
+    KIND_SYSTEM,
+    KIND_USER,
+    KIND_USER_MANAGER,
+)
+from soswap.proc.model import StaleProcess, StaleReport, UsersReport
+
+STALE_SCHEMA = "soswap.stale/1"
+USERS_SCHEMA = "soswap.users/1"
+
+_KIND_ORDER = {KIND_MANAGER: 0, KIND_SYSTEM: 1, KIND_USER_MANAGER: 2, KIND_USER: 3, KIND_SESSION: 4,
+               KIND_CONTAINER: 5}
+
+
+def _printable(text: str) -> str:
+    """One-line form of a path or argv for a terminal: control characters and undecodable bytes escaped."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append({"\n": "\\n", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def group_key(proc: StaleProcess) -> Tuple:
+    unit = proc.unit
+    return (proc.container or "", _KIND_ORDER.get(unit.kind, 9) if unit else 10, unit.name if unit else "",
+            proc.pid)
+
+
+def groups(report: StaleReport) -> List[Tuple[Optional[str], str, List[StaleProcess]]]:
+    """[(container, heading, processes)] in display order: forked workers of one unit are one group."""
+    out: List[Tuple[Optional[str], str, List[StaleProcess]]] = []
+    index: Dict[Tuple[Optional[str], str], int] = {}
+    for proc in sorted(report.processes, key=group_key):
+        heading = proc.unit.label() if proc.unit else "no unit"
+        key = (proc.container, heading)
+        if key not in index:
+            index[key] = len(out)
+            out.append((proc.container, heading, []))
+        out[index[key]][2].append(proc)
+    return out
+
+
+def render_text(report: StaleReport, restart: Any = None) -> str:
+    lines: List[str] = []
+    if not report.processes:
+        lines.append("No process runs stale code.")
+    else:
+        n_groups = len(groups(report))
+        n = len(report.processes)
+        lines.append(f"{n} process{'es run' if n != 1 else ' runs'} stale code "
+                     f"({n_groups} group{'s' if n_groups != 1 else ''}):")
+    current_container: Optional[str] = "\0"
+    for container, heading, procs in groups(report):
+        if container != current_container:
+            current_container = container
+            lines.append("")
+            lines.append(f"container {container}:" if container else "host:")
+        lines.append(f"  {heading}" + (f" ({len(procs)} processes)" if len(procs) > 1 else ""))
+        for p in procs:
+            argv = " ".join(_printable(a) for a in p.cmdline) or f"[{p.comm}]"
+            if len(argv) > 100:
+                argv = argv[:97] + "..."
+            lines.append(f"    pid {p.pid} (uid {p.uid}) {_printable(p.exe)}: {argv}")
+            for f in p.files:
+                lines.append(f"      {f.role:<8} {f.kind:<9} {_printable(f.path)}")
+                lines.append(f"      {'':<8} {'':<9}   {f.detail}")
+    lines.append("")
+    summary = f"scanned {report.scanned} processes"
+    if report.partial:
+        summary += f"; PARTIAL: {report.unreadable} could not be read (run as root to see them)"
+    if report.unverifiable:
+        summary += f"; {report.unverifiable} mapped paths could not be checked"
+    lines.append(summary)
+    if report.kernel is not None:
+        k = report.kernel
+        lines.append(f"kernel: {k.name} ({k.reason})")
+    if restart is not None:
+        lines.extend(render_restart(restart))
+    return "\n".join(lines) + "\n"
+
+
+def render_restart(outcome: Any) -> List[str]:
+    lines = ["", "restart (dry run):" if outcome.dry_run else "restart:"]
+    for note in outcome.notes:
+        lines.append(f"  note: {note}")
+    if not outcome.commands:
+        lines.append("  nothing to restart")
+    for c in outcome.commands:
+        argv = " ".join(c.argv)
+        if not c.run:
+            state = "would run" if outcome.dry_run else "to run by hand"
+        elif c.returncode == 0:
+            state = "ran"
+        else:
+            state = f"FAILED (rc={c.returncode}{': ' + c.error if c.error else ''})"
+        lines.append(f"  {state}: {argv}    # {c.why}")
+    for s in outcome.skipped:
+        lines.append(f"  not restarted: {s.name}: {s.reason}")
+    return lines
+
+
+def process_json(p: StaleProcess) -> Dict[str, Any]:
+    unit = p.unit
+    return {
+        "pid": p.pid,
+        "ppid": p.ppid,
+        "uid": p.uid,
+        "starttime": p.starttime,
+        "comm": p.comm,
+        "exe": p.exe,
+        "cmdline": list(p.cmdline),
+        "unit": unit.name if unit else None,
+        "unit_type": unit.kind if unit else None,
+        "session": unit.session if unit else None,
+        "container": p.container,
+        "cgroup": p.cgroup,
+        "files": [
+            {"path": f.path, "kind": f.kind, "role": f.role, "detail": f.detail, "dev": f.dev, "inode": f.inode}
+            for f in p.files
+        ],
+    }
+
+
+def report_json(report: StaleReport, restart: Any = None) -> Dict[str, Any]:
+    k = report.kernel
+    doc: Dict[str, Any] = {
+        "schema": STALE_SCHEMA,
+        "processes": [process_json(p) for p in sorted(report.processes, key=lambda p: p.pid)],
+        "partial": report.partial,
+        "scanned": report.scanned,
+        "unreadable": report.unreadable,
+        "unverifiable": report.unverifiable,
+        "kernel": None if k is None else {
+            "status": k.status, "state": k.name, "running": k.running, "running_build": k.running_build,
+            "expected": k.expected, "reason": k.reason,
+        },
+    }
+    if restart is not None:
+        doc["restart"] = {
+            "dry_run": restart.dry_run,
+            "systemd": restart.systemd,
+            "commands": [{"argv": list(c.argv), "why": c.why, "run": c.run, "returncode": c.returncode,
+                          "error": c.error} for c in restart.commands],
+            "skipped": [{"unit": s.name, "reason": s.reason} for s in restart.skipped],
+            "notes": list(restart.notes),
+        }
+    return doc
+
+
+def render_json(report: StaleReport, restart: Any = None) -> str:
+    return json.dumps(report_json(report, restart), ensure_ascii=True, indent=2) + "\n"
+
+
+# -- soswap users ----------------------------------------------------------------------------------------------
+def users_json(report: UsersReport) -> Dict[str, Any]:
+    return {
+        "path": report.path,
+        "exists": report.exists,
+        "dev": report.dev,
+        "inode": report.inode,
+        "partial": report.partial,
+        "processes": [
+            {"pid": u.pid, "exe": u.exe, "cmdline": list(u.cmdline), "how": list(u.how), "version": u.version,
+             "dev": u.dev, "inode": u.inode, "unit": u.unit.name if u.unit else None, "container": u.container}
+            for u in report.uses
+        ],
+    }
+
+
+def render_users_json(reports: Sequence[UsersReport]) -> str:
+    if len(reports) == 1:
+        doc: Any = users_json(reports[0])
+    else:
+        doc = [users_json(r) for r in reports]
+    return json.dumps(doc, ensure_ascii=True, indent=2) + "\n"
+
+
+def render_users_text(reports: Sequence[UsersReport]) -> str:
+    lines: List[str] = []
+    for r in reports:
+        where = f"inode {r.inode}" if r.exists else "no file at this path now"
+        lines.append(f"{_printable(r.path)} ({where}):")
+        if not r.uses:
+            lines.append("  no process uses it")
+        for u in r.uses:
+            argv = " ".join(_printable(a) for a in u.cmdline)
+            if len(argv) > 80:
+                argv = argv[:77] + "..."
+            unit = f" [{u.unit.name}]" if u.unit else ""
+            lines.append(f"  pid {u.pid:<7} {','.join(u.how):<16} {u.version:<7} {argv}{unit}")
+        if r.partial:
+            lines.append("  (partial: some processes could not be read)")
+    return "\n".join(lines) + "\n"

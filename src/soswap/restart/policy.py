@@ -1,0 +1,134 @@
+"""The safe restart policy: which stale units may be restarted, and how.
+
+Rules (needrestart's ``override_rc`` and systemd practice):
+
+- system services not on the deny-list → one batched ``systemctl try-restart`` (restarts only active units);
+- units on the deny-list (dbus, display managers, networking, getty, ``user@``, logind, container and VM
+  managers, oneshot maintenance jobs) → reported, never restarted: restarting them cuts sessions or networks;
+- units with ``RefuseManualStop=yes`` → skipped (systemctl would fail on them);
+- PID 1 (``/init.scope``) → ``systemctl daemon-reexec``, never a restart;
+- a user manager (``user@UID.service/init.scope``) → reported with the reexec command for it;
+- login sessions, user units, containers and processes outside any unit → reported only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Pattern, Sequence, Tuple
+
+from soswap.proc.cgroup import (
+    KIND_CONTAINER,
+    KIND_MANAGER,
+    KIND_SESSION,
+    KIND_SYSTEM,
+    KIND_USER,
+    KIND_USER_MANAGER,
+)
+from soswap.proc.model import StaleReport
+
+#: Units never restarted automatically (regexes on the unit name; overridable).
+DEFAULT_DENY: Tuple[str, ...] = (
+    r"^dbus(-broker)?\.service$",
+    r"^(gdm|gdm3|sddm|lightdm|xdm|lxdm|slim|kdm|display-manager)\.service$",
+    r"^(NetworkManager|network|networking|systemd-networkd|systemd-resolved|wpa_supplicant|"
+    r"openvpn.*|strongswan.*|.*swan|frr|bird.*|ifup@.*|iwd)\.service$",
+    r"^(getty|serial-getty|container-getty|autovt)@.*\.service$",
+    r"^user@\d+\.service$",
+    r"^systemd-logind\.service$",
+    r"^(emergency|rescue)\.service$",
+    r"^(apt-daily|apt-daily-upgrade|unattended-upgrades|cron-.*|rc-local)\.service$",
+    r"^(libvirtd|libvirt-guests|virtqemud|lxc|lxcfs|lxd|docker|containerd|podman|systemd-nspawn@.*|"
+    r"xendomains|systemd-machined)\.service$",
+)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Member:
+    """A stale process that justifies an action (re-checked by PID + start time before acting)."""
+
+    pid: int
+    starttime: int
+
+
+@dataclass(frozen=True)
+class RestartPlan:
+    restart: Tuple[str, ...]  #: system units for one ``systemctl try-restart``
+    reexec_manager: bool  #: PID 1 runs stale code: ``systemctl daemon-reexec``
+    user_managers: Tuple[int, ...]  #: uids whose ``systemd --user`` runs stale code (reported, with a command)
+    skipped: Tuple[Skipped, ...]  #: units not restarted and why
+    sessions: Tuple[str, ...]  #: "uid N session S"
+    containers: Tuple[str, ...]
+    processes: Tuple[int, ...]  #: stale processes outside any unit
+    members: Dict[str, Tuple[Member, ...]]  #: unit -> processes that made it stale
+
+    @property
+    def empty(self) -> bool:
+        return not (self.restart or self.reexec_manager)
+
+
+class Policy:
+    def __init__(self, deny: Sequence[str] = DEFAULT_DENY, extra_deny: Sequence[str] = ()) -> None:
+        self.deny: List[Pattern[str]] = [re.compile(p) for p in (*deny, *extra_deny)]
+
+    def denied(self, unit: str) -> bool:
+        return any(p.search(unit) for p in self.deny)
+
+    def plan(self, report: StaleReport) -> RestartPlan:
+        restart: List[str] = []
+        skipped: Dict[str, Skipped] = {}
+        sessions, containers, processes, user_managers = [], [], [], []
+        members: Dict[str, List[Member]] = {}
+        reexec = False
+        for proc in report.processes:
+            unit = proc.unit
+            member = Member(proc.pid, proc.starttime)
+            if proc.container is not None and (unit is None or unit.kind == KIND_CONTAINER):
+                _add(containers, proc.container)
+                continue
+            if unit is None:
+                if proc.pid == 1:
+                    reexec = True
+                    members.setdefault("init.scope", []).append(member)
+                else:
+                    _add(processes, proc.pid)
+                continue
+            if unit.kind == KIND_MANAGER:
+                reexec = True
+                members.setdefault(unit.name, []).append(member)
+            elif unit.kind == KIND_USER_MANAGER:
+                if unit.uid is not None:
+                    _add(user_managers, unit.uid)
+            elif unit.kind == KIND_SESSION:
+                _add(sessions, f"uid {unit.uid} session {unit.session}")
+            elif unit.kind == KIND_USER:
+                skipped.setdefault(unit.name, Skipped(f"{unit.name} (uid {unit.uid})",
+                                                      "user unit: reported only"))
+            elif unit.kind == KIND_SYSTEM:
+                members.setdefault(unit.name, []).append(member)
+                if self.denied(unit.name):
+                    skipped.setdefault(unit.name, Skipped(unit.name, "on the deny-list"))
+                elif unit.name.endswith(".scope"):
+                    skipped.setdefault(unit.name, Skipped(unit.name, "a scope cannot be restarted"))
+                else:
+                    _add(restart, unit.name)
+            else:  # pragma: no cover - every kind is handled above
+                _add(processes, proc.pid)
+        return RestartPlan(tuple(sorted(restart)), reexec, tuple(sorted(user_managers)),
+                           tuple(skipped[k] for k in sorted(skipped)), tuple(sessions), tuple(sorted(containers)),
+                           tuple(processes), {k: tuple(v) for k, v in members.items()})
+
+
+def _add(items: list, value: object) -> None:
+    if value not in items:
+        items.append(value)
+
+
+def default_policy(extra_deny: Optional[Sequence[str]] = None) -> Policy:
+    return Policy(extra_deny=tuple(extra_deny or ()))

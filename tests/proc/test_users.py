@@ -1,0 +1,76 @@
+"""``soswap users`` and the engine API other packages call (processes_mapping, processes_using_inodes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from soswap.proc import find_users, processes_mapping, processes_using_inodes
+
+from .conftest import replace_by_rename, run_cli
+
+
+def test_users_exe_mapped_open_current_and_old(procs, fx, tmp_path: Path) -> None:
+    d = tmp_path / "app"
+    prog = fx.program(d)
+    lib = d / "libfix.so"
+    r1, r2, r3 = (tmp_path / f"ready{i}" for i in range(3))
+    old_user = procs.start([prog, r1], wait_for_file=r1)
+    old_ino = lib.stat().st_ino
+    replace_by_rename(lib, fx.lib_v2.read_bytes())
+    new_user = procs.start([prog, r2], wait_for_file=r2)
+    opener = procs.start([fx.holder, r3, f"open:{lib}"], wait_for_file=r3)
+
+    (report,) = find_users([str(lib)])
+    got = {u.pid: (u.how, u.version) for u in report.uses}
+    assert got == {old_user.pid: (("mapped",), "old"), new_user.pid: (("mapped",), "current"),
+                   opener.pid: (("open",), "current")}
+    assert {u.pid: u.inode for u in report.uses}[old_user.pid] == old_ino
+
+    r = run_cli(["users", "--json", str(lib)], check_rc=[1])  # 1: a process uses an old version
+    doc = json.loads(r.stdout)
+    assert doc["path"] == str(lib) and doc["inode"] == lib.stat().st_ino
+    by_pid = {p["pid"]: p for p in doc["processes"]}
+    assert by_pid[old_user.pid]["version"] == "old" and by_pid[new_user.pid]["how"] == ["mapped"]
+    assert by_pid[opener.pid]["how"] == ["open"]
+
+    both = json.loads(run_cli(["users", "--json", str(lib), str(prog)]).stdout)
+    assert isinstance(both, list) and [x["path"] for x in both] == [str(lib), str(prog)]
+    assert {p["pid"] for p in both[1]["processes"]} == {old_user.pid, new_user.pid}
+    assert all(p["how"] == ["exe"] for p in both[1]["processes"])
+
+    text = run_cli(["users", str(lib)]).stdout
+    assert f"pid {old_user.pid}" in text and "old" in text
+
+
+def test_users_exit_zero_when_only_current(procs, fx, tmp_path: Path) -> None:
+    d = tmp_path / "app"
+    prog = fx.program(d)
+    ready = tmp_path / "ready"
+    p = procs.start([prog, ready], wait_for_file=ready)
+    r = run_cli(["users", str(d / "libfix.so")])
+    assert r.returncode == 0 and f"pid {p.pid}" in r.stdout
+    r = run_cli(["users", str(tmp_path / "nothing-here")])
+    assert r.returncode == 0 and "no process uses it" in r.stdout
+
+
+def test_api_processes_mapping_and_inodes(procs, fx, tmp_path: Path) -> None:
+    d = tmp_path / "app"
+    prog = fx.program(d)
+    lib = d / "libfix.so"
+    ready = tmp_path / "ready"
+    p = procs.start([prog, ready], wait_for_file=ready)
+    st = lib.stat()
+    assert [u.pid for u in processes_mapping(str(lib))] == [p.pid]
+    replace_by_rename(lib, fx.lib_v2.read_bytes())
+    (use,) = processes_mapping(str(lib))
+    assert (use.pid, use.version) == (p.pid, "old")
+    (use,) = processes_using_inodes({(st.st_dev, st.st_ino), (st.st_dev, 1)})
+    assert (use.pid, use.how, use.starttime) == (p.pid, ("mapped",), use.starttime)
+    exe = prog.stat()
+    (use,) = processes_using_inodes({(exe.st_dev, exe.st_ino)})
+    assert use.how == ("exe",)
+    assert processes_using_inodes(set()) == []
+    assert processes_using_inodes({(st.st_dev, 2**40)}) == []
+    assert os.path.exists(f"/proc/{use.pid}")

@@ -1,0 +1,99 @@
+"""The safe restart policy (stale.md §(b) 29, 33-35) and the dry run. PID 1 here is not systemd, so the
+systemctl calls are tested in dry-run; RefuseManualStop parsing uses a stand-in that prints
+``systemctl show``'s format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from soswap.errors import Refused
+from soswap.proc.cgroup import classify
+from soswap.proc.model import StaleFile, StaleProcess, StaleReport
+from soswap.proc.procfs import read_stat
+from soswap.restart import Policy, execute, systemd_running
+from soswap.restart.systemctl import refuse_manual_stop
+
+FILE = StaleFile("/usr/lib/libssl.so.3", "deleted", "library", "", 1, 2)
+
+
+def proc(pid: int, cgroup_path: str, starttime: int = 1, container=None) -> StaleProcess:  # type: ignore[no-untyped-def]
+    info = classify(cgroup_path)
+    return StaleProcess(pid, 1, 0, starttime, "x", "/usr/sbin/x", ("x",), info.unit,
+                        container or info.container, cgroup_path, (FILE,))
+
+
+def report(*procs: StaleProcess) -> StaleReport:
+    return StaleReport(tuple(procs), False, len(procs), 0, 0, None)
+
+
+def test_policy_table() -> None:
+    plan = Policy().plan(report(
+        proc(10, "/system.slice/nginx.service"),
+        proc(11, "/system.slice/nginx.service"),  # a forked worker: same unit, one restart
+        proc(12, "/system.slice/dbus.service"),
+        proc(13, "/system.slice/system-getty.slice/getty@tty1.service"),
+        proc(14, "/user.slice/user-1000.slice/user@1000.service/init.scope"),
+        proc(15, "/user.slice/user-1000.slice/session-3.scope"),
+        proc(16, "/user.slice/user-1000.slice/user@1000.service/app.slice/b.service"),
+        proc(17, "/system.slice/docker-0123456789abcdef.scope"),
+        proc(18, "/"),
+        proc(1, "/init.scope"),
+        proc(19, "/system.slice/NetworkManager.service"),
+        proc(20, "/system.slice/run-u7.service"),
+        proc(21, "/system.slice/cron.service"),
+    ))
+    assert plan.restart == ("cron.service", "nginx.service", "run-u7.service")
+    assert plan.reexec_manager  # PID 1: daemon-reexec, never a restart
+    assert plan.user_managers == (1000,)
+    assert plan.sessions == ("uid 1000 session 3",)
+    assert plan.containers == ("docker:0123456789abcdef",)
+    assert plan.processes == (18,)
+    skipped = {s.name: s.reason for s in plan.skipped}
+    assert skipped["dbus.service"] == skipped["NetworkManager.service"] == "on the deny-list"
+    assert skipped["getty@tty1.service"] == "on the deny-list"
+    assert skipped["b.service (uid 1000)"].startswith("user unit")
+    assert [m.pid for m in plan.members["nginx.service"]] == [10, 11]
+
+
+def test_extra_deny() -> None:
+    plan = Policy(extra_deny=[r"^nginx\."]).plan(report(proc(10, "/system.slice/nginx.service")))
+    assert plan.restart == () and plan.skipped[0].name == "nginx.service"
+
+
+def test_dry_run_skips_units_whose_processes_are_gone(procs, tmp_path: Path) -> None:
+    me = read_stat(os.getpid())
+    plan = Policy().plan(report(
+        proc(os.getpid(), "/system.slice/alive.service", me.starttime),
+        proc(os.getpid(), "/system.slice/reused.service", me.starttime + 1),  # same PID, another start: reused
+        proc(999_999_999, "/system.slice/gone.service"),
+        proc(1, "/init.scope"),
+    ))
+    outcome = execute(plan, dry_run=True, systemctl="systemctl")
+    assert not any(c.run for c in outcome.commands)
+    argvs = [c.argv for c in outcome.commands]
+    assert ("systemctl", "daemon-reexec") in argvs
+    assert ("systemctl", "try-restart", "--", "alive.service") in argvs
+    skipped = {s.name: s.reason for s in outcome.skipped}
+    assert skipped["reused.service"].startswith("already restarted")
+    assert skipped["gone.service"].startswith("already restarted")
+    if not systemd_running():
+        assert outcome.notes and "systemd is not running" in outcome.notes[0]
+
+
+@pytest.mark.skipif(systemd_running(), reason="systemd runs here: a real restart would happen")
+def test_real_restart_refused_without_systemd() -> None:
+    plan = Policy().plan(report(proc(10, "/system.slice/nginx.service")))
+    with pytest.raises(Refused):
+        execute(plan, dry_run=False)
+
+
+def test_refuse_manual_stop_parsing(tmp_path: Path) -> None:
+    stand_in = tmp_path / "systemctl"
+    stand_in.write_text("#!/bin/sh\n"
+                        "printf 'Id=a.service\\nRefuseManualStop=no\\n\\nId=b.service\\nRefuseManualStop=yes\\n'\n")
+    stand_in.chmod(0o755)
+    assert refuse_manual_stop(["a.service", "b.service"], str(stand_in)) == {"a.service": False, "b.service": True}
+    assert refuse_manual_stop([], str(stand_in)) == {}
