@@ -11,7 +11,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import List, NoReturn, Optional, Sequence
+from types import ModuleType
+from typing import NoReturn, Optional, Sequence
 
 from soswap import __version__
 from soswap.errors import EXIT_ERROR, SoswapError
@@ -43,19 +44,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _available_commands() -> List[object]:
-    modules = []
-    for name in COMMAND_MODULES:
-        try:
-            modules.append(importlib.import_module(f"soswap.commands.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"soswap.commands.{name}":
-                raise
-    return modules
+def _command_module(name: str) -> Optional[ModuleType]:
+    try:
+        return importlib.import_module(f"soswap.commands.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"soswap.commands.{name}":
+            raise
+        return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full argument parser (used by the CLI and by the docs tests)."""
+def _selected_command(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand named on the command line, if any (the first word that is not an option)."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in COMMAND_MODULES else None
+    return None
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser. With ``command``, only that subcommand's module is imported (start-up time
+    matters for a tool run from hooks and monitoring); without, every subcommand is (``soswap --help``)."""
     parser = _Parser(
         prog=_PROG,
         description="Replace shared libraries and executables under running programs, safely.",
@@ -64,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in _available_commands():
+    for name in COMMAND_MODULES:
+        if command is not None and name != command:
+            sub.add_parser(name)  # a placeholder: never parsed, since another command was named
+            continue
+        module = _command_module(name)
+        if module is None:
+            continue
         cmd = sub.add_parser(
             module.NAME,  # type: ignore[attr-defined]
             help=module.HELP,  # type: ignore[attr-defined]
@@ -78,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``soswap`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_selected_command(args_list))
+    args = parser.parse_args(args_list)
     try:
         return int(args._run(args))
     except SoswapError as exc:
