@@ -1,0 +1,377 @@
+"""Recovery of interrupted transactions, rollback of committed ones, history, and backup retention.
+
+Retention: a transaction's backups (hard links ``.NAME.bak-TXID`` next to each replaced file: the old inode,
+no copy) are kept for the ``keep`` most recent transactions (default 3); older ones are deleted at the end of
+the next install. ``--no-backup`` deletes them as soon as the transaction has committed (it is then not
+possible to roll it back). Rolling back consumes the backups of the transaction rolled back; the rollback
+itself keeps backups of what it replaced, so it can be rolled back in turn.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+
+from soswap.errors import Refused, StateError, UsageError
+from soswap.replace import naming
+from soswap.replace.pause import pause_point
+from soswap.replace.records import (
+    KIND_FILE,
+    KIND_REMOVE,
+    KIND_SYMLINK,
+    Change,
+    HistoryEntry,
+    InodeRecord,
+    InstallResult,
+    RecoverOutcome,
+)
+from soswap.replace.staging import stage_link, stage_symlink
+from soswap.replace.statedir import DEFAULT_LOCK_TIMEOUT, StateDir
+from soswap.replace.transaction import (
+    COMMITTED,
+    DONE,
+    FAILED,
+    PENDING,
+    PREPARED,
+    STAGING,
+    UNDONE,
+    Dirs,
+    Transaction,
+    commit_all,
+    drop_backup,
+    finish,
+    remove_temp,
+    restore_dir_flags,
+    undo_one,
+)
+
+
+def _changes(record: Dict[str, Any], path: str) -> List[Change]:
+    try:
+        return [Change.from_json(e) for e in record["entries"]]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise StateError(f"{path}: malformed journal entry ({exc}); move it aside to continue") from None
+
+
+def pending_txids(state: StateDir) -> List[str]:
+    """Transactions an interrupted soswap left behind (without taking the lock; for dry runs)."""
+    return [r["txid"] for r in state.live_records() if r["state"] in PENDING] if state.exists() else []
+
+
+def recover(state: StateDir, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> List[RecoverOutcome]:
+    """Finish or undo every interrupted transaction (``soswap recover``)."""
+    if not state.exists():
+        return []
+    state.lock(lock_timeout)
+    try:
+        return recover_locked(state)
+    finally:
+        state.unlock()
+
+
+def recover_locked(state: StateDir) -> List[RecoverOutcome]:
+    """:func:`recover` for a caller that holds the lock (install runs it first)."""
+    out = []
+    for record in state.live_records():
+        if record["state"] in PENDING:
+            out.append(_recover_one(state, record))
+    return out
+
+
+def _recover_one(state: StateDir, record: Dict[str, Any]) -> RecoverOutcome:
+    tx = Transaction(state, record)
+    found = record["state"]
+    changes = _changes(record, state.journal_path(tx.txid))
+    notes: List[str] = []
+    failed: List[str] = []
+    with Dirs() as dirs:
+        if found == COMMITTED:
+            usable = [c for c in changes if _dir_fd(dirs, c, notes) is not None]
+            try:
+                finish(tx, usable, dirs)
+            except OSError as exc:
+                raise StateError(f"transaction {tx.txid}: cleanup failed: {exc}") from None
+            action = "completed"
+        else:
+            for ch in reversed(changes):
+                dfd = _dir_fd(dirs, ch, notes)
+                if dfd is None:
+                    continue
+                try:
+                    note = undo_one(ch, dfd)
+                except OSError as exc:
+                    failed.append(f"{ch.dest}: {exc.strerror or exc}")
+                    continue
+                if note:
+                    notes.append(note)
+            try:
+                dirs.sync()
+            except OSError as exc:
+                failed.append(f"fsync of a directory: {exc.strerror or exc}")
+            if failed:
+                raise StateError(f"transaction {tx.txid}: could not undo " + "; ".join(failed)
+                                 + " (the journal is kept: fix the cause and run 'soswap recover' again)")
+            restore_dir_flags(tx)
+            record["recovered"] = True
+            tx.save(UNDONE)
+            action = "cleaned" if found == STAGING else "undone"
+    return RecoverOutcome(tx.txid, found, action, tuple(c.dest for c in changes), tuple(notes))
+
+
+def _dir_fd(dirs: Dirs, ch: Change, notes: List[str]) -> Optional[int]:
+    try:
+        return dirs.get(ch.directory)
+    except FileNotFoundError:
+        notes.append(f"{ch.directory}: directory is gone; nothing to restore there")
+        return None
+    except OSError as exc:
+        raise StateError(f"{ch.directory}: cannot open: {exc.strerror}") from None
+
+
+# -- retention -------------------------------------------------------------------------------------------------
+
+
+def _has_backups(record: Dict[str, Any]) -> bool:
+    return (record["state"] == DONE and bool(record.get("keep_backups")) and not record.get("backups_pruned")
+            and not record.get("rolled_back_by"))
+
+
+def prune(state: StateDir, keep: int) -> List[str]:
+    """Delete the backups of all but the ``keep`` most recent transactions that still have them; returns the
+    txids pruned. A backup is deleted only if it is still the inode the journal recorded."""
+    with_backups = [r for r in state.live_records() if _has_backups(r)]
+    victims = with_backups[: max(0, len(with_backups) - max(keep, 0))]
+    pruned = []
+    for record in victims:
+        _drop_backups(state, record)
+        pruned.append(record["txid"])
+    return pruned
+
+
+def _drop_backups(state: StateDir, record: Dict[str, Any]) -> None:
+    tx = Transaction(state, record)
+    with Dirs() as dirs:
+        for ch in _changes(record, state.journal_path(tx.txid)):
+            try:
+                drop_backup(ch, dirs.get(ch.directory))
+            except OSError:
+                continue  # directory gone or unreadable: nothing to free there
+    record["backups_pruned"] = True
+    tx.save(record["state"], durable=False)
+
+
+# -- rollback --------------------------------------------------------------------------------------------------
+
+
+def _latest_rollbackable(state: StateDir) -> Dict[str, Any]:
+    for txid in state.txids_newest_first():
+        record = state.read(txid)
+        if record["state"] == DONE and record["kind"] == "install" and not record.get("rolled_back_by"):
+            return record  # the most recent install, even if it kept no backups (then the rollback refuses)
+    raise UsageError(f"no committed transaction to roll back in {state.path}")
+
+
+def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Change]:
+    """Check that ``record`` can be rolled back and build the entries of the rollback transaction ``txid``.
+
+    Entries are in reverse commit order (programs before the libraries they need are restored)."""
+    if record["state"] != DONE:
+        raise Refused(f"transaction {record['txid']} is {record['state']}, not committed; nothing to roll back")
+    if record.get("rolled_back_by"):
+        raise Refused(f"transaction {record['txid']} was already rolled back by {record['rolled_back_by']}")
+    if not record.get("keep_backups"):
+        raise Refused(f"transaction {record['txid']} kept no backups (--no-backup); it cannot be rolled back")
+    if record.get("backups_pruned"):
+        raise Refused(f"the backups of transaction {record['txid']} were pruned (only the most recent "
+                      "transactions keep theirs); it cannot be rolled back")
+    problems: List[str] = []
+    out: List[Change] = []
+    for ch in reversed(_changes(record, path)):
+        try:
+            cur: Optional[os.stat_result] = os.lstat(ch.dest)
+        except FileNotFoundError:
+            cur = None
+        except OSError as exc:
+            problems.append(f"{ch.dest}: {exc.strerror}")
+            continue
+        if ch.new is not None and (cur is None or not ch.new.same_inode(cur)):
+            problems.append(f"{ch.dest} changed since transaction {record['txid']}")
+            continue
+        if ch.new is None and cur is not None:
+            problems.append(f"{ch.dest} exists again since transaction {record['txid']} removed it")
+            continue
+        if ch.old is not None and ch.kind != KIND_SYMLINK:
+            bpath = os.path.join(ch.directory, ch.backup) if ch.backup else None
+            try:
+                bst = os.lstat(bpath) if bpath else None
+            except OSError:
+                bst = None
+            if bst is None or not ch.old.same_inode(bst):
+                problems.append(f"{ch.dest}: the backup of the previous version is missing")
+                continue
+        name = ch.name
+        temp = naming.temp_name(name, txid)
+        backup = naming.backup_name(name, txid)
+        if ch.kind == KIND_SYMLINK:
+            if ch.old is None:  # the link was created: remove it
+                out.append(Change(KIND_REMOVE, ch.dest, None, backup, requested=ch.dest, old=ch.new,
+                                  link_old=ch.link_new))
+            else:
+                out.append(Change(KIND_SYMLINK, ch.dest, temp, None, requested=ch.dest, old=ch.new,
+                                  link_old=ch.link_new, link_new=ch.link_old))
+        elif ch.old is None:  # the file was created: remove it
+            out.append(Change(KIND_REMOVE, ch.dest, None, backup, requested=ch.requested, old=ch.new,
+                              flags=ch.flags))
+        else:  # put the backup back (for a KIND_REMOVE entry: re-create the file)
+            out.append(Change(KIND_FILE, ch.dest, temp, backup if ch.new is not None else None,
+                              source=os.path.join(ch.directory, ch.backup or ""), requested=ch.requested,
+                              old=ch.new, new=ch.old, flags=ch.flags))
+    if problems:
+        raise Refused(f"cannot roll back transaction {record['txid']}: " + "; ".join(problems)
+                      + "; nothing was changed")
+    return out
+
+
+def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False, keep_backups: bool = True,
+             argv: Sequence[str] = (), lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> InstallResult:
+    """Restore the versions a committed transaction replaced (``soswap rollback [TXID]``), as a new
+    transaction of kind ``rollback`` that is itself journaled, recoverable and kept for rollback."""
+    if not state.exists():
+        raise UsageError(f"no transactions in {state.path}")
+    if dry_run:
+        record = state.read(txid) if txid else _latest_rollbackable(state)
+        changes = _rollback_changes(record, state.journal_path(record["txid"]), "dry-run")
+        planned = tuple(c._replace(temp=None, backup=None) for c in changes)
+        return InstallResult(None, "dry-run", planned, (), rollback_of=record["txid"])
+    state.lock(lock_timeout)
+    try:
+        recovered = tuple(recover_locked(state))
+        record = state.read(txid) if txid else _latest_rollbackable(state)
+        target_txid = record["txid"]
+        new_txid = naming.new_txid()
+        while not state.claim(new_txid):
+            new_txid = naming.new_txid()
+        changes = _rollback_changes(record, state.journal_path(target_txid), new_txid)
+        tx = Transaction.new(state, new_txid, "rollback", argv, keep_backups=keep_backups)
+        tx.record["rollback_of"] = target_txid
+        tx.set_changes(changes)
+        tx.save(STAGING)
+        with Dirs() as dirs:
+            staged: List[Change] = []
+            try:
+                for ch in changes:
+                    dfd = dirs.get(ch.directory)
+                    if ch.kind == KIND_SYMLINK:
+                        assert ch.temp is not None and ch.link_new is not None
+                        staged.append(ch._replace(new=stage_symlink(dfd, ch.dest, ch.temp, ch.link_new),
+                                                  method="symlink"))
+                    elif ch.kind == KIND_FILE:
+                        assert ch.temp is not None and ch.new is not None and ch.source is not None
+                        new = stage_link(dfd, ch.dest, os.path.basename(ch.source), ch.temp, ch.new)
+                        staged.append(ch._replace(new=new, method="link"))
+                    else:
+                        staged.append(ch)
+                tx.set_changes(staged)
+                tx.save(PREPARED)
+            except BaseException as exc:
+                for ch in changes:
+                    try:
+                        remove_temp(ch, dirs.get(ch.directory))
+                    except OSError:
+                        pass
+                tx.record["error"] = str(exc)
+                tx.save(FAILED)
+                raise
+            pause_point("journal-prepared")
+            committed = commit_all(tx, staged, dirs)
+            finish(tx, committed, dirs)
+        record["rolled_back_by"] = new_txid
+        _drop_backups(state, record)
+    finally:
+        state.unlock()
+    return InstallResult(new_txid, "rolled-back", tuple(committed), (), recovered, backups_kept=keep_backups,
+                         rollback_of=target_txid)
+
+
+# -- history ---------------------------------------------------------------------------------------------------
+
+
+def history(state: StateDir) -> List[HistoryEntry]:
+    """Every transaction, oldest first."""
+    if not state.exists():
+        return []
+    out = []
+    for record in state.records():
+        changes = _changes(record, state.journal_path(record["txid"]))
+        if record["state"] in (UNDONE, FAILED) or not record.get("keep_backups"):
+            backups = "none"
+        elif record.get("backups_pruned") or record.get("rolled_back_by"):
+            backups = "pruned"
+        else:
+            backups = "kept"
+        out.append(HistoryEntry(
+            txid=record["txid"],
+            kind=record["kind"],
+            state=record["state"],
+            started=str(record.get("started") or ""),
+            finished=record.get("finished"),
+            changes=tuple(changes),
+            backups=backups,
+            rollback_of=record.get("rollback_of"),
+            rolled_back_by=record.get("rolled_back_by"),
+            argv=tuple(str(a) for a in record.get("argv") or ()),
+        ))
+    return out
+
+
+def describe_state(state: str) -> str:
+    """A short human description of a journal state."""
+    return {
+        STAGING: "interrupted while staging",
+        PREPARED: "interrupted during commit",
+        COMMITTED: "committed, cleanup pending",
+        DONE: "committed",
+        UNDONE: "undone (nothing changed)",
+        FAILED: "failed (nothing changed)",
+    }.get(state, state)
+
+
+
+def known_hashes(state: StateDir) -> Dict[Tuple[int, int, int, int], str]:
+    """SHA-256 of the files the live transactions installed, keyed by (dev, ino, size, mtime_ns): replacing
+    such a file again needs no second read of it to journal its hash."""
+    out: Dict[Tuple[int, int, int, int], str] = {}
+    for record in state.live_records():
+        if record["state"] != DONE:
+            continue
+        for ch in _changes(record, state.journal_path(record["txid"])):
+            if ch.new is not None and ch.new.sha256:
+                out[(ch.new.dev, ch.new.ino, ch.new.size, ch.new.mtime_ns)] = ch.new.sha256
+    return out
+
+
+# -- facts for the stale engine --------------------------------------------------------------------------------
+
+
+def journal_facts(state: StateDir, last: int = 1000) -> Tuple[FrozenSet[Tuple[int, int]],
+                                                              Dict[Tuple[int, int], InodeRecord]]:
+    """From the ``last`` transactions: the (st_dev, st_ino) of every old inode a transaction replaced or
+    removed (renamed-away and hard-linked old versions included), and the record of every file it installed,
+    keyed by (st_dev, st_ino) — what ``soswap.proc.JournalView`` takes."""
+    replaced: Set[Tuple[int, int]] = set()
+    installed: Dict[Tuple[int, int], InodeRecord] = {}
+    if not state.exists():
+        return frozenset(), installed
+    for txid in reversed(state.txids_newest_first()[:last]):
+        record = state.read(txid)
+        if record["state"] not in (DONE, COMMITTED):
+            continue
+        for ch in _changes(record, state.journal_path(txid)):
+            if ch.kind == KIND_SYMLINK:
+                continue
+            if ch.old is not None:
+                replaced.add((ch.old.dev, ch.old.ino))
+                installed.pop((ch.old.dev, ch.old.ino), None)
+            if ch.new is not None:
+                installed[(ch.new.dev, ch.new.ino)] = ch.new
+    return frozenset(replaced), installed

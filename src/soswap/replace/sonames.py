@@ -1,0 +1,80 @@
+"""Soname links: after installing ``libfoo.so.1.2.4`` whose DT_SONAME is ``libfoo.so.1``, point the link
+``libfoo.so.1`` at it — atomically (a temporary symlink renamed over the old one), never ``unlink`` +
+``symlink`` as ldconfig's ``create_links`` does.
+
+The link is flipped only when ldconfig would choose the same file (the highest version, compared as
+elf/dl-cache.c ``_dl_cache_libcmp`` does), so a later ``ldconfig`` run leaves it alone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import NamedTuple, Optional, Union
+
+
+class LinkPlan(NamedTuple):
+    """Point ``link`` (a path) at ``target`` (a name in the same directory); ``old_target`` is the current
+    link text, or None when the link does not exist yet."""
+
+    link: str
+    target: str
+    old_target: Optional[str]
+
+
+def _digits_then_rest(s: str, i: int) -> int:
+    j = i
+    while j < len(s) and s[j].isdigit():
+        j += 1
+    return j
+
+
+def libcmp(a: str, b: str) -> int:
+    """Compare two library names like ``_dl_cache_libcmp``: runs of digits numerically, and a digit sorts
+    after a non-digit. Returns <0, 0, >0."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        ca, cb = a[i], b[j]
+        if ca.isdigit() and ca.isascii():
+            if not (cb.isdigit() and cb.isascii()):
+                return 1
+            ei, ej = _digits_then_rest(a, i), _digits_then_rest(b, j)
+            va, vb = int(a[i:ei]), int(b[j:ej])
+            if va != vb:
+                return -1 if va < vb else 1
+            i, j = ei, ej
+        else:
+            if cb.isdigit() and cb.isascii():
+                return -1
+            if ca != cb:
+                return -1 if ca < cb else 1
+            i += 1
+            j += 1
+    return (len(a) - i) - (len(b) - j)
+
+
+def plan_soname_link(directory: str, name: str, soname: Optional[str]) -> Union[LinkPlan, str, None]:
+    """What to do with the soname link of the library installed as ``directory/name``: a :class:`LinkPlan`,
+    a warning string when the link is left alone for a reason the user should know, or None."""
+    if not soname or soname == name or "/" in soname or soname in (".", ".."):
+        return None
+    link = os.path.join(directory, soname)
+    try:
+        st = os.lstat(link)
+    except FileNotFoundError:
+        return LinkPlan(link, name, None)
+    except OSError as exc:
+        return f"soname link {soname} unreadable ({exc.strerror}); left alone"
+    if not stat.S_ISLNK(st.st_mode):
+        return f"{soname} is a regular file, not a symbolic link; left alone (it shadows {name})"
+    try:
+        current = os.readlink(link)
+    except OSError as exc:
+        return f"soname link {soname} unreadable ({exc.strerror}); left alone"
+    if current == name or os.path.normpath(os.path.join(directory, current)) == os.path.join(directory, name):
+        return None
+    current_name = os.path.basename(current)
+    if os.path.dirname(current) not in ("", ".") or libcmp(name, current_name) >= 0:
+        return LinkPlan(link, name, current)
+    return (f"soname link {soname} points to {current}, a higher version than {name}; left alone "
+            "(ldconfig would keep the highest version)")

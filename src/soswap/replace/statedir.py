@@ -1,0 +1,237 @@
+"""The state directory: transaction journals and the lock that serializes installs.
+
+Location: ``--state-dir``, else ``$SOSWAP_STATE_DIR``, else ``/var/lib/soswap`` as root, else
+``$XDG_STATE_HOME/soswap`` (``~/.local/state/soswap``). Layout::
+
+    lock                 flock(2)ed exclusively by install, recover and rollback; holds the owner's PID
+    tx/TXID.json         live journals: interrupted transactions, and committed ones whose backups are kept
+    history/TXID.json    finished transactions with nothing left on disk (no backups, pruned, undone, failed)
+
+Each journal is replaced atomically (temp + fsync + rename + fsync of the directory). Keeping the live ones
+apart bounds the work of every install (recovery and pruning read ``tx/`` only) however long the history.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from soswap.errors import StateError
+
+JOURNAL_VERSION = 1
+#: How long a second install waits for the lock before giving up (never hang).
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+
+def default_state_dir() -> str:
+    """The state directory when none is given: $SOSWAP_STATE_DIR, /var/lib/soswap (root) or the XDG one."""
+    env = os.environ.get("SOSWAP_STATE_DIR")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/lib/soswap"
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if not xdg or not os.path.isabs(xdg):
+        xdg = os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(xdg, "soswap")
+
+
+class StateDir:
+    """The journals of one state directory. Use :meth:`locked` around anything that changes files."""
+
+    def __init__(self, path: Optional[str] = None) -> None:
+        self.path = os.path.abspath(path or default_state_dir())
+        self.tx_dir = os.path.join(self.path, "tx")
+        self.history_dir = os.path.join(self.path, "history")
+        self._lock_fd: Optional[int] = None
+
+    # -- setup and lock -----------------------------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """Create the directories (mode 0700) if missing."""
+        for d in (self.tx_dir, self.history_dir):
+            try:
+                os.makedirs(d, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise StateError(f"{self.path}: cannot create the state directory: {exc.strerror}") from None
+            if not os.path.isdir(d):
+                raise StateError(f"{d}: not a directory")
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.tx_dir)
+
+    def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+        """Take the exclusive lock, waiting at most ``timeout`` seconds (StateError names the holder)."""
+        self.ensure()
+        lock_path = os.path.join(self.path, "lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise StateError(f"{lock_path}: cannot open the lock file: {exc.strerror}") from None
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                    os.close(fd)
+                    raise StateError(f"{lock_path}: cannot lock: {exc.strerror}") from None
+            if time.monotonic() >= deadline:
+                holder = _read_small(fd).strip() or "unknown"
+                os.close(fd)
+                raise StateError(f"{self.path}: another soswap (PID {holder}) holds the lock; gave up after "
+                                 f"{timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        try:  # the PID is only informational (for the "holds the lock" message)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.ftruncate(self._lock_fd, 0)
+            except OSError:
+                pass
+            os.close(self._lock_fd)  # closing the last fd releases the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> StateDir:
+        self.lock()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unlock()
+
+    # -- journals -----------------------------------------------------------------------------------------
+
+    def journal_path(self, txid: str, live: bool = True) -> str:
+        return os.path.join(self.tx_dir if live else self.history_dir, f"{txid}.json")
+
+    def claim(self, txid: str) -> bool:
+        """True if no journal named ``txid`` exists yet (the caller holds the lock)."""
+        return not (os.path.lexists(self.journal_path(txid)) or os.path.lexists(self.journal_path(txid, False)))
+
+    def write(self, record: Dict[str, Any], durable: bool = True) -> None:
+        """Replace the journal of ``record["txid"]`` atomically, in ``tx/`` or ``history/`` as its state says;
+        ``durable``: fsync the file and the directory."""
+        txid = record["txid"]
+        live = is_live(record)
+        directory = self.tx_dir if live else self.history_dir
+        data = json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode() + b"\n"
+        tmp = os.path.join(directory, f".{txid}.json.tmp")
+        final = self.journal_path(txid, live)
+        other = self.journal_path(txid, not live)
+        # A move between the directories is not forced durable: only finished records move, and losing one
+        # in a power cut loses a history line, never a file (a resurrected tx/ copy is cleaned up again).
+        moving = os.path.lexists(other)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if durable:
+                _sync_dir(directory)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise StateError(f"{final}: cannot write the journal: {exc.strerror}") from None
+        if moving:  # the copy in the other directory is now stale (readers prefer history/ anyway)
+            try:
+                os.unlink(other)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StateError(f"{other}: cannot remove: {exc.strerror}") from None
+
+    def read(self, txid: str) -> Dict[str, Any]:
+        """The journal of ``txid``; StateError if missing or unreadable."""
+        if not txid or "/" in txid or txid.startswith("."):
+            raise StateError(f"invalid transaction id {txid!r}")
+        for live in (False, True):
+            path = self.journal_path(txid, live)
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read(64 << 20)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise StateError(f"{path}: cannot read the journal: {exc.strerror}") from None
+            return _parse(path, raw)
+        raise StateError(f"no transaction {txid} in {self.path}")
+
+    def _list(self, directory: str) -> List[str]:
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StateError(f"{directory}: cannot list journals: {exc.strerror}") from None
+        return [n[:-5] for n in names if n.endswith(".json") and not n.startswith(".")]
+
+    def live_records(self) -> List[Dict[str, Any]]:
+        """The journals in ``tx/``: interrupted transactions and those whose backups are kept; oldest first."""
+        return [self.read(t) for t in sorted(self._list(self.tx_dir))]
+
+    def txids_newest_first(self) -> List[str]:
+        return sorted(set(self._list(self.tx_dir)) | set(self._list(self.history_dir)), reverse=True)
+
+    def records(self) -> Iterator[Dict[str, Any]]:
+        """Every journal, oldest first (transaction ids sort by start time)."""
+        for txid in sorted(set(self._list(self.tx_dir)) | set(self._list(self.history_dir))):
+            yield self.read(txid)
+
+
+def is_live(record: Dict[str, Any]) -> bool:
+    """Whether a journal belongs in ``tx/``: still pending, or committed with backups on disk."""
+    state = record.get("state")
+    if state in ("staging", "prepared", "committed"):
+        return True
+    return (state == "done" and bool(record.get("keep_backups")) and not record.get("backups_pruned")
+            and not record.get("rolled_back_by"))
+
+
+def _sync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_small(fd: int) -> str:
+    try:
+        return os.pread(fd, 64, 0).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parse(path: str, raw: bytes) -> Dict[str, Any]:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StateError(f"{path}: unreadable journal ({exc}); move it aside to continue") from None
+    if not isinstance(obj, dict) or obj.get("version") != JOURNAL_VERSION or not isinstance(obj.get("entries"), list):
+        raise StateError(f"{path}: not a soswap journal of version {JOURNAL_VERSION}; move it aside to continue")
+    for key in ("txid", "state", "kind"):
+        if not isinstance(obj.get(key), str):
+            raise StateError(f"{path}: journal field {key!r} missing; move it aside to continue")
+    return obj

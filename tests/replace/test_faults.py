@@ -1,0 +1,272 @@
+"""Failures at every step: real syscall errors injected with strace, SIGKILL at every step followed by
+``soswap recover``, and a filesystem without O_TMPFILE (replace.md §(b) 17, 18, 24)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from replace.helpers import SRC, backups, have, leftovers, run, sha256, soswap, wait_stopped
+from support.build import requires_root, shared_lib
+
+pytestmark = [requires_root, pytest.mark.skipif(not have("strace"), reason="strace not installed")]
+
+#: Makes openat(..., O_TMPFILE) fail with EOPNOTSUPP, as on a filesystem without O_TMPFILE.
+NO_TMPFILE_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+static int call(const char *name, int dfd, const char *path, int flags, mode_t mode) {
+    int (*real)(int, const char *, int, ...) = (int (*)(int, const char *, int, ...))dlsym(RTLD_NEXT, name);
+    return real(dfd, path, flags, mode);
+}
+#define SHIM(name) \
+int name(int dfd, const char *path, int flags, ...) { \
+    mode_t mode = 0; \
+    if (flags & (O_CREAT | __O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, int); va_end(ap); } \
+    if ((flags & __O_TMPFILE) == __O_TMPFILE) { errno = EOPNOTSUPP; return -1; } \
+    return call(#name, dfd, path, flags, mode); \
+}
+SHIM(openat)
+SHIM(openat64)
+"""
+
+
+def _setup(tmp_path: Path, libfoo) -> Path:  # type: ignore[no-untyped-def]
+    """libfoo.so.1 v1 with an owner, an ACL, a user xattr and a capability: every metadata step runs."""
+    d = tmp_path / "d"
+    lib = libfoo.deploy(d, with_programs=False)
+    os.chown(lib, 1234, 4321)
+    run(["setfacl", "-m", "u:nobody:rx", lib])
+    os.setxattr(lib, "user.note", b"n")
+    assert run(["setcap", "cap_net_bind_service=+ep", lib]).returncode == 0
+    return lib
+
+
+def _assert_old_and_clean(lib: Path, libfoo, state: Path) -> None:  # type: ignore[no-untyped-def]
+    assert sha256(lib) == libfoo.sha1
+    assert leftovers(lib.parent) == []
+    soswap(["recover"], state, check=0)
+    assert sha256(lib) == libfoo.sha1
+    assert leftovers(lib.parent) == [] and backups(lib.parent) == []
+    assert (lib.stat().st_uid, lib.stat().st_gid) == (1234, 4321)
+    assert "cap_net_bind_service" in run(["getcap", lib]).stdout
+
+
+def _inject(lib: Path, libfoo, state: Path, *specs: str, env=None):  # type: ignore[no-untyped-def]
+    prefix = ["strace", "-f", "-qq", "-o", "/dev/null"]
+    for spec in specs:
+        prefix += ["-e", f"inject={spec}"]
+    return soswap(["install", "--no-check", libfoo.v2, lib], state, prefix=prefix, env=env)
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        (["copy_file_range:error=EIO"], "writing the new file failed"),
+        (["copy_file_range:error=ENOSPC"], "no space left"),
+        (["copy_file_range:error=EXDEV", "pwrite64:error=EIO"], "writing the new file failed"),
+        (["fchown:error=EPERM"], "owner 1234:4321"),
+        (["fchmod:error=EPERM"], "mode 0755"),
+        (["fsetxattr:error=EPERM:when=1"], "system.posix_acl_access"),
+        (["fsetxattr:error=EPERM:when=2"], "user.note"),
+        (["fsetxattr:error=EPERM:when=3"], "security.capability"),
+        (["utimensat:error=EPERM"], "timestamps"),
+        (["linkat:error=EIO:when=1"], "linking the temporary file"),
+        (["linkat:error=EIO:when=2"], "making the backup link"),
+        (["renameat:error=EIO"], "rename failed"),
+        (["renameat:error=EBUSY"], "mount point"),
+        (["rename:error=EIO:when=1"], "cannot write the journal"),
+        (["rename:error=EIO:when=2"], "cannot write the journal"),
+        (["rename:error=EIO:when=3"], "cannot write the journal"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "+".join(v),
+)
+def test_injected_syscall_error(tmp_path, libfoo, state, specs: List[str], message: str):
+    """Each failing syscall: exit 2, one error line naming the step, the old file intact, no temp; recover
+    finds nothing to change."""
+    lib = _setup(tmp_path, libfoo)
+    r = _inject(lib, libfoo, state, *specs)
+    assert r.returncode == 2, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("soswap: error:")]
+    assert len(errors) == 1 and message in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    _assert_old_and_clean(lib, libfoo, state)
+
+
+def test_every_fsync_failure(tmp_path, libfoo, state):
+    """fsync fails at each of its calls in turn (temp file, journal, directories): never a half state."""
+    lib = _setup(tmp_path, libfoo)
+    trace = tmp_path / "count"
+    soswap(["install", "--no-check", libfoo.v1, tmp_path / "probe"], state, check=0,
+           prefix=["strace", "-f", "-qq", "-e", "trace=fsync", "-o", str(trace)])
+    soswap(["install", "--no-check", libfoo.v1, tmp_path / "probe"], state, check=0,
+           prefix=["strace", "-f", "-qq", "-e", "trace=fsync", "-o", str(trace)])
+    calls = sum(1 for line in trace.read_text().splitlines() if "fsync(" in line)
+    assert calls >= 5  # journal file + dir (staging, prepared, committed), temp file, target directory
+    for n in range(1, calls + 1):
+        r = _inject(lib, libfoo, state, f"fsync:error=EIO:when={n}")
+        assert r.returncode == 2, f"fsync #{n}: {r.stderr}"
+        assert r.stderr.count("soswap: error:") == 1
+        _assert_old_and_clean(lib, libfoo, state)
+
+
+def test_linkat_eperm_for_backup_still_installs(tmp_path, libfoo, state):
+    """A backup link refused with EPERM (e.g. protected_hardlinks) does not stop a single-file install."""
+    lib = _setup(tmp_path, libfoo)
+    r = _inject(lib, libfoo, state, "linkat:error=EPERM:when=2")
+    assert r.returncode == 0, r.stderr
+    assert sha256(lib) == libfoo.sha2 and backups(lib.parent) == []
+
+
+# -- SIGKILL at every step ---------------------------------------------------------------------------------
+
+STEPS_BEFORE_COMMIT = ["checked", "journal-staging", "temp-created", "data-copied", "metadata-set", "fsynced",
+                       "linked", "staged", "journal-prepared", "backup:0", "verified:0"]
+STEPS_DURING_COMMIT = ["renamed:0", "flags:0", "dirs-synced"]
+STEPS_AFTER_COMMIT = ["committed", "cleaned"]
+
+
+def _kill_at(step: str, argv: List[str], state: Path, env_extra=None) -> None:  # type: ignore[no-untyped-def]
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state), SOSWAP_TEST_PAUSE_AT=step)
+    if env_extra:
+        env.update(env_extra)
+    p = subprocess.Popen([sys.executable, "-m", "soswap", *argv], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        stopped = wait_stopped(p.pid)
+        assert stopped, f"never reached pause point {step}: {p.stderr.read().decode() if p.poll() is not None else ''}"
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+        if p.stderr:
+            p.stderr.close()
+
+
+@pytest.mark.parametrize("step", STEPS_BEFORE_COMMIT + STEPS_DURING_COMMIT + STEPS_AFTER_COMMIT)
+def test_sigkill_at_step_then_recover(tmp_path, libfoo, state, step):
+    """Case 18: kill -9 at each step; after 'soswap recover' the file is entirely v1 (not committed) or
+    entirely v2 (committed), with its metadata, and no temporary file is left."""
+    lib = _setup(tmp_path, libfoo)
+    _kill_at(step, ["install", "--no-check", str(libfoo.v2), str(lib)], state)
+    assert sha256(lib) in (libfoo.sha1, libfoo.sha2)
+    r = soswap(["recover", "--json"], state, check=0)
+    expected = libfoo.sha2 if step in STEPS_AFTER_COMMIT else libfoo.sha1
+    assert sha256(lib) == expected
+    assert leftovers(lib.parent) == []
+    assert (lib.stat().st_uid, lib.stat().st_gid) == (1234, 4321)
+    assert "cap_net_bind_service" in run(["getcap", lib]).stdout
+    recovered = json.loads(r.stdout)["recovered"]
+    if step == "checked":
+        assert recovered == []  # killed before the journal existed: nothing was written
+    elif step != "cleaned":
+        assert len(recovered) == 1
+    history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert all(t["state"] in ("done", "undone") for t in history)
+    assert len(backups(lib.parent)) == (1 if expected == libfoo.sha2 else 0)
+    # and the next install works normally
+    soswap(["install", "--no-check", libfoo.v2, lib], state, check=0)
+    assert sha256(lib) == libfoo.sha2
+
+
+def test_sigkill_named_temp_left_then_recovered(tmp_path, libfoo, state):
+    """Without O_TMPFILE the temp has a name from the start; recovery removes it after a kill -9."""
+    shim = shared_lib(tmp_path / "shim" / "notmpfile.so", NO_TMPFILE_SHIM, libs=["-ldl"])
+    lib = _setup(tmp_path, libfoo)
+    _kill_at("data-copied", ["install", "--no-check", str(libfoo.v2), str(lib)], state,
+             env_extra={"LD_PRELOAD": str(shim)})
+    assert len(leftovers(lib.parent)) == 1
+    soswap(["recover"], state, check=0)
+    assert leftovers(lib.parent) == [] and sha256(lib) == libfoo.sha1
+
+
+def test_without_o_tmpfile(tmp_path, libfoo, state):
+    """Case 17: with O_TMPFILE failing, the named fallback installs, and leaves nothing after success or an
+    injected failure."""
+    shim = shared_lib(tmp_path / "shim" / "notmpfile.so", NO_TMPFILE_SHIM, libs=["-ldl"])
+    lib = _setup(tmp_path, libfoo)
+    trace = tmp_path / "trace"
+    r = soswap(["install", "--no-check", libfoo.v2, lib], state, env={"LD_PRELOAD": str(shim)},
+               prefix=["strace", "-f", "-qq", "-e", "trace=openat", "-o", str(trace)])
+    assert r.returncode == 0, r.stderr
+    text = trace.read_text()
+    assert "O_TMPFILE" not in text  # the shim answered without a system call
+    assert [line for line in text.splitlines() if ".libfoo.so.1.new-" in line and "O_EXCL" in line]
+    assert sha256(lib) == libfoo.sha2 and leftovers(lib.parent) == []
+    r = _inject(lib, libfoo, state, "copy_file_range:error=EIO", env={"LD_PRELOAD": str(shim)})
+    assert r.returncode == 2 and leftovers(lib.parent) == []
+
+
+def test_sigkill_between_renames_of_three_files(tmp_path, libfoo, state):
+    """Case 24: a 3-file transaction killed between its 1st and 2nd rename; recovery restores all three old
+    inodes and removes every temp."""
+    d = tmp_path / "app"
+    libfoo.deploy(d)
+    names = ["libfoo.so.1", "loop", "once"]
+    before = {n: ((d / n).stat().st_ino, sha256(d / n)) for n in names}
+    new = tmp_path / "new"
+    new.mkdir()
+    for n in names:
+        (new / n).write_bytes((d / n).read_bytes() + b"\0new")
+    _kill_at("renamed:0", ["install", "--no-check", *(str(new / n) for n in names), str(d)], state)
+    changed = [n for n in names if (d / n).stat().st_ino != before[n][0]]
+    assert changed == ["libfoo.so.1"]  # the library is committed first (the programs need it)
+    soswap(["recover"], state, check=0)
+    assert {n: ((d / n).stat().st_ino, sha256(d / n)) for n in names} == before
+    assert leftovers(d) == [] and backups(d) == []
+
+
+def test_sigterm_during_commit_undoes(tmp_path, libfoo, state):
+    """SIGTERM while paused mid-commit: the process unwinds like SIGINT and undoes (exit 130)."""
+    lib = _setup(tmp_path, libfoo)
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state), SOSWAP_TEST_PAUSE_AT="renamed:0")
+    p = subprocess.Popen([sys.executable, "-m", "soswap", "install", "--no-check", str(libfoo.v2), str(lib)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_stopped(p.pid)
+        assert sha256(lib) == libfoo.sha2  # renamed, not committed
+        os.kill(p.pid, signal.SIGTERM)
+        os.kill(p.pid, signal.SIGCONT)
+        assert p.wait(timeout=30) == 130
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if p.stderr:
+            p.stderr.close()
+    assert sha256(lib) == libfoo.sha1 and leftovers(lib.parent) == [] and backups(lib.parent) == []
+    history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert [t["state"] for t in history] == ["undone"]
+
+
+def test_new_file_rename_noreplace_failure(tmp_path, libfoo, state):
+    """A new file is committed with renameat2(RENAME_NOREPLACE); when it fails nothing appears."""
+    d = tmp_path / "new"
+    d.mkdir()
+    r = soswap(["install", "--no-check", libfoo.v2, d / "libfoo.so.1"], state,
+               prefix=["strace", "-f", "-qq", "-o", "/dev/null", "-e", "inject=renameat2:error=EIO"])
+    assert r.returncode == 2 and r.stderr.count("soswap: error:") == 1, r.stderr
+    assert sorted(os.listdir(d)) == []
+
+
+def test_sigkill_during_rollback_then_recover(tmp_path, libfoo, state):
+    """A rollback killed mid-commit is undone by recovery: the files are the installed versions again, and
+    the rollback can then be run to completion."""
+    lib = _setup(tmp_path, libfoo)
+    soswap(["install", "--no-check", libfoo.v2, lib], state, check=0)
+    _kill_at("renamed:0", ["rollback"], state)
+    assert sha256(lib) == libfoo.sha1  # the rollback's rename happened
+    soswap(["recover"], state, check=0)
+    assert sha256(lib) == libfoo.sha2 and leftovers(lib.parent) == []
+    soswap(["rollback"], state, check=0)
+    assert sha256(lib) == libfoo.sha1 and leftovers(lib.parent) == []
+    assert (lib.stat().st_uid, lib.stat().st_gid) == (1234, 4321)

@@ -1,0 +1,304 @@
+"""Transactions: dependency order, manifests, soname links, rollback, retention, history, locking, recovery
+of a damaged state, and the preflight / stale-report seams."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from replace.helpers import backups, leftovers, maps_of, read_lines_until, run, sha256, soswap
+from soswap.replace import InstallOptions, Request, StateDir, install
+from support.build import executable, requires_root, shared_lib
+
+pytestmark = [requires_root]
+
+
+def _trace_renames(path: Path) -> list:
+    return [line for line in path.read_text().splitlines() if "renameat" in line and "= 0" in line]
+
+
+def test_library_committed_before_program(tmp_path, libfoo, state):
+    """Given program first, the library it needs is still renamed first (real order seen by strace)."""
+    d = tmp_path / "app"
+    libfoo.deploy(d)
+    trace = tmp_path / "trace"
+    soswap(["install", libfoo.loop, libfoo.v2, d], state, check=0,
+           prefix=["strace", "-f", "-qq", "-e", "trace=renameat,renameat2", "-o", str(trace)])
+    renames = _trace_renames(trace)
+    targets = [line.split(",")[3].split(")")[0].strip().strip('"') for line in renames]
+    assert targets == ["libfoo.so.1", "loop"]
+
+
+def test_chain_of_three_ordered(tmp_path, state):
+    """app needs libb, libb needs liba: committed liba, libb, app whatever the given order."""
+    src = tmp_path / "src"
+    a = shared_lib(src / "liba.so.1", "int a(void){return 1;}", soname="liba.so.1")
+    b = shared_lib(src / "libb.so.1", "int a(void); int b(void){return a()+1;}", soname="libb.so.1",
+                   libs=[str(a)], flags=["-Wl,-rpath,$ORIGIN"])
+    app = executable(src / "app", "int b(void); int main(void){return b()-2;}", libs=[str(b), str(a)],
+                     flags=["-Wl,-rpath,$ORIGIN"])
+    d = tmp_path / "dest"
+    d.mkdir()
+    r = soswap(["install", "--json", app, b, a, d], state, check=0)
+    order = [os.path.basename(c["dest"]) for c in json.loads(r.stdout)["changes"]]
+    assert order == ["liba.so.1", "libb.so.1", "app"]
+    assert run([d / "app"]).returncode == 0
+
+
+def test_manifest(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    payload = tmp_path / "pkg"
+    payload.mkdir()
+    shutil.copyfile(libfoo.v2, payload / "libfoo.so.1")
+    shutil.copyfile(libfoo.once, payload / "my tool")
+    manifest = payload / "MANIFEST"
+    manifest.write_text(
+        "# comment line\n"
+        f"libfoo.so.1 {d}/\n"
+        f"'my tool' '{d}/my tool' mode=0750 owner=1234 group=4321  # trailing comment\n"
+    )
+    soswap(["install", "--manifest", manifest], state, check=0)
+    assert sha256(lib) == libfoo.sha2
+    st = (d / "my tool").stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o750, 1234, 4321)
+    bad = payload / "BAD"
+    bad.write_text("ok ok\nonly-one-field\n")
+    r = soswap(["install", "--manifest", bad], state, check=2)
+    assert "BAD:2:" in r.stderr and r.stderr.count("soswap: error:") == 1
+
+
+def test_duplicate_destination_refused(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    (d / "alias").symlink_to("libfoo.so.1")
+    r = soswap(["install", "--manifest", "/dev/stdin"], state)  # empty stdin: no files
+    assert r.returncode == 2
+    m = tmp_path / "m"
+    m.write_text(f"{libfoo.v2} {lib}\n{libfoo.v1} {d}/alias\n")
+    r = soswap(["install", "--manifest", m], state, check=2)
+    assert "destination of both" in r.stderr
+    assert sha256(lib) == libfoo.sha1
+
+
+def test_soname_link_flip_is_atomic(tmp_path, libfoo, state):
+    """libfoo.so.1.2.4 beside libfoo.so.1.2.3: libfoo.so.1 is flipped by rename of a temp symlink, never
+    unlinked; a lower version leaves it alone with a warning; a missing link is created."""
+    d = tmp_path / "lib"
+    d.mkdir()
+    shutil.copyfile(libfoo.v1, d / "libfoo.so.1.2.3")
+    (d / "libfoo.so.1").symlink_to("libfoo.so.1.2.3")
+    trace = tmp_path / "trace"
+    new = tmp_path / "libfoo.so.1.2.4"
+    shutil.copyfile(libfoo.v2, new)
+    soswap(["install", new, d], state, check=0,
+           prefix=["strace", "-f", "-qq", "-e", "trace=unlink,unlinkat,symlinkat,renameat", "-o", str(trace)])
+    assert os.readlink(d / "libfoo.so.1") == "libfoo.so.1.2.4"
+    text = trace.read_text()
+    assert not [line for line in text.splitlines() if "unlink" in line and '"libfoo.so.1"' in line]
+    assert [line for line in text.splitlines() if "symlinkat" in line and ".libfoo.so.1.new-" in line]
+    assert [line for line in text.splitlines() if "renameat" in line and '"libfoo.so.1")' in line]
+    older = tmp_path / "libfoo.so.1.2.0"
+    shutil.copyfile(libfoo.v1, older)
+    r = soswap(["install", older, d], state, check=0)
+    assert os.readlink(d / "libfoo.so.1") == "libfoo.so.1.2.4" and "higher version" in r.stderr
+    e = tmp_path / "empty"
+    e.mkdir()
+    soswap(["install", new, e], state, check=0)
+    assert os.readlink(e / "libfoo.so.1") == "libfoo.so.1.2.4"
+    soswap(["install", "--no-soname-links", older, tmp_path / "nolinks" / "x.so"], state, check=2)  # no dir
+    (tmp_path / "nolinks").mkdir()
+    soswap(["install", "--no-soname-links", new, tmp_path / "nolinks"], state, check=0)
+    assert not (tmp_path / "nolinks" / "libfoo.so.1").exists()
+
+
+def test_control_ldconfig_unlinks_then_symlinks(tmp_path, libfoo):
+    """Case 12 control: ldconfig -n replaces a soname link by unlink + symlink (a window with no link)."""
+    d = tmp_path / "lib"
+    d.mkdir()
+    shutil.copyfile(libfoo.v1, d / "libfoo.so.1.2.3")
+    shutil.copyfile(libfoo.v2, d / "libfoo.so.1.2.4")
+    (d / "libfoo.so.1").symlink_to("libfoo.so.1.2.3")
+    trace = tmp_path / "trace"
+    r = run(["strace", "-f", "-qq", "-e", "trace=unlink,unlinkat,symlink,symlinkat", "-o", trace,
+             "ldconfig", "-n", d])
+    assert r.returncode == 0
+    calls = [line for line in trace.read_text().splitlines() if "libfoo.so.1" in line]
+    assert any("unlink" in c for c in calls) and any("symlink" in c for c in calls)
+    assert os.readlink(d / "libfoo.so.1") == "libfoo.so.1.2.4"
+
+
+def test_rollback_restores_everything(tmp_path, libfoo, state):
+    """Install (replace + create + soname link), roll back (old inodes back, new file gone, link back), roll
+    the rollback back (re-applied)."""
+    d = tmp_path / "lib"
+    d.mkdir()
+    shutil.copyfile(libfoo.v1, d / "libfoo.so.1.2.3")
+    (d / "libfoo.so.1").symlink_to("libfoo.so.1.2.3")
+    shutil.copyfile(libfoo.once, d / "tool")
+    new_lib = tmp_path / "libfoo.so.1.2.4"
+    shutil.copyfile(libfoo.v2, new_lib)
+    old_tool = (d / "tool").stat()
+    r = soswap(["install", "--json", new_lib, libfoo.loop, d / "tool"], state)
+    assert r.returncode == 2  # 3 paths: the last is not a directory
+    r = soswap(["install", "--json", new_lib, d], state, check=0)
+    tx1 = json.loads(r.stdout)["txid"]
+    r = soswap(["install", "--json", libfoo.loop, d / "tool"], state, check=0)
+    tx2 = json.loads(r.stdout)["txid"]
+    assert sha256(d / "tool") == sha256(libfoo.loop)
+
+    r = soswap(["rollback", "--json"], state, check=0)  # the latest: tx2
+    assert json.loads(r.stdout)["rollback_of"] == tx2
+    assert (d / "tool").stat().st_ino == old_tool.st_ino
+    r = soswap(["rollback", "--json", tx1], state, check=0)
+    rb1 = json.loads(r.stdout)["txid"]
+    assert not (d / "libfoo.so.1.2.4").exists()
+    assert os.readlink(d / "libfoo.so.1") == "libfoo.so.1.2.3"
+    r = soswap(["rollback", tx1], state, check=1)
+    assert "already rolled back" in r.stderr
+    soswap(["rollback", rb1], state, check=0)
+    assert sha256(d / "libfoo.so.1.2.4") == libfoo.sha2
+    assert os.readlink(d / "libfoo.so.1") == "libfoo.so.1.2.4"
+    assert leftovers(d) == []
+    hist = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert [t["kind"] for t in hist] == ["install", "install", "rollback", "rollback", "rollback"]
+    assert hist[0]["rolled_back_by"] == rb1
+
+
+def test_rollback_refused_when_file_changed_since(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    r = soswap(["install", "--json", libfoo.v2, lib], state, check=0)
+    tx1 = json.loads(r.stdout)["txid"]
+    soswap(["install", libfoo.v1, lib], state, check=0)
+    current = lib.stat().st_ino
+    r = soswap(["rollback", tx1], state, check=1)
+    assert "changed since" in r.stderr and r.stderr.count("soswap: error:") == 1
+    assert lib.stat().st_ino == current
+
+
+def test_no_backup_and_retention(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    soswap(["install", "--no-backup", libfoo.v2, lib], state, check=0)
+    assert backups(d) == []
+    r = soswap(["rollback"], state, check=1)
+    assert "--no-backup" in r.stderr
+    for i in range(4):
+        soswap(["install", "--keep", "2", libfoo.v1 if i % 2 else libfoo.v2, lib], state, check=0)
+    assert len(backups(d)) == 2
+    hist = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert [t["backups"] for t in hist] == ["none", "pruned", "pruned", "kept", "kept"]
+    assert len(os.listdir(state / "tx")) == 2  # only transactions with files on disk stay live
+    text = soswap(["history", "-n", "2"], state, check=0).stdout
+    assert text.count("kept") == 2 and "pruned" not in text
+
+
+def test_dry_run_changes_nothing(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    before = sorted(os.listdir(d))
+    r = soswap(["install", "--dry-run", "--json", libfoo.v2, lib], state, check=0)
+    obj = json.loads(r.stdout)
+    assert obj["status"] == "dry-run" and obj["changes"][0]["action"] == "replace"
+    assert sorted(os.listdir(d)) == before and sha256(lib) == libfoo.sha1
+    assert not state.exists()
+
+
+def test_lock_serializes_installs(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    state.mkdir()
+    fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"424242\n")
+        r = soswap(["install", "--lock-timeout", "0.3", libfoo.v2, lib], state, check=2)
+        assert "424242" in r.stderr and "holds the lock" in r.stderr
+        assert sha256(lib) == libfoo.sha1
+    finally:
+        os.close(fd)
+    soswap(["install", libfoo.v2, lib], state, check=0)
+
+
+def test_damaged_journal_is_an_error_not_a_traceback(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    (state / "tx").mkdir(parents=True)
+    (state / "tx" / "20200101-000000-000000.json").write_bytes(b"{not json")
+    for argv in (["recover"], ["install", libfoo.v2, lib], ["history"]):
+        r = soswap(argv, state, check=2)
+        assert r.stderr.count("soswap: error:") == 1 and "move it aside" in r.stderr, r.stderr
+    assert sha256(lib) == libfoo.sha1
+    r = soswap(["recover"], tmp_path / "fresh", check=0)
+    assert "nothing to recover" in r.stdout
+
+
+def test_state_dir_option_overrides_environment(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    other = tmp_path / "other-state"
+    soswap(["install", "--state-dir", other, libfoo.v2, lib], state, check=0)
+    assert os.listdir(other / "tx") and not state.exists()
+
+
+def test_preflight_and_stale_seams(tmp_path, libfoo, procs):
+    """The API seams: a preflight problem refuses (nothing changed) unless forced; the stale report gets the
+    replaced inode, which is the one a running process still maps."""
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    out = tmp_path / "loop.out"
+    with open(out, "w") as f:
+        p = procs.start([d / "loop"], stdout=f.fileno(), wait_maps="libfoo.so.1")
+    read_lines_until(out, lambda ls: bool(ls))
+    st = StateDir(str(tmp_path / "state"))
+    seen_pairs = []
+
+    def preflight(pairs):  # type: ignore[no-untyped-def]
+        seen_pairs.extend(pairs)
+        return [f"loop (pid {p.pid}): symbol foo_version, version FOO_2 not found"]
+
+    res = install([Request(str(libfoo.v2), str(lib))], InstallOptions(), st, preflight=preflight)
+    assert res.status == "refused" and sha256(lib) == libfoo.sha1
+    assert seen_pairs == [(str(libfoo.v2), str(lib))]
+    reports = []
+    res = install([Request(str(libfoo.v2), str(lib))], InstallOptions(force=True), st, preflight=preflight,
+                  stale_report=lambda olds: reports.append(list(olds)) or "stale: 1 process")
+    assert res.status == "installed" and res.after == "stale: 1 process" and res.problems
+    ((dest, old),) = reports[0]
+    mapped = {int(line.split()[4]) for line in maps_of(p.pid, "libfoo.so.1")}
+    assert dest == str(lib) and mapped == {old.ino} and old.sha256 == libfoo.sha1
+    res = install([Request(str(libfoo.v1), str(lib))], InstallOptions(check=False), st, preflight=preflight)
+    assert res.status == "installed" and not res.problems
+
+
+@pytest.mark.parametrize("argv", [["install"], ["install", "only-one"], ["install", "--keep", "-1", "a", "b"],
+                                  ["rollback", "../../etc"], ["history", "-n", "-3"]])
+def test_usage_errors(tmp_path, state, argv):
+    r = soswap(argv, state)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_after_report_lists_processes_on_old_inode(tmp_path, libfoo, state, procs):
+    """The CLI reports the running program that still maps the replaced library (via the stale engine);
+    --restart without systemd changes nothing and says why, and the install still succeeds."""
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    out = tmp_path / "loop.out"
+    with open(out, "w") as f:
+        p = procs.start([d / "loop"], stdout=f.fileno(), wait_maps="libfoo.so.1")
+    read_lines_until(out, lambda ls: bool(ls))
+    old = lib.stat()
+    r = soswap(["install", "--json", "--restart", libfoo.v2, lib], state, check=0)
+    obj = json.loads(r.stdout)
+    (use,) = [u for u in obj["stale"] if u["pid"] == p.pid]
+    assert (use["ino"], use["file"]) == (old.st_ino, str(lib))
+    assert obj["restart"] or any(w["path"] == "--restart" for w in obj["warnings"])
+    text = soswap(["install", libfoo.v1, lib], state, check=0).stdout
+    assert "still runs a replaced version" not in text  # nobody maps the v2 inode just replaced
+    assert "no running process uses the replaced versions" in text
