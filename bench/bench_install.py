@@ -105,9 +105,8 @@ def main() -> int:
             ("cp+sync", [f"cp '{big}' '{dests['cp']}' && sync '{dests['cp']}'"], True),
             ("install(1)", ["install", "-m755", str(big), str(dests["install"])], False),
             ("soswap install", [*py, "install", "--no-check", "--keep", "1", str(big), str(dests["soswap"])], False),
-            ("soswap install --no-hash --no-report",
-             [*py, "install", "--no-check", "--keep", "1", "--no-hash", "--no-report", str(big),
-              str(dests["nohash"])], False),
+            ("soswap install --hash",
+             [*py, "install", "--no-check", "--keep", "1", "--hash", str(big), str(dests["nohash"])], False),
         ]
         sys.path.insert(0, SRC)
         from soswap.replace import InstallOptions, Request, StateDir, install
@@ -116,7 +115,7 @@ def main() -> int:
         for name, hashing in (("api", True), ("api-nohash", False)):
             dests[name] = work / f"big.{name}"
             write_random(dests[name], args.size_mb << 20, 2)
-            big_cmds.append((f"engine in-process{'' if hashing else ' --no-hash'} (no startup, no report)",
+            big_cmds.append((f"engine in-process{' --hash' if hashing else ''} (no startup, no report)",
                              lambda d=dests[name], h=hashing: install([Request(str(big), str(d))],
                                                                       InstallOptions(keep=1, hash=h), api_state),
                              False))

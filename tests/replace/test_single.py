@@ -308,7 +308,7 @@ def test_json_output(tmp_path, libfoo, state):
     d = tmp_path / "j"
     lib = libfoo.deploy(d, with_programs=False)
     old = lib.stat()
-    r = soswap(["install", "--json", libfoo.v2, lib], state, check=0)
+    r = soswap(["install", "--json", "--hash", libfoo.v2, lib], state, check=0)
     obj = json.loads(r.stdout)
     assert obj["schema"] == "soswap.install/1" and obj["status"] == "installed"
     (ch,) = obj["changes"]

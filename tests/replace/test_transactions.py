@@ -263,11 +263,11 @@ def test_preflight_and_stale_seams(tmp_path, libfoo, procs):
         seen_pairs.extend(pairs)
         return [f"loop (pid {p.pid}): symbol foo_version, version FOO_2 not found"]
 
-    res = install([Request(str(libfoo.v2), str(lib))], InstallOptions(), st, preflight=preflight)
+    res = install([Request(str(libfoo.v2), str(lib))], InstallOptions(hash=True), st, preflight=preflight)
     assert res.status == "refused" and sha256(lib) == libfoo.sha1
     assert seen_pairs == [(str(libfoo.v2), str(lib))]
     reports = []
-    res = install([Request(str(libfoo.v2), str(lib))], InstallOptions(force=True), st, preflight=preflight,
+    res = install([Request(str(libfoo.v2), str(lib))], InstallOptions(force=True, hash=True), st, preflight=preflight,
                   stale_report=lambda olds: reports.append(list(olds)) or "stale: 1 process")
     assert res.status == "installed" and res.after == "stale: 1 process" and res.problems
     ((dest, old),) = reports[0]

@@ -69,8 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a destination that is a symlink is replaced itself (default: its target is)")
     parser.add_argument("--no-soname-links", dest="soname_links", action="store_false",
                         help="do not flip or create SONAME links")
-    parser.add_argument("--no-hash", dest="hash", action="store_false",
-                        help="do not record SHA-256 hashes of the old and new files in the journal")
+    parser.add_argument("--hash", dest="hash", action="store_true", default=False,
+                        help="record SHA-256 hashes of the old and new contents in the journal (one more read of "
+                             "each file; the journal always records dev, inode, size and mtime)")
+    parser.add_argument("--no-hash", dest="hash", action="store_false", help="do not record hashes (default)")
     parser.add_argument("--no-report", dest="report", action="store_false",
                         help="do not list the processes still using the replaced versions (saves a /proc scan)")
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-install.md)")

@@ -61,7 +61,7 @@ class InstallOptions(NamedTuple):
     replace_link: bool = False
     make_dirs: bool = False
     soname_links: bool = True
-    hash: bool = True
+    hash: bool = False
     mode: Optional[int] = None
     uid: Optional[int] = None
     gid: Optional[int] = None
