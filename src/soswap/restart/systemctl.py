@@ -9,7 +9,6 @@ are all gone (restarted meanwhile by a package script, or the PID now belongs to
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -58,6 +57,8 @@ class RestartOutcome:
 
 
 def find_systemctl() -> Optional[str]:
+    import shutil
+
     return shutil.which("systemctl")
 
 
