@@ -1,0 +1,243 @@
+"""``soswap tree``: what the dynamic loader will load, bind and fail on, without running anything."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, UsageError
+
+T = TypeVar("T")
+
+NAME = "tree"
+HELP = "show what ld.so would load for each FILE, from where and why, and what would fail"
+DESCRIPTION = """\
+Emulate glibc's dynamic loader on each FILE (an executable or a shared library) without running it: the
+objects it loads in ld.so's breadth-first order, where each was found and why (RPATH of which object,
+RUNPATH, LD_LIBRARY_PATH, ld.so.cache, system directory, glibc-hwcaps subdirectory), and every failure with
+the exact message ld.so would print. With -r, every symbol reference and symbol version is checked too,
+and each unresolved reference is reported as failing at startup or at the first call.
+
+By default the emulation uses the current environment (LD_LIBRARY_PATH, LD_PRELOAD, LD_BIND_NOW, the
+working directory), as ldd does. --ldd prints exactly what `ldd FILE...` prints on this system (without the
+load addresses) and exits with ldd's status.
+
+Nothing is executed: files are only read.
+
+Exit status: 0 every FILE would load (and, with -r, every reference resolves), 1 a failure is predicted for
+some FILE (at startup, or with -r at a first call), 2 error (unreadable or malformed FILE, bad arguments).
+With --ldd: the status ldd would return."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="executables or shared libraries")
+    parser.add_argument("-r", "--symbols", action="store_true",
+                        help="also bind every symbol reference and check symbol versions (like ldd -r)")
+    parser.add_argument("-d", "--data-relocs", action="store_true",
+                        help="with --ldd: like ldd -d (data relocations only)")
+    parser.add_argument("--ldd", action="store_true",
+                        help="print exactly what ldd prints (without load addresses), with ldd's exit status")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-tree.md)")
+    parser.add_argument("--root", metavar="DIR", default="/",
+                        help="resolve inside this system root (its ld.so.cache, ld.so and libraries)")
+    parser.add_argument("--library-path", metavar="PATH", default=None,
+                        help="LD_LIBRARY_PATH for the emulation (default: the current one)")
+    parser.add_argument("--preload", metavar="LIST", default=None,
+                        help="LD_PRELOAD for the emulation (default: the current one)")
+    parser.add_argument("--clean-env", action="store_true",
+                        help="ignore the current LD_LIBRARY_PATH, LD_PRELOAD and LD_BIND_NOW")
+    parser.add_argument("--bind-now", action="store_true", help="as with LD_BIND_NOW=1")
+    parser.add_argument("--cwd", metavar="DIR", default=None,
+                        help="working directory of the program (default: the current one)")
+    sec = parser.add_mutually_exclusive_group()
+    sec.add_argument("--secure", dest="secure", action="store_true", default=None,
+                     help="emulate secure mode (AT_SECURE, as for a set-user-ID program run by a user)")
+    sec.add_argument("--no-secure", dest="secure", action="store_false",
+                     help="never emulate secure mode (default: decide from the file's set-ID bits and the caller)")
+    parser.add_argument("--platform", metavar="NAME", default=None, help="value of $PLATFORM (default: detected)")
+    parser.add_argument("--glibc-hwcaps-mask", metavar="LIST", default=None,
+                        help="only these glibc-hwcaps subdirectories (colon-separated), as ld.so's option")
+    parser.add_argument("--inhibit-cache", action="store_true", help="do not use ld.so.cache")
+    parser.add_argument("--replace", metavar="PATH=FILE", action="append", default=[],
+                        help="what-if: resolve as if the file at PATH were FILE (repeatable)")
+    parser.add_argument("--all", action="store_true", help="also show repeated requests for loaded objects")
+    parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+                        help="worker processes for many files (default: one per CPU, up to 4; 1 = no workers)")
+
+
+def _environment(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from soswap.loader import Environment
+
+    environ: Dict[str, str] = dict(os.environ)
+    if args.clean_env:
+        for k in ("LD_LIBRARY_PATH", "LD_PRELOAD", "LD_BIND_NOW", "LD_DYNAMIC_WEAK"):
+            environ.pop(k, None)
+    if args.library_path is not None:
+        environ["LD_LIBRARY_PATH"] = args.library_path
+    if args.preload is not None:
+        environ["LD_PRELOAD"] = args.preload
+    if args.bind_now:
+        environ["LD_BIND_NOW"] = "1"
+    cwd = args.cwd
+    if cwd is not None and not os.path.isdir(cwd):
+        raise UsageError(f"--cwd {cwd}: not a directory")
+    env = Environment.from_environ(environ, cwd=os.path.abspath(cwd) if cwd else None, secure=args.secure)
+    changes: Dict[str, object] = {}
+    if args.inhibit_cache:
+        changes["inhibit_cache"] = True
+    if args.glibc_hwcaps_mask is not None:
+        changes["hwcaps_mask"] = tuple(x for x in args.glibc_hwcaps_mask.split(":") if x)
+    return env.replace(**changes) if changes else env
+
+
+def _substitutions(items: List[str]) -> Optional[Dict[str, str]]:
+    if not items:
+        return None
+    out: Dict[str, str] = {}
+    for item in items:
+        path, sep, file = item.partition("=")
+        if not sep or not path or not file:
+            raise UsageError(f"--replace {item!r}: expected PATH=FILE")
+        if not os.path.isfile(file):
+            raise UsageError(f"--replace {item!r}: {file} is not a file")
+        out[path] = file
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from soswap.elf import ElfCache
+    from soswap.loader import Loader, Profile
+
+    if not os.path.isdir(args.root):
+        raise UsageError(f"--root {args.root}: not a directory")
+    if args.json and args.ldd:
+        raise UsageError("--json cannot be combined with --ldd")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if args.data_relocs and not args.ldd:
+        raise UsageError("-d/--data-relocs goes with --ldd (use -r for the full symbol check)")
+    for stream in (sys.stdout, sys.stderr):
+        # file names that are not UTF-8 are written back as the same bytes (surrogateescape), as ldd does
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
+    env = _environment(args)
+    profile = Profile.detect(args.root)
+    if args.platform is not None:
+        profile = profile.replace(platform=args.platform)
+    loader = Loader(profile, env, cache=ElfCache())
+    if args.ldd:
+        return _run_ldd(loader, args)
+    return _run_tree(loader, args)
+
+
+def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from soswap.loader.ldd import RELOCS_DATA, RELOCS_FUNCTION, RELOCS_NONE, LddModel
+
+    relocs = RELOCS_FUNCTION if args.symbols else (RELOCS_DATA if args.data_relocs else RELOCS_NONE)
+    model = LddModel(loader, relocs)
+    out = sys.stdout
+    err = sys.stderr
+    files = list(args.files)
+    single = len(files) == 1
+    status = 0
+    for line in model.shell_warnings():
+        err.write(line)
+    for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs)):
+        if not single:
+            out.write(f"{file}:\n")
+        if se:
+            out.flush()
+            err.write(se)
+            err.flush()
+        out.write(so)
+        if not ok:
+            status = 1
+    return status
+
+
+def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from soswap.report.output import print_json
+
+    subst = _substitutions(args.replace)
+
+    def one(path: str) -> Tuple[int, object, str]:
+        return _tree_one(loader, path, args, subst)
+
+    status = EXIT_OK
+    docs = []
+    out = sys.stdout
+    for code, payload, err in _map_files(one, list(args.files), args.jobs):
+        if err:
+            out.flush()
+            sys.stderr.write(err)
+        if args.json:
+            docs.append(payload)
+        elif payload:
+            out.write(payload)  # type: ignore[arg-type]
+        status = max(status, code)
+    if args.json:
+        print_json({"profile": loader.profile.describe(), "results": docs})
+    return status
+
+
+def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, object, str]:  # type: ignore[no-untyped-def]
+    """(exit status for this file, rendered text or JSON document, error line)."""
+    from soswap.errors import SoswapError
+    from soswap.report.tree import error_json, render_text, result_json
+
+    try:
+        res = loader.load(path, substitutions=subst)
+        bound = loader.bind(res) if args.symbols else loader.bind(res, relocate=False)
+    except SoswapError as exc:
+        if args.json:
+            return EXIT_ERROR, error_json(path, str(exc)), ""
+        return EXIT_ERROR, "", f"soswap: error: {' '.join(str(exc).splitlines())}\n"
+    code = EXIT_FOUND if bound.fatal is not None or bound.unresolved else EXIT_OK
+    if args.json:
+        return code, result_json(res, bound, args.symbols), ""
+    return code, render_text(res, bound, show_all=args.all, symbols=args.symbols), ""
+
+
+# -- many files on several CPUs ----------------------------------------------------------------------------
+
+#: Below this many files per worker, forking costs more than it saves.
+_MIN_FILES_PER_JOB = 48
+_WORK: Optional[Callable[[str], object]] = None
+
+
+def _work(chunk: List[str]) -> List[object]:
+    assert _WORK is not None
+    return [_WORK(item) for item in chunk]
+
+
+def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int]) -> List[T]:
+    """``[fn(f) for f in files]``, split over forked worker processes when there are many files. Each worker
+    keeps its own caches; results come back in order. Falls back to one process where fork is unavailable."""
+    if jobs is None:
+        jobs = min(os.cpu_count() or 1, 4, len(files) // _MIN_FILES_PER_JOB)
+    if jobs <= 1 or len(files) < 2:
+        return [fn(f) for f in files]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _WORK
+    try:
+        ctx = multiprocessing.get_context("fork")
+    except ValueError:  # pragma: no cover - no fork on this platform
+        return [fn(f) for f in files]
+    _WORK = fn
+    chunks = [files[i::jobs] for i in range(jobs)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            parts = list(pool.map(_work, chunks))
+    finally:
+        _WORK = None
+    out: List[T] = [None] * len(files)  # type: ignore[list-item]
+    for i, part in enumerate(parts):
+        out[i::jobs] = part  # type: ignore[assignment]
+    return out

@@ -1,0 +1,271 @@
+"""Opening a candidate file the way ``open_verify`` and ``_dl_map_object_from_fd`` do (elf/dl-load.c): skip it
+(missing, unreadable, wrong class, wrong machine), accept it, or fail fatally with ld.so's message.
+
+Also the file-system caches behind the search: directory listings (so that probing the 19 hwcaps/legacy
+subdirectories of a search directory costs set lookups, not system calls) and per-file verdicts.
+"""
+
+from __future__ import annotations
+
+import errno as errnomod
+import os
+import stat
+import struct
+from typing import Dict, FrozenSet, NamedTuple, Optional, Tuple, Union
+
+from soswap.elf import ElfCache, ElfFile
+from soswap.elf import constants as C
+from soswap.errors import ElfError
+from soswap.loader.profile import Profile
+
+#: Verdicts of :func:`verify`.
+ACCEPT = "accept"
+SKIP = "skip"
+OTHER_CLASS = "other-class"
+FATAL = "fatal"
+CUT = "cut"  # an open error other than ENOENT/EACCES: open_path gives up on the current list
+
+FileId = Tuple[int, int]  # (st_dev, st_ino): _dl_get_file_id
+
+
+class Verdict(NamedTuple):
+    """The outcome of opening one candidate."""
+
+    kind: str
+    #: For FATAL: the ld.so message (``invalid ELF header``, ``cannot read file data: Is a directory``).
+    message: str = ""
+    file_id: Optional[FileId] = None
+    #: The parsed file (ACCEPT only).
+    elf: Optional[ElfFile] = None
+    #: The file actually read (the substitute under a what-if).
+    file: Optional[str] = None
+    substituted: bool = False
+
+
+Substitute = Union[str, bytes, ElfFile]
+
+
+class FileSystem:
+    """Directory listings and candidate verdicts for one root, shared by every load of a :class:`Loader`."""
+
+    def __init__(self, profile: Profile, cache: ElfCache) -> None:
+        self.profile = profile
+        self.fs = profile.fs
+        self.elf_cache = cache
+        self._listings: Dict[str, Optional[FrozenSet[str]]] = {}
+        self._verdicts: Dict[Tuple[str, FileId, int, int], Verdict] = {}
+        self._stat_memo: Dict[str, Union[os.stat_result, int]] = {}
+        #: open_path results: (name, directories, capability subdirs, cwd) -> (found, other class, fatal)
+        self.path_memo: Dict[tuple, tuple] = {}
+        #: Files read once per run: ld.so's own ELF (path -> ElfFile or None), /etc/ld.so.preload.
+        self.file_memo: Dict[str, object] = {}
+
+    # -- directory listings -------------------------------------------------------------------------
+
+    def listing(self, host_dir: str) -> Optional[FrozenSet[str]]:
+        """The names in ``host_dir`` (None if it is not a readable directory)."""
+        hit = self._listings.get(host_dir, False)
+        if hit is not False:
+            return hit  # type: ignore[return-value]
+        try:
+            names: Optional[FrozenSet[str]] = frozenset(os.listdir(host_dir or "."))
+        except PermissionError:
+            names = None if not os.path.isdir(host_dir or ".") else _UNLISTABLE
+        except OSError:
+            names = None
+        self._listings[host_dir] = names
+        return names
+
+    def may_exist(self, host_dir: str, name: str) -> bool:
+        """False when ``host_dir/name`` certainly does not exist (fast path of the search)."""
+        names = self.listing(host_dir)
+        if names is None:
+            return False
+        if names is _UNLISTABLE:
+            return True
+        return name in names
+
+    def stat(self, host_path: str) -> Union[os.stat_result, int]:
+        """``os.stat`` result, or the errno of the failure (memoized: the search asks many times)."""
+        hit = self._stat_memo.get(host_path)
+        if hit is None:
+            try:
+                hit = os.stat(host_path)
+            except OSError as exc:
+                hit = exc.errno or errnomod.ENOENT
+            self._stat_memo[host_path] = hit
+        return hit
+
+    # -- open_verify ---------------------------------------------------------------------------------
+
+    def verify(self, host_path: str, substitute: Optional[Substitute] = None,
+               sub_id: Optional[FileId] = None) -> Verdict:
+        """Open ``host_path`` as ``open_verify`` then ``_dl_map_object_from_fd`` would (for a library, not the
+        main program). ``substitute``: read that file instead (a what-if), keeping ``sub_id`` as identity."""
+        abi = self.profile.abi
+        if substitute is not None:
+            return self._verify_substitute(host_path, substitute, sub_id)
+        st = self.stat(host_path)
+        if isinstance(st, int):
+            if st in (errnomod.ENOENT, errnomod.EACCES, errnomod.ENOTDIR):
+                return Verdict(SKIP)
+            return Verdict(CUT, os.strerror(st))
+        fid = (st.st_dev, st.st_ino)
+        key = (host_path, fid, st.st_size, st.st_mtime_ns)
+        hit = self._verdicts.get(key)
+        if hit is not None:
+            return hit
+        verdict = self._verify_file(host_path, st, abi.elf_class)
+        self._verdicts[key] = verdict
+        return verdict
+
+    def _verify_file(self, host_path: str, st: os.stat_result, elf_class: int) -> Verdict:
+        fid = (st.st_dev, st.st_ino)
+        if stat.S_ISDIR(st.st_mode):
+            return Verdict(FATAL, f"cannot read file data: {ldso_strerror(errnomod.EISDIR)}", fid)
+        if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+            # ld.so would block in open() on a FIFO; never do that here.
+            return Verdict(FATAL, "cannot read file data: not a regular file (ld.so would block opening it)",
+                           fid)
+        try:
+            fd = os.open(host_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError as exc:
+            if exc.errno in (errnomod.ENOENT, errnomod.EACCES, errnomod.ENOTDIR):
+                return Verdict(SKIP)
+            return Verdict(CUT, exc.strerror or str(exc))
+        try:
+            head = os.pread(fd, 64, 0) if stat.S_ISREG(st.st_mode) else os.read(fd, 64)
+        except OSError as exc:
+            return Verdict(FATAL, f"cannot read file data: {ldso_strerror(exc.errno or errnomod.EIO)}", fid)
+        finally:
+            os.close(fd)
+        problem = self.check_header(head, st.st_size)
+        if problem is not None:
+            return problem._replace(file_id=fid)
+        try:
+            elf = self.elf_cache.get(host_path, st)
+        except ElfError as exc:
+            return Verdict(FATAL, exc.problem, fid)
+        return self._check_mapped(elf, fid, host_path, False)
+
+    def _verify_substitute(self, host_path: str, substitute: Substitute, sub_id: Optional[FileId]) -> Verdict:
+        if isinstance(substitute, ElfFile):
+            elf: Optional[ElfFile] = substitute
+            head = substitute.read(0, min(64, substitute.size), "ELF header") if substitute.size else b""
+            size = substitute.size
+            file = substitute.path
+        elif isinstance(substitute, (bytes, bytearray)):
+            head, size, file = bytes(substitute[:64]), len(substitute), "<bytes>"
+            elf = None
+        else:
+            file = substitute
+            try:
+                with open(substitute, "rb") as f:
+                    head = f.read(64)
+                    size = os.fstat(f.fileno()).st_size
+            except IsADirectoryError:
+                return Verdict(FATAL, f"cannot read file data: {ldso_strerror(errnomod.EISDIR)}", sub_id,
+                               file=substitute, substituted=True)
+            except OSError:
+                return Verdict(SKIP, file=substitute, substituted=True)
+            elf = None
+        problem = self.check_header(head, size)
+        if problem is not None:
+            return problem._replace(file_id=sub_id, file=file, substituted=True)
+        try:
+            if elf is None:
+                if isinstance(substitute, (bytes, bytearray)):
+                    elf = ElfFile.from_bytes(bytes(substitute), host_path)
+                else:
+                    elf = self.elf_cache.get(str(substitute))
+        except ElfError as exc:
+            return Verdict(FATAL, exc.problem, sub_id, file=file, substituted=True)
+        v = self._check_mapped(elf, sub_id, file, True)
+        return v
+
+    def check_header(self, head: bytes, size: int) -> Optional[Verdict]:
+        """The ELF header checks of ``open_verify``, in glibc's order; None when the header is acceptable."""
+        abi = self.profile.abi
+        ehdr_size = 64 if abi.elf_class == 64 else 52
+        if len(head) < ehdr_size:
+            return Verdict(FATAL, "file too short")
+        want_class = C.ELFCLASS64 if abi.elf_class == 64 else C.ELFCLASS32
+        want_data = C.ELFDATA2LSB if abi.little_endian else C.ELFDATA2MSB
+        ident = head[:16]
+        osabi, abiversion = ident[7], ident[8]
+        ok8 = (ident[:4] == C.ELFMAG and ident[4] == want_class and ident[5] == want_data and ident[6] == 1
+               and osabi in (C.ELFOSABI_SYSV, C.ELFOSABI_GNU))
+        abiver_ok = abiversion == 0 or (osabi == C.ELFOSABI_GNU and abiversion < self.profile.libc_abi_max)
+        pad_ok = not any(ident[9:16])
+        if not (ok8 and abiver_ok and pad_ok):
+            if ident[:4] != C.ELFMAG:
+                return Verdict(FATAL, "invalid ELF header")
+            if ident[4] != want_class:
+                return Verdict(OTHER_CLASS)
+            if ident[5] != want_data:
+                return Verdict(FATAL, "ELF file data encoding not little-endian" if abi.little_endian
+                               else "ELF file data encoding not big-endian")
+            if ident[6] != 1:
+                return Verdict(FATAL, "ELF file version ident does not match current one")
+            if osabi not in (C.ELFOSABI_SYSV, C.ELFOSABI_GNU):
+                return Verdict(FATAL, "ELF file OS ABI invalid")
+            if not abiver_ok:
+                return Verdict(FATAL, "ELF file ABI version invalid")
+            if not pad_ok:
+                return Verdict(FATAL, "nonzero padding in e_ident")
+            return Verdict(FATAL, "internal error")
+        e = "<" if abi.little_endian else ">"
+        e_type, e_machine, e_version = struct.unpack_from(e + "HHI", head, 16)
+        if e_version != 1:
+            return Verdict(FATAL, "ELF file version does not match current one")
+        if e_machine != abi.machine:
+            return Verdict(SKIP)
+        if e_type not in (C.ET_DYN, C.ET_EXEC):
+            return Verdict(FATAL, "only ET_DYN and ET_EXEC can be loaded")
+        if abi.elf_class == 64:
+            phoff, phentsize, phnum = struct.unpack_from(e + "Q", head, 32)[0], *struct.unpack_from(
+                e + "HH", head, 54)
+        else:
+            phoff, phentsize, phnum = struct.unpack_from(e + "I", head, 28)[0], *struct.unpack_from(
+                e + "HH", head, 42)
+        if phentsize != (56 if abi.elf_class == 64 else 32):
+            return Verdict(FATAL, "ELF file's phentsize not the expected size")
+        if phoff + phnum * phentsize > size:
+            return Verdict(FATAL, "cannot read file data")
+        return None
+
+    def _check_mapped(self, elf: ElfFile, fid: Optional[FileId], file: str, substituted: bool) -> Verdict:
+        # _dl_map_object_from_fd, for an object that is not the main program
+        if not elf.segments_of_type(C.PT_LOAD):
+            return Verdict(FATAL, "object file has no loadable segments", fid, file=file, substituted=substituted)
+        if elf.type != C.ET_DYN:
+            return Verdict(FATAL, "cannot dynamically load executable", fid, file=file, substituted=substituted)
+        dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)
+        if not dyn_segs or any(s.filesz == 0 for s in dyn_segs):
+            return Verdict(FATAL, "object file has no dynamic section", fid, file=file, substituted=substituted)
+        try:
+            dyn = elf.dynamic
+        except ElfError as exc:
+            return Verdict(FATAL, exc.problem, fid, file=file, substituted=substituted)
+        if dyn.flags_1 & C.DF_1_PIE:
+            return Verdict(FATAL, "cannot dynamically load position-independent executable", fid, file=file,
+                           substituted=substituted)
+        return Verdict(ACCEPT, "", fid, elf, file, substituted)
+
+
+_UNLISTABLE: FrozenSet[str] = frozenset({"\0unlistable"})
+
+#: The few messages of ld.so's own ``__strerror_r`` (elf/dl-minimal.c); every other errno is "Error N".
+_LDSO_STRERROR = {
+    errnomod.ENOMEM: "Cannot allocate memory",
+    errnomod.EINVAL: "Invalid argument",
+    errnomod.ENOENT: "No such file or directory",
+    errnomod.EPERM: "Operation not permitted",
+    errnomod.EIO: "Input/output error",
+    errnomod.EACCES: "Permission denied",
+}
+
+
+def ldso_strerror(err: int) -> str:
+    """``strerror`` as ld.so prints it."""
+    return _LDSO_STRERROR.get(err, f"Error {err}")

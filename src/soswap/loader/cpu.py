@@ -1,0 +1,115 @@
+"""What the loader derives from the CPU, computed from ``/proc/cpuinfo`` (never by running ld.so or cpuid):
+the x86-64 ISA levels (``get_isa_level``), the glibc-hwcaps subdirectories they activate, ``$PLATFORM``
+(``init_cpu_features``: ``haswell`` / ``xeon_phi`` on Intel) and the legacy hwcap bits (``HWCAP_X86_64``,
+``HWCAP_X86_AVX512_1``) behind the pre-2.37 ``tls/haswell/avx512_1/x86_64`` subdirectories.
+"""
+
+from __future__ import annotations
+
+from typing import FrozenSet, List, NamedTuple, Optional, Tuple
+
+# GNU_PROPERTY_X86_ISA_1_* bits.
+ISA_BASELINE, ISA_V2, ISA_V3, ISA_V4 = 1, 2, 4, 8
+
+# /proc/cpuinfo flag names of the features each level needs (sysdeps/x86/get-isa-level.h, glibc 2.36).
+_BASELINE = ("cmov", "cx8", "fpu", "fxsr", "mmx", "sse", "sse2")
+_V2 = ("cx16", "lahf_lm", "popcnt", "pni", "ssse3", "sse4_1", "sse4_2")
+_V3 = ("avx", "avx2", "f16c", "fma", "abm", "movbe")  # abm = LZCNT
+_V4 = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
+# glibc >= 2.37 also requires BMI1/BMI2 for x86-64-v3 (sysdeps/x86/get-isa-level.h).
+_V3_238 = ("bmi1", "bmi2")
+
+
+class CpuInfo(NamedTuple):
+    """The facts about the CPU that the loader uses."""
+
+    vendor: str  # "GenuineIntel", "AuthenticAMD", ...
+    flags: FrozenSet[str]
+    arch: str  # "x86_64", "aarch64", ...
+
+    @classmethod
+    def parse(cls, text: str, arch: str = "x86_64") -> CpuInfo:
+        """Parse the text of ``/proc/cpuinfo`` (the first processor block is enough)."""
+        vendor = ""
+        flags: FrozenSet[str] = frozenset()
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            if not sep:
+                continue
+            key = key.strip()
+            if key == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = frozenset(value.split())
+        return cls(vendor, flags, arch)
+
+    @classmethod
+    def read(cls, path: str = "/proc/cpuinfo", arch: str = "x86_64") -> CpuInfo:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return cls.parse(f.read(), arch)
+        except OSError:
+            return cls("", frozenset(), arch)
+
+    def has(self, *names: str) -> bool:
+        return all(n in self.flags for n in names)
+
+
+def isa_level(cpu: CpuInfo, glibc: Tuple[int, int] = (2, 36)) -> int:
+    """GNU_PROPERTY_X86_ISA_1 bits the CPU supports (``get_isa_level``)."""
+    level = 0
+    if not cpu.has(*_BASELINE):
+        return level
+    level |= ISA_BASELINE
+    if not cpu.has(*_V2):
+        return level
+    level |= ISA_V2
+    v3 = _V3 + (_V3_238 if glibc >= (2, 37) else ())
+    if not cpu.has(*v3):
+        return level
+    level |= ISA_V3
+    if cpu.has(*_V4):
+        level |= ISA_V4
+    return level
+
+
+def x86_64_hwcaps_subdirs(level: int) -> Tuple[str, ...]:
+    """The active glibc-hwcaps subdirectories, best first (sysdeps/x86_64/dl-hwcaps-subdirs.c)."""
+    out: List[str] = []
+    for bit, name in ((ISA_V4, "x86-64-v4"), (ISA_V3, "x86-64-v3"), (ISA_V2, "x86-64-v2")):
+        if level & bit:
+            out.append(name)
+    return tuple(out)
+
+
+def x86_64_platform(cpu: CpuInfo) -> Tuple[str, bool]:
+    """(``$PLATFORM``, HWCAP_X86_AVX512_1 set) as ``init_cpu_features`` computes them on x86_64.
+
+    Only Intel CPUs get ``haswell``/``xeon_phi``; everything else keeps the kernel's AT_PLATFORM
+    (``x86_64``).
+    """
+    avx512_1 = False
+    platform: Optional[str] = None
+    if cpu.vendor == "GenuineIntel":
+        if cpu.has("avx512cd"):
+            if cpu.has("avx512er"):
+                if cpu.has("avx512pf"):
+                    platform = "xeon_phi"
+            elif cpu.has("avx512bw", "avx512dq", "avx512vl"):
+                avx512_1 = True
+        if platform is None and cpu.has("avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt"):
+            platform = "haswell"
+    return (platform or "x86_64"), avx512_1
+
+
+def legacy_subdirs(names: List[str]) -> Tuple[str, ...]:
+    """The power-set subdirectories of ``_dl_important_hwcaps`` (glibc <= 2.36), most specific first.
+
+    ``names`` are, in order: the hwcap strings by bit number, then the platform, then ``tls`` (the last
+    one is the outermost directory). The empty subdirectory (the directory itself) is not included.
+    """
+    cnt = len(names)
+    out: List[str] = []
+    for mask in range((1 << cnt) - 1, 0, -1):
+        out.append("/".join(names[i] for i in range(cnt - 1, -1, -1) if mask & (1 << i)))
+    return tuple(out)

@@ -1,0 +1,75 @@
+"""The process environment the loader would see: ``LD_LIBRARY_PATH``, ``LD_PRELOAD``, ``LD_BIND_NOW``, the
+working directory and secure (AT_SECURE) mode."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from typing import Mapping, Optional, Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+    """What the loader reads from the process. ``None`` means "unset" for the variables."""
+
+    library_path: Optional[str] = None
+    preload: Optional[str] = None
+    bind_now: bool = False
+    cwd: str = "/"
+    #: AT_SECURE: True/False to force it, None to decide per program from its set-ID bits and the caller.
+    secure: Optional[bool] = None
+    origin_path: Optional[str] = None
+    inhibit_cache: bool = False
+    use_preload_file: bool = True
+    #: ``--glibc-hwcaps-mask``: only these glibc-hwcaps subdirectories (None: all active ones).
+    hwcaps_mask: Optional[Tuple[str, ...]] = None
+    #: ``LD_DYNAMIC_WEAK``: a weak definition loses to a later strong one.
+    dynamic_weak: bool = False
+    #: The real and effective user/group IDs of the caller, to decide AT_SECURE for set-ID programs.
+    uid: int = 0
+    gid: int = 0
+    euid: int = 0
+    egid: int = 0
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], *, cwd: Optional[str] = None,
+                     secure: Optional[bool] = None) -> Environment:
+        """The environment of a process started with ``environ`` in ``cwd`` (default: ours).
+
+        ``LD_BIND_NOW`` counts when set to a non-empty value (``_dl_non_dynamic_init``/``process_envvars``).
+        """
+        return cls(
+            library_path=environ.get("LD_LIBRARY_PATH"),
+            preload=environ.get("LD_PRELOAD"),
+            bind_now=bool(environ.get("LD_BIND_NOW")),
+            cwd=cwd if cwd is not None else _getcwd(),
+            secure=secure,
+            origin_path=environ.get("LD_ORIGIN_PATH"),
+            dynamic_weak=bool(environ.get("LD_DYNAMIC_WEAK")),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            euid=os.geteuid(),
+            egid=os.getegid(),
+        )
+
+    def replace(self, **changes: object) -> Environment:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def is_secure_for(self, st: Optional[os.stat_result]) -> bool:
+        """AT_SECURE for a program with stat result ``st`` started by this caller (``secure`` forces it):
+        set when the exec changes the effective user or group ID (a set-ID bit and a different owner)."""
+        if self.secure is not None:
+            return self.secure
+        if st is None:
+            return False
+        euid = st.st_uid if st.st_mode & stat.S_ISUID else self.euid
+        egid = st.st_gid if st.st_mode & stat.S_ISGID else self.egid
+        return euid != self.uid or egid != self.gid
+
+
+def _getcwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:
+        return "/"

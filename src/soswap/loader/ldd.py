@@ -1,0 +1,253 @@
+"""What ``ldd [-d|-r] FILE...`` prints on this system (elf/ldd.bash.in and ld.so's trace mode), without the
+load addresses and without running anything.
+
+The script picks the first ld.so of its ``RTLDLIST`` that can run and whose ``--verify`` accepts the file,
+then runs ``LD_TRACE_LOADED_OBJECTS=1 [LD_WARN=yes] [LD_BIND_NOW=yes] ld.so FILE`` with standard error merged
+into standard output. :func:`ldd` models each of those steps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List, NamedTuple, Optional, Tuple
+
+from soswap.elf import ElfFile
+from soswap.elf import constants as C
+from soswap.errors import ElfError, SoswapError
+from soswap.loader import model as M
+from soswap.loader.candidates import ACCEPT, FileSystem
+from soswap.loader.loading import Loader
+from soswap.loader.profile import Profile, abi_for
+
+DEFAULT_RTLDLIST = ("/lib/ld-linux.so.2", "/lib64/ld-linux-x86-64.so.2", "/libx32/ld-linux-x32.so.2")
+_RTLDLIST_RE = re.compile(r'^RTLDLIST="?([^"\n]*)"?\s*$', re.M)
+
+#: ``ldd`` relocation modes.
+RELOCS_NONE = "none"
+RELOCS_DATA = "data"  # -d
+RELOCS_FUNCTION = "function"  # -r
+
+
+class LddOutput(NamedTuple):
+    """What ``ldd`` writes and its exit status."""
+
+    stdout: str
+    stderr: str
+    status: int
+
+
+class Rtld(NamedTuple):
+    path: str
+    profile: Profile
+
+
+def rtld_list(loader: Loader) -> Tuple[str, ...]:
+    """``RTLDLIST`` read from the target's ``/usr/bin/ldd`` script (a file read, not a run)."""
+    fs = loader.profile.fs
+    for candidate in ("/usr/bin/ldd", "/bin/ldd"):
+        try:
+            with open(fs.host(candidate), encoding="utf-8", errors="replace") as f:
+                text = f.read(1 << 16)
+        except OSError:
+            continue
+        m = _RTLDLIST_RE.search(text)
+        if m:
+            return tuple(m.group(1).split())
+    return DEFAULT_RTLDLIST
+
+
+def _runnable_abis() -> Tuple[str, ...]:
+    """Loader ABIs the running kernel can execute (``$rtld --version`` succeeds)."""
+    machine = os.uname().machine
+    if machine == "x86_64":
+        abis = ["x86_64", "i386"]
+        try:
+            with open("/proc/cmdline", encoding="utf-8", errors="replace") as f:
+                if "syscall.x32=y" in f.read():
+                    abis.append("x32")
+        except OSError:
+            pass
+        return tuple(abis)
+    if machine == "aarch64":
+        return ("aarch64",)
+    return (machine,)
+
+
+class LddModel:
+    """``ldd`` for many files in one process: the loader, its caches and the usable ld.so list are shared."""
+
+    def __init__(self, loader: Loader, relocs: str = RELOCS_NONE) -> None:
+        self.loader = loader
+        self.relocs = relocs
+        self.cwd = loader.env.cwd
+        self._rtlds: Optional[List[Rtld]] = None
+
+    def rtlds(self) -> List[Rtld]:
+        if self._rtlds is None:
+            out = []
+            runnable = _runnable_abis()
+            fs = self.loader.profile.fs
+            for path in rtld_list(self.loader):
+                host = fs.host(path)
+                if not (os.path.exists(host) and os.access(host, os.X_OK)):
+                    continue
+                try:
+                    elf = self.loader.cache.get(host)
+                except ElfError:
+                    continue
+                abi = abi_for(elf.machine, elf.elf_class)
+                if abi is None or abi.name not in runnable:
+                    continue
+                profile = self.loader.profile_for(elf.machine, elf.elf_class)
+                if profile is None:
+                    continue
+                out.append(Rtld(path, profile.replace(interpreter=path) if profile.interpreter != path
+                                else profile))
+            self._rtlds = out
+        return self._rtlds
+
+    def run(self, files: List[str]) -> LddOutput:
+        """The output of ``ldd FILE...``."""
+        if not files:
+            return LddOutput("", "ldd: missing file arguments\nTry `ldd --help' for more information.\n", 1)
+        out: List[str] = []
+        err: List[str] = self.shell_warnings()
+        result = 0
+        single = len(files) == 1
+        for file in files:
+            if not single:
+                out.append(f"{file}:\n")
+            so, se, ok = self.one(file)
+            out.append(so)
+            err.append(se)
+            if not ok:
+                result = 1
+        return LddOutput("".join(out), "".join(err), result)
+
+    def shell_warnings(self) -> List[str]:
+        """What the shell running the ldd script prints itself on standard error before anything else: the
+        loader's warnings for its own preloads (LD_PRELOAD, /etc/ld.so.preload) that cannot be loaded."""
+        fs = self.loader.profile.fs
+        shell = "/bin/bash"
+        try:
+            with open(fs.host("/usr/bin/ldd"), "rb") as f:
+                first = f.readline(256)
+            if first.startswith(b"#!"):
+                shell = os.fsdecode(first[2:].strip().split(b" ")[0]) or shell
+        except OSError:
+            pass
+        if not self.loader.env.preload and not os.path.exists(fs.host(self.loader.profile.preload_path)):
+            return []
+        try:
+            res = self.loader.load(shell, argv0=shell)
+        except SoswapError:
+            return []
+        return [f.line + "\n" for f in res.failures if f.kind == M.PRELOAD]
+
+    def one(self, file: str) -> Tuple[str, str, bool]:
+        """(stdout, stderr, success) of one file in the ldd loop."""
+        name = file if "/" in file else "./" + file
+        host = self._host(name)
+        if not os.path.exists(host):
+            return "", f"ldd: {name}: No such file or directory\n", False
+        if not os.path.isfile(host):
+            return "", f"ldd: {name}: not regular file\n", False
+        if not os.access(host, os.R_OK):
+            return "", f"ldd: error: you do not have read permission for `{name}'\n", False
+        rtld, ret = self._select(name, host)
+        if rtld is None or ret == 1:
+            return "", "\tnot a dynamic executable\n", False
+        text, status = self.trace(name, rtld)
+        return text, "", status == 0
+
+    def _host(self, name: str) -> str:
+        path = name if name.startswith("/") else os.path.join(self.cwd, name)
+        return self.loader.profile.fs.host(path)
+
+    def _select(self, name: str, host: str) -> Tuple[Optional[Rtld], int]:
+        ret = 1
+        for rtld in self.rtlds():
+            ret = self.verify(host, rtld.profile)
+            if ret in (0, 2):
+                return rtld, ret
+        return None, ret
+
+    def verify(self, host: str, profile: Profile) -> int:
+        """``ld.so --verify FILE``: 0 dynamic program with an interpreter, 2 dynamic without one, 1 not
+        loadable by this ld.so (rtld.c ``rtld_mode_verify``)."""
+        fsys: FileSystem = self.loader.file_system(profile)
+        try:
+            st = os.stat(host)
+            with open(host, "rb") as f:
+                head = f.read(64)
+        except OSError:
+            return 1
+        if fsys.check_header(head, st.st_size) is not None:
+            return 1
+        try:
+            elf: ElfFile = self.loader.cache.get(host, st)
+        except ElfError:
+            return 1
+        if not elf.segments_of_type(C.PT_LOAD):
+            return 1
+        dyn = elf.segments_of_type(C.PT_DYNAMIC)
+        if (not dyn and elf.type == C.ET_DYN) or any(s.filesz == 0 for s in dyn):
+            return 1
+        if not dyn:
+            return 1  # main_map->l_ld == NULL
+        return 0 if elf.segments_of_type(C.PT_INTERP) else 2
+
+    def trace(self, name: str, rtld: Rtld) -> Tuple[str, int]:
+        """The merged output of ``LD_TRACE_LOADED_OBJECTS=1 ld.so NAME`` and its exit status."""
+        res = self.loader.load(name, trace=True, argv0=name, rtld_path=rtld.path, profile=rtld.profile)
+        return render_trace(self.loader, res, self.relocs)
+
+
+def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, int]:
+    """The lines ld.so prints in trace mode for ``res`` (load addresses left out) and its exit status."""
+    lines: List[str] = []
+    for f in res.failures:
+        if f.kind == M.PRELOAD:
+            lines.append(f.line)
+    if res.fatal is not None and res.fatal.kind != M.PRELOAD:
+        lines.append(res.fatal.line)
+        return "".join(x + "\n" for x in lines), 127
+    main = res.objects[0]
+    warn = relocs != RELOCS_NONE
+    b = loader.bind(res, bind_now=relocs == RELOCS_FUNCTION, warn=warn, relocate=warn)
+    for f in b.failures:
+        if f.kind in (M.VERSION, M.NO_VERSION_INFO, M.WEAK_VERSION):
+            lines.append(f.line)
+    if main.elf is None or not main.elf.dynamic.needed:
+        lines.append("\tstatically linked")
+    else:
+        for o in res.objects[1:]:
+            if not o.found:
+                lines.append(f"\t{o.name} => not found")
+            elif o.name == o.path:
+                lines.append(f"\t{o.name}")
+            else:
+                lines.append(f"\t{o.name} => {o.path}")
+    status = 0
+    if warn:
+        for f in b.failures:
+            if f.kind == M.UNDEFINED_SYMBOL and f.symbol is not None:
+                text = f"undefined symbol: {f.symbol}" + (f", version {f.version}" if f.version else "")
+                lines.append(f"{text}\t({f.name})")
+            elif f.kind == M.COPY_SIZE:
+                lines.append(f.line)
+            elif f.kind == M.ASSERTION:
+                lines.append(f.line)
+                status = 127
+            elif f.kind == M.CRASH:
+                status = 139  # the shell's command substitution keeps what was printed; ldd says nothing
+    return "".join(x + "\n" for x in lines), status
+
+
+def ldd(loader: Loader, files: List[str], relocs: str = RELOCS_NONE) -> LddOutput:
+    """``ldd [-d|-r] FILE...`` (see :class:`LddModel`)."""
+    return LddModel(loader, relocs).run(files)
+
+
+__all__ = ["ACCEPT", "LddModel", "LddOutput", "ldd", "render_trace"]

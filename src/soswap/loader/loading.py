@@ -1,0 +1,238 @@
+"""The :class:`Loader`: load a program (or library) the way ``ld.so`` does — one :class:`LoadSession` per run
+(``dl_main``: the program, ld.so, the vDSO, the preloads, the breadth-first walk) — order the result like the
+link-map chain, and bind it (:mod:`soswap.loader.binding`).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from soswap.elf import ElfCache, ElfFile
+from soswap.errors import ElfError, UsageError
+from soswap.loader import model as M
+from soswap.loader.candidates import FileSystem, Substitute
+from soswap.loader.environment import Environment
+from soswap.loader.profile import Profile
+from soswap.loader.session import LoadSession, Substitutions, _Map
+
+
+def sort_maps(searchlist: List[_Map], maps: List[_Map]) -> List[_Map]:
+    """``_dl_sort_maps_dfs`` (glibc.rtld.dynamic_sort=2, the default): the l_initfini order."""
+    visited = set()
+    rpo: List[_Map] = []
+
+    def dfs(m: _Map) -> None:
+        stack = [(m, iter([m.cid] + [c for c in m.needed if c is not None]))]
+        visited.add(m.cid)
+        while stack:
+            node, it = stack[-1]
+            advanced = False
+            for c in it:
+                dep = maps[c]
+                if dep.cid in visited or dep.faked or dep.is_main:
+                    continue
+                visited.add(dep.cid)
+                stack.append((dep, iter([dep.cid] + [x for x in dep.needed if x is not None])))
+                advanced = True
+                break
+            if not advanced:
+                stack.pop()
+                rpo.append(node)
+
+    for m in reversed(searchlist):
+        if m.cid in visited or m.faked:
+            continue
+        dfs(m)
+    rpo.reverse()
+    return rpo
+
+
+class Loader:
+    """The static model of ld.so for one target system (see docs/loader-api.md)."""
+
+    def __init__(self, profile: Profile, env: Environment, *, cache: Optional[ElfCache] = None) -> None:
+        self.profile = profile
+        self.env = env
+        self.cache = cache if cache is not None else ElfCache()
+        self._systems: Dict[str, FileSystem] = {}
+        self._profiles: Dict[str, Profile] = {profile.abi.name: profile}
+        self._bind_cache: Optional[object] = None
+
+    def file_system(self, profile: Profile) -> FileSystem:
+        fs = self._systems.get(profile.abi.name)
+        if fs is None:
+            fs = self._systems[profile.abi.name] = FileSystem(profile, self.cache)
+        return fs
+
+    def profile_for(self, machine: int, elf_class: int) -> Optional[Profile]:
+        """The profile of the loader ABI that runs files of ``machine``/``elf_class`` on this system."""
+        from soswap.loader.profile import abi_for
+
+        abi = abi_for(machine, elf_class)
+        if abi is None:
+            return None
+        hit = self._profiles.get(abi.name)
+        if hit is None:
+            hit = self._profiles[abi.name] = self.profile.for_abi(abi)
+        return hit
+
+    def load(self, path: str, *, substitutions: Optional[Mapping[str, Substitute]] = None, trace: bool = False,
+             argv0: Optional[str] = None, rtld_path: Optional[str] = None,
+             profile: Optional[Profile] = None) -> M.LoadResult:
+        """Emulate loading ``path`` (see docs/loader-api.md)."""
+        if not path:
+            raise UsageError("empty file name")
+        base_fs = self.profile.fs
+        host = base_fs.host(path if path.startswith("/") else posixpath.join(self.env.cwd, path))
+        sub_root: Optional[Substitute] = None
+        if substitutions:
+            for p, f in substitutions.items():
+                if p == path or base_fs.host(p) == host:
+                    sub_root = f
+        if sub_root is not None:
+            elf = _open_substitute(sub_root, self.cache)
+            file = sub_root if isinstance(sub_root, str) else (elf.path if isinstance(sub_root, ElfFile)
+                                                               else "<bytes>")
+            st = None
+        else:
+            try:
+                st = os.stat(host)
+            except OSError as exc:
+                raise ElfError(path, exc.strerror or str(exc)) from None
+            elf = self.cache.get(host, st)
+            file = host
+        if profile is None:
+            profile = self.profile_for(elf.machine, elf.elf_class)
+            if profile is None:
+                raise ElfError(path, f"no dynamic loader for {elf.machine_name} ELF{elf.elf_class} files here")
+        fsys = self.file_system(profile)
+        secure = False if trace else self.env.is_secure_for(st)
+        subst = Substitutions(fsys, self.env.cwd, substitutions) if substitutions else None
+        s = LoadSession(profile, self.env, fsys, trace=trace, secure=secure, argv0=argv0 or path,
+                        substitutions=subst)
+        return _run(s, path, elf, file, sub_root is not None, rtld_path)
+
+
+    def bind(self, res: M.LoadResult, *, bind_now: Optional[bool] = None, warn: bool = False,
+             relocate: bool = True) -> M.BindResult:
+        """Symbol binding and version check over ``res`` (see docs/loader-api.md)."""
+        from soswap.loader.binding import BindCache, bind
+
+        if self._bind_cache is None:
+            self._bind_cache = BindCache()
+        return bind(res, self._bind_cache, bind_now=bind_now, warn=warn, relocate=relocate)  # type: ignore[arg-type]
+
+
+    def lookup(self, res: M.LoadResult, symbol: str, *, referrer: int = 0,
+               plt: bool = True) -> Optional[Tuple[int, str]]:
+        """Where a reference to ``symbol`` made by object ``referrer`` binds (``_dl_lookup_symbol_x``):
+        (object index, ``name@version`` or ``name@@version`` of the definition), or None when unresolved.
+        The reference's version comes from the referrer's own symbol table."""
+        from soswap.loader.binding import BindCache, Binder, reference_for
+
+        if self._bind_cache is None:
+            self._bind_cache = BindCache()
+        b = Binder(res, self._bind_cache)  # type: ignore[arg-type]
+        b.prepare()
+        ref = reference_for(b, referrer, symbol, plt)
+        where, sym = b.ordered(referrer, ref)
+        if where is None:
+            return None
+        return where, b.versioned_name(where, sym)  # type: ignore[arg-type]
+
+
+def _open_substitute(sub: Substitute, cache: ElfCache) -> ElfFile:
+    if isinstance(sub, ElfFile):
+        return sub
+    if isinstance(sub, (bytes, bytearray)):
+        return ElfFile.from_bytes(bytes(sub), "<substitute>")
+    return cache.get(sub)
+
+
+def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool,
+         rtld_path: Optional[str]) -> M.LoadResult:
+    profile = s.profile
+    dynamic = elf.is_dynamic
+    main = s.setup_main(path, elf, file=file, substituted=substituted)
+    interp = elf.interpreter
+    if s.trace:
+        rtld = rtld_path or profile.interpreter
+        s.setup_rtld(interp or rtld, rtld)
+    else:
+        name = interp or profile.interpreter
+        s.setup_rtld(name, name)
+        if interp is not None and s.rtld is not None and s.rtld.elf is None:
+            text = f"{path}: cannot execute: the program interpreter {interp} does not exist"
+            f = M.Failure(M.NO_INTERPRETER, interp, main.cid, text, text, M.STARTUP, True, exit_status=127)
+            s.failures.append(f)
+            s.fatal = f
+    s.setup_vdso()
+    static = not dynamic or not elf.dynamic.needed
+    if not dynamic:
+        return _freeze(s, [main], [], static=True)
+    s.setup_search_paths()
+    preloads = s.do_preloads()
+    queue = s.map_deps(preloads)
+    searchlist = [m for m in queue if not m.faked]
+    initfini = sort_maps(searchlist, s.maps) if not s.aborted else []
+    return _freeze(s, searchlist, initfini, static=static)
+
+
+def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, static: bool) -> M.LoadResult:
+    """Order the chain like ld.so (rtld moved to its place in the search list) and build the result."""
+    maps = s.maps
+    chain = [m for m in maps if m is not s.rtld]
+    # setup_vdso puts the vDSO right after rtld, i.e. right after the main map once rtld is taken out
+    if s.vdso is not None:
+        chain.remove(s.vdso)
+        chain.insert(1, s.vdso)
+    rtld = s.rtld
+    if rtld is not None and rtld in searchlist and not s.aborted:
+        i = searchlist.index(rtld)
+        prev = searchlist[i - 1]
+        chain.insert(chain.index(prev) + 1, rtld)
+    order = {m.cid: n for n, m in enumerate(chain)}
+
+    def idx(cid: Optional[int]) -> Optional[int]:
+        return order.get(cid) if cid is not None else None
+
+    objects = []
+    for n, m in enumerate(chain):
+        if m.is_main:
+            display = s.argv0
+        elif m.faked:
+            display = m.libnames[0]
+        else:
+            display = m.path
+        reason = m.reason
+        if reason.owner is not None:
+            reason = M.Reason(reason.rule, reason.text, reason.directory, reason.subdir, idx(reason.owner))
+        names = list(m.libnames)
+        if m.elf is not None and not m.faked:
+            so = m.elf.dynamic.soname
+            if so and so not in names:
+                names.append(so)
+        objects.append(M.LoadedObject(
+            index=n, name=m.libnames[0], names=tuple(names), path=m.path, file=m.file, elf=m.elf, kind=m.kind,
+            found=not m.faked, loader=idx(m.loader), requested_by=tuple(i for i in map(idx, m.requested_by)
+                                                                          if i is not None),
+            needed=tuple(idx(c) for c in m.needed), depth=m.depth, origin=m.origin, reason=reason,
+            substituted=m.substituted, display=display))
+    failures = []
+    for f in s.failures:
+        if f.object is not None:
+            f = M.Failure(f.kind, f.name, idx(f.object), f.message, f.line, f.when, f.fatal, f.symbol, f.version,
+                          f.exit_status)
+        failures.append(f)
+    fatal = None
+    for f in failures:
+        if f.fatal:
+            fatal = f
+            break
+    scope = tuple(order[m.cid] for m in searchlist if m.cid in order)
+    init = tuple(order[m.cid] for m in initfini if m.cid in order)
+    return M.LoadResult(path=s.argv0, objects=tuple(objects), scope=scope,
+                        initfini=init, failures=tuple(failures), fatal=fatal, profile=s.profile, env=s.env,
+                        secure=s.secure, trace=s.trace, argv0=s.argv0, static=static)

@@ -1,0 +1,277 @@
+"""The target system as the loader sees it: glibc version, ABI, system directories, ``$LIB``, ``$PLATFORM``,
+hwcaps subdirectories, ld.so.cache — all read from files (ld.so's own bytes, /proc/cpuinfo, the cache), never
+by running anything. Every field can be overridden with :meth:`Profile.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Dict, NamedTuple, Optional, Tuple
+
+from soswap.elf import constants as C
+from soswap.errors import UsageError
+from soswap.loader import cpu as cpumod
+from soswap.loader.ldcache import FLAG_AARCH64_LIB64, FLAG_X8664_LIB64, FLAG_X8664_LIBX32, CacheTarget, LdCache
+from soswap.loader.rootfs import RootFS
+
+
+class Abi(NamedTuple):
+    """One loader ABI: which ELF files its ld.so accepts and where it lives."""
+
+    name: str
+    machine: int
+    elf_class: int
+    little_endian: bool
+    interpreter: str
+    #: ``_dl_cache_check_flags``: the accepted cache entry flags.
+    cache_flags: Tuple[int, ...]
+    #: ``_DL_CACHE_DEFAULT_ID``.
+    default_flags: int
+    #: Debian multiarch triplet.
+    triplet: str
+    #: Upstream system directories (when ld.so's file does not tell).
+    upstream_dirs: Tuple[str, ...]
+    #: The vDSO's soname, or None when the architecture has none.
+    vdso: Optional[str]
+
+
+ABIS: Dict[str, Abi] = {
+    "x86_64": Abi("x86_64", C.EM_X86_64, 64, True, "/lib64/ld-linux-x86-64.so.2", (0x0303,), 0x0303,
+                  "x86_64-linux-gnu", ("/lib64/", "/usr/lib64/"), "linux-vdso.so.1"),
+    "i386": Abi("i386", C.EM_386, 32, True, "/lib/ld-linux.so.2", (1, 3), 3,
+                "i386-linux-gnu", ("/lib/", "/usr/lib/"), "linux-gate.so.1"),
+    "x32": Abi("x32", C.EM_X86_64, 32, True, "/libx32/ld-linux-x32.so.2", (FLAG_X8664_LIBX32 | 3,),
+               FLAG_X8664_LIBX32 | 3, "x86_64-linux-gnux32", ("/libx32/", "/usr/libx32/"), "linux-vdso.so.1"),
+    "aarch64": Abi("aarch64", C.EM_AARCH64, 64, True, "/lib/ld-linux-aarch64.so.1", (FLAG_AARCH64_LIB64 | 3,),
+                   FLAG_AARCH64_LIB64 | 3, "aarch64-linux-gnu", ("/lib64/", "/usr/lib64/"), "linux-vdso.so.1"),
+    "ppc64le": Abi("ppc64le", C.EM_PPC64, 64, True, "/lib64/ld64.so.2", (0x0503,), 0x0503,
+                   "powerpc64le-linux-gnu", ("/lib64/", "/usr/lib64/"), "linux-vdso64.so.1"),
+    "s390x": Abi("s390x", C.EM_S390, 64, False, "/lib/ld64.so.1", (0x0403,), 0x0403,
+                 "s390x-linux-gnu", ("/lib64/", "/usr/lib64/"), "linux-vdso64.so.1"),
+    "riscv64": Abi("riscv64", C.EM_RISCV, 64, True, "/lib/ld-linux-riscv64-lp64d.so.1", (0x1003,), 0x1003,
+                   "riscv64-linux-gnu", ("/lib64/lp64d/", "/usr/lib64/lp64d/"), "linux-vdso.so.1"),
+}
+assert ABIS["x86_64"].cache_flags == (FLAG_X8664_LIB64 | 3,)
+
+_HOST_ABI = {"x86_64": "x86_64", "amd64": "x86_64", "i686": "i386", "i386": "i386", "aarch64": "aarch64",
+             "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def abi_for(machine: int, elf_class: int) -> Optional[Abi]:
+    """The ABI whose ld.so loads ELF files of ``machine`` and ``elf_class`` (None if unknown)."""
+    for abi in ABIS.values():
+        if abi.machine == machine and abi.elf_class == elf_class:
+            return abi
+    return None
+
+
+_VERSION_RE = re.compile(rb"release version (\d+)\.(\d+)")
+_CACHE_VERSION_RE = re.compile(r"(\d+)\.(\d+)\)?\s*$")
+_LIB_RE = re.compile(rb"ORIGIN\0PLATFORM\0LIB\0([^\0]{1,200})\0")
+_DIRS_RE = re.compile(rb"(?:/[\x21-\x7e]{0,200}/\0){2,}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The facts about the target's dynamic loader. Detect with :meth:`detect`; override with :meth:`replace`."""
+
+    root: str
+    abi: Abi
+    glibc_version: Tuple[int, int]
+    interpreter: str
+    system_dirs: Tuple[str, ...]
+    lib: str
+    platform: Optional[str]
+    hwcaps_subdirs: Tuple[str, ...]
+    legacy_subdirs: Tuple[str, ...]
+    #: GNU_PROPERTY_X86_ISA_1 bits of the CPU (None: not x86, no ISA checks).
+    isa_level: Optional[int]
+    cache_path: str = "/etc/ld.so.cache"
+    preload_path: str = "/etc/ld.so.preload"
+    #: Legacy hwcap bits for cache entries (``dl_hwcap & hwcap_mask``), the platform bit and mask.
+    legacy_hwcap: int = 0
+    legacy_platform_bit: int = 0
+    legacy_platform_mask: int = 0
+    #: The soname of the vDSO in the link map (None: no vDSO).
+    vdso: Optional[str] = "linux-vdso.so.1"
+    #: LIBC_ABI_MAX: the first EI_ABIVERSION a GNU/Linux object may not use (libc-abis).
+    libc_abi_max: int = 4
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def detect(cls, root: str = "/", *, abi: Optional[str] = None, cpuinfo: Optional[str] = None,
+               interpreter: Optional[str] = None) -> Profile:
+        """Read the profile of the system under ``root``.
+
+        ``abi`` picks the loader ABI (default: the host's); ``cpuinfo`` is the text of /proc/cpuinfo to use
+        (default: the host's); ``interpreter`` the ld.so path inside ``root`` (default: the ABI's).
+        """
+        fs = RootFS(root)
+        if abi is None:
+            abi = _HOST_ABI.get(os.uname().machine, "x86_64")
+        if abi not in ABIS:
+            raise UsageError(f"unknown loader ABI {abi!r} (known: {', '.join(sorted(ABIS))})")
+        a = ABIS[abi]
+        interp = interpreter or a.interpreter
+        ldso = _read_prefix(fs.host(interp), 4 << 20)
+        version = _version_from_ldso(ldso)
+        if version is None:
+            version = _version_from_cache(fs.host("/etc/ld.so.cache"))
+        if version is None:
+            version = (2, 36)
+        dirs = _system_dirs_from_ldso(ldso, a)
+        lib = _lib_from_ldso(ldso) or (dirs[0].strip("/") if dirs else "lib")
+        info = cpumod.CpuInfo.parse(cpuinfo, a.name) if cpuinfo is not None else cpumod.CpuInfo.read(
+            arch=a.name)
+        platform: Optional[str]
+        hwcaps: Tuple[str, ...] = ()
+        legacy: Tuple[str, ...] = ()
+        isa: Optional[int] = None
+        legacy_hwcap = platform_bit = platform_mask = 0
+        if a.name == "x86_64":
+            isa = cpumod.isa_level(info, version)
+            hwcaps = cpumod.x86_64_hwcaps_subdirs(isa)
+            platform, avx512_1 = cpumod.x86_64_platform(info)
+            # HWCAP_X86_64 (bit 1), HWCAP_X86_AVX512_1 (bit 2); dl_x86_hwcap_flags = sse2, x86_64, avx512_1
+            names = ["x86_64"] + (["avx512_1"] if avx512_1 else [])
+            legacy_hwcap = 2 | (4 if avx512_1 else 0)
+            # dl_x86_platforms: i586, i686, haswell, xeon_phi from bit 48 (sysdeps/x86/dl-procinfo.h)
+            platform_mask = 0xF << 48
+            plat_index = {"haswell": 2, "xeon_phi": 3}.get(platform)
+            platform_bit = (1 << (48 + plat_index)) if plat_index is not None else 0
+            if version <= (2, 36):
+                legacy = cpumod.legacy_subdirs([*names, platform, "tls"])
+        elif a.name == "i386":
+            platform = "i686"
+            sse2 = info.has("sse2")
+            legacy_hwcap = 1 if sse2 else 0
+            platform_mask = 0x3 << 48
+            platform_bit = 1 << 49
+            if version <= (2, 36):
+                legacy = cpumod.legacy_subdirs((["sse2"] if sse2 else []) + [platform, "tls"])
+        else:
+            platform = a.name
+            if version <= (2, 36):
+                legacy = cpumod.legacy_subdirs([platform, "tls"])
+        return cls(root=fs.root, abi=a, glibc_version=version, interpreter=interp, system_dirs=dirs, lib=lib,
+                   platform=platform, hwcaps_subdirs=hwcaps, legacy_subdirs=legacy, isa_level=isa,
+                   legacy_hwcap=legacy_hwcap, legacy_platform_bit=platform_bit,
+                   legacy_platform_mask=platform_mask, vdso=a.vdso)
+
+    def replace(self, **changes: object) -> Profile:
+        """A copy with some fields changed (``profile.replace(platform="x86_64")``)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def for_abi(self, abi: Abi) -> Profile:
+        """The profile of a sibling ABI on the same system (e.g. i386 next to x86_64), detected afresh."""
+        if abi == self.abi:
+            return self
+        return Profile.detect(self.root, abi=abi.name)
+
+    # -- derived -----------------------------------------------------------------------------------
+
+    @property
+    def fs(self) -> RootFS:
+        return _fs_for(self.root)
+
+    @property
+    def ldcache(self) -> LdCache:
+        """The parsed ld.so.cache (a missing file is an empty cache; a malformed one raises CacheError)."""
+        host = self.fs.host(self.cache_path)
+        try:
+            st = os.stat(host)
+            ident: Tuple[int, ...] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            ident = ()
+        key = (self.root, self.cache_path, self.abi.little_endian, ident)
+        hit = _CACHES.get(key)
+        if hit is None:
+            hit = LdCache.load(host, self.abi.little_endian)
+            hit.path = self.cache_path
+            _CACHES[key] = hit
+        return hit
+
+    def cache_target(self, hwcaps_mask: Optional[Tuple[str, ...]] = None) -> CacheTarget:
+        """What ``search_cache`` needs, for this profile (and a ``--glibc-hwcaps-mask``)."""
+        prios = self.hwcaps_subdirs
+        if hwcaps_mask is not None:
+            prios = tuple(s for s in prios if s in hwcaps_mask)
+        return CacheTarget(
+            accepted_flags=self.abi.cache_flags,
+            hwcaps_priorities=prios,
+            isa_1=self.isa_level if self.abi.name == "x86_64" else None,
+            legacy_hwcap=self.legacy_hwcap,
+            legacy_platform_bit=self.legacy_platform_bit,
+            legacy_platform_mask=self.legacy_platform_mask,
+            legacy_hwcaps_ignored=self.glibc_version >= (2, 40),
+            default_flags=self.abi.default_flags,
+        )
+
+    def describe(self) -> Dict[str, object]:
+        """A JSON-friendly summary."""
+        return {
+            "root": self.root,
+            "abi": self.abi.name,
+            "glibc_version": "{}.{}".format(*self.glibc_version),
+            "interpreter": self.interpreter,
+            "system_dirs": list(self.system_dirs),
+            "lib": self.lib,
+            "platform": self.platform,
+            "hwcaps_subdirs": list(self.hwcaps_subdirs),
+            "legacy_subdirs": list(self.legacy_subdirs),
+            "cache": self.cache_path,
+        }
+
+
+_CACHES: Dict[Tuple[object, ...], LdCache] = {}
+_FS: Dict[str, RootFS] = {}
+
+
+def _fs_for(root: str) -> RootFS:
+    fs = _FS.get(root)
+    if fs is None:
+        fs = _FS[root] = RootFS(root)
+    return fs
+
+
+def _read_prefix(path: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
+def _version_from_ldso(data: bytes) -> Optional[Tuple[int, int]]:
+    m = _VERSION_RE.search(data)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _version_from_cache(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        cache = LdCache.load(path)
+    except Exception:
+        return None
+    if cache.generator:
+        m = _CACHE_VERSION_RE.search(cache.generator)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def _system_dirs_from_ldso(data: bytes, abi: Abi) -> Tuple[str, ...]:
+    # SYSTEM_DIRS (elf/dl-load.c, generated by gen-trusted-dirs): NUL-separated absolute dirs ending in "/"
+    for m in _DIRS_RE.finditer(data):
+        dirs = tuple(os.fsdecode(d) for d in m.group(0).split(b"\0") if d)
+        if any(d.endswith("/lib/") or d.endswith("/lib64/") or abi.triplet in d for d in dirs):
+            return dirs
+    return abi.upstream_dirs
+
+
+def _lib_from_ldso(data: bytes) -> Optional[str]:
+    # DL_DST_LIB follows the DST names in ld.so's string table
+    m = _LIB_RE.search(data)
+    return os.fsdecode(m.group(1)) if m else None

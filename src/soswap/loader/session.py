@@ -1,0 +1,731 @@
+"""One emulated run of ``ld.so`` up to relocation: :class:`LoadSession` holds the link map being built and
+implements ``_dl_map_object`` (already-loaded matching, the search through RPATH chain, LD_LIBRARY_PATH,
+RUNPATH, ld.so.cache, system directories and hwcaps subdirectories, ``open_verify``, the device/inode test), the
+preloads (``handle_preload_list``, ``/etc/ld.so.preload``) and the breadth-first ``_dl_map_object_deps``.
+:mod:`soswap.loader.loading` drives it and freezes the result.
+"""
+
+from __future__ import annotations
+
+import errno as errnomod
+import os
+import posixpath
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from soswap.elf import ElfFile
+from soswap.elf import constants as C
+from soswap.errors import ElfError
+from soswap.loader import dst
+from soswap.loader import model as M
+from soswap.loader.candidates import (
+    ACCEPT,
+    CUT,
+    FATAL,
+    OTHER_CLASS,
+    FileId,
+    FileSystem,
+    Substitute,
+    Verdict,
+    ldso_strerror,
+)
+from soswap.loader.environment import Environment
+from soswap.loader.profile import Profile
+from soswap.loader.searchpath import SearchDir, capability_subdirs, decompose
+
+#: SECURE_NAME_LIMIT / SECURE_PATH_LIMIT of elf/rtld.c.
+SECURE_NAME_LIMIT = 255
+
+_KIND_EXE = "executable"
+_KIND_LIB = "library"
+_KIND_RTLD = "interpreter"
+_KIND_VDSO = "vdso"
+_KIND_PRELOAD = "preload"
+
+
+class _Map:
+    """The mutable ``struct link_map`` of one session (frozen into :class:`LoadedObject` at the end)."""
+
+    __slots__ = (
+        "cid",
+        "depth",
+        "elf",
+        "faked",
+        "file",
+        "file_id",
+        "is_main",
+        "kind",
+        "libnames",
+        "loader",
+        "needed",
+        "nodeflib",
+        "origin",
+        "path",
+        "reason",
+        "requested_by",
+        "rpath_dirs",
+        "runpath_dirs",
+        "substituted",
+    )
+
+    def __init__(self, cid: int, name: str, path: str, kind: str) -> None:
+        self.cid = cid  # creation order
+        self.libnames: List[str] = [name]
+        self.path = path
+        self.file: Optional[str] = None
+        self.elf: Optional[ElfFile] = None
+        self.kind = kind
+        self.faked = False
+        self.loader: Optional[int] = None  # cid
+        self.origin: Optional[str] = None
+        self.reason = M.Reason(M.RULE_ROOT, "")
+        self.file_id: Optional[FileId] = None
+        self.requested_by: List[int] = []
+        self.needed: List[Optional[int]] = []
+        self.depth = 0
+        self.substituted = False
+        self.is_main = False
+        self.rpath_dirs: Optional[Tuple[SearchDir, ...]] = None
+        self.runpath_dirs: Optional[Tuple[SearchDir, ...]] = None
+        self.nodeflib = False
+
+    @property
+    def has_runpath(self) -> bool:
+        return self.elf is not None and self.elf.dynamic.runpath is not None
+
+
+class _Miss(Exception):
+    """``_dl_signal_error`` inside ``_dl_map_object``."""
+
+    def __init__(self, kind: str, objname: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.objname = objname
+        self.message = message
+
+
+class _Found:
+    __slots__ = ("realname", "reason", "verdict")
+
+    def __init__(self, realname: str, verdict: Verdict, reason: M.Reason) -> None:
+        self.realname = realname
+        self.verdict = verdict
+        self.reason = reason
+
+
+class Substitutions:
+    """What-if substitutions ``{target path P: file F}``, matched by P's canonical path and by its identity."""
+
+    def __init__(self, fsys: FileSystem, cwd: str, items: Mapping[str, Substitute]) -> None:
+        self.fsys = fsys
+        self.cwd = cwd
+        self._by_path: Dict[str, Tuple[Substitute, Optional[FileId]]] = {}
+        self._by_id: Dict[FileId, Substitute] = {}
+        self._dir_real: Dict[str, str] = {}
+        self._synthetic = 0
+        for p, f in items.items():
+            host = fsys.fs.host(p if p.startswith("/") else posixpath.join(cwd, p))
+            st = fsys.stat(host)
+            fid: Optional[FileId]
+            if isinstance(st, int):
+                self._synthetic += 1
+                fid = (-1, self._synthetic)
+            else:
+                fid = (st.st_dev, st.st_ino)
+                self._by_id[fid] = f
+            self._by_path[self._canon(host)] = (f, fid)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_path)
+
+    def _canon(self, host: str) -> str:
+        d, base = os.path.split(host)
+        real = self._dir_real.get(d)
+        if real is None:
+            real = self._dir_real[d] = os.path.realpath(d or ".")
+        return real.rstrip("/") + "/" + base
+
+    def by_path(self, host: str) -> Optional[Tuple[Substitute, Optional[FileId]]]:
+        return self._by_path.get(self._canon(host))
+
+    def by_identity(self, fid: FileId) -> Optional[Substitute]:
+        return self._by_id.get(fid)
+
+
+class LoadSession:
+    """One emulated loader run. Use :meth:`Loader.load`; this class is the engine behind it."""
+
+    def __init__(self, profile: Profile, env: Environment, fsys: FileSystem, *, trace: bool, secure: bool,
+                 argv0: str, substitutions: Optional[Substitutions]) -> None:
+        self.profile = profile
+        self.env = env
+        self.fsys = fsys
+        self.trace = trace
+        self.secure = secure
+        self.argv0 = argv0
+        self.subst = substitutions if substitutions else None
+        self.maps: List[_Map] = []
+        self.by_name: Dict[str, int] = {}
+        self.by_id: Dict[FileId, int] = {}
+        self.failures: List[M.Failure] = []
+        self.fatal: Optional[M.Failure] = None
+        self.main: Optional[_Map] = None
+        self.rtld: Optional[_Map] = None
+        self.vdso: Optional[_Map] = None
+        hwcaps = profile.hwcaps_subdirs
+        if env.hwcaps_mask is not None:
+            hwcaps = tuple(h for h in hwcaps if h in env.hwcaps_mask)
+        self.capstr = capability_subdirs(hwcaps, profile.legacy_subdirs)
+        self.cache_target = profile.cache_target(env.hwcaps_mask)
+        #: The ld.so.cache as it is when the program starts (a malformed cache raises CacheError).
+        self.ldcache = profile.ldcache if not env.inhibit_cache else None
+        self.system_dirs = tuple(SearchDir(d, M.RULE_SYSTEM, None) for d in profile.system_dirs)
+        self.llp_dirs: Tuple[SearchDir, ...] = ()
+        self.aborted = False
+        #: The loader's errno between searches (see _replay_errno) and its directory status cache.
+        self.errno = 0
+        self.nonexisting: set = set()
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _new_map(self, name: str, path: str, kind: str) -> _Map:
+        m = _Map(len(self.maps), name, path, kind)
+        self.maps.append(m)
+        return m
+
+    def _register_names(self, m: _Map) -> None:
+        for n in m.libnames:
+            self.by_name.setdefault(n, m.cid)
+        if m.path:
+            self.by_name.setdefault(m.path, m.cid)
+        if m.elf is not None:
+            soname = m.elf.dynamic.soname
+            if soname is not None:
+                self.by_name.setdefault(soname, m.cid)
+
+    def _add_name(self, m: _Map, name: str) -> None:
+        # add_name_to_object
+        if name not in m.libnames:
+            m.libnames.append(name)
+        self.by_name.setdefault(name, m.cid)
+
+    def _host(self, path: str) -> str:
+        if not path.startswith("/"):
+            path = posixpath.join(self.env.cwd, path) if path else self.env.cwd
+        return self.fsys.fs.host(path)
+
+    def _origin_of(self, realname: str) -> Optional[str]:
+        # _dl_new_object: the directory of the name the object was found under, cwd-prefixed if relative
+        if not realname:
+            return None
+        if realname.startswith("/"):
+            full = realname
+        else:
+            cwd = self.env.cwd
+            full = (cwd if cwd.endswith("/") else cwd + "/") + realname
+        cut = full.rfind("/")
+        return full[:cut] if cut > 0 else "/"
+
+    def _expand(self, lm: _Map, text: str) -> str:
+        return dst.substitute(text, origin=lm.origin, platform=self.profile.platform, lib=self.profile.lib,
+                              secure=self.secure, is_executable=lm.is_main,
+                              trusted_dirs=self.profile.system_dirs)
+
+    def _decompose(self, lm: _Map, value: Optional[str], rule: str) -> Tuple[SearchDir, ...]:
+        return decompose(value, ":", rule, lm.cid, origin=lm.origin, platform=self.profile.platform,
+                         lib=self.profile.lib, secure=self.secure, is_executable=lm.is_main,
+                         trusted_dirs=self.profile.system_dirs)
+
+    def _rpath_dirs(self, lm: _Map) -> Tuple[SearchDir, ...]:
+        # cache_rpath(DT_RPATH): an object with DT_RUNPATH has no usable DT_RPATH (get-dynamic-info.h)
+        if lm.rpath_dirs is None:
+            if lm.elf is None or lm.faked or lm.has_runpath:
+                lm.rpath_dirs = ()
+            else:
+                lm.rpath_dirs = self._decompose(lm, lm.elf.dynamic.rpath, M.RULE_RPATH)
+        return lm.rpath_dirs
+
+    def _runpath_dirs(self, lm: _Map) -> Tuple[SearchDir, ...]:
+        if lm.runpath_dirs is None:
+            if lm.elf is None or lm.faked:
+                lm.runpath_dirs = ()
+            else:
+                lm.runpath_dirs = self._decompose(lm, lm.elf.dynamic.runpath, M.RULE_RUNPATH)
+        return lm.runpath_dirs
+
+    def _fail(self, kind: str, obj: Optional[_Map], name: str, message: str, *, fatal: bool = True,
+              when: str = M.STARTUP, line: Optional[str] = None, exit_status: Optional[int] = 127) -> M.Failure:
+        if line is None:
+            line = f"{self.argv0}: error while loading shared libraries: {name}: {message}"
+        f = M.Failure(kind=kind, name=name, object=obj.cid if obj is not None else None,
+                      message=f"{name}: {message}" if name else message, line=line, when=when, fatal=fatal,
+                      exit_status=exit_status if fatal else None)
+        self.failures.append(f)
+        if fatal and self.fatal is None:
+            self.fatal = f
+        return f
+
+    # -- _dl_map_object ---------------------------------------------------------------------------------
+
+    def map_object(self, loader: Optional[_Map], name: str, *, secure_mode: bool, kind: str = _KIND_LIB) -> _Map:
+        """``_dl_map_object``: the object called ``name`` requested by ``loader``; raises :class:`_Miss` when
+        it cannot be loaded (the caller decides whether that is fatal, a faked entry or a warning)."""
+        hit = self.by_name.get(name)
+        if hit is not None:
+            return self.maps[hit]
+        found_other_class = [False]
+        found: Optional[_Found] = None
+        if "/" not in name:
+            found = self._search(loader, name, secure_mode, found_other_class)
+        else:
+            realname = self._expand(loader, name) if loader is not None else name
+            if realname:
+                v = self._probe(realname)
+                if v.kind != ACCEPT:
+                    self.errno = errnomod.ENOENT
+                if v.kind == FATAL:
+                    raise _Miss(M.BAD_FILE, realname, v.message)
+                if v.kind == OTHER_CLASS:
+                    found_other_class[0] = True
+                elif v.kind == ACCEPT:
+                    found = _Found(realname, v, M.Reason(M.RULE_PATH, "name contains a slash"))
+        if found is None:
+            if found_other_class[0]:
+                other = "ELFCLASS32" if self.profile.abi.elf_class == 64 else "ELFCLASS64"
+                raise _Miss(M.WRONG_CLASS, name, f"wrong ELF class: {other}")
+            why = f": {ldso_strerror(self.errno)}" if self.errno else ""
+            raise _Miss(M.NOT_FOUND, name, "cannot open shared object file" + why)
+        v = found.verdict
+        self.errno = 0  # open_verify clears errno once the file is open
+        # _dl_map_object_from_fd: the same file under another name is the same object
+        if v.file_id is not None:
+            same = self.by_id.get(v.file_id)
+            if same is not None:
+                m = self.maps[same]
+                self._add_name(m, name)
+                return m
+        m = self._new_map(name, found.realname, kind)
+        m.elf = v.elf
+        m.file = v.file if v.substituted else self._host(found.realname)
+        m.substituted = v.substituted
+        m.file_id = v.file_id
+        m.loader = loader.cid if loader is not None else None
+        m.origin = self._origin_of(found.realname)
+        m.reason = found.reason
+        m.nodeflib = bool(v.elf is not None and v.elf.dynamic.flags_1 & C.DF_1_NODEFLIB)
+        if v.file_id is not None:
+            self.by_id.setdefault(v.file_id, m.cid)
+        self._register_names(m)
+        return m
+
+    def _probe(self, realname: str) -> Verdict:
+        """``open_verify`` of one path (target path, possibly relative to the cwd)."""
+        host = self._host(realname)
+        if self.subst is not None:
+            hit = self.subst.by_path(host)
+            if hit is not None:
+                return self.fsys.verify(host, hit[0], hit[1])
+        v = self.fsys.verify(host)
+        if self.subst is not None and v.file_id is not None and v.kind != CUT:
+            f = self.subst.by_identity(v.file_id)
+            if f is not None:
+                return self.fsys.verify(host, f, v.file_id)
+        return v
+
+    def _open_path(self, name: str, dirs: Sequence[SearchDir], secure_mode: bool,
+                   other: List[bool]) -> Optional[_Found]:
+        """``open_path``: try every directory and capability subdirectory in order."""
+        pure = self.subst is None and not (secure_mode and self.secure)
+        key = (name, tuple(d.dirname for d in dirs), self.capstr, self.env.cwd)
+        hit = self.fsys.path_memo.get(key) if pure else None
+        if hit is None:
+            hit = self._open_path_uncached(name, dirs, secure_mode)
+            if pure:
+                self.fsys.path_memo[key] = hit
+        found, any_other, fatal, stop = hit
+        self._replay_errno(dirs, stop)
+        if any_other:
+            other[0] = True
+        if fatal is not None:
+            raise _Miss(M.BAD_FILE, fatal[0], fatal[1])
+        if found is None:
+            return None
+        n, cap, candidate, v = found
+        return _Found(candidate, v, self._reason(dirs[n], cap))
+
+    def _replay_errno(self, dirs: Sequence[SearchDir], stop: Optional[Tuple[int, int]]) -> None:
+        """What the search leaves in ``errno`` (it decides whether a miss reads "cannot open shared object
+        file: No such file or directory" or just "cannot open shared object file"): every attempted open
+        fails with ENOENT; a directory found missing is never tried again (``r_dir_status``, ``open_path``)."""
+        caps = self.capstr
+        nonexisting = self.nonexisting
+        for n, d in enumerate(dirs):
+            for ci, cap in enumerate(caps):
+                if stop is not None and (n, ci) >= stop:
+                    if (n, ci) == stop:
+                        self.errno = errnomod.ENOENT  # the candidate at ``stop`` was opened (then kept or not)
+                    return
+                key = (d.dirname, ci)
+                if key in nonexisting:
+                    continue
+                self.errno = errnomod.ENOENT
+                if d.dirname.startswith("/") and self.fsys.listing(self._host(d.dirname + cap)) is None:
+                    nonexisting.add(key)
+
+    def _open_path_uncached(self, name: str, dirs: Sequence[SearchDir], secure_mode: bool
+                            ) -> Tuple[Optional[Tuple[int, str, str, Verdict]], bool, Optional[Tuple[str, str]],
+               Optional[Tuple[int, int]]]:
+        fsys = self.fsys
+        subst = self.subst
+        any_other = False
+        for n, d in enumerate(dirs):
+            for ci, cap in enumerate(self.capstr):
+                base = d.dirname + cap
+                host_dir = self._host(base)
+                if not fsys.may_exist(host_dir, name) and (
+                        subst is None or subst.by_path(posixpath.join(host_dir, name)) is None):
+                    continue
+                candidate = base + name
+                v = self._probe(candidate)
+                if v.kind == ACCEPT:
+                    if secure_mode and self.secure and not self._setuid_file(v):
+                        continue
+                    return (n, cap, candidate, v), any_other, None, (n, ci)
+                if v.kind == OTHER_CLASS:
+                    any_other = True
+                    continue
+                if v.kind == FATAL:
+                    return None, any_other, (candidate, v.message), (n, ci)
+                if v.kind == CUT:
+                    return None, any_other, None, (n, ci)
+        return None, any_other, None, None
+
+    def _setuid_file(self, v: Verdict) -> bool:
+        # open_path with __RTLD_SECURE in a secure program: only set-user-ID files may be preloaded
+        if v.file is None:
+            return False
+        st = self.fsys.stat(v.file)
+        return not isinstance(st, int) and bool(st.st_mode & 0o4000)
+
+    def _reason(self, d: SearchDir, cap: str) -> M.Reason:
+        owner = d.owner
+        where = ""
+        if owner is not None:
+            o = self.maps[owner]
+            where = o.path or self.argv0
+        directory = d.dirname
+        shown = directory or "(current directory)"
+        if d.rule == M.RULE_RPATH:
+            text = f"RPATH {shown} of {where}"
+        elif d.rule == M.RULE_RUNPATH:
+            text = f"RUNPATH {shown} of {where}"
+        elif d.rule == M.RULE_LD_LIBRARY_PATH:
+            text = f"LD_LIBRARY_PATH {shown}"
+        else:
+            text = f"system directory {shown}"
+        if cap:
+            text += f" (subdirectory {cap.rstrip('/')})"
+        return M.Reason(d.rule, text, directory, cap or None, owner)
+
+    def _search(self, loader: Optional[_Map], name: str, secure_mode: bool,
+                other: List[bool]) -> Optional[_Found]:
+        # _dl_map_object, the "name without a slash" branch, step by step
+        main = self.main
+        assert main is not None
+        if loader is None or not loader.has_runpath:
+            did_main = False
+            lm = loader
+            seen = 0
+            while lm is not None and seen <= len(self.maps):
+                dirs = self._rpath_dirs(lm)
+                if dirs:
+                    hit = self._open_path(name, dirs, secure_mode, other)
+                    if hit is not None:
+                        return hit
+                    did_main |= lm is main
+                lm = self.maps[lm.loader] if lm.loader is not None else None
+                seen += 1
+            if not did_main:
+                dirs = self._rpath_dirs(main)
+                if dirs:
+                    hit = self._open_path(name, dirs, secure_mode, other)
+                    if hit is not None:
+                        return hit
+        if self.llp_dirs:
+            hit = self._open_path(name, self.llp_dirs, secure_mode, other)
+            if hit is not None:
+                return hit
+        if loader is not None:
+            dirs = self._runpath_dirs(loader)
+            if dirs:
+                hit = self._open_path(name, dirs, secure_mode, other)
+                if hit is not None:
+                    return hit
+        lm = loader if loader is not None else main
+        if not (secure_mode and self.secure) and not self.env.inhibit_cache:
+            entry = self.ldcache.lookup(name, self.cache_target) if self.ldcache is not None else None
+            if entry is not None:
+                cached: Optional[str] = entry.value
+                if lm.nodeflib and any(entry.value.startswith(sd) for sd in self.profile.system_dirs):
+                    cached = None
+                if cached is not None:
+                    v = self._probe(cached)
+                    if v.kind != ACCEPT:
+                        self.errno = errnomod.ENOENT
+                    if v.kind == FATAL:
+                        raise _Miss(M.BAD_FILE, cached, v.message)
+                    if v.kind == OTHER_CLASS:
+                        other[0] = True
+                    elif v.kind == ACCEPT:
+                        sub = f" (glibc-hwcaps {entry.hwcaps_subdir})" if entry.hwcaps_subdir else ""
+                        return _Found(cached, v, M.Reason(M.RULE_CACHE, f"ld.so.cache{sub}",
+                                                          subdir=entry.hwcaps_subdir))
+        if not lm.nodeflib:
+            return self._open_path(name, self.system_dirs, secure_mode, other)
+        return None
+
+    # -- dl_main ----------------------------------------------------------------------------------------
+
+    def setup_main(self, path: str, elf: ElfFile, *, file: str, substituted: bool) -> _Map:
+        """The main program's link map (``rtld_setup_main_map``)."""
+        main = self._new_map(path if self.trace else "", "", _KIND_EXE)
+        main.elf = elf
+        main.file = file
+        main.substituted = substituted
+        main.is_main = True
+        main.reason = M.Reason(M.RULE_ROOT, "the program")
+        main.nodeflib = bool(elf.dynamic.flags_1 & C.DF_1_NODEFLIB)
+        main.origin = self._main_origin(path)
+        self.main = main
+        self._register_names(main)
+        # The main program has no file identity (rtld.c: "We leave the values here defined to 0").
+        return main
+
+    def _main_origin(self, path: str) -> Optional[str]:
+        if self.trace and self.profile.glibc_version < (2, 42):
+            # ld.so ./prog: the directory of the name as given (BZ 25263)
+            return self._origin_of(path)
+        # _dl_get_origin: readlink("/proc/self/exe"), the canonical path
+        full = path if path.startswith("/") else posixpath.join(self.env.cwd, path)
+        real = self.fsys.fs.target_realpath(full)
+        return posixpath.dirname(real) or "/"
+
+    def setup_rtld(self, interp_name: str, rtld_path: str) -> _Map:
+        """ld.so's own link map: known by the PT_INTERP name and its SONAME, never searched for."""
+        m = self._new_map(interp_name, rtld_path, _KIND_RTLD)
+        m.reason = M.Reason(M.RULE_INTERPRETER, "the program interpreter (already loaded)")
+        host = self.fsys.fs.host(rtld_path)
+        memo = self.fsys.file_memo
+        key = "rtld:" + host
+        if key not in memo:
+            try:
+                memo[key] = self.fsys.elf_cache.get(host)
+            except ElfError:
+                memo[key] = None
+        m.elf = memo[key]  # type: ignore[assignment]
+        if m.elf is not None:
+            m.file = host
+            soname = m.elf.dynamic.soname
+            if soname and soname != interp_name:
+                m.libnames.append(soname)
+        m.origin = self._origin_of(rtld_path)
+        self.rtld = m
+        self._register_names(m)
+        return m
+
+    def setup_vdso(self) -> Optional[_Map]:
+        name = self.profile.vdso
+        if not name:
+            return None
+        m = self._new_map(name, name, _KIND_VDSO)
+        m.reason = M.Reason(M.RULE_VDSO, "the kernel's vDSO (no file)")
+        self.vdso = m
+        self._register_names(m)
+        return m
+
+    def setup_search_paths(self) -> None:
+        """``_dl_init_paths``: the main program's RUNPATH/RPATH and LD_LIBRARY_PATH."""
+        main = self.main
+        assert main is not None
+        llp = self.env.library_path
+        if llp and not self.secure:
+            self.llp_dirs = decompose(llp, ":;", M.RULE_LD_LIBRARY_PATH, None, origin=main.origin,
+                                      platform=self.profile.platform, lib=self.profile.lib, secure=self.secure,
+                                      is_executable=True, trusted_dirs=self.profile.system_dirs)
+
+    def preload_list(self) -> List[Tuple[str, str]]:
+        """The preload names with their source, in load order (LD_PRELOAD, then /etc/ld.so.preload)."""
+        out: List[Tuple[str, str]] = []
+        if self.env.preload:
+            p = self.env.preload
+            i = 0
+            while i < len(p):
+                j = i
+                while j < len(p) and p[j] not in " :":
+                    j += 1
+                name = p[i:j] if 0 < j - i < SECURE_NAME_LIMIT + 1 else ""
+                i = j + 1 if j < len(p) else j
+                if self.secure and (len(name) >= SECURE_NAME_LIMIT or "/" in name):
+                    continue
+                if name:
+                    out.append((name, "LD_PRELOAD"))
+        if self.env.use_preload_file:
+            out.extend((n, self.profile.preload_path) for n in self._preload_file())
+        return out
+
+    def _preload_file(self) -> List[str]:
+        # rtld.c: whitespace/colon separated names, '#' comments to end of line
+        host = self.fsys.fs.host(self.profile.preload_path)
+        key = "preload:" + host
+        data = self.fsys.file_memo.get(key)
+        if data is None:
+            try:
+                with open(host, "rb") as f:
+                    data = f.read(1 << 20)
+            except OSError:
+                data = b""
+            self.fsys.file_memo[key] = data
+        if not data:
+            return []
+        text = os.fsdecode(data)  # type: ignore[arg-type]
+        lines = []
+        for line in text.split("\n"):
+            cut = line.find("#")
+            lines.append(line if cut < 0 else line[:cut])
+        out = []
+        for tok in " ".join(lines).replace(":", " ").replace("\t", " ").split(" "):
+            if tok:
+                out.append(tok)
+        return out
+
+    def do_preloads(self) -> List[_Map]:
+        main = self.main
+        assert main is not None
+        preloads: List[_Map] = []
+        for name, where in self.preload_list():
+            before = len(self.maps)
+            try:
+                m = self.map_object(main, name, secure_mode=True, kind=_KIND_PRELOAD)
+            except _Miss as miss:
+                text = f"ERROR: ld.so: object '{name}' from {where} cannot be preloaded ({_short(miss)}): ignored."
+                self.failures.append(M.Failure(M.PRELOAD, name, main.cid, text, text, M.WARNING, False))
+                continue
+            if len(self.maps) != before:
+                if m.kind == _KIND_LIB:
+                    m.kind = _KIND_PRELOAD
+                m.reason = M.Reason(M.RULE_PRELOAD, f"{where} ({m.reason.text})", m.reason.directory,
+                                    m.reason.subdir, m.reason.owner)
+                preloads.append(m)
+        return preloads
+
+    def map_deps(self, preloads: List[_Map]) -> List[_Map]:
+        """``_dl_map_object_deps``: the breadth-first walk. Returns the search list (faked entries included)."""
+        main = self.main
+        assert main is not None
+        queue: List[_Map] = [main]
+        reserved = {main.cid}
+        self.errno = 0  # _dl_map_object_deps
+        for p in preloads:
+            if p.cid not in reserved:
+                queue.append(p)
+                reserved.add(p.cid)
+        i = 0
+        while i < len(queue):
+            lm = queue[i]
+            i += 1
+            if lm.elf is None or lm.faked:
+                continue
+            for tag, raw in self._dependency_items(lm.elf):
+                if tag == C.DT_NEEDED:
+                    dep = self._one_needed(lm, raw)
+                    if dep is None:
+                        if self.aborted:
+                            return queue
+                        continue
+                    lm.needed.append(dep.cid)
+                    if lm.cid not in dep.requested_by:
+                        dep.requested_by.append(lm.cid)
+                    if dep.cid not in reserved:
+                        reserved.add(dep.cid)
+                        dep.depth = lm.depth + 1
+                        queue.append(dep)
+                else:
+                    self._filter(lm, tag, raw, queue, reserved, i - 1)
+            if self.aborted:
+                break
+        return queue
+
+    def _one_needed(self, lm: _Map, raw: str) -> Optional[_Map]:
+        name = raw
+        if dst.has_dst(raw):
+            if self.secure:
+                self._fail(M.DST, lm, raw, "DST not allowed in SUID/SGID programs")
+                if self.trace:
+                    self.aborted = True
+                lm.needed.append(None)
+                return None
+            name = self._expand(lm, raw)
+            if not name:
+                return None  # expand_dst(..., 0): silently skipped
+        try:
+            return self.map_object(lm, name, secure_mode=False)
+        except _Miss as miss:
+            if miss.kind == M.BAD_FILE or not self.trace:
+                # The real loader stops here (in trace mode too for a bad file: dl-deps.c "goto out").
+                self._fail(miss.kind, lm, miss.objname, miss.message)
+                if self.trace:
+                    self.aborted = True
+                    return None
+            else:
+                self._fail(miss.kind, lm, name, miss.message, fatal=False, when=M.WARNING, exit_status=None)
+            # In trace mode (and to go on drawing the tree) a miss becomes a faked "not found" entry.
+            m = self._new_map(name, name, _KIND_LIB)
+            m.faked = True
+            m.loader = lm.cid
+            m.reason = M.Reason(M.RULE_NOT_FOUND, miss.message)
+            return m
+
+    def _dependency_items(self, elf: ElfFile) -> Tuple[Tuple[int, str], ...]:
+        """(tag, name) of the DT_NEEDED, DT_AUXILIARY and DT_FILTER entries in dynamic-section order."""
+        memo = self.fsys.file_memo
+        key = ("deps", id(elf))
+        hit = memo.get(key)
+        if hit is None or hit[0] is not elf:  # type: ignore[index]
+            try:
+                dyn = elf.dynamic
+                names = {C.DT_NEEDED: iter(dyn.needed), C.DT_AUXILIARY: iter(dyn.auxiliary),
+                         C.DT_FILTER: iter(dyn.filters)}
+                items = tuple((tag, next(names[tag])) for tag, _v in dyn.entries if tag in names)
+            except ElfError:
+                items = ()
+            hit = memo[key] = (elf, items)
+        return hit[1]  # type: ignore[index,no-any-return]
+
+    def _filter(self, lm: _Map, tag: int, raw: str, queue: List[_Map], reserved: set, pos: int) -> None:
+        # DT_AUXILIARY / DT_FILTER: the filtee goes before the filter in the search list (dl-deps.c)
+        name = self._expand(lm, raw) if dst.has_dst(raw) else raw
+        if not name:
+            return
+        try:
+            aux = self.map_object(lm, name, secure_mode=False)
+        except _Miss as miss:
+            if tag == C.DT_AUXILIARY:
+                return  # a missing auxiliary filtee is ignored
+            self._fail(miss.kind, lm, miss.objname, miss.message)
+            return
+        lm.needed.append(aux.cid)
+        if aux.cid in reserved:
+            return
+        reserved.add(aux.cid)
+        queue.insert(pos, aux)
+
+    # -- finishing ---------------------------------------------------------------------------------------
+
+
+def _short(miss: _Miss) -> str:
+    # the err_str of _dl_catch_error: the message without the errno text
+    msg = miss.message
+    if msg.startswith("cannot open shared object file"):
+        return "cannot open shared object file"
+    if msg.startswith("cannot read file data:"):
+        return "cannot read file data"
+    return msg

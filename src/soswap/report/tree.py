@@ -1,0 +1,200 @@
+"""Renderers for ``soswap tree``: the dependency tree with the reason each object was found, the failures with
+ld.so's exact messages, and the JSON document (schema: docs/json-tree.md). No decisions are made here."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from soswap.loader.model import BindResult, Failure, LoadedObject, LoadResult
+
+_KIND_NOTE = {"interpreter": "interpreter", "vdso": "kernel vDSO", "preload": "preload"}
+
+
+def _label(o: LoadedObject, requested: str) -> str:
+    if not o.found:
+        return f"{requested} => not found"
+    if o.kind == "vdso":
+        return f"{requested} (vDSO)"
+    if requested == o.path:
+        return requested
+    return f"{requested} => {o.path}"
+
+
+def _reason(o: LoadedObject) -> str:
+    r = o.reason
+    if not o.found:
+        return r.text
+    text = r.text
+    if o.substituted:
+        text += f"; what-if: file {o.file}"
+    return text
+
+
+def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True) -> List[str]:
+    """The dependency tree of one result: every object under the object whose DT_NEEDED first loaded it
+    (``l_loader``); later requests for it are left out unless ``show_all``."""
+    objs = res.objects
+    root = objs[0]
+    if res.static:
+        return [f"{res.argv0}  (statically linked: nothing is loaded)"]
+    notes = []
+    if root.elf is not None and root.elf.interpreter:
+        notes.append(f"interpreter {root.elf.interpreter}")
+    if res.secure:
+        notes.append("secure mode (AT_SECURE)")
+    lines = [res.argv0 + (f"  ({', '.join(notes)})" if notes else "")]
+    children = _children(res, show_all)
+    stack: List[tuple] = [(children.get(0, []), 0, "")]
+    expanded = {0}
+    while stack:
+        items, pos, prefix = stack[-1]
+        if pos >= len(items):
+            stack.pop()
+            continue
+        stack[-1] = (items, pos + 1, prefix)
+        dep, name, again = items[pos]
+        last = pos == len(items) - 1
+        branch = "└── " if last else "├── "
+        if dep is None:
+            lines.append(f"{prefix}{branch}{name}  (skipped: no value for its dynamic string token)")
+            continue
+        o = objs[dep]
+        text = _label(o, name)
+        if again or dep in expanded:
+            text += "  (already loaded)"
+            lines.append(prefix + branch + text)
+            continue
+        if reasons:
+            text += f"  [{_reason(o)}]"
+        lines.append(prefix + branch + text)
+        expanded.add(dep)
+        kids = children.get(dep)
+        if o.found and kids:
+            stack.append((kids, 0, prefix + ("    " if last else "│   ")))
+    return lines
+
+
+def _children(res: LoadResult, show_all: bool) -> Dict[int, List[tuple]]:
+    """parent index -> [(child index or None, requested name, is a repeat)] in DT_NEEDED order."""
+    objs = res.objects
+    out: Dict[int, List[tuple]] = {0: [(o.index, o.name, False) for o in objs if o.kind == "preload"]}
+    for o in objs:
+        if o.elf is None or not o.found:
+            continue
+        names = o.elf.dynamic.needed
+        lst = out.setdefault(o.index, [])
+        seen = set()
+        for n, dep in enumerate(o.needed):
+            name = names[n] if n < len(names) else "?"
+            if dep is None:
+                lst.append((None, name, False))
+                continue
+            d = objs[dep]
+            owner = d.loader if d.loader is not None else (d.requested_by[0] if d.requested_by else None)
+            first = owner == o.index and dep not in seen and d.kind != "preload"
+            seen.add(dep)
+            if not d.found or first:
+                lst.append((dep, name, False))
+            elif show_all:
+                lst.append((dep, name, True))
+    return out
+
+
+def failure_lines(failures: Sequence[Failure]) -> List[str]:
+    """One line per failure: what the real program prints, and when."""
+    out = []
+    for f in failures:
+        if f.fatal:
+            tag = "fails at startup" if f.when == "startup" else "fails"
+        elif f.when == "first-call":
+            tag = "fails at first call"
+        else:
+            tag = "warning"
+        out.append(f"{tag}: {f.line}")
+    return out
+
+
+def render_text(res: LoadResult, bound: Optional[BindResult], *, show_all: bool = False,
+                symbols: bool = False) -> str:
+    """The human report of one file: the tree, then each failure as the program would print it."""
+    lines = tree_lines(res, show_all=show_all)
+    failures = list(bound.failures) if bound is not None else []
+    load_failures = [f for f in res.failures if f.fatal or f.kind == "preload"]
+    all_failures = load_failures + [f for f in failures if f not in load_failures]
+    if symbols and bound is not None:
+        lines.append(f"symbols: {bound.bindings_checked} references checked, "
+                     f"{len(bound.unresolved)} unresolved")
+    lines.extend(failure_lines(all_failures))
+    fatal = bound.fatal if bound is not None else res.fatal
+    if fatal is not None:
+        lines.append(f"verdict: the program cannot start (exit status {fatal.exit_status})")
+    return "\n".join(lines) + "\n"
+
+
+# -- JSON --------------------------------------------------------------------------------------------------
+
+
+def failure_json(f: Failure) -> Dict[str, Any]:
+    return {
+        "kind": f.kind,
+        "name": f.name,
+        "object": f.object,
+        "message": f.message,
+        "line": f.line,
+        "when": f.when,
+        "fatal": f.fatal,
+        "symbol": f.symbol,
+        "version": f.version,
+        "exit_status": f.exit_status,
+    }
+
+
+def object_json(o: LoadedObject) -> Dict[str, Any]:
+    r = o.reason
+    return {
+        "index": o.index,
+        "name": o.name,
+        "names": list(o.names),
+        "path": o.path,
+        "file": o.file,
+        "kind": o.kind,
+        "found": o.found,
+        "soname": o.soname if o.found else None,
+        "loader": o.loader,
+        "requested_by": list(o.requested_by),
+        "needed": list(o.needed),
+        "depth": o.depth,
+        "origin": o.origin,
+        "substituted": o.substituted,
+        "reason": {"rule": r.rule, "text": r.text, "directory": r.directory, "subdir": r.subdir,
+                   "owner": r.owner},
+    }
+
+
+def result_json(res: LoadResult, bound: Optional[BindResult], symbols: bool = False) -> Dict[str, Any]:
+    """The JSON document of one file (docs/json-tree.md)."""
+    fatal = bound.fatal if bound is not None else res.fatal
+    failures = list(res.failures)
+    if bound is not None:
+        failures += [f for f in bound.failures if f not in failures]
+    doc: Dict[str, Any] = {
+        "file": res.argv0,
+        "loadable": fatal is None,
+        "static": res.static,
+        "secure": res.secure,
+        "objects": [object_json(o) for o in res.objects],
+        "scope": list(res.scope),
+        "failures": [failure_json(f) for f in failures],
+        "fatal": failure_json(fatal) if fatal is not None else None,
+    }
+    if symbols and bound is not None:
+        doc["symbols"] = {
+            "checked": bound.bindings_checked,
+            "unresolved": [{"object": u.object, "symbol": u.symbol, "version": u.version, "when": u.when,
+                            "plt": u.plt} for u in bound.unresolved],
+        }
+    return doc
+
+
+def error_json(path: str, message: str) -> Dict[str, Any]:
+    return {"file": path, "error": message}

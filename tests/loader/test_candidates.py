@@ -1,0 +1,160 @@
+"""Candidate files ``open_verify`` skips or rejects (loader.md §(b) cases 15-17, 38), and objects already loaded
+under another name (cases 18-20)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from loader.helpers import (
+    assert_ldd_parity,
+    assert_run_prediction,
+    by_name,
+    lib_source,
+    predict,
+    run_program,
+    sources_needing,
+)
+from support.build import executable, requires_cc, rpath_flags, shared_lib
+
+pytestmark = requires_cc
+
+
+def _prog_needing_libf(tmp: Path, first: Path, second: Path) -> Path:
+    shared_lib(second / "libf.so", lib_source("f"), soname="libf.so")
+    first.mkdir(parents=True, exist_ok=True)
+    return executable(tmp / "e", sources_needing("f"), flags=rpath_flags(str(first), str(second), old_dtags=True),
+                      libs=[f"-L{second}", "-lf"])
+
+
+def test_case15_only_the_other_class_exists(tmp_path: Path, m32: None) -> None:
+    w32 = tmp_path / "w32"
+    shared_lib(w32 / "libw.so", lib_source("w"), soname="libw.so", m32=True)
+    w64 = tmp_path / "w64"
+    shared_lib(w64 / "libw.so", lib_source("w"), soname="libw.so")
+    e = executable(tmp_path / "e", sources_needing("w"), flags=rpath_flags(str(w32)), libs=[f"-L{w64}", "-lw"])
+    out = assert_ldd_parity(e)
+    assert "libw.so => not found" in out.stdout
+    real = assert_run_prediction(e)
+    assert "wrong ELF class: ELFCLASS32" in real.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (os.urandom(200).replace(b"\x7fELF", b"xxxx"), "invalid ELF header"),
+    (b"", "file too short"),
+    (b"\x7fELF\x02\x01\x01\x00", "file too short"),
+    (b"/* GNU ld script */\nGROUP ( /usr/lib/x86_64-linux-gnu/libfoo.so.1 )\n" + b" " * 64, "invalid ELF header"),
+])
+def test_case16_17_38_first_bad_candidate_is_fatal(tmp_path: Path, content: bytes, message: str) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    e = _prog_needing_libf(tmp_path, first, second)
+    (first / "libf.so").write_bytes(content)
+    real = assert_run_prediction(e)
+    assert real.status == 127 and f"{first}/libf.so: {message}" in real.stderr
+    # ldd stops there too: the error line is all it prints, and it fails
+    out = assert_ldd_parity(e)
+    assert out.status == 1 and message in out.stdout
+
+
+def test_other_machine_is_skipped_and_the_next_candidate_loads(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    e = _prog_needing_libf(tmp_path, first, second)
+    data = bytearray((second / "libf.so").read_bytes())
+    data[18:20] = (183).to_bytes(2, "little")  # EM_AARCH64
+    (first / "libf.so").write_bytes(bytes(data))
+    assert_ldd_parity(e)
+    assert assert_run_prediction(e).status == 0
+    res, _ = predict(e)
+    assert by_name(res, "libf.so").path == f"{second}/libf.so"
+
+
+@pytest.mark.parametrize("offset, value, message", [
+    (5, 2, "ELF file data encoding not little-endian"),
+    (6, 2, "ELF file version ident does not match current one"),
+    (7, 9, "ELF file OS ABI invalid"),
+    (8, 1, "ELF file ABI version invalid"),
+    (12, 1, "nonzero padding in e_ident"),
+    (16, 1, "only ET_DYN and ET_EXEC can be loaded"),
+    (20, 2, "ELF file version does not match current one"),
+    (54, 1, "ELF file's phentsize not the expected size"),
+])
+def test_each_header_check_in_glibc_order(tmp_path: Path, offset: int, value: int, message: str) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    e = _prog_needing_libf(tmp_path, first, second)
+    data = bytearray((second / "libf.so").read_bytes())
+    data[offset] = value
+    (first / "libf.so").write_bytes(bytes(data))
+    real = assert_run_prediction(e)
+    assert message in real.stderr
+    assert_ldd_parity(e)
+
+
+def test_a_directory_named_like_the_library(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    e = _prog_needing_libf(tmp_path, first, second)
+    (first / "libf.so").mkdir()
+    real = assert_run_prediction(e)
+    assert "cannot read file data: Error 21" in real.stderr  # ld.so's own strerror knows few errnos
+
+
+def test_case18_soname_match_reuses_the_first_copy(tmp_path: Path) -> None:
+    s1, s2, sp = tmp_path / "s1", tmp_path / "s2", tmp_path / "sp"
+    shared_lib(s1 / "libs.so", lib_source("s"), soname="libs.so")
+    shared_lib(s2 / "libs.so", lib_source("s", "s2only"), soname="libs.so")
+    shared_lib(sp / "libp.so",
+               "int s(void); int s2only(void);\nint p(int x) { return x ? s2only() : s(); }\n",
+               soname="libp.so", libs=[f"-L{s2}", "-ls"], flags=rpath_flags(str(s2)))
+    e = executable(tmp_path / "e", "int s(void); int p(int);\nint main(int c, char **v) { return s() + p(c > 1); }\n",
+                   flags=[*rpath_flags(str(s1), str(sp)), "-Wl,--allow-shlib-undefined"],
+                   libs=[f"-L{s1}", "-ls", f"-L{sp}", "-lp"])
+    assert_ldd_parity(e)
+    assert assert_run_prediction(e).status == 2
+    res, bound = predict(e)
+    assert [o.path for o in res.objects if "libs.so" in o.names] == [f"{s1}/libs.so"]
+    # the call that needs s2only fails at the first call, naming libp
+    real = run_program(e, "x")
+    late = [f for f in bound.failures if f.symbol == "s2only"]
+    assert len(late) == 1 and late[0].when == "first-call" and not late[0].fatal
+    assert real.status == 127 and late[0].line in real.stderr
+    assert_ldd_parity(e, flag="-r")
+
+
+def _q(tmp: Path, runpath: bool) -> Path:
+    d = tmp / "d"
+    shared_lib(d / "libq.so", lib_source("q"))
+    os.symlink("libq.so", d / "libq2.so")
+    shared_lib(d / "libuse.so", lib_source("use", calls=["q"]), soname="libuse.so", libs=[f"-L{d}", "-lq2"],
+               flags=rpath_flags(str(d)) if runpath else ())
+    return executable(tmp / "e", sources_needing("q", "use"), flags=rpath_flags(str(d)),
+                      libs=[f"-L{d}", "-lq", "-luse"])
+
+
+def test_case19_same_file_under_two_names_is_one_object(tmp_path: Path) -> None:
+    e = _q(tmp_path, runpath=True)
+    out = assert_ldd_parity(e)
+    assert "libq2.so" not in out.stdout
+    assert assert_run_prediction(e).status == 0
+    res, _ = predict(e)
+    q = by_name(res, "libq.so")
+    assert "libq2.so" in q.names
+    assert sum(1 for o in res.objects if o.path.endswith("libq.so")) == 1
+
+
+def test_case20_without_runpath_the_second_name_is_not_found(tmp_path: Path) -> None:
+    e = _q(tmp_path, runpath=False)
+    out = assert_ldd_parity(e)
+    assert "libq2.so => not found" in out.stdout
+    assert assert_run_prediction(e).status == 127
+
+
+def test_a_missing_library_requested_twice_is_listed_twice(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    shared_lib(d / "libm1.so", lib_source("m1"), soname="libmissing.so")
+    shared_lib(d / "libu1.so", lib_source("u1", calls=["m1"]), soname="libu1.so", libs=[str(d / "libm1.so")])
+    shared_lib(d / "libu2.so", lib_source("u2", calls=["m1"]), soname="libu2.so", libs=[str(d / "libm1.so")])
+    e = executable(tmp_path / "e", sources_needing("u1", "u2"),
+                   flags=[*rpath_flags(str(d)), "-Wl,--allow-shlib-undefined"], libs=[f"-L{d}", "-lu1", "-lu2"])
+    out = assert_ldd_parity(e)
+    assert out.stdout.count("libmissing.so => not found") == 2

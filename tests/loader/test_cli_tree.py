@@ -1,0 +1,164 @@
+"""``soswap tree`` from the command line: exit statuses, the --ldd contract, --json (docs/json-tree.md),
+--root (checked against the program run in a chroot), and bad input as one error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loader.helpers import BASE_ENV, PROFILE, env_with, lib_source, real_ldd, sources_needing
+from support.build import executable, requires_cc, requires_root, rpath_flags, shared_lib
+
+pytestmark = requires_cc
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def soswap(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    e = dict(env if env is not None else BASE_ENV)
+    e["PYTHONPATH"] = SRC
+    return subprocess.run([sys.executable, "-m", "soswap", "tree", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, errors="surrogateescape", timeout=120)
+
+
+def _ok_and_broken(tmp: Path):  # type: ignore[no-untyped-def]
+    d = tmp / "d"
+    shared_lib(d / "libb.so", lib_source("b"), soname="libb.so")
+    shared_lib(d / "liba.so", lib_source("a", calls=["b"]), soname="liba.so", libs=[f"-L{d}", "-lb"])
+    ok = executable(tmp / "ok", sources_needing("a"), flags=rpath_flags(str(d), old_dtags=True),
+                    libs=[f"-L{d}", "-la"])
+    broken = executable(tmp / "broken", sources_needing("a"), flags=rpath_flags(str(d)), libs=[f"-L{d}", "-la"])
+    return ok, broken
+
+
+def test_exit_status_and_text(tmp_path: Path) -> None:
+    ok, broken = _ok_and_broken(tmp_path)
+    r = soswap(str(ok))
+    assert r.returncode == 0, r.stderr
+    assert "liba.so => " in r.stdout and "[RPATH" in r.stdout and "libb.so" in r.stdout
+    r = soswap(str(ok), str(broken))
+    assert r.returncode == 1
+    assert (f"fails at startup: {broken}: error while loading shared libraries: libb.so: cannot open shared object "
+            "file: No such file or directory") in r.stdout
+    r = soswap(str(ok), str(tmp_path / "missing"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("soswap: error: ")
+
+
+def test_not_an_elf_file_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "script").write_text("#!/bin/sh\necho hi\n")
+    r = soswap(str(tmp_path / "script"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_ldd_mode_is_byte_identical(tmp_path: Path) -> None:
+    ok, broken = _ok_and_broken(tmp_path)
+    (tmp_path / "text").write_text("hello\n")
+    files = [str(ok), str(broken), "text", "/usr/bin/true", "missing"]
+    for flag in ([], ["-r"]):
+        want = real_ldd(*files, cwd=tmp_path, flag=flag[0] if flag else None)
+        got = soswap("--ldd", *flag, *files, cwd=tmp_path)
+        assert got.stdout == want.stdout and got.returncode == want.status and got.stderr == want.stderr
+
+
+def test_json_schema(tmp_path: Path) -> None:
+    ok, broken = _ok_and_broken(tmp_path)
+    r = soswap("--json", "-r", str(ok), str(broken), str(tmp_path / "missing"))
+    assert r.returncode == 2
+    doc = json.loads(r.stdout)
+    assert doc["profile"]["glibc_version"] == "{}.{}".format(*PROFILE.glibc_version)
+    first, second, third = doc["results"]
+    assert first["loadable"] is True and first["fatal"] is None
+    assert first["objects"][0]["kind"] == "executable"
+    names = {o["name"]: o for o in first["objects"]}
+    assert names["libb.so"]["reason"]["rule"] == "rpath"
+    assert names["libb.so"]["reason"]["owner"] == 0
+    assert first["symbols"]["checked"] > 0 and first["symbols"]["unresolved"] == []
+    assert set(first) == {"file", "loadable", "static", "secure", "objects", "scope", "failures", "fatal", "symbols"}
+    assert second["loadable"] is False and second["fatal"]["kind"] == "not-found"
+    assert second["fatal"]["exit_status"] == 127 and second["fatal"]["when"] == "startup"
+    assert "error" in third and third["file"].endswith("missing")
+
+
+def test_library_path_and_preload_options(tmp_path: Path) -> None:
+    ok, broken = _ok_and_broken(tmp_path)
+    r = soswap("--library-path", str(tmp_path / "d"), str(broken))
+    assert r.returncode == 0 and "LD_LIBRARY_PATH" in r.stdout
+    r = soswap("--preload", "libnothere.so", str(ok))
+    assert "cannot be preloaded" in r.stdout and r.returncode == 0
+    r = soswap("--clean-env", str(broken), env=env_with(LD_LIBRARY_PATH=str(tmp_path / "d")))
+    assert r.returncode == 1
+
+
+def test_replace_option(tmp_path: Path) -> None:
+    ok, _ = _ok_and_broken(tmp_path)
+    new = shared_lib(tmp_path / "new" / "libb.so", "int other(void) { return 1; }\n", soname="libb.so")
+    r = soswap("-r", "--replace", f"{tmp_path / 'd' / 'libb.so'}={new}", str(ok))
+    assert r.returncode == 1 and "undefined symbol: b" in r.stdout and "what-if" in r.stdout
+    r = soswap("--replace", "nonsense", str(ok))
+    assert r.returncode == 2 and r.stderr.startswith("soswap: error: --replace")
+
+
+@requires_root
+def test_root_option_against_a_chroot(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    interp = Path(PROFILE.interpreter)
+    libdir = root / PROFILE.system_dirs[0].strip("/")
+    libdir.mkdir(parents=True)
+    (root / interp.parent.relative_to("/")).mkdir(parents=True, exist_ok=True)
+    shutil.copy(os.path.realpath(interp), root / interp.relative_to("/"))
+    shutil.copy(os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6"), libdir / "libc.so.6")
+    opt = root / "opt" / "x"
+    shared_lib(opt / "libx.so.1", "int x(void) { return 6; }\n", soname="libx.so.1")
+    prog = executable(tmp_path / "prog", "int x(void);\nint main(void) { return x(); }\n",
+                      libs=[f"-L{opt}", "-l:libx.so.1"])
+    (root / "usr" / "bin").mkdir(parents=True)
+    shutil.copy(prog, root / "usr" / "bin" / "prog")
+    (root / "etc").mkdir()
+    (root / "etc" / "ld.so.conf").write_text("/opt/x\n")
+    subprocess.run(["ldconfig", "-r", str(root)], check=True, capture_output=True, timeout=120)
+    real = subprocess.run(["chroot", str(root), "/usr/bin/prog"], capture_output=True, text=True, timeout=60)
+    assert real.returncode == 6, real.stderr
+    r = soswap("--root", str(root), "--json", "/usr/bin/prog")
+    doc = json.loads(r.stdout)["results"][0]
+    assert r.returncode == 0 and doc["loadable"]
+    x = next(o for o in doc["objects"] if o["name"] == "libx.so.1")
+    assert x["path"] == "/opt/x/libx.so.1" and x["reason"]["rule"] == "cache"
+    # outside the root the same program cannot find libx
+    shutil.copy(prog, tmp_path / "outside")
+    assert soswap(str(tmp_path / "outside")).returncode == 1
+
+
+def test_help() -> None:
+    e = dict(BASE_ENV)
+    e["PYTHONPATH"] = SRC
+    r = subprocess.run([sys.executable, "-m", "soswap", "tree", "--help"], env=e, capture_output=True, text=True)
+    assert r.returncode == 0 and "--ldd" in r.stdout and "Exit status" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["-d", "/usr/bin/true"], ["--json", "--ldd", "/usr/bin/true"],
+                                  ["--root", "/nonexistent", "/usr/bin/true"]])
+def test_bad_arguments(args) -> None:  # type: ignore[no-untyped-def]
+    r = soswap(*args)
+    assert r.returncode == 2 and r.stderr.startswith("soswap: error: ")
+
+
+def test_non_utf8_file_names(tmp_path: Path) -> None:
+    raw = os.fsencode(str(tmp_path)) + b"/lib\xff"
+    lib_dir = Path(os.fsdecode(raw))
+    shared_lib(lib_dir / "libu.so", lib_source("u"), soname="libu.so")
+    e = executable(tmp_path / "e", sources_needing("u"), flags=rpath_flags(str(lib_dir)),
+                   libs=[f"-L{lib_dir}", "-lu"])
+    want = real_ldd(e)
+    got = soswap("--ldd", str(e))
+    assert got.stdout == want.stdout and got.returncode == 0
+    r = soswap("--json", str(e))
+    doc = json.loads(r.stdout)["results"][0]
+    u = next(o for o in doc["objects"] if o["name"] == "libu.so")
+    assert os.fsencode(u["path"]) == raw + b"/libu.so"
+    assert "\\udcff" in r.stdout

@@ -1,0 +1,213 @@
+"""Binding and versions (loader.md §(b) cases 21-29): the version check at startup, which definition a
+reference binds to, unresolved references at startup or at the first call, weak references, preloads,
+copy relocations and the glibc 2.36 ``check_match`` assertion."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from loader.helpers import (
+    assert_ldd_parity,
+    assert_run_prediction,
+    by_name,
+    env_with,
+    make_loader,
+    predict,
+    real_ldd,
+    run_program,
+)
+from support.build import executable, requires_cc, rpath_flags, shared_lib
+
+pytestmark = requires_cc
+
+V1_MAP = "VER_1 { global: foo; local: *; };\n"
+V2_MAP = "VER_1 { global: foo; local: *; };\nVER_2 { global: bar; } VER_1;\n"
+
+
+def _versioned(tmp: Path) -> Path:
+    """libv v2 (foo@VER_1, bar@VER_2) to link against; run with v1 (foo only) in the RUNPATH directory."""
+    shared_lib(tmp / "v2" / "libv.so", "int foo(void) { return 1; }\nint bar(void) { return 2; }\n",
+               soname="libv.so", version_script=V2_MAP)
+    shared_lib(tmp / "run" / "libv.so", "int foo(void) { return 1; }\n", soname="libv.so", version_script=V1_MAP)
+    return executable(tmp / "e", "int foo(void); int bar(void);\n"
+                      "int main(int c, char **v) { return c > 1 ? bar() : foo() - 1; }\n",
+                      flags=rpath_flags(str(tmp / "run")), libs=[f"-L{tmp / 'v2'}", "-lv"])
+
+
+def test_case21_missing_version_fails_at_startup(tmp_path: Path) -> None:
+    e = _versioned(tmp_path)
+    real = assert_run_prediction(e)
+    assert real.status == 1 and "version `VER_2' not found" in real.stderr
+    out = assert_ldd_parity(e)
+    assert out.status == 0 and "version `VER_2' not found" in out.stdout
+    out = assert_ldd_parity(e, flag="-r")
+    assert "undefined symbol: bar, version VER_2" in out.stdout
+
+
+def test_case22_unversioned_reference_binds_the_oldest_version(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    src = ('int foo_1(void) { return 1; }\nint foo_2(void) { return 2; }\n'
+           '__asm__(".symver foo_1, foo@VER_1");\n__asm__(".symver foo_2, foo@@VER_2");\n')
+    script = "VER_1 { local: foo_1; foo_2; };\nVER_2 { } VER_1;\n"
+    shared_lib(d / "libw.so", src, soname="libw.so", version_script=script)
+    shared_lib(tmp_path / "plain" / "libw.so", "int foo(void) { return 9; }\n", soname="libw.so")
+    main = "int foo(void);\nint main(void) { return foo(); }\n"
+    old = executable(tmp_path / "old", main, flags=rpath_flags(str(d)), libs=[f"-L{tmp_path / 'plain'}", "-lw"])
+    new = executable(tmp_path / "new", main, flags=rpath_flags(str(d)), libs=[f"-L{d}", "-lw"])
+    assert run_program(old).status == 1
+    assert run_program(new).status == 2
+    for prog, want in ((old, "foo@VER_1"), (new, "foo@@VER_2")):
+        loader = make_loader()
+        res = loader.load(str(prog))
+        where, name = loader.lookup(res, "foo")  # type: ignore[misc]
+        assert res.objects[where].path == f"{d}/libw.so" and name == want
+        assert_ldd_parity(prog, flag="-r")
+
+
+def test_case23_versioned_library_replaced_by_an_unversioned_build(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shared_lib(tmp_path / "v" / "libv.so", "int foo(void) { return 0; }\n", soname="libv.so",
+               version_script=V1_MAP)
+    shared_lib(run_dir / "libv.so", "int foo(void) { return 0; }\n", soname="libv.so")
+    e = executable(tmp_path / "e", "int foo(void);\nint main(void) { return foo(); }\n",
+                   flags=rpath_flags(str(run_dir)), libs=[f"-L{tmp_path / 'v'}", "-lv"])
+    real = run_program(e)
+    _, bound = predict(e)
+    warning = f"{e}: {run_dir}/libv.so: no version information available (required by {e})"
+    assert warning in real.stderr.splitlines()
+    assert any(f.line == warning for f in bound.failures)
+    # glibc 2.36 aborts in check_match (fixed in 2.41)
+    assert bound.fatal is not None and bound.fatal.kind == "assertion"
+    assert real.status == bound.fatal.exit_status == 127
+    assert bound.fatal.line in real.stderr
+    assert_ldd_parity(e)
+    assert_ldd_parity(e, flag="-r")
+
+
+def _lazy(tmp: Path, *, now: bool) -> Path:
+    shared_lib(tmp / "old" / "libf.so", "int f1(void) { return 0; }\nint f2(void) { return 3; }\n", soname="libf.so")
+    shared_lib(tmp / "new" / "libf.so", "int f1(void) { return 0; }\n", soname="libf.so")
+    return executable(tmp / "e", "int f1(void); int f2(void);\n"
+                      "int main(int c, char **v) { return c > 1 ? f2() : f1(); }\n",
+                      flags=[*rpath_flags(str(tmp / "new")), *(["-Wl,-z,now"] if now else ["-Wl,-z,lazy"])],
+                      libs=[f"-L{tmp / 'old'}", "-lf"])
+
+
+def test_case24_lazy_call_fails_at_the_first_call(tmp_path: Path) -> None:
+    e = _lazy(tmp_path, now=False)
+    assert assert_run_prediction(e).status == 0
+    real = run_program(e, "x")
+    _, bound = predict(e)
+    (f2,) = [f for f in bound.failures if f.symbol == "f2"]
+    assert f2.when == "first-call" and not f2.fatal
+    assert real.status == 127 and f2.line in real.stderr.splitlines()
+    assert f2.line == f"{e}: symbol lookup error: {e}: undefined symbol: f2"
+
+
+def test_case25_bind_now_fails_at_startup(tmp_path: Path) -> None:
+    e = _lazy(tmp_path, now=True)
+    real = assert_run_prediction(e)
+    assert real.status == 127 and "undefined symbol: f2" in real.stderr
+    # LD_BIND_NOW has the same effect on the lazy build
+    lazy = _lazy(tmp_path / "l", now=False)
+    assert assert_run_prediction(lazy, env=env_with(LD_BIND_NOW="1")).status == 127
+
+
+def test_case26_missing_data_fails_at_startup_even_when_lazy(tmp_path: Path) -> None:
+    shared_lib(tmp_path / "old" / "libg.so", "int gv = 4;\nint g(void) { return 0; }\n", soname="libg.so")
+    shared_lib(tmp_path / "new" / "libg.so", "int g(void) { return 0; }\n", soname="libg.so")
+    e = executable(tmp_path / "e", "extern int gv; int g(void);\nint main(void) { return gv + g(); }\n",
+                   flags=[*rpath_flags(str(tmp_path / "new")), "-Wl,-z,lazy"],
+                   libs=[f"-L{tmp_path / 'old'}", "-lg"])
+    real = assert_run_prediction(e)
+    assert real.status == 127 and "undefined symbol: gv" in real.stderr
+    assert_ldd_parity(e, flag="-d")
+    assert_ldd_parity(e, flag="-r")
+
+
+def test_case27_missing_weak_reference_is_fine(tmp_path: Path) -> None:
+    shared_lib(tmp_path / "old" / "libf.so", "int f1(void) { return 0; }\nint f2(void) { return 3; }\n",
+               soname="libf.so")
+    shared_lib(tmp_path / "new" / "libf.so", "int f1(void) { return 0; }\n", soname="libf.so")
+    e = executable(tmp_path / "e", "int f1(void); __attribute__((weak)) int f2(void);\n"
+                   "int main(void) { return f2 ? f2() : f1(); }\n",
+                   flags=[*rpath_flags(str(tmp_path / "new")), "-Wl,-z,now"],
+                   libs=[f"-L{tmp_path / 'old'}", "-lf"])
+    assert assert_run_prediction(e).status == 0
+    _, bound = predict(e)
+    assert not bound.unresolved
+    assert_ldd_parity(e, flag="-r")
+
+
+def test_case28_ldd_d_misses_functions_ldd_r_reports_them(tmp_path: Path) -> None:
+    e = _lazy(tmp_path, now=False)
+    d = assert_ldd_parity(e, flag="-d")
+    r = assert_ldd_parity(e, flag="-r")
+    assert "undefined symbol" not in d.stdout
+    assert f"undefined symbol: f2\t({e})" in r.stdout
+
+
+def test_case29_preload_interposes(tmp_path: Path) -> None:
+    shared_lib(tmp_path / "lib" / "libv.so", "int v(void) { return 1; }\n", soname="libv.so")
+    pre = shared_lib(tmp_path / "pre" / "libpre.so", "int v(void) { return 7; }\n", soname="libpre.so")
+    e = executable(tmp_path / "e", "int v(void);\nint main(void) { return v(); }\n",
+                   flags=rpath_flags(str(tmp_path / "lib")), libs=[f"-L{tmp_path / 'lib'}", "-lv"])
+    env = env_with(LD_PRELOAD=str(pre))
+    assert run_program(e, env=env).status == 7
+    loader = make_loader(env=env)
+    res = loader.load(str(e))
+    assert res.objects[2].path == str(pre) and res.objects[2].kind == "preload"
+    where, _ = loader.lookup(res, "v")  # type: ignore[misc]
+    assert res.objects[where].path == str(pre)
+    assert_ldd_parity(e, env=env)
+    # a preload that cannot be found: the warning line, and the program still runs
+    env = env_with(LD_PRELOAD="libnothere.so")
+    real = assert_run_prediction(e, env=env)
+    assert real.status == 1 and "cannot be preloaded" in real.stderr
+    assert_ldd_parity(e, env=env)
+
+
+def test_copy_relocation_size_mismatch_warning(tmp_path: Path) -> None:
+    shared_lib(tmp_path / "old" / "libc2.so", "int table[4] = {1, 2, 3, 4};\n", soname="libc2.so")
+    shared_lib(tmp_path / "new" / "libc2.so", "int table[8] = {1, 2, 3, 4};\n", soname="libc2.so")
+    e = executable(tmp_path / "e", "extern int table[4];\nint main(void) { return table[0] - 1; }\n",
+                   flags=[*rpath_flags(str(tmp_path / "new")), "-no-pie", "-fno-pic"],
+                   libs=[f"-L{tmp_path / 'old'}", "-lc2"])
+    real = run_program(e)
+    _, bound = predict(e)
+    (w,) = [f for f in bound.failures if f.kind == "copy-size"]
+    assert w.line in real.stderr.splitlines()
+    assert_ldd_parity(e, flag="-r")
+
+
+def test_versioned_library_chain_on_the_real_system() -> None:
+    """A real program with many versioned references: nothing unresolved, as ldd -r says."""
+    prog = shutil.which("ls") or "/usr/bin/ls"
+    want = real_ldd(prog, flag="-r")
+    _, bound = predict(prog)
+    assert bound.fatal is None and not bound.unresolved and bound.bindings_checked > 50
+    assert "undefined symbol" not in want.stdout
+    res, _ = predict(prog)
+    assert by_name(res, "libc.so.6").reason.rule == "cache"
+
+
+def test_ldd_r_with_a_missing_versioned_library(tmp_path: Path) -> None:
+    """Trace mode: versions needed from a library that is not found do not count in l_nversions: references
+    whose version index is above every other one are reported without their version, and an object whose only
+    version needs are from missing objects has no version table at all: ld.so dies of SIGSEGV relocating it."""
+    e = _versioned(tmp_path)
+    v2 = tmp_path / "v2"
+    alone = shared_lib(tmp_path / "libalone.so", "int foo(void);\nint g(void) { return foo(); }\n",
+                       soname="libalone.so", flags=["-nostdlib"], libs=[f"-L{v2}", "-lv"])
+    late = shared_lib(tmp_path / "liblate.so", "#include <stdio.h>\nint foo(void);\n"
+                      "int g(void) { puts(\"x\"); return foo(); }\n", soname="liblate.so",
+                      libs=["-Wl,--no-as-needed", "-lc", f"-L{v2}", "-lv"])
+    shutil.rmtree(tmp_path / "run")
+    shutil.rmtree(v2)
+    out = assert_ldd_parity(e, flag="-r")
+    assert "libv.so => not found" in out.stdout
+    out = assert_ldd_parity(alone, flag="-r")
+    assert out.status == 1 and "undefined symbol" not in out.stdout
+    out = assert_ldd_parity(late, flag="-r")
+    assert f"undefined symbol: foo\t({late})" in out.stdout or "version VER_1" in out.stdout
