@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple, Union
+from collections import OrderedDict
+from typing import Dict, Optional, Union
 
 from soswap.elf.file import ElfFile
 from soswap.elf.source import Identity, identity_of
 from soswap.errors import ElfError
+
+#: Parsed files whose descriptor stays open (their lazy parts decode without reopening); older ones are closed
+#: and reopen on demand (with an identity check). Keeps well under the usual 1024-descriptor limit.
+OPEN_FILES = 128
 
 
 class ElfCache:
@@ -16,9 +21,10 @@ class ElfCache:
     Errors are cached too, so a malformed file is reported the same way every time it is met.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, open_files: int = OPEN_FILES) -> None:
         self._by_identity: Dict[Identity, Union[ElfFile, ElfError]] = {}
-        self._by_path: Dict[str, Tuple[Identity, Union[ElfFile, ElfError]]] = {}
+        self._open: OrderedDict[Identity, ElfFile] = OrderedDict()
+        self._open_limit = open_files
 
     def __len__(self) -> int:
         return len(self._by_identity)
@@ -35,10 +41,22 @@ class ElfCache:
         if hit is None:
             try:
                 hit = ElfFile.open(path)
-                hit.close()
             except ElfError as exc:
                 hit = exc
+            else:
+                self._keep_open(ident, hit)
             self._by_identity[ident] = hit
         if isinstance(hit, ElfError):
             raise hit
         return hit
+
+    def _keep_open(self, ident: Identity, elf: ElfFile) -> None:
+        self._open[ident] = elf
+        while len(self._open) > self._open_limit:
+            _old, oldest = self._open.popitem(last=False)
+            oldest.close()
+
+    def close(self) -> None:
+        """Close every descriptor still open (the parsed data stays usable; files reopen on demand)."""
+        while self._open:
+            self._open.popitem()[1].close()

@@ -132,6 +132,8 @@ class StringTable:
     """
 
     _WINDOW = 256
+    #: Tables up to this size are read whole at the first lookup (one read instead of one per string).
+    _WHOLE = 1 << 16
 
     def __init__(self, elf: Optional[ElfFile], path: str, file_offset: int, size: int) -> None:
         self._elf = elf
@@ -170,6 +172,8 @@ class StringTable:
         if offset >= self.size:
             raise ElfError(self.path, f"{what} string offset {offset} is outside DT_STRTAB ({self.size} bytes)",
                            self.file_offset)
+        if self._data is None and self.size <= self._WHOLE:
+            self.load()
         if self._data is not None:
             end = self._data.find(b"\0", offset)
             if end >= 0:

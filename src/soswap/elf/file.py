@@ -101,6 +101,21 @@ def decode_header(ident_and_header: bytes, name: str, file_size: int) -> Tuple[H
     return header, lay
 
 
+class Region:
+    """A buffered window of the file starting at file offset ``offset``; reads outside it go to the file."""
+
+    def __init__(self, elf: ElfFile, offset: int, data: bytes) -> None:
+        self.elf = elf
+        self.offset = offset
+        self.data = data
+
+    def read(self, offset: int, length: int, what: str) -> bytes:
+        start = offset - self.offset
+        if start >= 0 and start + length <= len(self.data):
+            return self.data[start:start + length]
+        return self.elf.read(offset, length, what)
+
+
 class ElfFile:
     """An ELF file as the dynamic loader sees it. Open with :meth:`open` or :meth:`from_bytes`.
 
@@ -242,6 +257,13 @@ class ElfFile:
                 return seg.vaddr + seg.filesz - vaddr
         return 0
 
+    def region_at_vaddr(self, vaddr: int, limit: int, what: str) -> Region:
+        """Up to ``limit`` bytes of the file from virtual address ``vaddr`` to the end of its segment, read at
+        once; a :class:`Region` serves the small reads of a linked table (versions) from that buffer."""
+        length = min(self.room_at(vaddr), limit)
+        offset = self.vaddr_to_offset(vaddr, max(length, 1), what)
+        return Region(self, offset, self._src.read(offset, length, what))
+
     def read_at_vaddr(self, vaddr: int, length: int, what: str) -> bytes:
         """``length`` bytes of the file at virtual address ``vaddr``."""
         return self._src.read(self.vaddr_to_offset(vaddr, length, what), length, what)
@@ -324,7 +346,7 @@ class ElfFile:
         return C.DT_VERSYM in self.dynamic.tags
 
     def find_symbols(self, name: str) -> List[Symbol]:
-        """The symbols called ``name`` that the loader's hash lookup sees (defined ones, as a rule).
+        """The defined symbols called ``name`` (the ones the loader's hash lookup can bind to).
 
         Uses the decoded table when there is one, else walks DT_GNU_HASH/DT_HASH and decodes only the
         candidates, so one lookup in a 46k-symbol library costs microseconds.
@@ -333,7 +355,7 @@ class ElfFile:
             return [s for s in self._symtab.by_name(name) if s.shndx != 0]
         if self._hash_index is None:
             self._hash_index = HashIndex(self)
-        return self._hash_index.lookup(name)
+        return [s for s in self._hash_index.lookup(name) if s.shndx != 0]
 
     @property
     def relocations(self) -> Tuple[Relocation, ...]:

@@ -74,6 +74,10 @@ def elf_hash(name: bytes) -> int:
     return h
 
 
+#: Version tables are read in one piece of up to this many bytes (they are small; more is read if needed).
+_REGION = 1 << 14
+
+
 def _chain_limit(elf: ElfFile, declared: Optional[int], entry_size: int) -> int:
     """Upper bound on entries in a linked version list: the declared count, never more than fit the file."""
     cap = elf.size // entry_size + 1
@@ -98,7 +102,8 @@ def decode_versions(elf: ElfFile) -> VersionTables:
 def _decode_verdef(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> Tuple[VersionDef, ...]:
     lay = elf.layout
     vd, vda = lay.verdef, lay.verdaux
-    base = elf.vaddr_to_offset(tags[C.DT_VERDEF], vd.size, "DT_VERDEF")
+    region = elf.region_at_vaddr(tags[C.DT_VERDEF], _REGION, "DT_VERDEF")
+    base = region.offset
     count = _chain_limit(elf, tags.get(C.DT_VERDEFNUM), vd.size)
     out: List[VersionDef] = []
     off = base
@@ -107,13 +112,13 @@ def _decode_verdef(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> T
         if off in seen:
             raise ElfError(elf.path, "DT_VERDEF chain loops", off)
         seen.add(off)
-        version, flags, ndx, cnt, vhash, aux, nxt = vd.unpack(elf.read(off, vd.size, "Elf_Verdef"))
+        version, flags, ndx, cnt, vhash, aux, nxt = vd.unpack(region.read(off, vd.size, "Elf_Verdef"))
         if version != 1:
             raise ElfError(elf.path, f"unsupported Elf_Verdef version {version}", off)
         names: List[str] = []
         aoff = off + aux
         for _j in range(min(cnt, elf.size // vda.size)):
-            name_off, anext = vda.unpack(elf.read(aoff, vda.size, "Elf_Verdaux"))
+            name_off, anext = vda.unpack(region.read(aoff, vda.size, "Elf_Verdaux"))
             names.append(strtab.get(name_off, "version definition"))
             if anext == 0:
                 break
@@ -130,7 +135,8 @@ def _decode_verdef(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> T
 def _decode_verneed(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> Tuple[VersionNeed, ...]:
     lay = elf.layout
     vn, vna = lay.verneed, lay.vernaux
-    base = elf.vaddr_to_offset(tags[C.DT_VERNEED], vn.size, "DT_VERNEED")
+    region = elf.region_at_vaddr(tags[C.DT_VERNEED], _REGION, "DT_VERNEED")
+    base = region.offset
     count = _chain_limit(elf, tags.get(C.DT_VERNEEDNUM), vn.size)
     out: List[VersionNeed] = []
     off = base
@@ -139,14 +145,14 @@ def _decode_verneed(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> 
         if off in seen:
             raise ElfError(elf.path, "DT_VERNEED chain loops", off)
         seen.add(off)
-        version, cnt, file_off, aux, nxt = vn.unpack(elf.read(off, vn.size, "Elf_Verneed"))
+        version, cnt, file_off, aux, nxt = vn.unpack(region.read(off, vn.size, "Elf_Verneed"))
         if version != 1:
             raise ElfError(elf.path, f"unsupported Elf_Verneed version {version}", off)
         file_name = strtab.get(file_off, "version need file")
         entries: List[VersionNeedEntry] = []
         aoff = off + aux
         for _j in range(min(cnt, elf.size // vna.size)):
-            vhash, vflags, other, name_off, anext = vna.unpack(elf.read(aoff, vna.size, "Elf_Vernaux"))
+            vhash, vflags, other, name_off, anext = vna.unpack(region.read(aoff, vna.size, "Elf_Vernaux"))
             entries.append(VersionNeedEntry(other & C.VERSYM_VERSION, vflags, vhash,
                                             strtab.get(name_off, "version need"), bool(other & C.VERSYM_HIDDEN)))
             if anext == 0:
