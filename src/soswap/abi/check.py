@@ -1,0 +1,303 @@
+"""``check_replacement``: what happens if NEW replaces the installed TARGET, for every consumer of TARGET.
+
+This is the engine of ``soswap check`` and the preflight of ``soswap install``::
+
+    from soswap.abi import check_replacement
+    result = check_replacement("/usr/lib/x86_64-linux-gnu/libfoo.so.1", "/tmp/new/libfoo.so.1")
+    result.verdict                       # "compatible" | "incompatible"
+    [c for c in result.consumers if c.breaks]
+
+Consumers: the files named in ``consumers``; every ELF file under the ``scope`` directories whose resolved tree
+contains TARGET; the processes in ``pids``. With none of these, the default: the running processes that map
+TARGET plus every ELF file under the system's program and library directories whose tree contains TARGET,
+found through the rdeps index (:mod:`soswap.abi.rdeps`) so that a warm check costs one ``stat`` per directory
+and per ELF file plus the checks themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+
+from soswap.abi import problems as P
+from soswap.abi.changes import BREAKING
+from soswap.abi.consumer import ConsumerChecker
+from soswap.abi.diff import diff_objects
+from soswap.abi.processes import ProcessInfo, processes_mapping, read_process
+from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, classify, environment_for_index, open_index
+from soswap.abi.sysdirs import Top, canonical_tops, system_tops, under
+from soswap.elf import ElfCache, ElfFile
+from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
+from soswap.loader import Environment, Profile
+
+#: Breaking changes that make NEW unloadable where OLD is, whatever the consumer.
+UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machine-changed", "osabi-changed",
+                              "abiversion-changed", "header-invalid", "elf-type-changed"})
+#: Breaking changes refused by policy even though consumers still run (ldconfig would break them later).
+POLICY_KINDS = frozenset({"soname-changed"})
+
+
+def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str]] = None,
+                      scope: Optional[Sequence[str]] = None, pids: Optional[Sequence[int]] = None,
+                      processes: Optional[bool] = None, system: Optional[bool] = None,
+                      state_dir: Optional[str] = None, keep_index: bool = True,
+                      environ: Optional[Mapping[str, str]] = None, profile: Optional[Profile] = None,
+                      self_check: bool = True, full: bool = False,
+                      also: Optional[Mapping[str, str]] = None, create_state_dir: bool = True) -> P.CheckResult:
+    """Check NEW against every consumer of the installed TARGET (see the module docstring and docs/check.md).
+
+    ``consumers``: files to check (programs as they run, shared libraries as plugins loaded with
+    ``dlopen(RTLD_NOW)``); ``scope``: directories whose ELF files are searched (recursively) for consumers;
+    ``pids``: running processes to check. ``processes``/``system`` (default: True when none of the three is
+    given) add the processes that map TARGET and the system's program and library directories.
+    ``state_dir``: where the rdeps index is kept (default: :func:`soswap.abi.statedir.state_dir`);
+    ``keep_index=False`` builds it in memory only. ``environ``: the environment programs and plugins are
+    loaded with (default: ours; LD_LIBRARY_PATH, LD_PRELOAD, LD_BIND_NOW count). Processes use their own.
+    ``full``: bind every consumer, even those the diff proves safe (the diff has only symbol and version-node
+    changes, and the consumer's objects reference none of those symbols nor need those nodes).
+    ``also``: ``{target: new}`` of the other files replaced in the same transaction: they are in place too
+    when consumers are loaded with NEW (a new libfoo that needs the new libbar). ``create_state_dir=False``:
+    the index is saved only into a state directory that exists already.
+
+    Raises :class:`SoswapError` on bad input (TARGET or NEW missing or malformed, a named consumer that is
+    not a loadable ELF file, a scope that is not a directory, an unknown PID).
+    """
+    target_abs = _existing_file(target, "TARGET")
+    _existing_file(new, "NEW")
+    explicit = bool(consumers or scope or pids)
+    if processes is None:
+        processes = not explicit
+    if system is None:
+        system = not explicit
+    environ = os.environ if environ is None else environ
+    env = Environment.from_environ(environ)
+    if profile is None:
+        profile = Profile.detect()
+    cache = ElfCache()
+    old_elf = cache.get(target_abs)
+    new_elf = cache.get(os.path.abspath(new))
+    diff = diff_objects(old_elf, new_elf)
+    diff = diff._replace(old=target, new=new)
+    extra = {os.path.abspath(t): os.path.abspath(n) for t, n in (also or {}).items()
+             if os.path.abspath(t) != target_abs}
+    checker = ConsumerChecker(target_abs, os.path.abspath(new), diff, profile, elf_cache=cache, full=full,
+                              also=extra)
+    results: List[P.ConsumerResult] = []
+    seen: Set[Tuple[str, bool]] = set()
+    sources: List[str] = []
+    index_path: Optional[str] = None
+    index_stats: Optional[Dict[str, object]] = None
+    skipped: List[Tuple[int, str]] = []
+    unaffected = 0
+
+    for path in consumers or ():
+        if "named" not in sources:
+            sources.append("named")
+        plugin = _is_library(path, cache)
+        results.append(checker.check(path, env=env, plugin=plugin, source="named"))
+        seen.add((os.path.realpath(path), plugin))
+
+    scope_tops = [Top(_existing_dir(d), True) for d in scope or ()]
+    scope_canon = canonical_tops(scope_tops)
+    tops: List[Top] = list(scope_tops)
+    if system:
+        tops.extend(system_tops(profile, environ))
+    if tops:
+        sources.extend((["scope"] if scope_tops else []) + (["system"] if system else []))
+        index_env = environment_for_index(environ)
+        index = open_index(state_dir, profile, index_env, keep=keep_index, elf_cache=cache,
+                           create_dir=create_state_dir)
+        index.update(tops)
+        index.save()
+        index_path = index.path
+        index_stats = index.stats.as_dict()
+        deps = index.dependents(target_abs, tops)
+        in_tops = any(under(os.path.realpath(target_abs), t) for t in canonical_tops(tops))
+        unaffected = index.stats.files - len(deps) - (1 if in_tops else 0)
+        for dep in deps:
+            if dep.role == LIBRARY:
+                continue  # loaded by indexed programs or plugins: checked through them
+            plugin = dep.role == PLUGIN
+            key = (os.path.realpath(dep.path), plugin)
+            if key in seen:
+                continue
+            seen.add(key)
+            source = "scope" if any(under(dep.path, t) for t in scope_canon) else "system"
+            try:
+                results.append(checker.check(dep.path, env=index_env, plugin=plugin, source=source))
+            except SoswapError:
+                continue  # changed or vanished since the index saw it
+
+    pid_list: List[int] = list(pids or ())
+    if pids:
+        sources.append("pid")
+    if processes:
+        sources.append("processes")
+        found, note = processes_mapping(target_abs)
+        if note:
+            skipped.append((0, note))
+        pid_list.extend(p for p in found if p not in pid_list)
+    explicit_pids = set(pids or ())
+    results.extend(_check_processes(checker, pid_list, explicit_pids, skipped))
+
+    shortcuts = checker.shortcuts  # consumers only, not the self check
+    self_result: Optional[P.ConsumerResult] = None
+    refusals = tuple(c for c in diff.changes if c.severity == BREAKING and c.kind in UNLOADABLE_KINDS | POLICY_KINDS)
+    if self_check and not any(c.kind in UNLOADABLE_KINDS for c in refusals):
+        try:
+            self_result = checker.check_self(env, as_program=classify(old_elf) == PROGRAM)
+        except SoswapError:
+            self_result = None
+        if self_result is not None:
+            self_result = _self_verdict(self_result, results)
+    verdict = P.COMPATIBLE
+    if (refusals or any(r.verdict == P.INCOMPATIBLE for r in results)
+            or (self_result is not None and self_result.verdict == P.INCOMPATIBLE)):
+        verdict = P.INCOMPATIBLE
+    discovery = P.Discovery(tuple(sources), index_path, index_stats, tuple(skipped), max(unaffected, 0),
+                            shortcuts)
+    return P.CheckResult(target, new, verdict, diff, tuple(_sorted(results)), self_result, refusals, discovery)
+
+
+def _self_verdict(res: P.ConsumerResult, consumers: List[P.ConsumerResult]) -> P.ConsumerResult:
+    """NEW's unresolved symbols are the consumers' business when some consumer loads NEW: each check binds
+    them in that consumer's whole scope (a library may rely on its program for some symbols)."""
+    if res.verdict != P.INCOMPATIBLE:
+        return res
+    loaded = any(c.verdict != P.UNAFFECTED for c in consumers)
+    if loaded and all(p.kind == "undefined-symbol" for p in res.problems):
+        return res._replace(verdict=P.REVIEW, note="unresolved in NEW's own dependencies; every checked "
+                                                   "consumer was bound with them")
+    return res
+
+
+def _check_processes(checker: ConsumerChecker, pids: Sequence[int], explicit: Set[int],
+                     skipped: List[Tuple[int, str]]) -> List[P.ConsumerResult]:
+    """One result per process. Processes that run the same program with the same environment and plugins are
+    checked once."""
+    out: List[P.ConsumerResult] = []
+    done: Dict[Tuple[object, ...], P.ConsumerResult] = {}
+    for pid in pids:
+        try:
+            info = read_process(pid)
+        except ProcessGone:
+            if pid in explicit:
+                raise UsageError(f"--pid {pid}: no such process") from None
+            continue
+        except AccessDenied as exc:
+            if pid in explicit:
+                raise
+            skipped.append((pid, str(exc)))
+            continue
+        except SoswapError as exc:
+            if pid in explicit:
+                raise
+            skipped.append((pid, str(exc)))
+            continue
+        key = (info.exe, info.env, info.argv0, info.mapped)
+        hit = done.get(key)
+        if hit is None:
+            try:
+                hit = done[key] = _check_process(checker, info)
+            except SoswapError as exc:
+                if pid in explicit:
+                    raise
+                skipped.append((pid, str(exc)))
+                continue
+        out.append(hit._replace(pid=pid, note=info.note or hit.note))
+    return out
+
+
+def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerResult:
+    """The program as it would start again (its environment), then each dlopen'ed plugin that loads TARGET."""
+    main = checker.check(info.exe, env=info.env, argv0=info.argv0, source="process", pid=info.pid)
+    in_tree = _tree_identities(checker, info)
+    problems = list(main.problems)
+    baseline = list(main.baseline)
+    verdicts = [main.verdict]
+    plugins: List[str] = []
+    note = info.note
+    for path, dev, ino in info.mapped:
+        if (dev, ino) in in_tree or path in in_tree or path == info.exe:
+            continue
+        if (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
+            # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
+            note = note or "maps TARGET outside its program's tree (dlopen)"
+            continue
+        try:
+            r = checker.check(path, env=info.env, plugin=True, source="process")
+        except SoswapError:
+            continue
+        if r.verdict == P.UNAFFECTED:
+            continue
+        plugins.append(path)
+        problems.extend(r.problems)
+        baseline.extend(r.baseline)
+        verdicts.append(r.verdict)
+    for v in (P.INCOMPATIBLE, P.BROKEN, P.COMPATIBLE, P.UNAFFECTED):
+        if v in verdicts:
+            verdict = v
+            break
+    if verdict == P.UNAFFECTED and note and not info.note:
+        note += ": only the self check speaks for it"
+    return P.ConsumerResult(info.exe, P.ROLE_PROCESS, verdict, tuple(problems), tuple(baseline), pid=info.pid,
+                            plugins=tuple(plugins), source="process", note=note)
+
+
+def _tree_identities(checker: ConsumerChecker, info: ProcessInfo) -> Set[object]:
+    out: Set[object] = set()
+    try:
+        res = checker.loader(info.env).load(info.exe, argv0=info.argv0)
+    except SoswapError:
+        return out
+    for o in res.objects:
+        if o.elf is not None and o.elf.identity is not None:
+            out.add(o.elf.identity[:2])
+        if o.path:
+            out.add(o.path)
+            out.add(os.path.realpath(o.path))
+    return out
+
+
+def _same_file(path: str, ident: Tuple[int, int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
+
+
+def _sorted(results: List[P.ConsumerResult]) -> List[P.ConsumerResult]:
+    rank = {P.INCOMPATIBLE: 0, P.BROKEN: 1, P.COMPATIBLE: 2, P.UNAFFECTED: 3}
+    return sorted(results, key=lambda r: (rank.get(r.verdict, 9), r.pid is not None, r.path, r.pid or 0))
+
+
+def _existing_file(path: str, what: str) -> str:
+    if not path:
+        raise UsageError(f"{what}: empty file name")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ElfError(path, exc.strerror or str(exc)) from None
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        raise ElfError(path, "not a regular file")
+    return os.path.abspath(path)
+
+
+def _existing_dir(path: str) -> str:
+    if not path or not os.path.isdir(path):
+        raise UsageError(f"--scope {path}: not a directory")
+    return os.path.abspath(path)
+
+
+def _is_library(path: str, cache: ElfCache) -> bool:
+    """A named consumer is checked as a plugin when it is a shared library (not a program)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ElfError(path, exc.strerror or str(exc)) from None
+    elf: ElfFile = cache.get(os.path.abspath(path), st)
+    return classify(elf) == LIBRARY
+

@@ -1,0 +1,391 @@
+"""The per-consumer verdict: load the consumer with NEW substituted for TARGET (the loader's what-if), bind every
+reference by glibc's rules, and keep what fails with NEW but not with OLD.
+
+For one consumer (a program, or a plugin checked as ``dlopen(RTLD_NOW)`` would load it):
+
+1. ``load`` with ``{TARGET: NEW}``: when NEW is not in the tree, the consumer does not load TARGET
+   (``unaffected``); otherwise NEW sits at TARGET's path with its own SONAME, DT_NEEDED, class and symbols;
+2. ``bind``: the version check of every object (``_dl_check_map_versions``), every relocation's lookup over the
+   whole scope (``_dl_relocate_object``: weak references may stay unresolved, versions must match), NEW's own
+   references included (its new dependencies, its new undefined symbols);
+3. the checks ld.so does not report: a reference that bound OLD's FUNC and now binds NEW's OBJECT (or TLS), a
+   copy relocation whose size NEW changed (``elf_machine_rela`` R_X86_64_COPY warns only when NEW grew), a copy
+   relocation of data NEW made PROTECTED (``_dl_check_protected_symbol``);
+4. only when something fails: the same with OLD, and the difference. A consumer that already fails at startup
+   with OLD is ``broken``; for a plugin, symbols it leaves unresolved with OLD too are its host's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+
+from soswap.abi import problems as P
+from soswap.abi.changes import HARMLESS, AbiDiff
+from soswap.abi.exports import DATA_TYPES
+from soswap.elf import ElfCache
+from soswap.elf import constants as C
+from soswap.elf.relocs import BIT_COPY
+from soswap.errors import SoswapError
+from soswap.loader import Environment, Loader, LoadResult, Profile
+from soswap.loader.binding import BindCache, Binder, bind
+from soswap.loader.model import (
+    ASSERTION,
+    COPY_SIZE,
+    FIRST_CALL,
+    NOT_FOUND,
+    PRELOAD,
+    UNDEFINED_SYMBOL,
+    WEAK_VERSION,
+    Failure,
+)
+
+_PROGRAM, _PLUGIN, _SELF = "program", "plugin", "self"
+#: Loader failure kinds that do not break anything (tolerated by ld.so, or not about the consumer).
+_HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD})
+#: Change kinds whose symbols need the binding-level checks (type, copy size, protected data).
+_BINDING_KINDS = frozenset({"type-changed", "size-changed", "visibility-changed"})
+#: Changes that alter what a reference to that symbol binds to, or how: only consumers that reference the
+#: name can be hurt.
+_SYMBOL_KINDS = frozenset({"symbol-removed", "symbol-unexported", "symbol-moved", "symbol-moved-out",
+                           "type-changed", "size-changed", "visibility-changed", "binding-changed",
+                           "default-version-removed"})
+#: Changes that remove version nodes: only consumers that need a node of TARGET can be hurt.
+_VERSION_KINDS = frozenset({"version-removed", "versioning-removed"})
+_FUNCS = frozenset({C.STT_FUNC, C.STT_GNU_IFUNC})
+
+
+def _type_break(old: int, new: int) -> Optional[str]:
+    """Why a reference that bound a definition of type ``old`` misbehaves with one of type ``new``."""
+    if old == new:
+        return None
+    if (old == C.STT_TLS) != (new == C.STT_TLS):
+        return "TLS and non-TLS symbols are reached differently: the consumer reads the wrong memory"
+    if old in _FUNCS and new in DATA_TYPES:
+        return "the call jumps into data (SIGSEGV)"
+    if old in DATA_TYPES and new in _FUNCS:
+        return "the consumer reads (or writes) code as data"
+    return None
+
+
+class ConsumerChecker:
+    """Checks consumers of one replacement (TARGET ← NEW). One instance per check: it shares the parsed files
+    and the binding caches across consumers, and one :class:`Loader` per environment."""
+
+    def __init__(self, target: str, new: str, diff: AbiDiff, profile: Profile, *,
+                 elf_cache: Optional[ElfCache] = None, full: bool = False,
+                 also: Optional[Mapping[str, str]] = None) -> None:
+        st = os.stat(target)
+        self.target = target
+        self.target_id = (st.st_dev, st.st_ino)
+        self.new = new
+        self.profile = profile
+        self.elf_cache = elf_cache if elf_cache is not None else ElfCache()
+        self.bind_cache = BindCache()
+        self._loaders: Dict[Environment, Loader] = {}
+        #: names whose definition changed in a way only a binding-level check sees
+        self.watch: FrozenSet[str] = frozenset(
+            c.symbol for c in diff.changes if c.kind in _BINDING_KINDS and c.symbol is not None)
+        #: TARGET <- NEW, plus the other replacements of the same transaction (``also``: {target: new})
+        self.substitution: Dict[str, str] = dict(also or {})
+        self.substitution[target] = new
+        self._watched_cache: Dict[int, Tuple[object, List[object]]] = {}
+        # What the diff says can hurt a consumer (see _may_break); full=True binds every consumer anyway.
+        risky = [c for c in diff.changes if c.severity != HARMLESS]
+        self.full = full or any(c.kind not in _SYMBOL_KINDS | _VERSION_KINDS for c in risky)
+        self.affected_names: FrozenSet[str] = frozenset(
+            c.symbol for c in risky if c.kind in _SYMBOL_KINDS and c.symbol is not None)
+        self.removed_versions: FrozenSet[str] = frozenset(
+            c.version for c in risky if c.kind == "version-removed" and c.version is not None)
+        self.versioning_removed = any(c.kind == "versioning-removed" for c in risky)
+        names = {os.path.basename(target), os.path.basename(os.path.realpath(target))}
+        try:
+            soname = self.elf_cache.get(target).soname
+        except SoswapError:
+            soname = None
+        if soname:
+            names.add(soname)
+        self.target_names = frozenset(names)
+        self._undefined_cache: Dict[int, Tuple[object, FrozenSet[str]]] = {}
+        #: consumers judged compatible from the diff alone, without binding (for reports and benchmarks)
+        self.shortcuts = 0
+
+    def loader(self, env: Environment) -> Loader:
+        ld = self._loaders.get(env)
+        if ld is None:
+            ld = self._loaders[env] = Loader(self.profile, env, cache=self.elf_cache)
+        return ld
+
+    # -- one consumer --------------------------------------------------------------------------------------
+
+    def check(self, path: str, *, env: Environment, plugin: bool = False, argv0: Optional[str] = None,
+              source: str = "", pid: Optional[int] = None) -> P.ConsumerResult:
+        """The verdict for the consumer at ``path`` (see the module docstring): a program as it runs, or a
+        plugin as ``dlopen(RTLD_NOW)`` loads it. Raises :class:`SoswapError` when ``path`` itself cannot be
+        loaded (not an ELF file, another architecture...)."""
+        mode = _PLUGIN if plugin else _PROGRAM
+        return self._check(path, env, mode, argv0, source, pid)
+
+    def check_self(self, env: Environment, *, as_program: bool) -> P.ConsumerResult:
+        """NEW loaded at TARGET's place as a root: its own dependencies, version needs and symbols against
+        what is installed (as a program when TARGET is one; else messages as dlerror() words them and the
+        time the program that loads NEW would meet them)."""
+        if as_program:
+            return self._check(self.target, env, _PROGRAM, None, "self", None)
+        res = self._check(self.target, env, _SELF, None, "self", None)
+        return res._replace(role=P.ROLE_LIBRARY)
+
+    def _check(self, path: str, env: Environment, mode: str, argv0: Optional[str], source: str,
+               pid: Optional[int]) -> P.ConsumerResult:
+        plugin = mode == _PLUGIN
+        role = P.ROLE_PLUGIN if plugin else P.ROLE_PROGRAM
+        ld = self.loader(env)
+        bind_now = True if plugin else None
+        res_new = ld.load(path, substitutions=self.substitution, argv0=argv0)
+        t_new = self._new_index(res_new)
+        res_old: Optional[LoadResult] = None
+        if t_new is None:
+            # NEW is not in the tree: either the consumer does not load TARGET, or ld.so could not take NEW
+            # (another class or machine, a bad header): then the failures say so
+            res_old = ld.load(path, argv0=argv0)
+            if self._target_index(res_old) is None:
+                return P.ConsumerResult(path, role, P.UNAFFECTED, pid=pid, source=source,
+                                        note="does not load TARGET")
+        if t_new is not None and not self.full and not self._may_break(res_new):
+            self.shortcuts += 1
+            return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
+        new_failures = self._failures(res_new, bind_now)
+        watched = self._watched_refs(res_new) if self.watch and t_new is not None else []
+        if not new_failures and not watched:
+            return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
+        if res_old is None:
+            res_old = ld.load(path, argv0=argv0)
+        t_old = self._target_index(res_old)
+        old_failures = self._failures(res_old, bind_now)
+        new_problems = [self._problem(f, res_new, mode) for f in new_failures]
+        if mode != _PLUGIN:
+            new_problems = [self._assertion_when(p, f, res_new) for p, f in zip(new_problems, new_failures)]
+        old_problems = [self._problem(f, res_old, mode) for f in old_failures]
+        if watched and t_old is not None and t_new is not None:
+            new_problems.extend(self._binding_problems(res_old, res_new, t_old, t_new, watched, plugin))
+        seen = {_identity(p) for p in old_problems}
+        added = tuple(p for p in new_problems if _identity(p) not in seen)
+        baseline = tuple(old_problems)
+        fatal_before = any(p.fatal and not (plugin and p.kind == UNDEFINED_SYMBOL) for p in old_problems)
+        if fatal_before:
+            verdict = P.BROKEN
+        elif added:
+            verdict = P.INCOMPATIBLE
+        else:
+            verdict = P.COMPATIBLE
+        return P.ConsumerResult(path, role, verdict, added, baseline, pid=pid, source=source)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _may_break(self, res: LoadResult) -> bool:
+        """Can NEW hurt this tree? Only if the diff's risky changes are all about symbols and version nodes
+        (``self.full`` is False) and some object of the tree references one of those symbols by name, or needs
+        one of TARGET's removed version nodes. Else every reference binds as it did with OLD: nothing to bind."""
+        for o in res.objects:
+            elf = o.elf
+            if elf is None or not o.found or o.kind == "vdso" or self._is_new(o):
+                continue
+            if self.affected_names and not self.affected_names.isdisjoint(
+                    self._undefined(elf, o.kind == "executable")):
+                return True
+            if self.removed_versions or self.versioning_removed:
+                try:
+                    needs = elf.version_needs
+                except SoswapError:
+                    return True
+                for need in needs:
+                    if need.file in self.target_names and (
+                            self.versioning_removed or any(e.name in self.removed_versions for e in need.entries)):
+                        return True
+        return False
+
+    def _undefined(self, elf: object, program: bool) -> FrozenSet[str]:
+        """The names an object looks up: its undefined symbols, and (for the program) the symbols it copies."""
+        hit = self._undefined_cache.get(id(elf))
+        if hit is None or hit[0] is not elf:
+            try:
+                syms = elf.symbols  # type: ignore[attr-defined]
+                names = {s.name for s in syms if s.shndx == C.SHN_UNDEF and s.name}
+                # a copy relocation's symbol is defined in the program (the copy), not undefined
+                if program:  # COPY relocations exist only in programs
+                    for index, bits in elf.symbol_reference_kinds().items():  # type: ignore[attr-defined]
+                        if bits & BIT_COPY and 0 < index < len(syms):
+                            names.add(syms[index].name)
+                names = frozenset(names)
+            except SoswapError:
+                names = self.affected_names  # unreadable: bind it to be sure
+            hit = self._undefined_cache[id(elf)] = (elf, names)
+        return hit[1]
+
+    def _is_new(self, o: object) -> bool:
+        """The object is NEW at TARGET's place (not another replacement of the same transaction)."""
+        return bool(o.substituted) and o.file == self.new  # type: ignore[attr-defined]
+
+    def _new_index(self, res: LoadResult) -> Optional[int]:
+        for o in res.objects:
+            if self._is_new(o):
+                return o.index
+        return None
+
+    def _target_index(self, res: LoadResult) -> Optional[int]:
+        for o in res.objects:
+            elf = o.elf
+            if o.found and elf is not None and elf.identity is not None and elf.identity[:2] == self.target_id:
+                return o.index
+        return None
+
+    def _failures(self, res: LoadResult, bind_now: Optional[bool]) -> List[Failure]:
+        b = bind(res, self.bind_cache, bind_now=bind_now, warn=True)
+        out = list(res.failures)
+        known = set(out)
+        for f in b.failures:
+            if f not in known:
+                out.append(f)
+        # copy relocations are judged by _binding_problems (size and type, both directions)
+        return [f for f in out if f.kind not in _HARMLESS_KINDS and f.kind != COPY_SIZE]
+
+    def _problem(self, f: Failure, res: LoadResult, mode: str) -> P.Problem:
+        obj = None
+        if f.object is not None and 0 <= f.object < len(res.objects):
+            o = res.objects[f.object]
+            obj = o.path or o.display or res.argv0
+        if mode == _PLUGIN:
+            when = P.DLOPEN
+        else:
+            when = P.FIRST_CALL if f.when == FIRST_CALL else P.STARTUP
+        if mode == _PROGRAM or f.kind == ASSERTION:
+            message = f.line
+        else:
+            message = f.message  # what dlerror() returns: the message without the program prefix
+        detail = _FAILURE_DETAIL.get(f.kind, "")
+        return P.Problem(f.kind, f.symbol, f.version, when, message, obj, bool(f.fatal), False, detail)
+
+    def _assertion_when(self, p: P.Problem, f: Failure, res: LoadResult) -> P.Problem:
+        """The glibc < 2.41 check_match assertion strikes at the lookup that meets it: at startup only if a
+        non-lazy relocation (data, or BIND_NOW) makes that lookup, else at the first call (T20)."""
+        if f.kind != ASSERTION or f.object is None:
+            return p
+        b = Binder(res, self.bind_cache)
+        b.prepare()
+        syms = b.syms(f.object)
+        if syms is None or syms.bind_now or res.env.bind_now:
+            return p
+        try:
+            refs = syms.references()
+        except SoswapError:
+            return p
+        for ref in refs:
+            if ref.lazy:
+                continue
+            try:
+                b.ordered(f.object, ref, skip_main=ref.copy)
+            except Exception:  # the assertion (soswap.loader.binding._Assertion)
+                return p
+        return p._replace(when=P.FIRST_CALL, fatal=False)
+
+    def _watched_refs(self, res: LoadResult) -> List[Tuple[int, object]]:
+        """(object index, reference) of every reference to a watched name made by an object other than NEW."""
+        b = Binder(res, self.bind_cache)
+        out: List[Tuple[int, object]] = []
+        for o in res.objects:
+            if o.elf is None or not o.found or o.kind in ("vdso", "interpreter") or self._is_new(o):
+                continue
+            syms = b.syms(o.index)
+            if syms is None:
+                continue
+            hit = self._watched_cache.get(id(syms))
+            if hit is None or hit[0] is not syms:
+                try:
+                    refs = syms.references()
+                except SoswapError:
+                    refs = ()
+                hit = self._watched_cache[id(syms)] = (syms, [r for r in refs if r.name in self.watch])
+            out.extend((o.index, ref) for ref in hit[1])
+        return out
+
+    def _binding_problems(self, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
+                          watched: List[Tuple[int, object]], plugin: bool) -> List[P.Problem]:
+        b_new = Binder(res_new, self.bind_cache)
+        b_new.prepare()
+        b_old = Binder(res_old, self.bind_cache)
+        b_old.prepare()
+        old_by_path = {o.path: o.index for o in res_old.objects if o.found}
+        target_path = res_new.objects[t_new].path
+        out: List[P.Problem] = []
+        done: Set[Tuple[int, str, int]] = set()
+        for i, ref in watched:
+            o = res_new.objects[i]
+            j = old_by_path.get(o.path)
+            if j is None:
+                continue
+            copy = bool(ref.copy)  # type: ignore[attr-defined]
+            tag = (i, ref.name, copy)  # type: ignore[attr-defined]
+            if tag in done:
+                continue
+            done.add(tag)
+            where_new, sym_new = _lookup(b_new, i, ref)
+            where_old, sym_old = _lookup(b_old, j, ref)
+            if where_new != t_new or where_old != t_old or sym_new is None or sym_old is None:
+                continue
+            who = o.path or res_new.argv0
+            name = ref.name  # type: ignore[attr-defined]
+            version = ref.version.name if ref.version is not None else None  # type: ignore[attr-defined]
+            why = _type_break(sym_old.type, sym_new.type)
+            if why is not None:
+                # a call crashes when it is made, however early it was bound; data is wrong from the start
+                when = P.DLOPEN if plugin else (P.FIRST_CALL if sym_old.type in _FUNCS else P.STARTUP)
+                out.append(P.Problem(
+                    P.TYPE_CHANGED, name, version, when, None, who, False, True,
+                    f"{name} was {C.STT_NAMES.get(sym_old.type, sym_old.type)} in OLD and is "
+                    f"{C.STT_NAMES.get(sym_new.type, sym_new.type)} in NEW: {why}"))
+                continue
+            if not copy:
+                continue
+            mine = b_new.syms(i).raw.sym(ref.symbol_index)  # type: ignore[union-attr,attr-defined]
+            if sym_new.size != mine.size and sym_old.size == mine.size:
+                grew = sym_new.size > mine.size
+                text = f"{res_new.argv0}: Symbol `{name}' has different size in shared object, consider re-linking"
+                what = ("NEW's object is bigger: only the old size is copied and NEW's code reads past the "
+                        "program's copy" if grew else
+                        "NEW's object is smaller: the program's copy holds garbage past NEW's size (ld.so says so "
+                        "only with LD_WARN=1)")
+                out.append(P.Problem(P.COPY_SIZE, name, version, P.STARTUP, text, who, False, not grew,
+                                     f"copy relocation of {name}: {mine.size} bytes in the program, {sym_new.size} "
+                                     f"in NEW: {what}"))
+            if sym_new.visibility == C.STV_PROTECTED and sym_old.visibility != C.STV_PROTECTED:
+                # _dl_check_protected_symbol (elf/dl-protected.h)
+                text = (f"warning: copy relocation against non-copyable protected symbol `{name}' in "
+                        f"`{target_path}'")
+                out.append(P.Problem(P.PROTECTED_COPY, name, version, P.STARTUP, text, who, False, False,
+                                     f"{name} is PROTECTED in NEW: the program writes its copy, NEW keeps using "
+                                     "its own"))
+        return out
+
+
+def _lookup(b: Binder, i: int, ref: object) -> Tuple[Optional[int], Optional[object]]:
+    try:
+        where, sym = b.ordered(i, ref, skip_main=bool(ref.copy))  # type: ignore[arg-type,attr-defined]
+    except Exception:  # the glibc < 2.41 check_match assertion: bind() reports it
+        return None, None
+    return where, sym
+
+
+def _identity(p: P.Problem) -> Tuple[object, ...]:
+    return (p.kind, p.message, p.symbol, p.version, p.object, p.when)
+
+
+_FAILURE_DETAIL = {
+    NOT_FOUND: "a library is missing: the program does not start",
+    UNDEFINED_SYMBOL: "no object in the consumer's scope defines the symbol (weak references excepted)",
+    "version": "a version node the consumer needs is missing: the program does not start (exit status 1)",
+    "wrong-class": "ld.so skips a file of the other ELF class",
+    "bad-file": "ld.so refuses the file",
+    "no-version-info": "the library has no version information where the consumer needs some",
+    ASSERTION: "glibc < 2.41 aborts in check_match: a versioned reference meets an unversioned library",
+    "isa-level": "the CPU lacks the x86 ISA level the file needs",
+}

@@ -1,0 +1,110 @@
+"""``preflight``: the ``soswap check`` engine as ``soswap install`` calls it before writing anything.
+
+``preflight([(source, destination), ...]) -> [PreflightProblem]`` (the ``Preflight`` seam of
+:mod:`soswap.replace.installer`): each destination that is an installed ELF file is checked with its source as
+NEW, the other files of the same transaction in place too, against its consumers (default discovery: the
+running processes that map it and the system's programs and plugins, through the rdeps index). Any problem
+refuses the install unless forced.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+from soswap.abi.check import check_replacement
+from soswap.abi.problems import INCOMPATIBLE, CheckResult
+from soswap.errors import SoswapError
+
+_ELF_MAGIC = b"\x7fELF"
+
+
+class PreflightProblem(NamedTuple):
+    """One reason to refuse an install. ``message`` is one line for humans; :meth:`to_json` the JSON form."""
+
+    target: str
+    new: str
+    #: ``refused`` (SONAME change, NEW not loadable here), ``consumer`` (NEW breaks a consumer), ``self``
+    #: (NEW's own needs are not installed), ``unchecked`` (NEW could not be read)
+    kind: str
+    message: str
+    consumer: Optional[str] = None
+    pid: Optional[int] = None
+    #: the first problem of that consumer: its kind, when it strikes and the exact ld.so message
+    problem: Optional[Dict[str, Any]] = None
+    #: how many problems that consumer has in all
+    count: int = 0
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"target": self.target, "new": self.new, "kind": self.kind, "message": self.message,
+                "consumer": self.consumer, "pid": self.pid, "problem": self.problem, "count": self.count}
+
+
+def preflight(pairs: Sequence[Tuple[str, str]], *, state_dir: Optional[str] = None,
+              environ: Optional[Mapping[str, str]] = None, **discovery: Any) -> List[PreflightProblem]:
+    """Check every ``(source, destination)`` of a transaction; the problems, empty when it is safe.
+
+    Destinations that do not exist yet (new files) or are not ELF files (scripts, data) are not checked. A
+    source that cannot be read as ELF where an ELF file is installed is a problem, not an error. The rdeps
+    index is kept in ``state_dir`` only if that directory exists already (a dry run creates nothing).
+    ``discovery``: ``consumers``, ``scope``, ``pids``, ``processes``, ``system`` as for
+    :func:`check_replacement` (default: the running processes and the whole system)."""
+    pairs = [(os.path.abspath(s), os.path.abspath(d)) for s, d in pairs]
+    checked = [(s, d) for s, d in pairs if _is_elf(d)]
+    # every ELF file the transaction puts in place, new files included (a new dependency of NEW)
+    everything = {d: s for s, d in pairs if _is_elf(s) and (_is_elf(d) or not os.path.lexists(d))}
+    out: List[PreflightProblem] = []
+    for source, dest in checked:
+        others = {d: s for d, s in everything.items() if d != dest}
+        try:
+            result = check_replacement(dest, source, state_dir=state_dir, environ=environ, also=others,
+                                       create_state_dir=False, **discovery)
+        except SoswapError as exc:
+            out.append(PreflightProblem(dest, source, "unchecked",
+                                        f"{dest}: cannot check {source} as its replacement: {exc}"))
+            continue
+        out.extend(problems_of(result))
+    return out
+
+
+def problems_of(result: CheckResult) -> List[PreflightProblem]:
+    """The reasons to refuse, from one :class:`CheckResult`."""
+    target, new = result.target, result.new
+    out: List[PreflightProblem] = []
+    for ch in result.refusals:
+        out.append(PreflightProblem(target, new, "refused", f"{target}: {ch.kind}: {ch.detail}"))
+    for c in result.incompatible_consumers:
+        first = c.problems[0]
+        who = f"process {c.pid} ({c.path})" if c.pid is not None else f"{c.role} {c.path}"
+        text = first.message if first.message is not None and not first.silent else f"(silent) {first.detail}"
+        more = f" (+{len(c.problems) - 1} more)" if len(c.problems) > 1 else ""
+        out.append(PreflightProblem(
+            target, new, "consumer", f"{target}: NEW breaks {who} at {first.when}: {text}{more}", c.path, c.pid,
+            {"kind": first.kind, "symbol": first.symbol, "version": first.version, "when": first.when,
+             "message": first.message}, len(c.problems)))
+    s = result.self_check
+    if s is not None and s.verdict == INCOMPATIBLE and s.problems:
+        first = s.problems[0]
+        out.append(PreflightProblem(
+            target, new, "self", f"{target}: NEW itself: {first.message or first.detail}", None, None,
+            {"kind": first.kind, "symbol": first.symbol, "version": first.version, "when": first.when,
+             "message": first.message}, len(s.problems)))
+    return out
+
+
+def _is_elf(path: str) -> bool:
+    """An existing regular file that starts with the ELF magic (O_NONBLOCK: a FIFO never blocks us)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == _ELF_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,114 @@
+"""Running processes as consumers: which processes map TARGET (from :mod:`soswap.proc`), and how each one would
+load its program again: its executable, its ``LD_LIBRARY_PATH``/``LD_PRELOAD``/``LD_BIND_NOW``, its working
+directory, AT_SECURE, and the plugins it ``dlopen``-ed (mapped code that is not in the program's tree).
+
+Nothing of the process is executed or imported: its environment only tells the loader emulation where ld.so
+would look.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from soswap.errors import AccessDenied, ProcessGone, SoswapError
+from soswap.loader import Environment
+
+_AT_SECURE = 23
+
+
+class ProcessInfo(NamedTuple):
+    """What the checker needs of one process."""
+
+    pid: int
+    exe: str
+    argv0: str
+    env: Environment
+    #: Paths of the executable mappings (code of the program, its libraries and its plugins).
+    mapped: Tuple[Tuple[str, int, int], ...]
+    #: Set when the environment could not be read (checked with an empty one).
+    note: str = ""
+
+
+def processes_mapping(target: str) -> Tuple[List[int], Optional[str]]:
+    """PIDs of the processes that map TARGET (its current inode, or an older one under its name), and a note
+    when :mod:`soswap.proc` is not available."""
+    try:
+        from soswap.proc import processes_mapping as mapping
+    except ImportError:  # pragma: no cover - soswap.proc is part of the package
+        return [], "soswap.proc is not available: running processes not checked"
+    return sorted({u.pid for u in mapping(target)}), None
+
+
+def read_process(pid: int) -> ProcessInfo:
+    """Read what :class:`ProcessInfo` holds. Raises :class:`ProcessGone` / :class:`AccessDenied`, or
+    :class:`SoswapError` for a process that cannot be checked (a kernel thread, another mount namespace)."""
+    from soswap.proc import procfs
+    from soswap.proc.maps import parse_maps, split_deleted
+
+    exe_raw = procfs.read_link(pid, "exe")
+    exe = os.fsdecode(split_deleted(exe_raw)[0])
+    if not exe.startswith("/"):
+        raise SoswapError(f"process {pid}: no executable file ({exe})")
+    try:
+        own = os.stat("/proc/self/ns/mnt").st_ino
+        theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        if own != theirs:
+            raise SoswapError(f"process {pid} runs in another mount namespace (a container): not checked")
+    except OSError:
+        pass
+    cmdline = procfs.read_cmdline(pid)
+    argv0 = os.fsdecode(cmdline[0]) if cmdline and cmdline[0] else exe
+    note = ""
+    try:
+        environ = _parse_environ(procfs.read_file(pid, "environ"))
+    except AccessDenied:
+        environ, note = {}, "environment unreadable: checked with an empty environment"
+    try:
+        cwd = os.fsdecode(procfs.read_link(pid, "cwd"))
+    except AccessDenied:
+        cwd = "/"
+    secure = _at_secure(pid)
+    env = Environment.from_environ(environ, cwd=cwd if cwd.startswith("/") else "/", secure=secure)
+    maps = parse_maps(procfs.read_file(pid, "maps"))
+    seen: Dict[str, Tuple[str, int, int]] = {}
+    for m in maps:
+        if m.executable and m.path.startswith(b"/"):
+            p = os.fsdecode(m.path)
+            seen.setdefault(p, (p, m.dev, m.inode))
+    return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note)
+
+
+def _parse_environ(data: bytes) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for item in data.split(b"\0"):
+        if item.startswith(b"LD_") and b"=" in item:
+            k, v = item.split(b"=", 1)
+            out[os.fsdecode(k)] = os.fsdecode(v)
+    return out
+
+
+def _at_secure(pid: int) -> Optional[bool]:
+    """AT_SECURE from /proc/PID/auxv (None when unreadable: decided from the file's set-ID bits)."""
+    from soswap.proc import procfs
+
+    try:
+        data = procfs.read_file(pid, "auxv")
+    except (AccessDenied, ProcessGone):
+        return None
+    fmt = "@LL"
+    try:
+        with open(f"/proc/{pid}/exe", "rb") as f:
+            if f.read(5)[4:5] == b"\x01":  # ELFCLASS32: a 32-bit process has 32-bit auxv entries
+                fmt = "@II"
+    except OSError:
+        pass
+    size = struct.calcsize(fmt)
+    for off in range(0, len(data) - size + 1, size):
+        key, value = struct.unpack_from(fmt, data, off)
+        if key == 0:
+            break
+        if key == _AT_SECURE:
+            return bool(value)
+    return None

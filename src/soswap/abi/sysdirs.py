@@ -1,0 +1,83 @@
+"""The directories whose ELF files are the system's consumers: program directories (``PATH``, libexec) and
+library directories (every directory of ld.so.cache, and ld.so's trusted system directories).
+
+Program directories are read flat (``PATH`` semantics); library and libexec directories recursively (plugins
+live in subdirectories: gconv, security, python dist-packages...). Each directory is canonicalised, and a
+directory inside a recursive one is dropped (it is walked already).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+
+from soswap.errors import SoswapError
+from soswap.loader import Profile
+
+#: Added to ``$PATH``: the directories a root shell, a package hook or a unit has on its PATH.
+DEFAULT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+#: Helper programs outside PATH (walked recursively).
+LIBEXEC_DIRS = ("/usr/libexec", "/usr/local/libexec")
+
+
+class Top(NamedTuple):
+    """A directory the index covers: ``recursive`` or flat."""
+
+    path: str
+    recursive: bool
+
+
+def canonical_tops(tops: Sequence[Top]) -> List[Top]:
+    """Real paths, existing directories only, duplicates and directories inside a recursive one dropped;
+    a directory given both flat and recursive is recursive."""
+    best: Dict[str, bool] = {}
+    for t in tops:
+        if not t.path or not os.path.isabs(t.path):
+            continue
+        real = os.path.realpath(t.path)
+        if not os.path.isdir(real):
+            continue
+        # never walk the whole file system: "/" is read flat
+        best[real] = (best.get(real, False) or t.recursive) and real != "/"
+    recursive = sorted(p for p, r in best.items() if r)
+    out = []
+    for p in sorted(best):
+        if any(p != r and _inside(p, r) for r in recursive):
+            continue
+        out.append(Top(p, best[p]))
+    return out
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def under(path: str, top: Top) -> bool:
+    """True when ``path`` (a file) belongs to ``top``: in it (flat) or anywhere below it (recursive)."""
+    if top.recursive:
+        return _inside(path, top.path)
+    return posixpath.dirname(path) == top.path
+
+
+def system_tops(profile: Profile, environ: Optional[Mapping[str, str]] = None) -> List[Top]:
+    """The system's program and library directories (see the module docstring)."""
+    env = os.environ if environ is None else environ
+    tops: List[Top] = []
+    for d in (env.get("PATH") or "").split(":"):
+        if d.startswith("/"):
+            tops.append(Top(d, False))
+    tops.extend(Top(d, False) for d in DEFAULT_PATH)
+    tops.extend(Top(d, True) for d in LIBEXEC_DIRS)
+    tops.extend(Top(d.rstrip("/") or "/", True) for d in profile.system_dirs)
+    try:
+        entries = profile.ldcache.entries
+    except SoswapError:
+        entries = ()
+    for e in entries:
+        d = posixpath.dirname(e.value)
+        if e.hwcaps_subdir and "/glibc-hwcaps/" in d:
+            d = d.split("/glibc-hwcaps/", 1)[0]
+        if d:
+            tops.append(Top(d, True))
+    return canonical_tops(tops)

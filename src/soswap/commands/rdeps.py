@@ -1,0 +1,74 @@
+"""``soswap rdeps LIB``: the files that load LIB, from the reverse-dependency index."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from soswap.errors import EXIT_OK, ElfError, UsageError
+
+NAME = "rdeps"
+HELP = "list the programs and plugins that load a library (the reverse-dependency index)"
+DESCRIPTION = """\
+List every ELF file whose resolved tree (what ld.so would load with it) contains LIB: programs, plugins
+(shared libraries no other indexed file loads: dlopen'ed modules) and libraries (loaded by other indexed
+files), each marked direct (LIB is one of its own DT_NEEDED entries) or indirect.
+
+The files are those under the PATH, libexec and ld.so.cache directories (or under --scope DIR...). Their trees
+are kept in an index in the state directory, keyed by device, inode, size and mtime: a second run reads only
+the files that changed. A corrupt index is rebuilt.
+
+Exit status: 0 done (whether or not anything loads LIB), 2 error."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("library", metavar="LIB", help="the library (a path)")
+    parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
+                        help="index these directories (recursively) instead of the system's")
+    parser.add_argument("--state-dir", metavar="DIR", help="where the index is kept (default: as soswap check)")
+    parser.add_argument("--no-index", action="store_true", help="build the index in memory only")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-abi.md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from soswap.abi.rdeps import environment_for_index, open_index
+    from soswap.abi.sysdirs import Top, system_tops
+    from soswap.elf import ElfCache
+    from soswap.loader import Profile
+    from soswap.report.abi import rdeps_to_json, rdeps_to_text
+
+    lib = args.library
+    if not lib:
+        raise UsageError("LIB: empty file name")
+    try:
+        os.stat(lib)
+    except OSError as exc:
+        raise ElfError(lib, exc.strerror or str(exc)) from None
+    if not os.path.isfile(lib):
+        raise ElfError(lib, "not a regular file")
+    cache = ElfCache()
+    elf = cache.get(os.path.abspath(lib))
+    soname = elf.soname if elf.is_dynamic else None
+    for d in args.scope:
+        if not os.path.isdir(d):
+            raise UsageError(f"--scope {d}: not a directory")
+    profile = Profile.detect()
+    tops = [Top(os.path.abspath(d), True) for d in args.scope] or system_tops(profile)
+    index = open_index(args.state_dir, profile, environment_for_index(os.environ), keep=not args.no_index,
+                       elf_cache=cache)
+    index.update(tops)
+    index.save()
+    deps = index.dependents(os.path.abspath(lib), tops)
+    stats = index.stats.as_dict()
+    if args.json:
+        sys.stdout.write(json_text(rdeps_to_json(lib, soname, deps, index.path, stats)))
+    else:
+        sys.stdout.write("\n".join(rdeps_to_text(lib, soname, deps, index.path, stats)) + "\n")
+    return EXIT_OK
+
+
+def json_text(doc: object) -> str:
+    import json
+
+    return json.dumps(doc, ensure_ascii=True) + "\n"

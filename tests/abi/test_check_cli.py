@@ -1,0 +1,144 @@
+"""``soswap check`` and ``soswap rdeps`` on bad input: one error line, exit status 2, never a traceback; and
+the documented shape of the output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from .cases import Case
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cli(args: List[str], tmp_path: Path, cwd: Path = ROOT, **extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"), **extra)
+    return subprocess.run([sys.executable, "-m", "soswap", *args], env=env, cwd=str(cwd), capture_output=True,
+                          timeout=120)
+
+
+def _one_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.decode(errors="replace").splitlines()
+    assert len(lines) == 1 and lines[0].startswith("soswap: error: "), lines
+    assert "Traceback" not in lines[0] and "internal error" not in lines[0], lines
+    for f in fragments:
+        assert f in lines[0], lines
+
+
+@pytest.fixture
+def t1(abi_cases: Dict[str, Case]) -> Case:
+    return abi_cases["T1"]
+
+
+def test_missing_new_and_target(t1: Case, tmp_path: Path) -> None:
+    _one_error(_cli(["check", str(tmp_path / "nope.so"), str(t1.old), "--consumer", str(t1.app)], tmp_path),
+               "nope.so", "No such file or directory")
+    _one_error(_cli(["check", str(t1.new), str(tmp_path / "gone.so"), "--consumer", str(t1.app)], tmp_path),
+               "gone.so", "No such file or directory")
+    _one_error(_cli(["check", "", str(t1.old), "--consumer", str(t1.app)], tmp_path), "empty file name")
+
+
+def test_target_that_is_not_a_library(t1: Case, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n" * 100)
+    _one_error(_cli(["check", str(t1.new), str(text), "--consumer", str(t1.app)], tmp_path), "notes.txt")
+    _one_error(_cli(["check", str(t1.new), str(tmp_path), "--consumer", str(t1.app)], tmp_path),
+               "not a regular file")
+    truncated = tmp_path / "libfoo.so.1"
+    truncated.write_bytes(t1.old.read_bytes()[:100])
+    _one_error(_cli(["check", str(t1.new), str(truncated), "--consumer", str(t1.app)], tmp_path), str(truncated))
+
+
+def test_bad_consumers_scopes_and_pids(t1: Case, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n" * 100)
+    base = ["check", str(t1.new), str(t1.old)]
+    _one_error(_cli([*base, "--consumer", str(text)], tmp_path), "notes.txt")
+    _one_error(_cli([*base, "--consumer", str(tmp_path / "none")], tmp_path), "No such file or directory")
+    _one_error(_cli([*base, "--scope", str(text)], tmp_path), "--scope", "not a directory")
+    _one_error(_cli([*base, "--consumer", str(t1.app), "--no-processes"], tmp_path), "--no-processes")
+    r = _cli([*base, "--pid", "abc"], tmp_path)
+    assert r.returncode == 2 and b"not a process ID" in r.stderr and b"Traceback" not in r.stderr
+
+
+def test_rdeps_bad_input(t1: Case, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n" * 100)
+    _one_error(_cli(["rdeps", str(tmp_path / "nope.so")], tmp_path), "No such file or directory")
+    _one_error(_cli(["rdeps", str(text)], tmp_path), "notes.txt")
+    _one_error(_cli(["rdeps", str(t1.old), "--scope", str(text)], tmp_path), "not a directory")
+
+
+@pytest.mark.parametrize("cut", [0, 16, 64, 200, 1000, 3000])
+def test_truncated_new_is_an_error_or_a_verdict_never_a_crash(t1: Case, tmp_path: Path, cut: int) -> None:
+    new = tmp_path / "libfoo.so.1"
+    new.write_bytes(t1.new.read_bytes()[:cut])
+    r = _cli(["check", str(new), str(t1.old), "--consumer", str(t1.app), "--json"], tmp_path,
+             LD_LIBRARY_PATH=f"{t1.old.parent}:{t1.deps_dir}")
+    assert r.returncode in (1, 2), r.stderr
+    if r.returncode == 2:
+        _one_error(r)
+    else:
+        assert json.loads(r.stdout)["verdict"] == "incompatible"
+
+
+def test_non_utf8_consumer_name_round_trips(t1: Case, tmp_path: Path) -> None:
+    odd = os.path.join(os.fsencode(tmp_path), b"app-\xff")
+    shutil.copyfile(t1.app, odd)
+    os.chmod(odd, 0o755)
+    r = _cli(["check", str(t1.new), str(t1.old), "--consumer", os.fsdecode(odd), "--json"], tmp_path,
+             LD_LIBRARY_PATH=f"{t1.old.parent}:{t1.deps_dir}")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    (c,) = doc["consumers"]
+    assert os.fsencode(c["path"]) == odd
+    assert os.fsencode(c["problems"][0]["message"]).startswith(odd + b": symbol lookup error: ")
+
+
+def test_json_shape(abi_cases: Dict[str, Case], tmp_path: Path) -> None:
+    case = abi_cases["T31"]
+    args = ["check", str(case.new), str(case.old), "--json"]
+    for c in case.consumers:
+        args += ["--consumer", str(c)]
+    r = _cli(args, tmp_path, LD_LIBRARY_PATH=f"{case.old.parent}:{case.deps_dir}")
+    doc = json.loads(r.stdout)
+    assert set(doc) == {"target", "new", "verdict", "summary", "refusals", "self", "consumers", "discovery",
+                        "changes"}
+    assert doc["summary"] == {"consumers": 2, "incompatible": 1, "broken": 0, "compatible": 1, "unaffected": 0,
+                              "changes": {"breaking": 1, "review": 0, "harmless": 0}}
+    first = doc["consumers"][0]
+    assert set(first) == {"path", "role", "source", "verdict", "problems", "baseline_count"}
+    assert set(first["problems"][0]) == {"kind", "symbol", "version", "when", "message", "object", "fatal",
+                                         "silent", "detail"}
+    assert doc["self"]["verdict"] == "compatible"
+    assert doc["discovery"] == {"sources": ["named"], "index": None, "skipped": [], "unaffected": 0,
+                                "shortcuts": 1}  # the app: it uses bar only
+
+
+def test_text_report(abi_cases: Dict[str, Case], tmp_path: Path) -> None:
+    case = abi_cases["T26"]
+    args = ["check", str(case.new), str(case.old), "--verbose"]
+    for c in case.consumers:
+        args += ["--consumer", str(c)]
+    r = _cli(args, tmp_path, LD_LIBRARY_PATH=f"{case.old.parent}:{case.deps_dir}")
+    out = r.stdout.decode()
+    assert r.returncode == 1
+    assert out.startswith("incompatible: NEW breaks 1 of 1 consumer\n")
+    assert f"  {case.app}  [program]\n    first-call  {case.app}: symbol lookup error: " in out
+    assert f"unaffected: these consumers do not load TARGET (1):\n  {case.consumers[1]}  [plugin]" in out
+    assert out.rstrip().endswith("vtable slots are not compared (docs/check.md).")
+
+
+def test_help_mentions_the_exit_status(tmp_path: Path) -> None:
+    for cmd in ("check", "rdeps"):
+        r = _cli([cmd, "--help"], tmp_path)
+        assert r.returncode == 0 and b"Exit status" in r.stdout

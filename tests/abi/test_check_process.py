@@ -1,0 +1,134 @@
+"""Running processes as consumers: checked with their own environment, their dlopen'ed plugins included, and
+found by default among the processes that map TARGET. The oracle: the same program started again after the
+replacement prints exactly the predicted line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from soswap.abi import check_replacement
+
+from .tree import Tree, age, build_tree
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Tree:
+    return build_tree(tmp_path_factory.mktemp("proc-tree"))
+
+
+@pytest.fixture
+def tree(built: Tree, tmp_path: Path) -> Tree:
+    """A private copy of the installed tree (the test replaces its libfoo)."""
+    root = tmp_path / "tree"
+    shutil.copytree(built.root, root, symlinks=True)
+    age(root)
+    paths = {k: (root / v.relative_to(built.root)) if str(v).startswith(str(built.root) + "/") else v
+             for k, v in built.paths.items()}
+    return Tree(root, paths["libfoo"], built.new, paths)
+
+
+def _install(tree: Tree) -> None:
+    tmp = tree.target.with_name(".new")
+    shutil.copyfile(tree.new, tmp)
+    os.replace(tmp, tree.target)
+
+
+def _clean_env(**extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env.update(extra)
+    return env
+
+
+def _cli(args: List[str], state: Path) -> subprocess.CompletedProcess:
+    env = _clean_env(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(state))
+    return subprocess.run([sys.executable, "-m", "soswap", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_pid_is_checked_with_the_process_environment(tree: Tree, tmp_path: Path, procs) -> None:
+    """server finds libfoo only through its own LD_LIBRARY_PATH; soswap runs without one."""
+    ready = tmp_path / "ready"
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(tree.root / "lib")}
+    server = tree["server"]
+    p = procs.start([server, ready], env=env, wait_for_file=ready)
+    r = _cli(["check", str(tree.new), str(tree.target), "--pid", str(p.pid), "--json"], tmp_path / "st")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    (c,) = doc["consumers"]
+    assert (c["pid"], c["path"], c["role"], c["verdict"]) == (p.pid, str(server), "process", "incompatible")
+    (problem,) = c["problems"]
+    expected = f"{server}: symbol lookup error: {server}: undefined symbol: foo"
+    assert (problem["message"], problem["when"]) == (expected, "first-call")
+    # the oracle: the program started again after the replacement
+    _install(tree)
+    again = subprocess.run([str(server), str(tmp_path / "ready2")], env=env, capture_output=True, text=True,
+                           timeout=30)
+    assert again.returncode == 127
+    assert again.stderr.splitlines() == [expected]
+
+
+def test_default_discovery_finds_the_processes_that_map_target(tree: Tree, tmp_path: Path, procs) -> None:
+    ready = tmp_path / "ready"
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(tree.root / "lib")}
+    p = procs.start([tree["server"], ready], env=env, wait_for_file=ready)
+    result = check_replacement(str(tree.target), str(tree.new), processes=True, system=False,
+                               environ=_clean_env())
+    assert [(c.pid, c.verdict) for c in result.consumers] == [(p.pid, "incompatible")]
+    assert result.discovery.sources == ("processes",)
+
+
+def test_a_plugin_the_process_dlopened_is_checked_with_it(tree: Tree, tmp_path: Path, procs) -> None:
+    """host does not link libfoo; the plugin it dlopen()ed does. The process maps libfoo through the plugin."""
+    ready = tmp_path / "ready"
+    host, plug = tree["host"], tree["plug"]
+    env = {"PATH": "/usr/bin:/bin"}
+    p = procs.start([host, plug, ready], env=env, wait_for_file=ready)
+    result = check_replacement(str(tree.target), str(tree.new), processes=True, system=False,
+                               environ=_clean_env())
+    (c,) = [c for c in result.consumers if c.pid == p.pid]
+    assert c.role == "process" and c.verdict == "incompatible"
+    assert c.plugins == (str(plug),)
+    (problem,) = c.problems
+    assert (problem.when, problem.message) == ("dlopen", f"{plug}: undefined symbol: foo")
+    _install(tree)
+    again = subprocess.run([str(host), str(plug), str(tmp_path / "ready2")], env=env, capture_output=True,
+                           text=True, timeout=30)
+    assert again.stdout == f"dlopen: {problem.message}\n"
+
+
+def test_a_compatible_process(tree: Tree, tmp_path: Path, procs) -> None:
+    ready = tmp_path / "ready"
+    p = procs.start([tree["host"], tree["plug_ok"], ready], env={"PATH": "/usr/bin:/bin"}, wait_for_file=ready)
+    r = _cli(["check", str(tree.new), str(tree.target), "--pid", str(p.pid)], tmp_path / "st")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("compatible: NEW breaks none of the 1 consumer checked")
+
+
+def test_unknown_pid_is_an_error(tree: Tree, tmp_path: Path) -> None:
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    r = _cli(["check", str(tree.new), str(tree.target), "--pid", str(pid_max + 1)], tmp_path / "st")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr == f"soswap: error: --pid {pid_max + 1}: no such process\n"
+
+
+def test_a_process_that_dlopens_target_itself(tree: Tree, tmp_path: Path, procs) -> None:
+    """The program dlopen()s libfoo by path: nothing in its tree or its plugins loads TARGET; the process is
+    listed as not loading it through any checked consumer, and NEW itself is checked (self)."""
+    ready = tmp_path / "ready"
+    p = procs.start([tree["host"], tree.target, ready], env={"PATH": "/usr/bin:/bin"}, wait_for_file=ready)
+    result = check_replacement(str(tree.target), str(tree.new), pids=[p.pid], environ=_clean_env())
+    (c,) = result.consumers
+    assert (c.pid, c.verdict) == (p.pid, "unaffected")
+    assert "dlopen" in c.note and "self check" in c.note
+    assert result.self_check is not None and result.self_check.verdict == "compatible"
