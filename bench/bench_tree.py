@@ -1,12 +1,19 @@
-"""Benchmark ``soswap tree`` against ldd, libtree and lddtree on every ELF file of /usr/bin and /usr/sbin, and
+"""Benchmark ``soswap tree`` against ldd, libtree and lddtree on the ELF files of /usr/bin and /usr/sbin, and
 check the parity contract (``soswap tree --ldd [-r]`` == ``ldd [-r]``) on the same files and, with ``--lib``,
 on every ELF file under /usr/lib.
 
-    python bench/bench_tree.py [--runs N] [--lib] [--quick]
+    python bench/bench_tree.py [--runs N] [--lib] [--quick] [--baseline REV] [--profile]
 
-Every tool runs in this one invocation, on the same sorted file list, best of N runs (wall clock). The soswap
-process is started the way the tests start it (``python -m soswap``) and, for the "isolated" row, with
-``-S`` (no site-packages scan: what a packaged console script with a clean environment costs).
+Two file sets: the regular ELF files (symbolic links left out: each program once) and every ELF file
+(symbolic links followed, as ldd and the parity sweep see them). Every tool runs in this one invocation, on
+the same sorted file lists, best of N runs (wall clock; the slow per-file loops run once). The soswap process
+is started the way a user starts it (``python -m soswap``), after compiling its bytecode (this environment
+sets PYTHONDONTWRITEBYTECODE), and, for the ``python -S`` rows, without the site-packages scan.
+
+``--baseline REV`` also times the soswap of git revision REV (its ``src/`` extracted with ``git archive``,
+nothing in the work tree changes), for before/after figures from one run. ``--profile`` prints where the
+time goes inside one soswap process (phases timed around the loader's functions, cyclic GC off as in the
+command).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,8 +34,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 ADDR = re.compile(rb" \(0x[0-9a-f]+\)")
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
-ENV["PYTHONPATH"] = str(SRC)
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+
+
+def env_for(src: Path) -> Dict[str, str]:
+    env = dict(BASE_ENV)
+    env["PYTHONPATH"] = str(src)
+    return env
 
 
 def elf_files(dirs: Sequence[str], recursive: bool = False) -> List[str]:
@@ -53,11 +66,23 @@ def elf_files(dirs: Sequence[str], recursive: bool = False) -> List[str]:
     return sorted(out)
 
 
-def timed(argv: Sequence[str], runs: int, stdin_files: Optional[List[str]] = None) -> float:
+def compile_bytecode(src: Path) -> None:
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], stdout=subprocess.DEVNULL, check=False)
+
+
+def baseline_src(rev: str, into: Path) -> Path:
+    """``src/`` of git revision ``rev``, extracted under ``into`` (``git archive``: read-only)."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into / "src"
+
+
+def timed(argv: Sequence[str], runs: int, env: Optional[Dict[str, str]] = None) -> float:
     best = float("inf")
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(list(argv), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(list(argv), env=env or BASE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       check=False)
         best = min(best, time.perf_counter() - t)
     return best
 
@@ -73,18 +98,19 @@ def soswap_cmd(*args: str, isolated: bool = False) -> List[str]:
 
 
 def parity(files: List[str], flag: str) -> Tuple[int, List[str]]:
-    """(differences, report lines): ldd once per file (two at a time) against one soswap --ldd process."""
+    """(differences, differing files): ldd once per file (two at a time) against one soswap --ldd model."""
     def one(f: str) -> bytes:
-        r = subprocess.run(["ldd", *([flag] if flag else []), f], env=ENV, capture_output=True, check=False)
+        r = subprocess.run(["ldd", *([flag] if flag else []), f], env=BASE_ENV, capture_output=True, check=False)
         return ADDR.sub(b"", r.stdout) + b"\0" + r.stderr + b"\0" + str(r.returncode).encode()
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         want = list(pool.map(one, files))
-    sys.path.insert(0, str(SRC))
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
     from soswap.loader import Environment, Loader, Profile
     from soswap.loader.ldd import RELOCS_FUNCTION, RELOCS_NONE, LddModel
 
-    model = LddModel(Loader(Profile.detect(), Environment.from_environ(ENV, cwd="/")),
+    model = LddModel(Loader(Profile.detect(), Environment.from_environ(BASE_ENV, cwd="/")),
                      RELOCS_FUNCTION if flag == "-r" else RELOCS_NONE)
     bad = []
     for f, w in zip(files, want):
@@ -101,10 +127,91 @@ def machine() -> str:
     if shutil.which("lscpu"):
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
         lines += [ln for ln in out if ln.split(":")[0] in ("Model name", "CPU(s)", "Thread(s) per core")]
-    lines.append(f"kernel {platform.release()}, Python {platform.python_version()}")
+    lines.append(f"kernel {platform.release()}, Python {platform.python_version()} ({sys.executable})")
     with open("/proc/loadavg") as f:
         lines.append(f"load average at start: {' '.join(f.read().split()[:3])}")
     return "\n".join(lines)
+
+
+# -- where the time goes inside one process ----------------------------------------------------------------
+
+_PROFILE_CHILD = r'''
+import gc, os, sys, time
+t0 = time.perf_counter()
+gc.disable()
+from soswap.elf import ElfCache
+from soswap.loader import Environment, Loader, Profile
+from soswap.report.tree import render_text
+t_import = time.perf_counter() - t0
+symbols = sys.argv[2] == "1"
+files = open(sys.argv[1]).read().split("\n")
+acc = {}
+
+def wrap(owner, name, label):
+    f = getattr(owner, name)
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            acc[label] = acc.get(label, 0.0) + time.perf_counter() - t
+    setattr(owner, name, timed)
+
+from soswap.elf import file
+from soswap.loader import binding, loading
+wrap(file.ElfFile, "__init__", "elf: open (header, program headers)")
+wrap(file, "decode_dynamic", "elf: dynamic section")
+wrap(file, "decode_versions", "elf: version tables")
+wrap(file, "decode_notes", "elf: notes (ISA level)")
+wrap(loading, "_run", "load: sessions (search, BFS, init order, freeze)")
+wrap(binding, "version_check", "bind: version check (incl. its ELF decoding)")
+if symbols:
+    from soswap.loader import lookup
+    wrap(binding.BindCache, "symbols", "-r: symbol tables read (ObjectSymbols)")
+    wrap(lookup.ObjectSymbols, "_decode_table", "-r: references decoded (relocations)")
+    orig = binding.Binder.unresolved
+    def unresolved(self, i, t):
+        t1 = time.perf_counter()
+        try:
+            return orig(self, i, t)
+        finally:
+            label = "-r: resolve the " + ("program's" if i == self.main else "libraries'") + " references"
+            acc[label] = acc.get(label, 0.0) + time.perf_counter() - t1
+    binding.Binder.unresolved = unresolved
+t1 = time.perf_counter()
+loader = Loader(Profile.detect("/"), Environment.from_environ(os.environ, cwd="/"), cache=ElfCache())
+t_setup = time.perf_counter() - t1
+tl = tb = tr = 0.0
+for f in files:
+    a = time.perf_counter()
+    res = loader.load(f)
+    b = time.perf_counter()
+    bound = loader.bind(res, relocate=symbols)
+    c = time.perf_counter()
+    render_text(res, bound, symbols=symbols)
+    tl += b - a
+    tb += c - b
+    tr += time.perf_counter() - c
+print(f"imports\t{t_import:.3f}")
+print(f"profile + loader setup\t{t_setup:.3f}")
+print(f"load (Loader.load)\t{tl:.3f}")
+print(f"bind (Loader.bind{'' if symbols else ', version check and ISA level only'})\t{tb:.3f}")
+print(f"render (text)\t{tr:.3f}")
+print(f"total\t{time.perf_counter() - t0:.3f}")
+for k, v in sorted(acc.items()):
+    print(f"  {k}\t{v:.3f}")
+'''
+
+
+def profile(src: Path, files: List[str], symbols: bool) -> List[Tuple[str, float]]:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
+        lst.write("\n".join(files))
+    try:
+        r = subprocess.run([sys.executable, "-S", "-c", _PROFILE_CHILD, lst.name, "1" if symbols else "0"],
+                           env=env_for(src), capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(lst.name)
+    return [(ln.split("\t")[0], float(ln.split("\t")[1])) for ln in r.stdout.splitlines() if "\t" in ln]
 
 
 def main() -> int:
@@ -112,48 +219,93 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="best of N runs per command (default 3)")
     ap.add_argument("--lib", action="store_true", help="also check parity on every ELF file under /usr/lib")
     ap.add_argument("--quick", action="store_true", help="skip the slow per-file peers (lddtree, ldd -r loop)")
+    ap.add_argument("--baseline", metavar="REV", help="also time the soswap of this git revision (before/after)")
+    ap.add_argument("--profile", action="store_true", help="print where the time goes inside one process")
     args = ap.parse_args()
     files = elf_files(["/usr/bin", "/usr/sbin"])
+    regular = [f for f in files if not os.path.islink(f)]
     print(machine())
-    print(f"{len(files)} ELF files under /usr/bin and /usr/sbin\n")
+    print(f"{len(files)} ELF files under /usr/bin and /usr/sbin (symlinks followed), {len(regular)} regular\n")
+    compile_bytecode(SRC)
+    env = env_for(SRC)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_tree."))
+    base_env: Optional[Dict[str, str]] = None
+    if args.baseline:
+        base = baseline_src(args.baseline, tmp)
+        compile_bytecode(base)
+        base_env = env_for(base)
     rows: Dict[str, float] = {}
-    rows["soswap tree (one process)"] = timed(soswap_cmd("-j", "1", *files), args.runs)
-    rows["soswap tree, python -S"] = timed(soswap_cmd("-j", "1", *files, isolated=True), args.runs)
-    rows["soswap tree, -j auto (workers)"] = timed(soswap_cmd(*files), args.runs)
-    rows["soswap tree --ldd"] = timed(soswap_cmd("-j", "1", "--ldd", *files), args.runs)
-    rows["ldd loop"] = timed(shell_loop(["ldd"]) + files, 1)
-    if shutil.which("libtree"):
-        rows["libtree (one process)"] = timed(["libtree", "-p", *files], args.runs)
-        rows["libtree loop (per file)"] = timed(shell_loop(["libtree", "-p"]) + files, 1)
-    if shutil.which("lddtree") and not args.quick:
-        rows["lddtree (one process)"] = timed(["lddtree", *files], 1)
-    rows["soswap tree -r (one process)"] = timed(soswap_cmd("-j", "1", "-r", *files), args.runs)
-    rows["soswap tree -r, python -S"] = timed(soswap_cmd("-j", "1", "-r", *files, isolated=True), args.runs)
-    rows["soswap tree -r, -j auto (workers)"] = timed(soswap_cmd("-r", *files), args.runs)
-    if not args.quick:
-        rows["ldd -r loop"] = timed(shell_loop(["ldd", "-r"]) + files, 1)
+    r = args.runs
+    try:
+        for label, fl in (("regular", regular), ("all", files)):
+            rows[f"{label}: soswap tree (one process)"] = timed(soswap_cmd("-j", "1", *fl), r, env)
+            rows[f"{label}: soswap tree, python -S"] = timed(soswap_cmd("-j", "1", *fl, isolated=True), r, env)
+            rows[f"{label}: soswap tree, -j auto (workers)"] = timed(soswap_cmd(*fl), r, env)
+            if base_env is not None:
+                rows[f"{label}: baseline {args.baseline}: soswap tree (one process)"] = timed(
+                    soswap_cmd("-j", "1", *fl), r, base_env)
+            if shutil.which("libtree"):
+                rows[f"{label}: libtree (one process)"] = timed(["libtree", "-p", *fl], r)
+        rows["all: soswap tree --ldd"] = timed(soswap_cmd("-j", "1", "--ldd", *files), r, env)
+        rows["all: ldd loop"] = timed(shell_loop(["ldd"]) + files, 1)
+        if shutil.which("libtree"):
+            rows["all: libtree loop (per file)"] = timed(shell_loop(["libtree", "-p"]) + files, 1)
+        if shutil.which("lddtree") and not args.quick:
+            rows["all: lddtree (one process)"] = timed(["lddtree", *files], 1)
+        for label, fl in (("regular", regular), ("all", files)):
+            rows[f"{label}: soswap tree -r (one process)"] = timed(soswap_cmd("-j", "1", "-r", *fl), r, env)
+            rows[f"{label}: soswap tree -r, python -S"] = timed(soswap_cmd("-j", "1", "-r", *fl, isolated=True), r,
+                                                                env)
+            rows[f"{label}: soswap tree -r, -j auto (workers)"] = timed(soswap_cmd("-r", *fl), r, env)
+            if base_env is not None:
+                rows[f"{label}: baseline {args.baseline}: soswap tree -r (one process)"] = timed(
+                    soswap_cmd("-j", "1", "-r", *fl), r, base_env)
+        if not args.quick:
+            rows["regular: ldd -r loop"] = timed(shell_loop(["ldd", "-r"]) + regular, 1)
+            rows["all: ldd -r loop"] = timed(shell_loop(["ldd", "-r"]) + files, 1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     width = max(map(len, rows))
     print(f"{'command':<{width}}  {'seconds':>8}")
     for name, sec in rows.items():
         print(f"{name:<{width}}  {sec:8.3f}")
     print()
-    tree = rows["soswap tree (one process)"]
-    if "libtree (one process)" in rows:
-        lt = rows["libtree (one process)"]
-        print(f"soswap tree / libtree (one process):       {tree / lt:6.1f}x   (target <= 3x)")
-        print(f"soswap tree, -S / libtree (one process):   {rows['soswap tree, python -S'] / lt:6.1f}x")
-        print(f"soswap tree, -j auto / libtree:            {rows['soswap tree, -j auto (workers)'] / lt:6.1f}x")
-    print(f"ldd loop / soswap tree:                    {rows['ldd loop'] / tree:6.1f}x faster")
-    if "lddtree (one process)" in rows:
-        print(f"lddtree / soswap tree:                     {rows['lddtree (one process)'] / tree:6.1f}x faster")
-    if "ldd -r loop" in rows:
-        r = rows["soswap tree -r (one process)"]
-        print(f"ldd -r loop / soswap tree -r:              {rows['ldd -r loop'] / r:6.1f}x faster   (target >= 20x)")
-        print(f"ldd -r loop / soswap tree -r, -S:          "
-              f"{rows['ldd -r loop'] / rows['soswap tree -r, python -S']:6.1f}x faster")
-        print(f"ldd -r loop / soswap tree -r, -j auto:     "
-              f"{rows['ldd -r loop'] / rows['soswap tree -r, -j auto (workers)']:6.1f}x faster")
+    for label in ("regular", "all"):
+        tree = rows[f"{label}: soswap tree (one process)"]
+        lt = rows.get(f"{label}: libtree (one process)")
+        if lt:
+            print(f"{label}: soswap tree / libtree (one process):     {tree / lt:6.1f}x   (target <= 3x)")
+            print(f"{label}: soswap tree, -S / libtree:               "
+                  f"{rows[f'{label}: soswap tree, python -S'] / lt:6.1f}x")
+            print(f"{label}: soswap tree, -j auto / libtree:          "
+                  f"{rows[f'{label}: soswap tree, -j auto (workers)'] / lt:6.1f}x")
+        b = rows.get(f"{label}: baseline {args.baseline}: soswap tree (one process)")
+        if b:
+            print(f"{label}: baseline / now (soswap tree):            {b / tree:6.2f}x faster")
+        ldd_r = rows.get(f"{label}: ldd -r loop")
+        sr = rows[f"{label}: soswap tree -r (one process)"]
+        if ldd_r:
+            print(f"{label}: ldd -r loop / soswap tree -r:            {ldd_r / sr:6.1f}x faster   (target >= 20x)")
+            print(f"{label}: ldd -r loop / soswap tree -r, -S:        "
+                  f"{ldd_r / rows[f'{label}: soswap tree -r, python -S']:6.1f}x faster")
+            print(f"{label}: ldd -r loop / soswap tree -r, -j auto:   "
+                  f"{ldd_r / rows[f'{label}: soswap tree -r, -j auto (workers)']:6.1f}x faster")
+        b = rows.get(f"{label}: baseline {args.baseline}: soswap tree -r (one process)")
+        if b:
+            print(f"{label}: baseline / now (soswap tree -r):         {b / sr:6.2f}x faster")
+    tree = rows["all: soswap tree (one process)"]
+    print(f"all: ldd loop / soswap tree:                   {rows['all: ldd loop'] / tree:6.1f}x faster")
+    if "all: lddtree (one process)" in rows:
+        lddtree = rows["all: lddtree (one process)"]
+        print(f"all: lddtree / soswap tree:                    {lddtree / tree:6.1f}x faster")
     print()
+    if args.profile:
+        for symbols in (False, True):
+            print(f"where the time goes, soswap tree{' -r' if symbols else ''}, {len(files)} files, one process "
+                  "(seconds; indented lines are parts of the lines above, timed by wrappers that add overhead):")
+            for name, sec in profile(SRC, files, symbols):
+                print(f"  {name:<58} {sec:7.3f}")
+            print()
     for flag in ("", "-r"):
         n, bad = parity(files, flag)
         print(f"parity ldd {flag or '  '} on /usr/bin+/usr/sbin: {len(files) - n}/{len(files)} identical"

@@ -4,53 +4,76 @@ would report, and when (startup or first call).
 
 Speed: a reference is *resolvable* when some object of the global scope accepts it; that does not depend on
 the order of the scope, only on its members. So the answers are cached per object (``check_match`` over the
-object's hash chain), per scope (a reference key → resolvable), and per (library, scope) (the library's
-unresolved references), and a thousand programs sharing libc and a few libraries cost little more than one.
-The order matters only for the glibc < 2.41 ``check_match`` assertion and for copy relocations; those take the
-exact, ordered path.
+object's hash chain, per reference key), per library scope (the scope without the executable: a reference key
+→ resolvable there), per (library, its dependency closure) and per (library, library scope) (the library's
+unresolved references). The executable only ever adds definitions, so a program costs its own references
+(one dictionary lookup each once its library scope is known) plus, for each library reference the libraries
+leave unresolved, one lookup in the executable. A thousand programs sharing libc and a few libraries cost
+little more than their own references. The order matters only for the glibc < 2.41 ``check_match`` assertion
+and for copy relocations; those take the exact, ordered path.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError
 from soswap.loader import model as M
-from soswap.loader.lookup import (
-    _MISSING,
-    _SKIP,
-    ASSERTION_TEXT,
-    CLASS_PLT,
-    ObjectSymbols,
-    Reference,
-    VersionRef,
-    _NoVersions,
-    _resolved,
-    _Weak,
-)
-from soswap.loader.symtab import NameHashes, Sym
-from soswap.loader.versions import find_needed, version_check
+from soswap.loader.versions import version_check
+
+if TYPE_CHECKING:
+    from soswap.loader.lookup import ObjectSymbols, Reference, RefTable, VersionRef
+    from soswap.loader.symtab import NameHashes, Sym
+
+# The relocation side (soswap.loader.lookup, soswap.loader.symtab) is imported where it is first needed: the
+# version check alone (plain `soswap tree`, `ldd`) never needs it. These are its ELF_RTYPE_CLASS_COPY and
+# FOUND_STRONG (a definition that binds).
+CLASS_COPY = 2
+FOUND_STRONG = 2
+_UNSET = object()
 
 
 class BindCache:
     """Everything binding keeps across loads (owned by a :class:`Loader`)."""
 
     def __init__(self) -> None:
-        self.hashes = NameHashes()
+        self._hashes: Optional[NameHashes] = None
         self.objects: Dict[int, ObjectSymbols] = {}
-        #: reference key -> id(ElfFile) of an object that accepted it
-        self.definer: Dict[Tuple[object, ...], int] = {}
+        #: reference key -> an object (ObjectSymbols) that accepted it
+        self.definer: Dict[Tuple[object, ...], ObjectSymbols] = {}
+        #: (id of a library's RefTable, files of its dependency closure) -> positions unresolved there
         self.lib_unresolved: Dict[Tuple[int, frozenset], Tuple[int, ...]] = {}
+        #: files of a library scope (the scope without the executable) -> {reference key: resolvable}
+        self.scope_ok: Dict[frozenset, Dict[tuple, bool]] = {}
+        #: (id of a library's RefTable, files of the library scope) -> positions unresolved there
+        self.scope_unresolved: Dict[Tuple[int, frozenset], Tuple[int, ...]] = {}
+        #: (library scope in order, its names, LD_DYNAMIC_WEAK, glibc) -> {copy relocation key: (definer, Sym)}
+        self.copy_sources: Dict[tuple, Dict[tuple, tuple]] = {}
+        #: the RefTables and scopes whose ids are used in keys, kept alive
+        self._keep: Dict[int, object] = {}
         self.verdefs: Dict[int, Tuple[ElfFile, bool, frozenset]] = {}
         #: version check outcomes per (requiring file, files its needs resolve to); the file is kept alive
         self.version_outcomes: Dict[tuple, tuple] = {}
+        #: id -> library LoadedObject whose version check finds nothing (shared by same-shape results)
+        self.versions_clean: Dict[int, M.LoadedObject] = {}
+
+    @property
+    def hashes(self) -> NameHashes:
+        """The GNU/SysV hashes of every name looked up so far."""
+        if self._hashes is None:
+            from soswap.loader.symtab import NameHashes
+
+            self._hashes = NameHashes()
+        return self._hashes
 
     def symbols(self, elf: ElfFile) -> ObjectSymbols:
         key = id(elf)
         s = self.objects.get(key)
         if s is None or s.elf is not elf:
+            from soswap.loader.lookup import ObjectSymbols
+
             s = self.objects[key] = ObjectSymbols(elf, self.hashes)
         return s
 
@@ -69,6 +92,18 @@ class Binder:
         self._syms: Dict[int, Optional[ObjectSymbols]] = {}
         self._closure: Dict[int, frozenset] = {}
         self._prepared = False
+        self._name_index: Optional[Dict[str, int]] = None
+
+    def name_index(self) -> Dict[str, int]:
+        """name -> index of the first object of the chain known by it (``find_needed``, elf/dl-version.c)."""
+        index = self._name_index
+        if index is None:
+            index = self._name_index = {}
+            for o in self.res.objects:
+                index.setdefault(o.path, o.index)
+                for n in o.names:
+                    index.setdefault(n, o.index)
+        return index
 
     def prepare(self) -> None:
         """Index the scope for lookups (only binding needs this; the version check does not)."""
@@ -76,22 +111,45 @@ class Binder:
             return
         self._prepared = True
         objs = self.res.objects
+        syms = self.syms
         #: Scope members that can define symbols (a hash table), in scope order.
-        self.members = tuple(i for i in self.scope if (lambda s: s is not None and s.has_hash)(self.syms(i)))
-        self.member_set = frozenset(self.members)
-        self.by_elf = {id(objs[i].elf): i for i in self.members}
-        self.member_ids = frozenset(self.by_elf)
-        self.by_name: Dict[str, int] = {}
-        for i in self.members:
+        members = []
+        for i in self.scope:
+            s = syms(i)
+            if s is not None and s.has_hash:
+                members.append(i)
+        self.members = tuple(members)
+        self.member_set = frozenset(members)
+        by_name: Dict[str, int] = {}
+        for i in members:
             for n in objs[i].names:
-                self.by_name.setdefault(n, i)
+                by_name.setdefault(n, i)
+        self.by_name = by_name
+        main = self.main
+        #: The library scope: the members without the executable, and their files.
+        self.lib_members = tuple(i for i in members if i != main)
+        self.lib_member_set = frozenset(self.lib_members)
+        self.lib_msyms = tuple(self._syms[i] for i in self.lib_members)
+        self.lib_mset = frozenset(self.lib_msyms)
+        self._index_of = {self._syms[i]: i for i in members}
+        #: what a copy relocation's lookup depends on: the library scope in order, the names of its objects
+        #: (the pre-2.41 assertion compares them with version needs) and the lookup rules
+        self._copy_key = (self.lib_msyms, tuple((objs[i].path, objs[i].names) for i in self.lib_members),
+                          self.dynamic_weak, self.glibc)
+        self.lib_files = frozenset(id(objs[i].elf) for i in self.lib_members)
+        self.main_defines = main in self.member_set
+        ok = self.cache.scope_ok.get(self.lib_files)
+        if ok is None:
+            ok = self.cache.scope_ok[self.lib_files] = {}
+            self.cache._keep[id(self.lib_files)] = self.lib_files
+        self._lib_ok = ok
         # Order matters when a versioned reference names an object without symbol versioning: the
         # pre-2.41 check_match assertion fires if the scan reaches that object.
         self.unversioned_names: frozenset = frozenset()
         if self.glibc < (2, 41):
             names = set()
             for i in self.scope:
-                s = self.syms(i)
+                s = syms(i)
                 if s is not None and s.has_hash and not s.has_versyms:
                     o = objs[i]
                     names.add(o.path)
@@ -125,8 +183,8 @@ class Binder:
         return hit[1], hit[2]
 
     def syms(self, i: int) -> Optional[ObjectSymbols]:
-        hit = self._syms.get(i, _MISSING)
-        if hit is _MISSING:
+        hit = self._syms.get(i, _UNSET)
+        if hit is _UNSET:
             elf = self.res.objects[i].elf
             try:
                 hit = self.cache.symbols(elf) if elf is not None else None
@@ -141,8 +199,9 @@ class Binder:
         if elf is None:
             return frozenset()
         out = set()
+        index = self.name_index()
         for need in elf.version_needs:
-            t = find_needed(self.res, need.file)
+            t = index.get(need.file)
             if t is not None and not self.res.objects[t].found:
                 out.add(need.file)
         return frozenset(out)
@@ -152,37 +211,60 @@ class Binder:
         return name == o.path or name in o.names
 
     def resolvable(self, ref: Reference, members: Tuple[int, ...], member_set: frozenset) -> bool:
-        """Some object among ``members`` (indexes into the result) accepts ``ref``. Tries first the object
-        that accepted the same reference last time (anywhere), then the one its version names."""
+        """Some object among ``members`` (indexes into the result) accepts ``ref`` (a copy relocation never
+        looks in the executable)."""
         key = ref.key
-        cache = self.cache
-        if ref.copy and self.main in member_set:
-            # do_lookup_x: a copy relocation never looks in the executable
-            member_set = member_set - {self.main}
+        if key[2] == CLASS_COPY and self.main in member_set:
             members = tuple(m for m in members if m != self.main)
-        d = cache.definer.get(key)
-        if d is not None:
-            i = self.by_elf.get(d)
-            if i is not None and i in member_set and _resolved(self._syms[i].accept(ref)):  # type: ignore[union-attr]
-                return True
-        v = ref.version
-        if v is not None and v.filename is not None:
-            i = self.by_name.get(v.filename)
-            if i is not None and i in member_set and _resolved(self._syms[i].accept(ref)):  # type: ignore[union-attr]
-                cache.definer[key] = id(self.res.objects[i].elf)
-                return True
-        h1 = cache.hashes.gnu(key[0])[1] | 1
-        syms = self._syms
-        for i in members:
-            s = syms.get(i)
-            if s is None:
-                continue
-            words = s.raw.hash_words
+        msyms = tuple(self._syms[i] for i in members)
+        return self._scan(key, msyms, frozenset(msyms), ref.version.filename if ref.version is not None else None)
+
+    def _scan(self, key: tuple, msyms: Tuple[ObjectSymbols, ...], mset: frozenset,
+              hint: Optional[str] = None) -> bool:
+        """Some object among ``msyms`` (``mset`` as a set) accepts ``key``. The object that accepted the
+        same key before (anywhere) answers at once; else the one its version names (``hint``), then each
+        member whose GNU hash table holds the name's hash, is asked."""
+        definer = self.cache.definer
+        d = definer.get(key)
+        if d is not None and d in mset:
+            return True
+        if hint is not None:
+            i = self.by_name.get(hint)
+            if i is not None:
+                s = self._syms.get(i)
+                if s is not None and s in mset and s.accepts(key):
+                    definer[key] = s
+                    return True
+        name = key[0]
+        h = self.cache.hashes.gnu(name)
+        h1 = h | 1
+        for s in msyms:
+            words = s.words
             if words is not None and h1 not in words:
                 continue  # no symbol of that object has this name's GNU hash
-            if _resolved(s.accept(ref)):
-                cache.definer[key] = id(s.elf)
+            f = s._found.get(key)
+            if f is None:
+                f = s._found[key] = s._find(name, key[1], key[2], h)
+            if f[0] >= FOUND_STRONG:
+                definer[key] = s
                 return True
+        return False
+
+    def lib_resolves(self, key: tuple, hint: Optional[str] = None) -> bool:
+        """Some library of the scope (every member but the executable) accepts ``key``; memoized per library
+        scope."""
+        ok = self._lib_ok
+        r = ok.get(key)
+        if r is None:
+            r = ok[key] = self._scan(key, self.lib_msyms, self.lib_mset, hint)
+        return r
+
+    def resolves(self, key: tuple, hint: Optional[str] = None) -> bool:
+        """Some member of the scope accepts ``key`` (for a copy relocation, the executable is skipped)."""
+        if self.lib_resolves(key, hint):
+            return True
+        if self.main_defines and key[2] != CLASS_COPY:
+            return self._syms[self.main].accepts(key)  # type: ignore[union-attr]
         return False
 
     def closure(self, i: int) -> frozenset:
@@ -203,6 +285,8 @@ class Binder:
     def ordered(self, undef: int, ref: Reference, *, skip_main: bool = False) -> Tuple[Optional[int], object]:
         """``_dl_lookup_symbol_x`` in scope order: (index, definition) of the first acceptable definition.
         Raises :class:`_Assertion` where glibc < 2.41 would abort."""
+        from soswap.loader.lookup import _SKIP, _NoVersions, _Weak
+
         order = self.scope
         u = self.syms(undef)
         if u is not None and u.symbolic:
@@ -232,31 +316,74 @@ class Binder:
             return i, r
         return weak
 
-    def unresolved_refs(self, i: int, refs: Tuple[Reference, ...]) -> List[int]:
-        """Positions in ``refs`` that no object of the scope accepts.
-
-        A library's references are first resolved within its own dependency closure, cached per (library,
-        closure files): whatever the closure resolves, any scope containing it resolves too."""
-        members = self.members
-        member_set = self.member_set
+    def copy_source(self, i: int, ref: Reference) -> Tuple[Optional[int], object]:
+        """Where the executable's copy relocation ``ref`` binds: :meth:`ordered` without the executable,
+        (None, None) where that lookup aborts; memoized per library scope order."""
         if i != self.main:
-            clo = self.closure(i) & member_set
-            # refs is kept by ObjectSymbols (one tuple per version limit), so its id names it
-            key = (id(refs), frozenset(id(self.res.objects[c].elf) for c in clo))
-            hit = self.cache.lib_unresolved.get(key)
-            if hit is None:
-                order = tuple(m for m in members if m in clo)
-                hit = tuple(n for n, r in enumerate(refs) if not self.resolvable(r, order, clo))
-                self.cache.lib_unresolved[key] = hit
-            if not hit:
-                return []
-            rest = tuple(m for m in members if m not in clo)
-            rest_set = frozenset(rest)
-            return [n for n in hit if not self.resolvable(refs[n], rest, rest_set)]
-        definer = self.cache.definer
-        known = self.member_ids
-        return [n for n, r in enumerate(refs)
-                if definer.get(r.key) not in known and not self.resolvable(r, members, member_set)]
+            try:
+                return self.ordered(i, ref, skip_main=True)
+            except _Assertion:
+                return None, None
+        memo = self.cache.copy_sources.get(self._copy_key)
+        if memo is None:
+            memo = self.cache.copy_sources[self._copy_key] = {}
+        hit = memo.get(ref.key)
+        if hit is None:
+            try:
+                where, sym = self.ordered(i, ref, skip_main=True)
+            except _Assertion:
+                where, sym = None, None
+            hit = memo[ref.key] = (self._syms[where] if where is not None else None, sym)
+        s, sym = hit
+        if s is None:
+            return None, None
+        return self._index_of[s], sym
+
+    def unresolved(self, i: int, t: RefTable) -> List[int]:
+        """Positions in ``t`` (the references of object ``i``) that no object of the scope accepts.
+
+        A library's references are resolved first within its own dependency closure (cached per library and
+        closure files: whatever the closure resolves, any scope containing it resolves too), the rest within
+        the library scope (cached per library scope), and what is left in the executable."""
+        main = self.main
+        keys = t.keys
+        if i == main:
+            ok = self._lib_ok  # known answers in this library scope first: most references are there
+            resolves = self.resolves
+            return [n for n in [n for n, k in enumerate(keys) if not ok.get(k)] if not resolves(keys[n])]
+        cache = self.cache
+        skey = (id(t), self.lib_files)
+        hit = cache.scope_unresolved.get(skey)
+        if hit is None:
+            objs = self.res.objects
+            clo = self.closure(i) & self.member_set
+            ckey = (id(t), frozenset(id(objs[c].elf) for c in clo))
+            inner = cache.lib_unresolved.get(ckey)
+            if inner is None:
+                order = tuple(self._syms[m] for m in self.members if m in clo)
+                oset = frozenset(order)
+                if main in clo:  # a copy relocation never looks in the executable
+                    nomain = tuple(self._syms[m] for m in self.members if m in clo and m != main)
+                    nmset = frozenset(nomain)
+                else:
+                    nomain, nmset = order, oset
+                meta, syms, scan = t.meta, t.symbols, self._scan
+                inner = cache.lib_unresolved[ckey] = tuple(
+                    n for n, k in enumerate(keys)
+                    if not (scan(k, order, oset, _hint(meta[syms[n]])) if k[2] != CLASS_COPY
+                            else scan(k, nomain, nmset, _hint(meta[syms[n]]))))
+            lib_resolves = self.lib_resolves
+            hit = cache.scope_unresolved[skey] = tuple(n for n in inner if not lib_resolves(keys[n]))
+            cache._keep[id(t)] = t
+        if not hit or not self.main_defines:
+            return list(hit)
+        accepts = self._syms[main].accepts  # type: ignore[union-attr]
+        return [n for n in hit if keys[n][2] == CLASS_COPY or not accepts(keys[n])]
+
+
+def _hint(meta: tuple) -> Optional[str]:
+    v = meta[1]
+    return v.filename if v is not None else None
 
 
 class _Assertion(Exception):
@@ -321,10 +448,10 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         missing = b.missing_needs(i) if res.trace else frozenset()
         limit = syms.version_limit(missing) if missing else None
         try:
-            refs = syms.references(limit)
+            t = syms.table(limit)
         except ElfError:
             continue
-        if limit == 0 and refs and C.DT_VERSYM in o.elf.dynamic.tags:
+        if limit == 0 and t.keys and C.DT_VERSYM in o.elf.dynamic.tags:
             # Trace mode: every version this object needs is from a missing object, so l_versions is never
             # allocated, and elf_dynamic_do_Rela dereferences &l_versions[ndx]: ld.so dies of SIGSEGV.
             who = o.path or argv0
@@ -334,12 +461,15 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             if fatal is None:
                 fatal = f
             return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
-        checked += len(refs)
-        if b.unversioned_names and not syms.version_files.isdisjoint(b.unversioned_names):
-            bad = _exact_unresolved(b, i, refs)
+        checked += len(t.keys)
+        bad: object
+        if b.unversioned_names and not t.version_files.isdisjoint(b.unversioned_names):
+            bad = _exact_unresolved(b, i, syms.references(limit))
         else:
-            bad = b.unresolved_refs(i, refs)
+            bad = b.unresolved(i, t)
         if isinstance(bad, _Assertion):
+            from soswap.loader.lookup import ASSERTION_TEXT
+
             text = ASSERTION_TEXT
             f = M.Failure(M.ASSERTION, objs[bad.obj].path, i, text, text, M.STARTUP, True, exit_status=127)
             failures.append(f)
@@ -347,32 +477,35 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
                 fatal = f
             return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
         who = o.path or argv0
-        for n in bad:
-            ref = refs[n]
+        for n in bad:  # type: ignore[attr-defined]
+            if t.meta[t.symbols[n]][3]:  # type: ignore[index]
+                continue  # an undefined weak reference resolves to 0
+            ref = syms.reference(t, n)
             at_startup = not (lazy and ref.lazy)
             if res.trace and not at_startup:
                 continue  # ldd -d: lazy slots are not resolved
-            if ref.weak:
-                continue  # an undefined weak reference resolves to 0
             when = M.STARTUP if at_startup else M.FIRST_CALL
             vname = ref.version.name if ref.version is not None else None
-            msg = f"undefined symbol: {ref.name}" + (f", version {vname}" if vname else "")
-            unresolved.append(M.Unresolved(i, ref.name, vname, when, ref.lazy, False))
+            name = ref.name
+            msg = f"undefined symbol: {name}" + (f", version {vname}" if vname else "")
+            unresolved.append(M.Unresolved(i, name, vname, when, ref.lazy, False))
             f = M.Failure(M.UNDEFINED_SYMBOL, who, i, f"{who}: {msg}",
-                          f"{argv0}: symbol lookup error: {who}: {msg}", when, at_startup, ref.name, vname,
+                          f"{argv0}: symbol lookup error: {who}: {msg}", when, at_startup, name, vname,
                           exit_status=127)
             failures.append(f)
             if at_startup and fatal is None:
                 fatal = f
         if i == b.main:
-            for ref in refs:
-                if ref.copy:
-                    _copy_check(b, i, ref, warn or res.trace, failures)
+            for n, k in enumerate(t.keys):
+                if k[2] == CLASS_COPY:
+                    _copy_check(b, i, syms.reference(t, n), warn or res.trace, failures)
     return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
 
 
 def reference_for(b: Binder, referrer: int, name: str, plt: bool = True) -> Reference:
     """A lookup of ``name`` as object ``referrer`` would make it (its own version need, if it has one)."""
+    from soswap.loader.lookup import CLASS_PLT, Reference
+
     syms = b.syms(referrer)
     version: Optional[VersionRef] = None
     index = 0
@@ -386,7 +519,8 @@ def reference_for(b: Binder, referrer: int, name: str, plt: bool = True) -> Refe
                 weak = s.bind == C.STB_WEAK
                 break
     tc = CLASS_PLT if plt else 0
-    key = (name, (version.name, version.hash, version.hidden) if version is not None else None, tc)
+    key = (name.encode("utf-8", "surrogateescape"),
+           (version.name, version.hash, version.hidden) if version is not None else None, tc)
     return Reference(key, index, version, plt, False, weak)
 
 
@@ -404,10 +538,11 @@ def _exact_unresolved(b: Binder, i: int, refs: Tuple[Reference, ...]) -> object:
 
 def _copy_check(b: Binder, i: int, ref: Reference, verbose: bool, failures: List[M.Failure]) -> None:
     # elf_machine_rela R_X86_64_COPY: "Symbol `x' has different size in shared object"
-    try:
-        where, sym = b.ordered(i, ref, skip_main=True)
-    except _Assertion:
+    where, sym = b.copy_source(i, ref)
+    if where is None:
         return
+    from soswap.loader.symtab import Sym
+
     if where is None or not isinstance(sym, Sym):
         return
     mine = b.syms(i).raw.sym(ref.symbol_index)  # type: ignore[union-attr]

@@ -58,7 +58,8 @@ class FileSystem:
         #: open_path results: (name, directories, capability subdirs, cwd) -> (found, other class, fatal)
         self.path_memo: Dict[tuple, tuple] = {}
         #: Files read once per run: ld.so's own ELF (path -> ElfFile or None), /etc/ld.so.preload.
-        self.file_memo: Dict[str, object] = {}
+        self.file_memo: Dict[object, object] = {}
+        self._real_dirs: Dict[str, str] = {}
 
     # -- directory listings -------------------------------------------------------------------------
 
@@ -95,6 +96,29 @@ class FileSystem:
                 hit = exc.errno or errnomod.ENOENT
             self._stat_memo[host_path] = hit
         return hit
+
+    def realpath(self, path: str, _depth: int = 0) -> str:
+        """The canonical target path of the absolute target path ``path`` (``realpath`` inside the root).
+        Directories are resolved once per run; the last component costs one ``readlink``."""
+        fs = self.fs
+        if not fs.is_host:
+            return fs.target_realpath(path)
+        cut = path.rfind("/")
+        base = path[cut + 1:]
+        if cut < 0 or base in ("", ".", "..") or _depth > 40:
+            return os.path.realpath(path)
+        d = path[:cut] or "/"
+        try:
+            target = os.readlink(path)
+        except OSError as exc:
+            if exc.errno != errnomod.EINVAL:
+                return os.path.realpath(path)
+        else:  # a symbolic link: resolve its target the same way
+            return self.realpath(target if target.startswith("/") else f"{d.rstrip('/')}/{target}", _depth + 1)
+        real = self._real_dirs.get(d)
+        if real is None:
+            real = self._real_dirs[d] = os.path.realpath(d)
+        return (real if real.endswith("/") else real + "/") + base
 
     # -- open_verify ---------------------------------------------------------------------------------
 

@@ -10,12 +10,25 @@ import posixpath
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from soswap.elf import ElfCache, ElfFile
+from soswap.elf import constants as C
+from soswap.elf.dynamic import DynamicInfo
 from soswap.errors import ElfError, UsageError
 from soswap.loader import model as M
 from soswap.loader.candidates import FileSystem, Substitute
 from soswap.loader.environment import Environment
 from soswap.loader.profile import Profile
-from soswap.loader.session import LoadSession, Substitutions, _Map
+from soswap.loader.session import (
+    LoadSession,
+    Substitutions,
+    _Map,
+    dependency_items,
+    main_origin,
+    preload_file_names,
+    search_reason_text,
+)
+
+#: At most this many shapes are remembered (a run over a whole system has a few hundred).
+_MAX_TEMPLATES = 4096
 
 
 def sort_maps(searchlist: List[_Map], maps: List[_Map]) -> List[_Map]:
@@ -59,6 +72,10 @@ class Loader:
         self._systems: Dict[str, FileSystem] = {}
         self._profiles: Dict[str, Profile] = {profile.abi.name: profile}
         self._bind_cache: Optional[object] = None
+        #: load results shared by programs of the same shape (see _Template), and per file system whether the
+        #: environment or /etc/ld.so.preload holds a dynamic string token
+        self._templates: Dict[tuple, _Template] = {}
+        self._env_dst: Dict[int, bool] = {}
 
     def file_system(self, profile: Profile) -> FileSystem:
         fs = self._systems.get(profile.abi.name)
@@ -109,11 +126,47 @@ class Loader:
                 raise ElfError(path, f"no dynamic loader for {elf.machine_name} ELF{elf.elf_class} files here")
         fsys = self.file_system(profile)
         secure = False if trace else self.env.is_secure_for(st)
+        argv0 = argv0 or path
         subst = Substitutions(fsys, self.env.cwd, substitutions) if substitutions else None
-        s = LoadSession(profile, self.env, fsys, trace=trace, secure=secure, argv0=argv0 or path,
-                        substitutions=subst)
-        return _run(s, path, elf, file, sub_root is not None, rtld_path)
+        # the cache as the program sees it when it starts (a malformed one raises CacheError first)
+        ldcache = profile.ldcache if not self.env.inhibit_cache else None
+        dyn = elf.dynamic  # a malformed dynamic section raises before anything else is read
+        origin = main_origin(fsys, self.env, path, trace=trace)
+        interp = elf.interpreter
+        key = None
+        if subst is None:
+            key = self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin)
+            t = self._templates.get(key)
+            if t is not None:
+                return t.instantiate(argv0, elf, file, origin, self.env, secure)
+        s = LoadSession(profile, self.env, fsys, trace=trace, secure=secure, argv0=argv0, substitutions=subst,
+                        ldcache=ldcache)
+        res = _run(s, path, elf, file, sub_root is not None, rtld_path, origin, interp)
+        if key is not None and s.portable:
+            # reasons naming the program: a directory of its own DT_RPATH/DT_RUNPATH ("RPATH d of ./prog")
+            named = tuple(o.index for o in res.objects[1:] if o.reason.owner == 0)
+            if all(res.objects[n].reason.rule in (M.RULE_RPATH, M.RULE_RUNPATH) for n in named):
+                if len(self._templates) >= _MAX_TEMPLATES:
+                    self._templates.clear()
+                self._templates[key] = _Template(res, tuple(s.relabel), named, ldcache)
+        return res
 
+    def _shape(self, elf: ElfFile, dyn: DynamicInfo, profile: Profile, fsys: FileSystem, trace: bool,
+               secure: bool, rtld_path: Optional[str], ldcache: object, origin: Optional[str]) -> tuple:
+        """Everything a load session reads from the program besides its name: two programs with the same
+        shape load the same objects from the same places with the same failures (see :class:`_Template`)."""
+        dynamic = elf.is_dynamic
+        items = dependency_items(fsys, elf) if dynamic else ()
+        rpath, runpath = dyn.rpath, dyn.runpath
+        dst = self._env_dst.get(id(fsys))
+        if dst is None:
+            env = self.env
+            dst = self._env_dst[id(fsys)] = ("$" in (env.library_path or "") or "$" in (env.preload or "")
+                                             or any("$" in n for n in preload_file_names(fsys)))
+        if not (dst or "$" in (rpath or "") or "$" in (runpath or "") or any("$" in n for _t, n in items)):
+            origin = None  # no dynamic string token can expand the program's $ORIGIN
+        return (id(profile), id(ldcache), trace, secure, rtld_path if trace else None, elf.interpreter, dynamic,
+                items, rpath, runpath, bool(dyn.flags_1 & C.DF_1_NODEFLIB), dyn.soname, origin)
 
     def bind(self, res: M.LoadResult, *, bind_now: Optional[bool] = None, warn: bool = False,
              relocate: bool = True) -> M.BindResult:
@@ -151,12 +204,11 @@ def _open_substitute(sub: Substitute, cache: ElfCache) -> ElfFile:
     return cache.get(sub)
 
 
-def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool,
-         rtld_path: Optional[str]) -> M.LoadResult:
+def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, rtld_path: Optional[str],
+         origin: Optional[str], interp: Optional[str]) -> M.LoadResult:
     profile = s.profile
     dynamic = elf.is_dynamic
-    main = s.setup_main(path, elf, file=file, substituted=substituted)
-    interp = elf.interpreter
+    main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin)
     if s.trace:
         rtld = rtld_path or profile.interpreter
         s.setup_rtld(interp or rtld, rtld)
@@ -167,6 +219,7 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool,
             text = f"{path}: cannot execute: the program interpreter {interp} does not exist"
             f = M.Failure(M.NO_INTERPRETER, interp, main.cid, text, text, M.STARTUP, True, exit_status=127)
             s.failures.append(f)
+            s.portable = False  # the text names the program
             s.fatal = f
     s.setup_vdso()
     static = not dynamic or not elf.dynamic.needed
@@ -194,11 +247,13 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
         prev = searchlist[i - 1]
         chain.insert(chain.index(prev) + 1, rtld)
     order = {m.cid: n for n, m in enumerate(chain)}
+    get = order.get
 
     def idx(cid: Optional[int]) -> Optional[int]:
-        return order.get(cid) if cid is not None else None
+        return get(cid) if cid is not None else None
 
     objects = []
+    make = M.LoadedObject
     for n, m in enumerate(chain):
         if m.is_main:
             display = s.argv0
@@ -208,18 +263,16 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
             display = m.path
         reason = m.reason
         if reason.owner is not None:
-            reason = M.Reason(reason.rule, reason.text, reason.directory, reason.subdir, idx(reason.owner))
-        names = list(m.libnames)
+            reason = M.Reason(reason.rule, reason.text, reason.directory, reason.subdir, get(reason.owner))
+        names = m.libnames
         if m.elf is not None and not m.faked:
             so = m.elf.dynamic.soname
             if so and so not in names:
-                names.append(so)
-        objects.append(M.LoadedObject(
-            index=n, name=m.libnames[0], names=tuple(names), path=m.path, file=m.file, elf=m.elf, kind=m.kind,
-            found=not m.faked, loader=idx(m.loader), requested_by=tuple(i for i in map(idx, m.requested_by)
-                                                                          if i is not None),
-            needed=tuple(idx(c) for c in m.needed), depth=m.depth, origin=m.origin, reason=reason,
-            substituted=m.substituted, display=display))
+                names = [*names, so]
+        requested = tuple([i for i in map(get, m.requested_by) if i is not None])
+        needed = tuple([get(c) if c is not None else None for c in m.needed])
+        objects.append(make(n, m.libnames[0], tuple(names), m.path, m.file, m.elf, m.kind, not m.faked,
+                            idx(m.loader), requested, needed, m.depth, m.origin, reason, m.substituted, display))
     failures = []
     for f in s.failures:
         if f.object is not None:
@@ -236,3 +289,53 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
     return M.LoadResult(path=s.argv0, objects=tuple(objects), scope=scope,
                         initfini=init, failures=tuple(failures), fatal=fatal, profile=s.profile, env=s.env,
                         secure=s.secure, trace=s.trace, argv0=s.argv0, static=static)
+
+
+class _Template:
+    """The load of one program, shared with every later program of the same shape (:meth:`Loader._shape`).
+
+    A load session reads from the program only its dynamic dependencies, DT_RPATH/DT_RUNPATH, DF_1_NODEFLIB,
+    SONAME, PT_INTERP, its ``$ORIGIN`` (when a dynamic string token can expand it) and its set-ID bits (the
+    main map answers to no name); the shape key holds all of them and the loader state (profile,
+    ld.so.cache, environment). What differs from one program to the next is the main map itself (its file,
+    ``$ORIGIN``) and argv[0] in the failure lines and in the reasons of the objects found in a directory of
+    its own DT_RPATH/DT_RUNPATH. A session whose texts name the program otherwise (a missing interpreter, a
+    preload found through its RPATH) is not shared.
+    """
+
+    __slots__ = ("keep", "reasons", "relabel", "result")
+
+    def __init__(self, result: M.LoadResult, relabel: Tuple[int, ...], reasons: Tuple[int, ...],
+                 keep: object) -> None:
+        self.result = result
+        #: positions of the failures whose line is "<argv0>: error while loading shared libraries: ..."
+        self.relabel = relabel
+        #: objects found in a directory of the program's own DT_RPATH/DT_RUNPATH (their reason names it)
+        self.reasons = reasons
+        self.keep = keep  # the ld.so.cache whose id is in the key (the profile is kept by the result)
+
+    def instantiate(self, argv0: str, elf: ElfFile, file: str, origin: Optional[str], env: Environment,
+                    secure: bool) -> M.LoadResult:
+        r = self.result
+        main = r.objects[0]._replace(file=file, elf=elf, origin=origin, display=argv0)
+        objects = (main, *r.objects[1:])
+        if self.reasons:
+            objs = list(objects)
+            for n in self.reasons:
+                o = objs[n]
+                why = o.reason
+                text = search_reason_text(why.rule, why.directory or "", why.subdir or "", argv0)
+                objs[n] = o._replace(reason=why._replace(text=text))
+            objects = tuple(objs)
+        failures = r.failures
+        fatal = r.fatal
+        if self.relabel:
+            fl = list(failures)
+            for n in self.relabel:
+                f = fl[n]
+                fl[n] = f._replace(line=f"{argv0}: error while loading shared libraries: {f.message}")
+            failures = tuple(fl)
+            fatal = next((f for f in failures if f.fatal), None)
+        return M.LoadResult(path=argv0, objects=objects, scope=r.scope, initfini=r.initfini,
+                            failures=failures, fatal=fatal, profile=r.profile, env=env, secure=secure,
+                            trace=r.trace, argv0=argv0, static=r.static)

@@ -5,13 +5,13 @@ hash chain, ``check_match``). :mod:`soswap.loader.binding` runs these over a pro
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import KIND_COPY, KIND_NONE, KIND_PLT, KIND_RELATIVE, KIND_TLS, RELOCATION_KINDS
 from soswap.errors import ElfError
-from soswap.loader.symtab import NameHashes, RawSymbols, Sym, relocation_ranges
+from soswap.loader.symtab import NameHashes, RawSymbols, Sym, relocation_infos
 
 # ELF_RTYPE_CLASS_*
 CLASS_PLT = 1
@@ -40,8 +40,8 @@ class VersionRef(NamedTuple):
 class Reference(NamedTuple):
     """One symbol lookup a relocation triggers (after ``l_lookup_cache`` collapsing)."""
 
-    #: (name, (version name, hash, hidden) or None, type class): what the lookup depends on.
-    key: Tuple[str, Optional[Tuple[str, int, bool]], int]
+    #: (name as bytes, (version name, hash, hidden) or None, type class): what the lookup depends on.
+    key: Tuple[bytes, Optional[Tuple[str, int, bool]], int]
     symbol_index: int
     version: Optional[VersionRef]
     #: A DT_JMPREL slot that lazy binding leaves for the first call (``elf_machine_lazy_rel``).
@@ -51,11 +51,24 @@ class Reference(NamedTuple):
 
     @property
     def name(self) -> str:
-        return self.key[0]
+        return self.key[0].decode("utf-8", "surrogateescape")
 
     @property
     def type_class(self) -> int:
         return self.key[2]
+
+
+class RefTable(NamedTuple):
+    """The references of one object as columns (what binding loops over; :class:`Reference` values are
+    built from it on demand): position ``n`` is a lookup of ``keys[n]`` by symbol ``symbols[n]``."""
+
+    keys: List[Tuple[bytes, Optional[Tuple[str, int, bool]], int]]
+    symbols: List[int]
+    lazy: List[bool]
+    #: symbol index -> (name, VersionRef or None, version key, weak)
+    meta: Dict[int, tuple]
+    #: The files named by the versions of these references.
+    version_files: frozenset
 
 
 class _Skip:
@@ -78,6 +91,13 @@ class _NoVersions(NamedTuple):
 _SKIP = _Skip()
 _MISSING = object()
 
+# What _find says about one object (do_lookup_x in that object alone), with the symbol index.
+FOUND_NONE = 0  # no acceptable candidate
+FOUND_SKIP = 1  # found, but hidden/internal or local: the next object is tried
+FOUND_STRONG = 2
+FOUND_WEAK = 3
+FOUND_NOVERSIONS = 4  # accepted because the object has no versioning (see _NoVersions)
+
 
 class ObjectSymbols:
     """What binding needs from one ELF file, decoded once and kept by the :class:`Loader`."""
@@ -87,6 +107,8 @@ class ObjectSymbols:
         self.hashes = hashes
         self.raw = RawSymbols(elf)
         self.has_hash = self.raw.has_hash
+        #: the GNU hashes of its names (RawSymbols.hash_words), None without DT_GNU_HASH
+        self.words = self.raw.hash_words
         tags = elf.dynamic.tags
         self.versions: Dict[int, Tuple[int, str, bool, Optional[str]]] = {}
         ndx_high = 0
@@ -110,18 +132,17 @@ class ObjectSymbols:
         self.bind_now = elf.dynamic.bind_now
         self.symbolic = C.DT_SYMBOLIC in tags or bool(elf.dynamic.flags & 0x2)
         self.ndx_high = ndx_high
-        self._refs_by_limit: Dict[int, Tuple[Reference, ...]] = {}
-        self._refs: Optional[Tuple[Reference, ...]] = None
-        self._vcache: Dict[int, tuple] = {}
-        self._limit = ndx_high
-        self.version_files: frozenset = frozenset()
-        self._accept: Dict[Tuple[str, Optional[Tuple[str, int, bool]], int], object] = {}
+        self._tables: Dict[int, RefTable] = {}
+        self._refs: Dict[int, Tuple[Reference, ...]] = {}
+        #: key -> FOUND_* code and symbol index; key -> the value accept() returns
+        self._found: Dict[tuple, Tuple[int, int]] = {}
+        self._accept: Dict[tuple, object] = {}
 
     # -- the reference side ----------------------------------------------------------------------------
 
     def version_ref(self, sym: Sym) -> Optional[VersionRef]:
         """``resolve_map``: the version of a reference, only when its hash is set."""
-        return self._version_ref_index(sym.version_index)
+        return self._version_ref_index(sym.version_index, self.ndx_high)
 
     def version_limit(self, missing: frozenset) -> int:
         """``l_nversions - 1`` when the objects named ``missing`` were not found (trace mode): the indexes of
@@ -135,80 +156,99 @@ class ObjectSymbols:
                 high = index
         return high
 
+    @property
+    def version_files(self) -> frozenset:
+        """The files named by the versions of :meth:`references` (no version limit)."""
+        return self.table().version_files
+
     def references(self, limit: Optional[int] = None) -> Tuple[Reference, ...]:
         """The lookups of ``_dl_relocate_object`` with immediate binding, in order, consecutive lookups of the
         same symbol and class collapsed (``l_lookup_cache``). ``limit``: see :meth:`version_limit`."""
-        if limit is not None and limit != self.ndx_high:
-            hit = self._refs_by_limit.get(limit)
-            if hit is None:
-                saved = (self._refs, self._vcache, self._limit, self.version_files)
-                self._refs, self._vcache, self._limit = None, {}, limit
-                try:
-                    hit = self._refs_by_limit[limit] = self.references()
-                finally:
-                    self._refs, self._vcache, self._limit, self.version_files = saved
-            return hit
-        if self._refs is not None:
-            return self._refs
-        out: List[Reference] = []
-        machine = self.elf.machine
-        kinds = RELOCATION_KINDS.get(machine, {})
-        last_sym, last_tc = -1, -1
+        lim = self.ndx_high if limit is None else limit
+        hit = self._refs.get(lim)
+        if hit is None:
+            t = self.table(lim)
+            hit = self._refs[lim] = tuple(self.reference(t, n) for n in range(len(t.keys)))
+        return hit
+
+    @staticmethod
+    def reference(t: RefTable, n: int) -> Reference:
+        """Position ``n`` of table ``t`` as a :class:`Reference`."""
+        key = t.keys[n]
+        symidx = t.symbols[n]
+        meta = t.meta[symidx]
+        return Reference(key, symidx, meta[1], t.lazy[n], key[2] == CLASS_COPY, meta[3])
+
+    def table(self, limit: Optional[int] = None) -> RefTable:
+        """:meth:`references` as a :class:`RefTable` (decoded once per version limit)."""
+        lim = self.ndx_high if limit is None else limit
+        t = self._tables.get(lim)
+        if t is None:
+            t = self._tables[lim] = self._decode_table(lim)
+        return t
+
+    def _decode_table(self, limit: int) -> RefTable:
+        elf = self.elf
         raw = self.raw
         count = raw.count
-        info: Dict[int, Optional[tuple]] = {}
-        x86_64 = machine == C.EM_X86_64
-        plt_class, x_copy, x_tlsdesc = _X86_64_PLT_CLASS, _X86_64_COPY, _X86_64_TLSDESC
-        append = out.append
-        for pairs, in_jmprel in relocation_ranges(self.elf):
-            for symidx, rtype in pairs:
-                if x86_64:
-                    if rtype == 8 or rtype == 0:  # RELATIVE, NONE: no lookup
-                        continue
-                    tc = 1 if rtype in plt_class else (2 if rtype == x_copy else 0)
-                    lazy_slot = in_jmprel and rtype != x_tlsdesc
-                else:
-                    kind = kinds.get(rtype, KIND_PLT if in_jmprel else "data")
-                    if kind in (KIND_NONE, KIND_RELATIVE):
-                        continue
-                    tc = CLASS_PLT if kind in (KIND_PLT, KIND_TLS) else (CLASS_COPY if kind == KIND_COPY else 0)
-                    lazy_slot = in_jmprel
-                if symidx == last_sym and tc == last_tc:
-                    continue
-                if symidx in info:
-                    meta = info[symidx]
-                else:
-                    if symidx >= count:
-                        raise ElfError(self.elf.path, f"relocation names symbol {symidx} of {count}")
-                    meta = info[symidx] = self._ref_meta(symidx)
-                if meta is None:
-                    continue  # resolve_map: binds to the object itself, the lookup cache is not touched
-                last_sym, last_tc = symidx, tc
-                append(Reference((meta[0], meta[2], tc), symidx, meta[1], lazy_slot, tc == 2, meta[3]))
-        self._refs = tuple(out)
-        self.version_files = frozenset(r.version.filename for r in out if r.version is not None)
-        return self._refs
+        # Each relocation that names a symbol becomes symbol << 3 | type class << 1 | lazy slot, in
+        # _ELF_DYNAMIC_DO_RELOC order; relocation types that make no lookup are dropped.
+        seq: List[int] = []
+        tcmap, default_tc, nolazy = _type_classes(elf.machine)
+        shift, mask = (32, 0xFFFFFFFF) if raw.is64 else (8, 0xFF)
+        for infos, in_jmprel in relocation_infos(elf):
+            get = tcmap[in_jmprel].get
+            dflt = default_tc[in_jmprel]
+            if in_jmprel:
+                seq += [(i >> shift) << 3 | tc << 1 | ((i & mask) not in nolazy)
+                        for i in infos if (tc := get(i & mask, dflt)) >= 0]
+            else:
+                seq += [(i >> shift) << 3 | tc << 1 for i in infos if (tc := get(i & mask, dflt)) >= 0]
+        used = {c >> 3 for c in seq}
+        if used and max(used) >= count:
+            bad = next(c >> 3 for c in seq if c >> 3 >= count)
+            raise ElfError(elf.path, f"relocation names symbol {bad} of {count}")
+        # resolve_map: a local or hidden symbol binds to the object itself (no lookup, the lookup cache
+        # is not touched); the others are looked up by name and version
+        strtab, versym, name_off, infos_col, others = raw.strtab, raw.versym, raw.name_off, raw.info, raw.other
+        ul = list(used)
+        local_syms = {i for i in ul if infos_col[i] < 0x10 or others[i] & 3 in (C.STV_INTERNAL, C.STV_HIDDEN)}
+        has_local = bool(local_syms)
+        if has_local:
+            ul = [i for i in ul if i not in local_syms]
+        if strtab and strtab[-1] == 0:
+            find = strtab.find
+            names = [strtab[o:find(b"\0", o)] for o in [name_off[i] for i in ul]]
+        else:  # a last name without its NUL ends at the end of the table
+            find = (strtab + b"\0").find
+            names = [strtab[o:find(b"\0", o)] for o in [name_off[i] for i in ul]]
+        ndxs = [versym[i] & 0x7FFF for i in ul] if versym is not None else [0] * len(ul)
+        vmap: Dict[int, tuple] = {}
+        for ndx in set(ndxs):
+            v = self._version_ref_index(ndx, limit)
+            vmap[ndx] = (v, (v.name, v.hash, v.hidden) if v is not None else None)
+        weak_bind = C.STB_WEAK << 4
+        meta: Dict[int, Optional[tuple]] = {
+            i: (name, *vmap[ndx], infos_col[i] & 0xF0 == weak_bind) for i, name, ndx in zip(ul, names, ndxs)}
+        for i in local_syms:
+            meta[i] = None
+        if has_local:
+            seq = [c for c in seq if meta[c >> 3] is not None]
+        # l_lookup_cache: a lookup of the same symbol and class as the one before is not made again
+        codes = [c for c, prev in zip(seq, [-2, *seq]) if c >> 1 != prev >> 1]
+        keyof = {}
+        for k in {c >> 1 for c in codes}:
+            m = meta[k >> 2]
+            keyof[k] = (m[0], m[2], k & 3)  # type: ignore[index]
+        keys = [keyof[c >> 1] for c in codes]
+        symbols = [c >> 3 for c in codes]
+        lazies = [bool(c & 1) for c in codes]
+        # every symbol with a meta entry made at least one reference (its first one is never collapsed)
+        files = frozenset(m[1].filename for m in meta.values() if m is not None and m[1] is not None)
+        return RefTable(keys, symbols, lazies, meta, files)  # type: ignore[arg-type]
 
-    def _ref_meta(self, symidx: int) -> Optional[tuple]:
-        """(name, VersionRef, version key, weak) of a referenced symbol; None if it binds locally."""
-        raw = self.raw
-        f = raw.row.unpack_from(raw.raw, symidx * raw.row.size)
-        st_name, st_info, st_other = (f[0], f[1], f[2]) if raw.is64 else (f[0], f[3], f[4])
-        bind, vis = st_info >> 4, st_other & 3
-        if bind == C.STB_LOCAL or vis in (C.STV_HIDDEN, C.STV_INTERNAL):
-            return None
-        strtab = raw.strtab
-        end = strtab.find(b"\0", st_name)
-        name = strtab[st_name:end if end >= 0 else len(strtab)].decode("utf-8", "surrogateescape")
-        ndx = raw.versym[symidx] & 0x7FFF if raw.versym is not None else 0
-        vc = self._vcache.get(ndx)
-        if vc is None:
-            v = self._version_ref_index(ndx)
-            vc = self._vcache[ndx] = (v, (v.name, v.hash, v.hidden) if v is not None else None)
-        return (name, vc[0], vc[1], bind == C.STB_WEAK)
-
-    def _version_ref_index(self, ndx: int) -> Optional[VersionRef]:
-        if not self.has_versyms or ndx > self._limit or self._limit == 0:
+    def _version_ref_index(self, ndx: int, limit: int) -> Optional[VersionRef]:
+        if not self.has_versyms or ndx > limit or limit == 0:
             return None
         v = self.versions.get(ndx)
         if v is None or v[0] == 0:
@@ -217,35 +257,95 @@ class ObjectSymbols:
 
     # -- the definition side: check_match over this object's hash chain --------------------------------
 
+    def accepts(self, key: tuple) -> bool:
+        """Whether ``do_lookup_x`` in this object alone binds a lookup of ``key`` (:attr:`Reference.key`): a
+        strong or weak definition, or any under the no-versioning rule."""
+        hit = self._found.get(key)
+        if hit is None:
+            hit = self._found[key] = self._lookup(key)
+        return hit[0] >= FOUND_STRONG
+
+    def _lookup(self, key: tuple) -> Tuple[int, int]:
+        raw = self.raw
+        words = raw.hash_words
+        if words is not None:
+            h = self.hashes.gnu(key[0])
+            if h | 1 not in words:
+                return _NONE
+            return self._find(key[0], key[1], key[2], h)
+        return self._find(key[0], key[1], key[2], None)
+
     def accept(self, ref: Reference) -> object:
         """``do_lookup_x`` in this object alone: a ``Sym``, ``_Weak``, ``_NoVersions``, ``_SKIP`` or None."""
         key = ref.key
         hit = self._accept.get(key, _MISSING)
         if hit is _MISSING:
-            if self.raw.may_define(key[0], self.hashes):
-                hit = self._match(key[0], ref.version, key[2])
-            else:
+            found = self._found.get(key)
+            if found is None:
+                found = self._found[key] = self._lookup(key)
+            code, idx = found
+            if code == FOUND_NONE:
                 hit = None
+            elif code == FOUND_SKIP:
+                hit = _SKIP
+            else:
+                sym = self.raw.sym(idx)
+                hit = sym if code == FOUND_STRONG else (_Weak(sym) if code == FOUND_WEAK else _NoVersions(sym))
             self._accept[key] = hit
         return hit
 
-    def _match(self, name: str, version: Optional[VersionRef], tc: int) -> object:
+    def _find(self, name: bytes, version: Optional[Tuple[str, int, bool]], tc: int,
+              h: Optional[int]) -> Tuple[int, int]:
+        """``do_lookup_x`` and ``check_match`` over this object's candidates for ``name`` (in hash-chain
+        order, stopping at the first match); ``version`` is (name, hash, hidden) of the reference's version,
+        or None; ``h`` the name's GNU hash if the caller has it."""
         raw = self.raw
         num_versions = 0
         versioned = -1
         found = -1
         nover = False
-        unpack = raw.row.unpack_from
-        table, row, versym, is64 = raw.raw, raw.row.size, raw.versym, raw.is64
+        infos, shndxs, values, versym = raw.info, raw.shndx, raw.value, raw.versym
         has_versyms = self.has_versyms
-        for idx in raw.candidates(name, self.hashes):
-            f = unpack(table, idx * row)
-            if is64:
-                st_info, shndx, value = f[1], f[3], f[4]
-            else:
-                st_info, shndx, value = f[3], f[5], f[1]
+        versions = self.versions
+        g = raw.gnu
+        if g is not None:
+            # the DT_GNU_HASH walk of do_lookup_x, inline: bloom filter, bucket, chain
+            if h is None:
+                h = self.hashes.gnu(name)
+            nbuckets, symoffset, shift, bloom, bits, buckets, chain = g
+            if not nbuckets:
+                return _NONE
+            nbloom = len(bloom)
+            if nbloom:
+                w = bloom[(h // bits) % nbloom]
+                if not ((w >> (h % bits)) & (w >> ((h >> shift) % bits)) & 1):
+                    return _NONE
+            idx = buckets[h % nbuckets]
+            if idx < symoffset:
+                return _NONE
+            nchain = len(chain)
+            h1 = h | 1
+            name_off, strtab, size = raw.name_off, raw.strtab, len(name)
+            slen = len(strtab)
+            cands: Iterable[int] = ()
+            todo: List[int] = []
+            while 0 <= idx - symoffset < nchain:
+                word = chain[idx - symoffset]
+                if (word | 1) == h1:
+                    at = name_off[idx]
+                    end = at + size
+                    if strtab[at:end] == name and (end == slen or strtab[end] == 0):
+                        todo.append(idx)
+                if word & 1:
+                    break
+                idx += 1
+            cands = todo
+        else:
+            cands = raw.candidates(name, self.hashes, h)
+        for idx in cands:
+            st_info, shndx = infos[idx], shndxs[idx]
             stt = st_info & 0xF
-            if (value == 0 and shndx != C.SHN_ABS and stt != C.STT_TLS) or (tc & CLASS_PLT and shndx == 0):
+            if (values[idx] == 0 and shndx != C.SHN_ABS and stt != C.STT_TLS) or (tc & CLASS_PLT and shndx == 0):
                 continue
             if stt not in _ALLOWED_TYPES:
                 continue
@@ -254,9 +354,9 @@ class ObjectSymbols:
                 if not has_versyms:
                     nover = True
                 else:
-                    mine = self.versions.get(vs & 0x7FFF)
-                    h, n = (mine[0], mine[1]) if mine is not None else (0, None)
-                    if (h != version.hash or n != version.name) and (version.hidden or h or vs & 0x8000):
+                    mine = versions.get(vs & 0x7FFF)
+                    hv, n = (mine[0], mine[1]) if mine is not None else (0, None)
+                    if (hv != version[1] or n != version[0]) and (version[2] or hv or vs & 0x8000):
                         continue
             elif has_versyms and (vs & 0x7FFF) >= 3:
                 if not vs & 0x8000:
@@ -269,18 +369,47 @@ class ObjectSymbols:
         if found < 0 and num_versions == 1:
             found = versioned
         if found < 0:
-            return None
-        sym = raw.sym(found)
-        if sym.visibility in (C.STV_HIDDEN, C.STV_INTERNAL):
-            return _SKIP
-        if sym.bind not in (C.STB_GLOBAL, C.STB_WEAK, C.STB_GNU_UNIQUE):
-            return _SKIP  # STB_LOCAL: ignored
+            return _NONE
+        if raw.other[found] & 3 in (C.STV_HIDDEN, C.STV_INTERNAL):
+            return (FOUND_SKIP, found)
+        bind = infos[found] >> 4
+        if bind not in (C.STB_GLOBAL, C.STB_WEAK, C.STB_GNU_UNIQUE):
+            return (FOUND_SKIP, found)  # STB_LOCAL: ignored
         if nover:
-            return _NoVersions(sym)
-        if sym.bind == C.STB_WEAK:
-            return _Weak(sym)
-        return sym
+            return (FOUND_NOVERSIONS, found)
+        if bind == C.STB_WEAK:
+            return (FOUND_WEAK, found)
+        return (FOUND_STRONG, found)
 
 
-def _resolved(r: object) -> bool:
-    return r is not None and r is not _SKIP
+_NONE = (FOUND_NONE, -1)
+
+
+#: machine -> ({in DT_JMPREL: {relocation type: type class, -1 = no lookup}}, {in DT_JMPREL: class of an
+#: unknown type}, types never lazy in DT_JMPREL)
+_CLASSES: Dict[int, Tuple[Dict[bool, Dict[int, int]], Dict[bool, int], frozenset]] = {}
+
+
+def _type_classes(machine: int) -> Tuple[Dict[bool, Dict[int, int]], Dict[bool, int], frozenset]:
+    """How ``elf_machine_type_class`` classes each relocation type of ``machine``, and which lookups
+    ``elf_machine_lazy_rel`` leaves for the first call."""
+    hit = _CLASSES.get(machine)
+    if hit is not None:
+        return hit
+    if machine == C.EM_X86_64:
+        # RELATIVE and NONE make no lookup; JUMP_SLOT, DTPMOD64, DTPOFF64, TPOFF64, TLSDESC are PLT class
+        table = {8: -1, 0: -1, _X86_64_COPY: CLASS_COPY}
+        table.update({t: CLASS_PLT for t in _X86_64_PLT_CLASS})
+        hit = ({False: table, True: table}, {False: 0, True: 0}, frozenset((_X86_64_TLSDESC,)))
+    else:
+        kinds = RELOCATION_KINDS.get(machine, {})
+        table = {}
+        for t, kind in kinds.items():
+            if kind in (KIND_NONE, KIND_RELATIVE):
+                table[t] = -1
+            else:
+                table[t] = CLASS_PLT if kind in (KIND_PLT, KIND_TLS) else (CLASS_COPY if kind == KIND_COPY else 0)
+        # an unknown type counts as a PLT slot in DT_JMPREL and as data elsewhere
+        hit = ({False: table, True: table}, {False: 0, True: CLASS_PLT}, frozenset())
+    _CLASSES[machine] = hit
+    return hit

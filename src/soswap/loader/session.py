@@ -155,7 +155,7 @@ class LoadSession:
     """One emulated loader run. Use :meth:`Loader.load`; this class is the engine behind it."""
 
     def __init__(self, profile: Profile, env: Environment, fsys: FileSystem, *, trace: bool, secure: bool,
-                 argv0: str, substitutions: Optional[Substitutions]) -> None:
+                 argv0: str, substitutions: Optional[Substitutions], ldcache: object = False) -> None:
         self.profile = profile
         self.env = env
         self.fsys = fsys
@@ -177,13 +177,20 @@ class LoadSession:
         self.capstr = capability_subdirs(hwcaps, profile.legacy_subdirs)
         self.cache_target = profile.cache_target(env.hwcaps_mask)
         #: The ld.so.cache as it is when the program starts (a malformed cache raises CacheError).
-        self.ldcache = profile.ldcache if not env.inhibit_cache else None
+        if ldcache is False:
+            ldcache = profile.ldcache if not env.inhibit_cache else None
+        self.ldcache = ldcache
         self.system_dirs = tuple(SearchDir(d, M.RULE_SYSTEM, None) for d in profile.system_dirs)
         self.llp_dirs: Tuple[SearchDir, ...] = ()
         self.aborted = False
         #: The loader's errno between searches (see _replay_errno) and its directory status cache.
         self.errno = 0
         self.nonexisting: set = set()
+        #: For sharing the outcome with programs of the same shape (loading.py): the failures whose line is
+        #: "<argv0>: error while loading shared libraries: ..." (``relabel``), and False when a text names the
+        #: program in a way a copy cannot rewrite (a missing interpreter).
+        self.portable = True
+        self.relabel: List[int] = []
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -254,10 +261,12 @@ class LoadSession:
 
     def _fail(self, kind: str, obj: Optional[_Map], name: str, message: str, *, fatal: bool = True,
               when: str = M.STARTUP, line: Optional[str] = None, exit_status: Optional[int] = 127) -> M.Failure:
+        full = f"{name}: {message}" if name else message
         if line is None:
-            line = f"{self.argv0}: error while loading shared libraries: {name}: {message}"
+            line = f"{self.argv0}: error while loading shared libraries: {full}"
+            self.relabel.append(len(self.failures))
         f = M.Failure(kind=kind, name=name, object=obj.cid if obj is not None else None,
-                      message=f"{name}: {message}" if name else message, line=line, when=when, fatal=fatal,
+                      message=full, line=line, when=when, fatal=fatal,
                       exit_status=exit_status if fatal else None)
         self.failures.append(f)
         if fatal and self.fatal is None:
@@ -410,21 +419,8 @@ class LoadSession:
         owner = d.owner
         where = ""
         if owner is not None:
-            o = self.maps[owner]
-            where = o.path or self.argv0
-        directory = d.dirname
-        shown = directory or "(current directory)"
-        if d.rule == M.RULE_RPATH:
-            text = f"RPATH {shown} of {where}"
-        elif d.rule == M.RULE_RUNPATH:
-            text = f"RUNPATH {shown} of {where}"
-        elif d.rule == M.RULE_LD_LIBRARY_PATH:
-            text = f"LD_LIBRARY_PATH {shown}"
-        else:
-            text = f"system directory {shown}"
-        if cap:
-            text += f" (subdirectory {cap.rstrip('/')})"
-        return M.Reason(d.rule, text, directory, cap or None, owner)
+            where = self.maps[owner].path or self.argv0
+        return M.Reason(d.rule, search_reason_text(d.rule, d.dirname, cap, where), d.dirname, cap or None, owner)
 
     def _search(self, loader: Optional[_Map], name: str, secure_mode: bool,
                 other: List[bool]) -> Optional[_Found]:
@@ -485,29 +481,22 @@ class LoadSession:
 
     # -- dl_main ----------------------------------------------------------------------------------------
 
-    def setup_main(self, path: str, elf: ElfFile, *, file: str, substituted: bool) -> _Map:
-        """The main program's link map (``rtld_setup_main_map``)."""
-        main = self._new_map(path if self.trace else "", "", _KIND_EXE)
+    def setup_main(self, path: str, elf: ElfFile, *, file: str, substituted: bool, origin: Optional[str]) -> _Map:
+        """The main program's link map (``rtld_setup_main_map``); ``origin`` from :func:`main_origin`."""
+        # _dl_new_object: the main map answers to no name, even when ld.so runs it as `ld.so PROG` (ldd): a
+        # DT_NEEDED naming the program by the path it was run as loads that file again (checked with ldd)
+        main = self._new_map("", "", _KIND_EXE)
         main.elf = elf
         main.file = file
         main.substituted = substituted
         main.is_main = True
         main.reason = M.Reason(M.RULE_ROOT, "the program")
         main.nodeflib = bool(elf.dynamic.flags_1 & C.DF_1_NODEFLIB)
-        main.origin = self._main_origin(path)
+        main.origin = origin
         self.main = main
         self._register_names(main)
         # The main program has no file identity (rtld.c: "We leave the values here defined to 0").
         return main
-
-    def _main_origin(self, path: str) -> Optional[str]:
-        if self.trace and self.profile.glibc_version < (2, 42):
-            # ld.so ./prog: the directory of the name as given (BZ 25263)
-            return self._origin_of(path)
-        # _dl_get_origin: readlink("/proc/self/exe"), the canonical path
-        full = path if path.startswith("/") else posixpath.join(self.env.cwd, path)
-        real = self.fsys.fs.target_realpath(full)
-        return posixpath.dirname(real) or "/"
 
     def setup_rtld(self, interp_name: str, rtld_path: str) -> _Map:
         """ld.so's own link map: known by the PT_INTERP name and its SONAME, never searched for."""
@@ -569,32 +558,7 @@ class LoadSession:
                 if name:
                     out.append((name, "LD_PRELOAD"))
         if self.env.use_preload_file:
-            out.extend((n, self.profile.preload_path) for n in self._preload_file())
-        return out
-
-    def _preload_file(self) -> List[str]:
-        # rtld.c: whitespace/colon separated names, '#' comments to end of line
-        host = self.fsys.fs.host(self.profile.preload_path)
-        key = "preload:" + host
-        data = self.fsys.file_memo.get(key)
-        if data is None:
-            try:
-                with open(host, "rb") as f:
-                    data = f.read(1 << 20)
-            except OSError:
-                data = b""
-            self.fsys.file_memo[key] = data
-        if not data:
-            return []
-        text = os.fsdecode(data)  # type: ignore[arg-type]
-        lines = []
-        for line in text.split("\n"):
-            cut = line.find("#")
-            lines.append(line if cut < 0 else line[:cut])
-        out = []
-        for tok in " ".join(lines).replace(":", " ").replace("\t", " ").split(" "):
-            if tok:
-                out.append(tok)
+            out.extend((n, self.profile.preload_path) for n in preload_file_names(self.fsys))
         return out
 
     def do_preloads(self) -> List[_Map]:
@@ -634,7 +598,7 @@ class LoadSession:
             i += 1
             if lm.elf is None or lm.faked:
                 continue
-            for tag, raw in self._dependency_items(lm.elf):
+            for tag, raw in dependency_items(self.fsys, lm.elf):
                 if tag == C.DT_NEEDED:
                     dep = self._one_needed(lm, raw)
                     if dep is None:
@@ -684,22 +648,6 @@ class LoadSession:
             m.reason = M.Reason(M.RULE_NOT_FOUND, miss.message)
             return m
 
-    def _dependency_items(self, elf: ElfFile) -> Tuple[Tuple[int, str], ...]:
-        """(tag, name) of the DT_NEEDED, DT_AUXILIARY and DT_FILTER entries in dynamic-section order."""
-        memo = self.fsys.file_memo
-        key = ("deps", id(elf))
-        hit = memo.get(key)
-        if hit is None or hit[0] is not elf:  # type: ignore[index]
-            try:
-                dyn = elf.dynamic
-                names = {C.DT_NEEDED: iter(dyn.needed), C.DT_AUXILIARY: iter(dyn.auxiliary),
-                         C.DT_FILTER: iter(dyn.filters)}
-                items = tuple((tag, next(names[tag])) for tag, _v in dyn.entries if tag in names)
-            except ElfError:
-                items = ()
-            hit = memo[key] = (elf, items)
-        return hit[1]  # type: ignore[index,no-any-return]
-
     def _filter(self, lm: _Map, tag: int, raw: str, queue: List[_Map], reserved: set, pos: int) -> None:
         # DT_AUXILIARY / DT_FILTER: the filtee goes before the filter in the search list (dl-deps.c)
         name = self._expand(lm, raw) if dst.has_dst(raw) else raw
@@ -729,3 +677,81 @@ def _short(miss: _Miss) -> str:
     if msg.startswith("cannot read file data:"):
         return "cannot read file data"
     return msg
+
+
+def search_reason_text(rule: str, directory: str, cap: str, where: str) -> str:
+    """The human text of a search :class:`Reason`: ``where`` names the object whose DT_RPATH/DT_RUNPATH gave
+    ``directory``, ``cap`` the capability subdirectory the file was found in."""
+    shown = directory or "(current directory)"
+    if rule == M.RULE_RPATH:
+        text = f"RPATH {shown} of {where}"
+    elif rule == M.RULE_RUNPATH:
+        text = f"RUNPATH {shown} of {where}"
+    elif rule == M.RULE_LD_LIBRARY_PATH:
+        text = f"LD_LIBRARY_PATH {shown}"
+    else:
+        text = f"system directory {shown}"
+    if cap:
+        text += f" (subdirectory {cap.rstrip('/')})"
+    return text
+
+
+def main_origin(fsys: FileSystem, env: Environment, path: str, *, trace: bool) -> Optional[str]:
+    """``l_origin`` of the main program run as ``path``."""
+    if trace and fsys.profile.glibc_version < (2, 42):
+        # ld.so ./prog: the directory of the name as given (BZ 25263)
+        if not path:
+            return None
+        if not path.startswith("/"):
+            cwd = env.cwd
+            path = (cwd if cwd.endswith("/") else cwd + "/") + path
+        cut = path.rfind("/")
+        return path[:cut] if cut > 0 else "/"
+    # _dl_get_origin: readlink("/proc/self/exe"), the canonical path
+    full = path if path.startswith("/") else posixpath.join(env.cwd, path)
+    return posixpath.dirname(fsys.realpath(full)) or "/"
+
+
+def dependency_items(fsys: FileSystem, elf: ElfFile) -> Tuple[Tuple[int, str], ...]:
+    """(tag, name) of the DT_NEEDED, DT_AUXILIARY and DT_FILTER entries in dynamic-section order."""
+    memo = fsys.file_memo
+    key = ("deps", id(elf))
+    hit = memo.get(key)
+    if hit is None or hit[0] is not elf:  # type: ignore[index]
+        try:
+            dyn = elf.dynamic
+            if not dyn.auxiliary and not dyn.filters:
+                items = tuple((C.DT_NEEDED, n) for n in dyn.needed)
+            else:
+                names = {C.DT_NEEDED: iter(dyn.needed), C.DT_AUXILIARY: iter(dyn.auxiliary),
+                         C.DT_FILTER: iter(dyn.filters)}
+                items = tuple((tag, next(names[tag])) for tag, _v in dyn.entries if tag in names)
+        except ElfError:
+            items = ()
+        hit = memo[key] = (elf, items)
+    return hit[1]  # type: ignore[index,no-any-return]
+
+
+def preload_file_names(fsys: FileSystem) -> List[str]:
+    """The names listed in ``/etc/ld.so.preload`` (rtld.c: whitespace/colon separated, ``#`` comments to the
+    end of the line); read once per :class:`FileSystem`."""
+    host = fsys.fs.host(fsys.profile.preload_path)
+    key = "preload-names:" + host
+    hit = fsys.file_memo.get(key)
+    if hit is not None:
+        return hit  # type: ignore[return-value]
+    try:
+        with open(host, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError:
+        data = b""
+    out: List[str] = []
+    if data:
+        text = os.fsdecode(data)
+        lines = []
+        for line in text.split("\n"):
+            cut = line.find("#")
+            lines.append(line if cut < 0 else line[:cut])
+        out = [tok for tok in " ".join(lines).replace(":", " ").replace("\t", " ").split(" ") if tok]
+    fsys.file_memo[key] = out
+    return out

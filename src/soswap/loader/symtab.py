@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from operator import mul
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import ElfFile
@@ -44,8 +45,37 @@ class Sym(NamedTuple):
         return bool(self.versym & 0x8000)
 
 
+#: 33**k mod 2**32 (as ints and as floats), grown on demand: ``dl_new_hash`` is the polynomial
+#: 5381*33**n + sum(c[i] * 33**(n-1-i)) mod 2**32, which ``sum(map(mul, ...))`` evaluates in C instead of one
+#: Python step per character. Each product is below 2**40, so up to 8191 characters the float sum is exact.
+_POW33: List[int] = [1]
+_POW33F: List[float] = [1.0]
+
+
+def _grow_pow33(n: int) -> None:
+    p = _POW33
+    while len(p) <= n:
+        p.append(p[-1] * 33 & 0xFFFFFFFF)
+        _POW33F.append(float(p[-1]))
+
+
 def gnu_hash(name: bytes) -> int:
     """``dl_new_hash``."""
+    n = len(name)
+    if n < 24:
+        h = 5381  # short names: one unmasked step per character stays a small integer
+        for c in name:
+            h = h * 33 + c
+        return h & 0xFFFFFFFF
+    if n >= len(_POW33):
+        _grow_pow33(n + 64)
+    if n < 8192:
+        return (5381 * _POW33[n] + int(sum(map(mul, name[::-1], _POW33F)))) & 0xFFFFFFFF
+    return (5381 * _POW33[n] + sum(map(mul, name[::-1], _POW33))) & 0xFFFFFFFF
+
+
+def gnu_hash_reference(name: bytes) -> int:
+    """``dl_new_hash`` one character at a time, as glibc writes it (the oracle of :func:`gnu_hash`)."""
     h = 5381
     for c in name:
         h = (h * 33 + c) & 0xFFFFFFFF
@@ -65,17 +95,16 @@ def elf_hash(name: bytes) -> int:
 
 
 class NameHashes:
-    """Both hashes of a symbol name, computed once per name for every object it is looked up in."""
+    """Both hashes of a symbol name (bytes), computed once per name for every object it is looked up in."""
 
     def __init__(self) -> None:
-        self._gnu: Dict[str, Tuple[bytes, int]] = {}
+        self._gnu: Dict[bytes, int] = {}
         self._sysv: Dict[bytes, int] = {}
 
-    def gnu(self, name: str) -> Tuple[bytes, int]:
+    def gnu(self, name: bytes) -> int:
         hit = self._gnu.get(name)
         if hit is None:
-            raw = name.encode("utf-8", "surrogateescape")
-            hit = self._gnu[name] = (raw, gnu_hash(raw))
+            hit = self._gnu[name] = gnu_hash(name)
         return hit
 
     def sysv(self, raw: bytes) -> int:
@@ -118,16 +147,29 @@ class RawSymbols:
         elif self.count and C.DT_HASH in tags:
             self.sysv = self._load_sysv(tags[C.DT_HASH])
         self._syms: Dict[int, Sym] = {}
+        # The columns the hot paths read, cut out of the table at C speed: st_name, st_info, st_other,
+        # st_shndx, st_value of every symbol, by index.
+        self.name_off, self.info, self.other, self.shndx, self.value = self._columns(lay.little)
         #: The GNU hashes (low bit set) of every hashed symbol: a name whose hash is not in it is not defined
         #: here. Much cheaper than a chain walk for the many objects a lookup passes before the definer.
         self.hash_words: Optional[frozenset] = (frozenset(map((1).__or__, self.gnu[6])) if self.gnu is not None
                                                 else None)
 
-    def may_define(self, name: str, hashes: NameHashes) -> bool:
+    def _columns(self, little: bool) -> Tuple[array, bytes, bytes, array, array]:
+        raw = self.raw
+        if self.is64:  # Elf64_Sym: st_name(4) st_info(1) st_other(1) st_shndx(2) st_value(8) st_size(8)
+            words = _words(raw, "I", little)
+            return (words[0::6], raw[4::24], raw[5::24], _words(raw, "H", little)[3::12],
+                    _words(raw, "Q", little)[1::3])
+        # Elf32_Sym: st_name(4) st_value(4) st_size(4) st_info(1) st_other(1) st_shndx(2)
+        words = _words(raw, "I", little)
+        return words[0::4], raw[12::16], raw[13::16], _words(raw, "H", little)[7::8], words[1::4]
+
+    def may_define(self, name: bytes, hashes: NameHashes) -> bool:
         """False when no symbol of this object can be called ``name`` (see :attr:`hash_words`)."""
         if self.hash_words is None:
             return True
-        return (hashes.gnu(name)[1] | 1) in self.hash_words
+        return (hashes.gnu(name) | 1) in self.hash_words
 
     @property
     def has_hash(self) -> bool:
@@ -155,16 +197,18 @@ class RawSymbols:
         return words[:nbucket], words[nbucket:]
 
     def _name_is(self, index: int, name: bytes) -> bool:
-        st_name = self.row.unpack_from(self.raw, index * self.row.size)[0]
+        st_name = self.name_off[index]
         end = st_name + len(name)
         strtab = self.strtab
         return strtab[st_name:end] == name and (end == len(strtab) or strtab[end] == 0)
 
-    def candidates(self, name: str, hashes: NameHashes) -> List[int]:
-        """The symbol indexes ``do_lookup_x`` would try for ``name``, in chain order."""
-        raw, h = hashes.gnu(name)
+    def candidates(self, raw: bytes, hashes: NameHashes, h: Optional[int] = None) -> List[int]:
+        """The symbol indexes ``do_lookup_x`` would try for the name ``raw``, in chain order (``h``: its GNU
+        hash, if the caller has it)."""
         out: List[int] = []
         if self.gnu is not None:
+            if h is None:
+                h = hashes.gnu(raw)
             nbuckets, symoffset, shift, bloom, bits, buckets, chain = self.gnu
             if not nbuckets:
                 return out
@@ -177,10 +221,14 @@ class RawSymbols:
                 return out
             n = len(chain)
             h1 = h | 1
+            name_off, strtab, size = self.name_off, self.strtab, len(raw)
             while 0 <= idx - symoffset < n:
                 word = chain[idx - symoffset]
-                if (word | 1) == h1 and self._name_is(idx, raw):
-                    out.append(idx)
+                if (word | 1) == h1:
+                    at = name_off[idx]
+                    end = at + size
+                    if strtab[at:end] == raw and (end == len(strtab) or strtab[end] == 0):
+                        out.append(idx)
                 if word & 1:
                     break
                 idx += 1
@@ -222,9 +270,16 @@ def relocation_ranges(elf: ElfFile) -> List[Tuple[List[Tuple[int, int]], bool]]:
     """The relocations that name a symbol, as ``[(symbol index, type), ...]`` per range in
     ``_ELF_DYNAMIC_DO_RELOC`` order: the DT_REL/DT_RELA range (its DT_RELCOUNT/DT_RELACOUNT leading relative
     entries skipped, a trailing DT_JMPREL part cut off), then DT_JMPREL (``True`` as the second item)."""
+    shift, mask = (32, 0xFFFFFFFF) if elf.layout.is64 else (8, 0xFF)
+    return [([(i >> shift, i & mask) for i in infos], jmp) for infos, jmp in relocation_infos(elf)]
+
+
+def relocation_infos(elf: ElfFile) -> List[Tuple[array, bool]]:
+    """:func:`relocation_ranges` as the raw ``r_info`` words (symbol index above bit 32, type below, for
+    ELFCLASS64; above bit 8 for ELFCLASS32), those without a symbol left out."""
     tags = elf.dynamic.tags
     lay = elf.layout
-    out: List[Tuple[List[Tuple[int, int]], bool]] = []
+    out: List[Tuple[array, bool]] = []
     jmprel = None
     if C.DT_JMPREL in tags and tags.get(C.DT_PLTRELSZ, 0):
         pltrel = tags.get(C.DT_PLTREL, C.DT_RELA if lay.is64 else C.DT_REL)
@@ -241,17 +296,19 @@ def relocation_ranges(elf: ElfFile) -> List[Tuple[List[Tuple[int, int]], bool]]:
     return out
 
 
-def _decode_range(elf: ElfFile, start: int, size: int, nrelative: int, rela: bool) -> List[Tuple[int, int]]:
+def _decode_range(elf: ElfFile, start: int, size: int, nrelative: int, rela: bool) -> array:
     lay = elf.layout
+    code = "Q" if lay.is64 else "I"
     ent = (lay.rela if rela else lay.rel).size
     if size <= 0:
-        return []
+        return array(code)
     size -= size % ent
-    raw = elf.read_at_vaddr(start, size, "relocations")
-    words_per = ent // lay.addr_size
-    a = _words(raw, "Q" if lay.is64 else "I", lay.little)
-    skip = min(nrelative, size // ent) * words_per
-    infos = a[skip + 1::words_per]
-    if lay.is64:
-        return [(i >> 32, i & 0xFFFFFFFF) for i in infos if i >> 32]
-    return [(i >> 8, i & 0xFF) for i in infos if i >> 8]
+    elf.vaddr_to_offset(start, size, "relocations")  # the whole range must lie in one segment
+    # the DT_RELACOUNT/DT_RELCOUNT leading relative relocations name no symbol: not even read
+    skip = min(nrelative, size // ent) * ent
+    if skip >= size:
+        return array(code)
+    raw = elf.read_at_vaddr(start + skip, size - skip, "relocations")
+    infos = _words(raw, code, lay.little)[1::ent // lay.addr_size]
+    limit = 1 << 32 if lay.is64 else 1 << 8
+    return array(code, [i for i in infos if i >= limit])

@@ -16,6 +16,9 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
     """``_dl_check_map_versions`` (verbose) for one object: E4 errors and the warnings."""
     res = b.res
     out: List[M.Failure] = []
+    clean = b.cache.versions_clean
+    if clean.get(id(o)) is o:
+        return out
     elf = o.elf
     assert elf is not None
     try:
@@ -25,12 +28,16 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
     if not needs:
         return out
     targets = []
+    index = b.name_index()
+    objs = res.objects
+    program = False
     for need in needs:
-        target = find_needed(res, need.file)
-        t = res.objects[target] if target is not None else None
+        target = index.get(need.file)
+        t = objs[target] if target is not None else None
         targets.append(t if t is not None and t.found and t.elf is not None else None)
+        program = program or target == 0
     # The outcome depends only on the requiring file and the files its needs resolve to: memoized per run.
-    key = (id(elf), tuple(id(t.elf) if t is not None else 0 for t in targets))
+    key = (id(elf), *[id(t.elf) if t is not None else 0 for t in targets])
     outcomes = b.cache.version_outcomes.get(key)
     if outcomes is None:
         found: List[tuple] = []
@@ -53,6 +60,10 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
         # the files are kept in the value so that their ids in the key stay theirs
         outcomes = b.cache.version_outcomes[key] = (tuple(found), elf, tuple(t.elf for t in targets if t))
     if not outcomes[0]:
+        if o.index != 0 and not program:
+            # A library object is shared only by results of the same shape (loading.py: the same objects at
+            # the same places); its needs resolve to the same files there unless they name the program.
+            clean[id(o)] = o
         return out
     requirer = o.display or res.argv0
     argv0 = res.argv0

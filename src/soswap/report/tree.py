@@ -15,9 +15,10 @@ def _label(o: LoadedObject, requested: str) -> str:
         return f"{requested} => not found"
     if o.kind == "vdso":
         return f"{requested} (vDSO)"
-    if requested == o.path:
+    path = o.path or o.display  # the program itself has no l_name: show how it was run
+    if requested == path:
         return requested
-    return f"{requested} => {o.path}"
+    return f"{requested} => {path}"
 
 
 def _reason(o: LoadedObject) -> str:
