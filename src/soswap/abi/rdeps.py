@@ -27,12 +27,12 @@ import time
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 from soswap.abi.index_store import read_json, write_json
-from soswap.abi.statedir import state_dir
 from soswap.abi.sysdirs import Top, canonical_tops, under
 from soswap.elf import ElfCache
 from soswap.elf import constants as C
 from soswap.errors import SoswapError
 from soswap.loader import Environment, Loader, Profile
+from soswap.state import state_dir
 
 INDEX_FILE = "rdeps-index.json"
 FORMAT = "soswap-rdeps-index"

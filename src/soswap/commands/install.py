@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 from soswap.errors import EXIT_FOUND, EXIT_OK, SoswapError, UsageError
 
@@ -60,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="check and report what would be done; change nothing")
     parser.add_argument("--force", action="store_true", help="install even if the preflight finds problems")
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the preflight check")
+    parser.add_argument("--consumer", action="extend", nargs="+", default=[], metavar="FILE",
+                        help="also check these programs or plugins in the preflight (besides the running processes "
+                             "and the system's programs and libraries)")
+    parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
+                        help="also check the ELF files under these directories in the preflight")
     parser.add_argument("--restart", action="store_true",
                         help="afterwards, restart the units still running the old versions (safe policy)")
     parser.add_argument("--force-immutable", action="store_true",
@@ -168,12 +174,14 @@ def run(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
     )
     extra_notes: List[Notice] = []
-    preflight = _preflight() if args.check else None
-    if args.check and preflight is None:
-        extra_notes.append(Notice("preflight", "the 'soswap check' engine is not available in this build; "
-                                               "consumers were not checked"))
     terminate_as_interrupt()
     state = StateDir(args.state_dir)
+    preflight = None
+    if args.check:
+        from soswap.abi.preflight import preflight as check_engine
+
+        preflight = functools.partial(check_engine, state_dir=state.path, consumers=args.consumer or None,
+                                      scope=args.scope or None, processes=True, system=True)
     want_report = args.report or args.restart
     result = install(requests, opts, state, preflight=preflight, stale_report=_after_report if want_report else None,
                      argv=sys.argv[1:])
@@ -194,13 +202,3 @@ def run(args: argparse.Namespace) -> int:
             emit(warning_lines(result), sys.stderr)
         emit(install_to_text(result) + restart_lines)
     return EXIT_FOUND if result.status == "refused" else EXIT_OK
-
-
-def _preflight() -> Optional[Callable[..., Any]]:
-    """The ``soswap check`` engine's preflight, when this build has one (``soswap.abi.preflight``)."""
-    try:
-        import soswap.abi as abi
-    except ImportError:
-        return None
-    fn = getattr(abi, "preflight", None)
-    return fn if callable(fn) else None

@@ -1,7 +1,6 @@
 """The state directory: transaction journals and the lock that serializes installs.
 
-Location: ``--state-dir``, else ``$SOSWAP_STATE_DIR``, else ``/var/lib/soswap`` as root, else
-``$XDG_STATE_HOME/soswap`` (``~/.local/state/soswap``). Layout::
+Location: :func:`soswap.state.default_state_dir` unless given. Layout::
 
     lock                 flock(2)ed exclusively by install, recover and rollback; holds the owner's PID
     tx/TXID.json         live journals: interrupted transactions, and committed ones whose backups are kept
@@ -21,23 +20,11 @@ import time
 from typing import Any, Dict, Iterator, List, Optional
 
 from soswap.errors import StateError
+from soswap.state import default_state_dir
 
 JOURNAL_VERSION = 1
 #: How long a second install waits for the lock before giving up (never hang).
 DEFAULT_LOCK_TIMEOUT = 60.0
-
-
-def default_state_dir() -> str:
-    """The state directory when none is given: $SOSWAP_STATE_DIR, /var/lib/soswap (root) or the XDG one."""
-    env = os.environ.get("SOSWAP_STATE_DIR")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "/var/lib/soswap"
-    xdg = os.environ.get("XDG_STATE_HOME")
-    if not xdg or not os.path.isabs(xdg):
-        xdg = os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(xdg, "soswap")
 
 
 class StateDir:
