@@ -1,0 +1,112 @@
+"""``soswap demo`` end to end: real compiler, real processes; assertions on its JSON summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from support.build import requires_cc, requires_root
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def demo(*args: str, env: Optional[dict] = None, user: Optional[str] = None, cwd: Optional[str] = None,
+         python: str = sys.executable, src: str = SRC) -> subprocess.CompletedProcess:
+    environ = dict(os.environ if env is None else env)
+    environ["PYTHONPATH"] = src
+    argv = [python, "-m", "soswap", "demo", *args]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=120, cwd=cwd)
+
+
+def steps_of(summary: dict) -> dict:
+    return {s["step"]: s for s in summary["steps"]}
+
+
+@requires_cc
+def test_demo_json_summary(tmp_path: Path) -> None:
+    before = set(Path("/tmp").glob("soswap-demo-*"))
+    r = demo("--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["schema"] == "soswap.demo/1" and summary["ok"] is True and summary["kept"] is False
+    steps = steps_of(summary)
+    assert "Text file busy" in steps["naive-cp-executable"]["message"]
+    assert steps["naive-overwrite-library"]["crashed"] and steps["naive-overwrite-library"]["signal"] in (
+        "SIGBUS", "SIGSEGV", "SIGILL", "SIGTRAP")
+    assert steps["tree"]["library"]["name"] == "libgateway.so"
+    check = steps["check-bad"]
+    assert check["verdict"] == "incompatible" and check["exit"] == 1
+    assert check["message"].endswith("undefined symbol: Test_OpenGateway")
+    assert "symbol lookup error" in check["message"] and check["when"] in ("startup", "first-call")
+    assert steps["install-bad-refused"]["exit"] == 1 and steps["install-bad-refused"]["unchanged"]
+    assert steps["install"]["running_still_v1"]
+    assert steps["stale"]["kind"] in ("deleted", "replaced") and steps["stale"]["path"].endswith("libgateway.so")
+    assert steps["users"]["version"] == "old" and "mapped" in steps["users"]["how"]
+    assert steps["new-process-runs-v2"]["ok"] and steps["rollback"]["new_process_version"] == 1
+    pid = steps["old-process-survived"]["pid"]
+    # everything it started is gone, everything it created is removed
+    assert not Path(f"/proc/{pid}").exists()
+    assert not Path(summary["workdir"]).exists()
+    assert set(Path("/tmp").glob("soswap-demo-*")) == before
+
+
+@requires_cc
+def test_demo_narration_and_keep(tmp_path: Path) -> None:
+    keep = tmp_path / "kept"
+    r = demo("--keep", str(keep))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for text in ("Text file busy", "killed by SIG", "$ soswap tree bin/a.out", "RUNPATH",
+                 "undefined symbol: Test_OpenGateway", "refused", "still running on v1", "== Summary"):
+        assert text in r.stdout
+    assert "UNEXPECTED" not in r.stdout
+    for name in ("bin/a.out", "lib/libgateway.so", "new/libgateway.so", "bad/libgateway.so"):
+        assert (keep / name).is_file()
+    r2 = demo("--keep", str(keep))
+    assert r2.returncode == 2 and "empty or new directory" in r2.stderr and "Traceback" not in r2.stderr
+
+
+def test_no_compiler_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    env["PATH"] = str(tmp_path)  # nothing in it
+    r = demo(env=env)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["soswap: error: no C compiler found (install gcc, or set CC)"]
+
+
+@requires_cc
+@requires_root
+def test_demo_works_without_root() -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv missing")
+    nobody = pwd.getpwnam("nobody")
+    # A world-readable copy of the package and a home for nobody (pytest's tmp_path is private to root).
+    top = Path(tempfile.mkdtemp(prefix="soswap-demo-test-"))
+    try:
+        os.chmod(top, 0o755)
+        shutil.copytree(Path(SRC) / "soswap", top / "src" / "soswap",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        home = top / "home"
+        home.mkdir()
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        env = dict(os.environ, HOME=str(home), TMPDIR=str(home), PYTHONDONTWRITEBYTECODE="1")
+        env.pop("SOSWAP_STATE_DIR", None)
+        # the system Python, as an unprivileged user would run it (a root-only venv may not be reachable)
+        r = demo("--json", env=env, user=str(nobody.pw_uid), cwd=str(home), python="/usr/bin/python3",
+                 src=str(top / "src"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        summary = json.loads(r.stdout)
+        assert summary["ok"], summary
+        assert {p.name for p in home.iterdir()} <= {".cache", ".local"}
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
