@@ -52,8 +52,12 @@ def cc(args: Sequence[str]) -> None:
     subprocess.run(["gcc", *args], check=True, capture_output=True)
 
 
-def build(work: Path) -> Tuple[Path, Dict[str, Path]]:
-    """One program directory per planted kind (plus "clean"), each with its own copies of the libraries."""
+def build(work: Path, packaged_mtimes: bool = True) -> Tuple[Path, Dict[str, Path]]:
+    """One program directory per planted kind (plus "clean"), each with its own copies of the libraries.
+
+    ``packaged_mtimes``: give the programs and libraries a modification time before the boot, as installed
+    packages have (dpkg and rpm set the package's mtimes). With fresh mtimes (``--fresh-mtimes``) every library
+    looks changed since the boot, and soswap must read /proc/PID/stat of every process to compare start times."""
     src = work / "src"
     src.mkdir()
     for n in "abc":
@@ -69,7 +73,19 @@ def build(work: Path) -> Tuple[Path, Dict[str, Path]]:
         cc(["-o", str(d / "prog"), str(src / "prog.c"), f"-L{d}", "-lfixa", "-lfixb", "-lfixc", "-lm",
             "-Wl,-rpath,$ORIGIN"])
         dirs[kind] = d
+        if packaged_mtimes:
+            old = _boot_time() - 30 * 86400
+            for f in d.iterdir():
+                os.utime(f, (old, old))
     return src, dirs
+
+
+def _boot_time() -> float:
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return time.time() - 86400
 
 
 class Fleet:
@@ -191,6 +207,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--processes", type=int, default=2000)
     ap.add_argument("--planted", type=int, default=10, help="processes per planted kind")
+    ap.add_argument("--fresh-mtimes", action="store_true",
+                    help="leave the fixtures' mtimes at build time (after the boot) instead of a packaged, pre-boot "
+                         "mtime: the worst case, every process's start time must be read")
     ap.add_argument("--runs", type=int, default=5, help="timed runs of the fast tools (median reported)")
     ap.add_argument("--slow-runs", type=int, default=1, help="timed runs of needrestart/checkrestart/lsof")
     ap.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable,
@@ -220,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fleet = Fleet()
     work = Path(tempfile.mkdtemp(prefix="soswap-bench-"))
     try:
-        src, dirs = build(work)
+        src, dirs = build(work, packaged_mtimes=not args.fresh_mtimes)
         clean = args.processes - args.planted * len(KINDS)
         fleet.start("clean", dirs["clean"] / "prog", clean)
         for kind in KINDS:

@@ -36,8 +36,24 @@ COMMAND_MODULES = (
 _PROG = "soswap"
 
 
+def _terminal_width() -> int:
+    """$COLUMNS, else the terminal's width, else 80 (argparse would import shutil, and bz2 and lzma with it,
+    on every start just to learn this)."""
+    try:
+        return max(int(os.environ["COLUMNS"]), 20)
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (OSError, ValueError):
+        return 80
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with soswap's one-line error format and exit status 2."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        return self.formatter_class(prog=self.prog, width=_terminal_width() - 2)
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
