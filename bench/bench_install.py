@@ -31,6 +31,8 @@ from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
+#: The interpreter that runs the CLI: the system python3, as the installed console script would use.
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
 
 def write_random(path: Path, size: int, seed: int) -> None:
@@ -91,13 +93,13 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(work / "state"),
                PYTHONPYCACHEPREFIX=str(work / "pycache"))  # compiled once, outside the checkout
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    py = [sys.executable, "-m", "soswap"]
+    py = [PYTHON, "-m", "soswap"]
     try:
-        print(f"work directory: {work} ({_fstype(work)}); python {sys.version.split()[0]}")
+        print(f"work directory: {work} ({_fstype(work)}); CLI run by {PYTHON}")
         # -- one big file ---------------------------------------------------------------------------------
         big = work / "big.new"
         write_random(big, args.size_mb << 20, 1)
-        dests = {n: work / f"big.{n}" for n in ("soswap", "nohash", "cp", "install")}
+        dests = {n: work / f"big.{n}" for n in ("soswap", "noreport", "nohash", "cp", "install")}
         for d in dests.values():
             write_random(d, args.size_mb << 20, 2)
         subprocess.run(["sync"], check=False)
@@ -105,6 +107,8 @@ def main() -> int:
             ("cp+sync", [f"cp '{big}' '{dests['cp']}' && sync '{dests['cp']}'"], True),
             ("install(1)", ["install", "-m755", str(big), str(dests["install"])], False),
             ("soswap install", [*py, "install", "--no-check", "--keep", "1", str(big), str(dests["soswap"])], False),
+            ("soswap install --no-report",
+             [*py, "install", "--no-check", "--keep", "1", "--no-report", str(big), str(dests["noreport"])], False),
             ("soswap install --hash",
              [*py, "install", "--no-check", "--keep", "1", "--hash", str(big), str(dests["nohash"])], False),
         ]
@@ -139,9 +143,9 @@ def main() -> int:
             (f"{args.files} x install(1) (shell loop)", [loop], True),
             ("install(1), one call", [f"install -m755 '{src}'/* '{dst['one']}'/"], True),
             ("soswap install (1 transaction)",
-             [f"{sys.executable} -m soswap install --no-check --keep 1 '{src}'/* '{dst['soswap']}'/"], True),
+             [f"{PYTHON} -m soswap install --no-check --keep 1 '{src}'/* '{dst['soswap']}'/"], True),
             ("soswap install (1 transaction) --no-report",
-             [f"{sys.executable} -m soswap install --no-check --keep 1 --no-report '{src}'/* '{dst['soswap']}'/"],
+             [f"{PYTHON} -m soswap install --no-check --keep 1 --no-report '{src}'/* '{dst['soswap']}'/"],
              True),
         ]
         run_table(f"{args.files} files of 16 KiB replacing existing ones", small_cmds, env, max(1, args.runs // 2),
