@@ -11,9 +11,10 @@ Every malformation raises :class:`soswap.errors.ElfError`.
 from soswap.elf.cache import ElfCache
 from soswap.elf.dynamic import DynamicInfo
 from soswap.elf.file import ElfFile, Header, Segment
+from soswap.elf.hashtab import elf_hash, gnu_hash
 from soswap.elf.relocs import Relocation
 from soswap.elf.symbols import Symbol, SymbolTable
-from soswap.elf.versions import VersionDef, VersionNeed, VersionNeedEntry, elf_hash
+from soswap.elf.versions import VersionDef, VersionNeed, VersionNeedEntry
 from soswap.errors import ElfError
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "VersionNeed",
     "VersionNeedEntry",
     "elf_hash",
+    "gnu_hash",
 ]

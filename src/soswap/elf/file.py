@@ -13,13 +13,17 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo, decode_dynamic
+from soswap.elf.hashtab import NameHashes, RawSymbols
 from soswap.elf.layouts import Layout, layout_for
 from soswap.elf.notes import NoteInfo, decode_notes
 from soswap.elf.relocs import Relocation, count_relr, decode_relocations, reference_kinds
 from soswap.elf.source import BytesSource, FileSource, Identity, PathLike, Source
-from soswap.elf.symbols import HashIndex, Symbol, SymbolTable, decode_symbol_table
+from soswap.elf.symbols import Symbol, SymbolTable, decode_symbol_table
 from soswap.elf.versions import VersionDef, VersionNeed, VersionTables, decode_versions
 from soswap.errors import ElfError
+
+#: Name hashes shared by every lookup of :meth:`ElfFile.find_symbols`.
+_HASHES = NameHashes()
 
 #: At most this many program headers (the kernel's own limit is 64 KiB of them: ``load_elf_phdrs``).
 MAX_PHNUM = 65536 // 32
@@ -137,7 +141,7 @@ class ElfFile:
         self._relocations: Optional[Tuple[Relocation, ...]] = None
         self._notes: Optional[NoteInfo] = None
         self._loads: Optional[List[Segment]] = None
-        self._hash_index: Optional[HashIndex] = None
+        self._raw_symbols: Optional[RawSymbols] = None
 
     # -- construction -----------------------------------------------------------------------------------
 
@@ -353,9 +357,12 @@ class ElfFile:
         """
         if self._symtab is not None:
             return [s for s in self._symtab.by_name(name) if s.shndx != 0]
-        if self._hash_index is None:
-            self._hash_index = HashIndex(self)
-        return [s for s in self._hash_index.lookup(name) if s.shndx != 0]
+        if self._raw_symbols is None:
+            self._raw_symbols = RawSymbols(self)
+        raw = self._raw_symbols
+        found = (raw.symbol(i, self.versions.by_index)
+                 for i in raw.candidates(name.encode("utf-8", "surrogateescape"), _HASHES))
+        return [s for s in found if s.shndx != 0]
 
     @property
     def relocations(self) -> Tuple[Relocation, ...]:

@@ -8,9 +8,11 @@ need a TLS definition.
 
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
+from soswap.elf.hashtab import _words
 from soswap.errors import ElfError
 
 if TYPE_CHECKING:
@@ -87,56 +89,50 @@ KIND_BITS = {
 BIT_PLT, BIT_DATA, BIT_COPY, BIT_TLS = 1, 2, 4, 8
 
 
-class _Table(NamedTuple):
-    name: str
-    offset: int  # file offset
-    size: int
+class RelocationRange(NamedTuple):
+    """One relocation table as ``_ELF_DYNAMIC_DO_RELOC`` walks it."""
+
+    name: str  # DT_REL, DT_RELA or DT_JMPREL
+    vaddr: int
+    size: int  # a whole number of entries
     entsize: int
     rela: bool
-    plt: bool
+    plt: bool  # DT_JMPREL: lazily bound when the object is not BIND_NOW
+    nrelative: int  # leading relative relocations (DT_RELCOUNT/DT_RELACOUNT), which name no symbol
 
 
-def _tables(elf: ElfFile) -> List[_Table]:
-    """The DT_RELA, DT_REL and DT_JMPREL tables, with the JMPREL part cut off a RELA/REL range that ends
-    with it (``_ELF_DYNAMIC_DO_RELOC`` in elf/do-rel.h/dynamic-link.h does the same)."""
+def relocation_table_ranges(elf: ElfFile) -> List[RelocationRange]:
+    """The relocation tables in the order ``_ELF_DYNAMIC_DO_RELOC`` processes them: DT_REL then its DT_JMPREL
+    (when DT_PLTREL is DT_REL), DT_RELA then its DT_JMPREL. A DT_REL/DT_RELA range that ends with the DT_JMPREL
+    table has that part cut off, as elf/dynamic-link.h does. Sizes are rounded down to whole entries (ld.so does
+    not check them); every range must lie in one loaded segment."""
     tags = elf.dynamic.tags
     lay = elf.layout
-    ranges = []
+    out: List[RelocationRange] = []
     jmprel: Optional[Tuple[int, int, bool]] = None
     if C.DT_JMPREL in tags and tags.get(C.DT_PLTRELSZ, 0):
         pltrel = tags.get(C.DT_PLTREL, C.DT_RELA if lay.is64 else C.DT_REL)
         if pltrel not in (C.DT_RELA, C.DT_REL):
             raise ElfError(elf.path, f"DT_PLTREL has an invalid value {pltrel}")
         jmprel = (tags[C.DT_JMPREL], tags[C.DT_PLTRELSZ], pltrel == C.DT_RELA)
-    for addr_tag, size_tag, ent_tag, rela in ((C.DT_RELA, C.DT_RELASZ, C.DT_RELAENT, True),
-                                              (C.DT_REL, C.DT_RELSZ, C.DT_RELENT, False)):
+    for addr_tag, size_tag, count_tag, rela in ((C.DT_REL, C.DT_RELSZ, C.DT_RELCOUNT, False),
+                                                (C.DT_RELA, C.DT_RELASZ, C.DT_RELACOUNT, True)):
+        ent = (lay.rela if rela else lay.rel).size
         if addr_tag in tags and tags.get(size_tag, 0):
             start, size = tags[addr_tag], tags[size_tag]
-            entsize = tags.get(ent_tag, (lay.rela if rela else lay.rel).size)
-            if entsize != (lay.rela if rela else lay.rel).size:
-                raise ElfError(elf.path, f"relocation entry size {entsize} is invalid")
-            if jmprel is not None and jmprel[2] == rela and start < jmprel[0] and start + size == jmprel[0] + jmprel[1]:
+            if jmprel is not None and jmprel[2] == rela and start + size == jmprel[0] + jmprel[1]:
                 size -= jmprel[1]
-            elif jmprel is not None and jmprel[2] == rela and start == jmprel[0] and size == jmprel[1]:
-                size = 0
+            size = max(size, 0) - max(size, 0) % ent
             if size:
-                ranges.append(_Table("DT_RELA" if rela else "DT_REL", start, size, entsize, rela, False))
-    if jmprel is not None:
-        entsize = (lay.rela if jmprel[2] else lay.rel).size
-        ranges.append(_Table("DT_JMPREL", jmprel[0], jmprel[1], entsize, jmprel[2], True))
-    out = []
-    for t in ranges:
-        if t.size % t.entsize:
-            raise ElfError(elf.path, f"{t.name} size {t.size} is not a multiple of {t.entsize}")
-        out.append(t._replace(offset=elf.vaddr_to_offset(t.offset, t.size, t.name)))
+                elf.vaddr_to_offset(start, size, "DT_RELA" if rela else "DT_REL")
+                out.append(RelocationRange("DT_RELA" if rela else "DT_REL", start, size, ent, rela, False,
+                                           min(tags.get(count_tag, 0), size // ent)))
+        if jmprel is not None and jmprel[2] == rela:
+            size = jmprel[1] - jmprel[1] % ent
+            if size:
+                elf.vaddr_to_offset(jmprel[0], size, "DT_JMPREL")
+                out.append(RelocationRange("DT_JMPREL", jmprel[0], size, ent, rela, True, 0))
     return out
-
-
-def _iter_raw(elf: ElfFile, table: _Table):  # type: ignore[no-untyped-def]
-    lay = elf.layout
-    raw = elf.read(table.offset, table.size, table.name)
-    fmt = lay.rela if table.rela else lay.rel
-    return fmt.iter_unpack(raw)
 
 
 def _split_info(is64: bool, info: int) -> Tuple[int, int]:
@@ -146,15 +142,16 @@ def _split_info(is64: bool, info: int) -> Tuple[int, int]:
 
 
 def decode_relocations(elf: ElfFile) -> Tuple[Relocation, ...]:
-    """Every relocation of DT_RELA, DT_REL and DT_JMPREL, classified for the loader."""
+    """Every relocation of DT_REL, DT_RELA and DT_JMPREL, classified for the loader."""
     if not elf.dynamic.tags:
         return ()
     lay = elf.layout
     nsyms = len(elf.symbols)
     machine = elf.machine
     out: List[Relocation] = []
-    for table in _tables(elf):
-        for fields in _iter_raw(elf, table):
+    for table in relocation_table_ranges(elf):
+        fmt = lay.rela if table.rela else lay.rel
+        for fields in fmt.iter_unpack(elf.read_at_vaddr(table.vaddr, table.size, table.name)):
             r_offset, info = fields[0], fields[1]
             addend = fields[2] if table.rela else 0
             sym, rtype = _split_info(lay.is64, info)
@@ -173,15 +170,12 @@ def reference_kinds(elf: ElfFile) -> Dict[int, int]:
     kinds_of = RELOCATION_KINDS.get(elf.machine, {})
     out: Dict[int, int] = {}
     shift, mask = (32, 0xFFFFFFFF) if lay.is64 else (8, 0xFF)
-    for table in _tables(elf):
-        default_bit = BIT_PLT if table.plt else BIT_DATA
-        for fields in _iter_raw(elf, table):
-            info = fields[1]
+    for infos, plt in relocation_infos(elf):
+        default_bit = BIT_PLT if plt else BIT_DATA
+        for info in infos:
             sym = info >> shift
-            if not sym:
-                continue
             if sym >= nsyms:
-                raise ElfError(elf.path, f"{table.name} relocation names symbol {sym} of {nsyms}")
+                raise ElfError(elf.path, f"relocation names symbol {sym} of {nsyms}")
             kind = kinds_of.get(info & mask)
             bit = KIND_BITS[kind] if kind is not None else default_bit
             out[sym] = out.get(sym, 0) | bit
@@ -199,3 +193,30 @@ def count_relr(elf: ElfFile) -> int:
     size = tags[C.DT_RELRSZ]
     elf.vaddr_to_offset(tags[C.DT_RELR], size, "DT_RELR")
     return size // entsize
+
+
+def relocation_ranges(elf: ElfFile) -> List[Tuple[List[Tuple[int, int]], bool]]:
+    """The relocations that name a symbol, as ``[(symbol index, type), ...]`` per range in
+    ``_ELF_DYNAMIC_DO_RELOC`` order (see :func:`relocation_table_ranges`), ``True`` as the second item for
+    DT_JMPREL."""
+    shift, mask = (32, 0xFFFFFFFF) if elf.layout.is64 else (8, 0xFF)
+    return [([(i >> shift, i & mask) for i in infos], jmp) for infos, jmp in relocation_infos(elf)]
+
+
+def relocation_infos(elf: ElfFile) -> List[Tuple[array, bool]]:
+    """:func:`relocation_ranges` as the raw ``r_info`` words (symbol index above bit 32, type below, for
+    ELFCLASS64; above bit 8 for ELFCLASS32), those without a symbol left out. The leading relative relocations
+    (DT_RELACOUNT/DT_RELCOUNT) are not even read."""
+    lay = elf.layout
+    code = "Q" if lay.is64 else "I"
+    limit = 1 << 32 if lay.is64 else 1 << 8
+    out: List[Tuple[array, bool]] = []
+    for t in relocation_table_ranges(elf):
+        skip = t.nrelative * t.entsize
+        if skip >= t.size:
+            out.append((array(code), t.plt))
+            continue
+        raw = elf.read_at_vaddr(t.vaddr + skip, t.size - skip, t.name)
+        infos = _words(raw, code, lay.little)[1::t.entsize // lay.addr_size]
+        out.append((array(code, [i for i in infos if i >= limit]), t.plt))
+    return out

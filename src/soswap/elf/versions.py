@@ -62,18 +62,6 @@ class VersionTables(NamedTuple):
         return None
 
 
-def elf_hash(name: bytes) -> int:
-    """The SysV ELF hash (``_dl_elf_hash``), which Verdef and Vernaux entries carry."""
-    h = 0
-    for c in name:
-        h = ((h << 4) + c) & 0xFFFFFFFF
-        g = h & 0xF0000000
-        if g:
-            h ^= g >> 24
-        h &= ~g & 0xFFFFFFFF
-    return h
-
-
 #: Version tables are read in one piece of up to this many bytes (they are small; more is read if needed).
 _REGION = 1 << 14
 
