@@ -52,6 +52,15 @@ int main(int argc, char **argv) {
             map_file(op + 4, PROT_READ);
         } else if (!strncmp(op, "mapx:", 5)) {
             map_file(op + 5, PROT_READ | PROT_EXEC);
+        } else if (!strncmp(op, "span:", 5)) {
+            /* span:BYTES:PATH maps BYTES of PATH from offset 0, past its end if longer: what ld.so does first
+               when it loads a library (the whole span of its segments, then each segment over it). */
+            char *path = strchr(op + 5, ':');
+            if (!path) die("span", op);
+            int fd = open(path + 1, O_RDONLY);
+            if (fd < 0 || mmap(NULL, strtoul(op + 5, NULL, 10), PROT_READ, MAP_PRIVATE, fd, 0) == MAP_FAILED)
+                die("span", path + 1);
+            close(fd);
         } else if (!strncmp(op, "open:", 5)) {
             if (open(op + 5, O_RDONLY) < 0) die("open", op + 5);
         } else if (!strcmp(op, "memfd")) {
@@ -150,6 +159,15 @@ class Fixtures:
         lib.write_bytes(self.lib_v1.read_bytes())
         return build.executable(directory / name, PROG_C, libs=[f"-L{directory}", "-lfix"],
                                 flags=build.rpath_flags("$ORIGIN"))
+
+
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every scan (in-process and through the CLI, which inherits the environment) keeps its per-boot clock
+    record in a private state directory, never in /var/lib/soswap."""
+    state = tmp_path_factory.mktemp("soswap-state")
+    monkeypatch.setenv("SOSWAP_STATE_DIR", str(state))
+    return state
 
 
 @pytest.fixture(scope="session")

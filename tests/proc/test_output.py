@@ -162,6 +162,8 @@ def test_prometheus_file_parses_and_is_written_atomically(procs, fx, tmp_path: P
     assert samples[("soswap_stale_files", (("kind", "deleted"), ("role", "library")))] == 1
     assert samples[("soswap_stale_units", (("type", "process"),))] == 1
     assert ("soswap_kernel_status", (("current", os.uname().release), ("expected", ""))) in samples
+    assert samples[("soswap_stale_unstable_processes", ())] == 0
+    assert samples[("soswap_stale_identical_files", ())] == 0
 
 
 # -- exit codes --------------------------------------------------------------------------------------------

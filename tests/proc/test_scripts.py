@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from soswap.proc import ScanOptions, scan_stale
 from soswap.proc.scripts import PERL, PYTHON, RUBY, SHELL, family, script_argument
@@ -54,6 +56,24 @@ def scan_pid(pid: int) -> list:
 ])
 def test_script_argument(fam: str, argv: list, expected: object) -> None:
     assert script_argument(fam, argv) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"python", b"pypy", b"perl", b"ruby", b"sh", b"bash", b"ksh93", b"py", b"rubyd", b""]),
+       st.text(alphabet="0123456789.dmu-x", max_size=6))
+def test_family_matches_the_documented_patterns(stem: bytes, tail: str) -> None:
+    """family() is byte operations; the patterns it implements are these regular expressions."""
+    import re
+
+    base = stem + tail.encode()
+    expected = None
+    for pattern, name in ((rb"^(python|pypy)[0-9.]*[dmu]*$", PYTHON), (rb"^perl[0-9.]*$", PERL),
+                          (rb"^ruby[0-9.]*$", RUBY), (rb"^(sh|bash|dash|zsh|ksh|ksh93|mksh)$", SHELL)):
+        if re.match(pattern, base):
+            expected = name
+            break
+    assert family(b"/usr/bin/" + base) == expected
+    assert family(b"/usr/bin/" + base + b" (deleted)") == expected
 
 
 def test_family_by_basename() -> None:

@@ -104,6 +104,23 @@ def test_truncated_library(procs, fx, tmp_path: Path) -> None:
     assert "SIGBUS" in f.detail
 
 
+def test_a_load_in_progress_is_not_truncated(procs, fx, tmp_path: Path) -> None:
+    """ld.so first maps the whole span of a library's segments from offset 0, past the end of the file, then maps
+    each segment over it: a process caught in between shows a mapping longer than an intact file. Only a
+    mapping that a finished load makes (within one PT_LOAD's file range) counts as truncated."""
+    lib = tmp_path / "libspan.so"
+    shutil.copy(fx.lib_v1, lib)
+    size = lib.stat().st_size
+    p = holder(procs, fx, tmp_path, f"span:{size + 3 * 4096}:{lib}", f"dlopen:{lib}")
+    wait_after_start(p.pid)
+    os.chmod(lib, 0o700)  # ctime after the start, content unchanged
+    assert scan_pid(p.pid) == []
+    with open(lib, "r+b") as f:  # now cut it short for real: the dlopen()ed segments lose their pages
+        f.truncate(4096)
+    (f,) = scan_pid(p.pid)
+    assert (f.kind, f.path) == ("truncated", str(lib))
+
+
 # 5 ---------------------------------------------------------------------------------------------------------
 def test_renamed_away_found_through_the_journal(procs, fx, tmp_path: Path) -> None:
     p, lib, _ = start_prog(procs, fx, tmp_path)

@@ -19,6 +19,9 @@ after it started, grouped by systemd unit, session and container, with each file
   modified   same inode, written after the process started (in-place change: crash risk)
   truncated  the file is now shorter than the mapping (SIGBUS on access)
 
+With --ignore-identical, a deleted or replaced file whose new version has the same content (a reinstall of
+the same package version) is not reported.
+
 Nothing found in a scanned process is ever executed or imported.
 
 exit status: 0 nothing stale, 1 something stale (or a newer kernel is installed), 2 error;
@@ -40,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fds", action="store_true", help="also report deleted files held only as open fds")
     parser.add_argument("--no-scripts", action="store_true", help="do not check interpreter scripts")
     parser.add_argument("--no-kernel", action="store_true", help="skip the running-kernel check")
+    parser.add_argument("--ignore-identical", action="store_true",
+                        help="do not report a deleted or replaced file when the file now at its path has the same "
+                             "content (same GNU build-id, else same SHA-256; needs root to read the old version)")
+    parser.add_argument("--identical-max-size", type=_size, default=None, metavar="SIZE",
+                        help="with --ignore-identical: do not hash files larger than SIZE (bytes, or with K/M/G; "
+                             "default 64M); they are reported, saying so")
     parser.add_argument("--ignore", action="append", default=[], metavar="REGEX",
                         help="ignore mapped paths matching REGEX (repeatable)")
     parser.add_argument("--ignore-file", action="append", default=[], metavar="FILE",
@@ -57,11 +66,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 DEFAULT_IGNORE_FILE = "/etc/soswap/stale-ignore"
 
 
+def _size(text: str) -> int:
+    """A byte count: digits with an optional K, M or G suffix (powers of 1024)."""
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    digits = text[:-1] if factor != 1 else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 1048576, 512K, 64M, 2G)")
+    return int(digits) * factor
+
+
 def run(args: argparse.Namespace) -> int:
     from soswap.errors import UsageError
 
     if args.dry_run and not args.restart:
         raise UsageError("--dry-run needs --restart")
+    if args.identical_max_size is not None and not args.ignore_identical:
+        raise UsageError("--identical-max-size needs --ignore-identical")
     from soswap.proc.ignore import IgnoreList
     from soswap.proc.scan import ScanOptions, scan_stale
 
@@ -88,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         include_fds=args.fds,
         scripts=not args.no_scripts,
         kernel=not args.no_kernel,
+        ignore_identical=args.ignore_identical,
     )
+    if args.identical_max_size is not None:
+        options = options._replace(identical_max_bytes=args.identical_max_size)
     report = scan_stale(options)
 
     outcome = None

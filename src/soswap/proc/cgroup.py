@@ -49,18 +49,20 @@ class CgroupInfo(NamedTuple):
     container: Optional[str]  #: container id/name when the cgroup says so
 
 
-_USER_SLICE_RE = re.compile(r"^user-(\d+)\.slice$")
-_USER_MANAGER_RE = re.compile(r"^user@(\d+)\.service$")
-_SESSION_RE = re.compile(r"^session-(.+)\.scope$")
+# Expressions are kept as text and compiled by re on first use (its cache keeps them): most scans never need
+# them, since only stale processes are grouped.
+_USER_SLICE_RE = r"^user-(\d+)\.slice$"
+_USER_MANAGER_RE = r"^user@(\d+)\.service$"
+_SESSION_RE = r"^session-(.+)\.scope$"
 
 # Container runtimes, by the component that carries the id.
 _CONTAINER_PATTERNS = (
-    (re.compile(r"^docker-([0-9a-f]{12,})\.scope$"), "docker"),
-    (re.compile(r"^libpod-(?:conmon-)?([0-9a-f]{12,})\.scope$"), "podman"),
-    (re.compile(r"^cri-containerd-([0-9a-f]{12,})\.scope$"), "containerd"),
-    (re.compile(r"^crio-(?:conmon-)?([0-9a-f]{12,})\.scope$"), "cri-o"),
-    (re.compile(r"^machine-(.+)\.scope$"), "machine"),
-    (re.compile(r"^lxc\.payload\.(.+)$"), "lxc"),
+    (r"^docker-([0-9a-f]{12,})\.scope$", "docker"),
+    (r"^libpod-(?:conmon-)?([0-9a-f]{12,})\.scope$", "podman"),
+    (r"^cri-containerd-([0-9a-f]{12,})\.scope$", "containerd"),
+    (r"^crio-(?:conmon-)?([0-9a-f]{12,})\.scope$", "cri-o"),
+    (r"^machine-(.+)\.scope$", "machine"),
+    (r"^lxc\.payload\.(.+)$", "lxc"),
 )
 
 
@@ -84,7 +86,7 @@ def select_path(data: bytes) -> str:
 def _container_of(parts: Tuple[str, ...]) -> Optional[str]:
     for comp in parts:
         for pattern, runtime in _CONTAINER_PATTERNS:
-            m = pattern.match(comp)
+            m = re.match(pattern, comp)
             if m:
                 return f"{runtime}:{m.group(1)}"
     for i, comp in enumerate(parts):
@@ -105,14 +107,14 @@ def classify(path: str) -> CgroupInfo:
     uid: Optional[int] = None
     i = 0
     while i < len(parts) and parts[i].endswith(".slice"):
-        m = _USER_SLICE_RE.match(parts[i])
+        m = re.match(_USER_SLICE_RE, parts[i])
         if m:
             uid = int(m.group(1))
         i += 1
     if i >= len(parts):
         return CgroupInfo(path, None, container)
     first = parts[i]
-    m = _USER_MANAGER_RE.match(first)
+    m = re.match(_USER_MANAGER_RE, first)
     if m:
         owner = int(m.group(1))
         rest = parts[i + 1 :]
@@ -125,7 +127,7 @@ def classify(path: str) -> CgroupInfo:
             name = rest[j]
             return CgroupInfo(path, Unit(KIND_USER, name, uid=owner, transient=_transient(name)), container)
         return CgroupInfo(path, Unit(KIND_USER_MANAGER, first, uid=owner), container)
-    m = _SESSION_RE.match(first)
+    m = re.match(_SESSION_RE, first)
     if m:
         return CgroupInfo(path, Unit(KIND_SESSION, first, uid=uid, session=m.group(1)), container)
     if container is not None and not first.endswith(".service"):

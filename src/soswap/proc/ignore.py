@@ -20,26 +20,41 @@ from soswap.errors import UsageError
 
 class IgnoreRule(NamedTuple):
     name: str
-    pattern: Pattern[bytes]
+    regex: bytes  #: the bytes regular expression, searched in the path
     reason: str
+    #: Literal byte strings of which the path must contain one for ``regex`` to match (empty: no prefilter).
+    #: The default rules carry them, so that a scan compiles none of their expressions unless a path could match.
+    needles: Tuple[bytes, ...] = ()
+
+    @property
+    def pattern(self) -> Pattern[bytes]:
+        return re.compile(self.regex)  # re's own cache keeps the compiled expression
+
+    def search(self, path: bytes) -> bool:
+        if self.needles and not any(n in path for n in self.needles):
+            return False
+        return re.search(self.regex, path) is not None
 
 
-def _rule(name: str, regex: bytes, reason: str) -> IgnoreRule:
-    return IgnoreRule(name, re.compile(regex), reason)
+def _rule(name: str, regex: bytes, reason: str, *needles: bytes) -> IgnoreRule:
+    return IgnoreRule(name, regex, reason, needles)
 
 
 #: The default rules, in the order they are tried.
 DEFAULT_RULES: Tuple[IgnoreRule, ...] = (
-    _rule("memfd", rb"^/memfd:", "memfd_create() object (JIT code, runc/lxc-attach exe, NVIDIA, Qt)"),
-    _rule("sysv-shm", rb"^/SYSV[0-9a-fA-F]{8}$", "System V shared memory segment (shmat)"),
-    _rule("dev", rb"^/dev/", "device or MAP_SHARED|MAP_ANONYMOUS (/dev/zero) mapping, POSIX shm (/dev/shm)"),
-    _rule("aio", rb"^/\[aio\]$", "io_setup() ring"),
-    _rule("drm", rb"^/(drm mm object|i915|kgsl)", "GPU buffer object"),
-    _rule("kde-inode", rb"^/#[0-9]+$", "KDE/KIO anonymous shared memory"),
-    _rule("libffi", rb"/ffi[A-Za-z0-9]{6}$", "libffi closure trampoline temp file"),
-    _rule("jna", rb"(/jna[0-9-]+\.tmp$|/\.cache/JNA/)", "JNA native stub unpacked to a temp file"),
-    _rule("orcexec", rb"/orcexec\.[A-Za-z0-9]+$", "GStreamer ORC JIT temp file"),
-    _rule("java-tmp", rb"/(hsperfdata_[^/]+/[0-9]+|\.java_pid[0-9]+)$", "JVM perf-data / attach file"),
+    _rule("memfd", rb"^/memfd:", "memfd_create() object (JIT code, runc/lxc-attach exe, NVIDIA, Qt)", b"/memfd:"),
+    _rule("sysv-shm", rb"^/SYSV[0-9a-fA-F]{8}$", "System V shared memory segment (shmat)", b"/SYSV"),
+    _rule("dev", rb"^/dev/", "device or MAP_SHARED|MAP_ANONYMOUS (/dev/zero) mapping, POSIX shm (/dev/shm)",
+          b"/dev/"),
+    _rule("aio", rb"^/\[aio\]$", "io_setup() ring", b"/[aio]"),
+    _rule("drm", rb"^/(drm mm object|i915|kgsl)", "GPU buffer object", b"drm mm object", b"i915", b"kgsl"),
+    _rule("kde-inode", rb"^/#[0-9]+$", "KDE/KIO anonymous shared memory", b"/#"),
+    _rule("libffi", rb"/ffi[A-Za-z0-9]{6}$", "libffi closure trampoline temp file", b"/ffi"),
+    _rule("jna", rb"(/jna[0-9-]+\.tmp$|/\.cache/JNA/)", "JNA native stub unpacked to a temp file", b"/jna",
+          b"/.cache/JNA/"),
+    _rule("orcexec", rb"/orcexec\.[A-Za-z0-9]+$", "GStreamer ORC JIT temp file", b"/orcexec."),
+    _rule("java-tmp", rb"/(hsperfdata_[^/]+/[0-9]+|\.java_pid[0-9]+)$", "JVM perf-data / attach file",
+          b"/hsperfdata_", b"/.java_pid"),
 )
 
 
@@ -48,20 +63,12 @@ class IgnoreList:
 
     def __init__(self, rules: Iterable[IgnoreRule] = DEFAULT_RULES) -> None:
         self.rules: Tuple[IgnoreRule, ...] = tuple(rules)
-        self._any: Optional[Pattern[bytes]] = None  # compiled on first use
 
     def match(self, path: bytes) -> Optional[IgnoreRule]:
-        if not self.rules:
-            return None
-        if self._any is None:
-            # One alternation for the common "no match" case; the per-rule loop runs only on a hit.
-            self._any = re.compile(b"|".join(b"(?:" + r.pattern.pattern + b")" for r in self.rules))
-        if self._any.search(path) is None:
-            return None
         for rule in self.rules:
-            if rule.pattern.search(path):
+            if rule.search(path):
                 return rule
-        return None  # pragma: no cover - the alternation and the loop agree
+        return None
 
     @classmethod
     def build(
@@ -86,11 +93,12 @@ class IgnoreList:
 
 
 def _compile_user(text: str, where: str) -> IgnoreRule:
+    regex = os.fsencode(text)
     try:
-        pattern = re.compile(os.fsencode(text))
+        re.compile(regex)
     except re.error as exc:
         raise UsageError(f"{where}: bad regular expression {text!r}: {exc}") from None
-    return IgnoreRule(f"user:{text}", pattern, f"user pattern ({where})")
+    return IgnoreRule(f"user:{text}", regex, f"user pattern ({where})")
 
 
 def load_ignore_file(path: str) -> Tuple[List[IgnoreRule], bool]:

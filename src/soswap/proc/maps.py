@@ -14,8 +14,9 @@ from typing import Dict, FrozenSet, List, NamedTuple, Optional, Set, Tuple
 
 DELETED_SUFFIX = b" (deleted)"
 
-# One maps line after its address field: "perms offset major:minor inode   path".
-_TAIL_RE = re.compile(rb"([r-][w-][x-][ps]) [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+) ([0-9]+) +(.*)", re.S)
+# One maps line after its address field: "perms offset major:minor inode   path". Compiled by re on first use
+# (the PROCMAP_QUERY path of the scan never parses maps text this way).
+_TAIL_RE = rb"([r-][w-][x-][ps]) [0-9a-f]+ ([0-9a-f]+:[0-9a-f]+) ([0-9]+) +(.*)"
 
 #: (exec flag b"x"/b"-", b"maj:min", b"inode", raw path) of one file-backed line.
 Tail = Tuple[bytes, bytes, bytes, bytes]
@@ -74,13 +75,30 @@ def line_tails(data: bytes) -> FrozenSet[bytes]:
 
 def parse_tail(tail: bytes) -> Optional[Tail]:
     """(exec, dev, inode, raw path) of a file-backed tail, or None (anonymous, [heap], anon_inode:, garbage)."""
-    m = _TAIL_RE.match(tail)
+    m = re.match(_TAIL_RE, tail, re.S)
     if m is None:
         return None
     perms, dev, inode, raw = m.groups()
     if inode == b"0" or not raw.startswith(b"/"):
         return None
     return perms[2:3], dev, inode, raw
+
+
+def tail_identity(tail: bytes) -> Optional[Tuple[int, int, bytes]]:
+    """(dev in st_dev encoding, inode, raw path) of a file-backed tail, else None — without a regex."""
+    parts = tail.split(None, 4)
+    if len(parts) < 5 or parts[3] == b"0" or not parts[4].startswith(b"/"):
+        return None
+    major, _, minor = parts[2].partition(b":")
+    try:
+        return os.makedev(int(major, 16), int(minor, 16)), int(parts[3]), parts[4]
+    except ValueError:
+        return None
+
+
+def line_tail(line: bytes) -> bytes:
+    """A maps line without its address field (see :func:`line_tails`)."""
+    return line[26:] if line[25:26] == b" " else line.partition(b" ")[2]
 
 
 def file_tails(data: bytes) -> Set[Tail]:

@@ -70,6 +70,8 @@ class StaleReport(NamedTuple):
     unverifiable: int  #: mappings whose path could not be checked (other root not visible, stat refused/timed out)
     kernel: Optional[KernelStatus]
     scan_time: float = 0.0  #: wall-clock time of the scan, seconds (realtime, for the prometheus timestamp)
+    unstable: int = 0  #: processes that exec()ed (or lost a mapping) during every attempt to read them
+    identical: int = 0  #: deleted/replaced files not reported: identical content (--ignore-identical)
 
     @property
     def stale(self) -> bool:
@@ -92,10 +94,14 @@ class JournalView(NamedTuple):
     - ``installed``: (st_dev, st_ino) -> FileRecord of files soswap installed. A mapped inode whose size and
       mtime still match its record holds exactly the installed content, so a recent mtime is not a
       "modified" (it was loaded after the install, e.g. dlopen'ed later).
+    - ``replaced_records``: (st_dev, st_ino) -> FileRecord of old inodes a replacement superseded (their keys
+      count as ``replaced`` too). With ``--ignore-identical``, the SHA-256 of an old version (``install
+      --hash``) and of the installed one are compared without reading either file.
     """
 
     replaced: FrozenSet[Tuple[int, int]] = frozenset()
     installed: Mapping[Tuple[int, int], FileRecord] = MappingProxyType({})
+    replaced_records: Mapping[Tuple[int, int], FileRecord] = MappingProxyType({})
 
 
 class FileUse(NamedTuple):

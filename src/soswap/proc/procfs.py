@@ -54,13 +54,17 @@ def _raise(pid: int, what: str, exc: OSError) -> None:
     raise exc
 
 
-def read_file(pid: int, name: str) -> bytes:
-    """Read ``/proc/PID/name`` whole, as bytes."""
-    path = f"{PROC}/{pid}/{name}"
+def open_entry(pid: int, name: str) -> int:
+    """Open ``/proc/PID/name`` read-only; the caller closes the descriptor."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(f"{PROC}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         _raise(pid, name, exc)
+        raise  # pragma: no cover - _raise always raises
+
+
+def read_fd(fd: int, pid: int, name: str) -> bytes:
+    """Read an open /proc entry to its end."""
     try:
         chunks = []
         while True:
@@ -68,12 +72,32 @@ def read_file(pid: int, name: str) -> bytes:
             if not chunk:
                 break
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except OSError as exc:
         _raise(pid, name, exc)
         raise  # pragma: no cover - _raise always raises
+
+
+def read_file(pid: int, name: str) -> bytes:
+    """Read ``/proc/PID/name`` whole, as bytes."""
+    fd = open_entry(pid, name)
+    try:
+        return read_fd(fd, pid, name)
     finally:
         os.close(fd)
+
+
+def same_address_space(maps_fd: int) -> bool:
+    """Does the address space an open ``/proc/PID/maps`` descriptor was opened on still run?
+
+    The descriptor pins the ``mm`` it was opened on, not the process: once the process exec()s (or exits),
+    that mm has no user left and reading it yields nothing (``m_start``: ``mmget_not_zero`` fails), ESRCH
+    after the exit. So a non-empty read here, after reading ``exe``, ``cmdline``... means they describe the
+    program whose maps were read (CVE-2024-48991 class: a process that exec()s while it is being scanned)."""
+    try:
+        return bool(os.pread(maps_fd, 1, 0))
+    except OSError:
+        return False
 
 
 def read_link(pid: int, name: str) -> bytes:

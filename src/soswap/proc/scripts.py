@@ -11,7 +11,6 @@ This is the opposite of what needrestart did (run the target's interpreter to pr
 
 from __future__ import annotations
 
-import re
 from typing import FrozenSet, Optional, Sequence
 
 PYTHON = "python"
@@ -19,22 +18,27 @@ PERL = "perl"
 RUBY = "ruby"
 SHELL = "shell"
 
-_FAMILIES = (
-    (re.compile(rb"^(python|pypy)[0-9.]*[dmu]*$"), PYTHON),
-    (re.compile(rb"^perl[0-9.]*$"), PERL),
-    (re.compile(rb"^ruby[0-9.]*$"), RUBY),
-    (re.compile(rb"^(sh|bash|dash|zsh|ksh|ksh93|mksh)$"), SHELL),
-)
+_SHELLS = frozenset({b"sh", b"bash", b"dash", b"zsh", b"ksh", b"ksh93", b"mksh"})
+_VERSION_CHARS = b"0123456789."
 
 
 def family(exe: bytes) -> Optional[str]:
-    """The interpreter family of an executable path (by its basename), or None."""
+    """The interpreter family of an executable path (by its basename), or None.
+
+    ``python``/``pypy`` with an optional version and ABI flags (``python3.11``, ``python3.7m``, ``pypy3``),
+    ``perl``/``ruby`` with an optional version (``perl5.36.0``, ``ruby3.1``), and the shells by name. Plain byte
+    operations rather than regular expressions: this runs for every distinct mapped file of a scan."""
     base = exe.rsplit(b"/", 1)[-1]
     if base.endswith(b" (deleted)"):
         base = base[: -len(b" (deleted)")]
-    for pattern, name in _FAMILIES:
-        if pattern.match(base):
-            return name
+    if base in _SHELLS:
+        return SHELL
+    stem = base.rstrip(_VERSION_CHARS)
+    if stem in (b"perl", b"ruby"):
+        return PERL if stem == b"perl" else RUBY
+    stem = base.rstrip(b"dmu").rstrip(_VERSION_CHARS)
+    if stem in (b"python", b"pypy"):
+        return PYTHON
     return None
 
 

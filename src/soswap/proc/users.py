@@ -24,6 +24,9 @@ from soswap.proc.maps import parse_maps, split_deleted
 from soswap.proc.model import FileUse, UsersReport
 from soswap.proc.view import FileView
 
+#: Attempts to read one process before it counts as unreadable (it exec()s faster than we read it).
+ATTEMPTS = 3
+
 HOW_EXE = "exe"
 HOW_MAPPED = "mapped"
 HOW_OPEN = "open"
@@ -58,7 +61,14 @@ class _Pass:
             if pid == self.self_pid:
                 continue
             try:
-                self._one(pid, out)
+                for _ in range(ATTEMPTS):
+                    found = self._one(pid)
+                    if found is not None:
+                        for idx, use in found:
+                            out.setdefault(idx, []).append(use)
+                        break
+                else:
+                    self.unreadable += 1  # exec()ed during every attempt: counted as not read (partial)
             except ProcessGone:
                 continue
             except AccessDenied:
@@ -75,17 +85,29 @@ class _Pass:
         mf = self.view.map_file_stat(pid, dev, ino, start, end)
         return mf is None or (mf.st_dev, mf.st_ino) == pair
 
-    def _one(self, pid: int, out: Dict[int, List[FileUse]]) -> None:
-        data = procfs.read_file(pid, "maps")
-        if not data:
-            return
+    def _one(self, pid: int) -> Optional[List[Tuple[int, FileUse]]]:
+        """The uses of one process, or None when it exec()ed while it was read (read it again)."""
+        fd = procfs.open_entry(pid, "maps")
+        try:
+            data = procfs.read_fd(fd, pid, "maps")
+            if not data:
+                st = procfs.read_stat(pid)  # ProcessGone if it exited
+                return [] if st.zombie or st.kernel_thread else None  # no address space, or exec()ed
+            self.view.forget_root(pid)
+            found = self._uses(pid, data)
+            # The exe, argv and cgroup read after maps belong to the same program only if the address space
+            # the maps descriptor pins still runs (procfs.same_address_space; CVE-2024-48991 class).
+            return found if procfs.same_address_space(fd) else None
+        finally:
+            os.close(fd)
+
+    def _uses(self, pid: int, data: bytes) -> List[Tuple[int, FileUse]]:
         hits: Dict[int, Tuple[Set[str], str, int, int]] = {}  # target index -> (how, version, dev, ino)
+        exe_link: Optional[bytes] = None  # read once, when first needed
         if any(n in data for n in self.name_needles) or any(n in data for n in self.inode_needles):
             foreign = self.view.foreign_mount_ns(pid) is not None
-            try:
-                exe = split_deleted(procfs.read_link(pid, "exe"))[0]
-            except ProcessGone:
-                exe = b""
+            exe_link = _read_exe(pid)
+            exe = split_deleted(exe_link)[0]
             for m in parse_maps(data):
                 for idx, pair in self._match(pid, m.dev, m.inode, m.start, m.end, m.path, foreign):
                     # idx -1: a bare inode pair, which callers pass for *old* versions.
@@ -97,12 +119,9 @@ class _Pass:
         if self.fds:
             self._fds(pid, hits)
         if not hits:
-            return
+            return []
         s1 = procfs.read_stat(pid)
-        try:
-            exe_s = os.fsdecode(procfs.read_link(pid, "exe"))
-        except ProcessGone:
-            exe_s = ""
+        exe_s = os.fsdecode(exe_link if exe_link is not None else _read_exe(pid))
         cmdline = tuple(os.fsdecode(a) for a in procfs.read_cmdline(pid))
         try:
             cg = cgroup_mod.parse(procfs.read_file(pid, "cgroup"))
@@ -110,10 +129,12 @@ class _Pass:
             cg = cgroup_mod.CgroupInfo("", None, None)
         if procfs.read_stat(pid).starttime != s1.starttime:
             raise ProcessGone(pid, "PID reused")
+        out = []
         for idx, (how, version, dev, ino) in hits.items():
             ordered = tuple(h for h in (HOW_EXE, HOW_MAPPED, HOW_OPEN) if h in how)
-            out.setdefault(idx, []).append(FileUse(pid, s1.starttime, exe_s, cmdline, ordered, version, dev, ino,
-                                                   cg.unit, cg.container))
+            out.append((idx, FileUse(pid, s1.starttime, exe_s, cmdline, ordered, version, dev, ino, cg.unit,
+                                     cg.container)))
+        return out
 
     def _match(self, pid: int, dev: int, ino: int, start: int, end: int, path: bytes,
                foreign: bool) -> List[Tuple[int, Optional[Tuple[int, int]]]]:
@@ -158,6 +179,13 @@ class _Pass:
                 how.add(HOW_OPEN)
                 if version == "old" and old_version == "current":
                     hits[idx] = (how, "old", st.st_dev, st.st_ino)
+
+
+def _read_exe(pid: int) -> bytes:
+    try:
+        return procfs.read_link(pid, "exe")
+    except ProcessGone:
+        return b""  # /proc/PID/exe of a process whose mm is going away
 
 
 def _target(path: str) -> _Target:

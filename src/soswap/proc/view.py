@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import threading
 from typing import Dict, FrozenSet, Hashable, NamedTuple, Optional, Set, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone
@@ -81,6 +80,14 @@ class FileView:
         self._roots[pid] = ctx
         return ctx
 
+    def forget_root(self, pid: int) -> None:
+        """Drop the cached root of ``pid`` (before reading it again: it may have changed namespace)."""
+        self._roots.pop(pid, None)
+
+    def guarded(self, dev: int) -> bool:
+        """Is ``dev`` a network filesystem (or one that timed out)? Reading whole files there could hang."""
+        return dev in self._guarded_devs or dev in self._hung_devs
+
     def foreign_mount_ns(self, pid: int) -> Optional[int]:
         """The mount namespace inode of ``pid`` when it differs from ours, else None."""
         ctx = self.root_of(pid)
@@ -117,6 +124,8 @@ class FileView:
                 box["r"] = os.stat(full)
             except OSError as exc:
                 box["r"] = exc.errno or errno.EIO
+
+        import threading  # only network filesystems need it: not on every start
 
         worker = threading.Thread(target=work, name="soswap-stat", daemon=True)
         worker.start()

@@ -76,6 +76,10 @@ def render(report: StaleReport) -> str:
     metric("soswap_stale_scan_partial", "1 when some processes could not be read.", [({}, int(report.partial))])
     metric("soswap_stale_scanned_processes", "Processes examined by the last scan.", [({}, report.scanned)])
     metric("soswap_stale_unreadable_processes", "Processes the kernel refused to show.", [({}, report.unreadable)])
+    metric("soswap_stale_unstable_processes", "Processes that exec()ed during every attempt to read them.",
+           [({}, report.unstable)])
+    metric("soswap_stale_identical_files", "Deleted or replaced files not reported: identical content "
+           "(--ignore-identical).", [({}, report.identical)])
     metric("soswap_stale_last_scan_timestamp_seconds", "When the last scan started (Unix time).",
            [({}, round(report.scan_time, 3))])
     return "\n".join(out) + "\n"

@@ -89,6 +89,12 @@ def render_text(report: StaleReport, restart: Any = None) -> str:
         summary += f"; PARTIAL: {report.unreadable} could not be read (run as root to see them)"
     if report.unverifiable:
         summary += f"; {report.unverifiable} mapped paths could not be checked"
+    if report.unstable:
+        summary += (f"; {report.unstable} process{'es' if report.unstable != 1 else ''} exec()ed during every "
+                    "attempt to read them (not checked)")
+    if report.identical:
+        summary += (f"; {report.identical} file{'s' if report.identical != 1 else ''} not reported: "
+                    "reinstalled with identical content")
     lines.append(summary)
     if report.kernel is not None:
         k = report.kernel
@@ -149,6 +155,8 @@ def report_json(report: StaleReport, restart: Any = None) -> Dict[str, Any]:
         "scanned": report.scanned,
         "unreadable": report.unreadable,
         "unverifiable": report.unverifiable,
+        "unstable": report.unstable,
+        "identical": report.identical,
         "kernel": None if k is None else {
             "status": k.status, "state": k.name, "running": k.running, "running_build": k.running_build,
             "expected": k.expected, "reason": k.reason,
