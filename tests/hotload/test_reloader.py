@@ -34,9 +34,12 @@ def swap(src, dst):
 """
 
 
-def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run ``code`` in a child Python; it can call ``swap(src, dst)`` (an atomic rename-replace)."""
+def run_child(code: str, timeout: float = 60, tmpdir: str = "") -> subprocess.CompletedProcess:
+    """Run ``code`` in a child Python; it can call ``swap(src, dst)`` (an atomic rename-replace). Its
+    temporary files go to ``tmpdir`` (a test's tmp_path: a child that crashes leaves nothing in /tmp)."""
     env = dict(os.environ, PYTHONPATH=SRC)
+    if tmpdir:
+        env["TMPDIR"] = tmpdir
     return subprocess.run([sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code)], capture_output=True,
                           text=True, env=env, timeout=timeout)
 
@@ -45,7 +48,7 @@ def test_plain_dlopen_after_replace_returns_the_old_code(tmp_path: Path) -> None
     """The glibc behaviour the reloader exists for: same path, same (old) handle."""
     lib = version_lib(tmp_path / "libplug.so", 1)
     v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
-    r = run_child(f"""
+    r = run_child(tmpdir=str(tmp_path), code=f"""
         import ctypes, os
         a = ctypes.CDLL({str(lib)!r}); print(a.version())
         swap({str(v2)!r}, {str(lib)!r})
@@ -58,7 +61,7 @@ def test_plain_dlopen_after_replace_returns_the_old_code(tmp_path: Path) -> None
 def test_reload_gives_the_new_code_and_unmaps_the_old(tmp_path: Path) -> None:
     lib = version_lib(tmp_path / "libplug.so", 1)
     v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
-    r = run_child(f"""
+    r = run_child(tmpdir=str(tmp_path), code=f"""
         import os, re
         from soswap.hotload import NativeReloader, is_loaded
         r = NativeReloader({str(lib)!r})
@@ -79,7 +82,7 @@ def test_reload_gives_the_new_code_and_unmaps_the_old(tmp_path: Path) -> None:
 def test_a_bad_new_version_keeps_the_old_generation(tmp_path: Path) -> None:
     lib = version_lib(tmp_path / "libplug.so", 1)
     bad = shared_lib(tmp_path / "bad" / "libplug.so", "int nothere(void);\nint version(void){return nothere();}")
-    r = run_child(f"""
+    r = run_child(tmpdir=str(tmp_path), code=f"""
         import os
         from soswap.hotload import NativeReloader, ReloadError
         r = NativeReloader({str(lib)!r})
@@ -104,7 +107,7 @@ def test_nodelete_and_gnu_unique_are_reported_as_not_unloadable(tmp_path: Path) 
     uniq = tmp_path / "uq" / "libuq.so"
     uniq.parent.mkdir()
     run_cc(["-x", "c++", "-shared", "-fPIC", "-o", str(uniq), str(cxx_src), "-lstdc++"])
-    r = run_child(f"""
+    r = run_child(tmpdir=str(tmp_path), code=f"""
         from soswap.hotload import NativeReloader
         for path in ({str(nodelete)!r}, {str(uniq)!r}):
             r = NativeReloader(path)
@@ -134,7 +137,7 @@ int version(void) { return VERSION; }
 def test_threads_must_be_stopped_before_the_old_generation_goes(tmp_path: Path, quiesce: bool) -> None:
     lib = shared_lib(tmp_path / "libthr.so", THREAD_LIB.replace("VERSION", "1"), libs=["-lpthread"])
     v2 = shared_lib(tmp_path / "v2" / "libthr.so", THREAD_LIB.replace("VERSION", "2"), libs=["-lpthread"])
-    r = run_child(f"""
+    r = run_child(tmpdir=str(tmp_path), code=f"""
         import os, time
         from soswap.hotload import NativeReloader
         on_unload = (lambda h: h.stop()) if {quiesce} else None
@@ -156,7 +159,7 @@ def test_threads_must_be_stopped_before_the_old_generation_goes(tmp_path: Path, 
 def test_ctypes_dlclose_once_per_open_then_reopen_gives_new_code(tmp_path: Path) -> None:
     lib = version_lib(tmp_path / "libplug.so", 1)
     v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
-    r = run_child(f"""
+    r = run_child(tmpdir=str(tmp_path), code=f"""
         import ctypes, os, _ctypes
         a = ctypes.CDLL({str(lib)!r}); b = ctypes.CDLL({str(lib)!r}); print(a.version())
         swap({str(v2)!r}, {str(lib)!r})
@@ -172,7 +175,7 @@ def test_ctypes_dlclose_once_per_open_then_reopen_gives_new_code(tmp_path: Path)
 def test_cffi_dlclose_then_call_raises_instead_of_crashing(tmp_path: Path) -> None:
     pytest.importorskip("cffi")
     lib = version_lib(tmp_path / "libplug.so", 1)
-    r = run_child(f"""
+    r = run_child(tmpdir=str(tmp_path), code=f"""
         import cffi
         ffi = cffi.FFI(); ffi.cdef("int version(void);")
         lib = ffi.dlopen({str(lib)!r}); print(lib.version())

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import ElfFile
@@ -108,6 +109,10 @@ class NativeReloader:
         self._own_workdir = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="soswap-hotload-")
         os.chmod(self.workdir, 0o700)
+        # A private directory this object made is removed with it, or at interpreter exit at the latest
+        # (the copies may still be mapped: unlinking a mapped file is harmless).
+        self._cleanup = (weakref.finalize(self, shutil.rmtree, self.workdir, True) if self._own_workdir
+                         else None)
         self._lock = threading.RLock()
         self.generation = 0
         self.handle: Optional[ctypes.CDLL] = None
@@ -187,8 +192,8 @@ class NativeReloader:
                 unloaded = not is_loaded(self._copy)
                 _unlink(self._copy)
                 self.handle = None
-            if self._own_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            if self._cleanup is not None:
+                self._cleanup()
             return unloaded
 
     def __enter__(self) -> NativeReloader:
