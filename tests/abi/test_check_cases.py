@@ -278,3 +278,19 @@ def test_the_diff_shortcut_never_changes_a_verdict(case: Case, cid: str, tmp_pat
     assert [(c.path, c.verdict, c.problems) for c in quick.consumers] == \
         [(c.path, c.verdict, c.problems) for c in full.consumers]
     assert quick.verdict == full.verdict
+
+
+@pytest.mark.parametrize("cid", CASE_IDS)
+def test_the_index_shortcut_never_changes_a_verdict(case: Case, cid: str, tmp_path: Path) -> None:
+    """Consumers found through the rdeps index (``--scope``) that the diff proves safe on the tree the index
+    recorded are not even loaded again; binding every one (full=True) gives the same consumers, verdicts and
+    problems, and the app's verdict is the case's."""
+    live = Live(case, tmp_path)
+    scope = [str(case.root)]
+    quick = check_replacement(str(live.target), str(case.new), scope=scope, environ=live.environ(),
+                              keep_index=False)
+    full = check_replacement(str(live.target), str(case.new), scope=scope, environ=live.environ(),
+                             keep_index=False, full=True)
+    assert [(c.path, c.verdict, c.problems) for c in quick.consumers] == \
+        [(c.path, c.verdict, c.problems) for c in full.consumers]
+    assert quick.verdict == full.verdict == live.check().verdict  # as with the named consumers

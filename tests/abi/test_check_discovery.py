@@ -18,7 +18,7 @@ from soswap.abi.rdeps import RdepsIndex
 from soswap.abi.sysdirs import Top
 from soswap.loader import Environment, Profile
 
-from .tree import Tree, build_tree
+from .tree import Tree, build_tree, settle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_rdeps_agrees_with_ldd(tree: Tree) -> None:
             path = parts[2] if len(parts) > 2 and parts[1] == "=>" else parts[0]
             if path.startswith("/"):
                 from_ldd.add(os.path.realpath(path))
-        ours = {os.path.realpath(m) for m in idx.files[str(tree[name])]["tree"]}
+        ours = {os.path.realpath(m) for m in idx.info(str(tree[name])).tree}
         assert ours == from_ldd, (name, out)
 
 
@@ -116,6 +116,7 @@ def test_scope_verdicts_match_the_programs_run_with_new(tree: Tree, tmp_path: Pa
 
 
 def test_rdeps_cli_text_and_json(tree: Tree, tmp_path: Path) -> None:
+    settle(tree.root)
     r = _cli(["rdeps", str(tree.target), "--scope", str(tree.root)], tmp_path / "st")
     assert r.returncode == 0 and r.stderr == ""
     assert r.stdout.startswith(f"{tree.target} (libfoo.so.1): 6 dependents (3 programs, 2 plugins, 1 libraries)")

@@ -108,12 +108,12 @@ def test_default_discovery_on_the_whole_system(tmp_path: Path) -> None:
     reads nothing again."""
     copy = tmp_path / "libz.so.1"
     copy.write_bytes(Path(LIBZ).read_bytes())
-    state = str(tmp_path / "state")
-    first = check_replacement(LIBZ, str(copy), state_dir=state)
+    cache = str(tmp_path / "cache")
+    first = check_replacement(LIBZ, str(copy), cache_dir=cache)
     assert first.verdict == "compatible"
     assert first.discovery.sources == ("system", "processes")
     programs = {c.path for c in first.consumers if c.role == "program"}
     assert set(_libz_programs(limit=3)) <= programs
-    second = check_replacement(LIBZ, str(copy), state_dir=state)
+    second = check_replacement(LIBZ, str(copy), cache_dir=cache)
     assert second.discovery.index_stats["reread"] == 0  # type: ignore[index]
     assert {c.path for c in second.consumers if c.role == "program"} == programs

@@ -1,9 +1,12 @@
 """``soswap.abi.preflight``: the ``soswap install`` seam. Each installed ELF destination is checked against its
-consumers with the other files of the transaction in place; a dry run creates no state directory."""
+consumers with the other files of the transaction in place; the rdeps index lives in the shared cache directory."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from soswap.abi import PreflightProblem, preflight
 from support.build import shared_lib
 
 from .tree import FOO_BAR, Tree, age, build_tree
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +29,8 @@ def _scope(tree: Tree) -> dict:
 
 
 def test_problems_name_each_broken_consumer(tree: Tree, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    problems = preflight([(str(tree.new), str(tree.target))], state_dir=str(state), **_scope(tree))
+    cache = tmp_path / "cache"
+    problems = preflight([(str(tree.new), str(tree.target))], cache_dir=str(cache), **_scope(tree))
     assert all(isinstance(p, PreflightProblem) for p in problems)
     assert {p.consumer for p in problems} == {str(tree["app_direct"]), str(tree["app_indirect"]), str(tree["plug"])}
     plug = next(p for p in problems if p.consumer == str(tree["plug"]))
@@ -33,7 +38,7 @@ def test_problems_name_each_broken_consumer(tree: Tree, tmp_path: Path) -> None:
                          f"{tree['plug']}: undefined symbol: foo")
     assert plug.to_json()["problem"] == {"kind": "undefined-symbol", "symbol": "foo", "version": None,
                                          "when": "dlopen", "message": f"{tree['plug']}: undefined symbol: foo"}
-    assert not state.exists()  # the preflight never creates the state directory
+    assert (cache / "rdeps-index.json").is_file()  # the cache is created on demand (it holds no user state)
 
 
 def test_files_that_are_not_installed_elf_files_are_not_checked(tree: Tree, tmp_path: Path) -> None:
@@ -67,3 +72,56 @@ def test_the_other_files_of_the_transaction_are_in_place(tree: Tree, tmp_path: P
     alone = preflight([(str(new), str(target))], **scope)
     assert alone and all(p.problem is not None and p.problem["kind"] == "not-found" for p in alone)
     assert preflight([(str(new), str(target)), (str(helper), str(root / "lib" / "libhelper.so.1"))], **scope) == []
+
+
+def _install(args: list, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    full.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"), **env)
+    return subprocess.run([sys.executable, "-m", "soswap", "install", *map(str, args)], env=full,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def _copy(tree: Tree, tmp_path: Path) -> Path:
+    root = tmp_path / "tree"
+    shutil.copytree(tree.root, root, symlinks=True)
+    return root
+
+
+def test_install_refuses_with_the_loader_messages_and_changes_nothing(tree: Tree, tmp_path: Path) -> None:
+    """The real CLI, default discovery plus --scope: the consumers NEW breaks are listed with ld.so's words,
+    exit 1, the file is untouched (a dry run says the same); --force installs, and the programs the preflight
+    named then fail exactly as it said."""
+    root = _copy(tree, tmp_path)
+    target = root / "lib" / "libfoo.so.1"
+    before = target.read_bytes()
+    for extra in ([], ["--dry-run"]):
+        r = _install([*extra, "--scope", root, "--", tree.new, target], tmp_path)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert target.read_bytes() == before
+        out = r.stdout + r.stderr
+        app = root / "bin" / "app_direct"
+        assert f"{app}: symbol lookup error: {app}: undefined symbol: foo" in out
+        assert f"{root / 'plugins' / 'plug.so'}: undefined symbol: foo" in out
+        assert str(root / "bin" / "app_bar") not in out  # compatible: not listed
+    assert not (tmp_path / "state" / "tx").exists() or os.listdir(tmp_path / "state" / "tx") == []
+    r = _install(["--force", "--scope", root, "--", tree.new, target], tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = subprocess.run([str(root / "bin" / "app_direct")], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 127
+    assert run.stderr.strip() == f"{root / 'bin' / 'app_direct'}: symbol lookup error: " \
+                                 f"{root / 'bin' / 'app_direct'}: undefined symbol: foo"
+
+
+def test_install_refuses_when_a_running_process_would_break(tree: Tree, tmp_path: Path, procs) -> None:
+    """No --scope: only the default discovery (the running processes and the system) finds the consumer, a
+    process that maps TARGET through its own LD_LIBRARY_PATH."""
+    root = _copy(tree, tmp_path)
+    target = root / "lib" / "libfoo.so.1"
+    ready = tmp_path / "ready"
+    p = procs.start([tree["server"], ready], env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(root / "lib")},
+                    wait_for_file=ready)
+    r = _install([tree.new, target], tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"process {p.pid}" in r.stdout + r.stderr
+    assert target.read_bytes() == (tree.root / "lib" / "libfoo.so.1").read_bytes()
+    assert _install(["--no-check", tree.new, target], tmp_path).returncode == 0  # the escape hatch

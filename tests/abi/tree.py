@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
 
 def age(root: Path, seconds: float = 300.0, only: Optional[Sequence[Path]] = None) -> None:
     """Move mtimes into the past (every file, then every directory under ``root``; or only the paths in
-    ``only``), so that the index trusts them: timestamps younger than 2 s are re-checked (the racy rule)."""
+    ``only``). The index's racy rule looks at ctimes, which cannot be set back: see :func:`settle`."""
     when = time.time() - seconds
     if only is not None:
         for p in only:
@@ -124,3 +124,15 @@ def age(root: Path, seconds: float = 300.0, only: Optional[Sequence[Path]] = Non
             os.utime(os.path.join(dirpath, name), (when, when), follow_symlinks=False)
     for dirpath, _dirnames, _ in sorted(os.walk(root), key=lambda t: -len(t[0])):
         os.utime(dirpath, (when, when))
+
+
+def settle(root: Path) -> None:
+    """Wait until every ctime under ``root`` is older than the index's racy window (2 s), so that an index
+    built now trusts every file and directory (a second run then reads nothing again)."""
+    from soswap.abi.rdeps import RACY_NS
+
+    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns for d, dirs, files in os.walk(root)
+                 for n in [".", *dirs, *files])
+    wait = (newest + RACY_NS - time.time_ns()) / 1e9
+    if wait > 0:
+        time.sleep(wait + 0.01)

@@ -69,9 +69,9 @@ def test_read_only_mount(tmp_path, libfoo, state):
         assert sha256(lib) == libfoo.sha1 and leftovers(m) == []
 
 
-def test_source_on_other_filesystem(tmp_path, libfoo, state):
+def test_source_on_other_filesystem(tmp_path, libfoo, state, warm_index):
     """Case 16: source on tmpfs, destination on ext4: the temp is created in the destination's directory and
-    the destination is never unlinked."""
+    the destination is never unlinked. The preflight runs (under strace) with a warm rdeps index."""
     m = tmp_path / "srcfs"
     d = tmp_path / "dst"
     lib = libfoo.deploy(d, with_programs=False)

@@ -24,7 +24,7 @@ from soswap.abi.changes import BREAKING
 from soswap.abi.consumer import ConsumerChecker
 from soswap.abi.diff import diff_objects
 from soswap.abi.processes import ProcessInfo, processes_mapping, read_process
-from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, classify, environment_for_index, open_index
+from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, RdepsIndex, classify, environment_for_index, open_index
 from soswap.abi.sysdirs import Top, canonical_tops, system_tops, under
 from soswap.elf import ElfCache, ElfFile
 from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
@@ -40,24 +40,26 @@ POLICY_KINDS = frozenset({"soname-changed"})
 def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str]] = None,
                       scope: Optional[Sequence[str]] = None, pids: Optional[Sequence[int]] = None,
                       processes: Optional[bool] = None, system: Optional[bool] = None,
-                      state_dir: Optional[str] = None, keep_index: bool = True,
+                      cache_dir: Optional[str] = None, keep_index: bool = True,
                       environ: Optional[Mapping[str, str]] = None, profile: Optional[Profile] = None,
                       self_check: bool = True, full: bool = False,
-                      also: Optional[Mapping[str, str]] = None, create_state_dir: bool = True) -> P.CheckResult:
+                      also: Optional[Mapping[str, str]] = None,
+                      index: Optional[RdepsIndex] = None) -> P.CheckResult:
     """Check NEW against every consumer of the installed TARGET (see the module docstring and docs/check.md).
 
     ``consumers``: files to check (programs as they run, shared libraries as plugins loaded with
     ``dlopen(RTLD_NOW)``); ``scope``: directories whose ELF files are searched (recursively) for consumers;
     ``pids``: running processes to check. ``processes``/``system`` (default: True when none of the three is
     given) add the processes that map TARGET and the system's program and library directories.
-    ``state_dir``: where the rdeps index is kept (default: :func:`soswap.abi.statedir.state_dir`);
+    ``cache_dir``: where the rdeps index is kept (default: :func:`soswap.state.cache_dir`, created on demand);
     ``keep_index=False`` builds it in memory only. ``environ``: the environment programs and plugins are
     loaded with (default: ours; LD_LIBRARY_PATH, LD_PRELOAD, LD_BIND_NOW count). Processes use their own.
     ``full``: bind every consumer, even those the diff proves safe (the diff has only symbol and version-node
     changes, and the consumer's objects reference none of those symbols nor need those nodes).
     ``also``: ``{target: new}`` of the other files replaced in the same transaction: they are in place too
-    when consumers are loaded with NEW (a new libfoo that needs the new libbar). ``create_state_dir=False``:
-    the index is saved only into a state directory that exists already.
+    when consumers are loaded with NEW (a new libfoo that needs the new libbar). ``index``: an index opened
+    by the caller (checks of several files share it: the directories are walked once); ``cache_dir`` and
+    ``keep_index`` are then not used.
 
     Raises :class:`SoswapError` on bad input (TARGET or NEW missing or malformed, a named consumer that is
     not a loadable ELF file, a scope that is not a directory, an unknown PID).
@@ -72,8 +74,8 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     environ = os.environ if environ is None else environ
     env = Environment.from_environ(environ)
     if profile is None:
-        profile = Profile.detect()
-    cache = ElfCache()
+        profile = index.profile if index is not None else Profile.detect()
+    cache = index.elf_cache if index is not None else ElfCache()
     old_elf = cache.get(target_abs)
     new_elf = cache.get(os.path.abspath(new))
     diff = diff_objects(old_elf, new_elf)
@@ -104,11 +106,13 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
         tops.extend(system_tops(profile, environ))
     if tops:
         sources.extend((["scope"] if scope_tops else []) + (["system"] if system else []))
-        index_env = environment_for_index(environ)
-        index = open_index(state_dir, profile, index_env, keep=keep_index, elf_cache=cache,
-                           create_dir=create_state_dir)
-        index.update(tops)
-        index.save()
+        if index is None:
+            index = open_index(cache_dir, profile, environment_for_index(environ), keep=keep_index,
+                               elf_cache=cache)
+        index_env = index.env
+        if not index.updated_for(tops):
+            index.update(tops)
+            index.save()
         index_path = index.path
         index_stats = index.stats.as_dict()
         deps = index.dependents(target_abs, tops)
@@ -123,8 +127,10 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
                 continue
             seen.add(key)
             source = "scope" if any(under(dep.path, t) for t in scope_canon) else "system"
+            info = index.info(dep.path)
             try:
-                results.append(checker.check(dep.path, env=index_env, plugin=plugin, source=source))
+                results.append(checker.check_indexed(dep.path, info.tree if info is not None else None,
+                                                     env=index_env, plugin=plugin, source=source))
             except SoswapError:
                 continue  # changed or vanished since the index saw it
 

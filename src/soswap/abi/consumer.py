@@ -18,7 +18,7 @@ For one consumer (a program, or a plugin checked as ``dlopen(RTLD_NOW)`` would l
 from __future__ import annotations
 
 import os
-from typing import Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.abi import problems as P
 from soswap.abi.changes import HARMLESS, AbiDiff
@@ -109,6 +109,8 @@ class ConsumerChecker:
         self._undefined_cache: Dict[int, Tuple[object, FrozenSet[str]]] = {}
         #: consumers judged compatible from the diff alone, without binding (for reports and benchmarks)
         self.shortcuts = 0
+        #: (path, as the program) -> may that object be hurt (safe_by_diff, over the trees of the index)
+        self._path_may_break: Dict[Tuple[str, bool], bool] = {}
 
     def loader(self, env: Environment) -> Loader:
         ld = self._loaders.get(env)
@@ -125,6 +127,42 @@ class ConsumerChecker:
         loaded (not an ELF file, another architecture...)."""
         mode = _PLUGIN if plugin else _PROGRAM
         return self._check(path, env, mode, argv0, source, pid)
+
+    def check_indexed(self, path: str, tree: Optional[Sequence[str]], *, env: Environment, plugin: bool = False,
+                      source: str = "") -> P.ConsumerResult:
+        """The verdict for a consumer the rdeps index found, whose tree (loaded with TARGET, in ``env``: the
+        index's environment) is ``tree``. When the diff alone proves it safe on that tree (:meth:`safe_by_diff`),
+        it is not loaded again; else as :meth:`check`."""
+        if tree is not None and self.safe_by_diff(path, tree, program=not plugin):
+            self.shortcuts += 1
+            return P.ConsumerResult(path, P.ROLE_PLUGIN if plugin else P.ROLE_PROGRAM, P.COMPATIBLE, source=source)
+        return self.check(path, env=env, plugin=plugin, source=source)
+
+    def safe_by_diff(self, root: str, tree: Sequence[str], *, program: bool) -> bool:
+        """Can the diff alone prove that NEW does not hurt the consumer ``root`` whose tree with TARGET is
+        ``tree``? Only when every risky change is about symbols or version nodes (``full`` False): NEW then
+        has TARGET's SONAME, dependencies and loader flags, so it takes TARGET's place in the same tree, and the
+        consumer is safe unless some object of the tree references a changed symbol or needs a removed node
+        (as :meth:`_may_break` decides on a loaded tree). Not with other files replaced in the same
+        transaction (their new versions may reference other symbols)."""
+        if self.full or len(self.substitution) > 1:
+            return False
+        if not self.affected_names and not self.removed_versions and not self.versioning_removed:
+            return True
+        for path, as_program in ((root, program), *((m, False) for m in tree)):
+            key = (path, as_program)
+            hurt = self._path_may_break.get(key)
+            if hurt is None:
+                try:
+                    elf = self.elf_cache.get(path)
+                    hurt = (elf.identity is None or elf.identity[:2] != self.target_id) and \
+                        self._object_may_break(elf, as_program)
+                except SoswapError:
+                    hurt = True  # unreadable now: load it to see
+                self._path_may_break[key] = hurt
+            if hurt:
+                return False
+        return True
 
     def check_self(self, env: Environment, *, as_program: bool) -> P.ConsumerResult:
         """NEW loaded at TARGET's place as a root: its own dependencies, version needs and symbols against
@@ -190,18 +228,23 @@ class ConsumerChecker:
             elf = o.elf
             if elf is None or not o.found or o.kind == "vdso" or self._is_new(o):
                 continue
-            if self.affected_names and not self.affected_names.isdisjoint(
-                    self._undefined(elf, o.kind == "executable")):
+            if self._object_may_break(elf, o.kind == "executable"):
                 return True
-            if self.removed_versions or self.versioning_removed:
-                try:
-                    needs = elf.version_needs
-                except SoswapError:
+        return False
+
+    def _object_may_break(self, elf: object, program: bool) -> bool:
+        """Does this object reference a symbol the diff changed, or need a version node NEW removed?"""
+        if self.affected_names and not self.affected_names.isdisjoint(self._undefined(elf, program)):
+            return True
+        if self.removed_versions or self.versioning_removed:
+            try:
+                needs = elf.version_needs  # type: ignore[attr-defined]
+            except SoswapError:
+                return True
+            for need in needs:
+                if need.file in self.target_names and (
+                        self.versioning_removed or any(e.name in self.removed_versions for e in need.entries)):
                     return True
-                for need in needs:
-                    if need.file in self.target_names and (
-                            self.versioning_removed or any(e.name in self.removed_versions for e in need.entries)):
-                        return True
         return False
 
     def _undefined(self, elf: object, program: bool) -> FrozenSet[str]:

@@ -15,7 +15,10 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 from soswap.abi.check import check_replacement
 from soswap.abi.problems import INCOMPATIBLE, CheckResult
+from soswap.abi.rdeps import environment_for_index, open_index
+from soswap.elf import ElfCache
 from soswap.errors import SoswapError
+from soswap.loader import Profile
 
 _ELF_MAGIC = b"\x7fELF"
 
@@ -44,25 +47,33 @@ class PreflightProblem(NamedTuple):
                 "consumer": self.consumer, "pid": self.pid, "problem": self.problem, "count": self.count}
 
 
-def preflight(pairs: Sequence[Tuple[str, str]], *, state_dir: Optional[str] = None,
+def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = None,
               environ: Optional[Mapping[str, str]] = None, **discovery: Any) -> List[PreflightProblem]:
     """Check every ``(source, destination)`` of a transaction; the problems, empty when it is safe.
 
     Destinations that do not exist yet (new files) or are not ELF files (scripts, data) are not checked. A
     source that cannot be read as ELF where an ELF file is installed is a problem, not an error. The rdeps
-    index is kept in ``state_dir`` only if that directory exists already (a dry run creates nothing).
-    ``discovery``: ``consumers``, ``scope``, ``pids``, ``processes``, ``system`` as for
-    :func:`check_replacement` (default: the running processes and the whole system)."""
+    index lives in the cache directory (``cache_dir``, default :func:`soswap.state.cache_dir`), created on
+    demand, even by a dry run: it holds facts about the system, no user state. The directories are walked once
+    for the whole transaction. ``discovery``: ``consumers``, ``scope``, ``pids``, ``processes``, ``system`` as
+    for :func:`check_replacement` (default: the running processes and the whole system)."""
     pairs = [(os.path.abspath(s), os.path.abspath(d)) for s, d in pairs]
     checked = [(s, d) for s, d in pairs if _is_elf(d)]
+    if not checked:
+        return []
     # every ELF file the transaction puts in place, new files included (a new dependency of NEW)
     everything = {d: s for s, d in pairs if _is_elf(s) and (_is_elf(d) or not os.path.lexists(d))}
+    environ = os.environ if environ is None else environ
+    try:
+        index = open_index(cache_dir, Profile.detect(), environment_for_index(environ), elf_cache=ElfCache())
+    except SoswapError as exc:  # e.g. a malformed ld.so.cache
+        return [PreflightProblem(d, s, "unchecked", f"{d}: cannot check {s} as its replacement: {exc}")
+                for s, d in checked]
     out: List[PreflightProblem] = []
     for source, dest in checked:
         others = {d: s for d, s in everything.items() if d != dest}
         try:
-            result = check_replacement(dest, source, state_dir=state_dir, environ=environ, also=others,
-                                       create_state_dir=False, **discovery)
+            result = check_replacement(dest, source, environ=environ, also=others, index=index, **discovery)
         except SoswapError as exc:
             out.append(PreflightProblem(dest, source, "unchecked",
                                         f"{dest}: cannot check {source} as its replacement: {exc}"))

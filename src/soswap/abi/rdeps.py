@@ -1,55 +1,94 @@
 """The reverse-dependency index: for every ELF file under a set of directories, the objects ld.so would load
 with it (its resolved tree, from :mod:`soswap.loader`), so that "who loads this library?" is a lookup.
 
-It is kept in the state directory (``rdeps-index.json``) and updated incrementally:
+It is a cache of facts about the installed system, kept in the cache directory (:func:`soswap.state.cache_dir`,
+file ``rdeps-index.json``) and shared by every state directory and every soswap command. It is brought up to
+date incrementally; what a warm update costs is one ``lstat`` per indexed directory and per ELF file, and one
+``stat`` per library the trees load:
 
-* every file is keyed by ``(st_dev, st_ino, st_size, st_mtime_ns)``; only a file whose key changed (or a new
-  one) is read again. A directory whose mtime did not change still has the same names, so it is not listed
-  again: only its ELF files are ``lstat``-ed (an in-place rewrite keeps the directory's mtime);
-* a tree is computed again only when its root changed, one of its members changed (members are re-``stat``-ed,
-  wherever they are), a name it requested appeared or disappeared in an indexed directory or in ld.so.cache,
-  or the loader profile or the environment changed;
-* a key or directory mtime less than :data:`RACY_NS` old when it is read is not trusted next time (the
-  racy-git rule: a second change within the same timestamp tick would go unseen).
+* a directory is keyed by ``(st_ino, st_ctime_ns)``. Adding, removing or renaming an entry changes its mtime,
+  hence its ctime (and so does ``utime``, which can set the mtime back, as ``tar`` and ``rsync -t`` do): a
+  directory whose key did not change has the same entries and is not listed again;
+* an ELF file is keyed by ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` and ``lstat``-ed on every
+  update: a file rewritten in place (same name, same inode) is read again. The ctime catches a rewrite that
+  restores the old size and mtime (``cp -p``, ``rsync -t``);
+* files that are not ELF files (scripts, data, Python modules: about 95 % of the files) are opened once when
+  their directory is listed and not looked at again until it changes. **Not seen**: such a file turned into
+  an ELF file in place (``cp`` onto an existing non-ELF file of the same name): its directory does not change.
+  ``--no-index`` (or deleting the cache) sees it;
+* a tree is computed again only when its root changed, one of its members changed (members are ``stat``-ed
+  wherever they are, so a library replaced by rename is seen), a name it requested appeared or disappeared in
+  an indexed directory or in ld.so.cache, or the loader profile, ``/etc/ld.so.preload`` or the environment
+  (``LD_LIBRARY_PATH``, ``LD_PRELOAD``: one environment per index) changed. **Not seen**: a new library in a
+  directory that is not indexed (a RUNPATH directory elsewhere) that would now shadow a member;
+* a key whose ctime is less than :data:`RACY_NS` old when it is read is not trusted next time (the racy-git
+  rule: a second change within the same timestamp tick would go unseen).
 
-An unreadable or corrupt index file is rebuilt from scratch, never an error. Not seen: a new library in a
-directory that is not indexed (a RUNPATH directory elsewhere) that would now shadow a member, and a non-ELF
-file turned into an ELF file in place without a rename.
+The file is written only when something changed. An unreadable, corrupt or foreign index file is rebuilt,
+never an error; a cache directory that cannot be written leaves the answer right (the index stays in memory).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import posixpath
+import re
 import stat
 import time
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
-from soswap.abi.index_store import read_json, write_json
+from soswap.abi.index_codec import (
+    F_DIRECT,
+    F_ERR,
+    F_FATAL,
+    F_KEY,
+    F_REQ,
+    F_SONAME,
+    F_TREE,
+    F_TYPE,
+    LIBRARY,
+    OTHER,
+    PROGRAM,
+    IndexData,
+    Key,
+    decode_core,
+    decode_extras,
+    encode,
+    ldcache_digest,
+)
+from soswap.abi.index_store import Part, Unusable, decode_part, read_document, write_document
 from soswap.abi.sysdirs import Top, canonical_tops, under
 from soswap.elf import ElfCache
 from soswap.elf import constants as C
 from soswap.errors import SoswapError
 from soswap.loader import Environment, Loader, Profile
-from soswap.state import state_dir
+from soswap.state import cache_dir
 
 INDEX_FILE = "rdeps-index.json"
 FORMAT = "soswap-rdeps-index"
-VERSION = 1
+VERSION = 2
 #: A timestamp this close to the time it was read may change again unseen (same tick): re-check next time.
 RACY_NS = 2_000_000_000
 #: Directories nobody asked for in this long are dropped from the index.
 TOP_TTL_S = 30 * 86400
-#: The smallest ELF file (a 32-bit header).
-_MIN_ELF = 52
+#: How stale the "last asked for" time of a directory may get before it is written back (one write a day).
+_USED_RESOLUTION_S = 86400
 
-PROGRAM = "program"
-LIBRARY = "library"
 PLUGIN = "plugin"
-OTHER = "other"
+__all__ = ["LIBRARY", "OTHER", "PLUGIN", "PROGRAM", "Dependent", "FileInfo", "RdepsIndex", "UpdateStats",
+           "classify", "environment_for_index", "index_path", "key_of", "open_index"]
 
-Key = Tuple[int, int, int, int]
+Identity = Tuple[int, int]
+
+_ELF_MAGIC = b"\x7fELF"
+#: soswap's own staged files and backups (``.NAME.new-TXID``, ``.NAME.bak-TXID``: soswap.replace.naming, which
+#: this layer cannot import): nothing loads them, so they are not indexed (a backup is the old version of a
+#: library, not a plugin of its dependencies).
+_SOSWAP_HIDDEN = re.compile(r"\..+\.(?:new|bak)-[0-9]{8}-[0-9]{6}-[0-9]{6}\Z", re.S)
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 
 
 class Dependent(NamedTuple):
@@ -66,41 +105,60 @@ class Dependent(NamedTuple):
     fatal: Optional[str] = None
 
 
+class FileInfo(NamedTuple):
+    """What the index knows of one ELF file (:meth:`RdepsIndex.info`)."""
+
+    path: str
+    #: ``program``, ``library`` or ``other`` (relocatable objects, core files, unreadable ELF files)
+    type: str
+    soname: Optional[str]
+    #: the objects ld.so loads with it (paths as the loader resolved them), None when not computed
+    tree: Optional[Tuple[str, ...]]
+    #: the members that are its own DT_NEEDED entries
+    direct: Tuple[str, ...]
+    #: ld.so would fail to start it: the message
+    fatal: Optional[str]
+    #: the file or its tree could not be read: why
+    error: Optional[str]
+
+
 class UpdateStats:
     """What one update did (for reports and tests)."""
 
     def __init__(self) -> None:
-        self.dirs_listed = 0
+        #: ELF files under the directories asked for
         self.files = 0
+        #: directories checked (one lstat each), and those listed again (new or changed)
+        self.dirs = 0
+        self.dirs_listed = 0
         #: ELF files read again (new or changed key), in walk order
         self.reread: List[str] = []
-        #: regular files opened only to look for the ELF magic (new or in a changed directory)
+        #: regular files opened to look for the ELF magic (new, changed, or in a changed directory)
         self.probed = 0
         #: roots whose tree was computed again
         self.trees: List[str] = []
-        #: why the whole index was rebuilt ("missing", "corrupt: ..."), or None
+        #: why the whole index was rebuilt ("missing", "corrupt: ...", "version ..."), or None
         self.rebuilt: Optional[str] = None
+        #: the index file is up to date (written now, or nothing changed); ``written``: it was written now
         self.saved = False
+        self.written = False
         self.save_error: Optional[str] = None
         self.seconds = 0.0
 
     def as_dict(self) -> Dict[str, Any]:
-        return {"files": self.files, "dirs_listed": self.dirs_listed, "reread": len(self.reread),
-                "probed": self.probed, "trees": len(self.trees), "rebuilt": self.rebuilt, "saved": self.saved,
+        return {"files": self.files, "dirs": self.dirs, "dirs_listed": self.dirs_listed,
+                "reread": len(self.reread), "probed": self.probed, "trees": len(self.trees),
+                "rebuilt": self.rebuilt, "saved": self.saved, "written": self.written,
                 "save_error": self.save_error, "seconds": round(self.seconds, 3)}
 
 
-def index_path(explicit_state_dir: Optional[str] = None) -> str:
-    """Where the index of this user lives (see :func:`soswap.abi.statedir.state_dir`)."""
-    return os.path.join(state_dir(explicit_state_dir), INDEX_FILE)
+def index_path(explicit_cache_dir: Optional[str] = None) -> str:
+    """Where the index of this user lives (see :func:`soswap.state.cache_dir`)."""
+    return os.path.join(cache_dir(explicit_cache_dir), INDEX_FILE)
 
 
 def key_of(st: os.stat_result) -> Key:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _trusted(mtime_ns: int, now_ns: int) -> bool:
-    return now_ns - mtime_ns >= RACY_NS
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def classify(elf: Any) -> str:
@@ -141,125 +199,118 @@ def profile_fingerprint(profile: Profile) -> str:
                        list(profile.legacy_subdirs), preload])
 
 
-class RdepsIndex:
-    """The index of one state directory. ``update(tops)`` brings the given directories up to date,
-    ``dependents(path, tops)`` answers the query, ``save()`` writes it back atomically.
+class _ExtrasUnusable(Exception):
+    """The extras part of the index file turned out unusable in the middle of an update: start again."""
 
-    ``path=None`` keeps the index in memory only (``--no-index``)."""
+
+class RdepsIndex:
+    """The index in one cache directory. ``update(tops)`` brings the given directories up to date,
+    ``dependents(path, tops)`` answers the query, ``save()`` writes it back atomically if it changed.
+
+    ``path=None`` keeps the index in memory only (``--no-index``). ``racy_ns``: how old a ctime must be to be
+    trusted next time (:data:`RACY_NS`; tests that just wrote their files pass 0)."""
 
     def __init__(self, path: Optional[str], profile: Profile, env: Optional[Environment] = None, *,
-                 elf_cache: Optional[ElfCache] = None, create_dir: bool = True) -> None:
+                 elf_cache: Optional[ElfCache] = None, racy_ns: int = RACY_NS) -> None:
         self.path = path
-        #: False: save only into a state directory that already exists (a preflight must not create it)
-        self.create_dir = create_dir
+        self.racy_ns = racy_ns
         self.profile = profile
         self.env = env if env is not None else Environment(cwd="/")
         self.elf_cache = elf_cache if elf_cache is not None else ElfCache()
         self._loader: Optional[Loader] = None
         self.stats = UpdateStats()
-        # the data (see _decode for the stored layout)
-        self.dirs: Dict[str, Dict[str, Any]] = {}
-        self.files: Dict[str, Dict[str, Any]] = {}
-        self.members: Dict[str, Optional[List[int]]] = {}
-        self.ldcache: Dict[str, List[str]] = {}
-        self.tops: Dict[str, Dict[str, Any]] = {}
-        self.profile_fp = ""
+        self.data = IndexData()
         self._loaded = False
+        #: something differs from the file: save() writes it
+        self._dirty = False
+        #: the roots of the last update, for the query that follows it
+        self._roots_tops: Optional[List[Top]] = None
+        self._roots: List[str] = []
+        #: members stat-ed during this update
+        self._checked: Set[int] = set()
+        #: the stored extras part (decoded on demand) and how many directory rows came from the file
+        self._extras: Optional[Part] = None
+        self._stored_dirs = 0
 
     # -- persistence --------------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the index file (once). A missing or corrupt file leaves the index empty (rebuilt)."""
+        """Read the index file (once). A missing, corrupt or foreign file leaves the index empty (rebuilt)."""
         if self._loaded:
             return
         self._loaded = True
         if self.path is None:
             self.stats.rebuilt = "not kept (no index file)"
             return
-        doc, problem = read_json(self.path)
-        if doc is None:
-            self.stats.rebuilt = "missing" if problem is None else f"corrupt: {problem}"
+        with _gc_paused():
+            parts, problem = read_document(self.path, FORMAT, VERSION)
+            if parts is None:
+                self._rebuild("missing" if problem is None else problem)
+                return
+            try:
+                if len(parts) != 2:
+                    raise ValueError(f"{len(parts)} parts")
+                self.data = decode_core(decode_part(parts[0]), parts[1].raw, parts[1].sha256)
+            except Unusable as exc:
+                self._rebuild(f"corrupt: {exc}")
+                return
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                self._rebuild(f"corrupt: {type(exc).__name__}: {exc}")
+                return
+            self._extras = parts[1]
+            self._stored_dirs = len(self.data.dirs.path)
+
+    def _rebuild(self, why: str) -> None:
+        self.data = IndexData()
+        self._extras = None
+        self._stored_dirs = 0
+        self.stats.rebuilt = why[:200]
+        self._dirty = True
+
+    def _need_extras(self) -> None:
+        """Decode the extras part (the names of non-ELF files, the names trees requested, ld.so.cache) the
+        first time something changed."""
+        pending, self.data.pending = self.data.pending, None
+        part, self._extras = self._extras, None
+        if pending is None or part is None:
             return
         try:
-            self._decode(doc)
+            decode_extras(self.data, decode_part(part), pending[2], self._stored_dirs)
+        except Unusable as exc:
+            raise _ExtrasUnusable(f"corrupt: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            self.dirs, self.files, self.members, self.ldcache, self.tops = {}, {}, {}, {}, {}
-            self.profile_fp = ""
-            self.stats.rebuilt = f"corrupt: {type(exc).__name__}: {exc}"[:200]
-
-    def _decode(self, doc: Dict[str, Any]) -> None:
-        if doc.get("format") != FORMAT:
-            raise ValueError("not a soswap rdeps index")
-        if doc.get("version") != VERSION:
-            raise ValueError(f"index version {doc.get('version')!r}, expected {VERSION}")
-        paths = doc["paths"]
-        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-            raise TypeError("paths")
-        self.profile_fp = str(doc["profile"])
-        self.ldcache = {str(k): [str(x) for x in v] for k, v in _dict(doc["ldcache"]).items()}
-        self.tops = {str(k): {"r": bool(v["r"]), "env": str(v["env"]), "used": float(v["used"])}
-                     for k, v in _dict(doc["tops"]).items()}
-        for d, e in _dict(doc["dirs"]).items():
-            self.dirs[str(d)] = {"m": _opt_int(e["m"]), "s": _strs(e["s"]), "e": _strs(e["e"]), "o": _strs(e["o"])}
-        for p, e in _dict(doc["files"]).items():
-            e = _dict(e)
-            tree = e.get("tree")
-            self.files[str(p)] = {
-                "k": _key(e.get("k")),
-                "t": str(e["t"]),
-                "so": _opt_str(e.get("so")),
-                "tree": None if tree is None else [paths[i] for i in _ints(tree)],
-                "d": [paths[i] for i in _ints(e.get("d") or [])],
-                "req": _strs(e.get("req") or []),
-                "fatal": _opt_str(e.get("fatal")),
-                "err": _opt_str(e.get("err")),
-            }
-        for i, k in _dict(doc["members"]).items():
-            self.members[paths[int(i)]] = _key(k)
-
-    def _encode(self) -> Dict[str, Any]:
-        table: Dict[str, int] = {}
-
-        def ref(p: str) -> int:
-            n = table.get(p)
-            if n is None:
-                n = table[p] = len(table)
-            return n
-
-        files = {}
-        for p, e in self.files.items():
-            out = {"k": e["k"], "t": e["t"]}
-            if e.get("so"):
-                out["so"] = e["so"]
-            if e.get("tree") is not None:
-                out["tree"] = [ref(m) for m in e["tree"]]
-                out["d"] = [ref(m) for m in e["d"]]
-                out["req"] = e["req"]
-            if e.get("fatal"):
-                out["fatal"] = e["fatal"]
-            if e.get("err"):
-                out["err"] = e["err"]
-            files[p] = out
-        members = {str(ref(p)): k for p, k in self.members.items()}
-        return {"format": FORMAT, "version": VERSION, "profile": self.profile_fp, "ldcache": self.ldcache,
-                "tops": self.tops, "dirs": self.dirs, "files": files, "members": members,
-                "paths": sorted(table, key=table.__getitem__)}
+            raise _ExtrasUnusable(f"corrupt: {type(exc).__name__}: {exc}") from None
 
     def save(self) -> None:
-        """Write the index back (atomically). A failure is recorded in ``stats.save_error``, not raised: the
-        answer computed in memory is still right."""
+        """Write the index back (atomically) if it changed. A failure is recorded in ``stats.save_error``, not
+        raised: the answer computed in memory is still right."""
         if self.path is None:
             return
-        if not self.create_dir and not os.path.isdir(os.path.dirname(self.path)):
-            self.stats.save_error = f"{os.path.dirname(self.path)} does not exist: not created for the index"
+        if not self._dirty:
+            self.stats.saved = True
+            return
+        try:
+            self._need_extras()
+        except _ExtrasUnusable as exc:
+            # found only now (nothing changed in the directories): the names the file lacks cannot be written
+            # back; remove it, the next run builds the index again
+            self.stats.save_error = f"not saved: the index file's extras are {exc}; it is rebuilt next time"
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
             return
         now = time.time()
-        for t in [t for t, v in self.tops.items() if now - v["used"] > TOP_TTL_S]:
-            self._drop_top(Top(t, self.tops[t]["r"]))
-            del self.tops[t]
-        problem = write_json(self.path, self._encode())
-        self.stats.saved = problem is None
+        tops = self.data.tops
+        doomed = [t for t, v in tops.items() if now - v[1] > TOP_TTL_S or not os.path.isdir(t)]
+        for t, recursive in [(t, tops.pop(t)[0]) for t in doomed]:
+            self._drop_top(Top(t, recursive))
+        with _gc_paused():
+            problem = write_document(self.path, FORMAT, VERSION, encode(self.data))
+        self.stats.saved = self.stats.written = problem is None
         self.stats.save_error = problem
+        if problem is None:
+            self._dirty = False
 
     # -- update -------------------------------------------------------------------------------------------
 
@@ -267,40 +318,54 @@ class RdepsIndex:
         """Bring the files under ``tops`` up to date (see the module docstring)."""
         start = time.monotonic()
         self.load()
+        with _gc_paused():
+            try:
+                self._update(tops)
+            except _ExtrasUnusable as exc:
+                self.stats = UpdateStats()
+                self._rebuild(str(exc))
+                self._update(tops)
+        self.stats.seconds = time.monotonic() - start
+        return self.stats
+
+    def _update(self, tops: Sequence[Top]) -> None:
+        self._checked = set()
+        data = self.data
         tops = canonical_tops(tops)
         now_ns = time.time_ns()
-        changed_names: Set[str] = set()
+        now = time.time()
         fp = profile_fingerprint(self.profile)
-        if fp != self.profile_fp:
-            for e in self.files.values():
-                e["tree"] = None
-            self.profile_fp = fp
-        changed_names |= self._refresh_ldcache()
         env_fp = env_fingerprint(self.env)
+        if fp != data.profile_fp or env_fp != data.env_fp:
+            for e in data.files.values():
+                e[F_TREE] = None
+            data.profile_fp, data.env_fp = fp, env_fp
+            self._dirty = True
+        changed_names = self._refresh_ldcache()
+        roots: List[str] = []
         for top in tops:
-            old = self.tops.get(top.path)
-            if old is None or old["env"] != env_fp or old["r"] != top.recursive:
-                for p, e in self.files.items():
-                    if under(p, top):
-                        e["tree"] = None
-            self.tops[top.path] = {"r": top.recursive, "env": env_fp, "used": time.time()}
-            changed_names |= self._walk(top, now_ns)
-        roots = [p for p in self.files if any(under(p, t) for t in tops)]
+            old = data.tops.get(top.path)
+            if old is None or (top.recursive and not old[0]) or now - old[1] > _USED_RESOLUTION_S:
+                data.tops[top.path] = [top.recursive or bool(old and old[0]), now]
+                self._dirty = True
+            roots.extend(self._walk(top, now_ns, changed_names))
+        self._roots_tops, self._roots = tops, roots
         self.stats.files = len(roots)
         changed_members = self._refresh_members(roots, now_ns)
+        if changed_names:
+            self._need_extras()  # the names each tree requested
+        files = data.files
         todo = []
         for p in roots:
-            e = self.files[p]
-            if e["t"] not in (PROGRAM, LIBRARY):
+            e = files[p]
+            if e[F_TYPE] == OTHER:
                 continue
-            if (e["tree"] is None or (changed_members and not changed_members.isdisjoint(e["tree"]))
-                    or (changed_names and not changed_names.isdisjoint(e["req"]))):
+            tree = e[F_TREE]
+            if (tree is None or (changed_members and not changed_members.isdisjoint(tree))
+                    or (changed_names and e[F_REQ] and not changed_names.isdisjoint(e[F_REQ].split("/")))):
                 todo.append(p)
         for p in todo:
             self._compute_tree(p, now_ns)
-        self._prune_members()
-        self.stats.seconds = time.monotonic() - start
-        return self.stats
 
     def _refresh_ldcache(self) -> Set[str]:
         try:
@@ -310,86 +375,145 @@ class RdepsIndex:
         current: Dict[str, List[str]] = {}
         for e in entries:
             current.setdefault(e.key, []).append(e.value)
-        changed = {k for k in set(current) | set(self.ldcache) if current.get(k) != self.ldcache.get(k)}
-        self.ldcache = current
+        digest = ldcache_digest(current)
+        if digest == self.data.ldcache_digest:
+            return set()
+        self._need_extras()
+        old = self.data.ldcache or {}
+        changed = {k for k in set(current) | set(old) if current.get(k) != old.get(k)}
+        self.data.ldcache, self.data.ldcache_digest = current, digest
+        self._dirty = True
         return changed
 
-    def _walk(self, top: Top, now_ns: int) -> Set[str]:
-        """Refresh the directory entries and ELF files under ``top``; returns the names that appeared or
-        disappeared (they may change how a tree resolves)."""
-        changed_names: Set[str] = set()
+    def _walk(self, top: Top, now_ns: int, changed_names: Set[str]) -> List[str]:
+        """Bring the directories and ELF files under ``top`` up to date; returns the ELF files (in walk order).
+        Names that appeared or disappeared are added to ``changed_names`` (they may change how a tree
+        resolves)."""
+        roots: List[str] = []
         try:
             top_dev = os.stat(top.path).st_dev
         except OSError:
             self._drop_top(top)
-            return changed_names
+            return roots
+        dirs = self.data.dirs
+        index, ctimes, inos, subs, elves = dirs.index, dirs.ctime, dirs.ino, dirs.subs, dirs.elves
+        lstat = os.lstat
+        S_ISDIR = stat.S_ISDIR
         seen: Set[str] = set()
+        seen_add = seen.add
+        changed = False
+        recursive = top.recursive
         stack = [top.path]
+        pop, extend = stack.pop, stack.extend
         while stack:
-            d = stack.pop()
+            d = pop()
             try:
-                st = os.lstat(d)
+                st = lstat(d)
             except OSError:
+                changed = True
                 continue
-            if not stat.S_ISDIR(st.st_mode) or st.st_dev != top_dev:
+            if st.st_dev != top_dev or not S_ISDIR(st.st_mode):
+                changed = True
                 continue  # not followed: symlinked directories, other file systems
-            seen.add(d)
-            old = self.dirs.get(d)
-            if old is not None and old["m"] is not None and old["m"] == st.st_mtime_ns:
-                self._recheck_files(d, old, now_ns, changed_names)
-                subdirs = old["s"]
+            seen_add(d)
+            i = index.get(d)
+            # create, unlink and rename set the directory's mtime and ctime (inode_set_ctime_current), and
+            # utime sets the ctime too (notify_change): same ctime and inode, same entries
+            if i is not None and ctimes[i] == st.st_ctime_ns and inos[i] == st.st_ino:
+                if elves[i]:
+                    self._recheck_files(d, i, now_ns, changed_names, roots)
+                names = subs[i]
             else:
-                subdirs = self._list_dir(d, st, old, now_ns, changed_names)
-            if top.recursive:
-                stack.extend(posixpath.join(d, s) for s in reversed(subdirs))
-        # forget what is gone: directories not seen, files no longer listed
-        for d in [d for d in self.dirs if _dir_under(d, top) and d not in seen]:
-            entry = self.dirs.pop(d)
-            changed_names.update(entry["e"])
-            changed_names.update(entry["o"])
-        for p in [p for p in self.files if under(p, top)]:
-            d, name = posixpath.split(p)
-            entry = self.dirs.get(d)
-            if entry is None or name not in entry["e"]:
-                del self.files[p]
-                changed_names.add(name)
-        return changed_names
+                changed = changed or i is not None  # a known directory changed: some below may be gone
+                names = self._list_dir(d, st, i, now_ns, changed_names, roots)
+            if recursive and names:
+                prefix = d + "/" if d != "/" else "/"
+                extend([prefix + s for s in reversed(names.split("/"))])
+        self.stats.dirs += len(seen)
+        if changed:
+            # forget the directories that are gone (and their files)
+            for d in [d for d in index if d not in seen and _dir_under(d, top)]:
+                self._forget_dir(d, changed_names)
+        return roots
 
-    def _recheck_files(self, d: str, entry: Dict[str, Any], now_ns: int, changed_names: Set[str]) -> None:
-        """The directory's names are unchanged: re-``lstat`` its ELF files (an in-place rewrite)."""
+    def _forget_dir(self, d: str, changed_names: Set[str]) -> None:
+        dirs = self.data.dirs
+        i = dirs.drop(d)
+        if i is None:
+            return
+        self._need_extras()
+        prefix = d + "/" if d != "/" else "/"
+        gone = _split(dirs.elves[i])
+        for name in gone:
+            self.data.files.pop(prefix + name, None)
+        changed_names.update(gone)
+        changed_names.update(_split(dirs.others[i] or ""))
+        self._dirty = True
+
+    def _recheck_files(self, d: str, i: int, now_ns: int, changed_names: Set[str], roots: List[str]) -> None:
+        """The directory's names are unchanged: ``lstat`` its ELF files again (an in-place rewrite)."""
+        dirs = self.data.dirs
         gone = []
-        for name in entry["e"]:
-            p = posixpath.join(d, name)
+        files = self.data.files
+        lstat = os.lstat
+        prefix = d + "/" if d != "/" else "/"
+        names = dirs.elves[i].split("/")
+        for name in names:
+            p = prefix + name
             try:
-                st = os.lstat(p)
+                st = lstat(p)
             except OSError:
                 gone.append(name)
                 continue
-            e = self.files.get(p)
-            if e is not None and e["k"] is not None and e["k"] == list(key_of(st)):
-                continue
-            if not (stat.S_ISREG(st.st_mode) and self._read(p, st, now_ns)):
-                gone.append(name)
+            e = files.get(p)
+            if e is not None:
+                k = e[F_KEY]
+                if (k is not None and k[4] == st.st_ctime_ns and k[3] == st.st_mtime_ns and k[1] == st.st_ino
+                        and k[2] == st.st_size and k[0] == st.st_dev):
+                    roots.append(p)
+                    continue
+            if stat.S_ISREG(st.st_mode) and self._probe(p, now_ns):
+                roots.append(p)
+            else:
+                gone.append(name)  # no longer an ELF file (rewritten in place), or gone
         if gone:
-            entry["e"] = [n for n in entry["e"] if n not in gone]
-            entry["o"] = sorted(set(entry["o"]) | set(gone))
-            entry["m"] = None  # list it again next time
+            self._need_extras()
+            still = [n for n in gone if os.path.lexists(prefix + n)]
+            others = sorted(set(_split(dirs.others[i] or "")) | set(still))
+            dirs.put(d, -1, dirs.ino[i], dirs.subs[i], "/".join(n for n in names if n not in gone),
+                     "/".join(others))  # ctime -1: list it again next time
             changed_names.update(gone)
+            for n in gone:
+                files.pop(prefix + n, None)
+            self._dirty = True
 
-    def _list_dir(self, d: str, st: os.stat_result, old: Optional[Dict[str, Any]], now_ns: int,
-                  changed_names: Set[str]) -> List[str]:
+    def _list_dir(self, d: str, st: os.stat_result, i: Optional[int], now_ns: int, changed_names: Set[str],
+                  roots: List[str]) -> Optional[str]:
+        """List ``d`` (new, or changed); its subdirectories joined with ``/`` (None: unreadable)."""
         self.stats.dirs_listed += 1
-        subdirs: List[str] = []
-        elves: List[str] = []
-        others: List[str] = []
+        self._dirty = True
+        dirs = self.data.dirs
+        prefix = d + "/" if d != "/" else "/"
         old_names: Set[str] = set()
-        if old is not None:
-            old_names = set(old["s"]) | set(old["e"]) | set(old["o"])
+        old_elves: List[str] = []
+        if i is not None:
+            self._need_extras()
+            old_elves = _split(dirs.elves[i])
+            old_names = set(_split(dirs.subs[i])) | set(old_elves) | set(_split(dirs.others[i] or ""))
         try:
             it = os.scandir(d)
         except OSError:
-            self.dirs.pop(d, None)
-            return []
+            if i is not None:
+                self._forget_dir(d, changed_names)
+            return None
+        subdirs: List[str] = []
+        elves: List[str] = []
+        others: List[str] = []
+        files = self.data.files
+        probed = 0
+        # the loop runs once per name of every new or changed directory (60,000 names for a cold index):
+        # _probe inlined, functions in locals
+        os_open, os_read, os_close, os_fstat, S_ISREG = os.open, os.read, os.close, os.fstat, stat.S_ISREG
         with it:
             for entry in it:
                 name = entry.name
@@ -400,81 +524,141 @@ class RdepsIndex:
                     if not entry.is_file(follow_symlinks=False):
                         others.append(name)  # symlinks, sockets...: names that matter for resolution only
                         continue
-                    fst = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                p = entry.path
-                e = self.files.get(p)
-                if e is not None and e["k"] is not None and e["k"] == list(key_of(fst)):
-                    elves.append(name)
+                if name[0] == "." and _SOSWAP_HIDDEN.match(name):
+                    others.append(name)
                     continue
-                if self._read(p, fst, now_ns):
+                p = prefix + name
+                e = files.get(p)
+                if e is not None and e[F_KEY] is not None:
+                    try:
+                        if e[F_KEY] == key_of(entry.stat(follow_symlinks=False)):
+                            elves.append(name)
+                            continue
+                    except OSError:
+                        continue
+                # a new or changed file: the ELF magic first (most files are not ELF files: no stat for them)
+                probed += 1
+                fst = None
+                try:
+                    fd = os_open(p, _OPEN_FLAGS)
+                except OSError:
+                    fd = -1
+                if fd >= 0:
+                    try:
+                        if os_read(fd, 4) == _ELF_MAGIC:
+                            fst = os_fstat(fd)
+                    except OSError:
+                        pass
+                    finally:
+                        os_close(fd)
+                if fst is not None and S_ISREG(fst.st_mode):
+                    self._read(p, fst, now_ns)
                     elves.append(name)
                 else:
+                    if e is not None:
+                        del files[p]
                     others.append(name)
+        self.stats.probed += probed
         subdirs.sort()
         elves.sort()
         others.sort()
-        names = set(subdirs) | set(elves) | set(others)
+        for name in old_elves:
+            if name not in elves:
+                files.pop(prefix + name, None)
+        names = set(subdirs)
+        names.update(elves)
+        names.update(others)
         changed_names.update(names ^ old_names)
-        self.dirs[d] = {"m": st.st_mtime_ns if _trusted(st.st_mtime_ns, now_ns) else None, "s": subdirs,
-                        "e": elves, "o": others}
-        return subdirs
+        subs = "/".join(subdirs)
+        dirs.put(d, st.st_ctime_ns if now_ns - st.st_ctime_ns >= self.racy_ns else -1, st.st_ino, subs,
+                 "/".join(elves), "/".join(others))
+        roots.extend([prefix + n for n in elves])
+        return subs
 
-    def _read(self, p: str, st: os.stat_result, now_ns: int) -> bool:
-        """Read the file at ``p`` (new or changed): True when it is an ELF file (now in ``files``)."""
-        if st.st_size < _MIN_ELF:
-            self.files.pop(p, None)
-            return False
+    def _probe(self, p: str, now_ns: int) -> bool:
+        """Open the regular file at ``p`` (new, or its key changed): True when it is an ELF file, now read
+        into ``files``. The magic is read first: most files are not ELF files and cost no ``stat``."""
         self.stats.probed += 1
+        files = self.data.files
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+            fd = os.open(p, _OPEN_FLAGS)
         except OSError:
-            self.files.pop(p, None)
+            files.pop(p, None)
             return False
         try:
-            magic = os.read(fd, 4)
+            if os.read(fd, 4) != _ELF_MAGIC:
+                files.pop(p, None)
+                return False
+            st = os.fstat(fd)
         except OSError:
-            magic = b""
+            files.pop(p, None)
+            return False
         finally:
             os.close(fd)
-        if magic != b"\x7fELF":
-            self.files.pop(p, None)
+        if not stat.S_ISREG(st.st_mode):
+            files.pop(p, None)
             return False
-        self.stats.reread.append(p)
-        key = list(key_of(st)) if _trusted(st.st_mtime_ns, now_ns) else None
-        entry: Dict[str, Any] = {"k": key, "t": OTHER, "so": None, "tree": None, "d": [], "req": [],
-                                 "fatal": None, "err": None}
-        try:
-            elf = self.elf_cache.get(p, st)
-            entry["t"] = classify(elf)
-            if elf.is_dynamic:
-                entry["so"] = elf.soname
-        except SoswapError as exc:
-            entry["err"] = str(exc)[:300]
-        self.files[p] = entry
+        self._read(p, st, now_ns)
         return True
 
-    def _refresh_members(self, roots: Sequence[str], now_ns: int) -> Set[str]:
-        """Re-stat every member of the trees of ``roots``; the paths whose key changed."""
-        wanted: Set[str] = set()
+    def _read(self, p: str, st: os.stat_result, now_ns: int) -> None:
+        """Read the ELF file at ``p`` (new or changed) into ``files``; its tree is computed later."""
+        self.stats.reread.append(p)
+        self._dirty = True
+        key = key_of(st) if now_ns - st.st_ctime_ns >= self.racy_ns else None
+        entry: List[Any] = [key, OTHER, None, None, [], "", None, None]
+        try:
+            elf = self.elf_cache.get(p, st)
+            entry[F_TYPE] = classify(elf)
+            if elf.is_dynamic:
+                entry[F_SONAME] = elf.soname
+        except SoswapError as exc:
+            entry[F_ERR] = str(exc)[:300]
+        self.data.files[p] = entry
+
+    def _refresh_members(self, roots: Sequence[str], now_ns: int) -> Set[int]:
+        """``stat`` every member of the trees of ``roots``; the ids whose key changed."""
+        wanted: Set[int] = set()
+        files = self.data.files
         for p in roots:
-            tree = self.files[p]["tree"]
+            tree = files[p][F_TREE]
             if tree:
                 wanted.update(tree)
-        changed: Set[str] = set()
+        changed: Set[int] = set()
+        mkeys, mpaths = self.data.mkeys, self.data.mpaths
+        self._checked.update(wanted)
         for m in wanted:
             try:
-                st = os.stat(m)
-                k: Optional[List[int]] = list(key_of(st))
+                st = os.stat(mpaths[m])
+                k: Optional[Key] = key_of(st)
             except OSError:
                 k = None
-            old = self.members.get(m)
-            if old is None or old != k:
+            if mkeys[m] is None or mkeys[m] != k:
                 changed.add(m)
-            # a racy member is re-checked next time: stored as unknown
-            self.members[m] = k if (k is not None and _trusted(k[3], now_ns)) else None
+                # a racy member is checked again next time: stored as unknown
+                mkeys[m] = k if (k is not None and now_ns - k[4] >= self.racy_ns) else None
+                self._dirty = True
         return changed
+
+    def _member(self, path: str, now_ns: int) -> int:
+        """The id of a member of a tree just computed; its key as of this update."""
+        data = self.data
+        i = data.mids.get(path)
+        if i is None:
+            i = data.mids[path] = len(data.mpaths)
+            data.mpaths.append(path)
+            data.mkeys.append(None)
+        elif i in self._checked:
+            return i
+        self._checked.add(i)
+        try:
+            k: Optional[Key] = key_of(os.stat(path))
+        except OSError:
+            k = None
+        data.mkeys[i] = k if (k is not None and now_ns - k[4] >= self.racy_ns) else None
+        return i
 
     def _loader_for_trees(self) -> Loader:
         if self._loader is None:
@@ -482,58 +666,71 @@ class RdepsIndex:
         return self._loader
 
     def _compute_tree(self, p: str, now_ns: int) -> None:
-        e = self.files[p]
+        e = self.data.files[p]
         self.stats.trees.append(p)
-        e["tree"], e["d"], e["req"], e["fatal"] = [], [], [], None
+        self._dirty = True
+        e[F_TREE], e[F_DIRECT], e[F_REQ], e[F_FATAL] = [], [], "", None
         try:
             res = self._loader_for_trees().load(p)
         except SoswapError as exc:
-            e["err"] = str(exc)[:300]
+            e[F_ERR] = str(exc)[:300]
             return
-        e["err"] = None
-        members: List[str] = []
+        e[F_ERR] = None
+        members: List[int] = []
         req: Set[str] = set()
-        for o in res.objects[1:]:
+        objects = res.objects
+        for o in objects[1:]:
             if o.kind == "vdso":
                 continue
             for n in o.names:
                 req.add(posixpath.basename(n))
             if o.found and o.path:
-                members.append(o.path)
-        root = res.objects[0]
-        e["tree"] = members
-        e["d"] = [res.objects[j].path for j in root.needed if j is not None and res.objects[j].found]
-        e["req"] = sorted(req)
-        e["fatal"] = res.fatal.message if res.fatal is not None else None
-        for m in members:
-            if m not in self.members:
-                try:
-                    st = os.stat(m)
-                    k = list(key_of(st))
-                    self.members[m] = k if _trusted(k[3], now_ns) else None
-                except OSError:
-                    self.members[m] = None
-
-    def _prune_members(self) -> None:
-        used: Set[str] = set()
-        for e in self.files.values():
-            if e["tree"]:
-                used.update(e["tree"])
-        for m in [m for m in self.members if m not in used]:
-            del self.members[m]
+                members.append(self._member(o.path, now_ns))
+        e[F_TREE] = members
+        e[F_DIRECT] = [self._member(objects[j].path, now_ns) for j in objects[0].needed
+                       if j is not None and objects[j].found and objects[j].path]
+        req.discard("")
+        e[F_REQ] = "/".join(sorted(req))
+        e[F_FATAL] = res.fatal.message if res.fatal is not None else None
 
     def _drop_top(self, top: Top) -> None:
-        for d in [d for d in self.dirs if _dir_under(d, top)]:
-            del self.dirs[d]
-        for p in [p for p in self.files if under(p, top)]:
-            del self.files[p]
+        """Forget the directories of ``top`` that no other indexed directory covers."""
+        others = [Top(t, v[0]) for t, v in self.data.tops.items() if t != top.path]
+        for d in [d for d in self.data.dirs.index if _dir_under(d, top)]:
+            if not any(_dir_under(d, o) for o in others):
+                self._forget_dir(d, set())
 
     # -- queries ------------------------------------------------------------------------------------------
 
-    def identity(self, path: str) -> Optional[Tuple[int, int]]:
+    def info(self, path: str) -> Optional[FileInfo]:
+        """What the index knows of the ELF file ``path`` (None: not an indexed ELF file)."""
+        e = self.data.files.get(path)
+        if e is None:
+            return None
+        mpaths = self.data.mpaths
+        tree = None if e[F_TREE] is None else tuple(mpaths[i] for i in e[F_TREE])
+        return FileInfo(path, e[F_TYPE], e[F_SONAME], tree, tuple(mpaths[i] for i in e[F_DIRECT]), e[F_FATAL],
+                        e[F_ERR])
+
+    def updated_for(self, tops: Sequence[Top]) -> bool:
+        """True when :meth:`update` already ran for these directories in this process (checks of the files
+        of one transaction share one walk: nothing is written in between)."""
+        return self._roots_tops is not None and canonical_tops(tops) == self._roots_tops
+
+    def roots(self, tops: Sequence[Top]) -> List[str]:
+        """The indexed ELF files under ``tops`` (after :meth:`update` of the same directories)."""
+        canon = canonical_tops(tops)
+        if canon == self._roots_tops:
+            return self._roots
+        return [p for p in self.data.files if any(under(p, t) for t in canon)]
+
+    def identity(self, path: str) -> Optional[Identity]:
         """(st_dev, st_ino) of a member or root path as the index knows it (None: unknown)."""
-        e = self.files.get(path)
-        k = e["k"] if e is not None else self.members.get(path)
+        e = self.data.files.get(path)
+        k: Optional[Key] = e[F_KEY] if e is not None else None
+        if k is None:
+            i = self.data.mids.get(path)
+            k = self.data.mkeys[i] if i is not None else None
         if k is None:
             try:
                 st = os.stat(path)
@@ -547,39 +744,73 @@ class RdepsIndex:
         ``target`` itself excluded; programs first, then plugins, then libraries, by path."""
         st = os.stat(target)
         want = (st.st_dev, st.st_ino)
-        tops = canonical_tops(tops)
-        roots = [p for p, e in self.files.items() if e["tree"] is not None and any(under(p, t) for t in tops)]
-        ident: Dict[str, Optional[Tuple[int, int]]] = {}
+        files = self.data.files
+        mpaths = self.data.mpaths
+        member_ident = _Memo(lambda i: self.identity(mpaths[i]))
+        match = {i for i in range(len(mpaths)) if member_ident(i) == want}
+        if not match:
+            return []
+        roots = [p for p in self.roots(tops) if files[p][F_TREE] is not None]
+        tree_idents: Dict[str, Set[Identity]] = {}
 
-        def ident_of(p: str) -> Optional[Tuple[int, int]]:
-            if p not in ident:
-                ident[p] = self.identity(p)
-            return ident[p]
+        def idents_of(p: str) -> Set[Identity]:
+            s = tree_idents.get(p)
+            if s is None:
+                s = tree_idents[p] = {i for i in map(member_ident, files[p][F_TREE]) if i is not None}
+            return s
 
-        # which roots contain which identities (to tell plugins from libraries that others load)
-        containers: Dict[Tuple[int, int], List[str]] = {}
-        tree_ids: Dict[str, Set[Tuple[int, int]]] = {}
-        for p in roots:
-            ids = {i for i in map(ident_of, self.files[p]["tree"]) if i is not None}
-            tree_ids[p] = ids
-            for i in ids:
-                containers.setdefault(i, []).append(p)
+        containers: Optional[Dict[Identity, List[str]]] = None
         out: List[Dependent] = []
         for p in roots:
-            me = ident_of(p)
-            if me == want or want not in tree_ids[p]:
+            e = files[p]
+            if match.isdisjoint(e[F_TREE]):
                 continue
-            e = self.files[p]
-            direct = any(ident_of(m) == want for m in e["d"])
-            role = e["t"]
+            me = self.identity(p)
+            if me == want:
+                continue
+            role = e[F_TYPE]
             if role == LIBRARY:
-                covered = any(q != p and ident_of(q) not in tree_ids[p] for q in containers.get(me, ())) \
-                    if me is not None else False
+                # a library that another indexed file loads is checked through it; else it is a plugin
+                if containers is None:
+                    containers = {}
+                    for q in roots:
+                        for i in idents_of(q):
+                            containers.setdefault(i, []).append(q)
+                covered = me is not None and any(q != p and self.identity(q) not in idents_of(p)
+                                                 for q in containers.get(me, ()))
                 role = LIBRARY if covered else PLUGIN
-            out.append(Dependent(p, role, direct, e["so"], e["fatal"]))
+            out.append(Dependent(p, role, not match.isdisjoint(e[F_DIRECT]), e[F_SONAME], e[F_FATAL]))
         order = {PROGRAM: 0, PLUGIN: 1, LIBRARY: 2}
         out.sort(key=lambda d: (order.get(d.role, 3), d.path))
         return out
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while the index builds its many small lists (none of them forms a
+    cycle): each collection would walk every object made so far, which costs more than the work itself."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+class _Memo:
+    """A function of a member id, computed once."""
+
+    def __init__(self, fn: Callable[[int], Optional[Identity]]) -> None:
+        self.fn = fn
+        self.done: Dict[int, Optional[Identity]] = {}
+
+    def __call__(self, i: int) -> Optional[Identity]:
+        try:
+            return self.done[i]
+        except KeyError:
+            v = self.done[i] = self.fn(i)
+            return v
 
 
 def _dir_under(d: str, top: Top) -> bool:
@@ -588,49 +819,14 @@ def _dir_under(d: str, top: Top) -> bool:
     return d == top.path
 
 
-def _dict(v: Any) -> Dict[str, Any]:
-    if not isinstance(v, dict):
-        raise TypeError("expected an object")
-    return v
+def _split(names: str) -> List[str]:
+    return names.split("/") if names else []
 
 
-def _strs(v: Any) -> List[str]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise TypeError("expected a list of strings")
-    return v
-
-
-def _ints(v: Any) -> List[int]:
-    if not isinstance(v, list) or not all(isinstance(x, int) for x in v):
-        raise TypeError("expected a list of integers")
-    return v
-
-
-def _key(v: Any) -> Optional[List[int]]:
-    if v is None:
-        return None
-    if not isinstance(v, list) or len(v) != 4 or not all(isinstance(x, int) for x in v):
-        raise TypeError("bad file key")
-    return v
-
-
-def _opt_int(v: Any) -> Optional[int]:
-    if v is None or isinstance(v, int):
-        return v
-    raise TypeError("expected an integer")
-
-
-def _opt_str(v: Any) -> Optional[str]:
-    if v is None or isinstance(v, str):
-        return v
-    raise TypeError("expected a string")
-
-
-def open_index(state: Optional[str], profile: Profile, env: Optional[Environment] = None, *,
-               keep: bool = True, elf_cache: Optional[ElfCache] = None, create_dir: bool = True) -> RdepsIndex:
-    """The index of the state directory ``state`` (None: the default one); ``keep=False``: in memory only;
-    ``create_dir=False``: saved only if the state directory exists already."""
-    return RdepsIndex(index_path(state) if keep else None, profile, env, elf_cache=elf_cache, create_dir=create_dir)
+def open_index(cache: Optional[str], profile: Profile, env: Optional[Environment] = None, *,
+               keep: bool = True, elf_cache: Optional[ElfCache] = None) -> RdepsIndex:
+    """The index of the cache directory ``cache`` (None: the default one); ``keep=False``: in memory only."""
+    return RdepsIndex(index_path(cache) if keep else None, profile, env, elf_cache=elf_cache)
 
 
 def environment_for_index(environ: Mapping[str, str]) -> Environment:

@@ -31,19 +31,21 @@ class Top(NamedTuple):
 def canonical_tops(tops: Sequence[Top]) -> List[Top]:
     """Real paths, existing directories only, duplicates and directories inside a recursive one dropped;
     a directory given both flat and recursive is recursive."""
-    best: Dict[str, bool] = {}
+    wanted: Dict[str, bool] = {}
     for t in tops:
-        if not t.path or not os.path.isabs(t.path):
-            continue
-        real = os.path.realpath(t.path)
+        if t.path and os.path.isabs(t.path):
+            wanted[t.path] = wanted.get(t.path, False) or t.recursive
+    best: Dict[str, bool] = {}
+    for path, recursive in wanted.items():
+        real = os.path.realpath(path)
         if not os.path.isdir(real):
             continue
         # never walk the whole file system: "/" is read flat
-        best[real] = (best.get(real, False) or t.recursive) and real != "/"
-    recursive = sorted(p for p, r in best.items() if r)
+        best[real] = (best.get(real, False) or recursive) and real != "/"
+    recursive_dirs = sorted(p for p, r in best.items() if r)
     out = []
     for p in sorted(best):
-        if any(p != r and _inside(p, r) for r in recursive):
+        if any(p != r and _inside(p, r) for r in recursive_dirs):
             continue
         out.append(Top(p, best[p]))
     return out
@@ -74,10 +76,12 @@ def system_tops(profile: Profile, environ: Optional[Mapping[str, str]] = None) -
         entries = profile.ldcache.entries
     except SoswapError:
         entries = ()
+    cache_dirs = set()
     for e in entries:
         d = posixpath.dirname(e.value)
         if e.hwcaps_subdir and "/glibc-hwcaps/" in d:
             d = d.split("/glibc-hwcaps/", 1)[0]
         if d:
-            tops.append(Top(d, True))
+            cache_dirs.add(d)
+    tops.extend(Top(d, True) for d in sorted(cache_dirs))
     return canonical_tops(tops)

@@ -26,7 +26,7 @@ Consumers:
                       they dlopen'ed)
   default             the running processes that map TARGET, plus every ELF file under the PATH, libexec
                       and ld.so.cache directories whose tree loads TARGET, found through the rdeps index
-                      kept in the state directory (see soswap rdeps)
+                      kept in the cache directory (see soswap rdeps)
 
 Programs and plugins are loaded with this command's environment (LD_LIBRARY_PATH, LD_PRELOAD, LD_BIND_NOW).
 ELF-level only: function signatures, struct layouts and vtable slots are not compared (docs/check.md).
@@ -46,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check these running processes (repeatable)")
     parser.add_argument("--no-processes", action="store_true",
                         help="default discovery: leave out the running processes")
-    parser.add_argument("--state-dir", metavar="DIR",
-                        help="where the rdeps index is kept (default: $SOSWAP_STATE_DIR, /var/lib/soswap as "
-                             "root, else $XDG_STATE_HOME/soswap)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="where the rdeps index is kept (default: $SOSWAP_CACHE_DIR, /var/cache/soswap as "
+                             "root, else $XDG_CACHE_HOME/soswap); created if missing")
     parser.add_argument("--no-index", action="store_true",
                         help="build the rdeps index in memory only (nothing is written)")
     parser.add_argument("--full", action="store_true",
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         args.target, args.new,
         consumers=args.consumer or None, scope=args.scope or None, pids=args.pid or None,
         processes=None if explicit else not args.no_processes,
-        state_dir=args.state_dir, keep_index=not args.no_index, full=args.full)
+        cache_dir=args.cache_dir, keep_index=not args.no_index, full=args.full)
     if args.json:
         write_check_json(result, sys.stdout)
     else:

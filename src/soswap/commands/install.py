@@ -180,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         from soswap.abi.preflight import preflight as check_engine
 
-        preflight = functools.partial(check_engine, state_dir=state.path, consumers=args.consumer or None,
-                                      scope=args.scope or None, processes=True, system=True)
+        preflight = functools.partial(check_engine, consumers=args.consumer or None, scope=args.scope or None,
+                                      processes=True, system=True)
     want_report = args.report or args.restart
     result = install(requests, opts, state, preflight=preflight, stale_report=_after_report if want_report else None,
                      argv=sys.argv[1:])

@@ -16,8 +16,10 @@ List every ELF file whose resolved tree (what ld.so would load with it) contains
 files), each marked direct (LIB is one of its own DT_NEEDED entries) or indirect.
 
 The files are those under the PATH, libexec and ld.so.cache directories (or under --scope DIR...). Their trees
-are kept in an index in the state directory, keyed by device, inode, size and mtime: a second run reads only
-the files that changed. A corrupt index is rebuilt.
+are kept in an index in the cache directory (shared by every soswap command; --cache-dir, $SOSWAP_CACHE_DIR,
+/var/cache/soswap as root, else $XDG_CACHE_HOME/soswap): a directory that did not change is not listed again,
+an ELF file that did not change (device, inode, size, mtime, ctime) is not read again, a tree none of whose
+members changed is not computed again. A corrupt index is rebuilt.
 
 Exit status: 0 done (whether or not anything loads LIB), 2 error."""
 
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("library", metavar="LIB", help="the library (a path)")
     parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
                         help="index these directories (recursively) instead of the system's")
-    parser.add_argument("--state-dir", metavar="DIR", help="where the index is kept (default: as soswap check)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where the index is kept (default: as soswap check)")
     parser.add_argument("--no-index", action="store_true", help="build the index in memory only")
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-abi.md)")
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--scope {d}: not a directory")
     profile = Profile.detect()
     tops = [Top(os.path.abspath(d), True) for d in args.scope] or system_tops(profile)
-    index = open_index(args.state_dir, profile, environment_for_index(os.environ), keep=not args.no_index,
+    index = open_index(args.cache_dir, profile, environment_for_index(os.environ), keep=not args.no_index,
                        elf_cache=cache)
     index.update(tops)
     index.save()
