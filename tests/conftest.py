@@ -14,37 +14,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support.procs import ProcessPool
 
 
-@pytest.fixture(scope="session", autouse=True)
-def soswap_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The rdeps index of every soswap run by the tests (in process or as a child) lives in a directory of this
-    session, never in /var/cache/soswap: built once (the first check or install), then warm. A
-    ``SOSWAP_CACHE_DIR`` set by the caller is kept."""
-    given = os.environ.get("SOSWAP_CACHE_DIR")
+def _session_dir(variable: str, prefix: str, factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Point ``variable`` at a directory of this test session (a value set by the caller is kept)."""
+    given = os.environ.get(variable)
     if given:
         yield given
         return
-    path = str(tmp_path_factory.mktemp("soswap-cache"))
-    os.environ["SOSWAP_CACHE_DIR"] = path
+    path = str(factory.mktemp(prefix))
+    os.environ[variable] = path
     try:
         yield path
     finally:
-        os.environ.pop("SOSWAP_CACHE_DIR", None)
+        os.environ.pop(variable, None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def soswap_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The rdeps index of every soswap run by the tests (in process or as a child) lives in a directory of this
+    session, never in /var/cache/soswap: built once (the first check or install), then warm."""
+    yield from _session_dir("SOSWAP_CACHE_DIR", "soswap-cache", tmp_path_factory)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def soswap_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Journals and the clock record of every soswap run by the tests go to a directory of this session, never
     to /var/lib/soswap (tests that need their own state directory set SOSWAP_STATE_DIR or --state-dir)."""
-    given = os.environ.get("SOSWAP_STATE_DIR")
-    if given:
-        yield given
-        return
-    path = str(tmp_path_factory.mktemp("soswap-state"))
-    os.environ["SOSWAP_STATE_DIR"] = path
-    try:
-        yield path
-    finally:
-        os.environ.pop("SOSWAP_STATE_DIR", None)
+    yield from _session_dir("SOSWAP_STATE_DIR", "soswap-state", tmp_path_factory)
 
 
 @pytest.fixture
