@@ -131,6 +131,9 @@ class Scenario:
         self.env["PYTHONPATH"] = src_root + (os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH")
                                              else "")
         self.env["SOSWAP_STATE_DIR"] = str(self.state)
+        # the preflight's reverse-dependency index too: the demo leaves nothing behind (the index is built
+        # once, by the first check, and reused by the installs)
+        self.env["SOSWAP_CACHE_DIR"] = str(workdir / "cache")
         self.env.pop("LD_LIBRARY_PATH", None)
         self.env.pop("LD_PRELOAD", None)
 
