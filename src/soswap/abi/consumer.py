@@ -9,8 +9,9 @@ For one consumer (a program, or a plugin checked as ``dlopen(RTLD_NOW)`` would l
    whole scope (``_dl_relocate_object``: weak references may stay unresolved, versions must match), NEW's own
    references included (its new dependencies, its new undefined symbols);
 3. the checks ld.so does not report: a reference that bound OLD's FUNC and now binds NEW's OBJECT (or TLS), a
-   copy relocation whose size NEW changed (``elf_machine_rela`` R_X86_64_COPY warns only when NEW grew), a copy
-   relocation of data NEW made PROTECTED (``_dl_check_protected_symbol``);
+   copy relocation whose size NEW changed (``elf_machine_rela`` R_X86_64_COPY warns only when NEW grew); a copy
+   relocation of data NEW made PROTECTED is the loader's ``protected-copy`` warning
+   (``_dl_check_protected_symbol``);
 4. only when something fails: the same with OLD, and the difference. A consumer that already fails at startup
    with OLD is ``broken``; for a plugin, symbols it leaves unresolved with OLD too are its host's.
 """
@@ -27,22 +28,25 @@ from soswap.elf import ElfCache
 from soswap.elf import constants as C
 from soswap.elf.relocs import BIT_COPY
 from soswap.errors import SoswapError
-from soswap.loader import Environment, Loader, LoadResult, Profile
-from soswap.loader.binding import BindCache, Binder, bind
+from soswap.loader import Environment, Loader, LoadResult, Profile, Reference
 from soswap.loader.model import (
     ASSERTION,
     COPY_SIZE,
     FIRST_CALL,
+    INDIRECT_EXTERN_ACCESS,
     NOT_FOUND,
     PRELOAD,
+    PROTECTED_COPY,
+    PROTECTED_FUNCTION,
     UNDEFINED_SYMBOL,
     WEAK_VERSION,
     Failure,
 )
 
 _PROGRAM, _PLUGIN, _SELF = "program", "plugin", "self"
-#: Loader failure kinds that do not break anything (tolerated by ld.so, or not about the consumer).
-_HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD})
+#: Loader failure kinds that do not break anything (tolerated by ld.so, or not about the consumer). A direct
+#: reference to a protected function only may break pointer equality (T11: compatible).
+_HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD, PROTECTED_FUNCTION})
 #: Change kinds whose symbols need the binding-level checks (type, copy size, protected data).
 _BINDING_KINDS = frozenset({"type-changed", "size-changed", "visibility-changed"})
 #: Changes that alter what a reference to that symbol binds to, or how: only consumers that reference the
@@ -81,7 +85,6 @@ class ConsumerChecker:
         self.new = new
         self.profile = profile
         self.elf_cache = elf_cache if elf_cache is not None else ElfCache()
-        self.bind_cache = BindCache()
         self._loaders: Dict[Environment, Loader] = {}
         #: names whose definition changed in a way only a binding-level check sees
         self.watch: FrozenSet[str] = frozenset(
@@ -89,7 +92,7 @@ class ConsumerChecker:
         #: TARGET <- NEW, plus the other replacements of the same transaction (``also``: {target: new})
         self.substitution: Dict[str, str] = dict(also or {})
         self.substitution[target] = new
-        self._watched_cache: Dict[int, Tuple[object, List[object]]] = {}
+        self._watched_cache: Dict[int, Tuple[object, List[Reference]]] = {}
         # What the diff says can hurt a consumer (see _may_break); full=True binds every consumer anyway.
         risky = [c for c in diff.changes if c.severity != HARMLESS]
         self.full = full or any(c.kind not in _SYMBOL_KINDS | _VERSION_KINDS for c in risky)
@@ -113,9 +116,12 @@ class ConsumerChecker:
         self._path_may_break: Dict[Tuple[str, bool], bool] = {}
 
     def loader(self, env: Environment) -> Loader:
+        """The loader for ``env``; every one shares the first one's caches (:meth:`Loader.sibling`)."""
         ld = self._loaders.get(env)
         if ld is None:
-            ld = self._loaders[env] = Loader(self.profile, env, cache=self.elf_cache)
+            first = next(iter(self._loaders.values()), None)
+            ld = Loader(self.profile, env, cache=self.elf_cache) if first is None else first.sibling(env)
+            self._loaders[env] = ld
         return ld
 
     # -- one consumer --------------------------------------------------------------------------------------
@@ -183,8 +189,11 @@ class ConsumerChecker:
         t_new = self._new_index(res_new)
         res_old: Optional[LoadResult] = None
         if t_new is None:
-            # NEW is not in the tree: either the consumer does not load TARGET, or ld.so could not take NEW
-            # (another class or machine, a bad header): then the failures say so
+            # NEW is not in the tree: either the consumer does not load TARGET, or ld.so refused NEW (another
+            # class or machine, a bad header: the loader names the refused substitutes)
+            if not res_new.substitutes_rejected and len(self.substitution) == 1:
+                return P.ConsumerResult(path, role, P.UNAFFECTED, pid=pid, source=source,
+                                        note="does not load TARGET")
             res_old = ld.load(path, argv0=argv0)
             if self._target_index(res_old) is None:
                 return P.ConsumerResult(path, role, P.UNAFFECTED, pid=pid, source=source,
@@ -192,20 +201,18 @@ class ConsumerChecker:
         if t_new is not None and not self.full and not self._may_break(res_new):
             self.shortcuts += 1
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
-        new_failures = self._failures(res_new, bind_now)
-        watched = self._watched_refs(res_new) if self.watch and t_new is not None else []
+        new_failures = self._failures(ld, res_new, bind_now)
+        watched = self._watched_refs(ld, res_new) if self.watch and t_new is not None else []
         if not new_failures and not watched:
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
         if res_old is None:
             res_old = ld.load(path, argv0=argv0)
         t_old = self._target_index(res_old)
-        old_failures = self._failures(res_old, bind_now)
+        old_failures = self._failures(ld, res_old, bind_now)
         new_problems = [self._problem(f, res_new, mode) for f in new_failures]
-        if mode != _PLUGIN:
-            new_problems = [self._assertion_when(p, f, res_new) for p, f in zip(new_problems, new_failures)]
         old_problems = [self._problem(f, res_old, mode) for f in old_failures]
         if watched and t_old is not None and t_new is not None:
-            new_problems.extend(self._binding_problems(res_old, res_new, t_old, t_new, watched, plugin))
+            new_problems.extend(self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin))
         seen = {_identity(p) for p in old_problems}
         added = tuple(p for p in new_problems if _identity(p) not in seen)
         baseline = tuple(old_problems)
@@ -282,14 +289,14 @@ class ConsumerChecker:
                 return o.index
         return None
 
-    def _failures(self, res: LoadResult, bind_now: Optional[bool]) -> List[Failure]:
-        b = bind(res, self.bind_cache, bind_now=bind_now, warn=True)
+    def _failures(self, ld: Loader, res: LoadResult, bind_now: Optional[bool]) -> List[Failure]:
+        b = ld.bind(res, bind_now=bind_now, warn=True)
         out = list(res.failures)
         known = set(out)
         for f in b.failures:
             if f not in known:
                 out.append(f)
-        # copy relocations are judged by _binding_problems (size and type, both directions)
+        # copy relocations' sizes are judged by _binding_problems (size and type, both directions)
         return [f for f in out if f.kind not in _HARMLESS_KINDS and f.kind != COPY_SIZE]
 
     def _problem(self, f: Failure, res: LoadResult, mode: str) -> P.Problem:
@@ -306,116 +313,73 @@ class ConsumerChecker:
         else:
             message = f.message  # what dlerror() returns: the message without the program prefix
         detail = _FAILURE_DETAIL.get(f.kind, "")
+        if f.substitute:
+            detail = f"ld.so refuses NEW itself at TARGET's place ({detail})" if detail else \
+                "ld.so refuses NEW itself at TARGET's place"
         return P.Problem(f.kind, f.symbol, f.version, when, message, obj, bool(f.fatal), False, detail)
 
-    def _assertion_when(self, p: P.Problem, f: Failure, res: LoadResult) -> P.Problem:
-        """The glibc < 2.41 check_match assertion strikes at the lookup that meets it: at startup only if a
-        non-lazy relocation (data, or BIND_NOW) makes that lookup, else at the first call (T20)."""
-        if f.kind != ASSERTION or f.object is None:
-            return p
-        b = Binder(res, self.bind_cache)
-        b.prepare()
-        syms = b.syms(f.object)
-        if syms is None or syms.bind_now or res.env.bind_now:
-            return p
-        try:
-            refs = syms.references()
-        except SoswapError:
-            return p
-        for ref in refs:
-            if ref.lazy:
-                continue
-            try:
-                b.ordered(f.object, ref, skip_main=ref.copy)
-            except Exception:  # the assertion (soswap.loader.binding._Assertion)
-                return p
-        return p._replace(when=P.FIRST_CALL, fatal=False)
-
-    def _watched_refs(self, res: LoadResult) -> List[Tuple[int, object]]:
+    def _watched_refs(self, ld: Loader, res: LoadResult) -> List[Tuple[int, Reference]]:
         """(object index, reference) of every reference to a watched name made by an object other than NEW."""
-        b = Binder(res, self.bind_cache)
-        out: List[Tuple[int, object]] = []
+        out: List[Tuple[int, Reference]] = []
         for o in res.objects:
-            if o.elf is None or not o.found or o.kind in ("vdso", "interpreter") or self._is_new(o):
+            elf = o.elf
+            if elf is None or not o.found or o.kind in ("vdso", "interpreter") or self._is_new(o):
                 continue
-            syms = b.syms(o.index)
-            if syms is None:
-                continue
-            hit = self._watched_cache.get(id(syms))
-            if hit is None or hit[0] is not syms:
+            hit = self._watched_cache.get(id(elf))
+            if hit is None or hit[0] is not elf:
                 try:
-                    refs = syms.references()
+                    refs = ld.references(res, o.index)
                 except SoswapError:
                     refs = ()
-                hit = self._watched_cache[id(syms)] = (syms, [r for r in refs if r.name in self.watch])
+                hit = self._watched_cache[id(elf)] = (elf, [r for r in refs if r.name in self.watch])
             out.extend((o.index, ref) for ref in hit[1])
         return out
 
-    def _binding_problems(self, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
-                          watched: List[Tuple[int, object]], plugin: bool) -> List[P.Problem]:
-        b_new = Binder(res_new, self.bind_cache)
-        b_new.prepare()
-        b_old = Binder(res_old, self.bind_cache)
-        b_old.prepare()
+    def _binding_problems(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
+                          watched: List[Tuple[int, Reference]], plugin: bool) -> List[P.Problem]:
         old_by_path = {o.path: o.index for o in res_old.objects if o.found}
-        target_path = res_new.objects[t_new].path
         out: List[P.Problem] = []
-        done: Set[Tuple[int, str, int]] = set()
+        done: Set[Tuple[int, str, bool]] = set()
         for i, ref in watched:
             o = res_new.objects[i]
             j = old_by_path.get(o.path)
             if j is None:
                 continue
-            copy = bool(ref.copy)  # type: ignore[attr-defined]
-            tag = (i, ref.name, copy)  # type: ignore[attr-defined]
+            copy = ref.copy
+            tag = (i, ref.name, copy)
             if tag in done:
                 continue
             done.add(tag)
-            where_new, sym_new = _lookup(b_new, i, ref)
-            where_old, sym_old = _lookup(b_old, j, ref)
-            if where_new != t_new or where_old != t_old or sym_new is None or sym_old is None:
+            d_new = ld.resolve(res_new, i, ref)
+            d_old = ld.resolve(res_old, j, ref)
+            if d_new is None or d_old is None or d_new.index != t_new or d_old.index != t_old:
                 continue
             who = o.path or res_new.argv0
-            name = ref.name  # type: ignore[attr-defined]
-            version = ref.version.name if ref.version is not None else None  # type: ignore[attr-defined]
-            why = _type_break(sym_old.type, sym_new.type)
+            name = ref.name
+            version = ref.version.name if ref.version is not None else None
+            why = _type_break(d_old.type, d_new.type)
             if why is not None:
                 # a call crashes when it is made, however early it was bound; data is wrong from the start
-                when = P.DLOPEN if plugin else (P.FIRST_CALL if sym_old.type in _FUNCS else P.STARTUP)
+                when = P.DLOPEN if plugin else (P.FIRST_CALL if d_old.type in _FUNCS else P.STARTUP)
                 out.append(P.Problem(
                     P.TYPE_CHANGED, name, version, when, None, who, False, True,
-                    f"{name} was {C.STT_NAMES.get(sym_old.type, sym_old.type)} in OLD and is "
-                    f"{C.STT_NAMES.get(sym_new.type, sym_new.type)} in NEW: {why}"))
+                    f"{name} was {C.STT_NAMES.get(d_old.type, d_old.type)} in OLD and is "
+                    f"{C.STT_NAMES.get(d_new.type, d_new.type)} in NEW: {why}"))
                 continue
             if not copy:
                 continue
-            mine = b_new.syms(i).raw.sym(ref.symbol_index)  # type: ignore[union-attr,attr-defined]
-            if sym_new.size != mine.size and sym_old.size == mine.size:
-                grew = sym_new.size > mine.size
+            mine = ld.symbol(res_new, i, ref.symbol_index)
+            if mine is not None and d_new.size != mine.size and d_old.size == mine.size:
+                grew = d_new.size > mine.size
                 text = f"{res_new.argv0}: Symbol `{name}' has different size in shared object, consider re-linking"
                 what = ("NEW's object is bigger: only the old size is copied and NEW's code reads past the "
                         "program's copy" if grew else
                         "NEW's object is smaller: the program's copy holds garbage past NEW's size (ld.so says so "
                         "only with LD_WARN=1)")
                 out.append(P.Problem(P.COPY_SIZE, name, version, P.STARTUP, text, who, False, not grew,
-                                     f"copy relocation of {name}: {mine.size} bytes in the program, {sym_new.size} "
+                                     f"copy relocation of {name}: {mine.size} bytes in the program, {d_new.size} "
                                      f"in NEW: {what}"))
-            if sym_new.visibility == C.STV_PROTECTED and sym_old.visibility != C.STV_PROTECTED:
-                # _dl_check_protected_symbol (elf/dl-protected.h)
-                text = (f"warning: copy relocation against non-copyable protected symbol `{name}' in "
-                        f"`{target_path}'")
-                out.append(P.Problem(P.PROTECTED_COPY, name, version, P.STARTUP, text, who, False, False,
-                                     f"{name} is PROTECTED in NEW: the program writes its copy, NEW keeps using "
-                                     "its own"))
         return out
-
-
-def _lookup(b: Binder, i: int, ref: object) -> Tuple[Optional[int], Optional[object]]:
-    try:
-        where, sym = b.ordered(i, ref, skip_main=bool(ref.copy))  # type: ignore[arg-type,attr-defined]
-    except Exception:  # the glibc < 2.41 check_match assertion: bind() reports it
-        return None, None
-    return where, sym
 
 
 def _identity(p: P.Problem) -> Tuple[object, ...]:
@@ -430,5 +394,8 @@ _FAILURE_DETAIL = {
     "bad-file": "ld.so refuses the file",
     "no-version-info": "the library has no version information where the consumer needs some",
     ASSERTION: "glibc < 2.41 aborts in check_match: a versioned reference meets an unversioned library",
+    PROTECTED_COPY: "the data is PROTECTED in NEW: the program writes its copy, NEW keeps using its own",
+    INDIRECT_EXTERN_ACCESS: "NEW needs indirect extern access: ld.so refuses the program's copy relocation or "
+                            "canonical function address",
     "isa-level": "the CPU lacks the x86 ISA level the file needs",
 }

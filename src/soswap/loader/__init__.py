@@ -10,13 +10,24 @@ version references fail — from the files alone, without running anything. See 
 from soswap.loader.environment import Environment
 from soswap.loader.ldcache import CacheEntry, LdCache, libcmp
 from soswap.loader.loading import Loader
-from soswap.loader.model import BindResult, Failure, LoadedObject, LoadResult, Reason, Unresolved
+from soswap.loader.model import (
+    BindResult,
+    Definition,
+    Failure,
+    LoadedObject,
+    LoadResult,
+    Reason,
+    Reference,
+    Unresolved,
+    VersionRef,
+)
 from soswap.loader.profile import Abi, Profile
 
 __all__ = [
     "Abi",
     "BindResult",
     "CacheEntry",
+    "Definition",
     "Environment",
     "Failure",
     "LdCache",
@@ -25,6 +36,8 @@ __all__ = [
     "Loader",
     "Profile",
     "Reason",
+    "Reference",
     "Unresolved",
+    "VersionRef",
     "libcmp",
 ]

@@ -30,8 +30,12 @@ if TYPE_CHECKING:
 # The relocation side (soswap.loader.lookup, soswap.loader.symtab) is imported where it is first needed: the
 # version check alone (plain `soswap tree`, `ldd`) never needs it. These are its ELF_RTYPE_CLASS_COPY and
 # FOUND_STRONG (a definition that binds).
+CLASS_PLT = 1
 CLASS_COPY = 2
 FOUND_STRONG = 2
+#: GNU_PROPERTY_1_NEEDED and its GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS bit (elf.h)
+GNU_PROPERTY_1_NEEDED = 0xB0008000
+GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS = 1
 _UNSET = object()
 
 
@@ -58,6 +62,35 @@ class BindCache:
         self.version_outcomes: Dict[tuple, tuple] = {}
         #: id -> library LoadedObject whose version check finds nothing (shared by same-shape results)
         self.versions_clean: Dict[int, M.LoadedObject] = {}
+        #: id of a program's RefTable -> (the table, its positions _program_checks looks at)
+        self._program_positions: Dict[int, Tuple[RefTable, Tuple[int, ...]]] = {}
+        #: id of an ElfFile -> (the file, needs indirect extern access)
+        self._indirect: Dict[int, Tuple[ElfFile, bool]] = {}
+
+    def program_positions(self, t: RefTable, syms: ObjectSymbols) -> Tuple[int, ...]:
+        """Positions of ``t`` (the program's references) that ld.so checks beyond the lookup: its copy relocations
+        and its PLT-class references through a symbol with a nonzero ``st_value`` and ``SHN_UNDEF`` (a canonical
+        function address: ``_dl_check_protected_symbol``)."""
+        hit = self._program_positions.get(id(t))
+        if hit is None or hit[0] is not t:
+            raw = syms.raw
+            values, shndxs = raw.value, raw.shndx
+            symbols = t.symbols
+            out = tuple(n for n, k in enumerate(t.keys)
+                        if k[2] == CLASS_COPY or (k[2] & CLASS_PLT and values[symbols[n]] != 0
+                                                  and shndxs[symbols[n]] == C.SHN_UNDEF))
+            hit = self._program_positions[id(t)] = (t, out)
+        return hit[1]
+
+    def indirect_extern_access(self, elf: Optional[ElfFile]) -> bool:
+        """The object needs GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS (``l_1_needed``, from its
+        PT_GNU_PROPERTY: ``_dl_process_gnu_property``)."""
+        if elf is None:
+            return False
+        hit = self._indirect.get(id(elf))
+        if hit is None or hit[0] is not elf:
+            hit = self._indirect[id(elf)] = (elf, _needs_indirect_access(elf))
+        return hit[1]
 
     @property
     def hashes(self) -> NameHashes:
@@ -165,6 +198,17 @@ class Binder:
         if v is None:
             return sym.name
         return f"{sym.name}{'@' if sym.hidden else '@@'}{v[1]}"
+
+    def definition(self, i: int, sym: Sym) -> M.Definition:
+        """Symbol ``sym`` of object ``i`` as a public :class:`Definition`."""
+        version: Optional[str] = None
+        s = self.syms(i)
+        if s is not None and s.has_versyms and sym.version_index >= 2:
+            v = s.versions.get(sym.version_index)
+            if v is not None:
+                version = v[1]
+        return M.Definition(i, sym.index, sym.name, version, sym.hidden and version is not None, sym.type, sym.bind,
+                            sym.visibility, sym.size, sym.value, sym.shndx)
 
     def verdefs(self, i: int) -> Optional[Tuple[bool, frozenset]]:
         """(has DT_VERDEF, {(hash, name)}) of object ``i``, for the version check."""
@@ -284,7 +328,7 @@ class Binder:
 
     def ordered(self, undef: int, ref: Reference, *, skip_main: bool = False) -> Tuple[Optional[int], object]:
         """``_dl_lookup_symbol_x`` in scope order: (index, definition) of the first acceptable definition.
-        Raises :class:`_Assertion` where glibc < 2.41 would abort."""
+        Raises :class:`LookupAborted` where glibc < 2.41 would abort."""
         from soswap.loader.lookup import _SKIP, _NoVersions, _Weak
 
         order = self.scope
@@ -305,7 +349,7 @@ class Binder:
                 v = ref.version
                 if self.glibc < (2, 41) and v is not None and v.filename is not None and self.name_match(
                         v.filename, i):
-                    raise _Assertion(i)
+                    raise LookupAborted(i)
                 return i, r.sym
             if isinstance(r, _Weak):
                 if not self.dynamic_weak:
@@ -322,7 +366,7 @@ class Binder:
         if i != self.main:
             try:
                 return self.ordered(i, ref, skip_main=True)
-            except _Assertion:
+            except LookupAborted:
                 return None, None
         memo = self.cache.copy_sources.get(self._copy_key)
         if memo is None:
@@ -331,7 +375,7 @@ class Binder:
         if hit is None:
             try:
                 where, sym = self.ordered(i, ref, skip_main=True)
-            except _Assertion:
+            except LookupAborted:
                 where, sym = None, None
             hit = memo[ref.key] = (self._syms[where] if where is not None else None, sym)
         s, sym = hit
@@ -381,12 +425,41 @@ class Binder:
         return [n for n in hit if keys[n][2] == CLASS_COPY or not accepts(keys[n])]
 
 
+def _needs_indirect_access(elf: ElfFile) -> bool:
+    # _dl_process_pt_gnu_property -> _dl_process_gnu_property: GNU_PROPERTY_1_NEEDED sets l_1_needed
+    from soswap.elf.notes import iter_notes
+
+    try:
+        for seg in elf.segments_of_type(C.PT_GNU_PROPERTY):
+            if not 0 < seg.filesz <= 1 << 16:
+                continue
+            align = 8 if elf.elf_class == 64 else 4
+            for note in iter_notes(elf, seg.offset, seg.filesz, align):
+                if note.name != b"GNU" or note.type != C.NT_GNU_PROPERTY_TYPE_0:
+                    continue
+                desc, pos = note.desc, 0
+                order = "little" if elf.little_endian else "big"
+                while pos + 8 <= len(desc):
+                    pr_type = int.from_bytes(desc[pos:pos + 4], order)
+                    size = int.from_bytes(desc[pos + 4:pos + 8], order)
+                    if pr_type == GNU_PROPERTY_1_NEEDED and size == 4 and pos + 12 <= len(desc):
+                        return bool(int.from_bytes(desc[pos + 8:pos + 12], order)
+                                    & GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS)
+                    pos += 8 + ((size + align - 1) & ~(align - 1))
+    except ElfError:
+        return False
+    return False
+
+
 def _hint(meta: tuple) -> Optional[str]:
     v = meta[1]
     return v.filename if v is not None else None
 
 
-class _Assertion(Exception):
+class LookupAborted(Exception):
+    """The glibc < 2.41 ``check_match`` assertion: the lookup aborts at object ``obj`` (internal to the loader:
+    :meth:`Loader.resolve` returns None and :meth:`Loader.lookup_aborts` names the object instead)."""
+
     def __init__(self, obj: int) -> None:
         super().__init__(obj)
         self.obj = obj
@@ -436,6 +509,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
     if not relocate:
         return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
     b.prepare()
+    now = res.env.bind_now if bind_now is None else bind_now
     # _dl_relocate_object for each object in reverse l_initfini order (ld.so itself excluded)
     for i in reversed(res.initfini):
         o = objs[i]
@@ -444,7 +518,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         syms = b.syms(i)
         if syms is None:
             continue
-        lazy = not (syms.bind_now or (res.env.bind_now if bind_now is None else bind_now))
+        lazy = not (syms.bind_now or now)
         missing = b.missing_needs(i) if res.trace else frozenset()
         limit = syms.version_limit(missing) if missing else None
         try:
@@ -462,22 +536,14 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
                 fatal = f
             return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
         checked += len(t.keys)
-        bad: object
+        # (position in relocation order, failure): the lookups' messages come out in that order
+        events: List[Tuple[int, M.Failure]] = []
         if b.unversioned_names and not t.version_files.isdisjoint(b.unversioned_names):
-            bad = _exact_unresolved(b, i, syms.references(limit))
+            bad = _exact_lookups(b, i, syms.references(limit), lazy, res.trace, events)
         else:
             bad = b.unresolved(i, t)
-        if isinstance(bad, _Assertion):
-            from soswap.loader.lookup import ASSERTION_TEXT
-
-            text = ASSERTION_TEXT
-            f = M.Failure(M.ASSERTION, objs[bad.obj].path, i, text, text, M.STARTUP, True, exit_status=127)
-            failures.append(f)
-            if fatal is None:
-                fatal = f
-            return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
         who = o.path or argv0
-        for n in bad:  # type: ignore[attr-defined]
+        for n in bad:
             if t.meta[t.symbols[n]][3]:  # type: ignore[index]
                 continue  # an undefined weak reference resolves to 0
             ref = syms.reference(t, n)
@@ -489,17 +555,28 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             name = ref.name
             msg = f"undefined symbol: {name}" + (f", version {vname}" if vname else "")
             unresolved.append(M.Unresolved(i, name, vname, when, ref.lazy, False))
-            f = M.Failure(M.UNDEFINED_SYMBOL, who, i, f"{who}: {msg}",
-                          f"{argv0}: symbol lookup error: {who}: {msg}", when, at_startup, name, vname,
-                          exit_status=127)
-            failures.append(f)
-            if at_startup and fatal is None:
-                fatal = f
+            events.append((n, M.Failure(M.UNDEFINED_SYMBOL, who, i, f"{who}: {msg}",
+                                        f"{argv0}: symbol lookup error: {who}: {msg}", when, at_startup, name,
+                                        vname, exit_status=127)))
         if i == b.main:
-            for n, k in enumerate(t.keys):
-                if k[2] == CLASS_COPY:
-                    _copy_check(b, i, syms.reference(t, n), warn or res.trace, failures)
+            _program_checks(b, i, syms, t, lazy, res.trace, warn or res.trace, events)
+        events.sort(key=_position)
+        for _n, f in events:
+            failures.append(f)
+            if f.fatal and fatal is None:
+                fatal = f
+            if f.fatal and f.kind in _ABORTS:
+                # ld.so dies here (an assertion, or _dl_signal_error outside any catch): nothing after it runs
+                return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
     return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
+
+
+#: Startup failures after which ld.so relocates nothing more, in trace mode too.
+_ABORTS = frozenset((M.ASSERTION, M.INDIRECT_EXTERN_ACCESS))
+
+
+def _position(event: Tuple[int, M.Failure]) -> int:
+    return event[0]
 
 
 def reference_for(b: Binder, referrer: int, name: str, plt: bool = True) -> Reference:
@@ -524,28 +601,92 @@ def reference_for(b: Binder, referrer: int, name: str, plt: bool = True) -> Refe
     return Reference(key, index, version, plt, False, weak)
 
 
-def _exact_unresolved(b: Binder, i: int, refs: Tuple[Reference, ...]) -> object:
+def _exact_lookups(b: Binder, i: int, refs: Tuple[Reference, ...], lazy: bool, trace: bool,
+                   events: List[Tuple[int, M.Failure]]) -> List[int]:
+    """Each lookup of object ``i`` in scope order (the pre-2.41 ``check_match`` assertion depends on the order):
+    the positions no object accepts. The assertion strikes at the lookup that meets it: at startup for a
+    non-lazy one (data, BIND_NOW, LD_BIND_NOW), where ld.so aborts and nothing after it is looked up; at the
+    first call for a lazy PLT slot (``_dl_fixup``), after the whole startup ran. Trace mode (``ldd -d``) makes
+    no lazy lookup."""
+    from soswap.loader.lookup import ASSERTION_TEXT
+
     bad = []
     for n, ref in enumerate(refs):
+        at_startup = not (lazy and ref.lazy)
+        if trace and not at_startup:
+            continue
         try:
             where, _sym = b.ordered(i, ref, skip_main=ref.copy)
-        except _Assertion as exc:
-            return exc
+        except LookupAborted as exc:
+            vname = ref.version.name if ref.version is not None else None
+            events.append((n, M.Failure(M.ASSERTION, b.res.objects[exc.obj].path, i, ASSERTION_TEXT, ASSERTION_TEXT,
+                                        M.STARTUP if at_startup else M.FIRST_CALL, at_startup, ref.name, vname,
+                                        exit_status=127)))
+            if at_startup:
+                return bad
+            continue
         if where is None:
             bad.append(n)
     return bad
 
 
-def _copy_check(b: Binder, i: int, ref: Reference, verbose: bool, failures: List[M.Failure]) -> None:
-    # elf_machine_rela R_X86_64_COPY: "Symbol `x' has different size in shared object"
-    where, sym = b.copy_source(i, ref)
-    if where is None:
-        return
+def _program_checks(b: Binder, i: int, syms: ObjectSymbols, t: RefTable, lazy: bool, trace: bool, verbose: bool,
+                    events: List[Tuple[int, M.Failure]]) -> None:
+    """The checks ld.so makes on the program's own lookups: ``_dl_check_protected_symbol`` for its copy
+    relocations and its PLT references with a canonical address (a nonzero ``st_value``), then, for a copy
+    relocation, the size check of ``elf_machine_rela`` (R_X86_64_COPY)."""
     from soswap.loader.symtab import Sym
 
-    if where is None or not isinstance(sym, Sym):
+    positions = b.cache.program_positions(t, syms)
+    if not positions:
         return
-    mine = b.syms(i).raw.sym(ref.symbol_index)  # type: ignore[union-attr]
-    if sym.size > mine.size or (sym.size < mine.size and verbose):
-        text = f"{b.res.argv0}: Symbol `{ref.name}' has different size in shared object, consider re-linking"
-        failures.append(M.Failure(M.COPY_SIZE, ref.name, i, text, text, M.WARNING, False, ref.name))
+    argv0 = b.res.argv0
+    for n in positions:
+        ref = syms.reference(t, n)
+        if ref.copy:
+            where, sym = b.copy_source(i, ref)
+            at_startup = True
+        else:
+            at_startup = not (lazy and ref.lazy)
+            if trace and not at_startup:
+                continue  # ldd -d: lazy slots are not resolved
+            try:
+                where, sym = b.ordered(i, ref)
+            except LookupAborted:
+                continue  # reported by the lookups themselves
+        if where is None or not isinstance(sym, Sym):
+            continue
+        if sym.visibility == C.STV_PROTECTED:
+            _protected(b, i, where, ref, at_startup, events, n)
+            if events and events[-1][1].kind == M.INDIRECT_EXTERN_ACCESS and at_startup:
+                return
+        if ref.copy:
+            # elf_machine_rela R_X86_64_COPY: "Symbol `x' has different size in shared object"
+            mine = syms.raw.sym(ref.symbol_index)
+            if sym.size > mine.size or (sym.size < mine.size and verbose):
+                text = f"{argv0}: Symbol `{ref.name}' has different size in shared object, consider re-linking"
+                events.append((n, M.Failure(M.COPY_SIZE, ref.name, i, text, text, M.WARNING, False, ref.name)))
+
+
+def _protected(b: Binder, i: int, where: int, ref: Reference, at_startup: bool,
+               events: List[Tuple[int, M.Failure]], n: int) -> None:
+    # _dl_check_protected_symbol (elf/dl-protected.h, glibc 2.36 as Debian 12 ships it: warnings, then an error
+    # when the defining object needs GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS)
+    res = b.res
+    lname = res.objects[where].path
+    vname = ref.version.name if ref.version is not None else None
+    when = M.WARNING if at_startup else M.FIRST_CALL
+    if ref.copy:
+        text = f"warning: copy relocation against non-copyable protected symbol `{ref.name}' in `{lname}'"
+        kind = M.PROTECTED_COPY
+    else:
+        text = (f"warning: direct reference to protected function `{ref.name}' in `{lname}' may break pointer "
+                "equality")
+        kind = M.PROTECTED_FUNCTION
+    events.append((n, M.Failure(kind, lname, i, text, text, when, False, ref.name, vname)))
+    if b.cache.indirect_extern_access(res.objects[where].elf):
+        err = "error due to GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS"
+        msg = f"{lname}: {err}" if lname else err
+        events.append((n, M.Failure(M.INDIRECT_EXTERN_ACCESS, lname, i, msg, f"{res.argv0}: {ref.name}: {msg}",
+                                    M.STARTUP if at_startup else M.FIRST_CALL, at_startup, ref.name, vname,
+                                    exit_status=127)))

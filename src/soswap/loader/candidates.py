@@ -60,6 +60,7 @@ class FileSystem:
         #: Files read once per run: ld.so's own ELF (path -> ElfFile or None), /etc/ld.so.preload.
         self.file_memo: Dict[object, object] = {}
         self._real_dirs: Dict[str, str] = {}
+        self._host_real_dirs: Dict[str, str] = {}
 
     # -- directory listings -------------------------------------------------------------------------
 
@@ -119,6 +120,14 @@ class FileSystem:
         if real is None:
             real = self._real_dirs[d] = os.path.realpath(d)
         return (real if real.endswith("/") else real + "/") + base
+
+    def host_real_dir(self, host_dir: str) -> str:
+        """``os.path.realpath`` of a host directory, once per :class:`FileSystem` (directories do not move during
+        a run; what-if substitutions match candidates by canonical directory)."""
+        real = self._host_real_dirs.get(host_dir)
+        if real is None:
+            real = self._host_real_dirs[host_dir] = os.path.realpath(host_dir or ".")
+        return real
 
     # -- open_verify ---------------------------------------------------------------------------------
 

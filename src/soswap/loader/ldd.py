@@ -235,9 +235,9 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
             if f.kind == M.UNDEFINED_SYMBOL and f.symbol is not None:
                 text = f"undefined symbol: {f.symbol}" + (f", version {f.version}" if f.version else "")
                 lines.append(f"{text}\t({f.name})")
-            elif f.kind == M.COPY_SIZE:
+            elif f.kind in (M.COPY_SIZE, M.PROTECTED_COPY, M.PROTECTED_FUNCTION):
                 lines.append(f.line)
-            elif f.kind == M.ASSERTION:
+            elif f.kind in (M.ASSERTION, M.INDIRECT_EXTERN_ACCESS):
                 lines.append(f.line)
                 status = 127
             elif f.kind == M.CRASH:

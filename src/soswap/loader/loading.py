@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
@@ -27,8 +27,14 @@ from soswap.loader.session import (
     search_reason_text,
 )
 
+if TYPE_CHECKING:
+    from soswap.loader.binding import Binder
+    from soswap.loader.lookup import Reference
+
 #: At most this many shapes are remembered (a run over a whole system has a few hundred).
 _MAX_TEMPLATES = 4096
+#: At most this many substitution sets are remembered.
+_MAX_SUBSTITUTION_SETS = 64
 
 
 def sort_maps(searchlist: List[_Map], maps: List[_Map]) -> List[_Map]:
@@ -76,6 +82,31 @@ class Loader:
         #: environment or /etc/ld.so.preload holds a dynamic string token
         self._templates: Dict[tuple, _Template] = {}
         self._env_dst: Dict[int, bool] = {}
+        #: (file system, substitution set) -> Substitutions (see _substitutions)
+        self._substs: Dict[tuple, Substitutions] = {}
+        #: the Binder of the last results asked about through the reference API (resolve, references, ...)
+        self._binders: Dict[int, tuple] = {}
+
+    def sibling(self, env: Environment) -> Loader:
+        """A :class:`Loader` for the same target system in another environment that shares this one's parsed
+        files (:class:`ElfCache`), binding caches and per-profile file-system caches (directory listings, file
+        verdicts, canonical directories). Use it to check many programs under several environments (processes
+        with their own ``LD_LIBRARY_PATH``) at the cost of one."""
+        other = Loader(self.profile, env, cache=self.cache)
+        other._systems = self._systems
+        other._profiles = self._profiles
+        other._bind_cache = self.bind_cache
+        return other
+
+    @property
+    def bind_cache(self) -> object:
+        """The binding caches (``soswap.loader.binding.BindCache``) every :meth:`bind`, :meth:`resolve` and
+        :meth:`references` of this loader (and of its :meth:`sibling` loaders) shares."""
+        if self._bind_cache is None:
+            from soswap.loader.binding import BindCache
+
+            self._bind_cache = BindCache()
+        return self._bind_cache
 
     def file_system(self, profile: Profile) -> FileSystem:
         fs = self._systems.get(profile.abi.name)
@@ -127,15 +158,20 @@ class Loader:
         fsys = self.file_system(profile)
         secure = False if trace else self.env.is_secure_for(st)
         argv0 = argv0 or path
-        subst = Substitutions(fsys, self.env.cwd, substitutions) if substitutions else None
+        subst: Optional[Substitutions] = None
+        skey: Optional[frozenset] = None
+        if substitutions:
+            subst, skey = self._substitutions(fsys, substitutions)
         # the cache as the program sees it when it starts (a malformed one raises CacheError first)
         ldcache = profile.ldcache if not self.env.inhibit_cache else None
         dyn = elf.dynamic  # a malformed dynamic section raises before anything else is read
         origin = main_origin(fsys, self.env, path, trace=trace)
         interp = elf.interpreter
-        key = None
-        if subst is None:
-            key = self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin)
+        # a load with substitutions shares templates with the loads of the same shape and the same set
+        key: Optional[tuple] = None
+        if subst is None or skey is not None:
+            key = (*self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin), skey,
+                   sub_root is not None)
             t = self._templates.get(key)
             if t is not None:
                 return t.instantiate(argv0, elf, file, origin, self.env, secure)
@@ -150,6 +186,22 @@ class Loader:
                     self._templates.clear()
                 self._templates[key] = _Template(res, tuple(s.relabel), named, ldcache)
         return res
+
+    def _substitutions(self, fsys: FileSystem, items: Mapping[str, Substitute]
+                       ) -> Tuple[Substitutions, Optional[frozenset]]:
+        """The :class:`Substitutions` of ``items`` for ``fsys``, built once per set (a check loads every consumer
+        with the same ``{TARGET: NEW}``), and the set as a key (None for an unhashable substitute)."""
+        try:
+            skey = frozenset(items.items())
+        except TypeError:  # an unhashable substitute (a bytearray): built afresh, never shared
+            return Substitutions(fsys, self.env.cwd, items), None
+        key = (id(fsys), skey)
+        hit = self._substs.get(key)
+        if hit is None:
+            if len(self._substs) >= _MAX_SUBSTITUTION_SETS:
+                self._substs.clear()
+            hit = self._substs[key] = Substitutions(fsys, self.env.cwd, items)
+        return hit, skey
 
     def _shape(self, elf: ElfFile, dyn: DynamicInfo, profile: Profile, fsys: FileSystem, trace: bool,
                secure: bool, rtld_path: Optional[str], ldcache: object, origin: Optional[str]) -> tuple:
@@ -171,29 +223,96 @@ class Loader:
     def bind(self, res: M.LoadResult, *, bind_now: Optional[bool] = None, warn: bool = False,
              relocate: bool = True) -> M.BindResult:
         """Symbol binding and version check over ``res`` (see docs/loader-api.md)."""
-        from soswap.loader.binding import BindCache, bind
+        from soswap.loader.binding import bind
 
-        if self._bind_cache is None:
-            self._bind_cache = BindCache()
-        return bind(res, self._bind_cache, bind_now=bind_now, warn=warn, relocate=relocate)  # type: ignore[arg-type]
+        return bind(res, self.bind_cache, bind_now=bind_now, warn=warn, relocate=relocate)  # type: ignore[arg-type]
 
+    # -- where does a reference bind (docs/loader-api.md, "References and definitions") ------------------
+
+    def references(self, res: M.LoadResult, i: int) -> Tuple[Reference, ...]:
+        """The symbol lookups the relocations of object ``i`` of ``res`` make (``_dl_relocate_object`` →
+        ``resolve_map``), in relocation order, consecutive lookups of the same symbol and class collapsed
+        (``l_lookup_cache``); ``()`` for an object without symbols (the vDSO, a "not found" entry). Raises
+        :class:`ElfError` when the object's relocation or symbol tables are malformed."""
+        syms = self._binder(res).syms(self._object(res, i))
+        if syms is None:
+            return ()
+        return syms.references()
+
+    def resolve(self, res: M.LoadResult, i: int, ref: Reference) -> Optional[M.Definition]:
+        """Where ``ref`` (one of :meth:`references` of object ``i``) binds in ``res``: ``_dl_lookup_symbol_x``
+        over the global scope in order (the object itself first under DT_SYMBOLIC; never the executable for a
+        copy relocation), with ``check_match``'s version rules. None when nothing in scope defines it (a weak
+        reference then resolves to 0) and where the lookup aborts in the glibc < 2.41 ``check_match`` assertion
+        (:meth:`lookup_aborts` tells which; :meth:`bind` reports it as an ``assertion`` failure)."""
+        from soswap.loader.binding import LookupAborted
+
+        b = self._binder(res)
+        i = self._object(res, i)
+        try:
+            where, sym = b.copy_source(i, ref) if ref.copy else b.ordered(i, ref)
+        except LookupAborted:
+            return None
+        if where is None or sym is None:
+            return None
+        return b.definition(where, sym)  # type: ignore[arg-type]
+
+    def lookup_aborts(self, res: M.LoadResult, i: int, ref: Reference) -> Optional[int]:
+        """The index of the object at which the lookup of ``ref`` by object ``i`` aborts in the glibc < 2.41
+        ``check_match`` assertion (a versioned reference meets the object its version names, which has no
+        symbol versioning), or None when it does not."""
+        from soswap.loader.binding import LookupAborted
+
+        b = self._binder(res)
+        try:
+            b.ordered(self._object(res, i), ref, skip_main=ref.copy)
+        except LookupAborted as exc:
+            return exc.obj
+        return None
+
+    def symbol(self, res: M.LoadResult, i: int, symbol_index: int) -> Optional[M.Definition]:
+        """Entry ``symbol_index`` of the dynamic symbol table of object ``i`` as a :class:`Definition` (e.g. the
+        program's own copy of a copy-relocated object: :attr:`Reference.symbol_index`); None when the object has
+        no symbols. Raises :class:`ElfError` for an index outside the table."""
+        b = self._binder(res)
+        i = self._object(res, i)
+        syms = b.syms(i)
+        if syms is None:
+            return None
+        return b.definition(i, syms.raw.sym(symbol_index))
 
     def lookup(self, res: M.LoadResult, symbol: str, *, referrer: int = 0,
                plt: bool = True) -> Optional[Tuple[int, str]]:
         """Where a reference to ``symbol`` made by object ``referrer`` binds (``_dl_lookup_symbol_x``):
         (object index, ``name@version`` or ``name@@version`` of the definition), or None when unresolved.
         The reference's version comes from the referrer's own symbol table."""
-        from soswap.loader.binding import BindCache, Binder, reference_for
+        from soswap.loader.binding import reference_for
 
-        if self._bind_cache is None:
-            self._bind_cache = BindCache()
-        b = Binder(res, self._bind_cache)  # type: ignore[arg-type]
-        b.prepare()
-        ref = reference_for(b, referrer, symbol, plt)
-        where, sym = b.ordered(referrer, ref)
-        if where is None:
+        b = self._binder(res)
+        ref = reference_for(b, self._object(res, referrer), symbol, plt)
+        d = self.resolve(res, referrer, ref)
+        if d is None:
             return None
-        return where, b.versioned_name(where, sym)  # type: ignore[arg-type]
+        return d.index, d.versioned_name
+
+    def _object(self, res: M.LoadResult, i: int) -> int:
+        if not isinstance(i, int) or not 0 <= i < len(res.objects):
+            raise UsageError(f"no object {i!r} in the load of {res.path} ({len(res.objects)} objects)")
+        return i
+
+    def _binder(self, res: M.LoadResult) -> Binder:
+        """The prepared :class:`Binder` of ``res`` (kept for the last few results asked about)."""
+        from soswap.loader.binding import Binder
+
+        hit = self._binders.get(id(res))
+        if hit is not None and hit[0] is res:
+            return hit[1]  # type: ignore[no-any-return]
+        b = Binder(res, self.bind_cache)  # type: ignore[arg-type]
+        b.prepare()
+        if len(self._binders) >= 8:
+            self._binders.clear()
+        self._binders[id(res)] = (res, b)
+        return b
 
 
 def _open_substitute(sub: Substitute, cache: ElfCache) -> ElfFile:
@@ -276,8 +395,7 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
     failures = []
     for f in s.failures:
         if f.object is not None:
-            f = M.Failure(f.kind, f.name, idx(f.object), f.message, f.line, f.when, f.fatal, f.symbol, f.version,
-                          f.exit_status)
+            f = f._replace(object=idx(f.object))
         failures.append(f)
     fatal = None
     for f in failures:
@@ -288,7 +406,8 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
     init = tuple(order[m.cid] for m in initfini if m.cid in order)
     return M.LoadResult(path=s.argv0, objects=tuple(objects), scope=scope,
                         initfini=init, failures=tuple(failures), fatal=fatal, profile=s.profile, env=s.env,
-                        secure=s.secure, trace=s.trace, argv0=s.argv0, static=static)
+                        secure=s.secure, trace=s.trace, argv0=s.argv0, static=static,
+                        substitutes_rejected=tuple(s.rejected))
 
 
 class _Template:
@@ -338,4 +457,5 @@ class _Template:
             fatal = next((f for f in failures if f.fatal), None)
         return M.LoadResult(path=argv0, objects=objects, scope=r.scope, initfini=r.initfini,
                             failures=failures, fatal=fatal, profile=r.profile, env=env, secure=secure,
-                            trace=r.trace, argv0=argv0, static=r.static)
+                            trace=r.trace, argv0=argv0, static=r.static,
+                            substitutes_rejected=r.substitutes_rejected)

@@ -11,7 +11,10 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import KIND_COPY, KIND_NONE, KIND_PLT, KIND_RELATIVE, KIND_TLS, RELOCATION_KINDS
 from soswap.errors import ElfError
+from soswap.loader.model import Reference, VersionRef
 from soswap.loader.symtab import NameHashes, RawSymbols, Sym, relocation_infos
+
+__all__ = ["ASSERTION_TEXT", "CLASS_COPY", "CLASS_PLT", "ObjectSymbols", "RefTable", "Reference", "VersionRef"]
 
 # ELF_RTYPE_CLASS_*
 CLASS_PLT = 1
@@ -26,36 +29,6 @@ _X86_64_TLSDESC = 36
 
 ASSERTION_TEXT = ("Inconsistency detected by ld.so: dl-lookup.c: 107: check_match: Assertion `version->filename "
                   "== NULL || ! _dl_name_match_p (version->filename, map)' failed!")
-
-
-class VersionRef(NamedTuple):
-    """A ``struct r_found_version`` a reference asks for."""
-
-    name: str
-    hash: int
-    hidden: bool
-    filename: Optional[str]
-
-
-class Reference(NamedTuple):
-    """One symbol lookup a relocation triggers (after ``l_lookup_cache`` collapsing)."""
-
-    #: (name as bytes, (version name, hash, hidden) or None, type class): what the lookup depends on.
-    key: Tuple[bytes, Optional[Tuple[str, int, bool]], int]
-    symbol_index: int
-    version: Optional[VersionRef]
-    #: A DT_JMPREL slot that lazy binding leaves for the first call (``elf_machine_lazy_rel``).
-    lazy: bool
-    copy: bool
-    weak: bool
-
-    @property
-    def name(self) -> str:
-        return self.key[0].decode("utf-8", "surrogateescape")
-
-    @property
-    def type_class(self) -> int:
-        return self.key[2]
 
 
 class RefTable(NamedTuple):

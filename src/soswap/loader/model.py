@@ -39,6 +39,13 @@ ASSERTION = "assertion"
 PRELOAD = "preload"
 NO_INTERPRETER = "no-interpreter"
 CRASH = "crash"
+#: ``_dl_check_protected_symbol`` (glibc 2.36 as Debian ships it): a warning for a copy relocation of the program
+#: against a STV_PROTECTED data symbol, and for a PLT reference of the program with a nonzero st_value (a
+#: canonical function address) to a STV_PROTECTED function; the error that follows the warning when the defining
+#: object needs GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS.
+PROTECTED_COPY = "protected-copy"
+PROTECTED_FUNCTION = "protected-function"
+INDIRECT_EXTERN_ACCESS = "indirect-extern-access"
 
 # Failure.when values
 STARTUP = "startup"
@@ -112,6 +119,9 @@ class Failure(NamedTuple):
     version: Optional[str] = None
     #: Exit status of the program when this failure kills it (127 for load/symbol errors, 1 for versions).
     exit_status: Optional[int] = None
+    #: The file ld.so refused here was a what-if substitute (``Loader.load(substitutions=...)``): another ELF
+    #: class or machine, a bad header, unreadable.
+    substitute: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +144,9 @@ class LoadResult:
     argv0: str
     #: True when the root is a static program (no PT_DYNAMIC or no DT_NEEDED): nothing is loaded.
     static: bool = False
+    #: The substitution targets (paths P of ``substitutions``) whose substitute the search opened and refused
+    #: (skipped for another machine or class, or fatal), in the order met; ``()`` without substitutions.
+    substitutes_rejected: Tuple[str, ...] = ()
 
     @property
     def root(self) -> LoadedObject:
@@ -148,6 +161,79 @@ class LoadResult:
             if o.path == path:
                 return o
         return None
+
+
+class VersionRef(NamedTuple):
+    """A ``struct r_found_version`` a reference asks for: the version's name, its ELF hash, whether the
+    DT_VERNEED entry is hidden, and the file (``vn_file``) that must define it."""
+
+    name: str
+    hash: int
+    hidden: bool
+    filename: Optional[str]
+
+
+class Reference(NamedTuple):
+    """One symbol lookup a relocation triggers (after ``l_lookup_cache`` collapsing): what
+    :meth:`Loader.references` returns and :meth:`Loader.resolve` takes."""
+
+    #: (name as bytes, (version name, hash, hidden) or None, type class): what the lookup depends on.
+    key: Tuple[bytes, Optional[Tuple[str, int, bool]], int]
+    #: The referencing symbol's index in the object's dynamic symbol table (:meth:`Loader.symbol`).
+    symbol_index: int
+    #: The version the reference asks for (``resolve_map``: only when its hash is set), or None.
+    version: Optional[VersionRef]
+    #: A DT_JMPREL slot that lazy binding leaves for the first call (``elf_machine_lazy_rel``).
+    lazy: bool
+    #: A copy relocation (``ELF_RTYPE_CLASS_COPY``: the lookup skips the executable).
+    copy: bool
+    #: The referencing symbol is STB_WEAK (unresolved, it is 0 rather than an error).
+    weak: bool
+
+    @property
+    def name(self) -> str:
+        """The symbol name."""
+        return self.key[0].decode("utf-8", "surrogateescape")
+
+    @property
+    def type_class(self) -> int:
+        """``ELF_RTYPE_CLASS_*``: 1 (PLT: skips undefined entries), 2 (COPY), 0 (other data)."""
+        return self.key[2]
+
+    @property
+    def plt(self) -> bool:
+        """A PLT-class lookup (``ELF_RTYPE_CLASS_PLT``: a jump slot, or a TLS relocation on x86-64)."""
+        return bool(self.key[2] & 1)
+
+
+class Definition(NamedTuple):
+    """The definition a symbol reference binds to (:meth:`Loader.resolve`), or one symbol of an object
+    (:meth:`Loader.symbol`)."""
+
+    #: Index of the defining object in :attr:`LoadResult.objects`.
+    index: int
+    #: Its index in that object's dynamic symbol table.
+    symbol_index: int
+    name: str
+    #: The version node of the definition (None: unversioned, or the base/global index).
+    version: Optional[str]
+    #: ``name@V`` (a non-default version: the DT_VERSYM hidden bit) rather than ``name@@V``.
+    hidden: bool
+    #: ``STT_*``, ``STB_*``, ``STV_*`` (soswap.elf.constants).
+    type: int
+    bind: int
+    visibility: int
+    size: int
+    value: int
+    #: ``st_shndx`` (``SHN_UNDEF`` = 0 for an undefined symbol).
+    shndx: int
+
+    @property
+    def versioned_name(self) -> str:
+        """``name``, ``name@V`` or ``name@@V``."""
+        if self.version is None:
+            return self.name
+        return f"{self.name}{'@' if self.hidden else '@@'}{self.version}"
 
 
 class Unresolved(NamedTuple):

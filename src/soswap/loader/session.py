@@ -101,6 +101,8 @@ class _Miss(Exception):
         self.kind = kind
         self.objname = objname
         self.message = message
+        #: a what-if substitute was refused during this search
+        self.substitute = False
 
 
 class _Found:
@@ -113,15 +115,21 @@ class _Found:
 
 
 class Substitutions:
-    """What-if substitutions ``{target path P: file F}``, matched by P's canonical path and by its identity."""
+    """What-if substitutions ``{target path P: file F}``, matched by P's canonical path and by its identity.
+
+    Built once per substitution set and :class:`FileSystem` by the :class:`Loader` (directories are resolved
+    through the file system's memo, so a check that loads a thousand consumers with the same set resolves each
+    directory once)."""
 
     def __init__(self, fsys: FileSystem, cwd: str, items: Mapping[str, Substitute]) -> None:
         self.fsys = fsys
         self.cwd = cwd
-        self._by_path: Dict[str, Tuple[Substitute, Optional[FileId]]] = {}
-        self._by_id: Dict[FileId, Substitute] = {}
-        self._dir_real: Dict[str, str] = {}
+        self._by_path: Dict[str, Tuple[Substitute, Optional[FileId], str]] = {}
+        self._by_id: Dict[FileId, Tuple[Substitute, str]] = {}
         self._synthetic = 0
+        #: the last components of the targets: a candidate of another name can only match by identity
+        self.names: frozenset = frozenset()
+        names = set()
         for p, f in items.items():
             host = fsys.fs.host(p if p.startswith("/") else posixpath.join(cwd, p))
             st = fsys.stat(host)
@@ -131,23 +139,27 @@ class Substitutions:
                 fid = (-1, self._synthetic)
             else:
                 fid = (st.st_dev, st.st_ino)
-                self._by_id[fid] = f
-            self._by_path[self._canon(host)] = (f, fid)
+                self._by_id[fid] = (f, p)
+            canon = self._canon(host)
+            self._by_path[canon] = (f, fid, p)
+            names.add(canon[canon.rfind("/") + 1:])
+        self.names = frozenset(names)
 
     def __bool__(self) -> bool:
         return bool(self._by_path)
 
     def _canon(self, host: str) -> str:
         d, base = os.path.split(host)
-        real = self._dir_real.get(d)
-        if real is None:
-            real = self._dir_real[d] = os.path.realpath(d or ".")
-        return real.rstrip("/") + "/" + base
+        return self.fsys.host_real_dir(d).rstrip("/") + "/" + base
 
-    def by_path(self, host: str) -> Optional[Tuple[Substitute, Optional[FileId]]]:
+    def by_path(self, host: str) -> Optional[Tuple[Substitute, Optional[FileId], str]]:
+        """(F, identity of P, P) when ``host`` names a target P."""
+        if host[host.rfind("/") + 1:] not in self.names:
+            return None
         return self._by_path.get(self._canon(host))
 
-    def by_identity(self, fid: FileId) -> Optional[Substitute]:
+    def by_identity(self, fid: FileId) -> Optional[Tuple[Substitute, str]]:
+        """(F, P) when ``fid`` is the identity of a target P."""
         return self._by_id.get(fid)
 
 
@@ -191,6 +203,11 @@ class LoadSession:
         #: program in a way a copy cannot rewrite (a missing interpreter).
         self.portable = True
         self.relabel: List[int] = []
+        #: Targets whose substitute was opened and refused (LoadResult.substitutes_rejected), and whether the
+        #: current _dl_map_object refused one (its failure, if any, is then flagged ``substitute``).
+        self.rejected: List[str] = []
+        self._refused_sub = False
+        self._last_probe_sub = False  # the last candidate opened was a substitute (a fatal miss names it)
 
     # -- helpers --------------------------------------------------------------------------------------
 
@@ -260,14 +277,15 @@ class LoadSession:
         return lm.runpath_dirs
 
     def _fail(self, kind: str, obj: Optional[_Map], name: str, message: str, *, fatal: bool = True,
-              when: str = M.STARTUP, line: Optional[str] = None, exit_status: Optional[int] = 127) -> M.Failure:
+              when: str = M.STARTUP, line: Optional[str] = None, exit_status: Optional[int] = 127,
+              substitute: bool = False) -> M.Failure:
         full = f"{name}: {message}" if name else message
         if line is None:
             line = f"{self.argv0}: error while loading shared libraries: {full}"
             self.relabel.append(len(self.failures))
         f = M.Failure(kind=kind, name=name, object=obj.cid if obj is not None else None,
                       message=full, line=line, when=when, fatal=fatal,
-                      exit_status=exit_status if fatal else None)
+                      exit_status=exit_status if fatal else None, substitute=substitute)
         self.failures.append(f)
         if fatal and self.fatal is None:
             self.fatal = f
@@ -281,6 +299,15 @@ class LoadSession:
         hit = self.by_name.get(name)
         if hit is not None:
             return self.maps[hit]
+        self._refused_sub = False
+        try:
+            return self._map_new_object(loader, name, secure_mode, kind)
+        except _Miss as miss:
+            # a bad file is the last candidate opened; a miss is about every candidate the search refused
+            miss.substitute = self._last_probe_sub if miss.kind == M.BAD_FILE else self._refused_sub
+            raise
+
+    def _map_new_object(self, loader: Optional[_Map], name: str, secure_mode: bool, kind: str) -> _Map:
         found_other_class = [False]
         found: Optional[_Found] = None
         if "/" not in name:
@@ -329,15 +356,25 @@ class LoadSession:
     def _probe(self, realname: str) -> Verdict:
         """``open_verify`` of one path (target path, possibly relative to the cwd)."""
         host = self._host(realname)
-        if self.subst is not None:
-            hit = self.subst.by_path(host)
+        subst = self.subst
+        self._last_probe_sub = False
+        if subst is not None:
+            hit = subst.by_path(host)
             if hit is not None:
-                return self.fsys.verify(host, hit[0], hit[1])
+                return self._substitute_verdict(self.fsys.verify(host, hit[0], hit[1]), hit[2])
         v = self.fsys.verify(host)
-        if self.subst is not None and v.file_id is not None and v.kind != CUT:
-            f = self.subst.by_identity(v.file_id)
-            if f is not None:
-                return self.fsys.verify(host, f, v.file_id)
+        if subst is not None and v.file_id is not None and v.kind != CUT:
+            same = subst.by_identity(v.file_id)
+            if same is not None:
+                return self._substitute_verdict(self.fsys.verify(host, same[0], v.file_id), same[1])
+        return v
+
+    def _substitute_verdict(self, v: Verdict, target: str) -> Verdict:
+        self._last_probe_sub = True
+        if v.kind != ACCEPT:
+            self._refused_sub = True
+            if target not in self.rejected:
+                self.rejected.append(target)
         return v
 
     def _open_path(self, name: str, dirs: Sequence[SearchDir], secure_mode: bool,
@@ -391,7 +428,8 @@ class LoadSession:
                 base = d.dirname + cap
                 host_dir = self._host(base)
                 if not fsys.may_exist(host_dir, name) and (
-                        subst is None or subst.by_path(posixpath.join(host_dir, name)) is None):
+                        subst is None or name not in subst.names
+                        or subst.by_path(posixpath.join(host_dir, name)) is None):
                     continue
                 candidate = base + name
                 v = self._probe(candidate)
@@ -571,7 +609,8 @@ class LoadSession:
                 m = self.map_object(main, name, secure_mode=True, kind=_KIND_PRELOAD)
             except _Miss as miss:
                 text = f"ERROR: ld.so: object '{name}' from {where} cannot be preloaded ({_short(miss)}): ignored."
-                self.failures.append(M.Failure(M.PRELOAD, name, main.cid, text, text, M.WARNING, False))
+                self.failures.append(M.Failure(M.PRELOAD, name, main.cid, text, text, M.WARNING, False,
+                                               substitute=miss.substitute))
                 continue
             if len(self.maps) != before:
                 if m.kind == _KIND_LIB:
@@ -635,12 +674,13 @@ class LoadSession:
         except _Miss as miss:
             if miss.kind == M.BAD_FILE or not self.trace:
                 # The real loader stops here (in trace mode too for a bad file: dl-deps.c "goto out").
-                self._fail(miss.kind, lm, miss.objname, miss.message)
+                self._fail(miss.kind, lm, miss.objname, miss.message, substitute=miss.substitute)
                 if self.trace:
                     self.aborted = True
                     return None
             else:
-                self._fail(miss.kind, lm, name, miss.message, fatal=False, when=M.WARNING, exit_status=None)
+                self._fail(miss.kind, lm, name, miss.message, fatal=False, when=M.WARNING, exit_status=None,
+                           substitute=miss.substitute)
             # In trace mode (and to go on drawing the tree) a miss becomes a faked "not found" entry.
             m = self._new_map(name, name, _KIND_LIB)
             m.faked = True
@@ -658,7 +698,7 @@ class LoadSession:
         except _Miss as miss:
             if tag == C.DT_AUXILIARY:
                 return  # a missing auxiliary filtee is ignored
-            self._fail(miss.kind, lm, miss.objname, miss.message)
+            self._fail(miss.kind, lm, miss.objname, miss.message, substitute=miss.substitute)
             return
         lm.needed.append(aux.cid)
         if aux.cid in reserved:
