@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from soswap.loader import model as M
 from soswap.loader.model import BindResult, Failure, LoadedObject, LoadResult
 
 _KIND_NOTE = {"interpreter": "interpreter", "vdso": "kernel vDSO", "preload": "preload"}
@@ -101,12 +102,18 @@ def _children(res: LoadResult, show_all: bool) -> Dict[int, List[tuple]]:
     return out
 
 
+#: Failure kinds that are warnings: the program goes on after printing them.
+_WARNING_KINDS = frozenset((M.NO_VERSION_INFO, M.COPY_SIZE, M.WEAK_VERSION, M.PROTECTED_COPY, M.PROTECTED_FUNCTION))
+
+
 def failure_lines(failures: Sequence[Failure]) -> List[str]:
     """One line per failure: what the real program prints, and when."""
     out = []
     for f in failures:
         if f.fatal:
             tag = "fails at startup" if f.when == "startup" else "fails"
+        elif f.kind in _WARNING_KINDS:
+            tag = "warning at first call" if f.when == "first-call" else "warning"
         elif f.when == "first-call":
             tag = "fails at first call"
         else:
