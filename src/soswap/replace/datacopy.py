@@ -8,10 +8,8 @@ a real I/O error (EIO, ENOSPC, EDQUOT) aborts.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import threading
-from typing import Optional
+from typing import Any, Optional
 
 from soswap.replace import syscalls
 
@@ -75,6 +73,8 @@ def _read_write(src_fd: int, dst_fd: int, offset: int, size: int) -> int:
 
 def sha256_fd(fd: int, size: int) -> str:
     """SHA-256 of the first ``size`` bytes of ``fd`` (read with pread: the file offset is not used)."""
+    import hashlib  # only with --hash (its import costs ~8 ms of every start)
+
     h = hashlib.sha256()
     buf = bytearray(min(_CHUNK, max(size, 1)))
     view = memoryview(buf)
@@ -96,8 +96,10 @@ class HashJob:
         self._fd = os.dup(fd)
         self._size = size
         self._digest: Optional[str] = None
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[Any] = None  # threading.Thread, imported only when used
         if size >= _THREAD_MIN:
+            import threading
+
             self._thread = threading.Thread(target=self._run, name="soswap-hash", daemon=True)
             self._thread.start()
         else:

@@ -7,7 +7,6 @@ takes them for libraries: it only considers names starting with ``lib`` or ``ld-
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
@@ -31,6 +30,8 @@ def _hidden(name: str, mark: str, txid: str) -> str:
     candidate = f".{name}{mark}{txid}"
     if len(os.fsencode(candidate)) <= NAME_MAX:
         return candidate
+    import hashlib  # rare (names near NAME_MAX), and hashlib costs ~8 ms to import
+
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:24]
     return f".soswap-{digest}{mark}{txid}"
 
