@@ -11,7 +11,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 
 class Spawned:
-    """A started process; ``stop()`` kills it by PID and reaps it."""
+    """A started process, leader of its own process group; ``stop()`` kills the group by the leader's PID (so
+    the children a script forks, such as ``sleep``, die with it) and reaps the leader."""
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
@@ -21,6 +22,10 @@ class Spawned:
         return self.popen.poll() is None
 
     def stop(self) -> Optional[int]:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # the group whose id is this process's PID
+        except (ProcessLookupError, PermissionError):
+            pass
         if self.popen.poll() is None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -52,7 +57,7 @@ class ProcessPool:
         """Start ``argv``. ``wait_for_file``: wait until that file exists (the program's readiness signal).
         ``wait_maps``: wait until ``/proc/PID/maps`` mentions that string (e.g. a library name)."""
         p = subprocess.Popen([str(a) for a in argv], env=env, cwd=cwd, stdout=stdout,
-                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
         sp = Spawned(p)
         self._started.append(sp)
         deadline = time.monotonic() + timeout
