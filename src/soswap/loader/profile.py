@@ -11,7 +11,7 @@ import re
 from typing import Dict, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
-from soswap.errors import UsageError
+from soswap.errors import SoswapError, UsageError
 from soswap.loader import cpu as cpumod
 from soswap.loader.ldcache import FLAG_AARCH64_LIB64, FLAG_X8664_LIB64, FLAG_X8664_LIBX32, CacheTarget, LdCache
 from soswap.loader.rootfs import RootFS
@@ -253,7 +253,7 @@ def _version_from_ldso(data: bytes) -> Optional[Tuple[int, int]]:
 def _version_from_cache(path: str) -> Optional[Tuple[int, int]]:
     try:
         cache = LdCache.load(path)
-    except Exception:
+    except (SoswapError, OSError):
         return None
     if cache.generator:
         m = _CACHE_VERSION_RE.search(cache.generator)
