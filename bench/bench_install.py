@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.starter import STARTER_C
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
 #: The interpreter that runs the CLI: the system python3, as the installed console script would use.
@@ -168,26 +171,6 @@ LIB_V1 = "int foo_helper(int x) { return x * 3 - 2; }\nint foo_version(void) { r
 LIB_V2 = "".join(f"int foo_filler{i}(int x) {{ return x * {i + 3}; }}\n" for i in range(16)) + \
     "int foo_helper(int x) { return x * 5 - 3; }\nint foo_version(void) { return foo_helper(1); }\n"
 ONCE = "int foo_version(void);\nint main(void) { int v = foo_version(); return v == 1 || v == 2 ? 0 : 3; }\n"
-STARTER = r"""
-#include <spawn.h>
-#include <stdio.h>
-#include <sys/wait.h>
-#include <unistd.h>
-extern char **environ;
-int main(int argc, char **argv) {
-    long runs = 0, fails = 0;
-    char *args[] = {argv[1], NULL};
-    FILE *ready = fopen(argv[3], "w"); if (ready) fclose(ready);
-    while (access(argv[2], F_OK) != 0) {
-        pid_t pid; int st;
-        runs++;
-        if (posix_spawn(&pid, argv[1], NULL, NULL, args, environ) != 0) { fails++; continue; }
-        if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) fails++;
-    }
-    printf("%ld %ld\n", runs, fails);
-    return 0;
-}
-"""
 
 
 def _cc(out: Path, source: str, *args: str) -> None:
@@ -211,7 +194,7 @@ def continuous_load(d: Path, replacements: int) -> None:
     shutil.copyfile(v1, app / "libfoo.so.1")
     _cc(app / "once", ONCE, str(v1), "-Wl,-rpath,$ORIGIN")
     starter = d / "starter"
-    _cc(starter, STARTER)
+    _cc(starter, STARTER_C)
     state = StateDir(str(d / "state"))
     opts = InstallOptions(backup=False, hash=False)
     rows = []

@@ -140,21 +140,17 @@ def _open_for_flags(dfd: int, name: str) -> Optional[int]:
 def change_flags(dfd: int, name: str, set_bits: int, clear_bits: int) -> None:
     """Set and clear inode flags on ``name`` (a regular file in ``dfd``; symlinks and missing names are skipped)."""
     fd = _open_for_flags(dfd, name)
-    if fd is None:
-        return
-    try:
-        flags = syscalls.get_flags(fd)
-        if flags is None:
-            return
-        wanted = (flags | set_bits) & ~clear_bits
-        if wanted != flags:
-            syscalls.set_flags(fd, wanted)
-    finally:
-        os.close(fd)
+    if fd is not None:
+        _change_fd_flags(fd, set_bits, clear_bits)
 
 
 def change_dir_flags(path: str, set_bits: int, clear_bits: int) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """Set and clear inode flags on the directory ``path``."""
+    _change_fd_flags(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), set_bits, clear_bits)
+
+
+def _change_fd_flags(fd: int, set_bits: int, clear_bits: int) -> None:
+    """Set and clear inode flags on ``fd`` (nothing when the filesystem has none), then close it."""
     try:
         flags = syscalls.get_flags(fd)
         if flags is None:
