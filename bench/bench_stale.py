@@ -218,10 +218,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--slow-runs", type=int, default=1, help="timed runs of needrestart/checkrestart/lsof")
     ap.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable,
                     help="interpreter that runs soswap (default: the system python3, as the installed script would)")
+    ap.add_argument("--dir", default="/opt",
+                    help="where the fixtures go (default /opt: needrestart and checkrestart ignore files under /tmp, "
+                         "/var/tmp and /run by design, so fixtures there would be invisible to them)")
+    ap.add_argument("--host-pidns", action="store_true",
+                    help="run in the host's PID namespace (default: a private one, made with unshare -pf "
+                         "--mount-proc, whose PID 1 is this benchmark: needrestart drops every process when it "
+                         "cannot read PID 1, as on VMs and containers whose init is hidden)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_stale: needs root", file=sys.stderr)
         return 2
+    if not args.host_pidns and os.getpid() != 1 and shutil.which("unshare"):
+        # Re-run inside a private PID namespace (and /proc): every tool then sees the fleet and a readable PID 1.
+        return subprocess.call(["unshare", "-pf", "--mount-proc", sys.executable, os.path.abspath(__file__),
+                                *(argv if argv is not None else sys.argv[1:])])
     env = dict(os.environ, PYTHONPATH=str(SRC))
     # An installed soswap has its bytecode compiled (pip/dpkg do it); PYTHONDONTWRITEBYTECODE in the calling
     # environment would make every run recompile the sources, so compile once, as an install does.
@@ -242,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         tools.append(("lsof -n -F pf (DEL)", ["lsof", "-n", "-F", "pf"], lsof_pids, False))
 
     fleet = Fleet()
-    work = Path(tempfile.mkdtemp(prefix="soswap-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="soswap-bench-", dir=args.dir))
     # soswap keeps a per-boot record of clock offsets in its state directory: a private one, removed at the end.
     env["SOSWAP_STATE_DIR"] = str(work / "state")
     try:
