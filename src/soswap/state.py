@@ -3,7 +3,8 @@
 * **State** (transaction journals, the lock): ``--state-dir``, else ``$SOSWAP_STATE_DIR``, else
   ``/var/lib/soswap`` as root, else ``$XDG_STATE_HOME/soswap`` (``~/.local/state/soswap``). Losing it loses
   the rollback history.
-* **Cache** (the rdeps index: facts about the installed system that soswap can always compute again):
+* **Cache** (the rdeps index and ``soswap tree``'s binding results: facts about the installed system that
+  soswap can always compute again):
   ``--cache-dir``, else ``$SOSWAP_CACHE_DIR``, else ``/var/cache/soswap`` as root, else
   ``$XDG_CACHE_HOME/soswap`` (``~/.cache/soswap``). Shared by every state directory; created on demand, even by
   a dry run (it holds no user state); deleting it only costs one rebuild.

@@ -361,13 +361,13 @@ def test_an_unwritable_cache_directory_keeps_the_index_in_memory(tree: Tree, tmp
 def test_temporary_files_of_killed_writers_are_removed(tree: Tree, tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
-    old, young = state / ".rdeps-killed.tmp", state / ".rdeps-writing.tmp"
+    old, young = state / ".soswap-cache-killed.tmp", state / ".soswap-cache-writing.tmp"
     old.write_text("partial")
     young.write_text("partial")
     when = time.time() - 3600
     os.utime(old, (when, when))
     _update(tree, state)
-    assert sorted(os.listdir(state)) == [".rdeps-writing.tmp", INDEX_FILE]
+    assert sorted(os.listdir(state)) == [".soswap-cache-writing.tmp", INDEX_FILE]
 
 
 def test_writers_at_the_same_time_never_leave_a_torn_file(tree: Tree, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from loader.helpers import BASE_ENV, Outcome, make_loader, real_ldd
+from soswap.loader.bindstore import BindStore
 from soswap.loader.ldd import RELOCS_FUNCTION, RELOCS_NONE, LddModel
 
 DIRS = ("/usr/bin", "/usr/sbin")
@@ -36,13 +37,26 @@ def elf_files(dirs=DIRS) -> List[str]:  # type: ignore[no-untyped-def]
     return out
 
 
-def _sweep(flag: str, relocs: str) -> Tuple[int, List[str]]:
+def _sweep(flag: str, relocs: str, store_dir: str) -> Tuple[int, List[str]]:
+    """Every file against ldd twice: binding afresh (the results kept in a store), then from that store."""
     files = elf_files()
     assert len(files) > 50
     with ThreadPoolExecutor(max_workers=2) as pool:
         want: Dict[str, Outcome] = dict(zip(files, pool.map(lambda f: real_ldd(f, flag=flag or None), files)))
-    model = LddModel(make_loader(cwd="/", env=BASE_ENV), relocs)
-    diffs = []
+    diffs: List[str] = []
+    cold = BindStore.in_cache_dir(store_dir)
+    _compare(files, want, cold, relocs, diffs)
+    assert cold.hits == 0 and cold.save() is None
+    warm = BindStore.in_cache_dir(store_dir)
+    _compare(files, want, warm, relocs, diffs)
+    assert warm.hits >= len(files) // 2, (warm.hits, warm.misses)
+    return len(files), diffs
+
+
+def _compare(files: List[str], want: Dict[str, Outcome], store: BindStore, relocs: str, diffs: List[str]) -> None:
+    loader = make_loader(cwd="/", env=BASE_ENV)
+    loader.bind_store = store
+    model = LddModel(loader, relocs)
     for f in files:
         so, se, ok = model.one(f)
         got = Outcome(so, se, 0 if ok else 1)
@@ -50,11 +64,11 @@ def _sweep(flag: str, relocs: str) -> Tuple[int, List[str]]:
         if got != w:
             diff = "".join(difflib.unified_diff(w.stdout.splitlines(True), got.stdout.splitlines(True), "ldd",
                                                 "soswap"))
-            diffs.append(f"{f}: status {w.status}/{got.status} stderr {w.stderr!r}/{got.stderr!r}\n{diff}")
-    return len(files), diffs
+            warm = "warm" if store.hits else "cold"
+            diffs.append(f"{f} ({warm}): status {w.status}/{got.status} stderr {w.stderr!r}/{got.stderr!r}\n{diff}")
 
 
 @pytest.mark.parametrize("flag, relocs", [("", RELOCS_NONE), ("-r", RELOCS_FUNCTION)], ids=["ldd", "ldd-r"])
-def test_every_elf_in_usr_bin_and_sbin(flag: str, relocs: str) -> None:
-    total, diffs = _sweep(flag, relocs)
+def test_every_elf_in_usr_bin_and_sbin(flag: str, relocs: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    total, diffs = _sweep(flag, relocs, str(tmp_path))
     assert not diffs, f"{len(diffs)} of {total} differ:\n" + "\n".join(diffs[:10])

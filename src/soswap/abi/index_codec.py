@@ -1,6 +1,6 @@
 """The in-memory data of the rdeps index and its columnar layout in the index file.
 
-The file has two parts (see :mod:`soswap.abi.index_store`):
+The file has two parts (see :mod:`soswap.cachefile`):
 
 * the **core**, read by every run: per directory its name, parent, inode, ctime, subdirectories and ELF files;
   per ELF file its key, type, SONAME, tree and direct dependencies (member ids), fatal message and error; the

@@ -59,8 +59,8 @@ from soswap.abi.index_codec import (
     encode,
     ldcache_digest,
 )
-from soswap.abi.index_store import Part, Unusable, decode_part, read_document, write_document
 from soswap.abi.sysdirs import Top, canonical_tops, under
+from soswap.cachefile import Part, Unusable, decode_part, read_document, write_document
 from soswap.elf import ElfCache
 from soswap.elf import constants as C
 from soswap.errors import SoswapError

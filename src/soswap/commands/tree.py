@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from soswap.loader.bindstore import BindStore
 
 T = TypeVar("T")
 
@@ -24,7 +27,8 @@ By default the emulation uses the current environment (LD_LIBRARY_PATH, LD_PRELO
 working directory), as ldd does. --ldd prints exactly what `ldd FILE...` prints on this system (without the
 load addresses) and exits with ldd's status.
 
-Nothing is executed: files are only read.
+Nothing is executed: files are only read. Binding results are kept in the cache directory, keyed by every
+file's device, inode, size, mtime and ctime, and reused while nothing they depend on changes (--no-cache).
 
 Exit status: 0 every FILE would load (and, with -r, every reference resolves), 1 a failure is predicted for
 some FILE (at startup, or with -r at a first call), 2 error (unreadable or malformed FILE, bad arguments).
@@ -63,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replace", metavar="PATH=FILE", action="append", default=[],
                         help="what-if: resolve as if the file at PATH were FILE (repeatable)")
     parser.add_argument("--all", action="store_true", help="also show repeated requests for loaded objects")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="where binding results are kept between runs (default: $SOSWAP_CACHE_DIR, "
+                             "/var/cache/soswap as root, else $XDG_CACHE_HOME/soswap)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="bind everything afresh and keep nothing (see docs/tree.md, 'Binding cache')")
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                         help="worker processes for many files (default: one per CPU, up to 4; 1 = no workers)")
 
@@ -140,9 +149,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.platform is not None:
         profile = profile.replace(platform=args.platform)
     loader = Loader(profile, env, cache=ElfCache())
-    if args.ldd:
-        return _run_ldd(loader, args)
-    return _run_tree(loader, args)
+    if not args.no_cache:
+        from soswap.loader.bindstore import BindStore
+
+        loader.bind_store = BindStore.in_cache_dir(args.cache_dir)
+    try:
+        if args.ldd:
+            return _run_ldd(loader, args)
+        return _run_tree(loader, args)
+    finally:
+        if loader.bind_store is not None:
+            loader.bind_store.save()  # a cache: when it cannot be written, the next run binds afresh
 
 
 def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
@@ -157,7 +174,7 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     status = 0
     for line in model.shell_warnings():
         err.write(line)
-    for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs)):
+    for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs, loader.bind_store)):
         if not single:
             out.write(f"{file}:\n")
         if se:
@@ -179,7 +196,7 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
     status = EXIT_OK
     docs = []
     out = sys.stdout
-    for code, payload, err in _map_files(one, list(args.files), args.jobs):
+    for code, payload, err in _map_files(one, list(args.files), args.jobs, loader.bind_store):
         if err:
             out.flush()
             sys.stderr.write(err)
@@ -218,16 +235,20 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, 
 #: Below this many files per worker, forking costs more than it saves.
 _MIN_FILES_PER_JOB = 48
 _WORK: Optional[Callable[[str], object]] = None
+_STORE: Optional[BindStore] = None
 
 
-def _work(chunk: List[str]) -> List[object]:
+def _work(chunk: List[str]) -> Tuple[List[object], Dict[str, object]]:
     assert _WORK is not None
-    return [_WORK(item) for item in chunk]
+    out = [_WORK(item) for item in chunk]
+    return out, (_STORE.take_new() if _STORE is not None else {})
 
 
-def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int]) -> List[T]:
+def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
+               store: Optional[BindStore] = None) -> List[T]:
     """``[fn(f) for f in files]``, split over forked worker processes when there are many files. Each worker
-    keeps its own caches; results come back in order. Falls back to one process where fork is unavailable."""
+    keeps its own caches; results come back in order, and the binding results the workers computed go into
+    ``store``. Falls back to one process where fork is unavailable."""
     if jobs is None:
         jobs = min(os.cpu_count() or 1, 4, len(files) // _MIN_FILES_PER_JOB)
     if jobs <= 1 or len(files) < 2:
@@ -235,12 +256,15 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int]) ->
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    global _WORK
+    global _WORK, _STORE
     try:
         ctx = multiprocessing.get_context("fork")
     except ValueError:  # pragma: no cover - no fork on this platform
         return [fn(f) for f in files]
     _WORK = fn
+    _STORE = store
+    if store is not None:
+        store.load()
     chunks = [files[i::jobs] for i in range(jobs)]
     sys.stdout.flush()
     sys.stderr.flush()
@@ -248,8 +272,10 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int]) ->
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             parts = list(pool.map(_work, chunks))
     finally:
-        _WORK = None
+        _WORK = _STORE = None
     out: List[T] = [None] * len(files)  # type: ignore[list-item]
-    for i, part in enumerate(parts):
+    for i, (part, new) in enumerate(parts):
         out[i::jobs] = part  # type: ignore[assignment]
+        if store is not None:
+            store.merge(new)
     return out

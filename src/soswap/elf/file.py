@@ -179,7 +179,17 @@ class ElfFile:
     @property
     def identity(self) -> Optional[Identity]:
         """(st_dev, st_ino, st_size, st_mtime_ns) of the file when it was opened; None for in-memory images."""
-        return self._src.identity  # type: ignore[attr-defined,no-any-return]
+        return self._src.identity
+
+    @property
+    def fingerprint(self) -> Optional[Tuple[int, int, int, int, int]]:
+        """:attr:`identity` plus st_ctime_ns: what a result kept between runs is keyed by (an in-place rewrite
+        that restores the size and the mtime still moves the ctime); None for in-memory images."""
+        ident = self._src.identity
+        change = self._src.change_ns
+        if ident is None or change is None:
+            return None
+        return (*ident, change)
 
     @property
     def elf_class(self) -> int:

@@ -25,6 +25,8 @@ class Source:
 
     name: str
     size: int
+    identity: Optional[Identity] = None
+    change_ns: Optional[int] = None
 
     def read(self, offset: int, length: int, what: str) -> bytes:
         """Return exactly ``length`` bytes at ``offset``, or raise :class:`ElfError` naming ``what``."""
@@ -57,6 +59,7 @@ class BytesSource(Source):
         self.name = name
         self.size = len(self._data)
         self.identity: Optional[Identity] = None
+        self.change_ns: Optional[int] = None
 
     def _read(self, offset: int, length: int) -> bytes:
         return self._data[offset:offset + length]
@@ -87,6 +90,8 @@ class FileSource(Source):
         self._fd = fd
         self.size = st.st_size
         self.identity: Optional[Identity] = identity_of(st)
+        #: st_ctime_ns at open: every write or metadata change moves it, and no system call sets it
+        self.change_ns: Optional[int] = st.st_ctime_ns
 
     def _ensure_open(self) -> int:
         if self._fd is not None:

@@ -29,6 +29,7 @@ from soswap.loader.session import (
 
 if TYPE_CHECKING:
     from soswap.loader.binding import Binder
+    from soswap.loader.bindstore import BindStore
     from soswap.loader.lookup import Reference
 
 #: At most this many shapes are remembered (a run over a whole system has a few hundred).
@@ -78,6 +79,8 @@ class Loader:
         self._systems: Dict[str, FileSystem] = {}
         self._profiles: Dict[str, Profile] = {profile.abi.name: profile}
         self._bind_cache: Optional[object] = None
+        #: binding results kept between runs (``soswap.loader.bindstore.BindStore``), consulted by :meth:`bind`
+        self.bind_store: Optional[BindStore] = None
         #: load results shared by programs of the same shape (see _Template), and per file system whether the
         #: environment or /etc/ld.so.preload holds a dynamic string token
         self._templates: Dict[tuple, _Template] = {}
@@ -96,6 +99,7 @@ class Loader:
         other._systems = self._systems
         other._profiles = self._profiles
         other._bind_cache = self.bind_cache
+        other.bind_store = self.bind_store
         return other
 
     @property
@@ -225,7 +229,16 @@ class Loader:
         """Symbol binding and version check over ``res`` (see docs/loader-api.md)."""
         from soswap.loader.binding import bind
 
-        return bind(res, self.bind_cache, bind_now=bind_now, warn=warn, relocate=relocate)  # type: ignore[arg-type]
+        store = self.bind_store
+        key = store.key(res, bind_now, warn, relocate) if store is not None else None
+        if store is not None and key is not None:
+            hit = store.get(key, res)
+            if hit is not None:
+                return hit
+        result = bind(res, self.bind_cache, bind_now=bind_now, warn=warn, relocate=relocate)  # type: ignore[arg-type]
+        if store is not None and key is not None:
+            store.put(key, res, result)
+        return result
 
     # -- where does a reference bind (docs/loader-api.md, "References and definitions") ------------------
 

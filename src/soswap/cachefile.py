@@ -1,13 +1,14 @@
-"""Reading and writing the rdeps index file: JSON parts with checksums, replaced atomically, never trusted.
+"""Cache files (the rdeps index, the binding results of ``soswap tree``): JSON parts with checksums, replaced
+atomically, never trusted.
 
 The file is a header line ``{"format": F, "version": V, "parts": [[BYTES, SHA256], ...]}`` followed by each
 part (one JSON object, ASCII) on its own line. The caller decodes a part only when it needs it (the index's
 extras are read only when something changed): :func:`decode_part` checks its checksum first. The file is
 written to a temporary file in the same directory and renamed over the old one, so a reader sees the old or
-the new index, never a mix, whatever other soswap processes do at the same time (the last writer wins). It is
+the new file, never a mix, whatever other soswap processes do at the same time (the last writer wins). It is
 a cache: it is not fsynced; a file damaged by a power cut fails its checksum and is rebuilt.
 
-A file that cannot be used is reported as a reason string (the caller rebuilds the index): missing, not a
+A file that cannot be used is reported as a reason string (the caller computes its contents again): missing, not a
 regular file, not ours (another owner, or writable by others: its answers could be forged), too big, a bad
 header, another format or version, a checksum mismatch (truncated, edited), not JSON. Nothing in it is ever
 evaluated (JSON only: no pickle, no marshal).
@@ -23,16 +24,16 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-#: An index larger than this is not read (a corrupt or hostile file); the index is rebuilt instead.
+#: A cache file larger than this is not read (a corrupt or hostile file); it is rebuilt instead.
 MAX_INDEX_BYTES = 512 << 20
 #: A temporary file of a writer older than this was left by a killed process: removed by the next writer.
 STALE_TEMP_S = 600
-_TEMP_PREFIX = ".rdeps-"
+_TEMP_PREFIX = ".soswap-cache-"
 _TEMP_SUFFIX = ".tmp"
 
 
 class Unusable(Exception):
-    """Why an index file cannot be used (the message is the reason shown to the user)."""
+    """Why a cache file cannot be used (the message is the reason shown to the user)."""
 
 
 class Part:
@@ -60,7 +61,7 @@ def read_document(path: str, fmt: str, version: int) -> Tuple[Optional[List[Part
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None, "corrupt: no valid header"
     if not isinstance(header, dict) or header.get("format") != fmt:
-        return None, "corrupt: not a soswap rdeps index"
+        return None, f"corrupt: not a {fmt} file"
     if header.get("version") != version:
         return None, f"version {header.get('version')!r} (this soswap writes {version})"
     layout = header.get("parts")
@@ -126,7 +127,7 @@ def _read_own_file(path: str) -> bytes:
 def write_document(path: str, fmt: str, version: int, docs: Sequence[Dict[str, Any]]) -> Optional[str]:
     """Replace ``path`` with the parts ``docs`` atomically (a temporary file in the same directory, renamed
     over it). The directory is created (mode 0700) if missing. Returns None, or why it could not be written
-    (the caller goes on with the index in memory)."""
+    (the caller goes on with what it has in memory)."""
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
