@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from soswap.abi import PreflightProblem, preflight
+from soswap.abi.rdeps import INDEX_FILE
 from support.build import shared_lib
 
 from .tree import FOO_BAR, Tree, age, build_tree
@@ -94,7 +95,8 @@ def test_install_refuses_with_the_loader_messages_and_changes_nothing(tree: Tree
     root = _copy(tree, tmp_path)
     target = root / "lib" / "libfoo.so.1"
     before = target.read_bytes()
-    for extra in ([], ["--dry-run"]):
+    own_cache = tmp_path / "own-cache"
+    for extra in ([], ["--dry-run", "--cache-dir", str(own_cache)]):
         r = _install([*extra, "--scope", root, "--", tree.new, target], tmp_path)
         assert r.returncode == 1, r.stdout + r.stderr
         assert target.read_bytes() == before
@@ -103,6 +105,7 @@ def test_install_refuses_with_the_loader_messages_and_changes_nothing(tree: Tree
         assert f"{app}: symbol lookup error: {app}: undefined symbol: foo" in out
         assert f"{root / 'plugins' / 'plug.so'}: undefined symbol: foo" in out
         assert str(root / "bin" / "app_bar") not in out  # compatible: not listed
+    assert os.listdir(own_cache) == [INDEX_FILE]  # --cache-dir: the preflight's index went there
     assert not (tmp_path / "state" / "tx").exists() or os.listdir(tmp_path / "state" / "tx") == []
     r = _install(["--force", "--scope", root, "--", tree.new, target], tmp_path)
     assert r.returncode == 0, r.stderr

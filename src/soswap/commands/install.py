@@ -66,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the system's programs and libraries)")
     parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
                         help="also check the ELF files under these directories in the preflight")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="where the preflight's rdeps index is kept (default: as soswap check)")
     parser.add_argument("--restart", action="store_true",
                         help="afterwards, restart the units still running the old versions (safe policy)")
     parser.add_argument("--force-immutable", action="store_true",
@@ -180,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         from soswap.abi.preflight import preflight as check_engine
 
-        preflight = functools.partial(check_engine, consumers=args.consumer or None, scope=args.scope or None,
-                                      processes=True, system=True)
+        preflight = functools.partial(check_engine, cache_dir=args.cache_dir, consumers=args.consumer or None,
+                                      scope=args.scope or None, processes=True, system=True)
     want_report = args.report or args.restart
     result = install(requests, opts, state, preflight=preflight, stale_report=_after_report if want_report else None,
                      argv=sys.argv[1:])
