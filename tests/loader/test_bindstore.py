@@ -226,3 +226,19 @@ def test_a_store_others_can_write_is_not_trusted(sets: Dict[str, Path], tmp_path
     assert got.returncode == 0 and got.stdout == want.stdout
     store = BindStore(str(cache / FILE))
     assert store.load() == {} or "forged" not in json.dumps(store.load())
+
+
+def test_the_oldest_unused_entries_go_first(sets: Dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import soswap.loader.bindstore as bindstore
+
+    _loader, res, _ = _api_bind(sets["plain"], BindStore.in_cache_dir(str(tmp_path / "scratch")))
+    value = [[], [], None, 0]
+    assert write_document(str(tmp_path / FILE), FORMAT, VERSION,
+                          [{"code": code_fingerprint(), "entries": {"a": value, "b": value, "c": value}}]) is None
+    monkeypatch.setattr(bindstore, "MAX_ENTRIES", 2)
+    store = BindStore.in_cache_dir(str(tmp_path))
+    assert store.get("b", res) is not None and store.get("zz", res) is None
+    store.merge({"d": value})
+    assert store.save() is None
+    assert list(entries(tmp_path)) == ["b", "d"]  # a and c, older and unused, are gone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import operator
 from array import array
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -238,29 +239,22 @@ def _decode_columns(elf: ElfFile, raw: bytes, count: int, strtab: bytes,
                     versym: Optional[array]) -> Tuple[Symbol, ...]:
     lay = elf.layout
     swap = lay.little != _NATIVE_LITTLE
+    # Byte columns by strided slicing, the nibbles and bits by bytes.translate: no per-symbol Python code.
+    # Elf64_Sym (24 bytes): st_name, st_info, st_other, st_shndx, st_value (8), st_size (8);
+    # Elf32_Sym (16 bytes): st_name, st_value, st_size, st_info, st_other, st_shndx.
+    stride, info_at, wide = (24, 4, array("Q", raw)) if lay.is64 else (16, 12, array("I", raw))
     words = array("I", raw)
+    halves = array("H", raw)
     if swap:
-        words.byteswap()
-    if lay.is64:
-        # Elf64_Sym: st_name, (st_info, st_other, st_shndx), st_value (8), st_size (8)
-        st_name, packed = words[0::6], words[1::6]
-        quads = array("Q", raw)
-        if swap:
-            quads.byteswap()
-        values, sizes = quads[1::3], quads[2::3]
-    else:
-        # Elf32_Sym: st_name, st_value, st_size, (st_info, st_other, st_shndx)
-        st_name, values, sizes, packed = words[0::4], words[1::4], words[2::4], words[3::4]
-    if lay.little:
-        infos = [w & 0xFF for w in packed]
-        vis = [(w >> 8) & 3 for w in packed]
-        shndx = [w >> 16 for w in packed]
-    else:
-        infos = [w >> 24 for w in packed]
-        vis = [(w >> 16) & 3 for w in packed]
-        shndx = [w & 0xFFFF for w in packed]
-    types = [i & 0xF for i in infos]
-    binds = [i >> 4 for i in infos]
+        for column in (wide, words, halves):
+            column.byteswap()
+    per = stride // wide.itemsize
+    st_name, values, sizes = words[0::stride // 4], wide[1::per], wide[2::per]
+    infos, others = raw[info_at::stride], raw[info_at + 1::stride]
+    shndx = halves[(info_at + 2) // 2::stride // 2]
+    types = infos.translate(_LOW_NIBBLE)
+    binds = infos.translate(_HIGH_NIBBLE)
+    vis = others.translate(_VISIBILITY)
 
     names = list(map(_name_index(strtab).get, st_name))
     if None in names:
@@ -273,16 +267,29 @@ def _decode_columns(elf: ElfFile, raw: bytes, count: int, strtab: bytes,
         falses = [False] * count
         versions, vfiles, hidden, default = nones, nones, falses, falses
     else:
-        vmap = {k: v for k, v in elf.versions.by_index.items() if k > 1}
-        vindex = [v & 0x7FFF for v in versym]
-        hidden = [v > 0x7FFF for v in versym]
-        entries = list(map(vmap.get, vindex))
-        versions = [e[0] if e else None for e in entries]
-        vfiles = [e[1] if e else None for e in entries]
-        default = [sh != 0 and not h and e is not None and e[1] is None for sh, h, e in zip(shndx, hidden, entries)]
+        # one entry per distinct DT_VERSYM value (a few dozen), then C-level lookups per symbol
+        vmap = elf.versions.by_index
+        name_of: Dict[int, Optional[str]] = {}
+        file_of: Dict[int, Optional[str]] = {}
+        default_of: Dict[int, bool] = {}
+        for v in set(versym):
+            e = vmap.get(v & 0x7FFF) if (v & 0x7FFF) > 1 else None
+            name_of[v] = e[0] if e else None
+            file_of[v] = e[1] if e else None
+            default_of[v] = v <= 0x7FFF and e is not None and e[1] is None
+        versions = list(map(name_of.__getitem__, versym))
+        vfiles = list(map(file_of.__getitem__, versym))
+        vindex = list(map(_LOW15.__and__, versym))
+        hidden = list(map(_LOW15.__lt__, versym))
+        # a default (@@) version needs a definition: st_shndx != SHN_UNDEF
+        default = list(map(operator.and_, map(bool, shndx), map(default_of.__getitem__, versym)))
     rows = zip(range(count), names, values, sizes, types, binds, vis, shndx, versions, vindex, hidden, default,
                vfiles)
     return tuple(map(_MAKE_SYMBOL, rows))
 
 
+_LOW_NIBBLE = bytes(i & 0xF for i in range(256))
+_HIGH_NIBBLE = bytes(i >> 4 for i in range(256))
+_VISIBILITY = bytes(i & 3 for i in range(256))
+_LOW15 = 0x7FFF
 _MAKE_SYMBOL = functools.partial(tuple.__new__, Symbol)

@@ -41,7 +41,7 @@ FORMAT = "soswap-bindings"
 VERSION = 1
 FILE = "bindings.json"
 #: Oldest entries beyond this many are dropped when the file is written.
-MAX_ENTRIES = 50_000
+MAX_ENTRIES = 20_000
 #: A file that changed less than this before the run started is not trusted to change its ctime again.
 RACY_NS = 2_000_000_000
 
