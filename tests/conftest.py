@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List
 
 import pytest
 
@@ -13,33 +15,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.procs import ProcessPool
 
-
-def _session_dir(variable: str, prefix: str, factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Point ``variable`` at a directory of this test session (a value set by the caller is kept)."""
-    given = os.environ.get(variable)
-    if given:
-        yield given
-        return
-    path = str(factory.mktemp(prefix))
-    os.environ[variable] = path
-    try:
-        yield path
-    finally:
-        os.environ.pop(variable, None)
+#: Where soswap keeps its files as root by default: no test may create them (the session fails if one does).
+SYSTEM_DIRS = ("/var/cache/soswap", "/var/lib/soswap")
+_MADE: List[str] = []
+_PREEXISTING: List[str] = []
 
 
-@pytest.fixture(scope="session", autouse=True)
-def soswap_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The rdeps index of every soswap run by the tests (in process or as a child) lives in a directory of this
-    session, never in /var/cache/soswap: built once (the first check or install), then warm."""
-    yield from _session_dir("SOSWAP_CACHE_DIR", "soswap-cache", tmp_path_factory)
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test module is imported (helpers copy os.environ at import time): every soswap the tests
+    run, in process or as a child, keeps its cache (rdeps index, binding results) and its state (journals,
+    the clock record) in directories of this session, never in /var/cache/soswap or /var/lib/soswap. A value
+    the caller set is kept."""
+    for variable, prefix in (("SOSWAP_CACHE_DIR", "soswap-cache-"), ("SOSWAP_STATE_DIR", "soswap-state-")):
+        if not os.environ.get(variable):
+            path = tempfile.mkdtemp(prefix=prefix)
+            os.environ[variable] = path
+            _MADE.append(path)
+    _PREEXISTING[:] = [d for d in SYSTEM_DIRS if os.path.lexists(d)]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def soswap_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Journals and the clock record of every soswap run by the tests go to a directory of this session, never
-    to /var/lib/soswap (tests that need their own state directory set SOSWAP_STATE_DIR or --state-dir)."""
-    yield from _session_dir("SOSWAP_STATE_DIR", "soswap-state", tmp_path_factory)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaked = [d for d in SYSTEM_DIRS if os.path.lexists(d) and d not in _PREEXISTING]
+    if leaked:
+        for d in leaked:
+            shutil.rmtree(d, ignore_errors=True)
+        sys.stderr.write(f"\nFAILED: the tests created {', '.join(leaked)} (removed)\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _MADE:
+        shutil.rmtree(path, ignore_errors=True)
+    _MADE.clear()
+
+
+@pytest.fixture(scope="session")
+def soswap_cache_dir() -> str:
+    """The cache directory of every soswap run by the tests (the rdeps index: built once, then warm)."""
+    return os.environ["SOSWAP_CACHE_DIR"]
+
+
+@pytest.fixture(scope="session")
+def soswap_state_dir() -> str:
+    """The state directory of every soswap run by the tests (tests that need their own set SOSWAP_STATE_DIR
+    or --state-dir)."""
+    return os.environ["SOSWAP_STATE_DIR"]
 
 
 @pytest.fixture
