@@ -9,6 +9,9 @@ truncated), then times each tool in the same run and reports its recall on the p
 The two engine rows time the scan alone (no interpreter start, no imports, no output): with the PROCMAP_QUERY
 reader of pass 1 (Linux >= 6.11; the default) and with the maps text reader older kernels use.
 
+Then, on the same fleet, ``soswap users FILE`` against ``fuser FILE`` and ``lsof FILE`` (time on a library
+every process maps; recall on it and on a library replaced under its name).
+
 Every process is killed and reaped by PID at the end, also on Ctrl-C or an exception. Needs root (the peers
 need it) and gcc. Results: bench/RESULTS-stale.md.
 """
@@ -193,6 +196,58 @@ def none(out: str, err: str) -> Set[int]:
     return set()
 
 
+def users_pids(out: str, err: str) -> Set[int]:
+    return {p["pid"] for p in json.loads(out)["processes"]}
+
+
+def fuser_pids(out: str, err: str) -> Set[int]:
+    # the PIDs go to stdout, the file name and the access letters to stderr
+    return {int(m) for m in re.findall(r"\d+", out)}
+
+
+def lsof_file_pids(out: str, err: str) -> Set[int]:
+    return {int(line[1:]) for line in out.splitlines() if line.startswith("p")}
+
+
+def users_bench(args: argparse.Namespace, env: Dict[str, str], dirs: Dict[str, Path], fleet: Fleet) -> None:
+    """``soswap users FILE`` against fuser and lsof on the same fleet: a library every clean process maps (its
+    current version), and the library the "deleted" processes still map under a name that now holds a new
+    file (the old version: found by soswap through map_files and the name, invisible to tools that look the
+    current inode up)."""
+    current, old = dirs["clean"] / "libfixa.so", dirs["deleted"] / "libfixb.so"
+    want = {"current": set(fleet.by_kind["clean"]), "old": set(fleet.by_kind["deleted"])}
+    tools: List[Tuple[str, Callable[[Path], List[str]], Callable[[str, str], Set[int]]]] = [
+        ("floor: cat /proc/[0-9]*/maps", lambda f: ["sh", "-c", "cat /proc/[0-9]*/maps > /dev/null 2>&1"], none),
+        ("soswap users --json", lambda f: [args.python, "-m", "soswap", "users", "--json", str(f)], users_pids),
+    ]
+    if shutil.which("fuser"):
+        tools.append(("fuser FILE", lambda f: ["fuser", str(f)], fuser_pids))
+    if shutil.which("lsof"):
+        tools.append(("lsof -n -F p FILE", lambda f: ["lsof", "-n", "-F", "p", str(f)], lsof_file_pids))
+    print()
+    print(f"soswap users: {len(want['current'])} processes map {current} (current version); "
+          f"{len(want['old'])} map the old, deleted version of {old}")
+    head = f"{'tool':<28} {'median s':>9} {'x floor':>8} {'x soswap':>9}  {'current':>11} {'old':>7}"
+    print(head)
+    print("-" * len(head))
+    rows = []
+    for name, cmd, parse in tools:
+        times, found = [], {}
+        for which, f in (("current", current), ("old", old)):
+            for _ in range(args.runs if which == "current" else 1):
+                t, out, err = timed(cmd(f), env)
+                if which == "current":
+                    times.append(t)
+            found[which] = parse(out, err)
+        rows.append((name, statistics.median(times), found))
+    floor, soswap_t = rows[0][1], rows[1][1]
+    for name, med, found in rows:
+        recall = {k: "-" if name.startswith("floor") else f"{len(found[k] & want[k])}/{len(want[k])}"
+                  for k in want}
+        print(f"{name:<28} {med:>9.3f} {med / floor:>8.2f} {med / soswap_t:>9.2f}  {recall['current']:>11} "
+              f"{recall['old']:>7}")
+
+
 ENGINE_ONLY = ("import json, sys, time\nfrom soswap.proc import ScanOptions, scan_stale\n"
                "o = ScanOptions(vma_query=sys.argv[1] == 'query')\nt = time.perf_counter()\n"
                "r = scan_stale(o)\nt = time.perf_counter() - t\n"
@@ -293,6 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"{med / soswap_t:>9.2f}  "
                   f"{kinds}  "
                   f"{recall:>7} {false_pos:>6}")
+        users_bench(args, env, dirs, fleet)
         return 0
     finally:
         fleet.stop()

@@ -122,3 +122,18 @@ def test_cgroup_without_unit(text: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_cgroup_never_crashes(data: bytes) -> None:
     cgroup.parse(data)
+
+
+def test_lines_containing_keeps_only_the_lines_with_a_needle_in_order() -> None:
+    from soswap.proc.maps import lines_containing, maps_form
+
+    data = (b"1000-2000 r-xp 00000000 fe:00 77 /lib/a.so\n"
+            b"2000-3000 r--p 00001000 fe:00 77 /lib/a.so\n"
+            b"3000-4000 r-xp 00000000 fe:00 770 /lib/b.so\n"
+            b"4000-5000 rw-p 00000000 00:00 0 \n"
+            b"5000-6000 r-xp 00000000 fe:00 9 /tmp/new\\012line.so")
+    assert lines_containing(data, [b" 77 "]).count(b"\n") == 1
+    assert [m.inode for m in parse_maps(lines_containing(data, [b" 770 ", b" 77 "]))] == [77, 77, 770]
+    got = parse_maps(lines_containing(data, [maps_form(b"/tmp/new\nline.so")]))
+    assert [m.path for m in got] == [b"/tmp/new\nline.so"]  # the last line, without a newline after it
+    assert lines_containing(data, [b" 5 "]) == b""

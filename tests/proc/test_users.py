@@ -74,3 +74,17 @@ def test_api_processes_mapping_and_inodes(procs, fx, tmp_path: Path) -> None:
     assert processes_using_inodes(set()) == []
     assert processes_using_inodes({(st.st_dev, 2**40)}) == []
     assert os.path.exists(f"/proc/{use.pid}")
+
+
+def test_old_version_found_by_a_name_with_a_newline(procs, fx, tmp_path: Path) -> None:
+    """maps shows a newline in a path as \\012: the name is searched for in that form, so a library replaced
+    under such a name is still found by its name (its inode is no longer at the path)."""
+    odd = tmp_path / "lib with\nnewline.so"
+    odd.write_bytes(fx.lib_v1.read_bytes())
+    ready = tmp_path / "ready"
+    p = procs.start([fx.holder, ready, f"dlopen:{odd}"], wait_for_file=ready)
+    old_ino = odd.stat().st_ino
+    replace_by_rename(odd, fx.lib_v2.read_bytes())
+    (report,) = find_users([str(odd)])
+    got = {u.pid: (u.how, u.version, u.inode) for u in report.uses}
+    assert got == {p.pid: (("mapped",), "old", old_ino)}

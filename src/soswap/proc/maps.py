@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, FrozenSet, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 DELETED_SUFFIX = b" (deleted)"
 
@@ -143,6 +143,31 @@ def parse_maps(data: bytes) -> List[Mapping]:
         if m is not None:
             out.append(m)
     return out
+
+
+def lines_containing(data: bytes, needles: Sequence[bytes]) -> bytes:
+    """The lines of a maps file that contain one of ``needles`` (none holds a newline), in file order and
+    joined by newlines: what is left to parse when only some files matter. C-level searches only; the cost
+    follows the number of hits, not of lines."""
+    starts = set()
+    for needle in needles:
+        at = data.find(needle)
+        while at >= 0:
+            starts.add(data.rfind(b"\n", 0, at) + 1)
+            end = data.find(b"\n", at)
+            if end < 0:
+                break
+            at = data.find(needle, end)
+    lines = []
+    for start in sorted(starts):
+        end = data.find(b"\n", start)
+        lines.append(data[start:] if end < 0 else data[start:end])
+    return b"\n".join(lines)
+
+
+def maps_form(path: bytes) -> bytes:
+    """``path`` as a maps line shows it: ``show_map_vma`` → ``seq_path(..., "\\n")`` escapes newlines as ``\\012``."""
+    return path.replace(b"\n", b"\\012")
 
 
 def group_by_file(mappings: List[Mapping]) -> Dict[Tuple[int, int, bytes, bool], List[Mapping]]:

@@ -9,7 +9,8 @@ This is the engine of ``soswap users`` and the API other packages call:
 - :func:`processes_mapping` — which running processes map file X (any version).
 
 Each process's maps text is first searched for the target names and inode numbers with a bytes ``in`` test;
-only a hit is parsed, so the cost stays close to reading every maps file once.
+only the lines that hold one are parsed, so the cost stays close to reading every maps file once, even when
+every process maps the file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import cgroup as cgroup_mod
 from soswap.proc import procfs
-from soswap.proc.maps import parse_maps, split_deleted
+from soswap.proc.maps import lines_containing, maps_form, parse_maps, split_deleted
 from soswap.proc.model import FileUse, UsersReport
 from soswap.proc.view import FileView
 
@@ -46,7 +47,8 @@ class _Pass:
         self.targets = targets
         self.inode_pairs = frozenset(inodes) | frozenset(t.identity for t in targets if t.identity)
         self.inode_needles = tuple({b" %d " % ino for _, ino in self.inode_pairs})
-        self.name_needles = tuple({n for t in targets for n in t.names})
+        self.name_needles = tuple({maps_form(n) for t in targets for n in t.names})
+        self.needles = self.name_needles + self.inode_needles
         self.fds = fds
         self.pids = pids
         self.view = FileView()
@@ -108,7 +110,8 @@ class _Pass:
             foreign = self.view.foreign_mount_ns(pid) is not None
             exe_link = _read_exe(pid)
             exe = split_deleted(exe_link)[0]
-            for m in parse_maps(data):
+            # only the lines that name a target or carry one of the inode numbers can match
+            for m in parse_maps(lines_containing(data, self.needles)):
                 for idx, pair in self._match(pid, m.dev, m.inode, m.start, m.end, m.path, foreign):
                     # idx -1: a bare inode pair, which callers pass for *old* versions.
                     first = "old" if (pair is None or idx < 0) else "current"
