@@ -82,10 +82,11 @@ class BindStore:
         self._code = ""
         self._disk_identity: Optional[Tuple[int, int, int, int]] = None
         self._racy_limit = time.time_ns() - RACY_NS
+        #: lookups answered from the store, and not
         self.hits = 0
+        self.misses = 0
         #: id of a LoadedObject -> (the object, its part of the key): results of one shape share objects
         self._object_text: Dict[int, Tuple[M.LoadedObject, Optional[bytes]]] = {}
-        self.misses = 0
 
     @classmethod
     def in_cache_dir(cls, directory: Optional[str] = None) -> BindStore:
