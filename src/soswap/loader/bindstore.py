@@ -7,8 +7,8 @@ What a binding result depends on, all of it in the key:
   (a store written by other code is dropped whole);
 * the settings binding reads: the glibc version and ISA level of the profile, ``LD_DYNAMIC_WEAK``,
   ``LD_BIND_NOW`` and the ``bind_now``/``warn``/``relocate`` arguments;
-* the load result's shape: every object's names, paths, kind, needed entries and reason, the scope, the
-  ``l_initfini`` order, the load failures, trace and secure mode, argv[0];
+* the load result's shape: every object's names, paths, kind, found flag and needed entries (what binding
+  reads of it), the scope, the ``l_initfini`` order, the load failures, trace and secure mode, argv[0];
 * the contents of every object's file, by (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) at the time it
   was read. A replaced file has another inode; a file rewritten in place has another ctime, even when its
   size and mtime were put back (no system call sets the ctime).
@@ -214,8 +214,8 @@ def _object_text(o: M.LoadedObject) -> Optional[bytes]:
         fp = o.elf.fingerprint
         if fp is None:
             return None
-    fields = (o.index, o.name, o.names, o.path, o.file, o.kind, o.found, o.loader, o.requested_by, o.needed,
-              o.depth, o.origin, tuple(o.reason), o.substituted, o.display, fp)
+    # what binding.py and versions.py read of a LoadedObject (not its reason, depth, origin or requesters)
+    fields = (o.index, o.name, o.names, o.path, o.file, o.kind, o.found, o.needed, o.substituted, o.display, fp)
     return repr(fields).encode("utf-8", "surrogateescape") + b"\0"
 
 
