@@ -25,7 +25,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 #: A cache file larger than this is not read (a corrupt or hostile file); it is rebuilt instead.
-MAX_INDEX_BYTES = 512 << 20
+MAX_FILE_BYTES = 512 << 20
 #: A temporary file of a writer older than this was left by a killed process: removed by the next writer.
 STALE_TEMP_S = 600
 _TEMP_PREFIX = ".soswap-cache-"
@@ -48,7 +48,7 @@ class Part:
 
 def read_document(path: str, fmt: str, version: int) -> Tuple[Optional[List[Part]], Optional[str]]:
     """``(parts, None)``; ``(None, None)`` when the file does not exist; ``(None, reason)`` when it exists but
-    is unusable. ``reason`` starts with ``version`` for an index of another version, else ``corrupt``."""
+    is unusable. ``reason`` starts with ``version`` for a file of another version, else ``corrupt``."""
     try:
         raw = _read_own_file(path)
     except FileNotFoundError:
@@ -107,7 +107,7 @@ def _read_own_file(path: str) -> bytes:
             raise Unusable("not a regular file")
         if st.st_uid not in (os.geteuid(), 0) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise Unusable(f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: not trusted")
-        if st.st_size > MAX_INDEX_BYTES:
+        if st.st_size > MAX_FILE_BYTES:
             raise Unusable(f"too big ({st.st_size} bytes)")
         chunks = []
         left = st.st_size + 1

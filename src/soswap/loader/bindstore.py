@@ -35,6 +35,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from soswap import __version__
 from soswap.cachefile import Unusable, decode_part, read_document, write_document
+from soswap.elf.source import Identity, identity_of
 from soswap.loader import model as M
 
 FORMAT = "soswap-bindings"
@@ -80,7 +81,7 @@ class BindStore:
         self._new: Dict[str, Any] = {}
         self._used: Set[str] = set()
         self._code = ""
-        self._disk_identity: Optional[Tuple[int, int, int, int]] = None
+        self._disk_identity: Optional[Identity] = None
         self._racy_limit = time.time_ns() - RACY_NS
         #: lookups answered from the store, and not
         self.hits = 0
@@ -104,12 +105,14 @@ class BindStore:
             self._entries = self._read() or {}
         return self._entries
 
-    def _read(self) -> Optional[Dict[str, Any]]:
+    def _identity_on_disk(self) -> Optional[Identity]:
         try:
-            st = os.stat(self.path)
-            self._disk_identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            return identity_of(os.stat(self.path))
         except OSError:
-            self._disk_identity = None
+            return None
+
+    def _read(self) -> Optional[Dict[str, Any]]:
+        self._disk_identity = self._identity_on_disk()
         parts, problem = read_document(self.path, FORMAT, VERSION)
         if parts is None:
             self.problem = problem
@@ -185,11 +188,7 @@ class BindStore:
         if not self._new:
             return None
         entries = self.load()
-        try:
-            st = os.stat(self.path)
-            now = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            now = None
+        now = self._identity_on_disk()
         if now is not None and now != self._disk_identity:
             entries = self._read() or {}  # another run wrote meanwhile: keep its entries too
         used = self._used

@@ -46,9 +46,9 @@ class _Pass:
                  fds: bool = True, pids: Optional[Sequence[int]] = None) -> None:
         self.targets = targets
         self.inode_pairs = frozenset(inodes) | frozenset(t.identity for t in targets if t.identity)
-        self.inode_needles = tuple({b" %d " % ino for _, ino in self.inode_pairs})
-        self.name_needles = tuple({maps_form(n) for t in targets for n in t.names})
-        self.needles = self.name_needles + self.inode_needles
+        #: what a maps line of a target shows: its name (maps form) or " INODE " (the inode field)
+        self.needles = (tuple({maps_form(n) for t in targets for n in t.names})
+                        + tuple({b" %d " % ino for _, ino in self.inode_pairs}))
         self.fds = fds
         self.pids = pids
         self.view = FileView()
@@ -106,12 +106,13 @@ class _Pass:
     def _uses(self, pid: int, data: bytes) -> List[Tuple[int, FileUse]]:
         hits: Dict[int, Tuple[Set[str], str, int, int]] = {}  # target index -> (how, version, dev, ino)
         exe_link: Optional[bytes] = None  # read once, when first needed
-        if any(n in data for n in self.name_needles) or any(n in data for n in self.inode_needles):
+        # only the lines that name a target or carry one of the inode numbers can match
+        lines = lines_containing(data, self.needles)
+        if lines:
             foreign = self.view.foreign_mount_ns(pid) is not None
             exe_link = _read_exe(pid)
             exe = split_deleted(exe_link)[0]
-            # only the lines that name a target or carry one of the inode numbers can match
-            for m in parse_maps(lines_containing(data, self.needles)):
+            for m in parse_maps(lines):
                 for idx, pair in self._match(pid, m.dev, m.inode, m.start, m.end, m.path, foreign):
                     # idx -1: a bare inode pair, which callers pass for *old* versions.
                     first = "old" if (pair is None or idx < 0) else "current"
