@@ -1,0 +1,69 @@
+"""``soswap tree`` on several workers: the files are split by the libraries they load (``split_by_affinity``),
+and whatever the split, the output is the one process's output, byte for byte, in the order of the files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from soswap.commands.tree import split_by_affinity
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _elf_programs(limit: int) -> List[str]:
+    out = []
+    for d in ("/usr/bin", "/usr/sbin"):
+        for name in sorted(os.listdir(d)):
+            p = os.path.join(d, name)
+            try:
+                with open(p, "rb") as f:
+                    if f.read(4) == b"\x7fELF":
+                        out.append(p)
+            except OSError:
+                continue
+    # every third file: programs of many packages, not one package's neighbours
+    return out[::3][:limit]
+
+
+def test_split_covers_every_file_once_and_keeps_groups_together() -> None:
+    needed = [("libc.so.6",), ("libLLVM.so", "libc.so.6"), ("libc.so.6",), (), ("libLLVM.so", "libc.so.6"),
+              ("libz.so.1", "libc.so.6"), (), ("libc.so.6",)]
+    for jobs in (1, 2, 3, 4):
+        shares = split_by_affinity(needed, jobs)
+        assert len(shares) == jobs
+        assert sorted(n for s in shares for n in s) == list(range(len(needed)))
+        assert all(s == sorted(s) for s in shares)
+        for share in shares:
+            for n in share:
+                # the files with the same DT_NEEDED set are all in this share
+                same = [m for m, names in enumerate(needed) if set(names) == set(needed[n])]
+                assert set(same) <= set(share)
+
+
+def test_split_spreads_unrelated_groups() -> None:
+    needed = [(f"lib{k}.so",) for k in range(6) for _ in range(10)]
+    shares = split_by_affinity(needed, 3)
+    assert sorted(len(s) for s in shares) == [20, 20, 20]
+
+
+@pytest.mark.parametrize("flags", [["-r"], ["--ldd", "-r"]], ids=["tree-r", "ldd-r"])
+def test_workers_print_what_one_process_prints(flags: List[str], tmp_path: Path) -> None:
+    files = _elf_programs(150)
+    assert len(files) > 60
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env["PYTHONPATH"] = SRC
+
+    def run(jobs: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "soswap", "tree", "--no-cache", "-j", jobs, *flags, *files],
+                              env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+
+    one, two, three = run("1"), run("2"), run("3")
+    assert one.stdout.count("\n") > len(files)
+    for many in (two, three):
+        assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
