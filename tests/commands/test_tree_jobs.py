@@ -12,23 +12,14 @@ from typing import List
 import pytest
 
 from soswap.commands.tree import split_by_affinity
+from support.systemfiles import elf_files
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _elf_programs(limit: int) -> List[str]:
-    out = []
-    for d in ("/usr/bin", "/usr/sbin"):
-        for name in sorted(os.listdir(d)):
-            p = os.path.join(d, name)
-            try:
-                with open(p, "rb") as f:
-                    if f.read(4) == b"\x7fELF":
-                        out.append(p)
-            except OSError:
-                continue
     # every third file: programs of many packages, not one package's neighbours
-    return out[::3][:limit]
+    return elf_files()[::3][:limit]
 
 
 def test_split_covers_every_file_once_and_keeps_groups_together() -> None:

@@ -22,11 +22,11 @@ from loader.helpers import (
     real_ldd,
     run_program,
 )
-from loader.test_parity import elf_files
 from soswap.loader.ldd import RELOCS_FUNCTION, RELOCS_NONE, LddModel
 from soswap.loader.symtab import gnu_hash, gnu_hash_reference
 from soswap.report.tree import render_text, result_json
 from support.build import executable, requires_cc, rpath_flags, shared_lib
+from support.systemfiles import elf_files
 
 
 def _sample(step: int) -> List[str]:

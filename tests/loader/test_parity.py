@@ -5,7 +5,6 @@ same, for every ELF file under /usr/bin and /usr/sbin. One soswap process model 
 from __future__ import annotations
 
 import difflib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Tuple
 
@@ -14,27 +13,7 @@ import pytest
 from loader.helpers import BASE_ENV, Outcome, make_loader, real_ldd
 from soswap.loader.bindstore import BindStore
 from soswap.loader.ldd import RELOCS_FUNCTION, RELOCS_NONE, LddModel
-
-DIRS = ("/usr/bin", "/usr/sbin")
-
-
-def elf_files(dirs=DIRS) -> List[str]:  # type: ignore[no-untyped-def]
-    """Every file (symlinks followed) whose first bytes are the ELF magic."""
-    out = []
-    for d in dirs:
-        try:
-            names = sorted(os.listdir(d))
-        except OSError:
-            continue
-        for n in names:
-            p = os.path.join(d, n)
-            try:
-                with open(p, "rb") as f:
-                    if f.read(4) == b"\x7fELF":
-                        out.append(p)
-            except OSError:
-                continue
-    return out
+from support.systemfiles import elf_files
 
 
 def _sweep(flag: str, relocs: str, store_dir: str) -> Tuple[int, List[str]]:
