@@ -40,4 +40,5 @@ def test_no_command_is_a_usage_error() -> None:
 def test_unknown_option_is_a_usage_error() -> None:
     r = soswap("elf", "--bogus", "/bin/true")
     last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode == 2 and last.startswith("soswap") and "error: unrecognized arguments: --bogus" in last
+    assert r.returncode == 2 and last == "soswap elf: error: unrecognized arguments: --bogus"
+    assert r.stderr.startswith("usage: soswap elf ")  # the subcommand's usage, not the top level's

@@ -104,7 +104,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(cmd)  # type: ignore[attr-defined]
-        cmd.set_defaults(_run=module.run)  # type: ignore[attr-defined]
+        cmd.set_defaults(_run=module.run, _parser=cmd)  # type: ignore[attr-defined]
     return parser
 
 
@@ -112,7 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``soswap`` console script; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_selected_command(args_list))
-    args = parser.parse_args(args_list)
+    args, extra = parser.parse_known_args(args_list)
+    if extra:  # said by the subcommand's parser, with its own usage line, not the top level's
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args._run(args))
     except SoswapError as exc:
