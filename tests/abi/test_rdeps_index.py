@@ -523,3 +523,26 @@ def test_any_value_anywhere_in_a_checksummed_index_never_escapes(fuzz_base: tupl
     finally:
         path.write_bytes(saved)
         (tree.root / "share" / "fuzz.txt").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("column", ["subs", "elves"])
+def test_a_listing_that_leaves_out_stored_rows_is_corrupt(fuzz_base: tuple, column: str) -> None:
+    """Found by the fuzz test above: with the root's subdirectory listing emptied (checksums matching), the
+    walk skipped every directory below and the index lost every dependent. Each stored directory must be
+    listed by its parent and each ELF file by its directory; else the index is rebuilt."""
+    tree, path, good = fuzz_base
+    _head, core, extras = _parts(path)
+    doc = json.loads(core)
+    listing = doc["dirs"][column]
+    row = next(i for i, names in enumerate(listing) if names)
+    listing[row] = ""
+    saved = path.read_bytes()
+    try:
+        _write(path, json.dumps(doc).encode(), extras)
+        idx = _index(tree, path.parent)
+        idx.update([Top(str(tree.root), True)])
+        assert idx.stats.rebuilt is not None and idx.stats.rebuilt.startswith("corrupt"), idx.stats.rebuilt
+        idx.save()
+        assert _roots(_update(tree, path.parent), tree) == good
+    finally:
+        path.write_bytes(saved)

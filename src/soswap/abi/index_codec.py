@@ -296,6 +296,10 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     dirs.ctime = unpack(d["ctime"], "q", nd)
     dirs.subs = _strings(d["subs"], nd)
     dirs.elves = _strings(d["elves"], nd)
+    # An unchanged directory is trusted for its listing: the walk descends only into the subdirectories it
+    # lists and rechecks only the ELF files it lists. A row its parent does not list, or a file its directory
+    # does not list, would never be looked at again (and its dependents would be missed).
+    _check_listed(parents, names, dirs.subs, "a directory its parent does not list")
     dirs.others = [None] * nd
     # members: the objects trees load
     m = _typed(doc["members"], dict)
@@ -310,6 +314,7 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     fdirs = unpack(f["dir"], "q", nf)
     if fdirs and (min(fdirs) < 0 or max(fdirs) >= nd):
         raise IndexError("a file in a directory that does not exist")
+    _check_listed(fdirs, fnames, dirs.elves, "an ELF file its directory does not list")
     keys = _unpack_keys(_typed(f["key"], dict), nf)
     kinds = _typed(f["kind"], str)
     if len(kinds) != nf or not set(kinds) <= set("pPlLoO"):
@@ -330,6 +335,19 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
         order.append(p)
     data.pending = (extras, extras_sha, order)
     return data
+
+
+def _check_listed(owners: List[int], names: List[str], listings: List[str], problem: str) -> None:
+    """Every ``names[i]`` (with an owner row ``owners[i]`` >= 0) is in the owner's ``/``-joined listing."""
+    listed: Dict[int, frozenset] = {}
+    for owner, name in zip(owners, names):
+        if owner < 0:
+            continue
+        names_of = listed.get(owner)
+        if names_of is None:
+            names_of = listed[owner] = frozenset(listings[owner].split("/"))
+        if name not in names_of:
+            raise ValueError(problem)
 
 
 def decode_extras(data: IndexData, doc: Dict[str, Any], files_in_order: List[str], dirs_stored: int) -> None:
