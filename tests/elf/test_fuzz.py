@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from elf.decode_all import decode_all
 from soswap.elf import ElfFile
+from soswap.elf import symbols as symbols_module
 from soswap.errors import ElfError
 from support.build import executable, have_cc, shared_lib
 
@@ -98,6 +99,19 @@ def mutated(draw: st.DrawFn) -> bytes:
 @given(mutated())
 def test_mutations_raise_only_elferror(data: bytes) -> None:
     check(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(mutated())
+def test_mutations_with_names_read_by_pointer(data: bytes) -> None:
+    """The same property with every table's names read through ctypes (otherwise only tables with
+    POINTER_NAMES_MIN symbols or more, which the seeds are not): a bad offset must never be dereferenced."""
+    saved = symbols_module.POINTER_NAMES_MIN
+    symbols_module.POINTER_NAMES_MIN = 1
+    try:
+        check(data)
+    finally:
+        symbols_module.POINTER_NAMES_MIN = saved
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))

@@ -4,6 +4,8 @@
 >>> elf = ElfFile.open("/bin/ls")
 >>> elf.needed                     # decodes PT_DYNAMIC only
 >>> elf.symbols[1].versioned_name  # decodes DT_SYMTAB, DT_VERSYM, DT_VERDEF/DT_VERNEED
+>>> cols = elf.symbol_columns        # the same table as columns, no Symbol objects
+>>> list(zip(cols.names, cols.versions, cols.defined))
 
 Every malformation raises :class:`soswap.errors.ElfError`.
 """
@@ -13,7 +15,7 @@ from soswap.elf.dynamic import DynamicInfo
 from soswap.elf.file import ElfFile, Header, Segment
 from soswap.elf.hashtab import elf_hash, gnu_hash
 from soswap.elf.relocs import Relocation
-from soswap.elf.symbols import Symbol, SymbolTable
+from soswap.elf.symbols import Symbol, SymbolColumns, SymbolTable
 from soswap.elf.versions import VersionDef, VersionNeed, VersionNeedEntry
 from soswap.errors import ElfError
 
@@ -26,6 +28,7 @@ __all__ = [
     "Relocation",
     "Segment",
     "Symbol",
+    "SymbolColumns",
     "SymbolTable",
     "VersionDef",
     "VersionNeed",
