@@ -209,6 +209,49 @@ for k, v in sorted(acc.items()):
 '''
 
 
+# -- the floor of a CPython process: read what libtree reads, nothing more ----------------------------------------
+
+_FLOOR_CHILD = r'''
+import os, struct, sys
+EH = struct.Struct("<16sHHIQQQIHHHHHH")
+PH = struct.Struct("<IIQQQQQQ")
+n = 0
+for f in sys.argv[1:]:
+    try:
+        fd = os.open(f, os.O_RDONLY)
+    except OSError:
+        continue
+    try:
+        head = os.pread(fd, 4096, 0)
+        if head[:6] != b"\x7fELF\x02\x01":
+            continue  # ELF64 little-endian only: the floor, not a reader
+        e = EH.unpack_from(head)
+        phs = [PH.unpack_from(head, e[5] + 56 * i) for i in range(e[9])]
+        dyn = [p for p in phs if p[0] == 2]
+        if not dyn:
+            continue
+        raw = os.pread(fd, dyn[0][5], dyn[0][2])
+        tags = list(struct.iter_unpack("<qQ", raw[:len(raw) - len(raw) % 16]))
+        strtab = next(v for t, v in tags if t == 5)
+        strsz = next(v for t, v in tags if t == 10)
+        seg = next(p for p in phs if p[0] == 1 and p[3] <= strtab < p[3] + p[5])
+        s = os.pread(fd, strsz, strtab - seg[3] + seg[2])
+        n += len([s[v:s.index(b"\0", v)].decode() for t, v in tags if t == 1])
+    except (StopIteration, ValueError, struct.error, OSError):
+        continue
+    finally:
+        os.close(fd)
+print(n)
+'''
+
+
+def floor_cmd(files: List[str]) -> List[str]:
+    """A ``python -S`` process that reads each file's ELF header, program headers, dynamic section and
+    DT_NEEDED strings, and does nothing else: no search, no versions, no output. What any CPython tree costs
+    at least."""
+    return [sys.executable, "-S", "-c", _FLOOR_CHILD, *files]
+
+
 def profile(src: Path, files: List[str], symbols: bool) -> List[Tuple[str, float]]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as lst:
         lst.write("\n".join(files))
@@ -255,6 +298,7 @@ def main() -> int:
                     soswap_cmd("-j", "1", *fl), r, base_env)
             if shutil.which("libtree"):
                 rows[f"{label}: libtree (one process)"] = timed(["libtree", "-p", *fl], r)
+            rows[f"{label}: floor: python -S reading DT_NEEDED only"] = timed(floor_cmd(fl), r)
         rows["all: soswap tree --ldd"] = timed(soswap_cmd("-j", "1", "--no-cache", "--ldd", *files), r, env)
         rows["all: ldd loop"] = timed(shell_loop(["ldd"]) + files, 1)
         if shutil.which("libtree"):
@@ -294,6 +338,8 @@ def main() -> int:
                   f"{rows[f'{label}: soswap tree, -j auto (workers)'] / lt:6.1f}x")
             print(f"{label}: soswap tree, warm cache / libtree:       "
                   f"{rows[f'{label}: soswap tree, warm cache (one process)'] / lt:6.1f}x")
+            print(f"{label}: floor (CPython, DT_NEEDED only) / libtree: "
+                  f"{rows[f'{label}: floor: python -S reading DT_NEEDED only'] / lt:6.1f}x")
         b = rows.get(f"{label}: baseline {args.baseline}: soswap tree (one process)")
         if b:
             print(f"{label}: baseline / now (soswap tree):            {b / tree:6.2f}x faster")
