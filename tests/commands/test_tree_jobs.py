@@ -23,16 +23,18 @@ def _elf_programs(limit: int) -> List[str]:
 
 
 def test_split_covers_every_file_once_and_keeps_groups_together() -> None:
-    needed = [("libc.so.6",), ("libLLVM.so", "libc.so.6"), ("libc.so.6",), (), ("libLLVM.so", "libc.so.6"),
-              ("libz.so.1", "libc.so.6"), (), ("libc.so.6",)]
-    for jobs in (1, 2, 3, 4):
+    kinds = [("libc.so.6",), ("libLLVM.so", "libc.so.6"), (), ("libz.so.1", "libc.so.6"),
+             ("libssl.so.3", "libcrypto.so.3", "libc.so.6"), ("libm.so.6", "libc.so.6")]
+    needed = [kinds[(n * 7) % len(kinds)] for n in range(60)]  # groups of 10, interleaved
+    for jobs in (1, 2, 3):
         shares = split_by_affinity(needed, jobs)
         assert len(shares) == jobs
         assert sorted(n for s in shares for n in s) == list(range(len(needed)))
         assert all(s == sorted(s) for s in shares)
         for share in shares:
             for n in share:
-                # the files with the same DT_NEEDED set are all in this share
+                # the files with the same DT_NEEDED set are all in this share (a group of 10 is within
+                # half a share, 60 / (2 * jobs) >= 10)
                 same = [m for m, names in enumerate(needed) if set(names) == set(needed[n])]
                 assert set(same) <= set(share)
 
@@ -41,6 +43,14 @@ def test_split_spreads_unrelated_groups() -> None:
     needed = [(f"lib{k}.so",) for k in range(6) for _ in range(10)]
     shares = split_by_affinity(needed, 3)
     assert sorted(len(s) for s in shares) == [20, 20, 20]
+
+
+def test_split_spreads_files_that_all_load_the_same_libraries() -> None:
+    # one group only (every program needs just libc): still one half per worker, not all in one
+    for jobs in (2, 3, 4):
+        shares = split_by_affinity([("libc.so.6",)] * 1000, jobs)
+        assert sorted(n for s in shares for n in s) == list(range(1000))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1000 // (2 * jobs) + 1, [len(s) for s in shares]
 
 
 @pytest.mark.parametrize("flags", [["-r"], ["--ldd", "-r"]], ids=["tree-r", "ldd-r"])

@@ -322,18 +322,22 @@ def split_by_affinity(needed: List[Sequence[str]], jobs: int) -> List[List[int]]
 
     Every worker decodes each library it meets once, so files that load the same libraries should share a
     worker: files with the same names form a group, and each group (the largest sets first) goes to the
-    worker for which it adds the least cost (files, plus libraries that worker has not met). The split only
-    decides where work is done, never what any file's result is."""
+    worker for which it adds the least cost (files, plus libraries that worker has not met). A group bigger
+    than half a worker's share goes in pieces of that size, so that many files with the same libraries are
+    still spread. The split only decides where work is done, never what any file's result is."""
     groups: Dict[frozenset, List[int]] = {}
     for n, names in enumerate(needed):
         groups.setdefault(frozenset(names), []).append(n)
+    piece = max(1, -(-len(needed) // (2 * jobs)))
     met: List[set] = [set() for _ in range(jobs)]
     load = [0.0] * jobs
     shares: List[List[int]] = [[] for _ in range(jobs)]
     for names, members in sorted(groups.items(), key=lambda g: (-len(g[0]), -len(g[1]), min(g[1]))):
-        cost = [load[w] + _FILE_COST * len(members) + _LIBRARY_COST * len(names - met[w]) for w in range(jobs)]
-        w = min(range(jobs), key=cost.__getitem__)
-        load[w] = cost[w]
-        met[w] |= names
-        shares[w] += members
+        for first in range(0, len(members), piece):
+            part = members[first:first + piece]
+            cost = [load[w] + _FILE_COST * len(part) + _LIBRARY_COST * len(names - met[w]) for w in range(jobs)]
+            w = min(range(jobs), key=cost.__getitem__)
+            load[w] = cost[w]
+            met[w] |= names
+            shares[w] += part
     return [sorted(s) for s in shares]
