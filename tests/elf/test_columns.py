@@ -7,9 +7,7 @@ Every column must equal the matching :class:`Symbol` field, value and type, for 
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import subprocess
 from array import array
 from pathlib import Path
 from typing import Iterator, Union
@@ -20,7 +18,7 @@ from soswap.elf import ElfFile, SymbolColumns
 from soswap.elf import constants as C
 from soswap.elf import symbols as symbols_module
 from soswap.errors import ElfError
-from support.build import executable, have_cc, have_m32, shared_lib, write
+from support.build import big_endian_ppc_lib, executable, have_cc, have_m32, shared_lib
 
 LIBDIR = "/usr/lib/x86_64-linux-gnu"
 SYSTEM_LIBS = [p for p in (f"{LIBDIR}/libc.so.6", f"{LIBDIR}/libstdc++.so.6", f"{LIBDIR}/libLLVM-15.so.1")
@@ -136,29 +134,7 @@ def test_32bit(tmp_path: Path, names_by: str) -> None:
 
 
 def test_big_endian_powerpc(tmp_path: Path, names_by: str) -> None:
-    asm, ld = shutil.which("powerpc-linux-gnu-as"), shutil.which("powerpc-linux-gnu-ld")
-    if asm is None or ld is None:
-        pytest.skip("powerpc binutils not installed")
-    src = write(tmp_path / "be.s", """
-    .text
-    .globl  exported
-    .type   exported, @function
-exported:
-    bl helper@plt
-    blr
-    .size   exported, .-exported
-    .data
-    .globl  counter
-    .type   counter, @object
-    .size   counter, 4
-counter:
-    .long   42
-""")
-    vs = write(tmp_path / "be.map", "BE_1.0 { global: exported; counter; local: *; };\n")
-    subprocess.run([asm, "-o", str(tmp_path / "be.o"), str(src)], check=True)
-    lib = tmp_path / "libbe.so.1"
-    subprocess.run([ld, "-shared", "-soname", "libbe.so.1", f"--version-script={vs}", "-o", str(lib),
-                    str(tmp_path / "be.o"), "--unresolved-symbols=ignore-all"], check=True)
+    lib = big_endian_ppc_lib(tmp_path)
     assert not ElfFile.open(lib).little_endian
     cols = assert_columns_match_symbols(lib)
     i = cols.names.index("counter")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -13,7 +12,18 @@ from elf.oracle import read_with_pyelftools, read_with_soswap
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import BIT_COPY, BIT_DATA, BIT_PLT, BIT_TLS
-from support.build import executable, have_m32, requires_cc, rpath_flags, run_cc, shared_lib, write
+from support.build import (
+    ASM_LIB,
+    big_endian_ppc_lib,
+    cross_tool,
+    executable,
+    have_m32,
+    requires_cc,
+    rpath_flags,
+    run_cc,
+    shared_lib,
+    write,
+)
 
 pytestmark = requires_cc
 
@@ -212,38 +222,8 @@ def test_32bit_library_and_program(tmp_path: Path) -> None:
     assert {r.type for r in app_elf.relocations if r.symbol_index == foo.index} == {7}  # R_386_JUMP_SLOT
 
 
-def _cross(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} not installed")
-    return path
-
-
-ASM_LIB = """
-    .text
-    .globl  exported
-    .type   exported, @function
-exported:
-    {body}
-    .size   exported, .-exported
-    .data
-    .globl  counter
-    .type   counter, @object
-    .size   counter, 4
-counter:
-    .long   42
-"""
-
-
 def test_big_endian_powerpc(tmp_path: Path) -> None:
-    asm, ld = _cross("powerpc-linux-gnu-as"), _cross("powerpc-linux-gnu-ld")
-    src = write(tmp_path / "be.s", ASM_LIB.format(body="bl helper@plt\n    blr"))
-    vs = write(tmp_path / "be.map", "BE_1.0 { global: exported; counter; local: *; };\n")
-    subprocess.run([asm, "-o", str(tmp_path / "be.o"), str(src)], check=True)
-    lib = tmp_path / "libbe.so.1"
-    subprocess.run([ld, "-shared", "-soname", "libbe.so.1", f"--version-script={vs}", "-o", str(lib),
-                    str(tmp_path / "be.o"), "--unresolved-symbols=ignore-all", "-z", "now",
-                    "--enable-new-dtags", "-rpath", "/opt/be"], check=True)
+    lib = big_endian_ppc_lib(tmp_path, ["-z", "now", "--enable-new-dtags", "-rpath", "/opt/be"])
     elf = ElfFile.open(lib)
     assert not elf.little_endian and elf.elf_class == 32 and elf.machine_name == "ppc"
     assert elf.soname == "libbe.so.1" and elf.runpath == "/opt/be" and elf.dynamic.bind_now
@@ -255,7 +235,7 @@ def test_big_endian_powerpc(tmp_path: Path) -> None:
 
 
 def test_aarch64_relocations(tmp_path: Path) -> None:
-    asm, ld = _cross("aarch64-linux-gnu-as"), _cross("aarch64-linux-gnu-ld")
+    asm, ld = cross_tool("aarch64-linux-gnu-as"), cross_tool("aarch64-linux-gnu-ld")
     src = write(tmp_path / "a64.s", ASM_LIB.format(body="bl helper\n    adrp x0, :got:other\n    ret"))
     subprocess.run([asm, "-o", str(tmp_path / "a64.o"), str(src)], check=True)
     lib = tmp_path / "liba64.so"

@@ -128,3 +128,42 @@ def rpath_flags(*dirs: str, old_dtags: bool = False) -> list:
 
 requires_cc = pytest.mark.skipif(not have_cc(), reason="no C compiler")
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+#: A tiny library in assembly, for cross binutils: ``{body}`` is the code of ``exported``.
+ASM_LIB = """
+    .text
+    .globl  exported
+    .type   exported, @function
+exported:
+    {body}
+    .size   exported, .-exported
+    .data
+    .globl  counter
+    .type   counter, @object
+    .size   counter, 4
+counter:
+    .long   42
+"""
+
+
+def cross_tool(tool: str) -> str:
+    """The path of a cross binutils tool, or skip the test."""
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+def big_endian_ppc_lib(directory: PathLike, ld_flags: Sequence[str] = ()) -> Path:
+    """``libbe.so.1``: 32-bit big-endian PowerPC, SONAME libbe.so.1, version node BE_1.0 holding ``exported``
+    and ``counter`` (4 bytes), an undefined ``helper`` called through the PLT. Skips without powerpc binutils."""
+    asm, ld = cross_tool("powerpc-linux-gnu-as"), cross_tool("powerpc-linux-gnu-ld")
+    d = Path(directory)
+    src = write(d / "be.s", ASM_LIB.format(body="bl helper@plt\n    blr"))
+    vs = write(d / "be.map", "BE_1.0 { global: exported; counter; local: *; };\n")
+    subprocess.run([asm, "-o", str(d / "be.o"), str(src)], check=True)
+    lib = d / "libbe.so.1"
+    subprocess.run([ld, "-shared", "-soname", "libbe.so.1", f"--version-script={vs}", "-o", str(lib),
+                    str(d / "be.o"), "--unresolved-symbols=ignore-all", *ld_flags], check=True)
+    return lib
