@@ -5,7 +5,6 @@ JSON schemas: docs/json-stale.md. Paths keep non-UTF-8 bytes as ``\\udcXX`` surr
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from soswap.proc.cgroup import (
@@ -17,6 +16,7 @@ from soswap.proc.cgroup import (
     KIND_USER_MANAGER,
 )
 from soswap.proc.model import StaleProcess, StaleReport, UsersReport
+from soswap.report.output import json_text
 
 STALE_SCHEMA = "soswap.stale/1"
 USERS_SCHEMA = "soswap.users/1"
@@ -175,7 +175,7 @@ def report_json(report: StaleReport, restart: Any = None) -> Dict[str, Any]:
 
 
 def render_json(report: StaleReport, restart: Any = None) -> str:
-    return json.dumps(report_json(report, restart), ensure_ascii=True, indent=2) + "\n"
+    return json_text(report_json(report, restart)) + "\n"
 
 
 # -- soswap users ----------------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def render_users_json(reports: Sequence[UsersReport]) -> str:
         doc: Any = users_json(reports[0])
     else:
         doc = [users_json(r) for r in reports]
-    return json.dumps(doc, ensure_ascii=True, indent=2) + "\n"
+    return json_text(doc) + "\n"
 
 
 def render_users_text(reports: Sequence[UsersReport]) -> str:
