@@ -15,7 +15,7 @@ from soswap.report.output import json_text
 _SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
             | st.text(max_size=8) | st.sampled_from([os.fsdecode(b"/lib/\xff\xfe.so"), "\n", '"', "\\", "é"]))
 _KEYS = st.text(max_size=5) | st.integers() | st.booleans() | st.none() | st.floats(allow_nan=False)
-_DOCS = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+_DOCS = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.lists(inner, max_size=3).map(tuple)
                      | st.dictionaries(_KEYS, inner, max_size=4), max_leaves=30)
 
 
