@@ -175,7 +175,7 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     for line in model.shell_warnings():
         err.write(line)
     for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs, loader.bind_store,
-                                                      _needed_of(loader) if args.symbols else None)):
+                                                      _needed_of(loader) if relocs != RELOCS_NONE else None)):
         if not single:
             out.write(f"{file}:\n")
         if se:
@@ -237,9 +237,9 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, 
 def _needed_of(loader) -> Callable[[str], Sequence[str]]:  # type: ignore[no-untyped-def]
     """A file's DT_NEEDED names, read through the loader's ELF cache (the forked workers inherit what it
     decoded); a file that cannot be read has none (its error is reported by the worker). Used for the
-    symbol check only: there the libraries' relocations and lookups are most of the work (a -r run of
-    /usr/bin on two workers: 1.07 s split by affinity, 1.28 s split in turn), while a plain tree spends
-    more on the serial reading of DT_NEEDED than the split saves."""
+    symbol check only (``-r``, ``--ldd -r/-d``): there the libraries' relocations and lookups are most of
+    the work (a -r run of /usr/bin and /usr/sbin on two workers: 1.00 s split by affinity, 1.28 s split in
+    turn), while a plain tree spends more on the serial reading of DT_NEEDED than the split saves."""
     import posixpath
 
     from soswap.errors import SoswapError
