@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from machine_info import machine  # bench/, the script's own directory
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LIBRARY = "/usr/lib/x86_64-linux-gnu/libc.so.6"
@@ -94,22 +95,6 @@ def byte_compile() -> str:
     r = subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "soswap")],
                        capture_output=True, timeout=300)
     return "byte-compiled" if r.returncode == 0 else "NOT byte-compiled (compileall failed)"
-
-
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    procs = sum(1 for n in os.listdir("/proc") if n.isdigit())
-    return (f"{cpu or platform.processor()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-            f"{procs} processes")
 
 
 def median_run(argv: Sequence[str], env: Dict[str, str], n: int, before: Optional[Sequence[str]] = None) -> Run:
@@ -213,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"bench_check: {lib} is missing; pass --library", file=sys.stderr)
         return 2
     compiled = byte_compile()
-    print(f"machine: {machine()}")
+    print(f"machine: {machine(processes=True)}")
     print(f"library: {lib} (soswap {compiled})")
     work = tempfile.mkdtemp(prefix="bench-check-")
     try:

@@ -223,18 +223,23 @@ class RawSymbols:
                 seen += 1
         return out
 
+    def row_fields(self, index: int) -> Tuple[int, int, int, int, int, int]:
+        """(st_name, st_info, st_other, st_shndx, st_value, st_size) of the symbol at ``index``, whatever the
+        class's field order."""
+        if not 0 <= index < self.count:
+            raise ElfError(self.elf.path, f"symbol index {index} out of range ({self.count})")
+        fields = self.row.unpack_from(self.raw, index * self.row.size)
+        if self.is64:
+            return fields  # type: ignore[no-any-return]
+        st_name, st_value, st_size, st_info, st_other, st_shndx = fields
+        return st_name, st_info, st_other, st_shndx, st_value, st_size
+
     def symbol(self, index: int, versions: Dict[int, Tuple[str, Optional[str], bool]]) -> Symbol:
         """The :class:`soswap.elf.symbols.Symbol` at ``index``; ``versions`` is
         :attr:`soswap.elf.versions.VersionTables.by_index`."""
         from soswap.elf.symbols import Symbol
 
-        if not 0 <= index < self.count:
-            raise ElfError(self.elf.path, f"symbol index {index} out of range ({self.count})")
-        fields = self.row.unpack_from(self.raw, index * self.row.size)
-        if self.is64:
-            st_name, st_info, st_other, st_shndx, st_value, st_size = fields
-        else:
-            st_name, st_value, st_size, st_info, st_other, st_shndx = fields
+        st_name, st_info, st_other, st_shndx, st_value, st_size = self.row_fields(index)
         name = self.elf.dynamic.strtab.get(st_name, "symbol") if st_name else ""
         version = vfile = None
         vindex = 0

@@ -5,7 +5,7 @@ hash chain, ``check_match``). :mod:`soswap.loader.binding` runs these over a pro
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -280,42 +280,7 @@ class ObjectSymbols:
         infos, shndxs, values, versym = raw.info, raw.shndx, raw.value, raw.versym
         has_versyms = self.has_versyms
         versions = self.versions
-        g = raw.gnu
-        if g is not None:
-            # the DT_GNU_HASH walk of do_lookup_x, inline: bloom filter, bucket, chain
-            if h is None:
-                h = self.hashes.gnu(name)
-            nbuckets, symoffset, shift, bloom, bits, buckets, chain = g
-            if not nbuckets:
-                return _NONE
-            nbloom = len(bloom)
-            if nbloom:
-                w = bloom[(h // bits) % nbloom]
-                if not ((w >> (h % bits)) & (w >> ((h >> shift) % bits)) & 1):
-                    return _NONE
-            idx = buckets[h % nbuckets]
-            if idx < symoffset:
-                return _NONE
-            nchain = len(chain)
-            h1 = h | 1
-            name_off, strtab, size = raw.name_off, raw.strtab, len(name)
-            slen = len(strtab)
-            cands: Iterable[int] = ()
-            todo: List[int] = []
-            while 0 <= idx - symoffset < nchain:
-                word = chain[idx - symoffset]
-                if (word | 1) == h1:
-                    at = name_off[idx]
-                    end = at + size
-                    if strtab[at:end] == name and (end == slen or strtab[end] == 0):
-                        todo.append(idx)
-                if word & 1:
-                    break
-                idx += 1
-            cands = todo
-        else:
-            cands = raw.candidates(name, self.hashes, h)
-        for idx in cands:
+        for idx in raw.candidates(name, self.hashes, h):  # do_lookup_x's DT_GNU_HASH/DT_HASH walk
             st_info, shndx = infos[idx], shndxs[idx]
             stt = st_info & 0xF
             if (values[idx] == 0 and shndx != C.SHN_ABS and stt != C.STT_TLS) or (tc & CLASS_PLT and shndx == 0):

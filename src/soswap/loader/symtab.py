@@ -48,13 +48,7 @@ class RawSymbols(_RawTables):
     def sym(self, index: int) -> Sym:
         s = self._syms.get(index)
         if s is None:
-            if not 0 <= index < self.count:
-                raise ElfError(self.elf.path, f"symbol index {index} out of range ({self.count})")
-            fields = self.row.unpack_from(self.raw, index * self.row.size)
-            if self.is64:
-                st_name, st_info, st_other, st_shndx, st_value, st_size = fields
-            else:
-                st_name, st_value, st_size, st_info, st_other, st_shndx = fields
+            st_name, st_info, st_other, st_shndx, st_value, st_size = self.row_fields(index)
             if st_name >= len(self.strtab) and st_name:
                 raise ElfError(self.elf.path, f"symbol {index}: name offset {st_name} is outside DT_STRTAB")
             end = self.strtab.find(b"\0", st_name)
