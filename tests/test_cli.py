@@ -20,6 +20,17 @@ def test_version() -> None:
     assert r.returncode == 0 and r.stdout.strip() == f"soswap {__version__}"
 
 
+def test_version_and_usage_errors_import_no_command() -> None:
+    """Monitoring probes run ``soswap --version``: it must not import every subcommand (a third of its time)."""
+    code = ("import sys\nfrom soswap.cli import main\n"
+            "for argv in (['--version'], [], ['--bogus'], ['nosuch']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('soswap.commands.')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "[]", r.stdout + r.stderr
+    assert "invalid choice: 'nosuch'" in r.stderr
+
+
 def _commands() -> list:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

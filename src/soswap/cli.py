@@ -81,7 +81,8 @@ def _selected_command(argv: Sequence[str]) -> Optional[str]:
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The argument parser. With ``command``, only that subcommand's module is imported (start-up time
-    matters for a tool run from hooks and monitoring); without, every subcommand is (``soswap --help``)."""
+    matters for a tool run from hooks and monitoring; ``""``: none is); without, every subcommand is
+    (``soswap --help``)."""
     parser = _Parser(
         prog=_PROG,
         description="Replace shared libraries and executables under running programs, safely.",
@@ -111,7 +112,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``soswap`` console script; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_selected_command(args_list))
+    command = _selected_command(args_list)
+    if command is None and not {"-h", "--help"} & set(args_list):
+        command = ""  # --version or a usage error: no subcommand's arguments are needed
+    parser = build_parser(command)
     args, extra = parser.parse_known_args(args_list)
     if extra:  # said by the subcommand's parser, with its own usage line, not the top level's
         getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")

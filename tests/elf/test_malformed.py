@@ -154,6 +154,16 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
         ElfFile.open(fifo)
 
 
+def test_socket_is_refused_as_not_a_regular_file(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "libsock.so"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        with pytest.raises(ElfError, match="not a regular file"):  # open() fails with ENXIO
+            ElfFile.open(path)
+
+
 @pytest.mark.parametrize("path, problem", [("/dev/zero", "not a regular file"), ("/", "not a regular file"),
                                            ("/nonexistent/x.so", "No such file")])
 def test_special_paths(path: str, problem: str) -> None:

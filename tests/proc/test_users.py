@@ -55,6 +55,12 @@ def test_users_exit_zero_when_only_current(procs, fx, tmp_path: Path) -> None:
     assert r.returncode == 0 and "no process uses it" in r.stdout
 
 
+def test_users_refuses_an_empty_path() -> None:
+    r = run_cli(["users", "/bin/sh", ""])
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == "soswap: error: PATH: empty file name"
+
+
 def test_api_processes_mapping_and_inodes(procs, fx, tmp_path: Path) -> None:
     d = tmp_path / "app"
     prog = fx.program(d)

@@ -23,9 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from soswap.errors import UsageError
     from soswap.proc.users import find_users
     from soswap.report import stale as stale_report
 
+    if not all(args.paths):  # "" would name the current directory once made absolute
+        raise UsageError("PATH: empty file name")
     reports = find_users(args.paths, fds=not args.no_fds)
     if args.json:
         sys.stdout.write(stale_report.render_users_json(reports))

@@ -3,6 +3,7 @@ give an error, not SIGBUS) or from an in-memory buffer."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Optional, Tuple, Union
@@ -78,6 +79,8 @@ class FileSource(Source):
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a socket (or a device without a driver) cannot be opened at all
+                raise ElfError(self.path, "not a regular file") from None
             raise ElfError(self.path, exc.strerror or str(exc)) from None
         try:
             st = os.fstat(fd)
