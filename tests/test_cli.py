@@ -31,6 +31,20 @@ def test_version_and_usage_errors_import_no_command() -> None:
     assert "invalid choice: 'nosuch'" in r.stderr
 
 
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-", "<&- >&- 2>&-"])
+def test_closed_standard_streams(closed: str, tmp_path) -> None:
+    """dpkg starts its status-logger with standard output closed: no traceback, and no file opened later may
+    take the number of a closed standard descriptor (a child would write into it)."""
+    log = tmp_path / "log"
+    script = (f'"$0" -c "import os, sys; sys.argv[0] = \'soswap\'; from soswap.cli import main; rc = main(); '
+              f'fd = os.open(os.devnull, os.O_RDONLY); os.write(3, b\'%d %d\' % (rc, fd))" elf /bin/true '
+              f'{closed} 3>{log}')
+    r = subprocess.run(["sh", "-c", script, sys.executable], capture_output=True, text=True)
+    assert "Traceback" not in r.stderr and r.returncode == 0, r.stderr
+    rc, fd = map(int, log.read_text().split())
+    assert rc == 0 and fd > 3
+
+
 def _commands() -> list:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "users",
     "rdeps",
     "elf",
+    "hook",
     "demo",
 )
 
@@ -45,7 +46,7 @@ def _terminal_width() -> int:
         pass
     try:
         return os.get_terminal_size(sys.stdout.fileno()).columns
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return 80
 
 
@@ -111,6 +112,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``soswap`` console script; returns the exit status."""
+    _standard_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = _selected_command(args_list)
     if command is None and not {"-h", "--help"} & set(args_list):
@@ -142,6 +144,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _error_line(f"internal error: {type(exc).__name__}: {exc} (set SOSWAP_DEBUG=1 for a traceback)")
         return EXIT_ERROR
+
+
+def _standard_streams() -> None:
+    """Give a closed standard descriptor /dev/null (dpkg starts its status-logger with standard output closed):
+    else the next file opened would take its number, and a child's output would land in it; and
+    ``sys.stdout`` would be None."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
 
 
 def _describe_oserror(exc: OSError) -> str:

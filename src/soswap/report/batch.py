@@ -13,7 +13,7 @@ Every line is ``KEY: value`` so that existing parsers (needrestart_info.py, apt-
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, NamedTuple
 
 from soswap import __version__
 from soswap.proc.cgroup import KIND_MANAGER, KIND_SESSION, KIND_SYSTEM, KIND_USER, KIND_USER_MANAGER
@@ -36,14 +36,17 @@ def _clean(text: str) -> str:
     return "".join(ch if 0x20 <= ord(ch) < 0x7F else "?" for ch in text)
 
 
-def render(report: StaleReport) -> str:
-    lines = [f"NEEDRESTART-VER: soswap-{__version__}"]
-    k = report.kernel
-    if k is not None:
-        lines.append(f"NEEDRESTART-KCUR: {_clean(k.running)}")
-        if k.expected is not None:
-            lines.append(f"NEEDRESTART-KEXP: {_clean(k.expected)}")
-        lines.append(f"NEEDRESTART-KSTA: {k.status}")
+class RestartTargets(NamedTuple):
+    """What needs a restart, in needrestart's four groups (sorted, printable)."""
+
+    services: List[str]  #: system units; ``systemd-manager`` for PID 1
+    containers: List[str]
+    sessions: List[str]  #: ``<user> @ session #<id>`` or ``<user> @ user manager service``
+    loose: Dict[str, List[int]]  #: comm -> PIDs of processes outside any unit
+
+
+def restart_targets(report: StaleReport) -> RestartTargets:
+    """The stale processes of ``report`` grouped as needrestart groups them."""
     services: List[str] = []
     containers: List[str] = []
     sessions: List[str] = []
@@ -78,8 +81,20 @@ def render(report: StaleReport) -> str:
                 sessions.append(entry)
         else:  # container-kind unit without a container id cannot happen; keep it visible anyway
             containers.append(_clean(unit.name))
-    lines.extend(f"NEEDRESTART-SVC: {s}" for s in sorted(services))
-    lines.extend(f"NEEDRESTART-CONT: {c}" for c in sorted(containers))
-    lines.extend(f"NEEDRESTART-SESS: {s}" for s in sorted(sessions))
-    lines.extend(f"NEEDRESTART-PID: {name}={','.join(str(p) for p in pids)}" for name, pids in sorted(loose.items()))
+    return RestartTargets(sorted(services), sorted(containers), sorted(sessions), dict(sorted(loose.items())))
+
+
+def render(report: StaleReport) -> str:
+    lines = [f"NEEDRESTART-VER: soswap-{__version__}"]
+    k = report.kernel
+    if k is not None:
+        lines.append(f"NEEDRESTART-KCUR: {_clean(k.running)}")
+        if k.expected is not None:
+            lines.append(f"NEEDRESTART-KEXP: {_clean(k.expected)}")
+        lines.append(f"NEEDRESTART-KSTA: {k.status}")
+    t = restart_targets(report)
+    lines.extend(f"NEEDRESTART-SVC: {s}" for s in t.services)
+    lines.extend(f"NEEDRESTART-CONT: {c}" for c in t.containers)
+    lines.extend(f"NEEDRESTART-SESS: {s}" for s in t.sessions)
+    lines.extend(f"NEEDRESTART-PID: {name}={','.join(str(p) for p in pids)}" for name, pids in t.loose.items())
     return "\n".join(lines) + "\n"

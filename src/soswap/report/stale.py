@@ -124,6 +124,35 @@ def render_restart(outcome: Any) -> List[str]:
     return lines
 
 
+def render_summary(report: StaleReport, restart: Any = None) -> str:
+    """A few lines for a package manager's output (``soswap hook apt``): what needs a restart, by group."""
+    from soswap.report.batch import restart_targets
+
+    n = len(report.processes)
+    lines: List[str] = []
+    if not n:
+        lines.append("soswap: no process runs old code.")
+    else:
+        t = restart_targets(report)
+        lines.append(f"soswap: {n} process{'es run' if n != 1 else ' runs'} old code (details: soswap stale)")
+        if t.services:
+            hint = "" if restart is not None else "   (soswap stale --restart)"
+            lines.append(f"  services: {' '.join(t.services)}{hint}")
+        if t.sessions:
+            lines.append(f"  user sessions: {', '.join(t.sessions)}")
+        if t.containers:
+            lines.append(f"  containers: {' '.join(t.containers)}")
+        if t.loose:
+            lines.append("  processes: " + " ".join(f"{name}={','.join(map(str, pids))}"
+                                                    for name, pids in t.loose.items()))
+    k = report.kernel
+    if k is not None and k.needs_reboot:
+        lines.append(f"soswap: reboot to run kernel {k.expected or '?'} (running {k.running}: {k.reason})")
+    if restart is not None:
+        lines.extend(line for line in render_restart(restart) if line)
+    return "\n".join(lines) + "\n"
+
+
 def process_json(p: StaleProcess) -> Dict[str, Any]:
     unit = p.unit
     return {

@@ -1,0 +1,211 @@
+"""``soswap hook``: the package-manager side of ``soswap stale`` (apt and dpkg).
+
+Two halves, installed by the files in ``contrib/`` (docs/hooks.md):
+
+- ``dpkg-status`` is dpkg's ``status-logger``: it reads dpkg's status stream on standard input (the only place
+  that says whether packages were unpacked and whether dpkg failed; apt's ``DPkg::Post-Invoke`` gets no
+  arguments and no input) and leaves two markers, ``changed`` and ``errored``, in the state directory;
+- ``apt`` is apt's ``DPkg::Post-Invoke``: after a run that unpacked something and had no dpkg error, it lists
+  the services, sessions, containers and processes that still run old code (``--restart``: restarts the
+  services under the safe policy of ``soswap stale --restart``).
+
+Neither ever fails the package manager or waits for an answer: both exit 0 whatever happens (a problem is one
+line on standard error), ``dpkg-status`` reads its input to the end even after an error, and ``apt`` gives up
+after ``--timeout`` seconds. ``SOSWAP_SUSPEND`` set to anything non-empty turns ``apt`` off (needrestart's
+``NEEDRESTART_SUSPEND``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import List, Optional
+
+NAME = "hook"
+HELP = "package-manager hooks: after apt/dpkg, list what still runs old code (never fails apt)"
+DESCRIPTION = """\
+Hooks for apt and dpkg (install them with the files in contrib/; see docs/hooks.md):
+
+  soswap hook dpkg-status   dpkg's status-logger: notes on stdin's status stream whether packages were
+                            unpacked or removed and whether dpkg reported an error
+  soswap hook apt           apt's DPkg::Post-Invoke: when the dpkg runs changed packages without an error,
+                            list the services, sessions, containers and processes that still run old code
+                            (with --restart: restart the services, as 'soswap stale --restart' does)
+
+Skipped: 'apt' when SOSWAP_SUSPEND is set, when dpkg reported an error, when no package was unpacked or
+removed, and while the system shuts down.
+
+exit status: always 0 (a package-manager hook must never fail the package manager); problems are reported
+as one line on standard error.
+"""
+
+#: Where ``dpkg-status`` leaves its markers for ``apt`` (a tmpfs: a reboot forgets them, as it should).
+DEFAULT_STATE_DIR = "/run/soswap/hook"
+CHANGED = "changed"
+ERRORED = "errored"
+
+# dpkg --status-fd lines (dpkg(1)): "processing: STAGE: PKG", "status: PKG: STATUS",
+# "status: PKG : error : MESSAGE". A package whose files were unpacked or removed changes what runs.
+_CHANGE = re.compile(rb"^(?:processing: (?:upgrade|install|remove|purge|disappear): |"
+                     rb"status: [^ :]+(?::[^ :]+)?: (?:unpacked|half-installed|not-installed|config-files)$)")
+_ERROR = re.compile(rb"^status: .* : error : ")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("event", choices=("dpkg-status", "apt"), help="which hook is running")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
+                        help=f"where dpkg-status leaves its markers for apt (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--restart", action="store_true",
+                        help="apt: restart the affected services (batched systemctl try-restart, safe policy)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="apt: give up (and let apt go on) after this long (default 60)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.event == "dpkg-status":
+            _dpkg_status(args.state_dir, sys.stdin.buffer)
+        else:
+            _apt(args)
+    except Exception as exc:  # a hook never fails the package manager, whatever went wrong
+        _say(f"soswap hook {args.event}: {' '.join(str(exc).splitlines()) or type(exc).__name__}; skipped",
+             sys.stderr)
+    return 0
+
+
+def _say(line: str, stream) -> None:  # type: ignore[no-untyped-def]
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _dpkg_status(state_dir: str, stream) -> None:  # type: ignore[no-untyped-def]
+    """Read dpkg's status stream to its end; leave ``changed``/``errored`` in ``state_dir`` when seen."""
+    seen = set()
+    problem: Optional[str] = None
+    rest = b""
+    while True:
+        try:
+            chunk = stream.read(65536)
+        except OSError as exc:  # keep nothing half-read: the markers below still get written
+            problem = f"reading dpkg's status: {exc.strerror or exc}"
+            break
+        if not chunk:
+            break
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            _classify(line.rstrip(b"\r"), seen)
+        if len(rest) > 1 << 20:  # no status line is that long: not dpkg's stream
+            rest = b""
+    if rest:
+        _classify(rest, seen)
+    for marker in sorted(seen):
+        try:
+            _touch(state_dir, marker)
+        except OSError as exc:
+            problem = f"{state_dir}: {exc.strerror or exc}"
+    if problem is not None:
+        raise OSError(problem)
+
+
+def _classify(line: bytes, seen: set) -> None:
+    if _ERROR.match(line):
+        seen.add(ERRORED)
+    elif _CHANGE.match(line):
+        seen.add(CHANGED)
+
+
+def _touch(state_dir: str, marker: str) -> None:
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, marker), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+
+
+def _take_markers(state_dir: str) -> Optional[set]:
+    """The markers ``dpkg-status`` left (removed as they are read), or None when it never ran here (no state
+    directory: the status-logger is not installed, so every run is checked)."""
+    if not os.path.isdir(state_dir):
+        return None
+    found = set()
+    for marker in (CHANGED, ERRORED):
+        try:
+            os.unlink(os.path.join(state_dir, marker))
+            found.add(marker)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def _shutting_down() -> bool:
+    """systemd says the system is stopping (needrestart asks logind's PreparingForShutdown)."""
+    import subprocess
+
+    from soswap.restart.systemctl import find_systemctl, systemd_running
+
+    systemctl = find_systemctl() if systemd_running() else None
+    if systemctl is None:
+        return False
+    try:
+        r = subprocess.run([systemctl, "is-system-running"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.stdout.strip() == b"stopping"
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _apt(args: argparse.Namespace) -> None:
+    if os.environ.get("SOSWAP_SUSPEND"):
+        return
+    markers = _take_markers(args.state_dir)
+    if markers is not None:
+        if ERRORED in markers:
+            _say("soswap: dpkg reported an error: not checking for processes that run old code", sys.stdout)
+            return
+        if CHANGED not in markers:
+            return  # nothing was unpacked or removed
+    if _shutting_down():
+        return
+    import signal
+
+    def expired(signum: int, frame: object) -> None:
+        raise _TimedOut()
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, max(args.timeout, 0.001))
+    try:
+        text = _check(args.restart)
+    except _TimedOut:
+        _say(f"soswap: the check did not finish in {args.timeout:g} s; skipped (run 'soswap stale')", sys.stderr)
+        return
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    _say(text.rstrip("\n"), sys.stdout)
+
+
+def _check(restart: bool) -> str:
+    from soswap.commands.stale import DEFAULT_IGNORE_FILE
+    from soswap.proc.ignore import IgnoreList
+    from soswap.proc.scan import ScanOptions, scan_stale
+    from soswap.report.stale import render_summary
+
+    files = [DEFAULT_IGNORE_FILE] if os.path.exists(DEFAULT_IGNORE_FILE) else []
+    report = scan_stale(ScanOptions(ignore=IgnoreList.build(defaults=True, extra=(), files=files)))
+    outcome = None
+    notes: List[str] = []
+    if restart and report.processes:
+        from soswap.restart import Policy, execute, systemd_running
+
+        if systemd_running():
+            outcome = execute(Policy().plan(report), dry_run=False)
+        else:
+            notes.append("soswap: --restart needs systemd as PID 1: nothing restarted")
+    return render_summary(report, outcome) + "".join(n + "\n" for n in notes)
