@@ -23,5 +23,6 @@ def _ruff() -> list:
 
 
 def test_ruff_clean() -> None:
-    r = subprocess.run([*_ruff(), "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run([*_ruff(), "check", "src", "tests", "bench", "contrib"], cwd=ROOT, capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stdout + r.stderr
