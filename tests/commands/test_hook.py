@@ -17,6 +17,8 @@ from support.build import requires_root
 ROOT = Path(__file__).resolve().parents[2]
 SRC = str(ROOT / "src")
 LIBZ = "/usr/lib/x86_64-linux-gnu/libz.so.1"
+#: the "new version" of LIBZ: another build (another GNU build-id), so that --ignore-identical reports it
+OTHER_BUILD = "/usr/lib/x86_64-linux-gnu/libm.so.6"
 UPGRADE = (b"processing: upgrade: libfoo1:amd64\nstatus: libfoo1:amd64: half-installed\n"
            b"status: libfoo1:amd64: unpacked\n")
 CONFIGURE_ONLY = (b"processing: configure: libfoo1:amd64\nstatus: libfoo1:amd64: half-configured\n"
@@ -118,7 +120,7 @@ def test_apt_hook_lists_a_process_that_runs_a_replaced_library(procs, tmp_path: 
     shutil.copyfile(LIBZ, lib)
     p = _mapper(procs, lib, tmp_path / "ready")
     new = tmp_path / "libhookz.so.new"
-    new.write_bytes(Path(LIBZ).read_bytes() + b"\0new")
+    new.write_bytes(Path(OTHER_BUILD).read_bytes())
     os.rename(new, lib)
     state = tmp_path / "state"
     state.mkdir()
@@ -129,6 +131,19 @@ def test_apt_hook_lists_a_process_that_runs_a_replaced_library(procs, tmp_path: 
     assert re.match(r"soswap: \d+ process(es run| runs) old code \(details: soswap stale\)\n", text), text
     for entry in _targets_of(p.pid):
         assert entry in text, (entry, text)
+
+
+def test_apt_hook_leaves_out_a_reinstall_of_the_same_bytes(procs, tmp_path: Path) -> None:
+    lib = tmp_path / "libhooksame.so"
+    shutil.copyfile(LIBZ, lib)
+    p = _mapper(procs, lib, tmp_path / "ready")
+    new = tmp_path / "libhooksame.so.new"
+    shutil.copyfile(LIBZ, new)
+    os.rename(new, lib)  # what dpkg does on a reinstall: a new inode with the same content
+    assert _targets_of(p.pid)  # soswap stale without --ignore-identical reports it
+    r = hook("apt", "--state-dir", str(tmp_path / "none"))
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    assert not re.search(rb"\b%d\b" % p.pid, r.stdout), r.stdout
 
 
 def test_apt_hook_gives_up_after_its_timeout(tmp_path: Path) -> None:
@@ -202,7 +217,7 @@ def test_apt_get_runs_both_hooks_and_never_fails_because_of_them(procs, tmp_path
     soswap.chmod(0o755)
     conf = _apt_config(tmp_path, soswap)
     old = Path(LIBZ).read_bytes()
-    v1, v2 = _deb(tmp_path, "1.0", old), _deb(tmp_path, "2.0", old + b"\0v2")
+    v1, v2 = _deb(tmp_path, "1.0", old), _deb(tmp_path, "2.0", Path(OTHER_BUILD).read_bytes())
     try:
         r = _apt_get(conf, "install", str(v1))
         assert r.returncode == 0 and _installed_version() == "1.0", r.stdout + r.stderr

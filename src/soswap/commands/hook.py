@@ -198,7 +198,9 @@ def _check(restart: bool) -> str:
     from soswap.report.stale import render_summary
 
     files = [DEFAULT_IGNORE_FILE] if os.path.exists(DEFAULT_IGNORE_FILE) else []
-    report = scan_stale(ScanOptions(ignore=IgnoreList.build(defaults=True, extra=(), files=files)))
+    # a reinstall of the same bytes (apt install --reinstall) is not news: --ignore-identical
+    report = scan_stale(ScanOptions(ignore=IgnoreList.build(defaults=True, extra=(), files=files),
+                                    ignore_identical=True))
     outcome = None
     notes: List[str] = []
     if restart and report.processes:
