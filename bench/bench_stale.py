@@ -69,6 +69,9 @@ def build(work: Path, packaged_mtimes: bool = True) -> Tuple[Path, Dict[str, Pat
     for n in "abc":
         (src / f"lib{n}.c").write_text(LIB_C % {"n": n, "v": 1})
         cc(["-shared", "-fPIC", "-o", str(src / f"libfix{n}.so"), str(src / f"lib{n}.c")])
+    # the upgrade planted later: another build of libfixb (another build-id, as a real upgrade has)
+    (src / "libb2.c").write_text(LIB_C % {"n": "b", "v": 2})
+    cc(["-shared", "-fPIC", "-o", str(src / "libfixb.v2.so"), str(src / "libb2.c")])
     (src / "prog.c").write_text(PROG_C)
     dirs = {}
     for kind in ("clean", *KINDS):
@@ -140,10 +143,7 @@ class Fleet:
 def plant(dirs: Dict[str, Path], src: Path, fleet: Fleet) -> None:
     """Make each kind's library stale in the way its name says (after the processes started)."""
     time.sleep(0.05)  # a file changed > 1 tick after the newest start counts as "after the start"
-    new = src / "libfixb.new"
-    shutil.copy(src / "libfixb.so", new)
-    with open(new, "ab") as f:
-        f.write(b"\0" * 64)
+    new = src / "libfixb.v2.so"
     # deleted: a new file renamed over the old one (the usual package upgrade).
     d = dirs["deleted"]
     shutil.copy(new, d / "libfixb.so.tmp")
@@ -190,6 +190,12 @@ def lsof_pids(out: str, err: str) -> Set[int]:
         elif line == "fDEL" and pid is not None:
             pids.add(pid)
     return pids
+
+
+def hook_pids(out: str, err: str) -> Set[int]:
+    # soswap hook apt: "  processes: comm=PID,PID comm=PID" (the planted processes belong to no unit here)
+    return {int(p) for line in out.splitlines() if line.startswith("  processes: ")
+            for item in line.split()[1:] for p in item.rpartition("=")[2].split(",")}
 
 
 def none(out: str, err: str) -> Set[int]:
@@ -297,6 +303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tools: List[Tuple[str, List[str], Callable[[str, str], Set[int]], bool]] = [
         ("floor: cat /proc/[0-9]*/maps", ["sh", "-c", "cat /proc/[0-9]*/maps > /dev/null 2>&1"], none, True),
         ("soswap stale --json", [args.python, "-m", "soswap", "stale", "--json"], soswap_pids, True),
+        ("soswap hook apt (summary)", [args.python, "-m", "soswap", "hook", "apt", "--state-dir", "/nonexistent"],
+         hook_pids, True),
         ("(soswap engine, in-process)", [args.python, "-c", ENGINE_ONLY, "query"], engine_pids, True),
         ("(engine, maps text reader)", [args.python, "-c", ENGINE_ONLY, "text"], engine_pids, True),
     ]
