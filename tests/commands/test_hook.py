@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from support import build
 from support.build import requires_root
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +147,30 @@ def test_apt_hook_leaves_out_a_reinstall_of_the_same_bytes(procs, tmp_path: Path
     assert not re.search(rb"\b%d\b" % p.pid, r.stdout), r.stdout
 
 
+def test_apt_preinstall_reads_both_input_protocols() -> None:
+    import io
+
+    from soswap.commands.hook import deb_paths
+
+    v1 = "/var/cache/apt/archives/libfoo1_2.0_amd64.deb\n/tmp/x y/bar_1_all.deb\n\n"
+    assert deb_paths(io.StringIO(v1)) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb", "/tmp/x y/bar_1_all.deb"]
+    v2 = ("VERSION 2\nAPT::Architecture=amd64\nDPkg::Tools::Options::soswap::Version=2\n\n"
+          "libfoo1 1.0 < 2.0 /var/cache/apt/archives/libfoo1_2.0_amd64.deb\n"
+          "libold - < 1.0 **CONFIGURE**\nlibgone 1.0 > - **REMOVE**\n")
+    assert deb_paths(io.StringIO(v2)) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb"]
+    assert deb_paths(io.StringIO("")) == []
+
+
+def test_apt_preinstall_reports_an_unreadable_package_and_lets_apt_go_on(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_1_all.deb"
+    bad.write_bytes(b"\x7fELF not a package")
+    r = hook("apt-preinstall", "--refuse", stdin=f"{bad}\n".encode())
+    assert r.returncode == 0 and r.stdout == b""
+    lines = r.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"soswap hook apt-preinstall: {bad}: dpkg-deb: error: ")
+    assert lines[0].endswith("; skipped")
+
+
 def test_apt_hook_gives_up_after_its_timeout(tmp_path: Path) -> None:
     r = hook("apt", "--state-dir", str(tmp_path / "none"), "--timeout", "0.000001")
     assert r.returncode == 0 and r.stdout == b""
@@ -155,40 +180,53 @@ def test_apt_hook_gives_up_after_its_timeout(tmp_path: Path) -> None:
 # -- a real apt-get run with the files of contrib/ ----------------------------------------------------------
 
 PACKAGE = "soswap-hook-test"
-INSTALLED_LIB = Path("/usr/lib") / PACKAGE / "libhooktest.so"
+PKG_DIR = Path("/usr/lib") / PACKAGE
+LIB_V1 = "int foo(void) { return 1; }\nint bar(void) { return 2; }\n"
+LIB_V2 = "int foo(void) { return 1; }\n"  # bar is gone: its users fail at their first call of it
+CONSUMER = "#include <unistd.h>\nint foo(void); int bar(void);\nint main(void) { sleep(600); return foo() + bar(); }\n"
 
 
-def _deb(tmp_path: Path, version: str, payload: bytes) -> Path:
+def _deb(tmp_path: Path, version: str, source: str, real_name: str) -> Path:
+    """A library package as Debian ships them: the real file named by the full version, and the SONAME link."""
     tree = tmp_path / f"pkg-{version}"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
         f"Package: {PACKAGE}\nVersion: {version}\nArchitecture: all\nMaintainer: soswap tests <root@localhost>\n"
         "Description: soswap hook test package\n")
-    target = tree / str(INSTALLED_LIB).lstrip("/")
-    target.parent.mkdir(parents=True)
-    target.write_bytes(payload)
+    libdir = tree / str(PKG_DIR).lstrip("/")
+    libdir.mkdir(parents=True)
+    c = tmp_path / f"lib-{version}.c"
+    c.write_text(source)
+    build.run_cc(["-shared", "-fPIC", "-Wl,-soname,libsoswaphook.so.1", "-o", str(libdir / real_name), str(c)])
+    (libdir / "libsoswaphook.so.1").symlink_to(real_name)
     out = tmp_path / f"{PACKAGE}_{version}_all.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(out)], check=True, capture_output=True)
     return out
 
 
-def _apt_config(tmp_path: Path, soswap: Path) -> Path:
+def _apt_config(tmp_path: Path, soswap: Path, refuse: bool = False) -> Path:
     """contrib/apt/99soswap and contrib/dpkg/soswap as one apt configuration file (``apt-get -c``), with the
-    test's soswap in place of the one looked up in PATH (dpkg resets PATH to the system directories)."""
+    test's soswap in place of the one looked up in PATH (dpkg resets PATH to the system directories);
+    ``refuse``: with the edit docs/hooks.md describes."""
     def local(text: str) -> str:
         return text.replace("command -v soswap", f"command -v {soswap}").replace("then soswap hook",
                                                                                   f"then {soswap} hook")
 
     apt = local((ROOT / "contrib" / "apt" / "99soswap").read_text())
+    if refuse:
+        assert "apt-preinstall || true" in apt
+        apt = apt.replace("apt-preinstall || true", "apt-preinstall --refuse")
     logger = next(line.split("=", 1)[1] for line in (ROOT / "contrib" / "dpkg" / "soswap").read_text().splitlines()
                   if line.startswith("status-logger="))
-    conf = tmp_path / "apt.conf"
+    conf = tmp_path / ("apt-refuse.conf" if refuse else "apt.conf")
     conf.write_text(apt + f'DPkg::Options {{ "--status-logger={local(logger)}"; }};\nDPkg::Lock::Timeout "120";\n')
     return conf
 
 
 def _apt_get(conf: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    env.pop("SOSWAP_FORCE", None)
+    env.pop("SOSWAP_SUSPEND", None)
     return subprocess.run(["apt-get", "-c", str(conf), "-y", *args], capture_output=True, text=True, env=env,
                           stdin=subprocess.DEVNULL, timeout=300)
 
@@ -200,11 +238,12 @@ def _installed_version() -> Optional[str]:
 
 
 @requires_root
-def test_apt_get_runs_both_hooks_and_never_fails_because_of_them(procs, tmp_path: Path) -> None:
+@build.requires_cc
+def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path: Path) -> None:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("apt-get and dpkg-deb are needed")
-    if _installed_version() is not None or INSTALLED_LIB.parent.exists():
-        pytest.skip(f"{PACKAGE} or {INSTALLED_LIB.parent} already exists on this machine")
+    if _installed_version() is not None or PKG_DIR.exists():
+        pytest.skip(f"{PACKAGE} or {PKG_DIR} already exists on this machine")
     if subprocess.run(["apt-get", "check"], capture_output=True).returncode != 0:
         pytest.skip("apt's package state is broken on this machine (apt-get check)")
     state = tmp_path / "state"
@@ -215,16 +254,34 @@ def test_apt_get_runs_both_hooks_and_never_fails_because_of_them(procs, tmp_path
     soswap.write_text(f'#!/bin/sh\nexec env PYTHONPATH={SRC} {exports} {sys.executable} -m soswap "$@" '
                       f"--state-dir {state}\n")
     soswap.chmod(0o755)
-    conf = _apt_config(tmp_path, soswap)
-    old = Path(LIBZ).read_bytes()
-    v1, v2 = _deb(tmp_path, "1.0", old), _deb(tmp_path, "2.0", Path(OTHER_BUILD).read_bytes())
+    conf, refusing = _apt_config(tmp_path, soswap), _apt_config(tmp_path, soswap, refuse=True)
+    v1 = _deb(tmp_path, "1.0", LIB_V1, "libsoswaphook.so.1.0")
+    v2 = _deb(tmp_path, "2.0", LIB_V2, "libsoswaphook.so.1.1")
     try:
         r = _apt_get(conf, "install", str(v1))
         assert r.returncode == 0 and _installed_version() == "1.0", r.stdout + r.stderr
-        p = _mapper(procs, INSTALLED_LIB, tmp_path / "ready")
+        assert "soswap: checked 0 ELF files of 1 package against what uses them: nothing breaks." in r.stdout
 
+        prog = tmp_path / "consumer"
+        (tmp_path / "consumer.c").write_text(CONSUMER)
+        build.run_cc(["-o", str(prog), str(tmp_path / "consumer.c"), str(PKG_DIR / "libsoswaphook.so.1"),
+                      f"-Wl,-rpath,{PKG_DIR}"])
+        p = procs.start([prog], wait_maps="libsoswaphook")
+        breaks = "undefined symbol: bar"
+
+        # --refuse: apt stops before dpkg unpacks anything
+        r = _apt_get(refusing, "install", str(v2))
+        assert r.returncode != 0 and _installed_version() == "1.0", r.stdout + r.stderr
+        assert f"NEW breaks process {p.pid} ({prog}) at first-call:" in r.stdout and breaks in r.stdout, r.stdout
+        assert "soswap: refused: apt stops before unpacking anything" in r.stderr
+        assert (PKG_DIR / "libsoswaphook.so.1.0").exists() and not (PKG_DIR / "libsoswaphook.so.1.1").exists()
+        r = hook("apt-preinstall", "--refuse", stdin=f"{v2}\n".encode(), env={"SOSWAP_FORCE": "1"})
+        assert r.returncode == 0 and b"soswap: going on" in r.stdout and breaks.encode() in r.stdout, r.stdout
+
+        # as installed (a warning): the upgrade goes on, then the process is listed as running old code
         r = _apt_get(conf, "install", str(v2))
         assert r.returncode == 0 and _installed_version() == "2.0", r.stdout + r.stderr
+        assert "soswap: these packages would break what uses them:" in r.stdout and breaks in r.stdout
         assert re.search(r"^soswap: \d+ process(es run| runs) old code", r.stdout, re.M), r.stdout
         for entry in _targets_of(p.pid):
             assert entry in r.stdout, (entry, r.stdout)
@@ -236,4 +293,4 @@ def test_apt_get_runs_both_hooks_and_never_fails_because_of_them(procs, tmp_path
         assert "broken on purpose" in r.stderr
     finally:
         subprocess.run(["dpkg", "--purge", PACKAGE], capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
-    assert _installed_version() is None and not INSTALLED_LIB.exists()
+    assert _installed_version() is None and not PKG_DIR.exists()

@@ -10,17 +10,14 @@ refuses the install unless forced.
 from __future__ import annotations
 
 import os
-import stat
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from soswap.abi.check import check_replacement
 from soswap.abi.problems import INCOMPATIBLE, CheckResult
 from soswap.abi.rdeps import environment_for_index, open_index
-from soswap.elf import ElfCache
+from soswap.elf import ElfCache, is_elf_file
 from soswap.errors import SoswapError
 from soswap.loader import Profile
-
-_ELF_MAGIC = b"\x7fELF"
 
 
 class PreflightProblem(NamedTuple):
@@ -58,11 +55,11 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
     for the whole transaction. ``discovery``: ``consumers``, ``scope``, ``pids``, ``processes``, ``system`` as
     for :func:`check_replacement` (default: the running processes and the whole system)."""
     pairs = [(os.path.abspath(s), os.path.abspath(d)) for s, d in pairs]
-    checked = [(s, d) for s, d in pairs if _is_elf(d)]
+    checked = [(s, d) for s, d in pairs if is_elf_file(d)]
     if not checked:
         return []
     # every ELF file the transaction puts in place, new files included (a new dependency of NEW)
-    everything = {d: s for s, d in pairs if _is_elf(s) and (_is_elf(d) or not os.path.lexists(d))}
+    everything = {d: s for s, d in pairs if is_elf_file(s) and (is_elf_file(d) or not os.path.lexists(d))}
     environ = os.environ if environ is None else environ
     try:
         index = open_index(cache_dir, Profile.detect(), environment_for_index(environ), elf_cache=ElfCache())
@@ -105,17 +102,3 @@ def problems_of(result: CheckResult) -> List[PreflightProblem]:
             {"kind": first.kind, "symbol": first.symbol, "version": first.version, "when": first.when,
              "message": first.message}, len(s.problems)))
     return out
-
-
-def _is_elf(path: str) -> bool:
-    """An existing regular file that starts with the ELF magic (O_NONBLOCK: a FIFO never blocks us)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError:
-        return False
-    try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == _ELF_MAGIC
-    except OSError:
-        return False
-    finally:
-        os.close(fd)

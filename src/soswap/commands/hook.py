@@ -7,12 +7,17 @@ Two halves, installed by the files in ``contrib/`` (docs/hooks.md):
   arguments and no input) and leaves two markers, ``changed`` and ``errored``, in the state directory;
 - ``apt`` is apt's ``DPkg::Post-Invoke``: after a run that unpacked something and had no dpkg error, it lists
   the services, sessions, containers and processes that still run old code (``--restart``: restarts the
-  services under the safe policy of ``soswap stale --restart``).
+  services under the safe policy of ``soswap stale --restart``);
+- ``apt-preinstall`` is apt's ``DPkg::Pre-Install-Pkgs``: before dpkg unpacks anything, it checks every ELF
+  file the packages would replace against the programs, plugins and processes that use it, as
+  ``soswap install`` does before a replacement (``--refuse``: stop apt when something would break).
 
-Neither ever fails the package manager or waits for an answer: both exit 0 whatever happens (a problem is one
-line on standard error), ``dpkg-status`` reads its input to the end even after an error, and ``apt`` gives up
-after ``--timeout`` seconds. ``SOSWAP_SUSPEND`` set to anything non-empty turns ``apt`` off (needrestart's
-``NEEDRESTART_SUSPEND``).
+None ever fails the package manager or waits for an answer: they exit 0 whatever goes wrong (a problem is one
+line on standard error), ``dpkg-status`` reads its input to the end even after an error, and ``apt`` and
+``apt-preinstall`` give up after ``--timeout`` seconds. The one exception is asked for: ``apt-preinstall
+--refuse`` exits 1 when the packages would break a consumer, which stops apt before anything is unpacked
+(``SOSWAP_FORCE`` set: warn only). ``SOSWAP_SUSPEND`` set to anything non-empty turns ``apt`` and
+``apt-preinstall`` off (needrestart's ``NEEDRESTART_SUSPEND``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import argparse
 import os
 import re
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional, TypeVar
+
+T = TypeVar("T")
 
 NAME = "hook"
 HELP = "package-manager hooks: after apt/dpkg, list what still runs old code (never fails apt)"
@@ -33,12 +40,18 @@ Hooks for apt and dpkg (install them with the files in contrib/; see docs/hooks.
   soswap hook apt           apt's DPkg::Post-Invoke: when the dpkg runs changed packages without an error,
                             list the services, sessions, containers and processes that still run old code
                             (with --restart: restart the services, as 'soswap stale --restart' does)
+  soswap hook apt-preinstall
+                            apt's DPkg::Pre-Install-Pkgs (the .deb files on stdin): before anything is
+                            unpacked, check every ELF file the packages replace against the programs,
+                            plugins and processes that use it, as 'soswap install' does; with --refuse,
+                            stop apt when something would break (SOSWAP_FORCE=1 overrides)
 
 Skipped: 'apt' when SOSWAP_SUSPEND is set, when dpkg reported an error, when no package was unpacked or
-removed, and while the system shuts down.
+removed, and while the system shuts down; 'apt-preinstall' when SOSWAP_SUSPEND is set.
 
-exit status: always 0 (a package-manager hook must never fail the package manager); problems are reported
-as one line on standard error.
+exit status: 0, whatever goes wrong (a package-manager hook must never fail the package manager; problems
+are reported as one line on standard error); 'apt-preinstall --refuse': 1 when the packages would break a
+consumer (apt then stops before unpacking anything).
 """
 
 #: Where ``dpkg-status`` leaves its markers for ``apt`` (a tmpfs: a reboot forgets them, as it should).
@@ -54,21 +67,27 @@ _ERROR = re.compile(rb"^status: .* : error : ")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("event", choices=("dpkg-status", "apt"), help="which hook is running")
+    parser.add_argument("event", choices=("dpkg-status", "apt", "apt-preinstall"), help="which hook is running")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"where dpkg-status leaves its markers for apt (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--restart", action="store_true",
                         help="apt: restart the affected services (batched systemctl try-restart, safe policy)")
+    parser.add_argument("--refuse", action="store_true",
+                        help="apt-preinstall: exit 1 (apt stops) when the packages would break a consumer")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="apt: give up (and let apt go on) after this long (default 60)")
+                        help="apt, apt-preinstall: give up (and let apt go on) after this long (default 60)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         if args.event == "dpkg-status":
             _dpkg_status(args.state_dir, sys.stdin.buffer)
-        else:
+        elif args.event == "apt":
             _apt(args)
+        else:
+            return _apt_preinstall(args)
+    except _Refused:
+        return 1
     except Exception as exc:  # a hook never fails the package manager, whatever went wrong
         _say(f"soswap hook {args.event}: {' '.join(str(exc).splitlines()) or type(exc).__name__}; skipped",
              sys.stderr)
@@ -161,6 +180,10 @@ class _TimedOut(Exception):
     pass
 
 
+class _Refused(Exception):
+    """apt-preinstall --refuse found a consumer the packages break: exit 1, apt stops."""
+
+
 def _apt(args: argparse.Namespace) -> None:
     if os.environ.get("SOSWAP_SUSPEND"):
         return
@@ -173,22 +196,28 @@ def _apt(args: argparse.Namespace) -> None:
             return  # nothing was unpacked or removed
     if _shutting_down():
         return
+    text = _within(args.timeout, lambda: _check(args.restart), "run 'soswap stale'")
+    if text is not None:
+        _say(text.rstrip("\n"), sys.stdout)
+
+
+def _within(seconds: float, work: Callable[[], T], instead: str) -> Optional[T]:
+    """``work()``, or None (said on standard error) when it takes longer than ``seconds``."""
     import signal
 
     def expired(signum: int, frame: object) -> None:
         raise _TimedOut()
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, max(args.timeout, 0.001))
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
     try:
-        text = _check(args.restart)
+        return work()
     except _TimedOut:
-        _say(f"soswap: the check did not finish in {args.timeout:g} s; skipped (run 'soswap stale')", sys.stderr)
-        return
+        _say(f"soswap: the check did not finish in {seconds:g} s; skipped ({instead})", sys.stderr)
+        return None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    _say(text.rstrip("\n"), sys.stdout)
 
 
 def _check(restart: bool) -> str:
@@ -211,3 +240,49 @@ def _check(restart: bool) -> str:
         else:
             notes.append("soswap: --restart needs systemd as PID 1: nothing restarted")
     return render_summary(report, outcome) + "".join(n + "\n" for n in notes)
+
+
+def deb_paths(stream) -> List[str]:  # type: ignore[no-untyped-def]
+    """The .deb files of apt's ``Pre-Install-Pkgs`` input: one per line (protocol version 1), or, after a
+    ``VERSION 2``/``VERSION 3`` line and apt's configuration (up to an empty line), the last field of each
+    package line (``**CONFIGURE**`` and ``**REMOVE**`` lines name no file)."""
+    lines = [line.rstrip("\r") for line in stream.read().splitlines()]
+    if lines and lines[0].startswith("VERSION "):
+        body = lines[lines.index("") + 1:] if "" in lines else []
+        names = [line.split()[-1] for line in body if line.strip()]
+    else:
+        names = [line.strip() for line in lines if line.strip()]
+    return [n for n in names if n.endswith(".deb")]
+
+
+def _apt_preinstall(args: argparse.Namespace) -> int:
+    debs = deb_paths(sys.stdin)  # read first: apt's pipe is emptied whatever happens next
+    if os.environ.get("SOSWAP_SUSPEND") or not debs:
+        return 0
+    problems = _within(args.timeout, lambda: _preinstall_check(debs), "soswap check could not finish")
+    if problems is None:
+        return 0
+    checked, found = problems
+    if not found:
+        _say(f"soswap: checked {checked} ELF file{'s' if checked != 1 else ''} of {len(debs)} package"
+             f"{'s' if len(debs) != 1 else ''} against what uses them: nothing breaks.", sys.stdout)
+        return 0
+    _say("soswap: these packages would break what uses them:", sys.stdout)
+    for problem in found:
+        _say(f"  {problem.message}", sys.stdout)
+    if args.refuse and not os.environ.get("SOSWAP_FORCE"):
+        _say("soswap: refused: apt stops before unpacking anything (SOSWAP_FORCE=1 to go on)", sys.stderr)
+        raise _Refused()
+    _say("soswap: going on (the hook's --refuse stops apt instead)", sys.stdout)
+    return 0
+
+
+def _preinstall_check(debs: List[str]):  # type: ignore[no-untyped-def]
+    import tempfile
+
+    from soswap.abi.preflight import preflight
+    from soswap.replace.debs import deb_replacements
+
+    with tempfile.TemporaryDirectory(prefix="soswap-debs-") as work:
+        plan = deb_replacements(debs, work)
+        return len(plan.pairs), preflight(plan.pairs + plan.new_files)

@@ -15,6 +15,7 @@ from soswap.elf.dynamic import DynamicInfo
 from soswap.elf.file import ElfFile, Header, Segment
 from soswap.elf.hashtab import elf_hash, gnu_hash
 from soswap.elf.relocs import Relocation
+from soswap.elf.source import is_elf_file
 from soswap.elf.symbols import Symbol, SymbolColumns, SymbolTable
 from soswap.elf.versions import VersionDef, VersionNeed, VersionNeedEntry
 from soswap.errors import ElfError
@@ -35,4 +36,5 @@ __all__ = [
     "VersionNeedEntry",
     "elf_hash",
     "gnu_hash",
+    "is_elf_file",
 ]

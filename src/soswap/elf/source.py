@@ -135,3 +135,17 @@ class FileSource(Source):
 
     def __del__(self) -> None:
         self.close()
+
+
+def is_elf_file(path: PathLike) -> bool:
+    """An existing regular file that starts with the ELF magic (opened with O_NONBLOCK: a FIFO never blocks)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == b"\x7fELF"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,132 @@
+"""The ELF files a set of .deb packages would put in place, paired with the installed files they replace.
+
+:func:`deb_replacements` reads each package's data archive (``dpkg-deb --fsys-tarfile``, streamed through
+:mod:`tarfile`; nothing is unpacked onto the system and nothing from the package is run), copies its ELF
+members into a private directory, and pairs each with the installed file it replaces. The pairing goes through
+the names the package ships, symbolic links included: Debian's library packages name the real file by the full
+version (``libfoo.so.1.2.4``), which the installed system does not have yet, and replace the installed
+``libfoo.so.1.2.3`` only through the link ``libfoo.so.1`` that consumers load. So a package name that resolves,
+inside the package, to an ELF member, and on the system to an installed ELF file, pairs the two.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import subprocess
+import tarfile
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from soswap.elf import is_elf_file
+from soswap.errors import SoswapError
+
+_ELF_MAGIC = b"\x7fELF"
+#: symbolic links followed inside one package before giving up (ELOOP in the kernel is 40)
+_MAX_LINKS = 40
+
+
+class DebReplacements(NamedTuple):
+    """``pairs``: (extracted new file, installed file it replaces); ``new_files``: (extracted file, the path it
+    will have) of ELF files nothing is installed at yet; ``packages``: the .deb files read."""
+
+    pairs: List[Tuple[str, str]]
+    new_files: List[Tuple[str, str]]
+    packages: List[str]
+
+
+class _Package:
+    """The members of one package's data archive that matter: ELF files (copied out) and symbolic links."""
+
+    def __init__(self) -> None:
+        self.elf: Dict[str, str] = {}  #: absolute path in the package -> the extracted copy
+        self.links: Dict[str, str] = {}  #: absolute path -> link target, absolute
+        self.others: set = set()  #: other regular files and directories
+
+    def resolve(self, path: str) -> Optional[str]:
+        """The ELF member ``path`` names inside the package (following its links), or None."""
+        for _ in range(_MAX_LINKS):
+            if path in self.elf:
+                return path
+            target = self.links.get(path)
+            if target is None:
+                return None
+            path = target
+        return None
+
+
+def deb_replacements(debs: Sequence[str], workdir: str) -> DebReplacements:
+    """Read ``debs`` (paths of .deb files) and pair their ELF files with the installed ones (module docstring).
+    The ELF members are copied into ``workdir``, which the caller removes. Raises :class:`SoswapError` when a
+    package cannot be read."""
+    pairs: Dict[str, str] = {}  # installed file -> new file
+    new_files: Dict[str, str] = {}
+    for n, deb in enumerate(debs):
+        pkg = _read(deb, os.path.join(workdir, str(n)))
+        for name in sorted({*pkg.elf, *pkg.links}):
+            member = pkg.resolve(name)
+            if member is None:
+                continue
+            if not os.path.lexists(name):
+                if name == member:
+                    new_files.setdefault(name, pkg.elf[member])
+                continue
+            installed = os.path.realpath(name)
+            if is_elf_file(installed):
+                pairs.setdefault(installed, pkg.elf[member])
+    return DebReplacements([(new, old) for old, new in pairs.items()],
+                           [(new, path) for path, new in new_files.items()], list(debs))
+
+
+def _read(deb: str, into: str) -> _Package:
+    dpkg_deb = shutil.which("dpkg-deb")
+    if dpkg_deb is None:
+        raise SoswapError("dpkg-deb is not installed")
+    os.makedirs(into, mode=0o700)
+    pkg = _Package()
+    proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", deb], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    problem = None
+    try:
+        assert proc.stdout is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for count, member in enumerate(tar):
+                    _take(pkg, tar, member, os.path.join(into, str(count)))
+        except (tarfile.TarError, OSError) as exc:
+            problem = f"{deb}: cannot read the package's files: {exc}"
+        proc.stdout.read()
+    finally:
+        _, err = proc.communicate()
+    if proc.returncode != 0:  # its own message says more than the empty or cut archive it left
+        text = " ".join(err.decode(errors="replace").split()) or f"exit status {proc.returncode}"
+        text = text[len("dpkg-deb: "):] if text.startswith("dpkg-deb: ") else text
+        raise SoswapError(f"{deb}: dpkg-deb: {text}")
+    if problem is not None:
+        raise SoswapError(problem)
+    return pkg
+
+
+def _take(pkg: _Package, tar: tarfile.TarFile, member: tarfile.TarInfo, copy: str) -> None:
+    path = posixpath.normpath("/" + member.name.lstrip("./"))
+    if member.issym():
+        pkg.links[path] = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
+    elif member.islnk():  # a hard link to an earlier member: the same file under a second name
+        first = posixpath.normpath("/" + member.linkname.lstrip("./"))
+        if first in pkg.elf:
+            pkg.elf[path] = pkg.elf[first]
+    elif member.isreg():
+        source = tar.extractfile(member)
+        if source is None:
+            return
+        head = source.read(4)
+        if head != _ELF_MAGIC:
+            pkg.others.add(path)
+            return
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(head)
+            shutil.copyfileobj(source, out, 1 << 20)
+        pkg.elf[path] = copy
+    else:
+        pkg.others.add(path)

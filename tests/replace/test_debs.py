@@ -1,0 +1,107 @@
+"""soswap.replace.debs: the ELF files of .deb packages paired with the installed files they replace, through
+the package's own names (Debian's versioned real file behind the SONAME link); hostile archives."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from soswap.errors import SoswapError
+from soswap.replace.debs import deb_replacements
+
+LIBZ = "/usr/lib/x86_64-linux-gnu/libz.so.1"
+LIBM = "/usr/lib/x86_64-linux-gnu/libm.so.6"
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("ar") is None,
+                                reason="dpkg-deb and ar are needed")
+
+
+def _deb(path: Path, members: list) -> Path:
+    """A .deb built by hand (ar + tar), so that its data archive holds exactly ``members``:
+    (name, kind, payload) with kind "file", "symlink" or "hardlink"."""
+    work = path.parent / (path.name + ".parts")
+    work.mkdir()
+    (work / "debian-binary").write_text("2.0\n")
+    control = io.BytesIO()
+    with tarfile.open(fileobj=control, mode="w:gz") as tar:
+        data = b"Package: t\nVersion: 1\nArchitecture: all\nMaintainer: t <t@localhost>\nDescription: t\n"
+        info = tarfile.TarInfo("./control")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (work / "control.tar.gz").write_bytes(control.getvalue())
+    with tarfile.open(work / "data.tar", mode="w") as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+                info.linkname = payload
+                tar.addfile(info)
+    subprocess.run(["ar", "rc", str(path), "debian-binary", "control.tar.gz", "data.tar"], cwd=work, check=True)
+    return path
+
+
+def test_pairs_go_through_the_soname_link_and_new_files_are_listed(tmp_path: Path) -> None:
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    shutil.copyfile(LIBZ, inst / "libx.so.1.0")  # installed: the old real file, behind the SONAME link
+    (inst / "libx.so.1").symlink_to("libx.so.1.0")
+    (inst / "notes.txt").write_text("old")
+    shutil.copyfile(LIBZ, inst / "libsame.so")  # installed under the same name the package ships
+    base = "." + str(inst)
+    new_real, same, fresh = Path(LIBM).read_bytes(), Path(LIBZ).read_bytes() + b"\0", b"\x7fELF" + b"\0" * 60
+    deb = _deb(tmp_path / "x.deb", [
+        (f"{base}/libx.so.1.1", "file", new_real),
+        (f"{base}/libx.so.1", "symlink", "libx.so.1.1"),
+        (f"{base}/libx-hard.so", "hardlink", f"{base}/libx.so.1.1"),
+        (f"{base}/libsame.so", "file", same),
+        (f"{base}/libfresh.so", "file", fresh),
+        (f"{base}/notes.txt", "file", b"new, not ELF"),
+        (f"{base}/loop1", "symlink", "loop2"),
+        (f"{base}/loop2", "symlink", "loop1"),
+        (f"{base}/outside", "symlink", "/usr/lib/x86_64-linux-gnu/libz.so.1"),  # not in the package
+    ])
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = deb_replacements([str(deb)], str(work))
+    pairs = {old: Path(new).read_bytes() for new, old in plan.pairs}
+    assert pairs == {str(inst / "libx.so.1.0"): new_real, str(inst / "libsame.so"): same}
+    fresh_files = {path: Path(new).read_bytes() for new, path in plan.new_files}
+    assert fresh_files == {str(inst / "libx.so.1.1"): new_real, str(inst / "libx-hard.so"): new_real,
+                           str(inst / "libfresh.so"): fresh}
+    assert all(Path(new).parent.parent == work for new, _ in plan.pairs + plan.new_files)
+    assert (inst / "notes.txt").read_text() == "old" and not (inst / "libx.so.1.1").exists()  # nothing unpacked
+
+
+def test_hostile_member_names_never_leave_the_work_directory(tmp_path: Path) -> None:
+    elf = Path(LIBZ).read_bytes()
+    victim = tmp_path / "victim"
+    deb = _deb(tmp_path / "evil.deb", [
+        ("../../../../../../" + str(victim).lstrip("/"), "file", elf),
+        (str(victim) + "2", "file", elf),  # an absolute name
+        ("./a/../../../" + str(victim).lstrip("/") + "3", "file", elf),
+    ])
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = deb_replacements([str(deb)], str(work))
+    assert not any(p.name.startswith("victim") for p in tmp_path.iterdir())
+    names = sorted(path for _, path in plan.new_files)
+    assert all(n.startswith("/") and "/../" not in n for n in names)
+    assert all(os.path.commonpath([new, str(work)]) == str(work) for new, _ in plan.new_files)
+
+
+def test_a_file_that_is_not_a_package_is_one_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.deb"
+    bad.write_bytes(b"not an ar archive\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(SoswapError, match=r"bad\.deb: dpkg-deb: "):
+        deb_replacements([str(bad)], str(work))
