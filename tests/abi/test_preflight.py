@@ -49,6 +49,21 @@ def test_files_that_are_not_installed_elf_files_are_not_checked(tree: Tree, tmp_
                      **_scope(tree)) == []
 
 
+def test_object_files_and_kernel_modules_are_not_checked(tree: Tree, tmp_path: Path) -> None:
+    """ld.so never loads an ET_REL file (.o, .ko): it has no consumers, and installing one is never refused."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed")
+    objs = []
+    for n in (1, 2):
+        (tmp_path / "m.c").write_text(f"int f(void) {{ return {n}; }}\n")
+        subprocess.run(["gcc", "-c", "-o", str(tmp_path / f"m{n}.o"), str(tmp_path / "m.c")], check=True)
+        objs.append(str(tmp_path / f"m{n}.o"))
+    assert preflight([(objs[1], objs[0])], **_scope(tree)) == []
+    problems = preflight([(objs[1], str(tree.target))], **_scope(tree))  # but an object file over a library
+    assert problems[0].kind == "refused" and "e_type DYN -> REL" in problems[0].message
+    assert any("only ET_DYN and ET_EXEC can be loaded" in p.message for p in problems[1:])
+
+
 def test_a_source_that_is_not_elf_refuses(tree: Tree, tmp_path: Path) -> None:
     bogus = tmp_path / "libfoo.so.1"
     bogus.write_text("not a library\n" * 10)
@@ -73,6 +88,27 @@ def test_the_other_files_of_the_transaction_are_in_place(tree: Tree, tmp_path: P
     alone = preflight([(str(new), str(target))], **scope)
     assert alone and all(p.problem is not None and p.problem["kind"] == "not-found" for p in alone)
     assert preflight([(str(new), str(target)), (str(helper), str(root / "lib" / "libhelper.so.1"))], **scope) == []
+
+
+def test_a_transaction_checks_as_each_file_alone_with_the_others_in_place(tree: Tree, tmp_path: Path) -> None:
+    """preflight shares one /proc pass and the loaders (hence loads and bindings) between the files of one
+    transaction: the problems must be exactly those of separate checks, each with the others in place."""
+    from soswap.abi import check_replacement
+    from soswap.abi.preflight import problems_of
+
+    lib = tree.root / "lib"
+    mid, other = tmp_path / "libmid.so.1", tmp_path / "libother.so.1"
+    shutil.copyfile(lib / "libmid.so.1", mid)
+    shutil.copyfile(lib / "libother.so.1", other)
+    pairs = [(str(tree.new), str(tree.target)), (str(mid), str(lib / "libmid.so.1")),
+             (str(other), str(lib / "libother.so.1"))]
+    scope = _scope(tree)
+    together = preflight(pairs, **scope)
+    alone = []
+    for source, dest in pairs:
+        others = {d: s for s, d in pairs if d != dest}
+        alone.extend(problems_of(check_replacement(dest, source, also=others, **scope)))
+    assert together == alone and len(together) >= 3
 
 
 def _install(args: list, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:

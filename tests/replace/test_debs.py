@@ -57,7 +57,10 @@ def test_pairs_go_through_the_soname_link_and_new_files_are_listed(tmp_path: Pat
     (inst / "notes.txt").write_text("old")
     shutil.copyfile(LIBZ, inst / "libsame.so")  # installed under the same name the package ships
     base = "." + str(inst)
-    new_real, same, fresh = Path(LIBM).read_bytes(), Path(LIBZ).read_bytes() + b"\0", b"\x7fELF" + b"\0" * 60
+    new_real, same, fresh = Path(LIBM).read_bytes(), Path(LIBZ).read_bytes() + b"\0", Path(LIBZ).read_bytes() + b"1"
+    lz = Path(LIBZ).read_bytes()
+    relocatable = lz[:16] + b"\x01\x00" + lz[18:]  # e_type ET_REL: an object file, a kernel module
+    (inst / "mod.ko").write_bytes(relocatable)
     deb = _deb(tmp_path / "x.deb", [
         (f"{base}/libx.so.1.1", "file", new_real),
         (f"{base}/libx.so.1", "symlink", "libx.so.1.1"),
@@ -65,6 +68,8 @@ def test_pairs_go_through_the_soname_link_and_new_files_are_listed(tmp_path: Pat
         (f"{base}/libsame.so", "file", same),
         (f"{base}/libfresh.so", "file", fresh),
         (f"{base}/notes.txt", "file", b"new, not ELF"),
+        (f"{base}/mod.ko", "file", relocatable + b"new"),  # ld.so never loads it: no consumers, not paired
+        (f"{base}/fresh.ko", "file", relocatable),
         (f"{base}/loop1", "symlink", "loop2"),
         (f"{base}/loop2", "symlink", "loop1"),
         (f"{base}/outside", "symlink", "/usr/lib/x86_64-linux-gnu/libz.so.1"),  # not in the package

@@ -28,7 +28,7 @@ from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, RdepsIndex, classify, env
 from soswap.abi.sysdirs import Top, canonical_tops, system_tops, under
 from soswap.elf import ElfCache, ElfFile
 from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
-from soswap.loader import Environment, Profile
+from soswap.loader import Environment, Loader, Profile
 
 #: Breaking changes that make NEW unloadable where OLD is, whatever the consumer.
 UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machine-changed", "osabi-changed",
@@ -44,7 +44,9 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
                       environ: Optional[Mapping[str, str]] = None, profile: Optional[Profile] = None,
                       self_check: bool = True, full: bool = False,
                       also: Optional[Mapping[str, str]] = None,
-                      index: Optional[RdepsIndex] = None) -> P.CheckResult:
+                      index: Optional[RdepsIndex] = None,
+                      mapping: Optional[Tuple[Sequence[int], Optional[str]]] = None,
+                      loaders: Optional[Dict[Environment, Loader]] = None) -> P.CheckResult:
     """Check NEW against every consumer of the installed TARGET (see the module docstring and docs/check.md).
 
     ``consumers``: files to check (programs as they run, shared libraries as plugins loaded with
@@ -59,7 +61,10 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     ``also``: ``{target: new}`` of the other files replaced in the same transaction: they are in place too
     when consumers are loaded with NEW (a new libfoo that needs the new libbar). ``index``: an index opened
     by the caller (checks of several files share it: the directories are walked once); ``cache_dir`` and
-    ``keep_index`` are then not used.
+    ``keep_index`` are then not used. ``mapping``: the PIDs that map TARGET and a note, as
+    :func:`soswap.abi.processes.processes_mapping` gives them, when the caller found them already (one pass
+    over /proc for several files). ``loaders``: a dict the checks of one transaction share (same ``also``
+    map for each), so that each consumer is loaded and bound once for all of them.
 
     Raises :class:`SoswapError` on bad input (TARGET or NEW missing or malformed, a named consumer that is
     not a loadable ELF file, a scope that is not a directory, an unknown PID).
@@ -83,7 +88,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     extra = {os.path.abspath(t): os.path.abspath(n) for t, n in (also or {}).items()
              if os.path.abspath(t) != target_abs}
     checker = ConsumerChecker(target_abs, os.path.abspath(new), diff, profile, elf_cache=cache, full=full,
-                              also=extra)
+                              also=extra, loaders=loaders)
     results: List[P.ConsumerResult] = []
     seen: Set[Tuple[str, bool]] = set()
     sources: List[str] = []
@@ -139,7 +144,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
         sources.append("pid")
     if processes:
         sources.append("processes")
-        found, note = processes_mapping(target_abs)
+        found, note = mapping if mapping is not None else processes_mapping(target_abs)
         if note:
             skipped.append((0, note))
         pid_list.extend(p for p in found if p not in pid_list)

@@ -78,14 +78,17 @@ class ConsumerChecker:
 
     def __init__(self, target: str, new: str, diff: AbiDiff, profile: Profile, *,
                  elf_cache: Optional[ElfCache] = None, full: bool = False,
-                 also: Optional[Mapping[str, str]] = None) -> None:
+                 also: Optional[Mapping[str, str]] = None,
+                 loaders: Optional[Dict[Environment, Loader]] = None) -> None:
         st = os.stat(target)
         self.target = target
         self.target_id = (st.st_dev, st.st_ino)
         self.new = new
         self.profile = profile
         self.elf_cache = elf_cache if elf_cache is not None else ElfCache()
-        self._loaders: Dict[Environment, Loader] = {}
+        #: one Loader per environment; the checks of one transaction share them (``loaders``): their
+        #: substitutions are the same whole transaction, so each consumer is loaded and bound once
+        self._loaders: Dict[Environment, Loader] = loaders if loaders is not None else {}
         #: names whose definition changed in a way only a binding-level check sees
         self.watch: FrozenSet[str] = frozenset(
             c.symbol for c in diff.changes if c.kind in _BINDING_KINDS and c.symbol is not None)

@@ -14,8 +14,9 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 from soswap.abi.check import check_replacement
 from soswap.abi.problems import INCOMPATIBLE, CheckResult
+from soswap.abi.processes import processes_mapping_each
 from soswap.abi.rdeps import environment_for_index, open_index
-from soswap.elf import ElfCache, is_elf_file
+from soswap.elf import ElfCache, is_elf_file, is_loadable_elf
 from soswap.errors import SoswapError
 from soswap.loader import Profile
 
@@ -55,22 +56,31 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
     for the whole transaction. ``discovery``: ``consumers``, ``scope``, ``pids``, ``processes``, ``system`` as
     for :func:`check_replacement` (default: the running processes and the whole system)."""
     pairs = [(os.path.abspath(s), os.path.abspath(d)) for s, d in pairs]
-    checked = [(s, d) for s, d in pairs if is_elf_file(d)]
+    # what ld.so loads has consumers; an object file or a kernel module (ET_REL) has none here
+    checked = [(s, d) for s, d in pairs if is_loadable_elf(d)]
     if not checked:
         return []
     # every ELF file the transaction puts in place, new files included (a new dependency of NEW)
-    everything = {d: s for s, d in pairs if is_elf_file(s) and (is_elf_file(d) or not os.path.lexists(d))}
+    everything = {d: s for s, d in pairs if is_loadable_elf(s) and (is_elf_file(d) or not os.path.lexists(d))}
     environ = os.environ if environ is None else environ
     try:
         index = open_index(cache_dir, Profile.detect(), environment_for_index(environ), elf_cache=ElfCache())
     except SoswapError as exc:  # e.g. a malformed ld.so.cache
         return [PreflightProblem(d, s, "unchecked", f"{d}: cannot check {s} as its replacement: {exc}")
                 for s, d in checked]
+    explicit = any(discovery.get(k) for k in ("consumers", "scope", "pids"))
+    mapped: Dict[str, List[int]] = {}
+    note: Optional[str] = None
+    if discovery.get("processes", not explicit):  # the processes that map each destination: one /proc pass
+        mapped, note = processes_mapping_each([d for _, d in checked])
+    loaders: Dict[Any, Any] = {}  # every check below loads with the whole transaction in place: share them
     out: List[PreflightProblem] = []
     for source, dest in checked:
         others = {d: s for d, s in everything.items() if d != dest}
         try:
-            result = check_replacement(dest, source, environ=environ, also=others, index=index, **discovery)
+            result = check_replacement(dest, source, environ=environ, also=others, index=index,
+                                       mapping=(mapped[dest], note) if dest in mapped else None, loaders=loaders,
+                                       **discovery)
         except SoswapError as exc:
             out.append(PreflightProblem(dest, source, "unchecked",
                                         f"{dest}: cannot check {source} as its replacement: {exc}"))

@@ -15,7 +15,7 @@ from soswap.elf.dynamic import DynamicInfo
 from soswap.elf.file import ElfFile, Header, Segment
 from soswap.elf.hashtab import elf_hash, gnu_hash
 from soswap.elf.relocs import Relocation
-from soswap.elf.source import is_elf_file
+from soswap.elf.source import elf_type, is_elf_file, is_loadable_elf
 from soswap.elf.symbols import Symbol, SymbolColumns, SymbolTable
 from soswap.elf.versions import VersionDef, VersionNeed, VersionNeedEntry
 from soswap.errors import ElfError
@@ -35,6 +35,8 @@ __all__ = [
     "VersionNeed",
     "VersionNeedEntry",
     "elf_hash",
+    "elf_type",
     "gnu_hash",
     "is_elf_file",
+    "is_loadable_elf",
 ]

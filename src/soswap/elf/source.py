@@ -137,15 +137,31 @@ class FileSource(Source):
         self.close()
 
 
-def is_elf_file(path: PathLike) -> bool:
-    """An existing regular file that starts with the ELF magic (opened with O_NONBLOCK: a FIFO never blocks)."""
+def elf_type(path: PathLike) -> Optional[int]:
+    """``e_type`` of the regular file at ``path`` if it is ELF, else None (opened with O_NONBLOCK: a FIFO never
+    blocks). ET_EXEC and ET_DYN are what ld.so loads; ET_REL (``.o``, kernel modules) and ET_CORE it never does."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError:
-        return False
+        return None
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 4) == b"\x7fELF"
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.pread(fd, 18, 0)
     except OSError:
-        return False
+        return None
     finally:
         os.close(fd)
+    if len(head) < 18 or head[:4] != b"\x7fELF" or head[5] not in (1, 2):
+        return None
+    return int.from_bytes(head[16:18], "little" if head[5] == 1 else "big")
+
+
+def is_elf_file(path: PathLike) -> bool:
+    """An existing regular file with an ELF header (see :func:`elf_type`)."""
+    return elf_type(path) is not None
+
+
+def is_loadable_elf(path: PathLike) -> bool:
+    """An ELF program or shared object (ET_EXEC, ET_DYN): what ld.so loads, so what has consumers to check."""
+    return elf_type(path) in (2, 3)

@@ -18,7 +18,7 @@ import subprocess
 import tarfile
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from soswap.elf import is_elf_file
+from soswap.elf import is_loadable_elf
 from soswap.errors import SoswapError
 
 _ELF_MAGIC = b"\x7fELF"
@@ -61,18 +61,22 @@ def deb_replacements(debs: Sequence[str], workdir: str) -> DebReplacements:
     package cannot be read."""
     pairs: Dict[str, str] = {}  # installed file -> new file
     new_files: Dict[str, str] = {}
-    for n, deb in enumerate(debs):
-        pkg = _read(deb, os.path.join(workdir, str(n)))
+    # dpkg-deb's decompression is most of the time: one per CPU at once (the threads only wait on its pipe)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(debs), os.cpu_count() or 1, 8))) as pool:
+        packages = list(pool.map(_read, debs, [os.path.join(workdir, str(n)) for n in range(len(debs))]))
+    for pkg in packages:
         for name in sorted({*pkg.elf, *pkg.links}):
             member = pkg.resolve(name)
             if member is None:
                 continue
             if not os.path.lexists(name):
-                if name == member:
+                if name == member and is_loadable_elf(pkg.elf[member]):
                     new_files.setdefault(name, pkg.elf[member])
                 continue
             installed = os.path.realpath(name)
-            if is_elf_file(installed):
+            if is_loadable_elf(installed):  # what ld.so loads: an object file or a kernel module has no consumers
                 pairs.setdefault(installed, pkg.elf[member])
     return DebReplacements([(new, old) for old, new in pairs.items()],
                            [(new, path) for path, new in new_files.items()], list(debs))
