@@ -148,17 +148,15 @@ def test_apt_hook_leaves_out_a_reinstall_of_the_same_bytes(procs, tmp_path: Path
 
 
 def test_apt_preinstall_reads_both_input_protocols() -> None:
-    import io
-
     from soswap.commands.hook import deb_paths
 
     v1 = "/var/cache/apt/archives/libfoo1_2.0_amd64.deb\n/tmp/x y/bar_1_all.deb\n\n"
-    assert deb_paths(io.StringIO(v1)) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb", "/tmp/x y/bar_1_all.deb"]
+    assert deb_paths(v1) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb", "/tmp/x y/bar_1_all.deb"]
     v2 = ("VERSION 2\nAPT::Architecture=amd64\nDPkg::Tools::Options::soswap::Version=2\n\n"
           "libfoo1 1.0 < 2.0 /var/cache/apt/archives/libfoo1_2.0_amd64.deb\n"
           "libold - < 1.0 **CONFIGURE**\nlibgone 1.0 > - **REMOVE**\n")
-    assert deb_paths(io.StringIO(v2)) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb"]
-    assert deb_paths(io.StringIO("")) == []
+    assert deb_paths(v2) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb"]
+    assert deb_paths("") == []
 
 
 def test_apt_preinstall_reports_an_unreadable_package_and_lets_apt_go_on(tmp_path: Path) -> None:

@@ -242,11 +242,11 @@ def _check(restart: bool) -> str:
     return render_summary(report, outcome) + "".join(n + "\n" for n in notes)
 
 
-def deb_paths(stream) -> List[str]:  # type: ignore[no-untyped-def]
+def deb_paths(text: str) -> List[str]:
     """The .deb files of apt's ``Pre-Install-Pkgs`` input: one per line (protocol version 1), or, after a
     ``VERSION 2``/``VERSION 3`` line and apt's configuration (up to an empty line), the last field of each
     package line (``**CONFIGURE**`` and ``**REMOVE**`` lines name no file)."""
-    lines = [line.rstrip("\r") for line in stream.read().splitlines()]
+    lines = [line.rstrip("\r") for line in text.splitlines()]
     if lines and lines[0].startswith("VERSION "):
         body = lines[lines.index("") + 1:] if "" in lines else []
         names = [line.split()[-1] for line in body if line.strip()]
@@ -256,7 +256,8 @@ def deb_paths(stream) -> List[str]:  # type: ignore[no-untyped-def]
 
 
 def _apt_preinstall(args: argparse.Namespace) -> int:
-    debs = deb_paths(sys.stdin)  # read first: apt's pipe is emptied whatever happens next
+    # read first: apt's pipe is emptied whatever happens next; file names as bytes, kept as they are
+    debs = deb_paths(sys.stdin.buffer.read().decode("utf-8", "surrogateescape"))
     if os.environ.get("SOSWAP_SUSPEND") or not debs:
         return 0
     problems = _within(args.timeout, lambda: _preinstall_check(debs), "soswap check could not finish")
