@@ -270,7 +270,9 @@ def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path:
         # --refuse: apt stops before dpkg unpacks anything
         r = _apt_get(refusing, "install", str(v2))
         assert r.returncode != 0 and _installed_version() == "1.0", r.stdout + r.stderr
-        assert f"NEW breaks process {p.pid} ({prog}) at first-call:" in r.stdout and breaks in r.stdout, r.stdout
+        said = (f"{PKG_DIR}/libsoswaphook.so.1.0: {v2.name}:{PKG_DIR}/libsoswaphook.so.1.1 "
+                f"breaks process {p.pid} ({prog})")
+        assert f"{said} at first-call:" in r.stdout and breaks in r.stdout, r.stdout
         assert "soswap: refused: apt stops before unpacking anything" in r.stderr
         assert (PKG_DIR / "libsoswaphook.so.1.0").exists() and not (PKG_DIR / "libsoswaphook.so.1.1").exists()
         r = hook("apt-preinstall", "--refuse", stdin=f"{v2}\n".encode(), env={"SOSWAP_FORCE": "1"})

@@ -269,8 +269,8 @@ def _apt_preinstall(args: argparse.Namespace) -> int:
              f"{'s' if len(debs) != 1 else ''} against what uses them: nothing breaks.", sys.stdout)
         return 0
     _say("soswap: these packages would break what uses them:", sys.stdout)
-    for problem in found:
-        _say(f"  {problem.message}", sys.stdout)
+    for message in found:
+        _say(f"  {message}", sys.stdout)
     if args.refuse and not os.environ.get("SOSWAP_FORCE"):
         _say("soswap: refused: apt stops before unpacking anything (SOSWAP_FORCE=1 to go on)", sys.stderr)
         raise _Refused()
@@ -286,4 +286,13 @@ def _preinstall_check(debs: List[str]):  # type: ignore[no-untyped-def]
 
     with tempfile.TemporaryDirectory(prefix="soswap-debs-") as work:
         plan = deb_replacements(debs, work)
-        return len(plan.pairs), preflight(plan.pairs + plan.new_files)
+        problems = preflight(plan.pairs + plan.new_files)
+    # "NEW" in a message is the package's file: name it as PACKAGE.deb:/path, not by its temporary copy
+    messages = []
+    for p in problems:
+        text = p.message
+        for copy, label in plan.labels.items():
+            text = text.replace(copy, label)
+        messages.append(text.replace("NEW ", f"{plan.labels.get(p.new, 'NEW')} ", 1) if p.kind == "consumer"
+                        else text)
+    return len(plan.pairs), messages

@@ -28,11 +28,13 @@ _MAX_LINKS = 40
 
 class DebReplacements(NamedTuple):
     """``pairs``: (extracted new file, installed file it replaces); ``new_files``: (extracted file, the path it
-    will have) of ELF files nothing is installed at yet; ``packages``: the .deb files read."""
+    will have) of ELF files nothing is installed at yet; ``packages``: the .deb files read; ``labels``: each
+    extracted file's name for people, ``PACKAGE.deb:/path/in/package``."""
 
     pairs: List[Tuple[str, str]]
     new_files: List[Tuple[str, str]]
     packages: List[str]
+    labels: Dict[str, str]
 
 
 class _Package:
@@ -66,7 +68,10 @@ def deb_replacements(debs: Sequence[str], workdir: str) -> DebReplacements:
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(debs), os.cpu_count() or 1, 8))) as pool:
         packages = list(pool.map(_read, debs, [os.path.join(workdir, str(n)) for n in range(len(debs))]))
-    for pkg in packages:
+    labels: Dict[str, str] = {}
+    for deb, pkg in zip(debs, packages):
+        for path, copy in pkg.elf.items():
+            labels.setdefault(copy, f"{os.path.basename(deb)}:{path}")
         for name in sorted({*pkg.elf, *pkg.links}):
             member = pkg.resolve(name)
             if member is None:
@@ -79,7 +84,7 @@ def deb_replacements(debs: Sequence[str], workdir: str) -> DebReplacements:
             if is_loadable_elf(installed):  # what ld.so loads: an object file or a kernel module has no consumers
                 pairs.setdefault(installed, pkg.elf[member])
     return DebReplacements([(new, old) for old, new in pairs.items()],
-                           [(new, path) for path, new in new_files.items()], list(debs))
+                           [(new, path) for path, new in new_files.items()], list(debs), labels)
 
 
 def _read(deb: str, into: str) -> _Package:
