@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import cgroup as cgroup_mod
 from soswap.proc import procfs
-from soswap.proc.maps import lines_containing, maps_form, parse_maps, split_deleted
+from soswap.proc.maps import lines_containing, maps_form, parse_dev, split_deleted, unescape
 from soswap.proc.model import FileUse, UsersReport
 from soswap.proc.view import FileView
 
@@ -52,6 +52,9 @@ class _Pass:
         self.fds = fds
         self.pids = pids
         self.view = FileView()
+        #: ("dev", "inode", "path" fields of a maps line) -> (st_dev, inode, unescaped path), or () when the
+        #: line names no file
+        self._files: Dict[Tuple[bytes, bytes, bytes], Tuple[int, ...]] = {}
         self.unreadable = 0
         self.self_pid = os.getpid()
 
@@ -112,14 +115,14 @@ class _Pass:
             foreign = self.view.foreign_mount_ns(pid) is not None
             exe_link = _read_exe(pid)
             exe = split_deleted(exe_link)[0]
-            for m in parse_maps(lines):
-                for idx, pair in self._match(pid, m.dev, m.inode, m.start, m.end, m.path, foreign):
+            for m_dev, m_ino, m_path, start, end in self._mapped_files(lines):
+                for idx, pair in self._match(pid, m_dev, m_ino, start, end, m_path, foreign):
                     # idx -1: a bare inode pair, which callers pass for *old* versions.
                     first = "old" if (pair is None or idx < 0) else "current"
-                    how, version, dev, ino = hits.setdefault(idx, (set(), first, m.dev, m.inode))
-                    how.add(HOW_EXE if m.path == exe else HOW_MAPPED)
+                    how, version, dev, ino = hits.setdefault(idx, (set(), first, m_dev, m_ino))
+                    how.add(HOW_EXE if m_path == exe else HOW_MAPPED)
                     if first == "old" and version == "current":
-                        hits[idx] = (how, "old", m.dev, m.inode)
+                        hits[idx] = (how, "old", m_dev, m_ino)
         if self.fds:
             self._fds(pid, hits)
         if not hits:
@@ -138,6 +141,30 @@ class _Pass:
             ordered = tuple(h for h in (HOW_EXE, HOW_MAPPED, HOW_OPEN) if h in how)
             out.append((idx, FileUse(pid, s1.starttime, exe_s, cmdline, ordered, version, dev, ino, cg.unit,
                                      cg.container)))
+        return out
+
+    def _mapped_files(self, lines: bytes) -> List[Tuple[int, int, bytes, int, int]]:
+        """(st_dev, inode, path, start, end) of each distinct file among these maps lines, in file order, with
+        the range of its first line. A library's segments are several lines that differ only in address,
+        permissions and offset; the "dev inode path" part is parsed once per pass (every process that maps the
+        library shows the same)."""
+        out = []
+        seen = set()
+        files = self._files
+        for line in lines.split(b"\n"):
+            parts = line.split(None, 5)  # the path (parts[5]) keeps its own spaces
+            if len(parts) < 6:
+                continue
+            key = (parts[3], parts[4], parts[5])
+            if key in seen:
+                continue
+            seen.add(key)
+            ident = files.get(key)
+            if ident is None:
+                ident = files[key] = _file_of(*key)
+            if ident:
+                start, _, end = parts[0].partition(b"-")
+                out.append((*ident, int(start, 16), int(end, 16)))
         return out
 
     def _match(self, pid: int, dev: int, ino: int, start: int, end: int, path: bytes,
@@ -236,3 +263,15 @@ def processes_mapping(path: str, *, pids: Optional[Sequence[int]] = None) -> Lis
     """Processes that map or execute ``path`` (its current inode, or an older version under the same name)."""
     report = find_users([path], fds=False, pids=pids)[0]
     return list(report.uses)
+
+
+def _file_of(dev: bytes, inode: bytes, raw: bytes) -> Tuple[int, ...]:
+    """(st_dev, inode, path) of the "dev inode path" fields of a maps line (:func:`maps.parse_line`'s rules),
+    or () for an anonymous or pseudo mapping."""
+    if inode == b"0" or not raw.startswith(b"/"):
+        return ()
+    try:
+        major, minor = parse_dev(dev)
+        return os.makedev(major, minor), int(inode), unescape(split_deleted(raw)[0])
+    except ValueError:
+        return ()
