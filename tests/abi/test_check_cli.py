@@ -138,6 +138,46 @@ def test_text_report(abi_cases: Dict[str, Case], tmp_path: Path) -> None:
     assert out.rstrip().endswith("vtable slots are not compared (docs/check.md).")
 
 
+def _deb_replacing(path: Path, content: Path, tmp_path: Path, name: str) -> Path:
+    tree = tmp_path / f"{name}-tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(f"Package: {name}\nVersion: 1\nArchitecture: all\n"
+                                             "Maintainer: t <t@localhost>\nDescription: t\n")
+    dest = tree / str(path).lstrip("/")
+    dest.parent.mkdir(parents=True)
+    shutil.copyfile(content, dest)
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(tmp_path / f"{name}.deb")],
+                   check=True, capture_output=True)
+    return tmp_path / f"{name}.deb"
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is needed")
+def test_check_deb_says_what_check_new_target_says(abi_cases: Dict[str, Case], tmp_path: Path) -> None:
+    """``check --deb`` pairs the package's file with the installed one and checks it as ``check NEW TARGET``
+    does; its messages name the package's file instead of NEW."""
+    case = abi_cases["T31"]
+    consumers = [a for c in case.consumers for a in ("--consumer", str(c))]
+    env = {"LD_LIBRARY_PATH": f"{case.old.parent}:{case.deps_dir}"}
+    direct = _cli(["check", str(case.new), str(case.old), "--json", *consumers], tmp_path, **env)
+    deb = _deb_replacing(case.old, case.new, tmp_path, "t31-new")
+    r = _cli(["check", "--deb", str(deb), "--json", *consumers], tmp_path, **env)
+    assert r.returncode == direct.returncode == 1, r.stderr
+    doc, want = json.loads(r.stdout), json.loads(direct.stdout)
+    assert doc["schema"] == "soswap.check-debs/1" and doc["checked"] == 1 and doc["compatible"] is False
+    broken = [c for c in want["consumers"] if c["verdict"] == "incompatible"]
+    assert [p["consumer"] for p in doc["problems"]] == [c["path"] for c in broken]
+    label = f"{deb.name}:{case.old}"
+    assert all(p["new"] == label and f": {label} breaks " in p["message"] for p in doc["problems"])
+    assert [p["problem"]["message"] for p in doc["problems"]] == [c["problems"][0]["message"] for c in broken]
+
+    same = _deb_replacing(case.old, case.old, tmp_path, "t31-same")
+    r = _cli(["check", "--deb", str(same), *consumers], tmp_path, **env)
+    assert r.returncode == 0 and r.stdout == b"checked 1 installed ELF file that 1 package would replace: " \
+        b"nothing breaks\n", r.stdout + r.stderr
+    _one_error(_cli(["check", "--deb", str(same), "--full"], tmp_path), "--full")
+    _one_error(_cli(["check"], tmp_path), "NEW and TARGET are required")
+
+
 def test_help_mentions_the_exit_status(tmp_path: Path) -> None:
     for cmd in ("check", "rdeps"):
         r = _cli([cmd, "--help"], tmp_path)

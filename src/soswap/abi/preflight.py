@@ -71,7 +71,8 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
     explicit = any(discovery.get(k) for k in ("consumers", "scope", "pids"))
     mapped: Dict[str, List[int]] = {}
     note: Optional[str] = None
-    if discovery.get("processes", not explicit):  # the processes that map each destination: one /proc pass
+    processes = discovery.get("processes")
+    if processes if processes is not None else not explicit:  # who maps each destination: one /proc pass
         mapped, note = processes_mapping_each([d for _, d in checked])
     loaders: Dict[Any, Any] = {}  # every check below loads with the whole transaction in place: share them
     out: List[PreflightProblem] = []

@@ -36,8 +36,12 @@ loadable here), 2 error."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("new", metavar="NEW", help="the replacement")
-    parser.add_argument("target", metavar="TARGET", help="the installed library (or program) NEW would replace")
+    parser.add_argument("new", metavar="NEW", nargs="?", help="the replacement")
+    parser.add_argument("target", metavar="TARGET", nargs="?",
+                        help="the installed library (or program) NEW would replace")
+    parser.add_argument("--deb", action="extend", nargs="+", default=[], metavar="PACKAGE",
+                        help="instead of NEW TARGET: every installed ELF file these .deb packages would replace, "
+                             "as one transaction (what 'soswap hook apt-preinstall' checks; docs/hooks.md)")
     parser.add_argument("--consumer", action="extend", nargs="+", default=[], metavar="FILE",
                         help="check these files (repeatable)")
     parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
@@ -74,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     explicit = bool(args.consumer or args.scope or args.pid)
     if explicit and args.no_processes:
         raise UsageError("--no-processes applies to the default discovery only (without --consumer, --scope, --pid)")
+    if args.deb:
+        return _check_debs(args, explicit)
+    if args.new is None or args.target is None:
+        raise UsageError("NEW and TARGET are required (or --deb PACKAGE...)")
     result = check_replacement(
         args.target, args.new,
         consumers=args.consumer or None, scope=args.scope or None, pids=args.pid or None,
@@ -84,3 +92,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write("\n".join(check_to_text(result, verbose=args.verbose)) + "\n")
     return EXIT_OK if result.compatible else EXIT_FOUND
+
+
+def _check_debs(args: argparse.Namespace, explicit: bool) -> int:
+    from soswap.replace.debs import check_debs
+
+    if args.new is not None:
+        raise UsageError("--deb replaces NEW TARGET")
+    if args.full or args.no_index:
+        raise UsageError("--full and --no-index do not apply to --deb")
+    result = check_debs(args.deb, cache_dir=args.cache_dir, consumers=args.consumer or None,
+                        scope=args.scope or None, pids=args.pid or None,
+                        processes=None if explicit else not args.no_processes)
+    if args.json:
+        from soswap.report.output import print_json
+
+        print_json({"schema": "soswap.check-debs/1", "packages": list(args.deb), "checked": result.checked,
+                    "compatible": not result.problems,
+                    "problems": [p.to_json() for p in result.problems]})
+    elif not result.problems:
+        sys.stdout.write(f"checked {result.checked} installed ELF file{'s' if result.checked != 1 else ''} that "
+                         f"{result.packages} package{'s' if result.packages != 1 else ''} would replace: "
+                         "nothing breaks\n")
+    else:
+        sys.stdout.write("".join(f"{p.message}\n" for p in result.problems))
+    return EXIT_FOUND if result.problems else EXIT_OK

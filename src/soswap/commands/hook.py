@@ -260,10 +260,12 @@ def _apt_preinstall(args: argparse.Namespace) -> int:
     debs = deb_paths(sys.stdin.buffer.read().decode("utf-8", "surrogateescape"))
     if os.environ.get("SOSWAP_SUSPEND") or not debs:
         return 0
-    problems = _within(args.timeout, lambda: _preinstall_check(debs), "soswap check could not finish")
-    if problems is None:
+    from soswap.replace.debs import check_debs
+
+    result = _within(args.timeout, lambda: check_debs(debs), "soswap check could not finish")
+    if result is None:
         return 0
-    checked, found = problems
+    checked, found = result.checked, [p.message for p in result.problems]
     if not found:
         _say(f"soswap: checked {checked} ELF file{'s' if checked != 1 else ''} of {len(debs)} package"
              f"{'s' if len(debs) != 1 else ''} against what uses them: nothing breaks.", sys.stdout)
@@ -276,23 +278,3 @@ def _apt_preinstall(args: argparse.Namespace) -> int:
         raise _Refused()
     _say("soswap: going on (the hook's --refuse stops apt instead)", sys.stdout)
     return 0
-
-
-def _preinstall_check(debs: List[str]):  # type: ignore[no-untyped-def]
-    import tempfile
-
-    from soswap.abi.preflight import preflight
-    from soswap.replace.debs import deb_replacements
-
-    with tempfile.TemporaryDirectory(prefix="soswap-debs-") as work:
-        plan = deb_replacements(debs, work)
-        problems = preflight(plan.pairs + plan.new_files)
-    # "NEW" in a message is the package's file: name it as PACKAGE.deb:/path, not by its temporary copy
-    messages = []
-    for p in problems:
-        text = p.message
-        for copy, label in plan.labels.items():
-            text = text.replace(copy, label)
-        messages.append(text.replace("NEW ", f"{plan.labels.get(p.new, 'NEW')} ", 1) if p.kind == "consumer"
-                        else text)
-    return len(plan.pairs), messages

@@ -139,3 +139,36 @@ def _take(pkg: _Package, tar: tarfile.TarFile, member: tarfile.TarInfo, copy: st
         pkg.elf[path] = copy
     else:
         pkg.others.add(path)
+
+
+class DebCheck(NamedTuple):
+    """What :func:`check_debs` found: how many installed ELF files the packages replace (``checked``), and the
+    problems (:class:`soswap.abi.PreflightProblem`), which name the packages' files as ``PACKAGE.deb:/path``
+    instead of their temporary copies."""
+
+    checked: int
+    packages: int
+    problems: list
+
+
+def check_debs(debs: Sequence[str], **discovery: object) -> DebCheck:
+    """Check what installing ``debs`` would replace against its consumers, as one transaction, before anything
+    is unpacked (``soswap install``'s preflight; ``discovery`` as for it: default, the running processes and the
+    system's programs and plugins)."""
+    import tempfile
+
+    from soswap.abi.preflight import preflight
+
+    with tempfile.TemporaryDirectory(prefix="soswap-debs-") as work:
+        plan = deb_replacements(debs, work)
+        problems = preflight(plan.pairs + plan.new_files, **discovery)  # type: ignore[arg-type]
+    out = []
+    for p in problems:
+        text = p.message
+        for copy, label in plan.labels.items():
+            text = text.replace(copy, label)
+        new = plan.labels.get(p.new, p.new)
+        if p.kind == "consumer":  # "NEW breaks ..." -> "libfoo1_2.0_amd64.deb:/usr/lib/... breaks ..."
+            text = text.replace("NEW ", f"{new} ", 1)
+        out.append(p._replace(new=new, message=text))
+    return DebCheck(len(plan.pairs), len(debs), out)
