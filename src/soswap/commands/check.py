@@ -28,6 +28,9 @@ Consumers:
                       and ld.so.cache directories whose tree loads TARGET, found through the rdeps index
                       kept in the cache directory (see soswap rdeps)
 
+Packages: --deb PACKAGE... instead of NEW TARGET checks every installed ELF file the .deb packages would
+replace (paired through the packages' SONAME links), as one transaction, before anything is unpacked.
+
 Programs and plugins are loaded with this command's environment (LD_LIBRARY_PATH, LD_PRELOAD, LD_BIND_NOW).
 ELF-level only: function signatures, struct layouts and vtable slots are not compared (docs/check.md).
 
