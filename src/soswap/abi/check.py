@@ -21,14 +21,14 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.abi import problems as P
 from soswap.abi.changes import BREAKING
-from soswap.abi.consumer import ConsumerChecker
+from soswap.abi.consumer import ConsumerChecker, SharedChecks
 from soswap.abi.diff import diff_objects
 from soswap.abi.processes import ProcessInfo, processes_mapping, read_process
 from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, RdepsIndex, classify, environment_for_index, open_index
 from soswap.abi.sysdirs import Top, canonical_tops, system_tops, under
 from soswap.elf import ElfCache, ElfFile
 from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
-from soswap.loader import Environment, Loader, Profile
+from soswap.loader import Environment, Profile
 
 #: Breaking changes that make NEW unloadable where OLD is, whatever the consumer.
 UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machine-changed", "osabi-changed",
@@ -46,7 +46,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
                       also: Optional[Mapping[str, str]] = None,
                       index: Optional[RdepsIndex] = None,
                       mapping: Optional[Tuple[Sequence[int], Optional[str]]] = None,
-                      loaders: Optional[Dict[Environment, Loader]] = None) -> P.CheckResult:
+                      shared: Optional[SharedChecks] = None) -> P.CheckResult:
     """Check NEW against every consumer of the installed TARGET (see the module docstring and docs/check.md).
 
     ``consumers``: files to check (programs as they run, shared libraries as plugins loaded with
@@ -63,8 +63,8 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     by the caller (checks of several files share it: the directories are walked once); ``cache_dir`` and
     ``keep_index`` are then not used. ``mapping``: the PIDs that map TARGET and a note, as
     :func:`soswap.abi.processes.processes_mapping` gives them, when the caller found them already (one pass
-    over /proc for several files). ``loaders``: a dict the checks of one transaction share (same ``also``
-    map for each), so that each consumer is loaded and bound once for all of them.
+    over /proc for several files). ``shared``: a :class:`SharedChecks` the checks of one transaction share (the
+    same ``also`` map for each), so that each consumer is loaded and bound once for all of them.
 
     Raises :class:`SoswapError` on bad input (TARGET or NEW missing or malformed, a named consumer that is
     not a loadable ELF file, a scope that is not a directory, an unknown PID).
@@ -88,7 +88,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     extra = {os.path.abspath(t): os.path.abspath(n) for t, n in (also or {}).items()
              if os.path.abspath(t) != target_abs}
     checker = ConsumerChecker(target_abs, os.path.abspath(new), diff, profile, elf_cache=cache, full=full,
-                              also=extra, loaders=loaders)
+                              also=extra, shared=shared)
     results: List[P.ConsumerResult] = []
     seen: Set[Tuple[str, bool]] = set()
     sources: List[str] = []
@@ -108,7 +108,12 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     scope_canon = canonical_tops(scope_tops)
     tops: List[Top] = list(scope_tops)
     if system:
-        tops.extend(system_tops(profile, environ))
+        if shared is None:
+            tops.extend(system_tops(profile, environ))
+        else:  # the same for every file of the transaction
+            if shared.system_tops is None:
+                shared.system_tops = system_tops(profile, environ)
+            tops.extend(shared.system_tops)
     if tops:
         sources.extend((["scope"] if scope_tops else []) + (["system"] if system else []))
         if index is None:

@@ -72,6 +72,19 @@ def _type_break(old: int, new: int) -> Optional[str]:
     return None
 
 
+class SharedChecks:
+    """What the checks of one transaction share (:func:`soswap.abi.preflight.preflight`): each loads with the
+    whole transaction in place, so a consumer's load and its failures are the same for every file of it.
+    One :class:`Loader` per environment, and the failures of each (consumer, mode, world) once."""
+
+    def __init__(self) -> None:
+        self.loaders: Dict[Environment, Loader] = {}
+        #: (world, environment, path, argv0, bind_now) -> failures; world: the substitutions, or () for OLD
+        self.failures: Dict[tuple, List[Failure]] = {}
+        #: the system's program and library directories (:func:`soswap.abi.sysdirs.system_tops`), once
+        self.system_tops: Optional[list] = None
+
+
 class ConsumerChecker:
     """Checks consumers of one replacement (TARGET ← NEW). One instance per check: it shares the parsed files
     and the binding caches across consumers, and one :class:`Loader` per environment."""
@@ -79,16 +92,17 @@ class ConsumerChecker:
     def __init__(self, target: str, new: str, diff: AbiDiff, profile: Profile, *,
                  elf_cache: Optional[ElfCache] = None, full: bool = False,
                  also: Optional[Mapping[str, str]] = None,
-                 loaders: Optional[Dict[Environment, Loader]] = None) -> None:
+                 shared: Optional[SharedChecks] = None) -> None:
         st = os.stat(target)
         self.target = target
         self.target_id = (st.st_dev, st.st_ino)
         self.new = new
         self.profile = profile
         self.elf_cache = elf_cache if elf_cache is not None else ElfCache()
-        #: one Loader per environment; the checks of one transaction share them (``loaders``): their
-        #: substitutions are the same whole transaction, so each consumer is loaded and bound once
-        self._loaders: Dict[Environment, Loader] = loaders if loaders is not None else {}
+        #: one Loader per environment, and the failures of each consumer: shared by the checks of one
+        #: transaction (``shared``), whose substitutions are all the same whole transaction
+        self._shared = shared if shared is not None else SharedChecks()
+        self._loaders = self._shared.loaders
         #: names whose definition changed in a way only a binding-level check sees
         self.watch: FrozenSet[str] = frozenset(
             c.symbol for c in diff.changes if c.kind in _BINDING_KINDS and c.symbol is not None)
@@ -204,14 +218,15 @@ class ConsumerChecker:
         if t_new is not None and not self.full and not self._may_break(res_new):
             self.shortcuts += 1
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
-        new_failures = self._failures(ld, res_new, bind_now)
+        world = tuple(sorted(self.substitution.items()))
+        new_failures = self._failures_of(ld, res_new, bind_now, (world, env, path, argv0, mode))
         watched = self._watched_refs(ld, res_new) if self.watch and t_new is not None else []
         if not new_failures and not watched:
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
         if res_old is None:
             res_old = ld.load(path, argv0=argv0)
         t_old = self._target_index(res_old)
-        old_failures = self._failures(ld, res_old, bind_now)
+        old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode))
         new_problems = [self._problem(f, res_new, mode) for f in new_failures]
         old_problems = [self._problem(f, res_old, mode) for f in old_failures]
         if watched and t_old is not None and t_new is not None:
@@ -291,6 +306,14 @@ class ConsumerChecker:
             if o.found and elf is not None and elf.identity is not None and elf.identity[:2] == self.target_id:
                 return o.index
         return None
+
+    def _failures_of(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], key: tuple) -> List[Failure]:
+        """:meth:`_failures`, once per ``key`` in the shared checks (the same consumer in the same world)."""
+        cache = self._shared.failures
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = self._failures(ld, res, bind_now)
+        return hit
 
     def _failures(self, ld: Loader, res: LoadResult, bind_now: Optional[bool]) -> List[Failure]:
         b = ld.bind(res, bind_now=bind_now, warn=True)

@@ -13,6 +13,7 @@ import os
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from soswap.abi.check import check_replacement
+from soswap.abi.consumer import SharedChecks
 from soswap.abi.problems import INCOMPATIBLE, CheckResult
 from soswap.abi.processes import processes_mapping_each
 from soswap.abi.rdeps import environment_for_index, open_index
@@ -74,13 +75,13 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
     processes = discovery.get("processes")
     if processes if processes is not None else not explicit:  # who maps each destination: one /proc pass
         mapped, note = processes_mapping_each([d for _, d in checked])
-    loaders: Dict[Any, Any] = {}  # every check below loads with the whole transaction in place: share them
+    shared = SharedChecks()  # every check below loads with the whole transaction in place: loads and failures
     out: List[PreflightProblem] = []
     for source, dest in checked:
         others = {d: s for d, s in everything.items() if d != dest}
         try:
             result = check_replacement(dest, source, environ=environ, also=others, index=index,
-                                       mapping=(mapped[dest], note) if dest in mapped else None, loaders=loaders,
+                                       mapping=(mapped[dest], note) if dest in mapped else None, shared=shared,
                                        **discovery)
         except SoswapError as exc:
             out.append(PreflightProblem(dest, source, "unchecked",
