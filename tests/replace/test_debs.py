@@ -110,3 +110,19 @@ def test_a_file_that_is_not_a_package_is_one_error(tmp_path: Path) -> None:
     work.mkdir()
     with pytest.raises(SoswapError, match=r"bad\.deb: dpkg-deb: "):
         deb_replacements([str(bad)], str(work))
+
+
+def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO would block dpkg-deb forever: the package is opened (O_NONBLOCK) and checked first."""
+    import sys
+
+    fifo = tmp_path / "x.deb"
+    os.mkfifo(fifo)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    for path, says in ((fifo, "not a regular file"), (tmp_path, "not a regular file"),
+                       ("/dev/zero", "not a regular file"), ("", "empty file name"),
+                       (tmp_path / "none.deb", "No such file or directory")):
+        r = subprocess.run([sys.executable, "-m", "soswap", "check", "--deb", str(path)], capture_output=True,
+                           text=True, env=env, timeout=60)
+        assert r.returncode == 2 and r.stdout == "", r.stderr
+        assert r.stderr == f"soswap: error: {f'{path}: ' if str(path) else ''}{says}\n"

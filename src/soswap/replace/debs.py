@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 import subprocess
 import tarfile
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -91,10 +92,24 @@ def _read(deb: str, into: str) -> _Package:
     dpkg_deb = shutil.which("dpkg-deb")
     if dpkg_deb is None:
         raise SoswapError("dpkg-deb is not installed")
-    os.makedirs(into, mode=0o700)
+    if not deb:
+        raise SoswapError("empty file name")
+    # opened here, never blocking (a FIFO would hang dpkg-deb), and handed over as its standard input: the
+    # file checked is the file read
+    try:
+        fd = os.open(deb, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise SoswapError(f"{deb}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SoswapError(f"{deb}: not a regular file")
+        os.set_blocking(fd, True)
+        os.makedirs(into, mode=0o700)
+        proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", "/dev/stdin"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=fd)
+    finally:
+        os.close(fd)
     pkg = _Package()
-    proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", deb], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
     problem = None
     try:
         assert proc.stdout is not None
@@ -110,6 +125,7 @@ def _read(deb: str, into: str) -> _Package:
     if proc.returncode != 0:  # its own message says more than the empty or cut archive it left
         text = " ".join(err.decode(errors="replace").split()) or f"exit status {proc.returncode}"
         text = text[len("dpkg-deb: "):] if text.startswith("dpkg-deb: ") else text
+        text = text.replace("/dev/stdin", deb)
         raise SoswapError(f"{deb}: dpkg-deb: {text}")
     if problem is not None:
         raise SoswapError(problem)
