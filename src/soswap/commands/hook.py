@@ -221,8 +221,7 @@ def _within(seconds: float, work: Callable[[], T], instead: str) -> Optional[T]:
 
 
 def _check(restart: bool) -> str:
-    from soswap.commands.stale import DEFAULT_IGNORE_FILE
-    from soswap.proc.ignore import IgnoreList
+    from soswap.proc.ignore import DEFAULT_IGNORE_FILE, IgnoreList
     from soswap.proc.scan import ScanOptions, scan_stale
     from soswap.report.stale import render_summary
 

@@ -63,9 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --restart: never restart units matching REGEX (added to the deny-list)")
 
 
-DEFAULT_IGNORE_FILE = "/etc/soswap/stale-ignore"
-
-
 def _size(text: str) -> int:
     """A byte count: digits with an optional K, M or G suffix (powers of 1024)."""
     factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
@@ -82,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--dry-run needs --restart")
     if args.identical_max_size is not None and not args.ignore_identical:
         raise UsageError("--identical-max-size needs --ignore-identical")
-    from soswap.proc.ignore import IgnoreList
+    from soswap.proc.ignore import DEFAULT_IGNORE_FILE, IgnoreList
     from soswap.proc.scan import ScanOptions, scan_stale
 
     files: List[str] = list(args.ignore_file)

@@ -17,6 +17,9 @@ from typing import Iterable, List, NamedTuple, Optional, Pattern, Sequence, Tupl
 
 from soswap.errors import UsageError
 
+#: The administrator's ignore file, read by ``soswap stale`` and the apt hook when it exists.
+DEFAULT_IGNORE_FILE = "/etc/soswap/stale-ignore"
+
 
 class IgnoreRule(NamedTuple):
     name: str
