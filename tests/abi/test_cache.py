@@ -19,6 +19,7 @@ from soswap.abi.rdeps import INDEX_FILE, environment_for_index, open_index
 from soswap.loader import Profile
 from soswap.state import cache_dir, default_cache_dir, state_dir
 from support.build import requires_root
+from support.nobody import require_python_as_nobody
 
 from .tree import Tree, build_tree, settle
 
@@ -32,8 +33,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Tree:
 
 def _as_nobody(code: str, env: Dict[str, str]) -> str:
     """Run ``code`` in a Python of uid/gid 65534 (a real non-root user); its stdout."""
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is not installed")
+    require_python_as_nobody()
     full = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), **env}
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
                        env=full, capture_output=True, text=True, timeout=60)

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 
 from support import build
+from support.nobody import AS_NOBODY, require_python_as_nobody
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -213,7 +214,8 @@ def run_cli(args: Sequence[str], *, env: Optional[Dict[str, str]] = None, user: 
     full_env["PYTHONPATH"] = str(SRC)
     argv: List[str] = [sys.executable, "-m", "soswap", *args]
     if user:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        require_python_as_nobody()
+        argv = [*AS_NOBODY, *argv]
     r = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=120, cwd="/")
     assert "Traceback" not in r.stderr, r.stderr
     if check_rc is not None:
