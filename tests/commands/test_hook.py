@@ -203,21 +203,18 @@ def _deb(tmp_path: Path, version: str, source: str, real_name: str) -> Path:
 
 
 def _apt_config(tmp_path: Path, soswap: Path, refuse: bool = False) -> Path:
-    """contrib/apt/99soswap and contrib/dpkg/soswap as one apt configuration file (``apt-get -c``), with the
-    test's soswap in place of the one looked up in PATH (dpkg resets PATH to the system directories);
-    ``refuse``: with the edit docs/hooks.md describes."""
-    def local(text: str) -> str:
-        return text.replace("command -v soswap", f"command -v {soswap}").replace("then soswap hook",
-                                                                                  f"then {soswap} hook")
-
-    apt = local((ROOT / "contrib" / "apt" / "99soswap").read_text())
-    if refuse:
-        assert "apt-preinstall || true" in apt
-        apt = apt.replace("apt-preinstall || true", "apt-preinstall --refuse")
-    logger = next(line.split("=", 1)[1] for line in (ROOT / "contrib" / "dpkg" / "soswap").read_text().splitlines()
+    """What ``soswap hook setup --command SOSWAP`` writes (``--refuse`` too with ``refuse``), as one apt
+    configuration file for ``apt-get -c``: nothing under /etc is touched."""
+    root = tmp_path / ("root-refuse" if refuse else "root")
+    for d in ("etc/apt/apt.conf.d", "etc/dpkg/dpkg.cfg.d"):
+        (root / d).mkdir(parents=True)
+    r = hook("setup", "--root", str(root), "--command", str(soswap), *(["--refuse"] if refuse else []))
+    assert r.returncode == 0, r.stderr
+    apt = (root / "etc/apt/apt.conf.d/99soswap").read_text()
+    logger = next(line.split("=", 1)[1] for line in (root / "etc/dpkg/dpkg.cfg.d/soswap").read_text().splitlines()
                   if line.startswith("status-logger="))
     conf = tmp_path / ("apt-refuse.conf" if refuse else "apt.conf")
-    conf.write_text(apt + f'DPkg::Options {{ "--status-logger={local(logger)}"; }};\nDPkg::Lock::Timeout "120";\n')
+    conf.write_text(apt + f'DPkg::Options {{ "--status-logger={logger}"; }};\nDPkg::Lock::Timeout "120";\n')
     return conf
 
 
@@ -294,3 +291,75 @@ def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path:
     finally:
         subprocess.run(["dpkg", "--purge", PACKAGE], capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
     assert _installed_version() is None and not PKG_DIR.exists()
+
+
+# -- soswap hook setup / remove ---------------------------------------------------------------------------
+
+def _root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    for d in ("etc/apt/apt.conf.d", "etc/dpkg/dpkg.cfg.d"):
+        (root / d).mkdir(parents=True)
+    return root
+
+
+def test_contrib_files_are_the_path_lookup_variant() -> None:
+    from soswap.commands.hookfiles import APT_CONF, DPKG_CFG, hook_files
+
+    files = hook_files(None)
+    assert (ROOT / "contrib" / "apt" / "99soswap").read_text() == files[APT_CONF]
+    assert (ROOT / "contrib" / "dpkg" / "soswap").read_text() == files[DPKG_CFG]
+
+
+def test_setup_writes_both_files_with_the_absolute_command_and_remove_takes_them(tmp_path: Path) -> None:
+    from soswap.commands.hookfiles import APT_CONF, DPKG_CFG, hook_files
+
+    root = _root(tmp_path)
+    command = "/opt/soswap venv/bin/soswap"  # a space: shell-quoted in the files
+    r = hook("setup", "--root", str(root), "--command", command, "--refuse", "--restart")
+    assert r.returncode == 0 and r.stderr == b""
+    files = hook_files([command], refuse=True, restart=True)
+    assert (root / APT_CONF).read_text() == files[APT_CONF] and (root / DPKG_CFG).read_text() == files[DPKG_CFG]
+    assert "'/opt/soswap venv/bin/soswap' hook apt-preinstall --refuse;" in files[APT_CONF]
+    assert "'/opt/soswap venv/bin/soswap' hook apt --restart || true" in files[APT_CONF]
+    if shutil.which("apt-config"):  # apt reads it as meant
+        dump = subprocess.run(["apt-config", "-c", str(root / APT_CONF), "dump"], capture_output=True,
+                              text=True).stdout
+        assert "if [ -x '/opt/soswap venv/bin/soswap' ]; then '/opt/soswap venv/bin/soswap' hook apt" in dump
+    assert oct((root / APT_CONF).stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in (root / "etc/apt/apt.conf.d").iterdir()) == ["99soswap"]  # no temp left
+
+    r = hook("remove", "--root", str(root))
+    assert r.returncode == 0 and not (root / APT_CONF).exists() and not (root / DPKG_CFG).exists()
+    assert hook("remove", "--root", str(root)).returncode == 0  # nothing left to remove
+
+
+def test_setup_and_remove_leave_a_file_soswap_did_not_write(tmp_path: Path) -> None:
+    root = _root(tmp_path)
+    foreign = root / "etc/apt/apt.conf.d/99soswap"
+    foreign.write_text('APT::Install-Recommends "false";\n')
+    for args in (["setup", "--command", "/usr/bin/soswap"], ["remove"]):
+        r = hook(*args, "--root", str(root))
+        assert r.returncode == 2 and r.stderr.decode() == (
+            f"soswap: error: {foreign}: not written by soswap; left as it is (move it away first)\n")
+        assert foreign.read_text() == 'APT::Install-Recommends "false";\n'
+        assert not (root / "etc/dpkg/dpkg.cfg.d/soswap").exists()
+    r = hook("setup", "--root", str(tmp_path / "none"))
+    assert r.returncode == 2 and b"not a directory" in r.stderr
+    r = hook("setup", "--root", str(root), "--command", "soswap")
+    assert r.returncode == 2 and b"not an absolute path" in r.stderr
+
+
+def test_setup_finds_the_console_script_that_runs_it(tmp_path: Path) -> None:
+    """Installed by pip, soswap runs as a console script: setup writes that script's path, after checking that
+    it runs as dpkg runs it (system PATH, no PYTHONPATH)."""
+    script = tmp_path / "venv" / "bin" / "soswap"
+    script.parent.mkdir(parents=True)
+    script.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {SRC!r})\n"
+                      "from soswap.cli import main\nsys.exit(main())\n")
+    script.chmod(0o755)
+    root = _root(tmp_path)
+    r = subprocess.run([str(script), "hook", "setup", "--root", str(root)], capture_output=True, text=True,
+                       timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    written = (root / "etc/apt/apt.conf.d/99soswap").read_text()
+    assert f"if [ -x {script} ]; then {script} hook apt || true; fi" in written

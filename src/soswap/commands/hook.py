@@ -28,6 +28,8 @@ import re
 import sys
 from typing import Callable, List, Optional, TypeVar
 
+from soswap.errors import UsageError
+
 T = TypeVar("T")
 
 NAME = "hook"
@@ -67,7 +69,8 @@ _ERROR = re.compile(rb"^status: .* : error : ")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("event", choices=("dpkg-status", "apt", "apt-preinstall"), help="which hook is running")
+    parser.add_argument("event", choices=("dpkg-status", "apt", "apt-preinstall", "setup", "remove"),
+                        help="which hook is running; setup/remove: write/remove the apt and dpkg files")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"where dpkg-status leaves its markers for apt (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--restart", action="store_true",
@@ -76,9 +79,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="apt-preinstall: exit 1 (apt stops) when the packages would break a consumer")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="apt, apt-preinstall: give up (and let apt go on) after this long (default 60)")
+    parser.add_argument("--root", default="/", metavar="DIR",
+                        help="setup, remove: the system's root directory (default /)")
+    parser.add_argument("--command", metavar="PATH",
+                        help="setup: soswap's absolute path for apt and dpkg (default: this soswap)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.event in ("setup", "remove"):  # an admin's command, not a hook: errors are errors (status 2)
+        return _files(args)
     try:
         if args.event == "dpkg-status":
             _dpkg_status(args.state_dir, sys.stdin.buffer)
@@ -276,4 +285,24 @@ def _apt_preinstall(args: argparse.Namespace) -> int:
         _say("soswap: refused: apt stops before unpacking anything (SOSWAP_FORCE=1 to go on)", sys.stderr)
         raise _Refused()
     _say("soswap: going on (the hook's --refuse stops apt instead)", sys.stdout)
+    return 0
+
+
+def _files(args: argparse.Namespace) -> int:
+    from soswap.commands import hookfiles
+
+    if not os.path.isdir(args.root):
+        raise UsageError(f"--root {args.root}: not a directory")
+    if args.event == "remove":
+        for path in hookfiles.remove(args.root):
+            _say(f"removed {path}", sys.stdout)
+        return 0
+    if args.command is not None:
+        if not os.path.isabs(args.command):
+            raise UsageError(f"--command {args.command}: not an absolute path")
+        command = [args.command]
+    else:
+        command = hookfiles.own_command()
+    for path in hookfiles.setup(args.root, command, refuse=args.refuse, restart=args.restart):
+        _say(f"wrote {path}", sys.stdout)
     return 0
