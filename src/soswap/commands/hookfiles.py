@@ -12,6 +12,7 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from soswap.errors import SoswapError, UsageError
+from soswap.textfile import write_atomic
 
 APT_CONF = "etc/apt/apt.conf.d/99soswap"
 DPKG_CFG = "etc/dpkg/dpkg.cfg.d/soswap"
@@ -89,7 +90,12 @@ def setup(root: str, command: List[str], *, refuse: bool, restart: bool) -> List
     written = []
     for rel, text in files.items():
         path = os.path.join(root, rel)
-        _write_atomically(path, text)
+        if not os.path.isdir(os.path.dirname(path)):
+            raise SoswapError(f"{os.path.dirname(path)}: no such directory (is apt/dpkg installed here?)")
+        try:
+            write_atomic(path, text)
+        except OSError as exc:
+            raise SoswapError(f"{path}: cannot write: {exc.strerror or exc}") from None
         written.append(path)
     return written
 
@@ -119,28 +125,3 @@ def _check_ours(path: str) -> None:
         raise SoswapError(f"{path}: {exc.strerror or exc}") from None
     if not first.startswith(_MARKERS):
         raise SoswapError(f"{path}: not written by soswap; left as it is (move it away first)")
-
-
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise SoswapError(f"{directory}: no such directory (is apt/dpkg installed here?)")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.soswap-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -121,8 +121,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.prometheus:
         from soswap.report import prometheus
+        from soswap.textfile import write_atomic
 
-        prometheus.write_atomic(args.prometheus, prometheus.render(report))
+        write_atomic(args.prometheus, prometheus.render(report))
 
     kernel_pending = report.kernel is not None and report.kernel.needs_reboot
     status = 1 if (report.processes or kernel_pending) else 0

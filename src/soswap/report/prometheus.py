@@ -7,7 +7,6 @@ does not end in ``.prom``, so the collector never reads it half-written), fsync,
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Iterable, List, Tuple
 
 from soswap.proc.cgroup import KIND_MANAGER, KIND_SESSION, KIND_SYSTEM, KIND_USER, KIND_USER_MANAGER
@@ -83,32 +82,3 @@ def render(report: StaleReport) -> str:
     metric("soswap_stale_last_scan_timestamp_seconds", "When the last scan started (Unix time).",
            [({}, round(report.scan_time, 3))])
     return "\n".join(out) + "\n"
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (same-directory temporary file, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.write(fd, text.encode("utf-8", "surrogateescape"))
-            os.fchmod(fd, 0o644)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
