@@ -35,6 +35,8 @@ from __future__ import annotations
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from soswap.textfile import write_atomic
+
 #: A file time more than this past the latest possible write time is "in the future": not judged.
 FUTURE_SLACK_NS = 5_000_000_000
 #: Offsets within this of the last recorded one are the same clock (NTP slews, reading jitter).
@@ -181,21 +183,10 @@ def save_history(path: str, boot: Optional[bytes], samples: Sequence[Sample]) ->
     if len(samples) > MAX_SAMPLES:
         samples = list(samples[:1]) + list(samples[-(MAX_SAMPLES - 1):])
     body = b"\n".join([_MAGIC, b"boot " + boot] + [b"%d %d" % s for s in samples]) + b"\n"
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".clock.{os.getpid()}.tmp")
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, body)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        write_atomic(path, body)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False
     return True
 
