@@ -1,8 +1,9 @@
 """``preflight``: the ``soswap check`` engine as ``soswap install`` calls it before writing anything.
 
 ``preflight([(source, destination), ...]) -> [PreflightProblem]`` (the ``Preflight`` seam of
-:mod:`soswap.replace.installer`): each destination that is an installed ELF file is checked with its source as
-NEW, the other files of the same transaction in place too, against its consumers (default discovery: the
+:mod:`soswap.replace.installer`): each destination that is an installed program or shared object (ET_EXEC,
+ET_DYN) is checked with its source as NEW, the other files of the same transaction in place too, against its
+consumers (default discovery: the
 running processes that map it and the system's programs and plugins, through the rdeps index). Any problem
 refuses the install unless forced.
 """
