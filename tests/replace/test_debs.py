@@ -73,6 +73,7 @@ def test_pairs_go_through_the_soname_link_and_new_files_are_listed(tmp_path: Pat
         (f"{base}/loop1", "symlink", "loop2"),
         (f"{base}/loop2", "symlink", "loop1"),
         (f"{base}/outside", "symlink", "/usr/lib/x86_64-linux-gnu/libz.so.1"),  # not in the package
+        ("./.soswap-test-dot/libdot.so", "file", fresh),  # a first component that starts with a dot keeps it
     ])
     work = tmp_path / "work"
     work.mkdir()
@@ -81,7 +82,7 @@ def test_pairs_go_through_the_soname_link_and_new_files_are_listed(tmp_path: Pat
     assert pairs == {str(inst / "libx.so.1.0"): new_real, str(inst / "libsame.so"): same}
     fresh_files = {path: Path(new).read_bytes() for new, path in plan.new_files}
     assert fresh_files == {str(inst / "libx.so.1.1"): new_real, str(inst / "libx-hard.so"): new_real,
-                           str(inst / "libfresh.so"): fresh}
+                           str(inst / "libfresh.so"): fresh, "/.soswap-test-dot/libdot.so": fresh}
     assert all(Path(new).parent.parent == work for new, _ in plan.pairs + plan.new_files)
     assert (inst / "notes.txt").read_text() == "old" and not (inst / "libx.so.1.1").exists()  # nothing unpacked
 

@@ -133,11 +133,11 @@ def _read(deb: str, into: str) -> _Package:
 
 
 def _take(pkg: _Package, tar: tarfile.TarFile, member: tarfile.TarInfo, copy: str) -> None:
-    path = posixpath.normpath("/" + member.name.lstrip("./"))
+    path = posixpath.normpath("/" + member.name.lstrip("/"))
     if member.issym():
         pkg.links[path] = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
     elif member.islnk():  # a hard link to an earlier member: the same file under a second name
-        first = posixpath.normpath("/" + member.linkname.lstrip("./"))
+        first = posixpath.normpath("/" + member.linkname.lstrip("/"))
         if first in pkg.elf:
             pkg.elf[path] = pkg.elf[first]
     elif member.isreg():
