@@ -84,6 +84,9 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     old_elf = cache.get(target_abs)
     new_elf = cache.get(os.path.abspath(new))
     diff = diff_objects(old_elf, new_elf)
+    if shared is not None:  # a transaction's checks keep every file parsed: the tables the diff read go
+        old_elf.forget_symbol_table()
+        new_elf.forget_symbol_table()
     diff = diff._replace(old=target, new=new)
     extra = {os.path.abspath(t): os.path.abspath(n) for t, n in (also or {}).items()
              if os.path.abspath(t) != target_abs}

@@ -83,6 +83,8 @@ class SharedChecks:
         self.failures: Dict[tuple, List[Failure]] = {}
         #: the system's program and library directories (:func:`soswap.abi.sysdirs.system_tops`), once
         self.system_tops: Optional[list] = None
+        #: (id of an ElfFile, as the program) -> (that ElfFile, the names it looks up, or None: unreadable)
+        self.undefined: Dict[Tuple[int, bool], Tuple[object, Optional[FrozenSet[str]]]] = {}
 
 
 class ConsumerChecker:
@@ -126,7 +128,6 @@ class ConsumerChecker:
         if soname:
             names.add(soname)
         self.target_names = frozenset(names)
-        self._undefined_cache: Dict[int, Tuple[object, FrozenSet[str]]] = {}
         #: consumers judged compatible from the diff alone, without binding (for reports and benchmarks)
         self.shortcuts = 0
         #: (path, as the program) -> may that object be hurt (safe_by_diff, over the trees of the index)
@@ -273,22 +274,27 @@ class ConsumerChecker:
         return False
 
     def _undefined(self, elf: object, program: bool) -> FrozenSet[str]:
-        """The names an object looks up: its undefined symbols, and (for the program) the symbols it copies."""
-        hit = self._undefined_cache.get(id(elf))
+        """The names an object looks up: its undefined symbols, and (for the program) the symbols it copies.
+        Read from the symbol columns (no Symbol objects), once per object for all the checks that share
+        ``shared``."""
+        cache = self._shared.undefined
+        key = (id(elf), program)
+        hit = cache.get(key)
         if hit is None or hit[0] is not elf:
             try:
-                syms = elf.symbols  # type: ignore[attr-defined]
-                names = {s.name for s in syms if s.shndx == C.SHN_UNDEF and s.name}
+                cols = elf.symbol_columns  # type: ignore[attr-defined]
+                names_col = cols.names
+                found = {n for n, x in zip(names_col, cols.shndx) if x == C.SHN_UNDEF and n}
                 # a copy relocation's symbol is defined in the program (the copy), not undefined
                 if program:  # COPY relocations exist only in programs
                     for index, bits in elf.symbol_reference_kinds().items():  # type: ignore[attr-defined]
-                        if bits & BIT_COPY and 0 < index < len(syms):
-                            names.add(syms[index].name)
-                names = frozenset(names)
+                        if bits & BIT_COPY and 0 < index < len(names_col):
+                            found.add(names_col[index])
+                names: Optional[FrozenSet[str]] = frozenset(found)
             except SoswapError:
-                names = self.affected_names  # unreadable: bind it to be sure
-            hit = self._undefined_cache[id(elf)] = (elf, names)
-        return hit[1]
+                names = None  # unreadable: bound to be sure (see below)
+            hit = cache[key] = (elf, names)
+        return hit[1] if hit[1] is not None else self.affected_names
 
     def _is_new(self, o: object) -> bool:
         """The object is NEW at TARGET's place (not another replacement of the same transaction)."""

@@ -349,6 +349,11 @@ class ElfFile:
             self._symtab = decode_symbol_table(self)
         return self._symtab
 
+    def forget_symbol_table(self) -> None:
+        """Let the decoded symbol table go (:attr:`symbol_table`, :attr:`symbols`, :attr:`symbol_columns`); it
+        is decoded again if asked for. For callers that keep many files open but need each table once."""
+        self._symtab = None
+
     @property
     def symbols(self) -> Tuple[Symbol, ...]:
         """All dynamic symbols, index 0 (the null symbol) included, in table order."""
