@@ -35,7 +35,11 @@ T = TypeVar("T")
 NAME = "hook"
 HELP = "package-manager hooks: after apt/dpkg, list what still runs old code (never fails apt)"
 DESCRIPTION = """\
-Hooks for apt and dpkg (install them with the files in contrib/; see docs/hooks.md):
+Hooks for apt and dpkg (see docs/hooks.md):
+
+  soswap hook setup         write /etc/apt/apt.conf.d/99soswap and /etc/dpkg/dpkg.cfg.d/soswap, which run
+                            the hooks below with this soswap's absolute path (--refuse, --restart: as
+                            below; --root DIR: another system's tree); 'remove' takes them away
 
   soswap hook dpkg-status   dpkg's status-logger: notes on stdin's status stream whether packages were
                             unpacked or removed and whether dpkg reported an error
@@ -53,7 +57,7 @@ removed, and while the system shuts down; 'apt-preinstall' when SOSWAP_SUSPEND i
 
 exit status: 0, whatever goes wrong (a package-manager hook must never fail the package manager; problems
 are reported as one line on standard error); 'apt-preinstall --refuse': 1 when the packages would break a
-consumer (apt then stops before unpacking anything).
+consumer (apt then stops before unpacking anything); 'setup' and 'remove': 0 done, 2 error.
 """
 
 #: Where ``dpkg-status`` leaves its markers for ``apt`` (a tmpfs: a reboot forgets them, as it should).
