@@ -260,7 +260,7 @@ def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path:
         prog = tmp_path / "consumer"
         (tmp_path / "consumer.c").write_text(CONSUMER)
         build.run_cc(["-o", str(prog), str(tmp_path / "consumer.c"), str(PKG_DIR / "libsoswaphook.so.1"),
-                      f"-Wl,-rpath,{PKG_DIR}"])
+                      f"-Wl,-rpath,{PKG_DIR}", "-Wl,-z,lazy"])  # "at first-call" needs lazy binding
         p = procs.start([prog], wait_maps="libsoswaphook")
         breaks = "undefined symbol: bar"
 
