@@ -111,6 +111,19 @@ def test_a_transaction_checks_as_each_file_alone_with_the_others_in_place(tree: 
     assert together == alone and len(together) >= 3
 
 
+def test_a_consumer_the_transaction_replaces_is_checked_in_its_new_version(tree: Tree, tmp_path: Path) -> None:
+    """NEW libfoo drops what app_direct uses; the same transaction replaces app_direct by a program that does
+    not use it (app_bar's build): app_direct is then loaded as its new version, and nothing breaks for it."""
+    alone = preflight([(str(tree.new), str(tree.target))], **_scope(tree))
+    assert str(tree["app_direct"]) in {p.consumer for p in alone}
+    new_app = tmp_path / "app_direct"
+    shutil.copyfile(tree["app_bar"], new_app)
+    together = preflight([(str(tree.new), str(tree.target)), (str(new_app), str(tree["app_direct"]))],
+                         **_scope(tree))
+    assert str(tree["app_direct"]) not in {p.consumer for p in together}
+    assert {p.consumer for p in together} == {p.consumer for p in alone} - {str(tree["app_direct"])}
+
+
 def _install(args: list, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
     full.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"), **env)
