@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from soswap.errors import SoswapError
-from soswap.replace.debs import deb_replacements
+from soswap.replace.debs import deb_replacements, diversions
 
 LIBZ = "/usr/lib/x86_64-linux-gnu/libz.so.1"
 LIBM = "/usr/lib/x86_64-linux-gnu/libm.so.6"
@@ -127,3 +127,26 @@ def test_special_files_are_refused_without_blocking(tmp_path: Path) -> None:
                            text=True, env=env, timeout=60)
         assert r.returncode == 2 and r.stdout == "", r.stderr
         assert r.stderr == f"soswap: error: {f'{path}: ' if str(path) else ''}{says}\n"
+
+
+def test_a_diverted_path_pairs_with_where_dpkg_puts_the_file(tmp_path: Path) -> None:
+    """Another package diverts /x/libdiv.so to /x/libdiv.so.distrib: dpkg writes this package's file there, so
+    that is the installed file it replaces; the package that diverts keeps its own path."""
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    shutil.copyfile(LIBZ, inst / "libdiv.so")  # the diverting package's file
+    shutil.copyfile(LIBM, inst / "libdiv.so.distrib")  # this package's previous version, moved aside
+    new = Path(LIBM).read_bytes() + b"\0new"
+    deb = _deb(tmp_path / "t.deb", [("." + str(inst / "libdiv.so"), "file", new)])  # control: Package: t
+    table = tmp_path / "diversions"
+    table.write_text(f"/usr/share/man/man1/x.1.gz\n/usr/share/man/man1/x.distrib.1.gz\nx\n"
+                     f"{inst / 'libdiv.so'}\n{inst / 'libdiv.so.distrib'}\nother\n/truncated\n")
+    assert diversions(str(table)) == {"/usr/share/man/man1/x.1.gz": ("/usr/share/man/man1/x.distrib.1.gz", "x"),
+                                      str(inst / "libdiv.so"): (str(inst / "libdiv.so.distrib"), "other")}
+    assert diversions(str(tmp_path / "none")) == {}
+    for by, installed in (("other", inst / "libdiv.so.distrib"), ("t", inst / "libdiv.so")):
+        work = tmp_path / f"work-{by}"
+        work.mkdir()
+        plan = deb_replacements([str(deb)], str(work), {str(inst / "libdiv.so"): (str(inst / "libdiv.so.distrib"),
+                                                                                   by)})
+        assert [(Path(n).read_bytes(), old) for n, old in plan.pairs] == [(new, str(installed))]

@@ -42,6 +42,7 @@ class _Package:
     """The members of one package's data archive that matter: ELF files (copied out) and symbolic links."""
 
     def __init__(self) -> None:
+        self.name = ""  #: the control file's Package field
         self.elf: Dict[str, str] = {}  #: absolute path in the package -> the extracted copy
         self.links: Dict[str, str] = {}  #: absolute path -> link target, absolute
         self.others: set = set()  #: other regular files and directories
@@ -58,10 +59,30 @@ class _Package:
         return None
 
 
-def deb_replacements(debs: Sequence[str], workdir: str) -> DebReplacements:
+#: dpkg's diversions: "from", "to" and the diverting package ("PACKAGE" or ":" for a local one), one per line
+DIVERSIONS = "/var/lib/dpkg/diversions"
+
+
+def diversions(path: str = DIVERSIONS) -> Dict[str, Tuple[str, str]]:
+    """{diverted path: (where dpkg puts other packages' file instead, diverting package)}; empty when the file
+    cannot be read (no dpkg, or no diversion)."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().split("\n")
+    except OSError:
+        return {}
+    return {lines[i]: (lines[i + 1], lines[i + 2]) for i in range(0, len(lines) - 2, 3)
+            if lines[i].startswith("/") and lines[i + 1].startswith("/")}
+
+
+def deb_replacements(debs: Sequence[str], workdir: str, diverted: Optional[Dict[str, Tuple[str, str]]] = None
+                     ) -> DebReplacements:
     """Read ``debs`` (paths of .deb files) and pair their ELF files with the installed ones (module docstring).
-    The ELF members are copied into ``workdir``, which the caller removes. Raises :class:`SoswapError` when a
-    package cannot be read."""
+    A path another package diverts (``diverted``, default :func:`diversions`) lands where dpkg diverts it: that
+    is the installed file it replaces. The ELF members are copied into ``workdir``, which the caller removes.
+    Raises :class:`SoswapError` when a package cannot be read."""
+    if diverted is None:
+        diverted = diversions()
     pairs: Dict[str, str] = {}  # installed file -> new file
     new_files: Dict[str, str] = {}
     # dpkg-deb's decompression is most of the time: one per CPU at once (the threads only wait on its pipe)
@@ -73,12 +94,14 @@ def deb_replacements(debs: Sequence[str], workdir: str) -> DebReplacements:
     for deb, pkg in zip(debs, packages):
         for path, copy in pkg.elf.items():
             labels.setdefault(copy, f"{os.path.basename(deb)}:{path}")
-        for name in sorted({*pkg.elf, *pkg.links}):
-            member = pkg.resolve(name)
+        for packaged in sorted({*pkg.elf, *pkg.links}):
+            member = pkg.resolve(packaged)
             if member is None:
                 continue
+            to, by = diverted.get(packaged, (packaged, pkg.name))
+            name = to if by != pkg.name else packaged  # dpkg writes another package's diverted file at "to"
             if not os.path.lexists(name):
-                if name == member and is_loadable_elf(pkg.elf[member]):
+                if packaged == member and is_loadable_elf(pkg.elf[member]):
                     new_files.setdefault(name, pkg.elf[member])
                 continue
             installed = os.path.realpath(name)
@@ -105,11 +128,15 @@ def _read(deb: str, into: str) -> _Package:
             raise SoswapError(f"{deb}: not a regular file")
         os.set_blocking(fd, True)
         os.makedirs(into, mode=0o700)
+        pkg = _Package()
+        field = subprocess.run([dpkg_deb, "--field", "/dev/stdin", "Package"], stdin=fd, capture_output=True,
+                               timeout=300)
+        pkg.name = field.stdout.decode(errors="replace").strip() if field.returncode == 0 else ""
+        os.lseek(fd, 0, os.SEEK_SET)
         proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", "/dev/stdin"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=fd)
     finally:
         os.close(fd)
-    pkg = _Package()
     problem = None
     try:
         assert proc.stdout is not None
@@ -167,7 +194,8 @@ class DebCheck(NamedTuple):
     problems: list
 
 
-def check_debs(debs: Sequence[str], **discovery: object) -> DebCheck:
+def check_debs(debs: Sequence[str], diverted: Optional[Dict[str, Tuple[str, str]]] = None,
+               **discovery: object) -> DebCheck:
     """Check what installing ``debs`` would replace against its consumers, as one transaction, before anything
     is unpacked (``soswap install``'s preflight; ``discovery`` as for it: default, the running processes and the
     system's programs and plugins)."""
@@ -176,7 +204,7 @@ def check_debs(debs: Sequence[str], **discovery: object) -> DebCheck:
     from soswap.abi.preflight import preflight
 
     with tempfile.TemporaryDirectory(prefix="soswap-debs-") as work:
-        plan = deb_replacements(debs, work)
+        plan = deb_replacements(debs, work, diverted)
         problems = preflight(plan.pairs + plan.new_files, **discovery)  # type: ignore[arg-type]
     out = []
     for p in problems:
