@@ -111,6 +111,8 @@ class ConsumerChecker:
         #: TARGET <- NEW, plus the other replacements of the same transaction (``also``: {target: new})
         self.substitution: Dict[str, str] = dict(also or {})
         self.substitution[target] = new
+        #: the substitutions as a key of the shared failures (the "world" the consumers are loaded in)
+        self._world = tuple(sorted(self.substitution.items()))
         self._watched_cache: Dict[int, Tuple[object, List[Reference]]] = {}
         # What the diff says can hurt a consumer (see _may_break); full=True binds every consumer anyway.
         risky = [c for c in diff.changes if c.severity != HARMLESS]
@@ -219,8 +221,7 @@ class ConsumerChecker:
         if t_new is not None and not self.full and not self._may_break(res_new):
             self.shortcuts += 1
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
-        world = tuple(sorted(self.substitution.items()))
-        new_failures = self._failures_of(ld, res_new, bind_now, (world, env, path, argv0, mode))
+        new_failures = self._failures_of(ld, res_new, bind_now, (self._world, env, path, argv0, mode))
         watched = self._watched_refs(ld, res_new) if self.watch and t_new is not None else []
         if not new_failures and not watched:
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)

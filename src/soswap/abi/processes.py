@@ -34,11 +34,8 @@ class ProcessInfo(NamedTuple):
 def processes_mapping(target: str) -> Tuple[List[int], Optional[str]]:
     """PIDs of the processes that map TARGET (its current inode, or an older one under its name), and a note
     when :mod:`soswap.proc` is not available."""
-    try:
-        from soswap.proc import processes_mapping as mapping
-    except ImportError:  # pragma: no cover - soswap.proc is part of the package
-        return [], "soswap.proc is not available: running processes not checked"
-    return sorted({u.pid for u in mapping(target)}), None
+    found, note = processes_mapping_each([target])
+    return found[target], note
 
 
 def processes_mapping_each(targets: Sequence[str]) -> Tuple[Dict[str, List[int]], Optional[str]]:

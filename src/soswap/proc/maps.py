@@ -133,6 +133,18 @@ def parse_line(line: bytes) -> Mapping | None:
                    unescape(path), deleted, raw_path)
 
 
+def file_of(dev: bytes, inode: bytes, raw: bytes) -> Tuple[int, ...]:
+    """(st_dev, inode, path) from the "dev", "inode" and "path" fields of a line, by :func:`parse_line`'s
+    rules (path unescaped, without " (deleted)"), or () for an anonymous or pseudo mapping."""
+    if inode == b"0" or not raw.startswith(b"/"):
+        return ()
+    try:
+        major, minor = parse_dev(dev)
+        return os.makedev(major, minor), int(inode), unescape(split_deleted(raw)[0])
+    except ValueError:
+        return ()
+
+
 def parse_maps(data: bytes) -> List[Mapping]:
     """Every file-backed mapping of a maps file, in address order."""
     out = []

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import cgroup as cgroup_mod
 from soswap.proc import procfs
-from soswap.proc.maps import lines_containing, maps_form, parse_dev, split_deleted, unescape
+from soswap.proc.maps import file_of, lines_containing, maps_form, split_deleted
 from soswap.proc.model import FileUse, UsersReport
 from soswap.proc.view import FileView
 
@@ -161,7 +161,7 @@ class _Pass:
             seen.add(key)
             ident = files.get(key)
             if ident is None:
-                ident = files[key] = _file_of(*key)
+                ident = files[key] = file_of(*key)
             if ident:
                 start, _, end = parts[0].partition(b"-")
                 out.append((*ident, int(start, 16), int(end, 16)))
@@ -264,14 +264,3 @@ def processes_mapping(path: str, *, pids: Optional[Sequence[int]] = None) -> Lis
     report = find_users([path], fds=False, pids=pids)[0]
     return list(report.uses)
 
-
-def _file_of(dev: bytes, inode: bytes, raw: bytes) -> Tuple[int, ...]:
-    """(st_dev, inode, path) of the "dev inode path" fields of a maps line (:func:`maps.parse_line`'s rules),
-    or () for an anonymous or pseudo mapping."""
-    if inode == b"0" or not raw.startswith(b"/"):
-        return ()
-    try:
-        major, minor = parse_dev(dev)
-        return os.makedev(major, minor), int(inode), unescape(split_deleted(raw)[0])
-    except ValueError:
-        return ()
