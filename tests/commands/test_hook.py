@@ -147,16 +147,26 @@ def test_apt_hook_leaves_out_a_reinstall_of_the_same_bytes(procs, tmp_path: Path
     assert not re.search(rb"\b%d\b" % p.pid, r.stdout), r.stdout
 
 
-def test_apt_preinstall_reads_both_input_protocols() -> None:
-    from soswap.commands.hook import deb_paths
+def test_apt_preinstall_reads_every_input_protocol() -> None:
+    from soswap.commands.hook import apt_actions
 
     v1 = "/var/cache/apt/archives/libfoo1_2.0_amd64.deb\n/tmp/x y/bar_1_all.deb\n\n"
-    assert deb_paths(v1) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb", "/tmp/x y/bar_1_all.deb"]
+    assert apt_actions(v1) == (["/var/cache/apt/archives/libfoo1_2.0_amd64.deb", "/tmp/x y/bar_1_all.deb"], [])
     v2 = ("VERSION 2\nAPT::Architecture=amd64\nDPkg::Tools::Options::soswap::Version=2\n\n"
           "libfoo1 1.0 < 2.0 /var/cache/apt/archives/libfoo1_2.0_amd64.deb\n"
           "libold - < 1.0 **CONFIGURE**\nlibgone 1.0 > - **REMOVE**\n")
-    assert deb_paths(v2) == ["/var/cache/apt/archives/libfoo1_2.0_amd64.deb"]
-    assert deb_paths("") == []
+    assert apt_actions(v2) == (["/var/cache/apt/archives/libfoo1_2.0_amd64.deb"], [("libgone", None)])
+    # version 3: the architecture and Multi-Arch type after each version (pkgDPkgPM::SendPkgsInfo)
+    v3 = ("VERSION 3\nAPT::Architecture=amd64\n\n"
+          "libfoo1 1.0 amd64 same < 2.0 amd64 same /var/cache/apt/archives/libfoo1_2.0_amd64.deb\n"
+          "newpkg - - none < 1.0 all foreign /var/cache/apt/archives/newpkg_1.0_all.deb\n"
+          "libgone 1.0 i386 same > - - none **REMOVE**\ntool 3 amd64 none > - - none **REMOVE**\n"
+          "libfoo1 1.0 amd64 same < 2.0 amd64 same **CONFIGURE**\n")
+    assert apt_actions(v3) == (["/var/cache/apt/archives/libfoo1_2.0_amd64.deb",
+                                "/var/cache/apt/archives/newpkg_1.0_all.deb"],
+                               [("libgone", "i386"), ("tool", "amd64")])
+    assert apt_actions("") == ([], [])
+    assert apt_actions("VERSION 3\nno blank line\n") == ([], [])
 
 
 def test_apt_preinstall_reports_an_unreadable_package_and_lets_apt_go_on(tmp_path: Path) -> None:
@@ -226,19 +236,20 @@ def _apt_get(conf: Path, *args: str) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, timeout=300)
 
 
-def _installed_version() -> Optional[str]:
-    r = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Version}", PACKAGE], capture_output=True,
+def _installed_version(package: str = PACKAGE) -> Optional[str]:
+    r = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Version}", package], capture_output=True,
                        text=True)
     return r.stdout[3:] if r.returncode == 0 and r.stdout.startswith("ii ") else None
 
 
-@requires_root
-@build.requires_cc
-def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path: Path) -> None:
+def _apt_setup(tmp_path: Path, *packages: str) -> tuple:
+    """Skip unless apt can run here and ``packages`` are not installed; then (soswap's wrapper script, the
+    warning configuration, the refusing one, soswap's state directory)."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("apt-get and dpkg-deb are needed")
-    if _installed_version() is not None or PKG_DIR.exists():
-        pytest.skip(f"{PACKAGE} or {PKG_DIR} already exists on this machine")
+    for package in packages:
+        if _installed_version(package) is not None or (Path("/usr/lib") / package).exists():
+            pytest.skip(f"{package} or /usr/lib/{package} already exists on this machine")
     if subprocess.run(["apt-get", "check"], capture_output=True).returncode != 0:
         pytest.skip("apt's package state is broken on this machine (apt-get check)")
     state = tmp_path / "state"
@@ -249,7 +260,13 @@ def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path:
     soswap.write_text(f'#!/bin/sh\nexec env PYTHONPATH={SRC} {exports} {sys.executable} -m soswap "$@" '
                       f"--state-dir {state}\n")
     soswap.chmod(0o755)
-    conf, refusing = _apt_config(tmp_path, soswap), _apt_config(tmp_path, soswap, refuse=True)
+    return soswap, _apt_config(tmp_path, soswap), _apt_config(tmp_path, soswap, refuse=True), state
+
+
+@requires_root
+@build.requires_cc
+def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path: Path) -> None:
+    soswap, conf, refusing, state = _apt_setup(tmp_path, PACKAGE)
     v1 = _deb(tmp_path, "1.0", LIB_V1, "libsoswaphook.so.1.0")
     v2 = _deb(tmp_path, "2.0", LIB_V2, "libsoswaphook.so.1.1")
     try:
@@ -291,6 +308,66 @@ def test_apt_get_runs_the_hooks_and_never_fails_because_of_them(procs, tmp_path:
     finally:
         subprocess.run(["dpkg", "--purge", PACKAGE], capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
     assert _installed_version() is None and not PKG_DIR.exists()
+
+
+USER_PACKAGE = "soswap-hook-test-user"
+USER_PROG = Path("/usr/lib") / USER_PACKAGE / "prog"
+
+
+def _user_deb(tmp_path: Path, version: str, lib: Path) -> Path:
+    """A package whose program calls bar() of libsoswaphook.so.1 (version 1.0), or (2.0) ships no program."""
+    tree = tmp_path / f"user-{version}"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {USER_PACKAGE}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: soswap tests <root@localhost>\nDescription: soswap hook test consumer\n")
+    home = tree / str(USER_PROG.parent).lstrip("/")
+    home.mkdir(parents=True)
+    if version == "1.0":
+        (tmp_path / "user.c").write_text(CONSUMER)
+        build.run_cc(["-o", str(home / "prog"), str(tmp_path / "user.c"), str(lib), f"-Wl,-rpath,{PKG_DIR}"])
+    else:
+        (home / "README").write_text("the program is gone\n")
+    out = tmp_path / f"{USER_PACKAGE}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(out)], check=True, capture_output=True)
+    return out
+
+
+@requires_root
+@build.requires_cc
+def test_apt_preinstall_leaves_out_the_programs_the_transaction_deletes(tmp_path: Path) -> None:
+    """libsoswaphook 2.0 drops bar(), which the program of soswap-hook-test-user calls: refused while the
+    program stays; let through when the same apt run removes its package (protocol version 3's **REMOVE**) or
+    upgrades it to a version without the program."""
+    _, conf, refusing, _ = _apt_setup(tmp_path, PACKAGE, USER_PACKAGE)
+    v1 = _deb(tmp_path, "1.0", LIB_V1, "libsoswaphook.so.1.0")
+    v2 = _deb(tmp_path, "2.0", LIB_V2, "libsoswaphook.so.1.1")
+    user1 = _user_deb(tmp_path, "1.0", tmp_path / "pkg-1.0" / str(PKG_DIR).lstrip("/") / "libsoswaphook.so.1")
+    user2 = _user_deb(tmp_path, "2.0", Path())
+    try:
+        r = _apt_get(conf, "install", str(v1), str(user1))
+        assert r.returncode == 0 and _installed_version(USER_PACKAGE) == "1.0", r.stdout + r.stderr
+
+        r = _apt_get(refusing, "install", str(v2))  # the program stays: refused
+        assert r.returncode != 0 and _installed_version() == "1.0", r.stdout + r.stderr
+        assert f"breaks program {USER_PROG} at " in r.stdout and "undefined symbol: bar" in r.stdout, r.stdout
+
+        r = _apt_get(refusing, "install", str(v2), f"{USER_PACKAGE}-")  # removed in the same run
+        assert r.returncode == 0 and _installed_version() == "2.0", r.stdout + r.stderr
+        assert _installed_version(USER_PACKAGE) is None and not USER_PROG.exists()
+        # the program and the library's old real file
+        assert "against what uses them (not the 2 ELF files it deletes): nothing breaks." in r.stdout, r.stdout
+
+        r = _apt_get(refusing, "install", "--allow-downgrades", str(v1), str(user1))
+        assert r.returncode == 0 and USER_PROG.exists(), r.stdout + r.stderr
+        r = _apt_get(refusing, "install", str(v2), str(user2))  # upgraded to a version without the program
+        assert r.returncode == 0 and _installed_version(USER_PACKAGE) == "2.0", r.stdout + r.stderr
+        assert not USER_PROG.exists() and "(not the 2 ELF files it deletes): nothing breaks." in r.stdout
+    finally:
+        subprocess.run(["dpkg", "--purge", USER_PACKAGE, PACKAGE], capture_output=True, stdin=subprocess.DEVNULL,
+                       timeout=300)
+    assert _installed_version() is None and _installed_version(USER_PACKAGE) is None
+    assert not PKG_DIR.exists() and not USER_PROG.parent.exists()
 
 
 # -- soswap hook setup / remove ---------------------------------------------------------------------------

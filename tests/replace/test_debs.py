@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from soswap.errors import SoswapError
-from soswap.replace.debs import deb_replacements, diversions
+from soswap.replace.debs import check_debs, deb_replacements, diversions, package_list
+from support.build import executable, requires_cc, shared_lib
 
 LIBZ = "/usr/lib/x86_64-linux-gnu/libz.so.1"
 LIBM = "/usr/lib/x86_64-linux-gnu/libm.so.6"
@@ -22,15 +23,16 @@ pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which
                                 reason="dpkg-deb and ar are needed")
 
 
-def _deb(path: Path, members: list) -> Path:
-    """A .deb built by hand (ar + tar), so that its data archive holds exactly ``members``:
+def _deb(path: Path, members: list, package: str = "t") -> Path:
+    """A .deb of ``package`` built by hand (ar + tar), so that its data archive holds exactly ``members``:
     (name, kind, payload) with kind "file", "symlink" or "hardlink"."""
     work = path.parent / (path.name + ".parts")
     work.mkdir()
     (work / "debian-binary").write_text("2.0\n")
     control = io.BytesIO()
     with tarfile.open(fileobj=control, mode="w:gz") as tar:
-        data = b"Package: t\nVersion: 1\nArchitecture: all\nMaintainer: t <t@localhost>\nDescription: t\n"
+        data = (f"Package: {package}\nVersion: 1\nArchitecture: amd64\nMaintainer: t <t@localhost>\n"
+                "Description: t\n").encode()
         info = tarfile.TarInfo("./control")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
@@ -150,3 +152,110 @@ def test_a_diverted_path_pairs_with_where_dpkg_puts_the_file(tmp_path: Path) -> 
         plan = deb_replacements([str(deb)], str(work), {str(inst / "libdiv.so"): (str(inst / "libdiv.so.distrib"),
                                                                                    by)})
         assert [(Path(n).read_bytes(), old) for n, old in plan.pairs] == [(new, str(installed))]
+
+
+# -- what the transaction deletes ---------------------------------------------------------------------------
+
+def _admin(tmp_path: Path, lists: dict) -> Path:
+    """A dpkg database holding only ``info/NAME.list`` files: {list name: [path, ...]}."""
+    admin = tmp_path / "dpkg"
+    (admin / "info").mkdir(parents=True)
+    for name, paths in lists.items():
+        (admin / "info" / f"{name}.list").write_text("/.\n" + "".join(f"{p}\n" for p in paths))
+    return admin
+
+
+def test_package_lists_are_found_by_name_and_architecture(tmp_path: Path) -> None:
+    admin = _admin(tmp_path, {"plain": [], "same:amd64": [], "two:amd64": [], "two:i386": []})
+    info = admin / "info"
+    assert package_list("plain", None, str(admin)) == str(info / "plain.list")
+    assert package_list("plain", "amd64", str(admin)) == str(info / "plain.list")  # not Multi-Arch: same
+    assert package_list("same", "amd64", str(admin)) == str(info / "same:amd64.list")
+    assert package_list("same", None, str(admin)) == str(info / "same:amd64.list")  # the only one
+    assert package_list("two", None, str(admin)) is None  # which one is meant is not known
+    assert package_list("two", "i386", str(admin)) == str(info / "two:i386.list")
+    for name, arch in (("none", None), ("../dpkg/info/plain", None), ("plain", "../x"), ("", None), ("A", None)):
+        assert package_list(name, arch, str(admin)) is None
+
+
+def test_leaving_is_what_dpkg_deletes_and_nobody_else_owns(tmp_path: Path) -> None:
+    """Package t's installed version lists files its new version no longer ships; package gone is removed.
+    /lib is an alias of /usr/lib (merged /usr): a path is the same file under either name."""
+    inst = tmp_path / "inst"
+    usr_lib = inst / "usr" / "lib"
+    usr_lib.mkdir(parents=True)
+    (inst / "lib").symlink_to("usr/lib")
+    for name in ("dropped.so", "kept.so", "shared.so", "gone.so", "handed-over.so"):
+        shutil.copyfile(LIBZ, usr_lib / name)
+    (usr_lib / "notes.txt").write_text("not ELF")
+    (usr_lib / "link.so").symlink_to("kept.so")
+    lib, ulib = str(inst / "lib"), str(usr_lib)
+    admin = _admin(tmp_path, {
+        "t": [str(inst), ulib, f"{lib}/dropped.so", f"{ulib}/kept.so", f"{ulib}/shared.so", f"{ulib}/notes.txt",
+              f"{ulib}/link.so"],
+        "other": [f"{lib}/shared.so"],  # dpkg keeps a file another package still owns
+        "gone:amd64": [f"{ulib}/gone.so", f"{ulib}/handed-over.so"],
+    })
+    new = Path(LIBZ).read_bytes() + b"\0new"
+    deb = _deb(tmp_path / "t.deb", [("." + f"{lib}/kept.so", "file", new),  # the same file, by its alias
+                                     ("." + f"{ulib}/handed-over.so", "file", new)])
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = deb_replacements([str(deb)], str(work), {}, [("gone", None), ("not-installed", None)], str(admin))
+    assert plan.leaving == {f"{ulib}/dropped.so", f"{ulib}/gone.so"}
+    assert sorted(old for _, old in plan.pairs) == [f"{ulib}/handed-over.so", f"{ulib}/kept.so"]
+    work2 = tmp_path / "work2"
+    work2.mkdir()
+    assert deb_replacements([str(deb)], str(work2), {}, (), str(tmp_path / "no-dpkg")).leaving == frozenset()
+
+
+CONSUMED = "int foo(void) { return 1; }\nint bar(void) { return 2; }\n"
+CONSUMER = "int foo(void); int bar(void);\nint main(void) { return foo() + bar(); }\n"
+
+
+@requires_cc
+def test_a_consumer_the_transaction_deletes_is_not_checked(tmp_path: Path) -> None:
+    """libq's new version drops bar, which the program uses: refused while the program stays, not when its
+    package is removed or no longer ships it. A running process would still be checked (processes are not
+    files that go away)."""
+    inst = tmp_path / "inst"
+    shared_lib(inst / "libq.so.1.0", CONSUMED, soname="libq.so.1")
+    (inst / "libq.so.1").symlink_to("libq.so.1.0")
+    prog = executable(inst / "prog", CONSUMER, libs=[str(inst / "libq.so.1"), f"-Wl,-rpath,{inst}"])
+    v2 = shared_lib(tmp_path / "v2" / "libq.so.1.1", "int foo(void) { return 1; }\n", soname="libq.so.1")
+    deb = _deb(tmp_path / "libq.deb", [("." + str(inst / "libq.so.1.1"), "file", v2.read_bytes()),
+                                       ("." + str(inst / "libq.so.1"), "symlink", "libq.so.1.1")], package="libq")
+    discovery = dict(scope=[str(inst)], processes=False, cache_dir=str(tmp_path / "cache"), diverted={})
+    staying = check_debs([str(deb)], admindir=str(_admin(tmp_path / "a", {"user": [str(prog)]})), **discovery)
+    assert [p.consumer for p in staying.problems] == [str(prog)] and staying.leaving == frozenset()
+    assert "undefined symbol: bar" in staying.problems[0].message
+    removed = check_debs([str(deb)], removing=[("user", None)],
+                         admindir=str(_admin(tmp_path / "b", {"user": [str(prog)]})), **discovery)
+    assert removed.problems == [] and removed.leaving == {str(prog)}
+    # libq's own installed version shipped the program; the new one does not
+    dropped = check_debs([str(deb)], admindir=str(_admin(tmp_path / "c", {"libq": [str(inst / "libq.so.1.0"),
+                                                                                    str(prog)]})), **discovery)
+    assert dropped.problems == [] and dropped.leaving == {str(prog), str(inst / "libq.so.1.0")}
+
+
+def test_check_deb_remove_names_installed_packages(tmp_path: Path) -> None:
+    """``soswap check --deb ... --remove PACKAGE``: the package's ELF files are left out (listed in --json);
+    a package that is not installed, or --remove without --deb, is a usage error."""
+    import json
+    import sys
+
+    if package_list("coreutils", None) is None:
+        pytest.skip("coreutils is not installed through dpkg here")
+    deb = _deb(tmp_path / "new.deb", [("./opt/soswap-test-none/libnew.so", "file", Path(LIBZ).read_bytes())])
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    run = [sys.executable, "-m", "soswap", "check"]
+    r = subprocess.run([*run, "--deb", str(deb), "--remove", "coreutils", "--json"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["checked"] == 0 and os.path.join(os.path.realpath("/usr/bin"), "ls") in doc["leaving"]
+    for args, says in ((["--deb", str(deb), "--remove", "soswap-no-such-package"],
+                        "--remove soswap-no-such-package: not an installed package"),
+                       ([LIBZ, LIBZ, "--remove", "coreutils"], "--remove applies to --deb only")):
+        r = subprocess.run([*run, *args], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 2 and says in r.stderr and r.stdout == "", r.stderr

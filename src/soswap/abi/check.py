@@ -17,7 +17,7 @@ and per ELF file plus the checks themselves.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.abi import problems as P
 from soswap.abi.changes import BREAKING
@@ -25,7 +25,7 @@ from soswap.abi.consumer import ConsumerChecker, SharedChecks
 from soswap.abi.diff import diff_objects
 from soswap.abi.processes import ProcessInfo, processes_mapping, read_process
 from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, RdepsIndex, classify, environment_for_index, open_index
-from soswap.abi.sysdirs import Top, canonical_tops, system_tops, under
+from soswap.abi.sysdirs import Top, canonical_path, canonical_tops, system_tops, under
 from soswap.elf import ElfCache, ElfFile
 from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
 from soswap.loader import Environment, Profile
@@ -46,7 +46,8 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
                       also: Optional[Mapping[str, str]] = None,
                       index: Optional[RdepsIndex] = None,
                       mapping: Optional[Tuple[Sequence[int], Optional[str]]] = None,
-                      shared: Optional[SharedChecks] = None) -> P.CheckResult:
+                      shared: Optional[SharedChecks] = None,
+                      leaving: AbstractSet[str] = frozenset()) -> P.CheckResult:
     """Check NEW against every consumer of the installed TARGET (see the module docstring and docs/check.md).
 
     ``consumers``: files to check (programs as they run, shared libraries as plugins loaded with
@@ -64,7 +65,9 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     ``keep_index`` are then not used. ``mapping``: the PIDs that map TARGET and a note, as
     :func:`soswap.abi.processes.processes_mapping` gives them, when the caller found them already (one pass
     over /proc for several files). ``shared``: a :class:`SharedChecks` the checks of one transaction share (the
-    same ``also`` map for each), so that each consumer is loaded and bound once for all of them.
+    same ``also`` map for each), so that each consumer is loaded and bound once for all of them. ``leaving``:
+    files the same transaction deletes (:func:`soswap.abi.sysdirs.canonical_path` of each): the directories'
+    programs and plugins among them are not checked (a running process always is).
 
     Raises :class:`SoswapError` on bad input (TARGET or NEW missing or malformed, a named consumer that is
     not a loadable ELF file, a scope that is not a directory, an unknown PID).
@@ -136,7 +139,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
                 continue  # loaded by indexed programs or plugins: checked through them
             plugin = dep.role == PLUGIN
             key = (os.path.realpath(dep.path), plugin)
-            if key in seen:
+            if key in seen or (leaving and canonical_path(dep.path) in leaving):
                 continue
             seen.add(key)
             source = "scope" if any(under(dep.path, t) for t in scope_canon) else "system"

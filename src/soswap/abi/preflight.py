@@ -11,7 +11,7 @@ refuses the install unless forced.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from soswap.abi.check import check_replacement
 from soswap.abi.consumer import SharedChecks
@@ -48,7 +48,8 @@ class PreflightProblem(NamedTuple):
 
 
 def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = None,
-              environ: Optional[Mapping[str, str]] = None, **discovery: Any) -> List[PreflightProblem]:
+              environ: Optional[Mapping[str, str]] = None, leaving: AbstractSet[str] = frozenset(),
+              **discovery: Any) -> List[PreflightProblem]:
     """Check every ``(source, destination)`` of a transaction; the problems, empty when it is safe.
 
     Destinations that do not exist yet (new files) or are not ELF files (scripts, data) are not checked. A
@@ -56,7 +57,8 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
     index lives in the cache directory (``cache_dir``, default :func:`soswap.state.cache_dir`), created on
     demand, even by a dry run: it holds facts about the system, no user state. The directories are walked once
     for the whole transaction. ``discovery``: ``consumers``, ``scope``, ``pids``, ``processes``, ``system`` as
-    for :func:`check_replacement` (default: the running processes and the whole system)."""
+    for :func:`check_replacement` (default: the running processes and the whole system); ``leaving``: files the
+    transaction deletes (canonical paths), not checked as programs or plugins."""
     pairs = [(os.path.abspath(s), os.path.abspath(d)) for s, d in pairs]
     # what ld.so loads has consumers; an object file or a kernel module (ET_REL) has none here
     checked = [(s, d) for s, d in pairs if is_loadable_elf(d)]
@@ -83,7 +85,7 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
         try:
             result = check_replacement(dest, source, environ=environ, also=others, index=index,
                                        mapping=(mapped[dest], note) if dest in mapped else None, shared=shared,
-                                       **discovery)
+                                       leaving=leaving, **discovery)
         except SoswapError as exc:
             out.append(PreflightProblem(dest, source, "unchecked",
                                         f"{dest}: cannot check {source} as its replacement: {exc}"))

@@ -51,6 +51,13 @@ def canonical_tops(tops: Sequence[Top]) -> List[Top]:
     return out
 
 
+def canonical_path(path: str) -> str:
+    """``path`` with its directory resolved and its own name kept (a link stays the link): one name for a file
+    reached through directory aliases (merged /usr: /lib/x.so is /usr/lib/x.so)."""
+    head, name = posixpath.split(os.path.abspath(path))
+    return posixpath.join(os.path.realpath(head), name)
+
+
 def _inside(path: str, top: str) -> bool:
     return path == top or path.startswith(top.rstrip("/") + "/")
 

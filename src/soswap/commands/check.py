@@ -29,7 +29,9 @@ Consumers:
                       kept in the cache directory (see soswap rdeps)
 
 Packages: --deb PACKAGE... instead of NEW TARGET checks every installed ELF file the .deb packages would
-replace (paired through the packages' SONAME links), as one transaction, before anything is unpacked.
+replace (paired through the packages' SONAME links), as one transaction, before anything is unpacked. The
+files the transaction deletes (what an upgraded package no longer ships, the installed packages named with
+--remove) are no consumers: they are not checked.
 
 Programs and plugins are loaded with this command's environment (LD_LIBRARY_PATH, LD_PRELOAD, LD_BIND_NOW).
 ELF-level only: function signatures, struct layouts and vtable slots are not compared (docs/check.md).
@@ -45,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deb", action="extend", nargs="+", default=[], metavar="PACKAGE",
                         help="instead of NEW TARGET: every installed ELF file these .deb packages would replace, "
                              "as one transaction (what 'soswap hook apt-preinstall' checks; docs/hooks.md)")
+    parser.add_argument("--remove", action="extend", nargs="+", default=[], metavar="PACKAGE[:ARCH]",
+                        help="with --deb: installed packages the same transaction removes (their programs and "
+                             "plugins are not checked)")
     parser.add_argument("--consumer", action="extend", nargs="+", default=[], metavar="FILE",
                         help="check these files (repeatable)")
     parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--no-processes applies to the default discovery only (without --consumer, --scope, --pid)")
     if args.deb:
         return _check_debs(args, explicit)
+    if args.remove:
+        raise UsageError("--remove applies to --deb only")
     if args.new is None or args.target is None:
         raise UsageError("NEW and TARGET are required (or --deb PACKAGE...)")
     result = check_replacement(
@@ -98,24 +105,32 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_debs(args: argparse.Namespace, explicit: bool) -> int:
-    from soswap.replace.debs import check_debs
+    from soswap.replace.debs import check_debs, package_list
 
     if args.new is not None:
         raise UsageError("--deb replaces NEW TARGET")
     if args.full or args.no_index:
         raise UsageError("--full and --no-index do not apply to --deb")
-    result = check_debs(args.deb, cache_dir=args.cache_dir, consumers=args.consumer or None,
+    removing = []
+    for spec in args.remove:
+        name, _, arch = spec.partition(":")
+        if package_list(name, arch or None) is None:
+            raise UsageError(f"--remove {spec}: not an installed package")
+        removing.append((name, arch or None))
+    result = check_debs(args.deb, removing=removing, cache_dir=args.cache_dir, consumers=args.consumer or None,
                         scope=args.scope or None, pids=args.pid or None,
                         processes=None if explicit else not args.no_processes)
     if args.json:
         from soswap.report.output import print_json
 
         print_json({"schema": "soswap.check-debs/1", "packages": list(args.deb), "checked": result.checked,
-                    "compatible": not result.problems,
+                    "leaving": sorted(result.leaving), "compatible": not result.problems,
                     "problems": [p.to_json() for p in result.problems]})
     elif not result.problems:
+        gone = len(result.leaving)
+        left = f" (not the {gone} ELF file{'s' if gone != 1 else ''} the transaction deletes)" if gone else ""
         sys.stdout.write(f"checked {result.checked} installed ELF file{'s' if result.checked != 1 else ''} that "
-                         f"{result.packages} package{'s' if result.packages != 1 else ''} would replace: "
+                         f"{result.packages} package{'s' if result.packages != 1 else ''} would replace{left}: "
                          "nothing breaks\n")
     else:
         sys.stdout.write("".join(f"{p.message}\n" for p in result.problems))

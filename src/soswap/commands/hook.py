@@ -26,7 +26,7 @@ import argparse
 import os
 import re
 import sys
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, NamedTuple, Optional, Tuple, TypeVar
 
 from soswap.errors import UsageError
 
@@ -254,33 +254,51 @@ def _check(restart: bool) -> str:
     return render_summary(report, outcome) + "".join(n + "\n" for n in notes)
 
 
-def deb_paths(text: str) -> List[str]:
-    """The .deb files of apt's ``Pre-Install-Pkgs`` input: one per line (protocol version 1), or, after a
-    ``VERSION 2``/``VERSION 3`` line and apt's configuration (up to an empty line), the last field of each
-    package line (``**CONFIGURE**`` and ``**REMOVE**`` lines name no file)."""
+class AptActions(NamedTuple):
+    """What apt's ``Pre-Install-Pkgs`` input says: the .deb files it unpacks, and (protocol versions 2 and 3)
+    the packages it removes, as (name, architecture or None)."""
+
+    debs: List[str]
+    removing: List[Tuple[str, Optional[str]]]
+
+
+def apt_actions(text: str) -> AptActions:
+    """Parse apt's ``Pre-Install-Pkgs`` input: one .deb file per line (protocol version 1), or, after a
+    ``VERSION 2``/``VERSION 3`` line and apt's configuration (up to an empty line), one package action per line:
+    ``NAME OLD-VERSION DIRECTION NEW-VERSION ACTION`` (version 2; version 3 adds the architecture and
+    Multi-Arch type after each version), where ACTION is a .deb file, ``**CONFIGURE**`` or ``**REMOVE**``
+    (apt's ``pkgDPkgPM::SendPkgsInfo``)."""
     lines = [line.rstrip("\r") for line in text.splitlines()]
+    removing: List[Tuple[str, Optional[str]]] = []
     if lines and lines[0].startswith("VERSION "):
         body = lines[lines.index("") + 1:] if "" in lines else []
-        names = [line.split()[-1] for line in body if line.strip()]
+        rows = [line.split() for line in body if line.strip()]
+        names = [row[-1] for row in rows]
+        for row in rows:
+            if row[-1] == "**REMOVE**" and len(row) in (5, 9):
+                arch = row[2] if len(row) == 9 and row[2] != "-" else None
+                removing.append((row[0], arch))
     else:
         names = [line.strip() for line in lines if line.strip()]
-    return [n for n in names if n.endswith(".deb")]
+    return AptActions([n for n in names if n.endswith(".deb")], removing)
 
 
 def _apt_preinstall(args: argparse.Namespace) -> int:
     # read first: apt's pipe is emptied whatever happens next; file names as bytes, kept as they are
-    debs = deb_paths(sys.stdin.buffer.read().decode("utf-8", "surrogateescape"))
+    debs, removing = apt_actions(sys.stdin.buffer.read().decode("utf-8", "surrogateescape"))
     if os.environ.get("SOSWAP_SUSPEND") or not debs:
         return 0
     from soswap.replace.debs import check_debs
 
-    result = _within(args.timeout, lambda: check_debs(debs), "soswap check could not finish")
+    result = _within(args.timeout, lambda: check_debs(debs, removing=removing), "soswap check could not finish")
     if result is None:
         return 0
     checked, found = result.checked, [p.message for p in result.problems]
     if not found:
+        gone = len(result.leaving)
+        left = f" (not the {gone} ELF file{'s' if gone != 1 else ''} it deletes)" if gone else ""
         _say(f"soswap: checked {checked} ELF file{'s' if checked != 1 else ''} of {len(debs)} package"
-             f"{'s' if len(debs) != 1 else ''} against what uses them: nothing breaks.", sys.stdout)
+             f"{'s' if len(debs) != 1 else ''} against what uses them{left}: nothing breaks.", sys.stdout)
         return 0
     _say("soswap: these packages would break what uses them:", sys.stdout)
     for message in found:

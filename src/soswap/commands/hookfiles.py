@@ -19,6 +19,9 @@ DPKG_CFG = "etc/dpkg/dpkg.cfg.d/soswap"
 #: every file soswap writes starts with this (and setup/remove touch no other)
 _MARKERS = ("// soswap's apt hooks", "# soswap: note whether dpkg")
 _SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # what dpkg sets for its status-logger
+#: The pre-install command's first word: apt looks its protocol version up as
+#: DPkg::Tools::Options::<first word>::Version (pkgDPkgPM::RunScriptsWithPkgs)
+_PREINSTALL = "soswap_preinstall"
 
 
 def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False,
@@ -49,7 +52,11 @@ def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False,
         "// Before dpkg unpacks anything: check every ELF file the packages replace against what uses it (as\n"
         "// soswap install does) and warn. To stop apt instead, replace \"apt-preinstall || true\" with\n"
         "// \"apt-preinstall --refuse\" (SOSWAP_FORCE=1 then lets one apt run through).\n"
-        f'DPkg::Pre-Install-Pkgs {{ "{guard}{pre}; else cat >/dev/null; fi"; }};\n'
+        "// Protocol version 3 (apt names the packages it removes: their programs are not checked); apt reads the\n"
+        "// option under the command's first word, the shell function's name.\n"
+        f'DPkg::Pre-Install-Pkgs {{ "{_PREINSTALL}() {{ {guard}{pre}; else cat >/dev/null; fi; }}; '
+        f'{_PREINSTALL}"; }};\n'
+        f'DPkg::Tools::Options::{_PREINSTALL}()::Version "3";\n'
         "// After the dpkg runs: list the services, sessions, containers and processes that still run old code.\n"
         "// \"|| true\": this hook never fails apt. Add --restart after \"hook apt\" to restart the services too.\n"
         f'DPkg::Post-Invoke {{ "{guard}{post}; fi"; }};\n')

@@ -7,18 +7,24 @@ the names the package ships, symbolic links included: Debian's library packages 
 version (``libfoo.so.1.2.4``), which the installed system does not have yet, and replace the installed
 ``libfoo.so.1.2.3`` only through the link ``libfoo.so.1`` that consumers load. So a package name that resolves,
 inside the package, to an ELF member, and on the system to an installed ELF file, pairs the two.
+
+It also names the installed files the transaction takes away (:attr:`DebReplacements.leaving`): the files of
+the packages it removes, and those an upgraded package no longer ships (dpkg deletes them when it unpacks the
+new version), read from dpkg's file lists. They are no consumers any more once the transaction is done.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import shutil
 import stat
 import subprocess
 import tarfile
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
 
+from soswap.abi.sysdirs import canonical_path
 from soswap.elf import is_loadable_elf
 from soswap.errors import SoswapError
 
@@ -30,12 +36,14 @@ _MAX_LINKS = 40
 class DebReplacements(NamedTuple):
     """``pairs``: (extracted new file, installed file it replaces); ``new_files``: (extracted file, the path it
     will have) of ELF files nothing is installed at yet; ``packages``: the .deb files read; ``labels``: each
-    extracted file's name for people, ``PACKAGE.deb:/path/in/package``."""
+    extracted file's name for people, ``PACKAGE.deb:/path/in/package``; ``leaving``: the installed ELF files the
+    transaction deletes, as canonical paths (see :func:`soswap.abi.sysdirs.canonical_path`)."""
 
     pairs: List[Tuple[str, str]]
     new_files: List[Tuple[str, str]]
     packages: List[str]
     labels: Dict[str, str]
+    leaving: FrozenSet[str] = frozenset()
 
 
 class _Package:
@@ -43,9 +51,14 @@ class _Package:
 
     def __init__(self) -> None:
         self.name = ""  #: the control file's Package field
+        self.arch = ""  #: its Architecture field
         self.elf: Dict[str, str] = {}  #: absolute path in the package -> the extracted copy
         self.links: Dict[str, str] = {}  #: absolute path -> link target, absolute
         self.others: set = set()  #: other regular files and directories
+
+    def paths(self) -> Set[str]:
+        """Every absolute path the package ships."""
+        return {*self.elf, *self.links, *self.others}
 
     def resolve(self, path: str) -> Optional[str]:
         """The ELF member ``path`` names inside the package (following its links), or None."""
@@ -61,6 +74,11 @@ class _Package:
 
 #: dpkg's diversions: "from", "to" and the diverting package ("PACKAGE" or ":" for a local one), one per line
 DIVERSIONS = "/var/lib/dpkg/diversions"
+#: dpkg's database: ``info/PACKAGE.list`` (``PACKAGE:ARCH.list`` for Multi-Arch: same) lists each installed
+#: package's files, one absolute path per line
+ADMINDIR = "/var/lib/dpkg"
+_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*\Z")  # Debian policy 5.6.1 (package), 5.6.8 (architecture)
+_ARCH = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 
 
 def diversions(path: str = DIVERSIONS) -> Dict[str, Tuple[str, str]]:
@@ -75,11 +93,14 @@ def diversions(path: str = DIVERSIONS) -> Dict[str, Tuple[str, str]]:
             if lines[i].startswith("/") and lines[i + 1].startswith("/")}
 
 
-def deb_replacements(debs: Sequence[str], workdir: str, diverted: Optional[Dict[str, Tuple[str, str]]] = None
+def deb_replacements(debs: Sequence[str], workdir: str, diverted: Optional[Dict[str, Tuple[str, str]]] = None,
+                     removing: Sequence[Tuple[str, Optional[str]]] = (), admindir: str = ADMINDIR
                      ) -> DebReplacements:
     """Read ``debs`` (paths of .deb files) and pair their ELF files with the installed ones (module docstring).
     A path another package diverts (``diverted``, default :func:`diversions`) lands where dpkg diverts it: that
-    is the installed file it replaces. The ELF members are copied into ``workdir``, which the caller removes.
+    is the installed file it replaces. ``removing``: (package, architecture or None) of the packages the same
+    transaction removes; with the packages' own names and dpkg's database in ``admindir``, they give
+    :attr:`DebReplacements.leaving`. The ELF members are copied into ``workdir``, which the caller removes.
     Raises :class:`SoswapError` when a package cannot be read."""
     if diverted is None:
         diverted = diversions()
@@ -107,8 +128,115 @@ def deb_replacements(debs: Sequence[str], workdir: str, diverted: Optional[Dict[
             installed = os.path.realpath(name)
             if is_loadable_elf(installed):  # what ld.so loads: an object file or a kernel module has no consumers
                 pairs.setdefault(installed, pkg.elf[member])
+    leaving = _leaving(packages, removing, admindir, diverted)
     return DebReplacements([(new, old) for old, new in pairs.items()],
-                           [(new, path) for path, new in new_files.items()], list(debs), labels)
+                           [(new, path) for path, new in new_files.items()], list(debs), labels, leaving)
+
+
+def package_list(name: str, arch: Optional[str], admindir: str = ADMINDIR) -> Optional[str]:
+    """The file list of the installed package ``name`` (``arch``: its architecture, or None when not known),
+    or None when it is not installed or the name is not a package name. dpkg names the list
+    ``NAME:ARCH.list`` for a Multi-Arch: same package and ``NAME.list`` otherwise; without ``arch``, a
+    ``NAME:ARCH.list`` is taken only when it is the only one."""
+    if not _NAME.match(name) or (arch is not None and not _ARCH.match(arch)):
+        return None
+    info = os.path.join(admindir, "info")
+    candidates = [f"{name}:{arch}.list"] if arch else []
+    candidates.append(f"{name}.list")
+    for n in candidates:
+        if os.path.isfile(os.path.join(info, n)):
+            return os.path.join(info, n)
+    if arch is None:
+        try:
+            qualified = [n for n in os.listdir(info) if n.startswith(f"{name}:") and n.endswith(".list")]
+        except OSError:
+            return None
+        if len(qualified) == 1:
+            return os.path.join(info, qualified[0])
+    return None
+
+
+def _listed(path: Optional[str]) -> List[str]:
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    return [os.fsdecode(line) for line in data.split(b"\n") if line.startswith(b"/") and line != b"/."]
+
+
+def _leaving(packages: Sequence[_Package], removing: Sequence[Tuple[str, Optional[str]]], admindir: str,
+             diverted: Dict[str, Tuple[str, str]]) -> FrozenSet[str]:
+    """The installed ELF files the transaction deletes, canonical: every file of a removed package, and each
+    file an upgraded package's installed version lists but its new version does not ship, unless a package of
+    the transaction ships it (dpkg then hands it over) or another installed package lists it too (dpkg keeps a
+    file while a package owns it)."""
+    gone: Dict[str, str] = {}  # listed path -> the package that lists it
+    lists: Set[str] = set()
+    for pkg in packages:
+        lst = package_list(pkg.name, pkg.arch or None, admindir) if pkg.name else None
+        if lst is not None:
+            lists.add(lst)
+            shipped = pkg.paths()
+            for path in _listed(lst):
+                if path not in shipped:
+                    gone.setdefault(path, pkg.name)
+    for name, arch in removing:
+        lst = package_list(name, arch, admindir)
+        if lst is not None:
+            lists.add(lst)
+            for path in _listed(lst):
+                gone.setdefault(path, name)
+    if not gone:
+        return frozenset()
+    # one directory under two names (merged /usr: /lib is /usr/lib) is compared by its real path
+    staying = {canonical_path(p) for pkg in packages for p in pkg.paths()}
+    out: Set[str] = set()
+    for path, owner in gone.items():
+        to, by = diverted.get(path, (path, owner))
+        on_disk = to if by != owner else path
+        try:
+            if not stat.S_ISREG(os.lstat(on_disk).st_mode):
+                continue  # directories and links are no consumers
+        except OSError:
+            continue
+        canon = canonical_path(on_disk)
+        if canon not in staying and is_loadable_elf(on_disk):
+            out.add(canon)
+    if out:
+        out -= _owned_elsewhere(out, lists, admindir)
+    return frozenset(out)
+
+
+def _owned_elsewhere(paths: Set[str], skip: Set[str], admindir: str) -> Set[str]:
+    """Those of ``paths`` (canonical) that some file list other than ``skip`` names, under any alias."""
+    info = os.path.join(admindir, "info")
+    by_name: Dict[bytes, List[str]] = {}
+    for p in paths:
+        by_name.setdefault(os.fsencode(posixpath.basename(p)), []).append(p)
+    owned: Set[str] = set()
+    try:
+        names = [n for n in os.listdir(info) if n.endswith(".list")]
+    except OSError:
+        return owned
+    for n in names:
+        lst = os.path.join(info, n)
+        if lst in skip:
+            continue
+        try:
+            with open(lst, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        for base, wanted in by_name.items():
+            if b"/" + base + b"\n" not in data and not data.endswith(b"/" + base):
+                continue
+            for line in data.split(b"\n"):
+                if line.endswith(b"/" + base) and canonical_path(os.fsdecode(line)) in wanted:
+                    owned.add(canonical_path(os.fsdecode(line)))
+    return owned
 
 
 def _read(deb: str, into: str) -> _Package:
@@ -129,9 +257,11 @@ def _read(deb: str, into: str) -> _Package:
         os.set_blocking(fd, True)
         os.makedirs(into, mode=0o700)
         pkg = _Package()
-        field = subprocess.run([dpkg_deb, "--field", "/dev/stdin", "Package"], stdin=fd, capture_output=True,
-                               timeout=300)
-        pkg.name = field.stdout.decode(errors="replace").strip() if field.returncode == 0 else ""
+        field = subprocess.run([dpkg_deb, "--field", "/dev/stdin", "Package", "Architecture"], stdin=fd,
+                               capture_output=True, timeout=300)
+        if field.returncode == 0:  # "Package: NAME" and "Architecture: ARCH" lines
+            fields = dict(line.partition(": ")[::2] for line in field.stdout.decode(errors="replace").splitlines())
+            pkg.name, pkg.arch = fields.get("Package", "").strip(), fields.get("Architecture", "").strip()
         os.lseek(fd, 0, os.SEEK_SET)
         proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", "/dev/stdin"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, stdin=fd)
@@ -192,20 +322,25 @@ class DebCheck(NamedTuple):
     checked: int
     packages: int
     problems: list
+    #: the installed ELF files the transaction deletes (not checked as consumers), canonical paths
+    leaving: FrozenSet[str] = frozenset()
 
 
 def check_debs(debs: Sequence[str], diverted: Optional[Dict[str, Tuple[str, str]]] = None,
+               removing: Sequence[Tuple[str, Optional[str]]] = (), admindir: str = ADMINDIR,
                **discovery: object) -> DebCheck:
     """Check what installing ``debs`` would replace against its consumers, as one transaction, before anything
     is unpacked (``soswap install``'s preflight; ``discovery`` as for it: default, the running processes and the
-    system's programs and plugins)."""
+    system's programs and plugins). The programs and plugins the transaction deletes (the packages it
+    ``removing``, the files upgraded packages drop) are not checked; running processes always are."""
     import tempfile
 
     from soswap.abi.preflight import preflight
 
     with tempfile.TemporaryDirectory(prefix="soswap-debs-") as work:
-        plan = deb_replacements(debs, work, diverted)
-        problems = preflight(plan.pairs + plan.new_files, **discovery)  # type: ignore[arg-type]
+        plan = deb_replacements(debs, work, diverted, removing, admindir)
+        problems = preflight(plan.pairs + plan.new_files, leaving=plan.leaving,
+                             **discovery)  # type: ignore[arg-type]
     out = []
     for p in problems:
         text = p.message
@@ -215,4 +350,4 @@ def check_debs(debs: Sequence[str], diverted: Optional[Dict[str, Tuple[str, str]
         if p.kind == "consumer":  # "NEW breaks ..." -> "libfoo1_2.0_amd64.deb:/usr/lib/... breaks ..."
             text = text.replace("NEW ", f"{new} ", 1)
         out.append(p._replace(new=new, message=text))
-    return DebCheck(len(plan.pairs), len(debs), out)
+    return DebCheck(len(plan.pairs), len(debs), out, plan.leaving)
