@@ -185,6 +185,32 @@ def test_apt_hook_gives_up_after_its_timeout(tmp_path: Path) -> None:
     assert r.stderr.decode() == ("soswap: the check did not finish in 1e-06 s; skipped (run 'soswap stale')\n")
 
 
+def test_apt_preinstall_timeout_kills_the_package_readers(tmp_path: Path) -> None:
+    """A package that never finishes reading (here a dpkg-deb that forks a child and sleeps, as dpkg-deb forks
+    its decompressor): after --timeout, the hook says so, lets apt go on at once, and leaves no reader behind."""
+    bindir, pids = tmp_path / "bin", tmp_path / "pids"
+    bindir.mkdir()
+    fake = bindir / "dpkg-deb"
+    fake.write_text(f"#!/bin/sh\necho $$ >> {pids}\n"
+                    "case \"$1\" in --field) printf 'Package: slow\\nArchitecture: all\\n'; exit 0;; esac\n"
+                    f"sleep 600 &\necho $! >> {pids}\nwait\n")
+    fake.chmod(0o755)
+    (tmp_path / "slow.deb").write_bytes(b"!<arch>\n")
+    r = hook("apt-preinstall", "--timeout", "1", stdin=f"{tmp_path / 'slow.deb'}\n".encode(),
+             env={"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    assert r.returncode == 0 and r.stdout == b"", r.stdout
+    assert r.stderr.decode() == ("soswap: the check did not finish in 1 s; skipped (soswap check could not "
+                                 "finish)\n")
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 3  # --field, --fsys-tarfile and its child
+    for pid in started:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        assert state in ("Z", "X"), (pid, state)  # killed; a zombie waits for its new parent to reap it
+
+
 # -- a real apt-get run with the files of contrib/ ----------------------------------------------------------
 
 PACKAGE = "soswap-hook-test"

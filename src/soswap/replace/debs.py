@@ -19,9 +19,11 @@ import os
 import posixpath
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
+import threading
 from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from soswap.abi.sysdirs import canonical_path
@@ -109,8 +111,15 @@ def deb_replacements(debs: Sequence[str], workdir: str, diverted: Optional[Dict[
     # dpkg-deb's decompression is most of the time: one per CPU at once (the threads only wait on its pipe)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=max(1, min(len(debs), os.cpu_count() or 1, 8))) as pool:
-        packages = list(pool.map(_read, debs, [os.path.join(workdir, str(n)) for n in range(len(debs))]))
+    readers = _Readers()
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(debs), os.cpu_count() or 1, 8)))
+    try:
+        packages = list(pool.map(readers.read, debs, [os.path.join(workdir, str(n)) for n in range(len(debs))]))
+    except BaseException:  # an error, or the hook's timeout: no thread or dpkg-deb outlives the call
+        readers.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     labels: Dict[str, str] = {}
     for deb, pkg in zip(debs, packages):
         for path, copy in pkg.elf.items():
@@ -239,7 +248,54 @@ def _owned_elsewhere(paths: Set[str], skip: Set[str], admindir: str) -> Set[str]
     return owned
 
 
-def _read(deb: str, into: str) -> _Package:
+class _Readers:
+    """The package readers of one call, run on a thread pool; :meth:`stop` kills their dpkg-deb processes
+    (the threads then see the end of the archive and return) and makes the readers not started yet return
+    at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: Set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def read(self, deb: str, into: str) -> _Package:
+        return _read(deb, into, self)
+
+    def started(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.add(proc)
+            if not self._stopped:
+                return
+        _kill_group(proc)
+
+    def ended(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(proc)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            running = list(self._running)
+        for proc in running:
+            _kill_group(proc)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill dpkg-deb and the decompressor it forked (its own process group), unless already reaped."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _read(deb: str, into: str, readers: Optional[_Readers] = None) -> _Package:
+    if readers is not None and readers.stopped:
+        raise SoswapError(f"{deb}: not read (stopped)")
     dpkg_deb = shutil.which("dpkg-deb")
     if dpkg_deb is None:
         raise SoswapError("dpkg-deb is not installed")
@@ -263,10 +319,13 @@ def _read(deb: str, into: str) -> _Package:
             fields = dict(line.partition(": ")[::2] for line in field.stdout.decode(errors="replace").splitlines())
             pkg.name, pkg.arch = fields.get("Package", "").strip(), fields.get("Architecture", "").strip()
         os.lseek(fd, 0, os.SEEK_SET)
+        # its own process group: stop() kills it with the decompressor it forks
         proc = subprocess.Popen([dpkg_deb, "--fsys-tarfile", "/dev/stdin"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=fd)
+                                stderr=subprocess.PIPE, stdin=fd, start_new_session=True)
     finally:
         os.close(fd)
+    if readers is not None:
+        readers.started(proc)
     problem = None
     try:
         assert proc.stdout is not None
@@ -279,6 +338,8 @@ def _read(deb: str, into: str) -> _Package:
         proc.stdout.read()
     finally:
         _, err = proc.communicate()
+        if readers is not None:
+            readers.ended(proc)
     if proc.returncode != 0:  # its own message says more than the empty or cut archive it left
         text = " ".join(err.decode(errors="replace").split()) or f"exit status {proc.returncode}"
         text = text[len("dpkg-deb: "):] if text.startswith("dpkg-deb: ") else text
