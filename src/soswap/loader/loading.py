@@ -86,7 +86,7 @@ class Loader:
         self._templates: Dict[tuple, _Template] = {}
         self._env_dst: Dict[int, bool] = {}
         #: (file system, substitution set) -> Substitutions (see _substitutions)
-        self._substs: Dict[tuple, Substitutions] = {}
+        self._substs: Dict[tuple, Tuple[Substitutions, frozenset]] = {}
         #: the Binder of the last results asked about through the reference API (resolve, references, ...)
         self._binders: Dict[int, tuple] = {}
 
@@ -204,8 +204,10 @@ class Loader:
         if hit is None:
             if len(self._substs) >= _MAX_SUBSTITUTION_SETS:
                 self._substs.clear()
-            hit = self._substs[key] = Substitutions(fsys, self.env.cwd, items)
-        return hit, skey
+            hit = self._substs[key] = (Substitutions(fsys, self.env.cwd, items), skey)
+        # the set kept with it, not this call's equal copy: the templates keyed by it then share one set
+        # (a transaction's checks each pass an equal map of hundreds of files)
+        return hit
 
     def _shape(self, elf: ElfFile, dyn: DynamicInfo, profile: Profile, fsys: FileSystem, trace: bool,
                secure: bool, rtld_path: Optional[str], ldcache: object, origin: Optional[str]) -> tuple:
