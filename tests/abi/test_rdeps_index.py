@@ -147,6 +147,20 @@ def test_a_deleted_file_leaves_the_index(tree: Tree, tmp_path: Path) -> None:
     assert str(tree["plug"]) not in _roots(idx, tree)
 
 
+def test_one_index_answers_for_its_latest_update(tree: Tree, tmp_path: Path) -> None:
+    """dependents() builds its tables once for many targets (a transaction's checks); an update of the same
+    index object drops them."""
+    tops = [Top(str(tree.root), True)]
+    idx = _index(tree, tmp_path / "state")
+    idx.update(tops)
+    before = _roots(idx, tree)
+    assert str(tree["plug"]) in before and _roots(idx, tree) == before
+    os.unlink(tree["plug"])
+    age(tree.root, only=[tree["plug"].parent])
+    idx.update(tops)
+    assert _roots(idx, tree) == before - {str(tree["plug"])}
+
+
 def test_fresh_timestamps_are_checked_again(tree: Tree, tmp_path: Path) -> None:
     """The racy rule: a file changed less than 2 s before the update may change again within the same
     timestamp tick, so it is read again next time. The rule looks at the ctime, which ``utime`` cannot set

@@ -16,6 +16,7 @@ and per ELF file plus the checks themselves.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -91,8 +92,11 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
         old_elf.forget_symbol_table()
         new_elf.forget_symbol_table()
     diff = diff._replace(old=target, new=new)
-    extra = {os.path.abspath(t): os.path.abspath(n) for t, n in (also or {}).items()
-             if os.path.abspath(t) != target_abs}
+    extra = {}
+    for t, n in (also or {}).items():  # a transaction's checks each pass all its files: normalised once each
+        t, n = _absolute(t), _absolute(n)
+        if t != target_abs:
+            extra[t] = n
     checker = ConsumerChecker(target_abs, os.path.abspath(new), diff, profile, elf_cache=cache, full=full,
                               also=extra, shared=shared)
     results: List[P.ConsumerResult] = []
@@ -179,6 +183,16 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     discovery = P.Discovery(tuple(sources), index_path, index_stats, tuple(skipped), max(unaffected, 0),
                             shortcuts)
     return P.CheckResult(target, new, verdict, diff, tuple(_sorted(results)), self_result, refusals, discovery)
+
+
+@functools.lru_cache(maxsize=16384)
+def _normalised(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def _absolute(path: str) -> str:
+    """``os.path.abspath``; an absolute path's answer is kept (it does not depend on the working directory)."""
+    return _normalised(path) if path.startswith("/") else os.path.abspath(path)
 
 
 def _self_verdict(res: P.ConsumerResult, consumers: List[P.ConsumerResult]) -> P.ConsumerResult:

@@ -230,6 +230,8 @@ class RdepsIndex:
         self._checked: Set[int] = set()
         #: the stored extras part (decoded on demand) and how many directory rows came from the file
         self._extras: Optional[Part] = None
+        #: what dependents() reads, for the index as it is now (dropped whenever it changes)
+        self._query: Optional[_Query] = None
         self._stored_dirs = 0
 
     # -- persistence --------------------------------------------------------------------------------------
@@ -251,6 +253,7 @@ class RdepsIndex:
                 if len(parts) != 2:
                     raise ValueError(f"{len(parts)} parts")
                 self.data = decode_core(decode_part(parts[0]), parts[1].raw, parts[1].sha256)
+                self._query = None
             except Unusable as exc:
                 self._rebuild(f"corrupt: {exc}")
                 return
@@ -262,6 +265,7 @@ class RdepsIndex:
 
     def _rebuild(self, why: str) -> None:
         self.data = IndexData()
+        self._query = None
         self._extras = None
         self._stored_dirs = 0
         self.stats.rebuilt = why[:200]
@@ -329,6 +333,7 @@ class RdepsIndex:
         return self.stats
 
     def _update(self, tops: Sequence[Top]) -> None:
+        self._query = None
         self._checked = set()
         data = self.data
         tops = canonical_tops(tops)
@@ -741,48 +746,42 @@ class RdepsIndex:
 
     def dependents(self, target: str, tops: Sequence[Top]) -> List[Dependent]:
         """Every indexed file under ``tops`` whose tree contains ``target`` (compared by device and inode),
-        ``target`` itself excluded; programs first, then plugins, then libraries, by path."""
+        ``target`` itself excluded; programs first, then plugins, then libraries, by path. The checks of one
+        transaction ask for many targets: the tables that answer are built once (:class:`_Query`)."""
         st = os.stat(target)
         want = (st.st_dev, st.st_ino)
-        files = self.data.files
-        mpaths = self.data.mpaths
-        member_ident = _Memo(lambda i: self.identity(mpaths[i]))
-        match = {i for i in range(len(mpaths)) if member_ident(i) == want}
+        q = self._query_for(tops)
+        match = q.by_ident.get(want)
         if not match:
             return []
-        roots = [p for p in self.roots(tops) if files[p][F_TREE] is not None]
-        tree_idents: Dict[str, Set[Identity]] = {}
-
-        def idents_of(p: str) -> Set[Identity]:
-            s = tree_idents.get(p)
-            if s is None:
-                s = tree_idents[p] = {i for i in map(member_ident, files[p][F_TREE]) if i is not None}
-            return s
-
-        containers: Optional[Dict[Identity, List[str]]] = None
+        files = self.data.files
+        candidates = sorted({p for i in match for p in q.users.get(i, ())})
         out: List[Dependent] = []
-        for p in roots:
+        for p in candidates:
             e = files[p]
-            if match.isdisjoint(e[F_TREE]):
-                continue
             me = self.identity(p)
             if me == want:
                 continue
             role = e[F_TYPE]
             if role == LIBRARY:
                 # a library that another indexed file loads is checked through it; else it is a plugin
-                if containers is None:
-                    containers = {}
-                    for q in roots:
-                        for i in idents_of(q):
-                            containers.setdefault(i, []).append(q)
-                covered = me is not None and any(q != p and self.identity(q) not in idents_of(p)
-                                                 for q in containers.get(me, ()))
+                own = q.idents_of(p)
+                covered = me is not None and any(r != p and self.identity(r) not in own
+                                                 for r in q.containers().get(me, ()))
                 role = LIBRARY if covered else PLUGIN
             out.append(Dependent(p, role, not match.isdisjoint(e[F_DIRECT]), e[F_SONAME], e[F_FATAL]))
         order = {PROGRAM: 0, PLUGIN: 1, LIBRARY: 2}
         out.sort(key=lambda d: (order.get(d.role, 3), d.path))
         return out
+
+    def _query_for(self, tops: Sequence[Top]) -> _Query:
+        key = tuple(canonical_tops(tops))
+        q = self._query
+        if q is None or q.key != key:
+            files = self.data.files
+            q = self._query = _Query(key, [p for p in self.roots(tops) if files[p][F_TREE] is not None],
+                                     self)
+        return q
 
 
 @contextlib.contextmanager
@@ -796,6 +795,44 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+class _Query:
+    """What :meth:`RdepsIndex.dependents` reads, built once per set of directories and index state: each
+    member's identity, the members of each identity, the roots whose tree holds each member, each root's tree
+    as identities, and which roots load each identity (for the plugin rule)."""
+
+    def __init__(self, key: tuple, roots: List[str], index: RdepsIndex) -> None:
+        self.key = key
+        self.roots = roots
+        files, mpaths = index.data.files, index.data.mpaths
+        self._files = files
+        self.member_ident = _Memo(lambda i: index.identity(mpaths[i]))
+        self.by_ident: Dict[Identity, Set[int]] = {}
+        self.users: Dict[int, List[str]] = {}
+        for p in roots:
+            for i in files[p][F_TREE]:
+                self.users.setdefault(i, []).append(p)
+        for i in range(len(mpaths)):
+            ident = self.member_ident(i)
+            if ident is not None:
+                self.by_ident.setdefault(ident, set()).add(i)
+        self._tree_idents: Dict[str, Set[Identity]] = {}
+        self._containers: Optional[Dict[Identity, List[str]]] = None
+
+    def idents_of(self, p: str) -> Set[Identity]:
+        s = self._tree_idents.get(p)
+        if s is None:
+            s = self._tree_idents[p] = {i for i in map(self.member_ident, self._files[p][F_TREE]) if i is not None}
+        return s
+
+    def containers(self) -> Dict[Identity, List[str]]:
+        if self._containers is None:
+            self._containers = {}
+            for q in self.roots:
+                for i in self.idents_of(q):
+                    self._containers.setdefault(i, []).append(q)
+        return self._containers
 
 
 class _Memo:
