@@ -136,7 +136,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
         index_path = index.path
         index_stats = index.stats.as_dict()
         deps = index.dependents(target_abs, tops)
-        in_tops = any(under(os.path.realpath(target_abs), t) for t in canonical_tops(tops))
+        in_tops = any(under(os.path.realpath(target_abs), t) for t in index.canonical(tops))
         unaffected = index.stats.files - len(deps) - (1 if in_tops else 0)
         for dep in deps:
             if dep.role == LIBRARY:

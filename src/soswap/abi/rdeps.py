@@ -232,6 +232,7 @@ class RdepsIndex:
         self._extras: Optional[Part] = None
         #: what dependents() reads, for the index as it is now (dropped whenever it changes)
         self._query: Optional[_Query] = None
+        self._canonical: Dict[tuple, List[Top]] = {}
         self._stored_dirs = 0
 
     # -- persistence --------------------------------------------------------------------------------------
@@ -334,6 +335,7 @@ class RdepsIndex:
 
     def _update(self, tops: Sequence[Top]) -> None:
         self._query = None
+        self._canonical.clear()
         self._checked = set()
         data = self.data
         tops = canonical_tops(tops)
@@ -717,14 +719,23 @@ class RdepsIndex:
         return FileInfo(path, e[F_TYPE], e[F_SONAME], tree, tuple(mpaths[i] for i in e[F_DIRECT]), e[F_FATAL],
                         e[F_ERR])
 
+    def canonical(self, tops: Sequence[Top]) -> List[Top]:
+        """:func:`canonical_tops` of ``tops``, resolved once between two updates (the checks of a transaction
+        ask again for every file)."""
+        key = tuple(tops)
+        hit = self._canonical.get(key)
+        if hit is None:
+            hit = self._canonical[key] = canonical_tops(tops)
+        return hit
+
     def updated_for(self, tops: Sequence[Top]) -> bool:
         """True when :meth:`update` already ran for these directories in this process (checks of the files
         of one transaction share one walk: nothing is written in between)."""
-        return self._roots_tops is not None and canonical_tops(tops) == self._roots_tops
+        return self._roots_tops is not None and self.canonical(tops) == self._roots_tops
 
     def roots(self, tops: Sequence[Top]) -> List[str]:
         """The indexed ELF files under ``tops`` (after :meth:`update` of the same directories)."""
-        canon = canonical_tops(tops)
+        canon = self.canonical(tops)
         if canon == self._roots_tops:
             return self._roots
         return [p for p in self.data.files if any(under(p, t) for t in canon)]
@@ -775,7 +786,7 @@ class RdepsIndex:
         return out
 
     def _query_for(self, tops: Sequence[Top]) -> _Query:
-        key = tuple(canonical_tops(tops))
+        key = tuple(self.canonical(tops))
         q = self._query
         if q is None or q.key != key:
             files = self.data.files

@@ -140,9 +140,12 @@ class Loader:
         host = base_fs.host(path if path.startswith("/") else posixpath.join(self.env.cwd, path))
         sub_root: Optional[Substitute] = None
         if substitutions:
-            for p, f in substitutions.items():
-                if p == path or base_fs.host(p) == host:
-                    sub_root = f
+            if base_fs.is_host and path == host:  # the host's own root: a key names the file only as itself
+                sub_root = substitutions.get(path)
+            else:
+                for p, f in substitutions.items():
+                    if p == path or base_fs.host(p) == host:
+                        sub_root = f
         if sub_root is not None:
             elf = _open_substitute(sub_root, self.cache)
             file = sub_root if isinstance(sub_root, str) else (elf.path if isinstance(sub_root, ElfFile)
