@@ -158,3 +158,44 @@ def test_a_missing_library_requested_twice_is_listed_twice(tmp_path: Path) -> No
                    flags=[*rpath_flags(str(d)), "-Wl,--allow-shlib-undefined"], libs=[f"-L{d}", "-lu1", "-lu2"])
     out = assert_ldd_parity(e)
     assert out.stdout.count("libmissing.so => not found") == 2
+
+
+@pytest.mark.parametrize("build", ["no-pie", "pie"])
+def test_a_program_found_for_a_library_name_is_named_as_requested(tmp_path: Path, build: str) -> None:
+    """open_verify accepts an executable; _dl_map_object_from_fd refuses it, and its message names the object
+    as it was asked for (``libf.so: cannot dynamically load executable``), not the file it opened."""
+    first = tmp_path / "first"
+    e = _prog_needing_libf(tmp_path, first, tmp_path / "second")
+    executable(first / "libf.so", "int main(void) { return 0; }\n", flags=[f"-{build}"])
+    out = assert_ldd_parity(e)
+    message = ("cannot dynamically load executable" if build == "no-pie"
+               else "cannot dynamically load position-independent executable")
+    assert out.stdout == f"{e}: error while loading shared libraries: libf.so: {message}\n"
+    assert_run_prediction(e)
+    res, _ = predict(e)
+    assert f"{first}/libf.so: {message}" in by_name(res, "libf.so").reason.text  # the tree says which file
+
+
+@pytest.mark.parametrize("size", [1000, 4096, 8192, "dynamic"])
+def test_a_truncated_library_kills_the_loader_with_sigbus(tmp_path: Path, size: object) -> None:
+    """A truncated copy first in the search path maps without error, but ld.so touches a page beyond its end
+    (the zero-fill after a segment's data, or the dynamic section) and dies of SIGBUS: nothing is printed, the
+    shell says 135, ldd prints nothing and exits 1. A copy cut where nothing ld.so touches is lost loads."""
+    first = tmp_path / "first"
+    e = _prog_needing_libf(tmp_path, first, tmp_path / "second")
+    whole = (tmp_path / "second" / "libf.so").read_bytes()
+    if size == "dynamic":  # keep everything ld.so reads: only the section headers and the symtab are lost
+        from soswap.elf import ElfFile
+
+        elf = ElfFile.from_bytes(whole, "libf.so")
+        size = max(s.offset + s.filesz for s in elf.segments_of_type(1))  # PT_LOAD
+    (first / "libf.so").write_bytes(whole[:size])
+    out = assert_ldd_parity(e)
+    real = run_program(e)
+    res, bound = predict(e)
+    if size == len(whole) or real.status == 0:
+        assert bound.fatal is None and real.status == 0 and out.status == 0
+        return
+    assert real.status == -7 and real.stderr == "" and out.stdout == "" and out.status == 1
+    assert bound.fatal is not None and bound.fatal.kind == "crash" and bound.fatal.exit_status == 128 + 7
+    assert bound.fatal.line.startswith(f"ld.so crashes (SIGBUS) mapping {first}/libf.so: ")

@@ -8,13 +8,15 @@ subdirectories of a search directory costs set lookups, not system calls) and pe
 from __future__ import annotations
 
 import errno as errnomod
+import mmap
 import os
 import stat
 import struct
-from typing import Dict, FrozenSet, NamedTuple, Optional, Tuple, Union
+from typing import Dict, FrozenSet, NamedTuple, Optional, Sequence, Tuple, Union
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
+from soswap.elf.file import Segment
 from soswap.errors import ElfError
 from soswap.loader.profile import Profile
 
@@ -24,6 +26,7 @@ SKIP = "skip"
 OTHER_CLASS = "other-class"
 FATAL = "fatal"
 CUT = "cut"  # an open error other than ENOENT/EACCES: open_path gives up on the current list
+CRASH = "crash"  # open_verify accepted the file; mapping it kills ld.so (SIGBUS: its data lies beyond its end)
 
 FileId = Tuple[int, int]  # (st_dev, st_ino): _dl_get_file_id
 
@@ -40,6 +43,9 @@ class Verdict(NamedTuple):
     #: The file actually read (the substitute under a what-if).
     file: Optional[str] = None
     substituted: bool = False
+    #: FATAL from ``_dl_map_object_from_fd`` (``open_verify`` accepted the file): ld.so's message then names
+    #: the object as it was asked for (its ``name``), not the file it opened
+    mapped: bool = False
 
 
 Substitute = Union[str, bytes, ElfFile]
@@ -270,20 +276,45 @@ class FileSystem:
     def _check_mapped(self, elf: ElfFile, fid: Optional[FileId], file: str, substituted: bool) -> Verdict:
         # _dl_map_object_from_fd, for an object that is not the main program
         if not elf.segments_of_type(C.PT_LOAD):
-            return Verdict(FATAL, "object file has no loadable segments", fid, file=file, substituted=substituted)
+            return Verdict(FATAL, "object file has no loadable segments", fid, file=file, substituted=substituted,
+                           mapped=True)
         if elf.type != C.ET_DYN:
-            return Verdict(FATAL, "cannot dynamically load executable", fid, file=file, substituted=substituted)
+            return Verdict(FATAL, "cannot dynamically load executable", fid, file=file, substituted=substituted,
+                           mapped=True)
         dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)
+        # _dl_map_segments zero-fills the end of each segment's last file page, then the dynamic section is read
+        crash = _beyond_the_end(elf, dyn_segs)
+        if crash is not None:
+            return Verdict(CRASH, crash, fid, file=file, substituted=substituted, mapped=True)
         if not dyn_segs or any(s.filesz == 0 for s in dyn_segs):
-            return Verdict(FATAL, "object file has no dynamic section", fid, file=file, substituted=substituted)
+            return Verdict(FATAL, "object file has no dynamic section", fid, file=file, substituted=substituted,
+                           mapped=True)
         try:
             dyn = elf.dynamic
         except ElfError as exc:
-            return Verdict(FATAL, exc.problem, fid, file=file, substituted=substituted)
+            return Verdict(FATAL, exc.problem, fid, file=file, substituted=substituted,
+                           mapped=True)
         if dyn.flags_1 & C.DF_1_PIE:
             return Verdict(FATAL, "cannot dynamically load position-independent executable", fid, file=file,
-                           substituted=substituted)
+                           substituted=substituted, mapped=True)
         return Verdict(ACCEPT, "", fid, elf, file, substituted)
+
+
+def _beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
+    """Why mapping ``elf`` kills ld.so with SIGBUS, or None. A truncated file maps without error, but a page of
+    it that lies wholly beyond the file's end faults when touched: ``_dl_map_segments`` writes zeros after
+    each segment's file data up to its page's end, and ``elf_get_dynamic_info`` reads the dynamic section."""
+    page = mmap.PAGESIZE
+    pages_end = -(-elf.size // page) * page
+    for seg in elf.segments_of_type(C.PT_LOAD):
+        end = seg.offset + seg.filesz
+        if seg.memsz > seg.filesz and end % page and end - end % page >= pages_end:
+            return (f"the end of the segment at {seg.offset:#x} ({seg.filesz} bytes) lies beyond the end of the file "
+                    f"({elf.size} bytes)")
+    for seg in dyn_segs[-1:]:  # l_ld: _dl_map_object_from_fd keeps the last PT_DYNAMIC
+        if seg.filesz and seg.offset - seg.offset % page >= pages_end:
+            return f"its dynamic section (offset {seg.offset:#x}) lies beyond the end of the file ({elf.size} bytes)"
+    return None
 
 
 _UNLISTABLE: FrozenSet[str] = frozenset({"\0unlistable"})

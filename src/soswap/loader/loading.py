@@ -378,6 +378,12 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
     if s.vdso is not None:
         chain.remove(s.vdso)
         chain.insert(1, s.vdso)
+    by_cid = {m.cid: m for m in chain}
+    for moved, before in s.chain_moves:  # dl-deps.c: a filtee goes right before its filter
+        a, b = by_cid.get(moved), by_cid.get(before)
+        if a is not None and b is not None and a is not b:
+            chain.remove(a)
+            chain.insert(chain.index(b), a)
     rtld = s.rtld
     if rtld is not None and rtld in searchlist and not s.aborted:
         i = searchlist.index(rtld)
@@ -409,7 +415,8 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
         requested = tuple([i for i in map(get, m.requested_by) if i is not None])
         needed = tuple([get(c) if c is not None else None for c in m.needed])
         objects.append(make(n, m.libnames[0], tuple(names), m.path, m.file, m.elf, m.kind, not m.faked,
-                            idx(m.loader), requested, needed, m.depth, m.origin, reason, m.substituted, display))
+                            idx(m.loader), requested, needed, m.depth, m.origin, reason, m.substituted, display,
+                            tuple(m.needed_names)))
     failures = []
     for f in s.failures:
         if f.object is not None:

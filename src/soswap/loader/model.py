@@ -86,7 +86,8 @@ class LoadedObject(NamedTuple):
     found: bool
     loader: Optional[int]
     requested_by: Tuple[int, ...]
-    #: One entry per DT_NEEDED of this object: the index of the object it resolved to, or None.
+    #: One entry per dependency of this object (DT_NEEDED, and DT_AUXILIARY/DT_FILTER filtees), in dynamic
+    #: section order: the index of the object it resolved to, or None.
     needed: Tuple[Optional[int], ...]
     depth: int
     origin: Optional[str]
@@ -94,6 +95,8 @@ class LoadedObject(NamedTuple):
     substituted: bool = False
     #: The display path for messages (``l_name``, or the program name for the main program).
     display: str = ""
+    #: The name each entry of ``needed`` was asked for by, as the dynamic section writes it.
+    needed_names: Tuple[str, ...] = ()
 
     @property
     def soname(self) -> Optional[str]:

@@ -19,6 +19,7 @@ from soswap.loader import dst
 from soswap.loader import model as M
 from soswap.loader.candidates import (
     ACCEPT,
+    CRASH,
     CUT,
     FATAL,
     OTHER_CLASS,
@@ -57,6 +58,7 @@ class _Map:
         "libnames",
         "loader",
         "needed",
+        "needed_names",
         "nodeflib",
         "origin",
         "path",
@@ -81,6 +83,7 @@ class _Map:
         self.file_id: Optional[FileId] = None
         self.requested_by: List[int] = []
         self.needed: List[Optional[int]] = []
+        self.needed_names: List[str] = []
         self.depth = 0
         self.substituted = False
         self.is_main = False
@@ -96,11 +99,13 @@ class _Map:
 class _Miss(Exception):
     """``_dl_signal_error`` inside ``_dl_map_object``."""
 
-    def __init__(self, kind: str, objname: str, message: str) -> None:
+    def __init__(self, kind: str, objname: str, message: str, path: Optional[str] = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.objname = objname
         self.message = message
+        #: the file that was opened, when the message names the object otherwise (for the tree, not ld.so)
+        self.path = path if path != objname else None
         #: a what-if substitute was refused during this search
         self.substitute = False
 
@@ -195,6 +200,8 @@ class LoadSession:
         self.system_dirs = tuple(SearchDir(d, M.RULE_SYSTEM, None) for d in profile.system_dirs)
         self.llp_dirs: Tuple[SearchDir, ...] = ()
         self.aborted = False
+        #: (object, object it goes before) in the chain of loaded objects: a filtee moves before its filter
+        self.chain_moves: List[Tuple[int, int]] = []
         #: The loader's errno between searches (see _replay_errno) and its directory status cache.
         self.errno = 0
         self.nonexisting: set = set()
@@ -276,6 +283,19 @@ class LoadSession:
                 lm.runpath_dirs = self._decompose(lm, lm.elf.dynamic.runpath, M.RULE_RUNPATH)
         return lm.runpath_dirs
 
+    def _crash(self, obj: _Map, miss: _Miss) -> None:
+        """ld.so dies of SIGBUS mapping a truncated file (:func:`soswap.loader.candidates._beyond_the_end`): it
+        prints nothing; the shell reports the signal, exit status 135. The load stops in trace mode."""
+        path = miss.path or miss.objname
+        text = f"ld.so crashes (SIGBUS) mapping {path}: {miss.message}"
+        f = M.Failure(M.CRASH, path, obj.cid, text, text, M.STARTUP, True, exit_status=135,
+                      substitute=miss.substitute)
+        self.failures.append(f)
+        if self.fatal is None:
+            self.fatal = f
+        if self.trace:
+            self.aborted = True
+
     def _fail(self, kind: str, obj: Optional[_Map], name: str, message: str, *, fatal: bool = True,
               when: str = M.STARTUP, line: Optional[str] = None, exit_status: Optional[int] = 127,
               substitute: bool = False) -> M.Failure:
@@ -304,7 +324,7 @@ class LoadSession:
             return self._map_new_object(loader, name, secure_mode, kind)
         except _Miss as miss:
             # a bad file is the last candidate opened; a miss is about every candidate the search refused
-            miss.substitute = self._last_probe_sub if miss.kind == M.BAD_FILE else self._refused_sub
+            miss.substitute = self._last_probe_sub if miss.kind in (M.BAD_FILE, M.CRASH) else self._refused_sub
             raise
 
     def _map_new_object(self, loader: Optional[_Map], name: str, secure_mode: bool, kind: str) -> _Map:
@@ -318,8 +338,9 @@ class LoadSession:
                 v = self._probe(realname)
                 if v.kind != ACCEPT:
                     self.errno = errnomod.ENOENT
-                if v.kind == FATAL:
-                    raise _Miss(M.BAD_FILE, realname, v.message)
+                if v.kind in (FATAL, CRASH):
+                    raise _Miss(M.CRASH if v.kind == CRASH else M.BAD_FILE, name if v.mapped else realname,
+                                v.message, realname)
                 if v.kind == OTHER_CLASS:
                     found_other_class[0] = True
                 elif v.kind == ACCEPT:
@@ -392,7 +413,7 @@ class LoadSession:
         if any_other:
             other[0] = True
         if fatal is not None:
-            raise _Miss(M.BAD_FILE, fatal[0], fatal[1])
+            raise _Miss(*fatal)
         if found is None:
             return None
         n, cap, candidate, v = found
@@ -418,8 +439,8 @@ class LoadSession:
                     nonexisting.add(key)
 
     def _open_path_uncached(self, name: str, dirs: Sequence[SearchDir], secure_mode: bool
-                            ) -> Tuple[Optional[Tuple[int, str, str, Verdict]], bool, Optional[Tuple[str, str]],
-               Optional[Tuple[int, int]]]:
+                            ) -> Tuple[Optional[Tuple[int, str, str, Verdict]], bool,
+                                       Optional[Tuple[str, str, str, str]], Optional[Tuple[int, int]]]:
         fsys = self.fsys
         subst = self.subst
         any_other = False
@@ -440,8 +461,9 @@ class LoadSession:
                 if v.kind == OTHER_CLASS:
                     any_other = True
                     continue
-                if v.kind == FATAL:
-                    return None, any_other, (candidate, v.message), (n, ci)
+                if v.kind in (FATAL, CRASH):  # the search ends at the first file open_verify accepts or refuses
+                    kind = M.CRASH if v.kind == CRASH else M.BAD_FILE
+                    return None, any_other, (kind, name if v.mapped else candidate, v.message, candidate), (n, ci)
                 if v.kind == CUT:
                     return None, any_other, None, (n, ci)
         return None, any_other, None, None
@@ -505,8 +527,9 @@ class LoadSession:
                     v = self._probe(cached)
                     if v.kind != ACCEPT:
                         self.errno = errnomod.ENOENT
-                    if v.kind == FATAL:
-                        raise _Miss(M.BAD_FILE, cached, v.message)
+                    if v.kind in (FATAL, CRASH):
+                        raise _Miss(M.CRASH if v.kind == CRASH else M.BAD_FILE, name if v.mapped else cached,
+                                    v.message, cached)
                     if v.kind == OTHER_CLASS:
                         other[0] = True
                     elif v.kind == ACCEPT:
@@ -608,6 +631,11 @@ class LoadSession:
             try:
                 m = self.map_object(main, name, secure_mode=True, kind=_KIND_PRELOAD)
             except _Miss as miss:
+                if miss.kind == M.CRASH:
+                    self._crash(main, miss)
+                    if self.trace:
+                        break
+                    continue
                 text = f"ERROR: ld.so: object '{name}' from {where} cannot be preloaded ({_short(miss)}): ignored."
                 self.failures.append(M.Failure(M.PRELOAD, name, main.cid, text, text, M.WARNING, False,
                                                substitute=miss.substitute))
@@ -621,41 +649,49 @@ class LoadSession:
         return preloads
 
     def map_deps(self, preloads: List[_Map]) -> List[_Map]:
-        """``_dl_map_object_deps``: the breadth-first walk. Returns the search list (faked entries included)."""
+        """``_dl_map_object_deps``: the breadth-first walk. Returns the search list (faked entries included).
+
+        As dl-deps.c: each entry of the list is marked done when its turn comes; a filtee (DT_FILTER,
+        DT_AUXILIARY) takes the place of its filter, which moves one step on, so the filtee's own
+        dependencies are walked next and the filter is not walked twice."""
         main = self.main
         assert main is not None
-        queue: List[_Map] = [main]
+        known: List[List] = [[main, False]]  # [map, done]
         reserved = {main.cid}
         self.errno = 0  # _dl_map_object_deps
         for p in preloads:
             if p.cid not in reserved:
-                queue.append(p)
+                known.append([p, False])
                 reserved.add(p.cid)
-        i = 0
-        while i < len(queue):
-            lm = queue[i]
-            i += 1
-            if lm.elf is None or lm.faked:
-                continue
-            for tag, raw in dependency_items(self.fsys, lm.elf):
-                if tag == C.DT_NEEDED:
-                    dep = self._one_needed(lm, raw)
-                    if dep is None:
-                        if self.aborted:
-                            return queue
-                        continue
-                    lm.needed.append(dep.cid)
-                    if lm.cid not in dep.requested_by:
-                        dep.requested_by.append(lm.cid)
-                    if dep.cid not in reserved:
-                        reserved.add(dep.cid)
-                        dep.depth = lm.depth + 1
-                        queue.append(dep)
-                else:
-                    self._filter(lm, tag, raw, queue, reserved, i - 1)
-            if self.aborted:
-                break
-        return queue
+        run = 0
+        while run < len(known):
+            entry = known[run]
+            lm = entry[0]
+            entry[1] = True
+            at = run  # where the next filtee goes: before the filter's entry
+            if lm.elf is not None and not lm.faked:
+                for tag, raw in dependency_items(self.fsys, lm.elf):
+                    if tag == C.DT_NEEDED:
+                        dep = self._one_needed(lm, raw)
+                        if dep is None:
+                            if self.aborted:
+                                return [e[0] for e in known]
+                            continue
+                        lm.needed.append(dep.cid)
+                        lm.needed_names.append(raw)
+                        if lm.cid not in dep.requested_by:
+                            dep.requested_by.append(lm.cid)
+                        if dep.cid not in reserved:
+                            reserved.add(dep.cid)
+                            dep.depth = lm.depth + 1
+                            known.append([dep, False])
+                    else:
+                        at = self._filter(lm, tag, raw, known, reserved, at)
+                    if self.aborted:
+                        return [e[0] for e in known]
+            while run < len(known) and known[run][1]:
+                run += 1
+        return [e[0] for e in known]
 
     def _one_needed(self, lm: _Map, raw: str) -> Optional[_Map]:
         name = raw
@@ -665,6 +701,7 @@ class LoadSession:
                 if self.trace:
                     self.aborted = True
                 lm.needed.append(None)
+                lm.needed_names.append(raw)
                 return None
             name = self._expand(lm, raw)
             if not name:
@@ -672,7 +709,11 @@ class LoadSession:
         try:
             return self.map_object(lm, name, secure_mode=False)
         except _Miss as miss:
-            if miss.kind == M.BAD_FILE or not self.trace:
+            if miss.kind == M.CRASH:
+                self._crash(lm, miss)
+                if self.trace:
+                    return None
+            elif miss.kind == M.BAD_FILE or not self.trace:
                 # The real loader stops here (in trace mode too for a bad file: dl-deps.c "goto out").
                 self._fail(miss.kind, lm, miss.objname, miss.message, substitute=miss.substitute)
                 if self.trace:
@@ -685,26 +726,50 @@ class LoadSession:
             m = self._new_map(name, name, _KIND_LIB)
             m.faked = True
             m.loader = lm.cid
-            m.reason = M.Reason(M.RULE_NOT_FOUND, miss.message)
+            m.reason = M.Reason(M.RULE_NOT_FOUND, f"{miss.path}: {miss.message}" if miss.path else miss.message)
             return m
 
-    def _filter(self, lm: _Map, tag: int, raw: str, queue: List[_Map], reserved: set, pos: int) -> None:
-        # DT_AUXILIARY / DT_FILTER: the filtee goes before the filter in the search list (dl-deps.c)
+    def _filter(self, lm: _Map, tag: int, raw: str, known: List[List], reserved: set, at: int) -> int:
+        """DT_AUXILIARY / DT_FILTER of ``lm``, whose entry is ``known[at]``: the filtee goes before it in the
+        search list and in the chain of loaded objects (dl-deps.c). Returns where ``lm``'s entry is now."""
         name = self._expand(lm, raw) if dst.has_dst(raw) else raw
         if not name:
-            return
+            return at
         try:
             aux = self.map_object(lm, name, secure_mode=False)
         except _Miss as miss:
-            if tag == C.DT_AUXILIARY:
-                return  # a missing auxiliary filtee is ignored
-            self._fail(miss.kind, lm, miss.objname, miss.message, substitute=miss.substitute)
-            return
+            if miss.kind == M.CRASH:
+                self._crash(lm, miss)
+                return at
+            if tag == C.DT_AUXILIARY and (miss.kind == M.BAD_FILE or not self.trace):
+                return at  # any error of an auxiliary filtee is ignored
+            if miss.kind == M.BAD_FILE or not self.trace:
+                self._fail(miss.kind, lm, miss.objname, miss.message, substitute=miss.substitute)
+                if self.trace:
+                    self.aborted = True
+                return at
+            # trace mode: _dl_map_object fakes a "not found" entry, placed as a found filtee would be
+            self._fail(miss.kind, lm, name, miss.message, fatal=False, when=M.WARNING, exit_status=None,
+                       substitute=miss.substitute)
+            aux = self._new_map(name, name, _KIND_LIB)
+            aux.faked = True
+            aux.loader = lm.cid
+            aux.reason = M.Reason(M.RULE_NOT_FOUND, miss.message)
         lm.needed.append(aux.cid)
+        lm.needed_names.append(raw)
+        if lm.cid not in aux.requested_by:
+            aux.requested_by.append(lm.cid)
         if aux.cid in reserved:
-            return
-        reserved.add(aux.cid)
-        queue.insert(pos, aux)
+            later = next((j for j in range(at + 1, len(known)) if known[j][0] is aux), None)
+            if later is None:
+                return at  # already earlier in the list: found early enough
+            del known[later]
+        else:
+            reserved.add(aux.cid)
+            aux.depth = lm.depth + 1
+        known.insert(at, [aux, False])
+        self.chain_moves.append((aux.cid, lm.cid))
+        return at + 1
 
     # -- finishing ---------------------------------------------------------------------------------------
 

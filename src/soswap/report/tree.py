@@ -83,7 +83,7 @@ def _children(res: LoadResult, show_all: bool) -> Dict[int, List[tuple]]:
     for o in objs:
         if o.elf is None or not o.found:
             continue
-        names = o.elf.dynamic.needed
+        names = o.needed_names
         lst = out.setdefault(o.index, [])
         seen = set()
         for n, dep in enumerate(o.needed):
