@@ -247,6 +247,25 @@ def test_state_dir_option_overrides_environment(tmp_path, libfoo, state):
     assert os.listdir(other / "tx") and not state.exists()
 
 
+def test_a_new_version_beside_the_old_one_is_checked_through_the_soname_link(tmp_path, state):
+    """Installing libfoo.so.1.1 next to libfoo.so.1.0 flips libfoo.so.1, which consumers load: the preflight
+    checks the new file in place of the one the link leads to now, as if it were replaced by name."""
+    lib, v2 = tmp_path / "lib", tmp_path / "v2"
+    shared_lib(lib / "libfoo.so.1.0", "int foo(int x){return x+1;}\nint bar(int x){return x*2;}\n",
+               soname="libfoo.so.1")
+    (lib / "libfoo.so.1").symlink_to("libfoo.so.1.0")
+    shared_lib(v2 / "libfoo.so.1.1", "int foo(int x){return x+100;}\n", soname="libfoo.so.1")
+    app = executable(tmp_path / "app", "int foo(int); int bar(int);\nint main(void){return foo(1)+bar(2);}\n",
+                     libs=[str(lib / "libfoo.so.1"), f"-Wl,-rpath,{lib}"])
+    where = ["--consumer", str(app), "--scope", str(tmp_path), "--"]
+    for dest in (lib / "libfoo.so.1.0", lib):  # by the old file's name, and into the directory
+        r = soswap(["install", *where, v2 / "libfoo.so.1.1", dest], state, check=1)
+        assert f"breaks program {app}" in r.stdout + r.stderr and "undefined symbol: bar" in r.stdout + r.stderr
+        assert os.readlink(lib / "libfoo.so.1") == "libfoo.so.1.0" and not (lib / "libfoo.so.1.1").exists()
+    soswap(["install", "--force", *where, v2 / "libfoo.so.1.1", lib], state, check=0)
+    assert os.readlink(lib / "libfoo.so.1") == "libfoo.so.1.1"
+
+
 def test_preflight_and_stale_seams(tmp_path, libfoo, procs):
     """The API seams: a preflight problem refuses (nothing changed) unless forced; the stale report gets the
     replaced inode, which is the one a running process still maps."""

@@ -217,6 +217,22 @@ def _link_plans(plans: Sequence[_Plan], order: Sequence[int], notices: List[Noti
     return out
 
 
+def _preflight_pairs(plans: Sequence[_Plan], links: Dict[int, LinkPlan]) -> List[Tuple[str, str]]:
+    """(source, installed file it replaces) for the preflight: each destination, and for each soname link the
+    transaction flips, the file the link leads to now. Consumers load that file through the link: after the
+    flip they load the new library in its place (``libfoo.so.1 -> libfoo.so.1.0`` becoming ``-> .1.1``)."""
+    pairs = [(os.path.abspath(p.target.request.source), p.target.path) for p in plans]
+    dests = {d for _, d in pairs}
+    for i, lp in links.items():
+        if lp.old_target is None:
+            continue
+        old = os.path.realpath(os.path.join(os.path.dirname(lp.link), lp.old_target))
+        if old not in dests and os.path.isfile(old):
+            pairs.append((os.path.abspath(plans[i].target.request.source), old))
+            dests.add(old)
+    return pairs
+
+
 def _planned_changes(plans: Sequence[_Plan], order: Sequence[int], links: Dict[int, LinkPlan],
                      txid: Optional[str]) -> List[Change]:
     changes: List[Change] = []
@@ -318,10 +334,10 @@ def _preflight_and_plan(plans: List[_Plan], dir_flags: Dict[str, int], notices: 
                         recovered: Sequence[Any], argv: Sequence[str] = (),
                         known: Optional[Dict[Tuple[int, int, int, int], str]] = None) -> InstallResult:
     problems: Tuple[Any, ...] = ()
-    if preflight is not None and opts.check:
-        problems = tuple(preflight([(os.path.abspath(p.target.request.source), p.target.path) for p in plans]))
     order = dependency_order([p.target.name for p in plans], [p.dyn for p in plans])
     links = _link_plans(plans, order, notices) if opts.soname_links else {}
+    if preflight is not None and opts.check:
+        problems = tuple(preflight(_preflight_pairs(plans, links)))
     if problems and not opts.force:
         changes = _planned_changes(plans, order, links, None)
         return InstallResult(None, "refused", tuple(changes), tuple(notices), tuple(recovered), problems)
