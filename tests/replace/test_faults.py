@@ -270,3 +270,34 @@ def test_sigkill_during_rollback_then_recover(tmp_path, libfoo, state):
     soswap(["rollback"], state, check=0)
     assert sha256(lib) == libfoo.sha1 and leftovers(lib.parent) == []
     assert (lib.stat().st_uid, lib.stat().st_gid) == (1234, 4321)
+
+
+# -- another writer replaces the destination while soswap installs ------------------------------------------
+
+@pytest.mark.parametrize("step", ["staged", "backup:0"])
+def test_another_writer_keeps_its_file(tmp_path, state, step):
+    """Another writer renames its own file over DEST while soswap is held at ``step`` (before its backup
+    link, after it): soswap notices, replaces nothing, leaves the other writer's file as it is (the undo
+    never puts the old version back over it), and leaves no backup link nobody tracks."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "f").write_text("orig\n")
+    (tmp_path / "src").write_text("new\n")
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state), SOSWAP_TEST_PAUSE_AT=step)
+    p = subprocess.Popen([sys.executable, "-m", "soswap", "install", "--no-check", str(tmp_path / "src"),
+                          str(d / "f")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert wait_stopped(p.pid), p.stderr.read() if p.poll() is not None else ""
+        (d / "f.other").write_text("other writer\n")
+        os.rename(d / "f.other", d / "f")
+        os.kill(p.pid, signal.SIGCONT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+    assert p.returncode == 2 and "changed while soswap was installing" in err, err
+    assert (d / "f").read_text() == "other writer\n"
+    assert sorted(os.listdir(d)) == ["f"]  # no temp, no backup link
+    assert soswap(["recover"], state, check=0).stdout.strip().startswith("nothing to recover")

@@ -206,6 +206,12 @@ def commit_one(index: int, ch: Change, dfd: int, allow_no_backup: bool) -> Chang
                     ch = ch._replace(backup=None)
                 else:
                     raise ReplaceError(describe_oserror(ch.dest, exc, "making the backup link")) from None
+            else:
+                made = _lstat_at(dfd, ch.backup)
+                if made is None or not ch.old.same_inode(made):  # another writer's file: not ours to keep
+                    os.unlink(ch.backup, dir_fd=dfd)
+                    raise ReplaceError(f"{ch.dest}: changed while soswap was installing (another writer?); "
+                                       "nothing was replaced")
         pause_point(f"backup:{index}")
         st = _lstat_at(dfd, name)
         if st is None or not ch.old.same_inode(st) or (
@@ -246,10 +252,16 @@ def undo_one(ch: Change, dfd: int) -> Optional[str]:
                     _replace_symlink(dfd, name, ch.link_old, (ch.temp or f".{name}.undo") + ".undo")
         else:
             bst = _lstat_at(dfd, ch.backup) if ch.backup else None
+            backed_up = bst is not None and ch.old.same_inode(bst)
             if dest_st is not None and ch.old.same_inode(dest_st):
-                if bst is not None and ch.old.same_inode(bst):  # never replaced: drop the extra link
+                if backed_up:  # never replaced: drop the extra link
                     os.unlink(ch.backup, dir_fd=dfd)  # type: ignore[arg-type]
-            elif bst is not None and ch.old.same_inode(bst):
+            elif dest_st is not None and (ch.new is None or not ch.new.same_inode(dest_st)):
+                # neither the old file nor ours: another writer replaced it; theirs stays
+                if backed_up:
+                    os.unlink(ch.backup, dir_fd=dfd)  # type: ignore[arg-type]
+                note = f"{ch.dest}: replaced by another writer meanwhile; left as found"
+            elif backed_up:
                 os.rename(ch.backup, name, src_dir_fd=dfd, dst_dir_fd=dfd)  # type: ignore[arg-type]
             else:
                 note = f"{ch.dest}: the backup of the old version is missing; the destination was left as found"
