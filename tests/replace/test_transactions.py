@@ -321,3 +321,28 @@ def test_after_report_lists_processes_on_old_inode(tmp_path, libfoo, state, proc
     text = soswap(["install", libfoo.v1, lib], state, check=0).stdout
     assert "still runs a replaced version" not in text  # nobody maps the v2 inode just replaced
     assert "no running process uses the replaced versions" in text
+
+
+def test_bad_values_are_one_usage_error_before_anything_starts(tmp_path, state):
+    """Owners and groups beyond uid_t, durations that never end, a loop as DEST, a state directory that is a
+    file: each is one line and status 2, and no transaction is recorded."""
+    (tmp_path / "src").write_text("new\n")
+    (tmp_path / "dst").write_text("old\n")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    (tmp_path / "file").write_text("not a directory\n")
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    for argv, says in (
+        (["install", "--no-check", "-o", "4294967296", src, dst], "invalid user: '4294967296'"),
+        (["install", "--no-check", "-g", "99999999999", src, dst], "invalid group: '99999999999'"),
+        (["install", "--no-check", "--lock-timeout", "nan", src, dst], "not a number of seconds: 'nan'"),
+        (["install", "--no-check", "--lock-timeout", "inf", src, dst], "not a number of seconds: 'inf'"),
+        (["install", "--no-check", "--lock-timeout", "-1", src, dst], "not a number of seconds: '-1'"),
+        (["install", "--no-check", src, str(tmp_path / "loop1")], "a symbolic link that cannot be followed"),
+        (["history", "--state-dir", str(tmp_path / "file")], "not a directory"),
+        (["recover", "--state-dir", str(tmp_path / "file")], "not a directory"),
+    ):
+        r = soswap(argv, state, check=2)
+        assert says in r.stderr and "Traceback" not in r.stderr and r.stdout == "", (argv, r.stderr)
+    assert (tmp_path / "dst").read_text() == "old\n"
+    assert soswap(["history"], state, check=0).stdout.strip() == "no transactions"

@@ -28,6 +28,7 @@ import re
 import sys
 from typing import Callable, List, NamedTuple, Optional, Tuple, TypeVar
 
+from soswap.commands.argtypes import seconds
 from soswap.errors import UsageError
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="apt: restart the affected services (batched systemctl try-restart, safe policy)")
     parser.add_argument("--refuse", action="store_true",
                         help="apt-preinstall: exit 1 (apt stops) when the packages would break a consumer")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds, default=60.0, metavar="SECONDS",
                         help="apt, apt-preinstall: give up (and let apt go on) after this long (default 60)")
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="setup, remove: the system's root directory (default /)")

@@ -8,6 +8,7 @@ import signal
 import sys
 from typing import Any, List, Sequence, Tuple
 
+from soswap.commands.argtypes import seconds
 from soswap.errors import EXIT_FOUND, EXIT_OK, SoswapError, UsageError
 
 NAME = "install"
@@ -40,7 +41,7 @@ def add_state_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", metavar="DIR",
                         help="journal directory (default: $SOSWAP_STATE_DIR, /var/lib/soswap as root, "
                              "else $XDG_STATE_HOME/soswap)")
-    parser.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--lock-timeout", type=seconds, default=60.0, metavar="SECONDS",
                         help="wait this long for another soswap to finish (default 60)")
 
 

@@ -48,10 +48,21 @@ def parse_mode(text: str) -> int:
     return stat.S_IMODE(mode)
 
 
+#: uid_t and gid_t are 32 bits; (uid_t)-1 means "leave it unchanged" to chown(2)
+_ID_MAX = 2**32 - 2
+
+
+def _numeric_id(text: str, what: str) -> int:
+    value = int(text)
+    if value > _ID_MAX:
+        raise UsageError(f"invalid {what}: {text!r} (at most {_ID_MAX})")
+    return value
+
+
 def parse_owner(text: str) -> int:
     """A user name or numeric uid."""
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():
+        return _numeric_id(text, "user")
     try:
         return pwd.getpwnam(text).pw_uid
     except KeyError:
@@ -60,8 +71,8 @@ def parse_owner(text: str) -> int:
 
 def parse_group(text: str) -> int:
     """A group name or numeric gid."""
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():
+        return _numeric_id(text, "group")
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:

@@ -49,6 +49,12 @@ class StateDir:
                 raise StateError(f"{d}: not a directory")
 
     def exists(self) -> bool:
+        """True when the journals' directory is there; False when nothing was ever written. Raises
+        :class:`StateError` when the path is there but is not a directory (a regular file given by mistake):
+        reading it as "no transactions" would hide the journals the user meant."""
+        for d in (self.path, self.tx_dir):
+            if os.path.lexists(d) and not os.path.isdir(d):
+                raise StateError(f"{d}: not a directory")
         return os.path.isdir(self.tx_dir)
 
     def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:

@@ -121,6 +121,13 @@ def resolve(request: Request, replace_link: bool, make_dirs: bool) -> Target:
     except OSError as exc:
         raise ReplaceError(f"{request.dest}: {exc.strerror}") from None
     if st is not None and stat.S_ISLNK(st.st_mode) and not replace_link:
+        try:
+            os.stat(dest)
+        except FileNotFoundError:
+            pass  # dangling: said below, with where it points
+        except OSError as exc:  # ELOOP: a loop, or a chain longer than the kernel follows
+            raise ReplaceError(f"{request.dest}: a symbolic link that cannot be followed ({exc.strerror}); use "
+                               "--replace-link to replace the link itself") from None
         real = os.path.realpath(dest)
         if not os.path.lexists(real):
             raise ReplaceError(f"{request.dest}: a dangling symbolic link (to {real}); use --replace-link to "

@@ -1,0 +1,17 @@
+"""Argument types shared by several commands (argparse ``type=`` functions: a bad value is one usage error)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds: a finite number, 0 or more (``nan`` and ``inf`` would wait forever)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (0 or more)")
+    return value
