@@ -346,3 +346,24 @@ def test_bad_values_are_one_usage_error_before_anything_starts(tmp_path, state):
         assert says in r.stderr and "Traceback" not in r.stderr and r.stdout == "", (argv, r.stderr)
     assert (tmp_path / "dst").read_text() == "old\n"
     assert soswap(["history"], state, check=0).stdout.strip() == "no transactions"
+
+
+def test_retention_counts_only_transactions_that_hold_backups(tmp_path, state):
+    """Creating new files keeps no backup and takes no place among the --keep most recent; --keep 0 prunes
+    this transaction's own backup, and the output says none was kept."""
+    (tmp_path / "src").write_text("new\n")
+    (tmp_path / "lib").write_text("v1\n")
+    src = str(tmp_path / "src")
+    first = json.loads(soswap(["install", "--no-check", "--json", src, tmp_path / "lib"], state, check=0).stdout)
+    for i in range(4):
+        soswap(["install", "--no-check", src, tmp_path / f"new{i}"], state, check=0)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".lib.bak-")], "the replaced file's backup was pruned"
+    soswap(["rollback", first["txid"]], state, check=0)
+    assert (tmp_path / "lib").read_text() == "v1\n"
+    (tmp_path / "other").write_text("v1\n")
+    r = soswap(["install", "--no-check", "--keep", "0", src, tmp_path / "other"], state, check=0)
+    assert "previous versions kept" not in r.stdout and "backups pruned" in r.stdout
+    doc = json.loads(soswap(["install", "--no-check", "--keep", "0", "--json", str(tmp_path / "lib"),
+                             tmp_path / "other"], state, check=0).stdout)
+    assert doc["backups_kept"] is False and all(c["backup"] is None for c in doc["changes"])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".other.bak-")]

@@ -319,7 +319,8 @@ def install(
         if result.status == "refused":
             return result
         pruned = prune(state, opts.keep) if opts.backup else []
-        result = result._replace(pruned=tuple(pruned))
+        # --keep 0 prunes this transaction's own backups too: then none is kept
+        result = result._replace(pruned=tuple(pruned), backups_kept=result.backups_kept and result.txid not in pruned)
     finally:
         state.unlock()
     if stale_report is not None:

@@ -132,8 +132,11 @@ def _dir_fd(dirs: Dirs, ch: Change, notes: List[str]) -> Optional[int]:
 
 
 def _has_backups(record: Dict[str, Any]) -> bool:
+    """A transaction that holds backups: committed, kept them, and replaced at least one file (one that only
+    created files holds none, and does not take a place in the retention count)."""
     return (record["state"] == DONE and bool(record.get("keep_backups")) and not record.get("backups_pruned")
-            and not record.get("rolled_back_by"))
+            and not record.get("rolled_back_by")
+            and any(isinstance(c, dict) and c.get("backup") and c.get("old") for c in record.get("entries") or ()))
 
 
 def prune(state: StateDir, keep: int) -> List[str]:
