@@ -301,3 +301,25 @@ def test_another_writer_keeps_its_file(tmp_path, state, step):
     assert (d / "f").read_text() == "other writer\n"
     assert sorted(os.listdir(d)) == ["f"]  # no temp, no backup link
     assert soswap(["recover"], state, check=0).stdout.strip().startswith("nothing to recover")
+
+
+def test_a_rollback_killed_after_its_commit_is_finished_by_recover(tmp_path, state):
+    """kill -9 of 'soswap rollback' right after its commit: 'soswap recover' completes it as an uninterrupted
+    rollback ends (the rolled-back transaction marked, its backups deleted): a second 'soswap rollback' then
+    finds nothing left to roll back, as after an uninterrupted one (it refused: 'f1 changed since')."""
+    d, s = tmp_path / "d", tmp_path / "s"
+    d.mkdir()
+    s.mkdir()
+    for i in (1, 2):
+        (d / f"f{i}").write_text(f"old{i}\n")
+        (s / f"f{i}").write_text(f"new{i}\n")
+    soswap(["install", "--no-check", s / "f1", s / "f2", d], state, check=0)
+    _kill_at("committed", ["rollback"], state)
+    assert [(d / f"f{i}").read_text() for i in (1, 2)] == ["old1\n", "old2\n"]
+    soswap(["recover"], state, check=0)
+    history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    install = next(t for t in history if t["kind"] == "install")
+    assert install["rolled_back_by"] and install["state"] == "done"
+    assert not [n for n in os.listdir(d) if ".bak-" in n and n.endswith(install["txid"])]
+    r = soswap(["rollback"], state, check=2)
+    assert "no committed transaction to roll back" in r.stderr

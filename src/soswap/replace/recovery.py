@@ -75,6 +75,8 @@ def recover_locked(state: StateDir) -> List[RecoverOutcome]:
     for record in state.live_records():
         if record["state"] in PENDING:
             out.append(_recover_one(state, record))
+        if record["state"] == DONE and record.get("kind") == "rollback":
+            _finish_rollback_of(state, record)  # a rollback killed between its commit and this last step
     return out
 
 
@@ -288,12 +290,28 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
             pause_point("journal-prepared")
             committed = commit_all(tx, staged, dirs)
             finish(tx, committed, dirs)
-        record["rolled_back_by"] = new_txid
-        _drop_backups(state, record)
+        _finish_rollback_of(state, tx.record)
     finally:
         state.unlock()
     return InstallResult(new_txid, "rolled-back", tuple(committed), (), recovered, backups_kept=keep_backups,
                          rollback_of=target_txid)
+
+
+def _finish_rollback_of(state: StateDir, rollback: Dict[str, Any]) -> None:
+    """The last step of a committed rollback: the transaction it rolled back is marked ``rolled_back_by`` and
+    its backups (now in place again, or superseded) are deleted. Idempotent: recovery runs it again for a
+    rollback that was killed after its commit."""
+    target = rollback.get("rollback_of")
+    if not isinstance(target, str):
+        return
+    try:
+        record = state.read(target)
+    except StateError:
+        return  # already moved away or removed: nothing left to mark
+    if record.get("rolled_back_by"):
+        return
+    record["rolled_back_by"] = rollback["txid"]
+    _drop_backups(state, record)
 
 
 # -- history ---------------------------------------------------------------------------------------------------
