@@ -375,8 +375,14 @@ def test_anonymous_device_filesystems(procs, fx, tmp_path: Path, fstype: str) ->
         assert " 00:" in maps  # major 0: an anonymous device
         assert scan_pid(p.pid) == []
         assert files_of(stale_json(), p.pid) == []
+        old = os.stat(app / "libfix.so")
         replace_by_rename(app / "libfix.so", fx.lib_v2.read_bytes())
         assert [f.kind for f in scan_pid(p.pid)] == ["deleted"]
+        # install's after-report names the old inode as stat gave it (btrfs maps show another device)
+        from soswap.proc import processes_using_inodes
+
+        uses = processes_using_inodes({(old.st_dev, old.st_ino)}, pids=[p.pid])
+        assert [(u.pid, u.dev, u.inode) for u in uses] == [(p.pid, old.st_dev, old.st_ino)]
         p.stop()
     finally:
         procs.stop_all()

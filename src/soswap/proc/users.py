@@ -117,9 +117,11 @@ class _Pass:
             exe = split_deleted(exe_link)[0]
             for m_dev, m_ino, m_path, start, end in self._mapped_files(lines):
                 for idx, pair in self._match(pid, m_dev, m_ino, start, end, m_path, foreign):
-                    # idx -1: a bare inode pair, which callers pass for *old* versions.
+                    # idx -1: a bare inode pair, which callers pass for *old* versions. It is named as the
+                    # caller gave it (stat's st_dev): on btrfs and overlayfs the maps device differs.
                     first = "old" if (pair is None or idx < 0) else "current"
-                    how, version, dev, ino = hits.setdefault(idx, (set(), first, m_dev, m_ino))
+                    named = pair if idx < 0 and pair is not None else (m_dev, m_ino)
+                    how, version, dev, ino = hits.setdefault(idx, (set(), first, *named))
                     how.add(HOW_EXE if m_path == exe else HOW_MAPPED)
                     if first == "old" and version == "current":
                         hits[idx] = (how, "old", m_dev, m_ino)
