@@ -339,6 +339,7 @@ def test_bad_values_are_one_usage_error_before_anything_starts(tmp_path, state):
         (["install", "--no-check", "--lock-timeout", "inf", src, dst], "not a number of seconds: 'inf'"),
         (["install", "--no-check", "--lock-timeout", "-1", src, dst], "not a number of seconds: '-1'"),
         (["install", "--no-check", src, str(tmp_path / "loop1")], "a symbolic link that cannot be followed"),
+        (["install", "--consumer", src, dst], "put -- before SRC DEST"),
         (["history", "--state-dir", str(tmp_path / "file")], "not a directory"),
         (["recover", "--state-dir", str(tmp_path / "file")], "not a directory"),
     ):

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     entries = history(state)
     if args.last is not None:
         if args.last < 0:
-            raise UsageError("--last must be 0 or more")
+            raise UsageError("-n/--last must be 0 or more")
         entries = entries[len(entries) - args.last:] if args.last else []
     if args.json:
         print_json(history_to_json(entries, state.path))

@@ -156,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("give either --manifest FILE or SRC DEST, not both")
         requests = read_manifest(args.manifest)
     else:
+        if len(args.paths) < 2 and (args.consumer or args.scope):
+            raise UsageError("need a source and a destination: --consumer and --scope take every argument after "
+                             "them; put -- before SRC DEST")
         requests = requests_from_args(args.paths, args.make_dirs)
     if args.keep < 0:
         raise UsageError("--keep must be 0 or more")

@@ -5,6 +5,7 @@ JSON schemas: docs/json-stale.md. Paths keep non-UTF-8 bytes as ``\\udcXX`` surr
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from soswap.proc.cgroup import (
@@ -86,7 +87,8 @@ def render_text(report: StaleReport, restart: Any = None) -> str:
     lines.append("")
     summary = f"scanned {report.scanned} processes"
     if report.partial:
-        summary += f"; PARTIAL: {report.unreadable} could not be read (run as root to see them)"
+        hint = "run as root to see them" if os.geteuid() != 0 else "not even as root: another namespace or an LSM"
+        summary += f"; PARTIAL: {report.unreadable} could not be read ({hint})"
     if report.unverifiable:
         summary += f"; {report.unverifiable} mapped paths could not be checked"
     if report.unstable:
