@@ -192,7 +192,7 @@ def test_a_truncated_library_kills_the_loader_with_sigbus(tmp_path: Path, size: 
     (first / "libf.so").write_bytes(whole[:size])
     out = assert_ldd_parity(e)
     real = run_program(e)
-    res, bound = predict(e)
+    _, bound = predict(e)
     if size == len(whole) or real.status == 0:
         assert bound.fatal is None and real.status == 0 and out.status == 0
         return

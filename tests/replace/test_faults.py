@@ -292,7 +292,7 @@ def test_another_writer_keeps_its_file(tmp_path, state, step):
         (d / "f.other").write_text("other writer\n")
         os.rename(d / "f.other", d / "f")
         os.kill(p.pid, signal.SIGCONT)
-        out, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
