@@ -187,3 +187,69 @@ def test_cffi_dlclose_then_call_raises_instead_of_crashing(tmp_path: Path) -> No
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1", "ValueError"]
+
+
+def test_a_file_cut_short_is_refused_instead_of_killing_the_process(tmp_path: Path) -> None:
+    """A new version caught in the middle of being written (cut at several sizes): dlopen would map it and the
+    process would die of SIGBUS; the reload is refused and generation 1 stays in service."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2).read_bytes()
+    cuts = [size for size in (4000, 8000, 12000) if size < len(v2)]
+    for n, size in enumerate(cuts):
+        (tmp_path / f"cut{n}.so").write_bytes(v2[:size])
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        from soswap.hotload import NativeReloader, ReloadError
+        r = NativeReloader({str(lib)!r})
+        for n in range({len(cuts)}):
+            swap({str(tmp_path)!r} + f"/cut{{n}}.so", {str(lib)!r})
+            try:
+                r.reload_if_changed()
+                print("loaded", n, r.function("version")())
+            except ReloadError as e:
+                print("refused", n, "keeping generation 1" in str(e))
+        print(r.function("version")(), r.generation)
+    """)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines == [f"refused {n} True" for n in range(len(cuts))] + ["1 1"], lines
+
+
+def test_reloaders_sharing_a_workdir_and_threads_reloading_at_once(tmp_path: Path) -> None:
+    """Two reloaders of libraries with the same file name in one workdir each keep their own code; two threads
+    calling reload_if_changed() after one change reload once."""
+    a = version_lib(tmp_path / "a" / "libplugin.so", 1)
+    b = version_lib(tmp_path / "b" / "libplugin.so", 2)
+    v3 = version_lib(tmp_path / "v3" / "libplugin.so", 3)
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import threading
+        from soswap.hotload import NativeReloader
+        A = NativeReloader({str(a)!r}, workdir={str(wd)!r})
+        B = NativeReloader({str(b)!r}, workdir={str(wd)!r})
+        print(A.function("version")(), B.function("version")())
+        swap({str(v3)!r}, {str(a)!r})
+        done = []
+        ts = [threading.Thread(target=lambda: done.append(A.reload_if_changed())) for _ in range(2)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+        print(A.function("version")(), A.generation, sum(1 for d in done if d is not None))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["1 2", "3 2 1"]
+
+
+def test_an_origin_dependency_is_explained(tmp_path: Path) -> None:
+    """$ORIGIN in the library's RUNPATH names the private copy's directory: the refusal says so."""
+    shared_lib(tmp_path / "libhelper.so", "int helper(void) { return 100; }\n", soname="libhelper.so")
+    lib = shared_lib(tmp_path / "liborig.so", "int helper(void);\nint version(void) { return helper() + 1; }\n",
+                     libs=[f"-L{tmp_path}", "-lhelper", "-Wl,-rpath,$ORIGIN"])
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        from soswap.hotload import NativeReloader, ReloadError
+        try:
+            NativeReloader({str(lib)!r})
+        except ReloadError as e:
+            print(e)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "no generation is in service" in r.stdout and "$ORIGIN in its RPATH/RUNPATH" in r.stdout, r.stdout

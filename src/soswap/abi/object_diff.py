@@ -99,9 +99,17 @@ def _type_change(old: ElfFile, new: ElfFile) -> List[Change]:
                else "cannot dynamically load position-independent executable")
         return [Change("elf-type-changed", BREAKING, None, None,
                        f"NEW is an executable, not a shared library: '{msg}'", old_role, new_role)]
-    if old.type != new.type:
+    if old_role == ROLE_EXECUTABLE and new_role == ROLE_LIBRARY and (new.interpreter is None
+                                                                   or not new.header.entry):
+        # the kernel maps a file with no PT_INTERP as if statically linked and jumps to e_entry: nothing
+        # relocates it, and an entry of 0 is no code at all
+        return [Change("elf-type-changed", BREAKING, None, None,
+                       "NEW is a shared library, not a program: no program interpreter or entry point "
+                       "(running it crashes)", old_role, new_role)]
+    if old.type != new.type or old_role != new_role:
         return [Change("elf-type-changed", REVIEW if old_role != new_role else HARMLESS, None, None,
-                       f"e_type {old.type_name} -> {new.type_name}", old.type_name, new.type_name)]
+                       f"e_type {old.type_name} -> {new.type_name}" if old.type != new.type
+                       else f"{old_role} -> {new_role}", old.type_name, new.type_name)]
     return []
 
 

@@ -141,20 +141,26 @@ class NativeReloader:
             return False
 
     def reload_if_changed(self) -> Optional[ReloadResult]:
-        """Reload when the file changed (an in-progress write is retried on the next call)."""
-        return self.reload() if self.changed() else None
+        """Reload when the file changed (an in-progress write is retried on the next call). Threads calling it
+        at once reload once per change: the check is made under the reload lock."""
+        with self._lock:
+            return self.reload() if self.changed() else None
 
     def reload(self) -> ReloadResult:
         """Load the file as a new generation and retire the old one (see the module documentation)."""
         with self._lock:
             gen = self.generation + 1
             new_copy, ident = self._copy_generation(gen)
+            keeping = (f"keeping generation {self.generation}" if self.handle is not None
+                       else "no generation is in service")
             try:
+                _check_complete(new_copy)
                 new_handle = ctypes.CDLL(new_copy, mode=RTLD_NOW | RTLD_LOCAL)
-            except OSError as exc:
+            except (OSError, ElfError) as exc:
+                why = exc.problem if isinstance(exc, ElfError) else str(exc)
+                why += _origin_hint(new_copy, why)
                 _unlink(new_copy)
-                raise ReloadError(f"{self.path}: generation {gen} not loaded, keeping generation "
-                                  f"{self.generation}: {exc}") from None
+                raise ReloadError(f"{self.path}: generation {gen} not loaded, {keeping}: {why}") from None
             old_handle, old_copy = self.handle, self._copy
             state = None
             if old_handle is not None and self._on_unload is not None:
@@ -207,18 +213,54 @@ class NativeReloader:
     def _copy_generation(self, gen: int) -> Tuple[str, Identity]:
         base = os.path.basename(self.path)
         stem = base.split(".so")[0] if ".so" in base else base
-        dest = os.path.join(self.workdir, f"{stem}.gen{gen}.so")
+        # a name no other reloader sharing the directory can have (dlopen would hand back its handle)
+        fd, dest = tempfile.mkstemp(prefix=f"{stem}.gen{gen}.", suffix=".so", dir=self.workdir)
+        os.close(fd)
         for _attempt in range(3):
             try:
                 before = _identity(self.path)
                 shutil.copyfile(self.path, dest)
                 after = _identity(self.path)
             except OSError as exc:
+                _unlink(dest)
                 raise ReloadError(f"{self.path}: cannot copy generation {gen}: {exc.strerror or exc}") from None
             if before == after:  # not caught in the middle of a rewrite
                 return dest, after
         _unlink(dest)
         raise ReloadError(f"{self.path}: the file keeps changing while being copied")
+
+
+def _check_complete(path: str) -> None:
+    """Raise :class:`ElfError` unless every loadable segment of ``path`` lies within the file. dlopen maps a
+    file cut short (a copy taken in the middle of a write) without complaint, then the process dies of
+    SIGBUS when the loader or the code touches a page beyond its end."""
+    elf = ElfFile.open(path)
+    try:
+        for seg in elf.segments_of_type(C.PT_LOAD):
+            if seg.offset + seg.filesz > elf.size:
+                raise ElfError(path, f"incomplete file: a segment ends at {seg.offset + seg.filesz} bytes, the "
+                                     f"file has {elf.size} (cut short, or still being written)")
+        elf.dynamic  # noqa: B018  (a dynamic section outside the file raises)
+    finally:
+        elf.close()
+
+
+def _origin_hint(copy: str, why: str) -> str:
+    """Why a dependency found through $ORIGIN is missing: it names the private copy's directory."""
+    if "cannot open shared object file" not in why:
+        return ""
+    try:
+        elf = ElfFile.open(copy)
+        try:
+            paths = (elf.dynamic.rpath or "") + ":" + (elf.dynamic.runpath or "")
+        finally:
+            elf.close()
+    except (OSError, ElfError):
+        return ""
+    if "$ORIGIN" in paths or "${ORIGIN}" in paths:
+        return (" ($ORIGIN in its RPATH/RUNPATH names the directory of the private copy, not the library's own:"
+                " load its dependencies first, or give them absolute paths)")
+    return ""
 
 
 def _unlink(path: str) -> None:
