@@ -4,13 +4,26 @@ textfile collector, apt's and dpkg's configuration directories). Every layer may
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from typing import Union
 
 
 def write_atomic(path: str, text: Union[str, bytes], mode: int = 0o644) -> None:
     """Write ``text`` (bytes, or str as UTF-8 with undecodable file-name bytes kept) to ``path`` atomically,
-    with ``mode`` whatever the umask. Raises OSError; the temporary file is removed on any failure."""
+    with ``mode`` whatever the umask. A symbolic link is followed (the link stays; its target is written).
+    Only a regular file is ever replaced: a device node, a FIFO, a socket or a directory at ``path`` raises
+    OSError (``--prometheus /dev/null`` must not turn /dev/null into a file). Raises OSError; the temporary file
+    is removed on any failure."""
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EEXIST, "exists and is not a regular file; left as it is", path)
     directory = os.path.dirname(os.path.abspath(path)) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)

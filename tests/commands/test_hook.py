@@ -167,6 +167,24 @@ def test_apt_preinstall_reads_every_input_protocol() -> None:
                                [("libgone", "i386"), ("tool", "amd64")])
     assert apt_actions("") == ([], [])
     assert apt_actions("VERSION 3\nno blank line\n") == ([], [])
+    # the action is the rest of the line: a file name with spaces stays whole
+    spaced = "VERSION 3\n\nlibfoo1 1.0 amd64 same < 2.0 amd64 same /tmp/x y/sp ace.deb\n"
+    assert apt_actions(spaced) == (["/tmp/x y/sp ace.deb"], [])
+    assert apt_actions("VERSION 2\n\nlibfoo1 1.0 < 2.0 /tmp/x y/a b.deb\n") == (["/tmp/x y/a b.deb"], [])
+
+
+def test_hook_arguments_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    """A timeout beyond a year overflowed time_t and skipped the whole check; a quote in the command cannot
+    survive apt's parser (shell-quoting a ' brings a " in) and would fail apt."""
+    r = hook("apt-preinstall", "--timeout", "1e10")
+    assert r.returncode == 2 and b"too many seconds" in r.stderr
+    quoted = tmp_path / "bin" / "it's"
+    quoted.parent.mkdir()
+    quoted.write_text("#!/bin/sh\n")
+    quoted.chmod(0o755)
+    r = hook("setup", "--root", str(_root(tmp_path)), "--command", str(quoted))
+    assert r.returncode == 2 and b"cannot hold a quote" in r.stderr, r.stderr
+    assert not list((tmp_path / "root" / "etc" / "apt" / "apt.conf.d").iterdir())
 
 
 def test_apt_preinstall_reports_an_unreadable_package_and_lets_apt_go_on(tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 
+#: timers and deadlines beyond this overflow time_t on the way (setitimer, monotonic deadlines); a year
+MAX_SECONDS = 365 * 24 * 3600
+
 
 def seconds(text: str) -> float:
     """A duration in seconds: a finite number, 0 or more (``nan`` and ``inf`` would wait forever)."""
@@ -14,4 +17,6 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (0 or more)")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"too many seconds: {text!r} (at most {MAX_SECONDS}, a year)")
     return value

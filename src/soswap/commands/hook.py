@@ -273,11 +273,13 @@ def apt_actions(text: str) -> AptActions:
     removing: List[Tuple[str, Optional[str]]] = []
     if lines and lines[0].startswith("VERSION "):
         body = lines[lines.index("") + 1:] if "" in lines else []
-        rows = [line.split() for line in body if line.strip()]
+        # the action is the rest of the line after the fixed fields (a file name may hold spaces)
+        fixed = 8 if lines[0].split()[1:2] == ["3"] else 4
+        rows = [line.split(None, fixed) for line in body if line.strip()]
         names = [row[-1] for row in rows]
         for row in rows:
-            if row[-1] == "**REMOVE**" and len(row) in (5, 9):
-                arch = row[2] if len(row) == 9 and row[2] != "-" else None
+            if row[-1] == "**REMOVE**" and len(row) == fixed + 1:
+                arch = row[2] if fixed == 8 and row[2] != "-" else None
                 removing.append((row[0], arch))
     else:
         names = [line.strip() for line in lines if line.strip()]

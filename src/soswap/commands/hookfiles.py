@@ -36,8 +36,10 @@ def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False,
                       "soswap's absolute path if it lives\n# elsewhere (a virtualenv), or use 'soswap hook setup'.")
     else:
         for word in command:
-            if '"' in word or "\n" in word:
-                raise UsageError(f"soswap's command cannot hold a double quote or a newline: {word!r}")
+            # apt's configuration parser ends a string at any double quote, and shell-quoting a single quote
+            # brings one in ('"'"'): neither can reach the shell intact
+            if any(c in word for c in "\"'\n"):
+                raise UsageError(f"soswap's command cannot hold a quote or a newline: {word!r}")
         run = " ".join(shlex.quote(w) for w in command)
         guard = f"if [ -x {shlex.quote(command[0])} ]; then "
         where = "Written by 'soswap hook setup' with soswap's absolute command."

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from typing import Iterable, List, NamedTuple, Optional, Pattern, Sequence, Tuple
 
 from soswap.errors import UsageError
@@ -108,11 +109,14 @@ def load_ignore_file(path: str) -> Tuple[List[IgnoreRule], bool]:
     """Read an ignore file: one regex per line, ``#`` comments, and ``no-defaults`` to drop the defaults.
 
     Returns (rules, whether the defaults stay on)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 20)
+    try:  # never blocking: a FIFO would wait for a writer forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ignore file: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{path}: cannot read ignore file: not a regular file")
+        data = f.read(1 << 20)
     rules = []
     keep_defaults = True
     for lineno, raw in enumerate(data.split(b"\n"), 1):

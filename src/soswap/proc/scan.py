@@ -706,7 +706,7 @@ class _Scanner:
         import time
 
         started = time.time()
-        pids = list(self.o.pids) if self.o.pids is not None else procfs.list_pids()
+        pids = list(dict.fromkeys(self.o.pids)) if self.o.pids is not None else procfs.list_pids()  # once each
         found: List[StaleProcess] = []
         explicit = self.o.pids is not None
         for pid in pids:

@@ -61,7 +61,7 @@ class _Pass:
     def run(self) -> Dict[int, List[FileUse]]:
         """{target index (or -1 for bare inode pairs): uses}"""
         out: Dict[int, List[FileUse]] = {}
-        pids = list(self.pids) if self.pids is not None else procfs.list_pids()
+        pids = list(dict.fromkeys(self.pids)) if self.pids is not None else procfs.list_pids()
         for pid in pids:
             if pid == self.self_pid:
                 continue
