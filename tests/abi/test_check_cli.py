@@ -76,6 +76,7 @@ def test_rdeps_bad_input(t1: Case, tmp_path: Path) -> None:
     _one_error(_cli(["rdeps", str(tmp_path / "nope.so")], tmp_path), "No such file or directory")
     _one_error(_cli(["rdeps", str(text)], tmp_path), "notes.txt")
     _one_error(_cli(["rdeps", str(t1.old), "--scope", str(text)], tmp_path), "not a directory")
+    _one_error(_cli(["rdeps", "--scope", str(tmp_path), str(t1.old)], tmp_path), "put -- before LIB")
 
 
 @pytest.mark.parametrize("cut", [0, 16, 64, 200, 1000, 3000])

@@ -25,7 +25,7 @@ Exit status: 0 done (whether or not anything loads LIB), 2 error."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("library", metavar="LIB", help="the library (a path)")
+    parser.add_argument("library", metavar="LIB", nargs="?", help="the library (a path)")
     parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
                         help="index these directories (recursively) instead of the system's")
     parser.add_argument("--cache-dir", metavar="DIR", help="where the index is kept (default: as soswap check)")
@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from soswap.report.abi import rdeps_to_json, rdeps_to_text
 
     lib = args.library
+    if lib is None:
+        hint = ": --scope takes every argument after it; put -- before LIB" if args.scope else ""
+        raise UsageError(f"LIB is required{hint}")
     if not lib:
         raise UsageError("LIB: empty file name")
     try:
