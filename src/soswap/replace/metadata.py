@@ -104,7 +104,8 @@ def apply(fd: int, md: Metadata, dest: str, mode_given: bool, times_ns: Optional
         try:
             os.fchown(fd, -1 if md.uid is None else md.uid, -1 if md.gid is None else md.gid)
         except OSError as exc:
-            raise _fail(dest, f"owner {md.uid}:{md.gid}", exc) from None
+            who = ":".join(str(v) for v in (md.uid, md.gid) if v is not None) if md.uid is not None else f":{md.gid}"
+            raise _fail(dest, f"owner {who}", exc) from None
     try:
         os.fchmod(fd, md.mode)
     except OSError as exc:
