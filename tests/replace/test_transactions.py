@@ -180,6 +180,19 @@ def test_rollback_refused_when_file_changed_since(tmp_path, libfoo, state):
     r = soswap(["rollback", tx1], state, check=1)
     assert "changed since" in r.stderr and r.stderr.count("soswap: error:") == 1
     assert lib.stat().st_ino == current
+    # written in place (same inode, same size, another mtime): refused the same way, nothing recorded
+    r = soswap(["install", "--json", libfoo.v2, lib], state, check=0)
+    data = bytearray(lib.read_bytes())
+    data[100:102] = b"ZZ"
+    with open(lib, "r+b") as f:
+        f.write(bytes(data))
+    st = lib.stat()  # a coarse clock could give the write the install's own mtime: make it differ
+    os.utime(lib, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    before = len(json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"])
+    r = soswap(["rollback"], state, check=1)
+    assert "changed since" in r.stderr and "written in place" in r.stderr, r.stderr
+    after = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert len(after) == before and lib.read_bytes() == bytes(data)
 
 
 def test_no_backup_and_retention(tmp_path, libfoo, state):

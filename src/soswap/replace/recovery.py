@@ -10,6 +10,7 @@ itself keeps backups of what it replaced, so it can be rolled back in turn.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from soswap.errors import Refused, StateError, UsageError
@@ -201,6 +202,11 @@ def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Chan
             continue
         if ch.new is not None and (cur is None or not ch.new.same_inode(cur)):
             problems.append(f"{ch.dest} changed since transaction {record['txid']}")
+            continue
+        if (ch.new is not None and cur is not None and ch.kind != KIND_SYMLINK and stat.S_ISREG(cur.st_mode)
+                and (cur.st_size != ch.new.size or cur.st_mtime_ns != ch.new.mtime_ns)):
+            # the same inode, written since (the commit would catch it as a concurrent change: refuse here)
+            problems.append(f"{ch.dest} changed since transaction {record['txid']} (written in place)")
             continue
         if ch.new is None and cur is not None:
             problems.append(f"{ch.dest} exists again since transaction {record['txid']} removed it")
