@@ -67,3 +67,31 @@ def test_unknown_option_is_a_usage_error() -> None:
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and last == "soswap elf: error: unrecognized arguments: --bogus"
     assert r.stderr.startswith("usage: soswap elf ")  # the subcommand's usage, not the top level's
+
+
+def test_nagios_errors_are_unknown_never_critical() -> None:
+    """The monitoring-plugins rules: an error of 'stale --nagios' is UNKNOWN (3) with a status line on standard
+    output; exit status 2 would be CRITICAL."""
+    for args in (["--pid", "999999999"], ["--pid", "abc"], ["--identical-max-size", "12X"]):
+        r = soswap("stale", "--nagios", "--no-kernel", *args)
+        assert r.returncode == 3 and r.stdout.startswith("STALE UNKNOWN - "), (args, r.stdout, r.stderr)
+        assert "error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_json_errors_go_to_standard_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """tree --json names an unreadable FILE on standard error as well as in its document, under the name it was
+    given (two symlinks to one file are two names); elf --json of one unreadable file prints nothing on
+    standard output."""
+    import json
+
+    (tmp_path / "notelf.txt").write_text("not elf\n")
+    (tmp_path / "link1").symlink_to("notelf.txt")
+    (tmp_path / "link2").symlink_to("notelf.txt")
+    r = soswap("tree", "--json", str(tmp_path / "link1"), str(tmp_path / "link2"), str(tmp_path / "none"))
+    results = json.loads(r.stdout)["results"]
+    assert r.returncode == 2 and [x["file"] for x in results] == [str(tmp_path / n) for n in ("link1", "link2",
+                                                                                            "none")]
+    assert all(x["error"].startswith(x["file"] + ": ") for x in results), results
+    assert r.stderr.count("soswap: error: ") == 3 and f"{tmp_path / 'link2'}: not an ELF file" in r.stderr
+    r = soswap("elf", "--json", str(tmp_path / "notelf.txt"))
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("soswap: error: ")

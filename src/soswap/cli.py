@@ -117,15 +117,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = _selected_command(args_list)
     if command is None and not {"-h", "--help"} & set(args_list):
         command = ""  # --version or a usage error: no subcommand's arguments are needed
+    options = args_list[:args_list.index("--")] if "--" in args_list else args_list
+    nagios = command == "stale" and "--nagios" in options
     parser = build_parser(command)
-    args, extra = parser.parse_known_args(args_list)
-    if extra:  # said by the subcommand's parser, with its own usage line, not the top level's
-        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(args_list)
+        if extra:  # said by the subcommand's parser, with its own usage line, not the top level's
+            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exc:
+        if nagios and exc.code == EXIT_ERROR:
+            return _nagios_unknown("bad arguments (see the line above)")
+        raise
     try:
         return int(args._run(args))
     except SoswapError as exc:
         _error_line(str(exc))
-        return exc.exit_code
+        return _nagios_unknown(str(exc)) if nagios else exc.exit_code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -138,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_ERROR
     except OSError as exc:
         _error_line(_describe_oserror(exc))
-        return EXIT_ERROR
+        return _nagios_unknown(_describe_oserror(exc)) if nagios else EXIT_ERROR
     except Exception as exc:  # pragma: no cover - a bug, but still never a traceback for the user
         if os.environ.get("SOSWAP_DEBUG"):
             raise
@@ -160,6 +167,17 @@ def _standard_streams() -> None:
                 os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
+
+
+def _nagios_unknown(message: str) -> int:
+    """``stale --nagios`` could not check: the monitoring-plugins rule is UNKNOWN (3) with a status line on
+    standard output (an exit status 2 would page someone as CRITICAL)."""
+    try:
+        sys.stdout.write(f"STALE UNKNOWN - {' '.join(message.splitlines())}\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    return 3
 
 
 def _describe_oserror(exc: OSError) -> str:

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             sys.stderr.write(f"soswap: error: {exc}\n")
             status = EXIT_ERROR
-    if args.json:
-        print_json(objects[0] if len(args.files) == 1 and objects else objects)
+    if args.json and len(args.files) == 1:
+        if objects:  # one file: its object; unreadable: only the error line (nothing on standard output)
+            print_json(objects[0])
+    elif args.json:
+        print_json(objects)  # several files: the readable ones, the others said on standard error
     return status

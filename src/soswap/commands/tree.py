@@ -223,13 +223,26 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, 
         res = loader.load(path, substitutions=subst)
         bound = loader.bind(res) if args.symbols else loader.bind(res, relocate=False)
     except SoswapError as exc:
-        if args.json:
-            return EXIT_ERROR, error_json(path, str(exc)), ""
-        return EXIT_ERROR, "", f"soswap: error: {' '.join(str(exc).splitlines())}\n"
+        text = " ".join(_named(exc, path).splitlines())
+        return EXIT_ERROR, error_json(path, text) if args.json else "", f"soswap: error: {text}\n"
     code = EXIT_FOUND if bound.fatal is not None or bound.unresolved else EXIT_OK
     if args.json:
         return code, result_json(res, bound, args.symbols), ""
     return code, render_text(res, bound, show_all=args.all, symbols=args.symbols), ""
+
+
+def _named(exc: Exception, path: str) -> str:
+    """The error text naming ``path`` as given: parsed files are shared by identity, so an error about the same
+    file reached through another name (a second symlink to it) would name the first."""
+    from soswap.errors import ElfError
+
+    if isinstance(exc, ElfError) and exc.path != path:
+        try:
+            if os.path.samefile(exc.path, path):
+                return str(ElfError(path, exc.problem, exc.offset))
+        except OSError:
+            pass
+    return str(exc)
 
 
 # -- many files on several CPUs ----------------------------------------------------------------------------
