@@ -110,3 +110,51 @@ def test_demo_works_without_root() -> None:
         assert {p.name for p in home.iterdir()} <= {".cache", ".local"}
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+@requires_cc
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
+    """SIGTERM mid-demo: every process it started is stopped and its directory removed (as for SIGINT)."""
+    import signal
+    import time
+
+    environ = dict(os.environ, PYTHONPATH=SRC, TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-m", "soswap", "demo"], env=environ, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        started = []
+        while not started and time.monotonic() < deadline and p.poll() is None:
+            started = [c for c in _descendants(p.pid) if "a.out" in _cmdline(c)]
+            time.sleep(0.05)
+        assert started, "the demo never started its program"
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=60) == 130
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+    time.sleep(0.2)
+    assert not [c for c in started if _cmdline(c)], "a process of the demo outlived it"
+    assert not list(tmp_path.glob("soswap-demo-*"))
+
+
+def _descendants(pid: int) -> list:
+    out, todo = [], [pid]
+    while todo:
+        kids = []
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                kids += [int(k) for k in children.read_text().split()]
+            except OSError:
+                continue
+        out += kids
+        todo += kids
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

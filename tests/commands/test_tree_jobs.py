@@ -68,3 +68,48 @@ def test_workers_print_what_one_process_prints(flags: List[str], tmp_path: Path)
     assert one.stdout.count("\n") > len(files)
     for many in (two, three):
         assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
+
+
+def test_workers_die_with_a_parent_killed_by_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (timeout, systemd, CI) kills the parent without cleanup: its workers follow (PR_SET_PDEATHSIG)
+    instead of staying behind for good. No more workers than files are forked."""
+    import signal
+    import time
+
+    files = elf_files()
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    p = subprocess.Popen([sys.executable, "-m", "soswap", "tree", "-r", "--no-cache", "-j", "4", *files, *files],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: List[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers) < 4 and time.monotonic() < deadline and p.poll() is None:
+            try:
+                workers = [int(x) for x in Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()]
+            except OSError:
+                break
+            time.sleep(0.05)
+        assert len(workers) >= 4, workers
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        alive = workers
+        while alive and time.monotonic() < deadline:
+            alive = [w for w in workers if _running(w)]
+            time.sleep(0.05)
+        assert alive == [], alive
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+    r = subprocess.run([sys.executable, "-m", "soswap", "tree", "-j", "4000", files[0], files[1]], env=env,
+                       capture_output=True, timeout=60)
+    assert r.returncode in (0, 1) and b"Traceback" not in r.stderr
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

@@ -132,6 +132,19 @@ def test_root_option_against_a_chroot(tmp_path: Path) -> None:
     # outside the root the same program cannot find libx
     shutil.copy(prog, tmp_path / "outside")
     assert soswap(str(tmp_path / "outside")).returncode == 1
+    # ld.so reads past a broken cache (_dl_load_cache_lookup): a bad extension directory keeps the entries,
+    # garbage is no cache at all; the real run is the oracle
+    cache = root / "etc" / "ld.so.cache"
+    good = cache.read_bytes()
+    for data, finds in ((good[:32] + b"\xf0\xff\xff\x7f" + good[36:], True), (os.urandom(5000), False),
+                        (good[:40], False)):
+        cache.write_bytes(data)
+        real = subprocess.run(["chroot", str(root), "/usr/bin/prog"], capture_output=True, text=True, timeout=60)
+        r = soswap("--root", str(root), "/usr/bin/prog")
+        assert (real.returncode == 6) == finds and r.returncode == (0 if finds else 1), (real, r.stdout, r.stderr)
+        if not finds:
+            assert "libx.so.1: cannot open shared object file" in real.stderr + r.stdout
+        assert "ld.so ignores" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_help() -> None:

@@ -141,8 +141,27 @@ def test_missing_and_empty_cache_are_empty(tmp_path: Path) -> None:
     assert len(LdCache.load(str(tmp_path / "nope"))) == 0
     (tmp_path / "empty").write_bytes(b"")
     assert len(LdCache.load(str(tmp_path / "empty"))) == 0
-    with pytest.raises(CacheError):
-        LdCache.load(str(tmp_path))
+    assert LdCache.load(str(tmp_path / "empty")).problem is None
+    directory = LdCache.load(str(tmp_path))  # ld.so cannot map it: no cache
+    assert len(directory) == 0 and "is a directory" in (directory.problem or "")
+
+
+def test_load_reads_past_what_ld_so_reads_past(tmp_path: Path) -> None:
+    """load() is the loader's view (_dl_load_cache_lookup): an invalid file is no cache, a bad extension
+    directory drops only the glibc-hwcaps entries, an entry pointing outside the file is skipped."""
+    data = Path("/etc/ld.so.cache").read_bytes()
+    whole = LdCache.parse(data)
+    path = tmp_path / "ld.so.cache"
+    for bad, kept in ((b"not a cache at all" + data[18:], 0), (data[:30], 0),
+                      (data[:28] + b"\x01" + data[29:], 0),
+                      (data[:32] + struct.pack("<I", 2) + data[36:], len([e for e in whole.entries
+                                                                          if e.hwcaps_subdir is None])),
+                      (data[:48] + struct.pack("<iII", 0x303, 0xFFFFFFF0, 0) + data[60:], len(whole) - 1)):
+        path.write_bytes(bad)
+        cache = LdCache.load(str(path))
+        assert cache.problem and "\n" not in cache.problem
+        usable = [e for e in cache.entries if e.hwcaps_subdir is not None or not (e.hwcap >> 62) & 1]
+        assert len(cache) == kept or len(usable) == kept, (len(cache), kept, cache.problem)
 
 
 @pytest.mark.parametrize("a, b, sign", [

@@ -32,7 +32,8 @@ def test_libcmp_like_ldconfig(a, b, sign):
 
 
 @pytest.mark.parametrize("mode", ["755", "0644", "4755", "u=rwx,g=rx,o=", "a+x", "u+s,go=rx", "go-w", "a=r,u+w",
-                                  "+t", "ug=rw"])
+                                  "+t", "ug=rw", "a+rX", "a+X", "ug=rwX", "a+x,a-X", "00755", "000755", "07777",
+                                  "u=rwx,g=u", "o=rwx,u=o", "u=rw,go=u-w", "=rw", "a=r,u+X"])
 def test_mode_like_install(tmp_path, mode):
     """-m MODE gives the same bits as install(1) -m MODE (the oracle)."""
     src = tmp_path / "src"
@@ -43,7 +44,7 @@ def test_mode_like_install(tmp_path, mode):
     assert parse_mode(mode) == os.stat(dest).st_mode & 0o7777
 
 
-@pytest.mark.parametrize("bad", ["", "9", "u=q", "x+r", "rwx"])
+@pytest.mark.parametrize("bad", ["", "9", "u=q", "x+r", "rwx", "017777", "u=ug", "g=x,u"])
 def test_bad_modes(bad):
     with pytest.raises(UsageError):
         parse_mode(bad)
@@ -84,6 +85,18 @@ def test_manifest_errors(tmp_path):
     m.write_bytes(b"src\xff dir/\n")  # non-UTF-8 names round-trip
     (req,) = read_manifest(str(m))
     assert os.fsencode(req.dest).endswith(b"/dir/src\xff")
+    m.write_text("a b mode=99\n")  # a bad value names its line, as the other manifest errors do
+    with pytest.raises(UsageError, match=r"m:1: invalid mode"):
+        read_manifest(str(m))
+
+
+def test_manifest_comments_start_words_as_in_sh(tmp_path):
+    """'#' starts a comment only at the start of a word outside quotes (lib#1.so is one word)."""
+    m = tmp_path / "m"
+    m.write_text("# a comment\nsrc dst/lib#1.so mode=0644 # trailing\n'q#' \"d #x\" # c\nsrc2 d\\ #e\n")
+    reqs = read_manifest(str(m))
+    assert [os.path.basename(r.dest) for r in reqs] == ["lib#1.so", "d #x", "d #e"]
+    assert reqs[0].mode == 0o644 and os.path.basename(reqs[1].source) == "q#"
 
 
 def test_default_state_dir(monkeypatch):

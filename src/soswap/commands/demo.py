@@ -33,7 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from soswap.commands.demo_scenario import run_demo
+    from soswap.commands.install import terminate_as_interrupt
     from soswap.report.output import print_json
+
+    terminate_as_interrupt()  # SIGTERM/SIGHUP clean up as Ctrl-C does: every process stopped, every file removed
 
     def narrate(line: str) -> None:
         if not args.json:

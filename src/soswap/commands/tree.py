@@ -149,6 +149,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.platform is not None:
         profile = profile.replace(platform=args.platform)
     loader = Loader(profile, env, cache=ElfCache())
+    problem = profile.ldcache.problem if not args.ldd else None  # --ldd prints exactly what ldd prints
+    if problem:
+        sys.stderr.write(f"soswap: warning: {problem}\n")
     if not args.no_cache:
         from soswap.loader.bindstore import BindStore
 
@@ -272,12 +275,28 @@ def _needed_of(loader) -> Callable[[str], Sequence[str]]:  # type: ignore[no-unt
 _MIN_FILES_PER_JOB = 48
 _WORK: Optional[Callable[[str], object]] = None
 _STORE: Optional[BindStore] = None
+_PARENT = 0  #: the PID of the soswap that forks the workers
 
 
 def _work(chunk: List[str]) -> Tuple[List[object], Dict[str, object]]:
     assert _WORK is not None
     out = [_WORK(item) for item in chunk]
     return out, (_STORE.take_new() if _STORE is not None else {})
+
+
+def _die_with_parent() -> None:
+    """A worker is killed when the soswap that forked it dies (prctl PR_SET_PDEATHSIG): killed by SIGTERM, the
+    parent runs no cleanup, and a worker blocked writing its results would stay behind for good."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)  # this process's own C library, nothing from a file
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != _PARENT:  # the parent died before the call: nobody waits for this worker
+        os._exit(1)
 
 
 def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
@@ -289,18 +308,21 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     worker (:func:`split_by_affinity`). Falls back to one process where fork is unavailable."""
     if jobs is None:
         jobs = min(os.cpu_count() or 1, 4, len(files) // _MIN_FILES_PER_JOB)
+    # never more workers than files, nor many more than CPUs (a worker is a whole process)
+    jobs = min(jobs, len(files), 4 * (os.cpu_count() or 1))
     if jobs <= 1 or len(files) < 2:
         return [fn(f) for f in files]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    global _WORK, _STORE
+    global _WORK, _STORE, _PARENT
     try:
         ctx = multiprocessing.get_context("fork")
     except ValueError:  # pragma: no cover - no fork on this platform
         return [fn(f) for f in files]
     _WORK = fn
     _STORE = store
+    _PARENT = os.getpid()
     if store is not None:
         store.load()
     if needed is not None:
@@ -310,7 +332,7 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
             parts = list(pool.map(_work, [[files[n] for n in share] for share in shares]))
     finally:
         _WORK = _STORE = None

@@ -128,6 +128,9 @@ class LdCache:
         self.little_endian = little_endian
         self._keys = [e.key for e in entries]
         self._memo: Dict[Tuple[str, CacheTarget], Optional[CacheEntry]] = {}
+        #: What is wrong with the file when :meth:`load` read it as ld.so does (the parts ld.so ignores: all of
+        #: it, the extension directory, some entries); None for a well-formed (or missing) cache.
+        self.problem: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -142,8 +145,11 @@ class LdCache:
 
     @classmethod
     def load(cls, path: str, little_endian: bool = True) -> LdCache:
-        """Read and parse the cache at ``path``. A missing file gives an empty cache (the loader then
-        simply skips the cache step); a malformed one raises :class:`CacheError`."""
+        """Read the cache at ``path`` as ld.so does (``_dl_load_cache_lookup``): a missing, unreadable or
+        invalid file (bad magic, truncated, more entries than it holds, the wrong byte order) is no cache at
+        all, and the loader goes on to the system directories; a malformed extension directory loses the
+        glibc-hwcaps entries; an entry whose strings lie outside the file is skipped. :attr:`problem` says
+        what was ignored. (:meth:`parse` is the strict reader: it raises :class:`CacheError`.)"""
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
@@ -153,22 +159,40 @@ class LdCache:
         except FileNotFoundError:
             return cls.empty(path)
         except IsADirectoryError:
-            raise CacheError(f"{path}: is a directory, not an ld.so.cache") from None
-        except OSError as exc:
-            raise CacheError(f"{path}: cannot read ld.so.cache: {exc.strerror or exc}") from None
-        return cls.parse(data, path, little_endian)
+            return cls._ignored(path, little_endian, f"{path}: is a directory, not an ld.so.cache")
+        except (OSError, CacheError) as exc:
+            why = str(exc) if isinstance(exc, CacheError) else f"{path}: cannot read ld.so.cache: {exc.strerror}"
+            return cls._ignored(path, little_endian, why)
+        try:
+            return cls.parse(data, path, little_endian)
+        except CacheError as exc:
+            strict = str(exc)
+        try:
+            cache = cls.parse(data, path, little_endian, lenient=True)
+        except CacheError:
+            return cls._ignored(path, little_endian, strict)
+        cache.problem = f"{strict} (ld.so ignores that part)"
+        return cache
 
     @classmethod
-    def parse(cls, data: bytes, path: str = "<ld.so.cache>", little_endian: bool = True) -> LdCache:
+    def _ignored(cls, path: str, little_endian: bool, why: str) -> LdCache:
+        cache = cls(path, "none", (), None, (), little_endian)
+        cache.problem = f"{why} (ld.so ignores it)"
+        return cache
+
+    @classmethod
+    def parse(cls, data: bytes, path: str = "<ld.so.cache>", little_endian: bool = True,
+              lenient: bool = False) -> LdCache:
         """Parse cache bytes; ``little_endian`` is the byte order of the target (an old-format cache carries no
         byte order mark). An empty file is an empty cache, as for the loader; anything else that is not a
-        well-formed cache raises :class:`CacheError`."""
+        well-formed cache raises :class:`CacheError`. ``lenient``: what ld.so reads past (a bad extension
+        directory, entries pointing outside the file) is dropped instead."""
         if not data:
             return cls(path, "none", (), None, (), little_endian)
         if data.startswith(NEW_MAGIC):
-            return _parse_new(data, 0, path, little_endian, "new")
+            return _parse_new(data, 0, path, little_endian, "new", lenient)
         if data.startswith(OLD_MAGIC):
-            return _parse_old(data, path, little_endian)
+            return _parse_old(data, path, little_endian, lenient)
         raise CacheError(f"{path}: not an ld.so.cache (bad magic)")
 
     # -- lookup -------------------------------------------------------------------------------------
@@ -267,7 +291,7 @@ def _cstring(data: bytes, offset: int, limit: int) -> Optional[str]:
     return os.fsdecode(data[offset:end])
 
 
-def _parse_old(data: bytes, path: str, little: bool) -> LdCache:
+def _parse_old(data: bytes, path: str, little: bool, lenient: bool = False) -> LdCache:
     e = "<" if little else ">"
     if len(data) < 16:
         raise CacheError(f"{path}: truncated ld.so.cache header ({len(data)} bytes)")
@@ -277,7 +301,7 @@ def _parse_old(data: bytes, path: str, little: bool) -> LdCache:
     # A new-format cache after the old entries (the compat layout), 8-byte aligned.
     offset = (16 + 12 * nlibs + 7) & ~7
     if len(data) >= offset + 48 and data[offset:offset + len(NEW_MAGIC)] == NEW_MAGIC:
-        return _parse_new(data, offset, path, little, "compat")
+        return _parse_new(data, offset, path, little, "compat", lenient)
     strings_at = 16 + 12 * nlibs
     limit = len(data) - strings_at
     out: List[CacheEntry] = []
@@ -286,12 +310,14 @@ def _parse_old(data: bytes, path: str, little: bool) -> LdCache:
         k = _cstring(data, strings_at + key, len(data)) if key < limit else None
         v = _cstring(data, strings_at + value, len(data)) if value < limit else None
         if k is None or v is None:
+            if lenient:
+                continue
             raise CacheError(f"{path}: ld.so.cache entry {i} points outside the string table")
         out.append(CacheEntry(k, v, flags, 0, None))
     return LdCache(path, "old", tuple(out), None, (), little)
 
 
-def _parse_new(data: bytes, base: int, path: str, little: bool, fmt: str) -> LdCache:
+def _parse_new(data: bytes, base: int, path: str, little: bool, fmt: str, lenient: bool = False) -> LdCache:
     size = len(data)
     if size - base < 48:
         raise CacheError(f"{path}: truncated ld.so.cache header")
@@ -306,7 +332,12 @@ def _parse_new(data: bytes, base: int, path: str, little: bool, fmt: str) -> LdC
     (ext_offset,) = struct.unpack_from(e + "I", data, base + 32)
     if (size - base - 48) // 24 < nlibs:
         raise CacheError(f"{path}: ld.so.cache claims {nlibs} entries but holds at most {(size - base - 48) // 24}")
-    generator, hwcaps_names = _parse_extensions(data, ext_offset, path, e)
+    try:
+        generator, hwcaps_names = _parse_extensions(data, ext_offset, path, e)
+    except CacheError:
+        if not lenient:
+            raise
+        generator, hwcaps_names = None, ()  # update_hwcaps_priorities: no extension, no glibc-hwcaps entry
     out: List[CacheEntry] = []
     row = struct.Struct(e + "iIIIQ")
     # String offsets are relative to the new header (elf/dl-cache.c: string_table = cache_new) and must lie
@@ -317,6 +348,8 @@ def _parse_new(data: bytes, base: int, path: str, little: bool, fmt: str) -> LdC
         k = _cstring(data, base + key, size) if key < limit else None
         v = _cstring(data, base + value, size) if value < limit else None
         if k is None or v is None:
+            if lenient:
+                continue
             raise CacheError(f"{path}: ld.so.cache entry {i} points outside the file")
         sub = None
         if _is_hwcap_extension(hwcap):

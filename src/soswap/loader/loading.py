@@ -169,7 +169,7 @@ class Loader:
         skey: Optional[frozenset] = None
         if substitutions:
             subst, skey = self._substitutions(fsys, substitutions)
-        # the cache as the program sees it when it starts (a malformed one raises CacheError first)
+        # the cache as the program sees it when it starts
         ldcache = profile.ldcache if not self.env.inhibit_cache else None
         dyn = elf.dynamic  # a malformed dynamic section raises before anything else is read
         origin = main_origin(fsys, self.env, path, trace=trace)

@@ -179,7 +179,8 @@ class Profile:
 
     @property
     def ldcache(self) -> LdCache:
-        """The parsed ld.so.cache (a missing file is an empty cache; a malformed one raises CacheError)."""
+        """The ld.so.cache as ld.so reads it (:meth:`LdCache.load`: what ld.so ignores is ignored, and named in
+        ``problem``)."""
         host = self.fs.host(self.cache_path)
         try:
             st = os.stat(host)

@@ -193,7 +193,7 @@ class LoadSession:
             hwcaps = tuple(h for h in hwcaps if h in env.hwcaps_mask)
         self.capstr = capability_subdirs(hwcaps, profile.legacy_subdirs)
         self.cache_target = profile.cache_target(env.hwcaps_mask)
-        #: The ld.so.cache as it is when the program starts (a malformed cache raises CacheError).
+        #: The ld.so.cache as it is when the program starts (as ld.so reads it: LdCache.load).
         if ldcache is False:
             ldcache = profile.ldcache if not env.inhibit_cache else None
         self.ldcache = ldcache

@@ -13,38 +13,53 @@ import stat
 
 from soswap.errors import UsageError
 
-_WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007}
-_PERM_BITS = {"r": 0o444, "w": 0o222, "x": 0o111, "X": 0o111, "s": 0o6000, "t": 0o1000}
-_CLAUSE = re.compile(r"^([ugoa]*)([-+=][rwxXst]*)+$")
-_ACTION = re.compile(r"([-+=])([rwxXst]*)")
+#: the bits each ``who`` letter affects (coreutils lib/modechange.c mode_compile)
+_WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007, "a": 0o7777}
+_PERM_BITS = {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000}
+_COPY = {"u": 0o700, "g": 0o070, "o": 0o007}  # "g=u": the permissions of another class
+_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=](?:[ugo]|[rwxXst]*))+)")
+_ACTION = re.compile(r"([-+=])([ugo]|[rwxXst]*)")
 
 
 def parse_mode(text: str) -> int:
-    """The permission bits (setuid/setgid/sticky included) that ``-m text`` gives a new file."""
+    """The permission bits (setuid/setgid/sticky included) that ``-m text`` gives a new file: an octal number
+    up to 07777 (leading zeros allowed), or chmod(1) clauses applied to 0 as install(1) does (``mode_adjust``:
+    ``X`` adds execute only where some execute bit is already set; ``g=u`` copies a class)."""
     if not text:
         raise UsageError("empty mode")
-    if re.fullmatch(r"[0-7]{1,4}", text):
-        return int(text, 8)
+    if re.fullmatch(r"[0-7]+", text):
+        value = int(text, 8)
+        if value > 0o7777:
+            raise UsageError(f"invalid mode: {text!r}")
+        return value
     mode = 0
     for clause in text.split(","):
-        m = _CLAUSE.match(clause)
+        m = _CLAUSE.fullmatch(clause)
         if not m:
             raise UsageError(f"invalid mode: {text!r}")
-        who = m.group(1) or "a"
-        mask = 0
-        for w in who:
-            mask |= 0o7777 if w == "a" else _WHO[w]
-        for op, perms in _ACTION.findall(clause[len(m.group(1)):]):
-            bits = 0
-            for p in perms:
-                bits |= _PERM_BITS[p]
-            bits &= mask
-            if op == "+":
-                mode |= bits
-            elif op == "-":
-                mode &= ~bits
+        affected = 0
+        for w in m.group(1):
+            affected |= _WHO[w]
+        for op, perms in _ACTION.findall(m.group(2)):
+            if perms in _COPY:
+                value = mode & _COPY[perms]
+                value = ((0o444 if value & 0o444 else 0) | (0o222 if value & 0o222 else 0)
+                         | (0o111 if value & 0o111 else 0))
             else:
-                mode = (mode & ~(mask & 0o7777)) | bits
+                value = 0
+                for p in perms:
+                    if p == "X":  # MODE_X_IF_ANY_X: a new regular file, so only when execute is already set
+                        if mode & 0o111:
+                            value |= 0o111
+                    else:
+                        value |= _PERM_BITS[p]
+            value &= affected if affected else 0o7777  # no who: the umask, 0 for install(1)
+            if op == "=":
+                mode = (mode & (~affected & 0o7777 if affected else 0)) | value
+            elif op == "+":
+                mode |= value
+            else:
+                mode &= ~value
     return stat.S_IMODE(mode)
 
 

@@ -62,6 +62,32 @@ def requests_from_args(paths: Sequence[str], make_dirs: bool) -> List[Request]:
     return [Request(sources[0], dest)]
 
 
+def _without_comment(line: str) -> str:
+    """``line`` up to a ``#`` that starts a word outside quotes, as sh reads it (``lib#1.so`` is one word;
+    shlex's ``comments=True`` would cut it)."""
+    quote = ""
+    escaped = False
+    word_start = True  # after unquoted, unescaped blanks
+    for i, c in enumerate(line):
+        at_start, word_start = word_start, False
+        if escaped:
+            escaped = False
+        elif quote:
+            if c == quote:
+                quote = ""
+            elif c == "\\" and quote == '"':
+                escaped = True
+        elif c == "\\":
+            escaped = True
+        elif c in "'\"":
+            quote = c
+        elif c in " \t":
+            word_start = True
+        elif c == "#" and at_start:
+            return line[:i]
+    return line
+
+
 def read_manifest(path: str) -> List[Request]:
     """Parse a manifest: one ``SRC DEST [mode=MODE] [owner=USER] [group=GROUP]`` per line, shell-quoted;
     blank lines and ``#`` comments ignored. Relative SRC/DEST are relative to the manifest's directory. A
@@ -79,7 +105,7 @@ def read_manifest(path: str) -> List[Request]:
     out: List[Request] = []
     for lineno, line in enumerate(raw.decode("utf-8", "surrogateescape").splitlines(), 1):
         try:
-            words = shlex.split(line, comments=True)
+            words = shlex.split(_without_comment(line))
         except ValueError as exc:
             raise UsageError(f"{path}:{lineno}: {exc}") from None
         if not words:
@@ -94,14 +120,17 @@ def read_manifest(path: str) -> List[Request]:
             key, sep, value = opt.partition("=")
             if not sep or not value:
                 raise UsageError(f"{path}:{lineno}: bad option {opt!r} (mode=, owner=, group=)")
-            if key == "mode":
-                mode = parse_mode(value)
-            elif key == "owner":
-                uid = parse_owner(value)
-            elif key == "group":
-                gid = parse_group(value)
-            else:
-                raise UsageError(f"{path}:{lineno}: unknown option {key!r} (mode=, owner=, group=)")
+            try:
+                if key == "mode":
+                    mode = parse_mode(value)
+                elif key == "owner":
+                    uid = parse_owner(value)
+                elif key == "group":
+                    gid = parse_group(value)
+                else:
+                    raise UsageError(f"unknown option {key!r} (mode=, owner=, group=)")
+            except UsageError as exc:
+                raise UsageError(f"{path}:{lineno}: {exc}") from None
         out.append(Request(src, dest, mode, uid, gid))
     if not out:
         raise UsageError(f"{path}: the manifest lists no files")
