@@ -132,3 +132,43 @@ def test_a_process_that_dlopens_target_itself(tree: Tree, tmp_path: Path, procs)
     assert (c.pid, c.verdict) == (p.pid, "unaffected")
     assert "dlopen" in c.note and "self check" in c.note
     assert result.self_check is not None and result.self_check.verdict == "compatible"
+
+
+HOST = r"""
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    for (int i = 2; i < argc; i++)
+        if (!dlopen(argv[i], RTLD_NOW | RTLD_GLOBAL)) { printf("dlerror: %s\n", dlerror()); return 3; }
+    FILE *f = fopen(argv[1], "w"); if (f) fclose(f);
+    for (;;) pause();
+}
+"""
+
+
+@pytest.mark.parametrize("how", ["rpath", "loaded"])
+def test_a_plugin_finding_target_as_the_process_does(tmp_path: Path, procs, how: str) -> None:
+    """The plugin's libfoo.so.1 resolves, inside the process, through the program's DT_RPATH (the l_loader
+    chain of _dl_map_object) or to the libfoo the program dlopen()ed by path first (SONAME match). Checked on
+    its own it finds no libfoo at all and looked unaffected; the restarted process is the oracle."""
+    from support.build import executable, shared_lib
+
+    lib, v2 = tmp_path / "lib", tmp_path / "v2"
+    shared_lib(lib / "libfoo.so.1", "int foo(void){return 1;} int bar(void){return 2;}\n", soname="libfoo.so.1")
+    new = shared_lib(v2 / "libfoo.so.1", "int foo(void){return 1;}\n", soname="libfoo.so.1")
+    plug = shared_lib(tmp_path / "plug" / "plug.so", "int bar(void); int plugf(void){return bar();}\n",
+                      libs=[str(lib / "libfoo.so.1")])
+    flags = ["-Wl,--disable-new-dtags", f"-Wl,-rpath,{lib}"] if how == "rpath" else []
+    host = executable(tmp_path / "bin" / "host", HOST, flags=flags, libs=["-ldl"])
+    args = [str(lib / "libfoo.so.1"), str(plug)] if how == "loaded" else [str(plug)]
+    env = {"PATH": "/usr/bin:/bin"}
+    p = procs.start([host, tmp_path / "ready", *args], env=env, wait_for_file=tmp_path / "ready")
+    result = check_replacement(str(lib / "libfoo.so.1"), str(new), pids=[p.pid], environ=_clean_env())
+    (c,) = result.consumers
+    assert c.verdict == "incompatible" and c.plugins == (str(plug),), c
+    assert [(x.when, x.message) for x in c.problems] == [("dlopen", f"{plug}: undefined symbol: bar")]
+    shutil.copyfile(new, lib / "libfoo.so.1")  # the oracle: the program started again with NEW in place
+    again = subprocess.run([str(host), str(tmp_path / "ready2"), *args], env=env, capture_output=True, text=True,
+                           timeout=30)
+    assert again.returncode == 3 and again.stdout == f"dlerror: {c.problems[0].message}\n"

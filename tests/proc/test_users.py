@@ -94,3 +94,16 @@ def test_old_version_found_by_a_name_with_a_newline(procs, fx, tmp_path: Path) -
     (report,) = find_users([str(odd)])
     got = {u.pid: (u.how, u.version, u.inode) for u in report.uses}
     assert got == {p.pid: (("mapped",), "old", old_ino)}
+
+
+def test_a_file_opened_under_another_name_is_found_by_its_inode(procs, fx, tmp_path: Path) -> None:
+    """A process that opened the file through a hard link holds the same inode: found, as fuser finds it
+    (before, open files were matched by name only, while mappings were matched by inode)."""
+    data = tmp_path / "data.txt"
+    data.write_text("data\n")
+    link = tmp_path / "hardlink.txt"
+    os.link(data, link)
+    ready = tmp_path / "ready"
+    p = procs.start([fx.holder, ready, f"open:{link}"], wait_for_file=ready)
+    (report,) = find_users([str(data)])
+    assert [(u.pid, u.how, u.version) for u in report.uses] == [(p.pid, ("open",), "current")]

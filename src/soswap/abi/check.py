@@ -253,15 +253,20 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
     verdicts = [main.verdict]
     plugins: List[str] = []
     note = info.note
+    outside = [path for path, dev, ino in info.mapped
+               if not ((dev, ino) in in_tree or path in in_tree or path == info.exe)]
+    target_loaded = False
     for path, dev, ino in info.mapped:
-        if (dev, ino) in in_tree or path in in_tree or path == info.exe:
-            continue
-        if (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
+        if path in outside and ((dev, ino) == checker.target_id or _same_file(path, checker.target_id)):
             # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
             note = note or "maps TARGET outside its program's tree (dlopen)"
+            target_loaded = True
+    for path, dev, ino in info.mapped:
+        if path not in outside or (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
             continue
         try:
-            r = checker.check(path, env=info.env, plugin=True, source="process")
+            r = checker.check(path, env=_dlopen_env(checker, info, path, target_loaded), plugin=True,
+                              source="process")
         except SoswapError:
             continue
         if r.verdict == P.UNAFFECTED:
@@ -278,6 +283,31 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
         note += ": only the self check speaks for it"
     return P.ConsumerResult(info.exe, P.ROLE_PROCESS, verdict, tuple(problems), tuple(baseline), pid=info.pid,
                             plugins=tuple(plugins), source="process", note=note)
+
+
+def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, target_loaded: bool) -> Environment:
+    """The environment a plugin the process dlopen-ed is checked with, so that its dependencies resolve as in
+    the process. ``_dl_map_object`` searches the DT_RPATH of the whole ``l_loader`` chain: a plugin without a
+    DT_RUNPATH also sees the program's DT_RPATH (``$ORIGIN`` the program's directory), before
+    LD_LIBRARY_PATH; and an object already loaded answers its SONAME before any search (TARGET, when the
+    process loaded it by path). Both are put at the front of the search path."""
+    dirs: List[str] = []
+    if target_loaded:
+        dirs.append(os.path.dirname(checker.target))
+    try:
+        plugin_dyn = checker.elf_cache.get(plugin).dynamic
+        main_dyn = checker.elf_cache.get(info.exe).dynamic
+    except (SoswapError, OSError):
+        plugin_dyn = main_dyn = None
+    if plugin_dyn is not None and main_dyn is not None and plugin_dyn.runpath is None and main_dyn.runpath is None \
+            and main_dyn.rpath:
+        origin = os.path.dirname(os.path.realpath(info.exe))
+        for d in main_dyn.rpath.split(":"):
+            dirs.append(d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) if d else info.env.cwd)
+    if not dirs:
+        return info.env
+    rest = [info.env.library_path] if info.env.library_path else []
+    return info.env.replace(library_path=":".join(dirs + rest))
 
 
 def _tree_identities(checker: ConsumerChecker, info: ProcessInfo) -> Set[object]:

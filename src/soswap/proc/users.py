@@ -200,13 +200,24 @@ class _Pass:
             if not link.startswith(b"/"):
                 continue
             name, _deleted = split_deleted(link)
+            st = None
             for idx, t in enumerate(self.targets):
                 if name not in t.names:
-                    continue
-                try:
-                    st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
-                except OSError:
-                    continue
+                    # another name of the same inode (a hard link, a bind mount): as fuser, by identity
+                    if t.identity is None:
+                        continue
+                    if st is None:
+                        try:
+                            st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
+                        except OSError:
+                            break
+                    if t.identity != (st.st_dev, st.st_ino):
+                        continue
+                elif st is None:
+                    try:
+                        st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
+                    except OSError:
+                        break
                 version = "current" if t.identity == (st.st_dev, st.st_ino) else "old"
                 how, old_version, _dev, _ino = hits.setdefault(idx, (set(), version, st.st_dev, st.st_ino))
                 how.add(HOW_OPEN)
