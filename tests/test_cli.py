@@ -72,8 +72,10 @@ def test_unknown_option_is_a_usage_error() -> None:
 def test_nagios_errors_are_unknown_never_critical() -> None:
     """The monitoring-plugins rules: an error of 'stale --nagios' is UNKNOWN (3) with a status line on standard
     output; exit status 2 would be CRITICAL."""
-    for args in (["--pid", "999999999"], ["--pid", "abc"], ["--identical-max-size", "12X"]):
-        r = soswap("stale", "--nagios", "--no-kernel", *args)
+    for nagios, args in (("--nagios", ["--pid", "999999999"]), ("--nagios", ["--pid", "abc"]),
+                         ("--nagios", ["--identical-max-size", "12X"]), ("--nag", ["--bogus"]),
+                         ("--nagio", ["--pid", "x"])):  # argparse takes a unique prefix too
+        r = soswap("stale", nagios, "--no-kernel", *args)
         assert r.returncode == 3 and r.stdout.startswith("STALE UNKNOWN - "), (args, r.stdout, r.stderr)
         assert "error" in r.stderr and "Traceback" not in r.stderr
 

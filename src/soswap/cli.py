@@ -118,7 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command is None and not {"-h", "--help"} & set(args_list):
         command = ""  # --version or a usage error: no subcommand's arguments are needed
     options = args_list[:args_list.index("--")] if "--" in args_list else args_list
-    nagios = command == "stale" and "--nagios" in options
+    # argparse also takes a unique prefix ("--nag"); "--n" alone is ambiguous with --no-kernel
+    nagios = command == "stale" and any(len(o) >= 4 and "--nagios".startswith(o) for o in options)
     parser = build_parser(command)
     try:
         args, extra = parser.parse_known_args(args_list)

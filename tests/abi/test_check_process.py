@@ -147,11 +147,12 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.mark.parametrize("how", ["rpath", "loaded"])
+@pytest.mark.parametrize("how", ["rpath", "loaded", "linked"])
 def test_a_plugin_finding_target_as_the_process_does(tmp_path: Path, procs, how: str) -> None:
     """The plugin's libfoo.so.1 resolves, inside the process, through the program's DT_RPATH (the l_loader
-    chain of _dl_map_object) or to the libfoo the program dlopen()ed by path first (SONAME match). Checked on
-    its own it finds no libfoo at all and looked unaffected; the restarted process is the oracle."""
+    chain of _dl_map_object), or to the libfoo the program dlopen()ed by path first or links itself (SONAME
+    match). Checked on its own it finds no libfoo at all and looked unaffected; the restarted process is the
+    oracle."""
     from support.build import executable, shared_lib
 
     lib, v2 = tmp_path / "lib", tmp_path / "v2"
@@ -160,7 +161,9 @@ def test_a_plugin_finding_target_as_the_process_does(tmp_path: Path, procs, how:
     plug = shared_lib(tmp_path / "plug" / "plug.so", "int bar(void); int plugf(void){return bar();}\n",
                       libs=[str(lib / "libfoo.so.1")])
     flags = ["-Wl,--disable-new-dtags", f"-Wl,-rpath,{lib}"] if how == "rpath" else []
-    host = executable(tmp_path / "bin" / "host", HOST, flags=flags, libs=["-ldl"])
+    links = ["-Wl,--no-as-needed", str(lib / "libfoo.so.1"), "-Wl,--enable-new-dtags", f"-Wl,-rpath,{lib}"]
+    host = executable(tmp_path / "bin" / "host", HOST, flags=flags, libs=[*(links if how == "linked" else []),
+                                                                        "-ldl"])
     args = [str(lib / "libfoo.so.1"), str(plug)] if how == "loaded" else [str(plug)]
     env = {"PATH": "/usr/bin:/bin"}
     p = procs.start([host, tmp_path / "ready", *args], env=env, wait_for_file=tmp_path / "ready")

@@ -279,6 +279,27 @@ def test_a_new_version_beside_the_old_one_is_checked_through_the_soname_link(tmp
     assert os.readlink(lib / "libfoo.so.1") == "libfoo.so.1.1"
 
 
+def test_two_new_files_of_one_soname_link_to_the_highest_and_are_checked(tmp_path, state):
+    """libfoo.so.1.11 (compatible) and .12 (without bar) in one install: the link goes to .12 as ldconfig would,
+    whatever the order they are given in, and .12 is what the program is checked with; also when .11 comes in
+    under the name of the file the link leads to now."""
+    lib, new = tmp_path / "lib", tmp_path / "new"
+    both = "int foo(void){return 1;} int bar(void){return 2;}\n"
+    shared_lib(lib / "libfoo.so.1.10", both, soname="libfoo.so.1")
+    (lib / "libfoo.so.1").symlink_to("libfoo.so.1.10")
+    v11 = shared_lib(new / "libfoo.so.1.11", both, soname="libfoo.so.1")
+    v12 = shared_lib(new / "libfoo.so.1.12", "int foo(void){return 1;}\n", soname="libfoo.so.1")
+    app = executable(tmp_path / "app", "int foo(void); int bar(void);\nint main(void){return foo()+bar();}\n",
+                     libs=[str(lib / "libfoo.so.1"), f"-Wl,-rpath,{lib}"])
+    where = ["--consumer", str(app), "--scope", str(tmp_path), "--"]
+    shutil.copyfile(v11, new / "libfoo.so.1.10")  # .11's content under the old file's name
+    for files in ([v11, v12], [v12, v11], [new / "libfoo.so.1.10", v12]):
+        r = soswap(["install", "--dry-run", *where, *files, lib], state)
+        assert r.returncode == 1 and "undefined symbol: bar" in r.stdout + r.stderr, (files, r.stdout, r.stderr)
+    r = soswap(["install", "--force", *where, v11, v12, lib], state, check=0)
+    assert os.readlink(lib / "libfoo.so.1") == "libfoo.so.1.12"
+
+
 def test_preflight_and_stale_seams(tmp_path, libfoo, procs):
     """The API seams: a preflight problem refuses (nothing changed) unless forced; the stale report gets the
     replaced inode, which is the one a running process still maps."""

@@ -33,7 +33,8 @@ def test_libcmp_like_ldconfig(a, b, sign):
 
 @pytest.mark.parametrize("mode", ["755", "0644", "4755", "u=rwx,g=rx,o=", "a+x", "u+s,go=rx", "go-w", "a=r,u+w",
                                   "+t", "ug=rw", "a+rX", "a+X", "ug=rwX", "a+x,a-X", "00755", "000755", "07777",
-                                  "u=rwx,g=u", "o=rwx,u=o", "u=rw,go=u-w", "=rw", "a=r,u+X"])
+                                  "u=rwx,g=u", "o=rwx,u=o", "u=rw,go=u-w", "=rw", "a=r,u+X", "=755", "+7", "-7",
+                                  "=0", "=7,u+x", "=rwx,+1"])
 def test_mode_like_install(tmp_path, mode):
     """-m MODE gives the same bits as install(1) -m MODE (the oracle)."""
     src = tmp_path / "src"
@@ -44,7 +45,7 @@ def test_mode_like_install(tmp_path, mode):
     assert parse_mode(mode) == os.stat(dest).st_mode & 0o7777
 
 
-@pytest.mark.parametrize("bad", ["", "9", "u=q", "x+r", "rwx", "017777", "u=ug", "g=x,u"])
+@pytest.mark.parametrize("bad", ["", "9", "u=q", "x+r", "rwx", "017777", "u=ug", "g=x,u", "u=7", "a=7", "=17777"])
 def test_bad_modes(bad):
     with pytest.raises(UsageError):
         parse_mode(bad)

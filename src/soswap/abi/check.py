@@ -257,10 +257,10 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
                if not ((dev, ino) in in_tree or path in in_tree or path == info.exe)]
     target_loaded = False
     for path, dev, ino in info.mapped:
-        if path in outside and ((dev, ino) == checker.target_id or _same_file(path, checker.target_id)):
-            # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
-            note = note or "maps TARGET outside its program's tree (dlopen)"
-            target_loaded = True
+        if (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
+            target_loaded = True  # a plugin's DT_NEEDED of TARGET's SONAME is answered by it
+            if path in outside:  # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
+                note = note or "maps TARGET outside its program's tree (dlopen)"
     for path, dev, ino in info.mapped:
         if path not in outside or (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
             continue

@@ -20,7 +20,7 @@ from soswap.replace import checks, metadata, naming
 from soswap.replace.order import DynInfo, dependency_order, read_dyninfo
 from soswap.replace.pause import pause_point
 from soswap.replace.records import KIND_FILE, KIND_SYMLINK, Change, InodeRecord, InstallResult, Notice
-from soswap.replace.sonames import LinkPlan, plan_soname_link
+from soswap.replace.sonames import LinkPlan, libcmp, plan_soname_link
 from soswap.replace.staging import stage_file, stage_symlink
 from soswap.replace.statedir import DEFAULT_LOCK_TIMEOUT, StateDir
 from soswap.replace.targets import Request, Target, resolve
@@ -203,6 +203,7 @@ def _link_plans(plans: Sequence[_Plan], order: Sequence[int], notices: List[Noti
     """Soname link flips, keyed by the index of the library file they follow in commit order."""
     out: Dict[int, LinkPlan] = {}
     installed = {p.target.path for p in plans}
+    chosen: Dict[str, int] = {}  # link -> the plan whose file it will point to
     for i in order:
         p = plans[i]
         if p.dyn is None or not p.dyn.soname:
@@ -213,6 +214,14 @@ def _link_plans(plans: Sequence[_Plan], order: Sequence[int], notices: List[Noti
         elif result is not None:
             if result.link in installed:
                 continue  # the soname itself is being installed as a file in this transaction
+            # several new files with one SONAME: the link goes to the highest version, as ldconfig would
+            # (whatever the order they were given in)
+            j = chosen.get(result.link)
+            if j is not None and libcmp(result.target, out[j].target) <= 0:
+                continue
+            if j is not None:
+                del out[j]
+            chosen[result.link] = i
             out[i] = result
     return out
 
@@ -222,14 +231,15 @@ def _preflight_pairs(plans: Sequence[_Plan], links: Dict[int, LinkPlan]) -> List
     transaction flips, the file the link leads to now. Consumers load that file through the link: after the
     flip they load the new library in its place (``libfoo.so.1 -> libfoo.so.1.0`` becoming ``-> .1.1``)."""
     pairs = [(os.path.abspath(p.target.request.source), p.target.path) for p in plans]
-    dests = {d for _, d in pairs}
     for i, lp in links.items():
         if lp.old_target is None:
             continue
         old = os.path.realpath(os.path.join(os.path.dirname(lp.link), lp.old_target))
-        if old not in dests and os.path.isfile(old):
-            pairs.append((os.path.abspath(plans[i].target.request.source), old))
-            dests.add(old)
+        pair = (os.path.abspath(plans[i].target.request.source), old)
+        # also when the transaction replaces that file too: consumers reach it through the link, which then
+        # leads to the flip's file, not to the file's own replacement
+        if pair not in pairs and os.path.isfile(old):
+            pairs.append(pair)
     return pairs
 
 

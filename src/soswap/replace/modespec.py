@@ -17,8 +17,8 @@ from soswap.errors import UsageError
 _WHO = {"u": 0o4700, "g": 0o2070, "o": 0o1007, "a": 0o7777}
 _PERM_BITS = {"r": 0o444, "w": 0o222, "x": 0o111, "s": 0o6000, "t": 0o1000}
 _COPY = {"u": 0o700, "g": 0o070, "o": 0o007}  # "g=u": the permissions of another class
-_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=](?:[ugo]|[rwxXst]*))+)")
-_ACTION = re.compile(r"([-+=])([ugo]|[rwxXst]*)")
+_CLAUSE = re.compile(r"([ugoa]*)((?:[-+=](?:[ugo]|[0-7]+|[rwxXst]*))+)")
+_ACTION = re.compile(r"([-+=])([ugo]|[0-7]+|[rwxXst]*)")
 
 
 def parse_mode(text: str) -> int:
@@ -41,7 +41,11 @@ def parse_mode(text: str) -> int:
         for w in m.group(1):
             affected |= _WHO[w]
         for op, perms in _ACTION.findall(m.group(2)):
-            if perms in _COPY:
+            if perms[:1].isdigit():  # "=755", "+1": octal bits after an operator, only with no "who"
+                if affected or int(perms, 8) > 0o7777:
+                    raise UsageError(f"invalid mode: {text!r}")
+                value = int(perms, 8)
+            elif perms in _COPY:
                 value = mode & _COPY[perms]
                 value = ((0o444 if value & 0o444 else 0) | (0o222 if value & 0o222 else 0)
                          | (0o111 if value & 0o111 else 0))
