@@ -74,7 +74,8 @@ def test_nagios_errors_are_unknown_never_critical() -> None:
     output; exit status 2 would be CRITICAL."""
     for nagios, args in (("--nagios", ["--pid", "999999999"]), ("--nagios", ["--pid", "abc"]),
                          ("--nagios", ["--identical-max-size", "12X"]), ("--nag", ["--bogus"]),
-                         ("--nagio", ["--pid", "x"])):  # argparse takes a unique prefix too
+                         ("--nagio", ["--pid", "x"]), ("--nagios=1", []), ("--nag=x", ["--bogus"])):
+        # argparse takes a unique prefix too, and an "=value" it then refuses
         r = soswap("stale", nagios, "--no-kernel", *args)
         assert r.returncode == 3 and r.stdout.startswith("STALE UNKNOWN - "), (args, r.stdout, r.stderr)
         assert "error" in r.stderr and "Traceback" not in r.stderr

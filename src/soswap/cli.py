@@ -119,7 +119,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command = ""  # --version or a usage error: no subcommand's arguments are needed
     options = args_list[:args_list.index("--")] if "--" in args_list else args_list
     # argparse also takes a unique prefix ("--nag"); "--n" alone is ambiguous with --no-kernel
-    nagios = command == "stale" and any(len(o) >= 4 and "--nagios".startswith(o) for o in options)
+    nagios = command == "stale" and any(len(o) >= 4 and "--nagios".startswith(o.split("=", 1)[0]) for o in options)
     parser = build_parser(command)
     try:
         args, extra = parser.parse_known_args(args_list)

@@ -147,7 +147,7 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.mark.parametrize("how", ["rpath", "loaded", "linked"])
+@pytest.mark.parametrize("how", ["rpath", "loaded", "linked", "linked-through-a-link"])
 def test_a_plugin_finding_target_as_the_process_does(tmp_path: Path, procs, how: str) -> None:
     """The plugin's libfoo.so.1 resolves, inside the process, through the program's DT_RPATH (the l_loader
     chain of _dl_map_object), or to the libfoo the program dlopen()ed by path first or links itself (SONAME
@@ -156,22 +156,30 @@ def test_a_plugin_finding_target_as_the_process_does(tmp_path: Path, procs, how:
     from support.build import executable, shared_lib
 
     lib, v2 = tmp_path / "lib", tmp_path / "v2"
-    shared_lib(lib / "libfoo.so.1", "int foo(void){return 1;} int bar(void){return 2;}\n", soname="libfoo.so.1")
+    if how == "linked-through-a-link":  # TARGET is the real file elsewhere; the program finds lib/libfoo.so.1
+        real = shared_lib(tmp_path / "real" / "libfoo.so.1.0", "int foo(void){return 1;} int bar(void){return 2;}\n",
+                          soname="libfoo.so.1")
+        lib.mkdir()
+        (lib / "libfoo.so.1").symlink_to(real)
+    else:
+        shared_lib(lib / "libfoo.so.1", "int foo(void){return 1;} int bar(void){return 2;}\n",
+                   soname="libfoo.so.1")
     new = shared_lib(v2 / "libfoo.so.1", "int foo(void){return 1;}\n", soname="libfoo.so.1")
     plug = shared_lib(tmp_path / "plug" / "plug.so", "int bar(void); int plugf(void){return bar();}\n",
                       libs=[str(lib / "libfoo.so.1")])
     flags = ["-Wl,--disable-new-dtags", f"-Wl,-rpath,{lib}"] if how == "rpath" else []
     links = ["-Wl,--no-as-needed", str(lib / "libfoo.so.1"), "-Wl,--enable-new-dtags", f"-Wl,-rpath,{lib}"]
-    host = executable(tmp_path / "bin" / "host", HOST, flags=flags, libs=[*(links if how == "linked" else []),
-                                                                        "-ldl"])
+    host = executable(tmp_path / "bin" / "host", HOST, flags=flags,
+                      libs=[*(links if how.startswith("linked") else []), "-ldl"])
     args = [str(lib / "libfoo.so.1"), str(plug)] if how == "loaded" else [str(plug)]
     env = {"PATH": "/usr/bin:/bin"}
     p = procs.start([host, tmp_path / "ready", *args], env=env, wait_for_file=tmp_path / "ready")
-    result = check_replacement(str(lib / "libfoo.so.1"), str(new), pids=[p.pid], environ=_clean_env())
+    target = os.path.realpath(lib / "libfoo.so.1")
+    result = check_replacement(target, str(new), pids=[p.pid], environ=_clean_env())
     (c,) = result.consumers
     assert c.verdict == "incompatible" and c.plugins == (str(plug),), c
     assert [(x.when, x.message) for x in c.problems] == [("dlopen", f"{plug}: undefined symbol: bar")]
-    shutil.copyfile(new, lib / "libfoo.so.1")  # the oracle: the program started again with NEW in place
+    shutil.copyfile(new, target)  # the oracle: the program started again with NEW in place
     again = subprocess.run([str(host), str(tmp_path / "ready2"), *args], env=env, capture_output=True, text=True,
                            timeout=30)
     assert again.returncode == 3 and again.stdout == f"dlerror: {c.problems[0].message}\n"

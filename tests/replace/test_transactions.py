@@ -298,6 +298,11 @@ def test_two_new_files_of_one_soname_link_to_the_highest_and_are_checked(tmp_pat
         assert r.returncode == 1 and "undefined symbol: bar" in r.stdout + r.stderr, (files, r.stdout, r.stderr)
     r = soswap(["install", "--force", *where, v11, v12, lib], state, check=0)
     assert os.readlink(lib / "libfoo.so.1") == "libfoo.so.1.12"
+    # a dangling link is no choice of ldconfig's: it goes to the new file
+    (lib / "libfoo.so.1").unlink()
+    (lib / "libfoo.so.1").symlink_to("libfoo.so.1.99")
+    soswap(["install", *where, v11, lib], state, check=0)
+    assert os.readlink(lib / "libfoo.so.1") == "libfoo.so.1.11"
 
 
 def test_preflight_and_stale_seams(tmp_path, libfoo, procs):

@@ -45,7 +45,8 @@ def test_mode_like_install(tmp_path, mode):
     assert parse_mode(mode) == os.stat(dest).st_mode & 0o7777
 
 
-@pytest.mark.parametrize("bad", ["", "9", "u=q", "x+r", "rwx", "017777", "u=ug", "g=x,u", "u=7", "a=7", "=17777"])
+@pytest.mark.parametrize("bad", ["", "9", "u=q", "x+r", "rwx", "017777", "u=ug", "g=x,u", "u=7", "a=7", "=17777",
+                                 "=7+x", "=7=5", "=7-1"])
 def test_bad_modes(bad):
     with pytest.raises(UsageError):
         parse_mode(bad)

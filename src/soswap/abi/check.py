@@ -247,7 +247,7 @@ def _check_processes(checker: ConsumerChecker, pids: Sequence[int], explicit: Se
 def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerResult:
     """The program as it would start again (its environment), then each dlopen'ed plugin that loads TARGET."""
     main = checker.check(info.exe, env=info.env, argv0=info.argv0, source="process", pid=info.pid)
-    in_tree = _tree_identities(checker, info)
+    in_tree, loaded_dirs = _tree_identities(checker, info)
     problems = list(main.problems)
     baseline = list(main.baseline)
     verdicts = [main.verdict]
@@ -265,7 +265,7 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
         if path not in outside or (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
             continue
         try:
-            r = checker.check(path, env=_dlopen_env(checker, info, path, target_loaded), plugin=True,
+            r = checker.check(path, env=_dlopen_env(checker, info, path, target_loaded, loaded_dirs), plugin=True,
                               source="process")
         except SoswapError:
             continue
@@ -285,7 +285,8 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
                             plugins=tuple(plugins), source="process", note=note)
 
 
-def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, target_loaded: bool) -> Environment:
+def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, target_loaded: bool,
+                loaded_dirs: Sequence[str] = ()) -> Environment:
     """The environment a plugin the process dlopen-ed is checked with, so that its dependencies resolve as in
     the process. ``_dl_map_object`` searches the DT_RPATH of the whole ``l_loader`` chain: a plugin without a
     DT_RUNPATH also sees the program's DT_RPATH (``$ORIGIN`` the program's directory), before
@@ -294,6 +295,11 @@ def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, target
     dirs: List[str] = []
     if target_loaded:
         dirs.append(os.path.dirname(checker.target))
+    # the directories the program's own objects were found in, under the names they were asked for (an
+    # object the program loaded answers a plugin's DT_NEEDED of its SONAME before any search)
+    for found in loaded_dirs:
+        if found not in dirs:
+            dirs.append(found)
     try:
         plugin_dyn = checker.elf_cache.get(plugin).dynamic
         main_dyn = checker.elf_cache.get(info.exe).dynamic
@@ -310,19 +316,26 @@ def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, target
     return info.env.replace(library_path=":".join(dirs + rest))
 
 
-def _tree_identities(checker: ConsumerChecker, info: ProcessInfo) -> Set[object]:
+def _tree_identities(checker: ConsumerChecker, info: ProcessInfo) -> Tuple[Set[object], List[str]]:
+    """The identities and paths of the program's tree, and the directories its libraries were found in (in load
+    order, under the names they were asked for)."""
     out: Set[object] = set()
+    dirs: List[str] = []
     try:
         res = checker.loader(info.env).load(info.exe, argv0=info.argv0)
     except SoswapError:
-        return out
+        return out, dirs
     for o in res.objects:
         if o.elf is not None and o.elf.identity is not None:
             out.add(o.elf.identity[:2])
         if o.path:
             out.add(o.path)
             out.add(os.path.realpath(o.path))
-    return out
+            d = os.path.dirname(o.path)
+            if o.index != 0 and o.found and o.kind not in ("vdso", "interpreter") and d.startswith("/") \
+                    and d not in dirs:
+                dirs.append(d)
+    return out, dirs
 
 
 def _same_file(path: str, ident: Tuple[int, int]) -> bool:

@@ -40,9 +40,10 @@ def parse_mode(text: str) -> int:
         affected = 0
         for w in m.group(1):
             affected |= _WHO[w]
-        for op, perms in _ACTION.findall(m.group(2)):
-            if perms[:1].isdigit():  # "=755", "+1": octal bits after an operator, only with no "who"
-                if affected or int(perms, 8) > 0o7777:
+        actions = _ACTION.findall(m.group(2))
+        for n, (op, perms) in enumerate(actions):
+            if perms[:1].isdigit():  # "=755", "+1": octal bits after an operator, with no "who", ending the clause
+                if affected or int(perms, 8) > 0o7777 or n != len(actions) - 1:
                     raise UsageError(f"invalid mode: {text!r}")
                 value = int(perms, 8)
             elif perms in _COPY:

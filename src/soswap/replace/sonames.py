@@ -74,7 +74,8 @@ def plan_soname_link(directory: str, name: str, soname: Optional[str]) -> Union[
     if current == name or os.path.normpath(os.path.join(directory, current)) == os.path.join(directory, name):
         return None
     current_name = os.path.basename(current)
-    if os.path.dirname(current) not in ("", ".") or libcmp(name, current_name) >= 0:
+    dangling = not os.path.exists(os.path.join(directory, current))  # ldconfig chooses among existing files
+    if dangling or os.path.dirname(current) not in ("", ".") or libcmp(name, current_name) >= 0:
         return LinkPlan(link, name, current)
     return (f"soname link {soname} points to {current}, a higher version than {name}; left alone "
             "(ldconfig would keep the highest version)")
