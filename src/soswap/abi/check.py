@@ -292,13 +292,14 @@ def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, target
     DT_RUNPATH also sees the program's DT_RPATH (``$ORIGIN`` the program's directory), before
     LD_LIBRARY_PATH; and an object already loaded answers its SONAME before any search (TARGET, when the
     process loaded it by path). Both are put at the front of the search path."""
+    # TARGET and the directories the program's own objects were found in, under the names they were asked for
+    # (an object the process loaded answers a plugin's DT_NEEDED of its SONAME before any search); not the
+    # system directories: the plugin finds those itself, and putting them first would hide its RUNPATH copies
+    system = {d.rstrip("/") for d in checker.profile.system_dirs}
+    system |= {os.path.realpath(d) for d in system}
     dirs: List[str] = []
-    if target_loaded:
-        dirs.append(os.path.dirname(checker.target))
-    # the directories the program's own objects were found in, under the names they were asked for (an
-    # object the program loaded answers a plugin's DT_NEEDED of its SONAME before any search)
-    for found in loaded_dirs:
-        if found not in dirs:
+    for found in [os.path.dirname(checker.target)] * target_loaded + list(loaded_dirs):
+        if found not in dirs and found.rstrip("/") not in system and os.path.realpath(found) not in system:
             dirs.append(found)
     try:
         plugin_dyn = checker.elf_cache.get(plugin).dynamic
