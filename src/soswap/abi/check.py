@@ -255,18 +255,17 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
     note = info.note
     outside = [path for path, dev, ino in info.mapped
                if not ((dev, ino) in in_tree or path in in_tree or path == info.exe)]
-    target_loaded = False
-    for path, dev, ino in info.mapped:
-        if (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
-            target_loaded = True  # a plugin's DT_NEEDED of TARGET's SONAME is answered by it
-            if path in outside:  # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
-                note = note or "maps TARGET outside its program's tree (dlopen)"
-    for path, dev, ino in info.mapped:
-        if path not in outside or (dev, ino) == checker.target_id or _same_file(path, checker.target_id):
+    targets = {path for path, dev, ino in info.mapped
+               if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)}
+    if targets.intersection(outside):  # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
+        note = note or "maps TARGET outside its program's tree (dlopen)"
+    # a plugin's DT_NEEDED is answered first by what the process loaded (TARGET too): their directories
+    first = _loaded_dirs(checker, ([os.path.dirname(checker.target)] if targets else []) + loaded_dirs)
+    for path in outside:
+        if path in targets:
             continue
         try:
-            r = checker.check(path, env=_dlopen_env(checker, info, path, target_loaded, loaded_dirs), plugin=True,
-                              source="process")
+            r = checker.check(path, env=_dlopen_env(checker, info, path, first), plugin=True, source="process")
         except SoswapError:
             continue
         if r.verdict == P.UNAFFECTED:
@@ -285,22 +284,25 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
                             plugins=tuple(plugins), source="process", note=note)
 
 
-def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, target_loaded: bool,
-                loaded_dirs: Sequence[str] = ()) -> Environment:
-    """The environment a plugin the process dlopen-ed is checked with, so that its dependencies resolve as in
-    the process. ``_dl_map_object`` searches the DT_RPATH of the whole ``l_loader`` chain: a plugin without a
-    DT_RUNPATH also sees the program's DT_RPATH (``$ORIGIN`` the program's directory), before
-    LD_LIBRARY_PATH; and an object already loaded answers its SONAME before any search (TARGET, when the
-    process loaded it by path). Both are put at the front of the search path."""
-    # TARGET and the directories the program's own objects were found in, under the names they were asked for
-    # (an object the process loaded answers a plugin's DT_NEEDED of its SONAME before any search); not the
-    # system directories: the plugin finds those itself, and putting them first would hide its RUNPATH copies
+def _loaded_dirs(checker: ConsumerChecker, dirs: Sequence[str]) -> List[str]:
+    """``dirs`` (where the process's objects were found, under the names they were asked for) without repeats
+    and without the system directories: a plugin searches those itself, and putting them first would hide its
+    own RUNPATH copies of system libraries."""
     system = {d.rstrip("/") for d in checker.profile.system_dirs}
     system |= {os.path.realpath(d) for d in system}
-    dirs: List[str] = []
-    for found in [os.path.dirname(checker.target)] * target_loaded + list(loaded_dirs):
-        if found not in dirs and found.rstrip("/") not in system and os.path.realpath(found) not in system:
-            dirs.append(found)
+    out: List[str] = []
+    for d in dirs:
+        if d not in out and d.rstrip("/") not in system and os.path.realpath(d) not in system:
+            out.append(d)
+    return out
+
+
+def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, first: Sequence[str]) -> Environment:
+    """The environment a plugin the process dlopen-ed is checked with, so that its dependencies resolve as in
+    the process: ``first`` (:func:`_loaded_dirs`: an object already loaded answers its SONAME before any
+    search), then, for a plugin without DT_RUNPATH, the program's DT_RPATH (``_dl_map_object`` searches the
+    DT_RPATH of the whole ``l_loader`` chain; ``$ORIGIN`` the program's directory), before LD_LIBRARY_PATH."""
+    dirs = list(first)
     try:
         plugin_dyn = checker.elf_cache.get(plugin).dynamic
         main_dyn = checker.elf_cache.get(info.exe).dynamic

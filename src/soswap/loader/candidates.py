@@ -274,29 +274,28 @@ class FileSystem:
         return None
 
     def _check_mapped(self, elf: ElfFile, fid: Optional[FileId], file: str, substituted: bool) -> Verdict:
-        # _dl_map_object_from_fd, for an object that is not the main program
+        # _dl_map_object_from_fd, for an object that is not the main program; its errors are "mapped" ones
+
+        def refused(message: str, kind: str = FATAL) -> Verdict:
+            return Verdict(kind, message, fid, file=file, substituted=substituted, mapped=True)
+
         if not elf.segments_of_type(C.PT_LOAD):
-            return Verdict(FATAL, "object file has no loadable segments", fid, file=file, substituted=substituted,
-                           mapped=True)
+            return refused("object file has no loadable segments")
         if elf.type != C.ET_DYN:
-            return Verdict(FATAL, "cannot dynamically load executable", fid, file=file, substituted=substituted,
-                           mapped=True)
+            return refused("cannot dynamically load executable")
         dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)
         # _dl_map_segments zero-fills the end of each segment's last file page, then the dynamic section is read
         crash = _beyond_the_end(elf, dyn_segs)
         if crash is not None:
-            return Verdict(CRASH, crash, fid, file=file, substituted=substituted, mapped=True)
+            return refused(crash, CRASH)
         if not dyn_segs or any(s.filesz == 0 for s in dyn_segs):
-            return Verdict(FATAL, "object file has no dynamic section", fid, file=file, substituted=substituted,
-                           mapped=True)
+            return refused("object file has no dynamic section")
         try:
             dyn = elf.dynamic
         except ElfError as exc:
-            return Verdict(FATAL, exc.problem, fid, file=file, substituted=substituted,
-                           mapped=True)
+            return refused(exc.problem)
         if dyn.flags_1 & C.DF_1_PIE:
-            return Verdict(FATAL, "cannot dynamically load position-independent executable", fid, file=file,
-                           substituted=substituted, mapped=True)
+            return refused("cannot dynamically load position-independent executable")
         return Verdict(ACCEPT, "", fid, elf, file, substituted)
 
 

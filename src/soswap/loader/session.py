@@ -339,8 +339,7 @@ class LoadSession:
                 if v.kind != ACCEPT:
                     self.errno = errnomod.ENOENT
                 if v.kind in (FATAL, CRASH):
-                    raise _Miss(M.CRASH if v.kind == CRASH else M.BAD_FILE, name if v.mapped else realname,
-                                v.message, realname)
+                    raise _Miss(*_refused(v, name, realname))
                 if v.kind == OTHER_CLASS:
                     found_other_class[0] = True
                 elif v.kind == ACCEPT:
@@ -462,8 +461,7 @@ class LoadSession:
                     any_other = True
                     continue
                 if v.kind in (FATAL, CRASH):  # the search ends at the first file open_verify accepts or refuses
-                    kind = M.CRASH if v.kind == CRASH else M.BAD_FILE
-                    return None, any_other, (kind, name if v.mapped else candidate, v.message, candidate), (n, ci)
+                    return None, any_other, _refused(v, name, candidate), (n, ci)
                 if v.kind == CUT:
                     return None, any_other, None, (n, ci)
         return None, any_other, None, None
@@ -528,8 +526,7 @@ class LoadSession:
                     if v.kind != ACCEPT:
                         self.errno = errnomod.ENOENT
                     if v.kind in (FATAL, CRASH):
-                        raise _Miss(M.CRASH if v.kind == CRASH else M.BAD_FILE, name if v.mapped else cached,
-                                    v.message, cached)
+                        raise _Miss(*_refused(v, name, cached))
                     if v.kind == OTHER_CLASS:
                         other[0] = True
                     elif v.kind == ACCEPT:
@@ -723,11 +720,15 @@ class LoadSession:
                 self._fail(miss.kind, lm, name, miss.message, fatal=False, when=M.WARNING, exit_status=None,
                            substitute=miss.substitute)
             # In trace mode (and to go on drawing the tree) a miss becomes a faked "not found" entry.
-            m = self._new_map(name, name, _KIND_LIB)
-            m.faked = True
-            m.loader = lm.cid
-            m.reason = M.Reason(M.RULE_NOT_FOUND, f"{miss.path}: {miss.message}" if miss.path else miss.message)
-            return m
+            return self._faked(lm, name, miss)
+
+    def _faked(self, lm: _Map, name: str, miss: _Miss) -> _Map:
+        """The "not found" entry ``_dl_map_object`` makes in trace mode for ``name`` asked for by ``lm``."""
+        m = self._new_map(name, name, _KIND_LIB)
+        m.faked = True
+        m.loader = lm.cid
+        m.reason = M.Reason(M.RULE_NOT_FOUND, f"{miss.path}: {miss.message}" if miss.path else miss.message)
+        return m
 
     def _filter(self, lm: _Map, tag: int, raw: str, known: List[List], reserved: set, at: int) -> int:
         """DT_AUXILIARY / DT_FILTER of ``lm``, whose entry is ``known[at]``: the filtee goes before it in the
@@ -751,10 +752,7 @@ class LoadSession:
             # trace mode: _dl_map_object fakes a "not found" entry, placed as a found filtee would be
             self._fail(miss.kind, lm, name, miss.message, fatal=False, when=M.WARNING, exit_status=None,
                        substitute=miss.substitute)
-            aux = self._new_map(name, name, _KIND_LIB)
-            aux.faked = True
-            aux.loader = lm.cid
-            aux.reason = M.Reason(M.RULE_NOT_FOUND, miss.message)
+            aux = self._faked(lm, name, miss)
         lm.needed.append(aux.cid)
         lm.needed_names.append(raw)
         if lm.cid not in aux.requested_by:
@@ -772,6 +770,12 @@ class LoadSession:
         return at + 1
 
     # -- finishing ---------------------------------------------------------------------------------------
+
+
+def _refused(v: Verdict, name: str, opened: str) -> Tuple[str, str, str, str]:
+    """The arguments of the :class:`_Miss` for a candidate ``opened`` (asked for as ``name``) with a FATAL or
+    CRASH verdict: ``open_verify``'s errors name the file opened, ``_dl_map_object_from_fd``'s the name."""
+    return (M.CRASH if v.kind == CRASH else M.BAD_FILE, name if v.mapped else opened, v.message, opened)
 
 
 def _short(miss: _Miss) -> str:

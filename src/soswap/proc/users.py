@@ -202,22 +202,17 @@ class _Pass:
             name, _deleted = split_deleted(link)
             st = None
             for idx, t in enumerate(self.targets):
-                if name not in t.names:
-                    # another name of the same inode (a hard link, a bind mount): as fuser, by identity
-                    if t.identity is None:
-                        continue
-                    if st is None:
-                        try:
-                            st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
-                        except OSError:
-                            break
-                    if t.identity != (st.st_dev, st.st_ino):
-                        continue
-                elif st is None:
+                named = name in t.names
+                if not named and t.identity is None:
+                    continue
+                if st is None:  # one stat per descriptor, only when some target may be it
                     try:
                         st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
                     except OSError:
                         break
+                # by name, or by inode as fuser does (a hard link, a bind mount: another name, the same file)
+                if not named and t.identity != (st.st_dev, st.st_ino):
+                    continue
                 version = "current" if t.identity == (st.st_dev, st.st_ino) else "old"
                 how, old_version, _dev, _ino = hits.setdefault(idx, (set(), version, st.st_dev, st.st_ino))
                 how.add(HOW_OPEN)

@@ -243,8 +243,10 @@ def _owned_elsewhere(paths: Set[str], skip: Set[str], admindir: str) -> Set[str]
             if b"/" + base + b"\n" not in data and not data.endswith(b"/" + base):
                 continue
             for line in data.split(b"\n"):
-                if line.endswith(b"/" + base) and canonical_path(os.fsdecode(line)) in wanted:
-                    owned.add(canonical_path(os.fsdecode(line)))
+                if line.endswith(b"/" + base):
+                    canon = canonical_path(os.fsdecode(line))
+                    if canon in wanted:
+                        owned.add(canon)
     return owned
 
 
@@ -293,8 +295,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
             pass
 
 
-def _read(deb: str, into: str, readers: Optional[_Readers] = None) -> _Package:
-    if readers is not None and readers.stopped:
+def _read(deb: str, into: str, readers: _Readers) -> _Package:
+    if readers.stopped:
         raise SoswapError(f"{deb}: not read (stopped)")
     dpkg_deb = shutil.which("dpkg-deb")
     if dpkg_deb is None:
@@ -324,8 +326,7 @@ def _read(deb: str, into: str, readers: Optional[_Readers] = None) -> _Package:
                                 stderr=subprocess.PIPE, stdin=fd, start_new_session=True)
     finally:
         os.close(fd)
-    if readers is not None:
-        readers.started(proc)
+    readers.started(proc)
     problem = None
     try:
         assert proc.stdout is not None
@@ -338,8 +339,7 @@ def _read(deb: str, into: str, readers: Optional[_Readers] = None) -> _Package:
         proc.stdout.read()
     finally:
         _, err = proc.communicate()
-        if readers is not None:
-            readers.ended(proc)
+        readers.ended(proc)
     if proc.returncode != 0:  # its own message says more than the empty or cut archive it left
         text = " ".join(err.decode(errors="replace").split()) or f"exit status {proc.returncode}"
         text = text[len("dpkg-deb: "):] if text.startswith("dpkg-deb: ") else text
