@@ -19,11 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from soswap.abi.index_codec import pack
-from soswap.abi.rdeps import INDEX_FILE, RACY_NS, RdepsIndex
+from soswap.abi.index_codec import W_CTIME, W_RELIST, pack
+from soswap.abi.rdeps import INDEX_FILE, RACY_NS, VERSION, RdepsIndex
 from soswap.abi.sysdirs import Top
 from soswap.loader import Environment, Profile
-from support.build import requires_root
+from support.build import executable, requires_root, shared_lib
 
 from .tree import Tree, age, build_tree
 
@@ -138,6 +138,91 @@ def test_a_new_library_name_resolves_a_missing_dependency(tree: Tree, tmp_path: 
     assert str(tree.root / "bin" / ".." / "lib" / "libnew.so.1") in idx.info(app).tree
 
 
+def _runpath_app(base: Path) -> tuple:
+    """``bin/app`` with RUNPATH ``first:second``, two directories outside the indexed ``bin``; libfoo.so.1 is in
+    ``second`` only."""
+    first, second = base / "first", base / "second"
+    first.mkdir(parents=True)
+    lib = shared_lib(second / "libfoo.so.1", "int foo(void) { return 1; }\n", soname="libfoo.so.1")
+    app = executable(base / "bin" / "app", "int foo(void);\nint main(void) { return foo() - 1; }\n",
+                     libs=[str(lib)], flags=[f"-Wl,-rpath,{first}:{second}", "-Wl,--enable-new-dtags"])
+    for f in base.rglob("*.c"):
+        f.unlink()
+    return app, first, lib
+
+
+def _dependents(idx: RdepsIndex, lib: Path, top: Path) -> set:
+    return {d.path for d in idx.dependents(str(lib), [Top(str(top), True)])}
+
+
+@pytest.mark.parametrize("where", ["runpath-dir", "hwcaps-subdir"])
+def test_a_new_library_in_a_directory_outside_the_index_shadows_a_member(tmp_path: Path, where: str) -> None:
+    """A library that appears in a searched directory that is not indexed (an earlier RUNPATH directory, or a
+    glibc-hwcaps subdirectory of it that did not exist) is what the program loads now: the index watches every
+    directory its trees' searches listed (the blind spot of index format 2)."""
+    app, first, old = _runpath_app(tmp_path / "t")
+    bindir = app.parent
+    state = tmp_path / "state"
+    idx = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
+    idx.update([Top(str(bindir), True)])
+    idx.save()
+    assert _dependents(idx, old, bindir) == {str(app)}
+    if where == "runpath-dir":
+        shadow = first / "libfoo.so.1"
+    else:
+        subdirs = Profile.detect().hwcaps_subdirs
+        if not subdirs:
+            pytest.skip("this CPU supports no glibc-hwcaps level")
+        shadow = first / "glibc-hwcaps" / subdirs[0] / "libfoo.so.1"
+        shadow.parent.mkdir(parents=True)
+    shutil.copyfile(old, shadow)
+    idx = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
+    idx.update([Top(str(bindir), True)])
+    idx.save()
+    assert idx.stats.trees == [str(app)]
+    assert _dependents(idx, old, bindir) == set()
+    assert _dependents(idx, shadow, bindir) == {str(app)}
+    fresh = RdepsIndex(None, Profile.detect(), Environment(cwd="/"))
+    fresh.update([Top(str(bindir), True)])
+    assert _dependents(fresh, shadow, bindir) == {str(app)}  # as an index built from nothing says
+    # and back: the shadowing copy removed, the program loads the old library again
+    shadow.unlink()
+    idx = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
+    idx.update([Top(str(bindir), True)])
+    assert _dependents(idx, old, bindir) == {str(app)}
+    # nothing changed since: no tree is computed again, the watched directories are only stat-ed
+    idx.save()
+    again = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
+    again.update([Top(str(bindir), True)])
+    assert again.stats.trees == [] and again.stats.rebuilt is None
+
+
+def test_a_watched_directory_changed_too_recently_is_listed_again(tmp_path: Path) -> None:
+    """The racy rule for watched directories: a directory whose ctime is younger than the racy window when it
+    is listed is stored as "list again" (a second change within the same clock tick would keep its ctime)."""
+    app, first, old = _runpath_app(tmp_path / "t")
+    bindir = app.parent
+    state = tmp_path / "state"
+    racy = 300_000_000
+    time.sleep(0.35)  # every file built is older than the window
+
+    def update() -> RdepsIndex:
+        idx = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=racy)
+        idx.update([Top(str(bindir), True)])
+        idx.save()
+        return idx
+
+    row = update().data.watched[f"{first}/"]
+    assert row[W_CTIME] == first.stat().st_ctime_ns  # trusted
+    (first / "unrelated").write_bytes(b"")  # the directory changes now
+    idx = update()
+    assert idx.data.watched[f"{first}/"][W_CTIME] == W_RELIST  # listed, but too recently to be trusted
+    shadow = first / "libfoo.so.1"
+    shutil.copyfile(old, shadow)
+    idx = update()
+    assert idx.stats.trees == [str(app)] and _dependents(idx, shadow, bindir) == {str(app)}
+
+
 def test_a_deleted_file_leaves_the_index(tree: Tree, tmp_path: Path) -> None:
     _update(tree, tmp_path / "state")
     os.unlink(tree["plug"])
@@ -247,7 +332,7 @@ def _parts(path: Path) -> List[bytes]:
 
 def _write(path: Path, core: bytes, extras: bytes, **header: object) -> None:
     """An index file with these parts and a header whose checksums match them."""
-    doc = {"format": "soswap-rdeps-index", "version": 2,
+    doc = {"format": "soswap-rdeps-index", "version": VERSION,
            "parts": [[len(b), hashlib.sha256(b).hexdigest()] for b in (core, extras)]}
     doc.update(header)
     path.write_bytes(json.dumps(doc).encode() + b"\n" + core + b"\n" + extras + b"\n")
@@ -303,7 +388,7 @@ def test_a_corrupt_index_is_rebuilt(tree: Tree, tmp_path: Path, how: str) -> Non
     idx = _update(tree, state)
     reason = idx.stats.rebuilt or ""
     if how == "future-version":
-        assert reason == "version 99 (this soswap writes 2)"
+        assert reason == f"version 99 (this soswap writes {VERSION})"
     elif how in ("foreign-owner", "group-writable"):
         assert reason.startswith("corrupt: owned by uid") and reason.endswith("not trusted"), reason
     else:

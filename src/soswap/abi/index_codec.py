@@ -5,10 +5,12 @@ The file has two parts (see :mod:`soswap.cachefile`):
 * the **core**, read by every run: per directory its name, parent, inode, ctime, subdirectories and ELF files;
   per ELF file its key, type, SONAME, tree and direct dependencies (member ids), fatal message and error; the
   members (the objects trees load) with their keys; the loader profile and environment fingerprints; the
-  directories asked for;
+  directories asked for; the *watched* directories (every directory a tree's searches listed) with their
+  inode and ctime;
 * the **extras**, read only when something changed: per directory the names that are neither subdirectories
-  nor ELF files (symlinks, scripts, data: 95 % of the names), per ELF file the names its tree requested, and
-  ld.so.cache's entries. A warm run in which nothing changed never decodes them.
+  nor ELF files (symlinks, scripts, data: 95 % of the names), per ELF file the names its tree requested,
+  ld.so.cache's entries, and the names of each watched directory as the searches saw them. A warm run in which
+  nothing changed never decodes them.
 
 Integer columns are little-endian arrays in base64 (one JSON string each: no Python object per number until
 it is used); string columns are JSON lists; a directory's list of names is one string joined with ``/`` (a
@@ -29,6 +31,16 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 #: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a file
 Key = Tuple[int, int, int, int, int]
+
+# A watched directory's row: [st_ino, st_ctime_ns or W_RELIST or W_ABSENT, names "a/b" (W_UNREADABLE: could not
+# be listed; None: in the extras, not read yet)]
+W_INO, W_CTIME, W_NAMES = range(3)
+#: ctime of a watched directory to list again next time (it changed too recently to be trusted)
+W_RELIST = -1
+#: ctime of a watched path that was no directory (absent, or not a directory)
+W_ABSENT = -2
+#: names of a watched directory that exists but could not be listed
+W_UNREADABLE = "\0"
 
 # A file row: [key or None, type, soname, tree (member ids; None: not computed), direct (member ids), requested
 # names "a/b" (None: in the extras, not read yet), fatal message, error]
@@ -100,8 +112,11 @@ class IndexData:
         self.mpaths: List[str] = []
         self.mkeys: List[Optional[Key]] = []
         self.mids: Dict[str, int] = {}
-        #: the extras part not decoded yet: (raw JSON, its sha256, the files in stored order)
-        self.pending: Optional[Tuple[bytes, str, List[str]]] = None
+        #: {directory a tree's searches listed: row (W_*)}
+        self.watched: Dict[str, List[Any]] = {}
+        #: the extras part not decoded yet: (raw JSON, its sha256, the files in stored order, the watched
+        #: directories in stored order)
+        self.pending: Optional[Tuple[bytes, str, List[str], List[str]]] = None
 
 
 def ldcache_digest(entries: Dict[str, List[str]]) -> str:
@@ -248,6 +263,8 @@ def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     tree_off, tree = _flatten(f_tree)
     direct_off, direct = _flatten(f_direct)
     ldcache = data.ldcache if data.ldcache is not None else {}
+    w_paths = sorted(data.watched)
+    w_rows = [data.watched[p] for p in w_paths]
     core = {
         "profile": data.profile_fp, "env": data.env_fp, "ldcache": ldcache_digest(ldcache), "tops": data.tops,
         "dirs": {"parent": pack(d_parent), "name": d_name, "ino": pack((dirs.ino[i] for i in d_rows), "Q"),
@@ -257,8 +274,11 @@ def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         "files": {"dir": pack(f_dir), "name": f_name, "key": _pack_keys(f_key), "kind": "".join(f_kind),
                   "soname": f_soname, "tree_off": tree_off, "tree": tree, "direct_off": direct_off,
                   "direct": direct, "fatal": f_fatal, "err": f_err},
+        "watched": {"path": w_paths, "ino": pack((r[W_INO] for r in w_rows), "Q"),
+                    "ctime": pack(r[W_CTIME] for r in w_rows)},
     }
-    extras = {"others": [dirs.others[i] or "" for i in d_rows], "req": f_req, "ldcache": ldcache}
+    extras = {"others": [dirs.others[i] or "" for i in d_rows], "req": f_req, "ldcache": ldcache,
+              "watched": [r[W_NAMES] for r in w_rows]}
     return core, extras
 
 
@@ -333,7 +353,16 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
         files[p] = [keys[i], _CHAR_TYPE[kind.lower()], sonames[i], trees[i] if kind.isupper() else None,
                     directs[i], None, fatal.get(i), err.get(i)]
         order.append(p)
-    data.pending = (extras, extras_sha, order)
+    w = _typed(doc["watched"], dict)
+    w_paths = _strings(w["path"])
+    nw = len(w_paths)
+    if not all(p.startswith("/") for p in w_paths) or len(set(w_paths)) != nw:
+        raise ValueError("a watched directory that is not absolute, or twice")
+    w_ctimes = unpack(w["ctime"], "q", nw)
+    if w_ctimes and min(w_ctimes) < W_ABSENT:
+        raise ValueError("a bad ctime of a watched directory")
+    data.watched = {p: [ino, ct, None] for p, ino, ct in zip(w_paths, unpack(w["ino"], "Q", nw), w_ctimes)}
+    data.pending = (extras, extras_sha, order, w_paths)
     return data
 
 
@@ -350,10 +379,12 @@ def _check_listed(owners: List[int], names: List[str], listings: List[str], prob
             raise ValueError(problem)
 
 
-def decode_extras(data: IndexData, doc: Dict[str, Any], files_in_order: List[str], dirs_stored: int) -> None:
+def decode_extras(data: IndexData, doc: Dict[str, Any], files_in_order: List[str], dirs_stored: int,
+                  watched_in_order: List[str]) -> None:
     """Fill in what the extras part holds (for the rows that came from the file and still lack it)."""
     others = _strings(doc["others"], dirs_stored)
     req = _strings(doc["req"], len(files_in_order))
+    watched_names = _strings(doc["watched"], len(watched_in_order))
     ldcache = {}
     for k, v in _typed(doc["ldcache"], dict).items():
         ldcache[k] = _strings(v)
@@ -367,6 +398,10 @@ def decode_extras(data: IndexData, doc: Dict[str, Any], files_in_order: List[str
         e = data.files.get(p)
         if e is not None and e[F_REQ] is None:
             e[F_REQ] = names
+    for p, names in zip(watched_in_order, watched_names):
+        row = data.watched.get(p)
+        if row is not None and row[W_NAMES] is None:
+            row[W_NAMES] = names
     data.ldcache = ldcache
 
 

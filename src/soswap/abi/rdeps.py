@@ -18,9 +18,14 @@ date incrementally; what a warm update costs is one ``lstat`` per indexed direct
   ``--no-index`` (or deleting the cache) sees it;
 * a tree is computed again only when its root changed, one of its members changed (members are ``stat``-ed
   wherever they are, so a library replaced by rename is seen), a name it requested appeared or disappeared in
-  an indexed directory or in ld.so.cache, or the loader profile, ``/etc/ld.so.preload`` or the environment
-  (``LD_LIBRARY_PATH``, ``LD_PRELOAD``: one environment per index) changed. **Not seen**: a new library in a
-  directory that is not indexed (a RUNPATH directory elsewhere) that would now shadow a member;
+  an indexed directory, in a watched directory or in ld.so.cache, or the loader profile,
+  ``/etc/ld.so.preload`` or the environment (``LD_LIBRARY_PATH``, ``LD_PRELOAD``: one environment per index)
+  changed;
+* the *watched* directories are every directory the trees' searches listed (:meth:`Loader.listed_directories`:
+  RUNPATH directories elsewhere, system directories, their hwcaps subdirectories, absent ones too), with the
+  inode and ctime taken before the listing and the names the search saw. One ``stat`` each per update; a
+  changed one is listed again and the names that appeared or vanished count as above (a library that now
+  comes first in a search is seen wherever it appears);
 * a key whose ctime is less than :data:`RACY_NS` old when it is read is not trusted next time (the racy-git
   rule: a second change within the same timestamp tick would go unseen).
 
@@ -38,7 +43,21 @@ import posixpath
 import re
 import stat
 import time
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from soswap.abi.index_codec import (
     F_DIRECT,
@@ -52,6 +71,12 @@ from soswap.abi.index_codec import (
     LIBRARY,
     OTHER,
     PROGRAM,
+    W_ABSENT,
+    W_CTIME,
+    W_INO,
+    W_NAMES,
+    W_RELIST,
+    W_UNREADABLE,
     IndexData,
     Key,
     decode_core,
@@ -65,11 +90,12 @@ from soswap.elf import ElfCache
 from soswap.elf import constants as C
 from soswap.errors import SoswapError
 from soswap.loader import Environment, Loader, Profile
+from soswap.loader.candidates import UNLISTABLE, FileSystem
 from soswap.state import cache_dir
 
 INDEX_FILE = "rdeps-index.json"
 FORMAT = "soswap-rdeps-index"
-VERSION = 2
+VERSION = 3
 #: A timestamp this close to the time it was read may change again unseen (same tick): re-check next time.
 RACY_NS = 2_000_000_000
 #: Directories nobody asked for in this long are dropped from the index.
@@ -280,7 +306,7 @@ class RdepsIndex:
         if pending is None or part is None:
             return
         try:
-            decode_extras(self.data, decode_part(part), pending[2], self._stored_dirs)
+            decode_extras(self.data, decode_part(part), pending[2], self._stored_dirs, pending[3])
         except Unusable as exc:
             raise _ExtrasUnusable(f"corrupt: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -349,6 +375,9 @@ class RdepsIndex:
             data.profile_fp, data.env_fp = fp, env_fp
             self._dirty = True
         changed_names = self._refresh_ldcache()
+        if self._refresh_watched(changed_names, now_ns):
+            for e in data.files.values():
+                e[F_TREE] = None
         roots: List[str] = []
         for top in tops:
             old = data.tops.get(top.path)
@@ -373,6 +402,53 @@ class RdepsIndex:
                 todo.append(p)
         for p in todo:
             self._compute_tree(p, now_ns)
+        if self._loader is not None:
+            self._watch(self._loader.listed_directories(), now_ns)
+
+    def _refresh_watched(self, changed_names: Set[str], now_ns: int) -> bool:
+        """List again the watched directories whose inode or ctime changed, adding the names that appeared or
+        vanished there to ``changed_names``. True when every tree must be computed again (a directory that
+        cannot be listed changed: which names it holds is unknown)."""
+        watched = self.data.watched
+        stale = []
+        for d, row in watched.items():
+            try:
+                st = os.stat(d)
+            except OSError:
+                if row[W_CTIME] != W_ABSENT:
+                    stale.append(d)
+                continue
+            if row[W_CTIME] < 0 or row[W_CTIME] != st.st_ctime_ns or row[W_INO] != st.st_ino:
+                stale.append(d)
+        if not stale:
+            return False
+        self._need_extras()  # the names the searches saw there
+        fresh = FileSystem(self.profile, self.elf_cache)
+        for d in stale:
+            fresh.listing(d)
+        everything = False
+        for d, ident, names in fresh.listed_directories():
+            old = watched[d][W_NAMES]
+            row = _watched_row(ident, names, now_ns, self.racy_ns)
+            if W_UNREADABLE in (old, row[W_NAMES]):
+                everything = True
+            else:
+                changed_names.update(set(_split(old or "")) ^ set(_split(row[W_NAMES])))
+            watched[d] = row
+        self._dirty = True
+        return everything
+
+    def _watch(self, listed: Iterable[Tuple[str, Optional[Tuple[int, int]], Optional[FrozenSet[str]]]],
+               now_ns: int) -> None:
+        """Watch every directory the searches of the trees just computed listed, with what they saw there."""
+        watched = self.data.watched
+        for d, ident, names in listed:
+            if not d.startswith("/"):
+                continue  # a relative directory (LD_LIBRARY_PATH element): not stored, the working directory varies
+            row = _watched_row(ident, names, now_ns, self.racy_ns)
+            if watched.get(d) != row:
+                watched[d] = row
+                self._dirty = True
 
     def _refresh_ldcache(self) -> Set[str]:
         try:
@@ -859,6 +935,16 @@ class _Memo:
         except KeyError:
             v = self.done[i] = self.fn(i)
             return v
+
+
+def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str]], now_ns: int,
+                 racy_ns: int) -> List[Any]:
+    """The row of a watched directory listed with inode and ctime ``ident`` (taken before the listing)."""
+    if ident is None or names is None:
+        return [0, W_ABSENT, ""]
+    ino, ctime = ident
+    text = W_UNREADABLE if names is UNLISTABLE else "/".join(sorted(names))
+    return [ino, ctime if now_ns - ctime >= racy_ns else W_RELIST, text]
 
 
 def _dir_under(d: str, top: Top) -> bool:

@@ -12,7 +12,7 @@ import mmap
 import os
 import stat
 import struct
-from typing import Dict, FrozenSet, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
@@ -59,6 +59,8 @@ class FileSystem:
         self.fs = profile.fs
         self.elf_cache = cache
         self._listings: Dict[str, Optional[FrozenSet[str]]] = {}
+        #: (st_ino, st_ctime_ns) of each listed directory, taken before it was listed (None: no directory)
+        self._listed_ids: Dict[str, Optional[Tuple[int, int]]] = {}
         self._verdicts: Dict[Tuple[str, FileId, int, int], Verdict] = {}
         self._stat_memo: Dict[str, Union[os.stat_result, int]] = {}
         #: open_path results: (name, directories, capability subdirs, cwd) -> (found, other class, fatal)
@@ -76,20 +78,34 @@ class FileSystem:
         if hit is not False:
             return hit  # type: ignore[return-value]
         try:
+            # stat first: a change after it gives the directory a later ctime (see listed_directories)
+            st = os.stat(host_dir or ".")
+            self._listed_ids[host_dir] = (st.st_ino, st.st_ctime_ns)
+        except OSError:
+            self._listed_ids[host_dir] = None
+        try:
             names: Optional[FrozenSet[str]] = frozenset(os.listdir(host_dir or "."))
         except PermissionError:
-            names = None if not os.path.isdir(host_dir or ".") else _UNLISTABLE
+            names = None if not os.path.isdir(host_dir or ".") else UNLISTABLE
         except OSError:
             names = None
         self._listings[host_dir] = names
         return names
+
+    def listed_directories(self) -> Iterator[Tuple[str, Optional[Tuple[int, int]], Optional[FrozenSet[str]]]]:
+        """Every directory a search of this run listed: (host path, (st_ino, st_ctime_ns) taken *before* the
+        listing or None, names or None). Names are None for no directory, :data:`UNLISTABLE` for a directory
+        that could not be read. A directory whose inode and ctime are still those has still those names
+        (create, unlink, rename and utime all set the ctime): what the searches found there still holds."""
+        for d, names in self._listings.items():
+            yield d, self._listed_ids.get(d), names
 
     def may_exist(self, host_dir: str, name: str) -> bool:
         """False when ``host_dir/name`` certainly does not exist (fast path of the search)."""
         names = self.listing(host_dir)
         if names is None:
             return False
-        if names is _UNLISTABLE:
+        if names is UNLISTABLE:
             return True
         return name in names
 
@@ -316,7 +332,7 @@ def _beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
     return None
 
 
-_UNLISTABLE: FrozenSet[str] = frozenset({"\0unlistable"})
+UNLISTABLE: FrozenSet[str] = frozenset({"\0unlistable"})
 
 #: The few messages of ld.so's own ``__strerror_r`` (elf/dl-minimal.c); every other errno is "Error N".
 _LDSO_STRERROR = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
@@ -117,6 +117,12 @@ class Loader:
         if fs is None:
             fs = self._systems[profile.abi.name] = FileSystem(profile, self.cache)
         return fs
+
+    def listed_directories(self) -> Iterator[Tuple[str, Optional[Tuple[int, int]], Optional[FrozenSet[str]]]]:
+        """Every directory the searches of this loader listed, for every loader ABI (see
+        :meth:`FileSystem.listed_directories`): what a cache of load results must watch."""
+        for fs in list(self._systems.values()):
+            yield from fs.listed_directories()
 
     def profile_for(self, machine: int, elf_class: int) -> Optional[Profile]:
         """The profile of the loader ABI that runs files of ``machine``/``elf_class`` on this system."""
