@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -414,6 +415,167 @@ def test_apt_preinstall_leaves_out_the_programs_the_transaction_deletes(tmp_path
     assert not PKG_DIR.exists() and not USER_PROG.parent.exists()
 
 
+# -- real dnf and pacman runs with soswap's plugin and hook --------------------------------------------------
+
+PM_V1 = "int foo(void) { return 1; }\n"
+PM_V2 = "int foo(void) { return 2; }\n"  # another build: a process still mapping v1 runs old code
+
+
+def _soswap_wrapper(tmp_path: Path) -> Path:
+    """soswap as the package manager runs it: this source tree, this test's cache and state directories."""
+    soswap = tmp_path / "bin" / "soswap"
+    soswap.parent.mkdir()
+    keep = {k: os.environ[k] for k in ("SOSWAP_CACHE_DIR", "SOSWAP_STATE_DIR") if k in os.environ}
+    exports = " ".join(f"{k}={v}" for k, v in keep.items())
+    soswap.write_text(f'#!/bin/sh\nexec env PYTHONPATH={SRC} {exports} {sys.executable} -m soswap "$@"\n')
+    soswap.chmod(0o755)
+    return soswap
+
+
+def _run_pm(argv: List[str], path: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Run a package manager (``path``: a directory put first in PATH)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOSWAP_") or k in ("SOSWAP_CACHE_DIR",
+                                                                                        "SOSWAP_STATE_DIR")}
+    if path is not None:
+        env["PATH"] = f"{path}:{env.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
+
+
+def _pacman_package(tmp_path: Path, version: str, source: str, lib: Path) -> Path:
+    """A pacman package (an uncompressed tar with .PKGINFO) whose one file is ``lib`` (an absolute path)."""
+    tree = tmp_path / f"pacman-{version}"
+    member = str(lib).lstrip("/")
+    (tree / member).parent.mkdir(parents=True)
+    c = tmp_path / f"pm-{version}.c"
+    c.write_text(source)
+    build.run_cc(["-shared", "-fPIC", "-Wl,-soname,libpmtest.so.1", "-o", str(tree / member), str(c)])
+    (tree / ".PKGINFO").write_text(f"pkgname = soswap-hook-test\npkgbase = soswap-hook-test\npkgver = {version}-1\n"
+                                   "pkgdesc = soswap hook test package\nurl = none\nbuilddate = 1700000000\n"
+                                   "packager = soswap tests\nsize = 16000\narch = x86_64\nlicense = none\n")
+    out = tmp_path / f"soswap-hook-test-{version}-1-x86_64.pkg.tar"
+    # files only: pacman makes the parent directories, and owns none of them (/tmp stays as it is)
+    subprocess.run(["tar", "--format=gnu", "-cf", str(out), ".PKGINFO", member], cwd=tree, check=True)
+    return out
+
+
+@requires_root
+@build.requires_cc
+@pytest.mark.skipif(shutil.which("pacman") is None or os.uname().machine != "x86_64",
+                    reason="pacman (Debian's pacman-package-manager) on x86_64 is needed")
+def test_pacman_runs_the_hook_after_a_transaction_and_never_fails_because_of_it(procs, tmp_path: Path) -> None:
+    """A real pacman upgrades a library that a running process maps: the hook soswap hook setup wrote lists
+    the process; a broken soswap leaves pacman's exit status alone. pacman runs on / with its own database, so
+    the package's one file lies in this test's directory."""
+    soswap = _soswap_wrapper(tmp_path)
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "pacman.conf").write_text("")
+    r = hook("setup", "--manager", "pacman", "--root", str(root), "--command", str(soswap))
+    assert r.returncode == 0, r.stderr
+    conf = tmp_path / "pacman.conf"
+    conf.write_text("[options]\nArchitecture = auto\nSigLevel = Never\nLocalFileSigLevel = Never\n")
+    lib = tmp_path / "inst" / "libpmtest.so.1"
+    db = tmp_path / "db"
+    db.mkdir()
+    pacman = ["pacman", "--noconfirm", "--config", str(conf), "--dbpath", str(db), "--cachedir",
+              str(tmp_path / "cache"), "--logfile", str(tmp_path / "pacman.log"), "--hookdir",
+              str(root / "etc" / "pacman.d" / "hooks")]
+    v1 = _pacman_package(tmp_path, "1.0", PM_V1, lib)
+    v2 = _pacman_package(tmp_path, "2.0", PM_V2, lib)
+    try:
+        r = _run_pm([*pacman, "-U", str(v1)])
+        assert r.returncode == 0 and lib.exists(), r.stdout + r.stderr
+        assert "Looking for processes that still run old code (soswap)" in r.stdout, r.stdout
+        p = _mapper(procs, lib, tmp_path / "ready")
+        r = _run_pm([*pacman, "-U", str(v2)])
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert re.search(r"^soswap: \d+ process(es run| runs) old code", r.stdout, re.M), r.stdout
+        for entry in _targets_of(p.pid):
+            assert entry in r.stdout, (entry, r.stdout)
+
+        # contrib/'s hook: soswap looked up in PATH
+        contrib = [*pacman[:-1], str(ROOT / "contrib" / "pacman")]
+        r = _run_pm([*contrib, "-U", str(v1)], path=soswap.parent)
+        assert r.returncode == 0 and re.search(r"^soswap: .*old code", r.stdout, re.M), r.stdout + r.stderr
+
+        soswap.write_text("#!/bin/sh\necho 'soswap: broken on purpose' >&2\nexit 3\n")
+        r = _run_pm([*pacman, "-U", str(v2)])
+        assert r.returncode == 0 and "broken on purpose" in r.stdout + r.stderr, r.stdout + r.stderr
+    finally:
+        _run_pm([*pacman, "-R", "soswap-hook-test"])
+    assert not lib.exists()
+
+
+def _rpm(tmp_path: Path, version: str, source: str, libdir: str) -> Path:
+    """An rpm of soswap-hook-test whose one file is ``libdir``/libdnftest.so.1 (built with rpmbuild)."""
+    top = tmp_path / f"rpmbuild-{version}"
+    for d in ("SPECS", "SOURCES", "BUILD", "RPMS", "SRPMS"):
+        (top / d).mkdir(parents=True)
+    c = tmp_path / f"dnf-{version}.c"
+    c.write_text(source)
+    build.run_cc(["-shared", "-fPIC", "-Wl,-soname,libdnftest.so.1", "-o", str(top / "SOURCES" / "lib.so"), str(c)])
+    spec = top / "SPECS" / "t.spec"
+    spec.write_text(f"Name: soswap-hook-test\nVersion: {version}\nRelease: 1\nSummary: soswap hook test\n"
+                    "License: none\nBuildArch: x86_64\nAutoReqProv: no\n%global debug_package %{nil}\n"
+                    "%global __os_install_post %{nil}\n%description\nsoswap hook test package\n%install\n"
+                    f"mkdir -p %{{buildroot}}{libdir}\n"
+                    f"cp %{{_sourcedir}}/lib.so %{{buildroot}}{libdir}/libdnftest.so.1\n"
+                    f"%files\n{libdir}/libdnftest.so.1\n")
+    r = subprocess.run(["rpmbuild", "--define", f"_topdir {top}", "-bb", str(spec)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return next((top / "RPMS" / "x86_64").glob("*.rpm"))
+
+
+@requires_root
+@build.requires_cc
+@pytest.mark.skipif(shutil.which("dnf") is None or shutil.which("rpmbuild") is None or os.uname().machine != "x86_64",
+                    reason="dnf and rpmbuild (Debian's dnf and rpm) on x86_64 are needed")
+def test_dnf_runs_the_plugin_after_a_transaction_and_never_fails_because_of_it(procs, tmp_path: Path) -> None:
+    """A real dnf (into an install root of this test) upgrades a library that a running process maps: the
+    plugin soswap hook setup wrote runs soswap after the transaction, which lists the process; a broken or
+    missing soswap leaves dnf's exit status alone."""
+    soswap = _soswap_wrapper(tmp_path)
+    root = tmp_path / "root"  # where setup writes the plugin and its configuration
+    plugins = root / "usr" / "lib" / "python3" / "dist-packages" / "dnf-plugins"
+    plugins.mkdir(parents=True)
+    (root / "etc" / "dnf" / "plugins").mkdir(parents=True)
+    r = hook("setup", "--manager", "dnf", "--root", str(root), "--command", str(soswap))
+    assert r.returncode == 0, r.stderr
+    assert (plugins / "soswap.py").exists() and (root / "etc" / "dnf" / "plugins" / "soswap.conf").exists()
+    inst = tmp_path / "installroot"
+    (inst / "var" / "log").mkdir(parents=True)
+    dnf = ["dnf", "-y", f"--installroot={inst}", f"--setopt=pluginpath={plugins}",
+           f"--setopt=pluginconfpath={root / 'etc' / 'dnf' / 'plugins'}", f"--setopt=reposdir={tmp_path / 'none'}",
+           f"--setopt=cachedir={inst / 'var' / 'cache' / 'dnf'}", f"--setopt=persistdir={inst / 'var' / 'lib' / 'dnf'}",
+           f"--setopt=logdir={inst / 'var' / 'log'}", "--releasever=1", "--nogpgcheck"]
+    libdir = "/opt/soswap-hook-test"
+    v1 = _rpm(tmp_path, "1.0", PM_V1, libdir)
+    v2 = _rpm(tmp_path, "2.0", PM_V2, libdir)
+    lib = inst / libdir.lstrip("/") / "libdnftest.so.1"
+    r = _run_pm([*dnf, "install", str(v1)])
+    assert r.returncode == 0 and lib.exists(), r.stdout + r.stderr
+    assert "soswap: " in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    p = _mapper(procs, lib, tmp_path / "ready")
+    r = _run_pm([*dnf, "upgrade", str(v2)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^soswap: \d+ process(es run| runs) old code", r.stdout, re.M), r.stdout
+    for entry in _targets_of(p.pid):
+        assert entry in r.stdout, (entry, r.stdout)
+
+    # contrib/'s plugin and configuration: soswap looked up in PATH
+    contrib = str(shutil.copytree(ROOT / "contrib" / "dnf", tmp_path / "contrib-dnf"))  # dnf compiles it there
+    r = _run_pm([*dnf, f"--setopt=pluginpath={contrib}", f"--setopt=pluginconfpath={contrib}", "downgrade", str(v1)],
+                path=soswap.parent)
+    assert r.returncode == 0 and re.search(r"^soswap: .*old code", r.stdout, re.M), r.stdout + r.stderr
+
+    soswap.write_text("#!/bin/sh\necho 'soswap: broken on purpose' >&2\nexit 3\n")
+    r = _run_pm([*dnf, "upgrade", str(v2)])
+    assert r.returncode == 0 and "broken on purpose" in r.stderr, r.stdout + r.stderr
+    soswap.unlink()  # gone: the plugin says nothing and dnf goes on
+    r = _run_pm([*dnf, "downgrade", str(v1)])
+    assert r.returncode == 0 and "soswap:" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
 # -- soswap hook setup / remove ---------------------------------------------------------------------------
 
 def _root(tmp_path: Path) -> Path:
@@ -424,11 +586,14 @@ def _root(tmp_path: Path) -> Path:
 
 
 def test_contrib_files_are_the_path_lookup_variant() -> None:
-    from soswap.commands.hookfiles import APT_CONF, DPKG_CFG, hook_files
+    from soswap.commands.hookfiles import contrib_files
 
-    files = hook_files(None)
-    assert (ROOT / "contrib" / "apt" / "99soswap").read_text() == files[APT_CONF]
-    assert (ROOT / "contrib" / "dpkg" / "soswap").read_text() == files[DPKG_CFG]
+    files = contrib_files()
+    assert set(files) == {"apt/99soswap", "dpkg/soswap", "pacman/soswap.hook", "dnf/soswap.py", "dnf/soswap.conf"}
+    for rel, text in files.items():
+        assert (ROOT / "contrib" / rel).read_text() == text, rel
+    # the dnf plugin runs inside dnf, on the system's Python: RHEL 8's is 3.6
+    ast.parse(files["dnf/soswap.py"], feature_version=(3, 6))
 
 
 def test_setup_writes_both_files_with_the_absolute_command_and_remove_takes_them(tmp_path: Path) -> None:

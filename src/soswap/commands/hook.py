@@ -1,6 +1,7 @@
-"""``soswap hook``: the package-manager side of ``soswap stale`` (apt and dpkg).
+"""``soswap hook``: the package-manager side of ``soswap stale`` (apt and dpkg; dnf and pacman after a
+transaction).
 
-Two halves, installed by the files in ``contrib/`` (docs/hooks.md):
+The apt side has two halves, installed by the files in ``contrib/`` (docs/hooks.md):
 
 - ``dpkg-status`` is dpkg's ``status-logger``: it reads dpkg's status stream on standard input (the only place
   that says whether packages were unpacked and whether dpkg failed; apt's ``DPkg::Post-Invoke`` gets no
@@ -11,6 +12,9 @@ Two halves, installed by the files in ``contrib/`` (docs/hooks.md):
 - ``apt-preinstall`` is apt's ``DPkg::Pre-Install-Pkgs``: before dpkg unpacks anything, it checks every ELF
   file the packages would replace against the programs, plugins and processes that use it, as
   ``soswap install`` does before a replacement (``--refuse``: stop apt when something would break).
+
+``post-transaction`` is what dnf's plugin and pacman's hook run after a transaction: the list of ``apt``,
+without dpkg's markers (both package managers run it only after a transaction that ran).
 
 None ever fails the package manager or waits for an answer: they exit 0 whatever goes wrong (a problem is one
 line on standard error), ``dpkg-status`` reads its input to the end even after an error, and ``apt`` and
@@ -29,18 +33,21 @@ import sys
 from typing import Callable, List, NamedTuple, Optional, Tuple, TypeVar
 
 from soswap.commands.argtypes import seconds
+from soswap.commands.hookfiles import APT, MANAGERS
 from soswap.errors import UsageError
 
 T = TypeVar("T")
 
 NAME = "hook"
-HELP = "package-manager hooks: after apt/dpkg, list what still runs old code (never fails apt)"
+HELP = "package-manager hooks: before apt unpacks and after apt, dnf or pacman, check and list (never fail them)"
 DESCRIPTION = """\
-Hooks for apt and dpkg (see docs/hooks.md):
+Hooks for apt and dpkg, dnf and pacman (see docs/hooks.md):
 
   soswap hook setup         write /etc/apt/apt.conf.d/99soswap and /etc/dpkg/dpkg.cfg.d/soswap, which run
                             the hooks below with this soswap's absolute path (--refuse, --restart: as
-                            below; --root DIR: another system's tree); 'remove' takes them away
+                            below; --root DIR: another system's tree); 'remove' takes them away.
+                            --manager dnf: dnf's plugin (dnf-plugins/soswap.py, /etc/dnf/plugins/soswap.conf);
+                            --manager pacman: /etc/pacman.d/hooks/soswap.hook; both run post-transaction
 
   soswap hook dpkg-status   dpkg's status-logger: notes on stdin's status stream whether packages were
                             unpacked or removed and whether dpkg reported an error
@@ -52,9 +59,13 @@ Hooks for apt and dpkg (see docs/hooks.md):
                             unpacked, check every ELF file the packages replace against the programs,
                             plugins and processes that use it, as 'soswap install' does; with --refuse,
                             stop apt when something would break (SOSWAP_FORCE=1 overrides)
+  soswap hook post-transaction
+                            what dnf's plugin and pacman's hook run after a transaction: the list of
+                            'hook apt' (with --restart: the restarts too)
 
 Skipped: 'apt' when SOSWAP_SUSPEND is set, when dpkg reported an error, when no package was unpacked or
-removed, and while the system shuts down; 'apt-preinstall' when SOSWAP_SUSPEND is set.
+removed, and while the system shuts down; 'post-transaction' when SOSWAP_SUSPEND is set and while the
+system shuts down; 'apt-preinstall' when SOSWAP_SUSPEND is set.
 
 exit status: 0, whatever goes wrong (a package-manager hook must never fail the package manager; problems
 are reported as one line on standard error); 'apt-preinstall --refuse': 1 when the packages would break a
@@ -74,20 +85,25 @@ _ERROR = re.compile(rb"^status: .* : error : ")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("event", choices=("dpkg-status", "apt", "apt-preinstall", "setup", "remove"),
-                        help="which hook is running; setup/remove: write/remove the apt and dpkg files")
+    parser.add_argument("event", choices=("dpkg-status", "apt", "apt-preinstall", "post-transaction", "setup",
+                                          "remove"),
+                        help="which hook is running; setup/remove: write/remove the package manager's files")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR",
                         help=f"where dpkg-status leaves its markers for apt (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--restart", action="store_true",
-                        help="apt: restart the affected services (batched systemctl try-restart, safe policy)")
+                        help="apt, post-transaction: restart the affected services (batched systemctl "
+                             "try-restart, safe policy)")
     parser.add_argument("--refuse", action="store_true",
                         help="apt-preinstall: exit 1 (apt stops) when the packages would break a consumer")
     parser.add_argument("--timeout", type=seconds, default=60.0, metavar="SECONDS",
-                        help="apt, apt-preinstall: give up (and let apt go on) after this long (default 60)")
+                        help="apt, apt-preinstall, post-transaction: give up (and let the package manager go "
+                             "on) after this long (default 60)")
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="setup, remove: the system's root directory (default /)")
     parser.add_argument("--command", metavar="PATH",
-                        help="setup: soswap's absolute path for apt and dpkg (default: this soswap)")
+                        help="setup: soswap's absolute path for the package manager (default: this soswap)")
+    parser.add_argument("--manager", choices=MANAGERS, default=APT,
+                        help="setup, remove: which package manager's files (default apt: apt and dpkg)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
             _dpkg_status(args.state_dir, sys.stdin.buffer)
         elif args.event == "apt":
             _apt(args)
+        elif args.event == "post-transaction":
+            _post_transaction(args)
         else:
             return _apt_preinstall(args)
     except _Refused:
@@ -208,7 +226,11 @@ def _apt(args: argparse.Namespace) -> None:
             return
         if CHANGED not in markers:
             return  # nothing was unpacked or removed
-    if _shutting_down():
+    _post_transaction(args)
+
+
+def _post_transaction(args: argparse.Namespace) -> None:
+    if os.environ.get("SOSWAP_SUSPEND") or _shutting_down():
         return
     text = _within(args.timeout, lambda: _check(args.restart), "run 'soswap stale'")
     if text is not None:
@@ -319,15 +341,19 @@ def _files(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
     if args.event == "remove":
-        for path in hookfiles.remove(args.root):
+        for path in hookfiles.remove(args.root, args.manager):
             _say(f"removed {path}", sys.stdout)
         return 0
+    if args.refuse and args.manager != APT:
+        raise UsageError(f"--refuse: apt only ({args.manager} runs soswap after the transaction, when nothing can "
+                         "be refused any more)")
     if args.command is not None:
         if not os.path.isabs(args.command):
             raise UsageError(f"--command {args.command}: not an absolute path")
         command = [args.command]
     else:
         command = hookfiles.own_command()
-    for path in hookfiles.setup(args.root, command, refuse=args.refuse, restart=args.restart):
+    for path in hookfiles.setup(args.root, command, refuse=args.refuse, restart=args.restart,
+                                manager=args.manager):
         _say(f"wrote {path}", sys.stdout)
     return 0

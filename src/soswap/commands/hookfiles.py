@@ -1,10 +1,12 @@
-"""The apt and dpkg configuration files of ``soswap hook`` (contrib/apt/99soswap, contrib/dpkg/soswap are
-:func:`hook_files` with soswap looked up in PATH), and ``soswap hook setup``/``remove``, which write them into
-/etc with soswap's own absolute command: dpkg runs its status-logger with PATH=/usr/sbin:/usr/bin:/sbin:/bin,
-where a soswap in a virtualenv or /usr/local is not found."""
+"""The package-manager files of ``soswap hook``: apt and dpkg (contrib/apt/99soswap, contrib/dpkg/soswap),
+pacman (contrib/pacman/soswap.hook) and dnf (contrib/dnf/soswap.py, a dnf plugin, with contrib/dnf/soswap.conf).
+The contrib files are :func:`hook_files` with soswap looked up in PATH; ``soswap hook setup``/``remove`` write
+them into the system with soswap's own absolute command: dpkg runs its status-logger with
+PATH=/usr/sbin:/usr/bin:/sbin:/bin, where a soswap in a virtualenv or /usr/local is not found."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shlex
 import subprocess
@@ -14,20 +16,50 @@ from typing import Dict, List, Optional, Sequence
 from soswap.errors import SoswapError, UsageError
 from soswap.textfile import write_atomic
 
+APT, DNF, PACMAN = "apt", "dnf", "pacman"
+MANAGERS = (APT, DNF, PACMAN)
 APT_CONF = "etc/apt/apt.conf.d/99soswap"
 DPKG_CFG = "etc/dpkg/dpkg.cfg.d/soswap"
-#: every file soswap writes starts with this (and setup/remove touch no other)
-_MARKERS = ("// soswap's apt hooks", "# soswap: note whether dpkg")
+PACMAN_HOOK = "etc/pacman.d/hooks/soswap.hook"
+DNF_CONF = "etc/dnf/plugins/soswap.conf"
+#: the plugin's file name in dnf's plugin directory
+DNF_PLUGIN = "soswap.py"
+#: dnf's plugin directories under the root: dnf is pure Python, its plugins live in the site-packages of the
+#: system interpreter that runs it (Fedora/RHEL; Debian's dist-packages)
+_DNF_PLUGIN_DIRS = ("usr/lib/python3*/site-packages/dnf-plugins", "usr/lib/python3/dist-packages/dnf-plugins")
+#: every file soswap writes starts with one of these (and setup/remove touch no other)
+_MARKERS = ("// soswap's apt hooks", "# soswap: note whether dpkg", "# soswap's pacman hook",
+            "# soswap's dnf plugin")
 _SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # what dpkg sets for its status-logger
 #: The pre-install command's first word: apt looks its protocol version up as
 #: DPkg::Tools::Options::<first word>::Version (pkgDPkgPM::RunScriptsWithPkgs)
 _PREINSTALL = "soswap_preinstall"
+#: characters a command word cannot hold: apt's configuration parser ends a string at any double quote, and
+#: shell-quoting a single quote brings one in ('"'"'); pacman's hook puts the words in double quotes of a
+#: single-quoted ``sh -c`` script
+_UNSAFE = "\"'\n$`\\"
 
 
-def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False,
-               restart: bool = False) -> Dict[str, str]:
-    """{path under the root: text}. ``command``: soswap's argv prefix (absolute), or None to look ``soswap`` up
-    in PATH and /usr/local (the files of contrib/)."""
+def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False, restart: bool = False,
+               manager: str = APT, plugin_dirs: Sequence[str] = ("usr/lib/python3/dist-packages/dnf-plugins",)
+               ) -> Dict[str, str]:
+    """{path under the root: text} of ``manager``'s files. ``command``: soswap's argv prefix (absolute), or
+    None to look ``soswap`` up in PATH and /usr/local (the files of contrib/). ``plugin_dirs``: where the dnf
+    plugin goes (relative to the root)."""
+    if command is not None:
+        for word in command:
+            if any(c in word for c in _UNSAFE):
+                raise UsageError(f"soswap's command cannot hold a quote, a newline, $, ` or \\: {word!r}")
+    if manager == PACMAN:
+        return {PACMAN_HOOK: _pacman_hook(command, restart)}
+    if manager == DNF:
+        files = {os.path.join(d, DNF_PLUGIN): DNF_PLUGIN_TEXT for d in plugin_dirs}
+        files[DNF_CONF] = _dnf_conf(command, restart)
+        return files
+    return _apt_files(command, refuse, restart)
+
+
+def _apt_files(command: Optional[Sequence[str]], refuse: bool, restart: bool) -> Dict[str, str]:
     if command is None:
         guard = "PATH=$PATH:/usr/local/sbin:/usr/local/bin; if command -v soswap >/dev/null 2>&1; then "
         run = "soswap"
@@ -35,11 +67,6 @@ def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False,
         dpkg_where = ("dpkg runs it with\n# PATH=/usr/sbin:/usr/bin:/sbin:/bin, hence /usr/local below; write "
                       "soswap's absolute path if it lives\n# elsewhere (a virtualenv), or use 'soswap hook setup'.")
     else:
-        for word in command:
-            # apt's configuration parser ends a string at any double quote, and shell-quoting a single quote
-            # brings one in ('"'"'): neither can reach the shell intact
-            if any(c in word for c in "\"'\n"):
-                raise UsageError(f"soswap's command cannot hold a quote or a newline: {word!r}")
         run = " ".join(shlex.quote(w) for w in command)
         guard = f"if [ -x {shlex.quote(command[0])} ]; then "
         where = "Written by 'soswap hook setup' with soswap's absolute command."
@@ -70,6 +97,122 @@ def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False,
     return {APT_CONF: apt, DPKG_CFG: dpkg}
 
 
+def _pacman_hook(command: Optional[Sequence[str]], restart: bool) -> str:
+    option = " --restart" if restart else ""
+    if command is None:
+        where = "soswap is looked for in PATH, then in /usr/local."
+        script = ("PATH=$PATH:/usr/local/sbin:/usr/local/bin; if command -v soswap >/dev/null 2>&1; then "
+                  f"soswap hook post-transaction{option}; fi")
+    else:
+        where = "Written by 'soswap hook setup --manager pacman' with soswap's absolute command."
+        run = " ".join(f'"{w}"' for w in command)
+        script = f'if [ -x "{command[0]}" ]; then {run} hook post-transaction{option}; fi'
+    # alpm splits Exec into words as sh does (quotes kept together) and runs it without a shell
+    return (
+        "# soswap's pacman hook (docs/hooks.md). Install as /etc/pacman.d/hooks/soswap.hook.\n"
+        f"# {where}\n"
+        "#\n"
+        "# After each transaction: list the services, sessions, containers and processes that still run old code.\n"
+        "# It never fails pacman (soswap exits 0 here). Add --restart after \"post-transaction\" to restart the\n"
+        "# services too.\n"
+        "[Trigger]\n"
+        "Operation = Install\n"
+        "Operation = Upgrade\n"
+        "Operation = Remove\n"
+        "Type = Package\n"
+        "Target = *\n"
+        "\n"
+        "[Action]\n"
+        "Description = Looking for processes that still run old code (soswap)...\n"
+        "When = PostTransaction\n"
+        f"Exec = /bin/sh -c '{script}'\n")
+
+
+def _dnf_conf(command: Optional[Sequence[str]], restart: bool) -> str:
+    if command is None:
+        where = ("# Install as /etc/dnf/plugins/soswap.conf, with contrib/dnf/soswap.py in dnf's plugin directory\n"
+                 "# (/usr/lib/python3.*/site-packages/dnf-plugins/).")
+        run = "soswap"
+    else:
+        where = "# Written by 'soswap hook setup --manager dnf' with soswap's absolute command."
+        run = " ".join(shlex.quote(w) for w in command)
+    return (
+        "# soswap's dnf plugin: its configuration (docs/hooks.md).\n"
+        f"{where}\n"
+        "[main]\n"
+        "enabled = 1\n"
+        "# soswap's command: an absolute path, or a name looked up in PATH, then in /usr/local/sbin and\n"
+        "# /usr/local/bin\n"
+        f"command = {run}\n"
+        "# added after \"soswap hook post-transaction\": --restart restarts the services too\n"
+        f"options = {'--restart' if restart else ''}\n".replace(" \n", "\n"))
+
+
+#: The dnf plugin (dnf 4: RHEL 8 and 9, Fedora up to 40). It runs inside dnf, on the system's Python (3.6 on
+#: RHEL 8): nothing of soswap is imported, soswap runs as a command.
+DNF_PLUGIN_TEXT = '''\
+# soswap's dnf plugin (docs/hooks.md): after each transaction, list the services, sessions, containers and
+# processes that still run old code ("soswap hook post-transaction"). It never fails dnf.
+# Install in dnf's plugin directory (/usr/lib/python3.*/site-packages/dnf-plugins/soswap.py), with its
+# configuration in /etc/dnf/plugins/soswap.conf ("soswap hook setup --manager dnf" writes both).
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import dnf
+
+
+class Soswap(dnf.Plugin):
+    name = "soswap"
+
+    def __init__(self, base, cli):
+        super().__init__(base, cli)
+        self.base = base
+
+    def transaction(self):
+        """dnf calls this once after a transaction ran."""
+        try:
+            conf = self.read_config(self.base.conf)
+            command = conf.get("main", "command") if conf.has_option("main", "command") else "soswap"
+            options = conf.get("main", "options") if conf.has_option("main", "options") else ""
+            argv = shlex.split(command)
+            if not os.path.isabs(argv[0]):
+                path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/local/bin"
+                found = shutil.which(argv[0], path=path)
+                if found is None:
+                    return
+                argv[0] = found
+            elif not os.access(argv[0], os.X_OK):
+                return
+            sys.stdout.flush()
+            subprocess.call([*argv, "hook", "post-transaction", *shlex.split(options)], stdin=subprocess.DEVNULL,
+                            timeout=600)
+        except Exception as exc:  # a hook never fails the package manager
+            sys.stderr.write(f"soswap: dnf plugin: {exc}; skipped\\n")
+'''
+
+
+def contrib_files() -> Dict[str, str]:
+    """{path under contrib/: text}: every manager's files with soswap looked up in PATH (scripts/gen-docs
+    writes them, a test keeps them in step)."""
+    apt = hook_files(None)
+    return {"apt/99soswap": apt[APT_CONF], "dpkg/soswap": apt[DPKG_CFG],
+            "pacman/soswap.hook": hook_files(None, manager=PACMAN)[PACMAN_HOOK],
+            "dnf/soswap.py": DNF_PLUGIN_TEXT, "dnf/soswap.conf": hook_files(None, manager=DNF)[DNF_CONF]}
+
+
+def dnf_plugin_dirs(root: str) -> List[str]:
+    """dnf's plugin directories that exist under ``root``, relative to it."""
+    found = []
+    for pattern in _DNF_PLUGIN_DIRS:
+        for d in sorted(glob.glob(os.path.join(glob.escape(root), pattern))):
+            if os.path.isdir(d):
+                found.append(os.path.relpath(d, root))
+    return found
+
+
 def own_command() -> List[str]:
     """How dpkg and apt can run this soswap: the console script that runs now, else this interpreter with
     ``-m soswap``; checked by running it as dpkg would (system PATH, no PYTHONPATH)."""
@@ -90,17 +233,31 @@ def own_command() -> List[str]:
     return command
 
 
-def setup(root: str, command: List[str], *, refuse: bool, restart: bool) -> List[str]:
-    """Write the hook files under ``root``, each atomically; a file there that soswap did not write is kept
-    and reported. The paths written."""
-    files = hook_files(command, refuse=refuse, restart=restart)
+def setup(root: str, command: List[str], *, refuse: bool, restart: bool, manager: str = APT) -> List[str]:
+    """Write ``manager``'s hook files under ``root``, each atomically; a file there that soswap did not write is
+    kept and reported. The paths written."""
+    plugin_dirs: List[str] = []
+    if manager == DNF:
+        plugin_dirs = dnf_plugin_dirs(root)
+        if not plugin_dirs or not os.path.isdir(os.path.join(root, os.path.dirname(DNF_CONF))):
+            raise SoswapError(f"{os.path.join(root, 'usr/lib/python3*/site-packages/dnf-plugins')}: no such "
+                              "directory (is dnf installed here?)")
+    elif manager == PACMAN:
+        hooks = os.path.join(root, os.path.dirname(PACMAN_HOOK))
+        if not os.path.exists(os.path.join(root, "etc/pacman.conf")):
+            raise SoswapError(f"{os.path.join(root, 'etc/pacman.conf')}: no such file (is pacman installed here?)")
+        try:
+            os.makedirs(hooks, mode=0o755, exist_ok=True)  # pacman's default HookDir, not made by every install
+        except OSError as exc:
+            raise SoswapError(f"{hooks}: cannot create: {exc.strerror or exc}") from None
+    files = hook_files(command, refuse=refuse, restart=restart, manager=manager, plugin_dirs=plugin_dirs)
     for rel in files:
         _check_ours(os.path.join(root, rel))
     written = []
     for rel, text in files.items():
         path = os.path.join(root, rel)
         if not os.path.isdir(os.path.dirname(path)):
-            raise SoswapError(f"{os.path.dirname(path)}: no such directory (is apt/dpkg installed here?)")
+            raise SoswapError(f"{os.path.dirname(path)}: no such directory (is {manager} installed here?)")
         try:
             write_atomic(path, text)
         except OSError as exc:
@@ -109,9 +266,15 @@ def setup(root: str, command: List[str], *, refuse: bool, restart: bool) -> List
     return written
 
 
-def remove(root: str) -> List[str]:
-    """Remove the hook files soswap wrote under ``root``; the paths removed."""
-    paths = [os.path.join(root, rel) for rel in (APT_CONF, DPKG_CFG)]
+def remove(root: str, manager: str = APT) -> List[str]:
+    """Remove ``manager``'s hook files that soswap wrote under ``root``; the paths removed."""
+    if manager == PACMAN:
+        rels = [PACMAN_HOOK]
+    elif manager == DNF:
+        rels = [DNF_CONF, *(os.path.join(d, DNF_PLUGIN) for d in dnf_plugin_dirs(root))]
+    else:
+        rels = [APT_CONF, DPKG_CFG]
+    paths = [os.path.join(root, rel) for rel in rels]
     for path in paths:
         _check_ours(path)
     removed = []
@@ -121,6 +284,14 @@ def remove(root: str) -> List[str]:
             removed.append(path)
         except FileNotFoundError:
             pass
+        if path.endswith("/" + DNF_PLUGIN):  # and what dnf's Python compiled of it
+            stem = os.path.splitext(DNF_PLUGIN)[0]
+            for cached in glob.glob(os.path.join(glob.escape(os.path.dirname(path)), "__pycache__",
+                                                 f"{stem}.cpython-*.pyc")):
+                try:
+                    os.unlink(cached)
+                except OSError:
+                    pass
     return removed
 
 
