@@ -3,7 +3,11 @@ under another name (cases 18-20)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
+import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +16,7 @@ from loader.helpers import (
     assert_ldd_parity,
     assert_run_prediction,
     by_name,
+    env_with,
     lib_source,
     predict,
     run_program,
@@ -199,3 +204,95 @@ def test_a_truncated_library_kills_the_loader_with_sigbus(tmp_path: Path, size: 
     assert real.status == -7 and real.stderr == "" and out.stdout == "" and out.status == 1
     assert bound.fatal is not None and bound.fatal.kind == "crash" and bound.fatal.exit_status == 128 + 7
     assert bound.fatal.line.startswith(f"ld.so crashes (SIGBUS) mapping {first}/libf.so: ")
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_a_needed_name_dot_or_dotdot_is_searched_and_opens_a_directory(tmp_path: Path, name: str) -> None:
+    """ld.so searches "." and ".." like any name: every directory holds them, so the first search directory
+    gives a directory, which ld.so cannot read (a listing never shows these names: not "not found")."""
+    lib = shared_lib(tmp_path / "build" / "libph.so", lib_source("ph"), soname=name)
+    e = executable(tmp_path / "e", sources_needing("ph"), libs=[str(lib)])
+    real = assert_run_prediction(e)
+    assert real.status == 127 and f"/{name}: cannot read file data: Error 21" in real.stderr
+    assert_ldd_parity(e)
+    out = assert_ldd_parity("/bin/true", env=env_with(LD_PRELOAD=name))
+    assert "cannot be preloaded (cannot read file data): ignored." in out.stderr
+
+
+def _patch_loads(src: Path, dst: Path, how: str) -> None:
+    """Copy the 64-bit ELF file ``src`` to ``dst`` with its PT_LOAD headers changed: "offset" moves the second
+    one's file offset by 8 bytes (its address and offset no longer page-aligned together), "overlap" moves the
+    last one's address down to page 0 (same offset within the page: it overlaps the first)."""
+    data = bytearray(src.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    loads = [phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 1]
+    if how == "offset":
+        struct.pack_into("<Q", data, loads[1] + 8, struct.unpack_from("<Q", data, loads[1] + 8)[0] + 8)
+    else:
+        vaddr, = struct.unpack_from("<Q", data, loads[-1] + 16)
+        struct.pack_into("<Q", data, loads[-1] + 16, vaddr % 4096)
+    dst.write_bytes(bytes(data))
+    dst.chmod(0o755)
+
+
+@pytest.mark.parametrize("how", ["offset", "overlap"])
+def test_a_load_segment_that_cannot_be_mapped(tmp_path: Path, how: str) -> None:
+    """``_dl_map_object_from_fd`` refuses a PT_LOAD whose address and offset differ by other than whole pages,
+    and ``_dl_map_segments`` segments that overlap (what ``strip`` can make of a patchelf-ed library)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    e = _prog_needing_libf(tmp_path, first, second)
+    _patch_loads(second / "libf.so", first / "libf.so", how)
+    real = assert_run_prediction(e)
+    assert real.status == 127 and "libf.so: ELF load command address/offset not page-aligned" in real.stderr
+    assert_ldd_parity(e)
+
+
+def test_a_program_whose_segment_cannot_be_mapped(tmp_path: Path) -> None:
+    """The kernel maps the program itself after exec's point of no return: SIGSEGV; ``ld.so --verify`` refuses
+    it, so ldd says "not a dynamic executable"."""
+    e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
+    bad = tmp_path / "bad"
+    _patch_loads(e, bad, "offset")
+    out = assert_ldd_parity(bad)
+    assert out.status == 1 and out.stderr == "\tnot a dynamic executable\n"
+    assert run_program(bad).status == -signal.SIGSEGV
+    _, bound = predict(bad)
+    assert bound.fatal is not None and bound.fatal.kind == "crash" and bound.fatal.exit_status == 128 + signal.SIGSEGV
+
+
+@pytest.mark.parametrize("kind", ["missing", "mode-644", "directory", "text", "truncated", "other-machine"])
+def test_a_program_interpreter_the_kernel_refuses(tmp_path: Path, kind: str) -> None:
+    """execve opens PT_INTERP itself (binfmt_elf ``load_elf_binary``): a missing one is ENOENT (the shell's
+    127), one that is not an executable regular file EACCES, one that is no ELF file of the program's machine
+    or whose program headers cannot be read ELIBBAD (126 for both)."""
+    ld = Path("/lib64/ld-linux-x86-64.so.2").resolve()
+    interp = tmp_path / "interp"
+    if kind == "directory":
+        interp.mkdir()
+    elif kind == "text":
+        interp.write_text("#!/bin/sh\n" + "# not an ELF file\n" * 8)
+    elif kind == "truncated":
+        interp.write_bytes(ld.read_bytes()[:100])
+    elif kind in ("mode-644", "other-machine"):
+        data = bytearray(ld.read_bytes())
+        if kind == "other-machine":
+            data[18:20] = (183).to_bytes(2, "little")  # EM_AARCH64
+        interp.write_bytes(bytes(data))
+    if interp.is_file():
+        interp.chmod(0o644 if kind == "mode-644" else 0o755)
+    e = executable(tmp_path / "e", "int main(void) { return 0; }\n", flags=[f"-Wl,--dynamic-linker={interp}"])
+    try:
+        subprocess.run([str(e)], capture_output=True, timeout=60)
+        real = 0
+    except OSError as exc:
+        real = exc.errno or 0
+    assert real != 0
+    _, bound = predict(e)
+    fatal = bound.fatal
+    assert fatal is not None and fatal.kind == "no-interpreter", fatal
+    if real == errno.ENOENT:
+        assert fatal.line.endswith(f"{interp} does not exist") and fatal.exit_status == 127
+    else:
+        assert fatal.line.endswith(f"{interp}: {os.strerror(real)}") and fatal.exit_status == 126
+    assert_ldd_parity(e)  # ldd runs ld.so itself: the interpreter named in the file does not matter

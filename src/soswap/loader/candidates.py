@@ -12,7 +12,7 @@ import mmap
 import os
 import stat
 import struct
-from typing import Dict, FrozenSet, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
@@ -105,8 +105,8 @@ class FileSystem:
         names = self.listing(host_dir)
         if names is None:
             return False
-        if names is UNLISTABLE:
-            return True
+        if names is UNLISTABLE or name in (".", ".."):
+            return True  # every directory holds "." and ".." (listdir leaves them out); ld.so opens them
         return name in names
 
     def stat(self, host_path: str) -> Union[os.stat_result, int]:
@@ -142,6 +142,16 @@ class FileSystem:
         if real is None:
             real = self._real_dirs[d] = os.path.realpath(d)
         return (real if real.endswith("/") else real + "/") + base
+
+    def exec_errno(self, host_path: str, machine: int) -> int:
+        """0, or the errno ``execve`` fails with for this program interpreter (binfmt_elf ``load_elf_binary``:
+        ``open_exec`` wants an executable regular file on a mount that allows it; then the interpreter's ELF
+        header must have the magic and the program's machine, and its program headers must be readable)."""
+        key = ("exec", host_path, machine)
+        hit = self.file_memo.get(key)
+        if hit is None:
+            hit = self.file_memo[key] = _exec_errno(host_path, machine)
+        return hit  # type: ignore[return-value]
 
     def host_real_dir(self, host_dir: str) -> str:
         """``os.path.realpath`` of a host directory, once per :class:`FileSystem` (directories do not move during
@@ -295,16 +305,19 @@ class FileSystem:
         def refused(message: str, kind: str = FATAL) -> Verdict:
             return Verdict(kind, message, fid, file=file, substituted=substituted, mapped=True)
 
-        if not elf.segments_of_type(C.PT_LOAD):
-            return refused("object file has no loadable segments")
+        problem, loads = load_commands(elf)
+        if problem is not None:
+            return refused(problem)
         if elf.type != C.ET_DYN:
             return refused("cannot dynamically load executable")
+        if overlapping(loads):
+            return refused(MISALIGNED)
         dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)
         # _dl_map_segments zero-fills the end of each segment's last file page, then the dynamic section is read
         crash = _beyond_the_end(elf, dyn_segs)
         if crash is not None:
             return refused(crash, CRASH)
-        if not dyn_segs or any(s.filesz == 0 for s in dyn_segs):
+        if not dyn_segs:
             return refused("object file has no dynamic section")
         try:
             dyn = elf.dynamic
@@ -313,6 +326,79 @@ class FileSystem:
         if dyn.flags_1 & C.DF_1_PIE:
             return refused("cannot dynamically load position-independent executable")
         return Verdict(ACCEPT, "", fid, elf, file, substituted)
+
+
+MISALIGNED = "ELF load command address/offset not page-aligned"
+
+
+def _exec_errno(host_path: str, machine: int) -> int:
+    try:
+        st = os.stat(host_path)
+        if not stat.S_ISREG(st.st_mode) or not os.access(host_path, os.X_OK):
+            return errnomod.EACCES
+        if os.statvfs(host_path).f_flag & os.ST_NOEXEC:
+            return errnomod.EACCES
+        fd = os.open(host_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        return exc.errno or errnomod.ENOENT
+    try:
+        head = os.pread(fd, 64, 0)
+        if len(head) < 52 or head[:4] != C.ELFMAG:
+            return errnomod.EIO if len(head) < 52 else errnomod.ELIBBAD
+        e = "<" if head[5] == C.ELFDATA2LSB else ">"
+        if struct.unpack_from(e + "H", head, 18)[0] != machine:
+            return errnomod.ELIBBAD
+        if head[4] == C.ELFCLASS64:
+            if len(head) < 64:
+                return errnomod.EIO
+            phoff = struct.unpack_from(e + "Q", head, 32)[0]
+            phentsize, phnum = struct.unpack_from(e + "HH", head, 54)
+        else:
+            phoff = struct.unpack_from(e + "I", head, 28)[0]
+            phentsize, phnum = struct.unpack_from(e + "HH", head, 42)
+        size = phentsize * phnum
+        # load_elf_phdrs: any problem is "not an interpreter" (the -ELIBBAD set before its checks)
+        if phentsize != (56 if head[4] == C.ELFCLASS64 else 32) or not 0 < size <= 65536:
+            return errnomod.ELIBBAD
+        if len(os.pread(fd, size, phoff)) != size:
+            return errnomod.ELIBBAD
+        return 0
+    except OSError as exc:
+        return exc.errno or errnomod.EIO
+    finally:
+        os.close(fd)
+
+
+def load_commands(elf: ElfFile) -> Tuple[Optional[str], List[Segment]]:
+    """The program header loop of ``_dl_map_object_from_fd``, in file order: (its error, or None; the PT_LOAD
+    segments). A segment whose offset and address differ by other than whole pages cannot be mapped."""
+    page = mmap.PAGESIZE
+    loads = []
+    for seg in elf.segments:
+        if seg.type == C.PT_DYNAMIC and seg.filesz == 0:
+            return "object file has no dynamic section", loads
+        if seg.type == C.PT_LOAD:
+            if (seg.vaddr - seg.offset) % page:
+                return MISALIGNED, loads
+            loads.append(seg)
+    if not loads:
+        return "object file has no loadable segments", loads
+    return None, loads
+
+
+def overlapping(loads: Sequence[Segment]) -> bool:
+    """``_dl_map_segments`` (ET_DYN): segments with holes between them whose last one starts (page-aligned)
+    before the first one's file pages end."""
+    page = mmap.PAGESIZE
+
+    def start(s: Segment) -> int:
+        return s.vaddr - s.vaddr % page
+
+    def end(s: Segment) -> int:
+        return -(-(s.vaddr + s.filesz) // page) * page
+
+    holes = any(end(a) != start(b) for a, b in zip(loads, loads[1:]))
+    return holes and start(loads[-1]) < end(loads[0])
 
 
 def _beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:

@@ -16,7 +16,7 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError, SoswapError
 from soswap.loader import model as M
-from soswap.loader.candidates import ACCEPT, FileSystem
+from soswap.loader.candidates import ACCEPT, FileSystem, load_commands, overlapping
 from soswap.loader.loading import Loader
 from soswap.loader.profile import Profile, abi_for
 
@@ -189,10 +189,11 @@ class LddModel:
             elf: ElfFile = self.loader.cache.get(host, st)
         except ElfError:
             return 1
-        if not elf.segments_of_type(C.PT_LOAD):
+        problem, loads = load_commands(elf)  # rtld_mode_verify maps the program as any object
+        if problem is not None or (elf.type == C.ET_DYN and overlapping(loads)):
             return 1
         dyn = elf.segments_of_type(C.PT_DYNAMIC)
-        if (not dyn and elf.type == C.ET_DYN) or any(s.filesz == 0 for s in dyn):
+        if not dyn and elf.type == C.ET_DYN:
             return 1
         if not dyn:
             return 1  # main_map->l_ld == NULL

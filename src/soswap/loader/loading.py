@@ -5,6 +5,7 @@ link-map chain, and bind it (:mod:`soswap.loader.binding`).
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple
@@ -14,7 +15,7 @@ from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo
 from soswap.errors import ElfError, UsageError
 from soswap.loader import model as M
-from soswap.loader.candidates import FileSystem, Substitute
+from soswap.loader.candidates import MISALIGNED, FileSystem, Substitute, load_commands
 from soswap.loader.environment import Environment
 from soswap.loader.profile import Profile
 from soswap.loader.session import (
@@ -358,11 +359,23 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     else:
         name = interp or profile.interpreter
         s.setup_rtld(name, name)
-        if interp is not None and s.rtld is not None and s.rtld.elf is None:
-            text = f"{path}: cannot execute: the program interpreter {interp} does not exist"
-            f = M.Failure(M.NO_INTERPRETER, interp, main.cid, text, text, M.STARTUP, True, exit_status=127)
+        err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
+        if interp is not None and err:
+            if err == errno.ENOENT:
+                text, status = f"{path}: cannot execute: the program interpreter {interp} does not exist", 127
+            else:  # the shell's status for a file found that cannot be executed
+                text, status = f"{path}: cannot execute: the program interpreter {interp}: {os.strerror(err)}", 126
+            f = M.Failure(M.NO_INTERPRETER, interp, main.cid, text, text, M.STARTUP, True, exit_status=status)
             s.failures.append(f)
             s.portable = False  # the text names the program
+            s.fatal = f
+        elif s.fatal is None and load_commands(elf)[0] == MISALIGNED:
+            # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
+            text = (f"{path}: killed by SIGSEGV: the kernel cannot map a segment whose offset and address are "
+                    "not page-aligned together")
+            f = M.Failure(M.CRASH, path, main.cid, text, text, M.STARTUP, True, exit_status=139)
+            s.failures.append(f)
+            s.portable = False
             s.fatal = f
     s.setup_vdso()
     static = not dynamic or not elf.dynamic.needed
