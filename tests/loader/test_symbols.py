@@ -5,6 +5,7 @@ copy relocations and the glibc 2.36 ``check_match`` assertion."""
 from __future__ import annotations
 
 import shutil
+import struct
 from pathlib import Path
 
 from loader.helpers import (
@@ -223,3 +224,33 @@ def test_ldd_r_with_a_missing_versioned_library(tmp_path: Path) -> None:
     assert out.status == 1 and "undefined symbol" not in out.stdout
     out = assert_ldd_parity(late, flag="-r")
     assert f"undefined symbol: foo\t({late})" in out.stdout or "version VER_1" in out.stdout
+
+
+def test_a_version_need_naming_a_file_nothing_loads_aborts_ld_so(tmp_path: Path) -> None:
+    """The program's DT_NEEDED "libv.so" is turned into "bv.so" (the tail of the same string) while its version
+    needs still name libv.so, as a hand-edited or ``patchelf --remove-needed`` file can be: find_needed finds
+    nothing and ld.so's ``assert (needed != NULL)`` in _dl_check_map_versions kills it (exit 127)."""
+    from elftools.elf.elffile import ELFFile
+
+    lib = shared_lib(tmp_path / "libv.so", "int foo(void) { return 1; }\n", soname="libv.so", version_script=V1_MAP)
+    shared_lib(tmp_path / "bv.so", "int foo(void) { return 1; }\n", soname="bv.so", version_script=V1_MAP)
+    e = executable(tmp_path / "e", "int foo(void);\nint main(void) { return foo() - 1; }\n",
+                   flags=rpath_flags(str(tmp_path)), libs=[str(lib)])
+    data = bytearray(e.read_bytes())
+    with open(e, "rb") as f:
+        elf = ELFFile(f)
+        at = elf.get_section_by_name(".dynstr").data().find(b"libv.so\0")
+        dyn = elf.get_section_by_name(".dynamic")
+        base, count = dyn["sh_offset"], dyn.num_tags()
+    for i in range(count):
+        tag, value = struct.unpack_from("<qQ", data, base + 16 * i)
+        if tag == 1 and value == at:  # DT_NEEDED "libv.so" -> "bv.so"
+            struct.pack_into("<Q", data, base + 16 * i + 8, at + 2)
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o755)
+    real = assert_run_prediction(bad)
+    assert real.status == 127 and "Assertion `needed != NULL' failed!" in real.stderr
+    out = assert_ldd_parity(bad)
+    assert out.status == 1
+    assert_ldd_parity(bad, flag="-r")

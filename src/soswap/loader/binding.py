@@ -483,10 +483,13 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
     for o in objs:
         if not o.found or o.elf is None or o.kind == "vdso":
             continue
-        for f in version_check(b, o):
+        found = version_check(b, o)
+        for f in found:
             failures.append(f)
             if f.fatal and fatal is None:
                 fatal = f
+        if found and found[-1].kind == M.ASSERTION:
+            return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, 0)  # ld.so aborted
     # x86 ISA level (_rtld_main_check), before relocation; not in trace mode
     isa = res.profile.isa_level
     if not res.trace and isa is not None:

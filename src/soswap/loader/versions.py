@@ -31,11 +31,14 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
     index = b.name_index()
     objs = res.objects
     program = False
-    for need in needs:
+    unknown = None  # the first need whose file no object is known by: ld.so's assertion
+    for n, need in enumerate(needs):
         target = index.get(need.file)
         t = objs[target] if target is not None else None
         targets.append(t if t is not None and t.found and t.elf is not None else None)
         program = program or target == 0
+        if target is None and unknown is None:
+            unknown = n
     # The outcome depends only on the requiring file and the files its needs resolve to: memoized per run.
     key = (id(elf), *[id(t.elf) if t is not None else 0 for t in targets])
     outcomes = b.cache.version_outcomes.get(key)
@@ -59,7 +62,7 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
                     found.append((n, M.VERSION, e.name))
         # the files are kept in the value so that their ids in the key stay theirs
         outcomes = b.cache.version_outcomes[key] = (tuple(found), elf, tuple(t.elf for t in targets if t))
-    if not outcomes[0]:
+    if not outcomes[0] and unknown is None:
         if o.index != 0 and not program:
             # A library object is shared only by results of the same shape (loading.py: the same objects at
             # the same places); its needs resolve to the same files there unless they name the program.
@@ -68,6 +71,8 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
     requirer = o.display or res.argv0
     argv0 = res.argv0
     for n, kind, version in outcomes[0]:
+        if unknown is not None and n > unknown:
+            break
         t = targets[n]
         assert t is not None
         tname = t.path or argv0
@@ -83,7 +88,17 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
             msg = f"version `{version}' not found (required by {requirer})"
             out.append(M.Failure(kind, tname, o.index, f"{tname}: {msg}", f"{argv0}: {tname}: {msg}", M.STARTUP,
                                  True, version=version, exit_status=1))
+    if unknown is not None:
+        # _dl_check_map_versions: find_needed found no object by the need's vn_file (a DT_NEEDED removed or
+        # renamed without its version needs, as "patchelf --remove-needed" leaves them): assert (needed != NULL)
+        out.append(M.Failure(M.ASSERTION, o.display or argv0, o.index, VERNEED_ASSERTION, VERNEED_ASSERTION,
+                             M.STARTUP, True, exit_status=127))
     return out
+
+
+#: glibc 2.36's text (the line number is that of elf/dl-version.c as built by Debian)
+VERNEED_ASSERTION = ("Inconsistency detected by ld.so: dl-version.c: 204: _dl_check_map_versions: Assertion "
+                     "`needed != NULL' failed!")
 
 
 def find_needed(res: M.LoadResult, name: str) -> Optional[int]:
