@@ -4,9 +4,13 @@ copy relocations and the glibc 2.36 ``check_match`` assertion."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import struct
 from pathlib import Path
+
+import pytest
 
 from loader.helpers import (
     assert_ldd_parity,
@@ -254,3 +258,43 @@ def test_a_version_need_naming_a_file_nothing_loads_aborts_ld_so(tmp_path: Path)
     out = assert_ldd_parity(bad)
     assert out.status == 1
     assert_ldd_parity(bad, flag="-r")
+
+
+def test_a_tls_reference_bound_to_a_variable_that_is_not_tls_kills_ld_so(tmp_path: Path) -> None:
+    """The program was linked against ``__thread int tvar``; the library it runs with defines a plain ``int
+    tvar`` and no TLS segment. R_X86_64_TPOFF64's CHECK_STATIC_TLS allocates static TLS for that library,
+    whose TLS alignment is 0: ld.so dies of SIGFPE while relocating (``tree -r``; ``ldd -r`` prints the list and
+    fails)."""
+    shared_lib(tmp_path / "old" / "libt.so", "__thread int tvar = 1;\n", soname="libt.so")
+    shared_lib(tmp_path / "new" / "libt.so", "int tvar = 1;\n", soname="libt.so")
+    e = executable(tmp_path / "e", "extern __thread int tvar;\nint main(void) { return tvar - 1; }\n",
+                   flags=rpath_flags(str(tmp_path / "new")), libs=[f"-L{tmp_path / 'old'}", "-lt"])
+    assert run_program(e).status == -signal.SIGFPE
+    _, bound = predict(e)
+    fatal = bound.fatal
+    assert fatal is not None and fatal.kind == "crash" and fatal.exit_status == 128 + signal.SIGFPE
+    assert "TLS reference to `tvar'" in fatal.line
+    out = assert_ldd_parity(e, flag="-r")
+    assert out.status == 1 and "libt.so => " in out.stdout
+    # linked and run against the TLS variable: nothing to say
+    ok = executable(tmp_path / "ok", "extern __thread int tvar;\nint main(void) { return tvar - 1; }\n",
+                    flags=rpath_flags(str(tmp_path / "old")), libs=[f"-L{tmp_path / 'old'}", "-lt"])
+    assert predict(ok)[1].fatal is None and run_program(ok).status == 0
+
+
+def test_a_second_copy_of_the_dynamic_linker_crashes_the_program(tmp_path: Path) -> None:
+    """ld.so preloaded under its real path (not the PT_INTERP path): ld.so's own map has no device and inode,
+    so it is loaded a second time, first in the scope; libc's `_rtld_global_ro` binds to the copy's data, never
+    set up, and the program dies of SIGFPE in libc's start-up code. ldd, in trace mode, runs no start-up code."""
+    interp = "/lib64/ld-linux-x86-64.so.2"
+    real = os.path.realpath(interp)
+    if real == interp or not os.path.exists(real):
+        pytest.skip("the interpreter is not reached through another path here")
+    e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
+    env = env_with(LD_PRELOAD=real)
+    assert run_program(e, env=env).status == -signal.SIGFPE
+    _, bound = predict(e, env=env)
+    fatal = bound.fatal
+    assert fatal is not None and fatal.kind == "crash" and fatal.exit_status == 128 + signal.SIGFPE
+    assert "a second copy of the dynamic linker" in fatal.line
+    assert predict(e)[1].fatal is None  # without the preload

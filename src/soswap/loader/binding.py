@@ -563,6 +563,8 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
                                         vname, exit_status=127)))
         if i == b.main:
             _program_checks(b, i, syms, t, lazy, res.trace, warn or res.trace, events)
+        if syms.static_tls_positions(t):
+            _static_tls_checks(b, i, syms, t, events)
         events.sort(key=_position)
         for _n, f in events:
             failures.append(f)
@@ -571,11 +573,70 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             if f.fatal and f.kind in _ABORTS:
                 # ld.so dies here (an assertion, or _dl_signal_error outside any catch): nothing after it runs
                 return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
+    if fatal is None and not res.trace:
+        f = _second_dynamic_linker(b)
+        if f is not None:
+            failures.append(f)
+            fatal = f
     return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
 
 
+def _second_dynamic_linker(b: Binder) -> Optional[M.Failure]:
+    """A second copy of ld.so (its file under another path: ``_dl_map_object_from_fd`` matches loaded objects
+    by device and inode, and ld.so's own map has none) that comes before the real one in the scope: libc's
+    GLIBC_PRIVATE ``_rtld_global_ro`` binds to the copy's data, which no one set up, and libc's start-up code
+    divides by its zero page size (SIGFPE, glibc 2.36)."""
+    objs = b.res.objects
+    rtld = next((o for o in objs if o.kind == "interpreter"), None)
+    if rtld is None or rtld.elf is None:
+        return None
+    soname = rtld.elf.dynamic.soname
+    if not soname or not any(o.kind != "interpreter" and o.found and o.elf is not None
+                             and o.elf.dynamic.soname == soname for o in objs):
+        return None
+    for i in b.scope:
+        o = objs[i]
+        if o.elf is None or o.kind == "interpreter" or soname not in o.elf.dynamic.needed:
+            continue
+        ref = reference_for(b, i, "_rtld_global_ro", plt=False)
+        if ref.version is None:
+            continue  # no such reference
+        try:
+            where, _sym = b.ordered(i, ref)
+        except LookupAborted:
+            continue
+        if where is not None and objs[where].kind != "interpreter":
+            who = o.path or b.res.argv0
+            text = (f"the program crashes (SIGFPE) as it starts: {who}'s `_rtld_global_ro' binds to "
+                    f"{objs[where].path}, a second copy of the dynamic linker whose data was never set up")
+            return M.Failure(M.CRASH, who, i, text, text, M.STARTUP, True, exit_status=136)
+    return None
+
+
 #: Startup failures after which ld.so relocates nothing more, in trace mode too.
-_ABORTS = frozenset((M.ASSERTION, M.INDIRECT_EXTERN_ACCESS))
+_ABORTS = frozenset((M.ASSERTION, M.INDIRECT_EXTERN_ACCESS, M.CRASH))
+
+
+def _static_tls_checks(b: Binder, i: int, syms: ObjectSymbols, t: RefTable,
+                       events: List[Tuple[int, M.Failure]]) -> None:
+    """``elf_machine_rela`` (R_X86_64_TPOFF64): ``CHECK_STATIC_TLS`` on the defining object. One without a TLS
+    segment has ``l_tls_align`` 0, and ``_dl_try_allocate_static_tls`` divides by it: ld.so dies of SIGFPE
+    (a variable that was ``__thread`` and no longer is)."""
+    objs = b.res.objects
+    for n in syms.static_tls_positions(t):
+        ref = syms.reference(t, n)
+        try:
+            where, _sym = b.ordered(i, ref)
+        except LookupAborted:
+            continue
+        elf = objs[where].elf if where is not None else None
+        if elf is None or elf.segments_of_type(C.PT_TLS):
+            continue
+        who = objs[i].path or b.res.argv0
+        text = (f"ld.so crashes (SIGFPE) relocating {who}: its TLS reference to `{ref.name}' binds to "
+                f"{objs[where].path or b.res.argv0}, which has no TLS segment")
+        events.append((n, M.Failure(M.CRASH, who, i, text, text, M.STARTUP, True, exit_status=136)))
+        return
 
 
 def _position(event: Tuple[int, M.Failure]) -> int:

@@ -26,6 +26,8 @@ _ALLOWED_TYPES = frozenset((C.STT_NOTYPE, C.STT_OBJECT, C.STT_FUNC, C.STT_COMMON
 _X86_64_PLT_CLASS = frozenset((7, 16, 17, 18, 36))  # JUMP_SLOT, DTPMOD64, DTPOFF64, TPOFF64, TLSDESC
 _X86_64_COPY = 5
 _X86_64_TLSDESC = 36
+#: R_X86_64_TPOFF64; R_386_TLS_TPOFF, R_386_TLS_TPOFF32
+_STATIC_TLS_TYPES = {C.EM_X86_64: frozenset((18,)), C.EM_386: frozenset((14, 37))}
 
 ASSERTION_TEXT = ("Inconsistency detected by ld.so: dl-lookup.c: 107: check_match: Assertion `version->filename "
                   "== NULL || ! _dl_name_match_p (version->filename, map)' failed!")
@@ -107,6 +109,8 @@ class ObjectSymbols:
         self.ndx_high = ndx_high
         self._tables: Dict[int, RefTable] = {}
         self._refs: Dict[int, Tuple[Reference, ...]] = {}
+        self._static_tls: Optional[Tuple[int, ...]] = None
+        self._static_tls_at: Dict[int, Tuple[int, ...]] = {}
         #: key -> FOUND_* code and symbol index; key -> the value accept() returns
         self._found: Dict[tuple, Tuple[int, int]] = {}
         self._accept: Dict[tuple, object] = {}
@@ -169,6 +173,8 @@ class ObjectSymbols:
         seq: List[int] = []
         tcmap, default_tc, nolazy = _type_classes(elf.machine)
         shift, mask = (32, 0xFFFFFFFF) if raw.is64 else (8, 0xFF)
+        tls_types = _STATIC_TLS_TYPES.get(elf.machine) if self._static_tls is None else None
+        tls: List[int] = []
         for infos, in_jmprel in relocation_infos(elf):
             get = tcmap[in_jmprel].get
             dflt = default_tc[in_jmprel]
@@ -177,6 +183,10 @@ class ObjectSymbols:
                         for i in infos if (tc := get(i & mask, dflt)) >= 0]
             else:
                 seq += [(i >> shift) << 3 | tc << 1 for i in infos if (tc := get(i & mask, dflt)) >= 0]
+                if tls_types:  # TPOFF relocations are never PLT slots
+                    tls += [i >> shift for i in infos if i & mask in tls_types]
+        if self._static_tls is None:
+            self._static_tls = tuple(dict.fromkeys(tls))
         used = {c >> 3 for c in seq}
         if used and max(used) >= count:
             bad = next(c >> 3 for c in seq if c >> 3 >= count)
@@ -219,6 +229,21 @@ class ObjectSymbols:
         # every symbol with a meta entry made at least one reference (its first one is never collapsed)
         files = frozenset(m[1].filename for m in meta.values() if m is not None and m[1] is not None)
         return RefTable(keys, symbols, lazies, meta, files)  # type: ignore[arg-type]
+
+    def static_tls_positions(self, t: RefTable) -> Tuple[int, ...]:
+        """The positions in ``t`` (a table of this object) of the first lookup of each symbol its relocations
+        place in static TLS (x86 TPOFF: ``elf_machine_rela``'s ``CHECK_STATIC_TLS``); local symbols, the
+        object's own TLS, make none."""
+        hit = self._static_tls_at.get(id(t))
+        if hit is None:
+            wanted = set(self._static_tls or ())
+            first: Dict[int, int] = {}
+            if wanted:
+                for n, sym in enumerate(t.symbols):
+                    if sym in wanted and sym not in first:
+                        first[sym] = n
+            hit = self._static_tls_at[id(t)] = tuple(first.values())  # t lives in self._tables: its id stays
+        return hit
 
     def _version_ref_index(self, ndx: int, limit: int) -> Optional[VersionRef]:
         if not self.has_versyms or ndx > limit or limit == 0:
