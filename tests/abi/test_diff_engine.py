@@ -48,6 +48,13 @@ def _built(source: str = FOO_BAR, **kw: object) -> Callable[[_Builder, Path, Pat
     return lambda b, old, out: b.lib(out, source, **kw)  # type: ignore[arg-type]
 
 
+def _misaligned(b: _Builder, old: Path, out: Path) -> Path:
+    elf = ElfFile.open(old)
+    second = [i for i, seg in enumerate(elf.segments) if seg.type == C.PT_LOAD][1]
+    at = elf.header.phoff + second * 56 + 8  # Elf64_Phdr.p_offset
+    return b.patch(old, out, at, (elf.segments[second].offset + 8).to_bytes(8, "little"))
+
+
 def _err(msg: str) -> Tuple[int, str, str]:
     return (127, "", msg)
 
@@ -71,6 +78,9 @@ VARIANTS: Dict[str, Variant] = {
                                        flags=["-no-pie", "-fno-pic", "-rdynamic"]),
                                 {("elf-type-changed", None, None, B)},
                                 _err("libfoo.so.1: cannot dynamically load executable")),
+    # segments the loader cannot map (strip over a patchelf-ed file): the second PT_LOAD's offset moved 8 bytes
+    "load-misaligned": Variant(lambda b, old, out: _misaligned(b, old, out), {("segments-unmappable", None, None, B)},
+                               _err("libfoo.so.1: ELF load command address/offset not page-aligned")),
     # still in .dynsym, but the loader skips it
     "foo-local": Variant(_sym_patched("foo", 4, (C.STB_LOCAL << 4) | C.STT_FUNC),
                          {("symbol-unexported", "foo", None, B)},

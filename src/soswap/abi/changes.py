@@ -30,6 +30,7 @@ KINDS = (
     "abiversion-changed",
     "header-invalid",
     "elf-type-changed",
+    "segments-unmappable",
     # the dynamic section
     "soname-changed",
     "needed-added",
@@ -76,6 +77,7 @@ KIND_NOTES: Dict[str, str] = {
     "abiversion-changed": "ld.so accepts GNU ABI versions below LIBC_ABI_MAX",
     "header-invalid": "ld.so refuses NEW at open_verify",
     "elf-type-changed": "ld.so loads only ET_DYN libraries (and no PIE) as dependencies",
+    "segments-unmappable": "ld.so refuses NEW at _dl_map_object_from_fd: its segments cannot be mapped",
     "soname-changed": "programs need the file by its old SONAME; ldconfig manages links by the new one",
     "needed-added": "'cannot open shared object file' at startup where the library is not installed",
     "needed-removed": "libraries that relied on it being loaded (underlinked) get 'undefined symbol'",
