@@ -40,6 +40,10 @@ def test_the_man_page_renders_without_warnings() -> None:
     (["soswap", "hook", "apt"], 2, ["apt", "apt-preinstall"]),
     (["soswap", "check", "--de"], 2, ["--deb"]),
     (["soswap", "--json", "tr"], 2, ["tree"]),
+    (["soswap", "hook", "setup", "--manager", "''"], 4, ["apt", "dnf", "pacman"]),  # an option's values
+    (["soswap", "hook", "setup", "--manager", "p"], 4, ["pacman"]),
+    (["soswap", "hook", "--timeout", "''"], 3, []),  # a number: nothing to offer
+    (["soswap", "tree", "--root", "/bi"], 3, ["/bin"]),  # a directory: file names
 ])
 def test_the_completion_completes(words: list, cword: int, expected: list) -> None:
     script = (f"source {ROOT / 'contrib' / 'bash-completion' / 'soswap'}; COMP_WORDS=({' '.join(words)}); "

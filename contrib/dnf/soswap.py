@@ -24,7 +24,10 @@ class Soswap(dnf.Plugin):
             conf = self.read_config(self.base.conf)
             command = conf.get("main", "command") if conf.has_option("main", "command") else "soswap"
             options = conf.get("main", "options") if conf.has_option("main", "options") else ""
-            argv = shlex.split(command)
+            # one path, whole (it may hold spaces), or shell words
+            argv = [command] if os.path.isabs(command) and os.path.isfile(command) else shlex.split(command)
+            if not argv:
+                return
             if not os.path.isabs(argv[0]):
                 path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/local/bin"
                 found = shutil.which(argv[0], path=path)
@@ -33,6 +36,10 @@ class Soswap(dnf.Plugin):
                 argv[0] = found
             elif not os.access(argv[0], os.X_OK):
                 return
+            if len(argv) > 1 and subprocess.call([*argv, "--version"], stdin=subprocess.DEVNULL,
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                 timeout=60) != 0:
+                return  # PYTHON -m soswap with soswap removed: quiet
             sys.stdout.flush()
             subprocess.call([*argv, "hook", "post-transaction", *shlex.split(options)], stdin=subprocess.DEVNULL,
                             timeout=600)

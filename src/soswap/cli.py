@@ -8,7 +8,9 @@ line on stderr and the error's exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import os
 import sys
 from types import ModuleType
@@ -120,14 +122,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = args_list[:args_list.index("--")] if "--" in args_list else args_list
     # argparse also takes a unique prefix ("--nag"); "--n" alone is ambiguous with --no-kernel
     nagios = command == "stale" and any(len(o) >= 4 and "--nagios".startswith(o.split("=", 1)[0]) for o in options)
+    # a package manager's hook never fails it, bad arguments included (a hand-edited hook line)
+    hook_event = next((o for o in options if o in _HOOK_EVENTS), None) if command == "hook" else None
+    if hook_event == "apt-preinstall" and "--refuse" in options:
+        hook_event = None  # enforcing: a check that cannot run stops apt, as a soswap that cannot start does
     parser = build_parser(command)
+    said = io.StringIO()
     try:
-        args, extra = parser.parse_known_args(args_list)
-        if extra:  # said by the subcommand's parser, with its own usage line, not the top level's
-            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        with contextlib.redirect_stderr(said) if hook_event else contextlib.nullcontext():
+            args, extra = parser.parse_known_args(args_list)
+            if extra:  # said by the subcommand's parser, with its own usage line, not the top level's
+                getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:
         if nagios and exc.code == EXIT_ERROR:
             return _nagios_unknown("bad arguments (see the line above)")
+        if hook_event and exc.code == EXIT_ERROR:
+            return _hook_usage_error(hook_event, said.getvalue())
+        sys.stderr.write(said.getvalue())
         raise
     try:
         return int(args._run(args))
@@ -152,6 +163,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _error_line(f"internal error: {type(exc).__name__}: {exc} (set SOSWAP_DEBUG=1 for a traceback)")
         return EXIT_ERROR
+
+
+#: ``soswap hook`` events run by a package manager (not setup/remove, an admin's commands)
+_HOOK_EVENTS = ("dpkg-status", "apt", "apt-preinstall", "post-transaction")
+
+
+def _hook_usage_error(event: str, said: str) -> int:
+    """Bad arguments of a hook: argparse's error as one line, the input its package manager pipes read to the
+    end, exit 0."""
+    lines = [line for line in said.splitlines() if line.strip()]
+    what = lines[-1].split(": error: ", 1)[-1] if lines else "bad arguments"
+    try:  # the format of the hooks' own problems (soswap.commands.hook)
+        sys.stderr.write(f"{_PROG} hook {event}: {what}; skipped\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    if event in ("dpkg-status", "apt-preinstall"):
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+    return 0
 
 
 def _standard_streams() -> None:

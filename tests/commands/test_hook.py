@@ -130,7 +130,8 @@ def test_apt_hook_lists_a_process_that_runs_a_replaced_library(procs, tmp_path: 
     r = hook("apt", "--state-dir", str(state))
     text = r.stdout.decode()
     assert r.returncode == 0 and r.stderr == b"", r.stderr
-    assert re.match(r"soswap: \d+ process(es run| runs) old code \(details: soswap stale\)\n", text), text
+    assert re.match(r"soswap: \d+ process(es run| runs) old code \(details: soswap stale\)( \(partial: [^)]*\))?\n",
+                    text), text
     for entry in _targets_of(p.pid):
         assert entry in text, (entry, text)
 
@@ -177,7 +178,9 @@ def test_apt_preinstall_reads_every_input_protocol() -> None:
 def test_hook_arguments_that_cannot_work_are_refused(tmp_path: Path) -> None:
     """A timeout beyond a year overflowed time_t and skipped the whole check; a quote in the command cannot
     survive apt's parser (shell-quoting a ' brings a " in) and would fail apt."""
-    r = hook("apt-preinstall", "--timeout", "1e10")
+    r = hook("apt-preinstall", "--timeout", "1e10")  # a hook: one line, apt goes on
+    assert r.returncode == 0 and b"too many seconds" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = hook("apt-preinstall", "--refuse", "--timeout", "1e10")  # enforcing: the check cannot run, apt stops
     assert r.returncode == 2 and b"too many seconds" in r.stderr
     quoted = tmp_path / "bin" / "it's"
     quoted.parent.mkdir()
@@ -423,7 +426,7 @@ PM_V2 = "int foo(void) { return 2; }\n"  # another build: a process still mappin
 
 def _soswap_wrapper(tmp_path: Path) -> Path:
     """soswap as the package manager runs it: this source tree, this test's cache and state directories."""
-    soswap = tmp_path / "bin" / "soswap"
+    soswap = tmp_path / "soswap bin" / "soswap"  # a space: dnf's configuration parser must keep the path whole
     soswap.parent.mkdir()
     keep = {k: os.environ[k] for k in ("SOSWAP_CACHE_DIR", "SOSWAP_STATE_DIR") if k in os.environ}
     exports = " ".join(f"{k}={v}" for k, v in keep.items())
@@ -501,6 +504,17 @@ def test_pacman_runs_the_hook_after_a_transaction_and_never_fails_because_of_it(
         soswap.write_text("#!/bin/sh\necho 'soswap: broken on purpose' >&2\nexit 3\n")
         r = _run_pm([*pacman, "-U", str(v2)])
         assert r.returncode == 0 and "broken on purpose" in r.stdout + r.stderr, r.stdout + r.stderr
+
+        # "PYTHON -m soswap" (what setup writes without a console script) with the module gone: quiet
+        from soswap.commands.hookfiles import PACMAN, PACMAN_HOOK, hook_files
+
+        gone = tmp_path / "hooks-gone"
+        gone.mkdir()
+        text = hook_files([sys.executable, "-m", "soswap_not_installed"], manager=PACMAN)[PACMAN_HOOK]
+        (gone / "soswap.hook").write_text(text)
+        r = _run_pm([*pacman[:-1], str(gone), "-U", str(v1)])
+        assert r.returncode == 0 and "No module named" not in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "failed to execute" not in r.stdout + r.stderr, r.stdout + r.stderr
     finally:
         _run_pm([*pacman, "-R", "soswap-hook-test"])
     assert not lib.exists()
@@ -585,6 +599,72 @@ def _root(tmp_path: Path) -> Path:
     return root
 
 
+def test_setup_and_remove_refuse_a_symbolic_link_and_check_the_command(tmp_path: Path) -> None:
+    """A link at a hook's path is not soswap's file: setup would write through it (outside --root), remove
+    would delete it. A --command that is not an executable file would make every hook do nothing."""
+    root = _root(tmp_path)
+    command = str(_executable(root / "usr/bin/soswap"))
+    conf = root / "etc/apt/apt.conf.d/99soswap"
+    conf.symlink_to(tmp_path / "elsewhere")  # dangling
+    for args in (["setup", "--command", "/usr/bin/soswap"], ["remove"]):
+        r = hook(*args, "--root", str(root))
+        assert r.returncode == 2 and b"a symbolic link, not written by soswap" in r.stderr, r.stderr
+        assert conf.is_symlink() and not (tmp_path / "elsewhere").exists()
+    conf.unlink()
+    for bad in ("/usr/bin/missing", "/usr"):
+        r = hook("setup", "--root", str(root), "--command", bad)
+        assert r.returncode == 2 and b"not an executable file" in r.stderr, r.stderr
+        assert not conf.exists()
+    assert hook("setup", "--root", str(root), "--command", "/usr/bin/soswap").returncode == 0
+    assert command in conf.read_text() or "/usr/bin/soswap" in conf.read_text()
+
+
+@requires_root
+def test_setup_is_all_or_nothing_and_remove_does_all_it_can(tmp_path: Path) -> None:
+    """dnf's plugin goes into two plugin directories; the second cannot be written (immutable): nothing stays.
+    remove then removes every file it can and names the one it cannot."""
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is needed")
+    root = tmp_path / "root"
+    first = root / "usr/lib/python3.6/site-packages/dnf-plugins"
+    second = root / "usr/lib/python3.9/site-packages/dnf-plugins"
+    for d in (first, second, root / "etc/dnf/plugins"):
+        d.mkdir(parents=True)
+    _executable(root / "usr/bin/soswap")
+    if subprocess.run(["chattr", "+i", str(second)], capture_output=True).returncode != 0:
+        pytest.skip("this file system has no immutable attribute")
+    try:
+        r = hook("setup", "--manager", "dnf", "--root", str(root), "--command", "/usr/bin/soswap")
+        assert r.returncode == 2 and b"cannot write" in r.stderr and b"nothing changed" in r.stderr, r.stderr
+        assert not (first / "soswap.py").exists() and not (root / "etc/dnf/plugins/soswap.conf").exists()
+        subprocess.run(["chattr", "-i", str(second)], check=True)
+        assert hook("setup", "--manager", "dnf", "--root", str(root), "--command", "/usr/bin/soswap").returncode == 0
+        subprocess.run(["chattr", "+i", str(first)], check=True)
+        r = hook("remove", "--manager", "dnf", "--root", str(root))
+        assert r.returncode == 2 and b"cannot remove" in r.stderr, r.stderr
+        assert (first / "soswap.py").exists() and not (second / "soswap.py").exists()
+        assert not (root / "etc/dnf/plugins/soswap.conf").exists()
+        assert f"removed {second / 'soswap.py'}".encode() in r.stdout
+    finally:
+        for d in (first, second):
+            subprocess.run(["chattr", "-i", str(d)], capture_output=True)
+
+
+def test_a_hook_with_bad_arguments_never_fails_its_package_manager() -> None:
+    """A hand-edited hook line with a typo: one line on standard error, exit 0; dpkg-status still reads dpkg's
+    stream to its end."""
+    for args in (["post-transaction", "--restrat"], ["post-transaction", "--timeout", "5m"], ["apt", "extra"]):
+        r = hook(*args)
+        assert r.returncode == 0 and r.stdout == b"", r
+        lines = r.stderr.decode().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"soswap hook {args[0]}: ") and lines[0].endswith("; skipped")
+    p = subprocess.Popen([sys.executable, "-m", "soswap", "hook", "dpkg-status", "--bogus"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=SRC))
+    out, err = p.communicate(UPGRADE * 200_000, timeout=120)  # far beyond a pipe's buffer: read to the end
+    assert p.returncode == 0 and out == b"" and err.endswith(b"; skipped\n")
+    assert hook("setup", "--bogus").returncode == 2  # an admin's command: a usage error is an error
+
+
 def test_contrib_files_are_the_path_lookup_variant() -> None:
     from soswap.commands.hookfiles import contrib_files
 
@@ -601,6 +681,7 @@ def test_setup_writes_both_files_with_the_absolute_command_and_remove_takes_them
 
     root = _root(tmp_path)
     command = "/opt/soswap venv/bin/soswap"  # a space: shell-quoted in the files
+    _executable(root / command.lstrip("/"))
     r = hook("setup", "--root", str(root), "--command", command, "--refuse", "--restart")
     assert r.returncode == 0 and r.stderr == b""
     files = hook_files([command], refuse=True, restart=True)
@@ -619,8 +700,16 @@ def test_setup_writes_both_files_with_the_absolute_command_and_remove_takes_them
     assert hook("remove", "--root", str(root)).returncode == 0  # nothing left to remove
 
 
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return path
+
+
 def test_setup_and_remove_leave_a_file_soswap_did_not_write(tmp_path: Path) -> None:
     root = _root(tmp_path)
+    _executable(root / "usr/bin/soswap")
     foreign = root / "etc/apt/apt.conf.d/99soswap"
     foreign.write_text('APT::Install-Recommends "false";\n')
     for args in (["setup", "--command", "/usr/bin/soswap"], ["remove"]):

@@ -56,3 +56,12 @@ def test_groups_kernel_and_restart() -> None:
         "  ran: systemctl daemon-reexec    # PID 1 runs stale code\n"
         "  ran: systemctl try-restart -- nginx.service    # stale system units\n"
         "  not restarted: dbus.service: on the deny-list\n")
+
+
+def test_a_partial_scan_says_so() -> None:
+    """Processes the scan could not read (not root): "no process runs old code" would be a claim it cannot make."""
+    partial = StaleReport((), True, 100, 20, 0, None)
+    text = render_summary(partial)
+    assert text.startswith("soswap: no process runs old code (partial: 20 processes could not be read; ")
+    one = render_summary(StaleReport((_proc(10, "nginx"),), True, 100, 1, 0, None))
+    assert "runs old code (details: soswap stale) (partial: 1 process could not be read; " in one

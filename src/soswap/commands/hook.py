@@ -341,7 +341,13 @@ def _files(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root}: not a directory")
     if args.event == "remove":
-        for path in hookfiles.remove(args.root, args.manager):
+        try:
+            removed = hookfiles.remove(args.root, args.manager)
+        except hookfiles.PartlyRemoved as exc:
+            for path in exc.removed:
+                _say(f"removed {path}", sys.stdout)
+            raise
+        for path in removed:
             _say(f"removed {path}", sys.stdout)
         return 0
     if args.refuse and args.manager != APT:
@@ -351,6 +357,7 @@ def _files(args: argparse.Namespace) -> int:
         if not os.path.isabs(args.command):
             raise UsageError(f"--command {args.command}: not an absolute path")
         command = [args.command]
+        hookfiles.check_command(args.root, command)
     else:
         command = hookfiles.own_command()
     for path in hookfiles.setup(args.root, command, refuse=args.refuse, restart=args.restart,

@@ -9,9 +9,10 @@ from __future__ import annotations
 import glob
 import os
 import shlex
+import stat
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from soswap.errors import SoswapError, UsageError
 from soswap.textfile import write_atomic
@@ -68,7 +69,7 @@ def _apt_files(command: Optional[Sequence[str]], refuse: bool, restart: bool) ->
                       "soswap's absolute path if it lives\n# elsewhere (a virtualenv), or use 'soswap hook setup'.")
     else:
         run = " ".join(shlex.quote(w) for w in command)
-        guard = f"if [ -x {shlex.quote(command[0])} ]; then "
+        guard = f"if {_present(command, shlex.quote)}; then "
         where = "Written by 'soswap hook setup' with soswap's absolute command."
         dpkg_where = "Written by\n# 'soswap hook setup' with soswap's absolute command."
     pre = f"{run} hook apt-preinstall --refuse" if refuse else f"{run} hook apt-preinstall || true"
@@ -97,6 +98,18 @@ def _apt_files(command: Optional[Sequence[str]], refuse: bool, restart: bool) ->
     return {APT_CONF: apt, DPKG_CFG: dpkg}
 
 
+def _present(command: Sequence[str], quote: Callable[[str], str]) -> str:
+    """A shell test that soswap's command is there to run: its file is executable; for ``PYTHON -m soswap``,
+    that the interpreter still finds the module (a removed soswap must stay quiet)."""
+    if len(command) == 1:
+        return f"[ -x {quote(command[0])} ]"
+    return f"{' '.join(map(quote, command))} --version >/dev/null 2>&1"
+
+
+def _double_quoted(word: str) -> str:
+    return f'"{word}"'
+
+
 def _pacman_hook(command: Optional[Sequence[str]], restart: bool) -> str:
     option = " --restart" if restart else ""
     if command is None:
@@ -105,8 +118,8 @@ def _pacman_hook(command: Optional[Sequence[str]], restart: bool) -> str:
                   f"soswap hook post-transaction{option}; fi")
     else:
         where = "Written by 'soswap hook setup --manager pacman' with soswap's absolute command."
-        run = " ".join(f'"{w}"' for w in command)
-        script = f'if [ -x "{command[0]}" ]; then {run} hook post-transaction{option}; fi'
+        run = " ".join(map(_double_quoted, command))
+        script = f"if {_present(command, _double_quoted)}; then {run} hook post-transaction{option}; fi"
     # alpm splits Exec into words as sh does (quotes kept together) and runs it without a shell
     return (
         "# soswap's pacman hook (docs/hooks.md). Install as /etc/pacman.d/hooks/soswap.hook.\n"
@@ -135,7 +148,9 @@ def _dnf_conf(command: Optional[Sequence[str]], restart: bool) -> str:
         run = "soswap"
     else:
         where = "# Written by 'soswap hook setup --manager dnf' with soswap's absolute command."
-        run = " ".join(shlex.quote(w) for w in command)
+        # libdnf's parser takes the quotes off a value that is wholly quoted: one path is written bare (the
+        # plugin takes an existing path whole), several words shell-quoted
+        run = command[0] if len(command) == 1 else " ".join(shlex.quote(w) for w in command)
     return (
         "# soswap's dnf plugin: its configuration (docs/hooks.md).\n"
         f"{where}\n"
@@ -177,7 +192,10 @@ class Soswap(dnf.Plugin):
             conf = self.read_config(self.base.conf)
             command = conf.get("main", "command") if conf.has_option("main", "command") else "soswap"
             options = conf.get("main", "options") if conf.has_option("main", "options") else ""
-            argv = shlex.split(command)
+            # one path, whole (it may hold spaces), or shell words
+            argv = [command] if os.path.isabs(command) and os.path.isfile(command) else shlex.split(command)
+            if not argv:
+                return
             if not os.path.isabs(argv[0]):
                 path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/local/bin"
                 found = shutil.which(argv[0], path=path)
@@ -186,6 +204,10 @@ class Soswap(dnf.Plugin):
                 argv[0] = found
             elif not os.access(argv[0], os.X_OK):
                 return
+            if len(argv) > 1 and subprocess.call([*argv, "--version"], stdin=subprocess.DEVNULL,
+                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                 timeout=60) != 0:
+                return  # PYTHON -m soswap with soswap removed: quiet
             sys.stdout.flush()
             subprocess.call([*argv, "hook", "post-transaction", *shlex.split(options)], stdin=subprocess.DEVNULL,
                             timeout=600)
@@ -214,13 +236,30 @@ def dnf_plugin_dirs(root: str) -> List[str]:
 
 
 def own_command() -> List[str]:
-    """How dpkg and apt can run this soswap: the console script that runs now, else this interpreter with
-    ``-m soswap``; checked by running it as dpkg would (system PATH, no PYTHONPATH)."""
+    """How the package manager can run this soswap: the console script that runs now, else this interpreter
+    with ``-m soswap``; checked by running it as dpkg would (system PATH, no PYTHONPATH)."""
     argv0 = sys.argv[0] if sys.argv else ""
     if os.path.basename(argv0) == "soswap" and os.access(argv0, os.X_OK):
         command = [os.path.abspath(argv0)]
     else:
         command = [sys.executable, "-m", "soswap"]
+    _runs(command)
+    return command
+
+
+def check_command(root: str, command: List[str]) -> None:
+    """``--command``: an absolute path to an executable regular file; for this system (root ``/``) it must run
+    as the package manager would run it (system PATH, no PYTHONPATH) and say it is soswap. For another root it
+    is looked for inside it, then on this system (a tree staged here)."""
+    path = command[0]
+    places = [path] if root == "/" else [os.path.join(root, path.lstrip("/")), path]
+    if not any(os.path.isfile(p) and os.access(p, os.X_OK) for p in places):
+        raise UsageError(f"--command {path}: not an executable file" + (f" (nor under {root})" if root != "/" else ""))
+    if root == "/":
+        _runs(command)
+
+
+def _runs(command: List[str]) -> None:
     try:
         r = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60,
                            env={"PATH": _SYSTEM_PATH, "LC_ALL": "C.UTF-8"}, stdin=subprocess.DEVNULL)
@@ -228,20 +267,22 @@ def own_command() -> List[str]:
     except (OSError, subprocess.SubprocessError):
         ok = False
     if not ok:
-        raise SoswapError(f"'{' '.join(command)}' does not run as dpkg would run it (system PATH, no "
-                          "PYTHONPATH): install soswap (pip install), or give --command")
-    return command
+        raise SoswapError(f"'{' '.join(command)}' does not run as the package manager would run it (system PATH, "
+                          "no PYTHONPATH): install soswap (pip install), or give --command")
 
 
 def setup(root: str, command: List[str], *, refuse: bool, restart: bool, manager: str = APT) -> List[str]:
-    """Write ``manager``'s hook files under ``root``, each atomically; a file there that soswap did not write is
-    kept and reported. The paths written."""
+    """Write ``manager``'s hook files under ``root``, each atomically, all or none: a failure puts back what
+    this run wrote. A file there that soswap did not write is kept and reported. The paths written."""
     plugin_dirs: List[str] = []
     if manager == DNF:
         plugin_dirs = dnf_plugin_dirs(root)
-        if not plugin_dirs or not os.path.isdir(os.path.join(root, os.path.dirname(DNF_CONF))):
-            raise SoswapError(f"{os.path.join(root, 'usr/lib/python3*/site-packages/dnf-plugins')}: no such "
-                              "directory (is dnf installed here?)")
+        if not plugin_dirs:
+            raise SoswapError(f"no dnf plugin directory under {root} ({' or '.join(_DNF_PLUGIN_DIRS)}): is dnf "
+                              "installed here?")
+        conf_dir = os.path.join(root, os.path.dirname(DNF_CONF))
+        if not os.path.isdir(conf_dir):
+            raise SoswapError(f"{conf_dir}: no such directory (is dnf installed here?)")
     elif manager == PACMAN:
         hooks = os.path.join(root, os.path.dirname(PACMAN_HOOK))
         if not os.path.exists(os.path.join(root, "etc/pacman.conf")):
@@ -251,23 +292,42 @@ def setup(root: str, command: List[str], *, refuse: bool, restart: bool, manager
         except OSError as exc:
             raise SoswapError(f"{hooks}: cannot create: {exc.strerror or exc}") from None
     files = hook_files(command, refuse=refuse, restart=restart, manager=manager, plugin_dirs=plugin_dirs)
+    before: Dict[str, Optional[bytes]] = {}
     for rel in files:
-        _check_ours(os.path.join(root, rel))
-    written = []
-    for rel, text in files.items():
         path = os.path.join(root, rel)
+        before[path] = _check_ours(path)
         if not os.path.isdir(os.path.dirname(path)):
             raise SoswapError(f"{os.path.dirname(path)}: no such directory (is {manager} installed here?)")
+    written: List[str] = []
+    for rel, text in files.items():
+        path = os.path.join(root, rel)
         try:
             write_atomic(path, text)
         except OSError as exc:
-            raise SoswapError(f"{path}: cannot write: {exc.strerror or exc}") from None
+            undone = _undo(written, before)
+            raise SoswapError(f"{path}: cannot write: {exc.strerror or exc}; {undone}") from None
         written.append(path)
     return written
 
 
+def _undo(written: List[str], before: Dict[str, Optional[bytes]]) -> str:
+    """Put back what a failed setup wrote; what it says about that."""
+    left = []
+    for path in written:
+        try:
+            old = before[path]
+            if old is None:
+                os.unlink(path)
+            else:
+                write_atomic(path, old)
+        except OSError:
+            left.append(path)
+    return "nothing changed" if not left else f"could not undo {', '.join(left)}"
+
+
 def remove(root: str, manager: str = APT) -> List[str]:
-    """Remove ``manager``'s hook files that soswap wrote under ``root``; the paths removed."""
+    """Remove ``manager``'s hook files that soswap wrote under ``root`` (every one it can, then the first
+    problem is raised); the paths removed."""
     if manager == PACMAN:
         rels = [PACMAN_HOOK]
     elif manager == DNF:
@@ -275,15 +335,16 @@ def remove(root: str, manager: str = APT) -> List[str]:
     else:
         rels = [APT_CONF, DPKG_CFG]
     paths = [os.path.join(root, rel) for rel in rels]
-    for path in paths:
-        _check_ours(path)
-    removed = []
-    for path in paths:
+    present = [p for p in paths if _check_ours(p) is not None]
+    removed: List[str] = []
+    problems: List[str] = []
+    for path in present:
         try:
             os.unlink(path)
             removed.append(path)
-        except FileNotFoundError:
-            pass
+        except OSError as exc:
+            problems.append(f"{path}: cannot remove: {exc.strerror or exc}")
+            continue
         if path.endswith("/" + DNF_PLUGIN):  # and what dnf's Python compiled of it
             stem = os.path.splitext(DNF_PLUGIN)[0]
             for cached in glob.glob(os.path.join(glob.escape(os.path.dirname(path)), "__pycache__",
@@ -292,16 +353,36 @@ def remove(root: str, manager: str = APT) -> List[str]:
                     os.unlink(cached)
                 except OSError:
                     pass
+    if problems:
+        raise PartlyRemoved(removed, "; ".join(problems))
     return removed
 
 
-def _check_ours(path: str) -> None:
+class PartlyRemoved(SoswapError):
+    """``remove`` removed some files (``removed``) and could not remove others (the message)."""
+
+    def __init__(self, removed: List[str], message: str) -> None:
+        super().__init__(message)
+        self.removed = removed
+
+
+def _check_ours(path: str) -> Optional[bytes]:
+    """The contents of the file soswap wrote at ``path``, None when there is none; raises for anything else (a
+    file soswap did not write, a symbolic link, a directory)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            first = f.readline()
+        st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return None
     except OSError as exc:
         raise SoswapError(f"{path}: {exc.strerror or exc}") from None
-    if not first.startswith(_MARKERS):
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise SoswapError(f"{path}: {what}, not written by soswap; left as it is (move it away first)")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError as exc:
+        raise SoswapError(f"{path}: {exc.strerror or exc}") from None
+    if not data.decode("utf-8", "replace").startswith(_MARKERS):
         raise SoswapError(f"{path}: not written by soswap; left as it is (move it away first)")
+    return data

@@ -132,11 +132,16 @@ def render_summary(report: StaleReport, restart: Any = None) -> str:
 
     n = len(report.processes)
     lines: List[str] = []
+    partial = ""
+    if report.partial:
+        hint = "run as root" if os.geteuid() != 0 else "another namespace or an LSM"
+        partial = (f" (partial: {report.unreadable} process{'es' if report.unreadable != 1 else ''} could not be "
+                   f"read; {hint})")
     if not n:
-        lines.append("soswap: no process runs old code.")
+        lines.append(f"soswap: no process runs old code{partial or '.'}")
     else:
         t = restart_targets(report)
-        lines.append(f"soswap: {n} process{'es run' if n != 1 else ' runs'} old code (details: soswap stale)")
+        lines.append(f"soswap: {n} process{'es run' if n != 1 else ' runs'} old code (details: soswap stale){partial}")
         if t.services:
             hint = "" if restart is not None else "   (soswap stale --restart)"
             lines.append(f"  services: {' '.join(t.services)}{hint}")
