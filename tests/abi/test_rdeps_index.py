@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -195,6 +195,84 @@ def test_a_new_library_in_a_directory_outside_the_index_shadows_a_member(tmp_pat
     again = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
     again.update([Top(str(bindir), True)])
     assert again.stats.trees == [] and again.stats.rebuilt is None
+
+
+def _update_at(state: Path, top: Path, env: Optional[Environment] = None) -> RdepsIndex:
+    idx = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), env or Environment(cwd="/"), racy_ns=0)
+    idx.update([Top(str(top), True)])
+    idx.save()
+    return idx
+
+
+def _fresh(top: Path, env: Optional[Environment] = None) -> RdepsIndex:
+    idx = RdepsIndex(None, Profile.detect(), env or Environment(cwd="/"))
+    idx.update([Top(str(top), True)])
+    return idx
+
+
+@pytest.mark.parametrize("first_was", ["other-machine", "dangling-link", "directory"])
+def test_a_candidate_that_changes_in_place_is_seen(tmp_path: Path, first_was: str) -> None:
+    """The first RUNPATH directory already lists libfoo.so.1, but the search passed it by (another machine,
+    skipped), could not open it (a link to nothing) or failed on it (a directory). It becomes a library
+    without the directory's names changing: the index stat-s every path its searches stat-ed and sees it."""
+    app, first, old = _runpath_app(tmp_path / "t")
+    bindir = app.parent
+    candidate = first / "libfoo.so.1"
+    good = tmp_path / "good.so"
+    shutil.copyfile(old, good)
+    if first_was == "other-machine":
+        data = bytearray(old.read_bytes())
+        data[18:20] = (183).to_bytes(2, "little")  # EM_AARCH64: skipped by open_verify
+        candidate.write_bytes(bytes(data))
+    elif first_was == "dangling-link":
+        candidate.symlink_to(tmp_path / "real" / "libfoo.so.1")
+    else:
+        candidate.mkdir()
+    state = tmp_path / "state"
+    before = _update_at(state, bindir)
+    expected_before = set() if first_was == "directory" else {str(app)}  # EISDIR is fatal: it loads nothing
+    assert _dependents(before, old, bindir) == expected_before
+    if first_was == "other-machine":
+        tmp = first / ".swap"
+        shutil.copyfile(good, tmp)
+        os.replace(tmp, candidate)  # the same name: the directory lists the same names
+    elif first_was == "dangling-link":
+        (tmp_path / "real").mkdir()
+        shutil.copyfile(good, tmp_path / "real" / "libfoo.so.1")
+    else:
+        candidate.rmdir()
+        shutil.copyfile(good, candidate)
+    now = candidate.resolve()
+    idx = _update_at(state, bindir)
+    assert _dependents(idx, now, bindir) == {str(app)} == _dependents(_fresh(bindir), now, bindir)
+    assert _dependents(idx, old, bindir) == set()
+
+
+def test_a_change_seen_while_updating_another_directory_is_not_lost(tmp_path: Path) -> None:
+    """One index, two scopes: the change in a watched directory is found by an update of a scope without the
+    program; the program's tree must still be recomputed when its own scope is updated."""
+    app, first, old = _runpath_app(tmp_path / "t")
+    other = tmp_path / "other"
+    other.mkdir()
+    state = tmp_path / "state"
+    _update_at(state, app.parent)
+    shutil.copyfile(old, first / "libfoo.so.1")
+    _update_at(state, other)  # sees the watched directory change, computes no tree of the program
+    idx = _update_at(state, app.parent)
+    assert _dependents(idx, first / "libfoo.so.1", app.parent) == {str(app)}
+
+
+def test_a_missing_preload_that_appears_is_seen(tmp_path: Path) -> None:
+    """The index's environment preloads an absolute path that does not exist yet: a missing preload is no
+    object of the tree, its name still counts."""
+    app, _first, _old = _runpath_app(tmp_path / "t")
+    pre = tmp_path / "pre" / "libpre.so"
+    env = Environment(cwd="/", preload=str(pre))
+    state = tmp_path / "state"
+    _update_at(state, app.parent, env)
+    shared_lib(pre, "int pre(void) { return 0; }\n", soname="libpre.so")
+    idx = _update_at(state, app.parent, env)
+    assert _dependents(idx, pre, app.parent) == {str(app)} == _dependents(_fresh(app.parent, env), pre, app.parent)
 
 
 def test_a_watched_directory_changed_too_recently_is_listed_again(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ The file has two parts (see :mod:`soswap.cachefile`):
   per ELF file its key, type, SONAME, tree and direct dependencies (member ids), fatal message and error; the
   members (the objects trees load) with their keys; the loader profile and environment fingerprints; the
   directories asked for; the *watched* directories (every directory a tree's searches listed) with their
-  inode and ctime;
+  inode and ctime; the *probed* paths (every path a tree's searches ``stat``-ed) with what ``stat`` gave;
 * the **extras**, read only when something changed: per directory the names that are neither subdirectories
   nor ELF files (symlinks, scripts, data: 95 % of the names), per ELF file the names its tree requested,
   ld.so.cache's entries, and the names of each watched directory as the searches saw them. A warm run in which
@@ -114,6 +114,9 @@ class IndexData:
         self.mids: Dict[str, int] = {}
         #: {directory a tree's searches listed: row (W_*)}
         self.watched: Dict[str, List[Any]] = {}
+        #: {path a tree's searches stat-ed: its key, or the errno (int) stat failed with, or None (unknown: a
+        #: key too recent to trust)}
+        self.probed: Dict[str, Any] = {}
         #: the extras part not decoded yet: (raw JSON, its sha256, the files in stored order, the watched
         #: directories in stored order)
         self.pending: Optional[Tuple[bytes, str, List[str], List[str]]] = None
@@ -265,6 +268,8 @@ def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     ldcache = data.ldcache if data.ldcache is not None else {}
     w_paths = sorted(data.watched)
     w_rows = [data.watched[p] for p in w_paths]
+    p_paths = sorted(data.probed)
+    p_vals = [data.probed[p] for p in p_paths]
     core = {
         "profile": data.profile_fp, "env": data.env_fp, "ldcache": ldcache_digest(ldcache), "tops": data.tops,
         "dirs": {"parent": pack(d_parent), "name": d_name, "ino": pack((dirs.ino[i] for i in d_rows), "Q"),
@@ -276,6 +281,8 @@ def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any]]:
                   "direct": direct, "fatal": f_fatal, "err": f_err},
         "watched": {"path": w_paths, "ino": pack((r[W_INO] for r in w_rows), "Q"),
                     "ctime": pack(r[W_CTIME] for r in w_rows)},
+        "probed": {"path": p_paths, "key": _pack_keys([v if type(v) is tuple else None for v in p_vals]),
+                   "errno": pack(v if type(v) is int else 0 for v in p_vals)},
     }
     extras = {"others": [dirs.others[i] or "" for i in d_rows], "req": f_req, "ldcache": ldcache,
               "watched": [r[W_NAMES] for r in w_rows]}
@@ -362,6 +369,12 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     if w_ctimes and min(w_ctimes) < W_ABSENT:
         raise ValueError("a bad ctime of a watched directory")
     data.watched = {p: [ino, ct, None] for p, ino, ct in zip(w_paths, unpack(w["ino"], "Q", nw), w_ctimes)}
+    pr = _typed(doc["probed"], dict)
+    p_paths = _strings(pr["path"])
+    npr = len(p_paths)
+    p_keys = _unpack_keys(_typed(pr["key"], dict), npr)
+    p_errnos = unpack(pr["errno"], "q", npr)
+    data.probed = {p: (e if e > 0 else k) for p, k, e in zip(p_paths, p_keys, p_errnos)}
     data.pending = (extras, extras_sha, order, w_paths)
     return data
 

@@ -26,6 +26,12 @@ date incrementally; what a warm update costs is one ``lstat`` per indexed direct
   inode and ctime taken before the listing and the names the search saw. One ``stat`` each per update; a
   changed one is listed again and the names that appeared or vanished count as above (a library that now
   comes first in a search is seen wherever it appears);
+* the *probed* paths are every path the trees' searches ``stat``-ed (:meth:`Loader.stat_witnesses`), with the
+  key or the errno seen: one ``stat`` each per update; a path that gives something else now counts its name
+  as changed (a candidate changed in place: replaced under the same name, a link's target created, made
+  readable; a missing absolute name or preload that appears);
+* a tree affected by a change is marked whatever directory it lies in, so that an update of other
+  directories, which records the change as seen, does not hide it from the next update of its own;
 * a key whose ctime is less than :data:`RACY_NS` old when it is read is not trusted next time (the racy-git
   rule: a second change within the same timestamp tick would go unseen).
 
@@ -95,7 +101,7 @@ from soswap.state import cache_dir
 
 INDEX_FILE = "rdeps-index.json"
 FORMAT = "soswap-rdeps-index"
-VERSION = 3
+VERSION = 4
 #: A timestamp this close to the time it was read may change again unseen (same tick): re-check next time.
 RACY_NS = 2_000_000_000
 #: Directories nobody asked for in this long are dropped from the index.
@@ -378,6 +384,7 @@ class RdepsIndex:
         if self._refresh_watched(changed_names, now_ns):
             for e in data.files.values():
                 e[F_TREE] = None
+        self._refresh_probed(changed_names, now_ns)
         roots: List[str] = []
         for top in tops:
             old = data.tops.get(top.path)
@@ -388,22 +395,24 @@ class RdepsIndex:
         self._roots_tops, self._roots = tops, roots
         self.stats.files = len(roots)
         changed_members = self._refresh_members(roots, now_ns)
-        if changed_names:
-            self._need_extras()  # the names each tree requested
         files = data.files
-        todo = []
-        for p in roots:
-            e = files[p]
-            if e[F_TYPE] == OTHER:
-                continue
-            tree = e[F_TREE]
-            if (tree is None or (changed_members and not changed_members.isdisjoint(tree))
-                    or (changed_names and e[F_REQ] and not changed_names.isdisjoint(e[F_REQ].split("/")))):
-                todo.append(p)
+        if changed_names or changed_members:
+            if changed_names:
+                self._need_extras()  # the names each tree requested
+            # every tree, not only this update's: what changed is recorded as seen now, so a later update of
+            # another directory would not see it again
+            for e in files.values():
+                tree = e[F_TREE]
+                if tree is not None and ((changed_members and not changed_members.isdisjoint(tree)) or (
+                        changed_names and e[F_REQ] and not changed_names.isdisjoint(e[F_REQ].split("/")))):
+                    e[F_TREE] = None
+                    self._dirty = True
+        todo = [p for p in roots if files[p][F_TYPE] != OTHER and files[p][F_TREE] is None]
         for p in todo:
             self._compute_tree(p, now_ns)
         if self._loader is not None:
             self._watch(self._loader.listed_directories(), now_ns)
+            self._witness(self._loader.stat_witnesses(), now_ns)
 
     def _refresh_watched(self, changed_names: Set[str], now_ns: int) -> bool:
         """List again the watched directories whose inode or ctime changed, adding the names that appeared or
@@ -437,6 +446,32 @@ class RdepsIndex:
             watched[d] = row
         self._dirty = True
         return everything
+
+    def _refresh_probed(self, changed_names: Set[str], now_ns: int) -> None:
+        """``stat`` every probed path again: one that now gives another file, or another error, or that was
+        unknown, adds its name to ``changed_names`` (a candidate replaced, a dangling link's target created, a
+        library made readable)."""
+        probed = self.data.probed
+        for path, old in list(probed.items()):
+            new = _stat_key(path)
+            if old is None or new != old:
+                changed_names.add(posixpath.basename(path))
+                racy = type(new) is tuple and now_ns - new[4] < self.racy_ns
+                probed[path] = None if racy else new
+                self._dirty = True
+
+    def _witness(self, seen: Iterable[Tuple[str, Any]], now_ns: int) -> None:
+        """Record what the searches of the trees just computed saw at each path they ``stat``-ed."""
+        probed = self.data.probed
+        for path, st in seen:
+            if not path.startswith("/"):
+                continue  # relative to a working directory: not kept
+            value = st if isinstance(st, int) else key_of(st)
+            if not isinstance(st, int) and now_ns - st.st_ctime_ns < self.racy_ns:
+                value = None
+            if probed.get(path, False) != value:
+                probed[path] = value
+                self._dirty = True
 
     def _watch(self, listed: Iterable[Tuple[str, Optional[Tuple[int, int]], Optional[FrozenSet[str]]]],
                now_ns: int) -> None:
@@ -772,6 +807,9 @@ class RdepsIndex:
         e[F_TREE] = members
         e[F_DIRECT] = [self._member(objects[j].path, now_ns) for j in objects[0].needed
                        if j is not None and objects[j].found and objects[j].path]
+        for f in res.failures:  # names that were not found (a missing preload is no object)
+            if f.name:
+                req.add(posixpath.basename(f.name))
         req.discard("")
         e[F_REQ] = "/".join(sorted(req))
         e[F_FATAL] = res.fatal.message if res.fatal is not None else None
@@ -935,6 +973,14 @@ class _Memo:
         except KeyError:
             v = self.done[i] = self.fn(i)
             return v
+
+
+def _stat_key(path: str) -> Any:
+    """What ``FileSystem.stat`` sees at ``path``: the file's key, or the errno."""
+    try:
+        return key_of(os.stat(path))
+    except OSError as exc:
+        return exc.errno or 2
 
 
 def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str]], now_ns: int,

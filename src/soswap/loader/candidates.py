@@ -100,6 +100,12 @@ class FileSystem:
         for d, names in self._listings.items():
             yield d, self._listed_ids.get(d), names
 
+    def stat_witnesses(self) -> Iterator[Tuple[str, Union[os.stat_result, int]]]:
+        """Every path the searches of this run ``stat``-ed, with what they saw (the result, or the errno): a
+        candidate whose file changes (replaced, a dangling link whose target appears, permissions) may change
+        what the search finds."""
+        return iter(list(self._stat_memo.items()))
+
     def may_exist(self, host_dir: str, name: str) -> bool:
         """False when ``host_dir/name`` certainly does not exist (fast path of the search)."""
         names = self.listing(host_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
-from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple, Union
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
@@ -124,6 +124,12 @@ class Loader:
         :meth:`FileSystem.listed_directories`): what a cache of load results must watch."""
         for fs in list(self._systems.values()):
             yield from fs.listed_directories()
+
+    def stat_witnesses(self) -> Iterator[Tuple[str, Union[os.stat_result, int]]]:
+        """Every path the searches of this loader ``stat``-ed, for every loader ABI (see
+        :meth:`FileSystem.stat_witnesses`)."""
+        for fs in list(self._systems.values()):
+            yield from fs.stat_witnesses()
 
     def profile_for(self, machine: int, elf_class: int) -> Optional[Profile]:
         """The profile of the loader ABI that runs files of ``machine``/``elf_class`` on this system."""
