@@ -275,6 +275,19 @@ def test_a_missing_preload_that_appears_is_seen(tmp_path: Path) -> None:
     assert _dependents(idx, pre, app.parent) == {str(app)} == _dependents(_fresh(app.parent, env), pre, app.parent)
 
 
+def test_a_program_interpreter_that_appears_is_seen(tmp_path: Path) -> None:
+    """PT_INTERP names a file that is not there yet (the program cannot start); it is installed later."""
+    interp = tmp_path / "interp" / "ld.so"
+    app = executable(tmp_path / "bin" / "app", "int main(void) { return 0; }\n",
+                     flags=[f"-Wl,--dynamic-linker={interp}"])
+    state = tmp_path / "state"
+    assert "does not exist" in (_update_at(state, app.parent).info(str(app)).fatal or "")
+    interp.parent.mkdir()
+    shutil.copyfile(Path("/lib64/ld-linux-x86-64.so.2").resolve(), interp)
+    interp.chmod(0o755)
+    assert _update_at(state, app.parent).info(str(app)).fatal is None
+
+
 def test_a_watched_directory_changed_too_recently_is_listed_again(tmp_path: Path) -> None:
     """The racy rule for watched directories: a directory whose ctime is younger than the racy window when it
     is listed is stored as "list again" (a second change within the same clock tick would keep its ctime)."""

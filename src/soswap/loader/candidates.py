@@ -156,7 +156,8 @@ class FileSystem:
         key = ("exec", host_path, machine)
         hit = self.file_memo.get(key)
         if hit is None:
-            hit = self.file_memo[key] = _exec_errno(host_path, machine)
+            st = self.stat(host_path)  # through the memo: a cache of results watches this path
+            hit = self.file_memo[key] = st if isinstance(st, int) else _exec_errno(host_path, machine)
         return hit  # type: ignore[return-value]
 
     def host_real_dir(self, host_dir: str) -> str:
