@@ -39,7 +39,7 @@ class Soswap(dnf.Plugin):
             if len(argv) > 1 and subprocess.call([*argv, "--version"], stdin=subprocess.DEVNULL,
                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                                  timeout=60) != 0:
-                return  # PYTHON -m soswap with soswap removed: quiet
+                return  # PYTHON -I -m soswap with soswap removed: quiet
             sys.stdout.flush()
             subprocess.call([*argv, "hook", "post-transaction", *shlex.split(options)], stdin=subprocess.DEVNULL,
                             timeout=600)

@@ -124,8 +124,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     nagios = command == "stale" and any(len(o) >= 4 and "--nagios".startswith(o.split("=", 1)[0]) for o in options)
     # a package manager's hook never fails it, bad arguments included (a hand-edited hook line)
     hook_event = next((o for o in options if o in _HOOK_EVENTS), None) if command == "hook" else None
-    if hook_event == "apt-preinstall" and "--refuse" in options:
-        hook_event = None  # enforcing: a check that cannot run stops apt, as a soswap that cannot start does
     parser = build_parser(command)
     said = io.StringIO()
     try:
@@ -137,7 +135,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if nagios and exc.code == EXIT_ERROR:
             return _nagios_unknown("bad arguments (see the line above)")
         if hook_event and exc.code == EXIT_ERROR:
-            return _hook_usage_error(hook_event, said.getvalue())
+            # enforcing (apt-preinstall --refuse): a check that cannot run stops apt, as a soswap that cannot
+            # start does
+            enforcing = hook_event == "apt-preinstall" and "--refuse" in options
+            return _hook_usage_error(hook_event, said.getvalue(), EXIT_ERROR if enforcing else 0)
         sys.stderr.write(said.getvalue())
         raise
     try:
@@ -169,13 +170,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 _HOOK_EVENTS = ("dpkg-status", "apt", "apt-preinstall", "post-transaction")
 
 
-def _hook_usage_error(event: str, said: str) -> int:
+def _hook_usage_error(event: str, said: str, status: int) -> int:
     """Bad arguments of a hook: argparse's error as one line, the input its package manager pipes read to the
-    end, exit 0."""
+    end; ``status``."""
     lines = [line for line in said.splitlines() if line.strip()]
     what = lines[-1].split(": error: ", 1)[-1] if lines else "bad arguments"
     try:  # the format of the hooks' own problems (soswap.commands.hook)
-        sys.stderr.write(f"{_PROG} hook {event}: {what}; skipped\n")
+        sys.stderr.write(f"{_PROG} hook {event}: {what}; {'apt stops (--refuse)' if status else 'skipped'}\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
@@ -185,7 +186,7 @@ def _hook_usage_error(event: str, said: str) -> int:
                 pass
         except OSError:
             pass
-    return 0
+    return status
 
 
 def _standard_streams() -> None:

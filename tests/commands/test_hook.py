@@ -181,7 +181,7 @@ def test_hook_arguments_that_cannot_work_are_refused(tmp_path: Path) -> None:
     r = hook("apt-preinstall", "--timeout", "1e10")  # a hook: one line, apt goes on
     assert r.returncode == 0 and b"too many seconds" in r.stderr and len(r.stderr.splitlines()) == 1
     r = hook("apt-preinstall", "--refuse", "--timeout", "1e10")  # enforcing: the check cannot run, apt stops
-    assert r.returncode == 2 and b"too many seconds" in r.stderr
+    assert r.returncode == 2 and b"too many seconds" in r.stderr and len(r.stderr.splitlines()) == 1
     quoted = tmp_path / "bin" / "it's"
     quoted.parent.mkdir()
     quoted.write_text("#!/bin/sh\n")
@@ -444,6 +444,14 @@ def _run_pm(argv: List[str], path: Optional[Path] = None) -> subprocess.Complete
     return subprocess.run(argv, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=300)
 
 
+def _assert_lists(r: subprocess.CompletedProcess, pid: int) -> None:
+    """The package manager went on, and its output lists process ``pid`` as running old code."""
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"^soswap: \d+ process(es run| runs) old code", r.stdout, re.M), r.stdout
+    for entry in _targets_of(pid):
+        assert entry in r.stdout, (entry, r.stdout)
+
+
 def _pacman_package(tmp_path: Path, version: str, source: str, lib: Path) -> Path:
     """A pacman package (an uncompressed tar with .PKGINFO) whose one file is ``lib`` (an absolute path)."""
     tree = tmp_path / f"pacman-{version}"
@@ -490,11 +498,7 @@ def test_pacman_runs_the_hook_after_a_transaction_and_never_fails_because_of_it(
         assert r.returncode == 0 and lib.exists(), r.stdout + r.stderr
         assert "Looking for processes that still run old code (soswap)" in r.stdout, r.stdout
         p = _mapper(procs, lib, tmp_path / "ready")
-        r = _run_pm([*pacman, "-U", str(v2)])
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert re.search(r"^soswap: \d+ process(es run| runs) old code", r.stdout, re.M), r.stdout
-        for entry in _targets_of(p.pid):
-            assert entry in r.stdout, (entry, r.stdout)
+        _assert_lists(_run_pm([*pacman, "-U", str(v2)]), p.pid)
 
         # contrib/'s hook: soswap looked up in PATH
         contrib = [*pacman[:-1], str(ROOT / "contrib" / "pacman")]
@@ -570,11 +574,7 @@ def test_dnf_runs_the_plugin_after_a_transaction_and_never_fails_because_of_it(p
     assert r.returncode == 0 and lib.exists(), r.stdout + r.stderr
     assert "soswap: " in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
     p = _mapper(procs, lib, tmp_path / "ready")
-    r = _run_pm([*dnf, "upgrade", str(v2)])
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert re.search(r"^soswap: \d+ process(es run| runs) old code", r.stdout, re.M), r.stdout
-    for entry in _targets_of(p.pid):
-        assert entry in r.stdout, (entry, r.stdout)
+    _assert_lists(_run_pm([*dnf, "upgrade", str(v2)]), p.pid)
 
     # contrib/'s plugin and configuration: soswap looked up in PATH
     contrib = str(shutil.copytree(ROOT / "contrib" / "dnf", tmp_path / "contrib-dnf"))  # dnf compiles it there
@@ -663,6 +663,27 @@ def test_a_hook_with_bad_arguments_never_fails_its_package_manager() -> None:
     out, err = p.communicate(UPGRADE * 200_000, timeout=120)  # far beyond a pipe's buffer: read to the end
     assert p.returncode == 0 and out == b"" and err.endswith(b"; skipped\n")
     assert hook("setup", "--bogus").returncode == 2  # an admin's command: a usage error is an error
+
+
+def test_the_module_form_never_imports_from_the_working_directory(tmp_path: Path) -> None:
+    """``python -m`` puts the working directory first on sys.path, and apt runs its hooks from /tmp (or where
+    root typed apt): a planted soswap.py would run as root. The module form is ``PYTHON -I -m soswap``."""
+    from soswap.commands.hookfiles import PACMAN, PACMAN_HOOK, hook_files, own_command
+    from soswap.errors import SoswapError
+
+    try:
+        command = own_command()
+    except SoswapError as exc:  # soswap is not installed for this interpreter: the message names the command
+        assert f"'{sys.executable} -I -m soswap'" in str(exc)
+        command = [sys.executable, "-I", "-m", "soswap"]
+    assert command[1:] == ["-I", "-m", "soswap"] or len(command) == 1
+    ran = tmp_path / "ran"
+    (tmp_path / "soswap.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    line = next(x for x in hook_files(command, manager=PACMAN)[PACMAN_HOOK].splitlines() if x.startswith("Exec"))
+    script = line.split("-c '", 1)[1].rstrip("'")
+    subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, capture_output=True, timeout=120,
+                   env={"PATH": "/usr/bin:/bin"})
+    assert not ran.exists()
 
 
 def test_contrib_files_are_the_path_lookup_variant() -> None:

@@ -99,7 +99,7 @@ def _apt_files(command: Optional[Sequence[str]], refuse: bool, restart: bool) ->
 
 
 def _present(command: Sequence[str], quote: Callable[[str], str]) -> str:
-    """A shell test that soswap's command is there to run: its file is executable; for ``PYTHON -m soswap``,
+    """A shell test that soswap's command is there to run: its file is executable; for ``PYTHON -I -m soswap``,
     that the interpreter still finds the module (a removed soswap must stay quiet)."""
     if len(command) == 1:
         return f"[ -x {quote(command[0])} ]"
@@ -207,7 +207,7 @@ class Soswap(dnf.Plugin):
             if len(argv) > 1 and subprocess.call([*argv, "--version"], stdin=subprocess.DEVNULL,
                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                                  timeout=60) != 0:
-                return  # PYTHON -m soswap with soswap removed: quiet
+                return  # PYTHON -I -m soswap with soswap removed: quiet
             sys.stdout.flush()
             subprocess.call([*argv, "hook", "post-transaction", *shlex.split(options)], stdin=subprocess.DEVNULL,
                             timeout=600)
@@ -237,12 +237,16 @@ def dnf_plugin_dirs(root: str) -> List[str]:
 
 def own_command() -> List[str]:
     """How the package manager can run this soswap: the console script that runs now, else this interpreter
-    with ``-m soswap``; checked by running it as dpkg would (system PATH, no PYTHONPATH)."""
+    with ``-I -m soswap``; checked by running it as dpkg would (system PATH, no PYTHONPATH, from ``/``).
+
+    ``-I``: ``python -m`` puts the working directory first on ``sys.path``, and apt runs its hooks from /tmp or
+    wherever root typed ``apt``: a ``soswap.py`` planted there would run as root. Isolated mode leaves the
+    working directory, the user's site-packages and every PYTHON* variable out."""
     argv0 = sys.argv[0] if sys.argv else ""
     if os.path.basename(argv0) == "soswap" and os.access(argv0, os.X_OK):
         command = [os.path.abspath(argv0)]
     else:
-        command = [sys.executable, "-m", "soswap"]
+        command = [sys.executable, "-I", "-m", "soswap"]
     _runs(command)
     return command
 
@@ -261,7 +265,7 @@ def check_command(root: str, command: List[str]) -> None:
 
 def _runs(command: List[str]) -> None:
     try:
-        r = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60,
+        r = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, cwd="/",
                            env={"PATH": _SYSTEM_PATH, "LC_ALL": "C.UTF-8"}, stdin=subprocess.DEVNULL)
         ok = r.returncode == 0 and r.stdout.startswith("soswap ")
     except (OSError, subprocess.SubprocessError):
