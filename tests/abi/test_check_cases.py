@@ -294,3 +294,42 @@ def test_the_index_shortcut_never_changes_a_verdict(case: Case, cid: str, tmp_pa
     assert [(c.path, c.verdict, c.problems) for c in quick.consumers] == \
         [(c.path, c.verdict, c.problems) for c in full.consumers]
     assert quick.verdict == full.verdict == live.check().verdict  # as with the named consumers
+
+
+@pytest.mark.parametrize("how", ["unmappable", "tls-to-plain"])
+def test_nothing_is_listed_after_what_ends_the_run(tmp_path: Path, how: str) -> None:
+    """A NEW that cannot be mapped ends the load; a TLS variable become a plain one kills ld.so with SIGFPE:
+    the consumer's problems stop there (no lookups against a library never loaded, no silent misbehaviour
+    after a crash), as the program, really run, shows."""
+    from support.build import executable, shared_lib
+
+    if how == "unmappable":
+        src = "int foo(void) { return 1; }\n"
+        old = shared_lib(tmp_path / "lib" / "libq.so", src, soname="libq.so")
+        new = tmp_path / "new" / "libq.so"
+        new.parent.mkdir()
+        from soswap.elf import ElfFile
+        from soswap.elf import constants as C
+
+        elf = ElfFile.open(old)
+        second = [i for i, seg in enumerate(elf.segments) if seg.type == C.PT_LOAD][1]
+        data = bytearray(old.read_bytes())
+        at = elf.header.phoff + second * 56 + 8
+        data[at:at + 8] = (elf.segments[second].offset + 8).to_bytes(8, "little")
+        new.write_bytes(bytes(data))
+        main = "int foo(void);\nint main(void) { return foo() - 1; }\n"
+    else:
+        old = shared_lib(tmp_path / "lib" / "libq.so", "__thread int tvar = 1;\n", soname="libq.so")
+        new = shared_lib(tmp_path / "new" / "libq.so", "int tvar = 1;\n", soname="libq.so")
+        main = "extern __thread int tvar;\nint main(void) { return tvar - 1; }\n"
+    app = executable(tmp_path / "app", main, libs=[str(old)], flags=[f"-Wl,-rpath,{old.parent}"])
+    result = check_replacement(str(old), str(new), consumers=[str(app)], environ={"PATH": "/usr/bin:/bin"})
+    (c,) = result.consumers
+    assert c.verdict == "incompatible" and len(c.problems) == 1, c.problems
+    shutil.copyfile(new, old.with_name(".swap"))
+    os.replace(old.with_name(".swap"), old)
+    run = subprocess.run([str(app)], capture_output=True, text=True, timeout=60)
+    if how == "unmappable":
+        assert run.returncode == 127 and c.problems[0].message and c.problems[0].message in run.stderr
+    else:
+        assert run.returncode < 0 and c.problems[0].kind == "crash"

@@ -29,6 +29,7 @@ from soswap.elf import constants as C
 from soswap.elf.relocs import BIT_COPY
 from soswap.errors import SoswapError
 from soswap.loader import Environment, Loader, LoadResult, Profile, Reference
+from soswap.loader import model as M
 from soswap.loader.model import (
     ASSERTION,
     COPY_SIZE,
@@ -235,6 +236,12 @@ class ConsumerChecker:
             new_problems.extend(self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin))
         seen = {_identity(p) for p in old_problems}
         added = tuple(p for p in new_problems if _identity(p) not in seen)
+        # the load stops at a file it cannot load, an abort or a crash: the lookups that would follow (against a
+        # library that was never loaded) and the misbehaviour of silent changes never happen. Missing symbols
+        # and versions are all listed (ld.so stops at the first; the list is what NEW lacks).
+        cut = next((n for n, p in enumerate(added) if p.fatal and p.kind in _ENDS_THE_RUN), None)
+        if cut is not None:
+            added = added[:cut + 1]
         baseline = tuple(old_problems)
         fatal_before = any(p.fatal and not (plugin and p.kind == UNDEFINED_SYMBOL) for p in old_problems)
         if fatal_before:
@@ -413,6 +420,11 @@ class ConsumerChecker:
                                      f"copy relocation of {name}: {mine.size} bytes in the program, {d_new.size} "
                                      f"in NEW: {what}"))
         return out
+
+
+#: Failures after which nothing more happens in the consumer (the load stops, ld.so aborts or dies).
+_ENDS_THE_RUN = frozenset({M.NOT_FOUND, M.WRONG_CLASS, M.BAD_FILE, M.DST, M.NO_INTERPRETER, M.ISA_LEVEL,
+                           M.ASSERTION, M.CRASH, M.INDIRECT_EXTERN_ACCESS})
 
 
 def _identity(p: P.Problem) -> Tuple[object, ...]:
