@@ -333,3 +333,25 @@ def test_nothing_is_listed_after_what_ends_the_run(tmp_path: Path, how: str) -> 
         assert run.returncode == 127 and c.problems[0].message and c.problems[0].message in run.stderr
     else:
         assert run.returncode < 0 and c.problems[0].kind == "crash"
+
+
+def test_a_tls_variable_become_plain_breaks_a_library_user_at_its_first_use(tmp_path: Path) -> None:
+    """A library reaches ``__thread int tvar`` through __tls_get_addr (DTPMOD64/DTPOFF64): with a plain
+    ``int tvar`` it gets module 0 and dies when it first reads the variable, after main started."""
+    from support.build import executable, shared_lib
+
+    old = shared_lib(tmp_path / "lib" / "libq.so", "__thread int tvar = 1;\n", soname="libq.so")
+    new = shared_lib(tmp_path / "new" / "libq.so", "int tvar = 1;\n", soname="libq.so")
+    use = shared_lib(tmp_path / "lib" / "libuse.so", "extern __thread int tvar;\nint get(void) { return tvar; }\n",
+                     soname="libuse.so", libs=[str(old)], flags=[f"-Wl,-rpath,{old.parent}"])
+    app = executable(tmp_path / "app", '#include <stdio.h>\nint get(void);\n'
+                     'int main(void) { puts("start"); fflush(stdout); return get() - 1; }\n',
+                     libs=[str(use)], flags=[f"-Wl,-rpath,{old.parent}"])
+    result = check_replacement(str(old), str(new), consumers=[str(app)], environ={"PATH": "/usr/bin:/bin"})
+    (c,) = result.consumers
+    assert c.verdict == "incompatible"
+    assert [(p.kind, p.when, p.symbol) for p in c.problems] == [("type-changed", "first-call", "tvar")]
+    shutil.copyfile(new, old.with_name(".swap"))
+    os.replace(old.with_name(".swap"), old)
+    run = subprocess.run([str(app)], capture_output=True, text=True, timeout=60)
+    assert run.stdout == "start\n" and run.returncode < 0  # main ran, then the first read of tvar killed it

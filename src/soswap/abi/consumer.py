@@ -65,7 +65,8 @@ def _type_break(old: int, new: int) -> Optional[str]:
     if old == new:
         return None
     if (old == C.STT_TLS) != (new == C.STT_TLS):
-        return "TLS and non-TLS symbols are reached differently: the consumer reads the wrong memory"
+        return ("TLS and non-TLS symbols are reached differently: the consumer crashes or reads the wrong memory "
+                "when it first uses the variable")
     if old in _FUNCS and new in DATA_TYPES:
         return "the call jumps into data (SIGSEGV)"
     if old in DATA_TYPES and new in _FUNCS:
@@ -399,8 +400,11 @@ class ConsumerChecker:
             version = ref.version.name if ref.version is not None else None
             why = _type_break(d_old.type, d_new.type)
             if why is not None:
-                # a call crashes when it is made, however early it was bound; data is wrong from the start
-                when = P.DLOPEN if plugin else (P.FIRST_CALL if d_old.type in _FUNCS else P.STARTUP)
+                # a call crashes when it is made, however early it was bound, and so does the first use of a
+                # variable that moved in or out of TLS (__tls_get_addr of module 0, an offset read as an
+                # address); other data is wrong from the start
+                tls = (d_old.type == C.STT_TLS) != (d_new.type == C.STT_TLS)
+                when = P.DLOPEN if plugin else (P.FIRST_CALL if d_old.type in _FUNCS or tls else P.STARTUP)
                 out.append(P.Problem(
                     P.TYPE_CHANGED, name, version, when, None, who, False, True,
                     f"{name} was {C.STT_NAMES.get(d_old.type, d_old.type)} in OLD and is "
