@@ -259,7 +259,8 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
     targets = {path for path, dev, ino in info.mapped
                if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)}
     if targets.intersection(outside):  # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
-        note = note or "maps TARGET outside its program's tree (dlopen)"
+        note = note or ("maps TARGET outside the tree its program loads now (dlopen-ed, or loaded before a "
+                        "library that now comes first in the search appeared)")
     # a plugin's DT_NEEDED is answered first by what the process loaded (TARGET too): their directories
     first = _loaded_dirs(checker, ([os.path.dirname(checker.target)] if targets else []) + loaded_dirs)
     for path in outside:
