@@ -296,3 +296,23 @@ def test_a_program_interpreter_the_kernel_refuses(tmp_path: Path, kind: str) -> 
     else:
         assert fatal.line.endswith(f"{interp}: {os.strerror(real)}") and fatal.exit_status == 126
     assert_ldd_parity(e)  # ldd runs ld.so itself: the interpreter named in the file does not matter
+
+
+def test_a_program_whose_bss_only_segment_has_any_offset_runs(tmp_path: Path) -> None:
+    """A PT_LOAD without file data (p_filesz 0) is anonymous memory to the kernel: its offset is never used,
+    and ld.so does not check the program's own segments. ``ld.so --verify`` does: ldd says "not a dynamic
+    executable" while the program runs."""
+    e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
+    data = bytearray(e.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    note = [i for i in range(phnum) if struct.unpack_from("<I", data, phoff + 56 * i)[0] == 4][-1]
+    # the last PT_NOTE becomes PT_LOAD RW, offset 0x123, address 0x10000000, no file data, one page of bss
+    struct.pack_into("<IIQQQQQQ", data, phoff + 56 * note, 1, 6, 0x123, 0x10000000, 0x10000000, 0, 0x1000, 0x1000)
+    bss = tmp_path / "bss"
+    bss.write_bytes(bytes(data))
+    bss.chmod(0o755)
+    assert run_program(bss).status == 0
+    assert predict(bss)[1].fatal is None
+    out = assert_ldd_parity(bss)
+    assert out.status == 1 and out.stderr == "\tnot a dynamic executable\n"

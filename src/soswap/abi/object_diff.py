@@ -8,7 +8,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from soswap.abi.changes import BREAKING, HARMLESS, REVIEW, Change
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
-from soswap.loader.candidates import MISALIGNED, load_commands, overlapping
+from soswap.loader.candidates import MISALIGNED, kernel_cannot_map, load_commands, overlapping
 
 #: glibc's LIBC_ABI_MAX on x86-64 (libc-abis: DEFAULT, UNIQUE, IFUNC, ABSOLUTE): a GNU object's
 #: EI_ABIVERSION must be below it.
@@ -85,10 +85,12 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
     type_changes = _type_change(old, new)
     out.extend(type_changes)
     if not foreign and _unmappable(new) and not _unmappable(old):
+        effect = ("the kernel cannot map it: running it ends in SIGSEGV" if role_of(new) == ROLE_EXECUTABLE
+                  else "'ELF load command address/offset not page-aligned'")
         type_changes.append(Change("segments-unmappable", BREAKING, None, None,
                                    "a PT_LOAD segment's address and offset are not page-aligned together, or "
-                                   "segments overlap (what strip can make of a patchelf-ed file): 'ELF load "
-                                   "command address/offset not page-aligned'", None, None))
+                                   f"segments overlap (what strip can make of a patchelf-ed file): {effect}",
+                                   None, None))
         out.append(type_changes[-1])
     # a program (or an unloadable type) where a library was: NEW never loads, the rest is noise
     foreign = foreign or any(c.severity == BREAKING for c in type_changes)
@@ -96,7 +98,10 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
 
 
 def _unmappable(elf: ElfFile) -> bool:
-    """``_dl_map_object_from_fd``/``_dl_map_segments`` refuse its segments."""
+    """``_dl_map_object_from_fd``/``_dl_map_segments`` refuse its segments (a library), or the kernel cannot map
+    them (a program)."""
+    if role_of(elf) == ROLE_EXECUTABLE:
+        return kernel_cannot_map(elf)
     problem, loads = load_commands(elf)
     return problem == MISALIGNED or (problem is None and elf.type == C.ET_DYN and overlapping(loads))
 

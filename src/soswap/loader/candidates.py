@@ -393,6 +393,14 @@ def load_commands(elf: ElfFile) -> Tuple[Optional[str], List[Segment]]:
     return None, loads
 
 
+def kernel_cannot_map(elf: ElfFile) -> bool:
+    """binfmt_elf ``elf_load`` (a program, or its interpreter): a PT_LOAD with file data is mapped from the file
+    at its offset, which must be page-aligned with its address; one without (bss only) is anonymous memory,
+    whatever its offset. ld.so never checks the program's own segments (only ``ld.so --verify``, hence ldd)."""
+    page = mmap.PAGESIZE
+    return any(seg.type == C.PT_LOAD and seg.filesz and (seg.vaddr - seg.offset) % page for seg in elf.segments)
+
+
 def overlapping(loads: Sequence[Segment]) -> bool:
     """``_dl_map_segments`` (ET_DYN): segments with holes between them whose last one starts (page-aligned)
     before the first one's file pages end."""

@@ -15,7 +15,7 @@ from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo
 from soswap.errors import ElfError, UsageError
 from soswap.loader import model as M
-from soswap.loader.candidates import MISALIGNED, FileSystem, Substitute, load_commands
+from soswap.loader.candidates import FileSystem, Substitute, kernel_cannot_map
 from soswap.loader.environment import Environment
 from soswap.loader.profile import Profile
 from soswap.loader.session import (
@@ -375,7 +375,7 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
             s.failures.append(f)
             s.portable = False  # the text names the program
             s.fatal = f
-        elif s.fatal is None and load_commands(elf)[0] == MISALIGNED:
+        elif s.fatal is None and kernel_cannot_map(elf):
             # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
             text = (f"{path}: killed by SIGSEGV: the kernel cannot map a segment whose offset and address are "
                     "not page-aligned together")
