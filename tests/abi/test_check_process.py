@@ -183,3 +183,39 @@ def test_a_plugin_finding_target_as_the_process_does(tmp_path: Path, procs, how:
     again = subprocess.run([str(host), str(tmp_path / "ready2"), *args], env=env, capture_output=True, text=True,
                            timeout=30)
     assert again.returncode == 3 and again.stdout == f"dlerror: {c.problems[0].message}\n"
+
+
+def test_a_process_that_would_die_at_startup_dlopens_nothing(tmp_path: Path, procs) -> None:
+    """Restarted with NEW, the host dies before main (an undefined symbol under -z now): the plugin it had
+    dlopen-ed is never loaded, so its own problem is not listed."""
+    from support.build import executable, shared_lib
+
+    lib = tmp_path / "lib"
+    old = shared_lib(lib / "libq.so", "int foo(void) { return 1; }\nint bar(void) { return 2; }\n", soname="libq.so")
+    new = shared_lib(tmp_path / "new" / "libq.so", "int baz(void) { return 3; }\n", soname="libq.so")
+    plug = shared_lib(tmp_path / "plug" / "plug.so", "int foo(void);\nint plug(void) { return foo(); }\n",
+                      soname="plug.so", libs=[str(old)], flags=[f"-Wl,-rpath,{lib}"])
+    ready = tmp_path / "ready"
+    host = executable(tmp_path / "host", """#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int bar(void);
+int main(int argc, char **argv) {
+    if (argc > 3) return bar();  /* bound at startup (-z now), called never */
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { printf("dlopen: %s\\n", dlerror()); return 1; }
+    close(open(argv[2], O_CREAT | O_WRONLY, 0644));
+    for (;;) pause();
+}
+""", libs=[str(old), "-ldl"], flags=[f"-Wl,-rpath,{lib}", "-Wl,-z,now"])
+    p = procs.start([host, plug, ready], env={"PATH": "/usr/bin:/bin"}, wait_for_file=ready)
+    result = check_replacement(str(old), str(new), pids=[p.pid], environ=_clean_env())
+    (c,) = [c for c in result.consumers if c.pid == p.pid]
+    assert c.verdict == "incompatible" and c.plugins == (), c.problems
+    assert [(x.when, x.symbol) for x in c.problems] == [("startup", "bar")], c.problems
+    shutil.copyfile(new, lib / ".new")
+    os.replace(lib / ".new", old)
+    again = subprocess.run([str(host), str(plug), str(tmp_path / "ready2")], capture_output=True, text=True,
+                           timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert again.returncode == 127 and "undefined symbol: bar" in again.stderr and again.stdout == ""

@@ -263,6 +263,8 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
                         "library that now comes first in the search appeared)")
     # a plugin's DT_NEEDED is answered first by what the process loaded (TARGET too): their directories
     first = _loaded_dirs(checker, ([os.path.dirname(checker.target)] if targets else []) + loaded_dirs)
+    if any(p.fatal and p.when == P.STARTUP for p in main.problems):
+        outside = []  # restarted, the program dies before main: it dlopens nothing
     for path in outside:
         if path in targets:
             continue
