@@ -298,3 +298,20 @@ def test_a_second_copy_of_the_dynamic_linker_crashes_the_program(tmp_path: Path)
     assert fatal is not None and fatal.kind == "crash" and fatal.exit_status == 128 + signal.SIGFPE
     assert "a second copy of the dynamic linker" in fatal.line
     assert predict(e)[1].fatal is None  # without the preload
+
+
+def test_a_tls_descriptor_bound_to_a_plain_variable_kills_ld_so(tmp_path: Path) -> None:
+    """-mtls-dialect=gnu2: a library reaches ``__thread int tvar`` through R_X86_64_TLSDESC, which ld.so
+    resolves at load time with TRY_STATIC_TLS: against a library without a TLS segment, SIGFPE at startup."""
+    shared_lib(tmp_path / "old" / "libt.so", "__thread int tvar = 1;\n", soname="libt.so")
+    shared_lib(tmp_path / "new" / "libt.so", "int tvar = 1;\n", soname="libt.so")
+    use = shared_lib(tmp_path / "use" / "libuse.so", "extern __thread int tvar;\nint get(void) { return tvar; }\n",
+                     soname="libuse.so", libs=[f"-L{tmp_path / 'old'}", "-lt"],
+                     flags=["-mtls-dialect=gnu2", *rpath_flags(str(tmp_path / "new"))])
+    e = executable(tmp_path / "e", "int get(void);\nint main(void) { return get() - 1; }\n",
+                   flags=[f"-Wl,-rpath-link,{tmp_path / 'old'}", *rpath_flags(str(tmp_path / "use"),
+                                                                            str(tmp_path / "new"))],
+                   libs=[str(use)])
+    assert run_program(e).status == -signal.SIGFPE
+    fatal = predict(e)[1].fatal
+    assert fatal is not None and fatal.kind == "crash" and "TLS reference to `tvar'" in fatal.line

@@ -619,9 +619,9 @@ _ABORTS = frozenset((M.ASSERTION, M.INDIRECT_EXTERN_ACCESS, M.CRASH))
 
 def _static_tls_checks(b: Binder, i: int, syms: ObjectSymbols, t: RefTable,
                        events: List[Tuple[int, M.Failure]]) -> None:
-    """``elf_machine_rela`` (R_X86_64_TPOFF64): ``CHECK_STATIC_TLS`` on the defining object. One without a TLS
-    segment has ``l_tls_align`` 0, and ``_dl_try_allocate_static_tls`` divides by it: ld.so dies of SIGFPE
-    (a variable that was ``__thread`` and no longer is)."""
+    """``elf_machine_rela`` (R_X86_64_TPOFF64, R_X86_64_TLSDESC): ``CHECK_STATIC_TLS``/``TRY_STATIC_TLS`` on the
+    defining object. One without a TLS segment has ``l_tls_align`` 0, and ``_dl_try_allocate_static_tls``
+    divides by it: ld.so dies of SIGFPE (a variable that was ``__thread`` and no longer is)."""
     objs = b.res.objects
     for n in syms.static_tls_positions(t):
         ref = syms.reference(t, n)

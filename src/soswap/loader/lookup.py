@@ -26,8 +26,9 @@ _ALLOWED_TYPES = frozenset((C.STT_NOTYPE, C.STT_OBJECT, C.STT_FUNC, C.STT_COMMON
 _X86_64_PLT_CLASS = frozenset((7, 16, 17, 18, 36))  # JUMP_SLOT, DTPMOD64, DTPOFF64, TPOFF64, TLSDESC
 _X86_64_COPY = 5
 _X86_64_TLSDESC = 36
-#: R_X86_64_TPOFF64; R_386_TLS_TPOFF, R_386_TLS_TPOFF32
-_STATIC_TLS_TYPES = {C.EM_X86_64: frozenset((18,)), C.EM_386: frozenset((14, 37))}
+#: Relocations that place their symbol in static TLS: R_X86_64_TPOFF64 (CHECK_STATIC_TLS) and R_X86_64_TLSDESC
+#: (TRY_STATIC_TLS, at load time since glibc 2.34); R_386_TLS_TPOFF, R_386_TLS_TPOFF32, R_386_TLS_DESC
+_STATIC_TLS_TYPES = {C.EM_X86_64: frozenset((18, 36)), C.EM_386: frozenset((14, 37, 41))}
 
 ASSERTION_TEXT = ("Inconsistency detected by ld.so: dl-lookup.c: 107: check_match: Assertion `version->filename "
                   "== NULL || ! _dl_name_match_p (version->filename, map)' failed!")
@@ -173,7 +174,9 @@ class ObjectSymbols:
         seq: List[int] = []
         tcmap, default_tc, nolazy = _type_classes(elf.machine)
         shift, mask = (32, 0xFFFFFFFF) if raw.is64 else (8, 0xFF)
-        tls_types = _STATIC_TLS_TYPES.get(elf.machine) if self._static_tls is None else None
+        # static TLS relocations name global or weak STT_TLS symbols (st_info 0x16, 0x26): most objects have none
+        tls_types = (_STATIC_TLS_TYPES.get(elf.machine) if self._static_tls is None
+                     and (b"\x16" in raw.info or b"\x26" in raw.info) else None)
         tls: List[int] = []
         for infos, in_jmprel in relocation_infos(elf):
             get = tcmap[in_jmprel].get
@@ -183,8 +186,8 @@ class ObjectSymbols:
                         for i in infos if (tc := get(i & mask, dflt)) >= 0]
             else:
                 seq += [(i >> shift) << 3 | tc << 1 for i in infos if (tc := get(i & mask, dflt)) >= 0]
-                if tls_types:  # TPOFF relocations are never PLT slots
-                    tls += [i >> shift for i in infos if i & mask in tls_types]
+            if tls_types:  # TPOFF in DT_RELA, TLSDESC in either table
+                tls += [i >> shift for i in infos if i & mask in tls_types]
         if self._static_tls is None:
             self._static_tls = tuple(dict.fromkeys(tls))
         used = {c >> 3 for c in seq}
