@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -316,3 +318,27 @@ def test_a_program_whose_bss_only_segment_has_any_offset_runs(tmp_path: Path) ->
     assert predict(bss)[1].fatal is None
     out = assert_ldd_parity(bss)
     assert out.status == 1 and out.stderr == "\tnot a dynamic executable\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="root and unshare are needed")
+def test_a_library_on_a_noexec_mount_cannot_be_mapped(tmp_path: Path) -> None:
+    """ld.so maps the code segment PROT_EXEC; on a noexec mount that fails (EPERM): "failed to map segment
+    from shared object". The mount lives in a private mount namespace that dies with the script."""
+    nx = tmp_path / "nx"
+    nx.mkdir()
+    lib = tmp_path / "libn.so"
+    shared_lib(lib, lib_source("n"), soname="libn.so")
+    e = executable(tmp_path / "e", sources_needing("n"), flags=rpath_flags(str(nx)), libs=[str(lib)])
+    src = Path(__file__).resolve().parents[2] / "src"
+    script = (f"mount -t tmpfs -o noexec,size=8m tmpfs {nx} && cp {lib} {nx}/ && "
+              f"{e}; echo \"run=$?\"; ldd {e}; echo \"ldd=$?\"; "
+              f"PYTHONPATH={src} {sys.executable} -m soswap tree --ldd {e}; echo \"soswap=$?\"")
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                       text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "SOSWAP_CACHE_DIR": str(tmp_path / "c")})
+    if "run=" not in r.stdout:
+        pytest.skip(f"no private mount here: {r.stderr.strip()}")
+    message = "libn.so: failed to map segment from shared object"
+    assert "run=127" in r.stdout and message in r.stderr, r.stdout + r.stderr
+    assert "ldd=1" in r.stdout and "soswap=1" in r.stdout
+    assert (r.stdout + r.stderr).count(message) == 3  # the program, ldd and soswap say the same
+    assert not any(nx.iterdir())  # the mount went with the namespace

@@ -160,6 +160,19 @@ class FileSystem:
             hit = self.file_memo[key] = st if isinstance(st, int) else _exec_errno(host_path, machine)
         return hit  # type: ignore[return-value]
 
+    def _noexec(self, path: str) -> bool:
+        """``path`` lies on a mount with noexec (once per directory: mount options belong to mounts, and a
+        device can be mounted twice)."""
+        key = ("noexec", os.path.dirname(path))
+        hit = self.file_memo.get(key)
+        if hit is None:
+            try:
+                hit = bool(os.statvfs(path).f_flag & os.ST_NOEXEC)
+            except OSError:
+                hit = False
+            self.file_memo[key] = hit
+        return hit  # type: ignore[return-value]
+
     def host_real_dir(self, host_dir: str) -> str:
         """``os.path.realpath`` of a host directory, once per :class:`FileSystem` (directories do not move during
         a run; what-if substitutions match candidates by canonical directory)."""
@@ -319,6 +332,9 @@ class FileSystem:
             return refused("cannot dynamically load executable")
         if overlapping(loads):
             return refused(MISALIGNED)
+        if not substituted and self._noexec(file) and any(seg.flags & C.PF_X for seg in loads):
+            # an executable mapping of a file on a noexec mount fails (EPERM) in _dl_map_segments
+            return refused("failed to map segment from shared object")
         dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)
         # _dl_map_segments zero-fills the end of each segment's last file page, then the dynamic section is read
         crash = _beyond_the_end(elf, dyn_segs)
