@@ -309,3 +309,24 @@ def test_case37_dst_in_needed_is_refused(tmp_path: Path) -> None:
         assert res.fatal is not None and res.fatal.kind == "dst"
         assert real.returncode == 127 and res.fatal.line in real.stderr.splitlines()
 
+
+
+@requires_root
+@pytest.mark.skipif(shutil.which("setcap") is None, reason="setcap (libcap2-bin) is needed")
+def test_file_capabilities_make_a_program_secure_for_other_users(tmp_path: Path) -> None:
+    """No set-ID bit, but file capabilities: the kernel sets AT_SECURE for a caller that gains them (not root),
+    and $ORIGIN in RUNPATH outside a trusted directory is ignored."""
+    with _public_dir("/tmp") as root:
+        prog = _suid_prog(root, tmp_path)
+        os.chmod(prog, 0o755)  # no set-user-ID bit
+        r = subprocess.run(["setcap", "cap_net_bind_service+ep", str(prog)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"setcap failed here: {r.stderr.strip()}")
+        env = env_with()
+        real = _as_nobody(prog, env)
+        loader = Loader(PROFILE, _nobody_env(env))
+        res = loader.load(str(prog))
+        bound = loader.bind(res)
+        assert res.secure and real.returncode == 127 and bound.fatal is not None
+        assert bound.fatal.line in real.stderr.splitlines()
+        assert run_program(prog).status == 0 and predict(prog)[1].fatal is None  # root gains nothing

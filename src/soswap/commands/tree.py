@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sec.add_argument("--secure", dest="secure", action="store_true", default=None,
                      help="emulate secure mode (AT_SECURE, as for a set-user-ID program run by a user)")
     sec.add_argument("--no-secure", dest="secure", action="store_false",
-                     help="never emulate secure mode (default: decide from the file's set-ID bits and the caller)")
+                     help="never emulate secure mode (default: decide from the file's set-ID bits and "
+                          "capabilities, its mount and the caller)")
     parser.add_argument("--platform", metavar="NAME", default=None, help="value of $PLATFORM (default: detected)")
     parser.add_argument("--glibc-hwcaps-mask", metavar="LIST", default=None,
                         help="only these glibc-hwcaps subdirectories (colon-separated), as ld.so's option")

@@ -56,16 +56,43 @@ class Environment:
     def replace(self, **changes: object) -> Environment:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
-    def is_secure_for(self, st: Optional[os.stat_result]) -> bool:
-        """AT_SECURE for a program with stat result ``st`` started by this caller (``secure`` forces it):
-        set when the exec changes the effective user or group ID (a set-ID bit and a different owner)."""
+    def is_secure_for(self, st: Optional[os.stat_result], path: Optional[str] = None) -> bool:
+        """AT_SECURE for a program with stat result ``st`` (at host ``path``) started by this caller (``secure``
+        forces it): set when the exec changes the effective user or group ID (a set-ID bit and a different
+        owner), or gives a caller other than root file capabilities (``cap_bprm_creds_from_file``). A
+        ``nosuid`` mount disables both."""
         if self.secure is not None:
             return self.secure
         if st is None:
             return False
+        if path is not None and _nosuid(path):
+            return self.euid != self.uid or self.egid != self.gid
         euid = st.st_uid if st.st_mode & stat.S_ISUID else self.euid
         egid = st.st_gid if st.st_mode & stat.S_ISGID else self.egid
-        return euid != self.uid or egid != self.gid
+        if euid != self.uid or egid != self.gid:
+            return True
+        return path is not None and self.uid != 0 and _file_capabilities(path)
+
+
+def _nosuid(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_NOSUID)
+    except OSError:
+        return False
+
+
+def _file_capabilities(path: str) -> bool:
+    """The file grants permitted capabilities (its ``security.capability`` attribute, struct vfs_cap_data)."""
+    try:
+        data = os.getxattr(path, "security.capability")
+    except (OSError, AttributeError):
+        return False
+    if len(data) < 12:
+        return False
+    permitted = int.from_bytes(data[4:8], "little")
+    if len(data) >= 20:
+        permitted |= int.from_bytes(data[12:16], "little") << 32
+    return permitted != 0
 
 
 def _getcwd() -> str:

@@ -176,7 +176,7 @@ class Loader:
             if profile is None:
                 raise ElfError(path, f"no dynamic loader for {elf.machine_name} ELF{elf.elf_class} files here")
         fsys = self.file_system(profile)
-        secure = False if trace else self.env.is_secure_for(st)
+        secure = False if trace else self.env.is_secure_for(st, file if isinstance(file, str) else None)
         argv0 = argv0 or path
         subst: Optional[Substitutions] = None
         skey: Optional[frozenset] = None
