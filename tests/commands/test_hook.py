@@ -682,7 +682,8 @@ def test_the_module_form_never_imports_from_the_working_directory(tmp_path: Path
     line = next(x for x in hook_files(command, manager=PACMAN)[PACMAN_HOOK].splitlines() if x.startswith("Exec"))
     script = line.split("-c '", 1)[1].rstrip("'")
     subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, capture_output=True, timeout=120,
-                   env={"PATH": "/usr/bin:/bin"})
+                   env={"PATH": "/usr/bin:/bin", "SOSWAP_STATE_DIR": str(tmp_path / "state"),
+                        "SOSWAP_CACHE_DIR": str(tmp_path / "cache")})
     assert not ran.exists()
 
 

@@ -334,7 +334,8 @@ def test_a_library_on_a_noexec_mount_cannot_be_mapped(tmp_path: Path) -> None:
               f"{e}; echo \"run=$?\"; ldd {e}; echo \"ldd=$?\"; "
               f"PYTHONPATH={src} {sys.executable} -m soswap tree --ldd {e}; echo \"soswap=$?\"")
     r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
-                       text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "SOSWAP_CACHE_DIR": str(tmp_path / "c")})
+                       text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "SOSWAP_CACHE_DIR": str(tmp_path / "c"),
+                                                    "SOSWAP_STATE_DIR": str(tmp_path / "s")})
     if "run=" not in r.stdout:
         pytest.skip(f"no private mount here: {r.stderr.strip()}")
     message = "libn.so: failed to map segment from shared object"
