@@ -355,3 +355,31 @@ def test_a_tls_variable_become_plain_breaks_a_library_user_at_its_first_use(tmp_
     os.replace(old.with_name(".swap"), old)
     run = subprocess.run([str(app)], capture_output=True, text=True, timeout=60)
     assert run.stdout == "start\n" and run.returncode < 0  # main ran, then the first read of tvar killed it
+
+
+def test_a_plugin_losing_a_tls_variable_fails_at_its_first_use_not_at_dlopen(tmp_path: Path) -> None:
+    """dlopen of the plugin succeeds (its DTPMOD64 gets module 0); it dies when it first reads the variable."""
+    from support.build import executable, shared_lib
+
+    old = shared_lib(tmp_path / "lib" / "libq.so", "__thread int tvar = 1;\n", soname="libq.so")
+    new = shared_lib(tmp_path / "new" / "libq.so", "int tvar = 1;\n", soname="libq.so")
+    plug = shared_lib(tmp_path / "plug" / "plug.so", "extern __thread int tvar;\nint get(void) { return tvar; }\n",
+                      soname="plug.so", libs=[str(old)], flags=[f"-Wl,-rpath,{old.parent}"])
+    result = check_replacement(str(old), str(new), consumers=[str(plug)], environ={"PATH": "/usr/bin:/bin"})
+    (c,) = result.consumers
+    assert c.role == "plugin" and c.verdict == "incompatible"
+    assert [(p.kind, p.when) for p in c.problems] == [("type-changed", "first-call")]
+    host = executable(tmp_path / "host", """#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { printf("dlopen: %s\\n", dlerror()); return 1; }
+    puts("loaded"); fflush(stdout);
+    int (*get)(void) = (int (*)(void))dlsym(h, "get");
+    return get();
+}
+""", libs=["-ldl"])
+    shutil.copyfile(new, old.with_name(".swap"))
+    os.replace(old.with_name(".swap"), old)
+    run = subprocess.run([str(host), str(plug)], capture_output=True, text=True, timeout=60)
+    assert run.stdout == "loaded\n" and run.returncode < 0  # dlopen succeeded, the first read killed it

@@ -403,8 +403,13 @@ class ConsumerChecker:
                 # a call crashes when it is made, however early it was bound, and so does the first use of a
                 # variable that moved in or out of TLS (__tls_get_addr of module 0, an offset read as an
                 # address); other data is wrong from the start
+                # (a plugin too: dlopen succeeds, the call or the read fails later); a copy relocation copies
+                # at startup whatever it binds
                 tls = (d_old.type == C.STT_TLS) != (d_new.type == C.STT_TLS)
-                when = P.DLOPEN if plugin else (P.FIRST_CALL if d_old.type in _FUNCS or tls else P.STARTUP)
+                if not copy and (d_old.type in _FUNCS or tls):
+                    when = P.FIRST_CALL
+                else:
+                    when = P.DLOPEN if plugin else P.STARTUP
                 out.append(P.Problem(
                     P.TYPE_CHANGED, name, version, when, None, who, False, True,
                     f"{name} was {C.STT_NAMES.get(d_old.type, d_old.type)} in OLD and is "
