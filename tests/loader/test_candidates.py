@@ -343,3 +343,15 @@ def test_a_library_on_a_noexec_mount_cannot_be_mapped(tmp_path: Path) -> None:
     assert "ldd=1" in r.stdout and "soswap=1" in r.stdout
     assert (r.stdout + r.stderr).count(message) == 3  # the program, ldd and soswap say the same
     assert not any(nx.iterdir())  # the mount went with the namespace
+
+
+def test_a_program_interpreter_that_is_a_program_crashes(tmp_path: Path) -> None:
+    """PT_INTERP leads to an ordinary dynamically linked program: the kernel maps it and jumps into it without
+    relocating it, and it dies of SIGSEGV."""
+    interp = tmp_path / "ld.so"
+    interp.symlink_to(os.path.realpath("/bin/true"))
+    e = executable(tmp_path / "e", "int main(void) { return 0; }\n", flags=[f"-Wl,--dynamic-linker={interp}"])
+    assert run_program(e).status == -signal.SIGSEGV
+    fatal = predict(e)[1].fatal
+    assert fatal is not None and fatal.kind == "crash" and fatal.exit_status == 128 + signal.SIGSEGV
+    assert "is a dynamically linked program" in fatal.line

@@ -375,14 +375,21 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
             s.failures.append(f)
             s.portable = False  # the text names the program
             s.fatal = f
-        elif s.fatal is None and kernel_cannot_map(elf):
-            # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
-            text = (f"{path}: killed by SIGSEGV: the kernel cannot map a segment whose offset and address are "
-                    "not page-aligned together")
-            f = M.Failure(M.CRASH, path, main.cid, text, text, M.STARTUP, True, exit_status=139)
-            s.failures.append(f)
-            s.portable = False
-            s.fatal = f
+        elif s.fatal is None:
+            rtld_elf = s.rtld.elf if s.rtld is not None else None
+            why = None
+            if kernel_cannot_map(elf):
+                # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
+                why = "the kernel cannot map a segment whose offset and address are not page-aligned together"
+            elif interp is not None and rtld_elf is not None and rtld_elf.interpreter is not None:
+                # the kernel jumps into the interpreter unrelocated; a program that needs a loader itself crashes
+                why = f"its program interpreter {interp} is a dynamically linked program, not a dynamic loader"
+            if why is not None:
+                text = f"{path}: killed by SIGSEGV: {why}"
+                f = M.Failure(M.CRASH, path, main.cid, text, text, M.STARTUP, True, exit_status=139)
+                s.failures.append(f)
+                s.portable = False
+                s.fatal = f
     s.setup_vdso()
     static = not dynamic or not elf.dynamic.needed
     if not dynamic:
