@@ -402,9 +402,8 @@ class ConsumerChecker:
             if why is not None:
                 # a call crashes when it is made, however early it was bound, and so does the first use of a
                 # variable that moved in or out of TLS (__tls_get_addr of module 0, an offset read as an
-                # address); other data is wrong from the start
-                # (a plugin too: dlopen succeeds, the call or the read fails later); a copy relocation copies
-                # at startup whatever it binds
+                # address), in a plugin too (dlopen succeeds); other data, and whatever a copy relocation
+                # copies, is wrong from the start
                 tls = (d_old.type == C.STT_TLS) != (d_new.type == C.STT_TLS)
                 if not copy and (d_old.type in _FUNCS or tls):
                     when = P.FIRST_CALL

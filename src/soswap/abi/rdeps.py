@@ -42,6 +42,7 @@ never an error; a cache directory that cannot be written leaves the answer right
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -456,8 +457,7 @@ class RdepsIndex:
             new = _stat_key(path)
             if old is None or new != old:
                 changed_names.add(posixpath.basename(path))
-                racy = type(new) is tuple and now_ns - new[4] < self.racy_ns
-                probed[path] = None if racy else new
+                probed[path] = self._trusted(new, now_ns)
                 self._dirty = True
 
     def _witness(self, seen: Iterable[Tuple[str, Any]], now_ns: int) -> None:
@@ -466,12 +466,17 @@ class RdepsIndex:
         for path, st in seen:
             if not path.startswith("/"):
                 continue  # relative to a working directory: not kept
-            value = st if isinstance(st, int) else key_of(st)
-            if not isinstance(st, int) and now_ns - st.st_ctime_ns < self.racy_ns:
-                value = None
+            value = self._trusted(st if isinstance(st, int) else key_of(st), now_ns)
             if probed.get(path, False) != value:
                 probed[path] = value
                 self._dirty = True
+
+    def _trusted(self, key: Any, now_ns: int) -> Any:
+        """``key`` as it can be kept: None for a file key whose ctime is too recent to be told apart from a
+        second change in the same tick (checked again next time); an errno or None as it is."""
+        if type(key) is tuple and now_ns - key[4] < self.racy_ns:
+            return None
+        return key
 
     def _watch(self, listed: Iterable[Tuple[str, Optional[Tuple[int, int]], Optional[FrozenSet[str]]]],
                now_ns: int) -> None:
@@ -725,7 +730,7 @@ class RdepsIndex:
         """Read the ELF file at ``p`` (new or changed) into ``files``; its tree is computed later."""
         self.stats.reread.append(p)
         self._dirty = True
-        key = key_of(st) if now_ns - st.st_ctime_ns >= self.racy_ns else None
+        key = self._trusted(key_of(st), now_ns)
         entry: List[Any] = [key, OTHER, None, None, [], "", None, None]
         try:
             elf = self.elf_cache.get(p, st)
@@ -756,7 +761,7 @@ class RdepsIndex:
             if mkeys[m] is None or mkeys[m] != k:
                 changed.add(m)
                 # a racy member is checked again next time: stored as unknown
-                mkeys[m] = k if (k is not None and now_ns - k[4] >= self.racy_ns) else None
+                mkeys[m] = self._trusted(k, now_ns)
                 self._dirty = True
         return changed
 
@@ -775,7 +780,7 @@ class RdepsIndex:
             k: Optional[Key] = key_of(os.stat(path))
         except OSError:
             k = None
-        data.mkeys[i] = k if (k is not None and now_ns - k[4] >= self.racy_ns) else None
+        data.mkeys[i] = self._trusted(k, now_ns)
         return i
 
     def _loader_for_trees(self) -> Loader:
@@ -980,7 +985,7 @@ def _stat_key(path: str) -> Any:
     try:
         return key_of(os.stat(path))
     except OSError as exc:
-        return exc.errno or 2
+        return exc.errno or errno.ENOENT
 
 
 def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str]], now_ns: int,

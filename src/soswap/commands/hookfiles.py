@@ -39,6 +39,9 @@ _PREINSTALL = "soswap_preinstall"
 #: shell-quoting a single quote brings one in ('"'"'); pacman's hook puts the words in double quotes of a
 #: single-quoted ``sh -c`` script
 _UNSAFE = "\"'\n$`\\"
+#: The contrib files' shell test: soswap in PATH, then in /usr/local (dpkg runs its logger with a system PATH)
+_PATH_GUARD = "PATH=$PATH:/usr/local/sbin:/usr/local/bin; if command -v soswap >/dev/null 2>&1; then "
+_PATH_WHERE = "soswap is looked for in PATH, then in /usr/local."
 
 
 def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False, restart: bool = False,
@@ -62,9 +65,9 @@ def hook_files(command: Optional[Sequence[str]] = None, *, refuse: bool = False,
 
 def _apt_files(command: Optional[Sequence[str]], refuse: bool, restart: bool) -> Dict[str, str]:
     if command is None:
-        guard = "PATH=$PATH:/usr/local/sbin:/usr/local/bin; if command -v soswap >/dev/null 2>&1; then "
+        guard = _PATH_GUARD
         run = "soswap"
-        where = "soswap is looked for in PATH, then in /usr/local."
+        where = _PATH_WHERE
         dpkg_where = ("dpkg runs it with\n# PATH=/usr/sbin:/usr/bin:/sbin:/bin, hence /usr/local below; write "
                       "soswap's absolute path if it lives\n# elsewhere (a virtualenv), or use 'soswap hook setup'.")
     else:
@@ -113,9 +116,8 @@ def _double_quoted(word: str) -> str:
 def _pacman_hook(command: Optional[Sequence[str]], restart: bool) -> str:
     option = " --restart" if restart else ""
     if command is None:
-        where = "soswap is looked for in PATH, then in /usr/local."
-        script = ("PATH=$PATH:/usr/local/sbin:/usr/local/bin; if command -v soswap >/dev/null 2>&1; then "
-                  f"soswap hook post-transaction{option}; fi")
+        where = _PATH_WHERE
+        script = f"{_PATH_GUARD}soswap hook post-transaction{option}; fi"
     else:
         where = "Written by 'soswap hook setup --manager pacman' with soswap's absolute command."
         run = " ".join(map(_double_quoted, command))

@@ -157,7 +157,7 @@ class FileSystem:
         hit = self.file_memo.get(key)
         if hit is None:
             st = self.stat(host_path)  # through the memo: a cache of results watches this path
-            hit = self.file_memo[key] = st if isinstance(st, int) else _exec_errno(host_path, machine)
+            hit = self.file_memo[key] = st if isinstance(st, int) else _exec_errno(host_path, st, machine)
         return hit  # type: ignore[return-value]
 
     def _noexec(self, path: str) -> bool:
@@ -354,9 +354,8 @@ class FileSystem:
 MISALIGNED = "ELF load command address/offset not page-aligned"
 
 
-def _exec_errno(host_path: str, machine: int) -> int:
+def _exec_errno(host_path: str, st: os.stat_result, machine: int) -> int:
     try:
-        st = os.stat(host_path)
         if not stat.S_ISREG(st.st_mode) or not os.access(host_path, os.X_OK):
             return errnomod.EACCES
         if os.statvfs(host_path).f_flag & os.ST_NOEXEC:

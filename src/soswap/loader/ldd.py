@@ -193,10 +193,7 @@ class LddModel:
         problem, loads = load_commands(elf)  # rtld_mode_verify maps the program as any object
         if problem is not None or (elf.type == C.ET_DYN and overlapping(loads)):
             return 1
-        dyn = elf.segments_of_type(C.PT_DYNAMIC)
-        if not dyn and elf.type == C.ET_DYN:
-            return 1
-        if not dyn:
+        if not elf.segments_of_type(C.PT_DYNAMIC):
             return 1  # main_map->l_ld == NULL
         return 0 if elf.segments_of_type(C.PT_INTERP) else 2
 

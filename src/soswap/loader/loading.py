@@ -346,6 +346,15 @@ class Loader:
         return b
 
 
+def _execve_fails(s: LoadSession, kind: str, name: str, status: int, text: str) -> None:
+    """The program does not get to ld.so: the kernel's exec refuses it or it dies first."""
+    assert s.main is not None
+    f = M.Failure(kind, name, s.main.cid, text, text, M.STARTUP, True, exit_status=status)
+    s.failures.append(f)
+    s.portable = False  # the text names the program
+    s.fatal = f
+
+
 def _open_substitute(sub: Substitute, cache: ElfCache) -> ElfFile:
     if isinstance(sub, ElfFile):
         return sub
@@ -366,30 +375,22 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
         name = interp or profile.interpreter
         s.setup_rtld(name, name)
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
+        rtld_elf = s.rtld.elf if s.rtld is not None else None
         if interp is not None and err:
             if err == errno.ENOENT:
-                text, status = f"{path}: cannot execute: the program interpreter {interp} does not exist", 127
+                _execve_fails(s, M.NO_INTERPRETER, interp, 127,
+                              f"{path}: cannot execute: the program interpreter {interp} does not exist")
             else:  # the shell's status for a file found that cannot be executed
-                text, status = f"{path}: cannot execute: the program interpreter {interp}: {os.strerror(err)}", 126
-            f = M.Failure(M.NO_INTERPRETER, interp, main.cid, text, text, M.STARTUP, True, exit_status=status)
-            s.failures.append(f)
-            s.portable = False  # the text names the program
-            s.fatal = f
-        elif s.fatal is None:
-            rtld_elf = s.rtld.elf if s.rtld is not None else None
-            why = None
-            if kernel_cannot_map(elf):
-                # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
-                why = "the kernel cannot map a segment whose offset and address are not page-aligned together"
-            elif interp is not None and rtld_elf is not None and rtld_elf.interpreter is not None:
-                # the kernel jumps into the interpreter unrelocated; a program that needs a loader itself crashes
-                why = f"its program interpreter {interp} is a dynamically linked program, not a dynamic loader"
-            if why is not None:
-                text = f"{path}: killed by SIGSEGV: {why}"
-                f = M.Failure(M.CRASH, path, main.cid, text, text, M.STARTUP, True, exit_status=139)
-                s.failures.append(f)
-                s.portable = False
-                s.fatal = f
+                _execve_fails(s, M.NO_INTERPRETER, interp, 126,
+                              f"{path}: cannot execute: the program interpreter {interp}: {os.strerror(err)}")
+        elif s.fatal is None and kernel_cannot_map(elf):
+            # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
+            _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot map a segment "
+                                                 "whose offset and address are not page-aligned together")
+        elif s.fatal is None and interp is not None and rtld_elf is not None and rtld_elf.interpreter is not None:
+            # the kernel jumps into the interpreter unrelocated; a program that needs a loader itself crashes
+            _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: its program interpreter {interp} is "
+                                                 "a dynamically linked program, not a dynamic loader")
     s.setup_vdso()
     static = not dynamic or not elf.dynamic.needed
     if not dynamic:

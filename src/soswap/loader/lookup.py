@@ -235,8 +235,7 @@ class ObjectSymbols:
 
     def static_tls_positions(self, t: RefTable) -> Tuple[int, ...]:
         """The positions in ``t`` (a table of this object) of the first lookup of each symbol its relocations
-        place in static TLS (x86 TPOFF: ``elf_machine_rela``'s ``CHECK_STATIC_TLS``); local symbols, the
-        object's own TLS, make none."""
+        place in static TLS (:data:`_STATIC_TLS_TYPES`); local symbols, the object's own TLS, make none."""
         hit = self._static_tls_at.get(id(t))
         if hit is None:
             wanted = set(self._static_tls or ())
