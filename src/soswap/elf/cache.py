@@ -10,8 +10,9 @@ from soswap.elf.file import ElfFile
 from soswap.elf.source import Identity, identity_of
 from soswap.errors import ElfError
 
-#: Parsed files whose descriptor stays open (their lazy parts decode without reopening); older ones are closed
-#: and reopen on demand (with an identity check). Keeps well under the usual 1024-descriptor limit.
+#: Parsed files whose descriptor stays open (their lazy parts decode without reopening); the least recently
+#: opened ones are closed and reopen on demand (with an identity check), counted again when they do. Keeps a
+#: cache well under the usual 1024-descriptor limit however many files it holds.
 OPEN_FILES = 128
 
 
@@ -21,10 +22,10 @@ class ElfCache:
     Errors are cached too, so a malformed file is reported the same way every time it is met.
     """
 
-    def __init__(self, open_files: int = OPEN_FILES) -> None:
+    def __init__(self, open_files: Optional[int] = None) -> None:
         self._by_identity: Dict[Identity, Union[ElfFile, ElfError]] = {}
         self._open: OrderedDict[Identity, ElfFile] = OrderedDict()
-        self._open_limit = open_files
+        self._open_limit = open_files if open_files is not None else _default_open_files()
 
     def __len__(self) -> int:
         return len(self._by_identity)
@@ -45,6 +46,7 @@ class ElfCache:
                 hit = exc
             else:
                 self._keep_open(ident, hit)
+                hit.on_reopen(lambda ident=ident, elf=hit: self._keep_open(ident, elf))
             self._by_identity[ident] = hit
         if isinstance(hit, ElfError):
             raise hit
@@ -52,6 +54,7 @@ class ElfCache:
 
     def _keep_open(self, ident: Identity, elf: ElfFile) -> None:
         self._open[ident] = elf
+        self._open.move_to_end(ident)
         while len(self._open) > self._open_limit:
             _old, oldest = self._open.popitem(last=False)
             oldest.close()
@@ -60,3 +63,16 @@ class ElfCache:
         """Close every descriptor still open (the parsed data stays usable; files reopen on demand)."""
         while self._open:
             self._open.popitem()[1].close()
+
+
+def _default_open_files() -> int:
+    """:data:`OPEN_FILES`, or a quarter of a lower descriptor limit (``ulimit -n``), at least 8."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return OPEN_FILES
+    if soft == resource.RLIM_INFINITY:
+        return OPEN_FILES
+    return max(8, min(OPEN_FILES, soft // 4))

@@ -9,7 +9,7 @@ files work); they are consulted only to size a dynamic symbol table that has nei
 from __future__ import annotations
 
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo, decode_dynamic
@@ -164,6 +164,11 @@ class ElfFile:
     def close(self) -> None:
         """Release the file descriptor. Later lazy decoding reopens the file and checks it is unchanged."""
         self._src.close()
+
+    def on_reopen(self, hook: Optional[Callable[[], None]]) -> None:
+        """Call ``hook`` whenever lazy decoding reopens the file after :meth:`close` (files in memory never do)."""
+        if isinstance(self._src, FileSource):
+            self._src.on_reopen = hook
 
     def __enter__(self) -> ElfFile:
         return self

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 from soswap.errors import ElfError
 
@@ -95,6 +95,8 @@ class FileSource(Source):
         self.identity: Optional[Identity] = identity_of(st)
         #: st_ctime_ns at open: every write or metadata change moves it, and no system call sets it
         self.change_ns: Optional[int] = st.st_ctime_ns
+        #: called after a read reopened the file (an :class:`~soswap.elf.cache.ElfCache` counts it as open again)
+        self.on_reopen: Optional[Callable[[], None]] = None
 
     def _ensure_open(self) -> int:
         if self._fd is not None:
@@ -108,6 +110,8 @@ class FileSource(Source):
             os.close(fd)
             raise ElfError(self.path, "the file changed while it was being read")
         self._fd = fd
+        if self.on_reopen is not None:
+            self.on_reopen()
         return fd
 
     def _read(self, offset: int, length: int) -> bytes:
