@@ -157,6 +157,23 @@ def test_old_inode_with_a_second_hard_link_is_replaced(procs, fx, tmp_path: Path
     assert "hard link" in f.detail
 
 
+@requires_root
+def test_old_inode_renamed_back_is_current(procs, fx, tmp_path: Path) -> None:
+    """What a rollback does: the old inode (kept under a backup name) renamed back over the new file. maps
+    still says "(deleted)" (the dentry it was mapped through is gone), but the process runs the file at the
+    path: nothing to restart (it was reported 'replaced' for good)."""
+    p, lib, _ = start_prog(procs, fx, tmp_path)
+    backup = lib.with_name(".libfix.so.bak-1")
+    os.link(lib, backup)
+    replace_by_rename(lib, fx.lib_v2.read_bytes())
+    assert [f.kind for f in scan_pid(p.pid)] == ["replaced"]
+    os.rename(backup, lib)
+    with open(f"/proc/{p.pid}/maps") as maps:
+        assert any(line.rstrip().endswith(f"{lib} (deleted)") for line in maps)
+    assert scan_pid(p.pid) == []
+    assert files_of(stale_json("--pid", str(p.pid)), p.pid) == []
+
+
 # 7, 8, 10 --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["lib with spaces.so", "lib\nnewline.so", "lib-\udcff\udcfe.so", "back\\012slash.so"],
                          ids=["spaces", "newline", "non-utf8", "literal-backslash-012"])

@@ -437,6 +437,13 @@ class _Scanner:
                 name = os.fsdecode(path)
         if deleted:
             now = view.stat(ctx, path, dev)
+            if not isinstance(now, int) and now.st_nlink > 0 and view.same_file(pid, dev, inode, first.start,
+                                                                                 first.end, now):
+                # the mapped inode is at its name again, under a new dentry (a rollback renamed it back): the
+                # kernel's d_path still says "(deleted)" for the dentry it was mapped through. (With no link
+                # left it is only a bind mount's source, deleted: still reported.)
+                deleted = False
+        if deleted:
             there = (f"a new file (inode {now.st_ino}) is at the path" if not isinstance(now, int)
                      else "nothing is at the path now")
             mf = view.map_file_stat(pid, dev, inode, first.start, first.end)
