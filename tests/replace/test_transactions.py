@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,54 @@ def test_rollback_restores_everything(tmp_path, libfoo, state):
     hist = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
     assert [t["kind"] for t in hist] == ["install", "install", "rollback", "rollback", "rollback"]
     assert hist[0]["rolled_back_by"] == rb1
+
+
+def _privileges(path: Path):  # type: ignore[no-untyped-def]
+    st = os.lstat(path)
+    try:
+        cap = os.getxattr(path, "security.capability", follow_symlinks=False)
+    except OSError:
+        cap = None
+    return st.st_ino, stat.S_IMODE(st.st_mode), cap
+
+
+def test_backups_of_privileged_files_are_stripped_and_rollback_restores(tmp_path, libfoo, state):
+    """A set-ID program with file capabilities, replaced: its backup (the old, maybe vulnerable inode) keeps
+    neither the set-ID bits nor the capabilities nor a hard link elsewhere's privilege (dpkg's secure unlink);
+    the new file has them; a rollback gives them back to the old inode, and strips the rolled-back version."""
+    if shutil.which("setcap") is None:
+        pytest.skip("no setcap")
+    d = tmp_path / "bin"
+    d.mkdir()
+    prog = d / "tool"
+    shutil.copyfile(libfoo.once, prog)
+    os.chmod(prog, 0o6755)
+    assert run(["setcap", "cap_net_bind_service=+ep", prog]).returncode == 0
+    ino1, mode1, cap1 = _privileges(prog)
+    assert cap1 is not None
+    attacker = tmp_path / "kept-link"
+    os.link(prog, attacker)  # a hard link someone made to the old version
+    r = soswap(["install", "--json", libfoo.loop, prog], state, check=0)
+    tx1 = json.loads(r.stdout)["txid"]
+    ino2, mode2, cap2 = _privileges(prog)
+    assert ino2 != ino1 and (mode2, cap2) == (mode1, cap1)  # the new file: the old metadata
+    (backup,) = backups(d)
+    assert _privileges(d / backup) == (ino1, 0o600, None)
+    assert _privileges(attacker) == (ino1, 0o600, None)
+    entry = json.loads((Path(state) / "tx" / f"{tx1}.json").read_text())["entries"][0]
+    assert entry["privileges"] == {"mode": 0o6755, "capability": cap1.hex()}
+
+    soswap(["rollback", tx1], state, check=0)
+    assert _privileges(prog) == (ino1, mode1, cap1)  # the old inode, privileged again
+    (backup2,) = backups(d)
+    assert _privileges(d / backup2) == (ino2, 0o600, None)  # the rolled-back version's backup
+    assert sha256(prog) == sha256(libfoo.once)
+
+    # without backups kept, the old inode is stripped before its link goes
+    os.link(prog, tmp_path / "kept-link-2")
+    soswap(["install", "--no-backup", libfoo.loop, prog], state, check=0)
+    assert _privileges(tmp_path / "kept-link-2") == (ino1, 0o600, None)
+    assert _privileges(prog)[1:] == (mode1, cap1)
 
 
 def test_rollback_refused_when_file_changed_since(tmp_path, libfoo, state):

@@ -261,6 +261,7 @@ def _planned_changes(plans: Sequence[_Plan], order: Sequence[int], links: Dict[i
             backup=naming.backup_name(t.name, txid) if txid and old is not None else None,
             old=old,
             flags=flags,
+            privileges=metadata.privileges_of(t.path, p.old_st) if p.old_st is not None else None,
         ))
         lp = links.get(i)
         if lp is not None and lp.link not in link_seen:

@@ -150,3 +150,71 @@ def apply(fd: int, md: Metadata, dest: str, mode_given: bool, times_ns: Optional
 def _lost_special(fd: int, md: Metadata) -> bool:
     special = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
     return (stat.S_IMODE(os.fstat(fd).st_mode) & special) != (md.mode & special)
+
+
+# -- the privileges of a replaced file's backup --------------------------------------------------------------
+
+#: Permission bits a backup of a privileged file keeps (dpkg's secure_unlink_statted: chmod 0600).
+STRIPPED_MODE = 0o600
+
+Privileges = Tuple[int, Optional[str]]
+
+
+def privileges_of(path: str, st: os.stat_result) -> Optional[Privileges]:
+    """(permission bits, ``security.capability`` as hex or None) of the regular file ``path`` (``st``: its
+    lstat) when it is set-user-ID, set-group-ID or has file capabilities; else None."""
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    try:
+        cap: Optional[bytes] = os.getxattr(path, CAPABILITY, follow_symlinks=False)
+    except OSError:  # ENODATA (none), ENOTSUP (no xattrs here), EACCES
+        cap = None
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & (stat.S_ISUID | stat.S_ISGID) and cap is None:
+        return None
+    return mode, cap.hex() if cap is not None else None
+
+
+def _open_same(dfd: int, name: str, dev: int, ino: int) -> Optional[int]:
+    """``name`` in ``dfd`` opened (never following a link, never blocking) when it is the inode (dev, ino)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, dir_fd=dfd)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def strip_privileges(dfd: int, name: str, dev: int, ino: int) -> None:
+    """Drop the set-ID bits, the execute bits and the file capabilities of ``name`` (a backup: the old inode
+    ``dev``/``ino``); idempotent. Running processes keep what exec gave them."""
+    fd = _open_same(dfd, name, dev, ino)
+    if fd is None:
+        return
+    try:
+        try:
+            os.removexattr(fd, CAPABILITY)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+        os.fchmod(fd, STRIPPED_MODE)
+    finally:
+        os.close(fd)
+
+
+def restore_privileges(dfd: int, name: str, dev: int, ino: int, privileges: Privileges) -> None:
+    """Give ``name`` (the inode ``dev``/``ino``, a backup about to be put back) its recorded permission bits
+    and file capabilities again (capabilities first: the set-ID bits survive setting them)."""
+    fd = _open_same(dfd, name, dev, ino)
+    if fd is None:
+        raise OSError(errno.ESTALE, "not the recorded backup", name)
+    try:
+        mode, cap = privileges
+        if cap is not None:
+            os.setxattr(fd, CAPABILITY, bytes.fromhex(cap))
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)

@@ -46,7 +46,11 @@ class Change(NamedTuple):
 
     ``temp`` and ``backup`` are names in the directory of ``dest``. ``old``/``new`` are None when there was no
     file before / there is none after. ``flags`` are the inode flags (``+i``/``+a``) to re-set on ``dest``
-    after the rename, when ``--force-immutable`` cleared them.
+    after the rename, when ``--force-immutable`` cleared them. ``privileges`` are the old file's permission
+    bits and ``security.capability`` (hex) when it was set-user/group-ID or had file capabilities: its backup
+    is stripped of them once the transaction is committed, as dpkg does to a replaced set-ID file (a hard link
+    to the old, vulnerable version must not stay privileged). ``restore`` are the privileges a rollback gives
+    back to the backup it puts in place.
     """
 
     kind: str
@@ -61,6 +65,8 @@ class Change(NamedTuple):
     link_old: Optional[str] = None
     link_new: Optional[str] = None
     method: Optional[str] = None
+    privileges: Optional[Tuple[int, Optional[str]]] = None
+    restore: Optional[Tuple[int, Optional[str]]] = None
 
     @property
     def directory(self) -> str:
@@ -84,6 +90,8 @@ class Change(NamedTuple):
             "link_old": self.link_old,
             "link_new": self.link_new,
             "method": self.method,
+            "privileges": _privileges_json(self.privileges),
+            "restore": _privileges_json(self.restore),
         }
 
     @classmethod
@@ -101,7 +109,21 @@ class Change(NamedTuple):
             link_old=obj.get("link_old"),
             link_new=obj.get("link_new"),
             method=obj.get("method"),
+            privileges=_privileges_from_json(obj.get("privileges")),
+            restore=_privileges_from_json(obj.get("restore")),
         )
+
+
+def _privileges_json(p: Optional[Tuple[int, Optional[str]]]) -> Optional[Dict[str, Any]]:
+    return None if p is None else {"mode": p[0], "capability": p[1]}
+
+
+def _privileges_from_json(obj: Any) -> Optional[Tuple[int, Optional[str]]]:
+    if obj is None:
+        return None
+    cap = obj.get("capability")
+    bytes.fromhex(cap) if cap is not None else None  # a malformed value is a malformed journal entry
+    return int(obj["mode"]) & 0o7777, cap
 
 
 class Notice(NamedTuple):

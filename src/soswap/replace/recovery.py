@@ -13,8 +13,10 @@ import os
 import stat
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
-from soswap.errors import Refused, StateError, UsageError
+from soswap.errors import Refused, ReplaceError, StateError, UsageError
 from soswap.replace import naming
+from soswap.replace.checks import describe_oserror
+from soswap.replace.metadata import privileges_of, restore_privileges
 from soswap.replace.pause import pause_point
 from soswap.replace.records import (
     KIND_FILE,
@@ -236,7 +238,8 @@ def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Chan
         else:  # put the backup back (for a KIND_REMOVE entry: re-create the file)
             out.append(Change(KIND_FILE, ch.dest, temp, backup if ch.new is not None else None,
                               source=os.path.join(ch.directory, ch.backup or ""), requested=ch.requested,
-                              old=ch.new, new=ch.old, flags=ch.flags))
+                              old=ch.new, new=ch.old, flags=ch.flags, restore=ch.privileges,
+                              privileges=privileges_of(ch.dest, cur) if cur is not None else None))
     if problems:
         raise Refused(f"cannot roll back transaction {record['txid']}: " + "; ".join(problems)
                       + "; nothing was changed")
@@ -279,6 +282,13 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
                     elif ch.kind == KIND_FILE:
                         assert ch.temp is not None and ch.new is not None and ch.source is not None
                         new = stage_link(dfd, ch.dest, os.path.basename(ch.source), ch.temp, ch.new)
+                        if ch.restore is not None:  # what the install's cleanup stripped from the backup
+                            try:
+                                restore_privileges(dfd, ch.temp, new.dev, new.ino, ch.restore)
+                            except OSError as exc:
+                                raise ReplaceError(describe_oserror(
+                                    ch.dest, exc, "restoring the set-ID bits and capabilities of the backup")) \
+                                    from None
                         staged.append(ch._replace(new=new, method="link"))
                     else:
                         staged.append(ch)

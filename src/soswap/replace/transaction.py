@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from soswap.errors import ReplaceError, StateError
 from soswap.replace import syscalls
 from soswap.replace.checks import describe_oserror
-from soswap.replace.metadata import BLOCKING_FLAGS
+from soswap.replace.metadata import BLOCKING_FLAGS, strip_privileges
 from soswap.replace.pause import pause_point
 from soswap.replace.records import KIND_REMOVE, KIND_SYMLINK, Change
 from soswap.replace.statedir import JOURNAL_VERSION, StateDir
@@ -375,6 +375,12 @@ def finish(tx: Transaction, changes: Sequence[Change], dirs: Dirs) -> None:
     for ch in changes:
         dfd = dirs.get(ch.directory)
         remove_temp(ch, dfd)
+        if ch.privileges is not None and ch.backup and ch.old is not None:
+            # before the link is dropped too: another hard link to the old inode must not stay privileged
+            try:
+                strip_privileges(dfd, ch.backup, ch.old.dev, ch.old.ino)
+            except OSError:
+                pass  # the rollback restores the recorded privileges either way
         if not keep:
             drop_backup(ch, dfd)
     restore_dir_flags(tx)
