@@ -67,9 +67,10 @@ def run_program(prog: PathLike, *args: str, cwd: Optional[PathLike] = None,
 
 
 def predict(prog: PathLike, *, cwd: Optional[PathLike] = None, env: Optional[Mapping[str, str]] = None,
-            symbols: bool = True, argv0: Optional[str] = None, secure: Optional[bool] = None):  # type: ignore[no-untyped-def]
+            symbols: bool = True, argv0: Optional[str] = None, secure: Optional[bool] = None,
+            profile: Optional[Profile] = None):  # type: ignore[no-untyped-def]
     """soswap's prediction for running ``prog``: (LoadResult, BindResult)."""
-    loader = make_loader(cwd=cwd, env=env, secure=secure)
+    loader = make_loader(cwd=cwd, env=env, secure=secure, profile=profile)
     res = loader.load(str(prog), argv0=argv0 or str(prog))
     bound = loader.bind(res, relocate=symbols)
     return res, bound

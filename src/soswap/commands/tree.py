@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
@@ -91,9 +92,20 @@ def _environment(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.bind_now:
         environ["LD_BIND_NOW"] = "1"
     cwd = args.cwd
-    if cwd is not None and not os.path.isdir(cwd):
-        raise UsageError(f"--cwd {cwd}: not a directory")
-    env = Environment.from_environ(environ, cwd=os.path.abspath(cwd) if cwd else None, secure=args.secure)
+    if os.path.abspath(args.root) != "/":
+        # inside a root, FILE and --cwd are the root's paths, and a program starts in its / (as under chroot)
+        from soswap.loader.rootfs import RootFS
+
+        cwd = posixpath.normpath(cwd) if cwd else "/"
+        if not cwd.startswith("/"):
+            raise UsageError(f"--cwd {cwd}: with --root, an absolute path inside the root")
+        if not os.path.isdir(RootFS(args.root).host(cwd)):
+            raise UsageError(f"--cwd {cwd}: not a directory under {args.root}")
+    elif cwd is not None:
+        if not os.path.isdir(cwd):
+            raise UsageError(f"--cwd {cwd}: not a directory")
+        cwd = os.path.abspath(cwd)
+    env = Environment.from_environ(environ, cwd=cwd, secure=args.secure)
     changes: Dict[str, object] = {}
     if args.inhibit_cache:
         changes["inhibit_cache"] = True
@@ -221,6 +233,7 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
 def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, object, str]:  # type: ignore[no-untyped-def]
     """(exit status for this file, rendered text or JSON document, error line)."""
     from soswap.errors import SoswapError
+    from soswap.loader.model import FIRST_CALL
     from soswap.report.tree import error_json, render_text, result_json
 
     try:
@@ -229,7 +242,11 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, 
     except SoswapError as exc:
         text = " ".join(_named(exc, path).splitlines())
         return EXIT_ERROR, error_json(path, text) if args.json else "", f"soswap: error: {text}\n"
-    code = EXIT_FOUND if bound.fatal is not None or bound.unresolved else EXIT_OK
+    # a failure at startup, an unresolved symbol, or what kills the program at a first call (check_match's
+    # assertion; a warning printed at a first call has no exit status)
+    failed = bound.fatal is not None or bound.unresolved or any(
+        f.when == FIRST_CALL and f.exit_status is not None for f in bound.failures)
+    code = EXIT_FOUND if failed else EXIT_OK
     if args.json:
         return code, result_json(res, bound, args.symbols), ""
     return code, render_text(res, bound, show_all=args.all, symbols=args.symbols), ""

@@ -42,7 +42,9 @@ _UNSET = object()
 class BindCache:
     """Everything binding keeps across loads (owned by a :class:`Loader`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, glibc: Tuple[int, int] = (2, 36)) -> None:
+        #: the glibc version of the target (the relocation type classes depend on it)
+        self.glibc = glibc
         self._hashes: Optional[NameHashes] = None
         self.objects: Dict[int, ObjectSymbols] = {}
         #: reference key -> an object (ObjectSymbols) that accepted it
@@ -107,7 +109,7 @@ class BindCache:
         if s is None or s.elf is not elf:
             from soswap.loader.lookup import ObjectSymbols
 
-            s = self.objects[key] = ObjectSymbols(elf, self.hashes)
+            s = self.objects[key] = ObjectSymbols(elf, self.hashes, self.glibc < (2, 36))
         return s
 
 
@@ -672,8 +674,9 @@ def _exact_lookups(b: Binder, i: int, refs: Tuple[Reference, ...], lazy: bool, t
     non-lazy one (data, BIND_NOW, LD_BIND_NOW), where ld.so aborts and nothing after it is looked up; at the
     first call for a lazy PLT slot (``_dl_fixup``), after the whole startup ran. Trace mode (``ldd -d``) makes
     no lazy lookup."""
-    from soswap.loader.lookup import ASSERTION_TEXT
+    from soswap.loader.assertions import check_match_assertion
 
+    text = check_match_assertion(b.glibc)
     bad = []
     for n, ref in enumerate(refs):
         at_startup = not (lazy and ref.lazy)
@@ -683,7 +686,7 @@ def _exact_lookups(b: Binder, i: int, refs: Tuple[Reference, ...], lazy: bool, t
             where, _sym = b.ordered(i, ref, skip_main=ref.copy)
         except LookupAborted as exc:
             vname = ref.version.name if ref.version is not None else None
-            events.append((n, M.Failure(M.ASSERTION, b.res.objects[exc.obj].path, i, ASSERTION_TEXT, ASSERTION_TEXT,
+            events.append((n, M.Failure(M.ASSERTION, b.res.objects[exc.obj].path, i, text, text,
                                         M.STARTUP if at_startup else M.FIRST_CALL, at_startup, ref.name, vname,
                                         exit_status=127)))
             if at_startup:
@@ -720,7 +723,7 @@ def _program_checks(b: Binder, i: int, syms: ObjectSymbols, t: RefTable, lazy: b
                 continue  # reported by the lookups themselves
         if where is None or not isinstance(sym, Sym):
             continue
-        if sym.visibility == C.STV_PROTECTED:
+        if sym.visibility == C.STV_PROTECTED and b.glibc >= (2, 36):  # dl-protected.h came in 2.36
             _protected(b, i, where, ref, at_startup, events, n)
             if events and events[-1][1].kind == M.INDIRECT_EXTERN_ACCESS and at_startup:
                 return

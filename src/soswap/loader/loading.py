@@ -110,7 +110,7 @@ class Loader:
         if self._bind_cache is None:
             from soswap.loader.binding import BindCache
 
-            self._bind_cache = BindCache()
+            self._bind_cache = BindCache(self.profile.glibc_version)
         return self._bind_cache
 
     def file_system(self, profile: Profile) -> FileSystem:
@@ -422,6 +422,10 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
         i = searchlist.index(rtld)
         prev = searchlist[i - 1]
         chain.insert(chain.index(prev) + 1, rtld)
+    elif rtld is not None and not s.aborted and s.profile.glibc_version >= (2, 41):
+        # dl_main since 2.41 ("rtld_multiple_ref is always true"): ld.so stays in the chain when no object
+        # needs it, after everything else (ldd lists it last; it is still outside the search list)
+        chain.append(rtld)
     order = {m.cid: n for n, m in enumerate(chain)}
     get = order.get
 

@@ -11,6 +11,7 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import KIND_COPY, KIND_NONE, KIND_PLT, KIND_RELATIVE, KIND_TLS, RELOCATION_KINDS
 from soswap.errors import ElfError
+from soswap.loader.assertions import check_match_assertion
 from soswap.loader.model import Reference, VersionRef
 from soswap.loader.symtab import NameHashes, RawSymbols, Sym, relocation_infos
 
@@ -25,13 +26,17 @@ _ALLOWED_TYPES = frozenset((C.STT_NOTYPE, C.STT_OBJECT, C.STT_FUNC, C.STT_COMMON
 #: x86_64 relocation types resolved with ELF_RTYPE_CLASS_PLT (elf_machine_type_class).
 _X86_64_PLT_CLASS = frozenset((7, 16, 17, 18, 36))  # JUMP_SLOT, DTPMOD64, DTPOFF64, TPOFF64, TLSDESC
 _X86_64_COPY = 5
+_X86_64_GLOB_DAT = 6
+_386_GLOB_DAT = 6
+#: ELF_RTYPE_CLASS_EXTERN_PROTECTED_DATA (x86, glibc < 2.36): no PLT or copy bit, a key of its own
+CLASS_EXTERN_PROTECTED_DATA = 4
 _X86_64_TLSDESC = 36
 #: Relocations that place their symbol in static TLS: R_X86_64_TPOFF64 (CHECK_STATIC_TLS) and R_X86_64_TLSDESC
 #: (TRY_STATIC_TLS, at load time since glibc 2.34); R_386_TLS_TPOFF, R_386_TLS_TPOFF32, R_386_TLS_DESC
 _STATIC_TLS_TYPES = {C.EM_X86_64: frozenset((18, 36)), C.EM_386: frozenset((14, 37, 41))}
 
-ASSERTION_TEXT = ("Inconsistency detected by ld.so: dl-lookup.c: 107: check_match: Assertion `version->filename "
-                  "== NULL || ! _dl_name_match_p (version->filename, map)' failed!")
+#: check_match's assertion as glibc 2.36 prints it (other releases: soswap.loader.assertions)
+ASSERTION_TEXT = check_match_assertion((2, 36))
 
 
 class RefTable(NamedTuple):
@@ -78,9 +83,11 @@ FOUND_NOVERSIONS = 4  # accepted because the object has no versioning (see _NoVe
 class ObjectSymbols:
     """What binding needs from one ELF file, decoded once and kept by the :class:`Loader`."""
 
-    def __init__(self, elf: ElfFile, hashes: NameHashes) -> None:
+    def __init__(self, elf: ElfFile, hashes: NameHashes, extern_protected_data: bool = False) -> None:
         self.elf = elf
         self.hashes = hashes
+        #: glibc < 2.36 on x86: GLOB_DAT is ELF_RTYPE_CLASS_EXTERN_PROTECTED_DATA (see _type_classes)
+        self.extern_protected_data = extern_protected_data
         self.raw = RawSymbols(elf)
         self.has_hash = self.raw.has_hash
         #: the GNU hashes of its names (RawSymbols.hash_words), None without DT_GNU_HASH
@@ -169,10 +176,10 @@ class ObjectSymbols:
         elf = self.elf
         raw = self.raw
         count = raw.count
-        # Each relocation that names a symbol becomes symbol << 3 | type class << 1 | lazy slot, in
+        # Each relocation that names a symbol becomes symbol << 4 | type class << 1 | lazy slot, in
         # _ELF_DYNAMIC_DO_RELOC order; relocation types that make no lookup are dropped.
         seq: List[int] = []
-        tcmap, default_tc, nolazy = _type_classes(elf.machine)
+        tcmap, default_tc, nolazy = _type_classes(elf.machine, self.extern_protected_data)
         shift, mask = (32, 0xFFFFFFFF) if raw.is64 else (8, 0xFF)
         # static TLS relocations name global or weak STT_TLS symbols (st_info 0x16, 0x26): most objects have none
         tls_types = (_STATIC_TLS_TYPES.get(elf.machine) if self._static_tls is None
@@ -182,17 +189,17 @@ class ObjectSymbols:
             get = tcmap[in_jmprel].get
             dflt = default_tc[in_jmprel]
             if in_jmprel:
-                seq += [(i >> shift) << 3 | tc << 1 | ((i & mask) not in nolazy)
+                seq += [(i >> shift) << 4 | tc << 1 | ((i & mask) not in nolazy)
                         for i in infos if (tc := get(i & mask, dflt)) >= 0]
             else:
-                seq += [(i >> shift) << 3 | tc << 1 for i in infos if (tc := get(i & mask, dflt)) >= 0]
+                seq += [(i >> shift) << 4 | tc << 1 for i in infos if (tc := get(i & mask, dflt)) >= 0]
             if tls_types:  # TPOFF in DT_RELA, TLSDESC in either table
                 tls += [i >> shift for i in infos if i & mask in tls_types]
         if self._static_tls is None:
             self._static_tls = tuple(dict.fromkeys(tls))
-        used = {c >> 3 for c in seq}
+        used = {c >> 4 for c in seq}
         if used and max(used) >= count:
-            bad = next(c >> 3 for c in seq if c >> 3 >= count)
+            bad = next(c >> 4 for c in seq if c >> 4 >= count)
             raise ElfError(elf.path, f"relocation names symbol {bad} of {count}")
         # resolve_map: a local or hidden symbol binds to the object itself (no lookup, the lookup cache
         # is not touched); the others are looked up by name and version
@@ -219,15 +226,15 @@ class ObjectSymbols:
         for i in local_syms:
             meta[i] = None
         if has_local:
-            seq = [c for c in seq if meta[c >> 3] is not None]
+            seq = [c for c in seq if meta[c >> 4] is not None]
         # l_lookup_cache: a lookup of the same symbol and class as the one before is not made again
         codes = [c for c, prev in zip(seq, [-2, *seq]) if c >> 1 != prev >> 1]
         keyof = {}
         for k in {c >> 1 for c in codes}:
-            m = meta[k >> 2]
-            keyof[k] = (m[0], m[2], k & 3)  # type: ignore[index]
+            m = meta[k >> 3]
+            keyof[k] = (m[0], m[2], k & 7)  # type: ignore[index]
         keys = [keyof[c >> 1] for c in codes]
-        symbols = [c >> 3 for c in codes]
+        symbols = [c >> 4 for c in codes]
         lazies = [bool(c & 1) for c in codes]
         # every symbol with a meta entry made at least one reference (its first one is never collapsed)
         files = frozenset(m[1].filename for m in meta.values() if m is not None and m[1] is not None)
@@ -352,19 +359,26 @@ _NONE = (FOUND_NONE, -1)
 
 #: machine -> ({in DT_JMPREL: {relocation type: type class, -1 = no lookup}}, {in DT_JMPREL: class of an
 #: unknown type}, types never lazy in DT_JMPREL)
-_CLASSES: Dict[int, Tuple[Dict[bool, Dict[int, int]], Dict[bool, int], frozenset]] = {}
+_CLASSES: Dict[Tuple[int, bool], Tuple[Dict[bool, Dict[int, int]], Dict[bool, int], frozenset]] = {}
 
 
-def _type_classes(machine: int) -> Tuple[Dict[bool, Dict[int, int]], Dict[bool, int], frozenset]:
+def _type_classes(machine: int, extern_protected_data: bool = False
+                  ) -> Tuple[Dict[bool, Dict[int, int]], Dict[bool, int], frozenset]:
     """How ``elf_machine_type_class`` classes each relocation type of ``machine``, and which lookups
-    ``elf_machine_lazy_rel`` leaves for the first call."""
-    hit = _CLASSES.get(machine)
+    ``elf_machine_lazy_rel`` leaves for the first call. ``extern_protected_data``: glibc before 2.36 on x86,
+    where GLOB_DAT is ``ELF_RTYPE_CLASS_EXTERN_PROTECTED_DATA`` (4): a GLOB_DAT and an absolute relocation
+    of the same symbol are two lookups for ``resolve_map``'s cache (and ``ldd -r`` reports a missing symbol
+    for each)."""
+    key = (machine, extern_protected_data)
+    hit = _CLASSES.get(key)
     if hit is not None:
         return hit
     if machine == C.EM_X86_64:
         # RELATIVE and NONE make no lookup; JUMP_SLOT, DTPMOD64, DTPOFF64, TPOFF64, TLSDESC are PLT class
         table = {8: -1, 0: -1, _X86_64_COPY: CLASS_COPY}
         table.update({t: CLASS_PLT for t in _X86_64_PLT_CLASS})
+        if extern_protected_data:
+            table[_X86_64_GLOB_DAT] = CLASS_EXTERN_PROTECTED_DATA
         hit = ({False: table, True: table}, {False: 0, True: 0}, frozenset((_X86_64_TLSDESC,)))
     else:
         kinds = RELOCATION_KINDS.get(machine, {})
@@ -374,7 +388,9 @@ def _type_classes(machine: int) -> Tuple[Dict[bool, Dict[int, int]], Dict[bool, 
                 table[t] = -1
             else:
                 table[t] = CLASS_PLT if kind in (KIND_PLT, KIND_TLS) else (CLASS_COPY if kind == KIND_COPY else 0)
+        if extern_protected_data and machine == C.EM_386:
+            table[_386_GLOB_DAT] = CLASS_EXTERN_PROTECTED_DATA
         # an unknown type counts as a PLT slot in DT_JMPREL and as data elsewhere
         hit = ({False: table, True: table}, {False: 0, True: CLASS_PLT}, frozenset())
-    _CLASSES[machine] = hit
+    _CLASSES[key] = hit
     return hit

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import re
 from typing import Dict, NamedTuple, Optional, Tuple
 
@@ -69,6 +70,9 @@ def abi_for(machine: int, elf_class: int) -> Optional[Abi]:
 
 _VERSION_RE = re.compile(rb"release version (\d+)\.(\d+)")
 _CACHE_VERSION_RE = re.compile(r"(\d+)\.(\d+)\)?\s*$")
+_NAME_VERSION_RE = re.compile(r"^ld-(\d+)\.(\d+)\.so$")
+#: The glibc version assumed when nothing under the root says which it is (Debian 12's).
+DEFAULT_GLIBC = (2, 36)
 _LIB_RE = re.compile(rb"ORIGIN\0PLATFORM\0LIB\0([^\0]{1,200})\0")
 _DIRS_RE = re.compile(rb"(?:/[\x21-\x7e]{0,200}/\0){2,}")
 
@@ -117,12 +121,11 @@ class Profile:
         a = ABIS[abi]
         interp = interpreter or a.interpreter
         ldso = _read_prefix(fs.host(interp), 4 << 20)
-        version = _version_from_ldso(ldso)
-        if version is None:
-            version = _version_from_cache(fs.host("/etc/ld.so.cache"))
-        if version is None:
-            version = (2, 36)
         dirs = _system_dirs_from_ldso(ldso, a)
+        # ld.so carries the "release version" banner since 2.33 (--version); before, libc.so.6 has it, and
+        # ld.so's file is named after the version (ld-2.31.so); the cache's generator string came in 2.32
+        version = (_version_from_ldso(ldso) or _version_from_libc(fs, dirs) or _version_from_name(fs, interp)
+                   or _version_from_cache(fs.host("/etc/ld.so.cache")) or DEFAULT_GLIBC)
         lib = _lib_from_ldso(ldso) or (dirs[0].strip("/") if dirs else "lib")
         info = cpumod.CpuInfo.parse(cpuinfo, a.name) if cpuinfo is not None else cpumod.CpuInfo.read(
             arch=a.name)
@@ -132,8 +135,10 @@ class Profile:
         isa: Optional[int] = None
         legacy_hwcap = platform_bit = platform_mask = 0
         if a.name == "x86_64":
-            isa = cpumod.isa_level(info, version)
-            hwcaps = cpumod.x86_64_hwcaps_subdirs(isa)
+            # glibc-hwcaps subdirectories and the x86 ISA level (hwcaps, cache entries, _rtld_main_check)
+            # came in 2.33
+            isa = cpumod.isa_level(info, version) if version >= (2, 33) else None
+            hwcaps = cpumod.x86_64_hwcaps_subdirs(isa) if isa is not None else ()
             platform, avx512_1 = cpumod.x86_64_platform(info)
             # HWCAP_X86_64 (bit 1), HWCAP_X86_AVX512_1 (bit 2); dl_x86_hwcap_flags = sse2, x86_64, avx512_1
             names = ["x86_64"] + (["avx512_1"] if avx512_1 else [])
@@ -248,6 +253,21 @@ def _read_prefix(path: str, limit: int) -> bytes:
 
 def _version_from_ldso(data: bytes) -> Optional[Tuple[int, int]]:
     m = _VERSION_RE.search(data)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _version_from_libc(fs: RootFS, dirs: Tuple[str, ...]) -> Optional[Tuple[int, int]]:
+    # libc.so.6's banner (__libc_print_version): "... release version 2.31."
+    for d in dirs:
+        version = _version_from_ldso(_read_prefix(fs.host(posixpath.join(d, "libc.so.6")), 16 << 20))
+        if version is not None:
+            return version
+    return None
+
+
+def _version_from_name(fs: RootFS, interp: str) -> Optional[Tuple[int, int]]:
+    # before 2.34 the loader's file is ld-2.NN.so, and PT_INTERP a link to it
+    m = _NAME_VERSION_RE.search(posixpath.basename(fs.target_realpath(interp)))
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 

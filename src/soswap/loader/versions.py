@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 from soswap.errors import ElfError
 from soswap.loader import model as M
+from soswap.loader.assertions import verneed_assertion
 
 if TYPE_CHECKING:
     from soswap.loader.binding import Binder
@@ -91,14 +92,14 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
     if unknown is not None:
         # _dl_check_map_versions: find_needed found no object by the need's vn_file (a DT_NEEDED removed or
         # renamed without its version needs, as "patchelf --remove-needed" leaves them): assert (needed != NULL)
-        out.append(M.Failure(M.ASSERTION, o.display or argv0, o.index, VERNEED_ASSERTION, VERNEED_ASSERTION,
+        text = verneed_assertion(res.profile.glibc_version)
+        out.append(M.Failure(M.ASSERTION, o.display or argv0, o.index, text, text,
                              M.STARTUP, True, exit_status=127))
     return out
 
 
-#: glibc 2.36's text (the line number is that of elf/dl-version.c as built by Debian)
-VERNEED_ASSERTION = ("Inconsistency detected by ld.so: dl-version.c: 204: _dl_check_map_versions: Assertion "
-                     "`needed != NULL' failed!")
+#: glibc 2.36's text (other releases: soswap.loader.assertions)
+VERNEED_ASSERTION = verneed_assertion((2, 36))
 
 
 def find_needed(res: M.LoadResult, name: str) -> Optional[int]:

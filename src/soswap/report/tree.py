@@ -38,6 +38,9 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True)
     objs = res.objects
     root = objs[0]
     if res.static:
+        interp = root.elf.interpreter if root.elf is not None else None
+        if interp:  # ldd says "statically linked" too, but ld.so runs it
+            return [f"{res.argv0}  (interpreter {interp}; no DT_NEEDED: no library is loaded)"]
         return [f"{res.argv0}  (statically linked: nothing is loaded)"]
     notes = []
     if root.elf is not None and root.elf.interpreter:
