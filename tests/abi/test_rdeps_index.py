@@ -736,3 +736,31 @@ def test_a_listing_that_leaves_out_stored_rows_is_corrupt(fuzz_base: tuple, colu
         assert _roots(_update(tree, path.parent), tree) == good
     finally:
         path.write_bytes(saved)
+
+
+@requires_root
+def test_a_library_directory_that_is_a_mount_point_is_walked(tmp_path: Path) -> None:
+    """/usr/lib/x86_64-linux-gnu mounted on its own (an overlay, a bind mount) inside /usr/lib, both indexed:
+    the walk of the outer directory stops at the mount, so the inner one is walked as its own top (its plugins
+    were never checked), and an update of the outer one does not forget it."""
+    outer = tmp_path / "lib"
+    inner = outer / "multiarch"
+    inner.mkdir(parents=True)
+    lib = shared_lib(outer / "libq.so.1", "int q(void) { return 1; }\n", soname="libq.so.1")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "soswap-test", str(inner)], check=True)
+    try:
+        prog = executable(inner / "prog", "int q(void);\nint main(void) { return q(); }\n", libs=[str(lib)],
+                          flags=[f"-Wl,-rpath,{outer}"])
+        state = tmp_path / "state"
+        tops = [Top(str(outer), True), Top(str(inner), True)]
+        idx = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
+        idx.update(tops)
+        idx.save()
+        assert _dependents(idx, lib, outer) == {str(prog)}
+        (outer / "new-file").write_text("x")  # the outer directory changed: its walk forgets what it did not see
+        idx = RdepsIndex(str(state / INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
+        idx.update(tops)
+        assert _dependents(idx, lib, outer) == {str(prog)}
+    finally:
+        if subprocess.run(["umount", str(inner)]).returncode != 0:  # a descriptor still open: detach it
+            subprocess.run(["umount", "-l", str(inner)], check=True)

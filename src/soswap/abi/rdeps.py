@@ -259,6 +259,8 @@ class RdepsIndex:
         #: the roots of the last update, for the query that follows it
         self._roots_tops: Optional[List[Top]] = None
         self._roots: List[str] = []
+        #: the tops of the update in progress
+        self._walked_tops: List[Top] = []
         #: members stat-ed during this update
         self._checked: Set[int] = set()
         #: the stored extras part (decoded on demand) and how many directory rows came from the file
@@ -387,6 +389,7 @@ class RdepsIndex:
                 e[F_TREE] = None
         self._refresh_probed(changed_names, now_ns)
         roots: List[str] = []
+        self._walked_tops = tops
         for top in tops:
             old = data.tops.get(top.path)
             if old is None or (top.recursive and not old[0]) or now - old[1] > _USED_RESOLUTION_S:
@@ -554,8 +557,11 @@ class RdepsIndex:
                 extend([prefix + s for s in reversed(names.split("/"))])
         self.stats.dirs += len(seen)
         if changed:
-            # forget the directories that are gone (and their files)
-            for d in [d for d in index if d not in seen and _dir_under(d, top)]:
+            # forget the directories that are gone (and their files); a top inside this one (a mount point
+            # this walk does not enter) keeps its own
+            inner = [t for t in self._walked_tops if t.path != top.path and _dir_under(t.path, top)]
+            for d in [d for d in index if d not in seen and _dir_under(d, top)
+                      and not any(_dir_under(d, t) for t in inner)]:
                 self._forget_dir(d, changed_names)
         return roots
 

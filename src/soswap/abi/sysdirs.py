@@ -29,8 +29,9 @@ class Top(NamedTuple):
 
 
 def canonical_tops(tops: Sequence[Top]) -> List[Top]:
-    """Real paths, existing directories only, duplicates and directories inside a recursive one dropped;
-    a directory given both flat and recursive is recursive."""
+    """Real paths, existing directories only, duplicates and directories inside a recursive one dropped
+    (unless on another file system: a mount point the walk of the outer one does not enter); a directory given
+    both flat and recursive is recursive."""
     wanted: Dict[str, bool] = {}
     for t in tops:
         if t.path and os.path.isabs(t.path):
@@ -45,10 +46,17 @@ def canonical_tops(tops: Sequence[Top]) -> List[Top]:
     recursive_dirs = sorted(p for p, r in best.items() if r)
     out = []
     for p in sorted(best):
-        if any(p != r and _inside(p, r) for r in recursive_dirs):
+        if any(p != r and _inside(p, r) and _same_device(p, r) for r in recursive_dirs):
             continue
         out.append(Top(p, best[p]))
     return out
+
+
+def _same_device(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return True
 
 
 def canonical_path(path: str) -> str:
