@@ -219,3 +219,54 @@ int main(int argc, char **argv) {
     again = subprocess.run([str(host), str(plug), str(tmp_path / "ready2")], capture_output=True, text=True,
                            timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert again.returncode == 127 and "undefined symbol: bar" in again.stderr and again.stdout == ""
+
+
+TITLED = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+extern char **environ;
+int foo(void);
+int main(int argc, char **argv) {
+    (void)argc;
+    if (foo() != 42) return 1;
+    /* setproctitle as nginx does it: the title over argv and the environment, the rest NUL */
+    char ready[4096];
+    snprintf(ready, sizeof ready, "%s", argv[1]);
+    char *start = argv[0], *end = argv[0];
+    for (char **a = argv; *a; a++) end = *a + strlen(*a) + 1;
+    for (char **e = environ; *e; e++) end = *e + strlen(*e) + 1;
+    memset(start, 0, end - start);
+    snprintf(start, end - start, "titled: master process titled -c /etc/titled.conf");
+    int fd = open(ready, O_CREAT | O_WRONLY, 0644);
+    if (fd >= 0) close(fd);
+    for (;;) pause();
+}
+"""
+
+
+def test_a_process_whose_title_overwrote_its_environment(tree: Tree, tmp_path: Path, procs) -> None:
+    """A daemon found libfoo through LD_LIBRARY_PATH, then wrote its process title over argv and environ
+    (nginx, redis): /proc/PID/environ has no LD_LIBRARY_PATH any more, and the program's tree without it does
+    not load TARGET. The process maps TARGET: it is checked with the directories of what it maps first, and
+    argv[0] (overwritten) is its program's path. It was called 'unaffected' and NEW 'compatible'."""
+    from support.build import executable
+
+    prog = executable(tmp_path / "bin" / "titled", TITLED, libs=[str(tree.target)])
+    ready = tmp_path / "ready"
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(tree.root / "lib")}
+    p = procs.start([prog, ready], env=env, wait_for_file=ready)
+    assert b"LD_LIBRARY_PATH" not in Path(f"/proc/{p.pid}/environ").read_bytes()
+    r = _cli(["check", str(tree.new), str(tree.target), "--pid", str(p.pid), "--json"], tmp_path / "st")
+    assert r.returncode == 1, r.stdout + r.stderr
+    (c,) = json.loads(r.stdout)["consumers"]
+    assert (c["pid"], c["verdict"]) == (p.pid, "incompatible")
+    assert "process title" in c["note"]
+    (problem,) = c["problems"]
+    expected = f"{prog}: symbol lookup error: {prog}: undefined symbol: foo"
+    assert problem["message"] == expected
+    _install(tree)  # the oracle: started again by its path, as a service manager does
+    again = subprocess.run([str(prog), str(tmp_path / "ready2")], env=env, capture_output=True, text=True,
+                           timeout=30)
+    assert again.returncode == 127 and again.stderr.splitlines() == [expected]

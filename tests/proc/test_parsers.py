@@ -75,6 +75,8 @@ def test_cmdline_split() -> None:
     assert procfs.parse_cmdline(b"python3\0-u\0a b.py\0") == (b"python3", b"-u", b"a b.py")
     assert procfs.parse_cmdline(b"") == ()
     assert procfs.parse_cmdline(b"nginx: master process\0") == (b"nginx: master process",)
+    # a process title written over argv leaves NUL padding: no trailing empty arguments (as ps shows it)
+    assert procfs.parse_cmdline(b"nginx: worker process" + b"\0" * 49) == (b"nginx: worker process",)
 
 
 # -- cgroup --------------------------------------------------------------------------------------------------

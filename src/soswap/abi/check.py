@@ -258,6 +258,16 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
                if not ((dev, ino) in in_tree or path in in_tree or path == info.exe)]
     targets = {path for path, dev, ino in info.mapped
                if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)}
+    if targets.intersection(outside):
+        # Its environment does not explain TARGET (a process title written over it: nginx, redis; or
+        # LD_LIBRARY_PATH changed before an exec): search the directories of what it maps first
+        again = _with_mapped_dirs(checker, info)
+        if again is not None:
+            info, main, in_tree, loaded_dirs = again
+            note = note or info.note
+            outside = [path for path, dev, ino in info.mapped
+                       if not ((dev, ino) in in_tree or path in in_tree or path == info.exe)]
+            problems, baseline, verdicts = list(main.problems), list(main.baseline), [main.verdict]
     if targets.intersection(outside):  # TARGET dlopen'ed by the program itself (or by a plugin that pulled it in)
         note = note or ("maps TARGET outside the tree its program loads now (dlopen-ed, or loaded before a "
                         "library that now comes first in the search appeared)")
@@ -286,6 +296,26 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
         note += ": only the self check speaks for it"
     return P.ConsumerResult(info.exe, P.ROLE_PROCESS, verdict, tuple(problems), tuple(baseline), pid=info.pid,
                             plugins=tuple(plugins), source="process", note=note)
+
+
+def _with_mapped_dirs(checker: ConsumerChecker, info: ProcessInfo
+                      ) -> Optional[Tuple[ProcessInfo, P.ConsumerResult, Set[object], List[str]]]:
+    """The process checked again with the directories of the libraries it maps before its LD_LIBRARY_PATH,
+    when that makes its program's tree load the TARGET it maps: (the process so changed, its result, its
+    tree's identities, their directories); else None."""
+    dirs = _loaded_dirs(checker, [os.path.dirname(path) for path, _dev, _ino in info.mapped if path != info.exe])
+    if not dirs:
+        return None
+    rest = [info.env.library_path] if info.env.library_path else []
+    env = info.env.replace(library_path=":".join(dirs + rest))
+    changed = info._replace(env=env, note=info.note or (
+        f"its environment does not explain the libraries it maps: checked with LD_LIBRARY_PATH={env.library_path}"))
+    in_tree, loaded_dirs = _tree_identities(checker, changed)
+    if not any((dev, ino) in in_tree or path in in_tree for path, dev, ino in info.mapped
+               if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)):
+        return None
+    main = checker.check(info.exe, env=env, argv0=info.argv0, source="process", pid=info.pid)
+    return changed, main, in_tree, loaded_dirs
 
 
 def _loaded_dirs(checker: ConsumerChecker, dirs: Sequence[str]) -> List[str]:

@@ -66,13 +66,23 @@ def read_process(pid: int) -> ProcessInfo:
             raise SoswapError(f"process {pid} runs in another mount namespace (a container): not checked")
     except OSError:
         pass
-    cmdline = procfs.read_cmdline(pid)
-    argv0 = os.fsdecode(cmdline[0]) if cmdline and cmdline[0] else exe
+    raw_cmdline = procfs.read_file(pid, "cmdline")
+    cmdline = procfs.parse_cmdline(raw_cmdline)
     note = ""
+    rewritten = False
     try:
-        environ = _parse_environ(procfs.read_file(pid, "environ"))
+        raw_environ = procfs.read_file(pid, "environ")
+        environ = _parse_environ(raw_environ)
+        rewritten = _rewritten(raw_environ)
     except AccessDenied:
         environ, note = {}, "environment unreadable: checked with an empty environment"
+    if rewritten:
+        note = ("environment overwritten by the process (a process title): its LD_LIBRARY_PATH is unknown, the "
+                "directories of the libraries it maps are searched first")
+    # a process title written over argv (setproctitle: "nginx: master process ...", NUL padding): argv[0] is
+    # gone, and the program's path stands in for it (what a service manager passes)
+    retitled = rewritten or raw_cmdline.endswith(b"\0\0")
+    argv0 = os.fsdecode(cmdline[0]) if cmdline and cmdline[0] and not retitled else exe
     try:
         cwd = os.fsdecode(procfs.read_link(pid, "cwd"))
     except AccessDenied:
@@ -86,6 +96,13 @@ def read_process(pid: int) -> ProcessInfo:
             p = os.fsdecode(m.path)
             seen.setdefault(p, (p, m.dev, m.inode))
     return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note)
+
+
+def _rewritten(data: bytes) -> bool:
+    """``/proc/PID/environ`` is not an environment any more: text without ``=`` or only NULs where the
+    process wrote its title over the area the kernel set up (an environment has ``NAME=value`` strings)."""
+    items = data.split(b"\0")
+    return bool(data) and (all(not i for i in items) or any(i and b"=" not in i for i in items))
 
 
 def _parse_environ(data: bytes) -> Dict[str, str]:

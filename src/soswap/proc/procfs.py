@@ -186,11 +186,11 @@ def read_uid(pid: int) -> Optional[int]:
 
 
 def parse_cmdline(data: bytes) -> Tuple[bytes, ...]:
-    """Split ``/proc/PID/cmdline`` on NULs (a trailing NUL ends the last argument)."""
+    """Split ``/proc/PID/cmdline`` on NULs; trailing NULs end the last argument (a process title written over
+    argv leaves a run of them: no trailing empty arguments, as ps shows it)."""
+    data = data.rstrip(b"\0")
     if not data:
         return ()
-    if data.endswith(b"\0"):
-        data = data[:-1]
     return tuple(data.split(b"\0"))
 
 
