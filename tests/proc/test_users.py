@@ -82,6 +82,22 @@ def test_api_processes_mapping_and_inodes(procs, fx, tmp_path: Path) -> None:
     assert os.path.exists(f"/proc/{use.pid}")
 
 
+def test_every_replaced_file_a_process_maps_is_one_use(procs, fx, tmp_path: Path) -> None:
+    """A process that maps two files a transaction replaced: two uses (the install after-report listed only
+    the first)."""
+    a, b = tmp_path / "a" / "libfix.so", tmp_path / "b" / "libfix.so"
+    for lib in (a, b):
+        lib.parent.mkdir()
+        lib.write_bytes(fx.lib_v1.read_bytes())
+    ready = tmp_path / "ready"
+    p = procs.start([fx.holder, ready, f"dlopen:{a}", f"dlopen:{b}"], wait_for_file=ready)
+    olds = {(lib.stat().st_dev, lib.stat().st_ino) for lib in (a, b)}
+    for lib in (a, b):
+        replace_by_rename(lib, fx.lib_v2.read_bytes())
+    uses = processes_using_inodes(olds, pids=[p.pid])
+    assert sorted((u.pid, u.dev, u.inode) for u in uses) == sorted((p.pid, *o) for o in olds)
+
+
 def test_old_version_found_by_a_name_with_a_newline(procs, fx, tmp_path: Path) -> None:
     """maps shows a newline in a path as \\012: the name is searched for in that form, so a library replaced
     under such a name is still found by its name (its inode is no longer at the path)."""

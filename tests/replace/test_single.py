@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -317,3 +318,44 @@ def test_json_output(tmp_path, libfoo, state):
     assert ch["old"]["sha256"] == libfoo.sha1 and ch["new"]["sha256"] == libfoo.sha2
     assert ch["new"]["ino"] == lib.stat().st_ino
     assert ch["backup"] and os.path.samefile(ch["backup"], d / backups(d)[0])
+
+
+def test_a_rolled_back_library_is_not_stale(tmp_path, libfoo, state, procs):
+    """install then rollback under a running program: it runs the file at the path again (the old inode, put
+    back), so `soswap stale` lists nothing, although maps still says "(deleted)" and the journal recorded the
+    inode as replaced (it was reported 'replaced' for good)."""
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    p = _start_loop(procs, d, tmp_path / "loop.out")
+    soswap(["install", libfoo.v2, lib], state, check=0)
+    r = soswap(["stale", "--json", "--pid", str(p.pid)], state)
+    assert [f["kind"] for proc in json.loads(r.stdout)["processes"] for f in proc["files"]] == ["replaced"]
+    soswap(["rollback"], state, check=0)
+    assert sha256(lib) == libfoo.sha1
+    r = soswap(["stale", "--json", "--pid", str(p.pid)], state, check=0)
+    assert json.loads(r.stdout)["processes"] == []
+
+
+def test_a_process_on_the_version_a_soname_link_led_to_is_listed(tmp_path, libfoo, state, procs):
+    """libfoo.so.1.2.4 installed beside libfoo.so.1.2.3 flips libfoo.so.1: the running program still maps
+    1.2.3 (not deleted, not changed) and gets 1.2.4 only when restarted. The after-report lists it, under
+    the file it maps; it said no process ran old code."""
+    d = tmp_path / "app"
+    d.mkdir()
+    shutil.copyfile(libfoo.v1, d / "libfoo.so.1.2.3")
+    os.symlink("libfoo.so.1.2.3", d / "libfoo.so.1")
+    shutil.copyfile(libfoo.loop, d / "loop")
+    os.chmod(d / "loop", 0o755)
+    p = _start_loop(procs, d, tmp_path / "loop.out")
+    new = tmp_path / "libfoo.so.1.2.4"
+    shutil.copyfile(libfoo.v2, new)
+    r = soswap(["install", "--json", new, d], state, check=0)
+    doc = json.loads(r.stdout)
+    assert os.readlink(d / "libfoo.so.1") == "libfoo.so.1.2.4"
+    assert [(u["pid"], u["file"]) for u in doc["stale"]] == [(p.pid, str(d / "libfoo.so.1.2.3"))]
+    from soswap.replace import StateDir, journal_facts
+
+    old = (d / "libfoo.so.1.2.3").stat()
+    assert (old.st_dev, old.st_ino) in journal_facts(StateDir(str(state)))[0]  # install --restart sees it
+    soswap(["rollback"], state, check=0)  # the link back on 1.2.3: current again
+    assert (old.st_dev, old.st_ino) not in journal_facts(StateDir(str(state)))[0]

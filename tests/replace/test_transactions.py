@@ -456,3 +456,20 @@ def test_retention_counts_only_transactions_that_hold_backups(tmp_path, state):
                              tmp_path / "other"], state, check=0).stdout)
     assert doc["backups_kept"] is False and all(c["backup"] is None for c in doc["changes"])
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".other.bak-")]
+
+
+def test_journal_facts_after_a_rollback(tmp_path, libfoo, state):
+    """The old inode a rollback put back is current again: not among the replaced inodes the journal gives
+    the stale engine (install --restart rescans with it), while the version rolled back is."""
+    from soswap.replace import journal_facts
+
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    v1 = (lib.stat().st_dev, lib.stat().st_ino)
+    soswap(["install", libfoo.v2, lib], state, check=0)
+    v2 = (lib.stat().st_dev, lib.stat().st_ino)
+    assert v1 in journal_facts(StateDir(str(state)))[0]
+    soswap(["rollback"], state, check=0)
+    replaced, installed = journal_facts(StateDir(str(state)))
+    assert v1 not in replaced and v1 in installed
+    assert v2 in replaced

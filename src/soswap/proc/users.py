@@ -107,7 +107,9 @@ class _Pass:
             os.close(fd)
 
     def _uses(self, pid: int, data: bytes) -> List[Tuple[int, FileUse]]:
-        hits: Dict[int, Tuple[Set[str], str, int, int]] = {}  # target index -> (how, version, dev, ino)
+        # target index -> (how, version, dev, ino); a bare inode pair (index -1) is keyed by the pair: a process
+        # may map several replaced files, each one use
+        hits: Dict[object, Tuple[Set[str], str, int, int]] = {}
         exe_link: Optional[bytes] = None  # read once, when first needed
         # only the lines that name a target or carry one of the inode numbers can match
         lines = lines_containing(data, self.needles)
@@ -121,10 +123,11 @@ class _Pass:
                     # caller gave it (stat's st_dev): on btrfs and overlayfs the maps device differs.
                     first = "old" if (pair is None or idx < 0) else "current"
                     named = pair if idx < 0 and pair is not None else (m_dev, m_ino)
-                    how, version, dev, ino = hits.setdefault(idx, (set(), first, *named))
+                    key = (idx, named) if idx < 0 else idx
+                    how, version, dev, ino = hits.setdefault(key, (set(), first, *named))
                     how.add(HOW_EXE if m_path == exe else HOW_MAPPED)
                     if first == "old" and version == "current":
-                        hits[idx] = (how, "old", m_dev, m_ino)
+                        hits[key] = (how, "old", m_dev, m_ino)
         if self.fds:
             self._fds(pid, hits)
         if not hits:
@@ -139,7 +142,8 @@ class _Pass:
         if procfs.read_stat(pid).starttime != s1.starttime:
             raise ProcessGone(pid, "PID reused")
         out = []
-        for idx, (how, version, dev, ino) in hits.items():
+        for key, (how, version, dev, ino) in hits.items():
+            idx = key[0] if isinstance(key, tuple) else key
             ordered = tuple(h for h in (HOW_EXE, HOW_MAPPED, HOW_OPEN) if h in how)
             out.append((idx, FileUse(pid, s1.starttime, exe_s, cmdline, ordered, version, dev, ino, cg.unit,
                                      cg.container)))
@@ -185,7 +189,7 @@ class _Pass:
                     break
         return found
 
-    def _fds(self, pid: int, hits: Dict[int, Tuple[Set[str], str, int, int]]) -> None:
+    def _fds(self, pid: int, hits: Dict[object, Tuple[Set[str], str, int, int]]) -> None:
         if not self.targets:
             return
         try:

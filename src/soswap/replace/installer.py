@@ -19,7 +19,15 @@ from soswap.errors import Refused, ReplaceError, UsageError
 from soswap.replace import checks, metadata, naming
 from soswap.replace.order import DynInfo, dependency_order, read_dyninfo
 from soswap.replace.pause import pause_point
-from soswap.replace.records import KIND_FILE, KIND_SYMLINK, Change, InodeRecord, InstallResult, Notice
+from soswap.replace.records import (
+    KIND_FILE,
+    KIND_SYMLINK,
+    Change,
+    InodeRecord,
+    InstallResult,
+    Notice,
+    superseded_files,
+)
 from soswap.replace.sonames import LinkPlan, libcmp, plan_soname_link
 from soswap.replace.staging import stage_file, stage_symlink
 from soswap.replace.statedir import DEFAULT_LOCK_TIMEOUT, StateDir
@@ -336,6 +344,7 @@ def install(
         state.unlock()
     if stale_report is not None:
         olds = [(c.dest, c.old) for c in result.changes if c.old is not None and c.kind == KIND_FILE]
+        olds += superseded_files(result.changes)  # the previous version a flipped soname link led to
         if olds:
             result = result._replace(after=stale_report(olds))
     return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 
 class InodeRecord(NamedTuple):
@@ -181,3 +181,23 @@ class HistoryEntry(NamedTuple):
     rollback_of: Optional[str]
     rolled_back_by: Optional[str]
     argv: Tuple[str, ...]
+
+
+def superseded_files(changes: Sequence[Change]) -> List[Tuple[str, InodeRecord]]:
+    """(path, record) of each file a soname link of ``changes`` led to before it was flipped, when that file
+    is still there and no change of ``changes`` replaced it: processes that map it run the previous version
+    (a restart loads the new one through the link), though nothing of it was deleted."""
+    replaced = {c.dest for c in changes if c.kind != KIND_SYMLINK}
+    out: List[Tuple[str, InodeRecord]] = []
+    for c in changes:
+        if c.kind != KIND_SYMLINK or not c.link_old:
+            continue
+        path = os.path.normpath(os.path.join(c.directory, c.link_old))
+        if path in replaced or any(p == path for p, _ in out):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out.append((path, InodeRecord.of(st)))
+    return out

@@ -27,6 +27,7 @@ from soswap.replace.records import (
     InodeRecord,
     InstallResult,
     RecoverOutcome,
+    superseded_files,
 )
 from soswap.replace.staging import stage_link, stage_symlink
 from soswap.replace.statedir import DEFAULT_LOCK_TIMEOUT, StateDir
@@ -403,12 +404,24 @@ def journal_facts(state: StateDir, last: int = 1000) -> Tuple[FrozenSet[Tuple[in
         record = state.read(txid)
         if record["state"] not in (DONE, COMMITTED):
             continue
-        for ch in _changes(record, state.journal_path(txid)):
+        changes = _changes(record, state.journal_path(txid))
+        # the file a flipped soname link led to is a replaced version while it stays the one it names now (a
+        # link flipped back to it makes it current again)
+        replaced.update((rec.dev, rec.ino) for _path, rec in superseded_files(changes))
+        for ch in changes:
             if ch.kind == KIND_SYMLINK:
+                if ch.link_new:
+                    try:
+                        st = os.stat(os.path.join(ch.directory, ch.link_new))
+                    except OSError:
+                        continue
+                    replaced.discard((st.st_dev, st.st_ino))
                 continue
             if ch.old is not None:
                 replaced.add((ch.old.dev, ch.old.ino))
                 installed.pop((ch.old.dev, ch.old.ino), None)
             if ch.new is not None:
                 installed[(ch.new.dev, ch.new.ino)] = ch.new
+                # a rollback puts an old inode back: current again, not a replaced version
+                replaced.discard((ch.new.dev, ch.new.ino))
     return frozenset(replaced), installed

@@ -17,6 +17,7 @@ from soswap.replace.records import (
     InodeRecord,
     InstallResult,
     RecoverOutcome,
+    superseded_files,
 )
 from soswap.report.output import table
 
@@ -70,7 +71,9 @@ def recover_to_json(r: RecoverOutcome) -> Dict[str, Any]:
 
 
 def _dest_by_inode(result: InstallResult) -> Dict[Any, str]:
-    return {(c.old.dev, c.old.ino): c.dest for c in result.changes if c.old is not None}
+    out: Dict[Any, str] = {(rec.dev, rec.ino): path for path, rec in superseded_files(result.changes)}
+    out.update({(c.old.dev, c.old.ino): c.dest for c in result.changes if c.old is not None})
+    return out
 
 
 def use_to_json(use: Any, dests: Dict[Any, str]) -> Dict[str, Any]:
