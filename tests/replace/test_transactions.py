@@ -473,3 +473,13 @@ def test_journal_facts_after_a_rollback(tmp_path, libfoo, state):
     replaced, installed = journal_facts(StateDir(str(state)))
     assert v1 not in replaced and v1 in installed
     assert v2 in replaced
+
+
+def test_a_newline_in_a_file_name_stays_on_its_report_line(tmp_path, libfoo, state):
+    """install's text report escapes control characters in names (as stale does): one line per change."""
+    d = tmp_path / "odd\nname"
+    lib = libfoo.deploy(d, with_programs=False)
+    r = soswap(["install", libfoo.v2, lib], state, check=0)
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.lstrip().startswith("replaced")]
+    assert "odd\\nname/libfoo.so.1" in line
+    assert json.loads(soswap(["history", "--json"], state, check=0).stdout)  # JSON keeps the real name

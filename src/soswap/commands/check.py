@@ -82,6 +82,7 @@ def _pid(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from soswap.abi import check_replacement
     from soswap.report.abi import check_to_text, write_check_json
+    from soswap.report.output import one_line
 
     explicit = bool(args.consumer or args.scope or args.pid)
     if explicit and args.no_processes:
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_check_json(result, sys.stdout)
     else:
-        sys.stdout.write("\n".join(check_to_text(result, verbose=args.verbose)) + "\n")
+        sys.stdout.write("\n".join(map(one_line, check_to_text(result, verbose=args.verbose))) + "\n")
     return EXIT_OK if result.compatible else EXIT_FOUND
 
 

@@ -19,7 +19,7 @@ from soswap.replace.records import (
     RecoverOutcome,
     superseded_files,
 )
-from soswap.report.output import table
+from soswap.report.output import one_line, table
 
 INSTALL_SCHEMA = "soswap.install/1"
 RECOVER_SCHEMA = "soswap.recover/1"
@@ -186,10 +186,11 @@ def install_to_text(result: InstallResult) -> List[str]:
 
 
 def emit(lines: Sequence[str], stream: Optional[TextIO] = None) -> None:
-    """Write lines; file names that are not valid in the locale's encoding are written as their bytes
-    (surrogateescape) instead of failing (stdout is strict in a non-UTF-8-mode UTF-8 locale)."""
+    """Write lines; a control character in a file name is escaped (:func:`one_line`), and file names that are
+    not valid in the locale's encoding are written as their bytes (surrogateescape) instead of failing (stdout
+    is strict in a non-UTF-8-mode UTF-8 locale)."""
     out = stream or sys.stdout
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(map(one_line, lines)) + "\n"
     try:
         out.write(text)
     except UnicodeEncodeError:

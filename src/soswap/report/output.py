@@ -37,6 +37,21 @@ def json_text(obj: Any, depth: int = 0) -> str:
     return "[" + pad + body + "\n" + "  " * depth + "]"
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\t``, ``\\xNN``): a file name with a newline
+    stays on its line of a report. Undecodable bytes (surrogates) are left to the stream's error handler."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or code == 0x7F:
+            out.append({"\n": "\\n", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def table(rows: Iterable[Sequence[str]], header: Optional[Sequence[str]] = None, indent: str = "") -> List[str]:
     """Left-aligned columns; the last column is not padded."""
     body = [list(map(str, r)) for r in rows]

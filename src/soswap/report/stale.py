@@ -17,7 +17,7 @@ from soswap.proc.cgroup import (
     KIND_USER_MANAGER,
 )
 from soswap.proc.model import StaleProcess, StaleReport, UsersReport
-from soswap.report.output import json_text
+from soswap.report.output import json_text, one_line
 
 STALE_SCHEMA = "soswap.stale/1"
 USERS_SCHEMA = "soswap.users/1"
@@ -28,16 +28,9 @@ _KIND_ORDER = {KIND_MANAGER: 0, KIND_SYSTEM: 1, KIND_USER_MANAGER: 2, KIND_USER:
 
 def _printable(text: str) -> str:
     """One-line form of a path or argv for a terminal: control characters and undecodable bytes escaped."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F:
-            out.append({"\n": "\\n", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
-        else:
-            out.append(ch)
-    return "".join(out)
+    if text.isprintable():
+        return text
+    return one_line("".join(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF else ch for ch in text))
 
 
 def group_key(proc: StaleProcess) -> Tuple:
