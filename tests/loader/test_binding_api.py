@@ -196,16 +196,21 @@ def test_indirect_extern_access_turns_the_warning_into_an_error(tmp_path: Path) 
 V1_MAP = "VER_1 { global: *; };\n"
 
 
+def versioned_then_unversioned(tmp: Path, lib_src: str, main_src: str) -> Tuple[Path, Dict[str, str]]:
+    """A program linked against libv.so with version node VER_1, and the environment where it meets libv.so
+    built without versions (the pre-2.41 check_match assertion)."""
+    shared_lib(tmp / "v" / "libv.so", lib_src, soname="libv.so", version_script=V1_MAP)
+    shared_lib(tmp / "run" / "libv.so", lib_src, soname="libv.so")
+    e = executable(tmp / "e", main_src, libs=[f"-L{tmp / 'v'}", "-lv"])
+    return e, env_with(LD_LIBRARY_PATH=str(tmp / "run"))
+
+
 def test_assertion_strikes_at_startup_for_a_data_reference_even_when_lazy(tmp_path: Path) -> None:
     """The pre-2.41 check_match assertion for a copy relocation (always made at startup), against the lazy
     function case of test_symbols.py (first call)."""
-    shared_lib(tmp_path / "v" / "libv.so", "int var = 3;\nint foo(void) { return 0; }\n", soname="libv.so",
-               version_script=V1_MAP)
-    shared_lib(tmp_path / "run" / "libv.so", "int var = 3;\nint foo(void) { return 0; }\n", soname="libv.so")
-    e = executable(tmp_path / "e", "#include <unistd.h>\nextern int var;\nint foo(void);\n"
-                   "int main(void) { write(1, \"start\\n\", 6); return var + foo(); }\n",
-                   libs=[f"-L{tmp_path / 'v'}", "-lv"])
-    env = env_with(LD_LIBRARY_PATH=str(tmp_path / "run"))
+    e, env = versioned_then_unversioned(tmp_path, "int var = 3;\nint foo(void) { return 0; }\n",
+                                        "#include <unistd.h>\nextern int var;\nint foo(void);\n"
+                                        "int main(void) { write(1, \"start\\n\", 6); return var + foo(); }\n")
     real = run_program(e, env=env)
     _, bound = predict(e, env=env)
     aborts = [f for f in bound.failures if f.kind == "assertion"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from loader.helpers import PROFILE, assert_ldd_parity, env_with, model_ldd, predict, run_program
-from loader.test_binding_api import V1_MAP, _env, _protected_case
+from loader.test_binding_api import _env, _protected_case, versioned_then_unversioned
 from soswap.loader import Profile
 from soswap.loader.assertions import check_match_assertion, verneed_assertion
 from soswap.loader.ldd import RELOCS_FUNCTION
@@ -126,13 +126,10 @@ def test_assertion_lines_by_release() -> None:
 
 def test_tree_exits_1_for_an_abort_at_a_first_call(tmp_path: Path) -> None:
     """check_match's assertion met by a lazy PLT slot: the program starts and dies at the first call."""
-    shared_lib(tmp_path / "v" / "libv.so", "int foo(void) { return 0; }\n", soname="libv.so",
-               version_script=V1_MAP)
-    shared_lib(tmp_path / "run" / "libv.so", "int foo(void) { return 0; }\n", soname="libv.so")
-    e = executable(tmp_path / "e", "#include <unistd.h>\nint foo(void);\n"
-                   "int main(int c, char **v) { write(1, \"start\\n\", 6); return c > 1 ? foo() : 0; }\n",
-                   libs=[f"-L{tmp_path / 'v'}", "-lv"])
-    env = env_with(LD_LIBRARY_PATH=str(tmp_path / "run"))
+    e, env = versioned_then_unversioned(
+        tmp_path, "int foo(void) { return 0; }\n",
+        "#include <unistd.h>\nint foo(void);\n"
+        "int main(int c, char **v) { (void)v; write(1, \"start\\n\", 6); return c > 1 ? foo() : 0; }\n")
     assert run_program(e, env=env).status == 0
     real = run_program(e, "x", env=env)
     assert real.status == 127 and check_match_assertion((2, 36)) in real.stderr
