@@ -406,6 +406,37 @@ def test_anonymous_device_filesystems(procs, fx, tmp_path: Path, fstype: str) ->
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+@requires_root
+def test_a_mount_over_the_directory_with_the_same_inode_number_names_the_devices(procs, fx, tmp_path: Path) -> None:
+    """A tmpfs mounted over the library's directory holding a file of the same inode number (fresh tmpfs
+    number their files alike): replaced, and the detail says which device each inode is on (it read "the path
+    now names inode N; the mapped inode N lives on elsewhere")."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "none", str(mnt)], check=True)
+    try:
+        lib = mnt / "libfix.so"
+        lib.write_bytes(fx.lib_v1.read_bytes())
+        ready = tmp_path / "ready-over"
+        p = procs.start([fx.holder, ready, f"dlopen:{lib}"], wait_for_file=ready)
+        under = lib.stat()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "none", str(mnt)], check=True)
+        try:
+            lib.write_bytes(fx.lib_v2.read_bytes())
+            over = lib.stat()
+            if over.st_ino != under.st_ino:
+                pytest.skip("the two tmpfs numbered their files differently")
+            (f,) = scan_pid(p.pid)
+            assert f.kind == "replaced"
+            assert f"of device {os.major(over.st_dev)}:{os.minor(over.st_dev)}" in f.detail
+            assert f"of device {os.major(under.st_dev)}:{os.minor(under.st_dev)}" in f.detail
+        finally:
+            procs.stop_all()
+            subprocess.run(["umount", str(mnt)], check=False)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 # 28 --------------------------------------------------------------------------------------------------------
 def test_zombies_kernel_threads_and_vanished_pids(procs, fx, tmp_path: Path) -> None:
     p = holder(procs, fx, tmp_path, "zombie")

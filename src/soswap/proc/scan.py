@@ -460,10 +460,12 @@ class _Scanner:
             self.unverifiable += 1
             return None
         if not view.same_file(pid, dev, inode, first.start, first.end, st):
-            return self._unless_identical(StaleFile(
-                name, REPLACED, role,
-                f"the path now names inode {st.st_ino}; the mapped inode {inode} lives on elsewhere", dev, inode),
-                old_link, ctx, path)
+            if st.st_ino == inode:  # the same number on another file system (a mount over the directory)
+                detail = (f"the path now names inode {inode} of device {_dev_text(st.st_dev)}; the mapped inode "
+                          f"{inode} of device {_dev_text(dev)} lives on elsewhere")
+            else:
+                detail = f"the path now names inode {st.st_ino}; the mapped inode {inode} lives on elsewhere"
+            return self._unless_identical(StaleFile(name, REPLACED, role, detail, dev, inode), old_link, ctx, path)
         if journal is not None and _in_journal(journal, dev, inode, st):
             return self._unless_identical(StaleFile(
                 name, REPLACED, role, "recorded as a replaced old version by soswap", dev, inode), old_link, ctx, None)
@@ -756,6 +758,10 @@ class _Scanner:
             unstable=self.unstable,
             identical=self.identical,
         )
+
+
+def _dev_text(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 def _in_journal(journal: JournalView, dev: int, inode: int, st: Optional[os.stat_result]) -> bool:
