@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -270,6 +271,39 @@ def test_sigkill_during_rollback_then_recover(tmp_path, libfoo, state):
     soswap(["rollback"], state, check=0)
     assert sha256(lib) == libfoo.sha1 and leftovers(lib.parent) == []
     assert (lib.stat().st_uid, lib.stat().st_gid) == (1234, 4321)
+
+
+def _privileged(path: Path):  # type: ignore[no-untyped-def]
+    try:
+        cap = os.getxattr(path, "security.capability", follow_symlinks=False)
+    except OSError:
+        cap = None
+    return stat.S_IMODE(os.lstat(path).st_mode), cap
+
+
+@pytest.mark.parametrize("step", ["journal-prepared", "backup:0", "renamed:0", "dirs-synced", "committed"])
+def test_a_rollback_killed_at_any_step_never_rearms_the_old_inode(tmp_path, libfoo, state, step):
+    """A capability (and set-ID) file replaced: its old inode is disarmed. A rollback killed at any step and
+    recovered, finished or undone, never makes that inode privileged again (it put it back, privileged, before
+    its commit: an undone rollback left the vulnerable version armed under its backup and any hard link); the
+    file at the path always has the privileges of the version it is."""
+    lib = _setup(tmp_path, libfoo)
+    os.chmod(lib, 0o4755)
+    assert run(["setcap", "cap_net_bind_service=+ep", lib]).returncode == 0
+    armed = _privileged(lib)
+    kept = tmp_path / "kept"
+    os.link(lib, kept)
+    soswap(["install", "--no-check", libfoo.v2, lib], state, check=0)
+    assert _privileged(kept) == (0o600, None) and _privileged(lib) == armed
+    _kill_at(step, ["rollback"], state)
+    soswap(["recover"], state, check=0)
+    assert _privileged(kept) == (0o600, None)
+    assert sha256(lib) in (libfoo.sha1, libfoo.sha2) and _privileged(lib) == armed
+    for name in os.listdir(lib.parent):
+        if os.lstat(lib.parent / name).st_ino == os.lstat(kept).st_ino:
+            assert _privileged(lib.parent / name) == (0o600, None), name
+    soswap(["rollback"], state, check=0) if sha256(lib) == libfoo.sha2 else None
+    assert sha256(lib) == libfoo.sha1 and _privileged(lib) == armed and _privileged(kept) == (0o600, None)
 
 
 # -- another writer replaces the destination while soswap installs ------------------------------------------

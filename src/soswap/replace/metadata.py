@@ -203,18 +203,3 @@ def strip_privileges(dfd: int, name: str, dev: int, ino: int) -> None:
         os.fchmod(fd, STRIPPED_MODE)
     finally:
         os.close(fd)
-
-
-def restore_privileges(dfd: int, name: str, dev: int, ino: int, privileges: Privileges) -> None:
-    """Give ``name`` (the inode ``dev``/``ino``, a backup about to be put back) its recorded permission bits
-    and file capabilities again (capabilities first: the set-ID bits survive setting them)."""
-    fd = _open_same(dfd, name, dev, ino)
-    if fd is None:
-        raise OSError(errno.ESTALE, "not the recorded backup", name)
-    try:
-        mode, cap = privileges
-        if cap is not None:
-            os.setxattr(fd, CAPABILITY, bytes.fromhex(cap))
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)

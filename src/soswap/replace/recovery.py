@@ -16,7 +16,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 from soswap.errors import Refused, ReplaceError, StateError, UsageError
 from soswap.replace import naming
 from soswap.replace.checks import describe_oserror
-from soswap.replace.metadata import privileges_of, restore_privileges
+from soswap.replace.metadata import privileges_of, snapshot
 from soswap.replace.pause import pause_point
 from soswap.replace.records import (
     KIND_FILE,
@@ -29,7 +29,7 @@ from soswap.replace.records import (
     RecoverOutcome,
     superseded_files,
 )
-from soswap.replace.staging import stage_link, stage_symlink
+from soswap.replace.staging import stage_file, stage_link, stage_symlink
 from soswap.replace.statedir import DEFAULT_LOCK_TIMEOUT, StateDir
 from soswap.replace.transaction import (
     COMMITTED,
@@ -282,15 +282,11 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
                                                   method="symlink"))
                     elif ch.kind == KIND_FILE:
                         assert ch.temp is not None and ch.new is not None and ch.source is not None
-                        new = stage_link(dfd, ch.dest, os.path.basename(ch.source), ch.temp, ch.new)
-                        if ch.restore is not None:  # what the install's cleanup stripped from the backup
-                            try:
-                                restore_privileges(dfd, ch.temp, new.dev, new.ino, ch.restore)
-                            except OSError as exc:
-                                raise ReplaceError(describe_oserror(
-                                    ch.dest, exc, "restoring the set-ID bits and capabilities of the backup")) \
-                                    from None
-                        staged.append(ch._replace(new=new, method="link"))
+                        if ch.restore is not None:  # a privileged file: a copy, its old inode stays disarmed
+                            staged.append(_stage_restored_copy(dfd, ch))
+                        else:
+                            new = stage_link(dfd, ch.dest, os.path.basename(ch.source), ch.temp, ch.new)
+                            staged.append(ch._replace(new=new, method="link"))
                     else:
                         staged.append(ch)
                 tx.set_changes(staged)
@@ -312,6 +308,33 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
         state.unlock()
     return InstallResult(new_txid, "rolled-back", tuple(committed), (), recovered, backups_kept=keep_backups,
                          rollback_of=target_txid)
+
+
+def _stage_restored_copy(dfd: int, ch: Change) -> Change:
+    """Stage a copy of the backup of a file that was set-ID or had file capabilities, with the permission bits
+    and capabilities the journal recorded (the install's cleanup stripped them from the old inode). The old
+    inode itself is never made privileged again: an undone or interrupted rollback, or a hard link someone
+    keeps to it, cannot leave the vulnerable version privileged."""
+    assert ch.temp is not None and ch.new is not None and ch.source is not None and ch.restore is not None
+    try:
+        st = os.lstat(ch.source)
+        if not ch.new.same_inode(st) or not stat.S_ISREG(st.st_mode):
+            raise ReplaceError(f"{ch.dest}: the backup {ch.source} is not the version recorded in the journal; "
+                               "nothing was changed")
+        fd = os.open(ch.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            md = snapshot(fd, os.fstat(fd))
+        finally:
+            os.close(fd)
+        old_st: Optional[os.stat_result] = os.lstat(ch.dest)
+    except FileNotFoundError:
+        old_st = None
+    except OSError as exc:
+        raise ReplaceError(describe_oserror(ch.dest, exc, f"reading the backup {ch.source}")) from None
+    mode, cap = ch.restore
+    md = md._replace(mode=mode, capability=bytes.fromhex(cap) if cap is not None else None)
+    sf = stage_file(dfd, ch.dest, ch.temp, ch.source, st, old_st, md, True, False)
+    return ch._replace(new=sf.new._replace(sha256=ch.new.sha256), method=sf.method)
 
 
 def _finish_rollback_of(state: StateDir, rollback: Dict[str, Any]) -> None:
