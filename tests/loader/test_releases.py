@@ -95,6 +95,20 @@ def test_ld_so_is_listed_last_from_2_41_when_nothing_needs_it(tmp_path: Path) ->
     later = model_ldd(prog, profile=_at((2, 41))).stdout
     assert later == now + f"\t{PROFILE.interpreter}\n"
     assert PROFILE.interpreter not in now
+    # right after the last object of the search list: before the libraries not found, and before the vDSO
+    # when nothing else is found (as 2.41's ldd prints it)
+    shared_lib(tmp_path / "gone" / "libgone.so", "int fg(void) { return 1; }\n", soname="libgone.so",
+               flags=["-nostdlib"])
+    both = executable(tmp_path / "both", "int fa(void);\nint fg(void);\nvoid _start(void) { fa(); fg(); for (;;); }\n",
+                      libs=[str(lib), f"-L{tmp_path / 'gone'}", "-lgone"],
+                      flags=["-nostdlib", f"-Wl,-rpath,{tmp_path}"])
+    lines = model_ldd(both, profile=_at((2, 41))).stdout.splitlines()
+    assert lines == ["\tlinux-vdso.so.1", f"\tliba.so => {lib}", f"\t{PROFILE.interpreter}",
+                     "\tlibgone.so => not found"]
+    alone = executable(tmp_path / "alone", "int fg(void);\nvoid _start(void) { fg(); for (;;); }\n",
+                       libs=[f"-L{tmp_path / 'gone'}", "-lgone"], flags=["-nostdlib"])
+    lines = model_ldd(alone, profile=_at((2, 41))).stdout.splitlines()
+    assert lines == [f"\t{PROFILE.interpreter}", "\tlinux-vdso.so.1", "\tlibgone.so => not found"]
     # a program that links libc lists it where libc's DT_NEEDED puts it, in every release
     assert model_ldd("/bin/true", profile=_at((2, 41))).stdout == model_ldd("/bin/true").stdout
 

@@ -422,10 +422,11 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
         i = searchlist.index(rtld)
         prev = searchlist[i - 1]
         chain.insert(chain.index(prev) + 1, rtld)
-    elif rtld is not None and not s.aborted and s.profile.glibc_version >= (2, 41):
+    elif rtld is not None and searchlist and not s.aborted and s.profile.glibc_version >= (2, 41):
         # dl_main since 2.41 ("rtld_multiple_ref is always true"): ld.so stays in the chain when no object
-        # needs it, after everything else (ldd lists it last; it is still outside the search list)
-        chain.append(rtld)
+        # needs it, right after the last object of the search list (before the vDSO when that is the program
+        # alone, before the libraries not found); it is still outside the search list
+        chain.insert(chain.index(searchlist[-1]) + 1, rtld)
     order = {m.cid: n for n, m in enumerate(chain)}
     get = order.get
 
