@@ -357,5 +357,11 @@ def test_a_process_on_the_version_a_soname_link_led_to_is_listed(tmp_path, libfo
 
     old = (d / "libfoo.so.1.2.3").stat()
     assert (old.st_dev, old.st_ino) in journal_facts(StateDir(str(state)))[0]  # install --restart sees it
+    link = d / "libfoo.so.1"
+    os.symlink("libfoo.so.1.2.3", d / ".flip")
+    os.rename(d / ".flip", link)  # flipped back by hand (ldconfig -n after removing 1.2.4 does the same)
+    assert (old.st_dev, old.st_ino) not in journal_facts(StateDir(str(state)))[0]
+    os.symlink("libfoo.so.1.2.4", d / ".flip")
+    os.rename(d / ".flip", link)
     soswap(["rollback"], state, check=0)  # the link back on 1.2.3: current again
     assert (old.st_dev, old.st_ino) not in journal_facts(StateDir(str(state)))[0]

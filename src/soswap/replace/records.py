@@ -184,9 +184,10 @@ class HistoryEntry(NamedTuple):
 
 
 def superseded_files(changes: Sequence[Change]) -> List[Tuple[str, InodeRecord]]:
-    """(path, record) of each file a soname link of ``changes`` led to before it was flipped, when that file
-    is still there and no change of ``changes`` replaced it: processes that map it run the previous version
-    (a restart loads the new one through the link), though nothing of it was deleted."""
+    """(path, record) of each file a soname link of ``changes`` led to before it was flipped, while that file is
+    still there, no change of ``changes`` replaced it and the link leads elsewhere now: processes that map it
+    run the previous version (a restart loads the new one through the link), though nothing of it was
+    deleted."""
     replaced = {c.dest for c in changes if c.kind != KIND_SYMLINK}
     out: List[Tuple[str, InodeRecord]] = []
     for c in changes:
@@ -197,7 +198,10 @@ def superseded_files(changes: Sequence[Change]) -> List[Tuple[str, InodeRecord]]
             continue
         try:
             st = os.stat(path)
+            now = os.stat(c.dest)  # where the link leads today: flipped back (by anyone), nothing is superseded
         except OSError:
+            continue
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
             continue
         out.append((path, InodeRecord.of(st)))
     return out

@@ -428,17 +428,10 @@ def journal_facts(state: StateDir, last: int = 1000) -> Tuple[FrozenSet[Tuple[in
         if record["state"] not in (DONE, COMMITTED):
             continue
         changes = _changes(record, state.journal_path(txid))
-        # the file a flipped soname link led to is a replaced version while it stays the one it names now (a
-        # link flipped back to it makes it current again)
+        # the file a flipped soname link led to is a replaced version while the link leads elsewhere
         replaced.update((rec.dev, rec.ino) for _path, rec in superseded_files(changes))
         for ch in changes:
             if ch.kind == KIND_SYMLINK:
-                if ch.link_new:
-                    try:
-                        st = os.stat(os.path.join(ch.directory, ch.link_new))
-                    except OSError:
-                        continue
-                    replaced.discard((st.st_dev, st.st_ino))
                 continue
             if ch.old is not None:
                 replaced.add((ch.old.dev, ch.old.ino))
