@@ -270,3 +270,41 @@ def test_a_process_whose_title_overwrote_its_environment(tree: Tree, tmp_path: P
     again = subprocess.run([str(prog), str(tmp_path / "ready2")], env=env, capture_output=True, text=True,
                            timeout=30)
     assert again.returncode == 127 and again.stderr.splitlines() == [expected]
+
+
+def _titled_pair(tmp: Path):  # type: ignore[no-untyped-def]
+    """libbar in A (bar, bar2) and in B (bar only), libfoo (TARGET) in B, a NEW libfoo that needs bar2 at
+    startup, libpre (bar2) in P, and a retitling daemon that needs libbar then libfoo."""
+    from support.build import executable, shared_lib
+
+    bar_src = "int bar(void) { return 1; }\n"
+    shared_lib(tmp / "A" / "libbar.so.1", bar_src + "int bar2(void) { return 2; }\n", soname="libbar.so.1")
+    barb = shared_lib(tmp / "B" / "libbar.so.1", bar_src, soname="libbar.so.1")
+    target = shared_lib(tmp / "B" / "libfoo.so.1", "int foo(void) { return 42; }\n", soname="libfoo.so.1")
+    new = shared_lib(tmp / "new" / "libfoo.so.1", "int bar2(void);\nint (*volatile p)(void) = bar2;\n"
+                     "int foo(void) { return 40 + p(); }\n", soname="libfoo.so.1",
+                     libs=[str(tmp / "A" / "libbar.so.1")])
+    shared_lib(tmp / "P" / "libpre.so", "int bar2(void) { return 2; }\n", soname="libpre.so")
+    prog = executable(tmp / "bin" / "daemon", TITLED.replace("int foo(void);", "int foo(void);\nint bar(void);")
+                      .replace("if (foo() != 42) return 1;", "if (bar() != 1 || foo() < 40) return 1;"),
+                      libs=[str(barb), str(target)])
+    return target, new, prog
+
+
+@pytest.mark.parametrize("how", ["library-path-order", "preload"])
+def test_a_retitled_daemon_that_restarts_fine_is_not_refused(tmp_path: Path, procs, how: str) -> None:
+    """The reconstruction must not invent a breakage: with LD_LIBRARY_PATH=A:B its libbar is A's (bar2 there),
+    and maps' address order lists B first; with LD_PRELOAD=libpre.so (bar2) its lost environment had a preload.
+    Both restart fine with NEW (checked by doing it)."""
+    target, new, prog = _titled_pair(tmp_path)
+    if how == "preload":
+        env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(tmp_path / "B"),
+               "LD_PRELOAD": str(tmp_path / "P" / "libpre.so")}
+    else:
+        env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": f"{tmp_path / 'A'}:{tmp_path / 'B'}"}
+    p = procs.start([prog, tmp_path / "ready"], env=env, wait_for_file=tmp_path / "ready")
+    r = _cli(["check", str(new), str(target), "--pid", str(p.pid), "--json"], tmp_path / "st")
+    (c,) = json.loads(r.stdout)["consumers"]
+    assert c["verdict"] != "incompatible", c
+    shutil.copyfile(new, target)  # the oracle: NEW in place, started again (it raises if it dies first)
+    procs.start([prog, tmp_path / "ready2"], env=env, wait_for_file=tmp_path / "ready2")

@@ -303,19 +303,56 @@ def _with_mapped_dirs(checker: ConsumerChecker, info: ProcessInfo
     """The process checked again with the directories of the libraries it maps before its LD_LIBRARY_PATH,
     when that makes its program's tree load the TARGET it maps: (the process so changed, its result, its
     tree's identities, their directories); else None."""
-    dirs = _loaded_dirs(checker, [os.path.dirname(path) for path, _dev, _ino in info.mapped if path != info.exe])
+    # ld.so maps each library below the one before: maps' address order is about the reverse of load order
+    dirs = _loaded_dirs(checker, [os.path.dirname(path) for path, _dev, _ino in reversed(info.mapped)
+                                  if path != info.exe])
     if not dirs:
         return None
     rest = [info.env.library_path] if info.env.library_path else []
     env = info.env.replace(library_path=":".join(dirs + rest))
     changed = info._replace(env=env, note=info.note or (
         f"its environment does not explain the libraries it maps: checked with LD_LIBRARY_PATH={env.library_path}"))
+    # accepted only when every library of that tree is one the process maps (a wrong directory order would
+    # pick another copy), and the tree loads the TARGET it maps
+    ids = {(dev, ino) for _path, dev, ino in info.mapped}
+    paths = {path for path, _dev, _ino in info.mapped}
+    try:
+        res = checker.loader(env).load(info.exe, argv0=info.argv0)
+    except SoswapError:
+        return None
+    for o in res.objects[1:]:
+        if o.found and o.elf is not None and o.kind not in ("vdso", "interpreter") and o.path not in paths and (
+                o.elf.identity is None or o.elf.identity[:2] not in ids):
+            return None
     in_tree, loaded_dirs = _tree_identities(checker, changed)
     if not any((dev, ino) in in_tree or path in in_tree for path, dev, ino in info.mapped
                if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)):
         return None
-    main = checker.check(info.exe, env=env, argv0=info.argv0, source="process", pid=info.pid)
+    main = _defined_elsewhere(checker, checker.check(info.exe, env=env, argv0=info.argv0, source="process",
+                                                     pid=info.pid), [p for p in paths if p not in in_tree])
     return changed, main, in_tree, loaded_dirs
+
+
+def _defined_elsewhere(checker: ConsumerChecker, result: P.ConsumerResult, others: Sequence[str]) -> P.ConsumerResult:
+    """``result`` without the missing symbols that another object the process maps defines: its environment is
+    gone, so an ``LD_PRELOAD`` it had is unknown, and that object may be one (or a dlopen-ed plugin)."""
+    missing = {p.symbol for p in result.problems if p.kind == "undefined-symbol" and p.symbol}
+    if not missing:
+        return result
+    defined: Set[str] = set()
+    for path in others:
+        try:
+            syms = checker.elf_cache.get(path).symbols
+        except (SoswapError, OSError):
+            continue
+        defined.update(s.name for s in syms if s.name in missing and s.shndx != 0 and s.bind != 0)
+    if not defined:
+        return result
+    kept = tuple(p for p in result.problems if not (p.kind == "undefined-symbol" and p.symbol in defined))
+    verdict = result.verdict if kept or result.verdict != P.INCOMPATIBLE else P.COMPATIBLE
+    note = (f"{', '.join(sorted(defined))} not counted: defined by another object it maps ({', '.join(others)}), "
+            "which may be a preload its lost environment named")
+    return result._replace(problems=kept, verdict=verdict, note=(result.note + "; " if result.note else "") + note)
 
 
 def _loaded_dirs(checker: ConsumerChecker, dirs: Sequence[str]) -> List[str]:
