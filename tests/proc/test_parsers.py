@@ -77,6 +77,8 @@ def test_cmdline_split() -> None:
     assert procfs.parse_cmdline(b"nginx: master process\0") == (b"nginx: master process",)
     # a process title written over argv leaves NUL padding: no trailing empty arguments (as ps shows it)
     assert procfs.parse_cmdline(b"nginx: worker process" + b"\0" * 49) == (b"nginx: worker process",)
+    assert procfs.parse_cmdline(b"prog\0a\0\0\0") == (b"prog", b"a", b"", b"")  # real empty arguments
+    assert procfs.parse_cmdline(b"\0") == (b"",)
 
 
 # -- cgroup --------------------------------------------------------------------------------------------------

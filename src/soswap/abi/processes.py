@@ -81,7 +81,7 @@ def read_process(pid: int) -> ProcessInfo:
                 "directories of the libraries it maps are searched first")
     # a process title written over argv (setproctitle: "nginx: master process ...", NUL padding): argv[0] is
     # gone, and the program's path stands in for it (what a service manager passes)
-    retitled = rewritten or raw_cmdline.endswith(b"\0\0")
+    retitled = rewritten or raw_cmdline.endswith(procfs.TITLE_PADDING)
     argv0 = os.fsdecode(cmdline[0]) if cmdline and cmdline[0] and not retitled else exe
     try:
         cwd = os.fsdecode(procfs.read_link(pid, "cwd"))

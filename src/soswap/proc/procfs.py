@@ -185,12 +185,21 @@ def read_uid(pid: int) -> Optional[int]:
     return parse_status_ids(read_file(pid, "status"))[0]
 
 
+#: A run of this many NULs ends a process title written over argv (its padding), not empty arguments.
+TITLE_PADDING = b"\0" * 4
+
+
 def parse_cmdline(data: bytes) -> Tuple[bytes, ...]:
-    """Split ``/proc/PID/cmdline`` on NULs; trailing NULs end the last argument (a process title written over
-    argv leaves a run of them: no trailing empty arguments, as ps shows it)."""
-    data = data.rstrip(b"\0")
+    """Split ``/proc/PID/cmdline`` on NULs (a trailing NUL ends the last argument). A process title written
+    over argv leaves a run of NULs (:data:`TITLE_PADDING`): no trailing empty arguments then, as ps shows it."""
     if not data:
         return ()
+    if data.endswith(TITLE_PADDING):
+        data = data.rstrip(b"\0")
+        if not data:
+            return ()
+    elif data.endswith(b"\0"):
+        data = data[:-1]
     return tuple(data.split(b"\0"))
 
 
