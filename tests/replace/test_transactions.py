@@ -408,6 +408,12 @@ def test_after_report_lists_processes_on_old_inode(tmp_path, libfoo, state, proc
     (use,) = [u for u in obj["stale"] if u["pid"] == p.pid]
     assert (use["ino"], use["file"]) == (old.st_ino, str(lib))
     assert obj["restart"] or any(w["path"] == "--restart" for w in obj["warnings"])
+    with open(tmp_path / "loop2.out", "w") as f:  # a second loop on v2
+        procs.start([d / "loop"], stdout=f.fileno(), wait_maps="libfoo.so.1")
+    read_lines_until(tmp_path / "loop2.out", lambda ls: bool(ls))
+    text = soswap(["install", "--restart", libfoo.v1, lib], state, check=0).stdout
+    assert "(--restart was given)" in text and "or use --restart" not in text
+    text = soswap(["install", libfoo.v2, lib], state, check=0).stdout  # nobody maps that v1 inode
     text = soswap(["install", libfoo.v1, lib], state, check=0).stdout
     assert "still runs a replaced version" not in text  # nobody maps the v2 inode just replaced
     assert "no running process uses the replaced versions" in text

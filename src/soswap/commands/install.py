@@ -206,5 +206,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         if result.warnings:
             emit(warning_lines(result), sys.stderr)
-        emit(install_to_text(result) + restart_lines)
+        emit(install_to_text(result, restarting=args.restart) + restart_lines)
     return EXIT_FOUND if result.status == "refused" else EXIT_OK

@@ -141,7 +141,7 @@ def _change_line(ch: Change, dry: bool) -> List[str]:
     return [verb, f"{ch.dest}{src}" + (f" ({detail})" if detail else "")]
 
 
-def install_to_text(result: InstallResult) -> List[str]:
+def install_to_text(result: InstallResult, restarting: bool = False) -> List[str]:
     """Human summary for standard output (warnings are rendered separately, for standard error)."""
     lines: List[str] = []
     for r in result.recovered:
@@ -173,7 +173,7 @@ def install_to_text(result: InstallResult) -> List[str]:
         dests = _dest_by_inode(result)
         n = len({u.pid for u in result.after})
         lines.append(f"{n} process{'es still run' if n != 1 else ' still runs'} a replaced version "
-                     "(restart, or use --restart):")
+                     + ("(--restart was given):" if restarting else "(restart, or use --restart):"))
         rows = []
         for u in result.after:
             unit = getattr(u, "unit", None)
