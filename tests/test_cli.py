@@ -98,3 +98,10 @@ def test_json_errors_go_to_standard_error(tmp_path) -> None:  # type: ignore[no-
     assert r.stderr.count("soswap: error: ") == 3 and f"{tmp_path / 'link2'}: not an ELF file" in r.stderr
     r = soswap("elf", "--json", str(tmp_path / "notelf.txt"))
     assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("soswap: error: ")
+
+
+@pytest.mark.parametrize("command", ["elf", "tree", "diff"])
+def test_a_newline_in_a_file_name_keeps_the_error_on_one_line(command: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    odd = str(tmp_path / "new\nline")
+    r = soswap(command, *([odd, odd] if command == "diff" else [odd]))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("soswap: error: "), r.stderr

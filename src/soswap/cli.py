@@ -224,9 +224,10 @@ def _describe_oserror(exc: OSError) -> str:
 
 
 def _error_line(message: str) -> None:
-    message = " ".join(message.splitlines())
+    from soswap.report.output import error_line
+
     try:
-        sys.stderr.write(f"{_PROG}: error: {message}\n")
+        sys.stderr.write(error_line(message))
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

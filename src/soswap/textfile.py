@@ -51,3 +51,27 @@ def write_atomic(path: str, text: Union[str, bytes], mode: int = 0o644) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def read_regular(path: str, limit: int = 64 << 20) -> bytes:
+    """Up to ``limit`` bytes of the regular file at ``path`` (a symbolic link is followed). Opening never
+    blocks: a FIFO (which would wait for a writer for ever), a device or a socket raises OSError
+    (``EINVAL``, "not a regular file"), as does anything the open raises."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 4 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

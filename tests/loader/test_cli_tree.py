@@ -145,6 +145,16 @@ def test_root_option_against_a_chroot(tmp_path: Path) -> None:
         if not finds:
             assert "libx.so.1: cannot open shared object file" in real.stderr + r.stdout
         assert "ld.so ignores" in r.stderr and "Traceback" not in r.stderr
+    # FIFOs where ld.so reads whole files (the real ld.so would wait for a writer for ever): never a hang
+    cache.unlink()
+    os.mkfifo(cache)
+    os.mkfifo(root / "etc" / "ld.so.preload")
+    (root / "usr" / "bin" / "ldd").unlink(missing_ok=True)
+    os.mkfifo(root / "usr" / "bin" / "ldd")
+    for args, status in ((("/usr/bin/prog",), 1), (("--ldd", "/usr/bin/prog"), 0)):
+        r = soswap("--root", str(root), *args)  # soswap() gives up after 120 s
+        assert r.returncode == status and "libx.so.1 => not found" in r.stdout, r.stdout + r.stderr
+    assert "not a regular file (ld.so ignores it)" in soswap("--root", str(root), "/usr/bin/prog").stderr
 
 
 def test_help() -> None:

@@ -303,6 +303,59 @@ def test_damaged_journal_is_an_error_not_a_traceback(tmp_path, libfoo, state):
     assert "nothing to recover" in r.stdout
 
 
+def _journal_with(state: Path, txid: str, change) -> Path:  # type: ignore[no-untyped-def]
+    """The live journal of ``txid`` after ``change(record)``."""
+    path = state / "tx" / f"{txid}.json"
+    if not path.exists():
+        path = state / "history" / f"{txid}.json"
+    record = json.loads(path.read_text())
+    change(record)
+    live = state / "tx" / f"{txid}.json"
+    live.parent.mkdir(exist_ok=True)
+    live.write_text(json.dumps(record))
+    if live != path:
+        path.unlink()
+    return live
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r: r.update(argv=1),
+    lambda r: r.update(state="prepared", dir_flags=5),
+    lambda r: r.update(state="staging", dir_flags=[{"dir": 3, "flags": 1}]),
+    lambda r: (r.update(state="prepared"), r["entries"][0].update(dest="/tmp/a\u0000b")),
+    lambda r: (r.update(state="prepared"), r["entries"][0].update(backup=[1])),
+    lambda r: (r.update(state="prepared"), r["entries"][0].update(backup="../../etc/passwd")),
+    lambda r: (r.update(state="prepared"), r["entries"][0].update(flags=2**70)),
+    lambda r: (r.update(state="prepared"), r["entries"][0]["old"].update(ino="7")),
+    lambda r: r["entries"][0].update(privileges={"mode": "4755"}),
+    lambda r: r.update(finished=[]),
+], ids=["argv", "dir-flags", "dir-flags-dir", "nul-in-dest", "backup-list", "backup-path", "huge-flags",
+        "ino-text", "privileges", "finished"])
+def test_a_journal_with_fields_of_the_wrong_type_is_one_clear_error(tmp_path, libfoo, state, damage):
+    """Every field recovery, rollback and history read is checked: a damaged journal is 'malformed journal ...;
+    move it aside', exit 2, never an internal error (a fuzz of the fields found hundreds of those)."""
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    txid = json.loads(soswap(["install", "--json", libfoo.v2, lib], state, check=0).stdout)["txid"]
+    _journal_with(state, txid, damage)
+    for argv in (["history"], ["recover"], ["rollback"]):
+        r = soswap(argv, state, check=2)
+        assert r.stderr.count("soswap: error:") == 1 and "move it aside" in r.stderr, r.stderr
+        assert "internal error" not in r.stderr
+    assert sha256(lib) == libfoo.sha2
+
+
+def test_a_fifo_in_the_state_directory_is_an_error_not_a_wait(tmp_path, libfoo, state):
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d)
+    (state / "tx").mkdir(parents=True)
+    os.mkfifo(state / "tx" / "20200101-000000-000000.json")
+    for argv in (["history"], ["recover"], ["install", libfoo.v2, lib]):
+        r = soswap(argv, state, check=2, timeout=30)
+        assert r.stderr.count("soswap: error:") == 1 and "not a regular file" in r.stderr, r.stderr
+    assert sha256(lib) == libfoo.sha1
+
+
 def test_state_dir_option_overrides_environment(tmp_path, libfoo, state):
     d = tmp_path / "app"
     lib = libfoo.deploy(d)

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from soswap.errors import EXIT_ERROR, EXIT_OK, ElfError
+from soswap.report.output import error_line
 
 NAME = "elf"
 HELP = "show the dynamic section, versions and symbols of ELF files"
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write(text + "\n")
         except ElfError as exc:
             sys.stdout.flush()
-            sys.stderr.write(f"soswap: error: {exc}\n")
+            sys.stderr.write(error_line(str(exc)))
             status = EXIT_ERROR
     if args.json and len(args.files) == 1:
         if objects:  # one file: its object; unreadable: only the error line (nothing on standard output)

@@ -234,6 +234,7 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, 
     """(exit status for this file, rendered text or JSON document, error line)."""
     from soswap.errors import SoswapError
     from soswap.loader.model import FIRST_CALL
+    from soswap.report.output import error_line
     from soswap.report.tree import error_json, render_text, result_json
 
     try:
@@ -241,7 +242,7 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, 
         bound = loader.bind(res) if args.symbols else loader.bind(res, relocate=False)
     except SoswapError as exc:
         text = " ".join(_named(exc, path).splitlines())
-        return EXIT_ERROR, error_json(path, text) if args.json else "", f"soswap: error: {text}\n"
+        return EXIT_ERROR, error_json(path, text) if args.json else "", error_line(text)
     # a failure at startup, an unresolved symbol, or what kills the program at a first call (check_match's
     # assertion; a warning printed at a first call has no exit status)
     failed = bound.fatal is not None or bound.unresolved or any(

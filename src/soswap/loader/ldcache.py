@@ -13,6 +13,7 @@ import struct
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from soswap.errors import CacheError
+from soswap.textfile import read_regular
 
 OLD_MAGIC = b"ld.so-1.7.0"
 NEW_MAGIC = b"glibc-ld.so.cache1.1"
@@ -151,11 +152,10 @@ class LdCache:
         glibc-hwcaps entries; an entry whose strings lie outside the file is skipped. :attr:`problem` says
         what was ignored. (:meth:`parse` is the strict reader: it raises :class:`CacheError`.)"""
         try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_size > MAX_CACHE_SIZE:
-                    raise CacheError(f"{path}: implausibly large ld.so.cache ({st.st_size} bytes)")
-                data = f.read(MAX_CACHE_SIZE + 1)
+            # ld.so itself (_dl_sysdep_read_whole_file) would wait for ever on a FIFO here: refused instead
+            data = read_regular(path, MAX_CACHE_SIZE + 1)
+            if len(data) > MAX_CACHE_SIZE:
+                raise CacheError(f"{path}: implausibly large ld.so.cache (over {MAX_CACHE_SIZE} bytes)")
         except FileNotFoundError:
             return cls.empty(path)
         except IsADirectoryError:

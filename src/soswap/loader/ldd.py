@@ -19,6 +19,7 @@ from soswap.loader import model as M
 from soswap.loader.candidates import ACCEPT, FileSystem, load_commands, overlapping
 from soswap.loader.loading import Loader
 from soswap.loader.profile import Profile, abi_for
+from soswap.textfile import read_regular
 
 DEFAULT_RTLDLIST = ("/lib/ld-linux.so.2", "/lib64/ld-linux-x86-64.so.2", "/libx32/ld-linux-x32.so.2")
 _RTLDLIST_RE = re.compile(r'^RTLDLIST="?([^"\n]*)"?\s*$', re.M)
@@ -47,8 +48,7 @@ def rtld_list(loader: Loader) -> Tuple[str, ...]:
     fs = loader.profile.fs
     for candidate in ("/usr/bin/ldd", "/bin/ldd"):
         try:
-            with open(fs.host(candidate), encoding="utf-8", errors="replace") as f:
-                text = f.read(1 << 16)
+            text = read_regular(fs.host(candidate), 1 << 16).decode("utf-8", "replace")
         except OSError:
             continue
         m = _RTLDLIST_RE.search(text)
@@ -131,8 +131,7 @@ class LddModel:
         fs = self.loader.profile.fs
         shell = "/bin/bash"
         try:
-            with open(fs.host("/usr/bin/ldd"), "rb") as f:
-                first = f.readline(256)
+            first = read_regular(fs.host("/usr/bin/ldd"), 256).split(b"\n", 1)[0]
             if first.startswith(b"#!"):
                 shell = os.fsdecode(first[2:].strip().split(b" ")[0]) or shell
         except OSError:
@@ -179,8 +178,7 @@ class LddModel:
         fsys: FileSystem = self.loader.file_system(profile)
         try:
             st = os.stat(host)
-            with open(host, "rb") as f:
-                head = f.read(64)
+            head = read_regular(host, 64)
         except OSError:
             return 1
         if fsys.check_header(head, st.st_size) is not None:

@@ -16,6 +16,7 @@ from soswap.errors import SoswapError, UsageError
 from soswap.loader import cpu as cpumod
 from soswap.loader.ldcache import FLAG_AARCH64_LIB64, FLAG_X8664_LIB64, FLAG_X8664_LIBX32, CacheTarget, LdCache
 from soswap.loader.rootfs import RootFS
+from soswap.textfile import read_regular
 
 
 class Abi(NamedTuple):
@@ -245,8 +246,7 @@ def _fs_for(root: str) -> RootFS:
 
 def _read_prefix(path: str, limit: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read(limit)
+        return read_regular(path, limit)
     except OSError:
         return b""
 

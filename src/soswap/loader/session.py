@@ -32,6 +32,7 @@ from soswap.loader.candidates import (
 from soswap.loader.environment import Environment
 from soswap.loader.profile import Profile
 from soswap.loader.searchpath import SearchDir, capability_subdirs, decompose
+from soswap.textfile import read_regular
 
 #: SECURE_NAME_LIMIT / SECURE_PATH_LIMIT of elf/rtld.c.
 SECURE_NAME_LIMIT = 255
@@ -850,8 +851,7 @@ def preload_file_names(fsys: FileSystem) -> List[str]:
     if hit is not None:
         return hit  # type: ignore[return-value]
     try:
-        with open(host, "rb") as f:
-            data = f.read(1 << 20)
+        data = read_regular(host, 1 << 20)  # a FIFO is refused (ld.so would block on it), as unreadable
     except OSError:
         data = b""
     out: List[str] = []

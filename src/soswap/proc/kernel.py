@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -59,15 +60,21 @@ def version_key(release: str) -> Tuple:
 def read_bzimage_version(path: str) -> Optional[str]:
     """The version string of an x86 bzImage (boot protocol header), or None."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(0x210)
-            if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-                return None
-            (offset,) = struct.unpack_from("<H", head, 0x20E)
-            f.seek(0x200 + offset)
-            raw = f.read(256)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)  # a FIFO never blocks
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        head = os.pread(fd, 0x210, 0)
+        if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+            return None
+        (offset,) = struct.unpack_from("<H", head, 0x20E)
+        raw = os.pread(fd, 256, 0x200 + offset)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     text = raw.split(b"\0", 1)[0].decode("ascii", "replace").strip()
     if not re.match(r"^\d+\.\d+", text):
         return None

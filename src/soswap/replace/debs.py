@@ -29,6 +29,7 @@ from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, T
 from soswap.abi.sysdirs import canonical_path
 from soswap.elf import is_loadable_elf
 from soswap.errors import SoswapError
+from soswap.textfile import read_regular
 
 _ELF_MAGIC = b"\x7fELF"
 #: symbolic links followed inside one package before giving up (ELOOP in the kernel is 40)
@@ -87,8 +88,7 @@ def diversions(path: str = DIVERSIONS) -> Dict[str, Tuple[str, str]]:
     """{diverted path: (where dpkg puts other packages' file instead, diverting package)}; empty when the file
     cannot be read (no dpkg, or no diversion)."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.read().split("\n")
+        lines = read_regular(path).decode("utf-8", "surrogateescape").split("\n")
     except OSError:
         return {}
     return {lines[i]: (lines[i + 1], lines[i + 2]) for i in range(0, len(lines) - 2, 3)
@@ -169,8 +169,7 @@ def _listed(path: Optional[str]) -> List[str]:
     if path is None:
         return []
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path)
     except OSError:
         return []
     return [os.fsdecode(line) for line in data.split(b"\n") if line.startswith(b"/") and line != b"/."]
@@ -235,8 +234,7 @@ def _owned_elsewhere(paths: Set[str], skip: Set[str], admindir: str) -> Set[str]
         if lst in skip:
             continue
         try:
-            with open(lst, "rb") as f:
-                data = f.read()
+            data = read_regular(lst)
         except OSError:
             continue
         for base, wanted in by_name.items():

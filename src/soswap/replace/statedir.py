@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from soswap.errors import StateError
 from soswap.state import default_state_dir
+from soswap.textfile import read_regular
 
 JOURNAL_VERSION = 1
 #: How long a second install waits for the lock before giving up (never hang).
@@ -162,8 +163,7 @@ class StateDir:
         for live in (False, True):
             path = self.journal_path(txid, live)
             try:
-                with open(path, "rb") as f:
-                    raw = f.read(64 << 20)
+                raw = read_regular(path, 64 << 20)  # a FIFO in the state directory is an error, not a wait
             except FileNotFoundError:
                 continue
             except OSError as exc:
@@ -227,4 +227,80 @@ def _parse(path: str, raw: bytes) -> Dict[str, Any]:
     for key in ("txid", "state", "kind"):
         if not isinstance(obj.get(key), str):
             raise StateError(f"{path}: journal field {key!r} missing; move it aside to continue")
+    problem = _record_problem(obj)
+    if problem:
+        raise StateError(f"{path}: malformed journal ({problem}); move it aside to continue")
     return obj
+
+
+_OPTIONAL_TEXT = ("started", "finished", "rollback_of", "rolled_back_by", "error")
+_ENTRY_TEXT = ("kind", "dest")
+_ENTRY_OPTIONAL_TEXT = ("temp", "backup", "source", "requested", "link_old", "link_new", "method")
+_INODE_FIELDS = ("dev", "ino", "size", "mtime_ns")
+
+
+def _text_problem(value: Any, what: str, optional: bool) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or "\0" in value:
+        return f"{what} is not a file name"
+    return None
+
+
+def _int_problem(value: Any, what: str, bits: int = 64, signed: bool = False) -> Optional[str]:
+    low = -(1 << (bits - 1)) if signed else 0
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value < 1 << bits:
+        return f"{what} is not a number"
+    return None
+
+
+def _record_problem(obj: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the types of a journal's fields, or None: everything recovery, rollback and history
+    read is checked here, so a damaged journal is one clear error, never an internal one."""
+    argv = obj.get("argv")
+    if argv is not None and (not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)):
+        return "argv is not a list of strings"
+    for key in _OPTIONAL_TEXT:
+        if obj.get(key) is not None and not isinstance(obj.get(key), str):
+            return f"{key} is not a string"
+    flags = obj.get("dir_flags")
+    if flags is not None:
+        if not isinstance(flags, list):
+            return "dir_flags is not a list"
+        for item in flags:
+            if not isinstance(item, dict):
+                return "dir_flags holds something else than {dir, flags}"
+            problem = _text_problem(item.get("dir"), "dir_flags.dir", False) or _int_problem(
+                item.get("flags"), "dir_flags.flags", 32)
+            if problem:
+                return problem
+    for n, e in enumerate(obj["entries"]):
+        if not isinstance(e, dict):
+            return f"entry {n} is not an object"
+        problem = next((p for p in (
+            *(_text_problem(e.get(k), f"entry {n} {k}", False) for k in _ENTRY_TEXT),
+            *(_text_problem(e.get(k), f"entry {n} {k}", True) for k in _ENTRY_OPTIONAL_TEXT),
+            _int_problem(e.get("flags") or 0, f"entry {n} flags", 32)) if p), None)
+        if problem:
+            return problem
+        for k in ("temp", "backup"):  # names in the destination's directory
+            if isinstance(e.get(k), str) and ("/" in e[k] or e[k] in ("", ".", "..")):
+                return f"entry {n} {k} is not a name in its directory"
+        for k in ("old", "new"):
+            rec = e.get(k)
+            if rec is None:
+                continue
+            if not isinstance(rec, dict):
+                return f"entry {n} {k} is not an inode record"
+            problem = next((p for p in (_int_problem(rec.get(f), f"entry {n} {k}.{f}", signed=f == "mtime_ns")
+                                        for f in _INODE_FIELDS) if p), None)
+            if problem or (rec.get("sha256") is not None and not isinstance(rec.get("sha256"), str)):
+                return problem or f"entry {n} {k}.sha256 is not a string"
+        for k in ("privileges", "restore"):
+            priv = e.get(k)
+            if priv is None:
+                continue
+            if not isinstance(priv, dict) or _int_problem(priv.get("mode"), f"entry {n} {k}.mode", 16) or (
+                    priv.get("capability") is not None and not isinstance(priv.get("capability"), str)):
+                return f"entry {n} {k} is not a privileges record"
+    return None

@@ -37,6 +37,12 @@ def json_text(obj: Any, depth: int = 0) -> str:
     return "[" + pad + body + "\n" + "  " * depth + "]"
 
 
+def error_line(message: str) -> str:
+    """``soswap: error: MESSAGE`` on one line (a newline in a file name, or a message of several lines, is
+    joined with spaces), with its newline."""
+    return f"soswap: error: {' '.join(message.splitlines())}\n"
+
+
 def one_line(text: str) -> str:
     """``text`` with its control characters escaped (``\\n``, ``\\t``, ``\\xNN``): a file name with a newline
     stays on its line of a report. Undecodable bytes (surrogates) are left to the stream's error handler."""
