@@ -25,11 +25,16 @@ from typing import Dict, FrozenSet, Hashable, NamedTuple, Optional, Set, Tuple
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import procfs
 
-#: Filesystems whose stat() can hang when the server is gone; stats there run in a worker with a timeout.
+#: Filesystems whose stat() can hang when the server is gone; stats there run in a helper process with a
+#: timeout. Every FUSE filesystem counts too (``fuse``, ``fuse.*``: its daemon may stop answering).
 NETWORK_FS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "fuse.sshfs", "fuse.glusterfs",
-    "fuse.ceph", "lustre", "gpfs", "ocfs2", "beegfs",
+    "fuse.ceph", "lustre", "gpfs", "ocfs2", "beegfs", "fuse", "fuseblk",
 })
+
+
+def _is_guarded(fstype: str, fstypes: FrozenSet[str]) -> bool:
+    return fstype in fstypes or (fstypes is NETWORK_FS and fstype.startswith("fuse."))
 
 
 class RootContext(NamedTuple):
@@ -57,6 +62,7 @@ class FileView:
         self.stat_timeout = stat_timeout
         self._guarded_devs = _devices_of(guarded_fstypes)
         self._hung_devs: Set[int] = set()
+        self._server: Optional[StatServer] = None
         self.map_files_denied = False
 
     # -- roots ---------------------------------------------------------------------------------------------
@@ -117,23 +123,13 @@ class FileView:
                 return exc.errno or errno.EIO
             except ValueError:  # an embedded NUL cannot come from the kernel, but never crash on it
                 return errno.EINVAL
-        box: Dict[str, object] = {}
-
-        def work() -> None:
-            try:
-                box["r"] = os.stat(full)
-            except OSError as exc:
-                box["r"] = exc.errno or errno.EIO
-
-        import threading  # only network filesystems need it: not on every start
-
-        worker = threading.Thread(target=work, name="soswap-stat", daemon=True)
-        worker.start()
-        worker.join(self.stat_timeout)
-        if worker.is_alive():
+        if self._server is None:
+            self._server = StatServer()
+        result = self._server.stat(full, self.stat_timeout)
+        if result is None:
             self._hung_devs.add(dev_hint)
             return errno.ETIMEDOUT
-        return box["r"]  # type: ignore[return-value]
+        return result
 
     def map_file_stat(self, pid: int, dev: int, inode: int, start: int, end: int) -> Optional[os.stat_result]:
         """The mapped file's own stat via /proc/PID/map_files, cached by the maps (dev, inode); None if refused."""
@@ -142,6 +138,14 @@ class FileView:
             return self._map_file_stats[key]
         if self.map_files_denied or dev in self._hung_devs:
             return None
+        if dev in self._guarded_devs:  # the map_files link stats the file through its filesystem too
+            res = self._guarded_stat(os.fsencode(f"{procfs.PROC}/{pid}/{procfs.map_files_name(start, end)}"), dev)
+            if isinstance(res, int):
+                if res in (errno.EACCES, errno.EPERM):
+                    self.map_files_denied = True
+                return None
+            self._map_file_stats[key] = res
+            return res
         try:
             st: Optional[os.stat_result] = procfs.stat_map_file(pid, start, end)
         except AccessDenied:
@@ -184,10 +188,118 @@ def _devices_of(fstypes: FrozenSet[str]) -> FrozenSet[int]:
             continue
         fields = left.split(b" ")
         fstype = right.split(b" ", 1)[0].decode("ascii", "replace")
-        if fstype in fstypes and len(fields) > 2:
+        if _is_guarded(fstype, fstypes) and len(fields) > 2:
             major, _, minor = fields[2].partition(b":")
             try:
                 devs.add(os.makedev(int(major), int(minor)))
             except ValueError:
                 continue
     return frozenset(devs)
+
+
+class StatServer:
+    """A forked helper process that runs ``stat()`` for us. A stat stuck in the kernel (a dead NFS server, a
+    FUSE daemon that stopped answering: uninterruptible, SIGKILL does not end it) stays in the helper, which is
+    abandoned; a thread would keep the whole process from exiting until the filesystem answers."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._req = self._resp = -1
+
+    def stat(self, path: bytes, timeout: float) -> Optional[os.stat_result | Missing]:
+        """``os.stat(path)`` (a stat result or an errno), or None when it did not answer within ``timeout``
+        seconds (the helper is then abandoned; the next call starts another)."""
+        import pickle
+        import select
+
+        if not self._pid and not self._start():
+            return errno.EAGAIN
+        try:
+            os.write(self._req, len(path).to_bytes(4, "little") + path)
+            ready, _, _ = select.select([self._resp], [], [], timeout)
+            if not ready:
+                self.abandon()
+                return None
+            head = _read_exact(self._resp, 4)
+            payload = _read_exact(self._resp, int.from_bytes(head, "little"))
+            return pickle.loads(payload)  # type: ignore[no-any-return]  # our own child's answer
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+            self.abandon()
+            return errno.EIO
+
+    def _start(self) -> bool:
+        import pickle  # noqa: F401  (imported before the fork: the child never imports)
+
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (req_r, req_w, resp_r, resp_w):
+                os.close(fd)
+            return False
+        if pid == 0:  # pragma: no cover - the child
+            code = 0
+            try:
+                os.close(req_w)
+                os.close(resp_r)
+                _serve(req_r, resp_w)
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(resp_w)
+        os.set_inheritable(req_w, False)
+        os.set_inheritable(resp_r, False)
+        self._pid, self._req, self._resp = pid, req_w, resp_r
+        return True
+
+    def abandon(self) -> None:
+        """Close the pipes: an idle helper sees the end and exits; a stuck one exits when its stat returns
+        (or stays, reparented to init, never waited for)."""
+        for fd in (self._req, self._resp):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self._pid:
+            try:
+                os.waitpid(self._pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        self._pid, self._req, self._resp = 0, -1, -1
+
+    def __del__(self) -> None:
+        self.abandon()
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks = []
+    while n > 0:
+        chunk = os.read(fd, n)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _serve(req: int, resp: int) -> None:  # pragma: no cover - runs in the helper process
+    import pickle
+
+    while True:
+        try:
+            head = _read_exact(req, 4)
+            path = _read_exact(req, int.from_bytes(head, "little"))
+        except EOFError:
+            return
+        try:
+            result: object = os.stat(path)
+        except OSError as exc:
+            result = exc.errno or errno.EIO
+        except ValueError:
+            result = errno.EINVAL
+        payload = pickle.dumps(result)
+        os.write(resp, len(payload).to_bytes(4, "little") + payload)
