@@ -355,5 +355,6 @@ def rdeps_to_text(library: str, soname: Optional[str], dependents: List[Dependen
     lines.append("")
     where = index_path or "in memory"
     lines.append(f"index: {where} ({stats.get('files')} ELF files, {stats.get('reread')} re-read, "
-                 f"{stats.get('trees')} trees updated, {stats.get('seconds')} s)")
+                 f"{stats.get('trees')} trees updated, {stats.get('seconds')} s"
+                 + (f", not saved ({stats['save_error']})" if stats.get("save_error") else "") + ")")
     return lines
