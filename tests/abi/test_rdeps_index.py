@@ -764,3 +764,16 @@ def test_a_library_directory_that_is_a_mount_point_is_walked(tmp_path: Path) -> 
     finally:
         if subprocess.run(["umount", str(inner)]).returncode != 0:  # a descriptor still open: detach it
             subprocess.run(["umount", "-l", str(inner)], check=True)
+
+
+def test_rdeps_says_when_the_index_was_not_saved(tmp_path: Path) -> None:
+    lib = shared_lib(tmp_path / "lib" / "libq.so.1", "int q(void) { return 1; }\n", soname="libq.so.1")
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("x")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"),
+               SOSWAP_CACHE_DIR=str(blocked))
+    r = subprocess.run([sys.executable, "-m", "soswap", "rdeps", "--scope", str(lib.parent), "--", str(lib)],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("index: ")]
+    assert ", not saved (" in line
