@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from elftools.elf.elffile import ELFFile
 
-from fuzz_elf import mutate
+from fuzz_elf import Hang, _alarm, mutate
 from soswap.elf import ElfCache
 from soswap.errors import SoswapError
 from soswap.loader import Environment, Loader, Profile
@@ -76,14 +76,6 @@ def targeted(rng: random.Random, data: bytes, spans: List[Tuple[int, int]]) -> b
             b[pos:pos + 8] = rng.choice([0, 2**64 - 1, len(b), rng.getrandbits(64), rng.randrange(4096)]).to_bytes(
                 8, "little")
     return bytes(b)
-
-
-class Hang(Exception):
-    pass
-
-
-def _alarm(_s: int, _f: object) -> None:
-    raise Hang()
 
 
 def main() -> int:

@@ -24,6 +24,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from soswap.textfile import read_fd
+
 #: A cache file larger than this is not read (a corrupt or hostile file); it is rebuilt instead.
 MAX_FILE_BYTES = 512 << 20
 #: A temporary file of a writer older than this was left by a killed process: removed by the next writer.
@@ -109,15 +111,7 @@ def _read_own_file(path: str) -> bytes:
             raise Unusable(f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: not trusted")
         if st.st_size > MAX_FILE_BYTES:
             raise Unusable(f"too big ({st.st_size} bytes)")
-        chunks = []
-        left = st.st_size + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 4 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return read_fd(fd, st.st_size + 1)
     except OSError as exc:
         raise Unusable(f"cannot read: {exc.strerror}") from None
     finally:
