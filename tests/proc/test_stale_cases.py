@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -524,6 +526,33 @@ def test_stat_on_a_hanging_filesystem_times_out(procs, fx, tmp_path: Path) -> No
     finally:
         procs.stop_all()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_the_stat_helper_holds_nothing_of_ours(tmp_path: Path) -> None:
+    """The helper process that runs guarded stats keeps only its two pipes open (a helper stuck for good on a
+    dead filesystem must not hold a lock or file of ours), answers like os.stat, and ends with its pipes."""
+    from soswap.proc.view import StatServer
+
+    held = open(tmp_path / "held", "w")  # noqa: SIM115 - open across the helper's start on purpose
+    try:
+        server = StatServer()
+        st = server.stat(os.fsencode(str(tmp_path / "held")), 5.0)
+        assert isinstance(st, os.stat_result) and st.st_ino == os.stat(tmp_path / "held").st_ino
+        assert server.stat(os.fsencode(str(tmp_path / "none")), 5.0) == errno.ENOENT
+        pid = server._pid
+        fds = os.listdir(f"/proc/{pid}/fd")
+        assert len(fds) == 5, fds  # stdin, stdout, stderr and the two pipes
+        targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
+        assert str(tmp_path / "held") not in targets
+        server.abandon()
+        for _ in range(200):
+            if not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the helper did not end with its pipes")
+    finally:
+        held.close()
 
 
 # "modified": the dlopen-after-change false positive, and the journal hook that removes it -----------------

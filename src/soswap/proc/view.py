@@ -241,8 +241,9 @@ class StatServer:
         if pid == 0:  # pragma: no cover - the child
             code = 0
             try:
-                os.close(req_w)
-                os.close(resp_r)
+                # only its two pipes: a helper stuck for good must not keep a lock (the state directory's
+                # flock lives as long as any copy of its descriptor) or anything else of ours open
+                _close_all_but(req_r, resp_w)
                 _serve(req_r, resp_w)
             except BaseException:
                 code = 1
@@ -273,6 +274,20 @@ class StatServer:
 
     def __del__(self) -> None:
         self.abandon()
+
+
+def _close_all_but(*keep: int) -> None:  # pragma: no cover - runs in the helper process
+    """Close every descriptor above 2 except ``keep`` (the open ones, as /proc/self/fd lists them)."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _read_exact(fd: int, n: int) -> bytes:
