@@ -544,6 +544,8 @@ def test_the_stat_helper_holds_nothing_of_ours(tmp_path: Path) -> None:
         assert len(fds) == 5, fds  # stdin, stdout, stderr and the two pipes
         targets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
         assert str(tmp_path / "held") not in targets
+        # its standard streams are /dev/null: a stuck helper never keeps a pipe reading our output open
+        assert [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)] == ["/dev/null"] * 3
         server.abandon()
         for _ in range(200):
             if not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":

@@ -241,9 +241,18 @@ class StatServer:
         if pid == 0:  # pragma: no cover - the child
             code = 0
             try:
-                # only its two pipes: a helper stuck for good must not keep a lock (the state directory's
-                # flock lives as long as any copy of its descriptor) or anything else of ours open
+                import fcntl
+
+                # its pipes above the standard streams (a closed stdin lets os.pipe() hand out 0), then only
+                # them: a helper stuck for good must not keep a lock (the state directory's flock lives as long
+                # as any copy of its descriptor) or anything else of ours open
+                req_r, resp_w = (fd if fd > 2 else fcntl.fcntl(fd, fcntl.F_DUPFD, 3) for fd in (req_r, resp_w))
                 _close_all_but(req_r, resp_w)
+                # nor our standard streams: a pipe reading soswap's output (NRPE, $(...)) would never end
+                null = os.open(os.devnull, os.O_RDWR)
+                for std in (0, 1, 2):
+                    os.dup2(null, std)
+                os.close(null)
                 _serve(req_r, resp_w)
             except BaseException:
                 code = 1
