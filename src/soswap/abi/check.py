@@ -241,7 +241,7 @@ def _check_processes(checker: ConsumerChecker, pids: Sequence[int], explicit: Se
                     raise
                 skipped.append((pid, str(exc)))
                 continue
-        out.append(hit._replace(pid=pid, note=info.note or hit.note))
+        out.append(hit._replace(pid=pid, note=hit.note or info.note))  # hit.note starts with info.note
     return out
 
 
@@ -265,6 +265,8 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
         if again is not None:
             info, main, in_tree, loaded_dirs = again
             note = note or info.note
+            if main.note:  # the objects that also define what NEW lacks (_defined_elsewhere)
+                note = f"{note}; {main.note}" if note else main.note
             outside = [path for path, dev, ino in info.mapped
                        if not ((dev, ino) in in_tree or path in in_tree or path == info.exe)]
             problems, baseline, verdicts = list(main.problems), list(main.baseline), [main.verdict]
@@ -334,25 +336,27 @@ def _with_mapped_dirs(checker: ConsumerChecker, info: ProcessInfo
 
 
 def _defined_elsewhere(checker: ConsumerChecker, result: P.ConsumerResult, others: Sequence[str]) -> P.ConsumerResult:
-    """``result`` without the missing symbols that another object the process maps defines: its environment is
-    gone, so an ``LD_PRELOAD`` it had is unknown, and that object may be one (or a dlopen-ed plugin)."""
+    """``result`` with a note naming the missing symbols another object the process maps defines: its lost
+    environment may have preloaded that object (then the restart works), or the process dlopen-ed it with
+    RTLD_LOCAL (then it does not help the program): which one cannot be told, and the problems stay."""
     missing = {p.symbol for p in result.problems if p.kind == "undefined-symbol" and p.symbol}
     if not missing:
         return result
-    defined: Set[str] = set()
+    defined: Dict[str, List[str]] = {}
     for path in others:
         try:
             syms = checker.elf_cache.get(path).symbols
         except (SoswapError, OSError):
             continue
-        defined.update(s.name for s in syms if s.name in missing and s.shndx != 0 and s.bind != 0)
+        for s in syms:
+            if s.name in missing and s.shndx != 0 and s.bind != 0 and path not in defined.get(s.name, ()):
+                defined.setdefault(s.name, []).append(path)
     if not defined:
         return result
-    kept = tuple(p for p in result.problems if not (p.kind == "undefined-symbol" and p.symbol in defined))
-    verdict = result.verdict if kept or result.verdict != P.INCOMPATIBLE else P.COMPATIBLE
-    note = (f"{', '.join(sorted(defined))} not counted: defined by another object it maps ({', '.join(others)}), "
-            "which may be a preload its lost environment named")
-    return result._replace(problems=kept, verdict=verdict, note=(result.note + "; " if result.note else "") + note)
+    named = "; ".join(f"{name} in {', '.join(paths)}" for name, paths in sorted(defined.items()))
+    note = (f"also defined by objects it maps ({named}): if its lost environment preloaded one, the restart "
+            "works; a dlopen-ed plugin does not help")
+    return result._replace(note=(result.note + "; " if result.note else "") + note)
 
 
 def _loaded_dirs(checker: ConsumerChecker, dirs: Sequence[str]) -> List[str]:
