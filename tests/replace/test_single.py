@@ -234,6 +234,15 @@ def test_immutable_directory_refused(tmp_path, libfoo, state):
         soswap(["install", "--force-immutable", libfoo.v2, lib], state, check=0)
         assert sha256(lib) == libfoo.sha2
         assert "i" in run(["lsattr", "-d", d]).stdout.split()[0]
+        # a rollback there is refused up front (it failed half-way, and its stuck journal blocked every
+        # later install until the flag was cleared by hand)
+        r = soswap(["rollback"], state, check=1)
+        assert "immutable" in r.stderr and "nothing was changed" in r.stderr
+        assert sha256(lib) == libfoo.sha2 and leftovers(d) == []
+        soswap(["recover"], state, check=0)
+        run(["chattr", "-i", d])
+        soswap(["rollback"], state, check=0)
+        assert sha256(lib) == libfoo.sha1
     finally:
         run(["chattr", "-i", d])
 

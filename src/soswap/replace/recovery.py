@@ -15,7 +15,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from soswap.errors import Refused, ReplaceError, StateError, UsageError
 from soswap.replace import naming
-from soswap.replace.checks import describe_oserror
+from soswap.replace.checks import describe_oserror, directory_flags, flag_names
 from soswap.replace.metadata import privileges_of, snapshot
 from soswap.replace.pause import pause_point
 from soswap.replace.records import (
@@ -195,6 +195,7 @@ def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Chan
                       "transactions keep theirs); it cannot be rolled back")
     problems: List[str] = []
     out: List[Change] = []
+    problems.extend(_blocked_directories(_changes(record, path)))
     for ch in reversed(_changes(record, path)):
         try:
             cur: Optional[os.stat_result] = os.lstat(ch.dest)
@@ -308,6 +309,26 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
         state.unlock()
     return InstallResult(new_txid, "rolled-back", tuple(committed), (), recovered, backups_kept=keep_backups,
                          rollback_of=target_txid)
+
+
+def _blocked_directories(changes: Sequence[Change]) -> List[str]:
+    """The directories of ``changes`` that are immutable or append-only (``chattr +i``/``+a``): a rollback
+    cannot rename in them (an install with --force-immutable cleared and re-set the flag), and its undo could
+    not either. Refused up front, nothing changed."""
+    out = []
+    for directory in sorted({c.directory for c in changes}):
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue  # the entries' own checks say what is wrong
+        try:
+            flags = directory_flags(fd)
+        finally:
+            os.close(fd)
+        if flags:
+            out.append(f"{directory}: is {flag_names(flags)}; clear the flag (chattr -i/-a) to roll back, and set "
+                       "it again afterwards")
+    return out
 
 
 def _stage_restored_copy(dfd: int, ch: Change) -> Change:
