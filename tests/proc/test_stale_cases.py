@@ -528,6 +528,40 @@ def test_stat_on_a_hanging_filesystem_times_out(procs, fx, tmp_path: Path) -> No
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@requires_root
+def test_several_hanging_filesystems_cost_twice_the_timeout_in_all(tmp_path: Path) -> None:
+    """Three dead mounts (strace delays every stat of a file on each by 3 s; tmpfs declared "network"): the
+    first two cost the 0.5 s timeout each, the third is counted hung at once (one after the other, five dead
+    mounts made `stale --nagios` take 10 s: a monitoring check's whole budget)."""
+    import sys
+
+    shutil.which("strace") or pytest.skip("no strace")
+    files = []
+    try:
+        for n in range(3):
+            mnt = tmp_path / f"mnt{n}"
+            mnt.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(mnt)], check=True)
+            (mnt / "f").write_text("x")
+            files.append(mnt / "f")
+        code = ("import os\nfrom soswap.proc.view import FileView\n"
+                "v = FileView(stat_timeout=0.5, guarded_fstypes=frozenset({'tmpfs'}))\n"
+                f"paths = {[str(f) for f in files]!r}\n"
+                "devs = [os.stat(os.path.dirname(p)).st_dev for p in paths]\n"
+                "print([v._guarded_stat(p.encode(), d) for p, d in zip(paths, devs)], v._waited)\n")
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+        trace = ["strace", "-f", "-qq", "-o", "/dev/null"]
+        for f in files:
+            trace += ["-P", str(f)]
+        r = subprocess.run([*trace, "-e", "inject=stat,newfstatat,statx:delay_enter=3000000", sys.executable,
+                            "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert r.stdout.split() == [f"[{errno.ETIMEDOUT},", f"{errno.ETIMEDOUT},", f"{errno.ETIMEDOUT}]", "1.0"], \
+            r.stdout + r.stderr
+    finally:
+        for n in range(3):
+            subprocess.run(["umount", "-l", str(tmp_path / f"mnt{n}")], check=False)
+
+
 def test_the_stat_helper_holds_nothing_of_ours(tmp_path: Path) -> None:
     """The helper process that runs guarded stats keeps only its two pipes open (a helper stuck for good on a
     dead filesystem must not hold a lock or file of ours), answers like os.stat, and ends with its pipes."""

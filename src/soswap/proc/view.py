@@ -63,6 +63,7 @@ class FileView:
         self._guarded_devs = _devices_of(guarded_fstypes)
         self._hung_devs: Set[int] = set()
         self._server: Optional[StatServer] = None
+        self._waited = 0.0  #: seconds spent on guarded stats that timed out
         self.map_files_denied = False
 
     # -- roots ---------------------------------------------------------------------------------------------
@@ -123,10 +124,16 @@ class FileView:
                 return exc.errno or errno.EIO
             except ValueError:  # an embedded NUL cannot come from the kernel, but never crash on it
                 return errno.EINVAL
+        if self._waited >= 2 * self.stat_timeout:
+            # several dead mounts: each would cost the whole timeout, one after the other (a monitoring check
+            # has about 10 s); past twice the timeout, every other guarded device counts as hung
+            self._hung_devs.add(dev_hint)
+            return errno.ETIMEDOUT
         if self._server is None:
             self._server = StatServer()
         result = self._server.stat(full, self.stat_timeout)
         if result is None:
+            self._waited += self.stat_timeout
             self._hung_devs.add(dev_hint)
             return errno.ETIMEDOUT
         return result
@@ -218,13 +225,13 @@ class StatServer:
             os.write(self._req, len(path).to_bytes(4, "little") + path)
             ready, _, _ = select.select([self._resp], [], [], timeout)
             if not ready:
-                self.abandon()
+                self.abandon(stuck=True)
                 return None
             head = _read_exact(self._resp, 4)
             payload = _read_exact(self._resp, int.from_bytes(head, "little"))
             return pickle.loads(payload)  # type: ignore[no-any-return]  # our own child's answer
         except (OSError, EOFError, ValueError, pickle.UnpicklingError):
-            self.abandon()
+            self.abandon(stuck=True)
             return errno.EIO
 
     def _start(self) -> bool:
@@ -265,9 +272,9 @@ class StatServer:
         self._pid, self._req, self._resp = pid, req_w, resp_r
         return True
 
-    def abandon(self) -> None:
-        """Close the pipes: an idle helper sees the end and exits; a stuck one exits when its stat returns
-        (or stays, reparented to init, never waited for)."""
+    def abandon(self, stuck: bool = False) -> None:
+        """Close the pipes: an idle helper sees the end and exits, and is waited for; a ``stuck`` one exits
+        when its stat returns (or stays, reparented to init once we exit), and is not waited for."""
         for fd in (self._req, self._resp):
             if fd >= 0:
                 try:
@@ -276,7 +283,7 @@ class StatServer:
                     pass
         if self._pid:
             try:
-                os.waitpid(self._pid, os.WNOHANG)
+                os.waitpid(self._pid, os.WNOHANG if stuck else 0)
             except ChildProcessError:
                 pass
         self._pid, self._req, self._resp = 0, -1, -1
