@@ -8,6 +8,7 @@ target's facts (hwcaps priorities, ISA level, accepted flags) from a :class:`Cac
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -161,6 +162,11 @@ class LdCache:
         except IsADirectoryError:
             return cls._ignored(path, little_endian, f"{path}: is a directory, not an ld.so.cache")
         except (OSError, CacheError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EINVAL:  # read_regular: a FIFO, device or socket
+                cache = cls._ignored(path, little_endian, "")
+                cache.problem = (f"{path}: not a regular file: ld.so would wait on a FIFO there for ever; soswap "
+                                 "reads no cache")
+                return cache
             why = str(exc) if isinstance(exc, CacheError) else f"{path}: cannot read ld.so.cache: {exc.strerror}"
             return cls._ignored(path, little_endian, why)
         try:
