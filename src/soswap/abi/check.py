@@ -29,7 +29,7 @@ from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, RdepsIndex, classify, env
 from soswap.abi.sysdirs import Top, canonical_path, canonical_tops, system_tops, under
 from soswap.elf import ElfCache, ElfFile
 from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
-from soswap.loader import Environment, Profile
+from soswap.loader import Environment, LoadResult, Profile
 
 #: Breaking changes that make NEW unloadable where OLD is, whatever the consumer.
 UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machine-changed", "osabi-changed",
@@ -326,7 +326,7 @@ def _with_mapped_dirs(checker: ConsumerChecker, info: ProcessInfo
         if o.found and o.elf is not None and o.kind not in ("vdso", "interpreter") and o.path not in paths and (
                 o.elf.identity is None or o.elf.identity[:2] not in ids):
             return None
-    in_tree, loaded_dirs = _tree_identities(checker, changed)
+    in_tree, loaded_dirs = _identities_of(res)
     if not any((dev, ino) in in_tree or path in in_tree for path, dev, ino in info.mapped
                if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)):
         return None
@@ -397,12 +397,17 @@ def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, first:
 def _tree_identities(checker: ConsumerChecker, info: ProcessInfo) -> Tuple[Set[object], List[str]]:
     """The identities and paths of the program's tree, and the directories its libraries were found in (in load
     order, under the names they were asked for)."""
-    out: Set[object] = set()
-    dirs: List[str] = []
     try:
         res = checker.loader(info.env).load(info.exe, argv0=info.argv0)
     except SoswapError:
-        return out, dirs
+        return set(), []
+    return _identities_of(res)
+
+
+def _identities_of(res: LoadResult) -> Tuple[Set[object], List[str]]:
+    """:func:`_tree_identities` of a loaded tree."""
+    out: Set[object] = set()
+    dirs: List[str] = []
     for o in res.objects:
         if o.elf is not None and o.elf.identity is not None:
             out.add(o.elf.identity[:2])

@@ -19,6 +19,7 @@ from soswap.loader import model as M
 from soswap.loader.candidates import ACCEPT, FileSystem, load_commands, overlapping
 from soswap.loader.loading import Loader
 from soswap.loader.profile import Profile, abi_for
+from soswap.loader.versions import verneed_assertion
 from soswap.textfile import read_regular
 
 DEFAULT_RTLDLIST = ("/lib/ld-linux.so.2", "/lib64/ld-linux-x86-64.so.2", "/libx32/ld-linux-x32.so.2")
@@ -217,7 +218,7 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     for f in b.failures:
         if f.kind in (M.VERSION, M.NO_VERSION_INFO, M.WEAK_VERSION):
             lines.append(f.line)
-        elif f.kind == M.ASSERTION and "_dl_check_map_versions" in f.line:  # the version check aborted
+        elif f.line == verneed_assertion(res.profile.glibc_version):  # the version check aborted
             lines.append(f.line)
             return "".join(x + "\n" for x in lines), 127
     if main.elf is None or not main.elf.dynamic.needed:

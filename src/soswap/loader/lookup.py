@@ -11,11 +11,10 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import KIND_COPY, KIND_NONE, KIND_PLT, KIND_RELATIVE, KIND_TLS, RELOCATION_KINDS
 from soswap.errors import ElfError
-from soswap.loader.assertions import check_match_assertion
 from soswap.loader.model import Reference, VersionRef
 from soswap.loader.symtab import NameHashes, RawSymbols, Sym, relocation_infos
 
-__all__ = ["ASSERTION_TEXT", "CLASS_COPY", "CLASS_PLT", "ObjectSymbols", "RefTable", "Reference", "VersionRef"]
+__all__ = ["CLASS_COPY", "CLASS_PLT", "ObjectSymbols", "RefTable", "Reference", "VersionRef"]
 
 # ELF_RTYPE_CLASS_*
 CLASS_PLT = 1
@@ -35,8 +34,6 @@ _X86_64_TLSDESC = 36
 #: (TRY_STATIC_TLS, at load time since glibc 2.34); R_386_TLS_TPOFF, R_386_TLS_TPOFF32, R_386_TLS_DESC
 _STATIC_TLS_TYPES = {C.EM_X86_64: frozenset((18, 36)), C.EM_386: frozenset((14, 37, 41))}
 
-#: check_match's assertion as glibc 2.36 prints it (other releases: soswap.loader.assertions)
-ASSERTION_TEXT = check_match_assertion((2, 36))
 
 
 class RefTable(NamedTuple):

@@ -98,10 +98,6 @@ def version_check(b: Binder, o: M.LoadedObject) -> List[M.Failure]:
     return out
 
 
-#: glibc 2.36's text (other releases: soswap.loader.assertions)
-VERNEED_ASSERTION = verneed_assertion((2, 36))
-
-
 def find_needed(res: M.LoadResult, name: str) -> Optional[int]:
     # find_needed (elf/dl-version.c): the first object of the link-map chain known by that name
     for o in res.objects:

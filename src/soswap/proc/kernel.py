@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import struct
 from typing import List, NamedTuple, Optional, Tuple
+
+from soswap.textfile import read_regular
 
 UNKNOWN = 0
 CURRENT = 1
@@ -60,21 +61,14 @@ def version_key(release: str) -> Tuple:
 def read_bzimage_version(path: str) -> Optional[str]:
     """The version string of an x86 bzImage (boot protocol header), or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)  # a FIFO never blocks
+        # the setup header and the version string it points to lie in the first 0x200 + 64 KiB + 256 bytes
+        data = read_regular(path, 0x200 + 0x10000 + 256)  # a FIFO never blocks
     except OSError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        head = os.pread(fd, 0x210, 0)
-        if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-            return None
-        (offset,) = struct.unpack_from("<H", head, 0x20E)
-        raw = os.pread(fd, 256, 0x200 + offset)
-    except OSError:
+    if len(data) < 0x210 or data[0x202:0x206] != b"HdrS":
         return None
-    finally:
-        os.close(fd)
+    (offset,) = struct.unpack_from("<H", data, 0x20E)
+    raw = data[0x200 + offset:0x200 + offset + 256]
     text = raw.split(b"\0", 1)[0].decode("ascii", "replace").strip()
     if not re.match(r"^\d+\.\d+", text):
         return None

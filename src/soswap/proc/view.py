@@ -26,15 +26,16 @@ from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import procfs
 
 #: Filesystems whose stat() can hang when the server is gone; stats there run in a helper process with a
-#: timeout. Every FUSE filesystem counts too (``fuse``, ``fuse.*``: its daemon may stop answering).
+#: timeout. Every FUSE filesystem counts too (its daemon may stop answering). A name ending in "." stands for
+#: every subtype (``fuse.`` for ``fuse.sshfs``, ``fuse.rclone``...).
 NETWORK_FS = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "fuse.sshfs", "fuse.glusterfs",
-    "fuse.ceph", "lustre", "gpfs", "ocfs2", "beegfs", "fuse", "fuseblk",
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "afs", "lustre", "gpfs", "ocfs2",
+    "beegfs", "fuse", "fuseblk", "fuse.",
 })
 
 
 def _is_guarded(fstype: str, fstypes: FrozenSet[str]) -> bool:
-    return fstype in fstypes or (fstypes is NETWORK_FS and fstype.startswith("fuse."))
+    return fstype in fstypes or any(t.endswith(".") and fstype.startswith(t) for t in fstypes)
 
 
 class RootContext(NamedTuple):

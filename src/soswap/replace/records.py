@@ -122,7 +122,8 @@ def _privileges_from_json(obj: Any) -> Optional[Tuple[int, Optional[str]]]:
     if obj is None:
         return None
     cap = obj.get("capability")
-    bytes.fromhex(cap) if cap is not None else None  # a malformed value is a malformed journal entry
+    if cap is not None:
+        bytes.fromhex(cap)  # ValueError: a malformed journal entry
     return int(obj["mode"]) & 0o7777, cap
 
 
