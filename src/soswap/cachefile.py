@@ -20,9 +20,8 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from soswap.textfile import read_fd
 
@@ -46,6 +45,10 @@ class Part:
     def __init__(self, raw: bytes, sha256: str) -> None:
         self.raw = raw
         self.sha256 = sha256
+
+    def intact(self) -> bool:
+        """Its checksum matches (a part written back without being decoded must be checked first)."""
+        return hashlib.sha256(self.raw).hexdigest() == self.sha256
 
 
 def read_document(path: str, fmt: str, version: int) -> Tuple[Optional[List[Part]], Optional[str]]:
@@ -85,7 +88,7 @@ def read_document(path: str, fmt: str, version: int) -> Tuple[Optional[List[Part
 
 def decode_part(part: Part) -> Dict[str, Any]:
     """The JSON object of ``part``; ``Unusable`` when its checksum does not match or it is not an object."""
-    if hashlib.sha256(part.raw).hexdigest() != part.sha256:
+    if not part.intact():
         raise Unusable("checksum mismatch (truncated or edited)")
     try:
         doc = json.loads(part.raw.decode("ascii"))
@@ -118,17 +121,19 @@ def _read_own_file(path: str) -> bytes:
         os.close(fd)
 
 
-def write_document(path: str, fmt: str, version: int, docs: Sequence[Dict[str, Any]]) -> Optional[str]:
+def write_document(path: str, fmt: str, version: int, docs: Sequence[Union[Dict[str, Any], Part]]) -> Optional[str]:
     """Replace ``path`` with the parts ``docs`` atomically (a temporary file in the same directory, renamed
-    over it). The directory is created (mode 0700) if missing. Returns None, or why it could not be written
-    (the caller goes on with what it has in memory)."""
+    over it). A :class:`Part` is written as it was read (check :meth:`Part.intact` first). The directory is
+    created (mode 0700) if missing. Returns None, or why it could not be written (the caller goes on with what
+    it has in memory)."""
     directory = os.path.dirname(path) or "."
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
     except OSError as exc:
         return f"{directory}: cannot create: {exc.strerror}"
     try:
-        bodies = [json.dumps(doc, ensure_ascii=True, separators=(",", ":"), check_circular=False).encode("ascii")
+        bodies = [doc.raw if isinstance(doc, Part) else
+                  json.dumps(doc, ensure_ascii=True, separators=(",", ":"), check_circular=False).encode("ascii")
                   for doc in docs]
     except (ValueError, TypeError) as exc:  # pragma: no cover - a bug: the encoder writes plain data only
         return f"{path}: cannot encode: {exc}"
@@ -137,6 +142,8 @@ def write_document(path: str, fmt: str, version: int, docs: Sequence[Dict[str, A
                         separators=(",", ":")).encode("ascii")
     _remove_stale_temps(directory)
     try:
+        import tempfile  # only a writer needs it (start-up time of a warm run)
+
         fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=directory)
     except OSError as exc:
         return f"{directory}: cannot write: {exc.strerror}"

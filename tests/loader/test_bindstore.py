@@ -50,6 +50,9 @@ def sets(tmp_path_factory) -> Dict[str, Path]:  # type: ignore[no-untyped-def]
 
 
 def tree(*args: str, cache: Path) -> subprocess.CompletedProcess:
+    """``soswap tree`` with only the binding cache: the whole-result cache (tests/loader/test_resultstore.py)
+    would answer a repeated run before binding is reached."""
+    (cache / "trees.json").unlink(missing_ok=True)
     env = dict(BASE_ENV)
     env["PYTHONPATH"] = SRC
     return subprocess.run([sys.executable, "-m", "soswap", "tree", "--cache-dir", str(cache), *args], env=env,

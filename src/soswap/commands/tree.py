@@ -28,8 +28,9 @@ By default the emulation uses the current environment (LD_LIBRARY_PATH, LD_PRELO
 working directory), as ldd does. --ldd prints exactly what `ldd FILE...` prints on this system (without the
 load addresses) and exits with ldd's status.
 
-Nothing is executed: files are only read. Binding results are kept in the cache directory, keyed by every
-file's device, inode, size, mtime and ctime, and reused while nothing they depend on changes (--no-cache).
+Nothing is executed: files are only read. Binding results, and what was printed for each FILE, are kept in
+the cache directory and reused while nothing they depend on has changed: every file's device, inode, size,
+mtime and ctime, every directory the searches listed, the settings (--no-cache; docs/tree.md).
 
 Exit status: 0 every FILE would load (and, with -r, every reference resolves), 1 a failure is predicted for
 some FILE (at startup, or with -r at a first call), 2 error (unreadable or malformed FILE, bad arguments).
@@ -70,10 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what-if: resolve as if the file at PATH were FILE (repeatable)")
     parser.add_argument("--all", action="store_true", help="also show repeated requests for loaded objects")
     parser.add_argument("--cache-dir", metavar="DIR",
-                        help="where binding results are kept between runs (default: $SOSWAP_CACHE_DIR, "
+                        help="where results are kept between runs (default: $SOSWAP_CACHE_DIR, "
                              "/var/cache/soswap as root, else $XDG_CACHE_HOME/soswap)")
     parser.add_argument("--no-cache", action="store_true",
-                        help="bind everything afresh and keep nothing (see docs/tree.md, 'Binding cache')")
+                        help="compute everything afresh and keep nothing (see docs/tree.md, 'Result cache')")
     parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
                         help="worker processes for many files (default: one per CPU, up to 4; 1 = no workers)")
 
@@ -206,15 +207,48 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
 
 def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
     subst = _substitutions(args.replace)
+    files = list(args.files)
+    # not under --root: paths inside a root are mapped to host paths by resolving the root's links in soswap,
+    # so a link changed there would leave every watched host path as it was
+    keep = not args.no_cache and subst is None and loader.profile.fs.is_host
+    store = _result_store(loader, args) if keep else None
+    kept: Dict[int, object] = {}
+    facts: Dict[str, object] = {}
+    if store is not None:
+        file_facts = _file_facts(loader)
+        kind = dict if args.json else str
+        kept = store.lookup(files, file_facts, lambda v: isinstance(v, kind))
+        # a FILE's own witness is taken before its tree is computed: a change after it is seen next time
+        facts = {f: file_facts(f) for n, f in enumerate(files) if n not in kept}
 
     def one(path: str) -> Tuple[int, object, str]:
-        return _tree_one(loader, path, args, subst)
+        code, payload, err, res = _tree_one(loader, path, args, subst)
+        if store is not None and res is not None and _keepable(loader, res) and \
+                store.witnesses.add_result(res):
+            return code, payload, err, True  # type: ignore[return-value]
+        return code, payload, err, False  # type: ignore[return-value]
 
+    harvest = absorb = None
+    if store is not None:
+        def harvest() -> object:
+            store.witnesses.add_loader(loader)
+            return store.witnesses.snapshot()
+
+        absorb = store.witnesses.merge
+    todo = [f for n, f in enumerate(files) if n not in kept]
+    computed = iter(_map_files(one, todo, args.jobs, loader.bind_store,
+                               _needed_of(loader) if args.symbols else None, harvest, absorb))
     status = EXIT_OK
     docs = []
     out = sys.stdout
-    for code, payload, err in _map_files(one, list(args.files), args.jobs, loader.bind_store,
-                                                    _needed_of(loader) if args.symbols else None):
+    for n, file in enumerate(files):
+        hit = kept.get(n)
+        if hit is not None:
+            code, payload, err = hit.status, hit.payload, hit.error  # type: ignore[attr-defined]
+        else:
+            code, payload, err, keep = next(computed)  # type: ignore[misc]
+            if keep:
+                store.put(file, facts[file], code, payload, err)  # type: ignore[union-attr]
         if err:
             out.flush()
             sys.stderr.write(err)
@@ -227,11 +261,84 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
         from soswap.report.output import print_json
 
         print_json({"profile": loader.profile.describe(), "results": docs})
+    if store is not None:
+        store.witnesses.add_loader(loader)
+        profile = loader.profile
+        store.save(_stat_witnesses([profile.fs.host(profile.cache_path), profile.fs.host(profile.preload_path)]))
     return status
 
 
-def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, object, str]:  # type: ignore[no-untyped-def]
-    """(exit status for this file, rendered text or JSON document, error line)."""
+def _result_store(loader, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The results of earlier runs with these settings (docs/tree.md, "Result cache")."""
+    from soswap.loader.resultstore import ResultStore
+
+    settings = ("tree", args.symbols, args.json, args.all, repr(loader.env), repr(loader.profile))
+    return ResultStore.in_cache_dir(args.cache_dir, settings)
+
+
+def _file_facts(loader) -> Callable[[str], Tuple[object, Optional[str], Optional[bool]]]:  # type: ignore[no-untyped-def]
+    """A FILE's witness for the result cache: its stat key (or errno), the ``$ORIGIN`` it would get, and for
+    a file whose set-ID bits or capabilities may make it secure, whether its mount is ``nosuid``."""
+    import stat
+
+    from soswap.loader.environment import mount_nosuid
+    from soswap.loader.resultstore import stat_key
+    from soswap.loader.session import main_origin
+
+    profile, env = loader.profile, loader.env
+    fsys = loader.file_system(profile)
+    fs = profile.fs
+    host_of = (lambda p: p) if fs.is_host else fs.host
+    origins: Dict[str, Optional[str]] = {}
+    setid = stat.S_ISUID | stat.S_ISGID
+    root_caller = env.uid == env.euid == 0 and env.gid == env.egid
+
+    def facts(path: str) -> Tuple[object, Optional[str], Optional[bool]]:
+        full = path if path[:1] == "/" else posixpath.join(env.cwd, path)
+        host = host_of(full)
+        try:
+            st = os.lstat(host)
+            link = stat.S_ISLNK(st.st_mode)
+            if link:
+                st = os.stat(host)
+        except OSError as exc:
+            return exc.errno or 0, None, None
+        nosuid = mount_nosuid(host) if not root_caller or st.st_mode & setid else None
+        # _dl_get_origin: the canonical directory; the same for every file of a directory but symbolic links
+        d = full.rpartition("/")[0]
+        origin = origins.get(d, False) if not link else False
+        if origin is False:
+            try:
+                origin = main_origin(fsys, env, path, trace=False)
+            except (OSError, ValueError):
+                origin = None
+            if not link:
+                origins[d] = origin
+        return stat_key(st), origin, nosuid  # type: ignore[return-value]
+
+    return facts
+
+
+def _keepable(loader, res) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the result cache may keep ``res``: loaded with the host's profile (another ABI's profile is
+    derived from files the cache does not watch)."""
+    return res.profile is loader.profile
+
+
+def _stat_witnesses(paths: Sequence[str]) -> List[Tuple[str, object]]:
+    from soswap.loader.resultstore import stat_key
+
+    out: List[Tuple[str, object]] = []
+    for p in paths:
+        try:
+            out.append((p, stat_key(os.stat(p))))
+        except OSError as exc:
+            out.append((p, exc.errno or 0))
+    return out
+
+
+def _tree_one(loader, path: str, args: argparse.Namespace, subst):  # type: ignore[no-untyped-def]
+    """(exit status for this file, rendered text or JSON document, error line, the load result or None)."""
     from soswap.errors import SoswapError
     from soswap.loader.model import FIRST_CALL
     from soswap.report.output import error_line
@@ -242,15 +349,15 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst) -> Tuple[int, 
         bound = loader.bind(res) if args.symbols else loader.bind(res, relocate=False)
     except SoswapError as exc:
         text = " ".join(_named(exc, path).splitlines())
-        return EXIT_ERROR, error_json(path, text) if args.json else "", error_line(text)
+        return EXIT_ERROR, error_json(path, text) if args.json else "", error_line(text), None
     # a failure at startup, an unresolved symbol, or what kills the program at a first call (check_match's
     # assertion; a warning printed at a first call has no exit status)
     failed = bound.fatal is not None or bound.unresolved or any(
         f.when == FIRST_CALL and f.exit_status is not None for f in bound.failures)
     code = EXIT_FOUND if failed else EXIT_OK
     if args.json:
-        return code, result_json(res, bound, args.symbols), ""
-    return code, render_text(res, bound, show_all=args.all, symbols=args.symbols), ""
+        return code, result_json(res, bound, args.symbols), "", res
+    return code, render_text(res, bound, show_all=args.all, symbols=args.symbols), "", res
 
 
 def _named(exc: Exception, path: str) -> str:
@@ -294,13 +401,14 @@ def _needed_of(loader) -> Callable[[str], Sequence[str]]:  # type: ignore[no-unt
 _MIN_FILES_PER_JOB = 48
 _WORK: Optional[Callable[[str], object]] = None
 _STORE: Optional[BindStore] = None
+_HARVEST: Optional[Callable[[], object]] = None
 _PARENT = 0  #: the PID of the soswap that forks the workers
 
 
-def _work(chunk: List[str]) -> Tuple[List[object], Dict[str, object]]:
+def _work(chunk: List[str]) -> Tuple[List[object], Dict[str, object], object]:
     assert _WORK is not None
     out = [_WORK(item) for item in chunk]
-    return out, (_STORE.take_new() if _STORE is not None else {})
+    return out, (_STORE.take_new() if _STORE is not None else {}), (_HARVEST() if _HARVEST is not None else None)
 
 
 def _die_with_parent() -> None:
@@ -320,11 +428,15 @@ def _die_with_parent() -> None:
 
 def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
                store: Optional[BindStore] = None,
-               needed: Optional[Callable[[str], Sequence[str]]] = None) -> List[T]:
+               needed: Optional[Callable[[str], Sequence[str]]] = None,
+               harvest: Optional[Callable[[], object]] = None,
+               absorb: Optional[Callable[[object], None]] = None) -> List[T]:
     """``[fn(f) for f in files]``, split over forked worker processes when there are many files. Each worker
     keeps its own caches; results come back in order, and the binding results the workers computed go into
     ``store``. ``needed`` (a file's DT_NEEDED names) lets files that load the same libraries go to the same
-    worker (:func:`split_by_affinity`). Falls back to one process where fork is unavailable."""
+    worker (:func:`split_by_affinity`). ``harvest`` runs in each worker after its share, and ``absorb`` gets
+    what it returned in the parent (the result cache's witnesses). Falls back to one process where fork is
+    unavailable."""
     if jobs is None:
         jobs = min(os.cpu_count() or 1, 4, len(files) // _MIN_FILES_PER_JOB)
     # never more workers than files, nor many more than CPUs (a worker is a whole process)
@@ -334,13 +446,14 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    global _WORK, _STORE, _PARENT
+    global _WORK, _STORE, _PARENT, _HARVEST
     try:
         ctx = multiprocessing.get_context("fork")
     except ValueError:  # pragma: no cover - no fork on this platform
         return [fn(f) for f in files]
     _WORK = fn
     _STORE = store
+    _HARVEST = harvest
     _PARENT = os.getpid()
     if store is not None:
         store.load()
@@ -354,13 +467,15 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
             parts = list(pool.map(_work, [[files[n] for n in share] for share in shares]))
     finally:
-        _WORK = _STORE = None
+        _WORK = _STORE = _HARVEST = None
     out: List[T] = [None] * len(files)  # type: ignore[list-item]
-    for share, (part, new) in zip(shares, parts):
+    for share, (part, new, harvested) in zip(shares, parts):
         for n, value in zip(share, part):
             out[n] = value  # type: ignore[assignment]
         if store is not None:
             store.merge(new)
+        if absorb is not None:
+            absorb(harvested)
     return out
 
 

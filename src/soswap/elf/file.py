@@ -9,21 +9,23 @@ files work); they are consulted only to size a dynamic symbol table that has nei
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo, decode_dynamic
-from soswap.elf.hashtab import NameHashes, RawSymbols
 from soswap.elf.layouts import Layout, layout_for
-from soswap.elf.notes import NoteInfo, decode_notes
-from soswap.elf.relocs import Relocation, count_relr, decode_relocations, reference_kinds
 from soswap.elf.source import BytesSource, FileSource, Identity, PathLike, Source
-from soswap.elf.symbols import Symbol, SymbolColumns, SymbolTable, decode_symbol_table
-from soswap.elf.versions import VersionDef, VersionNeed, VersionTables, decode_versions
 from soswap.errors import ElfError
 
+if TYPE_CHECKING:  # the decoders are imported when first used (start-up time of a run that needs none)
+    from soswap.elf.hashtab import NameHashes, RawSymbols
+    from soswap.elf.notes import NoteInfo
+    from soswap.elf.relocs import Relocation
+    from soswap.elf.symbols import Symbol, SymbolColumns, SymbolTable
+    from soswap.elf.versions import VersionDef, VersionNeed, VersionTables
+
 #: Name hashes shared by every lookup of :meth:`ElfFile.find_symbols`.
-_HASHES = NameHashes()
+_HASHES: Optional[NameHashes] = None
 
 #: At most this many program headers (the kernel's own limit is 64 KiB of them: ``load_elf_phdrs``).
 MAX_PHNUM = 65536 // 32
@@ -336,6 +338,8 @@ class ElfFile:
     def versions(self) -> VersionTables:
         """Version definitions and needs (DT_VERDEF, DT_VERNEED)."""
         if self._versions is None:
+            from soswap.elf.versions import decode_versions
+
             self._versions = decode_versions(self)
         return self._versions
 
@@ -351,6 +355,8 @@ class ElfFile:
     def symbol_table(self) -> SymbolTable:
         """The dynamic symbol table with versions resolved."""
         if self._symtab is None:
+            from soswap.elf.symbols import decode_symbol_table
+
             self._symtab = decode_symbol_table(self)
         return self._symtab
 
@@ -384,8 +390,13 @@ class ElfFile:
         """
         if self._symtab is not None:
             return [s for s in self._symtab.by_name(name) if s.shndx != 0]
+        global _HASHES
         if self._raw_symbols is None:
+            from soswap.elf.hashtab import NameHashes, RawSymbols
+
             self._raw_symbols = RawSymbols(self)
+            if _HASHES is None:
+                _HASHES = NameHashes()
         raw = self._raw_symbols
         found = (raw.symbol(i, self.versions.by_index)
                  for i in raw.candidates(name.encode("utf-8", "surrogateescape"), _HASHES))
@@ -396,20 +407,28 @@ class ElfFile:
         """Every dynamic relocation of DT_RELA, DT_REL and DT_JMPREL (DT_RELR entries carry no symbol and are
         only counted, see :attr:`relr_count`)."""
         if self._relocations is None:
+            from soswap.elf.relocs import decode_relocations
+
             self._relocations = decode_relocations(self)
         return self._relocations
 
     @property
     def relr_count(self) -> int:
+        from soswap.elf.relocs import count_relr
+
         return count_relr(self)
 
     def symbol_reference_kinds(self) -> Dict[int, int]:
         """For each symbol index with relocations: a bit set of :data:`soswap.elf.relocs.KIND_BITS`."""
+        from soswap.elf.relocs import reference_kinds
+
         return reference_kinds(self)
 
     @property
     def notes(self) -> NoteInfo:
         if self._notes is None:
+            from soswap.elf.notes import decode_notes
+
             self._notes = decode_notes(self)
         return self._notes
 

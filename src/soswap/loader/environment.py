@@ -3,14 +3,12 @@ working directory and secure (AT_SECURE) mode."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
-from typing import Mapping, Optional, Tuple
+from typing import Mapping, NamedTuple, Optional, Tuple
 
 
-@dataclasses.dataclass(frozen=True)
-class Environment:
+class Environment(NamedTuple):
     """What the loader reads from the process. ``None`` means "unset" for the variables."""
 
     library_path: Optional[str] = None
@@ -54,7 +52,7 @@ class Environment:
         )
 
     def replace(self, **changes: object) -> Environment:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return self._replace(**changes)  # type: ignore[arg-type]
 
     def is_secure_for(self, st: Optional[os.stat_result], path: Optional[str] = None) -> bool:
         """AT_SECURE for a program with stat result ``st`` (at host ``path``) started by this caller (``secure``
@@ -65,7 +63,7 @@ class Environment:
             return self.secure
         if st is None:
             return False
-        if path is not None and _nosuid(path):
+        if path is not None and mount_nosuid(path):
             return self.euid != self.uid or self.egid != self.gid
         euid = st.st_uid if st.st_mode & stat.S_ISUID else self.euid
         egid = st.st_gid if st.st_mode & stat.S_ISGID else self.egid
@@ -74,7 +72,8 @@ class Environment:
         return path is not None and self.uid != 0 and _file_capabilities(path)
 
 
-def _nosuid(path: str) -> bool:
+def mount_nosuid(path: str) -> bool:
+    """The file at ``path`` is on a ``nosuid`` mount (set-ID bits and file capabilities do nothing there)."""
     try:
         return bool(os.statvfs(path).f_flag & os.ST_NOSUID)
     except OSError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple
 
 if TYPE_CHECKING:
@@ -127,8 +126,7 @@ class Failure(NamedTuple):
     substitute: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
-class LoadResult:
+class LoadResult(NamedTuple):
     """What ``ld.so`` loads for one root file."""
 
     path: str
@@ -139,8 +137,8 @@ class LoadResult:
     initfini: Tuple[int, ...]
     failures: Tuple[Failure, ...]
     fatal: Optional[Failure]
-    profile: Profile = dataclasses.field(compare=False, repr=False)
-    env: Environment = dataclasses.field(compare=False, repr=False)
+    profile: Profile
+    env: Environment
     secure: bool
     trace: bool
     #: The program name ld.so uses in its messages (argv[0]).
@@ -251,11 +249,10 @@ class Unresolved(NamedTuple):
     weak: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class BindResult:
+class BindResult(NamedTuple):
     """Symbol and version check over a :class:`LoadResult`."""
 
-    load: LoadResult = dataclasses.field(compare=False, repr=False)
+    load: LoadResult
     failures: Tuple[Failure, ...]
     unresolved: Tuple[Unresolved, ...]
     fatal: Optional[Failure]

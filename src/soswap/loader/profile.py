@@ -5,7 +5,6 @@ by running anything. Every field can be overridden with :meth:`Profile.replace`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
 import re
@@ -78,8 +77,7 @@ _LIB_RE = re.compile(rb"ORIGIN\0PLATFORM\0LIB\0([^\0]{1,200})\0")
 _DIRS_RE = re.compile(rb"(?:/[\x21-\x7e]{0,200}/\0){2,}")
 
 
-@dataclasses.dataclass(frozen=True)
-class Profile:
+class Profile(NamedTuple):
     """The facts about the target's dynamic loader. Detect with :meth:`detect`; override with :meth:`replace`."""
 
     root: str
@@ -169,7 +167,7 @@ class Profile:
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed (``profile.replace(platform="x86_64")``)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return self._replace(**changes)  # type: ignore[arg-type]
 
     def for_abi(self, abi: Abi) -> Profile:
         """The profile of a sibling ABI on the same system (e.g. i386 next to x86_64), detected afresh."""
