@@ -142,3 +142,27 @@ def lib_source(*names: str, calls: Sequence[str] = ()) -> str:
     decls = "".join(f"int {c}(void);\n" for c in calls)
     body = "".join(f"{c}() + " for c in calls)
     return decls + "".join(f"int {n}(void) {{ return {body}1; }}\n" for n in names)
+
+
+#: Two versions of libfoo.so of the same size: V2 lacks bar (what the cache tests replace V1 with).
+CACHE_V1 = "int foo(void) { return 1; }\nint bar(void) { return 2; }\n"
+CACHE_V2 = "int foo(void) { return 1; }\nint baz(void) { return 2; }\n"
+
+
+def program_sets(root: Path, names: Sequence[str]) -> Dict[str, Path]:
+    """One directory per name, for the tests of the caches kept between runs: ``lib/libfoo.so`` (V1),
+    ``v2/libfoo.so`` (V2), ``prog`` and ``prog2`` (calling foo and bar, RUNPATH ``lib``) and an ``empty/``
+    directory. The caller lets them age past the racy window before the first run."""
+    from support.build import executable, rpath_flags, shared_lib
+
+    out = {}
+    for name in names:
+        d = root / name
+        lib = shared_lib(d / "lib" / "libfoo.so", CACHE_V1, soname="libfoo.so")
+        shared_lib(d / "v2" / "libfoo.so", CACHE_V2, soname="libfoo.so")
+        for prog in ("prog", "prog2"):
+            executable(d / prog, sources_needing("foo", "bar"), flags=rpath_flags(str(lib.parent)),
+                       libs=[f"-L{lib.parent}", "-lfoo"])
+        (d / "empty").mkdir()
+        out[name] = d
+    return out

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import pytest
 
-from loader.helpers import BASE_ENV, make_loader, real_ldd, sources_needing
+from loader.helpers import BASE_ENV, CACHE_V1, CACHE_V2, make_loader, program_sets, real_ldd, sources_needing
 from soswap.cachefile import decode_part, read_document, write_document
 from soswap.loader.bindstore import FILE, FORMAT, RACY_NS, VERSION, BindStore, code_fingerprint
 from support.build import executable, requires_cc, rpath_flags, shared_lib
@@ -24,8 +24,7 @@ from support.build import executable, requires_cc, rpath_flags, shared_lib
 pytestmark = requires_cc
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-V1 = "int foo(void) { return 1; }\nint bar(void) { return 2; }\n"
-V2 = "int foo(void) { return 1; }\nint baz(void) { return 2; }\n"  # same size, lacks bar
+V1, V2 = CACHE_V1, CACHE_V2  # same size; V2 lacks bar
 SETS = ("plain", "inplace", "rename", "search", "api")
 
 
@@ -33,17 +32,7 @@ SETS = ("plain", "inplace", "rename", "search", "api")
 def sets(tmp_path_factory) -> Dict[str, Path]:  # type: ignore[no-untyped-def]
     """One program directory per test that changes files, built once and then left to age past the racy
     window, so that the first run stores its results."""
-    root = tmp_path_factory.mktemp("bindstore")
-    out = {}
-    for name in SETS:
-        d = root / name
-        lib = shared_lib(d / "lib" / "libfoo.so", V1, soname="libfoo.so")
-        shared_lib(d / "v2" / "libfoo.so", V2, soname="libfoo.so")
-        for prog in ("prog", "prog2"):
-            executable(d / prog, sources_needing("foo", "bar"), flags=rpath_flags(str(lib.parent)),
-                       libs=[f"-L{lib.parent}", "-lfoo"])
-        (d / "empty").mkdir()
-        out[name] = d
+    out = program_sets(tmp_path_factory.mktemp("bindstore"), SETS)
     assert os.path.getsize(out["plain"] / "lib" / "libfoo.so") == os.path.getsize(out["plain"] / "v2" / "libfoo.so")
     time.sleep(RACY_NS / 1e9 + 0.2)
     return out

@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import pytest
 
-from loader.helpers import BASE_ENV, real_ldd, sources_needing
+from loader.helpers import BASE_ENV, CACHE_V1, CACHE_V2, program_sets, real_ldd, sources_needing
 from soswap.cachefile import decode_part, read_document, write_document
 from soswap.loader.resultstore import FILE, FORMAT, RACY_NS, VERSION
 from support.build import executable, requires_cc, rpath_flags, shared_lib
@@ -25,8 +25,7 @@ from support.build import executable, requires_cc, rpath_flags, shared_lib
 pytestmark = requires_cc
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-V1 = "int foo(void) { return 1; }\nint bar(void) { return 2; }\n"
-V2 = "int foo(void) { return 1; }\nint baz(void) { return 2; }\n"  # same size, lacks bar
+V1, V2 = CACHE_V1, CACHE_V2  # same size; V2 lacks bar
 SETS = ("plain", "inplace", "rename", "search", "origin", "workers", "env", "setid")
 FORGED = "FORGED-BY-THE-TEST\n"
 
@@ -35,17 +34,7 @@ FORGED = "FORGED-BY-THE-TEST\n"
 def sets(tmp_path_factory) -> Dict[str, Path]:  # type: ignore[no-untyped-def]
     """One program directory per test that changes files, built once and left to age past the racy window,
     so that the first run keeps its results."""
-    root = tmp_path_factory.mktemp("resultstore")
-    out = {}
-    for name in SETS:
-        d = root / name
-        lib = shared_lib(d / "lib" / "libfoo.so", V1, soname="libfoo.so")
-        shared_lib(d / "v2" / "libfoo.so", V2, soname="libfoo.so")
-        for prog in ("prog", "prog2"):
-            executable(d / prog, sources_needing("foo", "bar"), flags=rpath_flags(str(lib.parent)),
-                       libs=[f"-L{lib.parent}", "-lfoo"])
-        (d / "empty").mkdir()
-        out[name] = d
+    out = program_sets(tmp_path_factory.mktemp("resultstore"), SETS)
     # $ORIGIN: one program file, hard-linked into two releases; "current" flips between them
     o = out["origin"]
     for rel, src in (("r1", V1), ("r2", V2)):

@@ -30,6 +30,7 @@ from soswap.abi.sysdirs import Top, canonical_path, canonical_tops, system_tops,
 from soswap.elf import ElfCache, ElfFile
 from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
 from soswap.loader import Environment, LoadResult, Profile
+from soswap.loader.model import NOT_FOUND
 
 #: Breaking changes that make NEW unloadable where OLD is, whatever the consumer.
 UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machine-changed", "osabi-changed",
@@ -197,15 +198,27 @@ def _absolute(path: str) -> str:
 
 
 def _self_verdict(res: P.ConsumerResult, consumers: List[P.ConsumerResult]) -> P.ConsumerResult:
-    """NEW's unresolved symbols are the consumers' business when some consumer loads NEW: each check binds
-    them in that consumer's whole scope (a library may rely on its program for some symbols)."""
+    """NEW's unresolved symbols and missing dependencies are the consumers' business when some consumer loads
+    NEW: each check loads and binds NEW in that consumer's whole scope (a library may rely on its program
+    for some symbols, and find a new dependency through its program's RUNPATH). The note says whether a
+    consumer failed on the same names."""
     if res.verdict != P.INCOMPATIBLE:
         return res
-    loaded = any(c.verdict != P.UNAFFECTED for c in consumers)
-    if loaded and all(p.kind == "undefined-symbol" for p in res.problems):
-        return res._replace(verdict=P.REVIEW, note="unresolved in NEW's own dependencies; every checked "
-                                                   "consumer was bound with them")
-    return res
+    loaded = any(c.verdict in (P.COMPATIBLE, P.INCOMPATIBLE) for c in consumers)
+    if not loaded or not all(p.kind in ("undefined-symbol", NOT_FOUND) for p in res.problems):
+        return res
+    names = {p.symbol for p in res.problems if p.kind == "undefined-symbol"}
+    failing = any(c.verdict == P.INCOMPATIBLE and any(
+        p.kind == NOT_FOUND or (p.kind == "undefined-symbol" and p.symbol in names) for p in c.problems)
+        for c in consumers)
+    missing = any(p.kind == NOT_FOUND for p in res.problems)
+    if missing and failing:
+        return res  # the dependency is missing where the consumers run too
+    what = "a dependency of NEW is not found from TARGET's place alone" if missing else \
+        "unresolved in NEW's own dependencies"
+    note = (f"{what}; a consumer above fails on them too" if failing else
+            f"{what}; every consumer checked loads NEW with them resolved")
+    return res._replace(verdict=P.REVIEW, note=note)
 
 
 def _check_processes(checker: ConsumerChecker, pids: Sequence[int], explicit: Set[int],

@@ -50,14 +50,30 @@ _PROGRAM, _PLUGIN, _SELF = "program", "plugin", "self"
 _HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD, PROTECTED_FUNCTION})
 #: Change kinds whose symbols need the binding-level checks (type, copy size, protected data).
 _BINDING_KINDS = frozenset({"type-changed", "size-changed", "visibility-changed"})
+#: Change kinds whose symbols may now bind elsewhere: a symbol NEW adds can take over references that bound
+#: another object of the scope; a symbol NEW lacks may now bind another object's definition.
+_REBINDING_KINDS = frozenset({"symbol-added", "symbol-removed", "symbol-unexported", "symbol-moved"})
 #: Changes that alter what a reference to that symbol binds to, or how: only consumers that reference the
-#: name can be hurt.
-_SYMBOL_KINDS = frozenset({"symbol-removed", "symbol-unexported", "symbol-moved", "symbol-moved-out",
+#: name can be hurt. Not "symbol-moved-out": NEW then references the name itself, and that reference is
+#: looked up in every consumer's scope (a consumer that never names it dies at NEW's first call).
+_SYMBOL_KINDS = frozenset({"symbol-removed", "symbol-unexported", "symbol-moved",
                            "type-changed", "size-changed", "visibility-changed", "binding-changed",
                            "default-version-removed"})
 #: Changes that remove version nodes: only consumers that need a node of TARGET can be hurt.
 _VERSION_KINDS = frozenset({"version-removed", "versioning-removed"})
 _FUNCS = frozenset({C.STT_FUNC, C.STT_GNU_IFUNC})
+#: What dlopen refuses in an object it maps (not reported by the loader emulation, which loads a plugin as a
+#: root): DF_1_NOOPEN (``_dl_map_object_from_fd`` with __RTLD_DLOPEN), and static TLS that does not fit.
+NOOPEN = "noopen"
+STATIC_TLS = "static-tls"
+DF_STATIC_TLS = 0x10
+#: The static TLS surplus dlopen-ed objects with initial-exec TLS share (``_dl_tls_static_surplus_init``:
+#: 3 * LIBC_IE_TLS + 4 * OTHER_IE_TLS + glibc.rtld.optional_static_tls = 3 * 192 + 4 * 144 + 512, the
+#: historic 1664 of TLS_STATIC_SURPLUS before 2.32). The static TLS size is rounded up to TCB_ALIGNMENT (64)
+#: over what the program's start-up objects use, so up to 63 bytes more may be free: measured on glibc 2.36,
+#: one dlopen-ed library with 1,700 bytes of initial-exec TLS loads and one with 1,800 does not.
+STATIC_TLS_SURPLUS = 1664
+_TCB_ALIGNMENT = 64
 
 
 def _type_break(old: int, new: int) -> Optional[str]:
@@ -109,7 +125,7 @@ class ConsumerChecker:
         self._loaders = self._shared.loaders
         #: names whose definition changed in a way only a binding-level check sees
         self.watch: FrozenSet[str] = frozenset(
-            c.symbol for c in diff.changes if c.kind in _BINDING_KINDS and c.symbol is not None)
+            c.symbol for c in diff.changes if c.kind in _BINDING_KINDS | _REBINDING_KINDS and c.symbol is not None)
         #: TARGET <- NEW, plus the other replacements of the same transaction (``also``: {target: new})
         self.substitution: Dict[str, str] = dict(also or {})
         self.substitution[target] = new
@@ -119,8 +135,10 @@ class ConsumerChecker:
         # What the diff says can hurt a consumer (see _may_break); full=True binds every consumer anyway.
         risky = [c for c in diff.changes if c.severity != HARMLESS]
         self.full = full or any(c.kind not in _SYMBOL_KINDS | _VERSION_KINDS for c in risky)
+        # and the names NEW adds: a reference to one of them that bound another object may now bind NEW
         self.affected_names: FrozenSet[str] = frozenset(
-            c.symbol for c in risky if c.kind in _SYMBOL_KINDS and c.symbol is not None)
+            c.symbol for c in risky if c.kind in _SYMBOL_KINDS and c.symbol is not None) | frozenset(
+            c.symbol for c in diff.changes if c.kind == "symbol-added" and c.symbol is not None)
         self.removed_versions: FrozenSet[str] = frozenset(
             c.version for c in risky if c.kind == "version-removed" and c.version is not None)
         self.versioning_removed = any(c.kind == "versioning-removed" for c in risky)
@@ -132,10 +150,29 @@ class ConsumerChecker:
         if soname:
             names.add(soname)
         self.target_names = frozenset(names)
+        #: names OLD defines and looked up through the scope, which NEW binds inside itself (DT_SYMBOLIC added,
+        #: or no dynamic relocation for them any more): a consumer that interposed them loses that
+        self.now_internal = self._now_internal(target, new)
+        if self.now_internal:
+            self.full = True
         #: consumers judged compatible from the diff alone, without binding (for reports and benchmarks)
         self.shortcuts = 0
         #: (path, as the program) -> may that object be hurt (safe_by_diff, over the trees of the index)
         self._path_may_break: Dict[Tuple[str, bool], bool] = {}
+
+    def _now_internal(self, target: str, new: str) -> FrozenSet[str]:
+        self.new_symbolic = False
+        try:
+            old_elf, new_elf = self.elf_cache.get(target), self.elf_cache.get(new)
+            old_refs, new_refs = _self_references(old_elf), _self_references(new_elf)
+            new_defined = _exported_names(new_elf)
+            found = {n for n in old_refs if n in new_defined and n not in new_refs}
+            self.new_symbolic = _symbolic(new_elf)
+            if self.new_symbolic and not _symbolic(old_elf):
+                found.update(n for n in old_refs if n in new_refs)
+        except SoswapError:
+            return frozenset()
+        return frozenset(found)
 
     def loader(self, env: Environment) -> Loader:
         """The loader for ``env``; every one shares the first one's caches (:meth:`Loader.sibling`)."""
@@ -223,18 +260,24 @@ class ConsumerChecker:
         if t_new is not None and not self.full and not self._may_break(res_new):
             self.shortcuts += 1
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
-        new_failures = self._failures_of(ld, res_new, bind_now, (self._world, env, path, argv0, mode))
+        new_failures = self._failures_of(ld, res_new, bind_now, (self._world, env, path, argv0, mode), plugin)
         watched = self._watched_refs(ld, res_new) if self.watch and t_new is not None else []
-        if not new_failures and not watched:
+        internal = bool(self.now_internal) and t_new is not None
+        if not new_failures and not watched and not internal:
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
         if res_old is None:
             res_old = ld.load(path, argv0=argv0)
         t_old = self._target_index(res_old)
-        old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode))
+        old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode), plugin)
         new_problems = [self._problem(f, res_new, mode) for f in new_failures]
         old_problems = [self._problem(f, res_old, mode) for f in old_failures]
         if watched and t_old is not None and t_new is not None:
             new_problems.extend(self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin))
+        if internal and t_old is not None and t_new is not None:
+            # data NEW made PROTECTED: the loader's own warning (protected-copy) already says it
+            said = {p.symbol for p in new_problems if p.kind == PROTECTED_COPY}
+            new_problems.extend(p for p in self._lost_interpositions(ld, res_old, res_new, t_old, t_new, plugin)
+                                if p.symbol not in said)
         seen = {_identity(p) for p in old_problems}
         added = tuple(p for p in new_problems if _identity(p) not in seen)
         # the load stops at a file it cannot load, an abort or a crash: the lookups that would follow (against a
@@ -322,15 +365,19 @@ class ConsumerChecker:
                 return o.index
         return None
 
-    def _failures_of(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], key: tuple) -> List[Failure]:
+    def _failures_of(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], key: tuple,
+                     plugin: bool = False) -> List[Failure]:
         """:meth:`_failures`, once per ``key`` in the shared checks (the same consumer in the same world)."""
         cache = self._shared.failures
         hit = cache.get(key)
         if hit is None:
-            hit = cache[key] = self._failures(ld, res, bind_now)
+            hit = cache[key] = self._failures(ld, res, bind_now, plugin)
         return hit
 
-    def _failures(self, ld: Loader, res: LoadResult, bind_now: Optional[bool]) -> List[Failure]:
+    def _failures(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], plugin: bool) -> List[Failure]:
+        refused = _dlopen_refusals(res) if plugin else []
+        if refused:
+            return refused  # dlopen fails while mapping: nothing is relocated
         b = ld.bind(res, bind_now=bind_now, warn=True)
         out = list(res.failures)
         known = set(out)
@@ -376,6 +423,46 @@ class ConsumerChecker:
             out.extend((o.index, ref) for ref in hit[1])
         return out
 
+    def _lost_interpositions(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
+                             plugin: bool) -> List[P.Problem]:
+        """OLD's own references to names of :attr:`now_internal` that bound another object in this consumer (the
+        program's copy of a variable, a function the program defines to replace the library's): NEW uses its own
+        definition instead, and ld.so says nothing (``_dl_lookup_symbol_x`` starts at the object itself under
+        DT_SYMBOLIC; a reference resolved at link time is never looked up)."""
+        try:
+            old_refs = [r for r in ld.references(res_old, t_old) if r.name in self.now_internal]
+            new_refs = {r.name: r for r in ld.references(res_new, t_new) if r.name in self.now_internal}
+        except SoswapError:
+            return []
+        out: List[P.Problem] = []
+        done: Set[str] = set()
+        for ref in old_refs:
+            name = ref.name
+            if name in done:
+                continue
+            done.add(name)
+            d_old = ld.resolve(res_old, t_old, ref)
+            if d_old is None or d_old.index == t_old:
+                continue
+            mine = new_refs.get(name)
+            d_new = ld.resolve(res_new, t_new, mine) if mine is not None else None
+            if mine is not None and (d_new is None or d_new.index != t_new):
+                continue
+            o = res_old.objects[d_old.index]
+            owner = o.path or res_old.argv0
+            data = d_old.type not in _FUNCS
+            what = (f"{owner} holds {name} (a copy relocation, or its own definition): NEW's code now reads and "
+                    f"writes NEW's {name}, {owner} its own, and the values diverge" if data else
+                    f"{owner} defines {name} to replace the library's: NEW's own calls of {name} now go to NEW's "
+                    "and no longer to it")
+            how = f"NEW no longer looks {name} up through the scope (" + (
+                "linked -Bsymbolic: DT_SYMBOLIC)" if self.new_symbolic else "bound when NEW was linked)")
+            when = (P.DLOPEN if plugin else P.STARTUP) if data else P.FIRST_CALL
+            version = ref.version.name if ref.version is not None else None
+            out.append(P.Problem(P.INTERPOSITION_LOST, name, version, when, None, owner, False, True,
+                                 f"{how}: {what} (ld.so says nothing)"))
+        return out
+
     def _binding_problems(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
                           watched: List[Tuple[int, Reference]], plugin: bool) -> List[P.Problem]:
         old_by_path = {o.path: o.index for o in res_old.objects if o.found}
@@ -393,11 +480,18 @@ class ConsumerChecker:
             done.add(tag)
             d_new = ld.resolve(res_new, i, ref)
             d_old = ld.resolve(res_old, j, ref)
-            if d_new is None or d_old is None or d_new.index != t_new or d_old.index != t_old:
+            if d_new is None or d_old is None:
                 continue
             who = o.path or res_new.argv0
             name = ref.name
             version = ref.version.name if ref.version is not None else None
+            if (d_new.index == t_new) != (d_old.index == t_old):
+                p = _rebound(res_old, res_new, d_old, d_new, t_new, ref, who, plugin)
+                if p is not None:
+                    out.append(p)
+                continue
+            if d_new.index != t_new:
+                continue
             why = _type_break(d_old.type, d_new.type)
             if why is not None:
                 # a call crashes when it is made, however early it was bound, and so does the first use of a
@@ -415,6 +509,13 @@ class ConsumerChecker:
                     f"{C.STT_NAMES.get(d_new.type, d_new.type)} in NEW: {why}"))
                 continue
             if not copy:
+                shrunk = d_old.type in DATA_TYPES or d_old.type == C.STT_TLS
+                if shrunk and d_new.type == d_old.type and d_new.size < d_old.size:
+                    out.append(P.Problem(
+                        P.OBJECT_SHRUNK, name, version, P.FIRST_CALL, None, who, False, True,
+                        f"{name} is {d_new.size} bytes in NEW and was {d_old.size} in OLD: {who} was built for "
+                        "the old size and reads or writes past NEW's object when it uses it (ld.so says "
+                        "nothing)"))
                 continue
             mine = ld.symbol(res_new, i, ref.symbol_index)
             if mine is not None and d_new.size != mine.size and d_old.size == mine.size:
@@ -430,9 +531,91 @@ class ConsumerChecker:
         return out
 
 
+def _self_references(elf: object) -> Set[str]:
+    """Names an object both defines and names in its dynamic relocations (it looks them up through the scope,
+    where an earlier definition, or the program's copy, wins)."""
+    cols = elf.symbol_columns  # type: ignore[attr-defined]
+    names, shndx = cols.names, cols.shndx
+    return {names[i] for i in elf.symbol_reference_kinds()  # type: ignore[attr-defined]
+            if 0 < i < len(names) and shndx[i] != C.SHN_UNDEF and names[i]}
+
+
+def _exported_names(elf: object) -> Set[str]:
+    cols = elf.symbol_columns  # type: ignore[attr-defined]
+    return {n for n, x in zip(cols.names, cols.shndx) if x != C.SHN_UNDEF and n}
+
+
+def _symbolic(elf: object) -> bool:
+    """DT_SYMBOLIC, or DF_SYMBOLIC in DT_FLAGS (``elf_get_dynamic_info`` turns the flag into the tag)."""
+    dyn = elf.dynamic  # type: ignore[attr-defined]
+    return C.DT_SYMBOLIC in dyn.tags or bool(dyn.flags & 0x2)
+
+
+def _rebound(res_old: LoadResult, res_new: LoadResult, d_old: M.Definition, d_new: M.Definition, t_new: int,
+             ref: Reference, who: str, plugin: bool) -> Optional[P.Problem]:
+    """A reference that binds another object with NEW than with OLD (``_dl_lookup_symbol_x`` takes the first
+    definition in scope order), and ld.so says nothing:
+
+    * it bound another object and NEW now comes first with a symbol of that name it added: a definition of
+      another type crashes (``type-changed``); one of the same type is another function or variable
+      (``preempted``), unless NEW defines the very version the reference asks for (a symbol moved into NEW
+      on purpose, as glibc moved libpthread's into libc);
+    * it bound TARGET and NEW lacks the symbol, so it binds another object's: only another type is reported
+      (the same type there is a symbol that moved to another library)."""
+    name = ref.name
+    version = ref.version.name if ref.version is not None else None
+    old_o, new_o = res_old.objects[d_old.index], res_new.objects[d_new.index]
+    old_name = old_o.path or res_old.argv0
+    new_name = "NEW" if d_new.index == t_new else (new_o.path or res_new.argv0)
+    why = _type_break(d_old.type, d_new.type)
+    tls = (d_old.type == C.STT_TLS) != (d_new.type == C.STT_TLS)
+    when = P.FIRST_CALL if not ref.copy and (d_old.type in _FUNCS or tls) else (P.DLOPEN if plugin else P.STARTUP)
+    t_old_name = C.STT_NAMES.get(d_old.type, d_old.type)
+    t_new_name = C.STT_NAMES.get(d_new.type, d_new.type)
+    if why is not None:
+        return P.Problem(P.TYPE_CHANGED, name, version, when, None, who, False, True,
+                         f"{name} bound {old_name}'s {t_old_name} {d_old.versioned_name} with OLD and binds "
+                         f"{new_name}'s {t_new_name} {d_new.versioned_name} with NEW: {why}")
+    if d_new.index != t_new or (version is not None and d_new.version == version):
+        return None
+    return P.Problem(P.PREEMPTED, name, version, when, None, who, False, True,
+                     f"{name} bound {old_name}'s {d_old.versioned_name} with OLD; NEW adds "
+                     f"{d_new.versioned_name} and comes first in the scope, so {who} now uses NEW's "
+                     f"{t_new_name.lower()} instead (ld.so says nothing)")
+
+
+def _dlopen_refusals(res: LoadResult) -> List[Failure]:
+    """What dlopen of the plugin ``res`` refuses in the objects it maps (the plugin's dependencies; the program
+    that opens it may have some of them loaded already, and then nothing is refused for those): an object
+    linked ``-z nodlopen`` (``_dl_map_object_from_fd``), and one whose initial-exec TLS does not fit in the
+    static TLS surplus (``_dl_try_allocate_static_tls``, at its TPOFF relocations)."""
+    out: List[Failure] = []
+    for o in res.objects[1:]:
+        elf = o.elf
+        if elf is None or not o.found or o.kind in ("vdso", "interpreter"):
+            continue
+        try:
+            dyn = elf.dynamic
+            if dyn.flags_1 & C.DF_1_NOOPEN:
+                msg = f"{o.name}: shared object cannot be dlopen()ed"
+                out.append(Failure(NOOPEN, o.name, o.index, msg, msg, M.STARTUP, True))
+                break
+            if dyn.flags & DF_STATIC_TLS:
+                # blsize = l_tls_blocksize + l_tls_firstbyte_offset; only a block that fits in no layout counts
+                need = sum(t.memsz + (t.vaddr & (t.align - 1) if t.align else 0)
+                           for t in elf.segments_of_type(C.PT_TLS))
+                if need > STATIC_TLS_SURPLUS + _TCB_ALIGNMENT - 1:
+                    msg = f"{o.path}: cannot allocate memory in static TLS block"
+                    out.append(Failure(STATIC_TLS, o.path, o.index, msg, msg, M.STARTUP, True))
+                    break
+        except SoswapError:
+            continue
+    return out
+
+
 #: Failures after which nothing more happens in the consumer (the load stops, ld.so aborts or dies).
 _ENDS_THE_RUN = frozenset({M.NOT_FOUND, M.WRONG_CLASS, M.BAD_FILE, M.DST, M.NO_INTERPRETER, M.ISA_LEVEL,
-                           M.ASSERTION, M.CRASH, M.INDIRECT_EXTERN_ACCESS})
+                           M.ASSERTION, M.CRASH, M.INDIRECT_EXTERN_ACCESS, NOOPEN, STATIC_TLS})
 
 
 def _identity(p: P.Problem) -> Tuple[object, ...]:
@@ -451,4 +634,9 @@ _FAILURE_DETAIL = {
     INDIRECT_EXTERN_ACCESS: "NEW needs indirect extern access: ld.so refuses the program's copy relocation or "
                             "canonical function address",
     "isa-level": "the CPU lacks the x86 ISA level the file needs",
+    NOOPEN: "NEW is linked -z nodlopen: dlopen refuses it when the plugin brings it in (not when the program "
+            "has it loaded already)",
+    STATIC_TLS: f"NEW's initial-exec TLS is bigger than the static TLS surplus ({STATIC_TLS_SURPLUS} bytes, "
+                "shared by every library dlopen-ed with such TLS): dlopen fails unless the program has NEW loaded "
+                "already, or raises glibc.rtld.optional_static_tls",
 }

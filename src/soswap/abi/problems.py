@@ -43,6 +43,14 @@ ROLE_LIBRARY = "library"
 TYPE_CHANGED = "type-changed"
 COPY_SIZE = "copy-size"
 PROTECTED_COPY = "protected-copy"
+#: A data object (or TLS variable) NEW made smaller, referenced without a copy relocation: the consumer was
+#: compiled for the old size and reads or writes past NEW's object.
+OBJECT_SHRUNK = "object-shrunk"
+#: A symbol NEW adds takes over references that bound another object of the consumer's scope.
+PREEMPTED = "preempted"
+#: A consumer replaced a symbol of TARGET (its own definition, or a copy relocation of the data), and NEW no
+#: longer looks that symbol up: NEW uses its own (-Bsymbolic, or references bound when NEW was linked).
+INTERPOSITION_LOST = "interposition-lost"
 
 
 class Problem(NamedTuple):

@@ -253,7 +253,7 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
     s = result.self_check
     if s is not None and s.verdict in ("incompatible", "review"):
         lines.append("")
-        why = " (review: every consumer checked provides these)" if s.verdict == "review" else ""
+        why = f" ({s.note})" if s.verdict == "review" and s.note else ""
         lines.append(f"NEW itself at {s.path}: {s.verdict}{why}")
         for p in s.problems:
             lines.append(f"    {_problem_line(p)}")
