@@ -83,8 +83,7 @@ def test_nagios_errors_are_unknown_never_critical() -> None:
 
 def test_json_errors_go_to_standard_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """tree --json names an unreadable FILE on standard error as well as in its document, under the name it was
-    given (two symlinks to one file are two names); elf --json of one unreadable file prints nothing on
-    standard output."""
+    given (two symlinks to one file are two names); elf --json of one unreadable file prints null."""
     import json
 
     (tmp_path / "notelf.txt").write_text("not elf\n")
@@ -97,7 +96,7 @@ def test_json_errors_go_to_standard_error(tmp_path) -> None:  # type: ignore[no-
     assert all(x["error"].startswith(x["file"] + ": ") for x in results), results
     assert r.stderr.count("soswap: error: ") == 3 and f"{tmp_path / 'link2'}: not an ELF file" in r.stderr
     r = soswap("elf", "--json", str(tmp_path / "notelf.txt"))
-    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("soswap: error: ")
+    assert r.returncode == 2 and r.stdout == "null\n" and r.stderr.startswith("soswap: error: ")
 
 
 @pytest.mark.parametrize("command", ["elf", "tree", "diff"])
@@ -105,3 +104,71 @@ def test_a_newline_in_a_file_name_keeps_the_error_on_one_line(command: str, tmp_
     odd = str(tmp_path / "new\nline")
     r = soswap(command, *([odd, odd] if command == "diff" else [odd]))
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and r.stderr.startswith("soswap: error: "), r.stderr
+
+
+def test_bad_stale_arguments_are_one_line_usage_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A directory as --ignore-file (the read failed on a file descriptor: a traceback), a bad --deny regex
+    (an internal error) and --deny without --restart: one line, status 2 (3, UNKNOWN, under --nagios)."""
+    for args in (["--ignore-file", str(tmp_path)], ["--restart", "--dry-run", "--deny", "("], ["--deny", "x"]):
+        r = soswap("stale", *args)
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr
+        n = soswap("stale", "--nagios", *args)
+        assert n.returncode == 3 and n.stdout.startswith("STALE UNKNOWN"), (args, n.stdout)
+
+
+def test_elf_json_of_one_unreadable_file_is_null(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One document always: null for one file that cannot be read, [] for several."""
+    import json
+
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"not ELF")
+    one = soswap("elf", "--json", str(bad))
+    two = soswap("elf", "--json", str(bad), str(bad))
+    assert one.returncode == two.returncode == 2
+    assert json.loads(one.stdout) is None and json.loads(two.stdout) == []
+
+
+def test_history_of_a_state_directory_it_cannot_read_is_an_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As another user, an unreadable state directory is not "no transactions" (exit 2, one line)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    system_python = "/usr/bin/python3"
+    if os.geteuid() != 0 or not os.access(system_python, os.X_OK) or shutil.which("setpriv") is None:
+        pytest.skip("needs root, setpriv and /usr/bin/python3")
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="soswap-nobody-", dir="/tmp"))  # pytest's tmp_path is 0700 up the tree
+    try:
+        _history_as_nobody(top, system_python)
+    finally:
+        shutil.rmtree(top)
+
+
+def _history_as_nobody(top, system_python: str) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    from pathlib import Path
+
+    src = top / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "soswap", src / "soswap")
+    state = top / "state"
+    (state / "tx").mkdir(parents=True)
+    for p in [top, *src.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o005)
+    state.chmod(0o700)
+    for command in ("history", "recover"):
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", system_python, "-m",
+                            "soswap", command, "--state-dir", str(state)],
+                           env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Permission denied" in r.stderr and len(r.stderr.splitlines()) == 1, r
+
+
+def test_install_refuses_a_source_longer_than_its_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """/proc/cpuinfo says 0 bytes: copying its size would install an empty file. Refused, nothing created."""
+    dest = tmp_path / "cpuinfo"
+    r = soswap("install", "--no-check", "--no-report", "/proc/cpuinfo", str(dest))
+    assert r.returncode == 2 and "holds more than the 0 bytes" in r.stderr and not dest.exists(), r.stderr
+    assert not list(tmp_path.iterdir())  # no temporary file left either

@@ -2,6 +2,6 @@
 
 import sys
 
-from soswap.cli import main
+from soswap import console
 
-sys.exit(main())
+sys.exit(console())

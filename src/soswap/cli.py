@@ -218,8 +218,11 @@ def _nagios_unknown(message: str) -> int:
 
 def _describe_oserror(exc: OSError) -> str:
     text = exc.strerror or str(exc)
-    if exc.filename is not None:
-        return f"{os.fsdecode(exc.filename)}: {text}"
+    name = exc.filename
+    if isinstance(name, int):  # an error on an open file descriptor names its number (os.fdopen, os.read)
+        return f"file descriptor {name}: {text}"
+    if name is not None:
+        return f"{os.fsdecode(name)}: {text}"
     return text
 
 

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -760,3 +761,30 @@ def test_setup_finds_the_console_script_that_runs_it(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     written = (root / "etc/apt/apt.conf.d/99soswap").read_text()
     assert f"if [ -x {script} ]; then {script} hook apt || true; fi" in written
+
+
+def _env() -> Dict[str, str]:
+    environ = dict(os.environ, PYTHONPATH=SRC)
+    environ.pop("SOSWAP_SUSPEND", None)
+    return environ
+
+
+def test_apt_preinstall_bounds_its_input_by_size_and_time(tmp_path: Path) -> None:
+    """The package list is read within --timeout and up to 16 MiB: endless input (/dev/zero) or a writer
+    that keeps the pipe open does not hold apt (or fill memory); both are skipped, status 0."""
+    with open("/dev/zero", "rb") as zero:
+        r = subprocess.run([sys.executable, "-m", "soswap", "hook", "apt-preinstall", "--timeout", "20"],
+                           stdin=zero, capture_output=True, text=True, timeout=60, env=_env())
+    assert r.returncode == 0 and "over 16 MiB; skipped" in r.stderr
+    writer = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE)
+    try:
+        t = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "soswap", "hook", "apt-preinstall", "--timeout", "1"],
+                           stdin=writer.stdout, capture_output=True, text=True, timeout=60, env=_env())
+        took = time.monotonic() - t
+    finally:
+        writer.kill()
+        writer.wait()
+        assert writer.stdout is not None
+        writer.stdout.close()
+    assert r.returncode == 0 and "skipped" in r.stderr and took < 20, (took, r.stderr)

@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write(error_line(str(exc)))
             status = EXIT_ERROR
     if args.json and len(args.files) == 1:
-        if objects:  # one file: its object; unreadable: only the error line (nothing on standard output)
-            print_json(objects[0])
+        # one file: its object; unreadable: null (one document always), the error on standard error
+        print_json(objects[0] if objects else None)
     elif args.json:
         print_json(objects)  # several files: the readable ones, the others said on standard error
     return status

@@ -237,8 +237,9 @@ def _post_transaction(args: argparse.Namespace) -> None:
         _say(text.rstrip("\n"), sys.stdout)
 
 
-def _within(seconds: float, work: Callable[[], T], instead: str) -> Optional[T]:
-    """``work()``, or None (said on standard error) when it takes longer than ``seconds``."""
+def _within(seconds: float, work: Callable[[], T], instead: str, budget: Optional[float] = None) -> Optional[T]:
+    """``work()``, or None (said on standard error) when it takes longer than ``seconds`` (what is left of
+    ``budget``, the --timeout the message names, when given)."""
     import signal
 
     def expired(signum: int, frame: object) -> None:
@@ -249,7 +250,8 @@ def _within(seconds: float, work: Callable[[], T], instead: str) -> Optional[T]:
     try:
         return work()
     except _TimedOut:
-        _say(f"soswap: the check did not finish in {seconds:g} s; skipped ({instead})", sys.stderr)
+        _say(f"soswap: the check did not finish in {budget if budget is not None else seconds:g} s; skipped "
+             f"({instead})", sys.stderr)
         return None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -308,14 +310,49 @@ def apt_actions(text: str) -> AptActions:
     return AptActions([n for n in names if n.endswith(".deb")], removing)
 
 
+#: apt's list of .deb files on standard input (one line per package): a few KiB even for a dist-upgrade
+_INPUT_LIMIT = 16 << 20
+
+
+class _TooLong(Exception):
+    pass
+
+
+def _read_input(limit: int) -> bytes:
+    """Standard input to its end, at most ``limit`` bytes (more raises :class:`_TooLong`)."""
+    chunks = []
+    total = 0
+    while True:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if total > limit:
+            raise _TooLong()
+        chunks.append(chunk)
+
+
 def _apt_preinstall(args: argparse.Namespace) -> int:
-    # read first: apt's pipe is emptied whatever happens next; file names as bytes, kept as they are
-    debs, removing = apt_actions(sys.stdin.buffer.read().decode("utf-8", "surrogateescape"))
+    import time
+
+    # read first: apt's pipe is emptied whatever happens next; file names as bytes, kept as they are. The
+    # reading counts in --timeout too, and is bounded: a hook must not wait on, or fill memory with, its input.
+    start = time.monotonic()
+    try:
+        raw = _within(args.timeout, lambda: _read_input(_INPUT_LIMIT), "no package list on standard input")
+    except _TooLong:
+        _say(f"soswap: the package list on standard input is over {_INPUT_LIMIT >> 20} MiB; skipped", sys.stderr)
+        return 0
+    if raw is None:
+        return 0
+    debs, removing = apt_actions(raw.decode("utf-8", "surrogateescape"))
     if os.environ.get("SOSWAP_SUSPEND") or not debs:
         return 0
     from soswap.replace.debs import check_debs
 
-    result = _within(args.timeout, lambda: check_debs(debs, removing=removing), "soswap check could not finish")
+    left = args.timeout - (time.monotonic() - start)
+    result = _within(left, lambda: check_debs(debs, removing=removing), "soswap check could not finish",
+                     args.timeout)
     if result is None:
         return 0
     checked, found = result.checked, [p.message for p in result.problems]

@@ -77,6 +77,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dry_run and not args.restart:
         raise UsageError("--dry-run needs --restart")
+    if args.deny and not args.restart:
+        raise UsageError("--deny needs --restart")
+    for n, text in enumerate(args.deny, 1):
+        import re
+
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise UsageError(f"--deny #{n}: bad regular expression {text!r}: {exc}") from None
     if args.identical_max_size is not None and not args.ignore_identical:
         raise UsageError("--identical-max-size needs --ignore-identical")
     from soswap.proc.ignore import DEFAULT_IGNORE_FILE, IgnoreList

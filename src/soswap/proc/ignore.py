@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from typing import Iterable, List, NamedTuple, Optional, Pattern, Sequence, Tuple
 
 from soswap.errors import UsageError
@@ -109,14 +108,12 @@ def load_ignore_file(path: str) -> Tuple[List[IgnoreRule], bool]:
     """Read an ignore file: one regex per line, ``#`` comments, and ``no-defaults`` to drop the defaults.
 
     Returns (rules, whether the defaults stay on)."""
-    try:  # never blocking: a FIFO would wait for a writer forever
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    from soswap.textfile import read_regular
+
+    try:  # never blocking: a FIFO would wait for a writer forever; a directory is no file either
+        data = read_regular(path, 1 << 20)
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read ignore file: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UsageError(f"{path}: cannot read ignore file: not a regular file")
-        data = f.read(1 << 20)
+        raise UsageError(f"{path}: cannot read ignore file: {exc.strerror or exc}") from None
     rules = []
     keep_defaults = True
     for lineno, raw in enumerate(data.split(b"\n"), 1):

@@ -81,6 +81,13 @@ def stage_file(
         st = os.fstat(src_fd)
         if not same_identity(st, source_st):
             raise ReplaceError(f"{source}: changed while soswap was installing it; nothing was replaced")
+        try:  # a /proc or /sys file says 0 (or 4096) bytes and holds other content: its size cannot be copied
+            longer = bool(os.pread(src_fd, 1, st.st_size))
+        except OSError:
+            longer = False
+        if longer:
+            raise ReplaceError(f"{source}: holds more than the {st.st_size} bytes its size says (a /proc or /sys "
+                               "file?); copy it to a regular file first; nothing was replaced")
         old_hash: Optional[datacopy.HashJob] = None
         if old_st is not None:
             try:

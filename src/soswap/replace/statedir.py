@@ -16,6 +16,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -51,12 +52,23 @@ class StateDir:
 
     def exists(self) -> bool:
         """True when the journals' directory is there; False when nothing was ever written. Raises
-        :class:`StateError` when the path is there but is not a directory (a regular file given by mistake):
-        reading it as "no transactions" would hide the journals the user meant."""
+        :class:`StateError` when the path is there but is not a directory (a regular file given by mistake), or
+        cannot be read (another user's): reading it as "no transactions" would hide the journals the user
+        meant."""
         for d in (self.path, self.tx_dir):
-            if os.path.lexists(d) and not os.path.isdir(d):
+            try:
+                st = os.stat(d)
+            except FileNotFoundError:
+                if os.path.lexists(d):  # a dangling link
+                    raise StateError(f"{d}: not a directory") from None
+                return False
+            except NotADirectoryError:
+                raise StateError(f"{d}: not a directory") from None
+            except OSError as exc:  # EACCES: there, but not ours to read; "no transactions" would be a lie
+                raise StateError(f"{d}: cannot read the state directory: {exc.strerror}") from None
+            if not stat.S_ISDIR(st.st_mode):
                 raise StateError(f"{d}: not a directory")
-        return os.path.isdir(self.tx_dir)
+        return True
 
     def lock(self, timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         """Take the exclusive lock, waiting at most ``timeout`` seconds (StateError names the holder)."""
