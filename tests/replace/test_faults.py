@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -357,3 +358,104 @@ def test_a_rollback_killed_after_its_commit_is_finished_by_recover(tmp_path, sta
     assert not [n for n in os.listdir(d) if ".bak-" in n and n.endswith(install["txid"])]
     r = soswap(["rollback"], state, check=2)
     assert "no committed transaction to roll back" in r.stderr
+
+
+@pytest.mark.parametrize("step", ["journal-prepared", "committed"])
+def test_recovery_stops_while_a_directory_is_gone(tmp_path, libfoo, state, step):
+    """A directory of the interrupted transaction is missing (a filesystem not mounted yet): recovery, and
+    the next install, which recovers first, stop with the journal kept (it used to be marked undone or done,
+    and the files stayed half new once the directory came back). With the directory back, recover resolves
+    it; --skip-missing resolves it when the directory is gone for good."""
+    lib = _setup(tmp_path, libfoo)
+    _kill_at(step, ["install", "--no-check", str(libfoo.v2), str(lib)], state)
+    away = tmp_path / "away"
+    os.rename(lib.parent, away)
+    r = soswap(["recover"], state, check=2)
+    assert "directory is gone" in r.stderr and r.stderr.count("soswap: error:") == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    assert soswap(["install", "--no-check", libfoo.v2, other / "x"], state, check=2).returncode == 2
+    history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert [t["state"] for t in history] == ["prepared" if step == "journal-prepared" else "committed"]
+    os.rename(away, lib.parent)
+    soswap(["recover"], state, check=0)
+    assert sha256(lib) == (libfoo.sha1 if step == "journal-prepared" else libfoo.sha2)
+    assert leftovers(lib.parent) == []
+    # gone for good: --skip-missing resolves it with a note
+    _kill_at("journal-prepared", ["install", "--no-check", str(libfoo.v2), str(lib)], state)
+    shutil.rmtree(lib.parent)
+    soswap(["recover"], state, check=2)
+    r = soswap(["recover", "--skip-missing", "--json"], state, check=0)
+    (outcome,) = json.loads(r.stdout)["recovered"]
+    assert any("directory is gone" in n for n in outcome["notes"])
+    assert soswap(["install", "--no-check", libfoo.v2, other / "x"], state, check=0).returncode == 0
+
+
+def test_sigterm_after_the_commit_says_the_files_are_new(tmp_path, libfoo, state):
+    """SIGTERM during the cleanup after the commit mark: the files are their new versions, and the one error
+    line says so (it used to exit 130 silently, as if undone); the next recover finishes the cleanup."""
+    lib = _setup(tmp_path, libfoo)
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state), SOSWAP_TEST_PAUSE_AT="cleaned")
+    p = subprocess.Popen([sys.executable, "-m", "soswap", "install", "--no-check", "--no-report", str(libfoo.v2),
+                          str(lib)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL)
+    try:
+        assert wait_stopped(p.pid)
+        os.kill(p.pid, signal.SIGTERM)
+        os.kill(p.pid, signal.SIGCONT)
+        assert p.wait(timeout=30) == 130
+        assert p.stderr is not None
+        err = p.stderr.read().decode()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if p.stderr:
+            p.stderr.close()
+    assert err.count("soswap: error:") == 1 and "committed: every file is its new version" in err, err
+    assert sha256(lib) == libfoo.sha2
+    soswap(["recover"], state, check=0)
+    history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert [t["state"] for t in history] == ["done"] and leftovers(lib.parent) == []
+
+
+def test_an_emptied_history_journal_is_left_out_of_history(tmp_path, libfoo, state):
+    """A finished record a power cut left empty (journals written before this release had no fsync) is one
+    history line lost, not an error that blocks history, recover and every install."""
+    lib = _setup(tmp_path, libfoo)
+    soswap(["install", "--no-check", "--no-backup", libfoo.v2, lib], state, check=0)
+    (first,) = [t["txid"] for t in json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]]
+    (state / "history" / f"{first}.json").write_bytes(b"")
+    soswap(["install", "--no-check", libfoo.once, lib], state, check=0)
+    history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert len(history) == 1 and history[0]["txid"] != first
+    soswap(["recover"], state, check=0)
+
+
+def test_a_transaction_over_more_directories_than_descriptors(tmp_path, libfoo, state):
+    """One descriptor per directory stays open for the whole transaction: past the hard limit it is refused
+    before anything is written (it used to fail half-way and leave a journal the same limit could not
+    recover); under it, the soft limit is raised and the install goes through."""
+    import resource
+
+    manifest = tmp_path / "manifest"
+    lines = []
+    for i in range(40):
+        d = tmp_path / f"d{i}"
+        d.mkdir()
+        (d / "f").write_text(f"old{i}\n")
+        (tmp_path / f"s{i}").write_text(f"new{i}\n")
+        lines.append(f"{tmp_path / f's{i}'} {d / 'f'}")
+    manifest.write_text("\n".join(lines) + "\n")
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state))
+    argv = [sys.executable, "-m", "soswap", "install", "--no-check", "--no-report", "--manifest", str(manifest)]
+    for soft, hard, want in ((48, 48, 2), (48, 4096, 0)):
+        def limit(soft=soft, hard=hard) -> None:  # type: ignore[no-untyped-def]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, preexec_fn=limit)
+        assert r.returncode == want, r.stderr
+        if want:
+            assert "40 directories" in r.stderr and r.stderr.count("soswap: error:") == 1
+            assert soswap(["history"], state, check=0).stdout.strip() == "no transactions"
+    assert all((tmp_path / f"d{i}" / "f").read_text() == f"new{i}\n" for i in range(40))

@@ -136,6 +136,22 @@ def test_acl_preserved(tmp_path, libfoo, state):
     assert "user:nobody:r-x" in before
 
 
+def test_a_default_acl_of_the_directory_is_not_added_on_replace(tmp_path, libfoo, state):
+    """The replaced file had no ACL; its directory has a default ACL (set later): the new file has none
+    either (it used to keep the ACL its temporary file inherited, and a later chmod 660 let that user read
+    it). A file created where there was none inherits the directory's default ACL, as any new file does."""
+    d = tmp_path / "dacl"
+    lib = libfoo.deploy(d, with_programs=False)
+    lib.chmod(0o600)
+    before = run(["getfacl", "-p", lib]).stdout
+    assert run(["setfacl", "-d", "-m", "u:nobody:rwx", d]).returncode == 0
+    soswap(["install", "--no-check", libfoo.v2, lib], state, check=0)
+    assert run(["getfacl", "-p", lib]).stdout == before and "nobody" not in before
+    assert stat.S_IMODE(lib.stat().st_mode) == 0o600
+    soswap(["install", "--no-check", libfoo.v2, d / "created.so"], state, check=0)
+    assert "user:nobody:rwx" in run(["getfacl", "-p", d / "created.so"]).stdout
+
+
 def test_user_xattr_kept_ima_dropped(tmp_path, libfoo, state):
     """Case 8: user.note is preserved; a security.ima set by hand is not copied (and the user is told)."""
     d = tmp_path / "x"
@@ -370,7 +386,9 @@ def test_a_process_on_the_version_a_soname_link_led_to_is_listed(tmp_path, libfo
     os.symlink("libfoo.so.1.2.3", d / ".flip")
     os.rename(d / ".flip", link)  # flipped back by hand (ldconfig -n after removing 1.2.4 does the same)
     assert (old.st_dev, old.st_ino) not in journal_facts(StateDir(str(state)))[0]
+    (d / "placeholder").write_text("")  # likely takes the link's freed inode: the new link gets another one
     os.symlink("libfoo.so.1.2.4", d / ".flip")
     os.rename(d / ".flip", link)
+    # a link re-created by hand with the install's target is unchanged for rollback, whatever its inode
     soswap(["rollback"], state, check=0)  # the link back on 1.2.3: current again
     assert (old.st_dev, old.st_ino) not in journal_facts(StateDir(str(state)))[0]

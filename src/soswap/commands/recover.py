@@ -16,12 +16,18 @@ Resolve every transaction the journal records as interrupted:
   - committed but not cleaned up: the cleanup is finished.
 Afterwards every file is entirely its old or entirely its new version.
 
+A directory of a transaction that is gone stops its recovery (a filesystem not mounted yet would come back
+half old, half new): mount it and run recover again, or --skip-missing when it was deleted for good.
+
 Exit status: 0 (also when there was nothing to recover), 2 if a transaction could not be resolved (the
 journal is kept; fix the cause, e.g. a read-only remount, and run it again)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-install.md)")
+    parser.add_argument("--skip-missing", action="store_true",
+                        help="resolve transactions whose directory is gone (deleted for good): nothing is "
+                             "restored there")
     add_state_arguments(parser)
 
 
@@ -32,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from soswap.report.output import print_json
 
     terminate_as_interrupt()
-    outcomes = recover(StateDir(args.state_dir), args.lock_timeout)
+    outcomes = recover(StateDir(args.state_dir), args.lock_timeout, skip_missing=args.skip_missing)
     if args.json:
         print_json(recover_list_to_json(outcomes))
     else:

@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from soswap.errors import Refused, ReplaceError, UsageError
+from soswap.errors import Refused, ReplaceError, SoswapError, StateError, UsageError
 from soswap.replace import checks, metadata, naming
 from soswap.replace.order import DynInfo, dependency_order, read_dyninfo
 from soswap.replace.pause import pause_point
@@ -39,6 +39,7 @@ from soswap.replace.transaction import (
     Transaction,
     change_dir_flags,
     commit_all,
+    descriptors_for,
     finish,
     remove_temp,
     restore_dir_flags,
@@ -329,6 +330,8 @@ def install(
                        for t in pending_txids(state))
         return _preflight_and_plan(plans, dir_flags, notices, opts, preflight, None, ())
 
+    descriptors_for(len({r.dest if r.dest.endswith("/") else os.path.dirname(os.path.abspath(r.dest))
+                         for r in requests}))
     state.lock(opts.lock_timeout)
     try:
         recovered = tuple(recover_locked(state))
@@ -337,7 +340,10 @@ def install(
         result = _preflight_and_plan(plans, dir_flags, notices, opts, preflight, state, recovered, argv, known)
         if result.status == "refused":
             return result
-        pruned = prune(state, opts.keep) if opts.backup else []
+        try:
+            pruned = prune(state, opts.keep) if opts.backup else []
+        except KeyboardInterrupt:
+            raise AfterCommit(result.txid, KeyboardInterrupt(), "done") from None
         # --keep 0 prunes this transaction's own backups too: then none is kept
         result = result._replace(pruned=tuple(pruned), backups_kept=result.backups_kept and result.txid not in pruned)
     finally:
@@ -346,7 +352,10 @@ def install(
         olds = [(c.dest, c.old) for c in result.changes if c.old is not None and c.kind == KIND_FILE]
         olds += superseded_files(result.changes)  # the previous version a flipped soname link led to
         if olds:
-            result = result._replace(after=stale_report(olds))
+            try:
+                result = result._replace(after=stale_report(olds))
+            except KeyboardInterrupt:
+                raise AfterCommit(result.txid, KeyboardInterrupt(), "done") from None
     return result
 
 
@@ -409,14 +418,37 @@ def _run(plans: List[_Plan], order: List[int], links: Dict[int, LinkPlan], dir_f
             pause_point("staged")
             tx.set_changes(staged)
             tx.save(PREPARED)
+            pause_point("journal-prepared")  # a SIGTERM here still cleans up like one while staging
         except BaseException as exc:
             _abort_staging(tx, changes, dirs, exc)
             raise
-        pause_point("journal-prepared")
         committed = commit_all(tx, staged, dirs)
-        finish(tx, committed, dirs)
+        try:
+            warnings = finish(tx, committed, dirs)
+        except (KeyboardInterrupt, OSError, StateError) as exc:
+            # the files are their new versions already: say so, not "nothing was changed"
+            raise AfterCommit(txid, exc) from None
+        notices.extend(Notice(path, message) for path, message in warnings)
     return InstallResult(txid, "installed", tuple(committed), tuple(notices), tuple(recovered), problems,
                          backups_kept=opts.backup)
+
+
+class AfterCommit(SoswapError):
+    """The transaction committed (every file is its new version) and its cleanup was interrupted or failed:
+    the next ``soswap recover`` (or install) finishes it. Exit status 130 for an interruption, else 2."""
+
+    def __init__(self, txid: str, cause: BaseException, state: str = "committed") -> None:
+        if isinstance(cause, KeyboardInterrupt):
+            what = "interrupted"
+            self.exit_code = 130
+        else:
+            what = f"its cleanup failed ({cause.strerror if isinstance(cause, OSError) and cause.strerror else cause})"
+        if state == "done":  # interrupted in the pruning of older backups or the report: nothing is left to do
+            super().__init__(f"transaction {txid} is installed: every file is its new version; {what} before "
+                             "the report")
+            return
+        super().__init__(f"transaction {txid} committed: every file is its new version; {what}; "
+                         "'soswap recover' (or the next install) finishes the cleanup")
 
 
 def _abort_staging(tx: Transaction, changes: Sequence[Change], dirs: Dirs, exc: BaseException) -> None:

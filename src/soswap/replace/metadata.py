@@ -42,6 +42,9 @@ class Metadata(NamedTuple):
     capability: Optional[bytes] = None
     flags: Optional[int] = None
     skipped: Tuple[str, ...] = ()
+    #: The ACL is the replaced file's, also when it has none: an access ACL the new file inherited from its
+    #: directory's default ACL is removed (a file created in place of nothing keeps what it inherits).
+    exact_acl: bool = False
 
 
 def read_xattrs(fd: int) -> List[Tuple[str, bytes]]:
@@ -88,6 +91,7 @@ def snapshot(fd: int, st: os.stat_result) -> Metadata:
         capability=cap,
         flags=syscalls.get_flags(fd),
         skipped=tuple(skipped),
+        exact_acl=True,
     )
 
 
@@ -106,6 +110,12 @@ def apply(fd: int, md: Metadata, dest: str, mode_given: bool, times_ns: Optional
         except OSError as exc:
             who = ":".join(str(v) for v in (md.uid, md.gid) if v is not None) if md.uid is not None else f":{md.gid}"
             raise _fail(dest, f"owner {who}", exc) from None
+    if md.acl is None and md.exact_acl:
+        try:  # inherited from the directory's default ACL (posix_acl_create): the old file had none
+            os.removexattr(fd, ACL_ACCESS)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise _fail(dest, f"the inherited ACL ({ACL_ACCESS})", exc) from None
     try:
         os.fchmod(fd, md.mode)
     except OSError as exc:

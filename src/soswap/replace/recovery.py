@@ -30,7 +30,7 @@ from soswap.replace.records import (
     superseded_files,
 )
 from soswap.replace.staging import stage_file, stage_link, stage_symlink
-from soswap.replace.statedir import DEFAULT_LOCK_TIMEOUT, StateDir
+from soswap.replace.statedir import DEFAULT_LOCK_TIMEOUT, LostJournal, StateDir
 from soswap.replace.transaction import (
     COMMITTED,
     DONE,
@@ -42,6 +42,7 @@ from soswap.replace.transaction import (
     Dirs,
     Transaction,
     commit_all,
+    descriptors_for,
     drop_backup,
     finish,
     remove_temp,
@@ -62,35 +63,45 @@ def pending_txids(state: StateDir) -> List[str]:
     return [r["txid"] for r in state.live_records() if r["state"] in PENDING] if state.exists() else []
 
 
-def recover(state: StateDir, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> List[RecoverOutcome]:
-    """Finish or undo every interrupted transaction (``soswap recover``)."""
+def recover(state: StateDir, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
+            skip_missing: bool = False) -> List[RecoverOutcome]:
+    """Finish or undo every interrupted transaction (``soswap recover``). A directory of a transaction that
+    is gone stops it (the journal is kept: a filesystem not mounted yet would come back half done), unless
+    ``skip_missing`` (it was deleted for good: nothing to restore there)."""
     if not state.exists():
         return []
     state.lock(lock_timeout)
     try:
-        return recover_locked(state)
+        return recover_locked(state, skip_missing=skip_missing)
     finally:
         state.unlock()
 
 
-def recover_locked(state: StateDir) -> List[RecoverOutcome]:
+def recover_locked(state: StateDir, *, skip_missing: bool = False) -> List[RecoverOutcome]:
     """:func:`recover` for a caller that holds the lock (install runs it first)."""
     out = []
     for record in state.live_records():
         if record["state"] in PENDING:
-            out.append(_recover_one(state, record))
+            out.append(_recover_one(state, record, skip_missing))
         if record["state"] == DONE and record.get("kind") == "rollback":
             _finish_rollback_of(state, record)  # a rollback killed between its commit and this last step
     return out
 
 
-def _recover_one(state: StateDir, record: Dict[str, Any]) -> RecoverOutcome:
+def _recover_one(state: StateDir, record: Dict[str, Any], skip_missing: bool) -> RecoverOutcome:
     tx = Transaction(state, record)
     found = record["state"]
     changes = _changes(record, state.journal_path(tx.txid))
     notes: List[str] = []
     failed: List[str] = []
+    descriptors_for(len({c.directory for c in changes}), refuse=False)
     with Dirs() as dirs:
+        gone = sorted({c.directory for c in changes if _dir_fd(dirs, c, []) is None})
+        if gone and not skip_missing:
+            raise StateError(
+                f"transaction {tx.txid}: {', '.join(gone)}: directory is gone (a filesystem not mounted?); "
+                "nothing was done and the journal is kept: mount it and run 'soswap recover' again, or "
+                "'soswap recover --skip-missing' if it was deleted for good")
         if found == COMMITTED:
             usable = [c for c in changes if _dir_fd(dirs, c, notes) is not None]
             try:
@@ -204,7 +215,15 @@ def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Chan
         except OSError as exc:
             problems.append(f"{ch.dest}: {exc.strerror}")
             continue
-        if ch.new is not None and (cur is None or not ch.new.same_inode(cur)):
+        link_now = ch.new
+        if ch.kind == KIND_SYMLINK and ch.new is not None and cur is not None and stat.S_ISLNK(cur.st_mode):
+            # a link is what it says: re-created with the same target (ldconfig does that) it is unchanged
+            try:
+                if os.readlink(ch.dest) == ch.link_new:
+                    link_now = InodeRecord.of(cur, None)
+            except OSError:
+                pass
+        if ch.new is not None and (cur is None or not (link_now or ch.new).same_inode(cur)):
             problems.append(f"{ch.dest} changed since transaction {record['txid']}")
             continue
         if (ch.new is not None and cur is not None and ch.kind != KIND_SYMLINK and stat.S_ISREG(cur.st_mode)
@@ -229,10 +248,10 @@ def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Chan
         backup = naming.backup_name(name, txid)
         if ch.kind == KIND_SYMLINK:
             if ch.old is None:  # the link was created: remove it
-                out.append(Change(KIND_REMOVE, ch.dest, None, backup, requested=ch.dest, old=ch.new,
+                out.append(Change(KIND_REMOVE, ch.dest, None, backup, requested=ch.dest, old=link_now,
                                   link_old=ch.link_new))
             else:
-                out.append(Change(KIND_SYMLINK, ch.dest, temp, None, requested=ch.dest, old=ch.new,
+                out.append(Change(KIND_SYMLINK, ch.dest, temp, None, requested=ch.dest, old=link_now,
                                   link_old=ch.link_new, link_new=ch.link_old))
         elif ch.old is None:  # the file was created: remove it
             out.append(Change(KIND_REMOVE, ch.dest, None, backup, requested=ch.requested, old=ch.new,
@@ -445,7 +464,10 @@ def journal_facts(state: StateDir, last: int = 1000) -> Tuple[FrozenSet[Tuple[in
     if not state.exists():
         return frozenset(), installed
     for txid in reversed(state.txids_newest_first()[:last]):
-        record = state.read(txid)
+        try:
+            record = state.read(txid)
+        except LostJournal:
+            continue  # a history line a crash emptied: its facts are lost with it
         if record["state"] not in (DONE, COMMITTED):
             continue
         changes = _changes(record, state.journal_path(txid))

@@ -128,8 +128,9 @@ class StateDir:
         return not (os.path.lexists(self.journal_path(txid)) or os.path.lexists(self.journal_path(txid, False)))
 
     def write(self, record: Dict[str, Any], durable: bool = True) -> None:
-        """Replace the journal of ``record["txid"]`` atomically, in ``tx/`` or ``history/`` as its state says;
-        ``durable``: fsync the file and the directory."""
+        """Replace the journal of ``record["txid"]`` atomically, in ``tx/`` or ``history/`` as its state says.
+        The file's data is always synced before the rename; ``durable``: the directory too (the rename
+        itself survives a power cut)."""
         txid = record["txid"]
         live = is_live(record)
         directory = self.tx_dir if live else self.history_dir
@@ -147,8 +148,10 @@ class StateDir:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-                if durable:
-                    os.fsync(fd)
+                # the data always: renamed over without it, a power cut can leave an empty file in its
+                # place (a new name in history/ has no ext4 rename heuristic to save it); the directory only
+                # when ``durable``
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, final)
@@ -172,6 +175,7 @@ class StateDir:
         """The journal of ``txid``; StateError if missing or unreadable."""
         if not txid or "/" in txid or txid.startswith("."):
             raise StateError(f"invalid transaction id {txid!r}")
+        lost = ""
         for live in (False, True):
             path = self.journal_path(txid, live)
             try:
@@ -180,7 +184,15 @@ class StateDir:
                 continue
             except OSError as exc:
                 raise StateError(f"{path}: cannot read the journal: {exc.strerror}") from None
+            if not live and not raw:
+                # history/ is written without fsync (a finished record): a power cut can leave it empty; the
+                # tx/ copy, when the crash came before its removal, is the record
+                lost = path
+                continue
             return _parse(path, raw)
+        if lost:
+            raise LostJournal(f"{lost}: empty journal (its finished record was lost in a crash); move it aside "
+                              "to continue")
         raise StateError(f"no transaction {txid} in {self.path}")
 
     def _list(self, directory: str) -> List[str]:
@@ -200,9 +212,13 @@ class StateDir:
         return sorted(set(self._list(self.tx_dir)) | set(self._list(self.history_dir)), reverse=True)
 
     def records(self) -> Iterator[Dict[str, Any]]:
-        """Every journal, oldest first (transaction ids sort by start time)."""
+        """Every journal, oldest first (transaction ids sort by start time); a finished record a crash left
+        empty is left out (it was only a history line: its files were done with)."""
         for txid in sorted(set(self._list(self.tx_dir)) | set(self._list(self.history_dir))):
-            yield self.read(txid)
+            try:
+                yield self.read(txid)
+            except LostJournal:
+                continue
 
 
 def is_live(record: Dict[str, Any]) -> bool:
@@ -227,6 +243,10 @@ def _read_small(fd: int) -> str:
         return os.pread(fd, 64, 0).decode(errors="replace")
     except OSError:
         return ""
+
+
+class LostJournal(StateError):
+    """A journal in history/ that a power cut left empty (written without fsync, renamed in place)."""
 
 
 def _parse(path: str, raw: bytes) -> Dict[str, Any]:

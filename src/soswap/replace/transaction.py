@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from soswap.errors import ReplaceError, StateError
 from soswap.replace import syscalls
@@ -44,6 +44,35 @@ def now_iso() -> str:
 
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+#: Descriptors a transaction needs besides one per directory it keeps open (the state lock, the journal,
+#: the file being staged and its source, the interpreter's own).
+_SPARE_DESCRIPTORS = 16
+
+
+def descriptors_for(directories: int, *, refuse: bool = True) -> None:
+    """A transaction keeps one descriptor per directory open from staging to the end (every step works
+    relative to it): raise the soft RLIMIT_NOFILE as far as the hard limit allows, or refuse before anything
+    is written. Running out half-way would leave a journal that the same limit stops recovery from
+    resolving. ``refuse`` False (recovery): only raise the limit as far as it goes."""
+    import resource
+
+    need = directories + _SPARE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+        except (ValueError, OSError):
+            pass
+    if not refuse:
+        return
+    raise ReplaceError(f"the transaction spans {directories} directories and keeps each open: it needs about "
+                       f"{need} file descriptors, and 'ulimit -n' allows {soft} (hard limit {hard}); raise it or "
+                       "install in smaller transactions; nothing was changed")
 
 
 class Dirs:
@@ -369,9 +398,12 @@ def restore_dir_flags(tx: Transaction) -> None:
             pass
 
 
-def finish(tx: Transaction, changes: Sequence[Change], dirs: Dirs) -> None:
-    """The cleanup after the committed mark: drop backups unless kept, remove leftovers, mark ``done``."""
+def finish(tx: Transaction, changes: Sequence[Change], dirs: Dirs) -> List[Tuple[str, str]]:
+    """The cleanup after the committed mark: drop backups unless kept, remove leftovers, mark ``done``.
+    Returns warnings (path, message): the old inode of a set-ID or capability file that could not be
+    stripped."""
     keep = bool(tx.record.get("keep_backups"))
+    warnings: List[Tuple[str, str]] = []
     for ch in changes:
         dfd = dirs.get(ch.directory)
         remove_temp(ch, dfd)
@@ -379,10 +411,13 @@ def finish(tx: Transaction, changes: Sequence[Change], dirs: Dirs) -> None:
             # before the link is dropped too: another hard link to the old inode must not stay privileged
             try:
                 strip_privileges(dfd, ch.backup, ch.old.dev, ch.old.ino)
-            except OSError:
-                pass  # the rollback restores the recorded privileges either way
+            except OSError as exc:  # the rollback restores the recorded privileges either way
+                warnings.append((ch.dest, f"the replaced version keeps its set-ID bits or capabilities "
+                                 f"({exc.strerror or exc}): remove {os.path.join(ch.directory, ch.backup)} and "
+                                 "its other hard links, or strip them by hand"))
         if not keep:
             drop_backup(ch, dfd)
     restore_dir_flags(tx)
     pause_point("cleaned")
     tx.save(DONE, durable=False)
+    return warnings
