@@ -459,3 +459,23 @@ def test_a_transaction_over_more_directories_than_descriptors(tmp_path, libfoo, 
             assert "40 directories" in r.stderr and r.stderr.count("soswap: error:") == 1
             assert soswap(["history"], state, check=0).stdout.strip() == "no transactions"
     assert all((tmp_path / f"d{i}" / "f").read_text() == f"new{i}\n" for i in range(40))
+
+
+def test_a_second_rollback_of_a_set_uid_file(tmp_path, state):
+    """v1 -> v2 -> v3 over a set-user-ID file, then two rollbacks: v1 again, set-user-ID, and no backup left
+    privileged. The first rollback puts v2 back as a copy (never its old inode); the second used to refuse it
+    as "changed since the transaction"."""
+    d = tmp_path / "d"
+    d.mkdir()
+    f = d / "f"
+    for v in (1, 2, 3):
+        (tmp_path / f"v{v}").write_text(f"v{v}\n")
+    shutil.copyfile(tmp_path / "v1", f)
+    f.chmod(0o4755)
+    for v in (2, 3):
+        soswap(["install", "--no-check", "--no-report", tmp_path / f"v{v}", f], state, check=0)
+    soswap(["rollback"], state, check=0)
+    assert f.read_text() == "v2\n" and stat.S_IMODE(f.stat().st_mode) == 0o4755
+    soswap(["rollback"], state, check=0)
+    assert f.read_text() == "v1\n" and stat.S_IMODE(f.stat().st_mode) == 0o4755
+    assert all(not p.stat().st_mode & (stat.S_ISUID | stat.S_ISGID) for p in d.iterdir() if p.name != "f")

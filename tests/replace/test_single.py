@@ -240,6 +240,26 @@ def test_immutable_refused_then_forced(tmp_path, libfoo, state):
             run(["chattr", "-i", d / b])
 
 
+def test_backups_that_cannot_be_pruned_are_not_called_pruned(tmp_path, libfoo, state):
+    """Pruning in an immutable directory cannot delete the backup: the transaction keeps it on record (the
+    next pruning tries again) instead of saying "backups pruned" over a file left for good."""
+    d = tmp_path / "immprune"
+    lib = libfoo.deploy(d, with_programs=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    soswap(["install", "--no-check", "--no-report", libfoo.v2, lib], state, check=0)
+    assert run(["chattr", "+i", d]).returncode == 0
+    try:
+        r = soswap(["install", "--no-check", "--no-report", "--keep", "0", libfoo.v1, other / "x"], state, check=0)
+        assert "backups pruned" not in r.stdout, r.stdout
+        history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+        assert history[0]["backups"] == "kept"
+    finally:
+        run(["chattr", "-i", d])
+    r = soswap(["install", "--no-check", "--no-report", "--keep", "0", libfoo.v1, other / "y"], state, check=0)
+    assert backups(d) == [] and "backups pruned" in r.stdout
+
+
 def test_immutable_directory_refused(tmp_path, libfoo, state):
     d = tmp_path / "immdir"
     lib = libfoo.deploy(d, with_programs=False)

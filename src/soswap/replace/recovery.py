@@ -163,21 +163,37 @@ def prune(state: StateDir, keep: int) -> List[str]:
     victims = with_backups[: max(0, len(with_backups) - max(keep, 0))]
     pruned = []
     for record in victims:
-        _drop_backups(state, record)
-        pruned.append(record["txid"])
+        if _drop_backups(state, record):
+            pruned.append(record["txid"])
     return pruned
 
 
-def _drop_backups(state: StateDir, record: Dict[str, Any]) -> None:
+def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
+    """Delete the backups of ``record``; True (and the journal says so) when none is left. A backup that
+    cannot be deleted (an immutable or append-only directory, EIO) keeps the record as it was: the next
+    pruning tries again, and nothing claims the space was freed. A directory that is gone has nothing left."""
     tx = Transaction(state, record)
+    left = False
     with Dirs() as dirs:
         for ch in _changes(record, state.journal_path(tx.txid)):
             try:
-                drop_backup(ch, dirs.get(ch.directory))
+                dfd = dirs.get(ch.directory)
+            except FileNotFoundError:
+                continue
             except OSError:
-                continue  # directory gone or unreadable: nothing to free there
+                left = True
+                continue
+            try:
+                drop_backup(ch, dfd)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                left = True
+    if left:
+        return False
     record["backups_pruned"] = True
     tx.save(record["state"], durable=False)
+    return True
 
 
 # -- rollback --------------------------------------------------------------------------------------------------
@@ -191,7 +207,8 @@ def _latest_rollbackable(state: StateDir) -> Dict[str, Any]:
     raise UsageError(f"no committed transaction to roll back in {state.path}")
 
 
-def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Change]:
+def _rollback_changes(record: Dict[str, Any], path: str, txid: str,
+                      state: Optional[StateDir] = None) -> List[Change]:
     """Check that ``record`` can be rolled back and build the entries of the rollback transaction ``txid``.
 
     Entries are in reverse commit order (programs before the libraries they need are restored)."""
@@ -223,11 +240,14 @@ def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Chan
                     link_now = InodeRecord.of(cur, None)
             except OSError:
                 pass
+        if (ch.new is not None and cur is not None and not ch.new.same_inode(cur) and ch.kind != KIND_SYMLINK
+                and state is not None):
+            link_now = _restored_copy(state, record["txid"], ch, cur) or ch.new
         if ch.new is not None and (cur is None or not (link_now or ch.new).same_inode(cur)):
             problems.append(f"{ch.dest} changed since transaction {record['txid']}")
             continue
-        if (ch.new is not None and cur is not None and ch.kind != KIND_SYMLINK and stat.S_ISREG(cur.st_mode)
-                and (cur.st_size != ch.new.size or cur.st_mtime_ns != ch.new.mtime_ns)):
+        if (link_now is not None and cur is not None and ch.kind != KIND_SYMLINK and stat.S_ISREG(cur.st_mode)
+                and (cur.st_size != link_now.size or cur.st_mtime_ns != link_now.mtime_ns)):
             # the same inode, written since (the commit would catch it as a concurrent change: refuse here)
             problems.append(f"{ch.dest} changed since transaction {record['txid']} (written in place)")
             continue
@@ -254,17 +274,48 @@ def _rollback_changes(record: Dict[str, Any], path: str, txid: str) -> List[Chan
                 out.append(Change(KIND_SYMLINK, ch.dest, temp, None, requested=ch.dest, old=link_now,
                                   link_old=ch.link_new, link_new=ch.link_old))
         elif ch.old is None:  # the file was created: remove it
-            out.append(Change(KIND_REMOVE, ch.dest, None, backup, requested=ch.requested, old=ch.new,
+            out.append(Change(KIND_REMOVE, ch.dest, None, backup, requested=ch.requested, old=link_now,
                               flags=ch.flags))
         else:  # put the backup back (for a KIND_REMOVE entry: re-create the file)
             out.append(Change(KIND_FILE, ch.dest, temp, backup if ch.new is not None else None,
                               source=os.path.join(ch.directory, ch.backup or ""), requested=ch.requested,
-                              old=ch.new, new=ch.old, flags=ch.flags, restore=ch.privileges,
+                              old=link_now, new=ch.old, flags=ch.flags, restore=ch.privileges,
                               privileges=privileges_of(ch.dest, cur) if cur is not None else None))
     if problems:
         raise Refused(f"cannot roll back transaction {record['txid']}: " + "; ".join(problems)
                       + "; nothing was changed")
     return out
+
+
+def _restored_copy(state: StateDir, txid: str, ch: Change, cur: os.stat_result) -> Optional[InodeRecord]:
+    """The record of ``cur`` when it is the privileged copy a later rollback made of the version transaction
+    ``txid`` installed at ``ch.dest`` (a set-ID or capability file comes back as a copy, never as its old
+    inode: :func:`_stage_restored_copy`): for a second rollback it is that version, unchanged."""
+    assert ch.new is not None
+    for other in state.txids_newest_first():
+        if other == txid:
+            break
+        try:
+            rb = state.read(other)
+        except StateError:
+            continue
+        if rb.get("kind") != "rollback" or rb.get("state") != DONE or not rb.get("rollback_of"):
+            continue
+        try:
+            undone = state.read(rb["rollback_of"])
+            rb_changes = _changes(rb, state.journal_path(other))
+            undone_changes = _changes(undone, state.journal_path(undone["txid"]))
+        except StateError:
+            continue
+        mine = next((c for c in rb_changes if c.dest == ch.dest and c.new is not None and c.new.same_inode(cur)),
+                    None)
+        if mine is None:
+            continue
+        # the rollback put back what the undone transaction replaced: the version ``txid`` installed
+        if any(c.dest == ch.dest and c.old is not None and (c.old.dev, c.old.ino) == (ch.new.dev, ch.new.ino)
+               for c in undone_changes):
+            return mine.new
+    return None
 
 
 def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False, keep_backups: bool = True,
@@ -275,7 +326,7 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
         raise UsageError(f"no transactions in {state.path}")
     if dry_run:
         record = state.read(txid) if txid else _latest_rollbackable(state)
-        changes = _rollback_changes(record, state.journal_path(record["txid"]), "dry-run")
+        changes = _rollback_changes(record, state.journal_path(record["txid"]), "dry-run", state)
         planned = tuple(c._replace(temp=None, backup=None) for c in changes)
         return InstallResult(None, "dry-run", planned, (), rollback_of=record["txid"])
     state.lock(lock_timeout)
@@ -286,7 +337,7 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
         new_txid = naming.new_txid()
         while not state.claim(new_txid):
             new_txid = naming.new_txid()
-        changes = _rollback_changes(record, state.journal_path(target_txid), new_txid)
+        changes = _rollback_changes(record, state.journal_path(target_txid), new_txid, state)
         tx = Transaction.new(state, new_txid, "rollback", argv, keep_backups=keep_backups)
         tx.record["rollback_of"] = target_txid
         tx.set_changes(changes)
