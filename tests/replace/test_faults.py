@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 
@@ -227,24 +227,38 @@ def test_sigkill_between_renames_of_three_files(tmp_path, libfoo, state):
     assert leftovers(d) == [] and backups(d) == []
 
 
-def test_sigterm_during_commit_undoes(tmp_path, libfoo, state):
-    """SIGTERM while paused mid-commit: the process unwinds like SIGINT and undoes (exit 130)."""
-    lib = _setup(tmp_path, libfoo)
-    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state), SOSWAP_TEST_PAUSE_AT="renamed:0")
-    p = subprocess.Popen([sys.executable, "-m", "soswap", "install", "--no-check", str(libfoo.v2), str(lib)],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+def _sigterm_at(step: str, argv: List[str], state: Path, while_paused=None) -> Tuple[int, str]:  # type: ignore[no-untyped-def]
+    """Run soswap until pause point ``step``, call ``while_paused()``, send SIGTERM; (status, stderr)."""
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state), SOSWAP_TEST_PAUSE_AT=step)
+    p = subprocess.Popen([sys.executable, "-m", "soswap", *argv], env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         assert wait_stopped(p.pid)
-        assert sha256(lib) == libfoo.sha2  # renamed, not committed
+        if while_paused is not None:
+            while_paused()
         os.kill(p.pid, signal.SIGTERM)
         os.kill(p.pid, signal.SIGCONT)
-        assert p.wait(timeout=30) == 130
+        status = p.wait(timeout=30)
+        assert p.stderr is not None
+        return status, p.stderr.read().decode()
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
         if p.stderr:
             p.stderr.close()
+
+
+def test_sigterm_during_commit_undoes(tmp_path, libfoo, state):
+    """SIGTERM while paused mid-commit: the process unwinds like SIGINT and undoes (exit 130)."""
+    lib = _setup(tmp_path, libfoo)
+
+    def renamed_not_committed() -> None:
+        assert sha256(lib) == libfoo.sha2
+
+    status, _err = _sigterm_at("renamed:0", ["install", "--no-check", str(libfoo.v2), str(lib)], state,
+                               renamed_not_committed)
+    assert status == 130
     assert sha256(lib) == libfoo.sha1 and leftovers(lib.parent) == [] and backups(lib.parent) == []
     history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
     assert [t["state"] for t in history] == ["undone"]
@@ -395,23 +409,8 @@ def test_sigterm_after_the_commit_says_the_files_are_new(tmp_path, libfoo, state
     """SIGTERM during the cleanup after the commit mark: the files are their new versions, and the one error
     line says so (it used to exit 130 silently, as if undone); the next recover finishes the cleanup."""
     lib = _setup(tmp_path, libfoo)
-    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state), SOSWAP_TEST_PAUSE_AT="cleaned")
-    p = subprocess.Popen([sys.executable, "-m", "soswap", "install", "--no-check", "--no-report", str(libfoo.v2),
-                          str(lib)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL)
-    try:
-        assert wait_stopped(p.pid)
-        os.kill(p.pid, signal.SIGTERM)
-        os.kill(p.pid, signal.SIGCONT)
-        assert p.wait(timeout=30) == 130
-        assert p.stderr is not None
-        err = p.stderr.read().decode()
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        if p.stderr:
-            p.stderr.close()
+    status, err = _sigterm_at("cleaned", ["install", "--no-check", "--no-report", str(libfoo.v2), str(lib)], state)
+    assert status == 130
     assert err.count("soswap: error:") == 1 and "committed: every file is its new version" in err, err
     assert sha256(lib) == libfoo.sha2
     soswap(["recover"], state, check=0)
