@@ -21,7 +21,8 @@ LAYERS: Dict[str, int] = {
     "report": 6,
     "commands": 7,
     "cli": 8,
-    "__main__": 9,
+    "console": 9,
+    "__main__": 10,
 }
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from soswap import console
+from soswap.console import main
 
-sys.exit(console())
+sys.exit(main())
