@@ -186,3 +186,27 @@ def test_non_utf8_file_names(tmp_path: Path) -> None:
     u = next(o for o in doc["objects"] if o["name"] == "libu.so")
     assert os.fsencode(u["path"]) == raw + b"/libu.so"
     assert "\\udcff" in r.stdout
+
+
+@requires_root
+def test_a_program_on_a_noexec_mount(tmp_path: Path) -> None:
+    """execve refuses a program on a noexec mount (the shell's 126); ldd prints "not a dynamic executable"
+    (ld.so --verify cannot map it executable) and so does --ldd."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    prog = executable(tmp_path / "prog", "int main(void) { return 0; }\n")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "noexec,size=8m", "tmpfs", str(mnt)], check=True)
+    try:
+        shutil.copy(prog, mnt / "prog")
+        r = soswap(str(mnt / "prog"))
+        assert r.returncode == 1 and "Permission denied (its mount is noexec)" in r.stdout, r.stdout
+        doc = json.loads(soswap("--json", str(mnt / "prog")).stdout)["results"][0]
+        assert [f["kind"] for f in doc["failures"]] == ["not-executable"]
+        want = real_ldd(mnt / "prog")
+        got = soswap("--ldd", str(mnt / "prog"))
+        assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status) == (
+            "", "\tnot a dynamic executable\n", 1)
+        run = subprocess.run(["/bin/sh", "-c", f'"{mnt / "prog"}"'], capture_output=True, timeout=60)
+        assert run.returncode == 126
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

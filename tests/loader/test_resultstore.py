@@ -20,13 +20,13 @@ import pytest
 from loader.helpers import BASE_ENV, CACHE_V1, CACHE_V2, program_sets, real_ldd, sources_needing
 from soswap.cachefile import decode_part, read_document, write_document
 from soswap.loader.resultstore import FILE, FORMAT, RACY_NS, VERSION
-from support.build import executable, requires_cc, rpath_flags, shared_lib
+from support.build import executable, requires_cc, requires_root, rpath_flags, shared_lib
 
 pytestmark = requires_cc
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 V1, V2 = CACHE_V1, CACHE_V2  # same size; V2 lacks bar
-SETS = ("plain", "inplace", "rename", "search", "origin", "workers", "env", "setid")
+SETS = ("plain", "inplace", "rename", "search", "origin", "workers", "env", "setid", "caps")
 FORGED = "FORGED-BY-THE-TEST\n"
 
 
@@ -235,3 +235,57 @@ def test_groups_of_other_settings_are_kept_unless_damaged(sets: Dict[str, Path],
     assert len(gs) == 2 and all("libfoX" not in json.dumps(g) for g in gs)
     again = tree(prog, cache=cache)
     assert again.stdout == first.stdout and again.returncode == first.returncode
+
+
+@requires_root
+def test_a_noexec_remount_and_dropped_capabilities_are_seen(sets: Dict[str, Path], tmp_path: Path) -> None:
+    """Neither changes a stat result: a bind mount of the library directory remounted noexec (ld.so cannot
+    map the library, the real program fails) and a root without capabilities (it cannot read a library
+    only its owner may read). The first is in the mount-table digest, the second in the settings."""
+    d = sets["plain"]
+    cache = tmp_path / "cache"
+    args = ["-r", str(d / "prog")]
+    kept_and_used(args, cache)
+    lib = d / "lib"
+    subprocess.run(["mount", "--bind", str(lib), str(lib)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,noexec", str(lib)], check=True)
+        r = tree(*args, cache=cache)
+        assert FORGED not in r.stdout and r.returncode == 1, r.stdout
+        assert r.stdout == tree("--no-cache", *args, cache=tmp_path / "fresh").stdout
+        run = subprocess.run([str(d / "prog")], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 127 and "failed to map segment" in run.stderr
+    finally:
+        subprocess.run(["umount", str(lib)], check=True)
+    if shutil.which("setpriv") is None:
+        return
+    private = sets["caps"]
+    (private / "lib" / "libfoo.so").chmod(0o600)
+    os.chown(private / "lib" / "libfoo.so", 12345, 12345)
+    time.sleep(RACY_NS / 1e9 + 0.2)  # past the racy window again, so that the cold run keeps its result
+    args = [str(private / "prog")]
+    kept_and_used(args, cache)
+    env = dict(BASE_ENV, PYTHONPATH=SRC)
+    r = subprocess.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "soswap", "tree",
+                        "--cache-dir", str(cache), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert FORGED not in r.stdout and r.returncode == 1 and "libfoo.so => not found" in r.stdout, r.stdout
+
+
+def test_a_forged_store_with_unprintable_or_impossible_values_is_ignored(sets: Dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """A store of ours (so believed) whose checksums match but whose values cannot be used: a path with a NUL,
+    a line no output can print. The group is ignored, computed afresh and written again; no internal error."""
+    d = sets["plain"]
+    cache = tmp_path / "cache"
+    cold = tree(str(d / "prog"), cache=cache)
+    for damage in ("nul", "surrogate"):
+        index, *gs = groups(cache)
+        for g in gs:
+            if damage == "nul":
+                g["probes"].append(["/tmp/a\x00b", 2])
+            else:
+                g["lines"].append("\ud800\n")
+        assert write_document(str(cache / FILE), FORMAT, VERSION, [index, *gs]) is None
+        r = tree(str(d / "prog"), cache=cache)
+        assert r.returncode == 0 and r.stdout == cold.stdout and r.stderr == "", (damage, r.stderr)
+        assert "\\u0000" not in (cache / FILE).read_text() and "\\ud800" not in (cache / FILE).read_text()

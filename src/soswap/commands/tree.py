@@ -272,8 +272,23 @@ def _result_store(loader, args: argparse.Namespace):  # type: ignore[no-untyped-
     """The results of earlier runs with these settings (docs/tree.md, "Result cache")."""
     from soswap.loader.resultstore import ResultStore
 
-    settings = ("tree", args.symbols, args.json, args.all, repr(loader.env), repr(loader.profile))
+    # who reads: the IDs are in the environment; supplementary groups and capabilities decide access too
+    settings = ("tree", args.symbols, args.json, args.all, repr(loader.env), repr(loader.profile),
+                sorted(os.getgroups()), _capabilities())
     return ResultStore.in_cache_dir(args.cache_dir, settings)
+
+
+def _capabilities() -> str:
+    """The effective capability set of this process (``CapEff`` of /proc/self/status): root without
+    CAP_DAC_OVERRIDE reads less than root."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return line.split()[1].decode("ascii", "replace")
+    except OSError:
+        pass
+    return ""
 
 
 def _file_facts(loader) -> Callable[[str], Tuple[object, Optional[str], Optional[bool]]]:  # type: ignore[no-untyped-def]

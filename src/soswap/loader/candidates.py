@@ -160,7 +160,7 @@ class FileSystem:
             hit = self.file_memo[key] = st if isinstance(st, int) else _exec_errno(host_path, st, machine)
         return hit  # type: ignore[return-value]
 
-    def _noexec(self, path: str) -> bool:
+    def noexec(self, path: str) -> bool:
         """``path`` lies on a mount with noexec (once per directory: mount options belong to mounts, and a
         device can be mounted twice)."""
         key = ("noexec", os.path.dirname(path))
@@ -332,7 +332,7 @@ class FileSystem:
             return refused("cannot dynamically load executable")
         if overlapping(loads):
             return refused(MISALIGNED)
-        if not substituted and self._noexec(file) and any(seg.flags & C.PF_X for seg in loads):
+        if not substituted and self.noexec(file) and any(seg.flags & C.PF_X for seg in loads):
             # an executable mapping of a file on a noexec mount fails (EPERM) in _dl_map_segments
             return refused("failed to map segment from shared object")
         dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)

@@ -191,6 +191,8 @@ class LddModel:
         problem, loads = load_commands(elf)  # rtld_mode_verify maps the program as any object
         if problem is not None or (elf.type == C.ET_DYN and overlapping(loads)):
             return 1
+        if fsys.noexec(host) and any(seg.flags & C.PF_X for seg in loads):
+            return 1  # its executable mapping fails (EPERM) on a noexec mount
         if not elf.segments_of_type(C.PT_DYNAMIC):
             return 1  # main_map->l_ld == NULL
         return 0 if elf.segments_of_type(C.PT_INTERP) else 2

@@ -376,7 +376,11 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
         s.setup_rtld(name, name)
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
         rtld_elf = s.rtld.elf if s.rtld is not None else None
-        if interp is not None and err:
+        if interp is not None and not substituted and s.fsys.noexec(file):
+            # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
+            _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
+                          f"{path}: cannot execute: Permission denied (its mount is noexec)")
+        elif interp is not None and err:
             if err == errno.ENOENT:
                 _execve_fails(s, M.NO_INTERPRETER, interp, 127,
                               f"{path}: cannot execute: the program interpreter {interp} does not exist")

@@ -37,6 +37,8 @@ COPY_SIZE = "copy-size"
 ASSERTION = "assertion"
 PRELOAD = "preload"
 NO_INTERPRETER = "no-interpreter"
+#: execve refuses the program itself (``open_exec``: a noexec mount).
+NOT_EXECUTABLE = "not-executable"
 CRASH = "crash"
 #: ``_dl_check_protected_symbol`` (glibc 2.36 as Debian ships it): a warning for a copy relocation of the program
 #: against a STV_PROTECTED data symbol, and for a PLT reference of the program with a nonzero st_value (a

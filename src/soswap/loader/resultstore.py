@@ -11,6 +11,8 @@ only while every fact the searches of the run that computed it saw still holds. 
   ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns, st_mode)`` or the errno it gave;
 * every object of every result, by its file's ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` (a file
   rewritten in place keeps its inode but not its ctime); ``ld.so.cache`` and ``ld.so.preload`` the same way;
+* the mount table (a digest of ``/proc/self/mountinfo``): a remount noexec or nosuid, a bind mount over a
+  directory, an unmount change what ld.so may map and leave every stat result as it was;
 * each FILE itself, by the same key, and the ``$ORIGIN`` the program would get (``_dl_get_origin`` resolves
   symbolic links: a flipped ``current -> v2`` link changes it although the file may be the same inode).
 
@@ -74,11 +76,25 @@ def _stat_witness(path: str) -> Witness:
         return stat_key(os.stat(path))
     except OSError as exc:
         return exc.errno or 0
+    except ValueError:  # an embedded NUL (only a forged file holds one): a fact that never holds
+        return -1
+
+
+def mounts_fingerprint() -> str:
+    """A digest of this process's mount table (``/proc/self/mountinfo``): a remount (noexec, nosuid, ro), a
+    bind mount over itself or an unmount changes what ld.so may map and no stat result shows it."""
+    from soswap.textfile import read_regular
+
+    try:
+        raw = read_regular("/proc/self/mountinfo", 64 << 20)
+    except OSError as exc:
+        return f"unreadable: {exc.errno}"
+    return hashlib.sha256(raw).hexdigest()
 
 
 def code_fingerprint() -> str:
-    """soswap's version and the (name, size, mtime) of every module of the package: a result is printed by
-    the loader, the binding, the report and the command, so any change of code drops every result."""
+    """soswap's version and the (name, size, mtime, ctime) of every module of the package: a result is printed
+    by the loader, the binding, the report and the command, so any change of code drops every result."""
     parts: List[object] = [__version__]
     pending = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     while pending:
@@ -93,7 +109,7 @@ def code_fingerprint() -> str:
             try:
                 if e.name.endswith(".py"):
                     st = e.stat()
-                    parts.append((d, e.name, st.st_size, st.st_mtime_ns))
+                    parts.append((d, e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
                 elif e.name != "__pycache__" and e.is_dir(follow_symlinks=False):
                     pending.append(e.path)
             except OSError:
@@ -184,6 +200,8 @@ def _entry(value: Any, lines: List[str]) -> Optional[Entry]:
         return None
     if type(payload) is list:
         try:
+            if payload and min(payload) < 0:
+                return None
             payload = "".join([lines[i] for i in payload])
         except (IndexError, TypeError):
             return None
@@ -199,6 +217,7 @@ class ResultStore:
         self.path = path
         self.code = code_fingerprint()
         self.settings = hashlib.sha256(repr((self.code, *settings)).encode("utf-8", "surrogateescape")).hexdigest()
+        self._mounts: Optional[str] = None
         self.racy_limit = time.time_ns() - racy_ns
         #: why the file could not be used or written, if it could not (never fatal)
         self.problem: Optional[str] = None
@@ -278,7 +297,14 @@ class ResultStore:
             hit = self._stats[path] = _stat_witness(path)
         return hit
 
+    def mounts(self) -> str:
+        if self._mounts is None:
+            self._mounts = mounts_fingerprint()
+        return self._mounts
+
     def _holds(self, g: Dict[str, Any]) -> bool:
+        if g.get("mounts") != self.mounts():
+            return False
         for d, ident in g["dirs"]:
             now = self._stat(d)
             if ident is None:
@@ -325,7 +351,7 @@ class ResultStore:
             return v
 
         entries = {f: encoded(e) for f, e in self._new.items()}
-        group = {"lines": list(table),
+        group = {"mounts": self.mounts(), "lines": list(table),
                  "dirs": [[d, list(i) if i is not None else None] for d, i in w.dirs.items()],
                  "probes": [[p, s] for p, s in probes.items()],
                  "members": [[p, list(fp)] for p, fp in w.members.items()],
@@ -353,7 +379,11 @@ def _group_ok(g: Any) -> bool:
     if type(g) is not dict or type(g.get("entries")) is not dict:
         return False
     lines = g.get("lines")
-    if type(lines) is not list or not all(type(x) is str for x in lines):
+    if type(lines) is not list or not all(type(x) is str for x in lines) or type(g.get("mounts")) is not str:
+        return False
+    try:  # what is printed must be printable: file names' undecodable bytes are the only surrogates
+        "".join(lines).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
         return False
     dirs, probes, members = g.get("dirs"), g.get("probes"), g.get("members")
     if type(dirs) is not list or type(probes) is not list or type(members) is not list:
