@@ -273,11 +273,19 @@ class ConsumerChecker:
         old_problems = [self._problem(f, res_old, mode) for f in old_failures]
         if watched and t_old is not None and t_new is not None:
             new_problems.extend(self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin))
+        reviews: List[str] = []
         if internal and t_old is not None and t_new is not None:
             # data NEW made PROTECTED: the loader's own warning (protected-copy) already says it
             said = {p.symbol for p in new_problems if p.kind == PROTECTED_COPY}
-            new_problems.extend(p for p in self._lost_interpositions(ld, res_old, res_new, t_old, t_new, plugin)
-                                if p.symbol not in said)
+            for p in self._lost_interpositions(ld, res_old, res_new, t_old, t_new, plugin):
+                if p.symbol in said:
+                    continue
+                if p.when == P.FIRST_CALL:
+                    # a function the consumer defines too, no longer called by NEW's own code: usually the same
+                    # code (a bundled copy of zlib's crc32), sometimes a deliberate replacement: a review note
+                    reviews.append(f"review: NEW's own calls of {p.symbol} no longer reach {p.object}'s {p.symbol}")
+                else:
+                    new_problems.append(p)  # the program's copy of data and NEW's diverge: always wrong
         seen = {_identity(p) for p in old_problems}
         added = tuple(p for p in new_problems if _identity(p) not in seen)
         # the load stops at a file it cannot load, an abort or a crash: the lookups that would follow (against a
@@ -294,7 +302,8 @@ class ConsumerChecker:
             verdict = P.INCOMPATIBLE
         else:
             verdict = P.COMPATIBLE
-        return P.ConsumerResult(path, role, verdict, added, baseline, pid=pid, source=source)
+        return P.ConsumerResult(path, role, verdict, added, baseline, pid=pid, source=source,
+                                note="; ".join(reviews))
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -514,8 +523,8 @@ class ConsumerChecker:
                     out.append(P.Problem(
                         P.OBJECT_SHRUNK, name, version, P.FIRST_CALL, None, who, False, True,
                         f"{name} is {d_new.size} bytes in NEW and was {d_old.size} in OLD: {who} was built for "
-                        "the old size and reads or writes past NEW's object when it uses it (ld.so says "
-                        "nothing)"))
+                        "the old object and may read or write past NEW's, or at members that moved (ld.so "
+                        "says nothing)"))
                 continue
             mine = ld.symbol(res_new, i, ref.symbol_index)
             if mine is not None and d_new.size != mine.size and d_old.size == mine.size:

@@ -258,6 +258,12 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
         for p in s.problems:
             lines.append(f"    {_problem_line(p)}")
     compat = [c for c in result.consumers if c.verdict == "compatible"]
+    reviewed = [c for c in compat if c.note.startswith("review:")]
+    if reviewed:  # shown without --verbose: a replacement the consumer made of NEW's function is bypassed
+        lines.append("")
+        lines.append(f"compatible, to review ({len(reviewed)}): NEW no longer calls a function these consumers "
+                     "define in its place (linked -Bsymbolic or bound when NEW was linked)")
+        lines.extend(_consumer_title(c) for c in reviewed)
     if compat:
         lines.append("")
         if verbose:
