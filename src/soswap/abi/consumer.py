@@ -294,6 +294,8 @@ class ConsumerChecker:
         cut = next((n for n, p in enumerate(added) if p.fatal and p.kind in _ENDS_THE_RUN), None)
         if cut is not None:
             added = added[:cut + 1]
+        if plugin and any(p.fatal for p in added):
+            added = tuple(p for p in added if not p.silent)  # dlopen fails: nothing of the plugin ever runs
         baseline = tuple(old_problems)
         fatal_before = any(p.fatal and not (plugin and p.kind == UNDEFINED_SYMBOL) for p in old_problems)
         if fatal_before:
