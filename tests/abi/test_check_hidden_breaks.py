@@ -258,3 +258,22 @@ def test_new_linked_bsymbolic_loses_the_programs_copy_and_its_interposer(tmp_pat
     after = [subprocess.run([str(p)], capture_output=True, text=True, timeout=60).stdout
              for p in (copy, interpose, plain)]
     assert before == ["2\n", "101\n", "2\n"] and after == ["0\n", "2\n", "2\n"]
+
+
+def test_a_rebuild_that_no_longer_reads_its_exported_variable_is_compatible(tmp_path: Path) -> None:
+    """NEW stopped reading foo_data (a bug-fix rebuild): no relocation names it any more, which ELF cannot
+    tell from a link-time binding; without -Bsymbolic nothing diverges. Compatible, with a review note (it
+    was called incompatible, and install refused the rebuild)."""
+    old = shared_lib(tmp_path / "lib" / "libfoo.so.1", "int foo_data = 5; int foo_a(int x){return x+1;}\n"
+                     "int foo_b(int x){return foo_a(x)*2+foo_data;}\n", soname="libfoo.so.1", flags=["-O2"])
+    new = shared_lib(tmp_path / "new" / "libfoo.so.1", "int foo_data = 5; int foo_a(int x){return x+1;}\n"
+                     "int foo_b(int x){return (x+1)*2+5;}\n", soname="libfoo.so.1", flags=["-O2"])
+    prog = executable(tmp_path / "prog", '#include <stdio.h>\nint foo_a(int); int foo_b(int); extern int foo_data;\n'
+                      'int main(void){ printf("%d %d %d\\n", foo_a(1), foo_b(2), foo_data); return 0; }\n',
+                      libs=[str(old)], flags=[f"-Wl,-rpath,{old.parent}"])
+    result = check(old, new, [prog])
+    (c,) = result.consumers
+    assert c.verdict == "compatible" and c.note.startswith("review: NEW no longer looks foo_data up"), c
+    before = subprocess.run([str(prog)], capture_output=True, text=True, timeout=60).stdout
+    replace(old, new)
+    assert subprocess.run([str(prog)], capture_output=True, text=True, timeout=60).stdout == before == "2 11 5\n"

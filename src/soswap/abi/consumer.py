@@ -284,8 +284,13 @@ class ConsumerChecker:
                     # a function the consumer defines too, no longer called by NEW's own code: usually the same
                     # code (a bundled copy of zlib's crc32), sometimes a deliberate replacement: a review note
                     reviews.append(f"review: NEW's own calls of {p.symbol} no longer reach {p.object}'s {p.symbol}")
+                elif self.new_symbolic:
+                    new_problems.append(p)  # -Bsymbolic: NEW's code uses its own copy, the program's diverges
                 else:
-                    new_problems.append(p)  # the program's copy of data and NEW's diverge: always wrong
+                    # no relocation for it any more: NEW may no longer use it at all (a rebuild that dropped the
+                    # read), or reach it directly; ELF does not tell the two apart
+                    reviews.append(f"review: NEW no longer looks {p.symbol} up (no longer used, or reached "
+                                   f"directly): {p.object}'s copy of it may diverge from NEW's")
         seen = {_identity(p) for p in old_problems}
         added = tuple(p for p in new_problems if _identity(p) not in seen)
         # the load stops at a file it cannot load, an abort or a crash: the lookups that would follow (against a

@@ -261,8 +261,8 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
     reviewed = [c for c in compat if c.note.startswith("review:")]
     if reviewed:  # shown without --verbose: a replacement the consumer made of NEW's function is bypassed
         lines.append("")
-        lines.append(f"compatible, to review ({len(reviewed)}): NEW no longer calls a function these consumers "
-                     "define in its place (linked -Bsymbolic or bound when NEW was linked)")
+        lines.append(f"compatible, to review ({len(reviewed)}): NEW no longer looks up through the scope a "
+                     "symbol these consumers define or copy (the note says which)")
         lines.extend(_consumer_title(c) for c in reviewed)
     if compat:
         lines.append("")
