@@ -405,17 +405,25 @@ def test_recovery_stops_while_a_directory_is_gone(tmp_path, libfoo, state, step)
     assert soswap(["install", "--no-check", libfoo.v2, other / "x"], state, check=0).returncode == 0
 
 
-def test_sigterm_after_the_commit_says_the_files_are_new(tmp_path, libfoo, state):
-    """SIGTERM during the cleanup after the commit mark: the files are their new versions, and the one error
-    line says so (it used to exit 130 silently, as if undone); the next recover finishes the cleanup."""
+@pytest.mark.parametrize("step", ["committed", "cleaned"])
+def test_sigterm_after_the_commit_says_the_files_are_new(tmp_path, libfoo, state, step):
+    """SIGTERM right after the commit mark or during the cleanup: the files are their new versions, and the
+    one error line says so (it used to exit 130 silently, as if undone); the next recover finishes it. The
+    same for a rollback: its files are their previous versions."""
     lib = _setup(tmp_path, libfoo)
-    status, err = _sigterm_at("cleaned", ["install", "--no-check", "--no-report", str(libfoo.v2), str(lib)], state)
+    status, err = _sigterm_at(step, ["install", "--no-check", "--no-report", str(libfoo.v2), str(lib)], state)
     assert status == 130
     assert err.count("soswap: error:") == 1 and "committed: every file is its new version" in err, err
     assert sha256(lib) == libfoo.sha2
     soswap(["recover"], state, check=0)
     history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
     assert [t["state"] for t in history] == ["done"] and leftovers(lib.parent) == []
+    status, err = _sigterm_at(step, ["rollback"], state)
+    assert status == 130 and "committed: every file is its previous version" in err, err
+    assert sha256(lib) == libfoo.sha1
+    soswap(["recover"], state, check=0)
+    history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+    assert [t["state"] for t in history] == ["done", "done"] and leftovers(lib.parent) == []
 
 
 def test_an_emptied_history_journal_is_left_out_of_history(tmp_path, libfoo, state):
@@ -458,6 +466,12 @@ def test_a_transaction_over_more_directories_than_descriptors(tmp_path, libfoo, 
             assert "40 directories" in r.stderr and r.stderr.count("soswap: error:") == 1
             assert soswap(["history"], state, check=0).stdout.strip() == "no transactions"
     assert all((tmp_path / f"d{i}" / "f").read_text() == f"new{i}\n" for i in range(40))
+    # its rollback is refused the same way, before anything is written
+    r = subprocess.run([sys.executable, "-m", "soswap", "rollback"], env=env, capture_output=True, text=True,
+                       timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+    assert r.returncode == 2 and "40 directories" in r.stderr, r.stderr
+    assert [t["kind"] for t in json.loads(soswap(["history", "--json"], state, check=0).stdout)[
+        "transactions"]] == ["install"]
 
 
 def test_a_second_rollback_of_a_set_uid_file(tmp_path, state):

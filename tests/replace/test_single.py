@@ -234,6 +234,13 @@ def test_immutable_refused_then_forced(tmp_path, libfoo, state):
         soswap(["install", "--force-immutable", libfoo.v2, lib], state, check=0)
         assert sha256(lib) == libfoo.sha2
         assert "i" in run(["lsattr", lib]).stdout.split()[0]
+        # its rollback puts the +i version back; the install is marked rolled back although its backup (that
+        # very inode, immutable again) cannot be deleted: a second rollback does not pick it again
+        soswap(["rollback"], state, check=0)
+        assert sha256(lib) == libfoo.sha1
+        history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
+        assert history[0]["rolled_back_by"] == history[1]["txid"], history
+        assert "no committed transaction to roll back" in soswap(["rollback", "--dry-run"], state, check=2).stderr
     finally:
         run(["chattr", "-i", lib])
         for b in backups(d):

@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from soswap.errors import Refused, ReplaceError, SoswapError, StateError, UsageError
+from soswap.errors import Refused, ReplaceError, UsageError
 from soswap.replace import checks, metadata, naming
 from soswap.replace.order import DynInfo, dependency_order, read_dyninfo
 from soswap.replace.pause import pause_point
@@ -35,8 +35,10 @@ from soswap.replace.targets import Request, Target, resolve
 from soswap.replace.transaction import (
     FAILED,
     PREPARED,
+    AfterCommit,
     Dirs,
     Transaction,
+    after_commit,
     change_dir_flags,
     commit_all,
     descriptors_for,
@@ -422,33 +424,12 @@ def _run(plans: List[_Plan], order: List[int], links: Dict[int, LinkPlan], dir_f
         except BaseException as exc:
             _abort_staging(tx, changes, dirs, exc)
             raise
-        committed = commit_all(tx, staged, dirs)
-        try:
+        with after_commit(tx):  # past the committed mark, the files are their new versions: said so
+            committed = commit_all(tx, staged, dirs)
             warnings = finish(tx, committed, dirs)
-        except (KeyboardInterrupt, OSError, StateError) as exc:
-            # the files are their new versions already: say so, not "nothing was changed"
-            raise AfterCommit(txid, exc) from None
         notices.extend(Notice(path, message) for path, message in warnings)
     return InstallResult(txid, "installed", tuple(committed), tuple(notices), tuple(recovered), problems,
                          backups_kept=opts.backup)
-
-
-class AfterCommit(SoswapError):
-    """The transaction committed (every file is its new version) and its cleanup was interrupted or failed:
-    the next ``soswap recover`` (or install) finishes it. Exit status 130 for an interruption, else 2."""
-
-    def __init__(self, txid: str, cause: BaseException, state: str = "committed") -> None:
-        if isinstance(cause, KeyboardInterrupt):
-            what = "interrupted"
-            self.exit_code = 130
-        else:
-            what = f"its cleanup failed ({cause.strerror if isinstance(cause, OSError) and cause.strerror else cause})"
-        if state == "done":  # interrupted in the pruning of older backups or the report: nothing is left to do
-            super().__init__(f"transaction {txid} is installed: every file is its new version; {what} before "
-                             "the report")
-            return
-        super().__init__(f"transaction {txid} committed: every file is its new version; {what}; "
-                         "'soswap recover' (or the next install) finishes the cleanup")
 
 
 def _abort_staging(tx: Transaction, changes: Sequence[Change], dirs: Dirs, exc: BaseException) -> None:

@@ -41,6 +41,7 @@ from soswap.replace.transaction import (
     UNDONE,
     Dirs,
     Transaction,
+    after_commit,
     commit_all,
     descriptors_for,
     drop_backup,
@@ -338,6 +339,7 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
         while not state.claim(new_txid):
             new_txid = naming.new_txid()
         changes = _rollback_changes(record, state.journal_path(target_txid), new_txid, state)
+        descriptors_for(len({c.directory for c in changes}))
         tx = Transaction.new(state, new_txid, "rollback", argv, keep_backups=keep_backups)
         tx.record["rollback_of"] = target_txid
         tx.set_changes(changes)
@@ -372,8 +374,9 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
                 tx.save(FAILED)
                 raise
             pause_point("journal-prepared")
-            committed = commit_all(tx, staged, dirs)
-            finish(tx, committed, dirs)
+            with after_commit(tx):  # past the committed mark, the previous versions are back: said so
+                committed = commit_all(tx, staged, dirs)
+                finish(tx, committed, dirs)
         _finish_rollback_of(state, tx.record)
     finally:
         state.unlock()
@@ -442,7 +445,10 @@ def _finish_rollback_of(state: StateDir, rollback: Dict[str, Any]) -> None:
     if record.get("rolled_back_by"):
         return
     record["rolled_back_by"] = rollback["txid"]
-    _drop_backups(state, record)
+    if not _drop_backups(state, record):
+        # a backup that cannot go (the +i inode a --force-immutable install kept is in place again) still
+        # leaves the transaction rolled back: the mark is saved either way
+        Transaction(state, record).save(record["state"], durable=False)
 
 
 # -- history ---------------------------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ the backup link is just deleted; then any temp is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from soswap.errors import ReplaceError, StateError
+from soswap.errors import ReplaceError, SoswapError, StateError
 from soswap.replace import syscalls
 from soswap.replace.checks import describe_oserror
 from soswap.replace.metadata import BLOCKING_FLAGS, strip_privileges
@@ -358,6 +359,37 @@ def commit_all(tx: Transaction, changes: Sequence[Change], dirs: Dirs) -> List[C
         raise
     pause_point("committed")
     return done
+
+
+class AfterCommit(SoswapError):
+    """The transaction committed (every file is its new version: for a rollback, its previous one) and its
+    cleanup was interrupted or failed: the next ``soswap recover`` (or install) finishes it. Exit status 130
+    for an interruption, else 2."""
+
+    def __init__(self, txid: str, cause: BaseException, state: str = "committed", kind: str = "install") -> None:
+        if isinstance(cause, KeyboardInterrupt):
+            what = "interrupted"
+            self.exit_code = 130
+        else:
+            what = f"its cleanup failed ({cause.strerror if isinstance(cause, OSError) and cause.strerror else cause})"
+        if state == "done":  # interrupted in the pruning of older backups or the report: nothing is left to do
+            super().__init__(f"transaction {txid} is installed: every file is its new version; {what} before "
+                             "the report")
+            return
+        version = "previous" if kind == "rollback" else "new"
+        super().__init__(f"transaction {txid} committed: every file is its {version} version; {what}; "
+                         "'soswap recover' (or the next install) finishes the cleanup")
+
+@contextlib.contextmanager
+def after_commit(tx: Transaction) -> Iterator[None]:
+    """Turn an interruption or a failure once the journal says ``committed`` into :class:`AfterCommit` (before
+    it, the transaction was undone and the error stands as it is)."""
+    try:
+        yield
+    except (KeyboardInterrupt, OSError, StateError) as exc:
+        if tx.record.get("state") in (COMMITTED, DONE):
+            raise AfterCommit(tx.txid, exc, kind=str(tx.record.get("kind") or "install")) from None
+        raise
 
 
 def rollback_in_process(tx: Transaction, changes: Sequence[Change], dirs: Dirs, exc: BaseException) -> None:
