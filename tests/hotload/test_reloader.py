@@ -253,3 +253,26 @@ def test_an_origin_dependency_is_explained(tmp_path: Path) -> None:
     """)
     assert r.returncode == 0, r.stderr
     assert "no generation is in service" in r.stdout and "$ORIGIN in its RPATH/RUNPATH" in r.stdout, r.stdout
+
+
+def test_a_device_at_the_path_is_refused_not_copied_for_ever(tmp_path: Path) -> None:
+    """The path leads to /dev/zero (a symlink swapped in): the copy of a device never ends and filled the
+    disk; it is refused at once, and the generation in service stays."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    r = run_child(tmpdir=str(tmp_path), timeout=30, code=f"""
+        import os
+        from soswap.hotload import NativeReloader, ReloadError
+        r = NativeReloader({str(lib)!r})
+        os.rename({str(lib)!r}, {str(tmp_path / "kept.so")!r})
+        os.symlink("/dev/zero", {str(lib)!r})
+        try:
+            r.reload()
+            print("loaded")
+        except ReloadError as e:
+            print("refused", "not a regular file" in str(e))
+        print(r.function("version")(), r.generation)
+        r.close()
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["refused True", "1 1"]
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) < 10 << 20

@@ -625,3 +625,26 @@ def test_library_loaded_after_its_install_and_the_journal_hook(procs, fx, tmp_pa
     clock = Clock()
     assert clock.changed_after_start(clock.start_realtime_ns(100) + 2 * clock.tick_ns, 100)
     assert not clock.changed_after_start(clock.start_realtime_ns(100) + clock.tick_ns, 100)  # within a tick
+
+
+@requires_root
+def test_a_mapping_whose_bind_mount_was_detached_in_another_namespace(procs, fx, tmp_path: Path) -> None:
+    """A process in its own mount namespace maps the library through a bind mount; the host renames new files
+    over the mount point and over the bind's source: the kernel detaches the bind mount there and maps says
+    "/ (deleted)". Still deleted, but the root directory is not presented as the library's new version."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    d = tmp_path / "app"
+    prog = fx.program(d, "prog")
+    lib = d / "libfix.so"
+    src = tmp_path / "bindsrc.so"
+    shutil.copyfile(lib, src)
+    ready = tmp_path / "ready"
+    p = procs.start(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                     f'mount --bind "{src}" "{lib}" && exec "{prog}" "{ready}"'], wait_for_file=ready)
+    replace_by_rename(lib, fx.lib_v2.read_bytes())
+    replace_by_rename(src, fx.lib_v2.read_bytes())
+    files = [f for f in scan_pid(p.pid) if f.role == "library"]
+    assert [(f.path, f.kind) for f in files if f.path == "/"] == [("/", "deleted")], files
+    (f,) = [f for f in files if f.path == "/"]
+    assert "a new file" not in f.detail and "unknown" in f.detail, f.detail

@@ -21,6 +21,7 @@ import _ctypes
 import ctypes
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import weakref
@@ -218,6 +219,10 @@ class NativeReloader:
         os.close(fd)
         for _attempt in range(3):
             try:
+                if not stat.S_ISREG(os.stat(self.path).st_mode):
+                    # a device (/dev/zero) would be copied for ever; a FIFO would wait for a writer
+                    _unlink(dest)
+                    raise ReloadError(f"{self.path}: not a regular file; nothing was loaded")
                 before = _identity(self.path)
                 shutil.copyfile(self.path, dest)
                 after = _identity(self.path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import stat as stat_mod
 from typing import Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -444,8 +445,13 @@ class _Scanner:
                 # left it is only a bind mount's source, deleted: still reported.)
                 deleted = False
         if deleted:
-            there = (f"a new file (inode {now.st_ino}) is at the path" if not isinstance(now, int)
-                     else "nothing is at the path now")
+            if not isinstance(now, int) and stat.S_ISDIR(now.st_mode):
+                # d_path of a file whose mount was detached in the process's namespace (its bind mount gone
+                # when the file under it was replaced) is "/": the name it was mapped under is not known
+                there = "the name it was mapped under is unknown (its mount was detached: maps says '/')"
+            else:
+                there = (f"a new file (inode {now.st_ino}) is at the path" if not isinstance(now, int)
+                         else "nothing is at the path now")
             mf = view.map_file_stat(pid, dev, inode, first.start, first.end)
             if mf is not None and mf.st_nlink > 0:
                 f = StaleFile(name, REPLACED, role, f"unlinked from this name but alive under another (hard link, "
