@@ -158,6 +158,7 @@ class RunWitnesses:
         return {"dirs": self.dirs, "probes": self.probes, "members": self.members, "newest": self.newest_ns}
 
     def merge(self, snap: Dict[str, Any]) -> None:
+        """Add what a worker's :meth:`snapshot` holds."""
         self.dirs.update(snap["dirs"])
         self.probes.update(snap["probes"])
         self.members.update(snap["members"])
@@ -179,9 +180,11 @@ class Entry:
         self.error = error
 
     def value(self) -> List[Any]:
+        """The entry as stored (the payload still as the command made it)."""
         return [self.file, self.origin, self.nosuid, self.status, self.payload, self.error]
 
     def facts(self) -> Tuple[Witness, Optional[str], Optional[bool]]:
+        """What the FILE was when the result was computed: compared with what it is now."""
         return self.file, self.origin, self.nosuid
 
 
@@ -233,6 +236,7 @@ class ResultStore:
 
     @classmethod
     def in_cache_dir(cls, directory: Optional[str], settings: Sequence[object]) -> ResultStore:
+        """The store of this user: ``trees.json`` in :func:`soswap.state.cache_dir` (``directory`` if given)."""
         from soswap.state import cache_dir
 
         return cls(os.path.join(cache_dir(directory), FILE), settings)
@@ -298,6 +302,7 @@ class ResultStore:
         return hit
 
     def mounts(self) -> str:
+        """:func:`mounts_fingerprint`, read once per run."""
         if self._mounts is None:
             self._mounts = mounts_fingerprint()
         return self._mounts
