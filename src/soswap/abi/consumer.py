@@ -66,7 +66,6 @@ _FUNCS = frozenset({C.STT_FUNC, C.STT_GNU_IFUNC})
 #: root): DF_1_NOOPEN (``_dl_map_object_from_fd`` with __RTLD_DLOPEN), and static TLS that does not fit.
 NOOPEN = "noopen"
 STATIC_TLS = "static-tls"
-DF_STATIC_TLS = 0x10
 #: The static TLS surplus dlopen-ed objects with initial-exec TLS share (``_dl_tls_static_surplus_init``:
 #: 3 * LIBC_IE_TLS + 4 * OTHER_IE_TLS + glibc.rtld.optional_static_tls = 3 * 192 + 4 * 144 + 512, the
 #: historic 1664 of TLS_STATIC_SURPLUS before 2.32). The static TLS size is rounded up to TCB_ALIGNMENT (64)
@@ -167,8 +166,8 @@ class ConsumerChecker:
             old_refs, new_refs = _self_references(old_elf), _self_references(new_elf)
             new_defined = _exported_names(new_elf)
             found = {n for n in old_refs if n in new_defined and n not in new_refs}
-            self.new_symbolic = _symbolic(new_elf)
-            if self.new_symbolic and not _symbolic(old_elf):
+            self.new_symbolic = new_elf.dynamic.symbolic
+            if self.new_symbolic and not old_elf.dynamic.symbolic:
                 found.update(n for n in old_refs if n in new_refs)
         except SoswapError:
             return frozenset()
@@ -277,20 +276,8 @@ class ConsumerChecker:
         if internal and t_old is not None and t_new is not None:
             # data NEW made PROTECTED: the loader's own warning (protected-copy) already says it
             said = {p.symbol for p in new_problems if p.kind == PROTECTED_COPY}
-            for p in self._lost_interpositions(ld, res_old, res_new, t_old, t_new, plugin):
-                if p.symbol in said:
-                    continue
-                if p.when == P.FIRST_CALL:
-                    # a function the consumer defines too, no longer called by NEW's own code: usually the same
-                    # code (a bundled copy of zlib's crc32), sometimes a deliberate replacement: a review note
-                    reviews.append(f"review: NEW's own calls of {p.symbol} no longer reach {p.object}'s {p.symbol}")
-                elif self.new_symbolic:
-                    new_problems.append(p)  # -Bsymbolic: NEW's code uses its own copy, the program's diverges
-                else:
-                    # no relocation for it any more: NEW may no longer use it at all (a rebuild that dropped the
-                    # read), or reach it directly; ELF does not tell the two apart
-                    reviews.append(f"review: NEW no longer looks {p.symbol} up (no longer used, or reached "
-                                   f"directly): {p.object}'s copy of it may diverge from NEW's")
+            lost, reviews = self._lost_interpositions(ld, res_old, res_new, t_old, t_new, plugin, said)
+            new_problems.extend(lost)
         seen = {_identity(p) for p in old_problems}
         added = tuple(p for p in new_problems if _identity(p) not in seen)
         # the load stops at a file it cannot load, an abort or a crash: the lookups that would follow (against a
@@ -440,18 +427,25 @@ class ConsumerChecker:
         return out
 
     def _lost_interpositions(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
-                             plugin: bool) -> List[P.Problem]:
+                             plugin: bool, said: Set[str]) -> Tuple[List[P.Problem], List[str]]:
         """OLD's own references to names of :attr:`now_internal` that bound another object in this consumer (the
-        program's copy of a variable, a function the program defines to replace the library's): NEW uses its own
-        definition instead, and ld.so says nothing (``_dl_lookup_symbol_x`` starts at the object itself under
-        DT_SYMBOLIC; a reference resolved at link time is never looked up)."""
+        program's copy of a variable, a function the program defines to replace the library's), and that NEW
+        no longer looks up (``_dl_lookup_symbol_x`` starts at the object itself under DT_SYMBOLIC; a reference
+        resolved at link time is never looked up); ld.so says nothing. Names in ``said`` are left out.
+
+        Returns (problems, review notes): data under -Bsymbolic is a problem (NEW's code uses its own copy, the
+        program's diverges). A function the consumer defines too is a note: usually the same code (a bundled
+        copy of zlib's crc32), sometimes a deliberate replacement. So is data NEW no longer relocates without
+        -Bsymbolic: it may no longer use it at all (a rebuild that dropped the read), or reach it directly, and
+        ELF does not tell the two apart."""
         try:
             old_refs = [r for r in ld.references(res_old, t_old) if r.name in self.now_internal]
             new_refs = {r.name: r for r in ld.references(res_new, t_new) if r.name in self.now_internal}
         except SoswapError:
-            return []
-        out: List[P.Problem] = []
-        done: Set[str] = set()
+            return [], []
+        problems: List[P.Problem] = []
+        reviews: List[str] = []
+        done: Set[str] = set(said)
         for ref in old_refs:
             name = ref.name
             if name in done:
@@ -466,18 +460,19 @@ class ConsumerChecker:
                 continue
             o = res_old.objects[d_old.index]
             owner = o.path or res_old.argv0
-            data = d_old.type not in _FUNCS
-            what = (f"{owner} holds {name} (a copy relocation, or its own definition): NEW's code now reads and "
-                    f"writes NEW's {name}, {owner} its own, and the values diverge" if data else
-                    f"{owner} defines {name} to replace the library's: NEW's own calls of {name} now go to NEW's "
-                    "and no longer to it")
-            how = f"NEW no longer looks {name} up through the scope (" + (
-                "linked -Bsymbolic: DT_SYMBOLIC)" if self.new_symbolic else "bound when NEW was linked)")
-            when = (P.DLOPEN if plugin else P.STARTUP) if data else P.FIRST_CALL
-            version = ref.version.name if ref.version is not None else None
-            out.append(P.Problem(P.INTERPOSITION_LOST, name, version, when, None, owner, False, True,
-                                 f"{how}: {what} (ld.so says nothing)"))
-        return out
+            if d_old.type in _FUNCS:
+                reviews.append(f"review: NEW's own calls of {name} no longer reach {owner}'s {name}")
+            elif not self.new_symbolic:
+                reviews.append(f"review: NEW no longer looks {name} up (no longer used, or reached directly): "
+                               f"{owner}'s copy of it may diverge from NEW's")
+            else:
+                version = ref.version.name if ref.version is not None else None
+                problems.append(P.Problem(
+                    P.INTERPOSITION_LOST, name, version, P.DLOPEN if plugin else P.STARTUP, None, owner, False, True,
+                    f"NEW no longer looks {name} up through the scope (linked -Bsymbolic: DT_SYMBOLIC): {owner} holds "
+                    f"{name} (a copy relocation, or its own definition): NEW's code now reads and writes NEW's "
+                    f"{name}, {owner} its own, and the values diverge (ld.so says nothing)"))
+        return problems, reviews
 
     def _binding_problems(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
                           watched: List[Tuple[int, Reference]], plugin: bool) -> List[P.Problem]:
@@ -510,17 +505,9 @@ class ConsumerChecker:
                 continue
             why = _type_break(d_old.type, d_new.type)
             if why is not None:
-                # a call crashes when it is made, however early it was bound, and so does the first use of a
-                # variable that moved in or out of TLS (__tls_get_addr of module 0, an offset read as an
-                # address), in a plugin too (dlopen succeeds); other data, and whatever a copy relocation
-                # copies, is wrong from the start
-                tls = (d_old.type == C.STT_TLS) != (d_new.type == C.STT_TLS)
-                if not copy and (d_old.type in _FUNCS or tls):
-                    when = P.FIRST_CALL
-                else:
-                    when = P.DLOPEN if plugin else P.STARTUP
                 out.append(P.Problem(
-                    P.TYPE_CHANGED, name, version, when, None, who, False, True,
+                    P.TYPE_CHANGED, name, version, _when_it_misbehaves(d_old, d_new, copy, plugin), None, who,
+                    False, True,
                     f"{name} was {C.STT_NAMES.get(d_old.type, d_old.type)} in OLD and is "
                     f"{C.STT_NAMES.get(d_new.type, d_new.type)} in NEW: {why}"))
                 continue
@@ -561,10 +548,15 @@ def _exported_names(elf: object) -> Set[str]:
     return {n for n, x in zip(cols.names, cols.shndx) if x != C.SHN_UNDEF and n}
 
 
-def _symbolic(elf: object) -> bool:
-    """DT_SYMBOLIC, or DF_SYMBOLIC in DT_FLAGS (``elf_get_dynamic_info`` turns the flag into the tag)."""
-    dyn = elf.dynamic  # type: ignore[attr-defined]
-    return C.DT_SYMBOLIC in dyn.tags or bool(dyn.flags & 0x2)
+def _when_it_misbehaves(d_old: M.Definition, d_new: M.Definition, copy: bool, plugin: bool) -> str:
+    """When a reference bound to ``d_new`` instead of ``d_old`` goes wrong: a call when it is made, however
+    early it was bound, and so does the first use of a variable that moved in or out of TLS (__tls_get_addr
+    of module 0, an offset read as an address), in a plugin too (dlopen succeeds); other data, and whatever a
+    copy relocation copies, is wrong from the start."""
+    tls = (d_old.type == C.STT_TLS) != (d_new.type == C.STT_TLS)
+    if not copy and (d_old.type in _FUNCS or tls):
+        return P.FIRST_CALL
+    return P.DLOPEN if plugin else P.STARTUP
 
 
 def _rebound(res_old: LoadResult, res_new: LoadResult, d_old: M.Definition, d_new: M.Definition, t_new: int,
@@ -584,8 +576,7 @@ def _rebound(res_old: LoadResult, res_new: LoadResult, d_old: M.Definition, d_ne
     old_name = old_o.path or res_old.argv0
     new_name = "NEW" if d_new.index == t_new else (new_o.path or res_new.argv0)
     why = _type_break(d_old.type, d_new.type)
-    tls = (d_old.type == C.STT_TLS) != (d_new.type == C.STT_TLS)
-    when = P.FIRST_CALL if not ref.copy and (d_old.type in _FUNCS or tls) else (P.DLOPEN if plugin else P.STARTUP)
+    when = _when_it_misbehaves(d_old, d_new, ref.copy, plugin)
     t_old_name = C.STT_NAMES.get(d_old.type, d_old.type)
     t_new_name = C.STT_NAMES.get(d_new.type, d_new.type)
     if why is not None:
@@ -616,7 +607,7 @@ def _dlopen_refusals(res: LoadResult) -> List[Failure]:
                 msg = f"{o.name}: shared object cannot be dlopen()ed"
                 out.append(Failure(NOOPEN, o.name, o.index, msg, msg, M.STARTUP, True))
                 break
-            if dyn.flags & DF_STATIC_TLS:
+            if dyn.flags & C.DF_STATIC_TLS:
                 # blsize = l_tls_blocksize + l_tls_firstbyte_offset; only a block that fits in no layout counts
                 need = sum(t.memsz + (t.vaddr & (t.align - 1) if t.align else 0)
                            for t in elf.segments_of_type(C.PT_TLS))

@@ -314,36 +314,19 @@ def apt_actions(text: str) -> AptActions:
 _INPUT_LIMIT = 16 << 20
 
 
-class _TooLong(Exception):
-    pass
-
-
-def _read_input(limit: int) -> bytes:
-    """Standard input to its end, at most ``limit`` bytes (more raises :class:`_TooLong`)."""
-    chunks = []
-    total = 0
-    while True:
-        chunk = os.read(0, 1 << 16)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > limit:
-            raise _TooLong()
-        chunks.append(chunk)
-
-
 def _apt_preinstall(args: argparse.Namespace) -> int:
     import time
 
     # read first: apt's pipe is emptied whatever happens next; file names as bytes, kept as they are. The
     # reading counts in --timeout too, and is bounded: a hook must not wait on, or fill memory with, its input.
+    from soswap.textfile import read_fd
+
     start = time.monotonic()
-    try:
-        raw = _within(args.timeout, lambda: _read_input(_INPUT_LIMIT), "no package list on standard input")
-    except _TooLong:
-        _say(f"soswap: the package list on standard input is over {_INPUT_LIMIT >> 20} MiB; skipped", sys.stderr)
-        return 0
+    raw = _within(args.timeout, lambda: read_fd(0, _INPUT_LIMIT + 1), "no package list on standard input")
     if raw is None:
+        return 0
+    if len(raw) > _INPUT_LIMIT:
+        _say(f"soswap: the package list on standard input is over {_INPUT_LIMIT >> 20} MiB; skipped", sys.stderr)
         return 0
     debs, removing = apt_actions(raw.decode("utf-8", "surrogateescape"))
     if os.environ.get("SOSWAP_SUSPEND") or not debs:

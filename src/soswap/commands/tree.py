@@ -210,8 +210,8 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
     files = list(args.files)
     # not under --root: paths inside a root are mapped to host paths by resolving the root's links in soswap,
     # so a link changed there would leave every watched host path as it was
-    keep = not args.no_cache and subst is None and loader.profile.fs.is_host
-    store = _result_store(loader, args) if keep else None
+    cacheable = not args.no_cache and subst is None and loader.profile.fs.is_host
+    store = _result_store(loader, args) if cacheable else None
     kept: Dict[int, object] = {}
     facts: Dict[str, object] = {}
     if store is not None:
@@ -221,12 +221,13 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
         # a FILE's own witness is taken before its tree is computed: a change after it is seen next time
         facts = {f: file_facts(f) for n, f in enumerate(files) if n not in kept}
 
-    def one(path: str) -> Tuple[int, object, str]:
+    def one(path: str) -> Tuple[int, object, str, bool]:
+        """The result, and whether the result cache may keep it (its objects are then witnesses)."""
         code, payload, err, res = _tree_one(loader, path, args, subst)
-        if store is not None and res is not None and _keepable(loader, res) and \
-                store.witnesses.add_result(res):
-            return code, payload, err, True  # type: ignore[return-value]
-        return code, payload, err, False  # type: ignore[return-value]
+        # another ABI's profile is derived from files the cache does not watch: only the host's is kept
+        keep = (store is not None and res is not None and res.profile is loader.profile
+                and store.witnesses.add_result(res))
+        return code, payload, err, keep
 
     harvest = absorb = None
     if store is not None:
@@ -262,9 +263,12 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
 
         print_json({"profile": loader.profile.describe(), "results": docs})
     if store is not None:
+        from soswap.loader.resultstore import stat_witness
+
         store.witnesses.add_loader(loader)
         profile = loader.profile
-        store.save(_stat_witnesses([profile.fs.host(profile.cache_path), profile.fs.host(profile.preload_path)]))
+        store.save([(p, stat_witness(p)) for p in (profile.fs.host(profile.cache_path),
+                                                   profile.fs.host(profile.preload_path))])
     return status
 
 
@@ -332,24 +336,6 @@ def _file_facts(loader) -> Callable[[str], Tuple[object, Optional[str], Optional
         return stat_key(st), origin, nosuid  # type: ignore[return-value]
 
     return facts
-
-
-def _keepable(loader, res) -> bool:  # type: ignore[no-untyped-def]
-    """Whether the result cache may keep ``res``: loaded with the host's profile (another ABI's profile is
-    derived from files the cache does not watch)."""
-    return res.profile is loader.profile
-
-
-def _stat_witnesses(paths: Sequence[str]) -> List[Tuple[str, object]]:
-    from soswap.loader.resultstore import stat_key
-
-    out: List[Tuple[str, object]] = []
-    for p in paths:
-        try:
-            out.append((p, stat_key(os.stat(p))))
-        except OSError as exc:
-            out.append((p, exc.errno or 0))
-    return out
 
 
 def _tree_one(loader, path: str, args: argparse.Namespace, subst):  # type: ignore[no-untyped-def]

@@ -127,7 +127,9 @@ DF_FLAGS = {
     0x8: "BIND_NOW",
     0x10: "STATIC_TLS",
 }
+DF_SYMBOLIC = 0x2
 DF_BIND_NOW = 0x8
+DF_STATIC_TLS = 0x10
 
 # DT_FLAGS_1 bits
 DF_1_FLAGS = {

@@ -49,6 +49,12 @@ class DynamicInfo(NamedTuple):
         return bool(self.flags_1 & C.DF_1_NODEFLIB)
 
     @property
+    def symbolic(self) -> bool:
+        """DT_SYMBOLIC, or DF_SYMBOLIC in DT_FLAGS (``elf_get_dynamic_info`` turns the flag into the tag): the
+        object's own lookups start at itself."""
+        return C.DT_SYMBOLIC in self.tags or bool(self.flags & C.DF_SYMBOLIC)
+
+    @property
     def flag_names(self) -> List[str]:
         """Names of the DT_FLAGS then DT_FLAGS_1 bits that are set (unknown bits as hex)."""
         return _bit_names(self.flags, C.DF_FLAGS) + _bit_names(self.flags_1, C.DF_1_FLAGS)

@@ -110,7 +110,7 @@ class ObjectSymbols:
         self.has_verdef = C.DT_VERDEF in tags
         self.verdefs = frozenset((d.hash, d.name) for d in defs)
         self.bind_now = elf.dynamic.bind_now
-        self.symbolic = C.DT_SYMBOLIC in tags or bool(elf.dynamic.flags & 0x2)
+        self.symbolic = elf.dynamic.symbolic
         self.ndx_high = ndx_high
         self._tables: Dict[int, RefTable] = {}
         self._refs: Dict[int, Tuple[Reference, ...]] = {}

@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from soswap import __version__
 from soswap.cachefile import Part, Unusable, decode_part, read_document, write_document
@@ -71,7 +71,8 @@ def stat_key(st: os.stat_result) -> List[int]:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode]
 
 
-def _stat_witness(path: str) -> Witness:
+def stat_witness(path: str) -> Witness:
+    """The witness of ``path``: its :func:`stat_key`, or the errno ``stat`` gave."""
     try:
         return stat_key(os.stat(path))
     except OSError as exc:
@@ -165,23 +166,15 @@ class RunWitnesses:
         self.newest_ns = max(self.newest_ns, snap["newest"])
 
 
-class Entry:
+class Entry(NamedTuple):
     """One FILE's kept result: its own witness, and what the command printed for it."""
 
-    __slots__ = ("error", "file", "nosuid", "origin", "payload", "status")
-
-    def __init__(self, file: Witness, origin: Optional[str], nosuid: Optional[bool], status: int, payload: Any,
-                 error: str) -> None:
-        self.file = file
-        self.origin = origin
-        self.nosuid = nosuid
-        self.status = status
-        self.payload = payload
-        self.error = error
-
-    def value(self) -> List[Any]:
-        """The entry as stored (the payload still as the command made it)."""
-        return [self.file, self.origin, self.nosuid, self.status, self.payload, self.error]
+    file: Witness
+    origin: Optional[str]
+    nosuid: Optional[bool]
+    status: int
+    payload: Any
+    error: str
 
     def facts(self) -> Tuple[Witness, Optional[str], Optional[bool]]:
         """What the FILE was when the result was computed: compared with what it is now."""
@@ -255,9 +248,9 @@ class ResultStore:
                 self._valid.add(n)
         if not self._valid:
             return out
+        valid = [self._groups[n] for n in sorted(self._valid)]  # the most recently used first
         for i, f in enumerate(files):
-            for n in sorted(self._valid):
-                g = self._groups[n]
+            for g in valid:
                 e = _entry(g["entries"].get(f), g["lines"])
                 if e is None:
                     continue
@@ -298,7 +291,7 @@ class ResultStore:
     def _stat(self, path: str) -> Witness:
         hit = self._stats.get(path)
         if hit is None:
-            hit = self._stats[path] = _stat_witness(path)
+            hit = self._stats[path] = stat_witness(path)
         return hit
 
     def mounts(self) -> str:
@@ -350,7 +343,7 @@ class ResultStore:
         table: Dict[str, int] = {}
 
         def encoded(e: Entry) -> List[Any]:
-            v = e.value()
+            v = list(e)
             if type(e.payload) is str:
                 v[4] = [table.setdefault(line, len(table)) for line in e.payload.splitlines(True)]
             return v

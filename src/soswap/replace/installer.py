@@ -332,13 +332,12 @@ def install(
                        for t in pending_txids(state))
         return _preflight_and_plan(plans, dir_flags, notices, opts, preflight, None, ())
 
-    descriptors_for(len({r.dest if r.dest.endswith("/") else os.path.dirname(os.path.abspath(r.dest))
-                         for r in requests}))
     state.lock(opts.lock_timeout)
     try:
         recovered = tuple(recover_locked(state))
         known = known_hashes(state) if opts.hash else {}
         plans, dir_flags, notices = plan(requests, opts)
+        descriptors_for(len({p.target.directory for p in plans}))  # before anything is written
         result = _preflight_and_plan(plans, dir_flags, notices, opts, preflight, state, recovered, argv, known)
         if result.status == "refused":
             return result
