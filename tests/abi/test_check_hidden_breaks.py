@@ -277,3 +277,54 @@ def test_a_rebuild_that_no_longer_reads_its_exported_variable_is_compatible(tmp_
     before = subprocess.run([str(prog)], capture_output=True, text=True, timeout=60).stdout
     replace(old, new)
     assert subprocess.run([str(prog)], capture_output=True, text=True, timeout=60).stdout == before == "2 11 5\n"
+
+
+USER = "struct s { int a; int b; }; extern struct s g;\nint use(void){ return g.b; }\n"
+
+
+def _struct_case(tmp_path: Path, new_source: str) -> tuple:
+    """libfoo defines ``g`` (``{int a; int b;}``); libuse, built for that layout, reads ``g.b`` through its GOT (no
+    copy relocation: a shared library never has one); the program prints what libuse reads."""
+    old = shared_lib(tmp_path / "lib" / "libfoo.so.1", "struct s { int a; int b; } g = {1, 2};\n",
+                     soname="libfoo.so.1")
+    new = shared_lib(tmp_path / "new" / "libfoo.so.1", new_source, soname="libfoo.so.1")
+    use = shared_lib(tmp_path / "lib" / "libuse.so", USER, libs=[str(old)], flags=[f"-Wl,-rpath,{old.parent}"])
+    prog = executable(tmp_path / "prog", '#include <stdio.h>\nint use(void);\n'
+                      'int main(void){ printf("b=%d\\n", use()); return 0; }\n',
+                      libs=[str(use), str(old)], flags=[f"-Wl,-rpath,{old.parent}"])
+    assert subprocess.run([str(prog)], capture_output=True, text=True, timeout=60).stdout == "b=2\n"
+    return old, new, use, prog
+
+
+def test_a_data_object_that_shrank_is_read_past_its_end(tmp_path: Path) -> None:
+    """NEW's g lost a member: libuse reads g.b past NEW's object (ld.so says nothing): object-shrunk."""
+    old, new, use, prog = _struct_case(tmp_path, "struct s { int a; } g = {1}; int after = 77;\n")
+    result = check(old, new, [prog])
+    assert result.verdict == "incompatible"
+    (c,) = result.consumers
+    assert [(p.kind, p.when, p.symbol, p.object) for p in c.problems] == [
+        ("object-shrunk", "first-call", "g", str(use))]
+    replace(old, new)
+    run = subprocess.run([str(prog)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stderr == "" and run.stdout != "b=2\n"
+
+
+def test_a_data_object_that_grew_is_a_review_note(tmp_path: Path) -> None:
+    """NEW's g grew: appended members keep libuse right, a member inserted before b makes it read the wrong one.
+    Both look the same in ELF (only the size changed), so both are compatible with a review note, listed
+    without --verbose (it was silent: jammy's libtinfo replaced by Debian's broke python3's curses this way)."""
+    from soswap.report.abi import check_to_text
+
+    for source, seen in (("struct s { int a; int b; int c; } g = {1, 2, 3};\n", "b=2\n"),
+                         ("struct s { int a; int x; int b; } g = {1, 99, 2};\n", "b=99\n")):
+        case = tmp_path / seen.strip()
+        old, new, use, prog = _struct_case(case, source)
+        result = check(old, new, [prog])
+        (c,) = result.consumers
+        assert result.verdict == "compatible" and c.verdict == "compatible" and not c.problems
+        assert c.note == (f"review: g grew from 8 to 12 bytes in NEW and {use} reads it in place: compatible if "
+                          "members were only appended, wrong data if any moved"), c
+        text = "\n".join(check_to_text(result))
+        assert "compatible, to review (1):" in text and f"{prog}  [program] (review: g grew" in text
+        replace(old, new)
+        assert subprocess.run([str(prog)], capture_output=True, text=True, timeout=60).stdout == seen

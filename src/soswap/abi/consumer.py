@@ -270,14 +270,16 @@ class ConsumerChecker:
         old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode), plugin)
         new_problems = [self._problem(f, res_new, mode) for f in new_failures]
         old_problems = [self._problem(f, res_old, mode) for f in old_failures]
-        if watched and t_old is not None and t_new is not None:
-            new_problems.extend(self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin))
         reviews: List[str] = []
+        if watched and t_old is not None and t_new is not None:
+            found, reviews = self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin)
+            new_problems.extend(found)
         if internal and t_old is not None and t_new is not None:
             # data NEW made PROTECTED: the loader's own warning (protected-copy) already says it
             said = {p.symbol for p in new_problems if p.kind == PROTECTED_COPY}
-            lost, reviews = self._lost_interpositions(ld, res_old, res_new, t_old, t_new, plugin, said)
+            lost, more = self._lost_interpositions(ld, res_old, res_new, t_old, t_new, plugin, said)
             new_problems.extend(lost)
+            reviews += more
         seen = {_identity(p) for p in old_problems}
         added = tuple(p for p in new_problems if _identity(p) not in seen)
         # the load stops at a file it cannot load, an abort or a crash: the lookups that would follow (against a
@@ -475,9 +477,13 @@ class ConsumerChecker:
         return problems, reviews
 
     def _binding_problems(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
-                          watched: List[Tuple[int, Reference]], plugin: bool) -> List[P.Problem]:
+                          watched: List[Tuple[int, Reference]], plugin: bool) -> Tuple[List[P.Problem], List[str]]:
+        """Problems of the watched references that bind NEW (or no longer do), and review notes: a data object
+        that grew, used without a copy relocation, is compatible when members were only appended and breaks the
+        consumer when members moved; ELF carries no layout to tell the two apart."""
         old_by_path = {o.path: o.index for o in res_old.objects if o.found}
         out: List[P.Problem] = []
+        reviews: List[str] = []
         done: Set[Tuple[int, str, bool]] = set()
         for i, ref in watched:
             o = res_new.objects[i]
@@ -512,13 +518,17 @@ class ConsumerChecker:
                     f"{C.STT_NAMES.get(d_new.type, d_new.type)} in NEW: {why}"))
                 continue
             if not copy:
-                shrunk = d_old.type in DATA_TYPES or d_old.type == C.STT_TLS
-                if shrunk and d_new.type == d_old.type and d_new.size < d_old.size:
+                sized = (d_old.type in DATA_TYPES or d_old.type == C.STT_TLS) and d_new.type == d_old.type
+                if sized and d_new.size < d_old.size:
                     out.append(P.Problem(
                         P.OBJECT_SHRUNK, name, version, P.FIRST_CALL, None, who, False, True,
                         f"{name} is {d_new.size} bytes in NEW and was {d_old.size} in OLD: {who} was built for "
                         "the old object and may read or write past NEW's, or at members that moved (ld.so "
                         "says nothing)"))
+                elif sized and d_new.size > d_old.size:
+                    reviews.append(f"review: {name} grew from {d_old.size} to {d_new.size} bytes in NEW and {who} "
+                                   "reads it in place: compatible if members were only appended, wrong data if "
+                                   "any moved")
                 continue
             mine = ld.symbol(res_new, i, ref.symbol_index)
             if mine is not None and d_new.size != mine.size and d_old.size == mine.size:
@@ -531,7 +541,7 @@ class ConsumerChecker:
                 out.append(P.Problem(P.COPY_SIZE, name, version, P.STARTUP, text, who, False, not grew,
                                      f"copy relocation of {name}: {mine.size} bytes in the program, {d_new.size} "
                                      f"in NEW: {what}"))
-        return out
+        return out, reviews
 
 
 def _self_references(elf: object) -> Set[str]:
@@ -622,7 +632,7 @@ def _dlopen_refusals(res: LoadResult) -> List[Failure]:
 
 #: Failures after which nothing more happens in the consumer (the load stops, ld.so aborts or dies).
 _ENDS_THE_RUN = frozenset({M.NOT_FOUND, M.WRONG_CLASS, M.BAD_FILE, M.DST, M.NO_INTERPRETER, M.ISA_LEVEL,
-                           M.ASSERTION, M.CRASH, M.INDIRECT_EXTERN_ACCESS, NOOPEN, STATIC_TLS})
+                           M.ASSERTION, M.CRASH, M.INDIRECT_EXTERN_ACCESS, M.BAD_RELOCATION, NOOPEN, STATIC_TLS})
 
 
 def _identity(p: P.Problem) -> Tuple[object, ...]:

@@ -259,10 +259,10 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
             lines.append(f"    {_problem_line(p)}")
     compat = [c for c in result.consumers if c.verdict == "compatible"]
     reviewed = [c for c in compat if c.note.startswith("review:")]
-    if reviewed:  # shown without --verbose: a replacement the consumer made of NEW's function is bypassed
+    if reviewed:  # shown without --verbose: ELF cannot tell whether these consumers are hurt (the note says why)
         lines.append("")
-        lines.append(f"compatible, to review ({len(reviewed)}): NEW no longer looks up through the scope a "
-                     "symbol these consumers define or copy (the note says which)")
+        lines.append(f"compatible, to review ({len(reviewed)}): whether NEW hurts these consumers depends on what "
+                     "ELF does not record (the note says what to check)")
         lines.extend(_consumer_title(c) for c in reviewed)
     if compat:
         lines.append("")
