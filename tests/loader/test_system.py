@@ -310,6 +310,28 @@ def test_case37_dst_in_needed_is_refused(tmp_path: Path) -> None:
         assert real.returncode == 127 and res.fatal.line in real.stderr.splitlines()
 
 
+@requires_root
+@pytest.mark.parametrize("flag", ["--filter", "--auxiliary"])
+def test_case37_dst_in_a_filter_is_refused_too(tmp_path: Path, flag: str) -> None:
+    """expand_dst refuses a token in DT_FILTER and DT_AUXILIARY as in DT_NEEDED, before the catch that forgives
+    a missing auxiliary filtee: both programs die (the filtee was loaded)."""
+    with _public_dir("/tmp") as root:
+        shared_lib(root / "lib" / "libx.so", "int x(void) { return 0; }\n", soname="libx.so")
+        shared_lib(root / "lib" / "libfilt.so", "int x(void) { return 1; }\n", soname="libfilt.so",
+                   flags=[f"-Wl,{flag},$ORIGIN/libx.so"])
+        prog = executable(root / "e", "int x(void);\nint main(void) { return x(); }\n",
+                          flags=[f"-Wl,-rpath,{root / 'lib'}"], libs=[f"-L{root / 'lib'}", "-lfilt"])
+        assert run_program(prog).status == 0  # not secure: the filtee's x() is called
+        os.chmod(prog, 0o4755)
+        for p in (root, root / "lib"):
+            os.chmod(p, 0o755)
+        real = _as_nobody(prog, env_with())
+        loader = Loader(PROFILE, _nobody_env(env_with()))
+        res = loader.load(str(prog))
+        assert res.secure and res.fatal is not None and res.fatal.kind == "dst"
+        assert real.returncode == 127 and res.fatal.line in real.stderr.splitlines(), real.stderr
+
+
 
 @requires_root
 @pytest.mark.skipif(shutil.which("setcap") is None, reason="setcap (libcap2-bin) is needed")

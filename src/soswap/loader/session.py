@@ -691,16 +691,23 @@ class LoadSession:
                 run += 1
         return [e[0] for e in known]
 
+    def _dst_refused(self, lm: _Map, raw: str) -> bool:
+        """expand_dst (dl-deps.c): a dynamic string token in a secure program is fatal, in DT_NEEDED, DT_FILTER
+        and DT_AUXILIARY alike (the check comes before the catch that forgives a missing auxiliary filtee)."""
+        if not (self.secure and dst.has_dst(raw)):
+            return False
+        self._fail(M.DST, lm, raw, "DST not allowed in SUID/SGID programs")
+        if self.trace:
+            self.aborted = True
+        return True
+
     def _one_needed(self, lm: _Map, raw: str) -> Optional[_Map]:
         name = raw
+        if self._dst_refused(lm, raw):
+            lm.needed.append(None)
+            lm.needed_names.append(raw)
+            return None
         if dst.has_dst(raw):
-            if self.secure:
-                self._fail(M.DST, lm, raw, "DST not allowed in SUID/SGID programs")
-                if self.trace:
-                    self.aborted = True
-                lm.needed.append(None)
-                lm.needed_names.append(raw)
-                return None
             name = self._expand(lm, raw)
             if not name:
                 return None  # expand_dst(..., 0): silently skipped
@@ -734,6 +741,8 @@ class LoadSession:
     def _filter(self, lm: _Map, tag: int, raw: str, known: List[List], reserved: set, at: int) -> int:
         """DT_AUXILIARY / DT_FILTER of ``lm``, whose entry is ``known[at]``: the filtee goes before it in the
         search list and in the chain of loaded objects (dl-deps.c). Returns where ``lm``'s entry is now."""
+        if self._dst_refused(lm, raw):
+            return at
         name = self._expand(lm, raw) if dst.has_dst(raw) else raw
         if not name:
             return at
