@@ -193,6 +193,27 @@ def test_indirect_extern_access_turns_the_warning_into_an_error(tmp_path: Path) 
         assert_ldd_parity(prog, env=env, flag=flag)
 
 
+@pytest.mark.parametrize("m32", [False, True])
+def test_a_plt_entry_of_type_none_is_fatal_when_bound_lazily(tmp_path: Path, m32: bool) -> None:
+    """GNU ld leaves an R_*_NONE entry in .rela.plt/.rel.plt for an undefined function it was told to ignore:
+    elf_machine_lazy_rel refuses it ("unexpected PLT reloc type 0x00"); bound now (LD_BIND_NOW, ldd -r) it is
+    skipped and the program runs."""
+    if m32 and not have_m32():
+        pytest.skip("gcc -m32 cannot link (gcc-multilib missing)")
+    src = "int missing(void);\nint main(int c, char **v) { if (c > 5) return missing(); return 0; }\n"
+    prog = executable(tmp_path / "prog", src, flags=["-Wl,--unresolved-symbols=ignore-all"], m32=m32)
+    _, bound = predict(prog)
+    err = bound.fatal
+    assert err is not None and (err.kind, err.when, err.exit_status) == ("bad-relocation", "startup", 127)
+    assert err.line == f"{prog}: error while loading shared libraries: unexpected PLT reloc type 0x00"
+    real = run_program(prog)
+    assert real.status == 127 and _lines(real.stderr) == [err.line]
+    now = env_with(LD_BIND_NOW="1")
+    assert predict(prog, env=now)[1].fatal is None and run_program(prog, env=now).status == 0
+    for flag in (None, "-d", "-r"):
+        assert_ldd_parity(prog, flag=flag)
+
+
 V1_MAP = "VER_1 { global: *; };\n"
 
 

@@ -203,6 +203,32 @@ def relocation_ranges(elf: ElfFile) -> List[Tuple[List[Tuple[int, int]], bool]]:
     return [([(i >> shift, i & mask) for i in infos], jmp) for infos, jmp in relocation_infos(elf)]
 
 
+#: The types ``elf_machine_lazy_rel`` accepts in DT_JMPREL (JUMP_SLOT, TLSDESC, IRELATIVE); any other entry,
+#: R_*_NONE included, is ``_dl_reloc_bad_type (map, r_type, 1)`` when the table is processed lazily.
+LAZY_PLT_TYPES: Dict[int, frozenset] = {
+    C.EM_X86_64: frozenset((7, 36, 37)),
+    C.EM_386: frozenset((7, 41, 42)),
+    C.EM_AARCH64: frozenset((1026, 1031, 1032)),
+}
+
+
+def unexpected_plt_type(elf: ElfFile) -> Optional[int]:
+    """The first relocation type in DT_JMPREL that ld.so refuses to bind lazily ("unexpected PLT reloc type"),
+    or None (also for a machine whose rules are not known here)."""
+    accepted = LAZY_PLT_TYPES.get(elf.machine)
+    if accepted is None:
+        return None
+    lay = elf.layout
+    code = "Q" if lay.is64 else "I"
+    mask = 0xFFFFFFFF if lay.is64 else 0xFF
+    for t in relocation_table_ranges(elf):
+        if t.plt:
+            raw = elf.read_at_vaddr(t.vaddr, t.size, t.name)
+            infos = _words(raw, code, lay.little)[1::t.entsize // lay.addr_size]
+            return next((i & mask for i in infos if i & mask not in accepted), None)
+    return None
+
+
 def relocation_infos(elf: ElfFile) -> List[Tuple[array, bool]]:
     """:func:`relocation_ranges` as the raw ``r_info`` words (symbol index above bit 32, type below, for
     ELFCLASS64; above bit 8 for ELFCLASS32), those without a symbol left out. The leading relative relocations

@@ -68,6 +68,8 @@ class BindCache:
         self._program_positions: Dict[int, Tuple[RefTable, Tuple[int, ...]]] = {}
         #: id of an ElfFile -> (the file, needs indirect extern access)
         self._indirect: Dict[int, Tuple[ElfFile, bool]] = {}
+        #: id of an ElfFile -> (the file, the first DT_JMPREL type ld.so refuses to bind lazily, or None)
+        self._bad_plt: Dict[int, Tuple[ElfFile, Optional[int]]] = {}
 
     def program_positions(self, t: RefTable, syms: ObjectSymbols) -> Tuple[int, ...]:
         """Positions of ``t`` (the program's references) that ld.so checks beyond the lookup: its copy relocations
@@ -92,6 +94,19 @@ class BindCache:
         hit = self._indirect.get(id(elf))
         if hit is None or hit[0] is not elf:
             hit = self._indirect[id(elf)] = (elf, _needs_indirect_access(elf))
+        return hit[1]
+
+    def bad_plt_type(self, elf: ElfFile) -> Optional[int]:
+        """:func:`soswap.elf.relocs.unexpected_plt_type` of ``elf`` (None when its tables cannot be read)."""
+        hit = self._bad_plt.get(id(elf))
+        if hit is None or hit[0] is not elf:
+            from soswap.elf.relocs import unexpected_plt_type
+
+            try:
+                found = unexpected_plt_type(elf)
+            except ElfError:
+                found = None
+            hit = self._bad_plt[id(elf)] = (elf, found)
         return hit[1]
 
     @property
@@ -567,6 +582,10 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             _program_checks(b, i, syms, t, lazy, res.trace, warn or res.trace, events)
         if syms.static_tls_positions(t):
             _static_tls_checks(b, i, syms, t, events)
+        if lazy:
+            bad = _bad_plt_type(b, i, o)
+            if bad is not None:
+                events.append((len(t.keys), bad))  # DT_JMPREL comes after the other tables
         events.sort(key=_position)
         for _n, f in events:
             failures.append(f)
@@ -616,7 +635,19 @@ def _second_dynamic_linker(b: Binder) -> Optional[M.Failure]:
 
 
 #: Startup failures after which ld.so relocates nothing more, in trace mode too.
-_ABORTS = frozenset((M.ASSERTION, M.INDIRECT_EXTERN_ACCESS, M.CRASH))
+_ABORTS = frozenset((M.ASSERTION, M.INDIRECT_EXTERN_ACCESS, M.CRASH, M.BAD_RELOCATION))
+
+
+def _bad_plt_type(b: Binder, i: int, o: M.LoadedObject) -> Optional[M.Failure]:
+    """``elf_machine_lazy_rel`` on a DT_JMPREL entry of a type it does not bind lazily (R_X86_64_NONE: GNU ld
+    leaves one for an ignored undefined function): ``_dl_reloc_bad_type (map, r_type, 1)``, fatal."""
+    r_type = b.cache.bad_plt_type(o.elf) if o.elf is not None else None
+    if r_type is None:
+        return None
+    digits = f"{r_type:08x}" if r_type > 0xFF else f"{r_type:02x}"
+    msg = f"{o.path}: unexpected PLT reloc type 0x{digits}" if o.path else f"unexpected PLT reloc type 0x{digits}"
+    return M.Failure(M.BAD_RELOCATION, o.path or b.res.argv0, i, msg,
+                     f"{b.res.argv0}: error while loading shared libraries: {msg}", M.STARTUP, True, exit_status=127)
 
 
 def _static_tls_checks(b: Binder, i: int, syms: ObjectSymbols, t: RefTable,

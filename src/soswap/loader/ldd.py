@@ -241,7 +241,7 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
                 lines.append(f"{text}\t({f.name})")
             elif f.kind in (M.COPY_SIZE, M.PROTECTED_COPY, M.PROTECTED_FUNCTION):
                 lines.append(f.line)
-            elif f.kind in (M.ASSERTION, M.INDIRECT_EXTERN_ACCESS):
+            elif f.kind in (M.ASSERTION, M.INDIRECT_EXTERN_ACCESS, M.BAD_RELOCATION):
                 lines.append(f.line)
                 status = 127
             elif f.kind == M.CRASH:

@@ -47,6 +47,8 @@ CRASH = "crash"
 PROTECTED_COPY = "protected-copy"
 PROTECTED_FUNCTION = "protected-function"
 INDIRECT_EXTERN_ACCESS = "indirect-extern-access"
+#: ``_dl_reloc_bad_type``: a relocation type ld.so does not handle (``unexpected PLT reloc type 0x00``)
+BAD_RELOCATION = "bad-relocation"
 
 # Failure.when values
 STARTUP = "startup"
