@@ -3,6 +3,7 @@ source, overlayfs, tmpfs and btrfs (replace.md §(b) 14–16, 19, 21, 22)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,6 +117,27 @@ def test_full_filesystem(tmp_path, libfoo, state):
         assert "no space left" in r.stderr and r.stderr.count("soswap: error:") == 1
         assert sha256(lib) == libfoo.sha1
         assert leftovers(m) == []
+
+
+def test_a_sparse_source_stays_sparse(tmp_path, state):
+    """A 64 MiB source with two 4 KiB extents of data fits a 16 MiB tmpfs, as with cp: its holes are not
+    written (copy_file_range fills them; the install failed with ENOSPC). The same on the ext4 of /tmp."""
+    src = tmp_path / "sparse"
+    with open(src, "wb") as f:
+        f.truncate(64 << 20)
+        f.write(b"head" * 1024)
+        f.seek(32 << 20)
+        f.write(b"mid!" * 1024)
+    for where in ("tmpfs", "here"):
+        d = tmp_path / where
+        d.mkdir()
+        mount = tmpfs(d, "16m") if where == "tmpfs" else contextlib.nullcontext(d)
+        with mount:
+            (d / "f").write_text("old\n")
+            soswap(["install", "--no-check", "--no-report", src, d / "f"], state, check=0)
+            assert sha256(d / "f") == sha256(src)
+            st = os.stat(d / "f")
+            assert st.st_size == 64 << 20 and st.st_blocks * 512 <= 1 << 20, (where, st.st_blocks)
 
 
 def test_overlayfs_lower_layer(tmp_path, libfoo, state, procs):

@@ -2,14 +2,15 @@
 
 Copy methods, best first: ``FICLONE`` (reflink: shares extents, btrfs/XFS), ``copy_file_range`` (in-kernel copy,
 server-side on NFS), then ``read``/``write``. A method the filesystem does not support falls through to the next;
-a real I/O error (EIO, ENOSPC, EDQUOT) aborts.
+a real I/O error (EIO, ENOSPC, EDQUOT) aborts. Only the data of a sparse source is copied: its holes stay holes
+(``copy_file_range`` fills them on ext4 and tmpfs).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 from soswap.replace import syscalls
 
@@ -33,25 +34,49 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> str:
     except OSError as exc:
         if exc.errno not in _UNSUPPORTED:
             raise
-    done = 0
     method = "copy_file_range"
-    try:
-        while done < size:
-            n = os.copy_file_range(src_fd, dst_fd, min(size - done, _CFR_CHUNK), done, done)
-            if n == 0:
-                break
-            done += n
-    except OSError as exc:
-        if exc.errno not in _UNSUPPORTED:
-            raise
-        method = "read/write"
-    if done < size:
-        done = _read_write(src_fd, dst_fd, done, size)
-        if method == "copy_file_range" and done > 0:
+    for start, end in data_segments(src_fd, size):
+        pos = start
+        if method == "copy_file_range":
+            try:
+                while pos < end:
+                    n = os.copy_file_range(src_fd, dst_fd, min(end - pos, _CFR_CHUNK), pos, pos)
+                    if n == 0:
+                        break
+                    pos += n
+            except OSError as exc:
+                if exc.errno not in _UNSUPPORTED:
+                    raise
+        if pos < end:
             method = "read/write"
-    if done != size:
-        raise OSError(errno.EIO, f"short copy ({done} of {size} bytes): the source changed while being copied")
+            pos = _read_write(src_fd, dst_fd, pos, end)
+        if pos != end:
+            raise OSError(errno.EIO, f"short copy ({pos} of {size} bytes): the source changed while being copied")
+    os.ftruncate(dst_fd, size)  # the holes after the last data (and the whole file if it is all hole)
     return method
+
+
+def data_segments(fd: int, size: int) -> List[Tuple[int, int]]:
+    """The ``[start, end)`` ranges of ``fd`` below ``size`` that hold data (``SEEK_DATA``/``SEEK_HOLE``): holes of a
+    sparse source stay holes in the copy. The whole file where the filesystem cannot tell."""
+    out: List[Tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # nothing but a hole from pos to the end
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            out.append((start, end))
+            pos = end
+    except OSError:
+        return [(0, size)]
+    return out
 
 
 def _read_write(src_fd: int, dst_fd: int, offset: int, size: int) -> int:

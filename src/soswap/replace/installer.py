@@ -15,7 +15,7 @@ import os
 import stat
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from soswap.errors import Refused, ReplaceError, UsageError
+from soswap.errors import Refused, ReplaceError, StateError, UsageError
 from soswap.replace import checks, metadata, naming
 from soswap.replace.order import DynInfo, dependency_order, read_dyninfo
 from soswap.replace.pause import pause_point
@@ -345,6 +345,11 @@ def install(
             pruned = prune(state, opts.keep) if opts.backup else []
         except KeyboardInterrupt:
             raise AfterCommit(result.txid, KeyboardInterrupt(), "done") from None
+        except (OSError, StateError) as exc:  # housekeeping after the transaction ended: not its failure
+            pruned = []
+            result = result._replace(warnings=(*result.warnings, Notice(
+                state.path, f"every file is its new version, but pruning older backups failed ({exc}); the next "
+                "install tries again")))
         # --keep 0 prunes this transaction's own backups too: then none is kept
         result = result._replace(pruned=tuple(pruned), backups_kept=result.backups_kept and result.txid not in pruned)
     finally:

@@ -26,6 +26,7 @@ from soswap.replace.records import (
     HistoryEntry,
     InodeRecord,
     InstallResult,
+    Notice,
     RecoverOutcome,
     superseded_files,
 )
@@ -108,7 +109,9 @@ def _recover_one(state: StateDir, record: Dict[str, Any], skip_missing: bool) ->
             try:
                 finish(tx, usable, dirs)
             except OSError as exc:
-                raise StateError(f"transaction {tx.txid}: cleanup failed: {exc}") from None
+                raise StateError(f"transaction {tx.txid} committed (every file is its new version); "
+                                 f"{describe_oserror(str(exc.filename or '?'), exc, 'its cleanup')}: fix the cause "
+                                 "and run 'soswap recover'") from None
             action = "completed"
         else:
             for ch in reversed(changes):
@@ -172,15 +175,18 @@ def prune(state: StateDir, keep: int) -> List[str]:
 def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
     """Delete the backups of ``record``; True (and the journal says so) when none is left. A backup that
     cannot be deleted (an immutable or append-only directory, EIO) keeps the record as it was: the next
-    pruning tries again, and nothing claims the space was freed. A directory that is gone has nothing left."""
+    pruning tries again, and nothing claims the space was freed. So does a directory that may not be the one
+    the transaction wrote in (its filesystem not mounted: the backup is there again once it is): one that is
+    gone, on another device than the file it held, or where both the backup and the file are missing."""
     tx = Transaction(state, record)
     left = False
     with Dirs() as dirs:
         for ch in _changes(record, state.journal_path(tx.txid)):
             try:
                 dfd = dirs.get(ch.directory)
-            except FileNotFoundError:
-                continue
+                if ch.old is not None and not _holds_its_filesystem(dfd, ch):
+                    left = True
+                    continue
             except OSError:
                 left = True
                 continue
@@ -195,6 +201,23 @@ def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
     record["backups_pruned"] = True
     tx.save(record["state"], durable=False)
     return True
+
+
+def _holds_its_filesystem(dfd: int, ch: Change) -> bool:
+    """Is the directory ``dfd`` on the filesystem ``ch`` replaced a file of: on the old file's device, and
+    holding its backup or the file (an empty mount point holds neither)."""
+    assert ch.old is not None
+    if os.fstat(dfd).st_dev != ch.old.dev:
+        return False
+    for name in (ch.backup, os.path.basename(ch.dest)):
+        if not name:
+            continue
+        try:
+            os.lstat(name, dir_fd=dfd)
+            return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 # -- rollback --------------------------------------------------------------------------------------------------
@@ -377,10 +400,15 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
             with after_commit(tx):  # past the committed mark, the previous versions are back: said so
                 committed = commit_all(tx, staged, dirs)
                 finish(tx, committed, dirs)
-        _finish_rollback_of(state, tx.record)
+        warnings: Tuple[Notice, ...] = ()
+        try:
+            _finish_rollback_of(state, tx.record)
+        except (OSError, StateError) as exc:  # recovery (and every install) runs this last step again
+            warnings = (Notice(state.path, f"every file is its previous version, but transaction {target_txid} could "
+                               f"not be marked rolled back ({exc}): 'soswap recover' does it"),)
     finally:
         state.unlock()
-    return InstallResult(new_txid, "rolled-back", tuple(committed), (), recovered, backups_kept=keep_backups,
+    return InstallResult(new_txid, "rolled-back", tuple(committed), warnings, recovered, backups_kept=keep_backups,
                          rollback_of=target_txid)
 
 

@@ -311,6 +311,11 @@ def remove_temp(ch: Change, dfd: int) -> None:
             os.unlink(ch.temp, dir_fd=dfd)
         except FileNotFoundError:
             pass
+        except OSError:
+            # do_unlinkat refuses on a read-only mount before it looks the name up: EROFS for a name the
+            # commit's rename already consumed
+            if _lstat_at(dfd, ch.temp) is not None:
+                raise
 
 
 def _replace_symlink(dfd: int, name: str, target: str, temp: str) -> None:
