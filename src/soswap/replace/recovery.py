@@ -489,7 +489,7 @@ def history(state: StateDir) -> List[HistoryEntry]:
     out = []
     for record in state.records():
         changes = _changes(record, state.journal_path(record["txid"]))
-        if record["state"] in (UNDONE, FAILED) or not record.get("keep_backups"):
+        if record["state"] != DONE or not record.get("keep_backups"):  # only a finished one can be rolled back
             backups = "none"
         elif record.get("backups_pruned") or record.get("rolled_back_by"):
             backups = "pruned"
