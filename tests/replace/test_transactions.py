@@ -134,6 +134,19 @@ def test_control_ldconfig_unlinks_then_symlinks(tmp_path, libfoo):
     assert os.readlink(d / "libfoo.so.1") == "libfoo.so.1.2.4"
 
 
+def test_soname_links_only_where_ldconfig_makes_them(tmp_path, libfoo, state):
+    """ldconfig -n (the oracle) links a file's DT_SONAME only for names lib*/ld-* containing .so: a plugin
+    gateway.so or a program with a SONAME gets no stray libfoo.so.1 link (soswap made one)."""
+    for name in ("gateway.so", "libfoo-plugin.so", "my tool", "ld-foo.so", "libfoo.a"):
+        oracle, d = tmp_path / "oracle" / name, tmp_path / "dest" / name
+        oracle.mkdir(parents=True)
+        shutil.copyfile(libfoo.v1, oracle / name)
+        assert run(["ldconfig", "-n", oracle]).returncode == 0
+        soswap(["install", "--no-check", "--no-report", "-D", libfoo.v1, d / name], state)
+        assert sorted(os.listdir(d)) == sorted(os.listdir(oracle)), name
+        assert os.path.islink(d / "libfoo.so.1") == (name in ("libfoo-plugin.so", "ld-foo.so"))
+
+
 def test_rollback_restores_everything(tmp_path, libfoo, state):
     """Install (replace + create + soname link), roll back (old inodes back, new file gone, link back), roll
     the rollback back (re-applied)."""

@@ -53,10 +53,16 @@ def libcmp(a: str, b: str) -> int:
     return (len(a) - i) - (len(b) - j)
 
 
+def ldconfig_considers(name: str) -> bool:
+    """ldconfig makes soname links only for files named ``lib*`` or ``ld-*`` containing ``.so`` (elf/ldconfig.c,
+    ``search_dir``): a plugin ``gateway.so`` or a program with a DT_SONAME gets none."""
+    return name.startswith(("lib", "ld-")) and ".so" in name
+
+
 def plan_soname_link(directory: str, name: str, soname: Optional[str]) -> Union[LinkPlan, str, None]:
     """What to do with the soname link of the library installed as ``directory/name``: a :class:`LinkPlan`,
     a warning string when the link is left alone for a reason the user should know, or None."""
-    if not soname or soname == name or "/" in soname or soname in (".", ".."):
+    if not soname or soname == name or "/" in soname or soname in (".", "..") or not ldconfig_considers(name):
         return None
     link = os.path.join(directory, soname)
     try:
