@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +80,47 @@ def test_nagios_errors_are_unknown_never_critical() -> None:
         r = soswap("stale", nagios, "--no-kernel", *args)
         assert r.returncode == 3 and r.stdout.startswith("STALE UNKNOWN - "), (args, r.stdout, r.stderr)
         assert "error" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_nagios_killed_at_its_timeout_is_unknown() -> None:
+    """A monitoring agent kills a check that overruns with SIGTERM: 'stale --nagios' still says UNKNOWN (3)
+    rather than dying of the signal. strace holds the scan in its read of a process's maps meanwhile."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    if shutil.which("strace") is None:
+        pytest.skip("strace is needed")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    trace = None
+    try:
+        maps = f"/proc/{sleeper.pid}/maps"
+        trace = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-P", maps, "-e",
+                                  "inject=openat:delay_enter=3000000", sys.executable, "-m", "soswap", "stale",
+                                  "--nagios", "--no-kernel", "--pid", str(sleeper.pid)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        child = None
+        while child is None and time.monotonic() < deadline:  # the traced python, once it reads the maps
+            for pid in (p for p in os.listdir("/proc") if p.isdigit() and int(p) != trace.pid):
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:5]
+                except OSError:
+                    continue
+                if argv == [sys.executable.encode(), b"-m", b"soswap", b"stale", b"--nagios"]:
+                    child = int(pid)
+            time.sleep(0.05)
+        assert child is not None
+        time.sleep(1.0)  # in the delayed openat by now
+        os.kill(child, signal.SIGTERM)
+        out, _err = trace.communicate(timeout=30)
+        assert trace.returncode == 3 and out == "STALE UNKNOWN - interrupted\n", (trace.returncode, out, _err)
+    finally:
+        for p in (trace, sleeper):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_json_errors_go_to_standard_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -141,13 +141,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _hook_usage_error(hook_event, said.getvalue(), EXIT_ERROR if enforcing else 0)
         sys.stderr.write(said.getvalue())
         raise
+    if nagios:  # a monitoring check killed at its timeout still says UNKNOWN
+        from soswap.commands.install import terminate_as_interrupt
+
+        terminate_as_interrupt()
     try:
         return int(args._run(args))
     except SoswapError as exc:
         _error_line(str(exc))
         return _nagios_unknown(str(exc)) if nagios else exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return _nagios_unknown("interrupted") if nagios else 130
     except BrokenPipeError:
         # The reader went away (``soswap ... | head``): not an error worth a message.
         try:

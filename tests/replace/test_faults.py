@@ -256,9 +256,9 @@ def test_sigterm_during_commit_undoes(tmp_path, libfoo, state):
     def renamed_not_committed() -> None:
         assert sha256(lib) == libfoo.sha2
 
-    status, _err = _sigterm_at("renamed:0", ["install", "--no-check", str(libfoo.v2), str(lib)], state,
-                               renamed_not_committed)
-    assert status == 130
+    status, err = _sigterm_at("renamed:0", ["install", "--no-check", str(libfoo.v2), str(lib)], state,
+                              renamed_not_committed)
+    assert status == 130 and err == "soswap: interrupted: nothing was changed\n"
     assert sha256(lib) == libfoo.sha1 and leftovers(lib.parent) == [] and backups(lib.parent) == []
     history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
     assert [t["state"] for t in history] == ["undone"]

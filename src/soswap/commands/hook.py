@@ -351,7 +351,8 @@ def _apt_preinstall(args: argparse.Namespace) -> int:
     if args.refuse and not os.environ.get("SOSWAP_FORCE"):
         _say("soswap: refused: apt stops before unpacking anything (SOSWAP_FORCE=1 to go on)", sys.stderr)
         raise _Refused()
-    _say("soswap: going on (the hook's --refuse stops apt instead)", sys.stdout)
+    _say("soswap: going on (SOSWAP_FORCE is set)" if args.refuse else
+         "soswap: going on (the hook's --refuse stops apt instead)", sys.stdout)
     return 0
 
 

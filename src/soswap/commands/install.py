@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import signal
 import sys
-from typing import Any, List, Sequence, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 
 from soswap.commands.argtypes import seconds
 from soswap.errors import EXIT_FOUND, EXIT_OK, SoswapError, UsageError
@@ -144,6 +145,21 @@ def terminate_as_interrupt() -> None:
             pass
 
 
+@contextlib.contextmanager
+def says_nothing_changed() -> Iterator[None]:
+    """An interruption that reaches the command before the commit mark (after it, :class:`AfterCommit` says
+    what is in place): the transaction was undone, which the exit status 130 alone does not tell."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        try:
+            sys.stderr.write("soswap: interrupted: nothing was changed\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from soswap.replace import InstallOptions, StateDir, install, read_manifest, requests_from_args
     from soswap.replace.modespec import parse_group, parse_mode, parse_owner
@@ -189,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
         preflight = functools.partial(check_engine, cache_dir=args.cache_dir, consumers=args.consumer or None,
                                       scope=args.scope or None, processes=True, system=True)
     want_report = args.report or args.restart
-    result = install(requests, opts, state, preflight=preflight, stale_report=_after_report if want_report else None,
-                     argv=sys.argv[1:])
+    with says_nothing_changed():
+        result = install(requests, opts, state, preflight=preflight,
+                         stale_report=_after_report if want_report else None, argv=sys.argv[1:])
     restart_lines: List[str] = []
     if isinstance(result.after, AfterError):
         extra_notes.append(Notice("stale", str(result.after)))

@@ -31,14 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soswap.commands.install import terminate_as_interrupt
+    from soswap.commands.install import says_nothing_changed, terminate_as_interrupt
     from soswap.replace import StateDir, rollback
     from soswap.report.install import emit, install_to_json, install_to_text, warning_lines
     from soswap.report.output import print_json
 
     terminate_as_interrupt()
-    result = rollback(StateDir(args.state_dir), args.txid, dry_run=args.dry_run, keep_backups=args.backup,
-                      argv=sys.argv[1:], lock_timeout=args.lock_timeout)
+    with says_nothing_changed():
+        result = rollback(StateDir(args.state_dir), args.txid, dry_run=args.dry_run, keep_backups=args.backup,
+                          argv=sys.argv[1:], lock_timeout=args.lock_timeout)
     if args.json:
         print_json(install_to_json(result))
     else:

@@ -20,7 +20,6 @@ RULE_SYSTEM = "system"
 RULE_PRELOAD = "preload"
 RULE_INTERPRETER = "interpreter"
 RULE_VDSO = "vdso"
-RULE_SAME_FILE = "same-file"
 RULE_NOT_FOUND = "not-found"
 
 # Failure.kind values
