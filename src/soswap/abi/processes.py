@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone, SoswapError
 from soswap.loader import Environment
@@ -87,15 +87,35 @@ def read_process(pid: int) -> ProcessInfo:
         cwd = os.fsdecode(procfs.read_link(pid, "cwd"))
     except AccessDenied:
         cwd = "/"
-    secure = _at_secure(pid)
-    env = Environment.from_environ(environ, cwd=cwd if cwd.startswith("/") else "/", secure=secure)
     maps = parse_maps(procfs.read_file(pid, "maps"))
     seen: Dict[str, Tuple[str, int, int]] = {}
     for m in maps:
         if m.executable and m.path.startswith(b"/"):
             p = os.fsdecode(m.path)
             seen.setdefault(p, (p, m.dev, m.inode))
+    _answers(pid, seen.values())
+    secure = _at_secure(pid)
+    env = Environment.from_environ(environ, cwd=cwd if cwd.startswith("/") else "/", secure=secure)
     return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note)
+
+
+_VIEW: List[object] = []
+
+
+def _answers(pid: int, files: Iterable[Tuple[str, int, int]]) -> None:
+    """Raise :class:`SoswapError` (the process is not checked) when a file it runs lies on a network or FUSE
+    filesystem that does not answer a stat within the scan's timeout: reading the program to check it would
+    wait for that server for good."""
+    import errno
+
+    from soswap.proc.view import HOST, FileView
+
+    if not _VIEW:
+        _VIEW.append(FileView())
+    view: FileView = _VIEW[0]  # type: ignore[assignment]
+    for path, dev, _ino in files:
+        if view.guarded(dev) and view.stat(HOST, os.fsencode(path), dev) == errno.ETIMEDOUT:
+            raise SoswapError(f"process {pid}: {path} is on a filesystem that does not answer: not checked")
 
 
 def _rewritten(data: bytes) -> bool:

@@ -241,21 +241,39 @@ def _within(seconds: float, work: Callable[[], T], instead: str, budget: Optiona
     """``work()``, or None (said on standard error) when it takes longer than ``seconds`` (what is left of
     ``budget``, the --timeout the message names, when given)."""
     import signal
+    import threading
+
+    said = f"soswap: the check did not finish in {budget if budget is not None else seconds:g} s; skipped ({instead})"
 
     def expired(signum: int, frame: object) -> None:
         raise _TimedOut()
 
+    def stuck() -> None:
+        # The alarm's handler runs only between system calls: a stat stuck on a dead NFS or FUSE server (a
+        # killable wait in the kernel) never returns to it. Exiting the process ends that wait too.
+        try:
+            os.write(2, f"{said}; a system call did not return\n".encode("utf-8", "surrogateescape"))
+        finally:
+            os._exit(0)
+
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    watchdog = threading.Timer(max(seconds, 0.001) + _STUCK_GRACE, stuck)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         return work()
     except _TimedOut:
-        _say(f"soswap: the check did not finish in {budget if budget is not None else seconds:g} s; skipped "
-             f"({instead})", sys.stderr)
+        _say(said, sys.stderr)
         return None
     finally:
+        watchdog.cancel()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+#: Seconds past a hook's --timeout after which a check stuck in a system call ends the process (exit 0).
+_STUCK_GRACE = 2.0
 
 
 def _check(restart: bool) -> str:

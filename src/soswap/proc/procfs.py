@@ -246,3 +246,15 @@ def list_fds(pid: int) -> List[str]:
     except OSError as exc:
         _raise(pid, "fd", exc)
         raise  # pragma: no cover
+
+
+def fd_inode(pid: int, fd: str) -> Optional[int]:
+    """The inode number of what ``pid`` holds open as ``fd``, from ``/proc/PID/fdinfo/FD`` (its ``ino:`` line,
+    Linux 5.14+): read without asking the file's filesystem. None when the kernel does not say."""
+    for line in read_small(pid, f"fdinfo/{fd}").split(b"\n"):
+        if line.startswith(b"ino:"):
+            try:
+                return int(line[4:])
+            except ValueError:
+                return None
+    return None

@@ -605,7 +605,9 @@ class _Scanner:
             # after the start has a ctime after it too, and statx costs the ctypes import.
             from soswap.proc.statx import birth_time_ns
 
-            born = birth_time_ns(os.fsencode(ctx.prefix) + path if ctx.prefix else path)
+            # (not on a network filesystem: the stat above answered, a second call may not)
+            born = None if self.view.guarded(st_now.st_dev) else birth_time_ns(
+                os.fsencode(ctx.prefix) + path if ctx.prefix else path)
             if born is not None:  # else ctime stands in for it (documented)
                 created_after = self.clock.judge(born, starttime)
         written_after = self.clock.judge(st_now.st_mtime_ns, starttime)
@@ -634,10 +636,8 @@ class _Scanner:
                 continue
             name, deleted = split_deleted(target)
             if name == path:
-                try:
-                    return fd, os.stat(f"{procfs.PROC}/{pid}/fd/{fd}"), deleted
-                except OSError:
-                    return None
+                st = self.view.stat_open_file(pid, fd)
+                return None if isinstance(st, int) else (fd, st, deleted)
         return None
 
     def _has_deleted_fd(self, pid: int) -> bool:

@@ -46,6 +46,7 @@ class _Pass:
                  fds: bool = True, pids: Optional[Sequence[int]] = None) -> None:
         self.targets = targets
         self.inode_pairs = frozenset(inodes) | frozenset(t.identity for t in targets if t.identity)
+        self._target_inodes = frozenset(t.identity[1] for t in targets if t.identity)
         #: what a maps line of a target shows: its name (maps form) or " INODE " (the inode field)
         self.needles = (tuple({maps_form(n) for t in targets for n in t.names})
                         + tuple({b" %d " % ino for _, ino in self.inode_pairs}))
@@ -210,9 +211,8 @@ class _Pass:
                 if not named and t.identity is None:
                     continue
                 if st is None:  # one stat per descriptor, only when some target may be it
-                    try:
-                        st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
-                    except OSError:
+                    st = self._open_file_stat(pid, fd, named)
+                    if st is None:
                         break
                 # by name, or by inode as fuser does (a hard link, a bind mount: another name, the same file)
                 if not named and t.identity != (st.st_dev, st.st_ino):
@@ -223,6 +223,29 @@ class _Pass:
                 if version == "old" and old_version == "current":
                     hits[idx] = (how, "old", st.st_dev, st.st_ino)
 
+
+    def _open_file_stat(self, pid: int, fd: str, named: bool) -> Optional[os.stat_result]:
+        """The stat of the file ``pid`` holds open as ``fd``, or None. Where the process's namespace has a network
+        or FUSE mount, an fd that names no target is first matched by its inode number from fdinfo (which asks
+        no filesystem: a dead server's would hang), and a stat that may reach one goes through the helper."""
+        try:
+            guarded = self.view.namespace_guarded(self.view.root_of(pid))
+        except (ProcessGone, AccessDenied):
+            return None
+        if not guarded:
+            try:
+                return os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
+            except OSError:
+                return None
+        if not named:
+            try:
+                ino = procfs.fd_inode(pid, fd)
+            except (ProcessGone, AccessDenied):
+                return None
+            if ino is not None and ino not in self._target_inodes:
+                return None
+        st = self.view.stat_open_file(pid, int(fd))
+        return None if isinstance(st, int) else st
 
 def _read_exe(pid: int) -> bytes:
     try:

@@ -61,7 +61,11 @@ class FileView:
         self._map_file_stats: Dict[Tuple[int, int], Optional[os.stat_result]] = {}
         self._roots: Dict[int, RootContext] = {}
         self.stat_timeout = stat_timeout
-        self._guarded_devs = _devices_of(guarded_fstypes)
+        self._fstypes = guarded_fstypes
+        self._guarded_devs: Set[int] = set(_devices_of(f"{procfs.PROC}/self/mountinfo", guarded_fstypes))
+        #: namespace key (None: ours) -> it has a guarded mount: a path there whose device is not known yet
+        #: (a script, an open file) is stat()-ed through the helper too, as it may lie on one
+        self._ns_guarded: Dict[Hashable, bool] = {None: bool(self._guarded_devs)}
         self._hung_devs: Set[int] = set()
         self._server: Optional[StatServer] = None
         self._waited = 0.0  #: seconds spent on guarded stats that timed out
@@ -105,20 +109,43 @@ class FileView:
 
     # -- stats ---------------------------------------------------------------------------------------------
     def stat(self, ctx: RootContext, path: bytes, dev_hint: int = -1) -> os.stat_result | Missing:
-        """``stat()`` of ``path`` in ``ctx`` (follows symlinks); an errno int when it fails. Cached."""
+        """``stat()`` of ``path`` in ``ctx`` (follows symlinks); an errno int when it fails. Cached. Without a
+        ``dev_hint`` (the device from maps) the path may lie on any mount of the namespace: guarded when it has
+        a network or FUSE mount."""
         key = (ctx.key, path)
         hit = self._stats.get(key)
         if hit is not None:
             return hit  # type: ignore[return-value]
         full = os.fsencode(ctx.prefix) + path if ctx.prefix else path
-        result = self._guarded_stat(full, dev_hint)
+        guarded = self.namespace_guarded(ctx)
+        result = self._guarded_stat(full, dev_hint if dev_hint != -1 or not guarded else _UNKNOWN_DEV)
         self._stats[key] = result
         return result
+
+    def stat_open_file(self, pid: int, fd: int) -> os.stat_result | Missing:
+        """``stat()`` of the file ``pid`` holds open as ``fd`` (through /proc/PID/fd/FD, which asks its
+        filesystem): guarded as a path of unknown device in that process's namespace. Not cached."""
+        try:
+            guarded = self.namespace_guarded(self.root_of(pid))
+        except (AccessDenied, ProcessGone):
+            guarded = True
+        return self._guarded_stat(os.fsencode(f"{procfs.PROC}/{pid}/fd/{fd}"), _UNKNOWN_DEV if guarded else -1)
+
+    def namespace_guarded(self, ctx: RootContext) -> bool:
+        """Does the mount namespace of ``ctx`` have a network or FUSE mount? Another namespace's mounts (its
+        /proc/PID/mountinfo) become guarded devices too: a FUSE mount made only there is in no table of ours."""
+        hit = self._ns_guarded.get(ctx.key)
+        if hit is None:
+            devs = _devices_of(f"{ctx.prefix[:-len('/root')]}/mountinfo", self._fstypes) \
+                if ctx.prefix.endswith("/root") else frozenset()
+            self._guarded_devs |= devs
+            hit = self._ns_guarded[ctx.key] = bool(devs)
+        return hit
 
     def _guarded_stat(self, full: bytes, dev_hint: int) -> os.stat_result | Missing:
         if dev_hint in self._hung_devs:
             return errno.ETIMEDOUT
-        if dev_hint not in self._guarded_devs:
+        if dev_hint not in self._guarded_devs and dev_hint != _UNKNOWN_DEV:
             try:
                 return os.stat(full)
             except OSError as exc:
@@ -135,7 +162,8 @@ class FileView:
         result = self._server.stat(full, self.stat_timeout)
         if result is None:
             self._waited += self.stat_timeout
-            self._hung_devs.add(dev_hint)
+            if dev_hint != _UNKNOWN_DEV:  # a path of unknown device names no mount to give up on
+                self._hung_devs.add(dev_hint)
             return errno.ETIMEDOUT
         return result
 
@@ -179,13 +207,17 @@ class FileView:
         return (mf.st_dev, mf.st_ino) == (st.st_dev, st.st_ino)
 
 
-def _devices_of(fstypes: FrozenSet[str]) -> FrozenSet[int]:
-    """Device numbers of the mounts (ours) whose filesystem type is in ``fstypes``."""
+#: The device of a path whose device is not known yet, stat()-ed through the helper (see FileView.stat).
+_UNKNOWN_DEV = -2
+
+
+def _devices_of(mountinfo: str, fstypes: FrozenSet[str]) -> FrozenSet[int]:
+    """Device numbers of the mounts (of the ``mountinfo`` file) whose filesystem type is in ``fstypes``."""
     if not fstypes:
         return frozenset()
     devs = set()
     try:
-        with open(f"{procfs.PROC}/self/mountinfo", "rb") as f:
+        with open(mountinfo, "rb") as f:
             data = f.read()
     except OSError:
         return frozenset()

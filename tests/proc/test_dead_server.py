@@ -1,0 +1,105 @@
+"""Never hang on a dead server: a FUSE filesystem whose server stopped answering (support.deadfs), as a dead
+NFS or sshfs server looks. Every command that reads /proc must still answer, with what it could not check
+counted, when a process uses a file there that the command did not ask about. Found by a QA round; each of
+these waited for good before (the subprocess timeout here is the hang)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from support.deadfs import DeadServer, dead_server
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+HANG = 60  # seconds: far beyond the 2 s stat timeout; reaching it is the bug
+
+
+def soswap(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(tmp / "state"), SOSWAP_CACHE_DIR=str(tmp / "cache"))
+    return subprocess.run([sys.executable, "-m", "soswap", *args], capture_output=True, text=True, env=env,
+                          timeout=HANG)
+
+
+def _started(server: DeadServer, argv: List[str], **kw: object) -> int:
+    p = server.start(argv, **kw)
+    time.sleep(0.5)  # it has opened (and mapped) what it runs
+    assert p.poll() is None
+    return p.pid
+
+
+def test_stale_on_an_interpreter_whose_script_is_there(tmp_path: Path) -> None:
+    """python3 and bash run scripts from the dead mount (an absolute and a relative path): the script stats go
+    through the helper with its timeout, and the scripts count as not checked."""
+    with dead_server(tmp_path) as server:
+        (server.backing / "s.py").write_text("import time\ntime.sleep(600)\n")
+        (server.backing / "s.sh").write_text("sleep 600\n")
+        pids = [_started(server, [sys.executable, str(server.mnt / "s.py")]),
+                _started(server, ["bash", "s.sh"], cwd=str(server.mnt))]
+        server.stop()
+        for pid in pids:
+            r = soswap("stale", "--no-kernel", "--pid", str(pid), tmp=tmp_path)
+            assert r.returncode == 0 and "could not be checked" in r.stdout, (r.stdout, r.stderr)
+        r = soswap("stale", "--nagios", "--no-kernel", tmp=tmp_path)
+        assert r.returncode in (0, 1) and r.stdout.startswith("STALE "), r.stdout
+
+
+def test_users_of_any_file_while_a_process_holds_one_there_open(tmp_path: Path) -> None:
+    """bash holds its script open (fd 255) on the dead mount; `users` of unrelated files matches descriptors by
+    the inode fdinfo shows (no filesystem asked) before it stats one, and answers."""
+    with dead_server(tmp_path) as server:
+        (server.backing / "s.sh").write_text("sleep 600\n")
+        _started(server, ["bash", str(server.mnt / "s.sh")])
+        server.stop()
+        for path in ("/etc/hostname", "/usr/lib/x86_64-linux-gnu/libc.so.6"):
+            if os.path.exists(path):
+                r = soswap("users", path, tmp=tmp_path)
+                assert r.returncode in (0, 1), r.stderr
+
+
+def test_check_discovery_skips_a_process_whose_program_is_there(tmp_path: Path) -> None:
+    """A process that maps libc runs a program from the dead mount: check's process discovery does not read it
+    (that read would wait for good); the process is not checked, and says why."""
+    with dead_server(tmp_path) as server:
+        shutil.copyfile("/bin/sleep", server.backing / "sleep")
+        os.chmod(server.backing / "sleep", 0o755)
+        pid = _started(server, [str(server.mnt / "sleep"), "600"])
+        server.stop()
+        code = ("import sys\nfrom soswap.abi.processes import read_process\nfrom soswap.errors import SoswapError\n"
+                f"try:\n    read_process({pid})\nexcept SoswapError as exc:\n    print(exc)\n")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG,
+                           env=dict(os.environ, PYTHONPATH=SRC))
+        assert "is on a filesystem that does not answer: not checked" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_the_post_transaction_hook_keeps_its_timeout(tmp_path: Path) -> None:
+    """What apt's DPkg::Post-Invoke, dnf and pacman run: a check stuck in a system call (the alarm's handler never
+    runs there) still ends at --timeout plus a grace, exit 0, and says so."""
+    with dead_server(tmp_path) as server:
+        (server.backing / "s.py").write_text("import time\ntime.sleep(600)\n")
+        _started(server, [sys.executable, str(server.mnt / "s.py")])
+        server.stop()
+        r = soswap("hook", "post-transaction", "--timeout", "1", tmp=tmp_path)
+        assert r.returncode == 0
+        assert "did not finish in 1 s; skipped" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is needed")
+def test_stale_on_a_process_whose_mount_is_only_in_its_namespace(tmp_path: Path) -> None:
+    """The dead mount exists only in the process's own mount namespace: its devices are guarded too (they are in
+    its /proc/PID/mountinfo, not in ours)."""
+    with dead_server(tmp_path) as server:
+        shutil.copyfile("/bin/sleep", server.backing / "sleep")
+        os.chmod(server.backing / "sleep", 0o755)
+        pid = _started(server, ["unshare", "-m", "--propagation", "private", str(server.mnt / "sleep"), "600"])
+        subprocess.run(["umount", "-l", str(server.mnt)], check=True)
+        assert str(server.mnt) not in Path("/proc/self/mountinfo").read_text()
+        server.stop()
+        r = soswap("stale", "--no-kernel", "--pid", str(pid), tmp=tmp_path)
+        assert r.returncode == 0 and "could not be checked" in r.stdout, (r.stdout, r.stderr)
