@@ -122,6 +122,25 @@ def test_unknown_pid_is_an_error(tree: Tree, tmp_path: Path) -> None:
     assert r.stderr == f"soswap: error: --pid {pid_max + 1}: no such process\n"
 
 
+def test_a_process_without_a_program_to_check_says_why(tree: Tree, tmp_path: Path, procs) -> None:
+    """A kernel thread (PID 2, kthreadd) runs no program; a process whose program was deleted runs one nothing
+    names any more (what is at the path is checked where there is something: a restart runs that). Each is an
+    error that says so, not "no such process" or the loader's "No such file or directory"."""
+    r = _cli(["check", str(tree.new), str(tree.target), "--pid", "2"], tmp_path / "st")
+    assert r.returncode == 2 and r.stderr == (
+        "soswap: error: process 2 runs no program (a kernel thread or a zombie): not checked\n")
+    prog = tmp_path / "host"
+    shutil.copyfile(tree["host"], prog)
+    os.chmod(prog, 0o755)
+    ready = tmp_path / "ready"
+    p = procs.start([prog, tree["plug_ok"], ready], env={"PATH": "/usr/bin:/bin"}, wait_for_file=ready)
+    prog.unlink()
+    r = _cli(["check", str(tree.new), str(tree.target), "--pid", str(p.pid)], tmp_path / "st")
+    assert r.returncode == 2 and r.stderr == (
+        f"soswap: error: process {p.pid}: its program {prog} was deleted since it started: not checked ('soswap "
+        "stale' lists it)\n")
+
+
 def test_a_process_that_dlopens_target_itself(tree: Tree, tmp_path: Path, procs) -> None:
     """The program dlopen()s libfoo by path: nothing in its tree or its plugins loads TARGET; the process is
     listed as not loading it through any checked consumer, and NEW itself is checked (self)."""

@@ -55,10 +55,17 @@ def read_process(pid: int) -> ProcessInfo:
     from soswap.proc import procfs
     from soswap.proc.maps import parse_maps, split_deleted
 
-    exe_raw = procfs.read_link(pid, "exe")
-    exe = os.fsdecode(split_deleted(exe_raw)[0])
+    try:
+        exe_raw = procfs.read_link(pid, "exe")
+    except ProcessGone:
+        if os.path.exists(f"/proc/{pid}/stat"):  # exe has no target: a kernel thread, a zombie
+            raise SoswapError(f"process {pid} runs no program (a kernel thread or a zombie): not checked") from None
+        raise
+    path, deleted = split_deleted(exe_raw)
+    exe = os.fsdecode(path)
     if not exe.startswith("/"):
         raise SoswapError(f"process {pid}: no executable file ({exe})")
+
     try:
         own = os.stat("/proc/self/ns/mnt").st_ino
         theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
@@ -94,6 +101,9 @@ def read_process(pid: int) -> ProcessInfo:
             p = os.fsdecode(m.path)
             seen.setdefault(p, (p, m.dev, m.inode))
     _answers(pid, seen.values())
+    if deleted and not os.path.lexists(exe):  # (a new file there is what a restart runs: that one is checked)
+        raise SoswapError(f"process {pid}: its program {exe} was deleted since it started: not checked ('soswap "
+                          "stale' lists it)")
     secure = _at_secure(pid)
     env = Environment.from_environ(environ, cwd=cwd if cwd.startswith("/") else "/", secure=secure)
     return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note)
