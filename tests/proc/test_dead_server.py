@@ -103,3 +103,25 @@ def test_stale_on_a_process_whose_mount_is_only_in_its_namespace(tmp_path: Path)
         server.stop()
         r = soswap("stale", "--no-kernel", "--pid", str(pid), tmp=tmp_path)
         assert r.returncode == 0 and "could not be checked" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_rdeps_with_a_warm_index_and_a_runpath_there(tmp_path: Path) -> None:
+    """An indexed program's RUNPATH and one of its libraries are on the dead mount: a warm update of the index
+    (the system discovery behind check and install) takes what it cannot stat as unchanged and answers. (A tree
+    computed afresh would wait where ld.so waits: not guarded, docs/stale.md.)"""
+    from support.build import executable, shared_lib
+
+    with dead_server(tmp_path) as server:
+        lib = shared_lib(tmp_path / "build" / "libqa.so", "int qa(void) { return 42; }\n", soname="libqa.so")
+        shutil.copyfile(lib, server.backing / "libqa.so")
+        executable(tmp_path / "bin" / "prog", "int qa(void);\nint main(void) { return qa(); }\n",
+                   libs=[str(lib)], flags=[f"-Wl,-rpath,{server.mnt}"])
+        time.sleep(2.2)  # out of the racy window: the index keeps what it computes now
+        libc = "/lib/x86_64-linux-gnu/libc.so.6"
+        warm = soswap("rdeps", "--scope", str(tmp_path / "bin"), "--", libc, tmp=tmp_path)
+        assert warm.returncode == 0 and str(tmp_path / "bin" / "prog") in warm.stdout, warm.stdout + warm.stderr
+        server.stop()
+        r = soswap("rdeps", "--scope", str(tmp_path / "bin"), "--", libc, tmp=tmp_path)
+        same = [line for line in r.stdout.splitlines() if not line.startswith("index:")]
+        assert r.returncode == 0 and same == [line for line in warm.stdout.splitlines()
+                                              if not line.startswith("index:")], r.stdout + r.stderr

@@ -256,6 +256,7 @@ class RdepsIndex:
         self._loaded = False
         #: something differs from the file: save() writes it
         self._dirty = False
+        self._path_guard: Optional[Any] = None
         #: the roots of the last update, for the query that follows it
         self._roots_tops: Optional[List[Top]] = None
         self._roots: List[str] = []
@@ -424,9 +425,12 @@ class RdepsIndex:
         cannot be listed changed: which names it holds is unknown)."""
         watched = self.data.watched
         stale = []
+        guard = self._guard()
         for d, row in watched.items():
             try:
-                st = os.stat(d)
+                st = guard.stat(d)
+            except TimeoutError:
+                continue  # a dead network server: taken as unchanged (ld.so would wait there)
             except OSError:
                 if row[W_CTIME] != W_ABSENT:
                     stale.append(d)
@@ -456,12 +460,27 @@ class RdepsIndex:
         unknown, adds its name to ``changed_names`` (a candidate replaced, a dangling link's target created, a
         library made readable)."""
         probed = self.data.probed
+        guard = self._guard()
         for path, old in list(probed.items()):
-            new = _stat_key(path)
+            try:
+                new: Any = key_of(guard.stat(path))
+            except TimeoutError:
+                continue  # as in _refresh_watched
+            except OSError as exc:
+                new = exc.errno or errno.ENOENT
             if old is None or new != old:
                 changed_names.add(posixpath.basename(path))
                 probed[path] = self._trusted(new, now_ns)
                 self._dirty = True
+
+    def _guard(self) -> Any:
+        """The :class:`soswap.proc.view.PathGuard` of this update (made once): the watched directories and probed
+        paths of the searches can be anywhere, a dead NFS or FUSE server's mount included."""
+        if self._path_guard is None:
+            from soswap.proc.view import PathGuard
+
+            self._path_guard = PathGuard()
+        return self._path_guard
 
     def _witness(self, seen: Iterable[Tuple[str, Any]], now_ns: int) -> None:
         """Record what the searches of the trees just computed saw at each path they ``stat``-ed."""
@@ -758,10 +777,13 @@ class RdepsIndex:
         changed: Set[int] = set()
         mkeys, mpaths = self.data.mkeys, self.data.mpaths
         self._checked.update(wanted)
+        guard = self._guard()
         for m in wanted:
             try:
-                st = os.stat(mpaths[m])
+                st = guard.stat(mpaths[m])
                 k: Optional[Key] = key_of(st)
+            except TimeoutError:
+                continue  # as in _refresh_watched
             except OSError:
                 k = None
             if mkeys[m] is None or mkeys[m] != k:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Dict, FrozenSet, Hashable, NamedTuple, Optional, Set, Tuple
+import re
+from typing import Dict, FrozenSet, Hashable, List, NamedTuple, Optional, Set, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import procfs
@@ -235,6 +236,59 @@ def _devices_of(mountinfo: str, fstypes: FrozenSet[str]) -> FrozenSet[int]:
             except ValueError:
                 continue
     return frozenset(devs)
+
+
+class PathGuard:
+    """``stat()`` of paths that are not known to be anywhere in particular (the directories the loader's
+    searches watch, say): one under the mount point of a network or FUSE filesystem of ours runs in a
+    :class:`StatServer` with a timeout, the others directly. A path reaching such a mount through a symbolic
+    link elsewhere is not seen."""
+
+    def __init__(self, timeout: float = 2.0, fstypes: FrozenSet[str] = NETWORK_FS) -> None:
+        self.timeout = timeout
+        self.points = _mount_points_of(f"{procfs.PROC}/self/mountinfo", fstypes)
+        self._server: Optional[StatServer] = None
+        self._hung: Set[str] = set()
+        #: paths that did not answer within the timeout
+        self.unanswered: List[str] = []
+
+    def stat(self, path: str) -> os.stat_result:
+        """``os.stat(path)``; raises OSError, and ``TimeoutError`` for a path on a filesystem that does not
+        answer (further paths under the same mount point at once)."""
+        point = next((m for m in self.points if path == m or path.startswith(m.rstrip("/") + "/")), None)
+        if point is None:
+            return os.stat(path)
+        if point in self._hung:
+            self.unanswered.append(path)
+            raise TimeoutError(errno.ETIMEDOUT, "no answer from its filesystem", path)
+        if self._server is None:
+            self._server = StatServer()
+        result = self._server.stat(os.fsencode(path), self.timeout)
+        if result is None:
+            self._hung.add(point)
+            self.unanswered.append(path)
+            raise TimeoutError(errno.ETIMEDOUT, "no answer from its filesystem", path)
+        if isinstance(result, int):
+            raise OSError(result, os.strerror(result), path)
+        return result
+
+
+def _mount_points_of(mountinfo: str, fstypes: FrozenSet[str]) -> Tuple[str, ...]:
+    """The mount points (of the ``mountinfo`` file) of filesystems whose type is in ``fstypes``, longest first."""
+    try:
+        with open(mountinfo, "rb") as f:
+            data = f.read()
+    except OSError:
+        return ()
+    out = set()
+    for line in data.split(b"\n"):
+        left, sep, right = line.partition(b" - ")
+        fields = left.split(b" ")
+        if sep and len(fields) > 4 and _is_guarded(right.split(b" ", 1)[0].decode("ascii", "replace"), fstypes):
+            # mountinfo escapes space, tab, newline and backslash as octal (\040...)
+            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            out.add(os.fsdecode(point))
+    return tuple(sorted(out, key=len, reverse=True))
 
 
 class StatServer:
