@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
-import pytest
-
 # FUSE opcodes (linux/fuse.h)
 LOOKUP, FORGET, GETATTR, OPEN, READ, STATFS, RELEASE, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR, ACCESS, \
     INTERRUPT, BATCH_FORGET = 1, 2, 3, 14, 15, 17, 18, 25, 26, 27, 28, 29, 34, 36, 42
@@ -135,6 +133,8 @@ class DeadServer:
 @contextlib.contextmanager
 def dead_server(tmp_path: Path) -> Iterator[DeadServer]:
     """Mount a deadfs under ``tmp_path`` (skips the test where FUSE cannot be mounted)."""
+    import pytest  # (the server itself runs without it)
+
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         pytest.skip("needs root and /dev/fuse")
     backing, mnt = tmp_path / "backing", tmp_path / "deadfs"
