@@ -328,3 +328,22 @@ def test_a_data_object_that_grew_is_a_review_note(tmp_path: Path) -> None:
         assert "compatible, to review (1):" in text and f"{prog}  [program] (review: g grew" in text
         replace(old, new)
         assert subprocess.run([str(prog)], capture_output=True, text=True, timeout=60).stdout == seen
+
+
+def test_new_with_a_plt_entry_ld_so_refuses_is_not_proved_safe_by_the_diff(tmp_path: Path) -> None:
+    """NEW was linked with --unresolved-symbols=ignore-all: its .rela.plt holds an R_X86_64_NONE that ld.so
+    refuses to bind lazily. No symbol or version changed, so the diff's shortcut called it safe without binding;
+    the diff now names it (plt-reloc-refused), and the check binds and finds what running finds."""
+    src = ("#include <stdio.h>\nint missing(void);\n"
+           "int main(int c, char **v) { if (c > 5) return missing(); puts(\"ok\"); return 0; }\n")
+    old = executable(tmp_path / "bin" / "prog", src.replace("if (c > 5) return missing(); ", ""))
+    new = executable(tmp_path / "new" / "prog", src, flags=["-Wl,--unresolved-symbols=ignore-all"])
+    result = check(old, new, [])
+    assert result.verdict == "incompatible"
+    assert "plt-reloc-refused" in [c.kind for c in result.diff.changes]
+    assert result.self_check is not None and any(
+        p.message and p.message.endswith("unexpected PLT reloc type 0x00") for p in result.self_check.problems)
+    replace(old, new)
+    os.chmod(old, 0o755)
+    run = subprocess.run([str(old)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 127 and run.stderr.endswith("unexpected PLT reloc type 0x00\n")

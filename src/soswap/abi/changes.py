@@ -61,6 +61,7 @@ KINDS = (
     "version-need-added",
     # loader-relevant flags and properties
     "exec-stack",
+    "plt-reloc-refused",
     "flag-added",
     "flag-removed",
     "isa-level-raised",
@@ -105,6 +106,7 @@ KIND_NOTES: Dict[str, str] = {
     "undefined-added": "'undefined symbol' unless a library in NEW's scope provides it",
     "version-need-added": "'version `V' not found' at startup where the providing library lacks it",
     "exec-stack": "executable stacks for the whole process; dlopen fails on glibc >= 2.41",
+    "plt-reloc-refused": "'unexpected PLT reloc type' at startup under lazy binding",
     "flag-added": "loader behaviour changes",
     "flag-removed": "loader behaviour changes",
     "isa-level-raised": "'CPU ISA level is lower than required' on older CPUs",
