@@ -61,6 +61,10 @@ def test_users_of_any_file_while_a_process_holds_one_there_open(tmp_path: Path) 
             if os.path.exists(path):
                 r = soswap("users", path, tmp=tmp_path)
                 assert r.returncode in (0, 1), r.stderr
+        # the file asked about is there itself: an error that says so, not a wait for good
+        r = soswap("users", str(server.mnt / "s.sh"), tmp=tmp_path)
+        assert r.returncode == 2 and r.stderr == (f"soswap: error: {server.mnt / 's.sh'}: no answer from its "
+                                                  "filesystem (a network or FUSE server that is down?)\n")
 
 
 def test_check_discovery_skips_a_process_whose_program_is_there(tmp_path: Path) -> None:

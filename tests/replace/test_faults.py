@@ -258,10 +258,26 @@ def test_sigterm_during_commit_undoes(tmp_path, libfoo, state):
 
     status, err = _sigterm_at("renamed:0", ["install", "--no-check", str(libfoo.v2), str(lib)], state,
                               renamed_not_committed)
-    assert status == 130 and err == "soswap: interrupted: nothing was changed\n"
+    assert status == 130 and err == "soswap: interrupted before the commit: this transaction changed nothing\n"
     assert sha256(lib) == libfoo.sha1 and leftovers(lib.parent) == [] and backups(lib.parent) == []
     history = json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]
     assert [t["state"] for t in history] == ["undone"]
+
+
+def test_an_interrupted_install_says_what_its_recovery_did(tmp_path, libfoo, state):
+    """Install A is killed mid-commit; install B's recovery undoes it, then B is interrupted before its own
+    commit: B says both (it said "nothing was changed" while A's file had just been put back)."""
+    lib = _setup(tmp_path, libfoo)
+    _kill_at("renamed:0", ["install", "--no-check", str(libfoo.v2), str(lib)], state)
+    assert sha256(lib) == libfoo.sha2
+    other = tmp_path / "other"
+    other.write_text("old\n")
+    (tmp_path / "src").write_text("new\n")
+    status, err = _sigterm_at("checked", ["install", "--no-check", str(tmp_path / "src"), str(other)], state)
+    (txid,) = [t["txid"] for t in json.loads(soswap(["history", "--json"], state, check=0).stdout)["transactions"]]
+    assert status == 130 and err == (f"soswap: recovered interrupted transaction {txid}: undone\n"
+                                     "soswap: interrupted before the commit: this transaction changed nothing\n")
+    assert sha256(lib) == libfoo.sha1 and other.read_text() == "old\n"
 
 
 def test_new_file_rename_noreplace_failure(tmp_path, libfoo, state):

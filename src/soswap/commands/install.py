@@ -146,14 +146,17 @@ def terminate_as_interrupt() -> None:
 
 
 @contextlib.contextmanager
-def says_nothing_changed() -> Iterator[None]:
+def says_nothing_changed(state: Any) -> Iterator[None]:
     """An interruption that reaches the command before the commit mark (after it, :class:`AfterCommit` says
-    what is in place): the transaction was undone, which the exit status 130 alone does not tell."""
+    what is in place): the transaction was undone, which the exit status 130 alone does not tell; nor does it
+    tell what the recovery at the start resolved (``state.recovered``)."""
     try:
         yield
     except KeyboardInterrupt:
+        lines = [f"soswap: recovered interrupted transaction {r.txid}: {r.action}" for r in state.recovered]
+        lines.append("soswap: interrupted before the commit: this transaction changed nothing")
         try:
-            sys.stderr.write("soswap: interrupted: nothing was changed\n")
+            sys.stderr.write("".join(line + "\n" for line in lines))
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
@@ -205,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         preflight = functools.partial(check_engine, cache_dir=args.cache_dir, consumers=args.consumer or None,
                                       scope=args.scope or None, processes=True, system=True)
     want_report = args.report or args.restart
-    with says_nothing_changed():
+    with says_nothing_changed(state):
         result = install(requests, opts, state, preflight=preflight,
                          stale_report=_after_report if want_report else None, argv=sys.argv[1:])
     restart_lines: List[str] = []

@@ -37,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from soswap.report.output import print_json
 
     terminate_as_interrupt()
-    with says_nothing_changed():
-        result = rollback(StateDir(args.state_dir), args.txid, dry_run=args.dry_run, keep_backups=args.backup,
-                          argv=sys.argv[1:], lock_timeout=args.lock_timeout)
+    state = StateDir(args.state_dir)
+    with says_nothing_changed(state):
+        result = rollback(state, args.txid, dry_run=args.dry_run, keep_backups=args.backup, argv=sys.argv[1:],
+                          lock_timeout=args.lock_timeout)
     if args.json:
         print_json(install_to_json(result))
     else:

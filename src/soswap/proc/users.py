@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from soswap.errors import AccessDenied, ProcessGone
+from soswap.errors import AccessDenied, ProcessGone, SoswapError
 from soswap.proc import cgroup as cgroup_mod
 from soswap.proc import procfs
 from soswap.proc.maps import file_of, lines_containing, maps_form, split_deleted
 from soswap.proc.model import FileUse, UsersReport
-from soswap.proc.view import FileView
+from soswap.proc.view import FileView, PathGuard
 
 #: Attempts to read one process before it counts as unreadable (it exec()s faster than we read it).
 ATTEMPTS = 3
@@ -254,24 +254,27 @@ def _read_exe(pid: int) -> bytes:
         return b""  # /proc/PID/exe of a process whose mm is going away
 
 
-def _target(path: str) -> _Target:
+def _target(path: str, guard: PathGuard) -> _Target:
     raw = os.fsencode(os.path.abspath(path))
     names = {raw}
+    try:
+        st = guard.stat(os.path.abspath(path))  # first: on a dead server's mount, the realpath below would wait
+        identity: Optional[Tuple[int, int]] = (st.st_dev, st.st_ino)
+    except TimeoutError:
+        raise SoswapError(f"{path}: no answer from its filesystem (a network or FUSE server that is down?)") from None
+    except OSError:
+        identity = None
     try:
         names.add(os.fsencode(os.path.realpath(path)))
     except (OSError, ValueError):
         pass
-    try:
-        st = os.stat(raw)
-        identity: Optional[Tuple[int, int]] = (st.st_dev, st.st_ino)
-    except OSError:
-        identity = None
     return _Target(path, tuple(sorted(names)), identity)
 
 
 def find_users(paths: Sequence[str], *, fds: bool = True, pids: Optional[Sequence[int]] = None) -> List[UsersReport]:
     """For each path: every process that executes, maps or holds it open (current inode or an older one)."""
-    targets = [_target(p) for p in paths]
+    guard = PathGuard()
+    targets = [_target(p, guard) for p in paths]
     scan = _Pass(targets, fds=fds, pids=pids)
     found = scan.run()
     reports = []

@@ -219,7 +219,7 @@ def _link_plans(plans: Sequence[_Plan], order: Sequence[int], notices: List[Noti
         p = plans[i]
         if p.dyn is None or not p.dyn.soname:
             continue
-        result = plan_soname_link(p.target.directory, p.target.name, p.dyn.soname)
+        result = plan_soname_link(p.target.directory, p.target.name, p.dyn.soname if p.dyn.shared else None)
         if isinstance(result, str):
             notices.append(Notice(p.target.path, result))
         elif result is not None:
@@ -334,7 +334,7 @@ def install(
 
     state.lock(opts.lock_timeout)
     try:
-        recovered = tuple(recover_locked(state))
+        recovered = state.recovered = tuple(recover_locked(state))
         known = known_hashes(state) if opts.hash else {}
         plans, dir_flags, notices = plan(requests, opts)
         descriptors_for(len({p.target.directory for p in plans}))  # before anything is written

@@ -12,17 +12,20 @@ import os
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from soswap.elf import ElfFile
+from soswap.elf import constants as C
 from soswap.errors import ElfError
 
 
 class DynInfo:
-    """The two things ordering needs from an ELF file."""
+    """What ordering and soname links need from an ELF file."""
 
-    __slots__ = ("needed", "soname")
+    __slots__ = ("needed", "shared", "soname")
 
-    def __init__(self, soname: Optional[str], needed: Tuple[str, ...]) -> None:
+    def __init__(self, soname: Optional[str], needed: Tuple[str, ...], shared: bool = True) -> None:
         self.soname = soname
         self.needed = needed
+        #: ET_DYN (a library, or a PIE); ldconfig links the soname of no ET_EXEC
+        self.shared = shared
 
 
 def read_dyninfo(path: str) -> Optional[DynInfo]:
@@ -31,7 +34,7 @@ def read_dyninfo(path: str) -> Optional[DynInfo]:
         with ElfFile.open(path) as elf:
             if not elf.is_dynamic:
                 return None
-            return DynInfo(elf.soname, tuple(elf.needed))
+            return DynInfo(elf.soname, tuple(elf.needed), elf.type == C.ET_DYN)
     except (ElfError, OSError):
         return None
 

@@ -40,6 +40,7 @@ from soswap.replace.transaction import (
     PREPARED,
     STAGING,
     UNDONE,
+    AfterCommit,
     Dirs,
     Transaction,
     after_commit,
@@ -355,7 +356,7 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
         return InstallResult(None, "dry-run", planned, (), rollback_of=record["txid"])
     state.lock(lock_timeout)
     try:
-        recovered = tuple(recover_locked(state))
+        recovered = state.recovered = tuple(recover_locked(state))
         record = state.read(txid) if txid else _latest_rollbackable(state)
         target_txid = record["txid"]
         new_txid = naming.new_txid()
@@ -403,6 +404,8 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
         warnings: Tuple[Notice, ...] = ()
         try:
             _finish_rollback_of(state, tx.record)
+        except KeyboardInterrupt:
+            raise AfterCommit(new_txid, KeyboardInterrupt(), "done", kind="rollback") from None
         except (OSError, StateError) as exc:  # recovery (and every install) runs this last step again
             warnings = (Notice(state.path, f"every file is its previous version, but transaction {target_txid} could "
                                f"not be marked rolled back ({exc}): 'soswap recover' does it"),)

@@ -54,8 +54,11 @@ def libcmp(a: str, b: str) -> int:
 
 
 def ldconfig_considers(name: str) -> bool:
-    """ldconfig makes soname links only for files named ``lib*`` or ``ld-*`` containing ``.so`` (elf/ldconfig.c,
-    ``search_dir``): a plugin ``gateway.so`` or a program with a DT_SONAME gets none."""
+    """ldconfig makes soname links only for files named ``lib*`` or ``ld-*`` containing ``.so``, and not for
+    prelink's temporaries (``….#prelink#``, ``….#prelink#.XXXXXX``) (elf/ldconfig.c, ``search_dir``): a plugin
+    ``gateway.so`` or a program with a DT_SONAME gets none."""
+    if name.endswith(".#prelink#") or name[-17:-6] == ".#prelink#.":
+        return False
     return name.startswith(("lib", "ld-")) and ".so" in name
 
 

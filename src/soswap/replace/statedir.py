@@ -18,7 +18,7 @@ import json
 import os
 import stat
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from soswap.errors import StateError
 from soswap.state import default_state_dir
@@ -37,6 +37,8 @@ class StateDir:
         self.tx_dir = os.path.join(self.path, "tx")
         self.history_dir = os.path.join(self.path, "history")
         self._lock_fd: Optional[int] = None
+        #: what the recovery at the start of this process's last install or rollback resolved (RecoverOutcome)
+        self.recovered: Tuple[Any, ...] = ()
 
     # -- setup and lock -----------------------------------------------------------------------------------
 

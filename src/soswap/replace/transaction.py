@@ -377,6 +377,10 @@ class AfterCommit(SoswapError):
             self.exit_code = 130
         else:
             what = f"its cleanup failed ({cause.strerror if isinstance(cause, OSError) and cause.strerror else cause})"
+        if state == "done" and kind == "rollback":  # interrupted marking the transaction it rolled back
+            super().__init__(f"transaction {txid} rolled back: every file is its previous version; {what} before "
+                             "the rolled-back transaction was marked ('soswap recover' does it)")
+            return
         if state == "done":  # interrupted in the pruning of older backups or the report: nothing is left to do
             super().__init__(f"transaction {txid} is installed: every file is its new version; {what} before "
                              "the report")
