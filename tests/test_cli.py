@@ -82,7 +82,7 @@ def test_nagios_errors_are_unknown_never_critical() -> None:
         assert "error" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_nagios_killed_at_its_timeout_is_unknown() -> None:
+def test_nagios_killed_at_its_timeout_is_unknown(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A monitoring agent kills a check that overruns with SIGTERM: 'stale --nagios' still says UNKNOWN (3)
     rather than dying of the signal. strace holds the scan in its read of a process's maps meanwhile."""
     import os
@@ -99,7 +99,9 @@ def test_nagios_killed_at_its_timeout_is_unknown() -> None:
         trace = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-P", maps, "-e",
                                   "inject=openat:delay_enter=3000000", sys.executable, "-m", "soswap", "stale",
                                   "--nagios", "--no-kernel", "--pid", str(sleeper.pid)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, SOSWAP_STATE_DIR=str(tmp_path / "state"),
+                                          SOSWAP_CACHE_DIR=str(tmp_path / "cache")))
         deadline = time.monotonic() + 20
         child = None
         while child is None and time.monotonic() < deadline:  # the traced python, once it reads the maps
