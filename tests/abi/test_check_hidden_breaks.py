@@ -347,3 +347,17 @@ def test_new_with_a_plt_entry_ld_so_refuses_is_not_proved_safe_by_the_diff(tmp_p
     os.chmod(old, 0o755)
     run = subprocess.run([str(old)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 127 and run.stderr.endswith("unexpected PLT reloc type 0x00\n")
+
+
+def test_install_says_a_review_note_and_installs(tmp_path: Path) -> None:
+    """install's preflight passes on check's review notes as warnings (it showed nothing) and does not refuse."""
+    import sys
+
+    old, new, use, prog = _struct_case(tmp_path, "struct s { int a; int x; int b; } g = {1, 99, 2};\n")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"),
+               SOSWAP_STATE_DIR=str(tmp_path / "state"), SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "soswap", "install", "--no-report", "--consumer", str(prog), "--",
+                        str(new), str(old)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (f"soswap: warning: {old}: compatible with program {prog}, to review: g grew from 8 to 12 bytes in NEW "
+            f"and {use} reads it in place") in r.stderr, r.stderr

@@ -15,7 +15,7 @@ from typing import AbstractSet, Any, Dict, List, Mapping, NamedTuple, Optional, 
 
 from soswap.abi.check import check_replacement
 from soswap.abi.consumer import SharedChecks
-from soswap.abi.problems import INCOMPATIBLE, CheckResult
+from soswap.abi.problems import COMPATIBLE, INCOMPATIBLE, CheckResult
 from soswap.abi.processes import processes_mapping_each
 from soswap.abi.rdeps import environment_for_index, open_index
 from soswap.elf import ElfCache, is_elf_file, is_loadable_elf
@@ -29,7 +29,8 @@ class PreflightProblem(NamedTuple):
     target: str
     new: str
     #: ``refused`` (SONAME change, NEW not loadable here), ``consumer`` (NEW breaks a consumer), ``self``
-    #: (NEW's own needs are not installed), ``unchecked`` (NEW could not be read)
+    #: (NEW's own needs are not installed), ``unchecked`` (NEW could not be read); ``review`` is no reason to
+    #: refuse: a compatible consumer with a review note (what ELF cannot decide), said as a warning
     kind: str
     message: str
     consumer: Optional[str] = None
@@ -94,8 +95,12 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
     return out
 
 
+#: The kind of a :class:`PreflightProblem` that is no reason to refuse (see ``kind``).
+REVIEW_NOTE = "review"
+
+
 def problems_of(result: CheckResult) -> List[PreflightProblem]:
-    """The reasons to refuse, from one :class:`CheckResult`."""
+    """The reasons to refuse, from one :class:`CheckResult`, and its review notes (kind :data:`REVIEW_NOTE`)."""
     target, new = result.target, result.new
     out: List[PreflightProblem] = []
     for ch in result.refusals:
@@ -109,6 +114,11 @@ def problems_of(result: CheckResult) -> List[PreflightProblem]:
             target, new, "consumer", f"{target}: NEW breaks {who} at {first.when}: {text}{more}", c.path, c.pid,
             {"kind": first.kind, "symbol": first.symbol, "version": first.version, "when": first.when,
              "message": first.message}, len(c.problems)))
+    for c in result.consumers:
+        if c.verdict == COMPATIBLE and c.note.startswith("review:"):
+            who = f"process {c.pid} ({c.path})" if c.pid is not None else f"{c.role} {c.path}"
+            out.append(PreflightProblem(target, new, REVIEW_NOTE, f"{target}: compatible with {who}, to {c.note}",
+                                        c.path, c.pid))
     s = result.self_check
     if s is not None and s.verdict == INCOMPATIBLE and s.problems:
         first = s.problems[0]
