@@ -121,3 +121,41 @@ def test_pruning_leaves_the_backups_of_a_filesystem_not_mounted(tmp_path: Path, 
         assert _install(state, _file(tmp_path / "src" / "f2", "2\n"), other, "--keep", "0").returncode == 0
     assert _history(state)[txid]["backups"] == "pruned" and backups(backing) == []
     assert sha256(backing / "lib.so") == sha256(tmp_path / "src" / "lib.so")
+
+
+def test_pruning_finds_its_backups_on_a_filesystem_numbered_anew(tmp_path: Path, state: Path) -> None:
+    """The filesystem comes back under another device number (another loop device here; a device-mapper device
+    after a reboot, an NFS mount made again): its backups, the same inodes by number, size and mtime, are
+    still pruned (they were kept for good)."""
+    image, mnt = tmp_path / "fs.img", tmp_path / "mnt"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    assert run(["mkfs.ext4", "-q", "-F", str(image)]).returncode == 0
+    devices = []
+
+    def attach(path: Path) -> str:
+        r = run(["losetup", "-f", "--show", str(path)])
+        assert r.returncode == 0, r.stderr
+        devices.append(r.stdout.strip())
+        return devices[-1]
+
+    try:
+        first = attach(image)
+        with mounted([first], mnt):
+            _file(mnt / "lib.so", "v0\n")
+            for v in ("v1", "v2"):
+                assert _install(state, _file(tmp_path / "src" / v, f"{v}\n"), mnt / "lib.so").returncode == 0
+            dev = os.stat(mnt).st_dev
+        run(["losetup", "-d", first])
+        devices.remove(first)
+        attach(tmp_path / "src" / "v1")  # takes the first device's number
+        with mounted([attach(image)], mnt):
+            assert os.stat(mnt).st_dev != dev and len(backups(mnt)) == 2
+            other = _file(tmp_path / "other" / "f", "a\n")
+            assert _install(state, _file(tmp_path / "src" / "b", "b\n"), other, "--keep", "1").returncode == 0
+            assert len(backups(mnt)) == 0 and (mnt / "lib.so").read_text() == "v2\n"
+        assert [t["backups"] for t in sorted(_history(state).values(), key=lambda t: t["txid"])] == [
+            "pruned", "pruned", "kept"]
+    finally:
+        for d in devices:
+            run(["losetup", "-d", d])

@@ -178,21 +178,26 @@ def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
     cannot be deleted (an immutable or append-only directory, EIO) keeps the record as it was: the next
     pruning tries again, and nothing claims the space was freed. So does a directory that may not be the one
     the transaction wrote in (its filesystem not mounted: the backup is there again once it is): one that is
-    gone, on another device than the file it held, or where both the backup and the file are missing."""
+    gone, on another device than the file it held (unless it holds the backup itself: the same filesystem
+    numbered anew), or where both the backup and the file are missing."""
     tx = Transaction(state, record)
     left = False
     with Dirs() as dirs:
         for ch in _changes(record, state.journal_path(tx.txid)):
             try:
                 dfd = dirs.get(ch.directory)
-                if ch.old is not None and not _holds_its_filesystem(dfd, ch):
+                renumbered = ch.old is not None and os.fstat(dfd).st_dev != ch.old.dev and _renumbered(dfd, ch)
+                if ch.old is not None and not renumbered and not _holds_its_filesystem(dfd, ch):
                     left = True
                     continue
             except OSError:
                 left = True
                 continue
             try:
-                drop_backup(ch, dfd)
+                if renumbered:
+                    os.unlink(ch.backup, dir_fd=dfd)  # type: ignore[arg-type]
+                else:
+                    drop_backup(ch, dfd)
             except FileNotFoundError:
                 continue
             except OSError:
@@ -219,6 +224,21 @@ def _holds_its_filesystem(dfd: int, ch: Change) -> bool:
         except FileNotFoundError:
             continue
     return False
+
+
+def _renumbered(dfd: int, ch: Change) -> bool:
+    """The directory is on another device number than the old file was, and holds ``ch``'s backup itself, by the
+    inode number, size and mtime of the old version: the same filesystem, numbered anew (a loop or device-mapper
+    device after a reboot, an NFS mount made again)."""
+    assert ch.old is not None
+    if not ch.backup:
+        return False
+    try:
+        st = os.lstat(ch.backup, dir_fd=dfd)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (st.st_ino, st.st_size, st.st_mtime_ns) == (
+        ch.old.ino, ch.old.size, ch.old.mtime_ns)
 
 
 # -- rollback --------------------------------------------------------------------------------------------------
