@@ -8,6 +8,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from soswap.abi.changes import BREAKING, HARMLESS, REVIEW, Change
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
+from soswap.elf.relocs import unexpected_plt_type
 from soswap.loader.candidates import MISALIGNED, kernel_cannot_map, load_commands, overlapping
 
 #: glibc's LIBC_ABI_MAX on x86-64 (libc-abis: DEFAULT, UNIQUE, IFUNC, ABSOLUTE): a GNU object's
@@ -267,23 +268,13 @@ def diff_loader_flags(old: ElfFile, new: ElfFile) -> List[Change]:
         else:
             out.append(Change("flag-removed", HARMLESS, None, None, "BIND_NOW cleared", "BIND_NOW", None))
     out.extend(_isa_level(old, new))
-    bad = _refused_plt_type(new)
-    if bad is not None and _refused_plt_type(old) is None:
+    bad = unexpected_plt_type(new)
+    if bad is not None and unexpected_plt_type(old) is None:
         out.append(Change("plt-reloc-refused", BREAKING, None, None,
                           f"NEW's DT_JMPREL holds a relocation of type {bad:#04x}, which ld.so does not bind lazily: "
                           f"'unexpected PLT reloc type {bad:#04x}' at startup, unless everything is bound now "
                           "(LD_BIND_NOW, -z now)", None, f"type {bad:#04x}"))
     return out
-
-
-def _refused_plt_type(elf: ElfFile) -> Optional[int]:
-    from soswap.elf.relocs import unexpected_plt_type
-    from soswap.errors import ElfError
-
-    try:
-        return unexpected_plt_type(elf)
-    except ElfError:
-        return None
 
 
 def _isa_level(old: ElfFile, new: ElfFile) -> List[Change]:

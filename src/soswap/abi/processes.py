@@ -8,9 +8,10 @@ would look.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone, SoswapError
 from soswap.loader import Environment
@@ -65,7 +66,6 @@ def read_process(pid: int) -> ProcessInfo:
     exe = os.fsdecode(path)
     if not exe.startswith("/"):
         raise SoswapError(f"process {pid}: no executable file ({exe})")
-
     try:
         own = os.stat("/proc/self/ns/mnt").st_ino
         theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
@@ -109,7 +109,12 @@ def read_process(pid: int) -> ProcessInfo:
     return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note)
 
 
-_VIEW: List[object] = []
+@functools.lru_cache(maxsize=1)
+def _view() -> Any:
+    """One :class:`soswap.proc.view.FileView` for the processes of this run (its devices and timeouts)."""
+    from soswap.proc.view import FileView
+
+    return FileView()
 
 
 def _answers(pid: int, files: Iterable[Tuple[str, int, int]]) -> None:
@@ -118,11 +123,9 @@ def _answers(pid: int, files: Iterable[Tuple[str, int, int]]) -> None:
     wait for that server for good."""
     import errno
 
-    from soswap.proc.view import HOST, FileView
+    from soswap.proc.view import HOST
 
-    if not _VIEW:
-        _VIEW.append(FileView())
-    view: FileView = _VIEW[0]  # type: ignore[assignment]
+    view = _view()
     for path, dev, _ino in files:
         if view.guarded(dev) and view.stat(HOST, os.fsencode(path), dev) == errno.ETIMEDOUT:
             raise SoswapError(f"process {pid}: {path} is on a filesystem that does not answer: not checked")

@@ -1008,14 +1008,6 @@ class _Memo:
             return v
 
 
-def _stat_key(path: str) -> Any:
-    """What ``FileSystem.stat`` sees at ``path``: the file's key, or the errno."""
-    try:
-        return key_of(os.stat(path))
-    except OSError as exc:
-        return exc.errno or errno.ENOENT
-
-
 def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str]], now_ns: int,
                  racy_ns: int) -> List[Any]:
     """The row of a watched directory listed with inode and ctime ``ident`` (taken before the listing)."""

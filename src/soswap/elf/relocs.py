@@ -214,18 +214,22 @@ LAZY_PLT_TYPES: Dict[int, frozenset] = {
 
 def unexpected_plt_type(elf: ElfFile) -> Optional[int]:
     """The first relocation type in DT_JMPREL that ld.so refuses to bind lazily ("unexpected PLT reloc type"),
-    or None (also for a machine whose rules are not known here)."""
+    or None (also for a machine whose rules are not known here, and for tables that cannot be read: the
+    relocation decoding reports those)."""
     accepted = LAZY_PLT_TYPES.get(elf.machine)
     if accepted is None:
         return None
     lay = elf.layout
     code = "Q" if lay.is64 else "I"
     mask = 0xFFFFFFFF if lay.is64 else 0xFF
-    for t in relocation_table_ranges(elf):
-        if t.plt:
-            raw = elf.read_at_vaddr(t.vaddr, t.size, t.name)
-            infos = _words(raw, code, lay.little)[1::t.entsize // lay.addr_size]
-            return next((i & mask for i in infos if i & mask not in accepted), None)
+    try:
+        for t in relocation_table_ranges(elf):
+            if t.plt:
+                raw = elf.read_at_vaddr(t.vaddr, t.size, t.name)
+                infos = _words(raw, code, lay.little)[1::t.entsize // lay.addr_size]
+                return next((i & mask for i in infos if i & mask not in accepted), None)
+    except ElfError:
+        return None
     return None
 
 

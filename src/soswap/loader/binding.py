@@ -97,16 +97,12 @@ class BindCache:
         return hit[1]
 
     def bad_plt_type(self, elf: ElfFile) -> Optional[int]:
-        """:func:`soswap.elf.relocs.unexpected_plt_type` of ``elf`` (None when its tables cannot be read)."""
+        """:func:`soswap.elf.relocs.unexpected_plt_type` of ``elf``, once per file."""
         hit = self._bad_plt.get(id(elf))
         if hit is None or hit[0] is not elf:
             from soswap.elf.relocs import unexpected_plt_type
 
-            try:
-                found = unexpected_plt_type(elf)
-            except ElfError:
-                found = None
-            hit = self._bad_plt[id(elf)] = (elf, found)
+            hit = self._bad_plt[id(elf)] = (elf, unexpected_plt_type(elf))
         return hit[1]
 
     @property

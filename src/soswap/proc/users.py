@@ -247,6 +247,7 @@ class _Pass:
         st = self.view.stat_open_file(pid, int(fd))
         return None if isinstance(st, int) else st
 
+
 def _read_exe(pid: int) -> bytes:
     try:
         return procfs.read_link(pid, "exe")

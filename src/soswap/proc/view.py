@@ -212,30 +212,36 @@ class FileView:
 _UNKNOWN_DEV = -2
 
 
-def _devices_of(mountinfo: str, fstypes: FrozenSet[str]) -> FrozenSet[int]:
-    """Device numbers of the mounts (of the ``mountinfo`` file) whose filesystem type is in ``fstypes``."""
+def _guarded_mounts(mountinfo: str, fstypes: FrozenSet[str]) -> List[Tuple[int, str]]:
+    """(device number, mount point) of each mount (of the ``mountinfo`` file) whose filesystem type is in
+    ``fstypes``."""
     if not fstypes:
-        return frozenset()
-    devs = set()
+        return []
     try:
         with open(mountinfo, "rb") as f:
             data = f.read()
     except OSError:
-        return frozenset()
+        return []
+    out = []
     for line in data.split(b"\n"):
         # mountinfo: id parent maj:min root mountpoint options [optional...] - fstype source super-options
         left, sep, right = line.partition(b" - ")
-        if not sep:
-            continue
         fields = left.split(b" ")
-        fstype = right.split(b" ", 1)[0].decode("ascii", "replace")
-        if _is_guarded(fstype, fstypes) and len(fields) > 2:
-            major, _, minor = fields[2].partition(b":")
-            try:
-                devs.add(os.makedev(int(major), int(minor)))
-            except ValueError:
-                continue
-    return frozenset(devs)
+        if not sep or len(fields) < 5 or not _is_guarded(right.split(b" ", 1)[0].decode("ascii", "replace"), fstypes):
+            continue
+        major, _, minor = fields[2].partition(b":")
+        try:
+            dev = os.makedev(int(major), int(minor))
+        except ValueError:
+            continue
+        # the mount point escapes space, tab, newline and backslash as octal (\040...)
+        out.append((dev, os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4]))))
+    return out
+
+
+def _devices_of(mountinfo: str, fstypes: FrozenSet[str]) -> FrozenSet[int]:
+    """Device numbers of the mounts (of the ``mountinfo`` file) whose filesystem type is in ``fstypes``."""
+    return frozenset(dev for dev, _point in _guarded_mounts(mountinfo, fstypes))
 
 
 class PathGuard:
@@ -246,11 +252,11 @@ class PathGuard:
 
     def __init__(self, timeout: float = 2.0, fstypes: FrozenSet[str] = NETWORK_FS) -> None:
         self.timeout = timeout
-        self.points = _mount_points_of(f"{procfs.PROC}/self/mountinfo", fstypes)
+        #: the mount points, longest first
+        self.points = tuple(sorted({p for _dev, p in _guarded_mounts(f"{procfs.PROC}/self/mountinfo", fstypes)},
+                                   key=len, reverse=True))
         self._server: Optional[StatServer] = None
         self._hung: Set[str] = set()
-        #: paths that did not answer within the timeout
-        self.unanswered: List[str] = []
 
     def stat(self, path: str) -> os.stat_result:
         """``os.stat(path)``; raises OSError, and ``TimeoutError`` for a path on a filesystem that does not
@@ -259,36 +265,16 @@ class PathGuard:
         if point is None:
             return os.stat(path)
         if point in self._hung:
-            self.unanswered.append(path)
             raise TimeoutError(errno.ETIMEDOUT, "no answer from its filesystem", path)
         if self._server is None:
             self._server = StatServer()
         result = self._server.stat(os.fsencode(path), self.timeout)
         if result is None:
             self._hung.add(point)
-            self.unanswered.append(path)
             raise TimeoutError(errno.ETIMEDOUT, "no answer from its filesystem", path)
         if isinstance(result, int):
             raise OSError(result, os.strerror(result), path)
         return result
-
-
-def _mount_points_of(mountinfo: str, fstypes: FrozenSet[str]) -> Tuple[str, ...]:
-    """The mount points (of the ``mountinfo`` file) of filesystems whose type is in ``fstypes``, longest first."""
-    try:
-        with open(mountinfo, "rb") as f:
-            data = f.read()
-    except OSError:
-        return ()
-    out = set()
-    for line in data.split(b"\n"):
-        left, sep, right = line.partition(b" - ")
-        fields = left.split(b" ")
-        if sep and len(fields) > 4 and _is_guarded(right.split(b" ", 1)[0].decode("ascii", "replace"), fstypes):
-            # mountinfo escapes space, tab, newline and backslash as octal (\040...)
-            point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
-            out.add(os.fsdecode(point))
-    return tuple(sorted(out, key=len, reverse=True))
 
 
 class StatServer:

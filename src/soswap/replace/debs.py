@@ -394,7 +394,7 @@ def check_debs(debs: Sequence[str], diverted: Optional[Dict[str, Tuple[str, str]
     ``removing``, the files upgraded packages drop) are not checked; running processes always are."""
     import tempfile
 
-    from soswap.abi.preflight import preflight
+    from soswap.abi.preflight import REVIEW_NOTE, preflight
 
     with tempfile.TemporaryDirectory(prefix="soswap-debs-") as work:
         plan = deb_replacements(debs, work, diverted, removing, admindir)
@@ -402,7 +402,7 @@ def check_debs(debs: Sequence[str], diverted: Optional[Dict[str, Tuple[str, str]
                              **discovery)  # type: ignore[arg-type]
     out = []
     for p in problems:
-        if p.kind == "review":  # no reason to stop apt (soswap check names them)
+        if p.kind == REVIEW_NOTE:  # no reason to stop apt (soswap check names them)
             continue
         text = p.message
         for copy, label in plan.labels.items():

@@ -373,11 +373,15 @@ def _preflight_and_plan(plans: List[_Plan], dir_flags: Dict[str, int], notices: 
     order = dependency_order([p.target.name for p in plans], [p.dyn for p in plans])
     links = _link_plans(plans, order, notices) if opts.soname_links else {}
     if preflight is not None and opts.check:
-        found = tuple(preflight(_preflight_pairs(plans, links)))
-        # what ELF cannot decide (a grown object) is said, not refused
-        problems = tuple(p for p in found if getattr(p, "kind", None) != "review")
-        notices.extend(Notice(p.target, p.message.split(": ", 1)[-1]) for p in found
-                       if getattr(p, "kind", None) == "review")
+        from soswap.abi.preflight import REVIEW_NOTE
+
+        refusing = []
+        for p in preflight(_preflight_pairs(plans, links)):
+            if getattr(p, "kind", None) == REVIEW_NOTE:  # what ELF cannot decide (a grown object): said, not refused
+                notices.append(Notice(p.target, p.message.split(": ", 1)[-1]))
+            else:
+                refusing.append(p)
+        problems = tuple(refusing)
     if problems and not opts.force:
         changes = _planned_changes(plans, order, links, None)
         return InstallResult(None, "refused", tuple(changes), tuple(notices), tuple(recovered), problems)

@@ -186,8 +186,9 @@ def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
         for ch in _changes(record, state.journal_path(tx.txid)):
             try:
                 dfd = dirs.get(ch.directory)
-                renumbered = ch.old is not None and os.fstat(dfd).st_dev != ch.old.dev and _renumbered(dfd, ch)
-                if ch.old is not None and not renumbered and not _holds_its_filesystem(dfd, ch):
+                moved = ch.old is not None and os.fstat(dfd).st_dev != ch.old.dev
+                renumbered = moved and _renumbered(dfd, ch)
+                if ch.old is not None and not renumbered and (moved or not _holds_its_files(dfd, ch)):
                     left = True
                     continue
             except OSError:
@@ -209,12 +210,9 @@ def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
     return True
 
 
-def _holds_its_filesystem(dfd: int, ch: Change) -> bool:
-    """Is the directory ``dfd`` on the filesystem ``ch`` replaced a file of: on the old file's device, and
-    holding its backup or the file (an empty mount point holds neither)."""
-    assert ch.old is not None
-    if os.fstat(dfd).st_dev != ch.old.dev:
-        return False
+def _holds_its_files(dfd: int, ch: Change) -> bool:
+    """Does the directory ``dfd`` (on the old file's device) hold ``ch``'s backup or its file? An empty mount
+    point holds neither."""
     for name in (ch.backup, os.path.basename(ch.dest)):
         if not name:
             continue
