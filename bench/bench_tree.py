@@ -174,12 +174,12 @@ def wrap(owner, name, label):
             acc[label] = acc.get(label, 0.0) + time.perf_counter() - t
     setattr(owner, name, timed)
 
-from soswap.elf import file
+from soswap.elf import file, notes, versions
 from soswap.loader import binding, loading
 wrap(file.ElfFile, "__init__", "elf: open (header, program headers)")
 wrap(file, "decode_dynamic", "elf: dynamic section")
-wrap(file, "decode_versions", "elf: version tables")
-wrap(file, "decode_notes", "elf: notes (ISA level)")
+wrap(versions, "decode_versions", "elf: version tables")  # imported by ElfFile where first needed
+wrap(notes, "decode_notes", "elf: notes (ISA level)")
 wrap(loading, "_run", "load: sessions (search, BFS, init order, freeze)")
 wrap(binding, "version_check", "bind: version check (incl. its ELF decoding)")
 if symbols:
