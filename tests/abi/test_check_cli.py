@@ -70,6 +70,20 @@ def test_bad_consumers_scopes_and_pids(t1: Case, tmp_path: Path) -> None:
     assert r.returncode == 2 and b"not a process ID" in r.stderr and b"Traceback" not in r.stderr
 
 
+def test_options_that_take_every_argument_after_them_say_so(t1: Case, tmp_path: Path) -> None:
+    """``check --consumer APP NEW TARGET``: argparse gives NEW and TARGET to --consumer; the error says why and
+    what to write instead, and that form then works."""
+    pair = [str(t1.new), str(t1.old)]
+    _one_error(_cli(["check", "--consumer", str(t1.app), *pair], tmp_path),
+               "NEW and TARGET are required", "--consumer takes every argument after it; put -- before NEW TARGET")
+    _one_error(_cli(["check", "--scope", str(tmp_path), "--consumer", str(t1.app), *pair], tmp_path),
+               "--consumer and --scope take every argument after them")
+    r = _cli(["check", "--pid", str(os.getpid()), *pair], tmp_path)
+    assert r.returncode == 2 and b"put -- before NEW TARGET" in r.stderr, r.stderr
+    r = _cli(["check", "--consumer", str(t1.app), "--", *pair], tmp_path)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, (r.stdout, r.stderr)
+
+
 def test_rdeps_bad_input(t1: Case, tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello\n" * 100)

@@ -48,3 +48,39 @@ def test_an_ignore_file_that_is_a_fifo_is_an_error_not_a_wait(tmp_path: Path) ->
     os.mkfifo(fifo)
     r = run_cli(["stale", "--no-kernel", "--ignore-file", str(fifo)])
     assert r.returncode == 2 and "not a regular file" in r.stderr, r.stderr
+
+
+def _kernel_thread() -> int:
+    from soswap.proc import procfs
+
+    for pid in procfs.list_pids():
+        try:
+            if procfs.read_stat(pid).kernel_thread:
+                return pid
+        except Exception:
+            continue
+    return 0
+
+
+def test_a_named_zombie_or_kernel_thread_gets_a_note_not_just_scanned_0(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    from soswap.proc import procfs
+
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while not procfs.read_stat(child.pid).zombie and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = run_cli(["stale", "--no-kernel", "--pid", str(child.pid)])
+        assert r.returncode == 0 and "scanned 0 processes" in r.stdout, (r.stdout, r.stderr)
+        assert r.stderr == f"soswap: note: PID {child.pid} is a zombie: it runs no code, nothing to check\n"
+        r = run_cli(["stale", "--no-kernel", "--pid", str(os.getpid())])
+        assert "scanned 1 process\n" in r.stdout and r.stderr == "", (r.stdout, r.stderr)
+        kthread = _kernel_thread()
+        if kthread:
+            r = run_cli(["stale", "--no-kernel", "--nagios", "--pid", str(kthread)])
+            assert r.returncode == 0 and f"PID {kthread} is a kernel thread" in r.stderr, (r.stdout, r.stderr)
+    finally:
+        child.wait()

@@ -73,7 +73,8 @@ def _pid(text: str) -> int:
     try:
         value = int(text, 10)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a process ID: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not a process ID: {text!r} (--pid takes every argument after it; "
+                                         "put -- before NEW TARGET)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
     return value
@@ -92,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
     if args.remove:
         raise UsageError("--remove applies to --deb only")
     if args.new is None or args.target is None:
-        raise UsageError("NEW and TARGET are required (or --deb PACKAGE...)")
+        greedy = [o for o, v in (("--consumer", args.consumer), ("--scope", args.scope)) if v]
+        hint = (f": {' and '.join(greedy)} {'take' if len(greedy) > 1 else 'takes'} every argument after "
+                f"{'them' if len(greedy) > 1 else 'it'}; put -- before NEW TARGET" if greedy else "")
+        raise UsageError(f"NEW and TARGET are required (or --deb PACKAGE...){hint}")
     result = check_replacement(
         args.target, args.new,
         consumers=args.consumer or None, scope=args.scope or None, pids=args.pid or None,

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         for pid in args.pid:
             if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
                 raise UsageError(f"no process with PID {pid}")
+        _note_codeless(args.pid)
     if args.restart and not args.dry_run:
         from soswap.errors import Refused
         from soswap.restart.systemctl import pid1_name, systemd_running
@@ -161,3 +162,19 @@ def run(args: argparse.Namespace) -> int:
     if outcome is not None and outcome.failed:
         return 2
     return status
+
+
+def _note_codeless(pids: List[int]) -> None:
+    """One note for each named process that has no address space, so none of its code can be stale (the
+    report's count leaves such processes out, and "scanned 0 processes" alone reads like a failure)."""
+    from soswap.errors import SoswapError
+    from soswap.proc import procfs
+
+    for pid in dict.fromkeys(pids):
+        try:
+            st = procfs.read_stat(pid)
+        except (SoswapError, OSError):
+            continue  # it ended meanwhile, or cannot be read: the scan says so
+        what = "a kernel thread" if st.kernel_thread else ("a zombie" if st.zombie else None)
+        if what is not None:
+            sys.stderr.write(f"soswap: note: PID {pid} is {what}: it runs no code, nothing to check\n")

@@ -78,12 +78,13 @@ def render_text(report: StaleReport, restart: Any = None) -> str:
                 lines.append(f"      {f.role:<8} {f.kind:<9} {_printable(f.path)}")
                 lines.append(f"      {'':<8} {'':<9}   {f.detail}")
     lines.append("")
-    summary = f"scanned {report.scanned} processes"
+    summary = f"scanned {report.scanned} process{'es' if report.scanned != 1 else ''}"
     if report.partial:
         hint = "run as root to see them" if os.geteuid() != 0 else "not even as root: another namespace or an LSM"
         summary += f"; PARTIAL: {report.unreadable} could not be read ({hint})"
     if report.unverifiable:
-        summary += f"; {report.unverifiable} mapped paths could not be checked"
+        summary += (f"; {report.unverifiable} mapped path{'s' if report.unverifiable != 1 else ''} could not be "
+                    "checked")
     if report.unstable:
         summary += (f"; {report.unstable} process{'es' if report.unstable != 1 else ''} exec()ed during every "
                     "attempt to read them (not checked)")
