@@ -50,6 +50,35 @@ def test_stale_on_an_interpreter_whose_script_is_there(tmp_path: Path) -> None:
         assert r.returncode in (0, 1) and r.stdout.startswith("STALE "), r.stdout
 
 
+def _processes_with_argument(marker: str) -> List[int]:
+    """PIDs whose command line contains ``marker`` (the helpers are forked copies of the soswap that ran)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0"):
+                    out.append(int(name))
+            except OSError:
+                continue
+    return out
+
+
+def test_a_stat_that_timed_out_leaves_no_helper_behind(tmp_path: Path) -> None:
+    """A check run every minute against a dead mount left one stuck stat helper per run, for as long as the
+    server stayed down. The helper is killed and reaped once its stat times out (a FUSE request its server has
+    not read is withdrawn on SIGKILL, as NFS's killable waits end)."""
+    with dead_server(tmp_path) as server:
+        (server.backing / "s.py").write_text("import time\ntime.sleep(600)\n")
+        pid = _started(server, [sys.executable, str(server.mnt / "s.py")])
+        server.stop()
+        markers = [f"/soswap-qa-run-{n}" for n in range(3)]
+        for marker in markers:  # --ignore MARKER ignores nothing here: it only names the run's processes
+            r = soswap("stale", "--no-kernel", "--pid", str(pid), "--ignore", marker, tmp=tmp_path)
+            assert r.returncode == 0 and "could not be checked" in r.stdout, (r.stdout, r.stderr)
+        time.sleep(0.3)
+        assert [_processes_with_argument(m) for m in markers] == [[], [], []]
+
+
 def test_users_of_any_file_while_a_process_holds_one_there_open(tmp_path: Path) -> None:
     """bash holds its script open (fd 255) on the dead mount; `users` of unrelated files matches descriptors by
     the inode fdinfo shows (no filesystem asked) before it stats one, and answers."""

@@ -346,8 +346,11 @@ class StatServer:
         return True
 
     def abandon(self, stuck: bool = False) -> None:
-        """Close the pipes: an idle helper sees the end and exits, and is waited for; a ``stuck`` one exits
-        when its stat returns (or stays, reparented to init once we exit), and is not waited for."""
+        """Close the pipes: an idle helper sees the end and exits, and is waited for. A ``stuck`` one is killed:
+        most such waits end on SIGKILL (NFS waits are killable, a FUSE request its daemon has not read yet is
+        withdrawn: ``request_wait_answer``), and it is reaped if it ends within a moment. One the kernel holds
+        for good stays, reparented to init once we exit; without the kill every run of a monitoring check
+        left one more."""
         for fd in (self._req, self._resp):
             if fd >= 0:
                 try:
@@ -355,14 +358,37 @@ class StatServer:
                 except OSError:
                     pass
         if self._pid:
-            try:
-                os.waitpid(self._pid, os.WNOHANG if stuck else 0)
-            except ChildProcessError:
-                pass
+            if stuck:
+                _kill_and_reap(self._pid)
+            else:
+                try:
+                    os.waitpid(self._pid, 0)
+                except ChildProcessError:
+                    pass
         self._pid, self._req, self._resp = 0, -1, -1
 
     def __del__(self) -> None:
         self.abandon()
+
+
+def _kill_and_reap(pid: int, grace: float = 0.2) -> None:
+    """SIGKILL our helper ``pid`` and reap it if it ends within ``grace`` seconds."""
+    import signal
+    import time
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while True:
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done or time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
 
 
 def _close_all_but(*keep: int) -> None:  # pragma: no cover - runs in the helper process
