@@ -118,7 +118,9 @@ class Reloader(Way):
     name = "soswap NativeReloader"
 
     def __init__(self, path: Path) -> None:
-        self.r = NativeReloader(str(path))
+        # settle=0: each file is complete when renamed into place (by default reload_if_changed waits until a
+        # file has not been written for 1 s, which would time the wait instead of the reload)
+        self.r = NativeReloader(str(path), settle=0)
 
     def reload(self) -> None:
         self.r.reload_if_changed()

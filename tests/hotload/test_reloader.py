@@ -64,7 +64,7 @@ def test_reload_gives_the_new_code_and_unmaps_the_old(tmp_path: Path) -> None:
     r = run_child(tmpdir=str(tmp_path), code=f"""
         import os, re
         from soswap.hotload import NativeReloader, is_loaded
-        r = NativeReloader({str(lib)!r})
+        r = NativeReloader({str(lib)!r}, settle=0)
         print(r.function("version")(), r.changed())
         old = r._copy
         swap({str(v2)!r}, {str(lib)!r})
@@ -199,7 +199,7 @@ def test_a_file_cut_short_is_refused_instead_of_killing_the_process(tmp_path: Pa
         (tmp_path / f"cut{n}.so").write_bytes(v2[:size])
     r = run_child(tmpdir=str(tmp_path), code=f"""
         from soswap.hotload import NativeReloader, ReloadError
-        r = NativeReloader({str(lib)!r})
+        r = NativeReloader({str(lib)!r}, settle=0)
         for n in range({len(cuts)}):
             swap({str(tmp_path)!r} + f"/cut{{n}}.so", {str(lib)!r})
             try:
@@ -225,7 +225,7 @@ def test_reloaders_sharing_a_workdir_and_threads_reloading_at_once(tmp_path: Pat
     r = run_child(tmpdir=str(tmp_path), code=f"""
         import threading
         from soswap.hotload import NativeReloader
-        A = NativeReloader({str(a)!r}, workdir={str(wd)!r})
+        A = NativeReloader({str(a)!r}, workdir={str(wd)!r}, settle=0)
         B = NativeReloader({str(b)!r}, workdir={str(wd)!r})
         print(A.function("version")(), B.function("version")())
         swap({str(v3)!r}, {str(a)!r})
@@ -276,3 +276,179 @@ def test_a_device_at_the_path_is_refused_not_copied_for_ever(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["refused True", "1 1"]
     assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) < 10 << 20
+
+
+# -- QA round: the caller's directory, the settle time, damaged files, stale's view -----------------------------
+
+def test_a_workdir_given_is_never_changed_and_each_reloader_keeps_its_own_directory(tmp_path: Path) -> None:
+    """workdir= was chmod-ed 0700 (as root, workdir="/tmp" locked every user out of /tmp); a private directory
+    removed under the reloader (a /tmp cleaner) made every later reload fail with a raw FileNotFoundError; a
+    forked child that exited removed its parent's copies."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import os, shutil, stat
+        from soswap.hotload import NativeReloader, ReloadError
+        r = NativeReloader({str(lib)!r}, workdir={str(shared)!r})
+        print(oct(stat.S_IMODE(os.stat({str(shared)!r}).st_mode)), os.path.dirname(r.workdir) == {str(shared)!r},
+              oct(stat.S_IMODE(os.stat(r.workdir).st_mode)))
+        pid = os.fork()
+        if pid == 0:
+            raise SystemExit(0)  # a normal exit: the finalizers run in the child too
+        os.waitpid(pid, 0)
+        print(os.path.isdir(r.workdir))
+        shutil.rmtree(r.workdir)
+        print(r.reload().generation, r.function("version")())
+        r.close()
+        try:
+            r.reload()
+        except ReloadError as e:
+            print("closed" in str(e))
+        try:
+            NativeReloader({str(lib)!r}, workdir={str(tmp_path / "missing")!r})
+        except ReloadError as e:
+            print("cannot make a private directory" in str(e))
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["0o1777 True 0o700", "True", "2 1", "True", "True"], r.stdout
+
+
+def test_reload_if_changed_waits_until_the_file_is_no_longer_written(tmp_path: Path) -> None:
+    """An in-place rewrite (dd conv=notrunc, rsync --inplace) caught between two writes is a mix of two versions
+    that passes every check a copy can make, and ld.so aborted the process on it: reload_if_changed takes a
+    file only once it has not been written for `settle` seconds."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2).read_bytes()
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import os, time
+        from soswap.hotload import NativeReloader
+        r = NativeReloader({str(lib)!r}, settle=0.5)
+        data = {v2!r}
+        fd = os.open({str(lib)!r}, os.O_WRONLY)
+        os.pwrite(fd, data[:len(data) // 2], 0)   # the first half of an in-place rewrite
+        print(r.changed(), r.reload_if_changed())
+        os.pwrite(fd, data[len(data) // 2:], len(data) // 2)
+        os.ftruncate(fd, len(data))
+        os.close(fd)
+        print(r.reload_if_changed())
+        time.sleep(0.6)
+        res = r.reload_if_changed()
+        print(res.generation, r.function("version")())
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["True None", "None", "2 2"], r.stdout
+
+
+def _patched(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value):]
+
+
+def test_a_damaged_file_that_would_end_the_process_in_ld_so_is_refused(tmp_path: Path) -> None:
+    """ld.so does not validate what it maps: a GNU hash table whose bloom size is not a power of two made it
+    abort the process inside dlopen ("Inconsistency detected by ld.so"). ld.so now checks the copy in a process
+    of its own first. A file of another machine says so instead of "cannot open shared object file"."""
+    import struct
+
+    from soswap.elf import ElfFile
+    from soswap.elf import constants as C
+
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    good = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    data = good.read_bytes()
+    with ElfFile.open(str(good)) as elf:
+        gnu_hash = elf.dynamic.tags[C.DT_GNU_HASH]
+        at = next(s.offset + gnu_hash - s.vaddr for s in elf.segments_of_type(C.PT_LOAD)
+                  if s.vaddr <= gnu_hash < s.vaddr + s.filesz)
+    bloom = tmp_path / "bloom.so"
+    bloom.write_bytes(_patched(data, at + 8, struct.pack("<I", 3)))  # bloom_size must be a power of two
+    arm = tmp_path / "arm.so"
+    arm.write_bytes(_patched(data, 18, struct.pack("<H", 183)))  # e_machine: EM_AARCH64
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        from soswap.hotload import NativeReloader, ReloadError
+        r = NativeReloader({str(lib)!r})
+        for bad in ({str(bloom)!r}, {str(arm)!r}):
+            swap(bad, {str(lib)!r})
+            try:
+                r.reload()
+                print("loaded")
+            except ReloadError as e:
+                print(e)
+        print(r.function("version")(), r.generation)
+    """)
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    lines = r.stdout.splitlines()
+    assert "keeping generation 1: ld.so aborts loading it: Inconsistency detected by ld.so" in lines[0], lines
+    assert "built for aarch64" in lines[1] and "this process is x86-64" in lines[1], lines
+    assert lines[2] == "1 1"
+
+
+def test_g_plus_plus_thread_local_destructors_are_named_as_a_reason(tmp_path: Path) -> None:
+    """g++ registers thread_local destructors through libstdc++'s __cxa_thread_atexit, not glibc's
+    __cxa_thread_atexit_impl: the reason was never given."""
+    from soswap.hotload import unload_blockers
+
+    src = tmp_path / "tl.cc"
+    src.write_text('struct S { ~S() {} int v = 1; };\nthread_local S s;\n'
+                   'extern "C" int version(void) { return s.v; }\n')
+    out = tmp_path / "libtl.so"
+    run_cc(["-x", "c++", "-shared", "-fPIC", "-fno-gnu-unique", "-o", str(out), str(src), "-lstdc++"])
+    assert any("thread_local destructors (__cxa_thread_atexit)" in r for r in unload_blockers(str(out)))
+
+
+def test_function_gives_each_caller_its_own_prototype(tmp_path: Path) -> None:
+    lib = shared_lib(tmp_path / "libtwice.so", "long twice(long x) { return 2 * x; }\n")
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import ctypes
+        from soswap.hotload import NativeReloader
+        r = NativeReloader({str(lib)!r})
+        a = r.function("twice", ctypes.c_long, [ctypes.c_long])
+        b = r.function("twice", ctypes.c_char_p, [ctypes.c_long])
+        print(a is b, a(21), a.restype is ctypes.c_long)
+        try:
+            r.function("nothere")
+        except AttributeError:
+            print("AttributeError")
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["False 42 True", "AttributeError"]
+
+
+def test_stale_does_not_call_a_generation_in_service_modified(tmp_path: Path) -> None:
+    """Each copy is written after the process started, then mapped: soswap stale called it "modified" (changed
+    in place under the process) for ever, and --restart would have restarted the program that reloads itself.
+    The copy carries a time no later than the process start; a retired generation still mapped stays visible
+    as deleted."""
+    import json
+
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    ready = tmp_path / "ready"
+    code = textwrap.dedent(f"""
+        import time
+        from soswap.hotload import NativeReloader
+        r = NativeReloader({str(lib)!r})
+        swap({str(v2)!r}, {str(lib)!r})
+        r.reload()
+        open({str(ready)!r}, "w").close()
+        time.sleep(120)
+    """)
+    env = dict(os.environ, PYTHONPATH=SRC, TMPDIR=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-c", CHILD_PRELUDE + code], env=env, stdout=subprocess.DEVNULL)
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert ready.exists(), "the child did not get ready"
+        r = subprocess.run([sys.executable, "-m", "soswap", "stale", "--no-kernel", "--json", "--pid", str(p.pid)],
+                           env=dict(env, SOSWAP_STATE_DIR=str(tmp_path / "state")), capture_output=True, text=True,
+                           timeout=60)
+        doc = json.loads(r.stdout)
+        kinds = [f["kind"] for proc in doc["processes"] for f in proc["files"] if "soswap-hotload-" in f["path"]]
+        assert "modified" not in kinds, r.stdout
+    finally:
+        p.kill()
+        p.wait()

@@ -6,11 +6,14 @@ the old code. So each generation is copied to a unique path in a private directo
 ``RTLD_NOW | RTLD_LOCAL`` (every symbol bound before it is used; nothing leaks into the global scope).
 
 A reload loads the new generation first; if that fails (a missing symbol, a bad file) the old generation stays
-in service and :class:`ReloadError` carries the loader's message. Then ``on_unload`` runs (stop the library's
-threads, take its state), the old generation is closed, and the loader is asked (``RTLD_NOLOAD``) whether it is
-really gone: an object stays mapped when it is NODELETE, defines a GNU_UNIQUE symbol, has a live
-``thread_local`` destructor, or another loaded object binds to it (``_dl_close_worker``). Then ``on_load`` runs
-with the new handle.
+in service and :class:`ReloadError` carries the loader's message. Before ``dlopen``, ld.so checks the copy in a
+process of its own, in trace mode with every symbol bound (what ``ldd -r`` does: nothing of the library runs
+there): a file whose damage makes ld.so abort or crash is refused instead of ending this process.
+
+Then ``on_unload`` runs (stop the library's threads, take its state), the old generation is closed, and the
+loader is asked (``RTLD_NOLOAD``) whether it is really gone: an object stays mapped when it is NODELETE, defines
+a GNU_UNIQUE symbol, has a live ``thread_local`` destructor, or another loaded object binds to it
+(``_dl_close_worker``). Then ``on_load`` runs with the new handle.
 
 Only the file the caller names is ever loaded.
 """
@@ -22,8 +25,10 @@ import ctypes
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
@@ -62,9 +67,12 @@ def unload_blockers(path: str) -> List[str]:
             if unique:
                 reasons.append(f"defines STB_GNU_UNIQUE symbols ({', '.join(unique[:3])}"
                                f"{'...' if len(unique) > 3 else ''}; build with -fno-gnu-unique)")
-            if any(s.name == "__cxa_thread_atexit_impl" and not s.defined for s in elf.symbols):
-                reasons.append("registers thread_local destructors (__cxa_thread_atexit_impl): a live thread "
-                               "that used them keeps the object")
+            # glibc's __cxa_thread_atexit_impl, or libstdc++'s __cxa_thread_atexit that g++ calls for them
+            atexit = sorted({s.name for s in elf.symbols if not s.defined
+                             and s.name in ("__cxa_thread_atexit_impl", "__cxa_thread_atexit")})
+            if atexit:
+                reasons.append(f"registers thread_local destructors ({atexit[0]}): a live thread that used them "
+                               "keeps the object")
     except ElfError as exc:
         reasons.append(f"cannot read it: {exc.problem}")
     return reasons
@@ -103,18 +111,20 @@ class NativeReloader:
         on_load: Optional[Callable[[ctypes.CDLL, Any], None]] = None,
         on_unload: Optional[Callable[[ctypes.CDLL], Any]] = None,
         workdir: Optional[str] = None,
+        settle: float = 1.0,
     ) -> None:
         self.path = os.path.abspath(path)
         self._on_load = on_load
         self._on_unload = on_unload
-        self._own_workdir = workdir is None
-        self.workdir = workdir or tempfile.mkdtemp(prefix="soswap-hotload-")
-        os.chmod(self.workdir, 0o700)
-        # A private directory this object made is removed with it, or at interpreter exit at the latest
-        # (the copies may still be mapped: unlinking a mapped file is harmless).
-        self._cleanup = (weakref.finalize(self, shutil.rmtree, self.workdir, True) if self._own_workdir
-                         else None)
+        #: where this reloader's private directory is made (None: the system's temporary directory)
+        self._parent_dir = workdir
+        #: :meth:`reload_if_changed` waits until the file has not been written for this many seconds
+        self.settle = settle
         self._lock = threading.RLock()
+        self.workdir = ""
+        self._cleanup: Optional[weakref.finalize] = None
+        self._closed = False
+        self._make_workdir()
         self.generation = 0
         self.handle: Optional[ctypes.CDLL] = None
         self._copy: Optional[str] = None
@@ -125,10 +135,12 @@ class NativeReloader:
     # -- public API -------------------------------------------------------------------------------------
 
     def function(self, name: str, restype: Any = ctypes.c_int, argtypes: Optional[list] = None) -> Any:
-        """A ctypes function of the current generation (resolve again after every reload)."""
+        """A ctypes function of the current generation (resolve again after every reload). Each call makes a
+        function object of its own, so callers with different prototypes do not change each other's. A name
+        the generation does not define raises AttributeError, as ctypes does."""
         if self.handle is None:
             raise ReloadError(f"{self.path}: no generation is loaded")
-        fn = getattr(self.handle, name)
+        fn = self.handle[name]
         fn.restype = restype
         if argtypes is not None:
             fn.argtypes = argtypes
@@ -142,20 +154,33 @@ class NativeReloader:
             return False
 
     def reload_if_changed(self) -> Optional[ReloadResult]:
-        """Reload when the file changed (an in-progress write is retried on the next call). Threads calling it
-        at once reload once per change: the check is made under the reload lock."""
+        """Reload when the file changed and has not been written for :attr:`settle` seconds; None otherwise (a
+        file still being written is taken on a later call). Threads calling it at once reload once per change:
+        the check is made under the reload lock."""
         with self._lock:
-            return self.reload() if self.changed() else None
+            if not self.changed():
+                return None
+            try:
+                mtime = os.stat(self.path).st_mtime_ns
+            except OSError:
+                return None
+            if time.time_ns() - mtime < self.settle * 1e9:
+                return None  # written moments ago: maybe between two writes of an in-place rewrite
+            return self.reload(_settled_since=mtime)
 
-    def reload(self) -> ReloadResult:
-        """Load the file as a new generation and retire the old one (see the module documentation)."""
+    def reload(self, *, _settled_since: Optional[int] = None) -> ReloadResult:
+        """Load the file as a new generation and retire the old one (see the module documentation). Call it
+        when the file is complete: unlike :meth:`reload_if_changed`, it does not wait for writes to settle."""
         with self._lock:
+            if self._closed:
+                raise ReloadError(f"{self.path}: this reloader is closed; nothing was loaded")
             gen = self.generation + 1
-            new_copy, ident = self._copy_generation(gen)
+            new_copy, ident = self._copy_generation(gen, _settled_since)
             keeping = (f"keeping generation {self.generation}" if self.handle is not None
                        else "no generation is in service")
             try:
-                _check_complete(new_copy)
+                _check_loadable(new_copy)
+                _probe_with_ld_so(new_copy)
                 new_handle = ctypes.CDLL(new_copy, mode=RTLD_NOW | RTLD_LOCAL)
             except (OSError, ElfError) as exc:
                 why = exc.problem if isinstance(exc, ElfError) else str(exc)
@@ -199,6 +224,7 @@ class NativeReloader:
                 unloaded = not is_loaded(self._copy)
                 _unlink(self._copy)
                 self.handle = None
+            self._closed = True
             if self._cleanup is not None:
                 self._cleanup()
             return unloaded
@@ -211,11 +237,31 @@ class NativeReloader:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _copy_generation(self, gen: int) -> Tuple[str, Identity]:
+    def _make_workdir(self) -> None:
+        """A private directory of this reloader's own (mode 0700), inside ``workdir=`` if given: a directory the
+        caller names is never changed. Removed with this object, or at interpreter exit at the latest (the
+        copies may still be mapped: unlinking a mapped file is harmless), only by the process that made it (a
+        forked child exiting must not take its parent's copies)."""
+        if self._cleanup is not None:
+            self._cleanup.detach()
+        try:
+            self.workdir = tempfile.mkdtemp(prefix="soswap-hotload-", dir=self._parent_dir)  # mode 0700
+        except OSError as exc:
+            raise ReloadError(f"{self.path}: cannot make a private directory in "
+                              f"{self._parent_dir or tempfile.gettempdir()}: {exc.strerror or exc}") from None
+        self._cleanup = weakref.finalize(self, _remove_own_dir, self.workdir, os.getpid())
+
+    def _copy_generation(self, gen: int, settled_since: Optional[int] = None) -> Tuple[str, Identity]:
         base = os.path.basename(self.path)
         stem = base.split(".so")[0] if ".so" in base else base
+        if not os.path.isdir(self.workdir):
+            self._make_workdir()  # removed under us (a temporary-file cleaner): a new one, never the same name
         # a name no other reloader sharing the directory can have (dlopen would hand back its handle)
-        fd, dest = tempfile.mkstemp(prefix=f"{stem}.gen{gen}.", suffix=".so", dir=self.workdir)
+        try:
+            fd, dest = tempfile.mkstemp(prefix=f"{stem}.gen{gen}.", suffix=".so", dir=self.workdir)
+        except OSError as exc:
+            raise ReloadError(f"{self.path}: cannot copy generation {gen} into {self.workdir}: "
+                              f"{exc.strerror or exc}") from None
         os.close(fd)
         for _attempt in range(3):
             try:
@@ -226,21 +272,48 @@ class NativeReloader:
                 before = _identity(self.path)
                 shutil.copyfile(self.path, dest)
                 after = _identity(self.path)
+                # soswap stale calls a file written after the process started "modified" (changed in place
+                # under the process): this copy never is, so it carries a time no later than the start
+                os.utime(dest, ns=(after[3], min(after[3], _process_start_ns())))
             except OSError as exc:
                 _unlink(dest)
                 raise ReloadError(f"{self.path}: cannot copy generation {gen}: {exc.strerror or exc}") from None
-            if before == after:  # not caught in the middle of a rewrite
-                return dest, after
+            if before == after and (settled_since is None or after[3] == settled_since):
+                return dest, after  # not caught in the middle of a rewrite (nor written since it settled)
         _unlink(dest)
         raise ReloadError(f"{self.path}: the file keeps changing while being copied")
 
 
-def _check_complete(path: str) -> None:
-    """Raise :class:`ElfError` unless every loadable segment of ``path`` lies within the file. dlopen maps a
-    file cut short (a copy taken in the middle of a write) without complaint, then the process dies of
-    SIGBUS when the loader or the code touches a page beyond its end."""
+def _remove_own_dir(path: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(path, True)
+
+
+def _process_start_ns() -> int:
+    """When this process started, in CLOCK_REALTIME nanoseconds (``/proc/self/stat`` field 22, clock ticks of
+    CLOCK_BOOTTIME); now when that cannot be read."""
+    now = time.time_ns()
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        boottime = time.clock_gettime_ns(getattr(time, "CLOCK_BOOTTIME", 7))
+        return now - (boottime - ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return now
+
+
+def _check_loadable(path: str) -> None:
+    """Raise :class:`ElfError` unless ``path`` is an ELF file of this process's class, byte order and machine
+    whose every loadable segment lies within the file. dlopen maps a file cut short (a copy taken in the middle
+    of a write) without complaint, then the process dies of SIGBUS when the loader or the code touches a page
+    beyond its end; a file of another machine is only "cannot open shared object file"."""
+    own = _own_abi()
     elf = ElfFile.open(path)
     try:
+        if own is not None and (elf.elf_class, elf.little_endian, elf.machine) != own[:3]:
+            raise ElfError(path, f"built for {elf.machine_name} (ELFCLASS{elf.elf_class}, "
+                                 f"{'little' if elf.little_endian else 'big'}-endian); this process is "
+                                 f"{own[3]} (ELFCLASS{own[0]}, {'little' if own[1] else 'big'}-endian)")
         for seg in elf.segments_of_type(C.PT_LOAD):
             if seg.offset + seg.filesz > elf.size:
                 raise ElfError(path, f"incomplete file: a segment ends at {seg.offset + seg.filesz} bytes, the "
@@ -248,6 +321,61 @@ def _check_complete(path: str) -> None:
         elf.dynamic  # noqa: B018  (a dynamic section outside the file raises)
     finally:
         elf.close()
+
+
+_OWN: List[Optional[Tuple[int, bool, int, str, Optional[str]]]] = []
+
+
+def _own_abi() -> Optional[Tuple[int, bool, int, str, Optional[str]]]:
+    """(class, little-endian, machine, machine name, PT_INTERP) of this process's program; None if unreadable."""
+    if not _OWN:
+        try:
+            with ElfFile.open("/proc/self/exe") as elf:
+                _OWN.append((elf.elf_class, elf.little_endian, elf.machine, elf.machine_name, elf.interpreter))
+        except (OSError, ElfError):
+            _OWN.append(None)
+    return _OWN[0]
+
+
+#: ld.so's own complaint when one of its assertions fails (``_dl_fatal_printf`` in ``__assert_fail``)
+_LD_SO_ASSERTION = b"Inconsistency detected by ld.so"
+
+
+def _probe_with_ld_so(path: str, timeout: float = 30.0) -> None:
+    """Run this process's ld.so on ``path`` in trace mode with every symbol bound (``ldd -r``'s
+    LD_TRACE_LOADED_OBJECTS, LD_WARN, LD_BIND_NOW): it maps and relocates the file and its dependencies, and
+    runs none of their code. Raise :class:`ElfError` when it crashes or one of its assertions fails there:
+    glibc does not validate what it maps (a damaged hash table, relocation or program header), and the same
+    failure inside ``dlopen`` would end this process. Anything else it says (a missing dependency or symbol) is
+    left to ``dlopen`` in this process, whose already-loaded objects may satisfy it. Skipped where ld.so
+    cannot be run."""
+    own = _own_abi()
+    interp = own[4] if own is not None else None
+    if not interp or not os.path.isfile(interp):
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    for k in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    env.update(LD_TRACE_LOADED_OBJECTS="1", LD_WARN="yes", LD_BIND_NOW="yes")
+    try:
+        r = subprocess.run([interp, path], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise ElfError(path, f"ld.so did not finish checking it in {timeout:.0f} s") from None
+    except OSError:
+        return
+    if r.returncode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-r.returncode).name
+        except ValueError:
+            name = f"signal {-r.returncode}"
+        raise ElfError(path, f"ld.so crashes loading it ({name}): a damaged file")
+    if _LD_SO_ASSERTION in r.stderr:
+        line = next(ln for ln in r.stderr.splitlines() if _LD_SO_ASSERTION in ln)
+        raise ElfError(path, f"ld.so aborts loading it: {line.decode('utf-8', 'replace').strip()}")
 
 
 def _origin_hint(copy: str, why: str) -> str:
