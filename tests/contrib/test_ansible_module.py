@@ -139,3 +139,20 @@ def test_groups_and_restarted_units() -> None:
     assert mod.restarted_units({"dry_run": False, "commands": commands}) == ["systemd-manager"]
     dry = [dict(c, run=False, returncode=None) for c in commands]
     assert mod.restarted_units({"dry_run": True, "commands": dry}) == ["systemd-manager", "a.service", "b.service"]
+    tini = [{"pid": 1, "comm": "tini", "unit": None, "unit_type": None, "container": None}]
+    assert mod.groups(tini)["processes"] == {"tini": [1]} and mod.groups(tini)["services"] == []
+
+
+def test_the_result_never_carries_the_reserved_skipped_key(play, tmp_path: Path) -> None:
+    """A result with a "skipped" key is shown and counted by Ansible as a skipped task (its handlers do not run,
+    `r is skipped` is true): the units not restarted are `not_restarted`."""
+    r = play({"restart": True}, "--check")
+    assert "skipped" not in r or r["skipped"] is False, r
+    assert isinstance(r["not_restarted"], list) and not r["failed"], r
+
+
+def test_bad_regular_expressions_fail_before_soswap_runs_and_deny_needs_restart(play) -> None:
+    r = play({"deny": ["("], "restart": True})
+    assert r["failed"] and r["msg"].startswith("bad regular expression '('"), r
+    r = play({"deny": ["^nginx"]})
+    assert not r["failed"] and any("deny applies to restart" in w for w in r.get("warnings", [])), r

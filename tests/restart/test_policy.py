@@ -19,9 +19,10 @@ from soswap.restart.systemctl import refuse_manual_stop
 FILE = StaleFile("/usr/lib/libssl.so.3", "deleted", "library", "", 1, 2)
 
 
-def proc(pid: int, cgroup_path: str, starttime: int = 1, container=None) -> StaleProcess:  # type: ignore[no-untyped-def]
+def proc(pid: int, cgroup_path: str, starttime: int = 1, container=None,  # type: ignore[no-untyped-def]
+         comm: str = "x") -> StaleProcess:
     info = classify(cgroup_path)
-    return StaleProcess(pid, 1, 0, starttime, "x", "/usr/sbin/x", ("x",), info.unit,
+    return StaleProcess(pid, 1, 0, starttime, comm, f"/usr/sbin/{comm}", (comm,), info.unit,
                         container or info.container, cgroup_path, (FILE,))
 
 
@@ -56,6 +57,26 @@ def test_policy_table() -> None:
     assert skipped["getty@tty1.service"] == "on the deny-list"
     assert skipped["b.service (uid 1000)"].startswith("user unit")
     assert [m.pid for m in plan.members["nginx.service"]] == [10, 11]
+
+
+def test_instances_and_real_unit_names_of_denied_services_are_denied() -> None:
+    """The deny-list named wpa_supplicant, *swan and lxc/lxd exactly: their template instances and the unit
+    names distributions really use were restarted (QA round)."""
+    names = ["wpa_supplicant@wlan0.service", "wpa_supplicant-nl80211@wlan0.service",
+             "wpa_supplicant-wired@eth0.service", "ipsec.service", "lxc@web.service", "lxc-net.service",
+             "lxc-monitord.service", "snap.lxd.daemon.service", "incus.service", "strongswan-starter.service"]
+    plan = Policy().plan(report(*(proc(100 + n, f"/system.slice/{u}") for n, u in enumerate(names))))
+    assert plan.restart == () and sorted(s.name for s in plan.skipped) == sorted(names)
+    kept = Policy().plan(report(proc(10, "/system.slice/lxcfs-helper.service"),
+                                proc(11, "/system.slice/wpa_gui.service")))
+    assert kept.restart == ("lxcfs-helper.service", "wpa_gui.service")
+
+
+def test_an_init_that_is_not_systemd_is_reported_not_reexecuted() -> None:
+    """PID 1 in / that is not systemd (tini, sysvinit, a container's init) has no daemon-reexec."""
+    plan = Policy().plan(report(proc(1, "/", comm="tini")))
+    assert not plan.reexec_manager and plan.processes == (1,)
+    assert Policy().plan(report(proc(1, "/", comm="systemd"))).reexec_manager
 
 
 def test_extra_deny() -> None:
@@ -97,3 +118,54 @@ def test_refuse_manual_stop_parsing(tmp_path: Path) -> None:
     stand_in.chmod(0o755)
     assert refuse_manual_stop(["a.service", "b.service"], str(stand_in)) == {"a.service": False, "b.service": True}
     assert refuse_manual_stop([], str(stand_in)) == {}
+
+
+@pytest.fixture
+def failing_systemctl(monkeypatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """As if systemd were PID 1, with a ``systemctl`` (first in PATH) whose try-restart fails, and a scan that
+    finds one stale process of qa.service: the real systemctl is never called."""
+    import soswap.proc.scan
+    import soswap.restart.systemctl
+
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\n[ "$1" = show ] && exit 0\necho "Job for qa.service failed." >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(soswap.restart.systemctl, "systemd_running", lambda: True)
+    stale = report(proc(os.getpid(), "/system.slice/qa.service", starttime=read_stat(os.getpid()).starttime))
+    monkeypatch.setattr(soswap.proc.scan, "scan_stale", lambda options: stale)
+    return fake
+
+
+@pytest.mark.parametrize("fmt", ["text", "--json", "--batch", "--nagios"])
+def test_a_failed_systemctl_call_is_an_error_in_every_format(failing_systemctl, capsys, fmt: str) -> None:
+    """--batch exited 2 without a word, --nagios said WARNING (exit 1), --json printed no error line: the
+    restart's failure is now the documented error (UNKNOWN under --nagios)."""
+    from soswap.cli import main
+
+    status = main(["stale", "--restart", "--no-kernel", *([fmt] if fmt != "text" else [])])
+    out, err = capsys.readouterr()
+    failed = f"restart failed: {failing_systemctl} try-restart -- qa.service: exit status 1: Job for qa.service failed."
+    if fmt == "--nagios":
+        assert status == 3 and out == f"STALE UNKNOWN - {failed}\n", out
+    else:
+        assert status == 2
+    assert err.splitlines()[-1] == f"soswap: error: {failed}", err
+    if fmt in ("--batch", "--nagios"):  # what the restart did, where these formats have no place for it
+        assert f"soswap: restart: FAILED (exit status 1: Job for qa.service failed.): {failing_systemctl}" in err
+    if fmt == "--json":
+        import json
+
+        cmd = json.loads(out)["restart"]["commands"][0]
+        assert cmd["run"] is True and cmd["returncode"] == 1
+
+
+def test_a_systemctl_that_cannot_run_is_a_failure_and_a_warning_with_status_0_is_not() -> None:
+    from soswap.restart.systemctl import Command
+
+    assert Command(("systemctl", "try-restart"), "why", True, None, "No such file or directory").describe(False) == \
+        "FAILED (could not run: No such file or directory)"
+    warned = Command(("systemctl", "try-restart"), "why", True, 0, "Warning: unit file changed on disk")
+    assert not warned.failed and warned.describe(False) == "ran"
+    assert Command(("systemctl", "--user"), "why", False).describe(False) == "to run by hand"

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -71,7 +72,7 @@ reboot_required: {description: A newer kernel is installed than the one running.
 kernel: {description: "The kernel check (status, state, running, expected, reason).", type: dict, returned: always}
 partial: {description: Some processes could not be read., type: bool, returned: always}
 restarted: {description: Units restarted (in check mode, to be restarted)., type: list, returned: always}
-skipped: {description: "Units not restarted, with the reason.", type: list, returned: always}
+not_restarted: {description: "Units not restarted, with the reason (unit, reason).", type: list, returned: always}
 """
 
 _SYSTEM_KINDS = ("system", "manager")
@@ -93,7 +94,7 @@ def groups(processes: list) -> dict:
         kind = p.get("unit_type")
         if p.get("container") and kind not in _SYSTEM_KINDS:
             containers.add(p["container"])
-        elif kind == "manager" or (kind is None and p["pid"] == 1):
+        elif kind == "manager" or (kind is None and p["pid"] == 1 and p.get("comm") == "systemd"):
             services.add("systemd-manager")
         elif kind == "system":
             services.add(p["unit"])
@@ -133,6 +134,13 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
+    for regex in p["deny"] + p["ignore"]:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            module.fail_json(msg=f"bad regular expression {regex!r}: {exc}")
+    if p["deny"] and not p["restart"]:
+        module.warn("deny applies to restart: true only; it is ignored here")
     argv = [module.get_bin_path(p["executable"], required=True), "stale", "--json"]
     for regex in p["ignore"]:
         argv += ["--ignore", regex]
@@ -145,9 +153,10 @@ def main() -> None:
         if module.check_mode:
             argv.append("--dry-run")
     rc, out, err = module.run_command(argv)
-    # 0 nothing stale, 1 something stale (or a refusal, with no document); 2 error (docs/exit-codes.md)
+    # 0 nothing stale, 1 something stale (or a refusal, with no document); 2 error (docs/exit-codes.md), which
+    # after a failed systemctl call of the restart comes with the whole document
     try:
-        doc = json.loads(out) if rc in (0, 1) else None
+        doc = json.loads(out) if rc in (0, 1, 2) and out.strip() else None
     except ValueError:
         doc = None
     if doc is None:
@@ -165,17 +174,20 @@ def main() -> None:
         "kernel": kernel,
         "partial": doc["partial"],
         "restarted": [],
-        "skipped": [],
+        # not "skipped": Ansible reserves that key, and a result carrying it is shown and counted as skipped
+        "not_restarted": [],
     }
     restart = doc.get("restart")
     if restart is not None:
         result["restarted"] = restarted_units(restart)
-        result["skipped"] = restart.get("skipped", [])
+        result["not_restarted"] = restart.get("skipped", [])
         result["changed"] = bool(result["restarted"])
         failed = [c for c in restart.get("commands", []) if c["run"] and c["returncode"] != 0]
         if failed:
             module.fail_json(msg="restart failed: " + "; ".join(
                 f"{' '.join(c['argv'])}: {c['error'] or 'status ' + str(c['returncode'])}" for c in failed), **result)
+    if rc == 2:  # an error after the document was written (not a restart): soswap's error line says what
+        module.fail_json(msg=err.strip() or "soswap exited with status 2", rc=rc, cmd=argv, **result)
     module.exit_json(**result)
 
 

@@ -125,8 +125,7 @@ def _restart(uses: Any, state_dir: str) -> List[str]:
                        installed={k: FileRecord(r.size, r.mtime_ns, r.sha256) for k, r in installed.items()})
     report = scan_stale(ScanOptions(pids=pids, journal=view))
     outcome = execute(Policy().plan(report), dry_run=False)
-    lines = [f"restart: {' '.join(c.argv)}" + (f" (failed: {c.error or c.returncode})" if c.returncode else "")
-             for c in outcome.commands]
+    lines = [f"restart: {c.describe(outcome.dry_run)}: {' '.join(c.argv)}" for c in outcome.commands]
     lines += [f"restart: skipped {s.name}: {s.reason}" for s in outcome.skipped]
     lines += [f"restart: {n}" for n in outcome.notes]
     return lines or ["restart: nothing to restart"]

@@ -138,9 +138,21 @@ def run(args: argparse.Namespace) -> int:
     kernel_pending = report.kernel is not None and report.kernel.needs_reboot
     status = 1 if (report.processes or kernel_pending) else 0
     out = sys.stdout
+    if outcome is not None and (args.batch or args.nagios):
+        # these formats have no place for the restart: what it did goes to standard error
+        from soswap.report.stale import render_restart
+
+        for line in render_restart(outcome)[2:]:
+            sys.stderr.write(f"soswap: restart: {line.strip()}\n")
+    failures = outcome.failures() if outcome is not None else []
     if args.nagios:
         from soswap.report import nagios
 
+        if failures:
+            out.write(f"STALE UNKNOWN - restart failed: {'; '.join(failures)}\n")
+            out.flush()
+            sys.stderr.write(f"soswap: error: restart failed: {'; '.join(failures)}\n")
+            return 3
         text, status = nagios.render(report)
         out.write(text)
         return status
@@ -159,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
         if report.partial and not args.pid:
             sys.stderr.write(f"soswap: warning: partial result: {report.unreadable} process"
                              f"{'es' if report.unreadable != 1 else ''} could not be read\n")
-    if outcome is not None and outcome.failed:
+    if failures:
+        out.flush()
+        sys.stderr.write(f"soswap: error: restart failed: {'; '.join(failures)}\n")
         return 2
     return status
 

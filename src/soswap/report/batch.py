@@ -58,7 +58,7 @@ def restart_targets(report: StaleReport) -> RestartTargets:
             if entry not in containers:
                 containers.append(entry)
         elif unit is None:
-            if p.pid == 1:
+            if p.pid == 1 and p.comm == "systemd":  # another init in / is a process of its own
                 entry = "systemd-manager"
                 if entry not in services:
                     services.append(entry)

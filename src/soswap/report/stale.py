@@ -107,14 +107,7 @@ def render_restart(outcome: Any) -> List[str]:
     if not outcome.commands:
         lines.append("  nothing to restart")
     for c in outcome.commands:
-        argv = " ".join(c.argv)
-        if not c.run:
-            state = "would run" if outcome.dry_run else "to run by hand"
-        elif c.returncode == 0:
-            state = "ran"
-        else:
-            state = f"FAILED (rc={c.returncode}{': ' + c.error if c.error else ''})"
-        lines.append(f"  {state}: {argv}    # {c.why}")
+        lines.append(f"  {c.describe(outcome.dry_run)}: {' '.join(c.argv)}    # {c.why}")
     for s in outcome.skipped:
         lines.append(f"  not restarted: {s.name}: {s.reason}")
     return lines

@@ -6,7 +6,8 @@ Rules (needrestart's ``override_rc`` and systemd practice):
 - units on the deny-list (dbus, display managers, networking, getty, ``user@``, logind, container and VM
   managers, oneshot maintenance jobs) → reported, never restarted: restarting them cuts sessions or networks;
 - units with ``RefuseManualStop=yes`` → skipped (systemctl would fail on them);
-- PID 1 (``/init.scope``) → ``systemctl daemon-reexec``, never a restart;
+- PID 1 (``/init.scope``, or systemd in ``/``) → ``systemctl daemon-reexec``, never a restart; another init in
+  ``/`` is reported on its own;
 - a user manager (``user@UID.service/init.scope``) → reported with the reexec command for it;
 - login sessions, user units, containers and processes outside any unit → reported only.
 """
@@ -31,15 +32,15 @@ from soswap.proc.model import StaleReport
 DEFAULT_DENY: Tuple[str, ...] = (
     r"^dbus(-broker)?\.service$",
     r"^(gdm|gdm3|sddm|lightdm|xdm|lxdm|slim|kdm|display-manager)\.service$",
-    r"^(NetworkManager|network|networking|systemd-networkd|systemd-resolved|wpa_supplicant|"
-    r"openvpn.*|strongswan.*|.*swan|frr|bird.*|ifup@.*|iwd)\.service$",
+    r"^(NetworkManager|network|networking|systemd-networkd|systemd-resolved|wpa_supplicant(-[^@.]+)?(@.*)?|"
+    r"openvpn.*|strongswan.*|.*swan|ipsec|frr|bird.*|ifup@.*|iwd)\.service$",
     r"^(getty|serial-getty|container-getty|autovt)@.*\.service$",
     r"^user@\d+\.service$",
     r"^systemd-logind\.service$",
     r"^(emergency|rescue)\.service$",
     r"^(apt-daily|apt-daily-upgrade|unattended-upgrades|cron-.*|rc-local)\.service$",
-    r"^(libvirtd|libvirt-guests|virtqemud|lxc|lxcfs|lxd|docker|containerd|podman|systemd-nspawn@.*|"
-    r"xendomains|systemd-machined)\.service$",
+    r"^(libvirtd|libvirt-guests|virtqemud|lxc(@.*|-net|-monitord)?|lxcfs|lxd|snap\.lxd\..*|incus.*|docker|"
+    r"containerd|podman|systemd-nspawn@.*|xendomains|systemd-machined)\.service$",
 )
 
 
@@ -93,7 +94,7 @@ class Policy:
                 _add(containers, proc.container)
                 continue
             if unit is None:
-                if proc.pid == 1:
+                if proc.pid == 1 and proc.comm == "systemd":  # another init (tini, sysvinit) has no re-exec
                     reexec = True
                     members.setdefault("init.scope", []).append(member)
                 else:

@@ -39,8 +39,22 @@ class Command:
     argv: Tuple[str, ...]
     why: str
     run: bool  #: False: only reported (dry run, or reported-only action)
-    returncode: Optional[int] = None
-    error: str = ""
+    returncode: Optional[int] = None  #: None when it was run but could not be started or timed out
+    error: str = ""  #: its standard error, or why it could not be run
+
+    @property
+    def failed(self) -> bool:
+        """It was run and did not exit 0 (a warning on standard error with status 0 is no failure)."""
+        return self.run and self.returncode != 0
+
+    def describe(self, dry_run: bool) -> str:
+        """``ran``, ``would run``, ``to run by hand`` or ``FAILED (...)``."""
+        if not self.run:
+            return "would run" if dry_run else "to run by hand"
+        if not self.failed:
+            return "ran"
+        status = f"exit status {self.returncode}" if self.returncode is not None else "could not run"
+        return f"FAILED ({status}{': ' + self.error if self.error else ''})"
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,12 @@ class RestartOutcome:
 
     @property
     def failed(self) -> bool:
-        return any((c.run and c.returncode not in (0, None)) or c.error for c in self.commands)
+        return any(c.failed for c in self.commands)
+
+    def failures(self) -> List[str]:
+        """One line per failed command: ``ARGV: what happened``."""
+        return [f"{' '.join(c.argv)}: {c.describe(self.dry_run)[len('FAILED ('):-1]}" for c in self.commands
+                if c.failed]
 
 
 def find_systemctl() -> Optional[str]:
