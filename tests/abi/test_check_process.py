@@ -343,3 +343,26 @@ def test_a_symbol_another_mapped_object_defines_is_named_not_dropped(tmp_path: P
     (c,) = json.loads(r.stdout)["consumers"]
     assert c["verdict"] == "incompatible" and [x["symbol"] for x in c["problems"]] == ["bar2"], c
     assert "libpre.so" in c["note"]
+
+
+def test_a_process_that_maps_target_and_cannot_be_checked_is_listed_and_warned_about(tree: Tree, tmp_path: Path,
+                                                                                     procs) -> None:
+    """The text report said only "(1 not checked)" and install said nothing: a process left out of the check is
+    listed with the reason, and install's preflight passes it on as a warning (QA round)."""
+    from soswap.abi.preflight import REVIEW_NOTE, problems_of
+    from soswap.report.abi import check_to_text
+
+    server = tmp_path / "server-copy"
+    shutil.copy(tree["server"], server)
+    ready = tmp_path / "ready"
+    p = procs.start([server, ready], env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(tree.root / "lib")},
+                    wait_for_file=ready)
+    server.unlink()  # its program is gone: what would a restart run? nothing to check
+    result = check_replacement(str(tree.target), str(tree.new), processes=True, system=False,
+                               environ=_clean_env())
+    assert [pid for pid, _ in result.discovery.skipped_processes] == [p.pid]
+    text = "\n".join(check_to_text(result))
+    assert f"not checked: these processes map TARGET (1):\n  pid {p.pid}: process {p.pid}: its program" in text
+    notes = [x for x in problems_of(result) if x.kind == REVIEW_NOTE]
+    assert [(x.pid, x.message.startswith(f"{tree.target}: process {p.pid}: its program")) for x in notes] == \
+        [(p.pid, True)]

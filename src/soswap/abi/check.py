@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import AbstractSet, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.abi import problems as P
 from soswap.abi.changes import BREAKING
@@ -244,7 +244,7 @@ def _check_processes(checker: ConsumerChecker, pids: Sequence[int], explicit: Se
                 raise
             skipped.append((pid, str(exc)))
             continue
-        key = (info.exe, info.env, info.argv0, info.mapped)
+        key = (info.exe, info.env, info.argv0, info.mapped, info.root)
         hit = done.get(key)
         if hit is None:
             try:
@@ -258,8 +258,48 @@ def _check_processes(checker: ConsumerChecker, pids: Sequence[int], explicit: Se
     return out
 
 
+def _rooted(checker: ConsumerChecker, info: ProcessInfo) -> Optional[ConsumerChecker]:
+    """The checker for a process under another root (:meth:`ConsumerChecker.in_root`), or None when TARGET
+    is not inside that root (the process neither maps it nor could load it: unaffected)."""
+    assert info.root is not None
+    key = next((path for path, dev, ino in info.mapped if (dev, ino) == checker.target_id), None)
+    if key is None:  # it maps an older TARGET: the path in its root where TARGET is now
+        key = next((path for path, _dev, _ino in info.mapped if _same_file(info.root + path, checker.target_id)),
+                   None)
+    if key is None and not info.root.startswith("/proc/"):  # a chroot: TARGET's host path under it
+        key = _under(info.root, checker.target)
+    if key is None:
+        return None
+    also = {}
+    for target, new in checker.substitution.items():
+        if target != checker.target:
+            inner = _under(info.root, target) if not info.root.startswith("/proc/") else None
+            if inner is not None:
+                also[inner] = new
+    return checker.in_root(info.root, key, also)
+
+
+def _under(root: str, path: str) -> Optional[str]:
+    """``path`` (a host path) as a path inside ``root``, or None when it is not under it."""
+    root = root.rstrip("/")
+    return path[len(root):] if path.startswith(root + "/") else None
+
+
 def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerResult:
-    """The program as it would start again (its environment), then each dlopen'ed plugin that loads TARGET."""
+    """The program as it would start again (its environment, under its own root), then each dlopen'ed plugin
+    that loads TARGET."""
+    if info.root is not None:
+        rooted = _rooted(checker, info)
+        if rooted is None:
+            return P.ConsumerResult(info.exe, P.ROLE_PROCESS, P.UNAFFECTED, pid=info.pid, source="process",
+                                    note=f"{info.where}: TARGET is not inside its root")
+        result = _check_process_here(rooted, info)
+        where = f"{info.where}: paths inside it, checked with its own ld.so, libc and ld.so.cache"
+        return result._replace(note=f"{where}; {result.note}" if result.note else where)
+    return _check_process_here(checker, info)
+
+
+def _check_process_here(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerResult:
     main = checker.check(info.exe, env=info.env, argv0=info.argv0, source="process", pid=info.pid)
     in_tree, loaded_dirs = _tree_identities(checker, info)
     problems = list(main.problems)
@@ -270,7 +310,7 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
     outside = [path for path, dev, ino in info.mapped
                if not ((dev, ino) in in_tree or path in in_tree or path == info.exe)]
     targets = {path for path, dev, ino in info.mapped
-               if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)}
+               if (dev, ino) == checker.target_id or _same_file(checker.fs.host(path), checker.target_id)}
     if targets.intersection(outside):
         # Its environment does not explain TARGET (a process title written over it: nginx, redis; or
         # LD_LIBRARY_PATH changed before an exec): search the directories of what it maps first
@@ -287,7 +327,7 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
         note = note or ("maps TARGET outside the tree its program loads now (dlopen-ed, or loaded before a "
                         "library that now comes first in the search appeared)")
     # a plugin's DT_NEEDED is answered first by what the process loaded (TARGET too): their directories
-    first = _loaded_dirs(checker, ([os.path.dirname(checker.target)] if targets else []) + loaded_dirs)
+    first = _loaded_dirs(checker, ([os.path.dirname(checker.target_key)] if targets else []) + loaded_dirs)
     if any(p.fatal and p.when == P.STARTUP for p in main.problems):
         outside = []  # restarted, the program dies before main: it dlopens nothing
     for path in outside:
@@ -339,9 +379,9 @@ def _with_mapped_dirs(checker: ConsumerChecker, info: ProcessInfo
         if o.found and o.elf is not None and o.kind not in ("vdso", "interpreter") and o.path not in paths and (
                 o.elf.identity is None or o.elf.identity[:2] not in ids):
             return None
-    in_tree, loaded_dirs = _identities_of(res)
+    in_tree, loaded_dirs = _identities_of(res, checker.fs.target_realpath)
     if not any((dev, ino) in in_tree or path in in_tree for path, dev, ino in info.mapped
-               if (dev, ino) == checker.target_id or _same_file(path, checker.target_id)):
+               if (dev, ino) == checker.target_id or _same_file(checker.fs.host(path), checker.target_id)):
         return None
     main = _defined_elsewhere(checker, checker.check(info.exe, env=env, argv0=info.argv0, source="process",
                                                      pid=info.pid), [p for p in paths if p not in in_tree])
@@ -358,7 +398,7 @@ def _defined_elsewhere(checker: ConsumerChecker, result: P.ConsumerResult, other
     defined: Dict[str, List[str]] = {}
     for path in others:
         try:
-            syms = checker.elf_cache.get(path).symbols
+            syms = checker.read(path).symbols
         except (SoswapError, OSError):
             continue
         for s in syms:
@@ -376,11 +416,12 @@ def _loaded_dirs(checker: ConsumerChecker, dirs: Sequence[str]) -> List[str]:
     """``dirs`` (where the process's objects were found, under the names they were asked for) without repeats
     and without the system directories: a plugin searches those itself, and putting them first would hide its
     own RUNPATH copies of system libraries."""
+    real = checker.fs.target_realpath
     system = {d.rstrip("/") for d in checker.profile.system_dirs}
-    system |= {os.path.realpath(d) for d in system}
+    system |= {real(d) for d in system}
     out: List[str] = []
     for d in dirs:
-        if d not in out and d.rstrip("/") not in system and os.path.realpath(d) not in system:
+        if d not in out and d.rstrip("/") not in system and real(d) not in system:
             out.append(d)
     return out
 
@@ -392,13 +433,13 @@ def _dlopen_env(checker: ConsumerChecker, info: ProcessInfo, plugin: str, first:
     DT_RPATH of the whole ``l_loader`` chain; ``$ORIGIN`` the program's directory), before LD_LIBRARY_PATH."""
     dirs = list(first)
     try:
-        plugin_dyn = checker.elf_cache.get(plugin).dynamic
-        main_dyn = checker.elf_cache.get(info.exe).dynamic
+        plugin_dyn = checker.read(plugin).dynamic
+        main_dyn = checker.read(info.exe).dynamic
     except (SoswapError, OSError):
         plugin_dyn = main_dyn = None
     if plugin_dyn is not None and main_dyn is not None and plugin_dyn.runpath is None and main_dyn.runpath is None \
             and main_dyn.rpath:
-        origin = os.path.dirname(os.path.realpath(info.exe))
+        origin = os.path.dirname(checker.fs.target_realpath(info.exe))
         for d in main_dyn.rpath.split(":"):
             dirs.append(d.replace("${ORIGIN}", origin).replace("$ORIGIN", origin) if d else info.env.cwd)
     if not dirs:
@@ -414,11 +455,12 @@ def _tree_identities(checker: ConsumerChecker, info: ProcessInfo) -> Tuple[Set[o
         res = checker.loader(info.env).load(info.exe, argv0=info.argv0)
     except SoswapError:
         return set(), []
-    return _identities_of(res)
+    return _identities_of(res, checker.fs.target_realpath)
 
 
-def _identities_of(res: LoadResult) -> Tuple[Set[object], List[str]]:
-    """:func:`_tree_identities` of a loaded tree."""
+def _identities_of(res: LoadResult, realpath: Callable[[str], str] = os.path.realpath
+                   ) -> Tuple[Set[object], List[str]]:
+    """:func:`_tree_identities` of a loaded tree (``realpath``: inside the loader's root)."""
     out: Set[object] = set()
     dirs: List[str] = []
     for o in res.objects:
@@ -426,7 +468,7 @@ def _identities_of(res: LoadResult) -> Tuple[Set[object], List[str]]:
             out.add(o.elf.identity[:2])
         if o.path:
             out.add(o.path)
-            out.add(os.path.realpath(o.path))
+            out.add(realpath(o.path))
             d = os.path.dirname(o.path)
             if o.index != 0 and o.found and o.kind not in ("vdso", "interpreter") and d.startswith("/") \
                     and d not in dirs:

@@ -24,7 +24,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tupl
 from soswap.abi import problems as P
 from soswap.abi.changes import HARMLESS, AbiDiff
 from soswap.abi.exports import DATA_TYPES
-from soswap.elf import ElfCache
+from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import BIT_COPY
 from soswap.errors import SoswapError
@@ -102,6 +102,8 @@ class SharedChecks:
         self.system_tops: Optional[list] = None
         #: (id of an ElfFile, as the program) -> (that ElfFile, the names it looks up, or None: unreadable)
         self.undefined: Dict[Tuple[int, bool], Tuple[object, Optional[FrozenSet[str]]]] = {}
+        #: the checkers of processes under other roots (:meth:`ConsumerChecker.in_root`)
+        self.roots: Dict[tuple, ConsumerChecker] = {}
 
 
 class ConsumerChecker:
@@ -111,12 +113,15 @@ class ConsumerChecker:
     def __init__(self, target: str, new: str, diff: AbiDiff, profile: Profile, *,
                  elf_cache: Optional[ElfCache] = None, full: bool = False,
                  also: Optional[Mapping[str, str]] = None,
-                 shared: Optional[SharedChecks] = None) -> None:
+                 shared: Optional[SharedChecks] = None, target_key: Optional[str] = None) -> None:
         st = os.stat(target)
         self.target = target
         self.target_id = (st.st_dev, st.st_ino)
         self.new = new
+        self.diff = diff
         self.profile = profile
+        #: the profile's root: consumer paths are paths inside it (``fs.host`` gives the file to read)
+        self.fs = profile.fs
         self.elf_cache = elf_cache if elf_cache is not None else ElfCache()
         #: one Loader per environment, and the failures of each consumer: shared by the checks of one
         #: transaction (``shared``), whose substitutions are all the same whole transaction
@@ -127,7 +132,9 @@ class ConsumerChecker:
             c.symbol for c in diff.changes if c.kind in _BINDING_KINDS | _REBINDING_KINDS and c.symbol is not None)
         #: TARGET <- NEW, plus the other replacements of the same transaction (``also``: {target: new})
         self.substitution: Dict[str, str] = dict(also or {})
-        self.substitution[target] = new
+        #: TARGET's path inside the profile's root (where the consumers' loads find it)
+        self.target_key = target_key or target
+        self.substitution[self.target_key] = new
         #: the substitutions as a key of the shared failures (the "world" the consumers are loaded in)
         self._world = tuple(sorted(self.substitution.items()))
         self._watched_cache: Dict[int, Tuple[object, List[Reference]]] = {}
@@ -172,6 +179,24 @@ class ConsumerChecker:
         except SoswapError:
             return frozenset()
         return frozenset(found)
+
+    def read(self, path: str) -> ElfFile:
+        """The ELF file at consumer path ``path`` (a path inside the profile's root)."""
+        return self.elf_cache.get(self.fs.host(path))
+
+    def in_root(self, root: str, target_key: str, also: Mapping[str, str]) -> ConsumerChecker:
+        """A checker of the same replacement for consumers that live under another root directory (a chroot,
+        a container's ``/proc/PID/root``): loaded with that root's ld.so, libc, ld.so.cache and paths
+        (:meth:`Profile.detect`), TARGET being ``target_key`` there; ``also``: the other replacements of the
+        transaction under their paths there. Made once per root and kept with the shared checks."""
+        key = ("root", root, target_key, tuple(sorted(also.items())))
+        hit = self._shared.roots.get(key)
+        if hit is None:
+            profile = Profile.detect(root)
+            hit = ConsumerChecker(self.target, self.new, self.diff, profile, elf_cache=self.elf_cache,
+                                  full=self.full, also=also, shared=SharedChecks(), target_key=target_key)
+            self._shared.roots[key] = hit
+        return hit
 
     def loader(self, env: Environment) -> Loader:
         """The loader for ``env``; every one shares the first one's caches (:meth:`Loader.sibling`)."""
@@ -218,7 +243,7 @@ class ConsumerChecker:
             hurt = self._path_may_break.get(key)
             if hurt is None:
                 try:
-                    elf = self.elf_cache.get(path)
+                    elf = self.read(path)
                     hurt = (elf.identity is None or elf.identity[:2] != self.target_id) and \
                         self._object_may_break(elf, as_program)
                 except SoswapError:

@@ -30,7 +30,8 @@ class PreflightProblem(NamedTuple):
     new: str
     #: ``refused`` (SONAME change, NEW not loadable here), ``consumer`` (NEW breaks a consumer), ``self``
     #: (NEW's own needs are not installed), ``unchecked`` (NEW could not be read); ``review`` is no reason to
-    #: refuse: a compatible consumer with a review note (what ELF cannot decide), said as a warning
+    #: refuse: a compatible consumer with a review note (what ELF cannot decide), or a process that maps
+    #: TARGET and could not be checked, said as a warning
     kind: str
     message: str
     consumer: Optional[str] = None
@@ -119,6 +120,10 @@ def problems_of(result: CheckResult) -> List[PreflightProblem]:
             who = f"process {c.pid} ({c.path})" if c.pid is not None else f"{c.role} {c.path}"
             out.append(PreflightProblem(target, new, REVIEW_NOTE, f"{target}: compatible with {who}, to {c.note}",
                                         c.path, c.pid))
+    for pid, why in result.discovery.skipped_processes:
+        if pid:  # not a refusal (soswap could not tell), but never silent: install prints it as a warning
+            why = why if why.startswith("process ") else f"process {pid} maps it and was not checked: {why}"
+            out.append(PreflightProblem(target, new, REVIEW_NOTE, f"{target}: {why}", None, pid))
     s = result.self_check
     if s is not None and s.verdict == INCOMPATIBLE and s.problems:
         first = s.problems[0]

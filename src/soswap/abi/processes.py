@@ -20,7 +20,8 @@ _AT_SECURE = 23
 
 
 class ProcessInfo(NamedTuple):
-    """What the checker needs of one process."""
+    """What the checker needs of one process. With :attr:`root` set, every path (``exe``, ``mapped``, the
+    working directory) is a path inside that root, as the process sees it."""
 
     pid: int
     exe: str
@@ -30,6 +31,11 @@ class ProcessInfo(NamedTuple):
     mapped: Tuple[Tuple[str, int, int], ...]
     #: Set when the environment could not be read (checked with an empty one).
     note: str = ""
+    #: A host path of the process's root directory when it is not ours (a chroot: the directory; another mount
+    #: namespace, a container: ``/proc/PID/root``); None for our own root.
+    root: Optional[str] = None
+    #: What that root is, for the report ("chroot /srv/jammy", "container (mount namespace 4026532801)").
+    where: str = ""
 
 
 def processes_mapping(target: str) -> Tuple[List[int], Optional[str]]:
@@ -51,8 +57,9 @@ def processes_mapping_each(targets: Sequence[str]) -> Tuple[Dict[str, List[int]]
 
 
 def read_process(pid: int) -> ProcessInfo:
-    """Read what :class:`ProcessInfo` holds. Raises :class:`ProcessGone` / :class:`AccessDenied`, or
-    :class:`SoswapError` for a process that cannot be checked (a kernel thread, another mount namespace)."""
+    """Read what :class:`ProcessInfo` holds, its paths inside its own root. Raises :class:`ProcessGone` /
+    :class:`AccessDenied`, or :class:`SoswapError` for a process that cannot be checked (a kernel thread, a
+    deleted program, a container's program outside its root)."""
     from soswap.proc import procfs
     from soswap.proc.maps import parse_maps, split_deleted
 
@@ -66,13 +73,15 @@ def read_process(pid: int) -> ProcessInfo:
     exe = os.fsdecode(path)
     if not exe.startswith("/"):
         raise SoswapError(f"process {pid}: no executable file ({exe})")
-    try:
-        own = os.stat("/proc/self/ns/mnt").st_ino
-        theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
-        if own != theirs:
-            raise SoswapError(f"process {pid} runs in another mount namespace (a container): not checked")
-    except OSError:
-        pass
+    root, prefix, where = _root_of(pid)
+    inside = _inside(prefix)
+    if root is not None and inside(exe) is None:
+        if root.startswith("/proc/"):
+            raise SoswapError(f"process {pid} ({where}) runs a program outside its root directory: not checked")
+        # a daemon that chroot()s itself after it starts (postfix, named -t): started again, it runs from here
+        root, prefix, where = None, "", ""
+        inside = _inside("")
+    exe = inside(exe) or exe
     raw_cmdline = procfs.read_file(pid, "cmdline")
     cmdline = procfs.parse_cmdline(raw_cmdline)
     note = ""
@@ -91,22 +100,67 @@ def read_process(pid: int) -> ProcessInfo:
     retitled = rewritten or raw_cmdline.endswith(procfs.TITLE_PADDING)
     argv0 = os.fsdecode(cmdline[0]) if cmdline and cmdline[0] and not retitled else exe
     try:
-        cwd = os.fsdecode(procfs.read_link(pid, "cwd"))
+        cwd = inside(os.fsdecode(procfs.read_link(pid, "cwd"))) or "/"
     except AccessDenied:
         cwd = "/"
     maps = parse_maps(procfs.read_file(pid, "maps"))
     seen: Dict[str, Tuple[str, int, int]] = {}
+    host_paths: List[Tuple[str, int, int]] = []
     for m in maps:
         if m.executable and m.path.startswith(b"/"):
             p = os.fsdecode(m.path)
-            seen.setdefault(p, (p, m.dev, m.inode))
-    _answers(pid, seen.values())
-    if deleted and not os.path.lexists(exe):  # (a new file there is what a restart runs: that one is checked)
+            mine = inside(p)
+            if mine is not None and mine not in seen:  # (a file mapped from outside its root is out of reach)
+                seen[mine] = (mine, m.dev, m.inode)
+                host_paths.append(((root or "") + mine if root else p, m.dev, m.inode))
+    _answers(pid, host_paths)
+    if deleted and not os.path.lexists((root or "") + exe):  # (a new file there is what a restart runs)
         raise SoswapError(f"process {pid}: its program {exe} was deleted since it started: not checked ('soswap "
                           "stale' lists it)")
     secure = _at_secure(pid)
     env = Environment.from_environ(environ, cwd=cwd if cwd.startswith("/") else "/", secure=secure)
-    return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note)
+    return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note, root, where)
+
+
+def _root_of(pid: int) -> Tuple[Optional[str], str, str]:
+    """(a host path of the process's root directory or None for ours, the prefix its /proc paths carry, what
+    it is). The kernel prints the paths of maps, exe and cwd relative to *our* root when their mounts are
+    ours (``d_path``): a chroot's files read ``/srv/jammy/usr/lib/...``. In another mount namespace they are
+    relative to that namespace's root, which is not the process's own when it chroot()ed there too
+    (``unshare -m chroot DIR``: ``/proc/PID/root`` links to ``/DIR``); its files are reached through
+    ``/proc/PID/root``, which walks its own mount tree."""
+    from soswap.proc import procfs
+
+    try:
+        link = os.fsdecode(procfs.read_link(pid, "root"))
+    except AccessDenied:
+        link = "/"
+    try:
+        own = os.stat("/proc/self/ns/mnt").st_ino
+        theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        own = theirs = 0
+    prefix = "" if link == "/" else link.rstrip("/")
+    if own == theirs:
+        return (None, "", "") if not prefix else (prefix, prefix, f"chroot {prefix}")
+    where = f"container (mount namespace {theirs})" + (f", chroot {prefix} there" if prefix else "")
+    return f"/proc/{pid}/root", prefix, where
+
+
+def _inside(prefix: str):  # type: ignore[no-untyped-def]
+    """A function giving the path inside the root of a path the kernel printed with ``prefix`` (None when it
+    lies outside the root)."""
+    if not prefix:
+        return lambda path: path
+
+    def inside(path: str) -> Optional[str]:
+        if path == prefix:
+            return "/"
+        if path.startswith(prefix + "/"):
+            return path[len(prefix):]
+        return None
+
+    return inside
 
 
 @functools.lru_cache(maxsize=1)

@@ -276,6 +276,11 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
         lines.append("")
         lines.append(f"{_VERDICT_TITLES['unaffected']} ({len(unaffected)}):")
         lines.extend(_consumer_title(c) for c in unaffected)
+    skipped = [(pid, why) for pid, why in result.discovery.skipped_processes if pid]
+    if skipped:  # a process that maps TARGET and was not checked: the verdict does not speak for it
+        lines.append("")
+        lines.append(f"not checked: these processes map TARGET ({len(skipped)}):")
+        lines.extend(f"  pid {pid}: {why}" for pid, why in skipped)
     lines.append("")
     lines.append("consumers from: " + _discovery_text(result))
     if result.verdict == "compatible" and result.diff.breaking:

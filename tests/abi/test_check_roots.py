@@ -1,0 +1,119 @@
+"""Processes under another root directory (a chroot; a chroot in a mount namespace of its own, as containers
+are) checked as consumers: with the root's own ld.so, libc, search directories and paths (QA round: they were
+judged with the host's, refusing what runs and accepting what fails, or left out as "not checked"). The
+oracle: the program started again in its root after the replacement."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from support.build import executable, requires_cc, requires_root, shared_lib
+
+pytestmark = [requires_cc, requires_root,
+              pytest.mark.skipif(shutil.which("chroot") is None or os.uname().machine != "x86_64",
+                                 reason="chroot on x86_64 is needed")]
+ROOT = Path(__file__).resolve().parents[2]
+LIBDIR = "/lib/x86_64-linux-gnu"
+PROGRAM = r"""
+#include <stdio.h>
+#include <unistd.h>
+int qa_f(void);
+int main(int argc, char **argv) {
+    if (argc > 1) { FILE *f = fopen(argv[1], "w"); if (f) fclose(f); }
+    if (argc > 2) { printf("%d\n", qa_f()); return 0; }
+    for (;;) pause();
+}
+"""
+
+
+def _root(tmp: Path) -> Path:
+    """A minimal root: the host's ld.so and libc (copied), a program in /opt/qa/bin that finds libqa.so.1 in
+    /opt/qa/lib through $ORIGIN, and libdeponly.so.1 that only this root has (in its system directory)."""
+    root = tmp / "root"
+    (root / LIBDIR.lstrip("/")).mkdir(parents=True)
+    (root / "lib64").mkdir()
+    (root / "usr/lib/x86_64-linux-gnu").mkdir(parents=True)
+    ldso = os.path.realpath("/lib64/ld-linux-x86-64.so.2")
+    shutil.copy(ldso, root / LIBDIR.lstrip("/") / "ld-linux-x86-64.so.2")
+    os.symlink(f"{LIBDIR}/ld-linux-x86-64.so.2", root / "lib64/ld-linux-x86-64.so.2")
+    shutil.copy(os.path.realpath(f"{LIBDIR}/libc.so.6"), root / LIBDIR.lstrip("/") / "libc.so.6")
+    shared_lib(root / "usr/lib/x86_64-linux-gnu/libdeponly.so.1", "int dep_only(void) { return 7; }\n",
+               soname="libdeponly.so.1")
+    lib = shared_lib(root / "opt/qa/lib/libqa.so.1", "int qa_f(void) { return 1; }\n", soname="libqa.so.1")
+    # an absolute RUNPATH: $ORIGIN needs /proc/self/exe (_dl_get_origin), and this root has no /proc
+    executable(root / "opt/qa/bin/qaprog", PROGRAM, libs=[str(lib)], flags=["-Wl,-rpath,/opt/qa/lib"])
+    return root
+
+
+def _news(tmp: Path, root: Path) -> Dict[str, Path]:
+    """NEW versions of libqa.so.1: one needing libdeponly.so.1 (only in the root: loads there), one needing
+    libhostdep.so.1 through an absolute RUNPATH of a host directory (not in the root: fails there)."""
+    built = tmp / "build"
+    dep = shared_lib(built / "libdeponly.so.1", "int dep_only(void) { return 7; }\n", soname="libdeponly.so.1")
+    hostdeps = tmp / "hostdeps"
+    hostdep = shared_lib(hostdeps / "libhostdep.so.1", "int host_dep(void) { return 9; }\n",
+                         soname="libhostdep.so.1")
+    return {
+        "root-only dependency": shared_lib(built / "a" / "libqa.so.1",
+                                           "int dep_only(void);\nint qa_f(void) { return dep_only(); }\n",
+                                           soname="libqa.so.1", libs=[str(dep)]),
+        "host-only dependency": shared_lib(built / "b" / "libqa.so.1",
+                                           "int host_dep(void);\nint qa_f(void) { return host_dep(); }\n",
+                                           soname="libqa.so.1", libs=[str(hostdep), f"-Wl,-rpath,{hostdeps}"]),
+    }
+
+
+def _check(args: List[str], tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp / "state"), SOSWAP_CACHE_DIR=str(tmp / "cache"))
+    r = subprocess.run([sys.executable, "-m", "soswap", "check", "--json", *args], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def _runs_after_replacement(root: Path, new: Path) -> bool:
+    """The oracle: NEW installed at its place, the program started again in its root."""
+    target = root / "opt/qa/lib/libqa.so.1"
+    kept = target.with_name("libqa.so.1.kept")
+    shutil.copy2(target, kept)
+    try:
+        shutil.copy(new, target)
+        r = subprocess.run(["chroot", str(root), "/opt/qa/bin/qaprog", "/ready-again", "call"], capture_output=True,
+                           text=True, timeout=30)
+        return r.returncode == 0
+    finally:
+        os.replace(kept, target)
+
+
+@pytest.mark.parametrize("namespace", [False, True], ids=["chroot", "chroot-in-own-mount-namespace"])
+def test_a_process_under_another_root_is_checked_with_that_roots_loader(tmp_path: Path, procs,
+                                                                      namespace: bool) -> None:
+    if namespace and shutil.which("unshare") is None:
+        pytest.skip("unshare is needed")
+    root = _root(tmp_path)
+    news = _news(tmp_path, root)
+    argv = ["chroot", str(root), "/opt/qa/bin/qaprog", "/ready"]
+    if namespace:
+        argv = ["unshare", "-m", "--propagation", "private", *argv]
+    p = procs.start(argv, wait_for_file=root / "ready")
+    target = str(root / "opt/qa/lib/libqa.so.1")
+    for what, new in news.items():
+        doc = _check(["--pid", str(p.pid), "--", str(new), target], tmp_path)
+        (c,) = doc["consumers"]
+        expected = "compatible" if what == "root-only dependency" else "incompatible"
+        assert (c["pid"], c["path"], c["verdict"]) == (p.pid, "/opt/qa/bin/qaprog", expected), (what, c)
+        assert "checked with its own ld.so" in c["note"], c
+        assert _runs_after_replacement(root, new) == (expected == "compatible"), what
+        if expected == "incompatible":
+            assert c["problems"][0]["message"] == (
+                "/opt/qa/bin/qaprog: error while loading shared libraries: libhostdep.so.1: cannot open shared "
+                "object file: No such file or directory"), c
