@@ -281,7 +281,7 @@ class _Scanner:
             return False  # -c, -m, -e, stdin, interactive
         if not arg.startswith(b"/"):
             return True  # relative: resolved against /proc/PID/cwd by the exact check
-        path = os.path.normpath(arg)
+        path = os.path.normpath(self.view.kernel_path(pid, arg))
         if self.ignore.match(path) is not None or not self._wanted(path):
             return False
         st = self.view.stat(self.view.root_of(pid), path)
@@ -515,8 +515,11 @@ class _Scanner:
         from soswap.elf.file import ElfFile
         from soswap.errors import ElfError
 
+        full = ctx.host(path)
+        if full is None:
+            return False
         try:
-            with ElfFile.open(os.fsencode(ctx.prefix) + path if ctx.prefix else path) as elf:
+            with ElfFile.open(full) as elf:
                 loads = [seg for seg in elf.segments if seg.type == 1]  # PT_LOAD
         except ElfError:
             return False
@@ -536,7 +539,9 @@ class _Scanner:
             return f
         if new_path is None:
             return f._replace(detail=f"{f.detail}; not compared: the new version's name is unknown")
-        full = os.fsencode(ctx.prefix) + new_path if ctx.prefix else new_path
+        full = ctx.host(new_path)
+        if full is None:
+            return f._replace(detail=f"{f.detail}; not compared: the new version is outside the process's root")
         verdict = self.comparer.compare(old_link, f.dev, f.inode, full)
         if verdict.same:
             self.identical += 1
@@ -565,6 +570,8 @@ class _Scanner:
         if not path.startswith(b"/"):
             cwd = split_deleted(procfs.read_link(pid, "cwd"))[0]
             path = cwd.rstrip(b"/") + b"/" + path
+        else:  # its argv is in its own root; cwd, maps and exe are printed as the kernel sees them from ours
+            path = self.view.kernel_path(pid, path)
         path = os.path.normpath(path)
         if self.ignore.match(path) is not None or not self._wanted(path):
             return None
@@ -606,8 +613,8 @@ class _Scanner:
             from soswap.proc.statx import birth_time_ns
 
             # (not on a network filesystem: the stat above answered, a second call may not)
-            born = None if self.view.guarded(st_now.st_dev) else birth_time_ns(
-                os.fsencode(ctx.prefix) + path if ctx.prefix else path)
+            full = ctx.host(path)
+            born = None if self.view.guarded(st_now.st_dev) or full is None else birth_time_ns(full)
             if born is not None:  # else ctime stands in for it (documented)
                 created_after = self.clock.judge(born, starttime)
         written_after = self.clock.judge(st_now.st_mtime_ns, starttime)

@@ -48,7 +48,9 @@ class _Pass:
         self.inode_pairs = frozenset(inodes) | frozenset(t.identity for t in targets if t.identity)
         self._target_inodes = frozenset(t.identity[1] for t in targets if t.identity)
         #: what a maps line of a target shows: its name (maps form) or " INODE " (the inode field)
+        # (and a target's file name: a process in another mount namespace names it from its own root)
         self.needles = (tuple({maps_form(n) for t in targets for n in t.names})
+                        + tuple({maps_form(b"/" + os.path.basename(n)) for t in targets for n in t.names})
                         + tuple({b" %d " % ino for _, ino in self.inode_pairs}))
         self.fds = fds
         self.pids = pids
@@ -183,6 +185,19 @@ class _Pass:
                 found.append((idx, t.identity))
             elif path in t.names and not foreign:
                 found.append((idx, None))
+            elif foreign and t.identity is not None and any(path.endswith(b"/" + os.path.basename(n))
+                                                            for n in t.names) and self._names(pid, path, t):
+                found.append((idx, None))  # its name for the file is where the target is now, in its root
+        return self._or_inodes(found, pid, dev, ino, start, end)
+
+    def _names(self, pid: int, path: bytes, t: _Target) -> bool:
+        """In another mount namespace a path names another file than ours: does ``path``, resolved in the
+        process's own root, lead to the target's current file?"""
+        st = self.view.stat(self.view.root_of(pid), path)
+        return not isinstance(st, int) and (st.st_dev, st.st_ino) == t.identity
+
+    def _or_inodes(self, found: List[Tuple[int, Optional[Tuple[int, int]]]], pid: int, dev: int, ino: int,
+                   start: int, end: int) -> List[Tuple[int, Optional[Tuple[int, int]]]]:
         if not self.targets or len(found) == 0:
             for pair in self.inode_pairs:
                 if self._same(pid, dev, ino, start, end, pair):

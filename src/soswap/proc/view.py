@@ -42,6 +42,24 @@ def _is_guarded(fstype: str, fstypes: FrozenSet[str]) -> bool:
 class RootContext(NamedTuple):
     key: Hashable  #: cache key: None for our own view, ("mnt", ns, root dev, root ino) for another one
     prefix: str  #: "" or "/proc/PID/root"
+    #: What the kernel prints before the paths of a process that chroot()ed inside its own mount namespace
+    #: (``unshare -m chroot DIR``): its maps, exe and cwd paths are relative to the namespace's root
+    #: (``d_path``), ``/proc/PID/root`` is DIR. Taken off before a path is resolved under the prefix.
+    strip: bytes = b""
+
+    def host(self, path: bytes) -> Optional[bytes]:
+        """A path we can open for ``path`` as the kernel prints it for the process; None when it lies outside
+        the process's root (out of reach through ``/proc/PID/root``)."""
+        if not self.prefix:
+            return path
+        if self.strip:
+            if path == self.strip:
+                path = b"/"
+            elif path.startswith(self.strip + b"/"):
+                path = path[len(self.strip):]
+            else:
+                return None
+        return os.fsencode(self.prefix) + path
 
 
 HOST = RootContext(None, "")
@@ -89,9 +107,25 @@ class FileView:
                 if exc.errno in (errno.EACCES, errno.EPERM):
                     raise AccessDenied(pid, "root") from None
                 raise ProcessGone(pid, "root") from None
-            ctx = RootContext(("mnt", mnt, st.st_dev, st.st_ino), prefix)
+            try:
+                link = os.readlink(prefix.encode())
+            except OSError:
+                link = b"/"
+            ctx = RootContext(("mnt", mnt, st.st_dev, st.st_ino), prefix, b"" if link == b"/" else link.rstrip(b"/"))
         self._roots[pid] = ctx
         return ctx
+
+    def kernel_path(self, pid: int, path: bytes) -> bytes:
+        """An absolute path as the process sees it (its argv: a script) as the kernel prints the paths of that
+        process (maps, exe, cwd), which are relative to our root in our mount namespace, to its namespace's root
+        in another: a chroot's directory goes in front (``readlink /proc/PID/root``)."""
+        try:
+            link = os.readlink(f"{procfs.PROC}/{pid}/root".encode())
+        except OSError:
+            return path
+        if link == b"/" or not link.startswith(b"/"):
+            return path
+        return link.rstrip(b"/") + path
 
     def forget_root(self, pid: int) -> None:
         """Drop the cached root of ``pid`` (before reading it again: it may have changed namespace)."""
@@ -117,7 +151,10 @@ class FileView:
         hit = self._stats.get(key)
         if hit is not None:
             return hit  # type: ignore[return-value]
-        full = os.fsencode(ctx.prefix) + path if ctx.prefix else path
+        full = ctx.host(path)
+        if full is None:  # outside the process's root: out of reach
+            self._stats[key] = errno.EXDEV
+            return errno.EXDEV
         guarded = self.namespace_guarded(ctx)
         result = self._guarded_stat(full, dev_hint if dev_hint != -1 or not guarded else _UNKNOWN_DEV)
         self._stats[key] = result

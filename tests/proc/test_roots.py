@@ -1,0 +1,82 @@
+"""Processes under another root directory (QA round): a chrooted interpreter's script is looked for in its root
+(it was looked for on the host: a replaced script missed, an unrelated host file at the same path reported), and
+a process that chroot()ed inside a mount namespace of its own (``unshare -m chroot DIR``), whose paths the
+kernel prints relative to the namespace's root, is resolved under ``/proc/PID/root`` without DIR twice (every
+mapping was "could not be checked", an in-place write went unseen, ``users`` left it out)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from support.build import requires_cc, requires_root, shared_lib
+
+from .conftest import files_of, run_cli, stale_json
+
+pytestmark = [requires_root, pytest.mark.skipif(shutil.which("chroot") is None, reason="chroot is needed")]
+
+
+def _copy_with_libraries(root: Path, program: str) -> None:
+    """``program`` and what ldd says it loads, at the same paths under ``root``."""
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    paths = [program, *re.findall(r"(/\S+) \(0x", out)]
+    for p in paths:
+        dest = root / p.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(os.path.realpath(p), dest)
+
+
+def _bash_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    _copy_with_libraries(root, "/bin/bash")
+    os.mkfifo(root / "fifo")  # the script waits opening it, with no CPU spent
+    return root
+
+
+def test_a_chrooted_interpreters_script_is_looked_for_in_its_root(tmp_path: Path, procs) -> None:
+    root = _bash_root(tmp_path)
+    # the script's path in the chroot is also a host path we may write to: an unrelated file can sit there
+    inner = tmp_path / "scripts" / "s.sh"
+    script = root / str(inner).lstrip("/")
+    script.parent.mkdir(parents=True)
+    script.write_text(": > /ready\nread x < /fifo\n")
+    p = procs.start(["chroot", str(root), "/bin/bash", str(inner)], wait_for_file=root / "ready")
+    inner.parent.mkdir(parents=True)
+    inner.write_text("# an unrelated host file at the same path\n")
+    assert not [f for f in files_of(stale_json("--pid", str(p.pid)), p.pid) if f["role"] == "script"]
+    script.unlink()  # the chroot's script replaced, as a package manager does: remove, then create
+    script.write_text(": > /ready\nread x < /fifo\n")
+    (script_file,) = [f for f in files_of(stale_json("--pid", str(p.pid)), p.pid) if f["role"] == "script"]
+    assert (script_file["path"], script_file["kind"]) == (str(script), "deleted"), script_file
+
+
+@requires_cc
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is needed")
+def test_a_process_chrooted_in_its_own_mount_namespace(tmp_path: Path, procs, fx) -> None:
+    root = tmp_path / "root"
+    _copy_with_libraries(root, str(fx.holder))
+    lib = shared_lib(root / "usr/lib/libqa.so.1", "int qa(void) { return 1; }\nint pad[4096] = {1};\n")
+    holder = "/" + str(fx.holder).lstrip("/")
+    p = procs.start(["unshare", "-m", "--propagation", "private", "chroot", str(root), holder, "/ready",
+                     "dlopen:/usr/lib/libqa.so.1"], wait_for_file=root / "ready")
+    before = stale_json("--pid", str(p.pid))
+    assert before["unverifiable"] == 0 and not files_of(before, p.pid), before
+    with open(lib, "r+b") as f:  # an in-place write under the process
+        f.seek(100)
+        f.write(b"\0")
+    files: List[dict] = files_of(stale_json("--pid", str(p.pid)), p.pid)
+    assert [(f["path"], f["kind"]) for f in files] == [(str(lib), "modified")], files
+    data = lib.read_bytes()
+    lib.unlink()  # replaced as a package manager does: the process keeps the old inode
+    lib.write_bytes(data)
+    files = files_of(stale_json("--pid", str(p.pid)), p.pid)
+    assert [(f["path"], f["kind"]) for f in files] == [(str(lib), "deleted")], files
+    assert "a new file" in files[0]["detail"], files
+    r = run_cli(["users", str(lib)])  # its name for the old version is its own root's: resolved there
+    assert re.search(rf"pid {p.pid} +mapped +old ", r.stdout), r.stdout
