@@ -80,3 +80,42 @@ def test_a_process_chrooted_in_its_own_mount_namespace(tmp_path: Path, procs, fx
     assert "a new file" in files[0]["detail"], files
     r = run_cli(["users", str(lib)])  # its name for the old version is its own root's: resolved there
     assert re.search(rf"pid {p.pid} +mapped +old ", r.stdout), r.stdout
+
+
+@requires_cc
+def test_a_file_written_through_an_overlay_is_a_copy_up_not_an_in_place_change(tmp_path: Path, procs, fx) -> None:
+    """cp onto a lower-layer library through an overlay copies it up: the process keeps the lower file's pages,
+    while stat, maps and map_files all show the same overlay inode. It was reported "modified ... old and new
+    code mixed in memory" (false), and an identical copy-up could not be silenced with --ignore-identical."""
+    lower, upper, work, merged = (tmp_path / d for d in ("lower", "upper", "work", "merged"))
+    for d in (upper, work, merged):
+        d.mkdir()
+    shared_lib(lower / "libqa.so.1", "int qa(void) { return 1; }\n")
+    v2 = shared_lib(tmp_path / "v2" / "libqa.so.1", "int qa(void) { return 2; }\n")
+    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount an overlay here: {r.stderr.decode().strip()}")
+    try:
+        lib = merged / "libqa.so.1"
+        p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready")
+        q = procs.start([fx.holder, tmp_path / "ready2", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready2")
+        shutil.copyfile(lower / "libqa.so.1", lib)  # the same bytes, copied up
+        assert (upper / "libqa.so.1").exists()
+        assert not files_of(stale_json("--pid", str(p.pid), "--ignore-identical"), p.pid)
+        shutil.copyfile(v2, lib)  # a new version written through the overlay (into the upper copy)
+        (f,) = files_of(stale_json("--pid", str(p.pid), str(q.pid)), p.pid)
+        assert (f["path"], f["kind"]) == (str(lib), "replaced") and "overlayfs" in f["detail"], f
+        # a process started after the copy-up maps the upper file: a write into it is in place
+        s = procs.start([fx.holder, tmp_path / "ready3", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready3")
+        import time
+
+        time.sleep(0.05)
+        with open(lib, "r+b") as fh:
+            fh.seek(100)
+            fh.write(b"\0")
+        (g,) = files_of(stale_json("--pid", str(s.pid)), s.pid)
+        assert g["kind"] == "modified", g
+    finally:
+        procs.stop_all()  # before the overlay goes: they map files of it
+        subprocess.run(["umount", "-l", str(merged)], capture_output=True)

@@ -475,6 +475,13 @@ class _Scanner:
         if journal is not None and _in_journal(journal, dev, inode, st):
             return self._unless_identical(StaleFile(
                 name, REPLACED, role, "recorded as a replaced old version by soswap", dev, inode), old_link, ctx, None)
+        copied = view.overlay_copy(path, st.st_dev) if ctx.key is None and os.major(st.st_dev) == 0 else None
+        if copied is not None and self._born_after(copied[0], starttime):
+            # written through the overlay after the start: the process maps the lower file the copy hides
+            f = StaleFile(name, REPLACED, role, "overlayfs: written through the overlay after the process started "
+                          "(copied up into its upper layer); the process maps the lower layer's file it now hides",
+                          dev, inode)
+            return self._unless_identical(f, os.fsdecode(copied[1]), ctx, copied[0])
         if path.endswith(BACKUP_SUFFIXES):
             renamed = self._renamed_away(ctx, path, dev, st)
             if renamed is not None:
@@ -504,6 +511,17 @@ class _Scanner:
             return StaleFile(name, MODIFIED, role, "same inode, written after the process started "
                              "(in-place change: old and new code mixed in memory)", dev, inode)
         return None
+
+    def _born_after(self, path: bytes, starttime: int) -> bool:
+        """The file at ``path`` (a host path) was created after the process started: its birth time (statx), or
+        its ctime where the filesystem keeps none."""
+        from soswap.proc.statx import birth_time_ns
+
+        try:
+            born = birth_time_ns(path) or os.stat(path).st_ctime_ns
+        except OSError:
+            return False
+        return bool(self.clock.judge(born, starttime))
 
     def _loader_transient(self, ctx: RootContext, path: bytes, dev: int, over: List[Mapping]) -> bool:
         """True when no mapping in ``over`` (all past the end of the ELF file at ``path``) lies within one

@@ -86,6 +86,8 @@ class FileView:
         #: (a script, an open file) is stat()-ed through the helper too, as it may lie on one
         self._ns_guarded: Dict[Hashable, bool] = {None: bool(self._guarded_devs)}
         self._hung_devs: Set[int] = set()
+        #: overlayfs mounts of our namespace (:meth:`overlay_real`), read when first needed
+        self._overlays: Optional[List[Tuple[int, bytes, bytes, Tuple[bytes, ...]]]] = None
         self._server: Optional[StatServer] = None
         self._waited = 0.0  #: seconds spent on guarded stats that timed out
         self.map_files_denied = False
@@ -245,8 +247,65 @@ class FileView:
         return (mf.st_dev, mf.st_ino) == (st.st_dev, st.st_ino)
 
 
+    def overlay_copy(self, path: bytes, dev: int) -> Optional[Tuple[bytes, bytes]]:
+        """(the upper layer's copy, the lower layer's file it hides) of ``path`` on the overlayfs mount of our
+        namespace whose device is ``dev``, when both exist; else None. A file written through an overlay is
+        copied up first: a process that mapped it before keeps the lower file's pages, while stat() of the path
+        shows the same overlay inode (number and device) as before, and so do maps and map_files on this kernel
+        [verified on 6.18]. Only the layers tell that copy from a write in place."""
+        if self._overlays is None:
+            self._overlays = _overlay_mounts(f"{procfs.PROC}/self/mountinfo")
+        best: Optional[Tuple[bytes, bytes, Tuple[bytes, ...]]] = None
+        for odev, point, upper, lowers in self._overlays:
+            if odev == dev and upper and (path == point or path.startswith(point.rstrip(b"/") + b"/")) and (
+                    best is None or len(point) > len(best[0])):
+                best = (point, upper, lowers)
+        if best is None:
+            return None
+        point, upper, lowers = best
+        rel = path[len(point.rstrip(b"/")):]
+        if isinstance(self.stat(HOST, upper + rel), int):
+            return None
+        lower = next((d + rel for d in lowers if not isinstance(self.stat(HOST, d + rel), int)), None)
+        return (upper + rel, lower) if lower is not None else None
+
+
 #: The device of a path whose device is not known yet, stat()-ed through the helper (see FileView.stat).
 _UNKNOWN_DEV = -2
+
+
+def _overlay_mounts(mountinfo: str) -> List[Tuple[int, bytes, bytes, Tuple[bytes, ...]]]:
+    """(device, mount point, upperdir or b"", lowerdirs) of the overlayfs mounts of a ``mountinfo`` file whose
+    layers are absolute paths."""
+    try:
+        with open(mountinfo, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    out = []
+    for line in data.split(b"\n"):
+        left, sep, right = line.partition(b" - ")
+        fields = left.split(b" ")
+        tail = right.split(b" ")
+        if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] != b"overlay":
+            continue
+        major, _, minor = fields[2].partition(b":")
+        try:
+            dev = os.makedev(int(major), int(minor))
+        except ValueError:
+            continue
+        opts = dict(o.partition(b"=")[::2] for o in b" ".join(tail[2:]).split(b","))
+        upper = _unescape_octal(opts.get(b"upperdir", b""))
+        # lowerdir=a:b:c (a colon inside a name is escaped with a backslash, not handled: such a mount is skipped)
+        lowers = tuple(_unescape_octal(d) for d in opts.get(b"lowerdir", b"").split(b":") if d)
+        if lowers and all(d.startswith(b"/") for d in (*lowers, *([upper] if upper else []))):
+            out.append((dev, _unescape_octal(fields[4]), upper, lowers))
+    return out
+
+
+def _unescape_octal(raw: bytes) -> bytes:
+    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), raw)
 
 
 def _guarded_mounts(mountinfo: str, fstypes: FrozenSet[str]) -> List[Tuple[int, str]]:
@@ -272,7 +331,7 @@ def _guarded_mounts(mountinfo: str, fstypes: FrozenSet[str]) -> List[Tuple[int, 
         except ValueError:
             continue
         # the mount point escapes space, tab, newline and backslash as octal (\040...)
-        out.append((dev, os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4]))))
+        out.append((dev, os.fsdecode(_unescape_octal(fields[4]))))
     return out
 
 
