@@ -117,3 +117,30 @@ def test_a_process_under_another_root_is_checked_with_that_roots_loader(tmp_path
             assert c["problems"][0]["message"] == (
                 "/opt/qa/bin/qaprog: error while loading shared libraries: libhostdep.so.1: cannot open shared "
                 "object file: No such file or directory"), c
+
+
+def test_origin_of_a_program_in_a_root_without_proc(tmp_path: Path) -> None:
+    """ld.so takes the main program's $ORIGIN from readlink("/proc/self/exe") (_dl_get_origin), else from
+    LD_ORIGIN_PATH, else it is unknown and the RUNPATH element is dropped: in a chroot without /proc a program
+    whose libraries are in $ORIGIN/../lib does not start. The loader emulation of such a root (what the check
+    of a process there uses) says the same, with the same line."""
+    from soswap.loader import Environment, Loader, Profile
+
+    root = tmp_path / "root"
+    _root(tmp_path)
+    lib = root / "opt/qa/lib/libqa.so.1"
+    executable(root / "opt/qa/bin/origin", PROGRAM, libs=[str(lib)], flags=["-Wl,-rpath,$ORIGIN/../lib"])
+    real = subprocess.run(["chroot", str(root), "/opt/qa/bin/origin", "/ready", "call"], capture_output=True,
+                          text=True, timeout=30, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert real.returncode == 127, real
+    profile = Profile.detect(str(root))
+    assert not os.path.lexists(os.path.join(profile.fs.host("/proc"), "self"))
+    loader = Loader(profile.replace(proc_self_exe=False), Environment(cwd="/"))
+    bound = loader.bind(loader.load("/opt/qa/bin/origin"), relocate=False)
+    assert bound.fatal is not None and bound.fatal.line == real.stderr.strip(), (bound.fatal, real.stderr)
+    given = subprocess.run(["chroot", str(root), "/opt/qa/bin/origin", "/ready", "call"], capture_output=True,
+                           text=True, timeout=30,
+                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LD_ORIGIN_PATH": "/opt/qa/bin"})
+    assert given.returncode == 0, given
+    loader = Loader(profile.replace(proc_self_exe=False), Environment(cwd="/", origin_path="/opt/qa/bin"))
+    assert loader.bind(loader.load("/opt/qa/bin/origin"), relocate=False).fatal is None

@@ -193,6 +193,8 @@ class ConsumerChecker:
         hit = self._shared.roots.get(key)
         if hit is None:
             profile = Profile.detect(root)
+            if not os.path.lexists(os.path.join(profile.fs.host("/proc"), "self")):  # a chroot without /proc
+                profile = profile.replace(proc_self_exe=False)
             hit = ConsumerChecker(self.target, self.new, self.diff, profile, elf_cache=self.elf_cache,
                                   full=self.full, also=also, shared=SharedChecks(), target_key=target_key)
             self._shared.roots[key] = hit

@@ -101,6 +101,9 @@ class Profile(NamedTuple):
     vdso: Optional[str] = "linux-vdso.so.1"
     #: LIBC_ABI_MAX: the first EI_ABIVERSION a GNU/Linux object may not use (libc-abis).
     libc_abi_max: int = 4
+    #: readlink("/proc/self/exe") works for a program there: the main program's $ORIGIN (``_dl_get_origin``).
+    #: False for a chroot without /proc, where it is LD_ORIGIN_PATH or unknown.
+    proc_self_exe: bool = True
 
     # -- construction ------------------------------------------------------------------------------
 

@@ -826,7 +826,11 @@ def main_origin(fsys: FileSystem, env: Environment, path: str, *, trace: bool) -
             path = (cwd if cwd.endswith("/") else cwd + "/") + path
         cut = path.rfind("/")
         return path[:cut] if cut > 0 else "/"
-    # _dl_get_origin: readlink("/proc/self/exe"), the canonical path
+    # _dl_get_origin: readlink("/proc/self/exe"), the canonical path; without /proc, LD_ORIGIN_PATH (ignored in
+    # secure mode: unsecvars.h) or unknown
+    if not fsys.profile.proc_self_exe:
+        given = env.origin_path if not env.secure else None
+        return (given.rstrip("/") or "/") if given else None
     full = path if path.startswith("/") else posixpath.join(env.cwd, path)
     return posixpath.dirname(fsys.realpath(full)) or "/"
 
