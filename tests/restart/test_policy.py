@@ -64,7 +64,12 @@ def test_instances_and_real_unit_names_of_denied_services_are_denied() -> None:
     names distributions really use were restarted (QA round)."""
     names = ["wpa_supplicant@wlan0.service", "wpa_supplicant-nl80211@wlan0.service",
              "wpa_supplicant-wired@eth0.service", "ipsec.service", "lxc@web.service", "lxc-net.service",
-             "lxc-monitord.service", "snap.lxd.daemon.service", "incus.service", "strongswan-starter.service"]
+             "lxc-monitord.service", "snap.lxd.daemon.service", "incus.service", "strongswan-starter.service",
+             # needrestart's override_rc, and networking daemons whose restart can cut the admin's link
+             "network-manager.service", "quagga.service", "tinc.service", "tinc@vpn.service", "nodm.service",
+             "wdm.service", "zfs-fuse.service", "systemd-journald.service", "wg-quick@wg0.service",
+             "dhcpcd.service", "openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service",
+             "tailscaled.service", "zerotier-one.service"]
     plan = Policy().plan(report(*(proc(100 + n, f"/system.slice/{u}") for n, u in enumerate(names))))
     assert plan.restart == () and sorted(s.name for s in plan.skipped) == sorted(names)
     kept = Policy().plan(report(proc(10, "/system.slice/lxcfs-helper.service"),
@@ -169,3 +174,7 @@ def test_a_systemctl_that_cannot_run_is_a_failure_and_a_warning_with_status_0_is
     warned = Command(("systemctl", "try-restart"), "why", True, 0, "Warning: unit file changed on disk")
     assert not warned.failed and warned.describe(False) == "ran"
     assert Command(("systemctl", "--user"), "why", False).describe(False) == "to run by hand"
+    two_lines = Command(("systemctl", "try-restart"), "why", True, 1,
+                        "Job for a.service failed because the control process exited with error code.\n"
+                        "See \"systemctl status a.service\" and \"journalctl -xeu a.service\" for details.")
+    assert "\n" not in two_lines.describe(False) and two_lines.describe(False).endswith("for details.)")

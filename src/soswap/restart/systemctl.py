@@ -54,7 +54,8 @@ class Command:
         if not self.failed:
             return "ran"
         status = f"exit status {self.returncode}" if self.returncode is not None else "could not run"
-        return f"FAILED ({status}{': ' + self.error if self.error else ''})"
+        error = " ".join(self.error.split())  # systemctl explains on several lines: one line here
+        return f"FAILED ({status}{': ' + error if error else ''})"
 
 
 @dataclass(frozen=True)
