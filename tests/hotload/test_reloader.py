@@ -452,3 +452,44 @@ def test_stale_does_not_call_a_generation_in_service_modified(tmp_path: Path) ->
     finally:
         p.kill()
         p.wait()
+
+
+def test_a_file_dated_in_the_future_settles_by_observation(tmp_path: Path) -> None:
+    """A clock skew put the new file's mtime in the future: reload_if_changed never took it (QA regression
+    round). A file this reloader has seen unchanged for `settle` seconds has settled too."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import os, time
+        from soswap.hotload import NativeReloader
+        r = NativeReloader({str(lib)!r}, settle=0.3)
+        swap({str(v2)!r}, {str(lib)!r})
+        future = time.time_ns() + 3600 * 10**9
+        os.utime({str(lib)!r}, ns=(future, future))
+        print(r.reload_if_changed())
+        time.sleep(0.4)
+        res = r.reload_if_changed()
+        print(res.generation, r.function("version")())
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["None", "2 2"], r.stdout
+
+
+def test_a_forked_child_closing_leaves_the_parents_copy(tmp_path: Path) -> None:
+    """close() (or a reload) in a forked child unlinked the copy in service in the parent, which soswap stale
+    then reported as a deleted library (QA regression round)."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import os
+        from soswap.hotload import NativeReloader
+        r = NativeReloader({str(lib)!r})
+        pid = os.fork()
+        if pid == 0:
+            r.close()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(os.path.exists(r._copy), r.function("version")())
+        print(" (deleted)" in open("/proc/self/maps").read())
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["True 1", "False"], r.stdout

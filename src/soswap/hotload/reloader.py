@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -129,6 +129,10 @@ class NativeReloader:
         self.handle: Optional[ctypes.CDLL] = None
         self._copy: Optional[str] = None
         self._loaded_identity: Optional[Identity] = None
+        #: (identity of the file, monotonic time it was first seen so) for reload_if_changed's settle rule
+        self._seen: Optional[Tuple[Identity, float]] = None
+        #: copy -> the process that made it: only that one removes it (a forked child shares the parent's)
+        self._copy_maker: Dict[str, int] = {}
         self._state: Any = None
         self.reload()
 
@@ -161,12 +165,17 @@ class NativeReloader:
             if not self.changed():
                 return None
             try:
-                mtime = os.stat(self.path).st_mtime_ns
+                ident = _identity(self.path)
             except OSError:
                 return None
-            if time.time_ns() - mtime < self.settle * 1e9:
+            # settled: its mtime is `settle` seconds old, or (a clock that puts mtimes in the future) this
+            # reloader has seen it unchanged for `settle` seconds
+            now = time.monotonic()
+            if self._seen is None or self._seen[0] != ident:
+                self._seen = (ident, now)
+            if time.time_ns() - ident[3] < self.settle * 1e9 and now - self._seen[1] < self.settle:
                 return None  # written moments ago: maybe between two writes of an in-place rewrite
-            return self.reload(_settled_since=mtime)
+            return self.reload(_settled_since=ident[3])
 
     def reload(self, *, _settled_since: Optional[int] = None) -> ReloadResult:
         """Load the file as a new generation and retire the old one (see the module documentation). Call it
@@ -204,8 +213,9 @@ class NativeReloader:
                 if not unloaded:
                     blockers = tuple(unload_blockers(old_copy)) or (
                         "another loaded object binds to it, or it is still in use",)
-                _unlink(old_copy)
+                self._retire(old_copy)
             self.handle, self._copy, self._loaded_identity = new_handle, new_copy, ident
+            self._copy_maker[new_copy] = os.getpid()
             self.generation = gen
             self._state = state
             if self._on_load is not None:
@@ -222,12 +232,19 @@ class NativeReloader:
                     self._on_unload(self.handle)
                 _ctypes.dlclose(self.handle._handle)
                 unloaded = not is_loaded(self._copy)
-                _unlink(self._copy)
+                self._retire(self._copy)
                 self.handle = None
             self._closed = True
             if self._cleanup is not None:
                 self._cleanup()
             return unloaded
+
+    def _retire(self, copy: str) -> None:
+        """Remove a copy no longer in service here, if this process made it: one made before a fork is in
+        service in the parent too, and the child leaves it to the parent."""
+        if self._copy_maker.get(copy) == os.getpid():
+            _unlink(copy)
+        self._copy_maker.pop(copy, None)
 
     def __enter__(self) -> NativeReloader:
         return self
