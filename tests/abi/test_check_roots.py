@@ -112,6 +112,10 @@ def test_a_process_under_another_root_is_checked_with_that_roots_loader(tmp_path
         expected = "compatible" if what == "root-only dependency" else "incompatible"
         assert (c["pid"], c["path"], c["verdict"]) == (p.pid, "/opt/qa/bin/qaprog", expected), (what, c)
         assert "checked with its own ld.so" in c["note"], c
+        here = f"/proc/{p.pid}/root" if namespace else str(root)
+        assert c["root"] == here, c
+        # NEW itself is loaded where TARGET is, in that root (the host has no libdeponly.so.1)
+        assert (doc["self"]["verdict"], doc["self"]["root"]) == (expected, here), doc["self"]
         assert _runs_after_replacement(root, new) == (expected == "compatible"), what
         if expected == "incompatible":
             assert c["problems"][0]["message"] == (
@@ -144,3 +148,64 @@ def test_origin_of_a_program_in_a_root_without_proc(tmp_path: Path) -> None:
     assert given.returncode == 0, given
     loader = Loader(profile.replace(proc_self_exe=False), Environment(cwd="/", origin_path="/opt/qa/bin"))
     assert loader.bind(loader.load("/opt/qa/bin/origin"), relocate=False).fatal is None
+
+
+TWO = r"""
+int qa_f(void);
+int qb_f(void);
+int main(int argc, char **argv) {
+    (void)argc; FILE *f = fopen(argv[1], "w"); if (f) fclose(f);
+    if (argc > 2) return qa_f() + qb_f() == 0;
+    for (;;) pause();
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is needed")
+def test_a_transaction_whose_consumer_lives_in_a_container(tmp_path: Path, procs) -> None:
+    """install libqa.so.1 libqb.so.1 DIR where the new libqa needs a function only the new libqb has: a
+    consumer in a mount namespace of its own was checked with the new libqa and the *old* libqb (the other
+    file of the transaction was put in place for plain chroots only), and the install refused (QA regression
+    round)."""
+    root = _root(tmp_path)
+    lib = root / "opt/qa/lib"
+    qb = shared_lib(lib / "libqb.so.1", "int qb_f(void) { return 1; }\n", soname="libqb.so.1")
+    executable(root / "opt/qa/bin/two", "#include <stdio.h>\n#include <unistd.h>\n" + TWO,
+               libs=[str(lib / "libqa.so.1"), str(qb)], flags=["-Wl,-rpath,/opt/qa/lib"])
+    new = tmp_path / "new"
+    new_qb = shared_lib(new / "libqb.so.1", "int qb_f(void) { return 2; }\nint qb_new(void) { return 3; }\n",
+                        soname="libqb.so.1")
+    shared_lib(new / "libqa.so.1", "int qb_new(void);\nint qa_f(void) { return qb_new(); }\n",
+               soname="libqa.so.1", libs=[str(new_qb)])
+    p = procs.start(["unshare", "-m", "--propagation", "private", "chroot", str(root), "/opt/qa/bin/two",
+                     "/ready"], wait_for_file=root / "ready")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
+               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "soswap", "install", "--dry-run", "--no-report",
+                        str(new / "libqa.so.1"), str(new / "libqb.so.1"), str(lib)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert p.pid  # (the container process ran throughout)
+
+
+@requires_cc
+def test_a_daemon_that_chroots_itself_is_checked_as_a_host_process(tmp_path: Path, procs) -> None:
+    """Started from the host, then chroot() into a directory that holds its own program: its libraries are the
+    host's (mapped before the chroot), and a restart runs it from the host again. It was checked with the
+    chroot's libraries (QA regression round)."""
+    root = _root(tmp_path)
+    news = _news(tmp_path, root)
+    code = (r"#include <stdio.h>" "\n" r"#include <unistd.h>" "\n" "int qa_f(void);\n"
+            "int main(int argc, char **argv) { if (argc > 5) return qa_f();\n"
+            "  if (chroot(argv[1]) || chdir(\"/\")) return 2;\n"
+            "  FILE *f = fopen(\"/ready\", \"w\"); if (f) fclose(f); for (;;) pause(); }\n")
+    host_lib = shared_lib(tmp_path / "hostlib" / "libqa.so.1", "int qa_f(void) { return 1; }\n",
+                          soname="libqa.so.1")
+    daemon = executable(root / "opt/qa/bin/selfchroot", code, libs=[str(host_lib)],
+                        flags=[f"-Wl,-rpath,{host_lib.parent}"])
+    p = procs.start([daemon, str(root)], wait_for_file=root / "ready")
+    # TARGET: the host library it maps; NEW needs libhostdep.so.1, found on the host only
+    doc = _check(["--pid", str(p.pid), "--", str(news["host-only dependency"]), str(host_lib)], tmp_path)
+    (c,) = doc["consumers"]
+    assert (c["verdict"], c.get("root")) == ("compatible", None), c

@@ -172,8 +172,15 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     self_result: Optional[P.ConsumerResult] = None
     refusals = tuple(c for c in diff.changes if c.severity == BREAKING and c.kind in UNLOADABLE_KINDS | POLICY_KINDS)
     if self_check and not any(c.kind in UNLOADABLE_KINDS for c in refusals):
+        # NEW where TARGET is: in the one other root its consumers all live in (a chroot's, a container's
+        # library), with that root's loader; else here
+        loading = [r for r in results if r.verdict != P.UNAFFECTED]
+        roots = {r.root for r in loading}
+        selfer = checker.in_root_checker(roots.pop()) if len(roots) == 1 and None not in roots else None
         try:
-            self_result = checker.check_self(env, as_program=classify(old_elf) == PROGRAM)
+            self_result = (selfer or checker).check_self(env, as_program=classify(old_elf) == PROGRAM)
+            if selfer is not None:
+                self_result = self_result._replace(root=selfer.profile.root)
         except SoswapError:
             self_result = None
         if self_result is not None:
@@ -262,21 +269,42 @@ def _rooted(checker: ConsumerChecker, info: ProcessInfo) -> Optional[ConsumerChe
     """The checker for a process under another root (:meth:`ConsumerChecker.in_root`), or None when TARGET
     is not inside that root (the process neither maps it nor could load it: unaffected)."""
     assert info.root is not None
-    key = next((path for path, dev, ino in info.mapped if (dev, ino) == checker.target_id), None)
-    if key is None:  # it maps an older TARGET: the path in its root where TARGET is now
-        key = next((path for path, _dev, _ino in info.mapped if _same_file(info.root + path, checker.target_id)),
-                   None)
-    if key is None and not info.root.startswith("/proc/"):  # a chroot: TARGET's host path under it
-        key = _under(info.root, checker.target)
+    key = _path_in_root(info, checker.target, checker.target_id)
     if key is None:
         return None
     also = {}
-    for target, new in checker.substitution.items():
+    for target, new in checker.substitution.items():  # the transaction's other files, where the root has them
         if target != checker.target:
-            inner = _under(info.root, target) if not info.root.startswith("/proc/") else None
+            try:
+                st = os.stat(target)
+            except OSError:
+                continue
+            inner = _path_in_root(info, target, (st.st_dev, st.st_ino), near=(checker.target, key))
             if inner is not None:
                 also[inner] = new
     return checker.in_root(info.root, key, also)
+
+
+def _path_in_root(info: ProcessInfo, host_path: str, ident: Tuple[int, int],
+                  near: Optional[Tuple[str, str]] = None) -> Optional[str]:
+    """Where the file ``host_path`` (identity ``ident``) is inside the process's root: the path it maps it by
+    (an older version of it too, when that path now holds it); a path ``near`` a file whose place there is
+    known (the same relative position: a transaction's files in one directory); in a chroot, its host path
+    under the chroot. Each candidate is checked by identity (a bind mount or a container changes the paths,
+    never the file)."""
+    assert info.root is not None
+    for path, dev, ino in info.mapped:
+        if (dev, ino) == ident:
+            return path
+    candidates = [path for path, _dev, _ino in info.mapped]
+    if near is not None:
+        rel = os.path.relpath(host_path, os.path.dirname(near[0]))
+        candidates.insert(0, os.path.normpath(os.path.join(os.path.dirname(near[1]), rel)))
+    if not info.root.startswith("/proc/"):
+        under = _under(info.root, host_path)
+        if under is not None:
+            candidates.append(under)
+    return next((c for c in candidates if c.startswith("/") and _same_file(info.root + c, ident)), None)
 
 
 def _under(root: str, path: str) -> Optional[str]:
@@ -295,7 +323,7 @@ def _check_process(checker: ConsumerChecker, info: ProcessInfo) -> P.ConsumerRes
                                     note=f"{info.where}: TARGET is not inside its root")
         result = _check_process_here(rooted, info)
         where = f"{info.where}: paths inside it, checked with its own ld.so, libc and ld.so.cache"
-        return result._replace(note=f"{where}; {result.note}" if result.note else where)
+        return result._replace(note=f"{where}; {result.note}" if result.note else where, root=info.root)
     return _check_process_here(checker, info)
 
 

@@ -200,6 +200,11 @@ class ConsumerChecker:
             self._shared.roots[key] = hit
         return hit
 
+    def in_root_checker(self, root: Optional[str]) -> Optional[ConsumerChecker]:
+        """The checker :meth:`in_root` made for ``root`` (the first, if the transaction's files differ), or
+        None."""
+        return next((c for k, c in self._shared.roots.items() if k[1] == root), None)
+
     def loader(self, env: Environment) -> Loader:
         """The loader for ``env``; every one shares the first one's caches (:meth:`Loader.sibling`)."""
         ld = self._loaders.get(env)
@@ -260,8 +265,8 @@ class ConsumerChecker:
         what is installed (as a program when TARGET is one; else messages as dlerror() words them and the
         time the program that loads NEW would meet them)."""
         if as_program:
-            return self._check(self.target, env, _PROGRAM, None, "self", None)
-        res = self._check(self.target, env, _SELF, None, "self", None)
+            return self._check(self.target_key, env, _PROGRAM, None, "self", None)
+        res = self._check(self.target_key, env, _SELF, None, "self", None)
         return res._replace(role=P.ROLE_LIBRARY)
 
     def _check(self, path: str, env: Environment, mode: str, argv0: Optional[str], source: str,

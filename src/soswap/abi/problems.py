@@ -88,6 +88,9 @@ class ConsumerResult(NamedTuple):
     #: Why the consumer was checked (``named``, ``scope``, ``system``, ``process``, ``self``).
     source: str = ""
     note: str = ""
+    #: The root it was checked in when it is not ours: a chroot's directory, or ``/proc/PID/root`` of another
+    #: mount namespace (``path`` and the messages are then paths inside it).
+    root: Optional[str] = None
 
     @property
     def breaks(self) -> bool:

@@ -75,10 +75,13 @@ def read_process(pid: int) -> ProcessInfo:
         raise SoswapError(f"process {pid}: no executable file ({exe})")
     root, prefix, where = _root_of(pid)
     inside = _inside(prefix)
-    if root is not None and inside(exe) is None:
+    maps = parse_maps(procfs.read_file(pid, "maps"))
+    code = [os.fsdecode(m.path) for m in maps if m.executable and m.path.startswith(b"/")]
+    if root is not None and (inside(exe) is None or any(inside(p) is None for p in code)):
         if root.startswith("/proc/"):
-            raise SoswapError(f"process {pid} ({where}) runs a program outside its root directory: not checked")
-        # a daemon that chroot()s itself after it starts (postfix, named -t): started again, it runs from here
+            raise SoswapError(f"process {pid} ({where}) runs code from outside its root directory: not checked")
+        # a daemon that chroot()s itself after it started (postfix, named -t), its program and libraries mapped
+        # from here before: started again, it runs from here
         root, prefix, where = None, "", ""
         inside = _inside("")
     exe = inside(exe) or exe
@@ -103,14 +106,13 @@ def read_process(pid: int) -> ProcessInfo:
         cwd = inside(os.fsdecode(procfs.read_link(pid, "cwd"))) or "/"
     except AccessDenied:
         cwd = "/"
-    maps = parse_maps(procfs.read_file(pid, "maps"))
     seen: Dict[str, Tuple[str, int, int]] = {}
     host_paths: List[Tuple[str, int, int]] = []
     for m in maps:
         if m.executable and m.path.startswith(b"/"):
             p = os.fsdecode(m.path)
-            mine = inside(p)
-            if mine is not None and mine not in seen:  # (a file mapped from outside its root is out of reach)
+            mine = inside(p) or p
+            if mine not in seen:
                 seen[mine] = (mine, m.dev, m.inode)
                 host_paths.append(((root or "") + mine if root else p, m.dev, m.inode))
     _answers(pid, host_paths)

@@ -151,6 +151,8 @@ def consumer_to_json(c: ConsumerResult) -> Dict[str, Any]:
         doc["baseline"] = [problem_to_json(p) for p in c.baseline]
     if c.plugins:
         doc["plugins"] = list(c.plugins)
+    if c.root is not None:
+        doc["root"] = c.root
     if c.note:
         doc["note"] = c.note
     return doc
