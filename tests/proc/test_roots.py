@@ -119,3 +119,29 @@ def test_a_file_written_through_an_overlay_is_a_copy_up_not_an_in_place_change(t
     finally:
         procs.stop_all()  # before the overlay goes: they map files of it
         subprocess.run(["umount", "-l", str(merged)], capture_output=True)
+
+
+@requires_cc
+def test_a_metadata_only_copy_up_is_no_replacement(tmp_path: Path, procs, fx) -> None:
+    """With metacopy=on, a chmod copies up only the metadata: the upper file is a sparse placeholder whose
+    data is still the lower file's. It was reported replaced, the placeholder compared as the new content
+    (QA regression round)."""
+    lower, upper, work, merged = (tmp_path / d for d in ("lower", "upper", "work", "merged"))
+    for d in (upper, work, merged):
+        d.mkdir()
+    shared_lib(lower / "libqa.so.1", "int qa(void) { return 1; }\n")
+    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                        f"lowerdir={lower},upperdir={upper},workdir={work},metacopy=on", str(merged)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount an overlay with metacopy=on here: {r.stderr.decode().strip()}")
+    try:
+        lib = merged / "libqa.so.1"
+        p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready")
+        os.chmod(lib, 0o700)  # metadata only
+        assert (upper / "libqa.so.1").exists()
+        assert not files_of(stale_json("--pid", str(p.pid)), p.pid)
+        assert not files_of(stale_json("--pid", str(p.pid), "--ignore-identical"), p.pid)
+    finally:
+        procs.stop_all()
+        subprocess.run(["umount", "-l", str(merged)], capture_output=True)

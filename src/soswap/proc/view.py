@@ -264,8 +264,8 @@ class FileView:
             return None
         point, upper, lowers = best
         rel = path[len(point.rstrip(b"/")):]
-        if isinstance(self.stat(HOST, upper + rel), int):
-            return None
+        if isinstance(self.stat(HOST, upper + rel), int) or _metacopy(upper + rel):
+            return None  # not copied up, or only its metadata (metacopy=on: the data is still the lower file's)
         lower = next((d + rel for d in lowers if not isinstance(self.stat(HOST, d + rel), int)), None)
         return (upper + rel, lower) if lower is not None else None
 
@@ -301,6 +301,18 @@ def _overlay_mounts(mountinfo: str) -> List[Tuple[int, bytes, bytes, Tuple[bytes
         if lowers and all(d.startswith(b"/") for d in (*lowers, *([upper] if upper else []))):
             out.append((dev, _unescape_octal(fields[4]), upper, lowers))
     return out
+
+
+def _metacopy(path: bytes) -> bool:
+    """The upper-layer file holds only metadata (``overlay.metacopy`` xattr: a chmod or chown copied up with
+    ``metacopy=on``); its data is still the lower file's."""
+    for name in ("trusted.overlay.metacopy", "user.overlay.metacopy"):
+        try:
+            os.getxattr(path, name, follow_symlinks=False)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _unescape_octal(raw: bytes) -> bytes:
