@@ -137,11 +137,15 @@ def test_a_metadata_only_copy_up_is_no_replacement(tmp_path: Path, procs, fx) ->
         pytest.skip(f"cannot mount an overlay with metacopy=on here: {r.stderr.decode().strip()}")
     try:
         lib = merged / "libqa.so.1"
-        p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready")
+        gone = shared_lib(tmp_path / "gone" / "libgone.so", "int gone(void) { return 1; }\n")
+        p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}", f"dlopen:{gone}"],
+                        wait_for_file=tmp_path / "ready")
         os.chmod(lib, 0o700)  # metadata only
         assert (upper / "libqa.so.1").exists()
-        assert not files_of(stale_json("--pid", str(p.pid)), p.pid)
-        assert not files_of(stale_json("--pid", str(p.pid), "--ignore-identical"), p.pid)
+        gone.unlink()  # (so that every mapping of the process is looked at closely)
+        for extra in ((), ("--ignore-identical",)):
+            files = files_of(stale_json("--pid", str(p.pid), *extra), p.pid)
+            assert [(f["path"], f["kind"]) for f in files] == [(str(gone), "deleted")], files
     finally:
         procs.stop_all()
         subprocess.run(["umount", "-l", str(merged)], capture_output=True)
