@@ -66,9 +66,12 @@ def read_process(pid: int) -> ProcessInfo:
     try:
         exe_raw = procfs.read_link(pid, "exe")
     except ProcessGone:
-        if os.path.exists(f"/proc/{pid}/stat"):  # exe has no target: a kernel thread, a zombie
+        if procfs.adopt_live_thread(pid):  # its main thread ended, others run: read through one of them
+            exe_raw = procfs.read_link(pid, "exe")
+        elif os.path.exists(f"/proc/{pid}/stat"):  # exe has no target: a kernel thread, a zombie
             raise SoswapError(f"process {pid} runs no program (a kernel thread or a zombie): not checked") from None
-        raise
+        else:
+            raise
     path, deleted = split_deleted(exe_raw)
     exe = os.fsdecode(path)
     if not exe.startswith("/"):
@@ -213,7 +216,7 @@ def _at_secure(pid: int) -> Optional[bool]:
         return None
     fmt = "@LL"
     try:
-        with open(f"/proc/{pid}/exe", "rb") as f:
+        with open(procfs.entry_path(pid, "exe"), "rb") as f:
             if f.read(5)[4:5] == b"\x01":  # ELFCLASS32: a 32-bit process has 32-bit auxv entries
                 fmt = "@II"
     except OSError:

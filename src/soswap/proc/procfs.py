@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone
 
@@ -54,10 +54,26 @@ def _raise(pid: int, what: str, exc: OSError) -> None:
     raise exc
 
 
+#: pid -> "task/TID": a process whose main thread ended (``pthread_exit``) while other threads run. Its leader
+#: is a zombie whose entries that read the address space (maps, exe, environ...) are empty or gone; a live
+#: thread's entries show the address space they all share. Set by :func:`read_stat`.
+_LIVE_THREAD: Dict[int, str] = {}
+#: The entries that read the address space (``mm``) of the task.
+_OF_THE_MM = frozenset(("maps", "exe", "environ", "auxv", "cmdline", "mem", "map_files"))
+
+
+def entry_path(pid: int, name: str) -> str:
+    """``/proc/PID/name``, or the same entry of a live thread for a process whose main thread ended."""
+    sub = _LIVE_THREAD.get(pid)
+    if sub is not None and name.split("/", 1)[0] in _OF_THE_MM:
+        return f"{PROC}/{pid}/{sub}/{name}"
+    return f"{PROC}/{pid}/{name}"
+
+
 def open_entry(pid: int, name: str) -> int:
     """Open ``/proc/PID/name`` read-only; the caller closes the descriptor."""
     try:
-        return os.open(f"{PROC}/{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(entry_path(pid, name), os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         _raise(pid, name, exc)
         raise  # pragma: no cover - _raise always raises
@@ -103,7 +119,7 @@ def same_address_space(maps_fd: int) -> bool:
 def read_link(pid: int, name: str) -> bytes:
     """``readlink /proc/PID/name`` as bytes (``exe``, ``cwd``, ``root``, ``fd/N``, ``map_files/A-B``)."""
     try:
-        return os.readlink(os.fsencode(f"{PROC}/{pid}/{name}"))
+        return os.readlink(os.fsencode(entry_path(pid, name)))
     except OSError as exc:
         _raise(pid, name, exc)
         raise  # pragma: no cover
@@ -162,7 +178,43 @@ def read_starttime(pid: int) -> int:
 
 
 def read_stat(pid: int) -> ProcStat:
-    return parse_stat(pid, read_small(pid, "stat"))
+    """``/proc/PID/stat``. A process whose main thread ended while others run (its leader a zombie) is alive:
+    its state is a live thread's, and its address-space entries are read through that thread from now on
+    (:func:`entry_path`); the start time stays the process's."""
+    st = parse_stat(pid, read_small(pid, "stat"))
+    if st.state not in (b"Z", b"X", b"x") or st.kernel_thread:
+        _LIVE_THREAD.pop(pid, None)
+        return st
+    for tid in _threads(pid):
+        try:
+            thread = parse_stat(tid, read_small(pid, f"task/{tid}/stat"))
+        except (ProcessGone, AccessDenied):
+            continue
+        if thread.state not in (b"Z", b"X", b"x"):
+            _LIVE_THREAD[pid] = f"task/{tid}"
+            return st._replace(state=thread.state)
+    _LIVE_THREAD.pop(pid, None)
+    return st
+
+
+def _threads(pid: int) -> List[int]:
+    """The other threads of ``pid`` (its ``task`` directory, the leader left out)."""
+    try:
+        return [int(t) for t in os.listdir(f"{PROC}/{pid}/task") if t.isdigit() and int(t) != pid]
+    except OSError:
+        return []
+
+
+def adopt_live_thread(pid: int) -> bool:
+    """For a process whose address-space entries came back empty or gone: did the way to read them change?
+    True when it is one whose main thread ended while others run (read through a live thread from now on), or
+    when it was read that way and is not any more (its PID now names another process): read it again."""
+    before = _LIVE_THREAD.get(pid)
+    try:
+        read_stat(pid)
+    except (ProcessGone, AccessDenied):
+        return False
+    return _LIVE_THREAD.get(pid) != before
 
 
 def parse_status_ids(data: bytes) -> Tuple[Optional[int], Optional[int]]:
@@ -234,7 +286,7 @@ def map_files_name(start: int, end: int) -> str:
 def stat_map_file(pid: int, start: int, end: int) -> os.stat_result:
     """``stat()`` the file behind a mapping through ``/proc/PID/map_files`` (needs CAP_SYS_ADMIN)."""
     try:
-        return os.stat(f"{PROC}/{pid}/{map_files_name(start, end)}")
+        return os.stat(entry_path(pid, map_files_name(start, end)))
     except OSError as exc:
         _raise(pid, "map_files", exc)
         raise  # pragma: no cover

@@ -292,7 +292,18 @@ class _Scanner:
 
     def _suspect(self, pid: int) -> Optional[bool]:
         """Pass 1 for one process: does it need the exact check? None: no address space (kernel thread,
-        zombie)."""
+        zombie). A process whose main thread ended while others run is read through a live thread."""
+        try:
+            verdict = self._suspect_once(pid)
+        except ProcessGone:
+            if not procfs.adopt_live_thread(pid):
+                raise
+            return self._suspect_once(pid)
+        if verdict is None and procfs.adopt_live_thread(pid):
+            return self._suspect_once(pid)
+        return verdict
+
+    def _suspect_once(self, pid: int) -> Optional[bool]:
         query = self.query
         if query is not None and query.supported:
             vmas = query.file_vmas(pid)
@@ -428,7 +439,7 @@ class _Scanner:
         name = os.fsdecode(path)
         journal = self.journal
         view = self.view
-        old_link = f"{procfs.PROC}/{pid}/{procfs.map_files_name(first.start, first.end)}"
+        old_link = procfs.entry_path(pid, procfs.map_files_name(first.start, first.end))
         if deleted:
             # A live file literally named "x (deleted)" shows the same suffix: check that name first.
             literal = view.stat(ctx, path + DELETED_SUFFIX, dev)

@@ -215,7 +215,7 @@ class FileView:
         if self.map_files_denied or dev in self._hung_devs:
             return None
         if dev in self._guarded_devs:  # the map_files link stats the file through its filesystem too
-            res = self._guarded_stat(os.fsencode(f"{procfs.PROC}/{pid}/{procfs.map_files_name(start, end)}"), dev)
+            res = self._guarded_stat(os.fsencode(procfs.entry_path(pid, procfs.map_files_name(start, end))), dev)
             if isinstance(res, int):
                 if res in (errno.EACCES, errno.EPERM):
                     self.map_files_denied = True

@@ -1,0 +1,45 @@
+"""A process whose main thread ended (``pthread_exit``) while another thread runs (QA regression round): its
+leader is a zombie and ``/proc/PID/maps``, ``exe`` and ``cmdline`` read empty or gone, while the live thread's
+``/proc/PID/task/TID/maps`` shows the address space they share. It was called "a zombie: it runs no code" and
+missed by ``stale`` and ``users`` although it ran a deleted library."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from support.build import executable, requires_cc, shared_lib
+
+from .conftest import files_of, run_cli, stale_json
+
+PROGRAM = r"""
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static void *worker(void *arg) { (void)arg; for (;;) pause(); return 0; }
+int main(int argc, char **argv) {
+    pthread_t t;
+    if (argc < 3 || !dlopen(argv[2], RTLD_NOW)) return 2;
+    if (pthread_create(&t, 0, worker, 0)) return 3;
+    FILE *f = fopen(argv[1], "w"); if (f) fclose(f);
+    pthread_exit(0);
+}
+"""
+
+
+@requires_cc
+def test_a_process_whose_main_thread_ended_still_runs_code(tmp_path: Path, procs) -> None:
+    lib = shared_lib(tmp_path / "libqa.so.1", "int qa(void) { return 1; }\n")
+    prog = executable(tmp_path / "leaderless", PROGRAM, libs=["-lpthread", "-ldl"])
+    p = procs.start([prog, tmp_path / "ready", lib], wait_for_file=tmp_path / "ready")
+    data = lib.read_bytes()
+    lib.unlink()  # replaced as a package manager does
+    lib.write_bytes(data)
+    r = run_cli(["stale", "--no-kernel", "--pid", str(p.pid)])
+    assert "zombie" not in r.stderr, r.stderr
+    for doc in (stale_json("--pid", str(p.pid)), stale_json("--path", str(tmp_path))):
+        files = files_of(doc, p.pid)
+        assert [(f["path"], f["kind"]) for f in files] == [(str(lib), "deleted")], doc
+    r = run_cli(["users", str(lib)])
+    assert re.search(rf"pid {p.pid} +mapped +old ", r.stdout), r.stdout
