@@ -209,3 +209,58 @@ def test_a_daemon_that_chroots_itself_is_checked_as_a_host_process(tmp_path: Pat
     doc = _check(["--pid", str(p.pid), "--", str(news["host-only dependency"]), str(host_lib)], tmp_path)
     (c,) = doc["consumers"]
     assert (c["verdict"], c.get("root")) == ("compatible", None), c
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare is needed")
+def test_a_transaction_that_adds_a_file_in_the_consumers_root(tmp_path: Path, procs) -> None:
+    """The new libqa needs libqc.so.1, which the same transaction adds next to it: in a container the added
+    file was never put in place (it has no identity yet) and the install was refused (second regression
+    round). Its place is found by its directory's."""
+    root = _root(tmp_path)
+    lib = root / "opt/qa/lib"
+    p = procs.start(["unshare", "-m", "--propagation", "private", "chroot", str(root), "/opt/qa/bin/qaprog",
+                     "/ready"], wait_for_file=root / "ready")
+    new = tmp_path / "new"
+    qc = shared_lib(new / "libqc.so.1", "int qc_f(void) { return 5; }\n", soname="libqc.so.1")
+    shared_lib(new / "libqa.so.1", "int qc_f(void);\nint qa_f(void) { return qc_f(); }\n",
+               soname="libqa.so.1", libs=[str(qc), "-Wl,-rpath,/opt/qa/lib"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
+               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "soswap", "install", "--dry-run", "--no-report",
+                        str(new / "libqa.so.1"), str(new / "libqc.so.1"), str(lib)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and p.pid, (r.stdout + r.stderr)[-3000:]
+
+
+JIT = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int qa_f(void);
+int main(int argc, char **argv) {
+    int fd = memfd_create("jit", 0);
+    if (fd < 0 || ftruncate(fd, 4096) || mmap(0, 4096, PROT_READ | PROT_EXEC, MAP_SHARED, fd, 0) == MAP_FAILED)
+        return 2;
+    if (argc > 5) return qa_f();
+    FILE *f = fopen(argv[1], "w"); if (f) fclose(f);
+    for (;;) pause();
+}
+"""
+
+
+def test_jit_code_is_no_sign_of_a_program_started_outside_its_root(tmp_path: Path, procs) -> None:
+    """An executable memfd mapping (JIT code) looked like code mapped from outside the chroot: the process
+    was checked as a host process, with the host's loader (second regression round)."""
+    root = _root(tmp_path)
+    news = _news(tmp_path, root)
+    executable(root / "opt/qa/bin/jit", JIT, libs=[str(root / "opt/qa/lib/libqa.so.1")],
+               flags=["-Wl,-rpath,/opt/qa/lib"])
+    p = procs.start(["chroot", str(root), "/opt/qa/bin/jit", "/ready"], wait_for_file=root / "ready")
+    assert "/memfd:jit" in Path(f"/proc/{p.pid}/maps").read_text()
+    doc = _check(["--pid", str(p.pid), "--", str(news["root-only dependency"]), str(root / "opt/qa/lib/libqa.so.1")],
+                 tmp_path)
+    (c,) = doc["consumers"]
+    assert (c["verdict"], c.get("root")) == ("compatible", str(root)), c

@@ -43,3 +43,17 @@ def test_a_process_whose_main_thread_ended_still_runs_code(tmp_path: Path, procs
         assert [(f["path"], f["kind"]) for f in files] == [(str(lib), "deleted")], doc
     r = run_cli(["users", str(lib)])
     assert re.search(rf"pid {p.pid} +mapped +old ", r.stdout), r.stdout
+
+
+@requires_cc
+def test_check_reads_such_a_process_through_a_live_thread_too(tmp_path: Path, procs) -> None:
+    """Its root, cwd and namespaces are gone with the leader too (exit_fs, exit_task_namespaces): check --pid
+    said "no such process" and the default discovery dropped it (second regression round)."""
+    lib = shared_lib(tmp_path / "libqa.so.1", "int qa(void) { return 1; }\n", soname="libqa.so.1")
+    prog = executable(tmp_path / "leaderless", PROGRAM.replace("dlopen(argv[2], RTLD_NOW)", "qa() < 0 || !argv[2]")
+                      .replace("#include <dlfcn.h>", "#include <dlfcn.h>\nint qa(void);"),
+                      libs=[str(lib), "-lpthread", f"-Wl,-rpath,{tmp_path}"])
+    p = procs.start([prog, tmp_path / "ready", "x"], wait_for_file=tmp_path / "ready")
+    new = shared_lib(tmp_path / "new" / "libqa.so.1", "int other(void) { return 2; }\n", soname="libqa.so.1")
+    r = run_cli(["check", "--pid", str(p.pid), "--", str(new), str(lib)])
+    assert r.returncode == 1 and f"pid {p.pid}" in r.stdout and "undefined symbol: qa" in r.stdout, r

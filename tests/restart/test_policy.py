@@ -69,7 +69,8 @@ def test_instances_and_real_unit_names_of_denied_services_are_denied() -> None:
              "network-manager.service", "quagga.service", "tinc.service", "tinc@vpn.service", "nodm.service",
              "wdm.service", "zfs-fuse.service", "systemd-journald.service", "wg-quick@wg0.service",
              "dhcpcd.service", "openvswitch-switch.service", "ovsdb-server.service", "ovs-vswitchd.service",
-             "tailscaled.service", "zerotier-one.service"]
+             "tailscaled.service", "zerotier-one.service", "mythtv-backend.service",
+             "systemd-journald@logs.service", "NetworkManager-dispatcher.service"]
     plan = Policy().plan(report(*(proc(100 + n, f"/system.slice/{u}") for n, u in enumerate(names))))
     assert plan.restart == () and sorted(s.name for s in plan.skipped) == sorted(names)
     kept = Policy().plan(report(proc(10, "/system.slice/lxcfs-helper.service"),

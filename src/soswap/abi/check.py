@@ -172,17 +172,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     self_result: Optional[P.ConsumerResult] = None
     refusals = tuple(c for c in diff.changes if c.severity == BREAKING and c.kind in UNLOADABLE_KINDS | POLICY_KINDS)
     if self_check and not any(c.kind in UNLOADABLE_KINDS for c in refusals):
-        # NEW where TARGET is: in the one other root its consumers all live in (a chroot's, a container's
-        # library), with that root's loader; else here
-        loading = [r for r in results if r.verdict != P.UNAFFECTED]
-        roots = {r.root for r in loading}
-        selfer = checker.in_root_checker(roots.pop()) if len(roots) == 1 and None not in roots else None
-        try:
-            self_result = (selfer or checker).check_self(env, as_program=classify(old_elf) == PROGRAM)
-            if selfer is not None:
-                self_result = self_result._replace(root=selfer.profile.root)
-        except SoswapError:
-            self_result = None
+        self_result = _self_check(checker, results, env, classify(old_elf) == PROGRAM)
         if self_result is not None:
             self_result = _self_verdict(self_result, results)
     verdict = P.COMPATIBLE
@@ -202,6 +192,28 @@ def _normalised(path: str) -> str:
 def _absolute(path: str) -> str:
     """``os.path.abspath``; an absolute path's answer is kept (it does not depend on the working directory)."""
     return _normalised(path) if path.startswith("/") else os.path.abspath(path)
+
+
+def _self_check(checker: ConsumerChecker, results: List[P.ConsumerResult], env: Environment,
+                as_program: bool) -> Optional[P.ConsumerResult]:
+    """NEW loaded at TARGET's place as a root: here, or, when the consumers that load TARGET all live under
+    other roots (chroots, containers), in each of those with its own loader; the worst answer is kept (the
+    first root's when they agree)."""
+    roots = list(dict.fromkeys(r.root for r in results if r.verdict != P.UNAFFECTED))
+    checkers = [c for c in (checker.in_root_checker(root) for root in roots) if c is not None] \
+        if roots and None not in roots else []
+    rank = {P.INCOMPATIBLE: 0, P.REVIEW: 1}
+    best: Optional[P.ConsumerResult] = None
+    for c in checkers or [checker]:
+        try:
+            res = c.check_self(env, as_program=as_program)
+        except SoswapError:
+            continue
+        if c is not checker:
+            res = res._replace(root=c.profile.root)
+        if best is None or rank.get(res.verdict, 9) < rank.get(best.verdict, 9):
+            best = res
+    return best
 
 
 def _self_verdict(res: P.ConsumerResult, consumers: List[P.ConsumerResult]) -> P.ConsumerResult:
@@ -275,17 +287,25 @@ def _rooted(checker: ConsumerChecker, info: ProcessInfo) -> Optional[ConsumerChe
     also = {}
     for target, new in checker.substitution.items():  # the transaction's other files, where the root has them
         if target != checker.target:
-            try:
-                st = os.stat(target)
-            except OSError:
-                continue
-            inner = _path_in_root(info, target, (st.st_dev, st.st_ino), near=(checker.target, key))
+            inner = _path_in_root(info, target, _identity(target), near=(checker.target, key))
+            if inner is None:  # a file the transaction adds: where its directory is in the root
+                parent = _path_in_root(info, os.path.dirname(target), _identity(os.path.dirname(target)),
+                                       near=(checker.target, key))
+                inner = os.path.join(parent, os.path.basename(target)) if parent is not None else None
             if inner is not None:
                 also[inner] = new
     return checker.in_root(info.root, key, also)
 
 
-def _path_in_root(info: ProcessInfo, host_path: str, ident: Tuple[int, int],
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _path_in_root(info: ProcessInfo, host_path: str, ident: Optional[Tuple[int, int]],
                   near: Optional[Tuple[str, str]] = None) -> Optional[str]:
     """Where the file ``host_path`` (identity ``ident``) is inside the process's root: the path it maps it by
     (an older version of it too, when that path now holds it); a path ``near`` a file whose place there is
@@ -293,6 +313,8 @@ def _path_in_root(info: ProcessInfo, host_path: str, ident: Tuple[int, int],
     under the chroot. Each candidate is checked by identity (a bind mount or a container changes the paths,
     never the file)."""
     assert info.root is not None
+    if ident is None:
+        return None
     for path, dev, ino in info.mapped:
         if (dev, ino) == ident:
             return path

@@ -79,7 +79,9 @@ def read_process(pid: int) -> ProcessInfo:
     root, prefix, where = _root_of(pid)
     inside = _inside(prefix)
     maps = parse_maps(procfs.read_file(pid, "maps"))
-    code = [os.fsdecode(m.path) for m in maps if m.executable and m.path.startswith(b"/")]
+    # (memfd and /dev mappings are no files of any root: JIT code, shared memory)
+    code = [os.fsdecode(m.path) for m in maps if m.executable and m.path.startswith(b"/")
+            and not m.path.startswith((b"/memfd:", b"/dev/", b"/SYSV"))]
     if root is not None and (inside(exe) is None or any(inside(p) is None for p in code)):
         if root.startswith("/proc/"):
             raise SoswapError(f"process {pid} ({where}) runs code from outside its root directory: not checked")
@@ -142,14 +144,14 @@ def _root_of(pid: int) -> Tuple[Optional[str], str, str]:
         link = "/"
     try:
         own = os.stat("/proc/self/ns/mnt").st_ino
-        theirs = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        theirs = os.stat(procfs.entry_path(pid, "ns/mnt")).st_ino
     except OSError:
         own = theirs = 0
     prefix = "" if link == "/" else link.rstrip("/")
     if own == theirs:
         return (None, "", "") if not prefix else (prefix, prefix, f"chroot {prefix}")
     where = f"container (mount namespace {theirs})" + (f", chroot {prefix} there" if prefix else "")
-    return f"/proc/{pid}/root", prefix, where
+    return procfs.entry_path(pid, "root"), prefix, where
 
 
 def _inside(prefix: str):  # type: ignore[no-untyped-def]

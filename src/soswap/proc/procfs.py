@@ -55,17 +55,18 @@ def _raise(pid: int, what: str, exc: OSError) -> None:
 
 
 #: pid -> "task/TID": a process whose main thread ended (``pthread_exit``) while other threads run. Its leader
-#: is a zombie whose entries that read the address space (maps, exe, environ...) are empty or gone; a live
-#: thread's entries show the address space they all share. Set by :func:`read_stat`.
+#: is a zombie that let go of what the threads share (``exit_mm``, ``exit_files``, ``exit_fs``,
+#: ``exit_task_namespaces``): its maps, exe, cmdline, environ, fd, root, cwd and ns entries are empty or gone,
+#: while a live thread's show them. Set by :func:`read_stat`.
 _LIVE_THREAD: Dict[int, str] = {}
-#: The entries that read the address space (``mm``) of the task.
-_OF_THE_MM = frozenset(("maps", "exe", "environ", "auxv", "cmdline", "mem", "map_files"))
+#: The entries that stay the leader's: the process's own start time and state, and its threads.
+_OF_THE_LEADER = frozenset(("stat", "status", "task"))
 
 
 def entry_path(pid: int, name: str) -> str:
     """``/proc/PID/name``, or the same entry of a live thread for a process whose main thread ended."""
     sub = _LIVE_THREAD.get(pid)
-    if sub is not None and name.split("/", 1)[0] in _OF_THE_MM:
+    if sub is not None and name.split("/", 1)[0] not in _OF_THE_LEADER:
         return f"{PROC}/{pid}/{sub}/{name}"
     return f"{PROC}/{pid}/{name}"
 
@@ -262,7 +263,7 @@ def read_cmdline(pid: int) -> Tuple[bytes, ...]:
 def ns_inode(pid: int, kind: str) -> Optional[int]:
     """The inode of ``/proc/PID/ns/<kind>`` (``mnt``, ``pid``...), or None if the kernel has no such namespace."""
     try:
-        return os.stat(f"{PROC}/{pid}/ns/{kind}").st_ino
+        return os.stat(entry_path(pid, f"ns/{kind}")).st_ino
     except OSError as exc:
         if exc.errno in _GONE and os.path.exists(f"{PROC}/{pid}"):
             return None
@@ -294,7 +295,7 @@ def stat_map_file(pid: int, start: int, end: int) -> os.stat_result:
 
 def list_fds(pid: int) -> List[str]:
     try:
-        return os.listdir(f"{PROC}/{pid}/fd")
+        return os.listdir(entry_path(pid, "fd"))
     except OSError as exc:
         _raise(pid, "fd", exc)
         raise  # pragma: no cover

@@ -610,7 +610,7 @@ class _Scanner:
         held = self._held_fd(pid, path)
         if held is not None:
             fd, fd_st, fd_deleted = held
-            old_link = f"{procfs.PROC}/{pid}/fd/{fd}"
+            old_link = procfs.entry_path(pid, f"fd/{fd}")
             if fd_deleted:
                 kind = REPLACED if fd_st.st_nlink > 0 else DELETED
                 there = "a new file is at the path" if not isinstance(st_now, int) else "nothing is at the path now"
@@ -708,7 +708,7 @@ class _Scanner:
             if self.ignore.match(path) is not None or not self._wanted(path):
                 continue
             try:
-                st = os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
+                st = os.stat(procfs.entry_path(pid, f"fd/{fd}"))
             except OSError:
                 continue
             if not stat_mod.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen or st.st_nlink > 0:
@@ -716,7 +716,7 @@ class _Scanner:
             seen.add((st.st_dev, st.st_ino))
             f = self._unless_identical(StaleFile(os.fsdecode(path), DELETED, ROLE_OPEN,
                                                  f"deleted file held open as fd {fd}", st.st_dev, st.st_ino),
-                                       f"{procfs.PROC}/{pid}/fd/{fd}", ctx, path)
+                                       procfs.entry_path(pid, f"fd/{fd}"), ctx, path)
             if f is not None:
                 out.append(f)
         return out

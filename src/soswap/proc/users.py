@@ -249,7 +249,7 @@ class _Pass:
             return None
         if not guarded:
             try:
-                return os.stat(f"{procfs.PROC}/{pid}/fd/{fd}")
+                return os.stat(procfs.entry_path(pid, f"fd/{fd}"))
             except OSError:
                 return None
         if not named:

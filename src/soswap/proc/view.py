@@ -102,7 +102,7 @@ class FileView:
         if mnt is None or mnt == self._own_mnt:
             ctx = HOST
         else:
-            prefix = f"{procfs.PROC}/{pid}/root"
+            prefix = procfs.entry_path(pid, "root")
             try:
                 st = os.stat(prefix)
             except OSError as exc:
@@ -122,7 +122,7 @@ class FileView:
         process (maps, exe, cwd), which are relative to our root in our mount namespace, to its namespace's root
         in another: a chroot's directory goes in front (``readlink /proc/PID/root``)."""
         try:
-            link = os.readlink(f"{procfs.PROC}/{pid}/root".encode())
+            link = os.readlink(procfs.entry_path(pid, "root").encode())
         except OSError:
             return path
         if link == b"/" or not link.startswith(b"/"):
@@ -169,7 +169,7 @@ class FileView:
             guarded = self.namespace_guarded(self.root_of(pid))
         except (AccessDenied, ProcessGone):
             guarded = True
-        return self._guarded_stat(os.fsencode(f"{procfs.PROC}/{pid}/fd/{fd}"), _UNKNOWN_DEV if guarded else -1)
+        return self._guarded_stat(os.fsencode(procfs.entry_path(pid, f"fd/{fd}")), _UNKNOWN_DEV if guarded else -1)
 
     def namespace_guarded(self, ctx: RootContext) -> bool:
         """Does the mount namespace of ``ctx`` have a network or FUSE mount? Another namespace's mounts (its

@@ -32,11 +32,11 @@ from soswap.proc.model import StaleReport
 DEFAULT_DENY: Tuple[str, ...] = (
     r"^dbus(-broker)?\.service$",
     r"^(gdm|gdm3|sddm|lightdm|xdm|lxdm|slim|kdm|nodm|wdm|display-manager)\.service$",
-    r"^(NetworkManager|network-manager|network|networking|systemd-networkd|systemd-resolved|"
+    r"^(NetworkManager(-dispatcher|-wait-online)?|network-manager|network|networking|systemd-networkd|systemd-resolved|"
     r"wpa_supplicant(-[^@.]+)?(@.*)?|openvpn.*|strongswan.*|.*swan|ipsec|frr|quagga|bird.*|ifup@.*|iwd|"
     r"tinc(@.*)?|wg-quick@.*|dhcpcd(@.*)?|openvswitch.*|ovsdb-server|ovs-vswitchd|tailscaled|zerotier-one)"
     r"\.service$",
-    r"^(systemd-journald|zfs-fuse)\.service$",
+    r"^(systemd-journald(@.*)?|zfs-fuse|mythtv-backend)\.service$",
     r"^(getty|serial-getty|container-getty|autovt)@.*\.service$",
     r"^user@\d+\.service$",
     r"^systemd-logind\.service$",
