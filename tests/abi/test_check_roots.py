@@ -264,3 +264,43 @@ def test_jit_code_is_no_sign_of_a_program_started_outside_its_root(tmp_path: Pat
                  tmp_path)
     (c,) = doc["consumers"]
     assert (c["verdict"], c.get("root")) == ("compatible", str(root)), c
+
+
+VER_2 = "VER_1 { local: *; };\nVER_2 { global: ver; } VER_1;\n"
+
+
+def test_new_itself_is_checked_in_each_root_its_consumers_live_in(tmp_path: Path, procs) -> None:
+    """Consumers in two chroots that share TARGET's directory (a bind mount): NEW itself was loaded with the
+    host's libraries, and a NEW needing what only the roots have was refused (second regression round). Here
+    NEW's RUNPATH names a directory that holds libver.so.1 with node VER_2 in the roots, and with VER_1 only on
+    the host."""
+    deps = tmp_path / "deps"
+    shared_lib(deps / "libver.so.1", "int ver(void) { return 1; }\n", soname="libver.so.1",
+               version_script="VER_1 { global: ver; local: *; };")
+    roots = []
+    for name in ("a", "b"):
+        here = tmp_path / name
+        here.mkdir()
+        root = _root(here)
+        shared_lib(root / str(deps).lstrip("/") / "libver.so.1", "int ver(void) { return 2; }\n",
+                   soname="libver.so.1", version_script=VER_2)
+        roots.append(root)
+    shared = roots[1] / "opt/qa/lib"
+    shutil.rmtree(shared)
+    shared.mkdir()
+    subprocess.run(["mount", "--bind", str(roots[0] / "opt/qa/lib"), str(shared)], check=True)
+    try:
+        ps = [procs.start(["chroot", str(r), "/opt/qa/bin/qaprog", "/ready"], wait_for_file=r / "ready")
+              for r in roots]
+        root_ver = shared_lib(tmp_path / "verbuild" / "libver.so.1", "int ver(void) { return 2; }\n",
+                              soname="libver.so.1", version_script=VER_2)
+        new = shared_lib(tmp_path / "new" / "libqa.so.1", "int ver(void);\nint qa_f(void) { return ver(); }\n",
+                         soname="libqa.so.1", libs=[str(root_ver), f"-Wl,-rpath,{deps}"])
+        args = [a for p in ps for a in ("--pid", str(p.pid))]
+        doc = _check([*args, "--", str(new), str(roots[0] / "opt/qa/lib/libqa.so.1")], tmp_path)
+        assert [c["verdict"] for c in doc["consumers"]] == ["compatible", "compatible"], doc["consumers"]
+        assert doc["self"]["verdict"] == "compatible" and doc["self"]["root"] in map(str, roots), doc["self"]
+        assert doc["verdict"] == "compatible"
+    finally:
+        procs.stop_all()
+        subprocess.run(["umount", str(shared)], capture_output=True)
