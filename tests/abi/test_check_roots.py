@@ -71,13 +71,21 @@ def _news(tmp: Path, root: Path) -> Dict[str, Path]:
     }
 
 
-def _check(args: List[str], tmp: Path) -> dict:
+def _soswap(args: List[str], tmp: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
     env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp / "state"), SOSWAP_CACHE_DIR=str(tmp / "cache"))
-    r = subprocess.run([sys.executable, "-m", "soswap", "check", "--json", *args], env=env, capture_output=True,
-                       text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "soswap", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _check(args: List[str], tmp: Path) -> dict:
+    r = _soswap(["check", "--json", *args], tmp)
     assert r.returncode in (0, 1), r.stderr
     return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def _install_dry_run(tmp: Path, *paths: Path) -> subprocess.CompletedProcess:
+    return _soswap(["install", "--dry-run", "--no-report", *map(str, paths)], tmp)
 
 
 def _runs_after_replacement(root: Path, new: Path) -> bool:
@@ -179,14 +187,8 @@ def test_a_transaction_whose_consumer_lives_in_a_container(tmp_path: Path, procs
                soname="libqa.so.1", libs=[str(new_qb)])
     p = procs.start(["unshare", "-m", "--propagation", "private", "chroot", str(root), "/opt/qa/bin/two",
                      "/ready"], wait_for_file=root / "ready")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
-    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
-               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
-    r = subprocess.run([sys.executable, "-m", "soswap", "install", "--dry-run", "--no-report",
-                        str(new / "libqa.so.1"), str(new / "libqb.so.1"), str(lib)],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert p.pid  # (the container process ran throughout)
+    r = _install_dry_run(tmp_path, new / "libqa.so.1", new / "libqb.so.1", lib)
+    assert r.returncode == 0 and p.pid, r.stdout + r.stderr
 
 
 @requires_cc
@@ -224,12 +226,7 @@ def test_a_transaction_that_adds_a_file_in_the_consumers_root(tmp_path: Path, pr
     qc = shared_lib(new / "libqc.so.1", "int qc_f(void) { return 5; }\n", soname="libqc.so.1")
     shared_lib(new / "libqa.so.1", "int qc_f(void);\nint qa_f(void) { return qc_f(); }\n",
                soname="libqa.so.1", libs=[str(qc), "-Wl,-rpath,/opt/qa/lib"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
-    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
-               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
-    r = subprocess.run([sys.executable, "-m", "soswap", "install", "--dry-run", "--no-report",
-                        str(new / "libqa.so.1"), str(new / "libqc.so.1"), str(lib)],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = _install_dry_run(tmp_path, new / "libqa.so.1", new / "libqc.so.1", lib)
     assert r.returncode == 0 and p.pid, (r.stdout + r.stderr)[-3000:]
 
 

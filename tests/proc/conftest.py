@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -234,3 +235,22 @@ def files_of(doc: dict, pid: int) -> List[dict]:
         if p["pid"] == pid:
             return p["files"]
     return []
+
+
+@contextlib.contextmanager
+def overlay(tmp_path: Path, procs, options: str = "") -> Iterator[Tuple[Path, Path, Path]]:  # type: ignore[no-untyped-def]
+    """An overlayfs mount under ``tmp_path``: (lower, upper, merged), skipping the test where it cannot be
+    mounted. On the way out the processes started by ``procs`` are stopped (they map its files), then it is
+    unmounted."""
+    lower, upper, work, merged = (tmp_path / d for d in ("lower", "upper", "work", "merged"))
+    for d in (lower, upper, work, merged):
+        d.mkdir(exist_ok=True)
+    opts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (f",{options}" if options else "")
+    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount an overlay ({opts}) here: {r.stderr.decode().strip()}")
+    try:
+        yield lower, upper, merged
+    finally:
+        procs.stop_all()
+        subprocess.run(["umount", "-l", str(merged)], capture_output=True)

@@ -17,7 +17,7 @@ import pytest
 
 from support.build import requires_cc, requires_root, shared_lib
 
-from .conftest import files_of, run_cli, stale_json
+from .conftest import files_of, overlay, run_cli, stale_json
 
 pytestmark = [requires_root, pytest.mark.skipif(shutil.which("chroot") is None, reason="chroot is needed")]
 
@@ -87,16 +87,9 @@ def test_a_file_written_through_an_overlay_is_a_copy_up_not_an_in_place_change(t
     """cp onto a lower-layer library through an overlay copies it up: the process keeps the lower file's pages,
     while stat, maps and map_files all show the same overlay inode. It was reported "modified ... old and new
     code mixed in memory" (false), and an identical copy-up could not be silenced with --ignore-identical."""
-    lower, upper, work, merged = (tmp_path / d for d in ("lower", "upper", "work", "merged"))
-    for d in (upper, work, merged):
-        d.mkdir()
-    shared_lib(lower / "libqa.so.1", "int qa(void) { return 1; }\n")
+    shared_lib(tmp_path / "lower" / "libqa.so.1", "int qa(void) { return 1; }\n")
     v2 = shared_lib(tmp_path / "v2" / "libqa.so.1", "int qa(void) { return 2; }\n")
-    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount an overlay here: {r.stderr.decode().strip()}")
-    try:
+    with overlay(tmp_path, procs) as (lower, upper, merged):
         lib = merged / "libqa.so.1"
         p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready")
         q = procs.start([fx.holder, tmp_path / "ready2", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready2")
@@ -116,9 +109,6 @@ def test_a_file_written_through_an_overlay_is_a_copy_up_not_an_in_place_change(t
             fh.write(b"\0")
         (g,) = files_of(stale_json("--pid", str(s.pid)), s.pid)
         assert g["kind"] == "modified", g
-    finally:
-        procs.stop_all()  # before the overlay goes: they map files of it
-        subprocess.run(["umount", "-l", str(merged)], capture_output=True)
 
 
 @requires_cc
@@ -126,16 +116,8 @@ def test_a_metadata_only_copy_up_is_no_replacement(tmp_path: Path, procs, fx) ->
     """With metacopy=on, a chmod copies up only the metadata: the upper file is a sparse placeholder whose
     data is still the lower file's. It was reported replaced, the placeholder compared as the new content
     (QA regression round)."""
-    lower, upper, work, merged = (tmp_path / d for d in ("lower", "upper", "work", "merged"))
-    for d in (upper, work, merged):
-        d.mkdir()
-    shared_lib(lower / "libqa.so.1", "int qa(void) { return 1; }\n")
-    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir={lower},upperdir={upper},workdir={work},metacopy=on", str(merged)],
-                       capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount an overlay with metacopy=on here: {r.stderr.decode().strip()}")
-    try:
+    shared_lib(tmp_path / "lower" / "libqa.so.1", "int qa(void) { return 1; }\n")
+    with overlay(tmp_path, procs, "metacopy=on") as (_lower, upper, merged):
         lib = merged / "libqa.so.1"
         gone = shared_lib(tmp_path / "gone" / "libgone.so", "int gone(void) { return 1; }\n")
         p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}", f"dlopen:{gone}"],
@@ -146,6 +128,3 @@ def test_a_metadata_only_copy_up_is_no_replacement(tmp_path: Path, procs, fx) ->
         for extra in ((), ("--ignore-identical",)):
             files = files_of(stale_json("--pid", str(p.pid), *extra), p.pid)
             assert [(f["path"], f["kind"]) for f in files] == [(str(gone), "deleted")], files
-    finally:
-        procs.stop_all()
-        subprocess.run(["umount", "-l", str(merged)], capture_output=True)

@@ -17,6 +17,7 @@ from support.build import requires_root
 
 from .conftest import (
     files_of,
+    overlay,
     replace_by_rename,
     run_cli,
     stale_json,
@@ -344,25 +345,15 @@ def test_other_pid_namespace_is_reported(procs, fx, tmp_path: Path) -> None:
 # 21 --------------------------------------------------------------------------------------------------------
 @requires_root
 def test_overlayfs_binary(procs, fx, tmp_path: Path) -> None:
-    lower, upper, work, merged = (tmp_path / n for n in ("lower", "upper", "work", "merged"))
-    for d in (lower, upper, work, merged):
-        d.mkdir()
-    fx.program(lower)
-    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"overlayfs unavailable: {r.stderr!r}")
-    try:
+    (tmp_path / "lower").mkdir()
+    fx.program(tmp_path / "lower")
+    with overlay(tmp_path, procs) as (_lower, _upper, merged):
         ready = tmp_path / "ready-ovl"
         p = procs.start([merged / "prog", ready], wait_for_file=ready)
         assert scan_pid(p.pid) == []
         replace_by_rename(merged / "libfix.so", fx.lib_v2.read_bytes())
         # The old file still exists in the lower layer (a link of the mapped inode): "replaced".
         assert {(f.kind, f.role) for f in scan_pid(p.pid)} == {("replaced", "library")}
-        p.stop()
-    finally:
-        procs.stop_all()
-        subprocess.run(["umount", str(merged)], check=False)
 
 
 # 22 --------------------------------------------------------------------------------------------------------

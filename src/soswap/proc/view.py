@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Dict, FrozenSet, Hashable, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, FrozenSet, Hashable, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import procfs
@@ -274,32 +274,41 @@ class FileView:
 _UNKNOWN_DEV = -2
 
 
-def _overlay_mounts(mountinfo: str) -> List[Tuple[int, bytes, bytes, Tuple[bytes, ...]]]:
-    """(device, mount point, upperdir or b"", lowerdirs) of the overlayfs mounts of a ``mountinfo`` file whose
-    layers are absolute paths."""
+def _mounts(mountinfo: str) -> Iterator[Tuple[int, bytes, bytes, bytes]]:
+    """(device number, mount point, filesystem type, super options) of each line of a ``mountinfo`` file:
+    ``id parent maj:min root mountpoint options [optional...] - fstype source super-options``."""
     try:
         with open(mountinfo, "rb") as f:
             data = f.read()
     except OSError:
-        return []
-    out = []
+        return
     for line in data.split(b"\n"):
         left, sep, right = line.partition(b" - ")
         fields = left.split(b" ")
         tail = right.split(b" ")
-        if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] != b"overlay":
+        if not sep or len(fields) < 5:
             continue
         major, _, minor = fields[2].partition(b":")
         try:
             dev = os.makedev(int(major), int(minor))
         except ValueError:
             continue
-        opts = dict(o.partition(b"=")[::2] for o in b" ".join(tail[2:]).split(b","))
+        yield dev, _unescape_octal(fields[4]), tail[0], b" ".join(tail[2:])
+
+
+def _overlay_mounts(mountinfo: str) -> List[Tuple[int, bytes, bytes, Tuple[bytes, ...]]]:
+    """(device, mount point, upperdir or b"", lowerdirs) of the overlayfs mounts of a ``mountinfo`` file whose
+    layers are absolute paths."""
+    out = []
+    for dev, point, fstype, options in _mounts(mountinfo):
+        if fstype != b"overlay":
+            continue
+        opts = dict(o.partition(b"=")[::2] for o in options.split(b","))
         upper = _unescape_octal(opts.get(b"upperdir", b""))
         # lowerdir=a:b:c (a colon inside a name is escaped with a backslash, not handled: such a mount is skipped)
         lowers = tuple(_unescape_octal(d) for d in opts.get(b"lowerdir", b"").split(b":") if d)
         if lowers and all(d.startswith(b"/") for d in (*lowers, *([upper] if upper else []))):
-            out.append((dev, _unescape_octal(fields[4]), upper, lowers))
+            out.append((dev, point, upper, lowers))
     return out
 
 
@@ -325,26 +334,8 @@ def _guarded_mounts(mountinfo: str, fstypes: FrozenSet[str]) -> List[Tuple[int, 
     ``fstypes``."""
     if not fstypes:
         return []
-    try:
-        with open(mountinfo, "rb") as f:
-            data = f.read()
-    except OSError:
-        return []
-    out = []
-    for line in data.split(b"\n"):
-        # mountinfo: id parent maj:min root mountpoint options [optional...] - fstype source super-options
-        left, sep, right = line.partition(b" - ")
-        fields = left.split(b" ")
-        if not sep or len(fields) < 5 or not _is_guarded(right.split(b" ", 1)[0].decode("ascii", "replace"), fstypes):
-            continue
-        major, _, minor = fields[2].partition(b":")
-        try:
-            dev = os.makedev(int(major), int(minor))
-        except ValueError:
-            continue
-        # the mount point escapes space, tab, newline and backslash as octal (\040...)
-        out.append((dev, os.fsdecode(_unescape_octal(fields[4]))))
-    return out
+    return [(dev, os.fsdecode(point)) for dev, point, fstype, _options in _mounts(mountinfo)
+            if _is_guarded(fstype.decode("ascii", "replace"), fstypes)]
 
 
 def _devices_of(mountinfo: str, fstypes: FrozenSet[str]) -> FrozenSet[int]:
