@@ -301,3 +301,27 @@ def test_new_itself_is_checked_in_each_root_its_consumers_live_in(tmp_path: Path
     finally:
         procs.stop_all()
         subprocess.run(["umount", str(shared)], capture_output=True)
+
+
+FD_CODE = JIT.replace('int fd = memfd_create("jit", 0);\n    if (fd < 0 || ftruncate(fd, 4096) || mmap(',
+                      'int fd = 3;\n    if (mmap(')
+
+
+def test_code_mapped_from_a_file_passed_in_from_outside_says_nothing_of_where_it_started(tmp_path: Path,
+                                                                                      procs) -> None:
+    """A file outside the chroot, open on an inherited descriptor and mapped executable, made a process started
+    in the chroot look like a daemon that chroot()ed itself: it was checked with the host's loader (third
+    regression round). Where its dynamic loader comes from decides."""
+    root = _root(tmp_path)
+    news = _news(tmp_path, root)
+    executable(root / "opt/qa/bin/fdcode", FD_CODE, libs=[str(root / "opt/qa/lib/libqa.so.1")],
+               flags=["-Wl,-rpath,/opt/qa/lib"])
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"\xc3" * 4096)
+    p = procs.start(["bash", "-c", f'exec 3<"{outside}"; exec chroot "{root}" /opt/qa/bin/fdcode /ready'],
+                    wait_for_file=root / "ready")
+    assert str(outside) in Path(f"/proc/{p.pid}/maps").read_text()
+    doc = _check(["--pid", str(p.pid), "--", str(news["root-only dependency"]), str(root / "opt/qa/lib/libqa.so.1")],
+                 tmp_path)
+    (c,) = doc["consumers"]
+    assert (c["verdict"], c.get("root")) == ("compatible", str(root)), c

@@ -5,6 +5,7 @@ missed by ``stale`` and ``users`` although it ran a deleted library."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -57,3 +58,52 @@ def test_check_reads_such_a_process_through_a_live_thread_too(tmp_path: Path, pr
     new = shared_lib(tmp_path / "new" / "libqa.so.1", "int other(void) { return 2; }\n", soname="libqa.so.1")
     r = run_cli(["check", "--pid", str(p.pid), "--", str(new), str(lib)])
     assert r.returncode == 1 and f"pid {p.pid}" in r.stdout and "undefined symbol: qa" in r.stdout, r
+
+
+CHURN = r"""
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static const char *go;
+static void *second(void *arg) { (void)arg; for (;;) pause(); return 0; }
+static void *first(void *arg) {
+    (void)arg;
+    while (access(go, F_OK) != 0) usleep(5000);
+    pthread_t t;  /* hand over to a new worker, then end: the process carries on */
+    pthread_create(&t, 0, second, 0);
+    return 0;
+}
+int main(int argc, char **argv) {
+    pthread_t t;
+    if (argc < 4 || !dlopen(argv[2], RTLD_NOW)) return 2;
+    go = argv[3];
+    if (pthread_create(&t, 0, first, 0)) return 3;
+    FILE *f = fopen(argv[1], "w"); if (f) fclose(f);
+    pthread_exit(0);
+}
+"""
+
+
+@requires_cc
+def test_a_long_lived_caller_keeps_finding_it_when_its_worker_is_replaced(tmp_path: Path, procs) -> None:
+    """find_users in one Python process, twice: between the calls the thread it was read through ended (a
+    new worker took over). The second call read the gone thread's entries and dropped the process without a
+    word (third regression round)."""
+    import time
+
+    from soswap.proc import find_users
+
+    lib = shared_lib(tmp_path / "libqa.so.1", "int qa(void) { return 1; }\n")
+    prog = executable(tmp_path / "churn", CHURN, libs=["-lpthread", "-ldl"])
+    go = tmp_path / "go"
+    p = procs.start([prog, tmp_path / "ready", lib, go], wait_for_file=tmp_path / "ready")
+    assert [u.pid for u in find_users([str(lib)])[0].uses] == [p.pid]
+    before = sorted(os.listdir(f"/proc/{p.pid}/task"))
+    go.touch()
+    deadline = time.monotonic() + 10
+    while sorted(os.listdir(f"/proc/{p.pid}/task")) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert sorted(os.listdir(f"/proc/{p.pid}/task")) != before
+    assert [u.pid for u in find_users([str(lib)])[0].uses] == [p.pid]

@@ -79,10 +79,10 @@ def read_process(pid: int) -> ProcessInfo:
     root, prefix, where = _root_of(pid)
     inside = _inside(prefix)
     maps = parse_maps(procfs.read_file(pid, "maps"))
-    # (memfd and /dev mappings are no files of any root: JIT code, shared memory)
-    code = [os.fsdecode(m.path) for m in maps if m.executable and m.path.startswith(b"/")
-            and not m.path.startswith((b"/memfd:", b"/dev/", b"/SYSV"))]
-    if root is not None and (inside(exe) is None or any(inside(p) is None for p in code)):
+    # the dynamic loader it runs with (a program started here and chroot()ed since has it from here; JIT code,
+    # huge pages or a file passed in from outside say nothing of where it started)
+    loaders = [os.fsdecode(m.path) for m in maps if m.executable and _is_dynamic_loader(m.path)]
+    if root is not None and (inside(exe) is None or any(inside(p) is None for p in loaders)):
         if root.startswith("/proc/"):
             raise SoswapError(f"process {pid} ({where}) runs code from outside its root directory: not checked")
         # a daemon that chroot()s itself after it started (postfix, named -t), its program and libraries mapped
@@ -127,6 +127,12 @@ def read_process(pid: int) -> ProcessInfo:
     secure = _at_secure(pid)
     env = Environment.from_environ(environ, cwd=cwd if cwd.startswith("/") else "/", secure=secure)
     return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note, root, where)
+
+
+def _is_dynamic_loader(path: bytes) -> bool:
+    """``/lib64/ld-linux-x86-64.so.2``, ``/lib/ld-linux-aarch64.so.1``, ``/lib64/ld64.so.2``, ``ld-2.31.so``..."""
+    name = path.rsplit(b"/", 1)[-1]
+    return name.startswith((b"ld-", b"ld64.so", b"ld.so")) and b".so" in name
 
 
 def _root_of(pid: int) -> Tuple[Optional[str], str, str]:

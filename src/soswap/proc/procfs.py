@@ -199,9 +199,9 @@ def read_stat(pid: int) -> ProcStat:
 
 
 def _threads(pid: int) -> List[int]:
-    """The other threads of ``pid`` (its ``task`` directory, the leader left out)."""
+    """The other threads of ``pid`` (its ``task`` directory, the leader left out), the oldest first."""
     try:
-        return [int(t) for t in os.listdir(f"{PROC}/{pid}/task") if t.isdigit() and int(t) != pid]
+        return sorted(int(t) for t in os.listdir(f"{PROC}/{pid}/task") if t.isdigit() and int(t) != pid)
     except OSError:
         return []
 

@@ -70,7 +70,14 @@ class _Pass:
                 continue
             try:
                 for _ in range(ATTEMPTS):
-                    found = self._one(pid)
+                    try:
+                        found = self._one(pid)
+                    except ProcessGone:
+                        # read through a thread that ended (its main thread gone too), or the PID now names
+                        # another process: the way to read it changed, read it again; else gone for good
+                        if not procfs.adopt_live_thread(pid):
+                            raise
+                        continue
                     if found is not None:
                         for idx, use in found:
                             out.setdefault(idx, []).append(use)

@@ -201,7 +201,9 @@ def plan(requests: Sequence[Request], opts: InstallOptions) -> Tuple[List[_Plan]
             raise UsageError(f"{target.path} is the destination of both {seen[target.path]} and {req.source}")
         seen[target.path] = req.source
         if target.path != target.requested:
-            notices.append(Notice(target.requested, f"is a symbolic link; replacing its target {target.path}"))
+            what = ("is a symbolic link" if os.path.islink(target.requested)
+                    else "is reached through a symbolically linked directory")
+            notices.append(Notice(target.requested, f"{what}; replacing {target.path}"))
         plans.append(_plan_one(target, opts, dir_flags, refusals, notices))
     if refusals:
         raise Refused(checks.collect_hint(refusals))

@@ -256,7 +256,8 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
     if s is not None and s.verdict in ("incompatible", "review"):
         lines.append("")
         why = f" ({s.note})" if s.verdict == "review" and s.note else ""
-        lines.append(f"NEW itself at {s.path}: {s.verdict}{why}")
+        where = f" in {s.root}" if s.root else ""
+        lines.append(f"NEW itself at {s.path}{where}: {s.verdict}{why}")
         for p in s.problems:
             lines.append(f"    {_problem_line(p)}")
     compat = [c for c in result.consumers if c.verdict == "compatible"]
