@@ -201,6 +201,21 @@ def test_symlink_chain_target_replaced_links_kept(tmp_path, libfoo, state):
     assert sha256(real) == libfoo.sha2
 
 
+def test_the_notice_says_which_part_is_the_symbolic_link(tmp_path, libfoo, state):
+    """A destination reached through a symbolically linked directory (merged /usr: lib -> usr/lib) is no
+    symbolic link itself; the notice said it was (third regression round)."""
+    d = tmp_path / "usr-lib"
+    d.mkdir()
+    (tmp_path / "lib").symlink_to("usr-lib")
+    shutil.copyfile(libfoo.v1, d / "libfoo.so.1")
+    (d / "libfoo.so").symlink_to("libfoo.so.1")
+    r = soswap(["install", libfoo.v2, tmp_path / "lib" / "libfoo.so.1"], state, check=0)
+    assert f"{tmp_path / 'lib' / 'libfoo.so.1'}: is reached through a symbolically linked directory" in r.stderr, \
+        r.stderr
+    r = soswap(["install", libfoo.v1, d / "libfoo.so"], state, check=0)
+    assert f"{d / 'libfoo.so'}: is a symbolic link; replacing {d / 'libfoo.so.1'}" in r.stderr, r.stderr
+
+
 def test_replace_link_itself(tmp_path, libfoo, state):
     """--replace-link: the symlink becomes a regular file, its old target is untouched."""
     d = tmp_path / "rl"
