@@ -318,7 +318,8 @@ def _path_in_root(info: ProcessInfo, host_path: str, ident: Optional[Tuple[int, 
     for path, dev, ino in info.mapped:
         if (dev, ino) == ident:
             return path
-    candidates = [path for path, _dev, _ino in info.mapped]
+    name = os.path.basename(host_path)
+    candidates = [path for path, _dev, _ino in info.mapped if os.path.basename(path) == name]
     if near is not None:
         rel = os.path.relpath(host_path, os.path.dirname(near[0]))
         candidates.insert(0, os.path.normpath(os.path.join(os.path.dirname(near[1]), rel)))

@@ -86,7 +86,7 @@ class FileView:
         #: (a script, an open file) is stat()-ed through the helper too, as it may lie on one
         self._ns_guarded: Dict[Hashable, bool] = {None: bool(self._guarded_devs)}
         self._hung_devs: Set[int] = set()
-        #: overlayfs mounts of our namespace (:meth:`overlay_real`), read when first needed
+        #: overlayfs mounts of our namespace (:meth:`overlay_copy`), read when first needed
         self._overlays: Optional[List[Tuple[int, bytes, bytes, Tuple[bytes, ...]]]] = None
         self._server: Optional[StatServer] = None
         self._waited = 0.0  #: seconds spent on guarded stats that timed out
