@@ -528,11 +528,7 @@ def _identities_of(res: LoadResult, realpath: Callable[[str], str] = os.path.rea
 
 
 def _same_file(path: str, ident: Tuple[int, int]) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == ident
+    return _identity(path) == ident
 
 
 def _sorted(results: List[P.ConsumerResult]) -> List[P.ConsumerResult]:

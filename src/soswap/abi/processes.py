@@ -149,12 +149,11 @@ def _root_of(pid: int) -> Tuple[Optional[str], str, str]:
     except AccessDenied:
         link = "/"
     try:
-        own = os.stat("/proc/self/ns/mnt").st_ino
-        theirs = os.stat(procfs.entry_path(pid, "ns/mnt")).st_ino
-    except OSError:
-        own = theirs = 0
+        theirs = procfs.ns_inode(pid, "mnt")
+    except AccessDenied:
+        theirs = None
     prefix = "" if link == "/" else link.rstrip("/")
-    if own == theirs:
+    if theirs is None or theirs == procfs.own_ns_inode("mnt"):
         return (None, "", "") if not prefix else (prefix, prefix, f"chroot {prefix}")
     where = f"container (mount namespace {theirs})" + (f", chroot {prefix} there" if prefix else "")
     return procfs.entry_path(pid, "root"), prefix, where

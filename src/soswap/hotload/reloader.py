@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import _ctypes
 import ctypes
+import functools
 import os
 import shutil
 import stat
@@ -340,18 +341,14 @@ def _check_loadable(path: str) -> None:
         elf.close()
 
 
-_OWN: List[Optional[Tuple[int, bool, int, str, Optional[str]]]] = []
-
-
+@functools.lru_cache(maxsize=1)
 def _own_abi() -> Optional[Tuple[int, bool, int, str, Optional[str]]]:
     """(class, little-endian, machine, machine name, PT_INTERP) of this process's program; None if unreadable."""
-    if not _OWN:
-        try:
-            with ElfFile.open("/proc/self/exe") as elf:
-                _OWN.append((elf.elf_class, elf.little_endian, elf.machine, elf.machine_name, elf.interpreter))
-        except (OSError, ElfError):
-            _OWN.append(None)
-    return _OWN[0]
+    try:
+        with ElfFile.open("/proc/self/exe") as elf:
+            return elf.elf_class, elf.little_endian, elf.machine, elf.machine_name, elf.interpreter
+    except (OSError, ElfError):
+        return None
 
 
 #: ld.so's own complaint when one of its assertions fails (``_dl_fatal_printf`` in ``__assert_fail``)
