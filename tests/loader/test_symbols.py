@@ -315,3 +315,53 @@ def test_a_tls_descriptor_bound_to_a_plain_variable_kills_ld_so(tmp_path: Path) 
     assert run_program(e).status == -signal.SIGFPE
     fatal = predict(e)[1].fatal
     assert fatal is not None and fatal.kind == "crash" and "TLS reference to `tvar'" in fatal.line
+
+
+def _shadow_own_definition(lib: Path) -> None:
+    """Give ``lib`` a hidden copy of ``foo@@VER_2`` just before the default one in its hash chain, the one its
+    own call to ``foo`` names (foo@VER_1's .dynsym row becomes it). No linker writes such a table; ld.so's
+    ``do_lookup_x`` stops at the hidden copy and skips the object."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(lib, "rb") as f:
+        elf = ELFFile(f)
+        dynsym = elf.get_section_by_name(".dynsym")
+        versym = elf.get_section_by_name(".gnu.version")
+        rela = elf.get_section_by_name(".rela.plt")
+        foos = [n for n in range(dynsym.num_symbols()) if dynsym.get_symbol(n).name == "foo"]
+        slots = [(n, r["r_info_sym"]) for n, r in enumerate(rela.iter_relocations())
+                 if r["r_info_sym"] in foos]
+        sym_at, ent = dynsym["sh_offset"], dynsym["sh_entsize"]
+        ver_at, rela_at, rela_ent = versym["sh_offset"], rela["sh_offset"], rela["sh_entsize"]
+    assert len(foos) == 2 and len(slots) == 1
+    data = bytearray(lib.read_bytes())
+    slot, named = slots[0]
+    low, high = sorted(foos)
+    default_ver = struct.unpack_from("<H", data, ver_at + 2 * named)[0] & 0x7FFF
+    # the higher row is the default foo@@VER_2 the call names, the lower one its hidden copy
+    for n in (low, high):
+        struct.pack_into("<H", data, ver_at + 2 * n, default_ver)
+    data[sym_at + low * ent + 5] = 2  # st_other = STV_HIDDEN
+    data[sym_at + high * ent + 5] = 0
+    info_at = rela_at + slot * rela_ent + 8
+    r_info = struct.unpack_from("<Q", data, info_at)[0]
+    struct.pack_into("<Q", data, info_at, (high << 32) | (r_info & 0xFFFFFFFF))
+    lib.write_bytes(bytes(data))
+
+
+def test_a_hidden_copy_first_in_the_chain_hides_the_objects_own_definition(tmp_path: Path) -> None:
+    # A reference through the object's own definition is taken as resolvable without a chain walk
+    # (ObjectSymbols.foreign_positions) unless a hidden symbol of that name could come first.
+    src = ("int foo(void);\nint foo_1(void) { return 1; }\nint foo_2(void) { return 2; }\n"
+           '__asm__(".symver foo_1, foo@VER_1");\n__asm__(".symver foo_2, foo@@VER_2");\n'
+           "int call(void) { return foo(); }\n")
+    script = "VER_1 { global: call; local: foo_1; foo_2; };\nVER_2 { } VER_1;\n"
+    lib = shared_lib(tmp_path / "libx.so", src, soname="libx.so", version_script=script)
+    e = executable(tmp_path / "e", "int call(void);\nint main(void) { return call() - 2; }\n",
+                   flags=rpath_flags(str(tmp_path)), libs=[f"-L{tmp_path}", "-lx"])
+    assert run_program(e).status == 0
+    _shadow_own_definition(lib)
+    real = assert_run_prediction(e, env=env_with(LD_BIND_NOW="1"))
+    assert real.status == 127 and "undefined symbol: foo, version VER_2" in real.stderr
+    out = assert_ldd_parity(e, flag="-r")
+    assert "undefined symbol: foo, version VER_2" in out.stdout

@@ -36,6 +36,23 @@ _STATIC_TLS_TYPES = {C.EM_X86_64: frozenset((18, 36)), C.EM_386: frozenset((14, 
 
 
 
+#: st_info >> 4 values do_lookup_x binds to: STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE
+_BINDING_TYPES = frozenset((C.STB_GLOBAL, C.STB_WEAK, C.STB_GNU_UNIQUE))
+#: byte -> 1 where st_info's binding is not one of _BINDING_TYPES, where st_other is hidden or internal
+_BAD_BINDING = bytes(0 if b >> 4 in _BINDING_TYPES else 1 for b in range(256))
+_BAD_VIS = bytes(1 if b & 3 in (C.STV_INTERNAL, C.STV_HIDDEN) else 0 for b in range(256))
+
+
+def _find_all(data: bytes, value: int) -> List[int]:
+    """Every position of byte ``value`` in ``data`` (bytes.find at C speed between hits)."""
+    out = []
+    at = data.find(value)
+    while at >= 0:
+        out.append(at)
+        at = data.find(value, at + 1)
+    return out
+
+
 class RefTable(NamedTuple):
     """The references of one object as columns (what binding loops over; :class:`Reference` values are
     built from it on demand): position ``n`` is a lookup of ``keys[n]`` by symbol ``symbols[n]``."""
@@ -116,6 +133,8 @@ class ObjectSymbols:
         self._refs: Dict[int, Tuple[Reference, ...]] = {}
         self._static_tls: Optional[Tuple[int, ...]] = None
         self._static_tls_at: Dict[int, Tuple[int, ...]] = {}
+        self._foreign: Dict[int, Tuple[int, ...]] = {}
+        self._shadowing: Optional[frozenset] = None
         #: key -> FOUND_* code and symbol index; key -> the value accept() returns
         self._found: Dict[tuple, Tuple[int, int]] = {}
         self._accept: Dict[tuple, object] = {}
@@ -236,6 +255,74 @@ class ObjectSymbols:
         # every symbol with a meta entry made at least one reference (its first one is never collapsed)
         files = frozenset(m[1].filename for m in meta.values() if m is not None and m[1] is not None)
         return RefTable(keys, symbols, lazies, meta, files)  # type: ignore[arg-type]
+
+    def foreign_positions(self, t: RefTable) -> Tuple[int, ...]:
+        """The positions of ``t`` (a table of this object) that need a lookup in the scope to be known
+        resolvable: all but the references through a definition of this object itself.
+
+        Such a reference is resolvable wherever this object's references are resolved: the object is in its own
+        scope, and ``check_match`` accepts the definition for the version the reference takes from the same
+        DT_VERSYM entry. Taken as such without a walk of the hash table: a definition the object's GNU or SysV
+        hash table places in its chain area (linkers hash every defined dynamic symbol; a file whose table
+        disagrees with its own symbols is not modelled). Kept when a local or hidden symbol of the same name
+        could come first in the chain (``do_lookup_x`` would skip the object), and for copy relocations (their
+        lookup skips the executable)."""
+        hit = self._foreign.get(id(t))
+        if hit is None:
+            hit = self._foreign[id(t)] = self._foreign_positions(t)
+        return hit
+
+    def _foreign_positions(self, t: RefTable) -> Tuple[int, ...]:
+        raw = self.raw
+        if raw.gnu is not None:
+            low, high = raw.gnu[1], raw.gnu[1] + len(raw.gnu[6])
+        elif raw.sysv is not None:
+            low, high = 1, min(len(raw.sysv[1]), raw.count)
+        else:
+            return tuple(range(len(t.keys)))
+        infos, shndxs, values, versym = raw.info, raw.shndx, raw.value, raw.versym
+        hashed_versions = self.has_versyms
+        shadowed = self._shadowing_names()
+        own = set()
+        for i, m in t.meta.items():
+            if m is None or not low <= i < high:
+                continue
+            shndx, st_info = shndxs[i], infos[i]
+            stt = st_info & 0xF
+            # do_lookup_x's filters; check_match's version test passes for the version the reference takes
+            # from the same DT_VERSYM entry, unless it is a lookup without version of a non-default version
+            if shndx == C.SHN_UNDEF or (values[i] == 0 and shndx != C.SHN_ABS and stt != C.STT_TLS):
+                continue
+            if stt not in _ALLOWED_TYPES or st_info >> 4 not in _BINDING_TYPES:
+                continue
+            v = m[1]
+            if v is None and hashed_versions and versym[i] & 0x7FFF >= 3:
+                continue  # unversioned lookup of a non-default version: not taken at once
+            if shadowed and m[0] in shadowed:
+                continue
+            own.add(i)
+        if not own:
+            return tuple(range(len(t.keys)))
+        keys = t.keys
+        return tuple(n for n, i in enumerate(t.symbols) if i not in own or keys[n][2] == CLASS_COPY)
+
+    def _shadowing_names(self) -> frozenset:
+        """Names of symbols ``do_lookup_x`` finds and then skips (local binding, hidden or internal
+        visibility, an unknown binding): where one comes first in a chain, the object does not define the
+        name for the lookup. Linkers leave none with a name in .dynsym, so this is nearly always empty."""
+        if self._shadowing is None:
+            raw = self.raw
+            info, other = raw.info, raw.other
+            marks = set(_find_all(info.translate(_BAD_BINDING), 1)) | set(_find_all(other.translate(_BAD_VIS), 1))
+            strtab, name_off = raw.strtab, raw.name_off
+            names = set()
+            for i in marks:
+                o = name_off[i]
+                if o:
+                    end = strtab.find(b"\0", o)
+                    names.add(strtab[o:end if end >= 0 else len(strtab)])
+            self._shadowing = frozenset(names)
+        return self._shadowing
 
     def static_tls_positions(self, t: RefTable) -> Tuple[int, ...]:
         """The positions in ``t`` (a table of this object) of the first lookup of each symbol its relocations
