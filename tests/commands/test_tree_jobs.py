@@ -113,3 +113,35 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+def test_split_weighs_libraries_and_files_by_their_costs() -> None:
+    # 10 programs load a library that costs as much as 100 small programs together: with counts alone the
+    # big group and 50 small files would fill one worker; by cost, the big group is a worker's load by itself
+    needed = [("libLLVM.so", "libc.so.6")] * 10 + [("libc.so.6",)] * 100
+    costs = {"libLLVM.so": 100.0, "libc.so.6": 1.0}
+    shares = split_by_affinity(needed, 2, [1.0] * 110, costs)
+    big = next(s for s in shares if 0 in s)
+    assert set(range(10)) <= set(big)
+    loads = [sum(1.0 for _ in s) + sum(costs[n] for n in set().union(*(needed[m] for m in s))) for s in shares]
+    assert max(loads) / min(loads) < 1.2, loads
+    assert sorted(n for s in shares for n in s) == list(range(110))
+
+
+def test_workload_follows_needs_through_ld_so_cache(tmp_path: Path) -> None:
+    from soswap.commands.tree import _FIXED_COST, _workload_of
+    from soswap.elf import ElfCache
+    from soswap.loader import Environment, Loader, Profile
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    loader = Loader(Profile.detect(), Environment.from_environ(env, cwd=str(tmp_path)), cache=ElfCache())
+    progs = [p for p in elf_files() if os.path.basename(p) in ("curl", "openssl", "ssh")]
+    assert progs
+    missing = tmp_path / "nothing"
+    w = _workload_of(loader)([*progs, str(missing)])
+    for libs in w.libraries[:-1]:
+        assert "libc.so.6" in libs
+        # libcrypto comes through libssl or libcurl, not always from the program's own DT_NEEDED
+        assert "libcrypto.so.3" in libs
+    assert w.libraries[-1] == frozenset() and w.file_costs[-1] == _FIXED_COST
+    assert w.library_costs["libcrypto.so.3"] > w.library_costs["libc.so.6"] > _FIXED_COST

@@ -6,7 +6,19 @@ import argparse
 import os
 import posixpath
 import sys
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+)
 
 from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, UsageError
 
@@ -192,7 +204,7 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     for line in model.shell_warnings():
         err.write(line)
     for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs, loader.bind_store,
-                                                      _needed_of(loader) if relocs != RELOCS_NONE else None)):
+                                                      _workload_of(loader) if relocs != RELOCS_NONE else None)):
         if not single:
             out.write(f"{file}:\n")
         if se:
@@ -238,7 +250,7 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
         absorb = store.witnesses.merge
     todo = [f for n, f in enumerate(files) if n not in kept]
     computed = iter(_map_files(one, todo, args.jobs, loader.bind_store,
-                               _needed_of(loader) if args.symbols else None, harvest, absorb))
+                               _workload_of(loader) if args.symbols else None, harvest, absorb))
     status = EXIT_OK
     docs = []
     out = sys.stdout
@@ -377,25 +389,79 @@ def _named(exc: Exception, path: str) -> str:
 
 # -- many files on several CPUs ----------------------------------------------------------------------------
 
-def _needed_of(loader) -> Callable[[str], Sequence[str]]:  # type: ignore[no-untyped-def]
-    """A file's DT_NEEDED names, read through the loader's ELF cache (the forked workers inherit what it
-    decoded); a file that cannot be read has none (its error is reported by the worker). Used for the
-    symbol check only (``-r``, ``--ldd -r/-d``): there the libraries' relocations and lookups are most of
-    the work (a -r run of /usr/bin and /usr/sbin on two workers: 1.00 s split by affinity, 1.28 s split in
-    turn), while a plain tree spends more on the serial reading of DT_NEEDED than the split saves."""
-    import posixpath
+class Workload(NamedTuple):
+    """What the FILEs are expected to cost a worker, for :func:`split_by_affinity`: the libraries each loads,
+    each one's own cost, and each library's."""
 
+    libraries: List[frozenset]
+    file_costs: List[float]
+    library_costs: Dict[str, float]
+
+
+#: Cost of a file or library beyond its relocations (decoding, the load, the version check, the output), in
+#: relocations: about 0.3 ms against about 3 µs per relocation that names a symbol, on /usr/bin.
+_FIXED_COST = 100.0
+
+
+def _symbol_relocations(elf) -> int:  # type: ignore[no-untyped-def]
+    """About how many relocations of ``elf`` name a symbol (the tables' sizes less the leading relative ones):
+    what binding's work grows with."""
+    from soswap.elf import constants as C
+
+    tags = elf.dynamic.tags
+    rela, rel = elf.layout.rela.size, elf.layout.rel.size
+    return (max(0, tags.get(C.DT_RELASZ, 0) // rela - tags.get(C.DT_RELACOUNT, 0))
+            + max(0, tags.get(C.DT_RELSZ, 0) // rel - tags.get(C.DT_RELCOUNT, 0))
+            + tags.get(C.DT_PLTRELSZ, 0) // (rela if tags.get(C.DT_PLTREL) == C.DT_RELA else rel))
+
+
+def _workload_of(loader) -> Callable[[List[str]], Workload]:  # type: ignore[no-untyped-def]
+    """The :class:`Workload` of FILEs, read through the loader's ELF cache (the forked workers inherit what it
+    decoded). A library's own needs are followed through ld.so.cache alone (no RPATH, RUNPATH or
+    LD_LIBRARY_PATH): a guess that decides where work is done, never a result. A file that cannot be read
+    loads nothing (its error is reported by the worker). Used for the symbol check only (``-r``, ``--ldd
+    -r/-d``): there the libraries' relocations and lookups are most of the work, while a plain tree spends
+    more on the serial reading of DT_NEEDED than the split saves (bench/RESULTS-tree.md)."""
     from soswap.errors import SoswapError
 
-    fs, cwd = loader.profile.fs, loader.env.cwd
+    profile = loader.profile
+    fs, cwd = profile.fs, loader.env.cwd
+    ldcache = profile.ldcache if not loader.env.inhibit_cache else None
+    target = profile.cache_target(loader.env.hwcaps_mask)
+    libraries: Dict[str, Tuple[float, Tuple[str, ...]]] = {}
 
-    def needed(path: str) -> Sequence[str]:
+    def read(path: str) -> Tuple[float, Tuple[str, ...]]:
         try:
-            return loader.cache.get(fs.host(posixpath.join(cwd, path))).needed
+            elf = loader.cache.get(fs.host(posixpath.join(cwd, path)))
+            return _FIXED_COST + _symbol_relocations(elf), tuple(elf.needed)
         except (SoswapError, OSError, ValueError):
-            return ()
+            return _FIXED_COST, ()
 
-    return needed
+    def library(name: str) -> Tuple[float, Tuple[str, ...]]:
+        hit = libraries.get(name)
+        if hit is None:
+            libraries[name] = (_FIXED_COST, ())  # a loop of needs ends here
+            entry = ldcache.lookup(name, target) if ldcache is not None and "/" not in name else None
+            path = name if "/" in name else (entry.value if entry is not None else None)
+            hit = libraries[name] = read(path) if path is not None else (_FIXED_COST, ())
+        return hit
+
+    def closure(needed: Tuple[str, ...]) -> frozenset:
+        seen = set()
+        todo = list(needed)
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(library(name)[1])
+        return frozenset(seen)
+
+    def workload(files: List[str]) -> Workload:
+        own = [read(f) for f in files]
+        loads = [closure(needed) for _cost, needed in own]
+        return Workload(loads, [cost for cost, _needed in own], {n: c for n, (c, _) in libraries.items()})
+
+    return workload
 
 
 #: Below this many files per worker, forking costs more than it saves.
@@ -429,12 +495,12 @@ def _die_with_parent() -> None:
 
 def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
                store: Optional[BindStore] = None,
-               needed: Optional[Callable[[str], Sequence[str]]] = None,
+               workload: Optional[Callable[[List[str]], Workload]] = None,
                harvest: Optional[Callable[[], object]] = None,
                absorb: Optional[Callable[[object], None]] = None) -> List[T]:
     """``[fn(f) for f in files]``, split over forked worker processes when there are many files. Each worker
     keeps its own caches; results come back in order, and the binding results the workers computed go into
-    ``store``. ``needed`` (a file's DT_NEEDED names) lets files that load the same libraries go to the same
+    ``store``. ``workload`` (:func:`_workload_of`) lets files that load the same libraries go to the same
     worker (:func:`split_by_affinity`). ``harvest`` runs in each worker after its share, and ``absorb`` gets
     what it returned in the parent (the result cache's witnesses). Falls back to one process where fork is
     unavailable."""
@@ -458,8 +524,9 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     _PARENT = os.getpid()
     if store is not None:
         store.load()
-    if needed is not None:
-        shares = split_by_affinity([needed(f) for f in files], jobs)
+    if workload is not None:
+        w = workload(files)
+        shares = split_by_affinity(w.libraries, jobs, w.file_costs, w.library_costs)
     else:
         shares = [list(range(i, len(files), jobs)) for i in range(jobs)]
     sys.stdout.flush()
@@ -480,32 +547,48 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     return out
 
 
-#: Cost units of :func:`split_by_affinity`: a file, and a library a worker has not met yet (decoding it,
-#: its relocations and the lookups of its references; measured on /usr/bin: one library costs about as much
-#: as twenty programs that only use libraries already decoded).
-_FILE_COST = 1.0
+#: Cost of a library a worker has not met yet when no costs are given (decoding it, its relocations and the
+#: lookups of its references: about as much as twenty programs that only use libraries already decoded).
 _LIBRARY_COST = 20.0
 
 
-def split_by_affinity(needed: List[Sequence[str]], jobs: int) -> List[List[int]]:
-    """Indexes of the files for each of ``jobs`` workers, given each file's DT_NEEDED names.
+def split_by_affinity(needed: Sequence[Iterable[str]], jobs: int, file_costs: Optional[Sequence[float]] = None,
+                      library_costs: Optional[Mapping[str, float]] = None) -> List[List[int]]:
+    """Indexes of the files for each of ``jobs`` workers, given the libraries each file loads (``needed``),
+    what each file costs by itself (default 1) and what each library costs the first worker that meets it
+    (default :data:`_LIBRARY_COST`).
 
     Every worker decodes each library it meets once, so files that load the same libraries should share a
-    worker: files with the same names form a group, and each group (the largest sets first) goes to the
-    worker for which it adds the least cost (files, plus libraries that worker has not met). A group bigger
-    than half a worker's share goes in pieces of that size, so that many files with the same libraries are
-    still spread. The split only decides where work is done, never what any file's result is."""
+    worker: files with the same libraries form a group, and each group (the costliest first) goes to the
+    worker it leaves least loaded (its files, plus the libraries that worker has not met). A group whose
+    files cost more than half a worker's share goes in pieces of that cost, so that many files with the same
+    libraries are still spread. The split only decides where work is done, never what any file's result is."""
+    fcost = list(file_costs) if file_costs is not None else [1.0] * len(needed)
+    lcost = library_costs if library_costs is not None else {}
+
+    def libs_cost(names: Iterable[str]) -> float:
+        return sum(lcost.get(n, _LIBRARY_COST) for n in names)
+
     groups: Dict[frozenset, List[int]] = {}
     for n, names in enumerate(needed):
         groups.setdefault(frozenset(names), []).append(n)
-    piece = max(1, -(-len(needed) // (2 * jobs)))
+    piece = sum(fcost) / (2 * jobs)
     met: List[set] = [set() for _ in range(jobs)]
     load = [0.0] * jobs
     shares: List[List[int]] = [[] for _ in range(jobs)]
-    for names, members in sorted(groups.items(), key=lambda g: (-len(g[0]), -len(g[1]), min(g[1]))):
-        for first in range(0, len(members), piece):
-            part = members[first:first + piece]
-            cost = [load[w] + _FILE_COST * len(part) + _LIBRARY_COST * len(names - met[w]) for w in range(jobs)]
+    ordered = sorted(groups.items(), key=lambda g: (-(sum(fcost[m] for m in g[1]) + libs_cost(g[0])), min(g[1])))
+    for names, members in ordered:
+        parts: List[List[int]] = [[]]
+        filled = 0.0
+        for m in members:
+            if parts[-1] and filled + fcost[m] > piece:
+                parts.append([])
+                filled = 0.0
+            parts[-1].append(m)
+            filled += fcost[m]
+        for part in parts:
+            own = sum(fcost[m] for m in part)
+            cost = [load[w] + own + libs_cost(names - met[w]) for w in range(jobs)]
             w = min(range(jobs), key=cost.__getitem__)
             load[w] = cost[w]
             met[w] |= names
