@@ -248,5 +248,7 @@ def relocation_infos(elf: ElfFile) -> List[Tuple[array, bool]]:
             continue
         raw = elf.read_at_vaddr(t.vaddr + skip, t.size - skip, t.name)
         infos = _words(raw, code, lay.little)[1::t.entsize // lay.addr_size]
-        out.append((array(code, [i for i in infos if i >= limit]), t.plt))
+        if len(infos) and min(infos) < limit:  # min() runs at C speed: most tables need no filtering pass
+            infos = array(code, [i for i in infos if i >= limit])
+        out.append((infos, t.plt))
     return out

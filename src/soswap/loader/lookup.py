@@ -5,6 +5,7 @@ hash chain, ``check_match``). :mod:`soswap.loader.binding` runs these over a pro
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import ElfFile
@@ -41,6 +42,9 @@ _BINDING_TYPES = frozenset((C.STB_GLOBAL, C.STB_WEAK, C.STB_GNU_UNIQUE))
 #: byte -> 1 where st_info's binding is not one of _BINDING_TYPES, where st_other is hidden or internal
 _BAD_BINDING = bytes(0 if b >> 4 in _BINDING_TYPES else 1 for b in range(256))
 _BAD_VIS = bytes(1 if b & 3 in (C.STV_INTERNAL, C.STV_HIDDEN) else 0 for b in range(256))
+#: byte -> 1 where st_info's binding is STB_LOCAL, where it is STB_WEAK
+_LOCAL_BINDING = bytes(1 if b >> 4 == C.STB_LOCAL else 0 for b in range(256))
+_WEAK_BINDING = bytes(1 if b >> 4 == C.STB_WEAK else 0 for b in range(256))
 
 
 def _find_all(data: bytes, value: int) -> List[int]:
@@ -135,6 +139,7 @@ class ObjectSymbols:
         self._static_tls_at: Dict[int, Tuple[int, ...]] = {}
         self._foreign: Dict[int, Tuple[int, ...]] = {}
         self._shadowing: Optional[frozenset] = None
+        self._locals: Optional[frozenset] = None
         #: key -> FOUND_* code and symbol index; key -> the value accept() returns
         self._found: Dict[tuple, Tuple[int, int]] = {}
         self._accept: Dict[tuple, object] = {}
@@ -219,41 +224,38 @@ class ObjectSymbols:
             raise ElfError(elf.path, f"relocation names symbol {bad} of {count}")
         # resolve_map: a local or hidden symbol binds to the object itself (no lookup, the lookup cache
         # is not touched); the others are looked up by name and version
-        strtab, versym, name_off, infos_col, others = raw.strtab, raw.versym, raw.name_off, raw.info, raw.other
-        ul = list(used)
-        local_syms = {i for i in ul if infos_col[i] < 0x10 or others[i] & 3 in (C.STV_INTERNAL, C.STV_HIDDEN)}
+        strtab, versym, name_off, infos_col = raw.strtab, raw.versym, raw.name_off, raw.info
+        # the columns are made by map and zip, at C speed: a library has tens of thousands of rows
+        local_syms = self._local_symbols().intersection(used)
         has_local = bool(local_syms)
-        if has_local:
-            ul = [i for i in ul if i not in local_syms]
-        if strtab and strtab[-1] == 0:
-            find = strtab.find
-            names = [strtab[o:find(b"\0", o)] for o in [name_off[i] for i in ul]]
-        else:  # a last name without its NUL ends at the end of the table
-            find = (strtab + b"\0").find
-            names = [strtab[o:find(b"\0", o)] for o in [name_off[i] for i in ul]]
-        ndxs = [versym[i] & 0x7FFF for i in ul] if versym is not None else [0] * len(ul)
+        ul = list(used - local_syms) if has_local else list(used)
+        offsets = list(map(name_off.__getitem__, ul))
+        if not (strtab and strtab[-1] == 0):  # a last name without its NUL ends at the end of the table
+            strtab = strtab + b"\0"
+        ends = map(strtab.find, repeat(b"\0"), offsets)
+        names = list(map(strtab.__getitem__, map(slice, offsets, ends)))
+        ndxs = list(map(versym.__getitem__, ul)) if versym is not None else [0] * len(ul)  # the hidden bit too
         vmap: Dict[int, tuple] = {}
         for ndx in set(ndxs):
-            v = self._version_ref_index(ndx, limit)
+            v = self._version_ref_index(ndx & 0x7FFF, limit)
             vmap[ndx] = (v, (v.name, v.hash, v.hidden) if v is not None else None)
-        weak_bind = C.STB_WEAK << 4
-        meta: Dict[int, Optional[tuple]] = {
-            i: (name, *vmap[ndx], infos_col[i] & 0xF0 == weak_bind) for i, name, ndx in zip(ul, names, ndxs)}
+        refs = list(map(vmap.__getitem__, ndxs))
+        vkeys = [r[1] for r in refs]
+        weak = list(map(bool, map(infos_col.translate(_WEAK_BINDING).__getitem__, ul)))
+        meta: Dict[int, Optional[tuple]] = dict(zip(ul, zip(names, [r[0] for r in refs], vkeys, weak)))
         for i in local_syms:
             meta[i] = None
         if has_local:
             seq = [c for c in seq if meta[c >> 4] is not None]
         # l_lookup_cache: a lookup of the same symbol and class as the one before is not made again
         codes = [c for c, prev in zip(seq, [-2, *seq]) if c >> 1 != prev >> 1]
-        keyof = {}
-        for k in {c >> 1 for c in codes}:
-            m = meta[k >> 3]
-            keyof[k] = (m[0], m[2], k & 7)  # type: ignore[index]
-        keys = [keyof[c >> 1] for c in codes]
         symbols = [c >> 4 for c in codes]
+        name_of = dict(zip(ul, names)).__getitem__
+        vkey_of = dict(zip(ul, vkeys)).__getitem__
+        keys = list(zip(map(name_of, symbols), map(vkey_of, symbols), [(c >> 1) & 7 for c in codes]))
         lazies = [bool(c & 1) for c in codes]
         # every symbol with a meta entry made at least one reference (its first one is never collapsed)
-        files = frozenset(m[1].filename for m in meta.values() if m is not None and m[1] is not None)
+        files = frozenset(v.filename for v, _vkey in vmap.values() if v is not None and v.filename is not None)
         return RefTable(keys, symbols, lazies, meta, files)  # type: ignore[arg-type]
 
     def foreign_positions(self, t: RefTable) -> Tuple[int, ...]:
@@ -305,6 +307,15 @@ class ObjectSymbols:
             return tuple(range(len(t.keys)))
         keys = t.keys
         return tuple(n for n, i in enumerate(t.symbols) if i not in own or keys[n][2] == CLASS_COPY)
+
+    def _local_symbols(self) -> frozenset:
+        """Indexes of the symbols ``resolve_map`` binds to the object itself without a lookup: local binding,
+        hidden or internal visibility."""
+        if self._locals is None:
+            raw = self.raw
+            self._locals = frozenset(_find_all(raw.info.translate(_LOCAL_BINDING), 1)).union(
+                _find_all(raw.other.translate(_BAD_VIS), 1))
+        return self._locals
 
     def _shadowing_names(self) -> frozenset:
         """Names of symbols ``do_lookup_x`` finds and then skips (local binding, hidden or internal
