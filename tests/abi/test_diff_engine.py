@@ -104,8 +104,8 @@ VARIANTS: Dict[str, Variant] = {
     "isa-v3": Variant(_built(flags=["-Wl,-z,x86-64-v3"]), {("isa-level-raised", None, None, R)}, None),
     "static-tls": Variant(_built(FOO_BAR + "__thread int t;\nint get_t(void) { return t; }\n",
                                  flags=["-ftls-model=initial-exec"]),
-                          {("flag-added", None, None, R), ("symbol-added", "get_t", None, H),
-                           ("symbol-added", "t", None, H)}, None),
+                          {("flag-added", None, None, R), ("static-tls-grown", None, None, R),
+                           ("symbol-added", "get_t", None, H), ("symbol-added", "t", None, H)}, None),
     # the dynamic section
     "filter": Variant(_built(flags=["-Wl,--filter=libm.so.6"]), {("filter-added", None, None, R)}, None),
     "auxiliary": Variant(_built(flags=["-Wl,-f,libm.so.6"]), {("filter-added", None, None, R)}, None),

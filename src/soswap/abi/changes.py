@@ -31,6 +31,7 @@ KINDS = (
     "header-invalid",
     "elf-type-changed",
     "segments-unmappable",
+    "file-truncated",
     # the dynamic section
     "soname-changed",
     "needed-added",
@@ -66,6 +67,7 @@ KINDS = (
     "flag-removed",
     "isa-level-raised",
     "isa-level-lowered",
+    "static-tls-grown",
 )
 _KIND_RANK = {k: i for i, k in enumerate(KINDS)}
 
@@ -79,6 +81,8 @@ KIND_NOTES: Dict[str, str] = {
     "header-invalid": "ld.so refuses NEW at open_verify",
     "elf-type-changed": "ld.so loads only ET_DYN libraries (and no PIE) as dependencies",
     "segments-unmappable": "ld.so refuses NEW at _dl_map_object_from_fd: its segments cannot be mapped",
+    "file-truncated": "NEW's data ends before its segments do: ld.so dies of SIGBUS mapping it (_dl_map_segments "
+                      "zero-fills a page beyond the file's end)",
     "soname-changed": "programs need the file by its old SONAME; ldconfig manages links by the new one",
     "needed-added": "'cannot open shared object file' at startup where the library is not installed",
     "needed-removed": "libraries that relied on it being loaded (underlinked) get 'undefined symbol'",
@@ -111,6 +115,8 @@ KIND_NOTES: Dict[str, str] = {
     "flag-removed": "loader behaviour changes",
     "isa-level-raised": "'CPU ISA level is lower than required' on older CPUs",
     "isa-level-lowered": "runs on more CPUs",
+    "static-tls-grown": "dlopen takes a static TLS block from a surplus of about 1.6 KB: 'cannot allocate memory in "
+                        "static TLS block' once it does not fit",
 }
 
 COMPATIBLE = "compatible"

@@ -35,7 +35,7 @@ from soswap.loader.model import NOT_FOUND
 #: Breaking changes that make NEW unloadable where OLD is, whatever the consumer.
 UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machine-changed", "osabi-changed",
                               "abiversion-changed", "header-invalid", "elf-type-changed",
-                              "segments-unmappable"})
+                              "segments-unmappable", "file-truncated"})
 #: Breaking changes refused by policy even though consumers still run (ldconfig would break them later).
 POLICY_KINDS = frozenset({"soname-changed"})
 

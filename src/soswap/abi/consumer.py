@@ -24,6 +24,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tupl
 from soswap.abi import problems as P
 from soswap.abi.changes import HARMLESS, AbiDiff
 from soswap.abi.exports import DATA_TYPES
+from soswap.abi.object_diff import static_tls_block
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import BIT_COPY
@@ -651,8 +652,7 @@ def _dlopen_refusals(res: LoadResult) -> List[Failure]:
                 break
             if dyn.flags & C.DF_STATIC_TLS:
                 # blsize = l_tls_blocksize + l_tls_firstbyte_offset; only a block that fits in no layout counts
-                need = sum(t.memsz + (t.vaddr & (t.align - 1) if t.align else 0)
-                           for t in elf.segments_of_type(C.PT_TLS))
+                need = static_tls_block(elf)
                 if need > STATIC_TLS_SURPLUS + _TCB_ALIGNMENT - 1:
                     msg = f"{o.path}: cannot allocate memory in static TLS block"
                     out.append(Failure(STATIC_TLS, o.path, o.index, msg, msg, M.STARTUP, True))

@@ -9,7 +9,7 @@ from soswap.abi.changes import BREAKING, HARMLESS, REVIEW, Change
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import unexpected_plt_type
-from soswap.loader.candidates import MISALIGNED, kernel_cannot_map, load_commands, overlapping
+from soswap.loader.candidates import MISALIGNED, beyond_the_end, kernel_cannot_map, load_commands, overlapping
 
 #: glibc's LIBC_ABI_MAX on x86-64 (libc-abis: DEFAULT, UNIQUE, IFUNC, ABSOLUTE): a GNU object's
 #: EI_ABIVERSION must be below it.
@@ -93,6 +93,13 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
                                    f"segments overlap (what strip can make of a patchelf-ed file): {effect}",
                                    None, None))
         out.append(type_changes[-1])
+    if not foreign and _cut_short(new) and not _cut_short(old):
+        effect = ("running it dies of SIGBUS or SIGSEGV" if role_of(new) == ROLE_EXECUTABLE
+                  else "mapping it kills ld.so with SIGBUS")
+        type_changes.append(Change("file-truncated", BREAKING, None, None,
+                                   f"NEW is cut short (an interrupted copy?): {_cut_short(new)}: {effect}",
+                                   None, f"{new.size} bytes"))
+        out.append(type_changes[-1])
     # a program (or an unloadable type) where a library was: NEW never loads, the rest is noise
     foreign = foreign or any(c.severity == BREAKING for c in type_changes)
     return out, foreign
@@ -105,6 +112,30 @@ def _unmappable(elf: ElfFile) -> bool:
         return kernel_cannot_map(elf)
     problem, loads = load_commands(elf)
     return problem == MISALIGNED or (problem is None and elf.type == C.ET_DYN and overlapping(loads))
+
+
+def _cut_short(elf: ElfFile) -> Optional[str]:
+    """Why touching ``elf``'s mapped pages faults (its file data ends before a segment's last page), or None
+    (:func:`soswap.loader.candidates.beyond_the_end`)."""
+    return beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC))
+
+
+def static_tls_block(elf: ElfFile) -> int:
+    """The size ``_dl_try_allocate_static_tls`` must find in the static TLS surplus for ``elf``: its TLS
+    block plus the offset of its first byte within the block's alignment (``blsize``)."""
+    return sum(t.memsz + (t.vaddr & (t.align - 1) if t.align else 0) for t in elf.segments_of_type(C.PT_TLS))
+
+
+def _static_tls(old: ElfFile, new: ElfFile) -> List[Change]:
+    if not new.dynamic.flags & C.DF_STATIC_TLS:
+        return []  # a TLS block reached through __tls_get_addr may grow: it is allocated per thread on demand
+    a, b = static_tls_block(old), static_tls_block(new)
+    if b <= a:
+        return []
+    return [Change("static-tls-grown", REVIEW, None, None,
+                   f"NEW's static TLS block grows from {a} to {b} bytes: dlopen of NEW, or of a plugin that needs "
+                   "it, takes the block from the small static TLS surplus and may fail with 'cannot allocate "
+                   "memory in static TLS block'", f"{a} bytes", f"{b} bytes")]
 
 
 def _type_change(old: ElfFile, new: ElfFile) -> List[Change]:
@@ -268,6 +299,7 @@ def diff_loader_flags(old: ElfFile, new: ElfFile) -> List[Change]:
         else:
             out.append(Change("flag-removed", HARMLESS, None, None, "BIND_NOW cleared", "BIND_NOW", None))
     out.extend(_isa_level(old, new))
+    out.extend(_static_tls(old, new))
     bad = unexpected_plt_type(new)
     if bad is not None and unexpected_plt_type(old) is None:
         out.append(Change("plt-reloc-refused", BREAKING, None, None,

@@ -102,7 +102,7 @@ from soswap.state import cache_dir
 
 INDEX_FILE = "rdeps-index.json"
 FORMAT = "soswap-rdeps-index"
-VERSION = 4
+VERSION = 5
 #: A timestamp this close to the time it was read may change again unseen (same tick): re-check next time.
 RACY_NS = 2_000_000_000
 #: Directories nobody asked for in this long are dropped from the index.
@@ -194,9 +194,11 @@ def key_of(st: os.stat_result) -> Key:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def classify(elf: Any) -> str:
-    """``program`` (ET_EXEC, a PIE, or an ET_DYN with an interpreter and no SONAME), ``library`` (another
-    ET_DYN), else ``other`` (relocatable objects, core files)."""
+def classify(elf: Any, mode: Optional[int] = None) -> str:
+    """``program`` (ET_EXEC, a PIE, or an executable ET_DYN file with an interpreter and no SONAME: a PIE linked
+    before DF_1_PIE existed), ``library`` (another ET_DYN), else ``other`` (relocatable objects, core files).
+    ``mode``: the file's st_mode (read from the file when not given). A module with an interpreter that no
+    one can execute (pam_cap.so, mode 0644) is a library: it is only ever dlopen()ed."""
     if elf.type == C.ET_EXEC:
         return PROGRAM if elf.is_dynamic or elf.interpreter else OTHER
     if elf.type != C.ET_DYN:
@@ -206,8 +208,16 @@ def classify(elf: Any) -> str:
         soname = elf.soname if elf.is_dynamic else None
     except SoswapError:
         return OTHER
-    if flags_1 & C.DF_1_PIE or (elf.interpreter and soname is None):
+    if flags_1 & C.DF_1_PIE:
         return PROGRAM
+    if elf.interpreter and soname is None:
+        if mode is None:
+            try:
+                mode = os.stat(elf.path).st_mode
+            except (OSError, TypeError, ValueError):
+                mode = 0o755
+        if mode & 0o111:  # execve needs an execute bit, even for root
+            return PROGRAM
     return LIBRARY
 
 
@@ -759,7 +769,7 @@ class RdepsIndex:
         entry: List[Any] = [key, OTHER, None, None, [], "", None, None]
         try:
             elf = self.elf_cache.get(p, st)
-            entry[F_TYPE] = classify(elf)
+            entry[F_TYPE] = classify(elf, st.st_mode)
             if elf.is_dynamic:
                 entry[F_SONAME] = elf.soname
         except SoswapError as exc:

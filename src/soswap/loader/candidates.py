@@ -337,7 +337,7 @@ class FileSystem:
             return refused("failed to map segment from shared object")
         dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)
         # _dl_map_segments zero-fills the end of each segment's last file page, then the dynamic section is read
-        crash = _beyond_the_end(elf, dyn_segs)
+        crash = beyond_the_end(elf, dyn_segs)
         if crash is not None:
             return refused(crash, CRASH)
         if not dyn_segs:
@@ -431,7 +431,7 @@ def overlapping(loads: Sequence[Segment]) -> bool:
     return holes and start(loads[-1]) < end(loads[0])
 
 
-def _beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
+def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
     """Why mapping ``elf`` kills ld.so with SIGBUS, or None. A truncated file maps without error, but a page of
     it that lies wholly beyond the file's end faults when touched: ``_dl_map_segments`` writes zeros after
     each segment's file data up to its page's end, and ``elf_get_dynamic_info`` reads the dynamic section."""

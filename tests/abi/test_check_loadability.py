@@ -1,0 +1,113 @@
+"""What the diff must not call "no change": a NEW cut short (ld.so dies of SIGBUS mapping it) and a static TLS
+block that grew (dlopen runs out of the static TLS surplus), and a dlopen()ed module that has an interpreter
+but cannot be executed (pam_cap.so) checked as the plugin it is. Each against the real loader: the program
+run, or dlopen() and its dlerror() text."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+from soswap.abi import diff_files
+from soswap.abi.rdeps import LIBRARY, PROGRAM, classify
+from soswap.elf import ElfFile
+from soswap.elf import constants as C
+from support.build import executable, requires_cc, rpath_flags, shared_lib
+
+pytestmark = requires_cc
+ROOT = Path(__file__).resolve().parents[2]
+DLOPEN = ('#include <dlfcn.h>\n#include <stdio.h>\nint main(int c, char **v) { (void)c;\n'
+          '  if (!dlopen(v[1], RTLD_NOW)) { printf("%s\\n", dlerror()); return 1; } puts("loaded"); return 0; }\n')
+
+
+def _check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
+               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    return subprocess.run([sys.executable, "-m", "soswap", "check", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _run(args: List[str], libdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env={"LD_LIBRARY_PATH": str(libdir), "LC_ALL": "C"}, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_a_new_cut_short_is_refused(tmp_path: Path) -> None:
+    # initialized data over several pages, then bss: the last page of the RW segment holds the end of .data
+    src = ("__attribute__((used)) static char pad[3 * 4096] = {1};\n__attribute__((used)) static int zz;\n"
+           "int foo(void) { return 42; }\n")
+    old = shared_lib(tmp_path / "v1" / "libfoo.so.1", src, soname="libfoo.so.1")
+    app = executable(tmp_path / "app", "#include <stdio.h>\nint foo(void);\nint main(void) { return foo() - 42; }\n",
+                     libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    seg = [s for s in ElfFile.open(old).segments if s.type == C.PT_LOAD and s.memsz > s.filesz][-1]
+    end = seg.offset + seg.filesz
+    cut = tmp_path / "v2" / "libfoo.so.1"
+    cut.parent.mkdir()
+    cut.write_bytes(old.read_bytes()[:end - end % mmap.PAGESIZE])
+    assert _run([str(app)], old.parent).returncode == 0
+    assert _run([str(app)], cut.parent).returncode == -7  # SIGBUS in ld.so, as an interrupted copy makes it
+    (change,) = diff_files(str(old), str(cut)).changes
+    assert (change.kind, change.severity) == ("file-truncated", "breaking") and "SIGBUS" in change.detail
+    r = _check(tmp_path, "--scope", str(tmp_path), "--json", str(cut), str(old))
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["verdict"] == "incompatible" and [c["kind"] for c in doc["refusals"]] == ["file-truncated"]
+
+
+def test_a_static_tls_block_that_grew_breaks_a_plugin(tmp_path: Path) -> None:
+    src = ('static __thread char buf[N] __attribute__((tls_model("initial-exec")));\n'
+           "int foo(int i) { buf[i % N] = i; return buf[0]; }\n")
+    old = shared_lib(tmp_path / "v1" / "libfoo.so.1", src.replace("N", "16"), soname="libfoo.so.1")
+    new = shared_lib(tmp_path / "v2" / "libfoo.so.1", src.replace("N", "8000"), soname="libfoo.so.1")
+    plug = shared_lib(tmp_path / "plug" / "plug.so", "int foo(int);\nint plug(void) { return foo(1); }\n",
+                      soname=None, libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    dl = executable(tmp_path / "dl", DLOPEN, libs=["-ldl"])
+    assert _run([str(dl), str(plug)], old.parent).stdout == "loaded\n"
+    real = _run([str(dl), str(plug)], new.parent)
+    assert real.returncode == 1 and "cannot allocate memory in static TLS block" in real.stdout
+    rows = {(c.kind, c.severity) for c in diff_files(str(old), str(new)).changes}
+    assert rows == {("static-tls-grown", "review")}
+    r = _check(tmp_path, "--scope", str(plug.parent), "--json", str(new), str(old))
+    assert r.returncode == 1, r.stderr
+    (consumer,) = json.loads(r.stdout)["consumers"]
+    assert consumer["verdict"] == "incompatible"
+    assert [p["message"] for p in consumer["problems"]] == [f"{old}: cannot allocate memory in static TLS block"]
+    # a static TLS block that shrank is no change
+    assert not diff_files(str(new), str(old)).changes
+
+
+def test_a_module_with_an_interpreter_that_cannot_be_executed_is_a_plugin(tmp_path: Path) -> None:
+    # like libcap's pam_cap.so: PT_INTERP and an entry point so that running it prints something, no SONAME,
+    # mode 0644, dlopen()ed by PAM
+    shared_lib(tmp_path / "v1" / "libcap.so.2", "int cap_old(void) { return 1; }\nint cap_new(void) { return 2; }\n",
+               soname="libcap.so.2")
+    new = shared_lib(tmp_path / "v2" / "libcap.so.2", "int cap_old(void) { return 1; }\n", soname="libcap.so.2")
+    old = tmp_path / "v1" / "libcap.so.2"
+    mod = shared_lib(tmp_path / "security" / "pam_mod.so",
+                     'const char interp[] __attribute__((section(".interp"))) = "/lib64/ld-linux-x86-64.so.2";\n'
+                     "int cap_new(void);\nint pam_sm_authenticate(void) { return cap_new(); }\n"
+                     "void modmain(void) { __builtin_trap(); }\n",
+                     soname=None, libs=[str(old)],
+                     flags=["-Wl,-e,modmain", "-Wl,-z,now", *rpath_flags(str(old.parent))])
+    assert ElfFile.open(mod).interpreter
+    mod.chmod(0o644)
+    assert classify(ElfFile.open(mod)) == LIBRARY
+    shutil.copy(mod, tmp_path / "runnable.so")
+    (tmp_path / "runnable.so").chmod(0o755)
+    assert classify(ElfFile.open(tmp_path / "runnable.so")) == PROGRAM  # a PIE linked before DF_1_PIE
+    dl = executable(tmp_path / "dl", DLOPEN, libs=["-ldl"])
+    real = _run([str(dl), str(mod)], new.parent)
+    assert real.returncode == 1
+    r = _check(tmp_path, "--scope", str(mod.parent), "--json", str(new), str(old))
+    assert r.returncode == 1, r.stderr
+    (consumer,) = json.loads(r.stdout)["consumers"]
+    assert (consumer["role"], consumer["verdict"]) == ("plugin", "incompatible")
+    (problem,) = consumer["problems"]
+    assert (problem["when"], problem["message"]) == ("dlopen", real.stdout.strip())
