@@ -14,7 +14,7 @@ import io
 import os
 import sys
 from types import ModuleType
-from typing import NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 from soswap import __version__
 from soswap.errors import EXIT_ERROR, SoswapError
@@ -112,8 +112,10 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``soswap`` console script; returns the exit status."""
+def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) -> int:
+    """Entry point of the ``soswap`` console script; returns the exit status. ``finish_quietly`` (the console
+    script): a Ctrl-C after the command ended is only remembered (:data:`_INTERRUPTED`), not raised in the
+    destructors that run as the command's objects go."""
     _standard_streams()
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = _selected_command(args_list)
@@ -145,8 +147,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from soswap.commands.install import terminate_as_interrupt
 
         terminate_as_interrupt()
+    previous = _watch_interrupts()
     try:
-        return int(args._run(args))
+        _ensure_descriptors(refuse=hook_event is None)  # a hook meets the limit inside, as its check's error
+        status = int(args._run(args))
+        if _INTERRUPTED:  # a Ctrl-C raised inside a destructor is printed and dropped by Python
+            raise KeyboardInterrupt
+        return status
     except SoswapError as exc:
         _error_line(str(exc))
         return _nagios_unknown(str(exc)) if nagios else exc.exit_code
@@ -168,6 +175,86 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         _error_line(f"internal error: {type(exc).__name__}: {exc} (set SOSWAP_DEBUG=1 for a traceback)")
         return EXIT_ERROR
+    finally:
+        _stop_watching(previous, finish_quietly)
+
+
+_INTERRUPTED = False
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    global _INTERRUPTED
+    _INTERRUPTED = True
+    raise KeyboardInterrupt
+
+
+def _remember_interrupt(signum: int, frame: object) -> None:
+    global _INTERRUPTED
+    _INTERRUPTED = True
+
+
+def _watch_interrupts() -> object:
+    """SIGINT raises KeyboardInterrupt as Python's own handler does, and is remembered: Python drops one raised
+    in a destructor or a callback ("Exception ignored in ..."), and the command would finish with status 0.
+    A SIGINT ignored by whoever started soswap (a script's background job) stays ignored. Returns the handler
+    replaced (None: none was)."""
+    import signal
+
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupted)
+            sys.unraisablehook = _unraisable
+            return previous
+    except ValueError:  # not the main thread (an embedding program)
+        pass
+    return None
+
+
+def _unraisable(unraisable: Any) -> None:
+    """A KeyboardInterrupt raised in a destructor is remembered (:func:`_interrupted`), not printed."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+def _stop_watching(previous: object, quietly: bool) -> None:
+    if previous is None:
+        return
+    import signal
+
+    signal.signal(signal.SIGINT, _remember_interrupt if quietly else previous)  # type: ignore[arg-type]
+    if not quietly:
+        sys.unraisablehook = sys.__unraisablehook__
+
+
+#: Descriptors soswap asks for (raising a lower soft ``ulimit -n`` up to the hard limit), and the least it runs
+#: with: the ELF cache keeps a quarter of the limit open, directory walks one per level, -j workers pipes.
+_WANTED_DESCRIPTORS = 1024
+MIN_DESCRIPTORS = 64
+
+
+def _ensure_descriptors(refuse: bool = True) -> None:
+    """Raise the soft RLIMIT_NOFILE towards :data:`_WANTED_DESCRIPTORS`, or (``refuse``) refuse to run below
+    :data:`MIN_DESCRIPTORS`: out of descriptors, files would look unreadable and answers would be wrong."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return
+    if soft == resource.RLIM_INFINITY or soft >= _WANTED_DESCRIPTORS:
+        return
+    want = _WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(_WANTED_DESCRIPTORS, hard)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (OSError, ValueError):
+            pass
+    if soft < MIN_DESCRIPTORS and refuse:
+        raise SoswapError(f"too few file descriptors: 'ulimit -n' is {soft} (hard limit {hard}); soswap needs at "
+                          f"least {MIN_DESCRIPTORS}")
 
 
 #: ``soswap hook`` events run by a package manager (not setup/remove, an admin's commands)

@@ -7,8 +7,15 @@ from __future__ import annotations
 def main() -> int:
     """:func:`soswap.cli.main`, imported here."""
     try:
-        from soswap.cli import main as cli_main
+        from soswap import cli
 
-        return cli_main()
+        status = cli.main(finish_quietly=True)
     except KeyboardInterrupt:  # cli.main turns it into 130 once the command runs; this covers loading
         return 130
+    # The command is over, and a Ctrl-C since was only remembered. One now, while the interpreter exits, ends
+    # the process as a Ctrl-C does, instead of a KeyboardInterrupt "ignored" with a traceback in its shutdown.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is cli._remember_interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return 130 if cli._INTERRUPTED else status

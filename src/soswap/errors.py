@@ -7,6 +7,7 @@ with the exception's ``exit_code``. No other exception type is meant to escape t
 
 from __future__ import annotations
 
+import errno
 from typing import Optional
 
 #: Exit status: success, nothing to report.
@@ -22,6 +23,22 @@ class SoswapError(Exception):
     """Base class of every error soswap raises on purpose."""
 
     exit_code = EXIT_ERROR
+
+
+class ResourceError(SoswapError):
+    """The system refused soswap a resource it needs to read a file (descriptors: ``ulimit -n``; kernel
+    memory). Never reported as something about the file: an answer computed without it would be wrong."""
+
+
+#: errno values of :class:`ResourceError`
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def raise_if_exhausted(exc: OSError, path: str) -> None:
+    """Raise :class:`ResourceError` when ``exc`` (opening or reading ``path``) is a resource failure."""
+    if exc.errno in RESOURCE_ERRNOS:
+        hint = " (raise 'ulimit -n')" if exc.errno == errno.EMFILE else ""
+        raise ResourceError(f"{path}: {exc.strerror or exc}{hint}") from None
 
 
 class UsageError(SoswapError):

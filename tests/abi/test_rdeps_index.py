@@ -777,3 +777,48 @@ def test_rdeps_says_when_the_index_was_not_saved(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("index: ")]
     assert ", not saved (" in line
+
+
+_OUT_OF_DESCRIPTORS = r"""
+import os, sys
+from soswap.abi.rdeps import INDEX_FILE, RdepsIndex
+from soswap.abi.sysdirs import Top
+from soswap.errors import ResourceError
+from soswap.loader import Environment, Profile
+
+state, root, spare = sys.argv[1], sys.argv[2], int(sys.argv[3])
+idx = RdepsIndex(os.path.join(state, INDEX_FILE), Profile.detect(), Environment(cwd="/"), racy_ns=0)
+empty = os.path.join(state, "empty")
+os.makedirs(empty, exist_ok=True)
+RdepsIndex(None, Profile.detect(), Environment(cwd="/")).update([Top(empty, True)])  # the lazy imports
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+for fd in held[:spare]:
+    os.close(fd)
+try:
+    idx.update([Top(root, True)])
+except ResourceError as exc:
+    print("refused:", exc)
+    sys.exit(3)
+idx.save()
+print("updated")
+"""
+
+
+def test_running_out_of_descriptors_is_an_error_never_an_answer(tree: Tree, tmp_path: Path) -> None:
+    # Out of descriptors, every file looked like no ELF file and every directory unreadable: 0 dependents,
+    # exit 0, and that index was saved and trusted by the next run. Now it is an error, and nothing is kept.
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for spare in (0, 1, 2):
+        r = subprocess.run([sys.executable, "-c", _OUT_OF_DESCRIPTORS, str(state), str(tree.root), str(spare)],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 3 and "Too many open files" in r.stdout, (r.stdout, r.stderr)
+        assert not (state / INDEX_FILE).exists()
+    os.rmdir(state / "empty")
+    assert _roots(_update(tree, state), tree) == _roots(_update(tree, tmp_path / "fresh"), tree) != set()

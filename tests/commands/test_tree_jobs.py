@@ -145,3 +145,68 @@ def test_workload_follows_needs_through_ld_so_cache(tmp_path: Path) -> None:
         assert "libcrypto.so.3" in libs
     assert w.libraries[-1] == frozenset() and w.file_costs[-1] == _FIXED_COST
     assert w.library_costs["libcrypto.so.3"] > w.library_costs["libc.so.6"] > _FIXED_COST
+
+
+def test_ctrl_c_stops_the_workers_quietly(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C) at moments spread over a run: exit 130, no
+    worker's traceback, nothing left running. Workers that had finished their share and waited in the pool's
+    code printed tracebacks, one swallowed the interrupt in a destructor (the run then exited 0), and the
+    parent could wait on them for ever."""
+    import signal
+    import time
+
+    files = elf_files()
+    env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    launch = ("import os, signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+              "os.execvp(sys.argv[1], sys.argv[1:])\n")
+    command = [sys.executable, "-c", launch, sys.executable, "-m", "soswap", "tree", "-r", "--no-cache", "-j", "4",
+               *files]
+    start = time.monotonic()
+    subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    took = time.monotonic() - start
+    for fraction in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
+        p = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             start_new_session=True)
+        try:
+            time.sleep(took * fraction)
+            workers = _children(p.pid)
+            os.killpg(p.pid, signal.SIGINT)
+            _out, err = p.communicate(timeout=30)
+            assert b"Traceback" not in err, err.decode(errors="replace")
+            if workers:  # interrupted while the workers ran: never a finished run's status
+                assert p.returncode == 130, (fraction, p.returncode, err)
+            else:  # before they started or after they ended (at the interpreter's exit: killed by SIGINT)
+                assert p.returncode in (0, 1, 130, -signal.SIGINT), (fraction, p.returncode, err)
+            assert [w for w in workers if _running(w)] == []
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_a_worker_that_fails_or_dies_is_one_error_and_none_is_left() -> None:
+    import signal
+
+    from soswap.commands.tree import _fork_workers
+    from soswap.errors import ElfError, SoswapError
+
+    def work(chunk: List[str]) -> List[str]:
+        if chunk == ["bad"]:
+            raise ElfError("/x", "not an ELF file")
+        if chunk == ["die"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [c.upper() for c in chunk]
+
+    assert _fork_workers(work, [["a", "b"], ["c"]]) == [["A", "B"], ["C"]]
+    for chunk, message in ((["bad"], "/x: not an ELF file"), (["die"], "a worker process died (killed by SIGKILL)")):
+        with pytest.raises(SoswapError) as err:
+            _fork_workers(work, [["a"], chunk, ["b"]])
+        assert str(err.value) == message
+    assert _children(os.getpid()) == []

@@ -95,7 +95,7 @@ from soswap.abi.sysdirs import Top, canonical_tops, under
 from soswap.cachefile import Part, Unusable, decode_part, read_document, write_document
 from soswap.elf import ElfCache
 from soswap.elf import constants as C
-from soswap.errors import SoswapError
+from soswap.errors import ResourceError, SoswapError, raise_if_exhausted
 from soswap.loader import Environment, Loader, Profile
 from soswap.loader.candidates import UNLISTABLE, FileSystem
 from soswap.state import cache_dir
@@ -660,7 +660,8 @@ class RdepsIndex:
             old_names = set(_split(dirs.subs[i])) | set(old_elves) | set(_split(dirs.others[i] or ""))
         try:
             it = os.scandir(d)
-        except OSError:
+        except OSError as exc:
+            raise_if_exhausted(exc, d)  # never taken for an unreadable directory, and kept in the index
             if i is not None:
                 self._forget_dir(d, changed_names)
             return None
@@ -701,7 +702,8 @@ class RdepsIndex:
                 fst = None
                 try:
                     fd = os_open(p, _OPEN_FLAGS)
-                except OSError:
+                except OSError as exc:
+                    raise_if_exhausted(exc, p)
                     fd = -1
                 if fd >= 0:
                     try:
@@ -742,7 +744,8 @@ class RdepsIndex:
         files = self.data.files
         try:
             fd = os.open(p, _OPEN_FLAGS)
-        except OSError:
+        except OSError as exc:
+            raise_if_exhausted(exc, p)
             files.pop(p, None)
             return False
         try:
@@ -772,6 +775,8 @@ class RdepsIndex:
             entry[F_TYPE] = classify(elf, st.st_mode)
             if elf.is_dynamic:
                 entry[F_SONAME] = elf.soname
+        except ResourceError:
+            raise
         except SoswapError as exc:
             entry[F_ERR] = str(exc)[:300]
         self.data.files[p] = entry
@@ -833,6 +838,8 @@ class RdepsIndex:
         e[F_TREE], e[F_DIRECT], e[F_REQ], e[F_FATAL] = [], [], "", None
         try:
             res = self._loader_for_trees().load(p)
+        except ResourceError:
+            raise
         except SoswapError as exc:
             e[F_ERR] = str(exc)[:300]
             return

@@ -8,6 +8,7 @@ import posixpath
 import sys
 from typing import (
     TYPE_CHECKING,
+    Any,
     Callable,
     Dict,
     Iterable,
@@ -20,7 +21,7 @@ from typing import (
     TypeVar,
 )
 
-from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, UsageError
+from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, SoswapError, UsageError
 
 if TYPE_CHECKING:
     from soswap.loader.bindstore import BindStore
@@ -352,7 +353,7 @@ def _file_facts(loader) -> Callable[[str], Tuple[object, Optional[str], Optional
 
 def _tree_one(loader, path: str, args: argparse.Namespace, subst):  # type: ignore[no-untyped-def]
     """(exit status for this file, rendered text or JSON document, error line, the load result or None)."""
-    from soswap.errors import SoswapError
+    from soswap.errors import ResourceError, SoswapError
     from soswap.loader.model import FIRST_CALL
     from soswap.report.output import error_line
     from soswap.report.tree import error_json, render_text, result_json
@@ -360,6 +361,8 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst):  # type: igno
     try:
         res = loader.load(path, substitutions=subst)
         bound = loader.bind(res) if args.symbols else loader.bind(res, relocate=False)
+    except ResourceError:
+        raise  # soswap's own limits: no answer for this FILE or the next
     except SoswapError as exc:
         text = " ".join(_named(exc, path).splitlines())
         return EXIT_ERROR, error_json(path, text) if args.json else "", error_line(text), None
@@ -466,24 +469,18 @@ def _workload_of(loader) -> Callable[[List[str]], Workload]:  # type: ignore[no-
 
 #: Below this many files per worker, forking costs more than it saves.
 _MIN_FILES_PER_JOB = 48
-_WORK: Optional[Callable[[str], object]] = None
-_STORE: Optional[BindStore] = None
-_HARVEST: Optional[Callable[[], object]] = None
 _PARENT = 0  #: the PID of the soswap that forks the workers
-
-
-def _work(chunk: List[str]) -> Tuple[List[object], Dict[str, object], object]:
-    assert _WORK is not None
-    out = [_WORK(item) for item in chunk]
-    return out, (_STORE.take_new() if _STORE is not None else {}), (_HARVEST() if _HARVEST is not None else None)
 
 
 def _die_with_parent() -> None:
     """A worker is killed when the soswap that forked it dies (prctl PR_SET_PDEATHSIG): killed by SIGTERM, the
-    parent runs no cleanup, and a worker blocked writing its results would stay behind for good."""
+    parent runs no cleanup, and a worker blocked writing its results would stay behind for good. Ctrl-C is the
+    parent's to handle (it kills the workers): a worker interrupted on its own printed tracebacks, or swallowed
+    the interrupt in a destructor and went on."""
     import ctypes
     import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)  # this process's own C library, nothing from a file
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -508,20 +505,8 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
         jobs = min(os.cpu_count() or 1, 4, len(files) // _MIN_FILES_PER_JOB)
     # never more workers than files, nor many more than CPUs (a worker is a whole process)
     jobs = min(jobs, len(files), 4 * (os.cpu_count() or 1))
-    if jobs <= 1 or len(files) < 2:
+    if jobs <= 1 or len(files) < 2 or not hasattr(os, "fork"):
         return [fn(f) for f in files]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    global _WORK, _STORE, _PARENT, _HARVEST
-    try:
-        ctx = multiprocessing.get_context("fork")
-    except ValueError:  # pragma: no cover - no fork on this platform
-        return [fn(f) for f in files]
-    _WORK = fn
-    _STORE = store
-    _HARVEST = harvest
-    _PARENT = os.getpid()
     if store is not None:
         store.load()
     if workload is not None:
@@ -529,13 +514,12 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
         shares = split_by_affinity(w.libraries, jobs, w.file_costs, w.library_costs)
     else:
         shares = [list(range(i, len(files), jobs)) for i in range(jobs)]
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_die_with_parent) as pool:
-            parts = list(pool.map(_work, [[files[n] for n in share] for share in shares]))
-    finally:
-        _WORK = _STORE = _HARVEST = None
+
+    def work(chunk: List[str]) -> Tuple[List[object], Dict[str, object], object]:
+        out = [fn(item) for item in chunk]
+        return out, (store.take_new() if store is not None else {}), (harvest() if harvest is not None else None)
+
+    parts = _fork_workers(work, [[files[n] for n in share] for share in shares])
     out: List[T] = [None] * len(files)  # type: ignore[list-item]
     for share, (part, new, harvested) in zip(shares, parts):
         for n, value in zip(share, part):
@@ -545,6 +529,116 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
         if absorb is not None:
             absorb(harvested)
     return out
+
+
+def _fork_workers(work: Callable[[List[str]], Any], chunks: List[List[str]]) -> List[Any]:
+    """``[work(chunk) for chunk in chunks]``, each in a forked process that sends its pickled answer back
+    through a pipe. On any failure or interrupt the workers are killed; they are always reaped. (A process pool
+    was given up: killed while one of its workers wrote a result, its manager thread waited for the rest of
+    that result for ever, and the interpreter's exit waited for that thread.)"""
+    import pickle
+
+    global _PARENT
+    _PARENT = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    workers: List[Tuple[int, int]] = []  # (pid, read end of its pipe)
+    try:
+        for chunk in chunks:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the worker (its coverage is not collected)
+                _worker_main(work, chunk, r, w, [fd for _pid, fd in workers])
+            os.close(w)
+            workers.append((pid, r))
+        raw = _read_all([fd for _pid, fd in workers])
+    except BaseException:
+        for pid, _fd in workers:
+            try:
+                os.kill(pid, 9)  # SIGKILL
+            except ProcessLookupError:
+                pass
+        raise
+    finally:
+        statuses = []
+        for pid, fd in workers:
+            os.close(fd)
+            statuses.append(_reap(pid))
+    parts = []
+    for data, status in zip(raw, statuses):
+        try:
+            kind, value = pickle.loads(data)
+        except Exception:  # nothing or half an answer: the worker died (the OOM killer, a signal)
+            raise SoswapError(f"a worker process died ({_describe_status(status)})") from None
+        if kind == "error":
+            raise SoswapError(value)
+        parts.append(value)
+    return parts
+
+
+def _worker_main(work: Callable[[List[str]], Any], chunk: List[str], r: int, w: int,
+                 others: List[int]) -> None:  # pragma: no cover - runs in the forked worker
+    import pickle
+
+    code = 0
+    try:
+        os.close(r)
+        for fd in others:  # the pipes of the workers forked before this one
+            os.close(fd)
+        _die_with_parent()
+        data = pickle.dumps(("ok", work(chunk)), protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:  # said to the parent, which raises it
+        code = 1
+        text = str(exc) if isinstance(exc, SoswapError) else f"internal error in a worker: {type(exc).__name__}: {exc}"
+        data = pickle.dumps(("error", text))
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(w, view):]
+    finally:
+        os._exit(code)
+
+
+def _read_all(fds: List[int]) -> List[bytes]:
+    """Everything written to each pipe until its end is closed, read as it comes (a worker never blocks on a
+    full pipe)."""
+    import selectors
+
+    chunks: Dict[int, List[bytes]] = {fd: [] for fd in fds}
+    with selectors.DefaultSelector() as sel:
+        for fd in fds:
+            sel.register(fd, selectors.EVENT_READ)
+        open_fds = len(fds)
+        while open_fds:
+            for key, _mask in sel.select():
+                block = os.read(key.fd, 1 << 20)
+                if block:
+                    chunks[key.fd].append(block)
+                else:
+                    sel.unregister(key.fd)
+                    open_fds -= 1
+    return [b"".join(chunks[fd]) for fd in fds]
+
+
+def _reap(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:  # pragma: no cover - PEP 475 retries; a handler that raised ends the wait
+            continue
+        except ChildProcessError:
+            return 0
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        except ValueError:
+            return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"status {status}"
 
 
 #: Cost of a library a worker has not met yet when no costs are given (decoding it, its relocations and the

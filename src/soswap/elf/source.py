@@ -8,7 +8,7 @@ import os
 import stat
 from typing import Callable, Optional, Tuple, Union
 
-from soswap.errors import ElfError
+from soswap.errors import ElfError, raise_if_exhausted
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -79,6 +79,7 @@ class FileSource(Source):
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except OSError as exc:
+            raise_if_exhausted(exc, self.path)
             if exc.errno == errno.ENXIO:  # a socket (or a device without a driver) cannot be opened at all
                 raise ElfError(self.path, "not a regular file") from None
             raise ElfError(self.path, exc.strerror or str(exc)) from None
@@ -105,6 +106,7 @@ class FileSource(Source):
             fd = os.open(self.path, _OPEN_FLAGS)
             st = os.fstat(fd)
         except OSError as exc:
+            raise_if_exhausted(exc, self.path)
             raise ElfError(self.path, f"cannot reopen: {exc.strerror or exc}") from None
         if identity_of(st) != self.identity:
             os.close(fd)

@@ -17,7 +17,7 @@ from typing import Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Sequen
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
 from soswap.elf.file import Segment
-from soswap.errors import ElfError
+from soswap.errors import ElfError, raise_if_exhausted
 from soswap.loader.profile import Profile
 
 #: Verdicts of :func:`verify`.
@@ -215,6 +215,7 @@ class FileSystem:
         try:
             fd = os.open(host_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         except OSError as exc:
+            raise_if_exhausted(exc, host_path)  # soswap's own limit, not the candidate's fault
             if exc.errno in (errnomod.ENOENT, errnomod.EACCES, errnomod.ENOTDIR):
                 return Verdict(SKIP)
             return Verdict(CUT, exc.strerror or str(exc))
