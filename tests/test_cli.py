@@ -216,3 +216,38 @@ def test_install_refuses_a_source_longer_than_its_size(tmp_path) -> None:  # typ
     r = soswap("install", "--no-check", "--no-report", "/proc/cpuinfo", str(dest))
     assert r.returncode == 2 and "holds more than the 0 bytes" in r.stderr and not dest.exists(), r.stderr
     assert not list(tmp_path.iterdir())  # no temporary file left either
+
+
+def test_too_few_descriptors_is_one_error_and_a_low_soft_limit_is_raised(tmp_path) -> None:
+    import os
+    import resource
+
+    env = dict(os.environ, SOSWAP_STATE_DIR=str(tmp_path / "state"), SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    code = "import resource, sys\nfrom soswap.console import main\nsys.exit(main())\n"
+    probe = ("import resource, sys\nfrom soswap import cli\ncli._ensure_descriptors()\n"
+             "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n")
+
+    def run(soft: int, hard: int, *args: str, script: str = code) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                              timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+
+    r = run(40, 40, "tree", "/bin/sh")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == ("soswap: error: too few file descriptors: 'ulimit -n' is 40 (hard limit 40); soswap needs at "
+                        "least 64 free\n")
+    assert run(40, 4096, "tree", "/bin/sh").returncode == 0
+    assert run(40, 4096, script=probe).stdout == "1024\n"
+    assert run(40, 200, script=probe).stdout == "200\n"
+    # descriptors the caller hands over count: 45 of 64 open leave too few
+    held = ("import os, resource, sys\nfds = [os.open(os.devnull, os.O_RDONLY) for _ in range(45)]\n"
+            "for fd in fds:\n    os.set_inheritable(fd, True)\n"
+            "os.execv(sys.executable, [sys.executable, '-c', 'import sys; from soswap.console import main; "
+            "sys.exit(main())', 'tree', '/bin/sh'])\n")
+    r = run(80, 80, script=held)
+    assert r.returncode == 2 and "of them already open; soswap needs at least 64 free" in r.stderr, r.stderr
+    assert run(64, 4096, script=held).returncode == 0
+    # a package manager's hook is never failed for it: it meets the limit inside, as its check's error
+    r = subprocess.run([sys.executable, "-c", code, "hook", "dpkg-status", "--state-dir", str(tmp_path / "state")],
+                       env=env, input="status installed libfoo:amd64 1.0\n", capture_output=True, text=True,
+                       timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)))
+    assert (r.returncode, r.stderr) == (0, "")

@@ -243,18 +243,25 @@ def _ensure_descriptors(refuse: bool = True) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, OSError, ValueError):
         return
-    if soft == resource.RLIM_INFINITY or soft >= _WANTED_DESCRIPTORS:
+    if soft == resource.RLIM_INFINITY:
         return
-    want = _WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(_WANTED_DESCRIPTORS, hard)
+    from soswap.limits import descriptors_in_use
+
+    used = descriptors_in_use()
+    want = max(_WANTED_DESCRIPTORS, used + MIN_DESCRIPTORS)
+    if soft >= want:
+        return
+    want = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if want > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             soft = want
         except (OSError, ValueError):
             pass
-    if soft < MIN_DESCRIPTORS and refuse:
-        raise SoswapError(f"too few file descriptors: 'ulimit -n' is {soft} (hard limit {hard}); soswap needs at "
-                          f"least {MIN_DESCRIPTORS}")
+    if soft - used < MIN_DESCRIPTORS and refuse:
+        held = f", {used} of them already open" if used > 3 else ""
+        raise SoswapError(f"too few file descriptors: 'ulimit -n' is {soft} (hard limit {hard}){held}; soswap "
+                          f"needs at least {MIN_DESCRIPTORS} free")
 
 
 #: ``soswap hook`` events run by a package manager (not setup/remove, an admin's commands)
@@ -318,7 +325,11 @@ def _describe_oserror(exc: OSError) -> str:
 
 
 def _error_line(message: str) -> None:
-    from soswap.report.output import error_line
+    try:
+        from soswap.report.output import error_line
+    except (ImportError, OSError):  # out of descriptors or memory: the import itself fails
+        def error_line(message: str) -> str:
+            return f"soswap: error: {' '.join(message.splitlines())}\n"
 
     try:
         sys.stderr.write(error_line(message))

@@ -111,3 +111,44 @@ def test_a_module_with_an_interpreter_that_cannot_be_executed_is_a_plugin(tmp_pa
     assert (consumer["role"], consumer["verdict"]) == ("plugin", "incompatible")
     (problem,) = consumer["problems"]
     assert (problem["when"], problem["message"]) == ("dlopen", real.stdout.strip())
+
+
+def test_a_new_cut_short_where_ld_so_touches_nothing_is_refused_too(tmp_path: Path) -> None:
+    # no .bss: ld.so zero-fills nothing, maps the cut file and returns; the program dies of SIGBUS when it reads
+    # the missing part (ldd says nothing)
+    old = shared_lib(tmp_path / "v1" / "libt.so.1", "int tbl[8192] = {1, 2, 3};\nint get(int i) { return tbl[i]; }\n",
+                     soname="libt.so.1", flags=["-nostartfiles"])
+    app = executable(tmp_path / "app", "int get(int);\nint main(void) { return get(1) + get(8000) - 2; }\n",
+                     libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    seg = [s for s in ElfFile.open(old).segments if s.type == C.PT_LOAD][-1]
+    assert seg.memsz == seg.filesz
+    cut = tmp_path / "v2" / "libt.so.1"
+    cut.parent.mkdir()
+    cut.write_bytes(old.read_bytes()[:seg.offset + mmap.PAGESIZE])
+    assert _run([str(app)], old.parent).returncode == 0
+    assert _run([str(app)], cut.parent).returncode == -7
+    (change,) = diff_files(str(old), str(cut)).changes
+    assert (change.kind, change.severity) == ("file-truncated", "breaking") and "reads zeros" in change.detail
+    r = _check(tmp_path, "--consumer", str(app), "--json", str(cut), str(old))
+    assert r.returncode == 1 and json.loads(r.stdout)["refusals"][0]["kind"] == "file-truncated", r.stderr
+
+
+def test_a_static_tls_block_aligned_more_than_64_bytes_breaks_a_plugin(tmp_path: Path) -> None:
+    # _dl_try_allocate_static_tls refuses l_tls_align > dl_tls_static_align (TCB_ALIGNMENT, 64) whatever the size
+    src = ('__attribute__((tls_model("initial-exec"))) __thread char buf[64] __attribute__((aligned(A)));\n'
+           "int foo(int i) { buf[i % 64] = i; return buf[0]; }\n")
+    old = shared_lib(tmp_path / "v1" / "libfoo.so.1", src.replace("(A)", "(16)"), soname="libfoo.so.1")
+    new = shared_lib(tmp_path / "v2" / "libfoo.so.1", src.replace("(A)", "(128)"), soname="libfoo.so.1")
+    plug = shared_lib(tmp_path / "plug" / "plug.so", "int foo(int);\nint plug(void) { return foo(1); }\n",
+                      soname=None, libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    dl = executable(tmp_path / "dl", DLOPEN, libs=["-ldl"])
+    assert _run([str(dl), str(plug)], old.parent).stdout == "loaded\n"
+    real = _run([str(dl), str(plug)], new.parent)
+    assert real.returncode == 1 and "cannot allocate memory in static TLS block" in real.stdout
+    (change,) = diff_files(str(old), str(new)).changes
+    assert (change.kind, change.old_value, change.new_value) == ("static-tls-grown", "64 bytes, align 16",
+                                                                 "64 bytes, align 128")
+    r = _check(tmp_path, "--scope", str(plug.parent), "--json", str(new), str(old))
+    (consumer,) = json.loads(r.stdout)["consumers"]
+    assert r.returncode == 1 and consumer["verdict"] == "incompatible"
+    assert [p["message"] for p in consumer["problems"]] == [f"{old}: cannot allocate memory in static TLS block"]

@@ -458,12 +458,13 @@ def test_an_emptied_history_journal_is_left_out_of_history(tmp_path, libfoo, sta
 def test_a_transaction_over_more_directories_than_descriptors(tmp_path, libfoo, state):
     """One descriptor per directory stays open for the whole transaction: past the hard limit it is refused
     before anything is written (it used to fail half-way and leave a journal the same limit could not
-    recover); under it, the soft limit is raised and the install goes through."""
+    recover); under it, the soft limit is raised and the install goes through. (80: soswap refuses any command
+    below 64 descriptors.)"""
     import resource
 
     manifest = tmp_path / "manifest"
     lines = []
-    for i in range(40):
+    for i in range(80):
         d = tmp_path / f"d{i}"
         d.mkdir()
         (d / "f").write_text(f"old{i}\n")
@@ -472,20 +473,20 @@ def test_a_transaction_over_more_directories_than_descriptors(tmp_path, libfoo, 
     manifest.write_text("\n".join(lines) + "\n")
     env = dict(os.environ, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(state))
     argv = [sys.executable, "-m", "soswap", "install", "--no-check", "--no-report", "--manifest", str(manifest)]
-    for soft, hard, want in ((48, 48, 2), (48, 4096, 0)):
+    for soft, hard, want in ((80, 80, 2), (80, 4096, 0)):
         def limit(soft=soft, hard=hard) -> None:  # type: ignore[no-untyped-def]
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
         r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, preexec_fn=limit)
         assert r.returncode == want, r.stderr
         if want:
-            assert "40 directories" in r.stderr and r.stderr.count("soswap: error:") == 1
+            assert "80 directories" in r.stderr and r.stderr.count("soswap: error:") == 1
             assert soswap(["history"], state, check=0).stdout.strip() == "no transactions"
-    assert all((tmp_path / f"d{i}" / "f").read_text() == f"new{i}\n" for i in range(40))
+    assert all((tmp_path / f"d{i}" / "f").read_text() == f"new{i}\n" for i in range(80))
     # its rollback is refused the same way, before anything is written
     r = subprocess.run([sys.executable, "-m", "soswap", "rollback"], env=env, capture_output=True, text=True,
-                       timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
-    assert r.returncode == 2 and "40 directories" in r.stderr, r.stderr
+                       timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (80, 80)))
+    assert r.returncode == 2 and "80 directories" in r.stderr, r.stderr
     assert [t["kind"] for t in json.loads(soswap(["history", "--json"], state, check=0).stdout)[
         "transactions"]] == ["install"]
 

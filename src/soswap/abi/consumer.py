@@ -24,7 +24,7 @@ from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tupl
 from soswap.abi import problems as P
 from soswap.abi.changes import HARMLESS, AbiDiff
 from soswap.abi.exports import DATA_TYPES
-from soswap.abi.object_diff import static_tls_block
+from soswap.abi.object_diff import static_tls_align, static_tls_block
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import BIT_COPY
@@ -653,7 +653,9 @@ def _dlopen_refusals(res: LoadResult) -> List[Failure]:
             if dyn.flags & C.DF_STATIC_TLS:
                 # blsize = l_tls_blocksize + l_tls_firstbyte_offset; only a block that fits in no layout counts
                 need = static_tls_block(elf)
-                if need > STATIC_TLS_SURPLUS + _TCB_ALIGNMENT - 1:
+                # a block aligned more than the static TLS block (TCB_ALIGNMENT for a program whose start-up
+                # objects ask no more) is refused whatever its size
+                if need > STATIC_TLS_SURPLUS + _TCB_ALIGNMENT - 1 or static_tls_align(elf) > _TCB_ALIGNMENT:
                     msg = f"{o.path}: cannot allocate memory in static TLS block"
                     out.append(Failure(STATIC_TLS, o.path, o.index, msg, msg, M.STARTUP, True))
                     break
@@ -686,6 +688,7 @@ _FAILURE_DETAIL = {
     NOOPEN: "NEW is linked -z nodlopen: dlopen refuses it when the plugin brings it in (not when the program "
             "has it loaded already)",
     STATIC_TLS: f"NEW's initial-exec TLS is bigger than the static TLS surplus ({STATIC_TLS_SURPLUS} bytes, "
-                "shared by every library dlopen-ed with such TLS): dlopen fails unless the program has NEW loaded "
-                "already, or raises glibc.rtld.optional_static_tls",
+                "shared by every library dlopen-ed with such TLS), or aligned more than its 64 bytes: dlopen fails "
+                "unless the program has NEW loaded already (or, for the size, raises "
+                "glibc.rtld.optional_static_tls)",
 }

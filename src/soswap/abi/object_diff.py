@@ -93,11 +93,10 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
                                    f"segments overlap (what strip can make of a patchelf-ed file): {effect}",
                                    None, None))
         out.append(type_changes[-1])
-    if not foreign and _cut_short(new) and not _cut_short(old):
-        effect = ("running it dies of SIGBUS or SIGSEGV" if role_of(new) == ROLE_EXECUTABLE
-                  else "mapping it kills ld.so with SIGBUS")
+    cut = _cut_short(new) if not foreign else None
+    if cut is not None and _cut_short(old) is None:
         type_changes.append(Change("file-truncated", BREAKING, None, None,
-                                   f"NEW is cut short (an interrupted copy?): {_cut_short(new)}: {effect}",
+                                   f"NEW is cut short (an interrupted copy?): {cut[0]}: {cut[1]}",
                                    None, f"{new.size} bytes"))
         out.append(type_changes[-1])
     # a program (or an unloadable type) where a library was: NEW never loads, the rest is noise
@@ -114,10 +113,20 @@ def _unmappable(elf: ElfFile) -> bool:
     return problem == MISALIGNED or (problem is None and elf.type == C.ET_DYN and overlapping(loads))
 
 
-def _cut_short(elf: ElfFile) -> Optional[str]:
-    """Why touching ``elf``'s mapped pages faults (its file data ends before a segment's last page), or None
-    (:func:`soswap.loader.candidates.beyond_the_end`)."""
-    return beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC))
+def _cut_short(elf: ElfFile) -> Optional[Tuple[str, str]]:
+    """(where, what follows) when a segment's file data runs past the end of ``elf``, or None. ld.so itself
+    dies of SIGBUS when it must touch a missing page (:func:`soswap.loader.candidates.beyond_the_end`);
+    otherwise the code that uses the missing part does (a whole page) or reads zeros (the end of a page)."""
+    crash = beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC))
+    if crash is not None:
+        effect = ("running it dies of SIGBUS or SIGSEGV" if role_of(elf) == ROLE_EXECUTABLE
+                  else "mapping it kills ld.so with SIGBUS")
+        return crash, effect
+    for seg in elf.segments_of_type(C.PT_LOAD):
+        if seg.offset + seg.filesz > elf.size:
+            return (f"the segment at {seg.offset:#x} ({seg.filesz} bytes) ends beyond the end of the file "
+                    f"({elf.size} bytes)", "the code that uses its missing part dies of SIGBUS, or reads zeros")
+    return None
 
 
 def static_tls_block(elf: ElfFile) -> int:
@@ -126,16 +135,28 @@ def static_tls_block(elf: ElfFile) -> int:
     return sum(t.memsz + (t.vaddr & (t.align - 1) if t.align else 0) for t in elf.segments_of_type(C.PT_TLS))
 
 
+def static_tls_align(elf: ElfFile) -> int:
+    """``l_tls_align``: ``_dl_try_allocate_static_tls`` refuses a block aligned more than the static TLS
+    block is (``dl_tls_static_align``)."""
+    return max((t.align for t in elf.segments_of_type(C.PT_TLS)), default=0)
+
+
 def _static_tls(old: ElfFile, new: ElfFile) -> List[Change]:
     if not new.dynamic.flags & C.DF_STATIC_TLS:
         return []  # a TLS block reached through __tls_get_addr may grow: it is allocated per thread on demand
     a, b = static_tls_block(old), static_tls_block(new)
-    if b <= a:
+    x, y = static_tls_align(old), static_tls_align(new)
+    if b <= a and y <= x:
         return []
+    what = []
+    if b > a:
+        what.append(f"grows from {a} to {b} bytes")
+    if y > x:
+        what.append(f"is aligned to {y} bytes instead of {x}")
     return [Change("static-tls-grown", REVIEW, None, None,
-                   f"NEW's static TLS block grows from {a} to {b} bytes: dlopen of NEW, or of a plugin that needs "
-                   "it, takes the block from the small static TLS surplus and may fail with 'cannot allocate "
-                   "memory in static TLS block'", f"{a} bytes", f"{b} bytes")]
+                   f"NEW's static TLS block {' and '.join(what)}: dlopen of NEW, or of a plugin that needs it, "
+                   "takes the block from the small static TLS surplus (aligned to 64 bytes) and may fail with "
+                   "'cannot allocate memory in static TLS block'", f"{a} bytes, align {x}", f"{b} bytes, align {y}")]
 
 
 def _type_change(old: ElfFile, new: ElfFile) -> List[Change]:

@@ -66,7 +66,8 @@ class ElfCache:
 
 
 def _default_open_files() -> int:
-    """:data:`OPEN_FILES`, or a quarter of a lower descriptor limit (``ulimit -n``), at least 8."""
+    """:data:`OPEN_FILES`, or a quarter of the descriptors a lower limit (``ulimit -n``) leaves free, at least
+    8."""
     try:
         import resource
 
@@ -75,4 +76,6 @@ def _default_open_files() -> int:
         return OPEN_FILES
     if soft == resource.RLIM_INFINITY:
         return OPEN_FILES
-    return max(8, min(OPEN_FILES, soft // 4))
+    from soswap.limits import descriptors_in_use
+
+    return max(8, min(OPEN_FILES, (soft - descriptors_in_use()) // 4))
