@@ -247,8 +247,8 @@ def _ensure_descriptors(refuse: bool = True) -> None:
         return
     from soswap.limits import descriptors_in_use
 
-    used = descriptors_in_use()
-    want = max(_WANTED_DESCRIPTORS, used + MIN_DESCRIPTORS)
+    extra = max(0, descriptors_in_use() - 3)  # open besides the standard streams (a caller's)
+    want = max(_WANTED_DESCRIPTORS, extra + MIN_DESCRIPTORS)
     if soft >= want:
         return
     want = want if hard == resource.RLIM_INFINITY else min(want, hard)
@@ -258,10 +258,10 @@ def _ensure_descriptors(refuse: bool = True) -> None:
             soft = want
         except (OSError, ValueError):
             pass
-    if soft - used < MIN_DESCRIPTORS and refuse:
-        held = f", {used} of them already open" if used > 3 else ""
+    if soft - extra < MIN_DESCRIPTORS and refuse:
+        held = f", and {extra} descriptors are open already" if extra else ""
         raise SoswapError(f"too few file descriptors: 'ulimit -n' is {soft} (hard limit {hard}){held}; soswap "
-                          f"needs at least {MIN_DESCRIPTORS} free")
+                          f"needs at least {MIN_DESCRIPTORS}" + (" more" if extra else ""))
 
 
 #: ``soswap hook`` events run by a package manager (not setup/remove, an admin's commands)
