@@ -313,7 +313,7 @@ def main() -> int:
             rows[f"{label}: soswap tree, warm result cache"] = warm(soswap_cmd(*fl), r, env)
             if base_env is not None:
                 rows[f"{label}: baseline {args.baseline}: soswap tree (one process)"] = timed(
-                    soswap_cmd("-j", "1", *fl), r, base_env)
+                    soswap_cmd("-j", "1", "--no-cache", *fl), r, base_env)
             if shutil.which("libtree"):
                 rows[f"{label}: libtree (one process)"] = timed(["libtree", "-p", *fl], r)
             rows[f"{label}: floor: python -S reading DT_NEEDED only"] = timed(floor_cmd(fl), r)
@@ -335,7 +335,9 @@ def main() -> int:
             rows[f"{label}: soswap tree -r, warm result cache"] = warm(soswap_cmd("-r", *fl), r, env)
             if base_env is not None:
                 rows[f"{label}: baseline {args.baseline}: soswap tree -r (one process)"] = timed(
-                    soswap_cmd("-j", "1", "-r", *fl), r, base_env)
+                    soswap_cmd("-j", "1", "-r", "--no-cache", *fl), r, base_env)
+                rows[f"{label}: baseline {args.baseline}: soswap tree -r, -j auto"] = timed(
+                    soswap_cmd("-r", "--no-cache", *fl), r, base_env)
         if not args.quick:
             rows["regular: ldd -r loop"] = timed(shell_loop(["ldd", "-r"]) + regular, 1)
             rows["all: ldd -r loop"] = timed(shell_loop(["ldd", "-r"]) + files, 1)
@@ -381,6 +383,10 @@ def main() -> int:
         b = rows.get(f"{label}: baseline {args.baseline}: soswap tree -r (one process)")
         if b:
             print(f"{label}: baseline / now (soswap tree -r):         {b / sr:6.2f}x faster")
+        b = rows.get(f"{label}: baseline {args.baseline}: soswap tree -r, -j auto")
+        if b:
+            print(f"{label}: baseline / now (soswap tree -r, -j auto): "
+                  f"{b / rows[f'{label}: soswap tree -r, -j auto (workers)']:6.2f}x faster")
     tree = rows["all: soswap tree (one process)"]
     print(f"all: ldd loop / soswap tree:                   {rows['all: ldd loop'] / tree:6.1f}x faster")
     if "all: lddtree (one process)" in rows:
