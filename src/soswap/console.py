@@ -12,10 +12,11 @@ def main() -> int:
         status = cli.main(finish_quietly=True)
     except KeyboardInterrupt:  # cli.main turns it into 130 once the command runs; this covers loading
         return 130
-    # The command is over, and a Ctrl-C since was only remembered. One now, while the interpreter exits, ends
-    # the process as a Ctrl-C does, instead of a KeyboardInterrupt "ignored" with a traceback in its shutdown.
+    # The command is over (its status says an interrupt it met), and a Ctrl-C since was only remembered. One
+    # now, while the interpreter exits, ends the process as a Ctrl-C does, instead of a KeyboardInterrupt
+    # "ignored" with a traceback in its shutdown.
     import signal
 
     if signal.getsignal(signal.SIGINT) is cli._remember_interrupt:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-    return 130 if cli._INTERRUPTED else status
+    return status

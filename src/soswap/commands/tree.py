@@ -429,7 +429,10 @@ def _workload_of(loader) -> Callable[[List[str]], Workload]:  # type: ignore[no-
 
     profile = loader.profile
     fs, cwd = profile.fs, loader.env.cwd
-    ldcache = profile.ldcache if not loader.env.inhibit_cache else None
+    try:
+        ldcache = profile.ldcache if not loader.env.inhibit_cache else None
+    except SoswapError:
+        ldcache = None
     target = profile.cache_target(loader.env.hwcaps_mask)
     libraries: Dict[str, Tuple[float, Tuple[str, ...]]] = {}
 
