@@ -592,7 +592,8 @@ def _worker_main(work: Callable[[List[str]], Any], chunk: List[str], r: int, w: 
         data = pickle.dumps(("ok", work(chunk)), protocol=pickle.HIGHEST_PROTOCOL)
     except BaseException as exc:  # said to the parent, which raises it
         code = 1
-        text = str(exc) if isinstance(exc, SoswapError) else f"internal error in a worker: {type(exc).__name__}: {exc}"
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        text = str(exc) if isinstance(exc, SoswapError) else f"internal error in a worker: {what}"
         data = pickle.dumps(("error", text))
     try:
         view = memoryview(data)
