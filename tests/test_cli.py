@@ -252,3 +252,14 @@ def test_too_few_descriptors_is_one_error_and_a_low_soft_limit_is_raised(tmp_pat
                        env=env, input="status installed libfoo:amd64 1.0\n", capture_output=True, text=True,
                        timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)))
     assert (r.returncode, r.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("command, option", [("tree", "--cache-dir"), ("check", "--cache-dir"),
+                                             ("rdeps", "--cache-dir"), ("install", "--cache-dir"),
+                                             ("install", "--state-dir"), ("history", "--state-dir"),
+                                             ("recover", "--state-dir"), ("rollback", "--state-dir")])
+def test_an_empty_directory_name_is_a_usage_error(command: str, option: str) -> None:
+    # an unset shell variable ("--cache-dir $DIR") fell back to the default directory unseen
+    r = soswap(command, option, "", "/bin/sh")
+    assert r.returncode == 2 and r.stderr.splitlines()[-1] == (f"soswap {command}: error: argument {option}: "
+                                                               "empty directory name")

@@ -20,3 +20,11 @@ def seconds(text: str) -> float:
     if value > MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"too many seconds: {text!r} (at most {MAX_SECONDS}, a year)")
     return value
+
+
+def directory_name(text: str) -> str:
+    """A directory to keep things in: not empty (an unset shell variable, which would fall back to the
+    default directory unseen)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty directory name")
+    return text

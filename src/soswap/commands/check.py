@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from soswap.commands.argtypes import directory_name
 from soswap.errors import EXIT_FOUND, EXIT_OK, UsageError
 
 NAME = "check"
@@ -58,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check these running processes (repeatable)")
     parser.add_argument("--no-processes", action="store_true",
                         help="default discovery: leave out the running processes")
-    parser.add_argument("--cache-dir", metavar="DIR",
+    parser.add_argument("--cache-dir", metavar="DIR", type=directory_name,
                         help="where the rdeps index is kept (default: $SOSWAP_CACHE_DIR, /var/cache/soswap as "
                              "root, else $XDG_CACHE_HOME/soswap); created if missing")
     parser.add_argument("--no-index", action="store_true",

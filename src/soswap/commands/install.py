@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any, Iterator, List, Sequence, Tuple
 
-from soswap.commands.argtypes import seconds
+from soswap.commands.argtypes import directory_name, seconds
 from soswap.errors import EXIT_FOUND, EXIT_OK, SoswapError, UsageError
 
 NAME = "install"
@@ -39,7 +39,7 @@ resolves the interrupted transaction the journal records)."""
 
 def add_state_arguments(parser: argparse.ArgumentParser) -> None:
     """--state-dir and --lock-timeout, shared by install, recover, rollback and history."""
-    parser.add_argument("--state-dir", metavar="DIR",
+    parser.add_argument("--state-dir", metavar="DIR", type=directory_name,
                         help="journal directory (default: $SOSWAP_STATE_DIR, /var/lib/soswap as root, "
                              "else $XDG_STATE_HOME/soswap)")
     parser.add_argument("--lock-timeout", type=seconds, default=60.0, metavar="SECONDS",
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the system's programs and libraries)")
     parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
                         help="also check the ELF files under these directories in the preflight")
-    parser.add_argument("--cache-dir", metavar="DIR",
+    parser.add_argument("--cache-dir", metavar="DIR", type=directory_name,
                         help="where the preflight's rdeps index is kept (default: as soswap check)")
     parser.add_argument("--restart", action="store_true",
                         help="afterwards, restart the units still running the old versions (safe policy)")

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from soswap.commands.argtypes import directory_name
 from soswap.errors import EXIT_OK, ElfError, UsageError
 
 NAME = "rdeps"
@@ -28,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("library", metavar="LIB", nargs="?", help="the library (a path)")
     parser.add_argument("--scope", action="extend", nargs="+", default=[], metavar="DIR",
                         help="index these directories (recursively) instead of the system's")
-    parser.add_argument("--cache-dir", metavar="DIR", help="where the index is kept (default: as soswap check)")
+    parser.add_argument("--cache-dir", metavar="DIR", type=directory_name,
+                        help="where the index is kept (default: as soswap check)")
     parser.add_argument("--no-index", action="store_true", help="build the index in memory only")
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-abi.md)")
 

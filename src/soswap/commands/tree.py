@@ -21,6 +21,7 @@ from typing import (
     TypeVar,
 )
 
+from soswap.commands.argtypes import directory_name
 from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, SoswapError, UsageError
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replace", metavar="PATH=FILE", action="append", default=[],
                         help="what-if: resolve as if the file at PATH were FILE (repeatable)")
     parser.add_argument("--all", action="store_true", help="also show repeated requests for loaded objects")
-    parser.add_argument("--cache-dir", metavar="DIR",
+    parser.add_argument("--cache-dir", metavar="DIR", type=directory_name,
                         help="where results are kept between runs (default: $SOSWAP_CACHE_DIR, "
                              "/var/cache/soswap as root, else $XDG_CACHE_HOME/soswap)")
     parser.add_argument("--no-cache", action="store_true",
