@@ -263,3 +263,26 @@ def test_an_empty_directory_name_is_a_usage_error(command: str, option: str) -> 
     r = soswap(command, option, "", "/bin/sh")
     assert r.returncode == 2 and r.stderr.splitlines()[-1] == (f"soswap {command}: error: argument {option}: "
                                                                "empty directory name")
+
+
+def test_nagios_interrupted_while_loading_is_unknown_and_a_late_interrupt_keeps_the_result(tmp_path) -> None:
+    import os
+
+    env = dict(os.environ, SOSWAP_STATE_DIR=str(tmp_path / "state"), SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    # a Ctrl-C (or a monitoring agent's SIGTERM) while soswap.cli is imported: UNKNOWN, not 130
+    loading = ("import builtins, sys\nreal = builtins.__import__\n"
+               "def imp(name, *a, **k):\n"
+               "    if name == 'soswap' and a and a[2] and 'cli' in a[2]:\n"
+               "        raise KeyboardInterrupt\n"
+               "    return real(name, *a, **k)\n"
+               "builtins.__import__ = imp\n"
+               "from soswap.console import main\nsys.argv = ['soswap', 'stale', '--nagios']\nsys.exit(main())\n")
+    r = subprocess.run([sys.executable, "-c", loading], env=env, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "STALE UNKNOWN - interrupted\n", "")
+    # a Ctrl-C after the result was printed: the printed status stays (it was killed by SIGINT at exit)
+    late = ("import os, signal, sys\nfrom soswap.console import main\nsys.argv = ['soswap', 'stale', '--nagios']\n"
+            "status = main()\nos.kill(os.getpid(), signal.SIGINT)\nsys.exit(status)\n")
+    r = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, timeout=120)
+    printed = r.stdout.split(" ", 2)[1]
+    assert r.returncode == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[printed], (r.returncode, r.stdout)
+    assert "Traceback" not in r.stderr

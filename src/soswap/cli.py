@@ -247,7 +247,7 @@ def _ensure_descriptors(refuse: bool = True) -> None:
         return
     from soswap.limits import descriptors_in_use
 
-    extra = max(0, descriptors_in_use() - 3)  # open besides the standard streams (a caller's)
+    extra = max(0, descriptors_in_use(below=soft) - 3)  # open besides the standard streams (a caller's)
     want = max(_WANTED_DESCRIPTORS, extra + MIN_DESCRIPTORS)
     if soft >= want:
         return
@@ -259,7 +259,7 @@ def _ensure_descriptors(refuse: bool = True) -> None:
         except (OSError, ValueError):
             pass
     if soft - extra < MIN_DESCRIPTORS and refuse:
-        held = f", and {extra} descriptors are open already" if extra else ""
+        held = (f", and {extra} descriptor{' is' if extra == 1 else 's are'} open already") if extra else ""
         raise SoswapError(f"too few file descriptors: 'ulimit -n' is {soft} (hard limit {hard}){held}; soswap "
                           f"needs at least {MIN_DESCRIPTORS}" + (" more" if extra else ""))
 

@@ -366,3 +366,43 @@ def test_a_process_that_maps_target_and_cannot_be_checked_is_listed_and_warned_a
     notes = [x for x in problems_of(result) if x.kind == REVIEW_NOTE]
     assert [(x.pid, x.message.startswith(f"{tree.target}: process {p.pid}: its program")) for x in notes] == \
         [(p.pid, True)]
+
+
+@pytest.mark.parametrize("own_align, verdict", [(4096, "compatible"), (0, "incompatible")])
+def test_a_plugin_tls_alignment_is_judged_against_the_process_static_tls_block(tmp_path: Path, procs,
+                                                                               own_align: int, verdict: str) -> None:
+    """dlopen refuses a static TLS block aligned more than the process's static TLS block, which
+    _dl_determine_tlsoffset aligns to the largest of 64 and its start-up objects' TLS alignments: a host whose own
+    TLS is aligned to 4096 loads a plugin needing a library aligned to 256; one without TLS does not."""
+    from support.build import executable, shared_lib
+
+    src = '__thread char tv[16] __attribute__((aligned(A), tls_model("initial-exec"))) = {1};\n' \
+          "int get(void) { return tv[0]; }\n"
+    lib = tmp_path / "lib"
+    old = shared_lib(lib / "libtls.so", src.replace("(A)", "(8)"), soname="libtls.so")
+    new = shared_lib(tmp_path / "new" / "libtls.so", src.replace("(A)", "(256)"), soname="libtls.so")
+    plug = shared_lib(tmp_path / "plug" / "plug.so", "int get(void);\nint plug(void) { return get(); }\n",
+                      soname="plug.so", libs=[str(old)], flags=[f"-Wl,-rpath,{lib}"])
+    own = f"__thread char own[8] __attribute__((aligned({own_align}))) = {{2}};\n" if own_align else ""
+    host = executable(tmp_path / "host", own + """#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    void *h = dlopen(argv[1], RTLD_NOW);
+    if (!h) { printf("%s\\n", dlerror()); return 1; }
+    if (argc > 2) { close(open(argv[2], O_CREAT | O_WRONLY, 0644)); for (;;) pause(); }
+    return 0;
+}
+""", libs=["-ldl"])
+    truth = subprocess.run([str(host), str(plug)], capture_output=True, text=True, timeout=30,
+                           env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(new.parent)})
+    assert (truth.returncode == 0) == (verdict == "compatible"), truth.stdout
+    ready = tmp_path / "ready"
+    p = procs.start([host, plug, ready], env={"PATH": "/usr/bin:/bin"}, wait_for_file=ready)
+    result = check_replacement(str(old), str(new), pids=[p.pid], environ=_clean_env())
+    (c,) = [c for c in result.consumers if c.pid == p.pid]
+    assert c.verdict == verdict, c.problems
+    if verdict == "incompatible":  # what dlerror() says, NEW being at TARGET's place
+        assert truth.stdout == f"{new}: cannot allocate memory in static TLS block\n"
+        assert [x.message for x in c.problems] == [f"{old}: cannot allocate memory in static TLS block"]

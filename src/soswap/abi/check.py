@@ -24,6 +24,7 @@ from soswap.abi import problems as P
 from soswap.abi.changes import BREAKING
 from soswap.abi.consumer import ConsumerChecker, SharedChecks
 from soswap.abi.diff import diff_objects
+from soswap.abi.object_diff import static_tls_align
 from soswap.abi.processes import ProcessInfo, processes_mapping, read_process
 from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, RdepsIndex, classify, environment_for_index, open_index
 from soswap.abi.sysdirs import Top, canonical_path, canonical_tops, system_tops, under
@@ -381,11 +382,14 @@ def _check_process_here(checker: ConsumerChecker, info: ProcessInfo) -> P.Consum
     first = _loaded_dirs(checker, ([os.path.dirname(checker.target_key)] if targets else []) + loaded_dirs)
     if any(p.fatal and p.when == P.STARTUP for p in main.problems):
         outside = []  # restarted, the program dies before main: it dlopens nothing
+    # _dl_determine_tlsoffset: the static TLS block is aligned to the largest TLS alignment at start-up
+    tls_align = _startup_tls_align(checker, info, in_tree) if outside else 0
     for path in outside:
         if path in targets:
             continue
         try:
-            r = checker.check(path, env=_dlopen_env(checker, info, path, first), plugin=True, source="process")
+            r = checker.check(path, env=_dlopen_env(checker, info, path, first), plugin=True, source="process",
+                              tls_align=tls_align)
         except SoswapError:
             continue
         if r.verdict == P.UNAFFECTED:
@@ -402,6 +406,18 @@ def _check_process_here(checker: ConsumerChecker, info: ProcessInfo) -> P.Consum
         note += ": only the self check speaks for it"
     return P.ConsumerResult(info.exe, P.ROLE_PROCESS, verdict, tuple(problems), tuple(baseline), pid=info.pid,
                             plugins=tuple(plugins), source="process", note=note)
+
+
+def _startup_tls_align(checker: ConsumerChecker, info: ProcessInfo, in_tree: Set[object]) -> int:
+    """The largest PT_TLS alignment among the objects the process maps from its program's tree."""
+    best = 0
+    for path, dev, ino in info.mapped:
+        if (dev, ino) in in_tree or path in in_tree or path == info.exe:
+            try:
+                best = max(best, static_tls_align(checker.read(path)))
+            except SoswapError:
+                continue
+    return best
 
 
 def _with_mapped_dirs(checker: ConsumerChecker, info: ProcessInfo

@@ -218,12 +218,14 @@ class ConsumerChecker:
     # -- one consumer --------------------------------------------------------------------------------------
 
     def check(self, path: str, *, env: Environment, plugin: bool = False, argv0: Optional[str] = None,
-              source: str = "", pid: Optional[int] = None) -> P.ConsumerResult:
+              source: str = "", pid: Optional[int] = None, tls_align: int = 0) -> P.ConsumerResult:
         """The verdict for the consumer at ``path`` (see the module docstring): a program as it runs, or a
         plugin as ``dlopen(RTLD_NOW)`` loads it. Raises :class:`SoswapError` when ``path`` itself cannot be
-        loaded (not an ELF file, another architecture...)."""
+        loaded (not an ELF file, another architecture...). ``tls_align``: for a plugin of a known program, the
+        largest TLS alignment of the program's start-up objects (the static TLS block is aligned to it when it
+        is above 64)."""
         mode = _PLUGIN if plugin else _PROGRAM
-        return self._check(path, env, mode, argv0, source, pid)
+        return self._check(path, env, mode, argv0, source, pid, tls_align)
 
     def check_indexed(self, path: str, tree: Optional[Sequence[str]], *, env: Environment, plugin: bool = False,
                       source: str = "") -> P.ConsumerResult:
@@ -271,7 +273,7 @@ class ConsumerChecker:
         return res._replace(role=P.ROLE_LIBRARY)
 
     def _check(self, path: str, env: Environment, mode: str, argv0: Optional[str], source: str,
-               pid: Optional[int]) -> P.ConsumerResult:
+               pid: Optional[int], tls_align: int = 0) -> P.ConsumerResult:
         plugin = mode == _PLUGIN
         role = P.ROLE_PLUGIN if plugin else P.ROLE_PROGRAM
         ld = self.loader(env)
@@ -292,7 +294,8 @@ class ConsumerChecker:
         if t_new is not None and not self.full and not self._may_break(res_new):
             self.shortcuts += 1
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
-        new_failures = self._failures_of(ld, res_new, bind_now, (self._world, env, path, argv0, mode), plugin)
+        new_failures = self._failures_of(ld, res_new, bind_now, (self._world, env, path, argv0, mode, tls_align),
+                                         plugin, tls_align)
         watched = self._watched_refs(ld, res_new) if self.watch and t_new is not None else []
         internal = bool(self.now_internal) and t_new is not None
         if not new_failures and not watched and not internal:
@@ -300,7 +303,8 @@ class ConsumerChecker:
         if res_old is None:
             res_old = ld.load(path, argv0=argv0)
         t_old = self._target_index(res_old)
-        old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode), plugin)
+        old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode, tls_align), plugin,
+                                         tls_align)
         new_problems = [self._problem(f, res_new, mode) for f in new_failures]
         old_problems = [self._problem(f, res_old, mode) for f in old_failures]
         reviews: List[str] = []
@@ -404,16 +408,17 @@ class ConsumerChecker:
         return None
 
     def _failures_of(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], key: tuple,
-                     plugin: bool = False) -> List[Failure]:
+                     plugin: bool = False, tls_align: int = 0) -> List[Failure]:
         """:meth:`_failures`, once per ``key`` in the shared checks (the same consumer in the same world)."""
         cache = self._shared.failures
         hit = cache.get(key)
         if hit is None:
-            hit = cache[key] = self._failures(ld, res, bind_now, plugin)
+            hit = cache[key] = self._failures(ld, res, bind_now, plugin, tls_align)
         return hit
 
-    def _failures(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], plugin: bool) -> List[Failure]:
-        refused = _dlopen_refusals(res) if plugin else []
+    def _failures(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], plugin: bool,
+                  tls_align: int = 0) -> List[Failure]:
+        refused = _dlopen_refusals(res, max(_TCB_ALIGNMENT, tls_align)) if plugin else []
         if refused:
             return refused  # dlopen fails while mapping: nothing is relocated
         b = ld.bind(res, bind_now=bind_now, warn=True)
@@ -634,11 +639,13 @@ def _rebound(res_old: LoadResult, res_new: LoadResult, d_old: M.Definition, d_ne
                      f"{t_new_name.lower()} instead (ld.so says nothing)")
 
 
-def _dlopen_refusals(res: LoadResult) -> List[Failure]:
+def _dlopen_refusals(res: LoadResult, static_align: int = 64) -> List[Failure]:
     """What dlopen of the plugin ``res`` refuses in the objects it maps (the plugin's dependencies; the program
     that opens it may have some of them loaded already, and then nothing is refused for those): an object
     linked ``-z nodlopen`` (``_dl_map_object_from_fd``), and one whose initial-exec TLS does not fit in the
-    static TLS surplus (``_dl_try_allocate_static_tls``, at its TPOFF relocations)."""
+    static TLS surplus or is aligned more than the static TLS block (``static_align``: ``dl_tls_static_align``,
+    the largest of TCB_ALIGNMENT and the program's start-up objects' TLS alignments) (``_dl_try_allocate_static_tls``,
+    at its TPOFF relocations)."""
     out: List[Failure] = []
     for o in res.objects[1:]:
         elf = o.elf
@@ -653,9 +660,8 @@ def _dlopen_refusals(res: LoadResult) -> List[Failure]:
             if dyn.flags & C.DF_STATIC_TLS:
                 # blsize = l_tls_blocksize + l_tls_firstbyte_offset; only a block that fits in no layout counts
                 need = static_tls_block(elf)
-                # a block aligned more than the static TLS block (TCB_ALIGNMENT for a program whose start-up
-                # objects ask no more) is refused whatever its size
-                if need > STATIC_TLS_SURPLUS + _TCB_ALIGNMENT - 1 or static_tls_align(elf) > _TCB_ALIGNMENT:
+                # a block aligned more than the static TLS block is refused whatever its size
+                if need > STATIC_TLS_SURPLUS + _TCB_ALIGNMENT - 1 or static_tls_align(elf) > static_align:
                     msg = f"{o.path}: cannot allocate memory in static TLS block"
                     out.append(Failure(STATIC_TLS, o.path, o.index, msg, msg, M.STARTUP, True))
                     break
