@@ -280,9 +280,11 @@ def test_nagios_interrupted_while_loading_is_unknown_and_a_late_interrupt_keeps_
     r = subprocess.run([sys.executable, "-c", loading], env=env, capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (3, "STALE UNKNOWN - interrupted\n", "")
     # a Ctrl-C after the result was printed: the printed status stays (it was killed by SIGINT at exit)
-    late = ("import os, signal, sys\nfrom soswap.console import main\nsys.argv = ['soswap', 'stale', '--nagios']\n"
-            "status = main()\nos.kill(os.getpid(), signal.SIGINT)\nsys.exit(status)\n")
-    r = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, timeout=120)
-    printed = r.stdout.split(" ", 2)[1]
-    assert r.returncode == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[printed], (r.returncode, r.stdout)
-    assert "Traceback" not in r.stderr
+    for sig in ("SIGINT", "SIGTERM", "SIGHUP"):  # a monitoring agent's timeout sends SIGTERM
+        late = ("import os, signal, sys\nfrom soswap.console import main\nsys.argv = ['soswap', 'stale', '--nagios']\n"
+                f"status = main()\nos.kill(os.getpid(), signal.{sig})\nsys.exit(status)\n")
+        r = subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True, timeout=120)
+        printed = r.stdout.split(" ", 2)[1]
+        assert r.returncode == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[printed], (sig, r.returncode,
+                                                                                               r.stdout)
+        assert "Traceback" not in r.stderr and r.stdout.count("\n") == 1

@@ -219,10 +219,17 @@ def _unraisable(unraisable: Any) -> None:
 
 
 def _stop_watching(previous: object, quietly: bool) -> None:
-    if previous is None:
-        return
     import signal
 
+    if quietly:  # SIGTERM/SIGHUP handlers soswap set (stale --nagios, install) would raise after the command too
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                if callable(signal.getsignal(sig)):
+                    signal.signal(sig, _remember_interrupt)
+            except (ValueError, OSError):
+                pass
+    if previous is None:
+        return
     signal.signal(signal.SIGINT, _remember_interrupt if quietly else previous)  # type: ignore[arg-type]
     if not quietly:
         sys.unraisablehook = sys.__unraisablehook__

@@ -20,13 +20,13 @@ def main() -> int:
     try:
         from soswap import cli
 
-        # after the command, a Ctrl-C is only remembered (cli.main's finish_quietly), then blocked: the process
-        # exits with the command's status, with nothing raised in destructors, and no death by SIGINT once the
-        # interpreter's shutdown has put the default handler back
+        # after the command, a Ctrl-C (or SIGTERM, SIGHUP) is only remembered (cli.main's finish_quietly), then
+        # blocked: the process exits with the command's status, with nothing raised in destructors, and no death
+        # by the signal once the interpreter's shutdown has put the default handler back
         status = cli.main(finish_quietly=True)
         import signal
 
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
         return status
     except KeyboardInterrupt:  # cli.main turns it into 130 (or UNKNOWN) once the command runs; this covers loading
         if not nagios:
