@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any, NoReturn, Optional, Sequence
 
 from soswap import __version__
-from soswap.errors import EXIT_ERROR, SoswapError
+from soswap.errors import EXIT_ERROR, SoswapError, error_line
 
 # Order of appearance in ``soswap --help``.
 COMMAND_MODULES = (
@@ -332,12 +332,6 @@ def _describe_oserror(exc: OSError) -> str:
 
 
 def _error_line(message: str) -> None:
-    try:
-        from soswap.report.output import error_line
-    except (ImportError, OSError):  # out of descriptors or memory: the import itself fails
-        def error_line(message: str) -> str:
-            return f"soswap: error: {' '.join(message.splitlines())}\n"
-
     try:
         sys.stderr.write(error_line(message))
         sys.stderr.flush()

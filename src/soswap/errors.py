@@ -25,6 +25,12 @@ class SoswapError(Exception):
     exit_code = EXIT_ERROR
 
 
+def error_line(message: str) -> str:
+    """``soswap: error: MESSAGE`` on one line (a newline in a file name, or a message of several lines, is
+    joined with spaces), with its newline."""
+    return f"soswap: error: {' '.join(message.splitlines())}\n"
+
+
 class ResourceError(SoswapError):
     """The system refused soswap a resource it needs to read a file (descriptors: ``ulimit -n``; kernel
     memory). Never reported as something about the file: an answer computed without it would be wrong."""

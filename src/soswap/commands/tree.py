@@ -626,13 +626,10 @@ def _read_all(fds: List[int]) -> List[bytes]:
 
 
 def _reap(pid: int) -> int:
-    while True:
-        try:
-            return os.waitpid(pid, 0)[1]
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; a handler that raised ends the wait
-            continue
-        except ChildProcessError:
-            return 0
+    try:
+        return os.waitpid(pid, 0)[1]  # PEP 475: retried after a signal whose handler does not raise
+    except ChildProcessError:
+        return 0
 
 
 def _describe_status(status: int) -> str:

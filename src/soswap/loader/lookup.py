@@ -39,12 +39,12 @@ _STATIC_TLS_TYPES = {C.EM_X86_64: frozenset((18, 36)), C.EM_386: frozenset((14, 
 
 #: st_info >> 4 values do_lookup_x binds to: STB_GLOBAL, STB_WEAK, STB_GNU_UNIQUE
 _BINDING_TYPES = frozenset((C.STB_GLOBAL, C.STB_WEAK, C.STB_GNU_UNIQUE))
-#: byte -> 1 where st_info's binding is not one of _BINDING_TYPES, where st_other is hidden or internal
-_BAD_BINDING = bytes(0 if b >> 4 in _BINDING_TYPES else 1 for b in range(256))
+#: byte -> 1 where st_other is hidden or internal; where st_info's binding is STB_LOCAL, STB_WEAK, or none of
+#: STB_LOCAL and _BINDING_TYPES
 _BAD_VIS = bytes(1 if b & 3 in (C.STV_INTERNAL, C.STV_HIDDEN) else 0 for b in range(256))
-#: byte -> 1 where st_info's binding is STB_LOCAL, where it is STB_WEAK
 _LOCAL_BINDING = bytes(1 if b >> 4 == C.STB_LOCAL else 0 for b in range(256))
 _WEAK_BINDING = bytes(1 if b >> 4 == C.STB_WEAK else 0 for b in range(256))
+_ODD_BINDING = bytes(0 if b >> 4 in _BINDING_TYPES or b >> 4 == C.STB_LOCAL else 1 for b in range(256))
 
 
 def _find_all(data: bytes, value: int) -> List[int]:
@@ -323,8 +323,7 @@ class ObjectSymbols:
         name for the lookup. Linkers leave none with a name in .dynsym, so this is nearly always empty."""
         if self._shadowing is None:
             raw = self.raw
-            info, other = raw.info, raw.other
-            marks = set(_find_all(info.translate(_BAD_BINDING), 1)) | set(_find_all(other.translate(_BAD_VIS), 1))
+            marks = self._local_symbols().union(_find_all(raw.info.translate(_ODD_BINDING), 1))
             strtab, name_off = raw.strtab, raw.name_off
             names = set()
             for i in marks:

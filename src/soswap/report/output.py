@@ -6,6 +6,9 @@ import json
 import sys
 from typing import Any, Iterable, List, Optional, Sequence, TextIO
 
+# error_line lives in soswap.errors (the CLI prints it without importing this package); kept importable here
+from soswap.errors import error_line as error_line
+
 
 def print_json(obj: Any, stream: Optional[TextIO] = None) -> None:
     """Write ``obj`` as JSON (:func:`json_text`; ASCII-safe: undecodable path bytes appear as ``\\udcXX``
@@ -35,12 +38,6 @@ def json_text(obj: Any, depth: int = 0) -> str:
         return "{" + pad + body + "\n" + "  " * depth + "}"
     body = ("," + pad).join(json_text(v, depth + 1) for v in obj)
     return "[" + pad + body + "\n" + "  " * depth + "]"
-
-
-def error_line(message: str) -> str:
-    """``soswap: error: MESSAGE`` on one line (a newline in a file name, or a message of several lines, is
-    joined with spaces), with its newline."""
-    return f"soswap: error: {' '.join(message.splitlines())}\n"
 
 
 def one_line(text: str) -> str:
