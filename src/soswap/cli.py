@@ -96,8 +96,9 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         if command is not None and name != command:
-            sub.add_parser(name)  # a placeholder: never parsed, since another command was named
-            continue
+            if not command:
+                sub.add_parser(name)  # a placeholder, for the list of commands in a usage error
+            continue  # another command was named: this one is never parsed
         module = _command_module(name)
         if module is None:
             continue

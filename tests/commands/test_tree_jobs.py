@@ -1,5 +1,5 @@
-"""``soswap tree`` on several workers: the files are split by the libraries they load (``split_by_affinity``),
-and whatever the split, the output is the one process's output, byte for byte, in the order of the files."""
+"""``soswap tree`` on several workers: each asks for files a few at a time (``soswap.commands.workers``), and
+whoever computes what, the output is the one process's output, byte for byte, in the order of the files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import List
 
 import pytest
 
-from soswap.commands.tree import split_by_affinity
+from soswap.commands.workers import CHUNK, Schedule
 from support.systemfiles import elf_files
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -22,35 +22,43 @@ def _elf_programs(limit: int) -> List[str]:
     return elf_files()[::3][:limit]
 
 
-def test_split_covers_every_file_once_and_keeps_groups_together() -> None:
-    kinds = [("libc.so.6",), ("libLLVM.so", "libc.so.6"), (), ("libz.so.1", "libc.so.6"),
-             ("libssl.so.3", "libcrypto.so.3", "libc.so.6"), ("libm.so.6", "libc.so.6")]
-    needed = [kinds[(n * 7) % len(kinds)] for n in range(60)]  # groups of 10, interleaved
-    for jobs in (1, 2, 3):
-        shares = split_by_affinity(needed, jobs)
-        assert len(shares) == jobs
-        assert sorted(n for s in shares for n in s) == list(range(len(needed)))
-        assert all(s == sorted(s) for s in shares)
-        for share in shares:
-            for n in share:
-                # the files with the same DT_NEEDED set are all in this share (a group of 10 is within
-                # half a share, 60 / (2 * jobs) >= 10)
-                same = [m for m, names in enumerate(needed) if set(names) == set(needed[n])]
-                assert set(same) <= set(share)
+def test_schedule_hands_out_every_file_once_own_stretch_first() -> None:
+    order = list(range(100, 200))
+    for jobs in (1, 2, 3, 7):
+        sched = Schedule(order, jobs)
+        got: List[List[int]] = [[] for _ in range(jobs)]
+        turn = 0
+        while True:  # the workers ask in turn; worker 0 asks three times as often (it is faster)
+            w = turn % (jobs + 2)
+            w = 0 if w >= jobs else w
+            chunk = sched.next(w)
+            turn += 1
+            if not chunk:
+                if all(not sched.next(k) for k in range(jobs)):
+                    break
+                continue
+            assert 1 <= len(chunk) <= CHUNK
+            got[w] += chunk
+        assert sorted(n for g in got for n in g) == order
+        for w in range(jobs):
+            # each worker began with its own stretch, from its start, in order; it took the rest from the ends
+            # of other stretches
+            start, end = 100 + 100 * w // jobs, 100 + 100 * (w + 1) // jobs
+            own = [n for n in got[w] if start <= n < end]
+            assert got[w][:len(own)] == own == list(range(start, start + len(own))), (jobs, w, got[w])
+        if jobs > 1:  # the fastest did more than its stretch
+            assert len(got[0]) > 100 // jobs
 
 
-def test_split_spreads_unrelated_groups() -> None:
-    needed = [(f"lib{k}.so",) for k in range(6) for _ in range(10)]
-    shares = split_by_affinity(needed, 3)
-    assert sorted(len(s) for s in shares) == [20, 20, 20]
-
-
-def test_split_spreads_files_that_all_load_the_same_libraries() -> None:
-    # one group only (every program needs just libc): still one half per worker, not all in one
-    for jobs in (2, 3, 4):
-        shares = split_by_affinity([("libc.so.6",)] * 1000, jobs)
-        assert sorted(n for s in shares for n in s) == list(range(1000))
-        assert max(map(len, shares)) - min(map(len, shares)) <= 1000 // (2 * jobs) + 1, [len(s) for s in shares]
+def test_schedule_hands_out_small_chunks_near_the_end() -> None:
+    sched = Schedule(range(1000), 2)
+    sizes = []
+    while True:
+        chunk = sched.next(len(sizes) % 2)
+        if not chunk:
+            break
+        sizes.append(len(chunk))
+    assert sizes[0] == CHUNK and sizes[-1] == 1 and sum(sizes) == 1000
 
 
 @pytest.mark.parametrize("flags", [["-r"], ["--ldd", "-r"]], ids=["tree-r", "ldd-r"])
@@ -115,38 +123,6 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_split_weighs_libraries_and_files_by_their_costs() -> None:
-    # 10 programs load a library that costs as much as 100 small programs together: with counts alone the
-    # big group and 50 small files would fill one worker; by cost, the big group is a worker's load by itself
-    needed = [("libLLVM.so", "libc.so.6")] * 10 + [("libc.so.6",)] * 100
-    costs = {"libLLVM.so": 100.0, "libc.so.6": 1.0}
-    shares = split_by_affinity(needed, 2, [1.0] * 110, costs)
-    big = next(s for s in shares if 0 in s)
-    assert set(range(10)) <= set(big)
-    loads = [sum(1.0 for _ in s) + sum(costs[n] for n in set().union(*(needed[m] for m in s))) for s in shares]
-    assert max(loads) / min(loads) < 1.2, loads
-    assert sorted(n for s in shares for n in s) == list(range(110))
-
-
-def test_workload_follows_needs_through_ld_so_cache(tmp_path: Path) -> None:
-    from soswap.commands.tree import _FIXED_COST, _workload_of
-    from soswap.elf import ElfCache
-    from soswap.loader import Environment, Loader, Profile
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
-    loader = Loader(Profile.detect(), Environment.from_environ(env, cwd=str(tmp_path)), cache=ElfCache())
-    progs = [p for p in elf_files() if os.path.basename(p) in ("curl", "openssl", "ssh")]
-    assert progs
-    missing = tmp_path / "nothing"
-    w = _workload_of(loader)([*progs, str(missing)])
-    for libs in w.libraries[:-1]:
-        assert "libc.so.6" in libs
-        # libcrypto comes through libssl or libcurl, not always from the program's own DT_NEEDED
-        assert "libcrypto.so.3" in libs
-    assert w.libraries[-1] == frozenset() and w.file_costs[-1] == _FIXED_COST
-    assert w.library_costs["libcrypto.so.3"] > w.library_costs["libc.so.6"] > _FIXED_COST
-
-
 def test_ctrl_c_stops_the_workers_quietly(tmp_path: Path) -> None:
     """SIGINT to the whole process group (a terminal's Ctrl-C) at moments spread over a run: exit 130, no
     worker's traceback, nothing left running. Workers that had finished their share and waited in the pool's
@@ -194,19 +170,22 @@ def _children(pid: int) -> List[int]:
 def test_a_worker_that_fails_or_dies_is_one_error_and_none_is_left() -> None:
     import signal
 
-    from soswap.commands.tree import _fork_workers
+    from soswap.commands.workers import map_in_workers
     from soswap.errors import ElfError, SoswapError
 
-    def work(chunk: List[str]) -> List[str]:
-        if chunk == ["bad"]:
+    def work(item: str) -> str:
+        if item == "bad":
             raise ElfError("/x", "not an ELF file")
-        if chunk == ["die"]:
+        if item == "die":
             os.kill(os.getpid(), signal.SIGKILL)
-        return [c.upper() for c in chunk]
+        return item.upper()
 
-    assert _fork_workers(work, [["a", "b"], ["c"]]) == [["A", "B"], ["C"]]
-    for chunk, message in ((["bad"], "/x: not an ELF file"), (["die"], "a worker process died (killed by SIGKILL)")):
+    items = [f"f{n:03}" for n in range(200)]
+    assert map_in_workers(work, items, 3, lambda: os.getpid()) [0] == [i.upper() for i in items]
+    results, pids = map_in_workers(work, items[::-1], 2, lambda: os.getpid())
+    assert results == [i.upper() for i in items[::-1]] and len(set(pids)) == 2 and os.getpid() not in pids
+    for bad, message in (("bad", "/x: not an ELF file"), ("die", "a worker process died (killed by SIGKILL)")):
         with pytest.raises(SoswapError) as err:
-            _fork_workers(work, [["a"], chunk, ["b"]])
+            map_in_workers(work, [*items[:50], bad, *items[50:]], 3)
         assert str(err.value) == message
     assert _children(os.getpid()) == []

@@ -6,23 +6,10 @@ import argparse
 import os
 import posixpath
 import sys
-from typing import (
-    TYPE_CHECKING,
-    Any,
-    Callable,
-    Dict,
-    Iterable,
-    List,
-    Mapping,
-    NamedTuple,
-    Optional,
-    Sequence,
-    Tuple,
-    TypeVar,
-)
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from soswap.commands.argtypes import directory_name
-from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, SoswapError, UsageError
+from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from soswap.loader.bindstore import BindStore
@@ -205,8 +192,7 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     status = 0
     for line in model.shell_warnings():
         err.write(line)
-    for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs, loader.bind_store,
-                                                      _workload_of(loader) if relocs != RELOCS_NONE else None)):
+    for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs, loader.bind_store)):
         if not single:
             out.write(f"{file}:\n")
         if se:
@@ -251,8 +237,7 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
 
         absorb = store.witnesses.merge
     todo = [f for n, f in enumerate(files) if n not in kept]
-    computed = iter(_map_files(one, todo, args.jobs, loader.bind_store,
-                               _workload_of(loader) if args.symbols else None, harvest, absorb))
+    computed = iter(_map_files(one, todo, args.jobs, loader.bind_store, harvest, absorb))
     status = EXIT_OK
     docs = []
     out = sys.stdout
@@ -393,300 +378,37 @@ def _named(exc: Exception, path: str) -> str:
 
 # -- many files on several CPUs ----------------------------------------------------------------------------
 
-class Workload(NamedTuple):
-    """What the FILEs are expected to cost a worker, for :func:`split_by_affinity`: the libraries each loads,
-    each one's own cost, and each library's."""
-
-    libraries: List[frozenset]
-    file_costs: List[float]
-    library_costs: Dict[str, float]
-
-
-#: Cost of a file or library beyond its relocations (decoding, the load, the version check, the output), in
-#: relocations: about 0.3 ms against about 3 µs per relocation that names a symbol, on /usr/bin.
-_FIXED_COST = 100.0
-
-
-def _symbol_relocations(elf) -> int:  # type: ignore[no-untyped-def]
-    """About how many relocations of ``elf`` name a symbol (the tables' sizes less the leading relative ones):
-    what binding's work grows with."""
-    from soswap.elf import constants as C
-
-    tags = elf.dynamic.tags
-    rela, rel = elf.layout.rela.size, elf.layout.rel.size
-    return (max(0, tags.get(C.DT_RELASZ, 0) // rela - tags.get(C.DT_RELACOUNT, 0))
-            + max(0, tags.get(C.DT_RELSZ, 0) // rel - tags.get(C.DT_RELCOUNT, 0))
-            + tags.get(C.DT_PLTRELSZ, 0) // (rela if tags.get(C.DT_PLTREL) == C.DT_RELA else rel))
-
-
-def _workload_of(loader) -> Callable[[List[str]], Workload]:  # type: ignore[no-untyped-def]
-    """The :class:`Workload` of FILEs, read through the loader's ELF cache (the forked workers inherit what it
-    decoded). A library's own needs are followed through ld.so.cache alone (no RPATH, RUNPATH or
-    LD_LIBRARY_PATH): a guess that decides where work is done, never a result. A file that cannot be read
-    loads nothing (its error is reported by the worker). Used for the symbol check only (``-r``, ``--ldd
-    -r/-d``): there the libraries' relocations and lookups are most of the work, while a plain tree spends
-    more on the serial reading of DT_NEEDED than the split saves (bench/RESULTS-tree.md)."""
-    from soswap.errors import SoswapError
-
-    profile = loader.profile
-    fs, cwd = profile.fs, loader.env.cwd
-    try:
-        ldcache = profile.ldcache if not loader.env.inhibit_cache else None
-    except SoswapError:
-        ldcache = None
-    target = profile.cache_target(loader.env.hwcaps_mask)
-    libraries: Dict[str, Tuple[float, Tuple[str, ...]]] = {}
-
-    def read(path: str) -> Tuple[float, Tuple[str, ...]]:
-        try:
-            elf = loader.cache.get(fs.host(posixpath.join(cwd, path)))
-            return _FIXED_COST + _symbol_relocations(elf), tuple(elf.needed)
-        except (SoswapError, OSError, ValueError):
-            return _FIXED_COST, ()
-
-    def library(name: str) -> Tuple[float, Tuple[str, ...]]:
-        hit = libraries.get(name)
-        if hit is None:
-            libraries[name] = (_FIXED_COST, ())  # a loop of needs ends here
-            entry = ldcache.lookup(name, target) if ldcache is not None and "/" not in name else None
-            path = name if "/" in name else (entry.value if entry is not None else None)
-            hit = libraries[name] = read(path) if path is not None else (_FIXED_COST, ())
-        return hit
-
-    def closure(needed: Tuple[str, ...]) -> frozenset:
-        seen = set()
-        todo = list(needed)
-        while todo:
-            name = todo.pop()
-            if name not in seen:
-                seen.add(name)
-                todo.extend(library(name)[1])
-        return frozenset(seen)
-
-    def workload(files: List[str]) -> Workload:
-        own = [read(f) for f in files]
-        loads = [closure(needed) for _cost, needed in own]
-        return Workload(loads, [cost for cost, _needed in own], {n: c for n, (c, _) in libraries.items()})
-
-    return workload
-
-
 #: Below this many files per worker, forking costs more than it saves.
 _MIN_FILES_PER_JOB = 48
-_PARENT = 0  #: the PID of the soswap that forks the workers
-
-
-def _die_with_parent() -> None:
-    """A worker is killed when the soswap that forked it dies (prctl PR_SET_PDEATHSIG): killed by SIGTERM, the
-    parent runs no cleanup, and a worker blocked writing its results would stay behind for good. Ctrl-C is the
-    parent's to handle (it kills the workers): a worker interrupted on its own printed tracebacks, or swallowed
-    the interrupt in a destructor and went on."""
-    import ctypes
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)  # this process's own C library, nothing from a file
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != _PARENT:  # the parent died before the call: nobody waits for this worker
-        os._exit(1)
 
 
 def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
                store: Optional[BindStore] = None,
-               workload: Optional[Callable[[List[str]], Workload]] = None,
                harvest: Optional[Callable[[], object]] = None,
                absorb: Optional[Callable[[object], None]] = None) -> List[T]:
-    """``[fn(f) for f in files]``, split over forked worker processes when there are many files. Each worker
-    keeps its own caches; results come back in order, and the binding results the workers computed go into
-    ``store``. ``workload`` (:func:`_workload_of`) lets files that load the same libraries go to the same
-    worker (:func:`split_by_affinity`). ``harvest`` runs in each worker after its share, and ``absorb`` gets
-    what it returned in the parent (the result cache's witnesses). Falls back to one process where fork is
-    unavailable."""
+    """``[fn(f) for f in files]``, over forked worker processes when there are many files
+    (:mod:`soswap.commands.workers`). Each worker keeps its own caches; results come back in order, and the
+    binding results the workers computed go into ``store``. ``harvest`` runs in each worker after its last
+    file, and ``absorb`` gets what it returned in the parent (the result cache's witnesses). Falls back to one
+    process where fork is unavailable."""
     if jobs is None:
         jobs = min(os.cpu_count() or 1, 4, len(files) // _MIN_FILES_PER_JOB)
     # never more workers than files, nor many more than CPUs (a worker is a whole process)
     jobs = min(jobs, len(files), 4 * (os.cpu_count() or 1))
     if jobs <= 1 or len(files) < 2 or not hasattr(os, "fork"):
         return [fn(f) for f in files]
+    from soswap.commands.workers import map_in_workers
+
     if store is not None:
         store.load()
-    if workload is not None:
-        w = workload(files)
-        shares = split_by_affinity(w.libraries, jobs, w.file_costs, w.library_costs)
-    else:
-        shares = [list(range(i, len(files), jobs)) for i in range(jobs)]
 
-    def work(chunk: List[str]) -> Tuple[List[object], Dict[str, object], object]:
-        out = [fn(item) for item in chunk]
-        return out, (store.take_new() if store is not None else {}), (harvest() if harvest is not None else None)
+    def finish() -> Tuple[Dict[str, object], object]:
+        return (store.take_new() if store is not None else {}), (harvest() if harvest is not None else None)
 
-    parts = _fork_workers(work, [[files[n] for n in share] for share in shares])
-    out: List[T] = [None] * len(files)  # type: ignore[list-item]
-    for share, (part, new, harvested) in zip(shares, parts):
-        for n, value in zip(share, part):
-            out[n] = value  # type: ignore[assignment]
+    out, finished = map_in_workers(fn, files, jobs, finish)
+    for new, harvested in finished:  # type: ignore[misc]
         if store is not None:
             store.merge(new)
         if absorb is not None:
             absorb(harvested)
     return out
-
-
-def _fork_workers(work: Callable[[List[str]], Any], chunks: List[List[str]]) -> List[Any]:
-    """``[work(chunk) for chunk in chunks]``, each in a forked process that sends its pickled answer back
-    through a pipe. On any failure or interrupt the workers are killed; they are always reaped. (A process pool
-    was given up: killed while one of its workers wrote a result, its manager thread waited for the rest of
-    that result for ever, and the interpreter's exit waited for that thread.)"""
-    import pickle
-
-    global _PARENT
-    _PARENT = os.getpid()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    workers: List[Tuple[int, int]] = []  # (pid, read end of its pipe)
-    try:
-        for chunk in chunks:
-            r, w = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the worker (its coverage is not collected)
-                _worker_main(work, chunk, r, w, [fd for _pid, fd in workers])
-            os.close(w)
-            workers.append((pid, r))
-        raw = _read_all([fd for _pid, fd in workers])
-    except BaseException:
-        for pid, _fd in workers:
-            try:
-                os.kill(pid, 9)  # SIGKILL
-            except ProcessLookupError:
-                pass
-        raise
-    finally:
-        statuses = []
-        for pid, fd in workers:
-            os.close(fd)
-            statuses.append(_reap(pid))
-    parts = []
-    for data, status in zip(raw, statuses):
-        try:
-            kind, value = pickle.loads(data)
-        except Exception:  # nothing or half an answer: the worker died (the OOM killer, a signal)
-            raise SoswapError(f"a worker process died ({_describe_status(status)})") from None
-        if kind == "error":
-            raise SoswapError(value)
-        parts.append(value)
-    return parts
-
-
-def _worker_main(work: Callable[[List[str]], Any], chunk: List[str], r: int, w: int,
-                 others: List[int]) -> None:  # pragma: no cover - runs in the forked worker
-    import pickle
-
-    code = 0
-    try:
-        os.close(r)
-        for fd in others:  # the pipes of the workers forked before this one
-            os.close(fd)
-        _die_with_parent()
-        data = pickle.dumps(("ok", work(chunk)), protocol=pickle.HIGHEST_PROTOCOL)
-    except BaseException as exc:  # said to the parent, which raises it
-        code = 1
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        text = str(exc) if isinstance(exc, SoswapError) else f"internal error in a worker: {what}"
-        data = pickle.dumps(("error", text))
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(w, view):]
-    finally:
-        os._exit(code)
-
-
-def _read_all(fds: List[int]) -> List[bytes]:
-    """Everything written to each pipe until its end is closed, read as it comes (a worker never blocks on a
-    full pipe)."""
-    import selectors
-
-    chunks: Dict[int, List[bytes]] = {fd: [] for fd in fds}
-    with selectors.DefaultSelector() as sel:
-        for fd in fds:
-            sel.register(fd, selectors.EVENT_READ)
-        open_fds = len(fds)
-        while open_fds:
-            for key, _mask in sel.select():
-                block = os.read(key.fd, 1 << 20)
-                if block:
-                    chunks[key.fd].append(block)
-                else:
-                    sel.unregister(key.fd)
-                    open_fds -= 1
-    return [b"".join(chunks[fd]) for fd in fds]
-
-
-def _reap(pid: int) -> int:
-    try:
-        return os.waitpid(pid, 0)[1]  # PEP 475: retried after a signal whose handler does not raise
-    except ChildProcessError:
-        return 0
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        import signal
-
-        try:
-            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        except ValueError:
-            return f"killed by signal {os.WTERMSIG(status)}"
-    return f"exit status {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"status {status}"
-
-
-#: Cost of a library a worker has not met yet when no costs are given (decoding it, its relocations and the
-#: lookups of its references: about as much as twenty programs that only use libraries already decoded).
-_LIBRARY_COST = 20.0
-
-
-def split_by_affinity(needed: Sequence[Iterable[str]], jobs: int, file_costs: Optional[Sequence[float]] = None,
-                      library_costs: Optional[Mapping[str, float]] = None) -> List[List[int]]:
-    """Indexes of the files for each of ``jobs`` workers, given the libraries each file loads (``needed``),
-    what each file costs by itself (default 1) and what each library costs the first worker that meets it
-    (default :data:`_LIBRARY_COST`).
-
-    Every worker decodes each library it meets once, so files that load the same libraries should share a
-    worker: files with the same libraries form a group, and each group (the costliest first) goes to the
-    worker it leaves least loaded (its files, plus the libraries that worker has not met). A group whose
-    files cost more than half a worker's share goes in pieces of that cost, so that many files with the same
-    libraries are still spread. The split only decides where work is done, never what any file's result is."""
-    fcost = list(file_costs) if file_costs is not None else [1.0] * len(needed)
-    lcost = library_costs if library_costs is not None else {}
-
-    def libs_cost(names: Iterable[str]) -> float:
-        return sum(lcost.get(n, _LIBRARY_COST) for n in names)
-
-    groups: Dict[frozenset, List[int]] = {}
-    for n, names in enumerate(needed):
-        groups.setdefault(frozenset(names), []).append(n)
-    piece = sum(fcost) / (2 * jobs)
-    met: List[set] = [set() for _ in range(jobs)]
-    load = [0.0] * jobs
-    shares: List[List[int]] = [[] for _ in range(jobs)]
-    ordered = sorted(groups.items(), key=lambda g: (-(sum(fcost[m] for m in g[1]) + libs_cost(g[0])), min(g[1])))
-    for names, members in ordered:
-        parts: List[List[int]] = [[]]
-        filled = 0.0
-        for m in members:
-            if parts[-1] and filled + fcost[m] > piece:
-                parts.append([])
-                filled = 0.0
-            parts[-1].append(m)
-            filled += fcost[m]
-        for part in parts:
-            own = sum(fcost[m] for m in part)
-            cost = [load[w] + own + libs_cost(names - met[w]) for w in range(jobs)]
-            w = min(range(jobs), key=cost.__getitem__)
-            load[w] = cost[w]
-            met[w] |= names
-            shares[w] += part
-    return [sorted(s) for s in shares]
