@@ -63,6 +63,32 @@ def test_a_new_cut_short_is_refused(tmp_path: Path) -> None:
     assert doc["verdict"] == "incompatible" and [c["kind"] for c in doc["refusals"]] == ["file-truncated"]
 
 
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.6])
+def test_a_new_cut_before_its_dynamic_section_is_refused_as_cut_short(tmp_path: Path, fraction: float) -> None:
+    """Most of an interrupted copy's cuts fall before the dynamic section (near the end of a library): NEW is
+    cut short (exit 1, ``file-truncated``), as ld.so dies of SIGBUS; it was an error about the dynamic section
+    lying outside the file (exit 2)."""
+    src = "int foo(void) { return 42; }\n" + "".join(f"int f{n}(int x) {{ return x * {n}; }}\n" for n in range(400))
+    old = shared_lib(tmp_path / "v1" / "libfoo.so.1", src, soname="libfoo.so.1")
+    app = executable(tmp_path / "app", "int foo(void);\nint main(void) { return foo() - 42; }\n",
+                     libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    dyn = ElfFile.open(old).segments_of_type(C.PT_DYNAMIC)[0]
+    data = old.read_bytes()
+    at = max(4096, int(len(data) * fraction))
+    assert at + mmap.PAGESIZE <= dyn.offset - dyn.offset % mmap.PAGESIZE
+    cut = tmp_path / "v2" / "libfoo.so.1"
+    cut.parent.mkdir()
+    cut.write_bytes(data[:at])
+    assert _run([str(app)], cut.parent).returncode == -7  # SIGBUS in ld.so
+    (change,) = diff_files(str(old), str(cut)).changes
+    assert (change.kind, change.severity) == ("file-truncated", "breaking") and "SIGBUS" in change.detail
+    r = _check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert [c["kind"] for c in doc["refusals"]] == ["file-truncated"]
+    assert doc["consumers"][0]["problems"][0]["message"].startswith("ld.so crashes (SIGBUS) mapping")
+
+
 _GROWN = ('static __thread char buf[N] __attribute__((tls_model("initial-exec")));\n'
           "int foo(int i) { buf[i % N] = i; return buf[0]; }\n")
 _ALIGNED = ('__attribute__((tls_model("initial-exec"))) __thread char buf[64] __attribute__((aligned(N)));\n'

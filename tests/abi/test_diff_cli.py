@@ -62,11 +62,20 @@ def test_directory_and_fifo_are_refused_without_blocking(lib: Path, tmp_path: Pa
 
 def test_truncated_new(lib: Path, tmp_path: Path) -> None:
     data = lib.read_bytes()
-    for n in (10, 64, 200, len(data) // 2):
+    for n in (10, 64, 200):  # inside the ELF header or the program headers: not an ELF file to compare
         cut = tmp_path / f"cut{n}.so"
         cut.write_bytes(data[:n])
         r = soswap(str(lib), str(cut))
         _one_error_line(r, str(cut))
+    # past the program headers, before the dynamic section (where an interrupted copy mostly stops): the
+    # file-truncated verdict, not an error about the missing dynamic section
+    for n in (len(data) // 8, len(data) // 2):
+        cut = tmp_path / f"cut{n}.so"
+        cut.write_bytes(data[:n])
+        r = soswap(str(lib), str(cut), "--json")
+        assert r.returncode == 1, r
+        kinds = [c["kind"] for c in json.loads(r.stdout)["changes"]]
+        assert kinds == ["file-truncated"], r.stdout
 
 
 def test_relocatable_object(lib: Path, tmp_path: Path) -> None:

@@ -83,6 +83,12 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
     if not h_new.ident_padding_zero and h_old.ident_padding_zero:
         out.append(Change("header-invalid", BREAKING, None, None,
                           "e_ident padding is not zero: 'nonzero padding in e_ident'", None, "EI_PAD"))
+    # before anything reads NEW's dynamic section, which a cut may have taken away
+    cut = _cut_short(new, role_of(old)) if not foreign else None
+    if cut is not None and _cut_short(old, role_of(old)) is None:
+        out.append(Change("file-truncated", BREAKING, None, None,
+                          f"NEW is cut short (an interrupted copy?): {cut[0]}: {cut[1]}", None, f"{new.size} bytes"))
+        return out, True  # NEW never loads: the rest is noise
     type_changes = _type_change(old, new)
     out.extend(type_changes)
     if not foreign and _unmappable(new) and not _unmappable(old):
@@ -92,12 +98,6 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
                                    "a PT_LOAD segment's address and offset are not page-aligned together, or "
                                    f"segments overlap (what strip can make of a patchelf-ed file): {effect}",
                                    None, None))
-        out.append(type_changes[-1])
-    cut = _cut_short(new) if not foreign else None
-    if cut is not None and _cut_short(old) is None:
-        type_changes.append(Change("file-truncated", BREAKING, None, None,
-                                   f"NEW is cut short (an interrupted copy?): {cut[0]}: {cut[1]}",
-                                   None, f"{new.size} bytes"))
         out.append(type_changes[-1])
     # a program (or an unloadable type) where a library was: NEW never loads, the rest is noise
     foreign = foreign or any(c.severity == BREAKING for c in type_changes)
@@ -113,16 +113,17 @@ def _unmappable(elf: ElfFile) -> bool:
     return problem == MISALIGNED or (problem is None and elf.type == C.ET_DYN and overlapping(loads))
 
 
-def _cut_short(elf: ElfFile) -> Optional[Tuple[str, str]]:
-    """(where, what follows) when a segment's file data runs past the end of ``elf``, or None. ld.so itself
-    dies of SIGBUS when it must touch a missing page (:func:`soswap.loader.candidates.beyond_the_end`);
-    otherwise the code that uses the missing part does (a whole page) or reads zeros (the end of a page)."""
+def _cut_short(elf: ElfFile, role: str) -> Optional[Tuple[str, str]]:
+    """(where, what follows) when a segment's file data runs past the end of ``elf`` (a ``role``), or None.
+    Reads the program headers only. ld.so itself dies of SIGBUS when it must touch a missing page
+    (:func:`soswap.loader.candidates.beyond_the_end`); otherwise the code that uses the missing part does (a
+    whole page) or reads zeros (the end of a page)."""
     crash = beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC))
     if crash is not None:
-        effect = ("running it dies of SIGBUS or SIGSEGV" if role_of(elf) == ROLE_EXECUTABLE
+        effect = ("running it dies of SIGBUS or SIGSEGV" if role == ROLE_EXECUTABLE
                   else "mapping it kills ld.so with SIGBUS")
         return crash, effect
-    for seg in elf.segments_of_type(C.PT_LOAD):
+    for seg in [*elf.segments_of_type(C.PT_LOAD), *elf.segments_of_type(C.PT_DYNAMIC)]:
         if seg.offset + seg.filesz > elf.size:
             return (f"the segment at {seg.offset:#x} ({seg.filesz} bytes) ends beyond the end of the file "
                     f"({elf.size} bytes)", "the code that uses its missing part dies of SIGBUS, or reads zeros")
