@@ -89,6 +89,32 @@ def test_a_new_cut_before_its_dynamic_section_is_refused_as_cut_short(tmp_path: 
     assert doc["consumers"][0]["problems"][0]["message"].startswith("ld.so crashes (SIGBUS) mapping")
 
 
+def test_a_new_cut_after_its_segments_loads_and_is_a_review_note(tmp_path: Path) -> None:
+    """Only the section header table is lost: the program runs (ld.so never reads it), so nothing breaks, but
+    the file is not the one that was built: a review change, and a warning from install."""
+    old = shared_lib(tmp_path / "v1" / "libfoo.so.1", "int foo(void) { return 42; }\n", soname="libfoo.so.1")
+    app = executable(tmp_path / "app", "int foo(void);\nint main(void) { return foo() - 42; }\n",
+                     libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    elf = ElfFile.open(old)
+    end = max(s.offset + s.filesz for s in elf.segments)
+    data = old.read_bytes()
+    assert elf.header.shoff >= end
+    cut = tmp_path / "v2" / "libfoo.so.1"
+    cut.parent.mkdir()
+    cut.write_bytes(data[:elf.header.shoff + 10])
+    assert _run([str(app)], cut.parent).returncode == 0
+    (change,) = diff_files(str(old), str(cut)).changes
+    assert (change.kind, change.severity) == ("file-incomplete", "review")
+    r = _check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
+    assert r.returncode == 0 and json.loads(r.stdout)["refusals"] == [], r.stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
+               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-m", "soswap", "install", "--dry-run", str(cut), str(old), "--consumer",
+                        str(app)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "file-incomplete" in r.stderr and "warning" in r.stderr, r
+
+
 _GROWN = ('static __thread char buf[N] __attribute__((tls_model("initial-exec")));\n'
           "int foo(int i) { buf[i % N] = i; return buf[0]; }\n")
 _ALIGNED = ('__attribute__((tls_model("initial-exec"))) __thread char buf[64] __attribute__((aligned(N)));\n'

@@ -32,6 +32,7 @@ KINDS = (
     "elf-type-changed",
     "segments-unmappable",
     "file-truncated",
+    "file-incomplete",
     # the dynamic section
     "soname-changed",
     "needed-added",
@@ -83,6 +84,8 @@ KIND_NOTES: Dict[str, str] = {
     "segments-unmappable": "ld.so refuses NEW at _dl_map_object_from_fd: its segments cannot be mapped",
     "file-truncated": "NEW's data ends before its segments do: ld.so dies of SIGBUS mapping it (_dl_map_segments "
                       "zero-fills a page beyond the file's end)",
+    "file-incomplete": "NEW ends inside its section header table, past its segments (an interrupted copy?): ld.so "
+                       "never reads it, but debuggers, profilers, strip and any later check of the file do",
     "soname-changed": "programs need the file by its old SONAME; ldconfig manages links by the new one",
     "needed-added": "'cannot open shared object file' at startup where the library is not installed",
     "needed-removed": "libraries that relied on it being loaded (underlinked) get 'undefined symbol'",

@@ -89,6 +89,10 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
         out.append(Change("file-truncated", BREAKING, None, None,
                           f"NEW is cut short (an interrupted copy?): {cut[0]}: {cut[1]}", None, f"{new.size} bytes"))
         return out, True  # NEW never loads: the rest is noise
+    tail = _sections_cut(new) if not foreign else None
+    if tail is not None and _sections_cut(old) is None:
+        out.append(Change("file-incomplete", REVIEW, None, None,
+                          f"NEW is cut short (an interrupted copy?): {tail}", None, f"{new.size} bytes"))
     type_changes = _type_change(old, new)
     out.extend(type_changes)
     if not foreign and _unmappable(new) and not _unmappable(old):
@@ -128,6 +132,20 @@ def _cut_short(elf: ElfFile, role: str) -> Optional[Tuple[str, str]]:
             return (f"the segment at {seg.offset:#x} ({seg.filesz} bytes) ends beyond the end of the file "
                     f"({elf.size} bytes)", "the code that uses its missing part dies of SIGBUS, or reads zeros")
     return None
+
+
+def _sections_cut(elf: ElfFile) -> Optional[str]:
+    """Where ``elf``'s section header table runs past the end of the file (what no linker writes), or None.
+    With more sections than e_shnum holds, the count is in the first entry: that one must be there."""
+    h = elf.header
+    if not h.shoff:
+        return None
+    count = h.shnum if h.shnum else 1
+    end = h.shoff + count * h.shentsize
+    if end <= elf.size:
+        return None
+    return (f"its section header table ({count} entries from offset {h.shoff:#x}) ends beyond the end of the file "
+            f"({elf.size} bytes)")
 
 
 def static_tls_block(elf: ElfFile) -> int:

@@ -115,6 +115,9 @@ def problems_of(result: CheckResult) -> List[PreflightProblem]:
             target, new, "consumer", f"{target}: NEW breaks {who} at {first.when}: {text}{more}", c.path, c.pid,
             {"kind": first.kind, "symbol": first.symbol, "version": first.version, "when": first.when,
              "message": first.message}, len(c.problems)))
+    for ch in result.diff.changes:
+        if ch.kind == "file-incomplete":  # loads, but is not the file that was built: said, not refused
+            out.append(PreflightProblem(target, new, REVIEW_NOTE, f"{target}: {ch.kind}: {ch.detail}"))
     for c in result.consumers:
         if c.verdict == COMPATIBLE and c.note.startswith("review:"):
             who = f"process {c.pid} ({c.path})" if c.pid is not None else f"{c.role} {c.path}"
