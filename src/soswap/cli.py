@@ -171,6 +171,9 @@ def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) 
     except OSError as exc:
         _error_line(_describe_oserror(exc))
         return _nagios_unknown(_describe_oserror(exc)) if nagios else EXIT_ERROR
+    except MemoryError:
+        _error_line("out of memory")
+        return _nagios_unknown("out of memory") if nagios else EXIT_ERROR
     except Exception as exc:  # pragma: no cover - a bug, but still never a traceback for the user
         if os.environ.get("SOSWAP_DEBUG"):
             raise

@@ -189,3 +189,29 @@ def test_a_worker_that_fails_or_dies_is_one_error_and_none_is_left() -> None:
             map_in_workers(work, [*items[:50], bad, *items[50:]], 3)
         assert str(err.value) == message
     assert _children(os.getpid()) == []
+
+
+def test_a_worker_whose_error_cannot_be_told_still_ends_as_a_worker() -> None:
+    """Out of memory while a worker reports its error: the worker must still end there, never go on in the
+    parent's code it was forked from (it killed its siblings and printed a second error line)."""
+    from soswap.commands.workers import map_in_workers
+    from soswap.errors import SoswapError
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise MemoryError
+
+    def work(item: str) -> str:
+        if item == "f050":
+            raise Unprintable()
+        return item
+
+    me = os.getpid()
+    with pytest.raises(SoswapError) as err:
+        try:
+            map_in_workers(work, [f"f{n:03}" for n in range(100)], 2)
+        finally:
+            if os.getpid() != me:  # a worker that got here ran the parent's code
+                os._exit(99)
+    assert str(err.value) == "a worker process ran out of memory"
+    assert _children(os.getpid()) == []

@@ -139,35 +139,49 @@ def _fork_workers(work: Callable[[Callable[[], List[int]]], Any], jobs: int, sch
 
 def _worker_main(work: Callable[[Callable[[], List[int]]], Any], w: int, answer: int, ask_w: int, files_r: int,
                  inherited: List[int]) -> None:  # pragma: no cover - runs in the forked worker
+    """The forked worker: never returns (whatever is raised, even while an error is being reported, the
+    process ends here and never runs the parent's code that called :func:`os.fork`)."""
     import pickle
 
-    code = 0
+    code = 1
     try:
-        for fd in inherited:  # the parent's ends, and the pipes of the workers forked before this one
-            os.close(fd)
-        _die_with_parent()
-        me = array("H", [w]).tobytes()
+        died = pickle.dumps(("error", "a worker process ran out of memory"))  # made while memory is there
+        try:
+            for fd in inherited:  # the parent's ends, and the pipes of the workers forked before this one
+                os.close(fd)
+            _die_with_parent()
+            me = array("H", [w]).tobytes()
 
-        def ask() -> List[int]:
-            os.write(ask_w, me)
-            head = _read_exactly(files_r, 4)
-            count = int.from_bytes(head, "little")
-            chunk = array("I")
-            chunk.frombytes(_read_exactly(files_r, 4 * count))
-            return chunk.tolist()
+            def ask() -> List[int]:
+                os.write(ask_w, me)
+                head = _read_exactly(files_r, 4)
+                count = int.from_bytes(head, "little")
+                chunk = array("I")
+                chunk.frombytes(_read_exactly(files_r, 4 * count))
+                return chunk.tolist()
 
-        data = pickle.dumps(("ok", work(ask)), protocol=pickle.HIGHEST_PROTOCOL)
-    except BaseException as exc:  # said to the parent, which raises it
-        code = 1
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        text = str(exc) if isinstance(exc, SoswapError) else f"internal error in a worker: {what}"
-        data = pickle.dumps(("error", text))
-    try:
+            data = pickle.dumps(("ok", work(ask)), protocol=pickle.HIGHEST_PROTOCOL)
+            code = 0
+        except BaseException as exc:  # said to the parent, which raises it
+            data = died
+            try:
+                data = pickle.dumps(("error", _describe_error(exc)))
+            except BaseException:
+                pass
         view = memoryview(data)
         while view:
             view = view[os.write(answer, view):]
     finally:
         os._exit(code)
+
+
+def _describe_error(exc: BaseException) -> str:  # pragma: no cover - runs in the forked worker
+    if isinstance(exc, SoswapError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "a worker process ran out of memory"
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"internal error in a worker: {what}"
 
 
 def _read_exactly(fd: int, size: int) -> bytes:  # pragma: no cover - runs in the forked worker
