@@ -89,6 +89,67 @@ def test_a_new_cut_before_its_dynamic_section_is_refused_as_cut_short(tmp_path: 
     assert doc["consumers"][0]["problems"][0]["message"].startswith("ld.so crashes (SIGBUS) mapping")
 
 
+_RELOCATED = ("".join(f"int d{n} = {n + 1};\n" for n in range(800))
+              + "int *ptrs[] = {" + ",".join(f"&d{n}" for n in range(800)) + "};\n"
+              + "int sum(void) { int s = 0; for (int i = 0; i < 800; i++) s += *ptrs[i]; return s; }\n")
+
+
+def _relocated_lib(tmp_path: Path, name: str, bss: bool) -> Tuple[Path, Path]:
+    """A library whose writable segment holds pages of pointers ld.so relocates, after the dynamic section
+    (without .bss: no crtbeginS.o, so ld.so zero-fills nothing), and a program that uses it."""
+    src = _RELOCATED + ("static char big[65536]; char *bigp(void) { return big; }\n" if bss else "")
+    lib = shared_lib(tmp_path / name / "librel.so.1", src, soname="librel.so.1",
+                     flags=[] if bss else ["-nostartfiles"])
+    app = executable(tmp_path / f"app-{name}", "int sum(void);\nint main(void) { return sum() != 320400; }\n",
+                     libs=[str(lib)], flags=rpath_flags(str(lib.parent)))
+    return lib, app
+
+
+def _page_after_dynamic(lib: Path) -> int:
+    elf = ElfFile.open(lib)
+    dyn = elf.segments_of_type(C.PT_DYNAMIC)[0]
+    rw = [s for s in elf.segments_of_type(C.PT_LOAD) if s.offset <= dyn.offset < s.offset + s.filesz][0]
+    cut = -(-(dyn.offset + dyn.filesz) // mmap.PAGESIZE) * mmap.PAGESIZE
+    assert cut < rw.offset + rw.filesz
+    return cut
+
+
+def test_a_new_cut_where_ld_so_relocates_kills_it(tmp_path: Path) -> None:
+    """No .bss to zero-fill and the dynamic section whole, but the relocations write into a page past the end
+    of the file: ld.so dies of SIGBUS relocating NEW, before the program runs. The consumer was called
+    compatible."""
+    old, app = _relocated_lib(tmp_path, "v1", bss=False)
+    cut = tmp_path / "v2" / "librel.so.1"
+    cut.parent.mkdir()
+    cut.write_bytes(old.read_bytes()[:_page_after_dynamic(old)])
+    assert _run([str(app)], old.parent).returncode == 0
+    assert _run([str(app)], cut.parent).returncode == -7
+    r = _check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
+    assert r.returncode == 1, r.stderr
+    (problem,) = json.loads(r.stdout)["consumers"][0]["problems"]
+    assert problem["message"].startswith("ld.so crashes (SIGBUS)") and "relocations write" in problem["message"]
+
+
+def test_an_installed_file_cut_by_a_byte_does_not_excuse_a_new_cut_by_pages(tmp_path: Path) -> None:
+    """OLD one byte short (it runs), NEW cut a page after its dynamic section (ld.so dies zero-filling .bss):
+    NEW is still file-truncated; the rule was "OLD cut short too: not NEW's doing"."""
+    orig, app = _relocated_lib(tmp_path, "v0", bss=True)
+    data = orig.read_bytes()
+    elf = ElfFile.open(orig)
+    rw = [s for s in elf.segments_of_type(C.PT_LOAD) if s.memsz > s.filesz][-1]
+    old = tmp_path / "v1" / "librel.so.1"
+    old.parent.mkdir()
+    old.write_bytes(data[:rw.offset + rw.filesz - 1])
+    new = tmp_path / "v2" / "librel.so.1"
+    new.parent.mkdir()
+    new.write_bytes(data[:_page_after_dynamic(orig)])
+    assert _run([str(app)], old.parent).returncode == 0
+    assert _run([str(app)], new.parent).returncode == -7
+    kinds = [(c.kind, c.severity) for c in diff_files(str(old), str(new)).changes]
+    assert kinds == [("file-truncated", "breaking")]
+    assert diff_files(str(new), str(old)).changes == ()  # the other way round, OLD fares worse: nothing said
+
+
 def test_a_new_cut_after_its_segments_loads_and_is_a_review_note(tmp_path: Path) -> None:
     """Only the section header table is lost: the program runs (ld.so never reads it), so nothing breaks, but
     the file is not the one that was built: a review change, and a warning from install."""

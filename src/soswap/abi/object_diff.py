@@ -85,7 +85,7 @@ def diff_header(old: ElfFile, new: ElfFile) -> Tuple[List[Change], bool]:
                           "e_ident padding is not zero: 'nonzero padding in e_ident'", None, "EI_PAD"))
     # before anything reads NEW's dynamic section, which a cut may have taken away
     cut = _cut_short(new, role_of(old)) if not foreign else None
-    if cut is not None and _cut_short(old, role_of(old)) is None:
+    if cut is not None and _cut_worse(new, old, role_of(old)):
         out.append(Change("file-truncated", BREAKING, None, None,
                           f"NEW is cut short (an interrupted copy?): {cut[0]}: {cut[1]}", None, f"{new.size} bytes"))
         return out, True  # NEW never loads: the rest is noise
@@ -132,6 +132,22 @@ def _cut_short(elf: ElfFile, role: str) -> Optional[Tuple[str, str]]:
             return (f"the segment at {seg.offset:#x} ({seg.filesz} bytes) ends beyond the end of the file "
                     f"({elf.size} bytes)", "the code that uses its missing part dies of SIGBUS, or reads zeros")
     return None
+
+
+def _cut_worse(new: ElfFile, old: ElfFile, role: str) -> bool:
+    """NEW (cut short) fares worse than OLD: OLD is whole, or only NEW kills ld.so, or NEW lacks more of its
+    segments' data (an installed file cut by a byte, that runs, is no excuse for a NEW cut by pages)."""
+    old_cut = _cut_short(old, role)
+    if old_cut is None:
+        return True
+    if beyond_the_end(new, new.segments_of_type(C.PT_DYNAMIC)) is not None:
+        return beyond_the_end(old, old.segments_of_type(C.PT_DYNAMIC)) is None
+    return _missing_bytes(new) > _missing_bytes(old)
+
+
+def _missing_bytes(elf: ElfFile) -> int:
+    return max((s.offset + s.filesz - elf.size for s in elf.segments if s.type in (C.PT_LOAD, C.PT_DYNAMIC)),
+               default=0)
 
 
 def _sections_cut(elf: ElfFile) -> Optional[str]:

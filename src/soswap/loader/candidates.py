@@ -446,6 +446,57 @@ def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
     for seg in dyn_segs[-1:]:  # l_ld: _dl_map_object_from_fd keeps the last PT_DYNAMIC
         if seg.filesz and seg.offset - seg.offset % page >= pages_end:
             return f"its dynamic section (offset {seg.offset:#x}) lies beyond the end of the file ({elf.size} bytes)"
+    missing = []  # addresses of pages mapped from the file that lie wholly beyond its end
+    for seg in elf.segments_of_type(C.PT_LOAD):
+        if seg.offset + seg.filesz > pages_end:
+            missing.append((seg.vaddr + max(seg.offset, pages_end) - seg.offset, seg.vaddr + seg.filesz))
+    return _touched_beyond(elf, missing) if missing else None
+
+
+#: What ld.so reads (or runs) of an object before the program starts, named by its dynamic section: (address
+#: tag, size tag or None where only the start is known).
+_TOUCHED_TABLES = ((C.DT_HASH, None), (C.DT_GNU_HASH, None), (C.DT_STRTAB, C.DT_STRSZ), (C.DT_SYMTAB, None),
+                   (C.DT_VERSYM, None), (C.DT_VERDEF, None), (C.DT_VERNEED, None), (C.DT_REL, C.DT_RELSZ),
+                   (C.DT_RELA, C.DT_RELASZ), (C.DT_JMPREL, C.DT_PLTRELSZ), (C.DT_RELR, C.DT_RELRSZ),
+                   (C.DT_PREINIT_ARRAY, C.DT_PREINIT_ARRAYSZ), (C.DT_INIT, None),
+                   (C.DT_INIT_ARRAY, C.DT_INIT_ARRAYSZ))
+_TABLE_NAMES = {C.DT_HASH: "DT_HASH", C.DT_GNU_HASH: "DT_GNU_HASH", C.DT_STRTAB: "DT_STRTAB",
+                C.DT_SYMTAB: "DT_SYMTAB", C.DT_VERSYM: "DT_VERSYM", C.DT_VERDEF: "DT_VERDEF",
+                C.DT_VERNEED: "DT_VERNEED", C.DT_REL: "DT_REL", C.DT_RELA: "DT_RELA", C.DT_JMPREL: "DT_JMPREL",
+                C.DT_RELR: "DT_RELR", C.DT_PREINIT_ARRAY: "DT_PREINIT_ARRAY", C.DT_INIT: "DT_INIT",
+                C.DT_INIT_ARRAY: "DT_INIT_ARRAY"}
+
+
+def _touched_beyond(elf: ElfFile, missing: List[Tuple[int, int]]) -> Optional[str]:
+    """Why ld.so dies of SIGBUS on a page of ``elf`` in ``missing`` (address ranges of pages mapped from beyond
+    the file's end), or None: a table its dynamic section names (the lookups, _dl_relocate_object, _dl_init)
+    lies there, or a relocation writes there (a lazy PLT slot too: ``elf_machine_lazy_rel`` adds the load
+    address)."""
+    from soswap.elf.hashtab import _words
+    from soswap.elf.relocs import relocation_table_ranges
+
+    def hit(lo: int, hi: int) -> bool:
+        return any(lo < b and a < hi for a, b in missing)
+
+    try:
+        tags = elf.dynamic.tags
+        for addr_tag, size_tag in _TOUCHED_TABLES:
+            if addr_tag in tags:
+                lo = tags[addr_tag]
+                if hit(lo, lo + max(tags.get(size_tag, 1) if size_tag else 1, 1)):
+                    return (f"its {_TABLE_NAMES[addr_tag]} (at {lo:#x}) lies in a page beyond the end of the file "
+                            f"({elf.size} bytes)")
+        lay = elf.layout
+        code = "Q" if lay.is64 else "I"
+        for t in relocation_table_ranges(elf):
+            offsets = _words(elf.read_at_vaddr(t.vaddr, t.size, t.name), code, lay.little)[::t.entsize // lay.addr_size]
+            for a, b in missing:
+                bad = next((o for o in offsets if a <= o < b), None)
+                if bad is not None:
+                    return (f"its {t.name} relocations write at {bad:#x}, in a page beyond the end of the file "
+                            f"({elf.size} bytes)")
+    except ElfError:
+        return None  # what cannot be read is reported where it is read
     return None
 
 
