@@ -258,3 +258,20 @@ def test_a_new_cut_short_where_ld_so_touches_nothing_is_refused_too(tmp_path: Pa
     assert (change.kind, change.severity) == ("file-truncated", "breaking") and "reads zeros" in change.detail
     r = _check(tmp_path, "--consumer", str(app), "--json", str(cut), str(old))
     assert r.returncode == 1 and json.loads(r.stdout)["refusals"][0]["kind"] == "file-truncated", r.stderr
+
+
+def test_a_program_cut_inside_its_interpreter_name_never_starts(tmp_path: Path) -> None:
+    """The kernel cannot read the interpreter's name of a program cut there: execve fails with EIO (not a
+    SIGBUS or SIGSEGV of the running program, as was said)."""
+    import errno
+
+    prog = executable(tmp_path / "prog", "int main(void) { return 0; }\n")
+    interp = ElfFile.open(prog).segments_of_type(C.PT_INTERP)[0]
+    cut = tmp_path / "cut"
+    cut.write_bytes(prog.read_bytes()[:interp.offset + 4])
+    cut.chmod(0o755)
+    with pytest.raises(OSError) as err:
+        subprocess.run([str(cut)], timeout=30)
+    assert err.value.errno == errno.EIO
+    (change,) = diff_files(str(prog), str(cut)).changes
+    assert change.kind == "file-truncated" and "Input/output error" in change.detail

@@ -82,8 +82,9 @@ KIND_NOTES: Dict[str, str] = {
     "header-invalid": "ld.so refuses NEW at open_verify",
     "elf-type-changed": "ld.so loads only ET_DYN libraries (and no PIE) as dependencies",
     "segments-unmappable": "ld.so refuses NEW at _dl_map_object_from_fd: its segments cannot be mapped",
-    "file-truncated": "NEW's data ends before its segments do: ld.so dies of SIGBUS mapping it (_dl_map_segments "
-                      "zero-fills a page beyond the file's end)",
+    "file-truncated": "NEW's data ends before its segments do (an interrupted copy): what touches a page past the "
+                      "file's end dies of SIGBUS (ld.so loading a library, the program running), what reads the "
+                      "end of the last page reads zeros",
     "file-incomplete": "NEW ends inside its section header table, past its segments (an interrupted copy?): ld.so "
                        "never reads it, but debuggers, profilers, strip and any later check of the file do",
     "soname-changed": "programs need the file by its old SONAME; ldconfig manages links by the new one",

@@ -122,10 +122,14 @@ def _cut_short(elf: ElfFile, role: str) -> Optional[Tuple[str, str]]:
     Reads the program headers only. ld.so itself dies of SIGBUS when it must touch a missing page
     (:func:`soswap.loader.candidates.beyond_the_end`); otherwise the code that uses the missing part does (a
     whole page) or reads zeros (the end of a page)."""
+    for seg in elf.segments_of_type(C.PT_INTERP):
+        if seg.offset + seg.filesz > elf.size:  # load_elf_binary reads the name with kernel_read: -EIO
+            return (f"its interpreter's name (offset {seg.offset:#x}) runs past the end of the file ({elf.size} "
+                    "bytes)", "execve fails with 'Input/output error': the program never starts")
     crash = beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC))
     if crash is not None:
         effect = ("running it dies of SIGBUS or SIGSEGV" if role == ROLE_EXECUTABLE
-                  else "mapping it kills ld.so with SIGBUS")
+                  else "loading it kills ld.so with SIGBUS")
         return crash, effect
     for seg in [*elf.segments_of_type(C.PT_LOAD), *elf.segments_of_type(C.PT_DYNAMIC)]:
         if seg.offset + seg.filesz > elf.size:
