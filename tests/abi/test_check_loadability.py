@@ -108,7 +108,7 @@ def _relocated_lib(tmp_path: Path, name: str, bss: bool) -> Tuple[Path, Path]:
 def _page_after_dynamic(lib: Path) -> int:
     elf = ElfFile.open(lib)
     dyn = elf.segments_of_type(C.PT_DYNAMIC)[0]
-    rw = [s for s in elf.segments_of_type(C.PT_LOAD) if s.offset <= dyn.offset < s.offset + s.filesz][0]
+    rw = next(s for s in elf.segments_of_type(C.PT_LOAD) if s.offset <= dyn.offset < s.offset + s.filesz)
     cut = -(-(dyn.offset + dyn.filesz) // mmap.PAGESIZE) * mmap.PAGESIZE
     assert cut < rw.offset + rw.filesz
     return cut
