@@ -208,6 +208,31 @@ def test_a_truncated_library_kills_the_loader_with_sigbus(tmp_path: Path, size: 
     assert bound.fatal.line.startswith(f"ld.so crashes (SIGBUS) mapping {first}/libf.so: ")
 
 
+def test_a_library_cut_inside_its_dynamic_padding_loads(tmp_path: Path) -> None:
+    """Cut inside the DT_NULL entries that end its dynamic section: ld.so reads zeros past the end of the file
+    (to the end of its last page), finds DT_NULL and loads the library. The tree said "PT_DYNAMIC lies outside
+    the file", an error ld.so never prints."""
+    from soswap.elf import ElfFile
+
+    lib = shared_lib(tmp_path / "whole" / "libpad.so.1", "int foo(void) { return 42; }\n", soname="libpad.so.1",
+                     flags=["-nostartfiles"])
+    prog = executable(tmp_path / "app", "int foo(void);\nint main(void) { return foo() - 42; }\n", libs=[str(lib)],
+                      flags=rpath_flags(str(tmp_path / "cut")))
+    whole = lib.read_bytes()
+    elf = ElfFile.from_bytes(whole, "libpad.so.1")
+    dyn = elf.segments_of_type(2)[0]  # PT_DYNAMIC
+    entry = 16
+    tags = [struct.unpack_from("<q", whole, dyn.offset + n * entry)[0] for n in range(dyn.filesz // entry)]
+    used = tags.index(0)  # DT_NULL
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "libpad.so.1").write_bytes(whole[:dyn.offset + used * entry + 8])
+    assert run_program(prog).status == 0
+    out = assert_ldd_parity(prog)
+    assert out.status == 0 and "libpad.so.1 => " in out.stdout
+    _, bound = predict(prog)
+    assert bound.fatal is None
+
+
 @pytest.mark.parametrize("name", [".", ".."])
 def test_a_needed_name_dot_or_dotdot_is_searched_and_opens_a_directory(tmp_path: Path, name: str) -> None:
     """ld.so searches "." and ".." like any name: every directory holds them, so the first search directory

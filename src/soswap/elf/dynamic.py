@@ -85,7 +85,7 @@ def decode_dynamic(elf: ElfFile) -> DynamicInfo:
     seg = segs[0]
     lay = elf.layout
     size = seg.filesz - seg.filesz % lay.dyn.size
-    raw = elf.read(seg.offset, size, "PT_DYNAMIC")
+    raw = elf.read_mapped(seg.offset, size, "PT_DYNAMIC")
     entries: List[Tuple[int, int]] = []
     for tag, val in lay.dyn.iter_unpack(raw):
         if tag == C.DT_NULL:

@@ -8,6 +8,7 @@ files work); they are consulted only to size a dynamic symbol table that has nei
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -16,6 +17,9 @@ from soswap.elf.dynamic import DynamicInfo, decode_dynamic
 from soswap.elf.layouts import Layout, layout_for
 from soswap.elf.source import BytesSource, FileSource, Identity, PathLike, Source
 from soswap.errors import ElfError
+
+#: The page size of mappings (what lies past a file's end in its last page reads as zeros).
+_PAGE = mmap.PAGESIZE
 
 if TYPE_CHECKING:  # the decoders are imported when first used (start-up time of a run that needs none)
     from soswap.elf.hashtab import NameHashes, RawSymbols
@@ -283,15 +287,24 @@ class ElfFile:
         once; a :class:`Region` serves the small reads of a linked table (versions) from that buffer."""
         length = min(self.room_at(vaddr), limit)
         offset = self.vaddr_to_offset(vaddr, max(length, 1), what)
-        return Region(self, offset, self._src.read(offset, length, what))
+        return Region(self, offset, self.read_mapped(offset, length, what))
 
     def read_at_vaddr(self, vaddr: int, length: int, what: str) -> bytes:
-        """``length`` bytes of the file at virtual address ``vaddr``."""
-        return self._src.read(self.vaddr_to_offset(vaddr, length, what), length, what)
+        """``length`` bytes of the file at virtual address ``vaddr``, as mapped (:meth:`read_mapped`)."""
+        return self.read_mapped(self.vaddr_to_offset(vaddr, length, what), length, what)
 
     def read(self, offset: int, length: int, what: str) -> bytes:
         """``length`` bytes at file ``offset`` (bounds-checked)."""
         return self._src.read(offset, length, what)
+
+    def read_mapped(self, offset: int, length: int, what: str) -> bytes:
+        """:meth:`read` of loaded data, as ld.so sees it through its mapping: a file cut short reads as zeros
+        from its end to the end of its last page (a page wholly past the end faults: still an error here)."""
+        size = self.size
+        if offset + length <= size or offset < 0 or length < 0 or offset + length > -(-size // _PAGE) * _PAGE:
+            return self._src.read(offset, length, what)
+        have = max(0, size - offset)
+        return (self._src.read(offset, have, what) if have else b"") + bytes(length - have)
 
     # -- lazily decoded parts ---------------------------------------------------------------------------
 
