@@ -286,6 +286,14 @@ def test_a_program_whose_segment_cannot_be_mapped(tmp_path: Path) -> None:
     assert run_program(bad).status == -signal.SIGSEGV
     _, bound = predict(bad)
     assert bound.fatal is not None and bound.fatal.kind == "crash" and bound.fatal.exit_status == 128 + signal.SIGSEGV
+    # after a program of the same shape (the same needs, interpreter, search paths) that runs: the load shared
+    # with it must not hide what execve refuses in this one
+    from loader.helpers import make_loader
+
+    loader = make_loader()
+    assert loader.bind(loader.load(str(e))).fatal is None
+    bound = loader.bind(loader.load(str(bad)))
+    assert bound.fatal is not None and bound.fatal.exit_status == 128 + signal.SIGSEGV
 
 
 @pytest.mark.parametrize("kind", ["missing", "mode-644", "directory", "text", "truncated", "other-machine"])

@@ -190,8 +190,11 @@ class Loader:
         # a load with substitutions shares templates with the loads of the same shape and the same set
         key: Optional[tuple] = None
         if subst is None or skey is not None:
+            # what _run checks on the program itself before the search (execve's refusals)
+            execve = None if trace else (kernel_cannot_map(elf),
+                                         interp is not None and sub_root is None and fsys.noexec(file))
             key = (*self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin), skey,
-                   sub_root is not None)
+                   sub_root is not None, execve)
             t = self._templates.get(key)
             if t is not None:
                 return t.instantiate(argv0, elf, file, origin, self.env, secure)
