@@ -296,6 +296,31 @@ def test_a_program_whose_segment_cannot_be_mapped(tmp_path: Path) -> None:
     assert bound.fatal is not None and bound.fatal.exit_status == 128 + signal.SIGSEGV
 
 
+@pytest.mark.parametrize("how", ["huge", "no-nul"])
+def test_a_pt_interp_the_kernel_refuses_and_ld_so_reads_anyway(tmp_path: Path, how: str) -> None:
+    """``load_elf_binary`` checks PT_INTERP's size (2..PATH_MAX) and its last byte (NUL): ENOEXEC. ``ld.so
+    --list`` (ldd) takes the string at p_vaddr and lists the libraries. soswap stopped the whole run (tree and
+    --ldd) with "PT_INTERP ... lies outside the file"."""
+    e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
+    data = bytearray(e.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    ph = next(phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 3)
+    filesz, = struct.unpack_from("<Q", data, ph + 32)
+    struct.pack_into("<Q", data, ph + 32, 1 << 40 if how == "huge" else filesz - 1)
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o755)
+    with pytest.raises(OSError) as err:
+        subprocess.run([str(bad)], timeout=30)
+    assert err.value.errno == errno.ENOEXEC
+    _, bound = predict(bad)
+    assert bound.fatal is not None and bound.fatal.exit_status == 126
+    assert os.strerror(errno.ENOEXEC) in bound.fatal.line
+    out = assert_ldd_parity(bad, e)
+    assert out.status == 0 and out.stdout.count("libc.so.6 => ") == 2
+
+
 @pytest.mark.parametrize("kind", ["missing", "mode-644", "directory", "text", "truncated", "other-machine"])
 def test_a_program_interpreter_the_kernel_refuses(tmp_path: Path, kind: str) -> None:
     """execve opens PT_INTERP itself (binfmt_elf ``load_elf_binary``): a missing one is ENOENT (the shell's

@@ -66,6 +66,35 @@ def test_ldd_mode_is_byte_identical(tmp_path: Path) -> None:
         assert got.stdout == want.stdout and got.returncode == want.status and got.stderr == want.stderr
 
 
+def test_ldd_mode_goes_on_after_a_file_it_cannot_emulate(tmp_path: Path) -> None:
+    """A FILE soswap cannot emulate (its DT_STRTAB outside every segment) is one error line in its place; the
+    other FILEs are printed as ldd prints them, in order, on any number of workers, and the status is 2. The
+    whole run stopped at the first such file, and which one was named depended on the workers."""
+    import struct
+
+    ok, _broken = _ok_and_broken(tmp_path)
+    data = bytearray(Path("/usr/bin/true").read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    dyn = next(struct.unpack_from("<Q", data, phoff + i * 56 + 8)[0] for i in range(phnum)
+               if struct.unpack_from("<I", data, phoff + i * 56)[0] == 2)
+    n = 0
+    while struct.unpack_from("<q", data, dyn + 16 * n)[0] not in (0, 5):  # DT_STRTAB
+        n += 1
+    struct.pack_into("<Q", data, dyn + 16 * n + 8, 1 << 44)
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o755)
+    files = [str(ok), str(bad), *[str(ok)] * 60, str(bad), "/usr/bin/true"]
+    want = real_ldd(str(ok), "/usr/bin/true", cwd=tmp_path)
+    for jobs in ("1", "2", "3"):
+        got = soswap("--ldd", "-j", jobs, *files, cwd=tmp_path)
+        assert got.returncode == 2 and "Traceback" not in got.stderr
+        assert got.stderr.count("soswap: error: ") == 2 and got.stderr.count("\n") == 2, got.stderr
+        assert got.stdout.startswith(want.stdout.split("/usr/bin/true:\n")[0] + f"{bad}:\n{ok}:\n")
+        assert got.stdout.endswith(f"{bad}:\n/usr/bin/true:\n" + want.stdout.split("/usr/bin/true:\n")[1])
+
+
 def test_json_schema(tmp_path: Path) -> None:
     ok, broken = _ok_and_broken(tmp_path)
     r = soswap("--json", "-r", str(ok), str(broken), str(tmp_path / "missing"))

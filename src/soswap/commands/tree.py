@@ -192,7 +192,21 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     status = 0
     for line in model.shell_warnings():
         err.write(line)
-    for file, (so, se, ok) in zip(files, _map_files(model.one, files, args.jobs, loader.bind_store)):
+
+    def one(file: str) -> Tuple[str, str, Optional[bool]]:
+        """ldd's output for ``file``; a file soswap cannot emulate is one error line (ok None), and the others
+        are still printed, as ldd goes on with the next file whatever happened to one."""
+        from soswap.errors import ResourceError, SoswapError
+        from soswap.report.output import error_line
+
+        try:
+            return model.one(file)
+        except ResourceError:
+            raise  # soswap's own limits: no answer for this FILE or the next
+        except SoswapError as exc:
+            return "", error_line(" ".join(_named(exc, file).splitlines())), None
+
+    for file, (so, se, ok) in zip(files, _map_files(one, files, args.jobs, loader.bind_store)):
         if not single:
             out.write(f"{file}:\n")
         if se:
@@ -200,7 +214,9 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
             err.write(se)
             err.flush()
         out.write(so)
-        if not ok:
+        if ok is None:
+            status = EXIT_ERROR
+        elif not ok and status != EXIT_ERROR:
             status = 1
     return status
 

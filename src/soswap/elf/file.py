@@ -314,7 +314,10 @@ class ElfFile:
         if self._interp is None:
             value: Optional[str] = None
             for seg in self.segments_of_type(C.PT_INTERP):
-                raw = self._src.read(seg.offset, seg.filesz, "PT_INTERP")
+                # ld.so takes the string at p_vaddr whatever p_filesz says (rtld.c dl_main); the kernel's own
+                # checks of p_filesz are the loader's (kernel_interp_errno)
+                room = max(0, min(seg.filesz, -(-self.size // _PAGE) * _PAGE - seg.offset))
+                raw = self.read_mapped(seg.offset, room, "PT_INTERP")
                 value = os.fsdecode(raw.split(b"\0", 1)[0])
                 break
             self._interp = (value,)

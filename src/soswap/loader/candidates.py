@@ -355,6 +355,20 @@ class FileSystem:
 MISALIGNED = "ELF load command address/offset not page-aligned"
 
 
+def kernel_interp_errno(elf: ElfFile) -> int:
+    """Why binfmt_elf ``load_elf_binary`` refuses the program's PT_INTERP before opening it, or 0: a size
+    outside 2..PATH_MAX or a name without its NUL is ENOEXEC; a short read of it (a file cut there) EIO."""
+    for seg in elf.segments_of_type(C.PT_INTERP):
+        if seg.filesz > 4096 or seg.filesz < 2:
+            return errnomod.ENOEXEC
+        if seg.offset + seg.filesz > elf.size:
+            return errnomod.EIO
+        if elf.read(seg.offset + seg.filesz - 1, 1, "PT_INTERP") != b"\0":
+            return errnomod.ENOEXEC
+        break
+    return 0
+
+
 def _exec_errno(host_path: str, st: os.stat_result, machine: int) -> int:
     try:
         if not stat.S_ISREG(st.st_mode) or not os.access(host_path, os.X_OK):

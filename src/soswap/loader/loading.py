@@ -15,7 +15,7 @@ from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo
 from soswap.errors import ElfError, UsageError
 from soswap.loader import model as M
-from soswap.loader.candidates import FileSystem, Substitute, kernel_cannot_map
+from soswap.loader.candidates import FileSystem, Substitute, kernel_cannot_map, kernel_interp_errno
 from soswap.loader.environment import Environment
 from soswap.loader.profile import Profile
 from soswap.loader.session import (
@@ -191,7 +191,7 @@ class Loader:
         key: Optional[tuple] = None
         if subst is None or skey is not None:
             # what _run checks on the program itself before the search (execve's refusals)
-            execve = None if trace else (kernel_cannot_map(elf),
+            execve = None if trace else (kernel_cannot_map(elf), kernel_interp_errno(elf) if interp else 0,
                                          interp is not None and sub_root is None and fsys.noexec(file))
             key = (*self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin), skey,
                    sub_root is not None, execve)
@@ -379,7 +379,11 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
         s.setup_rtld(name, name)
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
         rtld_elf = s.rtld.elf if s.rtld is not None else None
-        if interp is not None and not substituted and s.fsys.noexec(file):
+        bad_interp = kernel_interp_errno(elf) if interp is not None and not substituted else 0
+        if bad_interp:
+            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: {os.strerror(bad_interp)} (the "
+                                                          "kernel refuses its PT_INTERP)")
+        elif interp is not None and not substituted and s.fsys.noexec(file):
             # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
             _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
                           f"{path}: cannot execute: Permission denied (its mount is noexec)")
