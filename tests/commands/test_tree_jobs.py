@@ -215,3 +215,28 @@ def test_a_worker_whose_error_cannot_be_told_still_ends_as_a_worker() -> None:
                 os._exit(99)
     assert str(err.value) == "a worker process ran out of memory"
     assert _children(os.getpid()) == []
+
+
+def test_when_the_system_refuses_processes_fewer_workers_or_none_do_the_work(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """fork fails with EAGAIN (ulimit -u, a cgroup's pids.max): the workers forked so far take every file, or
+    the parent does the work itself; the run was one error line, "Resource temporarily unavailable"."""
+    import errno
+
+    from soswap.commands import workers
+    from soswap.commands.tree import _map_files
+
+    real_fork = os.fork
+    allowed = {"n": 0}
+
+    def fork() -> int:
+        if allowed["n"] <= 0:
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        allowed["n"] -= 1
+        return real_fork()
+
+    monkeypatch.setattr(workers.os, "fork", fork)
+    items = [f"f{n:03}" for n in range(300)]
+    for forks in (0, 1, 2):
+        allowed["n"] = forks
+        assert _map_files(str.upper, items, 4) == [i.upper() for i in items]
+        assert _children(os.getpid()) == []

@@ -413,7 +413,7 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     jobs = min(jobs, len(files), 4 * (os.cpu_count() or 1))
     if jobs <= 1 or len(files) < 2 or not hasattr(os, "fork"):
         return [fn(f) for f in files]
-    from soswap.commands.workers import map_in_workers
+    from soswap.commands.workers import NoWorkers, map_in_workers
 
     if store is not None:
         store.load()
@@ -421,7 +421,10 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     def finish() -> Tuple[Dict[str, object], object]:
         return (store.take_new() if store is not None else {}), (harvest() if harvest is not None else None)
 
-    out, finished = map_in_workers(fn, files, jobs, finish)
+    try:
+        out, finished = map_in_workers(fn, files, jobs, finish)
+    except NoWorkers:  # the system refuses more processes: the work is done here
+        return [fn(f) for f in files]
     for new, harvested in finished:  # type: ignore[misc]
         if store is not None:
             store.merge(new)

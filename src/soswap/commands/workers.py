@@ -54,12 +54,17 @@ class Schedule:
         return self.order[start:end]
 
 
+class NoWorkers(Exception):
+    """Not one worker could be forked: the caller does the work itself."""
+
+
 def map_in_workers(fn: Callable[[str], T], files: Sequence[str], jobs: int,
                    finish: Optional[Callable[[], object]] = None) -> Tuple[List[T], List[object]]:
     """``[fn(f) for f in files]`` computed by ``jobs`` forked workers, in the order of ``files``, and what
     ``finish`` returned in each worker after its last file. On any failure or interrupt the workers are
     killed; they are always reaped. A worker's :class:`SoswapError` is raised here with its message; any other
-    exception, or a worker's death, is one :class:`SoswapError`."""
+    exception, or a worker's death, is one :class:`SoswapError`. Fewer workers than ``jobs`` when the system
+    refuses more processes; :class:`NoWorkers` when it refuses every one."""
     order = sorted(range(len(files)), key=files.__getitem__)
     schedule = Schedule(order, jobs)
 
@@ -99,7 +104,14 @@ def _fork_workers(work: Callable[[Callable[[], List[int]]], Any], jobs: int, sch
         for w in range(jobs):
             r, a_w = os.pipe()
             f_r, f_w = os.pipe()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # EAGAIN (ulimit -u, pid_max), ENOMEM: the workers forked so far do it all
+                for fd in (r, a_w, f_r, f_w):
+                    os.close(fd)
+                if workers:
+                    break
+                raise NoWorkers(str(exc)) from None
             if pid == 0:  # pragma: no cover - the worker (its coverage is not collected)
                 inherited = [fd for _pid, fd in workers] + replies + [ask_r, r, f_w]
                 _worker_main(work, w, a_w, ask_w, f_r, inherited)
