@@ -12,6 +12,7 @@ the rest of that result for ever, and the interpreter's exit waited for that thr
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
@@ -23,6 +24,8 @@ T = TypeVar("T")
 #: The most files a worker asks for at once (fewer near the end, so that the workers finish together).
 CHUNK = 16
 _PARENT = 0  #: the PID of the soswap that forks the workers
+#: What the parent turns into KeyboardInterrupt (SIGTERM: under a monitoring agent); blocked across fork.
+_PARENT_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class Schedule:
@@ -104,17 +107,28 @@ def _fork_workers(work: Callable[[Callable[[], List[int]]], Any], jobs: int, sch
         for w in range(jobs):
             r, a_w = os.pipe()
             f_r, f_w = os.pipe()
+            # a Ctrl-C (or a monitoring agent's SIGTERM) must not reach a new worker before it ignores it: the
+            # KeyboardInterrupt would run the parent's code in the worker
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PARENT_SIGNALS)
             try:
                 pid = os.fork()
             except OSError as exc:  # EAGAIN (ulimit -u, pid_max), ENOMEM: the workers forked so far do it all
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 for fd in (r, a_w, f_r, f_w):
                     os.close(fd)
                 if workers:
                     break
                 raise NoWorkers(str(exc)) from None
             if pid == 0:  # pragma: no cover - the worker (its coverage is not collected)
-                inherited = [fd for _pid, fd in workers] + replies + [ask_r, r, f_w]
-                _worker_main(work, w, a_w, ask_w, f_r, inherited)
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    inherited = [fd for _pid, fd in workers] + replies + [ask_r, r, f_w]
+                    _worker_main(work, w, a_w, ask_w, f_r, inherited)
+                finally:
+                    os._exit(1)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(a_w)
             os.close(f_r)
             workers.append((pid, r))
@@ -209,13 +223,11 @@ def _read_exactly(fd: int, size: int) -> bytes:  # pragma: no cover - runs in th
 
 def _die_with_parent() -> None:
     """A worker is killed when the soswap that forked it dies (prctl PR_SET_PDEATHSIG): killed by SIGTERM, the
-    parent runs no cleanup, and a worker blocked writing its results would stay behind for good. Ctrl-C is the
-    parent's to handle (it kills the workers): a worker interrupted on its own printed tracebacks, or swallowed
-    the interrupt in a destructor and went on."""
+    parent runs no cleanup, and a worker blocked writing its results would stay behind for good. (Ctrl-C is the
+    parent's to handle, which kills the workers: a worker ignores SIGINT from its fork on. One interrupted on its
+    own printed tracebacks, or swallowed the interrupt in a destructor and went on.)"""
     import ctypes
-    import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)  # this process's own C library, nothing from a file
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -268,8 +280,6 @@ def _reap(pid: int) -> int:
 
 def _describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
-        import signal
-
         try:
             return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
         except ValueError:
