@@ -380,13 +380,13 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
         rtld_elf = s.rtld.elf if s.rtld is not None else None
         bad_interp = kernel_interp_errno(elf) if interp is not None and not substituted else 0
-        if bad_interp:
-            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: {os.strerror(bad_interp)} (the "
-                                                          "kernel refuses its PT_INTERP)")
-        elif interp is not None and not substituted and s.fsys.noexec(file):
+        if interp is not None and not substituted and s.fsys.noexec(file):
             # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
             _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
                           f"{path}: cannot execute: Permission denied (its mount is noexec)")
+        elif bad_interp:  # load_elf_binary reads PT_INTERP before it opens the interpreter
+            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: {os.strerror(bad_interp)} (the "
+                                                          "kernel refuses its PT_INTERP)")
         elif interp is not None and err:
             if err == errno.ENOENT:
                 _execve_fails(s, M.NO_INTERPRETER, interp, 127,
