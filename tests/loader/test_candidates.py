@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -231,6 +232,57 @@ def test_a_library_cut_inside_its_dynamic_padding_loads(tmp_path: Path) -> None:
     assert out.status == 0 and "libpad.so.1 => " in out.stdout
     _, bound = predict(prog)
     assert bound.fatal is None
+
+
+def _cut_library(tmp_path: Path, source: str, cut: int, *patches: Tuple[int, int]) -> Path:
+    """A program that loads libfz.so.1 from ``cut/``: the library built from ``source`` without start files,
+    cut to ``cut`` bytes (-1: at the first page boundary after its dynamic section), ``patches`` (tag, value)
+    written into the DT_NULL entries that end its dynamic section."""
+    lib = shared_lib(tmp_path / "whole" / "libfz.so.1", source, soname="libfz.so.1",
+                     flags=["-nostartfiles", "-Wl,--hash-style=gnu"])
+    prog = executable(tmp_path / "prog", "int lib_fn(void);\nint main(void) { return lib_fn() == 2 ? 0 : 3; }\n",
+                      libs=[str(lib)], flags=rpath_flags(str(tmp_path / "cut")))
+    data = bytearray(lib.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    ph = next(phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 2)
+    off, size = struct.unpack_from("<Q", data, ph + 8)[0], struct.unpack_from("<Q", data, ph + 32)[0]
+    if cut < 0:  # the first page boundary after the dynamic section
+        cut = -(-(off + size) // 4096) * 4096
+    tags = [struct.unpack_from("<q", data, off + 16 * k)[0] for k in range(size // 16)]
+    at = tags.index(0)
+    for k, (tag, value) in enumerate(patches):
+        struct.pack_into("<qQ", data, off + 16 * (at + k), tag, value)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "libfz.so.1").write_bytes(bytes(data[:cut]))
+    return prog
+
+
+_BIG_DATA = "int big[8192] = {1, 2, 3};\nint lib_fn(void) { return big[1]; }\n"
+_POINTERS = ("".join(f"int d{n} = {n + 1};\n" for n in range(800)) + "int *ptrs[] = {"
+             + ",".join(f"&d{n}" for n in range(800)) + "};\nint lib_fn(void) { return *ptrs[1]; }\n")
+
+
+@pytest.mark.parametrize("case", ["relocations", "init-array", "library-preinit"])
+def test_a_truncated_library_fails_when_ld_so_touches_what_is_gone(tmp_path: Path, case: str) -> None:
+    """Pages wholly past the end of a cut library fault when touched, and what ld.so touches depends on the
+    mode: a relocation target while relocating (a run, ``ldd -r``/``-d``: the list is printed first), an
+    initializer in a real run only (ldd runs none), a shared library's DT_PREINIT_ARRAY never (only the
+    program's runs). soswap predicted SIGBUS for ldd too, and for a library's DT_PREINIT_ARRAY."""
+    if case == "relocations":  # the cut page holds pointers ld.so relocates
+        prog = _cut_library(tmp_path, _POINTERS, -1)
+        runs, listed = False, {None: 0, "-r": 1, "-d": 1}
+    else:  # a large .data nobody relocates, cut; a table pointed into its lost pages
+        tag = 25 if case == "init-array" else 32  # DT_INIT_ARRAY, DT_PREINIT_ARRAY
+        prog = _cut_library(tmp_path, _BIG_DATA, 0xA000, (tag, 0xB000), (tag + 2, 8))
+        runs, listed = case == "library-preinit", {None: 0, "-r": 0, "-d": 0}
+    real = run_program(prog)
+    assert (real.status == 0) if runs else (real.status == -signal.SIGBUS), real
+    _, bound = predict(prog, symbols=False)
+    assert (bound.fatal is None) if runs else (bound.fatal.exit_status == 135 and "SIGBUS" in bound.fatal.line)
+    for flag, status in listed.items():
+        out = assert_ldd_parity(prog, flag=flag)
+        assert out.status == status and "libfz.so.1 => " in out.stdout, (flag, out)
 
 
 @pytest.mark.parametrize("name", [".", ".."])

@@ -142,6 +142,7 @@ class ElfFile:
         self.segments = self._decode_segments()
         self._dynamic: Optional[DynamicInfo] = None
         self._interp: Optional[Tuple[Optional[str]]] = None
+        self._cut: Optional[bool] = None
         self._symtab: Optional[SymbolTable] = None
         self._versions: Optional[VersionTables] = None
         self._relocations: Optional[Tuple[Relocation, ...]] = None
@@ -322,6 +323,13 @@ class ElfFile:
                 break
             self._interp = (value,)
         return self._interp[0]
+
+    @property
+    def cut_short(self) -> bool:
+        """A loaded segment's file data runs past the end of the file (an interrupted copy)."""
+        if self._cut is None:
+            self._cut = any(s.offset + s.filesz > self.size for s in self._load_segments())
+        return self._cut
 
     @property
     def dynamic(self) -> DynamicInfo:

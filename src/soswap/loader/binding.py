@@ -23,6 +23,7 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError
 from soswap.loader import model as M
+from soswap.loader.candidates import init_beyond, preinit_beyond, relocation_beyond
 from soswap.loader.versions import version_check
 
 if TYPE_CHECKING:
@@ -527,9 +528,18 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
                     fatal = f
     checked = 0
     if not relocate:
+        if fatal is None and not res.trace:  # a real run relocates, whatever is asked here: it dies there
+            fatal = _relocation_crash(b)
+            if fatal is not None:
+                failures.append(fatal)
+        fatal = _init_crash(b, failures, fatal)
         return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
     b.prepare()
     now = res.env.bind_now if bind_now is None else bind_now
+    crash = _lookup_crash(b)
+    if crash is not None:  # the first lookups read every object of the scope
+        failures.append(crash)
+        return M.BindResult(res, tuple(failures), tuple(unresolved), fatal or crash, checked)
     # _dl_relocate_object for each object in reverse l_initfini order (ld.so itself excluded)
     for i in reversed(res.initfini):
         o = objs[i]
@@ -538,6 +548,12 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         syms = b.syms(i)
         if syms is None:
             continue
+        if o.elf.cut_short:
+            why = relocation_beyond(o.elf)
+            if why is not None and not why[1]:
+                crash = _sigbus(b, i, f"relocating {o.path or argv0}", why[0])
+                failures.append(crash)
+                return M.BindResult(res, tuple(failures), tuple(unresolved), fatal or crash, checked)
         lazy = not (syms.bind_now or now)
         missing = b.missing_needs(i) if res.trace else frozenset()
         limit = syms.version_limit(missing) if missing else None
@@ -599,7 +615,66 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         if f is not None:
             failures.append(f)
             fatal = f
+    fatal = _init_crash(b, failures, fatal)
     return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
+
+
+def _sigbus(b: Binder, i: int, doing: str, why: str) -> M.Failure:
+    who = b.res.objects[i].path or b.res.argv0
+    text = f"ld.so crashes (SIGBUS) {doing}: {why}"
+    return M.Failure(M.CRASH, who, i, text, text, M.STARTUP, True, exit_status=135)
+
+
+def _lookup_crash(b: Binder) -> Optional[M.Failure]:
+    """A truncated object whose symbol table or DT_VERSYM lies past the end of its file: the first lookup that
+    passes it (libc's relocations look up symbols of ld.so, last in the scope) dies of SIGBUS."""
+    objs = b.res.objects
+    for i in b.scope:
+        elf = objs[i].elf
+        if elf is not None and elf.cut_short:
+            why = relocation_beyond(elf)
+            if why is not None and why[1]:
+                return _sigbus(b, i, f"looking up symbols in {objs[i].path or b.res.argv0}", why[0])
+    return None
+
+
+def _relocation_crash(b: Binder) -> Optional[M.Failure]:
+    """What relocating kills ld.so with in a truncated object (:func:`_lookup_crash`, then each object's own
+    relocations in ``_dl_relocate_object``'s order), without binding anything; None for whole files."""
+    crash = _lookup_crash(b)
+    if crash is not None:
+        return crash
+    objs = b.res.objects
+    for i in reversed(b.res.initfini):
+        o = objs[i]
+        if o.elf is None or o.kind == "interpreter" or not o.found or not o.elf.cut_short:
+            continue
+        why = relocation_beyond(o.elf)
+        if why is not None and not why[1]:
+            return _sigbus(b, i, f"relocating {o.path or b.res.argv0}", why[0])
+    return None
+
+
+def _init_crash(b: Binder, failures: List[M.Failure], fatal: Optional[M.Failure]) -> Optional[M.Failure]:
+    """``_dl_init`` running an initializer of a truncated object that lies past the end of its file: SIGBUS
+    before main (a real run only: ldd runs no initializer). Returns the run's fatal failure."""
+    res = b.res
+    if fatal is not None or res.trace:
+        return fatal
+    objs = res.objects
+    main = objs[b.main] if res.scope else None
+    first = [(b.main, preinit_beyond)] if main is not None and main.elf is not None and main.elf.cut_short else []
+    # the program's DT_PREINIT_ARRAY first, then each object's initializers, dependencies first
+    for i, why_of in [*first, *((i, init_beyond) for i in reversed(res.initfini))]:
+        o = objs[i]
+        if o.elf is None or o.kind == "interpreter" or not o.elf.cut_short:
+            continue
+        why = why_of(o.elf)
+        if why is not None:
+            crash = _sigbus(b, i, f"running the initializers of {o.path or res.argv0}", why)
+            failures.append(crash)
+            return crash
+    return fatal
 
 
 def _second_dynamic_linker(b: Binder) -> Optional[M.Failure]:

@@ -460,20 +460,35 @@ def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
     for seg in dyn_segs[-1:]:  # l_ld: _dl_map_object_from_fd keeps the last PT_DYNAMIC
         if seg.filesz and seg.offset - seg.offset % page >= pages_end:
             return f"its dynamic section (offset {seg.offset:#x}) lies beyond the end of the file ({elf.size} bytes)"
-    missing = []  # addresses of pages mapped from the file that lie wholly beyond its end
+    missing = missing_pages(elf)
+    return _table_beyond(elf, missing, _MAPPING_TABLES, hash_header=True) if missing else None
+
+
+def missing_pages(elf: ElfFile) -> List[Tuple[int, int]]:
+    """Address ranges of the pages mapped from ``elf`` that lie wholly beyond the end of the file (touching one
+    is SIGBUS); empty for a whole file."""
+    page = mmap.PAGESIZE
+    pages_end = -(-elf.size // page) * page
+    out = []
     for seg in elf.segments_of_type(C.PT_LOAD):
         if seg.offset + seg.filesz > pages_end:
-            missing.append((seg.vaddr + max(seg.offset, pages_end) - seg.offset, seg.vaddr + seg.filesz))
-    return _touched_beyond(elf, missing) if missing else None
+            out.append((seg.vaddr + max(seg.offset, pages_end) - seg.offset, seg.vaddr + seg.filesz))
+    return out
 
 
-#: What ld.so reads (or runs) of an object before the program starts, named by its dynamic section: (address
-#: tag, size tag or None where only the start is known).
-_TOUCHED_TABLES = ((C.DT_HASH, None), (C.DT_GNU_HASH, None), (C.DT_STRTAB, C.DT_STRSZ), (C.DT_SYMTAB, None),
-                   (C.DT_VERSYM, None), (C.DT_VERDEF, None), (C.DT_VERNEED, None), (C.DT_REL, C.DT_RELSZ),
-                   (C.DT_RELA, C.DT_RELASZ), (C.DT_JMPREL, C.DT_PLTRELSZ), (C.DT_RELR, C.DT_RELRSZ),
-                   (C.DT_PREINIT_ARRAY, C.DT_PREINIT_ARRAYSZ), (C.DT_INIT, None),
-                   (C.DT_INIT_ARRAY, C.DT_INIT_ARRAYSZ))
+# What ld.so touches of an object, named by its dynamic section, by when: (address tag, size tag or None where
+# only the start is known).
+#: While loading, in every mode (ldd's too): the names of DT_NEEDED and DT_SONAME, the version check
+#: (_dl_check_map_versions), and the hash table's header (_dl_setup_hash; the GNU one where there is one).
+_MAPPING_TABLES = ((C.DT_STRTAB, C.DT_STRSZ), (C.DT_VERDEF, None), (C.DT_VERNEED, None))
+#: While relocating (ldd -r/-d, a real run): what the lookups read of every object in the scope...
+_LOOKUP_TABLES = ((C.DT_SYMTAB, None), (C.DT_VERSYM, None))
+#: ...and each object's own relocation tables (their targets are checked too).
+_RELOCATION_TABLES = ((C.DT_REL, C.DT_RELSZ), (C.DT_RELA, C.DT_RELASZ), (C.DT_JMPREL, C.DT_PLTRELSZ),
+                      (C.DT_RELR, C.DT_RELRSZ))
+#: Before main, in a real run only (_dl_init): DT_INIT and DT_INIT_ARRAY; DT_PREINIT_ARRAY of the program only.
+_INIT_TABLES = ((C.DT_INIT, None), (C.DT_INIT_ARRAY, C.DT_INIT_ARRAYSZ))
+_PREINIT_TABLES = ((C.DT_PREINIT_ARRAY, C.DT_PREINIT_ARRAYSZ),)
 _TABLE_NAMES = {C.DT_HASH: "DT_HASH", C.DT_GNU_HASH: "DT_GNU_HASH", C.DT_STRTAB: "DT_STRTAB",
                 C.DT_SYMTAB: "DT_SYMTAB", C.DT_VERSYM: "DT_VERSYM", C.DT_VERDEF: "DT_VERDEF",
                 C.DT_VERNEED: "DT_VERNEED", C.DT_REL: "DT_REL", C.DT_RELA: "DT_RELA", C.DT_JMPREL: "DT_JMPREL",
@@ -481,25 +496,44 @@ _TABLE_NAMES = {C.DT_HASH: "DT_HASH", C.DT_GNU_HASH: "DT_GNU_HASH", C.DT_STRTAB:
                 C.DT_INIT_ARRAY: "DT_INIT_ARRAY"}
 
 
-def _touched_beyond(elf: ElfFile, missing: List[Tuple[int, int]]) -> Optional[str]:
-    """Why ld.so dies of SIGBUS on a page of ``elf`` in ``missing`` (address ranges of pages mapped from beyond
-    the file's end), or None: a table its dynamic section names (the lookups, _dl_relocate_object, _dl_init)
-    lies there, or a relocation writes there (a lazy PLT slot too: ``elf_machine_lazy_rel`` adds the load
-    address)."""
+def _table_beyond(elf: ElfFile, missing: List[Tuple[int, int]], tables: Sequence[Tuple[int, Optional[int]]],
+                  hash_header: bool = False) -> Optional[str]:
+    """Why touching one of ``tables`` of ``elf`` (and with ``hash_header`` the header of the hash table
+    _dl_setup_hash reads) faults in a page of ``missing``, or None."""
+    try:
+        tags = elf.dynamic.tags
+    except ElfError:
+        return None  # what cannot be read is reported where it is read
+    wanted = list(tables)
+    if hash_header:
+        wanted.append((C.DT_GNU_HASH if C.DT_GNU_HASH in tags else C.DT_HASH, None))
+    for addr_tag, size_tag in wanted:
+        if addr_tag in tags:
+            lo = tags[addr_tag]
+            hi = lo + max(tags.get(size_tag, 1) if size_tag else 1, 1)
+            if any(lo < b and a < hi for a, b in missing):
+                return (f"its {_TABLE_NAMES[addr_tag]} (at {lo:#x}) lies in a page beyond the end of the file "
+                        f"({elf.size} bytes)")
+    return None
+
+
+def relocation_beyond(elf: ElfFile) -> Optional[Tuple[str, bool]]:
+    """Why relocating with ``elf`` loaded faults in a page past the end of its file, or None: (the reason, True
+    when it is a table the lookups of every object read, False when it is ``elf``'s own relocations: their
+    tables, or a target they write (a lazy PLT slot too: ``elf_machine_lazy_rel`` adds the load address))."""
     from soswap.elf.hashtab import _words
     from soswap.elf.relocs import relocation_table_ranges
 
-    def hit(lo: int, hi: int) -> bool:
-        return any(lo < b and a < hi for a, b in missing)
-
+    missing = missing_pages(elf)
+    if not missing:
+        return None
+    why = _table_beyond(elf, missing, _LOOKUP_TABLES)
+    if why is not None:
+        return why, True
+    why = _table_beyond(elf, missing, _RELOCATION_TABLES)
+    if why is not None:
+        return why, False
     try:
-        tags = elf.dynamic.tags
-        for addr_tag, size_tag in _TOUCHED_TABLES:
-            if addr_tag in tags:
-                lo = tags[addr_tag]
-                if hit(lo, lo + max(tags.get(size_tag, 1) if size_tag else 1, 1)):
-                    return (f"its {_TABLE_NAMES[addr_tag]} (at {lo:#x}) lies in a page beyond the end of the file "
-                            f"({elf.size} bytes)")
         lay = elf.layout
         code = "Q" if lay.is64 else "I"
         for t in relocation_table_ranges(elf):
@@ -508,10 +542,24 @@ def _touched_beyond(elf: ElfFile, missing: List[Tuple[int, int]]) -> Optional[st
                 bad = next((o for o in offsets if a <= o < b), None)
                 if bad is not None:
                     return (f"its {t.name} relocations write at {bad:#x}, in a page beyond the end of the file "
-                            f"({elf.size} bytes)")
+                            f"({elf.size} bytes)"), False
     except ElfError:
         return None  # what cannot be read is reported where it is read
     return None
+
+
+def init_beyond(elf: ElfFile) -> Optional[str]:
+    """Why ``_dl_init`` faults running ``elf``'s DT_INIT or DT_INIT_ARRAY in a page past the end of its file,
+    or None."""
+    missing = missing_pages(elf)
+    return _table_beyond(elf, missing, _INIT_TABLES) if missing else None
+
+
+def preinit_beyond(elf: ElfFile) -> Optional[str]:
+    """:func:`init_beyond` for the program's DT_PREINIT_ARRAY (run before every other initializer; a shared
+    library's is ignored)."""
+    missing = missing_pages(elf)
+    return _table_beyond(elf, missing, _PREINIT_TABLES) if missing else None
 
 
 UNLISTABLE: FrozenSet[str] = frozenset({"\0unlistable"})
