@@ -373,6 +373,49 @@ def test_a_pt_interp_the_kernel_refuses_and_ld_so_reads_anyway(tmp_path: Path, h
     assert out.status == 0 and out.stdout.count("libc.so.6 => ") == 2
 
 
+def test_a_program_cut_short_in_its_data(tmp_path: Path) -> None:
+    """A program cut inside its dynamic section, the end of its data in a page past the end of the file: the
+    kernel cannot write the zeros after its data (SIGSEGV after exec's point of no return), and ``ld.so
+    --verify`` dies of SIGBUS, so the ldd script says "exited with unknown exit code (135)" and exits at once:
+    the FILEs after it are not listed. soswap read the rest of the dynamic section as zeros and called the
+    program fine (and listed it in --ldd)."""
+    from soswap.elf import ElfFile
+
+    prog = executable(tmp_path / "prog", "static char buf[100000];\nint main(int c, char **v) { (void)v; "
+                      "buf[c] = 1; return buf[0]; }\n")
+    elf = ElfFile.open(prog)
+    dyn = elf.segments_of_type(2)[0]
+    rw = next(s for s in elf.segments_of_type(1) if s.offset <= dyn.offset < s.offset + s.filesz)
+    cut = tmp_path / "cut"
+    cut.write_bytes(prog.read_bytes()[:dyn.offset + 0x100])
+    cut.chmod(0o755)
+    assert dyn.offset + 0x100 < (rw.offset + rw.filesz) // 4096 * 4096
+    assert run_program(cut).status == -signal.SIGSEGV
+    _, bound = predict(cut, symbols=False)
+    assert bound.fatal is not None and bound.fatal.exit_status == 128 + signal.SIGSEGV
+    out = assert_ldd_parity(cut, prog)
+    assert out.status == 1 and out.stderr == "ldd: exited with unknown exit code (135)\n"
+    assert str(prog) not in out.stdout  # the script exited: the next FILE is not listed
+
+
+def test_ld_so_names_itself_by_the_last_pt_interp_at_its_address(tmp_path: Path) -> None:
+    """rtld.c takes the interpreter's name at the address of the last PT_INTERP, whatever its p_filesz: a size
+    two bytes short of the name, which the kernel refuses (no NUL at its end), still names ld.so in full for
+    ldd. soswap cut the name at p_filesz ("/lib64/ld-linux-x86-64.so. => ...")."""
+    e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
+    data = bytearray(e.read_bytes())
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    ph = next(phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 3)
+    filesz, = struct.unpack_from("<Q", data, ph + 32)
+    struct.pack_into("<Q", data, ph + 32, filesz - 3)
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o755)
+    out = assert_ldd_parity(bad)
+    assert out.status == 0 and "\t/lib64/ld-linux-x86-64.so.2\n" in out.stdout
+
+
 @pytest.mark.parametrize("kind", ["missing", "mode-644", "directory", "text", "truncated", "other-machine"])
 def test_a_program_interpreter_the_kernel_refuses(tmp_path: Path, kind: str) -> None:
     """execve opens PT_INTERP itself (binfmt_elf ``load_elf_binary``): a missing one is ENOENT (the shell's

@@ -95,6 +95,24 @@ def test_ldd_mode_goes_on_after_a_file_it_cannot_emulate(tmp_path: Path) -> None
         assert got.stdout.endswith(f"{bad}:\n/usr/bin/true:\n" + want.stdout.split("/usr/bin/true:\n")[1])
 
 
+def test_ldd_mode_exits_where_the_ldd_script_exits(tmp_path: Path) -> None:
+    """``ld.so --verify`` killed by SIGBUS (a program cut in its data): ldd says "exited with unknown exit code
+    (135)" and exits 1 at once, on any number of workers: the FILEs after it are not listed."""
+    ok, _broken = _ok_and_broken(tmp_path)
+    prog = executable(tmp_path / "big", "static char buf[100000];\nint main(int c, char **v) { (void)v; "
+                      "buf[c] = 1; return buf[0]; }\n")
+    data = prog.read_bytes()
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[:len(data) // 2])  # the end of its data, and its dynamic section, are gone
+    cut.chmod(0o755)
+    files = [str(ok), str(cut), *[str(ok)] * 60]
+    want = real_ldd(*files, cwd=tmp_path)
+    assert want.status == 1 and "unknown exit code (135)" in want.stderr and want.stdout.count(f"{ok}:") == 1
+    for jobs in ("1", "2"):
+        got = soswap("--ldd", "-j", jobs, *files, cwd=tmp_path)
+        assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
+
+
 def test_json_schema(tmp_path: Path) -> None:
     ok, broken = _ok_and_broken(tmp_path)
     r = soswap("--json", "-r", str(ok), str(broken), str(tmp_path / "missing"))

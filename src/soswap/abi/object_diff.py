@@ -9,7 +9,14 @@ from soswap.abi.changes import BREAKING, HARMLESS, REVIEW, Change
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.elf.relocs import unexpected_plt_type
-from soswap.loader.candidates import MISALIGNED, beyond_the_end, kernel_cannot_map, load_commands, overlapping
+from soswap.loader.candidates import (
+    MAPPING_TABLES,
+    MISALIGNED,
+    beyond_the_end,
+    kernel_cannot_map,
+    load_commands,
+    overlapping,
+)
 
 #: glibc's LIBC_ABI_MAX on x86-64 (libc-abis: DEFAULT, UNIQUE, IFUNC, ABSOLUTE): a GNU object's
 #: EI_ABIVERSION must be below it.
@@ -126,7 +133,7 @@ def _cut_short(elf: ElfFile, role: str) -> Optional[Tuple[str, str]]:
         if seg.offset + seg.filesz > elf.size:  # load_elf_binary reads the name with kernel_read: -EIO
             return (f"its interpreter's name (offset {seg.offset:#x}) runs past the end of the file ({elf.size} "
                     "bytes)", "execve fails with 'Input/output error': the program never starts")
-    crash = beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC))
+    crash = beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC), MAPPING_TABLES)
     if crash is not None:
         effect = ("running it dies of SIGBUS or SIGSEGV" if role == ROLE_EXECUTABLE
                   else "loading it kills ld.so with SIGBUS")
@@ -144,8 +151,8 @@ def _cut_worse(new: ElfFile, old: ElfFile, role: str) -> bool:
     old_cut = _cut_short(old, role)
     if old_cut is None:
         return True
-    if beyond_the_end(new, new.segments_of_type(C.PT_DYNAMIC)) is not None:
-        return beyond_the_end(old, old.segments_of_type(C.PT_DYNAMIC)) is None
+    if beyond_the_end(new, new.segments_of_type(C.PT_DYNAMIC), MAPPING_TABLES) is not None:
+        return beyond_the_end(old, old.segments_of_type(C.PT_DYNAMIC), MAPPING_TABLES) is None
     return _missing_bytes(new) > _missing_bytes(old)
 
 

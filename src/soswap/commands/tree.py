@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from soswap.loader.ldd import RELOCS_DATA, RELOCS_FUNCTION, RELOCS_NONE, LddModel
+    from soswap.loader.ldd import EXITED, RELOCS_DATA, RELOCS_FUNCTION, RELOCS_NONE, LddModel
 
     relocs = RELOCS_FUNCTION if args.symbols else (RELOCS_DATA if args.data_relocs else RELOCS_NONE)
     model = LddModel(loader, relocs)
@@ -193,9 +193,9 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     for line in model.shell_warnings():
         err.write(line)
 
-    def one(file: str) -> Tuple[str, str, Optional[bool]]:
+    def one(file: str) -> Tuple[str, str, object]:
         """ldd's output for ``file``; a file soswap cannot emulate is one error line (ok None), and the others
-        are still printed, as ldd goes on with the next file whatever happened to one."""
+        are still printed, as ldd goes on with the next file after most failures."""
         from soswap.errors import ResourceError, SoswapError
         from soswap.report.output import error_line
 
@@ -214,6 +214,8 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
             err.write(se)
             err.flush()
         out.write(so)
+        if ok == EXITED:  # the ldd script exits here: no later FILE is printed
+            return 1
         if ok is None:
             status = EXIT_ERROR
         elif not ok and status != EXIT_ERROR:

@@ -311,18 +311,32 @@ class ElfFile:
 
     @property
     def interpreter(self) -> Optional[str]:
-        """The PT_INTERP path, or None."""
+        """The PT_INTERP path as the kernel reads it, or None."""
         if self._interp is None:
             value: Optional[str] = None
             for seg in self.segments_of_type(C.PT_INTERP):
-                # ld.so takes the string at p_vaddr whatever p_filesz says (rtld.c dl_main); the kernel's own
-                # checks of p_filesz are the loader's (kernel_interp_errno)
+                # load_elf_binary: the first PT_INTERP, p_filesz bytes at p_offset (its checks of p_filesz are
+                # the loader's: kernel_interp_errno; ld.so's own reading is loader_interpreter)
                 room = max(0, min(seg.filesz, -(-self.size // _PAGE) * _PAGE - seg.offset))
                 raw = self.read_mapped(seg.offset, room, "PT_INTERP")
                 value = os.fsdecode(raw.split(b"\0", 1)[0])
                 break
             self._interp = (value,)
         return self._interp[0]
+
+    @property
+    def loader_interpreter(self) -> Optional[str]:
+        """The interpreter's name as ld.so reads it (rtld.c ``dl_main``): the string at the address of the last
+        PT_INTERP, whatever its p_filesz says (:attr:`interpreter` is the kernel's)."""
+        segs = self.segments_of_type(C.PT_INTERP)
+        if not segs:
+            return None
+        seg = segs[-1]
+        room = min(self.room_at(seg.vaddr), 4096)
+        if not room:
+            return self.interpreter  # not in a loaded segment: ld.so would read unmapped memory
+        raw = self.read_at_vaddr(seg.vaddr, room, "PT_INTERP")
+        return os.fsdecode(raw.split(b"\0", 1)[0])
 
     @property
     def cut_short(self) -> bool:

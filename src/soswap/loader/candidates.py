@@ -338,7 +338,7 @@ class FileSystem:
             return refused("failed to map segment from shared object")
         dyn_segs = elf.segments_of_type(C.PT_DYNAMIC)
         # _dl_map_segments zero-fills the end of each segment's last file page, then the dynamic section is read
-        crash = beyond_the_end(elf, dyn_segs)
+        crash = beyond_the_end(elf, dyn_segs, MAPPING_TABLES)
         if crash is not None:
             return refused(crash, CRASH)
         if not dyn_segs:
@@ -446,10 +446,29 @@ def overlapping(loads: Sequence[Segment]) -> bool:
     return holes and start(loads[-1]) < end(loads[0])
 
 
-def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
+def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment],
+                   tables: Sequence[Tuple[int, Optional[int]]] = ()) -> Optional[str]:
     """Why mapping ``elf`` kills ld.so with SIGBUS, or None. A truncated file maps without error, but a page of
     it that lies wholly beyond the file's end faults when touched: ``_dl_map_segments`` writes zeros after
-    each segment's file data up to its page's end, and ``elf_get_dynamic_info`` reads the dynamic section."""
+    each segment's file data up to its page's end, ``elf_get_dynamic_info`` reads the dynamic section and
+    ``_dl_setup_hash`` the hash table's header (``ld.so --verify`` goes no further); loading it as a dependency
+    reads the rest of :data:`MAPPING_TABLES` (pass them as ``tables``)."""
+    page = mmap.PAGESIZE
+    pages_end = -(-elf.size // page) * page
+    why = zero_fill_beyond(elf)
+    if why is not None:
+        return why
+    for seg in dyn_segs[-1:]:  # l_ld: _dl_map_object_from_fd keeps the last PT_DYNAMIC
+        if seg.filesz and seg.offset - seg.offset % page >= pages_end:
+            return f"its dynamic section (offset {seg.offset:#x}) lies beyond the end of the file ({elf.size} bytes)"
+    missing = missing_pages(elf)
+    return _table_beyond(elf, missing, tables, hash_header=True) if missing else None
+
+
+def zero_fill_beyond(elf: ElfFile) -> Optional[str]:
+    """Where the zeros that follow a segment's file data up to the end of its page (``.bss``) must be written
+    in a page wholly beyond the end of the file, or None: ``_dl_map_segments`` for ld.so (SIGBUS), the
+    kernel's ``padzero`` for a program (EFAULT after exec's point of no return: SIGSEGV)."""
     page = mmap.PAGESIZE
     pages_end = -(-elf.size // page) * page
     for seg in elf.segments_of_type(C.PT_LOAD):
@@ -457,11 +476,7 @@ def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment]) -> Optional[str]:
         if seg.memsz > seg.filesz and end % page and end - end % page >= pages_end:
             return (f"the end of the segment at {seg.offset:#x} ({seg.filesz} bytes) lies beyond the end of the file "
                     f"({elf.size} bytes)")
-    for seg in dyn_segs[-1:]:  # l_ld: _dl_map_object_from_fd keeps the last PT_DYNAMIC
-        if seg.filesz and seg.offset - seg.offset % page >= pages_end:
-            return f"its dynamic section (offset {seg.offset:#x}) lies beyond the end of the file ({elf.size} bytes)"
-    missing = missing_pages(elf)
-    return _table_beyond(elf, missing, _MAPPING_TABLES, hash_header=True) if missing else None
+    return None
 
 
 def missing_pages(elf: ElfFile) -> List[Tuple[int, int]]:
@@ -480,7 +495,7 @@ def missing_pages(elf: ElfFile) -> List[Tuple[int, int]]:
 # only the start is known).
 #: While loading, in every mode (ldd's too): the names of DT_NEEDED and DT_SONAME, the version check
 #: (_dl_check_map_versions), and the hash table's header (_dl_setup_hash; the GNU one where there is one).
-_MAPPING_TABLES = ((C.DT_STRTAB, C.DT_STRSZ), (C.DT_VERDEF, None), (C.DT_VERNEED, None))
+MAPPING_TABLES = ((C.DT_STRTAB, C.DT_STRSZ), (C.DT_VERDEF, None), (C.DT_VERNEED, None))
 #: While relocating (ldd -r/-d, a real run): what the lookups read of every object in the scope...
 _LOOKUP_TABLES = ((C.DT_SYMTAB, None), (C.DT_VERSYM, None))
 #: ...and each object's own relocation tables (their targets are checked too).

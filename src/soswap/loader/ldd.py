@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError, SoswapError
 from soswap.loader import model as M
-from soswap.loader.candidates import ACCEPT, FileSystem, load_commands, overlapping
+from soswap.loader.candidates import ACCEPT, FileSystem, beyond_the_end, load_commands, overlapping
 from soswap.loader.loading import Loader
 from soswap.loader.profile import Profile, abi_for
 from soswap.loader.versions import verneed_assertion
@@ -27,6 +27,8 @@ _RTLDLIST_RE = re.compile(r'^RTLDLIST="?([^"\n]*)"?\s*$', re.M)
 
 #: ``ldd`` relocation modes.
 RELOCS_NONE = "none"
+#: :meth:`LddModel.one` where the ldd script exits at that FILE.
+EXITED = "exited"
 RELOCS_DATA = "data"  # -d
 RELOCS_FUNCTION = "function"  # -r
 
@@ -122,6 +124,8 @@ class LddModel:
             so, se, ok = self.one(file)
             out.append(so)
             err.append(se)
+            if ok is EXITED:
+                return LddOutput("".join(out), "".join(err), 1)
             if not ok:
                 result = 1
         return LddOutput("".join(out), "".join(err), result)
@@ -145,8 +149,9 @@ class LddModel:
             return []
         return [f.line + "\n" for f in res.failures if f.kind == M.PRELOAD]
 
-    def one(self, file: str) -> Tuple[str, str, bool]:
-        """(stdout, stderr, success) of one file in the ldd loop."""
+    def one(self, file: str) -> Tuple[str, str, Union[bool, str]]:
+        """(stdout, stderr, success) of one file in the ldd loop; success is :data:`EXITED` where the ldd
+        script exits (``ld.so --verify`` died: "exited with unknown exit code")."""
         name = file if "/" in file else "./" + file
         host = self._host(name)
         if not os.path.exists(host):
@@ -156,6 +161,8 @@ class LddModel:
         if not os.access(host, os.R_OK):
             return "", f"ldd: error: you do not have read permission for `{name}'\n", False
         rtld, ret = self._select(name, host)
+        if ret not in (0, 1, 2):  # the script stops: no later FILE is looked at
+            return "", f"ldd: exited with unknown exit code ({ret})\n", EXITED
         if rtld is None or ret == 1:
             return "", "\tnot a dynamic executable\n", False
         text, status = self.trace(name, rtld)
@@ -195,6 +202,8 @@ class LddModel:
             return 1  # its executable mapping fails (EPERM) on a noexec mount
         if not elf.segments_of_type(C.PT_DYNAMIC):
             return 1  # main_map->l_ld == NULL
+        if beyond_the_end(elf, elf.segments_of_type(C.PT_DYNAMIC)) is not None:
+            return 128 + 7  # mapping a truncated program kills ld.so --verify with SIGBUS
         return 0 if elf.segments_of_type(C.PT_INTERP) else 2
 
     def trace(self, name: str, rtld: Rtld) -> Tuple[str, int]:
@@ -254,4 +263,4 @@ def ldd(loader: Loader, files: List[str], relocs: str = RELOCS_NONE) -> LddOutpu
     return LddModel(loader, relocs).run(files)
 
 
-__all__ = ["ACCEPT", "LddModel", "LddOutput", "ldd", "render_trace"]
+__all__ = ["ACCEPT", "EXITED", "LddModel", "LddOutput", "ldd", "render_trace"]

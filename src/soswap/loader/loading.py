@@ -15,7 +15,13 @@ from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo
 from soswap.errors import ElfError, UsageError
 from soswap.loader import model as M
-from soswap.loader.candidates import FileSystem, Substitute, kernel_cannot_map, kernel_interp_errno
+from soswap.loader.candidates import (
+    FileSystem,
+    Substitute,
+    kernel_cannot_map,
+    kernel_interp_errno,
+    zero_fill_beyond,
+)
 from soswap.loader.environment import Environment
 from soswap.loader.profile import Profile
 from soswap.loader.session import (
@@ -192,7 +198,8 @@ class Loader:
         if subst is None or skey is not None:
             # what _run checks on the program itself before the search (execve's refusals)
             execve = None if trace else (kernel_cannot_map(elf), kernel_interp_errno(elf) if interp else 0,
-                                         interp is not None and sub_root is None and fsys.noexec(file))
+                                         interp is not None and sub_root is None and fsys.noexec(file),
+                                         elf.cut_short)
             key = (*self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin), skey,
                    sub_root is not None, execve)
             t = self._templates.get(key)
@@ -242,7 +249,8 @@ class Loader:
                                              or any("$" in n for n in preload_file_names(fsys)))
         if not (dst or "$" in (rpath or "") or "$" in (runpath or "") or any("$" in n for _t, n in items)):
             origin = None  # no dynamic string token can expand the program's $ORIGIN
-        return (id(profile), id(ldcache), trace, secure, rtld_path if trace else None, elf.interpreter, dynamic,
+        return (id(profile), id(ldcache), trace, secure, rtld_path if trace else None, elf.interpreter,
+                elf.loader_interpreter, dynamic,
                 items, rpath, runpath, bool(dyn.flags_1 & C.DF_1_NODEFLIB), dyn.soname, origin)
 
     def bind(self, res: M.LoadResult, *, bind_now: Optional[bool] = None, warn: bool = False,
@@ -373,10 +381,10 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin)
     if s.trace:
         rtld = rtld_path or profile.interpreter
-        s.setup_rtld(interp or rtld, rtld)
+        s.setup_rtld(elf.loader_interpreter or rtld, rtld)
     else:
         name = interp or profile.interpreter
-        s.setup_rtld(name, name)
+        s.setup_rtld(elf.loader_interpreter or name, name)  # ld.so names itself as it reads PT_INTERP
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
         rtld_elf = s.rtld.elf if s.rtld is not None else None
         bad_interp = kernel_interp_errno(elf) if interp is not None and not substituted else 0
@@ -394,6 +402,11 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
             else:  # the shell's status for a file found that cannot be executed
                 _execve_fails(s, M.NO_INTERPRETER, interp, 126,
                               f"{path}: cannot execute: the program interpreter {interp}: {os.strerror(err)}")
+        elif s.fatal is None and not substituted and elf.cut_short and zero_fill_beyond(elf) is not None:
+            # binfmt_elf's padzero faults on a page past the end of a cut program: EFAULT after the point of
+            # no return
+            _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot write the zeros "
+                                                 f"after its data: {zero_fill_beyond(elf)}")
         elif s.fatal is None and kernel_cannot_map(elf):
             # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
             _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot map a segment "
