@@ -143,6 +143,7 @@ class ElfFile:
         self._dynamic: Optional[DynamicInfo] = None
         self._interp: Optional[Tuple[Optional[str]]] = None
         self._cut: Optional[bool] = None
+        self._ldso_interp: Optional[Tuple[Optional[str]]] = None
         self._symtab: Optional[SymbolTable] = None
         self._versions: Optional[VersionTables] = None
         self._relocations: Optional[Tuple[Relocation, ...]] = None
@@ -328,15 +329,25 @@ class ElfFile:
     def loader_interpreter(self) -> Optional[str]:
         """The interpreter's name as ld.so reads it (rtld.c ``dl_main``): the string at the address of the last
         PT_INTERP, whatever its p_filesz says (:attr:`interpreter` is the kernel's)."""
-        segs = self.segments_of_type(C.PT_INTERP)
-        if not segs:
-            return None
-        seg = segs[-1]
-        room = min(self.room_at(seg.vaddr), 4096)
-        if not room:
-            return self.interpreter  # not in a loaded segment: ld.so would read unmapped memory
-        raw = self.read_at_vaddr(seg.vaddr, room, "PT_INTERP")
-        return os.fsdecode(raw.split(b"\0", 1)[0])
+        if self._ldso_interp is None:
+            segs = self.segments_of_type(C.PT_INTERP)
+            value: Optional[str] = None
+            if segs:
+                seg = segs[-1]
+                room = min(self.room_at(seg.vaddr), 4096)
+                if len(segs) == 1 and room and self.vaddr_to_offset(seg.vaddr, 1, "PT_INTERP") == seg.offset:
+                    # the usual case: at its address lies what the kernel read, its NUL within p_filesz
+                    interp = self.interpreter
+                    if interp is not None and len(os.fsencode(interp)) < seg.filesz:
+                        self._ldso_interp = (interp,)
+                        return interp
+                if not room:
+                    value = self.interpreter  # not in a loaded segment: ld.so would read unmapped memory
+                else:
+                    raw = self.read_at_vaddr(seg.vaddr, room, "PT_INTERP")
+                    value = os.fsdecode(raw.split(b"\0", 1)[0])
+            self._ldso_interp = (value,)
+        return self._ldso_interp[0]
 
     @property
     def cut_short(self) -> bool:
