@@ -27,10 +27,10 @@ _RTLDLIST_RE = re.compile(r'^RTLDLIST="?([^"\n]*)"?\s*$', re.M)
 
 #: ``ldd`` relocation modes.
 RELOCS_NONE = "none"
-#: :meth:`LddModel.one` where the ldd script exits at that FILE.
-EXITED = "exited"
 RELOCS_DATA = "data"  # -d
 RELOCS_FUNCTION = "function"  # -r
+#: :meth:`LddModel.one` where the ldd script exits at that FILE.
+EXITED = "exited"
 
 
 class LddOutput(NamedTuple):
