@@ -75,7 +75,8 @@ def oracle(root: Path, flag: str, files: List[str]) -> Dict[str, Tuple[str, str,
 
 
 def soswap(root: Path, flag: str, files: List[str]) -> Tuple[Dict[str, str], str, int]:
-    env = {"PATH": PATH, "PYTHONPATH": SRC, "SOSWAP_CACHE_DIR": "/tmp/parity-roots-cache"}
+    env = {"PATH": PATH, "PYTHONPATH": SRC, "SOSWAP_CACHE_DIR": "/tmp/parity-roots-cache",
+           "SOSWAP_STATE_DIR": "/tmp/parity-roots-state"}
     p = subprocess.run([sys.executable, "-m", "soswap", "tree", "--root", str(root), "--ldd",
                         *([flag] if flag else []), *files], env=env, capture_output=True, cwd="/", timeout=3600)
     out = p.stdout.decode("utf-8", "surrogateescape")
