@@ -11,7 +11,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Callable, Tuple
 
 import pytest
 
@@ -348,21 +348,27 @@ def test_a_program_whose_segment_cannot_be_mapped(tmp_path: Path) -> None:
     assert bound.fatal is not None and bound.fatal.exit_status == 128 + signal.SIGSEGV
 
 
-@pytest.mark.parametrize("how", ["huge", "no-nul"])
-def test_a_pt_interp_the_kernel_refuses_and_ld_so_reads_anyway(tmp_path: Path, how: str) -> None:
-    """``load_elf_binary`` checks PT_INTERP's size (2..PATH_MAX) and its last byte (NUL): ENOEXEC. ``ld.so
-    --list`` (ldd) takes the string at p_vaddr and lists the libraries. soswap stopped the whole run (tree and
-    --ldd) with "PT_INTERP ... lies outside the file"."""
+def _interp_size_patched(tmp_path: Path, size: Callable[[int], int]) -> Tuple[Path, Path]:
+    """A program ``e`` and its copy ``bad`` whose PT_INTERP p_filesz is ``size(p_filesz)``."""
     e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
     data = bytearray(e.read_bytes())
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phnum, = struct.unpack_from("<H", data, 0x38)
     ph = next(phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 3)
     filesz, = struct.unpack_from("<Q", data, ph + 32)
-    struct.pack_into("<Q", data, ph + 32, 1 << 40 if how == "huge" else filesz - 1)
+    struct.pack_into("<Q", data, ph + 32, size(filesz))
     bad = tmp_path / "bad"
     bad.write_bytes(bytes(data))
     bad.chmod(0o755)
+    return e, bad
+
+
+@pytest.mark.parametrize("how", ["huge", "no-nul"])
+def test_a_pt_interp_the_kernel_refuses_and_ld_so_reads_anyway(tmp_path: Path, how: str) -> None:
+    """``load_elf_binary`` checks PT_INTERP's size (2..PATH_MAX) and its last byte (NUL): ENOEXEC. ``ld.so
+    --list`` (ldd) takes the string at p_vaddr and lists the libraries. soswap stopped the whole run (tree and
+    --ldd) with "PT_INTERP ... lies outside the file"."""
+    e, bad = _interp_size_patched(tmp_path, lambda size: 1 << 40 if how == "huge" else size - 1)
     with pytest.raises(OSError) as err:
         subprocess.run([str(bad)], timeout=30)
     assert err.value.errno == errno.ENOEXEC
@@ -402,16 +408,7 @@ def test_ld_so_names_itself_by_the_last_pt_interp_at_its_address(tmp_path: Path)
     """rtld.c takes the interpreter's name at the address of the last PT_INTERP, whatever its p_filesz: a size
     two bytes short of the name, which the kernel refuses (no NUL at its end), still names ld.so in full for
     ldd. soswap cut the name at p_filesz ("/lib64/ld-linux-x86-64.so. => ...")."""
-    e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
-    data = bytearray(e.read_bytes())
-    phoff, = struct.unpack_from("<Q", data, 0x20)
-    phnum, = struct.unpack_from("<H", data, 0x38)
-    ph = next(phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 3)
-    filesz, = struct.unpack_from("<Q", data, ph + 32)
-    struct.pack_into("<Q", data, ph + 32, filesz - 3)
-    bad = tmp_path / "bad"
-    bad.write_bytes(bytes(data))
-    bad.chmod(0o755)
+    _e, bad = _interp_size_patched(tmp_path, lambda size: size - 3)
     out = assert_ldd_parity(bad)
     assert out.status == 0 and "\t/lib64/ld-linux-x86-64.so.2\n" in out.stdout
 
