@@ -348,15 +348,17 @@ def test_a_program_whose_segment_cannot_be_mapped(tmp_path: Path) -> None:
     assert bound.fatal is not None and bound.fatal.exit_status == 128 + signal.SIGSEGV
 
 
-def _interp_size_patched(tmp_path: Path, size: Callable[[int], int]) -> Tuple[Path, Path]:
-    """A program ``e`` and its copy ``bad`` whose PT_INTERP p_filesz is ``size(p_filesz)``."""
+def _interp_size_patched(tmp_path: Path, size: Callable[[int], int], field: int = 32) -> Tuple[Path, Path]:
+    """A program ``e`` and its copy ``bad`` whose PT_INTERP p_filesz is ``size(p_filesz)`` (with ``field`` 16,
+    its p_vaddr is ``size(p_filesz) + p_vaddr``)."""
     e = executable(tmp_path / "e", "int main(void) { return 0; }\n")
     data = bytearray(e.read_bytes())
     phoff, = struct.unpack_from("<Q", data, 0x20)
     phnum, = struct.unpack_from("<H", data, 0x38)
     ph = next(phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 3)
     filesz, = struct.unpack_from("<Q", data, ph + 32)
-    struct.pack_into("<Q", data, ph + 32, size(filesz))
+    base = struct.unpack_from("<Q", data, ph + field)[0] if field != 32 else 0
+    struct.pack_into("<Q", data, ph + field, base + size(filesz))
     bad = tmp_path / "bad"
     bad.write_bytes(bytes(data))
     bad.chmod(0o755)
@@ -411,6 +413,10 @@ def test_ld_so_names_itself_by_the_last_pt_interp_at_its_address(tmp_path: Path)
     _e, bad = _interp_size_patched(tmp_path, lambda size: size - 3)
     out = assert_ldd_parity(bad)
     assert out.status == 0 and "\t/lib64/ld-linux-x86-64.so.2\n" in out.stdout
+    # its address on the NUL that ends the name: ld.so's name is empty, which ld.so prints as the program's
+    _e, empty = _interp_size_patched(tmp_path, lambda size: size - 1, field=16)
+    out = assert_ldd_parity(empty)
+    assert out.status == 0 and f"\t{empty} => /lib64/ld-linux-x86-64.so.2\n" in out.stdout
 
 
 @pytest.mark.parametrize("kind", ["missing", "mode-644", "directory", "text", "truncated", "other-machine"])

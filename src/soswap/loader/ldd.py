@@ -236,12 +236,13 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
         lines.append("\tstatically linked")
     else:
         for o in res.objects[1:]:
+            name = o.name or res.argv0  # DSO_FILENAME: an empty name prints as the program's
             if not o.found:
-                lines.append(f"\t{o.name} => not found")
+                lines.append(f"\t{name} => not found")
             elif o.name == o.path:
-                lines.append(f"\t{o.name}")
+                lines.append(f"\t{name}")
             else:
-                lines.append(f"\t{o.name} => {o.path}")
+                lines.append(f"\t{name} => {o.path or res.argv0}")
     status = 0
     if warn:
         for f in b.failures:

@@ -381,10 +381,12 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin)
     if s.trace:
         rtld = rtld_path or profile.interpreter
-        s.setup_rtld(elf.loader_interpreter or rtld, rtld)
+        named = elf.loader_interpreter  # "" is a name too: the string at its address may be empty
+        s.setup_rtld(named if named is not None else rtld, rtld)
     else:
         name = interp or profile.interpreter
-        s.setup_rtld(elf.loader_interpreter or name, name)  # ld.so names itself as it reads PT_INTERP
+        named = elf.loader_interpreter  # ld.so names itself as it reads PT_INTERP ("" included)
+        s.setup_rtld(named if named is not None else name, name)
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
         rtld_elf = s.rtld.elf if s.rtld is not None else None
         bad_interp = kernel_interp_errno(elf) if interp is not None and not substituted else 0
