@@ -140,9 +140,10 @@ class ElfFile:
         head = source.read(0, min(source.size, 64), "ELF header") if source.size else b""
         self.header, self._lay = decode_header(head, self.path, source.size)
         self.segments = self._decode_segments()
+        #: A loaded segment's file data runs past the end of the file (an interrupted copy).
+        self.cut_short = any(s.type == C.PT_LOAD and s.offset + s.filesz > self.size for s in self.segments)
         self._dynamic: Optional[DynamicInfo] = None
         self._interp: Optional[Tuple[Optional[str]]] = None
-        self._cut: Optional[bool] = None
         self._ldso_interp: Optional[Tuple[Optional[str]]] = None
         self._symtab: Optional[SymbolTable] = None
         self._versions: Optional[VersionTables] = None
@@ -293,7 +294,10 @@ class ElfFile:
 
     def read_at_vaddr(self, vaddr: int, length: int, what: str) -> bytes:
         """``length`` bytes of the file at virtual address ``vaddr``, as mapped (:meth:`read_mapped`)."""
-        return self.read_mapped(self.vaddr_to_offset(vaddr, length, what), length, what)
+        offset = self.vaddr_to_offset(vaddr, length, what)
+        if offset + length <= self.size:
+            return self._src.read(offset, length, what)
+        return self.read_mapped(offset, length, what)
 
     def read(self, offset: int, length: int, what: str) -> bytes:
         """``length`` bytes at file ``offset`` (bounds-checked)."""
@@ -348,13 +352,6 @@ class ElfFile:
                     value = os.fsdecode(raw.split(b"\0", 1)[0])
             self._ldso_interp = (value,)
         return self._ldso_interp[0]
-
-    @property
-    def cut_short(self) -> bool:
-        """A loaded segment's file data runs past the end of the file (an interrupted copy)."""
-        if self._cut is None:
-            self._cut = any(s.offset + s.filesz > self.size for s in self._load_segments())
-        return self._cut
 
     @property
     def dynamic(self) -> DynamicInfo:

@@ -527,16 +527,19 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
                 if fatal is None:
                     fatal = f
     checked = 0
+    # objects cut short (an interrupted copy): ld.so faults where it touches what is gone
+    cut = any(o.elf is not None and o.elf.cut_short for o in objs)
     if not relocate:
-        if fatal is None and not res.trace:  # a real run relocates, whatever is asked here: it dies there
+        if cut and fatal is None and not res.trace:  # a real run relocates, whatever is asked here: it dies there
             fatal = _relocation_crash(b)
             if fatal is not None:
                 failures.append(fatal)
-        fatal = _init_crash(b, failures, fatal)
+        if cut:
+            fatal = _init_crash(b, failures, fatal)
         return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
     b.prepare()
     now = res.env.bind_now if bind_now is None else bind_now
-    crash = _lookup_crash(b)
+    crash = _lookup_crash(b) if cut else None
     if crash is not None:  # the first lookups read every object of the scope
         failures.append(crash)
         return M.BindResult(res, tuple(failures), tuple(unresolved), fatal or crash, checked)
@@ -548,7 +551,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         syms = b.syms(i)
         if syms is None:
             continue
-        if o.elf.cut_short:
+        if cut and o.elf.cut_short:
             why = relocation_beyond(o.elf)
             if why is not None and not why[1]:
                 crash = _sigbus(b, i, f"relocating {o.path or argv0}", why[0])
@@ -615,7 +618,8 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         if f is not None:
             failures.append(f)
             fatal = f
-    fatal = _init_crash(b, failures, fatal)
+    if cut:
+        fatal = _init_crash(b, failures, fatal)
     return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
 
 

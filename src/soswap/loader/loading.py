@@ -193,11 +193,13 @@ class Loader:
         dyn = elf.dynamic  # a malformed dynamic section raises before anything else is read
         origin = main_origin(fsys, self.env, path, trace=trace)
         interp = elf.interpreter
+        # what binfmt_elf says of PT_INTERP (a substitute is never executed)
+        bad_interp = kernel_interp_errno(elf) if interp is not None and not trace and sub_root is None else 0
         # a load with substitutions shares templates with the loads of the same shape and the same set
         key: Optional[tuple] = None
         if subst is None or skey is not None:
             # what _run checks on the program itself before the search (execve's refusals)
-            execve = None if trace else (kernel_cannot_map(elf), kernel_interp_errno(elf) if interp else 0,
+            execve = None if trace else (kernel_cannot_map(elf), bad_interp,
                                          interp is not None and sub_root is None and fsys.noexec(file),
                                          elf.cut_short)
             key = (*self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin), skey,
@@ -207,7 +209,7 @@ class Loader:
                 return t.instantiate(argv0, elf, file, origin, self.env, secure)
         s = LoadSession(profile, self.env, fsys, trace=trace, secure=secure, argv0=argv0, substitutions=subst,
                         ldcache=ldcache)
-        res = _run(s, path, elf, file, sub_root is not None, rtld_path, origin, interp)
+        res = _run(s, path, elf, file, sub_root is not None, rtld_path, origin, interp, bad_interp)
         if key is not None and s.portable:
             # reasons naming the program: a directory of its own DT_RPATH/DT_RUNPATH ("RPATH d of ./prog")
             named = tuple(o.index for o in res.objects[1:] if o.reason.owner == 0)
@@ -375,7 +377,7 @@ def _open_substitute(sub: Substitute, cache: ElfCache) -> ElfFile:
 
 
 def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, rtld_path: Optional[str],
-         origin: Optional[str], interp: Optional[str]) -> M.LoadResult:
+         origin: Optional[str], interp: Optional[str], bad_interp: int = 0) -> M.LoadResult:
     profile = s.profile
     dynamic = elf.is_dynamic
     main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin)
@@ -389,7 +391,6 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
         s.setup_rtld(named if named is not None else name, name)
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
         rtld_elf = s.rtld.elf if s.rtld is not None else None
-        bad_interp = kernel_interp_errno(elf) if interp is not None and not substituted else 0
         if interp is not None and not substituted and s.fsys.noexec(file):
             # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
             _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
