@@ -144,6 +144,7 @@ class ElfFile:
         self.cut_short = any(s.type == C.PT_LOAD and s.offset + s.filesz > self.size for s in self.segments)
         self._dynamic: Optional[DynamicInfo] = None
         self._interp: Optional[Tuple[Optional[str]]] = None
+        self._interp_raw: Optional[Tuple[Optional[bytes]]] = None
         self._ldso_interp: Optional[Tuple[Optional[str]]] = None
         self._symtab: Optional[SymbolTable] = None
         self._versions: Optional[VersionTables] = None
@@ -318,16 +319,22 @@ class ElfFile:
     def interpreter(self) -> Optional[str]:
         """The PT_INTERP path as the kernel reads it, or None."""
         if self._interp is None:
-            value: Optional[str] = None
+            raw = self.interpreter_bytes
+            self._interp = (os.fsdecode(raw.split(b"\0", 1)[0]) if raw is not None else None,)
+        return self._interp[0]
+
+    @property
+    def interpreter_bytes(self) -> Optional[bytes]:
+        """What ``load_elf_binary`` reads of the first PT_INTERP: p_filesz bytes at p_offset (at most to the end
+        of the file's last page; its checks of p_filesz are the loader's), or None."""
+        if self._interp_raw is None:
+            raw: Optional[bytes] = None
             for seg in self.segments_of_type(C.PT_INTERP):
-                # load_elf_binary: the first PT_INTERP, p_filesz bytes at p_offset (its checks of p_filesz are
-                # the loader's: kernel_interp_errno; ld.so's own reading is loader_interpreter)
                 room = max(0, min(seg.filesz, -(-self.size // _PAGE) * _PAGE - seg.offset))
                 raw = self.read_mapped(seg.offset, room, "PT_INTERP")
-                value = os.fsdecode(raw.split(b"\0", 1)[0])
                 break
-            self._interp = (value,)
-        return self._interp[0]
+            self._interp_raw = (raw,)
+        return self._interp_raw[0]
 
     @property
     def loader_interpreter(self) -> Optional[str]:
@@ -338,13 +345,15 @@ class ElfFile:
             value: Optional[str] = None
             if segs:
                 seg = segs[-1]
+                if len(segs) == 1:
+                    # the usual case: at its address lies what the kernel read, with its NUL
+                    raw = self.interpreter_bytes
+                    if raw is not None and b"\0" in raw and any(
+                            p.vaddr - p.offset == seg.vaddr - seg.offset and p.offset <= seg.offset
+                            and seg.offset + seg.filesz <= p.offset + p.filesz for p in self._load_segments()):
+                        self._ldso_interp = (self.interpreter,)
+                        return self.interpreter
                 room = min(self.room_at(seg.vaddr), 4096)
-                if len(segs) == 1 and room and self.vaddr_to_offset(seg.vaddr, 1, "PT_INTERP") == seg.offset:
-                    # the usual case: at its address lies what the kernel read, its NUL within p_filesz
-                    interp = self.interpreter
-                    if interp is not None and len(os.fsencode(interp)) < seg.filesz:
-                        self._ldso_interp = (interp,)
-                        return interp
                 if not room:
                     value = self.interpreter  # not in a loaded segment: ld.so would read unmapped memory
                 else:

@@ -363,7 +363,8 @@ def kernel_interp_errno(elf: ElfFile) -> int:
             return errnomod.ENOEXEC
         if seg.offset + seg.filesz > elf.size:
             return errnomod.EIO
-        if elf.read(seg.offset + seg.filesz - 1, 1, "PT_INTERP") != b"\0":
+        raw = elf.interpreter_bytes
+        if not raw or raw[-1] != 0:
             return errnomod.ENOEXEC
         break
     return 0
@@ -455,13 +456,13 @@ def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment],
     reads the rest of :data:`MAPPING_TABLES` (pass them as ``tables``)."""
     page = mmap.PAGESIZE
     pages_end = -(-elf.size // page) * page
-    why = zero_fill_beyond(elf)
+    why = zero_fill_beyond(elf) if elf.cut_short else None  # whole segments fill no page past the end
     if why is not None:
         return why
     for seg in dyn_segs[-1:]:  # l_ld: _dl_map_object_from_fd keeps the last PT_DYNAMIC
         if seg.filesz and seg.offset - seg.offset % page >= pages_end:
             return f"its dynamic section (offset {seg.offset:#x}) lies beyond the end of the file ({elf.size} bytes)"
-    missing = missing_pages(elf)
+    missing = missing_pages(elf) if elf.cut_short else []
     return _table_beyond(elf, missing, tables, hash_header=True) if missing else None
 
 
