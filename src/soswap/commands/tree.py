@@ -204,7 +204,7 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
         except ResourceError:
             raise  # soswap's own limits: no answer for this FILE or the next
         except SoswapError as exc:
-            return "", error_line(" ".join(_named(exc, file).splitlines())), None
+            return "", error_line(_named(exc, file)), None
 
     for file, (so, se, ok) in zip(files, _map_files(one, files, args.jobs, loader.bind_store)):
         if not single:

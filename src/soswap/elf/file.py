@@ -140,6 +140,8 @@ class ElfFile:
         head = source.read(0, min(source.size, 64), "ELF header") if source.size else b""
         self.header, self._lay = decode_header(head, self.path, source.size)
         self.segments = self._decode_segments()
+        #: Where the mapping of the file's last page ends: what lies between the file's end and it reads as zeros.
+        self.mapped_end = -(-self.size // _PAGE) * _PAGE
         #: A loaded segment's file data runs past the end of the file (an interrupted copy).
         self.cut_short = any(s.type == C.PT_LOAD and s.offset + s.filesz > self.size for s in self.segments)
         self._dynamic: Optional[DynamicInfo] = None
@@ -308,7 +310,7 @@ class ElfFile:
         """:meth:`read` of loaded data, as ld.so sees it through its mapping: a file cut short reads as zeros
         from its end to the end of its last page (a page wholly past the end faults: still an error here)."""
         size = self.size
-        if offset + length <= size or offset < 0 or length < 0 or offset + length > -(-size // _PAGE) * _PAGE:
+        if offset + length <= size or offset < 0 or length < 0 or offset + length > self.mapped_end:
             return self._src.read(offset, length, what)
         have = max(0, size - offset)
         return (self._src.read(offset, have, what) if have else b"") + bytes(length - have)
@@ -330,7 +332,7 @@ class ElfFile:
         if self._interp_raw is None:
             raw: Optional[bytes] = None
             for seg in self.segments_of_type(C.PT_INTERP):
-                room = max(0, min(seg.filesz, -(-self.size // _PAGE) * _PAGE - seg.offset))
+                room = max(0, min(seg.filesz, self.mapped_end - seg.offset))
                 raw = self.read_mapped(seg.offset, room, "PT_INTERP")
                 break
             self._interp_raw = (raw,)

@@ -23,7 +23,7 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError
 from soswap.loader import model as M
-from soswap.loader.candidates import init_beyond, preinit_beyond, relocation_beyond
+from soswap.loader.candidates import init_beyond, relocation_beyond
 from soswap.loader.versions import version_check
 
 if TYPE_CHECKING:
@@ -666,14 +666,13 @@ def _init_crash(b: Binder, failures: List[M.Failure], fatal: Optional[M.Failure]
     if fatal is not None or res.trace:
         return fatal
     objs = res.objects
-    main = objs[b.main] if res.scope else None
-    first = [(b.main, preinit_beyond)] if main is not None and main.elf is not None and main.elf.cut_short else []
     # the program's DT_PREINIT_ARRAY first, then each object's initializers, dependencies first
-    for i, why_of in [*first, *((i, init_beyond) for i in reversed(res.initfini))]:
+    order = [(b.main, True)] if res.scope else []
+    for i, preinit in order + [(i, False) for i in reversed(res.initfini)]:
         o = objs[i]
         if o.elf is None or o.kind == "interpreter" or not o.elf.cut_short:
             continue
-        why = why_of(o.elf)
+        why = init_beyond(o.elf, preinit)
         if why is not None:
             crash = _sigbus(b, i, f"running the initializers of {o.path or res.argv0}", why)
             failures.append(crash)

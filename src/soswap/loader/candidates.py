@@ -358,16 +358,15 @@ MISALIGNED = "ELF load command address/offset not page-aligned"
 def kernel_interp_errno(elf: ElfFile) -> int:
     """Why binfmt_elf ``load_elf_binary`` refuses the program's PT_INTERP before opening it, or 0: a size
     outside 2..PATH_MAX or a name without its NUL is ENOEXEC; a short read of it (a file cut there) EIO."""
-    for seg in elf.segments_of_type(C.PT_INTERP):
-        if seg.filesz > 4096 or seg.filesz < 2:
-            return errnomod.ENOEXEC
-        if seg.offset + seg.filesz > elf.size:
-            return errnomod.EIO
-        raw = elf.interpreter_bytes
-        if not raw or raw[-1] != 0:
-            return errnomod.ENOEXEC
-        break
-    return 0
+    segs = elf.segments_of_type(C.PT_INTERP)
+    if not segs:
+        return 0
+    if not 2 <= segs[0].filesz <= 4096:
+        return errnomod.ENOEXEC
+    if segs[0].offset + segs[0].filesz > elf.size:
+        return errnomod.EIO
+    raw = elf.interpreter_bytes
+    return 0 if raw and raw[-1] == 0 else errnomod.ENOEXEC
 
 
 def _exec_errno(host_path: str, st: os.stat_result, machine: int) -> int:
@@ -454,13 +453,11 @@ def beyond_the_end(elf: ElfFile, dyn_segs: Sequence[Segment],
     each segment's file data up to its page's end, ``elf_get_dynamic_info`` reads the dynamic section and
     ``_dl_setup_hash`` the hash table's header (``ld.so --verify`` goes no further); loading it as a dependency
     reads the rest of :data:`MAPPING_TABLES` (pass them as ``tables``)."""
-    page = mmap.PAGESIZE
-    pages_end = -(-elf.size // page) * page
     why = zero_fill_beyond(elf) if elf.cut_short else None  # whole segments fill no page past the end
     if why is not None:
         return why
     for seg in dyn_segs[-1:]:  # l_ld: _dl_map_object_from_fd keeps the last PT_DYNAMIC
-        if seg.filesz and seg.offset - seg.offset % page >= pages_end:
+        if seg.filesz and seg.offset - seg.offset % mmap.PAGESIZE >= elf.mapped_end:
             return f"its dynamic section (offset {seg.offset:#x}) lies beyond the end of the file ({elf.size} bytes)"
     missing = missing_pages(elf) if elf.cut_short else []
     return _table_beyond(elf, missing, tables, hash_header=True) if missing else None
@@ -471,10 +468,9 @@ def zero_fill_beyond(elf: ElfFile) -> Optional[str]:
     in a page wholly beyond the end of the file, or None: ``_dl_map_segments`` for ld.so (SIGBUS), the
     kernel's ``padzero`` for a program (EFAULT after exec's point of no return: SIGSEGV)."""
     page = mmap.PAGESIZE
-    pages_end = -(-elf.size // page) * page
     for seg in elf.segments_of_type(C.PT_LOAD):
         end = seg.offset + seg.filesz
-        if seg.memsz > seg.filesz and end % page and end - end % page >= pages_end:
+        if seg.memsz > seg.filesz and end % page and end - end % page >= elf.mapped_end:
             return (f"the end of the segment at {seg.offset:#x} ({seg.filesz} bytes) lies beyond the end of the file "
                     f"({elf.size} bytes)")
     return None
@@ -483,13 +479,9 @@ def zero_fill_beyond(elf: ElfFile) -> Optional[str]:
 def missing_pages(elf: ElfFile) -> List[Tuple[int, int]]:
     """Address ranges of the pages mapped from ``elf`` that lie wholly beyond the end of the file (touching one
     is SIGBUS); empty for a whole file."""
-    page = mmap.PAGESIZE
-    pages_end = -(-elf.size // page) * page
-    out = []
-    for seg in elf.segments_of_type(C.PT_LOAD):
-        if seg.offset + seg.filesz > pages_end:
-            out.append((seg.vaddr + max(seg.offset, pages_end) - seg.offset, seg.vaddr + seg.filesz))
-    return out
+    end = elf.mapped_end
+    return [(seg.vaddr + max(seg.offset, end) - seg.offset, seg.vaddr + seg.filesz)
+            for seg in elf.segments_of_type(C.PT_LOAD) if seg.offset + seg.filesz > end]
 
 
 # What ld.so touches of an object, named by its dynamic section, by when: (address tag, size tag or None where
@@ -564,18 +556,12 @@ def relocation_beyond(elf: ElfFile) -> Optional[Tuple[str, bool]]:
     return None
 
 
-def init_beyond(elf: ElfFile) -> Optional[str]:
+def init_beyond(elf: ElfFile, preinit: bool = False) -> Optional[str]:
     """Why ``_dl_init`` faults running ``elf``'s DT_INIT or DT_INIT_ARRAY in a page past the end of its file,
-    or None."""
+    or None; with ``preinit``, its DT_PREINIT_ARRAY instead (the program's, run before every other
+    initializer; a shared library's is ignored)."""
     missing = missing_pages(elf)
-    return _table_beyond(elf, missing, _INIT_TABLES) if missing else None
-
-
-def preinit_beyond(elf: ElfFile) -> Optional[str]:
-    """:func:`init_beyond` for the program's DT_PREINIT_ARRAY (run before every other initializer; a shared
-    library's is ignored)."""
-    missing = missing_pages(elf)
-    return _table_beyond(elf, missing, _PREINIT_TABLES) if missing else None
+    return _table_beyond(elf, missing, _PREINIT_TABLES if preinit else _INIT_TABLES) if missing else None
 
 
 UNLISTABLE: FrozenSet[str] = frozenset({"\0unlistable"})

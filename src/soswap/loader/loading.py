@@ -381,14 +381,12 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     profile = s.profile
     dynamic = elf.is_dynamic
     main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin)
-    if s.trace:
-        rtld = rtld_path or profile.interpreter
-        named = elf.loader_interpreter  # "" is a name too: the string at its address may be empty
-        s.setup_rtld(named if named is not None else rtld, rtld)
-    else:
-        name = interp or profile.interpreter
-        named = elf.loader_interpreter  # ld.so names itself as it reads PT_INTERP ("" included)
-        s.setup_rtld(named if named is not None else name, name)
+    # ld.so runs as ldd's RTLD, or as the program's interpreter; it names itself as it reads PT_INTERP (an
+    # empty string at that address included)
+    rtld = (rtld_path or profile.interpreter) if s.trace else (interp or profile.interpreter)
+    named = elf.loader_interpreter
+    s.setup_rtld(named if named is not None else rtld, rtld)
+    if not s.trace:
         err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
         rtld_elf = s.rtld.elf if s.rtld is not None else None
         if interp is not None and not substituted and s.fsys.noexec(file):
@@ -405,11 +403,11 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
             else:  # the shell's status for a file found that cannot be executed
                 _execve_fails(s, M.NO_INTERPRETER, interp, 126,
                               f"{path}: cannot execute: the program interpreter {interp}: {os.strerror(err)}")
-        elif s.fatal is None and not substituted and elf.cut_short and zero_fill_beyond(elf) is not None:
+        elif s.fatal is None and not substituted and elf.cut_short and (gone := zero_fill_beyond(elf)) is not None:
             # binfmt_elf's padzero faults on a page past the end of a cut program: EFAULT after the point of
             # no return
             _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot write the zeros "
-                                                 f"after its data: {zero_fill_beyond(elf)}")
+                                                 f"after its data: {gone}")
         elif s.fatal is None and kernel_cannot_map(elf):
             # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
             _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot map a segment "
