@@ -16,6 +16,7 @@ from typing import Callable, Tuple
 import pytest
 
 from loader.helpers import (
+    PROFILE,
     assert_ldd_parity,
     assert_run_prediction,
     by_name,
@@ -404,6 +405,99 @@ def test_a_program_cut_short_in_its_data(tmp_path: Path) -> None:
     out = assert_ldd_parity(cut, prog)
     assert out.status == 1 and out.stderr == "ldd: exited with unknown exit code (135)\n"
     assert str(prog) not in out.stdout  # the script exited: the next FILE is not listed
+
+
+def _without_bss(data: bytearray) -> None:
+    """p_memsz = p_filesz for the program's RW PT_LOAD: the kernel writes no zeros after its data."""
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    rw = next(i for i in range(phnum) if struct.unpack_from("<II", data, phoff + 56 * i) == (1, 6))
+    filesz, = struct.unpack_from("<Q", data, phoff + 56 * rw + 32)
+    struct.pack_into("<Q", data, phoff + 56 * rw + 40, filesz)
+
+
+def _soswap_tree(*args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    return subprocess.run([sys.executable, "-m", "soswap", "tree", "--no-cache", *args], capture_output=True,
+                          text=True, env=env_with(PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src")),
+                          timeout=120)
+
+
+# where the cut falls: (expected run status or errno, what ldd prints on standard error)
+_EXITED = "ldd: exited with unknown exit code (135)\n"
+_CUTS = {
+    "in-pt-interp": (errno.EIO, _EXITED),  # execve: EIO reading PT_INTERP (the shell's 126)
+    "before-data": (-signal.SIGSEGV, _EXITED),  # the kernel's padzero faults after the point of no return
+    "before-dynamic-page-no-bss": (-signal.SIGBUS, _EXITED),  # ld.so reads the dynamic section: gone
+    "in-dynamic-page-no-bss": (-signal.SIGSEGV, ""),  # zeros from there on: no DT_STRTAB, ld.so dies in dl_main
+}
+
+
+@pytest.mark.parametrize("where", sorted(_CUTS))
+def test_a_program_cut_before_its_dynamic_section(tmp_path: Path, where: str) -> None:
+    """A program cut before its dynamic section (where most cuts of an interrupted copy fall), checked against
+    running it and against ldd. soswap stopped with an error about the dynamic section (exit 2) for all but
+    the last, which it called fine (zeros read as an empty dynamic section): ``tree`` predicted no failure and
+    ``--ldd`` printed "statically linked"."""
+    from soswap.elf import ElfFile
+
+    prog = executable(tmp_path / "prog", "int main(void) { return 0; }\n")
+    elf = ElfFile.open(prog)
+    data = bytearray(prog.read_bytes())
+    dyn = elf.segments_of_type(2)[0]
+    if where == "in-pt-interp":
+        interp = elf.segments_of_type(3)[0]
+        size = interp.offset + interp.filesz // 2
+    elif where == "before-data":
+        size = dyn.offset - 0x100
+    else:
+        _without_bss(data)
+        page = dyn.offset - dyn.offset % 4096
+        size = page - 0x100 if where == "before-dynamic-page-no-bss" else dyn.offset + 0x40
+        assert size > elf.segments_of_type(3)[0].offset + 0x100
+    cut = tmp_path / "cut"
+    cut.write_bytes(bytes(data[:size]))
+    cut.chmod(0o755)
+    real, ldd_says = _CUTS[where]
+    _, bound = predict(cut, symbols=False)
+    fatal = bound.fatal
+    assert fatal is not None
+    if where == "in-pt-interp":
+        with pytest.raises(OSError) as exc:
+            run_program(cut)
+        assert exc.value.errno == real
+        assert fatal.exit_status == 126 and "Input/output error" in fatal.line
+    else:
+        assert run_program(cut).status == real
+        assert fatal.kind == "crash" and fatal.exit_status == 128 - real
+    out = assert_ldd_parity(cut)
+    assert out.status == 1 and out.stderr == ldd_says and out.stdout == ""
+    tree = _soswap_tree(str(cut))
+    assert tree.returncode == 1 and f"exit status {fatal.exit_status}" in tree.stdout, tree
+
+
+def test_a_program_without_dt_strtab(tmp_path: Path) -> None:
+    """glibc 2.32+ ``dl_main`` reads the program's DT_AUDIT through its DT_STRTAB, present or not: a program
+    whose dynamic section has none kills ld.so with SIGSEGV, in a run and under ldd (which then prints
+    nothing). soswap stopped with "DT_NEEDED string offset ... is outside DT_STRTAB" (exit 2)."""
+    prog = executable(tmp_path / "prog", "int main(void) { return 0; }\n")
+    data = bytearray(prog.read_bytes())
+    from soswap.elf import ElfFile
+
+    dyn = ElfFile.open(prog).segments_of_type(2)[0]
+    n = next(n for n in range(dyn.filesz // 16) if struct.unpack_from("<q", data, dyn.offset + 16 * n)[0] == 5)
+    struct.pack_into("<q", data, dyn.offset + 16 * n, 21)  # DT_STRTAB becomes DT_DEBUG
+    bad = tmp_path / "bad"
+    bad.write_bytes(bytes(data))
+    bad.chmod(0o755)
+    if PROFILE.glibc_version < (2, 32):
+        pytest.skip("glibc before 2.32 does not read DT_STRTAB for DT_AUDIT")
+    assert run_program(bad).status == -signal.SIGSEGV
+    _, bound = predict(bad, symbols=False)
+    assert bound.fatal is not None and bound.fatal.exit_status == 139 and "no DT_STRTAB" in bound.fatal.line
+    out = assert_ldd_parity(bad)
+    assert out.status == 1 and out.stdout == "" and out.stderr == ""
+    tree = _soswap_tree("-r", str(bad))
+    assert tree.returncode == 1 and "exit status 139" in tree.stdout, tree
 
 
 def test_ld_so_names_itself_by_the_last_pt_interp_at_its_address(tmp_path: Path) -> None:

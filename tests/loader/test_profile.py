@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Dict
@@ -18,8 +19,10 @@ from soswap.loader.dst import has_dst, is_dst, is_trusted_path, substitute
 from soswap.loader.rootfs import RootFS
 
 
-def _diagnostics() -> Dict[str, str]:
-    r = subprocess.run([PROFILE.interpreter, "--list-diagnostics"], capture_output=True, text=True, timeout=60)
+def _diagnostics(tunables: str = "") -> Dict[str, str]:
+    env = {"GLIBC_TUNABLES": tunables} if tunables else {}
+    r = subprocess.run([PROFILE.interpreter, "--list-diagnostics"], capture_output=True, text=True, timeout=60,
+                       env=env)
     if r.returncode != 0:
         pytest.skip("ld.so --list-diagnostics is not available")
     out = {}
@@ -39,9 +42,36 @@ def test_profile_matches_ld_so_diagnostics() -> None:
     assert PROFILE.isa_level == int(d["x86.cpu_features.isa_1"], 16)
     subdirs = d["dl_hwcaps_subdirs"].split(":")
     active = int(d["dl_hwcaps_subdirs_active"], 16)
-    want = tuple(s for n, s in enumerate(subdirs) if active & (1 << (len(subdirs) - 1 - n)))
+    # bit 0 is the first name (dl-usage.c print_hwcaps_subdirectories shifts the mask right name by name); the
+    # active ones are the last names (_dl_hwcaps_subdirs_build_bitmask): 0x6 of v4:v3:v2 is v3 and v2
+    want = tuple(s for n, s in enumerate(subdirs) if active & (1 << n))
     assert PROFILE.hwcaps_subdirs == want
     assert PROFILE.legacy_hwcap == int(d["dl_hwcap"], 16) & int(d["dl_hwcap_important"], 16)
+
+
+@pytest.mark.parametrize("tunables", ["glibc.cpu.hwcaps=-AVX2", "glibc.cpu.hwcaps=-SSE4_2,-AVX512F",
+                                      "glibc.malloc.check=0:glibc.cpu.hwcaps=-BMI2,-LZCNT:x=y",
+                                      "glibc.cpu.hwcaps=-BMI1",
+                                      "glibc.cpu.hwcaps=-FMA:glibc.cpu.hwcaps=-MOVBE", "glibc.cpu.hwcaps=AVX2,-NOPE",
+                                      "glibc.cpu.hwcaps=-CMOV", "glibc.cpu.hwcaps=-OSXSAVE",
+                                      "glibc.cpu.hwcaps=-XSAVE", "glibc.cpu.hwcaps=-XSAVE,-XSAVEC"])
+def test_glibc_tunables_turn_cpu_features_off_as_ld_so_does(tunables: str) -> None:
+    """``GLIBC_TUNABLES=glibc.cpu.hwcaps=-NAME`` turns features off before ld.so computes the glibc-hwcaps
+    subdirectories and the platform, not the ISA level (the last item counts; unknown names and enabling are
+    ignored; without OSXSAVE, or XSAVE and XSAVEC, the AVX family goes too). soswap ignored the variable: a
+    program loaded its x86-64-v3 copy of a library in soswap's view and the plain one in fact."""
+    from soswap.loader import Environment, Loader
+
+    if PROFILE.abi.name != "x86_64":
+        pytest.skip("x86-64 CPU features")
+    d = _diagnostics(tunables)
+    profile = Loader(PROFILE, Environment.from_environ({"GLIBC_TUNABLES": tunables})).profile
+    subdirs = d["dl_hwcaps_subdirs"].split(":")
+    active = int(d["dl_hwcaps_subdirs_active"], 16)
+    assert profile.hwcaps_subdirs == tuple(s for n, s in enumerate(subdirs) if active & (1 << n))
+    assert profile.isa_level == int(d["x86.cpu_features.isa_1"], 16)
+    assert profile.platform == d["dl_platform"]
+    assert profile.legacy_hwcap == int(d["dl_hwcap"], 16) & int(d["dl_hwcap_important"], 16)
 
 
 def test_profile_matches_ld_so_help() -> None:
@@ -49,7 +79,9 @@ def test_profile_matches_ld_so_help() -> None:
     text = r.stdout
     listed = [ln.split()[0] for ln in text.splitlines() if "(system search path)" in ln]
     assert [d.rstrip("/") + "/" for d in listed] == list(PROFILE.system_dirs)
-    legacy = re.findall(r"^  (\S+) \((?:AT_PLATFORM; )?supported, searched\)$", text.split("Legacy HWCAP")[1], re.M)
+    hwcaps, _, legacy_text = text.partition("Legacy HWCAP")
+    assert tuple(re.findall(r"^  (\S+) \(supported, searched\)$", hwcaps, re.M)) == PROFILE.hwcaps_subdirs
+    legacy = re.findall(r"^  (\S+) \((?:AT_PLATFORM; )?supported, searched\)$", legacy_text, re.M)
     if PROFILE.glibc_version <= (2, 36):
         # ld.so lists the names; the power set of them (tls outermost, platform, then hwcap bits) is searched
         assert set(legacy) == {p for s in PROFILE.legacy_subdirs for p in s.split("/")}
@@ -144,3 +176,26 @@ def test_rootfs_resolves_symlinks_inside_the_root(tmp_path: Path) -> None:
     assert fs.host("/lib/libx.so") == f"{tmp_path}/usr/lib/libx.so.1"
     assert fs.host("/escape") == f"{tmp_path}/etc/passwd"  # never above the root
     assert RootFS("/").host("/lib/x") == "/lib/x"
+
+
+def test_glibc_tunables_choose_the_library_ldd_loads(tmp_path: Path) -> None:
+    """A library with a copy in ``glibc-hwcaps/x86-64-v3``: with AVX2 turned off by ``GLIBC_TUNABLES`` the
+    program loads the plain one, in ldd and in soswap's model (the QA reproducer: check called a process that
+    maps TARGET "unaffected")."""
+    from loader.helpers import assert_ldd_parity, by_name, env_with, predict
+    from support.build import executable, shared_lib
+
+    if "x86-64-v3" not in PROFILE.hwcaps_subdirs:
+        pytest.skip("the CPU does not run x86-64-v3")
+    lib = tmp_path / "lib"
+    plain = shared_lib(lib / "libfoo.so.1", "int foo(void) { return 1; }\n", soname="libfoo.so.1")
+    (lib / "glibc-hwcaps" / "x86-64-v3").mkdir(parents=True)
+    shutil.copy(plain, lib / "glibc-hwcaps" / "x86-64-v3" / "libfoo.so.1")
+    app = executable(tmp_path / "app", "int foo(void);\nint main(void) { return foo() - 1; }\n",
+                     libs=[f"-L{lib}", "-l:libfoo.so.1", f"-Wl,-rpath,{lib}"])
+    env = env_with(GLIBC_TUNABLES="glibc.cpu.hwcaps=-AVX2")
+    assert f"libfoo.so.1 => {plain}" in assert_ldd_parity(app, env=env).stdout
+    res, _ = predict(app, env=env)
+    assert by_name(res, "libfoo.so.1").path == str(plain)
+    res, _ = predict(app)
+    assert by_name(res, "libfoo.so.1").path == str(lib / "glibc-hwcaps" / "x86-64-v3" / "libfoo.so.1")

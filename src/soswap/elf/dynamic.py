@@ -77,11 +77,11 @@ def _bit_names(value: int, names: Dict[int, str]) -> List[str]:
     return out
 
 
-def decode_dynamic(elf: ElfFile) -> DynamicInfo:
-    """Decode PT_DYNAMIC of ``elf`` (an empty :class:`DynamicInfo` if there is none)."""
+def dynamic_entries(elf: ElfFile) -> List[Tuple[int, int]]:
+    """The (tag, value) entries of the first PT_DYNAMIC up to DT_NULL, nothing decoded (empty without one)."""
     segs = elf.segments_of_type(C.PT_DYNAMIC)
     if not segs:
-        return DynamicInfo(StringTable(None, elf.path, 0, 0), (), {}, (), None, None, None, (), (), 0, 0, False)
+        return []
     seg = segs[0]
     lay = elf.layout
     size = seg.filesz - seg.filesz % lay.dyn.size
@@ -91,6 +91,15 @@ def decode_dynamic(elf: ElfFile) -> DynamicInfo:
         if tag == C.DT_NULL:
             break
         entries.append((tag, val))
+    return entries
+
+
+def decode_dynamic(elf: ElfFile) -> DynamicInfo:
+    """Decode PT_DYNAMIC of ``elf`` (an empty :class:`DynamicInfo` if there is none)."""
+    segs = elf.segments_of_type(C.PT_DYNAMIC)
+    if not segs:
+        return DynamicInfo(StringTable(None, elf.path, 0, 0), (), {}, (), None, None, None, (), (), 0, 0, False)
+    entries = dynamic_entries(elf)
     tags: Dict[int, int] = {}
     for tag, val in entries:
         tags[tag] = val

@@ -54,6 +54,59 @@ class CpuInfo(NamedTuple):
     def has(self, *names: str) -> bool:
         return all(n in self.flags for n in names)
 
+    def without(self, flags: FrozenSet[str]) -> CpuInfo:
+        """The CPU with these features turned off (``GLIBC_TUNABLES``: :func:`tunable_disabled_flags`)."""
+        return self._replace(flags=self.flags - flags)
+
+
+# The features GLIBC_TUNABLES=glibc.cpu.hwcaps=-NAME,... can turn off (sysdeps/x86/cpu-tunables.c, set_hwcaps:
+# only disabling counts for these), as /proc/cpuinfo names them. Unknown names are ignored, as by glibc.
+_TUNABLE_FLAGS = {
+    "AVX": "avx", "CX8": "cx8", "FMA": "fma", "HTT": "ht", "AVX2": "avx2", "BMI1": "bmi1", "BMI2": "bmi2",
+    "CMOV": "cmov", "ERMS": "erms", "FMA4": "fma4", "SSE2": "sse2", "LZCNT": "abm", "MOVBE": "movbe",
+    "SSSE3": "ssse3", "XSAVE": "xsave", "POPCNT": "popcnt", "SSE4_1": "sse4_1", "SSE4_2": "sse4_2",
+    "XSAVEC": "xsavec", "AVX512F": "avx512f", "OSXSAVE": "osxsave", "AVX512CD": "avx512cd",
+    "AVX512BW": "avx512bw", "AVX512DQ": "avx512dq", "AVX512ER": "avx512er", "AVX512PF": "avx512pf",
+    "AVX512VL": "avx512vl",
+}
+
+
+def tunable_disabled_flags(tunables: Optional[str]) -> FrozenSet[str]:
+    """The /proc/cpuinfo flags that ``GLIBC_TUNABLES`` (its text) turns off through ``glibc.cpu.hwcaps``
+    (``name=value`` items separated by ``:``; the last ``glibc.cpu.hwcaps`` counts; its value a list of
+    ``-NAME`` separated by ``,``). ``init_cpu_features`` applies them before it computes the ISA level, the
+    glibc-hwcaps subdirectories and ``$PLATFORM``."""
+    if not tunables:
+        return frozenset()
+    value = None
+    for item in tunables.split(":"):
+        name, sep, val = item.partition("=")
+        if sep and name == "glibc.cpu.hwcaps":
+            value = val
+    if not value:
+        return frozenset()
+    return frozenset(_TUNABLE_FLAGS[n[1:]] for n in value.split(",") if n.startswith("-") and n[1:] in _TUNABLE_FLAGS)
+
+
+# What init_cpu_features turns off after the tunables when XSAVE cannot save the AVX state (glibc 2.36 as
+# Debian 12 ships it: checked with ld.so --list-diagnostics).
+_NEEDS_XSAVE = frozenset({"avx", "avx2", "avx_vnni", "fma", "vaes", "vpclmulqdq", "xop", "f16c", "fma4",
+                          "amx_bf16", "amx_tile", "amx_int8"})
+
+
+def also_turned_off(flags: FrozenSet[str], disabled: FrozenSet[str], glibc: Tuple[int, int]) -> FrozenSet[str]:
+    """The features ``init_cpu_features`` turns off itself after the tunables turned ``disabled`` off (of the
+    CPU's ``flags``): XSAVE and XSAVEC without OSXSAVE (which /proc/cpuinfo does not list: the kernel sets it
+    where it uses XSAVE), and the AVX family when neither XSAVE nor XSAVEC is left."""
+    if glibc < (2, 36):
+        return frozenset()
+    left = flags - disabled
+    if "xsave" not in flags or "osxsave" in disabled:
+        left -= {"xsave", "xsaveopt", "xsavec"}
+    if not {"xsave", "xsavec"} & left:
+        left = frozenset(f for f in left if f not in _NEEDS_XSAVE and not f.startswith("avx512"))
+    return (flags - disabled) - left
+
 
 def isa_level(cpu: CpuInfo, glibc: Tuple[int, int] = (2, 36)) -> int:
     """GNU_PROPERTY_X86_ISA_1 bits the CPU supports (``get_isa_level``)."""

@@ -1,11 +1,13 @@
 """The process environment the loader would see: ``LD_LIBRARY_PATH``, ``LD_PRELOAD``, ``LD_BIND_NOW``, the
-working directory and secure (AT_SECURE) mode."""
+working directory, secure (AT_SECURE) mode and the CPU features ``GLIBC_TUNABLES`` turns off."""
 
 from __future__ import annotations
 
 import os
 import stat
 from typing import Mapping, NamedTuple, Optional, Tuple
+
+from soswap.loader.cpu import tunable_disabled_flags
 
 
 class Environment(NamedTuple):
@@ -24,6 +26,9 @@ class Environment(NamedTuple):
     hwcaps_mask: Optional[Tuple[str, ...]] = None
     #: ``LD_DYNAMIC_WEAK``: a weak definition loses to a later strong one.
     dynamic_weak: bool = False
+    #: /proc/cpuinfo flags ``GLIBC_TUNABLES=glibc.cpu.hwcaps=-NAME`` turns off (``cpu.tunable_disabled_flags``),
+    #: sorted (the repr is part of kept results' keys)
+    cpu_disabled: Tuple[str, ...] = ()
     #: The real and effective user/group IDs of the caller, to decide AT_SECURE for set-ID programs.
     uid: int = 0
     gid: int = 0
@@ -45,6 +50,7 @@ class Environment(NamedTuple):
             secure=secure,
             origin_path=environ.get("LD_ORIGIN_PATH"),
             dynamic_weak=bool(environ.get("LD_DYNAMIC_WEAK")),
+            cpu_disabled=tuple(sorted(tunable_disabled_flags(environ.get("GLIBC_TUNABLES")))),
             uid=os.getuid(),
             gid=os.getgid(),
             euid=os.geteuid(),

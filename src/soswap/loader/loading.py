@@ -8,11 +8,12 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import signal
 from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple, Union
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
-from soswap.elf.dynamic import DynamicInfo
+from soswap.elf.dynamic import DynamicInfo, dynamic_entries
 from soswap.errors import ElfError, UsageError
 from soswap.loader import model as M
 from soswap.loader.candidates import (
@@ -80,6 +81,7 @@ class Loader:
     """The static model of ld.so for one target system (see docs/loader-api.md)."""
 
     def __init__(self, profile: Profile, env: Environment, *, cache: Optional[ElfCache] = None) -> None:
+        profile = profile.without_cpu_features(frozenset(env.cpu_disabled))  # GLIBC_TUNABLES glibc.cpu.hwcaps
         self.profile = profile
         self.env = env
         self.cache = cache if cache is not None else ElfCache()
@@ -104,7 +106,8 @@ class Loader:
         with their own ``LD_LIBRARY_PATH``) at the cost of one."""
         other = Loader(self.profile, env, cache=self.cache)
         other._systems = self._systems
-        other._profiles = self._profiles
+        if env.cpu_disabled == self.env.cpu_disabled:
+            other._profiles = self._profiles
         other._bind_cache = self.bind_cache
         other.bind_store = self.bind_store
         return other
@@ -146,7 +149,8 @@ class Loader:
             return None
         hit = self._profiles.get(abi.name)
         if hit is None:
-            hit = self._profiles[abi.name] = self.profile.for_abi(abi)
+            hit = self._profiles[abi.name] = self.profile.for_abi(abi).without_cpu_features(
+                frozenset(self.env.cpu_disabled))
         return hit
 
     def load(self, path: str, *, substitutions: Optional[Mapping[str, Substitute]] = None, trace: bool = False,
@@ -190,7 +194,18 @@ class Loader:
             subst, skey = self._substitutions(fsys, substitutions)
         # the cache as the program sees it when it starts
         ldcache = profile.ldcache if not self.env.inhibit_cache else None
-        dyn = elf.dynamic  # a malformed dynamic section raises before anything else is read
+        try:
+            dyn = elf.dynamic  # a malformed dynamic section raises before anything else is read
+            crash = _dynamic_crash(elf, path, profile, dyn.tags)
+        except ElfError:
+            crash = _dynamic_crash(elf, path, profile, None, cut=not trace and sub_root is None)
+            if crash is None:
+                raise
+        if crash is not None:
+            s = LoadSession(profile, self.env, fsys, trace=trace, secure=secure, argv0=argv0, substitutions=None,
+                            ldcache=ldcache)
+            return _run_stopped(s, path, elf, file, main_origin(fsys, self.env, path, trace=trace), rtld_path,
+                                sub_root is not None, crash)
         origin = main_origin(fsys, self.env, path, trace=trace)
         interp = elf.interpreter
         # what binfmt_elf says of PT_INTERP (a substitute is never executed)
@@ -387,35 +402,7 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     named = elf.loader_interpreter
     s.setup_rtld(named if named is not None else rtld, rtld)
     if not s.trace:
-        err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
-        rtld_elf = s.rtld.elf if s.rtld is not None else None
-        if interp is not None and not substituted and s.fsys.noexec(file):
-            # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
-            _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
-                          f"{path}: cannot execute: Permission denied (its mount is noexec)")
-        elif bad_interp:  # load_elf_binary reads PT_INTERP before it opens the interpreter
-            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: {os.strerror(bad_interp)} (the "
-                                                          "kernel refuses its PT_INTERP)")
-        elif interp is not None and err:
-            if err == errno.ENOENT:
-                _execve_fails(s, M.NO_INTERPRETER, interp, 127,
-                              f"{path}: cannot execute: the program interpreter {interp} does not exist")
-            else:  # the shell's status for a file found that cannot be executed
-                _execve_fails(s, M.NO_INTERPRETER, interp, 126,
-                              f"{path}: cannot execute: the program interpreter {interp}: {os.strerror(err)}")
-        elif s.fatal is None and not substituted and elf.cut_short and (gone := zero_fill_beyond(elf)) is not None:
-            # binfmt_elf's padzero faults on a page past the end of a cut program: EFAULT after the point of
-            # no return
-            _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot write the zeros "
-                                                 f"after its data: {gone}")
-        elif s.fatal is None and kernel_cannot_map(elf):
-            # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
-            _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot map a segment "
-                                                 "whose offset and address are not page-aligned together")
-        elif s.fatal is None and interp is not None and rtld_elf is not None and rtld_elf.interpreter is not None:
-            # the kernel jumps into the interpreter unrelocated; a program that needs a loader itself crashes
-            _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: its program interpreter {interp} is "
-                                                 "a dynamically linked program, not a dynamic loader")
+        _execve(s, path, elf, file, substituted, interp, bad_interp)
     s.setup_vdso()
     static = not dynamic or not elf.dynamic.needed
     if not dynamic:
@@ -426,6 +413,81 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     searchlist = [m for m in queue if not m.faked]
     initfini = sort_maps(searchlist, s.maps) if not s.aborted else []
     return _freeze(s, searchlist, initfini, static=static)
+
+
+def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, interp: Optional[str],
+            bad_interp: int) -> None:
+    """What execve refuses or dies of before ld.so runs (``do_open_execat``, ``load_elf_binary``), as a fatal
+    failure of ``s``."""
+    err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
+    rtld_elf = s.rtld.elf if s.rtld is not None else None
+    if interp is not None and not substituted and s.fsys.noexec(file):
+        # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
+        _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
+                      f"{path}: cannot execute: Permission denied (its mount is noexec)")
+    elif bad_interp:  # load_elf_binary reads PT_INTERP before it opens the interpreter
+        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: {os.strerror(bad_interp)} (the "
+                                                      "kernel refuses its PT_INTERP)")
+    elif interp is not None and err:
+        if err == errno.ENOENT:
+            _execve_fails(s, M.NO_INTERPRETER, interp, 127,
+                          f"{path}: cannot execute: the program interpreter {interp} does not exist")
+        else:  # the shell's status for a file found that cannot be executed
+            _execve_fails(s, M.NO_INTERPRETER, interp, 126,
+                          f"{path}: cannot execute: the program interpreter {interp}: {os.strerror(err)}")
+    elif s.fatal is None and not substituted and elf.cut_short and (gone := zero_fill_beyond(elf)) is not None:
+        # binfmt_elf's padzero faults on a page past the end of a cut program: EFAULT after the point of
+        # no return
+        _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot write the zeros "
+                                             f"after its data: {gone}")
+    elif s.fatal is None and kernel_cannot_map(elf):
+        # binfmt_elf maps the program after the point of no return: execve ends in SIGSEGV
+        _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: the kernel cannot map a segment "
+                                             "whose offset and address are not page-aligned together")
+    elif s.fatal is None and interp is not None and rtld_elf is not None and rtld_elf.interpreter is not None:
+        # the kernel jumps into the interpreter unrelocated; a program that needs a loader itself crashes
+        _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: its program interpreter {interp} is "
+                                             "a dynamically linked program, not a dynamic loader")
+
+
+def _dynamic_crash(elf: ElfFile, path: str, profile: Profile, tags: Optional[Dict[int, int]],
+                   cut: bool = False) -> Optional[Tuple[int, str]]:
+    """(exit status, text) of ld.so dying on the program's dynamic section, or None. ``tags``: the decoded
+    section, None where decoding it failed; ``cut``: a run, where a section past the end of a cut file counts."""
+    if tags is None:
+        try:
+            tags = dict(dynamic_entries(elf))
+        except ElfError:
+            if not (cut and elf.cut_short):
+                return None
+            # rtld_setup_main_map sets l_ld, elf_get_dynamic_info reads it: past the end of the file
+            where = next((f" at file offset {g.offset:#x}" for g in elf.segments_of_type(C.PT_DYNAMIC)), "")
+            return 128 + signal.SIGBUS, (f"ld.so crashes (SIGBUS) reading the dynamic section of {path}: it lies "
+                                         f"beyond the end of the file ({elf.size} bytes){where}")
+    if C.DT_STRTAB not in tags and elf.is_dynamic and profile.glibc_version >= (2, 32):
+        # dl_main reads the program's DT_AUDIT and DT_DEPAUDIT through its DT_STRTAB whether it has them or
+        # not (audit_list_add_dynamic_tag, since 2.32): without one it dereferences NULL
+        return 128 + signal.SIGSEGV, (f"ld.so crashes (SIGSEGV) reading the dynamic section of {path}: it has "
+                                      "no DT_STRTAB")
+    return None
+
+
+def _run_stopped(s: LoadSession, path: str, elf: ElfFile, file: str, origin: Optional[str],
+                 rtld_path: Optional[str], substituted: bool, crash: Tuple[int, str]) -> M.LoadResult:
+    """A program whose dynamic section ld.so cannot get past: what execve refuses or dies of first (a run),
+    else ld.so's ``crash`` (exit status, text). Nothing else is read of the program."""
+    interp = elf.interpreter
+    main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin, nodeflib=False)
+    main.elf = None  # nothing reads it: ld.so never gets past it
+    named = elf.loader_interpreter
+    rtld = (rtld_path or s.profile.interpreter) if s.trace else (interp or s.profile.interpreter)
+    s.setup_rtld(named if named is not None else rtld, rtld)
+    if not s.trace:
+        _execve(s, path, elf, file, substituted, interp, kernel_interp_errno(elf) if interp is not None else 0)
+    if s.fatal is None:
+        _execve_fails(s, M.CRASH, path, crash[0], crash[1])
+    s.setup_vdso()
+    return _freeze(s, [main], [], static=False)
 
 
 def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, static: bool) -> M.LoadResult:

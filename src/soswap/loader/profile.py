@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, FrozenSet, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.errors import SoswapError, UsageError
@@ -104,6 +104,9 @@ class Profile(NamedTuple):
     #: readlink("/proc/self/exe") works for a program there: the main program's $ORIGIN (``_dl_get_origin``).
     #: False for a chroot without /proc, where it is LD_ORIGIN_PATH or unknown.
     proc_self_exe: bool = True
+    #: The CPU the CPU-derived fields were computed from, as (vendor, sorted flags, arch) (None: not read).
+    #: Sorted: the profile's repr is part of kept results' keys.
+    cpu: Optional[Tuple[str, Tuple[str, ...], str]] = None
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -131,46 +134,28 @@ class Profile(NamedTuple):
         lib = _lib_from_ldso(ldso) or (dirs[0].strip("/") if dirs else "lib")
         info = cpumod.CpuInfo.parse(cpuinfo, a.name) if cpuinfo is not None else cpumod.CpuInfo.read(
             arch=a.name)
-        platform: Optional[str]
-        hwcaps: Tuple[str, ...] = ()
-        legacy: Tuple[str, ...] = ()
-        isa: Optional[int] = None
-        legacy_hwcap = platform_bit = platform_mask = 0
-        if a.name == "x86_64":
-            # glibc-hwcaps subdirectories and the x86 ISA level (hwcaps, cache entries, _rtld_main_check)
-            # came in 2.33
-            isa = cpumod.isa_level(info, version) if version >= (2, 33) else None
-            hwcaps = cpumod.x86_64_hwcaps_subdirs(isa) if isa is not None else ()
-            platform, avx512_1 = cpumod.x86_64_platform(info)
-            # HWCAP_X86_64 (bit 1), HWCAP_X86_AVX512_1 (bit 2); dl_x86_hwcap_flags = sse2, x86_64, avx512_1
-            names = ["x86_64"] + (["avx512_1"] if avx512_1 else [])
-            legacy_hwcap = 2 | (4 if avx512_1 else 0)
-            # dl_x86_platforms: i586, i686, haswell, xeon_phi from bit 48 (sysdeps/x86/dl-procinfo.h)
-            platform_mask = 0xF << 48
-            plat_index = {"haswell": 2, "xeon_phi": 3}.get(platform)
-            platform_bit = (1 << (48 + plat_index)) if plat_index is not None else 0
-            if version <= (2, 36):
-                legacy = cpumod.legacy_subdirs([*names, platform, "tls"])
-        elif a.name == "i386":
-            platform = "i686"
-            sse2 = info.has("sse2")
-            legacy_hwcap = 1 if sse2 else 0
-            platform_mask = 0x3 << 48
-            platform_bit = 1 << 49
-            if version <= (2, 36):
-                legacy = cpumod.legacy_subdirs((["sse2"] if sse2 else []) + [platform, "tls"])
-        else:
-            platform = a.name
-            if version <= (2, 36):
-                legacy = cpumod.legacy_subdirs([platform, "tls"])
+        facts = _cpu_facts(a.name, info, version)
         return cls(root=fs.root, abi=a, glibc_version=version, interpreter=interp, system_dirs=dirs, lib=lib,
-                   platform=platform, hwcaps_subdirs=hwcaps, legacy_subdirs=legacy, isa_level=isa,
-                   legacy_hwcap=legacy_hwcap, legacy_platform_bit=platform_bit,
-                   legacy_platform_mask=platform_mask, vdso=a.vdso)
+                   vdso=a.vdso, cpu=(info.vendor, tuple(sorted(info.flags)), info.arch),
+                   **facts)  # type: ignore[arg-type]
 
     def replace(self, **changes: object) -> Profile:
         """A copy with some fields changed (``profile.replace(platform="x86_64")``)."""
         return self._replace(**changes)  # type: ignore[arg-type]
+
+    def without_cpu_features(self, flags: FrozenSet[str]) -> Profile:
+        """The profile of a process whose ``GLIBC_TUNABLES`` turns these CPU features off
+        (:func:`soswap.loader.cpu.tunable_disabled_flags`): its ISA level, glibc-hwcaps subdirectories,
+        ``$PLATFORM`` and legacy hwcaps as ``init_cpu_features`` computes them then (tunables came in 2.26)."""
+        if not flags or self.cpu is None or self.glibc_version < (2, 26):
+            return self
+        vendor, have, arch = self.cpu
+        info = cpumod.CpuInfo(vendor, frozenset(have), arch)
+        info = info.without(flags | cpumod.also_turned_off(info.flags, flags, self.glibc_version))
+        facts = _cpu_facts(self.abi.name, info, self.glibc_version)
+        # the ISA level is computed before the tunables are applied (update_active): it stays
+        facts["isa_level"] = self.isa_level
+        return self._replace(cpu=(vendor, tuple(sorted(info.flags)), arch), **facts)  # type: ignore[arg-type]
 
     def for_abi(self, abi: Abi) -> Profile:
         """The profile of a sibling ABI on the same system (e.g. i386 next to x86_64), detected afresh."""
@@ -232,6 +217,44 @@ class Profile(NamedTuple):
             "legacy_subdirs": list(self.legacy_subdirs),
             "cache": self.cache_path,
         }
+
+
+def _cpu_facts(abi: str, info: cpumod.CpuInfo, version: Tuple[int, int]) -> Dict[str, object]:
+    """The profile fields derived from the CPU (``init_cpu_features``, ``_dl_important_hwcaps``)."""
+    platform: Optional[str]
+    hwcaps: Tuple[str, ...] = ()
+    legacy: Tuple[str, ...] = ()
+    isa: Optional[int] = None
+    legacy_hwcap = platform_bit = platform_mask = 0
+    if abi == "x86_64":
+        # glibc-hwcaps subdirectories and the x86 ISA level (hwcaps, cache entries, _rtld_main_check)
+        # came in 2.33; _dl_hwcaps_subdirs_active asks for BMI1/BMI2 at x86-64-v3 in every release
+        isa = cpumod.isa_level(info, version) if version >= (2, 33) else None
+        hwcaps = cpumod.x86_64_hwcaps_subdirs(cpumod.isa_level(info, (2, 37))) if isa is not None else ()
+        platform, avx512_1 = cpumod.x86_64_platform(info)
+        # HWCAP_X86_64 (bit 1), HWCAP_X86_AVX512_1 (bit 2); dl_x86_hwcap_flags = sse2, x86_64, avx512_1
+        names = ["x86_64"] + (["avx512_1"] if avx512_1 else [])
+        legacy_hwcap = 2 | (4 if avx512_1 else 0)
+        # dl_x86_platforms: i586, i686, haswell, xeon_phi from bit 48 (sysdeps/x86/dl-procinfo.h)
+        platform_mask = 0xF << 48
+        plat_index = {"haswell": 2, "xeon_phi": 3}.get(platform)
+        platform_bit = (1 << (48 + plat_index)) if plat_index is not None else 0
+        if version <= (2, 36):
+            legacy = cpumod.legacy_subdirs([*names, platform, "tls"])
+    elif abi == "i386":
+        platform = "i686"
+        sse2 = info.has("sse2")
+        legacy_hwcap = 1 if sse2 else 0
+        platform_mask = 0x3 << 48
+        platform_bit = 1 << 49
+        if version <= (2, 36):
+            legacy = cpumod.legacy_subdirs((["sse2"] if sse2 else []) + [platform, "tls"])
+    else:
+        platform = abi
+        if version <= (2, 36):
+            legacy = cpumod.legacy_subdirs([platform, "tls"])
+    return dict(platform=platform, hwcaps_subdirs=hwcaps, legacy_subdirs=legacy, isa_level=isa,
+                legacy_hwcap=legacy_hwcap, legacy_platform_bit=platform_bit, legacy_platform_mask=platform_mask)
 
 
 _CACHES: Dict[Tuple[object, ...], LdCache] = {}

@@ -540,8 +540,10 @@ class LoadSession:
 
     # -- dl_main ----------------------------------------------------------------------------------------
 
-    def setup_main(self, path: str, elf: ElfFile, *, file: str, substituted: bool, origin: Optional[str]) -> _Map:
-        """The main program's link map (``rtld_setup_main_map``); ``origin`` from :func:`main_origin`."""
+    def setup_main(self, path: str, elf: ElfFile, *, file: str, substituted: bool, origin: Optional[str],
+                   nodeflib: Optional[bool] = None) -> _Map:
+        """The main program's link map (``rtld_setup_main_map``); ``origin`` from :func:`main_origin`;
+        ``nodeflib`` given where the dynamic section is not read (DF_1_NODEFLIB otherwise)."""
         # _dl_new_object: the main map answers to no name, even when ld.so runs it as `ld.so PROG` (ldd): a
         # DT_NEEDED naming the program by the path it was run as loads that file again (checked with ldd)
         main = self._new_map("", "", _KIND_EXE)
@@ -550,10 +552,11 @@ class LoadSession:
         main.substituted = substituted
         main.is_main = True
         main.reason = M.Reason(M.RULE_ROOT, "the program")
-        main.nodeflib = bool(elf.dynamic.flags_1 & C.DF_1_NODEFLIB)
+        main.nodeflib = bool(elf.dynamic.flags_1 & C.DF_1_NODEFLIB) if nodeflib is None else nodeflib
         main.origin = origin
         self.main = main
-        self._register_names(main)
+        if nodeflib is None:  # its SONAME: the main map has no other name
+            self._register_names(main)
         # The main program has no file identity (rtld.c: "We leave the values here defined to 0").
         return main
 
