@@ -47,8 +47,8 @@ from soswap.loader.model import (
 
 _PROGRAM, _PLUGIN, _SELF = "program", "plugin", "self"
 #: Loader failure kinds that do not break anything (tolerated by ld.so, or not about the consumer). A direct
-#: reference to a protected function only may break pointer equality (T11: compatible).
-_HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD, PROTECTED_FUNCTION})
+#: reference to a protected function only may break pointer equality (T11: compatible, a review note).
+_HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD})
 #: Change kinds whose symbols need the binding-level checks (type, copy size, protected data).
 _BINDING_KINDS = frozenset({"type-changed", "size-changed", "visibility-changed"})
 #: Change kinds whose symbols may now bind elsewhere: a symbol NEW adds can take over references that bound
@@ -157,6 +157,9 @@ class ConsumerChecker:
         if soname:
             names.add(soname)
         self.target_names = frozenset(names)
+        #: NEW needs other libraries, or searches other directories, than OLD: its tree may bring in objects
+        #: whose symbols come before those the consumer's objects bound with OLD
+        self.tree_may_change = self._tree_may_change(target, new)
         #: names OLD defines and looked up through the scope, which NEW binds inside itself (DT_SYMBOLIC added,
         #: or no dynamic relocation for them any more): a consumer that interposed them loses that
         self.now_internal = self._now_internal(target, new)
@@ -166,6 +169,14 @@ class ConsumerChecker:
         self.shortcuts = 0
         #: (path, as the program) -> may that object be hurt (safe_by_diff, over the trees of the index)
         self._path_may_break: Dict[Tuple[str, bool], bool] = {}
+
+    def _tree_may_change(self, target: str, new: str) -> bool:
+        try:
+            old_dyn, new_dyn = self.elf_cache.get(target).dynamic, self.elf_cache.get(new).dynamic
+        except SoswapError:
+            return True
+        return not set(new_dyn.needed) <= set(old_dyn.needed) or (new_dyn.rpath, new_dyn.runpath) != (
+            old_dyn.rpath, old_dyn.runpath)
 
     def _now_internal(self, target: str, new: str) -> FrozenSet[str]:
         self.new_symbolic = False
@@ -296,21 +307,34 @@ class ConsumerChecker:
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
         new_failures = self._failures_of(ld, res_new, bind_now, (self._world, env, path, argv0, mode, tls_align),
                                          plugin, tls_align)
+        # ld.so's warning about a protected function (pointer equality): a review note, not a break (T11)
+        warned = [f for f in new_failures if f.kind == PROTECTED_FUNCTION]
+        new_failures = [f for f in new_failures if f.kind != PROTECTED_FUNCTION]
         watched = self._watched_refs(ld, res_new) if self.watch and t_new is not None else []
         internal = bool(self.now_internal) and t_new is not None
-        if not new_failures and not watched and not internal:
+        tree_changes = self.tree_may_change and t_new is not None
+        if not new_failures and not warned and not watched and not internal and not tree_changes:
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
         if res_old is None:
             res_old = ld.load(path, argv0=argv0)
         t_old = self._target_index(res_old)
+        brought: FrozenSet[int] = frozenset()
+        if tree_changes and t_old is not None:
+            brought, more_refs = self._brought_in(ld, res_old, res_new)
+            watched = watched + more_refs
         old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode, tls_align), plugin,
                                          tls_align)
+        old_warned = {f.line for f in old_failures if f.kind == PROTECTED_FUNCTION}
+        old_failures = [f for f in old_failures if f.kind != PROTECTED_FUNCTION]
         new_problems = [self._problem(f, res_new, mode) for f in new_failures]
         old_problems = [self._problem(f, res_old, mode) for f in old_failures]
-        reviews: List[str] = []
+        reviews = [f"review: ld.so warns `{f.line}`: the program's address of {f.symbol} and the library's now "
+                   "differ (comparisons of the two pointers change; calls still work)"
+                   for f in warned if f.line not in old_warned]
         if watched and t_old is not None and t_new is not None:
-            found, reviews = self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin)
+            found, more_reviews = self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin, brought)
             new_problems.extend(found)
+            reviews += more_reviews
         if internal and t_old is not None and t_new is not None:
             # data NEW made PROTECTED: the loader's own warning (protected-copy) already says it
             said = {p.symbol for p in new_problems if p.kind == PROTECTED_COPY}
@@ -466,6 +490,34 @@ class ConsumerChecker:
             out.extend((o.index, ref) for ref in hit[1])
         return out
 
+    def _brought_in(self, ld: Loader, res_old: LoadResult, res_new: LoadResult
+                    ) -> Tuple[FrozenSet[int], List[Tuple[int, Reference]]]:
+        """The objects only NEW's tree loads (indexes in ``res_new``), and the references of the other objects
+        (NEW's excepted) to names they define: the global scope is in load order, so such a definition can
+        come before the one a reference bound with OLD."""
+        old_paths = {o.path for o in res_old.objects if o.found}
+        brought = frozenset(o.index for o in res_new.objects
+                            if o.found and o.elf is not None and o.kind not in ("vdso", "interpreter")
+                            and not self._is_new(o) and o.path not in old_paths)
+        if not brought:
+            return brought, []
+        names: Set[str] = set()
+        for i in brought:
+            try:
+                names |= _exported_names(res_new.objects[i].elf)
+            except SoswapError:
+                continue
+        refs: List[Tuple[int, Reference]] = []
+        for o in res_new.objects:
+            if (o.index in brought or o.elf is None or not o.found or o.kind in ("vdso", "interpreter")
+                    or self._is_new(o)):
+                continue
+            try:
+                refs.extend((o.index, r) for r in ld.references(res_new, o.index) if r.name in names)
+            except SoswapError:
+                continue
+        return brought, refs
+
     def _lost_interpositions(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
                              plugin: bool, said: Set[str]) -> Tuple[List[P.Problem], List[str]]:
         """OLD's own references to names of :attr:`now_internal` that bound another object in this consumer (the
@@ -492,8 +544,8 @@ class ConsumerChecker:
                 continue
             done.add(name)
             d_old = ld.resolve(res_old, t_old, ref)
-            if d_old is None or d_old.index == t_old:
-                continue
+            if d_old is None or d_old.index == t_old or d_old.shndx == C.SHN_UNDEF:
+                continue  # (undefined: a non-PIE program's PLT entry as the function's address; ld.so warns)
             mine = new_refs.get(name)
             d_new = ld.resolve(res_new, t_new, mine) if mine is not None else None
             if mine is not None and (d_new is None or d_new.index != t_new):
@@ -515,10 +567,12 @@ class ConsumerChecker:
         return problems, reviews
 
     def _binding_problems(self, ld: Loader, res_old: LoadResult, res_new: LoadResult, t_old: int, t_new: int,
-                          watched: List[Tuple[int, Reference]], plugin: bool) -> Tuple[List[P.Problem], List[str]]:
-        """Problems of the watched references that bind NEW (or no longer do), and review notes: a data object
-        that grew, used without a copy relocation, is compatible when members were only appended and breaks the
-        consumer when members moved; ELF carries no layout to tell the two apart."""
+                          watched: List[Tuple[int, Reference]], plugin: bool, brought: FrozenSet[int] = frozenset()
+                          ) -> Tuple[List[P.Problem], List[str]]:
+        """Problems of the watched references that bind NEW (or no longer do, or now bind an object only NEW's
+        tree loads: ``brought``), and review notes: a data object that grew, used without a copy relocation,
+        is compatible when members were only appended and breaks the consumer when members moved; ELF carries
+        no layout to tell the two apart."""
         old_by_path = {o.path: o.index for o in res_old.objects if o.found}
         out: List[P.Problem] = []
         reviews: List[str] = []
@@ -540,10 +594,19 @@ class ConsumerChecker:
             who = o.path or res_new.argv0
             name = ref.name
             version = ref.version.name if ref.version is not None else None
-            if (d_new.index == t_new) != (d_old.index == t_old):
-                p = _rebound(res_old, res_new, d_old, d_new, t_new, ref, who, plugin)
+            # a reference that bound another object than TARGET, and now binds one only NEW's tree loads
+            moved_in = d_new.index in brought and d_old.index != t_old and \
+                res_new.objects[d_new.index].path != res_old.objects[d_old.index].path
+            if (d_new.index == t_new) != (d_old.index == t_old) or moved_in:
+                sized = self._size_problems(ld, res_new, i, ref, d_old, d_new, t_new, who, reviews)
+                p = _rebound(res_old, res_new, d_old, d_new, t_new, ref, who, plugin, moved_in)
                 if p is not None:
+                    if sized and not sized[0].silent:  # ld.so does say something: the size warning
+                        p = p._replace(detail=p.detail.replace(" (ld.so says nothing)", ""))
                     out.append(p)
+                    out.extend(q for q in sized if q.kind == P.COPY_SIZE)
+                elif d_new.index != t_new:  # a symbol that moved to another object: the same size?
+                    out.extend(sized)
                 continue
             if d_new.index != t_new:
                 continue
@@ -555,31 +618,47 @@ class ConsumerChecker:
                     f"{name} was {C.STT_NAMES.get(d_old.type, d_old.type)} in OLD and is "
                     f"{C.STT_NAMES.get(d_new.type, d_new.type)} in NEW: {why}"))
                 continue
-            if not copy:
-                sized = (d_old.type in DATA_TYPES or d_old.type == C.STT_TLS) and d_new.type == d_old.type
-                if sized and d_new.size < d_old.size:
-                    out.append(P.Problem(
-                        P.OBJECT_SHRUNK, name, version, P.FIRST_CALL, None, who, False, True,
-                        f"{name} is {d_new.size} bytes in NEW and was {d_old.size} in OLD: {who} was built for "
-                        "the old object and may read or write past NEW's, or at members that moved (ld.so "
-                        "says nothing)"))
-                elif sized and d_new.size > d_old.size:
-                    reviews.append(f"review: {name} grew from {d_old.size} to {d_new.size} bytes in NEW and {who} "
-                                   "reads it in place: compatible if members were only appended, wrong data if "
-                                   "any moved")
-                continue
-            mine = ld.symbol(res_new, i, ref.symbol_index)
-            if mine is not None and d_new.size != mine.size and d_old.size == mine.size:
-                grew = d_new.size > mine.size
-                text = f"{res_new.argv0}: Symbol `{name}' has different size in shared object, consider re-linking"
-                what = ("NEW's object is bigger: only the old size is copied and NEW's code reads past the "
-                        "program's copy" if grew else
-                        "NEW's object is smaller: the program's copy holds garbage past NEW's size (ld.so says so "
-                        "only with LD_WARN=1)")
-                out.append(P.Problem(P.COPY_SIZE, name, version, P.STARTUP, text, who, False, not grew,
-                                     f"copy relocation of {name}: {mine.size} bytes in the program, {d_new.size} "
-                                     f"in NEW: {what}"))
+            out.extend(self._size_problems(ld, res_new, i, ref, d_old, d_new, t_new, who, reviews))
         return out, reviews
+
+    @staticmethod
+    def _size_problems(ld: Loader, res_new: LoadResult, i: int, ref: Reference, d_old: M.Definition,
+                       d_new: M.Definition, t_new: int, who: str, reviews: List[str]) -> List[P.Problem]:
+        """A data reference of object ``i`` that bound ``d_old`` with OLD and binds ``d_new`` (NEW's, or another
+        object's) with NEW: a copy relocation copies the smaller of the two sizes and ld.so warns when the
+        definition outgrew the program's copy (``elf_machine_rela``, R_*_COPY); an object read in place may
+        have shrunk (a problem) or grown (a review note, appended to ``reviews``)."""
+        name = ref.name
+        version = ref.version.name if ref.version is not None else None
+        if _type_break(d_old.type, d_new.type) is not None:
+            return []
+        owner = "NEW" if d_new.index == t_new else (res_new.objects[d_new.index].path or res_new.argv0)
+        where = "in NEW" if d_new.index == t_new else f"in {owner} (where it binds with NEW)"
+        if not ref.copy:
+            sized = (d_old.type in DATA_TYPES or d_old.type == C.STT_TLS) and d_new.type == d_old.type
+            if sized and d_new.size < d_old.size:
+                return [P.Problem(
+                    P.OBJECT_SHRUNK, name, version, P.FIRST_CALL, None, who, False, True,
+                    f"{name} is {d_new.size} bytes {where} and was {d_old.size} in OLD: {who} was built for the "
+                    f"old object and may read or write past {owner}'s, or at members that moved (ld.so says "
+                    "nothing)")]
+            if sized and d_new.size > d_old.size:
+                reviews.append(f"review: {name} grew from {d_old.size} to {d_new.size} bytes {where} and {who} "
+                               "reads it in place: compatible if members were only appended, wrong data if "
+                               "any moved")
+            return []
+        mine = ld.symbol(res_new, i, ref.symbol_index)
+        if mine is None or d_new.size == mine.size or d_old.size != mine.size:
+            return []
+        grew = d_new.size > mine.size
+        text = f"{res_new.argv0}: Symbol `{name}' has different size in shared object, consider re-linking"
+        what = (f"{owner}'s object is bigger: only the old size is copied and the code built for it reads past "
+                "the program's copy" if grew else
+                f"{owner}'s object is smaller: the program's copy holds garbage past its size (ld.so says so only "
+                "with LD_WARN=1)")
+        return [P.Problem(P.COPY_SIZE, name, version, P.STARTUP, text, who, False, not grew,
+                          f"copy relocation of {name}: {mine.size} bytes in the program, {d_new.size} {where}: "
+                          f"{what}")]
 
 
 def _self_references(elf: object) -> Set[str]:
@@ -608,14 +687,15 @@ def _when_it_misbehaves(d_old: M.Definition, d_new: M.Definition, copy: bool, pl
 
 
 def _rebound(res_old: LoadResult, res_new: LoadResult, d_old: M.Definition, d_new: M.Definition, t_new: int,
-             ref: Reference, who: str, plugin: bool) -> Optional[P.Problem]:
+             ref: Reference, who: str, plugin: bool, moved_in: bool = False) -> Optional[P.Problem]:
     """A reference that binds another object with NEW than with OLD (``_dl_lookup_symbol_x`` takes the first
     definition in scope order), and ld.so says nothing:
 
     * it bound another object and NEW now comes first with a symbol of that name it added: a definition of
       another type crashes (``type-changed``); one of the same type is another function or variable
       (``preempted``), unless NEW defines the very version the reference asks for (a symbol moved into NEW
-      on purpose, as glibc moved libpthread's into libc);
+      on purpose, as glibc moved libpthread's into libc); the same for an object only NEW's tree loads
+      (``moved_in``: a new dependency of NEW);
     * it bound TARGET and NEW lacks the symbol, so it binds another object's: only another type is reported
       (the same type there is a symbol that moved to another library)."""
     name = ref.name
@@ -631,12 +711,14 @@ def _rebound(res_old: LoadResult, res_new: LoadResult, d_old: M.Definition, d_ne
         return P.Problem(P.TYPE_CHANGED, name, version, when, None, who, False, True,
                          f"{name} bound {old_name}'s {t_old_name} {d_old.versioned_name} with OLD and binds "
                          f"{new_name}'s {t_new_name} {d_new.versioned_name} with NEW: {why}")
-    if d_new.index != t_new or (version is not None and d_new.version == version):
+    if (d_new.index != t_new and not moved_in) or (version is not None and d_new.version == version):
         return None
+    adds = "NEW adds" if d_new.index == t_new else f"{new_name}, which NEW's tree brings in, defines"
     return P.Problem(P.PREEMPTED, name, version, when, None, who, False, True,
-                     f"{name} bound {old_name}'s {d_old.versioned_name} with OLD; NEW adds "
-                     f"{d_new.versioned_name} and comes first in the scope, so {who} now uses NEW's "
-                     f"{t_new_name.lower()} instead (ld.so says nothing)")
+                     f"{name} bound {old_name}'s {d_old.versioned_name} with OLD; {adds} "
+                     f"{d_new.versioned_name} and comes first in the scope, so {who} now uses "
+                     f"{'NEW' if d_new.index == t_new else new_name}'s {t_new_name.lower()} instead (ld.so says "
+                     "nothing)")
 
 
 def _dlopen_refusals(res: LoadResult, static_align: int = 64) -> List[Failure]:
