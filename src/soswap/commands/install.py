@@ -131,6 +131,30 @@ def _restart(uses: Any, state_dir: str) -> List[str]:
     return lines or ["restart: nothing to restart"]
 
 
+@contextlib.contextmanager
+def report_of_done(txid: Any, done: str) -> Iterator[None]:
+    """Write the report of a transaction that changed the files (``done`` says how) inside this block: when
+    standard output fails (a reader gone, a full disk), the files are changed all the same, so the exit status
+    stays 0 and one line on standard error says what is in place."""
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError as exc:
+        import os
+
+        try:  # nothing more is written there, not even at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        try:
+            sys.stderr.write(f"soswap: error: transaction {txid} {done}; its report could not be written: "
+                             f"{exc.strerror or exc}\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
+
+
 def terminate_as_interrupt() -> None:
     """SIGTERM/SIGHUP during a transaction: unwind like SIGINT, so the transaction is undone cleanly."""
 
@@ -220,10 +244,13 @@ def run(args: argparse.Namespace) -> int:
         except (SoswapError, ImportError, OSError) as exc:
             extra_notes.append(Notice("--restart", f"nothing was restarted: {exc}"))
     result = result._replace(warnings=result.warnings + tuple(extra_notes))
-    if args.json:
-        print_json(install_to_json(result, {"restart": restart_lines} if args.restart else None))
-    else:
-        if result.warnings:
-            emit(warning_lines(result), sys.stderr)
-        emit(install_to_text(result, restarting=args.restart) + restart_lines)
+    done = result.status == "installed"
+    with report_of_done(result.txid, "is installed: every file is its new version") if done else \
+            contextlib.nullcontext():
+        if args.json:
+            print_json(install_to_json(result, {"restart": restart_lines} if args.restart else None))
+        else:
+            if result.warnings:
+                emit(warning_lines(result), sys.stderr)
+            emit(install_to_text(result, restarting=args.restart) + restart_lines)
     return EXIT_FOUND if result.status == "refused" else EXIT_OK

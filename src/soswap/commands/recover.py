@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from soswap.commands.install import add_state_arguments
 from soswap.errors import EXIT_OK
@@ -34,11 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from soswap.commands.install import terminate_as_interrupt
     from soswap.replace import StateDir, recover
-    from soswap.report.install import emit, recover_list_to_json, recover_to_text
+    from soswap.report.install import emit, recover_list_to_json, recover_to_text, recover_warning_lines
     from soswap.report.output import print_json
 
     terminate_as_interrupt()
     outcomes = recover(StateDir(args.state_dir), args.lock_timeout, skip_missing=args.skip_missing)
+    if recover_warning_lines(outcomes):
+        emit(recover_warning_lines(outcomes), sys.stderr)
     if args.json:
         print_json(recover_list_to_json(outcomes))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from soswap.commands.install import add_state_arguments
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soswap.commands.install import says_nothing_changed, terminate_as_interrupt
+    from soswap.commands.install import report_of_done, says_nothing_changed, terminate_as_interrupt
     from soswap.replace import StateDir, rollback
     from soswap.report.install import emit, install_to_json, install_to_text, warning_lines
     from soswap.report.output import print_json
@@ -41,10 +42,13 @@ def run(args: argparse.Namespace) -> int:
     with says_nothing_changed(state):
         result = rollback(state, args.txid, dry_run=args.dry_run, keep_backups=args.backup, argv=sys.argv[1:],
                           lock_timeout=args.lock_timeout)
-    if args.json:
-        print_json(install_to_json(result))
-    else:
-        if result.warnings:
-            emit(warning_lines(result), sys.stderr)
-        emit(install_to_text(result))
+    done = result.status == "rolled-back"
+    with report_of_done(result.txid, "is done: every file is its previous version") if done else \
+            contextlib.nullcontext():
+        if args.json:
+            print_json(install_to_json(result))
+        else:
+            if result.warnings:
+                emit(warning_lines(result), sys.stderr)
+            emit(install_to_text(result))
     return EXIT_OK

@@ -324,7 +324,7 @@ def install(
     refusal: nothing changed), :class:`ReplaceError`/:class:`StateError` (nothing changed, or the journal
     records an interrupted transaction for ``soswap recover``); returns the result otherwise, with status
     ``refused`` when the preflight found problems."""
-    from soswap.replace.recovery import known_hashes, pending_txids, prune, recover_locked
+    from soswap.replace.recovery import known_hashes, pending_txids, prune, recover_locked, recovery_warnings
 
     opts = opts or InstallOptions()
     state = state or StateDir()
@@ -341,6 +341,8 @@ def install(
         plans, dir_flags, notices = plan(requests, opts)
         descriptors_for(len({p.target.directory for p in plans}))  # before anything is written
         result = _preflight_and_plan(plans, dir_flags, notices, opts, preflight, state, recovered, argv, known)
+        if recovery_warnings(recovered):
+            result = result._replace(warnings=(*recovery_warnings(recovered), *result.warnings))
         if result.status == "refused":
             return result
         try:

@@ -147,6 +147,9 @@ class RecoverOutcome(NamedTuple):
     action: str
     files: Tuple[str, ...]
     notes: Tuple[str, ...] = ()
+    #: what the cleanup of a committed transaction could not do that matters: a replaced set-ID or capability
+    #: version that keeps its privileges
+    warnings: Tuple[Notice, ...] = ()
 
 
 class InstallResult(NamedTuple):

@@ -14,7 +14,7 @@ import stat
 from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from soswap.errors import Refused, ReplaceError, StateError, UsageError
-from soswap.replace import naming
+from soswap.replace import naming, syscalls
 from soswap.replace.checks import describe_oserror, directory_flags, flag_names
 from soswap.replace.metadata import privileges_of, snapshot
 from soswap.replace.pause import pause_point
@@ -105,10 +105,24 @@ def _recover_one(state: StateDir, record: Dict[str, Any], skip_missing: bool) ->
                 f"transaction {tx.txid}: {', '.join(gone)}: directory is gone (a filesystem not mounted?); "
                 "nothing was done and the journal is kept: mount it and run 'soswap recover' again, or "
                 "'soswap recover --skip-missing' if it was deleted for good")
+        # an empty mount point where the transaction's filesystem is not mounted yet: acting there would mark
+        # the transaction resolved and leave its files half done once the filesystem is back
+        elsewhere = sorted({c.directory for c in changes if c.directory not in gone
+                            and not _is_its_directory(dirs.get(c.directory), c)})
+        if elsewhere and not skip_missing:
+            raise StateError(
+                f"transaction {tx.txid}: {', '.join(elsewhere)}: holds none of the transaction's files, or is on "
+                "another filesystem than they were (a filesystem not mounted?); nothing was done and the journal "
+                "is kept: mount it and run 'soswap recover' again, or 'soswap recover --skip-missing' if its "
+                "files were deleted for good")
+        for directory in elsewhere:
+            notes.append(f"{directory}: not the directory the transaction wrote in; nothing to restore there")
+        changes = [c for c in changes if c.directory not in elsewhere]
+        warnings: Tuple[Notice, ...] = ()
         if found == COMMITTED:
             usable = [c for c in changes if _dir_fd(dirs, c, notes) is not None]
             try:
-                finish(tx, usable, dirs)
+                warnings = tuple(Notice(path, message) for path, message in finish(tx, usable, dirs))
             except OSError as exc:
                 raise StateError(f"transaction {tx.txid} committed (every file is its new version); "
                                  f"{describe_oserror(str(exc.filename or '?'), exc, 'its cleanup')}: fix the cause "
@@ -137,7 +151,31 @@ def _recover_one(state: StateDir, record: Dict[str, Any], skip_missing: bool) ->
             record["recovered"] = True
             tx.save(UNDONE)
             action = "cleaned" if found == STAGING else "undone"
-    return RecoverOutcome(tx.txid, found, action, tuple(c.dest for c in changes), tuple(notes))
+    return RecoverOutcome(tx.txid, found, action, tuple(c.dest for c in changes), tuple(notes), warnings)
+
+
+def recovery_warnings(outcomes: Sequence[RecoverOutcome]) -> Tuple[Notice, ...]:
+    """The warnings of the transactions an install or rollback recovered first (see :class:`RecoverOutcome`)."""
+    return tuple(w for o in outcomes for w in o.warnings)
+
+
+def _is_its_directory(dfd: int, ch: Change) -> bool:
+    """Can the directory ``dfd`` be the one ``ch`` was made in? It is on the device the journal recorded for
+    the file (or holds its backup itself: the same filesystem numbered anew), and holds the file, its backup
+    or its temporary file. An empty mount point holds none of them."""
+    rec = ch.old or ch.new
+    if rec is None:
+        return True
+    if os.fstat(dfd).st_dev != rec.dev and not (ch.old is not None and _renumbered(dfd, ch)):
+        return False
+    for name in (os.path.basename(ch.dest), ch.backup, ch.temp):
+        if name:
+            try:
+                os.lstat(name, dir_fd=dfd)
+                return True
+            except FileNotFoundError:
+                continue
+    return False
 
 
 def _dir_fd(dirs: Dirs, ch: Change, notes: List[str]) -> Optional[int]:
@@ -201,6 +239,8 @@ def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
                     drop_backup(ch, dfd)
             except FileNotFoundError:
                 continue
+            except PermissionError:
+                left = left or not _drop_flagged_link(ch, dfd)
             except OSError:
                 left = True
     if left:
@@ -208,6 +248,34 @@ def _drop_backups(state: StateDir, record: Dict[str, Any]) -> bool:
     record["backups_pruned"] = True
     tx.save(record["state"], durable=False)
     return True
+
+
+def _drop_flagged_link(ch: Change, dfd: int) -> bool:
+    """Delete ``ch``'s backup link whose inode is immutable or append-only (a rolled-back ``--force-immutable``
+    install: that inode is in place again, flagged): the flag is cleared for the unlink and set again. True
+    when the link is gone."""
+    if not ch.backup or ch.old is None:
+        return False
+    try:
+        fd = os.open(ch.backup, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        flags = syscalls.get_flags(fd)
+        bits = (flags or 0) & (syscalls.FS_IMMUTABLE_FL | syscalls.FS_APPEND_FL)
+        if not bits or not ch.old.same_inode(st):
+            return False
+        syscalls.set_flags(fd, flags & ~bits)  # type: ignore[operator]
+        try:
+            os.unlink(ch.backup, dir_fd=dfd)
+        finally:
+            syscalls.set_flags(fd, flags)  # type: ignore[arg-type]
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _holds_its_files(dfd: int, ch: Change) -> bool:
@@ -406,6 +474,7 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
                         staged.append(ch)
                 tx.set_changes(staged)
                 tx.save(PREPARED)
+                pause_point("journal-prepared")  # a SIGTERM here still cleans up like one while staging
             except BaseException as exc:
                 for ch in changes:
                     try:
@@ -415,17 +484,17 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
                 tx.record["error"] = str(exc)
                 tx.save(FAILED)
                 raise
-            pause_point("journal-prepared")
             with after_commit(tx):  # past the committed mark, the previous versions are back: said so
                 committed = commit_all(tx, staged, dirs)
-                finish(tx, committed, dirs)
-        warnings: Tuple[Notice, ...] = ()
+                stripped = finish(tx, committed, dirs)
+        # the version rolled back (often a bad one) that keeps its set-ID bits: said as install says it
+        warnings = recovery_warnings(recovered) + tuple(Notice(path, message) for path, message in stripped)
         try:
             _finish_rollback_of(state, tx.record)
         except KeyboardInterrupt:
             raise AfterCommit(new_txid, KeyboardInterrupt(), "done", kind="rollback") from None
         except (OSError, StateError) as exc:  # recovery (and every install) runs this last step again
-            warnings = (Notice(state.path, f"every file is its previous version, but transaction {target_txid} could "
+            warnings += (Notice(state.path, f"every file is its previous version, but transaction {target_txid} could "
                                f"not be marked rolled back ({exc}): 'soswap recover' does it"),)
     finally:
         state.unlock()

@@ -85,6 +85,38 @@ def plan_soname_link(directory: str, name: str, soname: Optional[str]) -> Union[
     current_name = os.path.basename(current)
     dangling = not os.path.exists(os.path.join(directory, current))  # ldconfig chooses among existing files
     if dangling or os.path.dirname(current) not in ("", ".") or libcmp(name, current_name) >= 0:
+        higher = _higher_version(directory, name, soname, current_name)
+        if higher is not None:
+            return (f"{higher} has the SONAME {soname} too and a higher version than {name}; the soname link is "
+                    f"left alone (ldconfig would point it at {higher})")
         return LinkPlan(link, name, current)
     return (f"soname link {soname} points to {current}, a higher version than {name}; left alone "
             "(ldconfig would keep the highest version)")
+
+
+def _higher_version(directory: str, name: str, soname: str, skip: str) -> Optional[str]:
+    """Another library of the directory with the same DT_SONAME and a higher version than ``name`` (ldconfig's
+    ``search_dir`` keeps, per SONAME, the file whose name compares highest), other than ``skip``; the highest
+    one, or None."""
+    from soswap.elf import ElfFile
+    from soswap.errors import SoswapError
+
+    best: Optional[str] = None
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return None
+    stem = soname.split(".so", 1)[0] + ".so"
+    for entry in entries:
+        if entry in (name, skip, soname) or not entry.startswith(stem) or not ldconfig_considers(entry):
+            continue
+        if libcmp(entry, name) <= 0 or (best is not None and libcmp(entry, best) <= 0):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode) or ElfFile.open(path).soname != soname:
+                continue
+        except (OSError, SoswapError):
+            continue
+        best = entry
+    return best

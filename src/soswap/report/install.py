@@ -67,7 +67,7 @@ def problem_to_json(p: Any) -> Any:
 
 def recover_to_json(r: RecoverOutcome) -> Dict[str, Any]:
     return {"txid": r.txid, "state_found": r.state_found, "action": r.action, "files": list(r.files),
-            "notes": list(r.notes)}
+            "notes": list(r.notes), "warnings": [str(w) for w in r.warnings]}
 
 
 def _dest_by_inode(result: InstallResult) -> Dict[Any, str]:
@@ -202,6 +202,10 @@ def emit(lines: Sequence[str], stream: Optional[TextIO] = None) -> None:
 
 def warning_lines(result: InstallResult) -> List[str]:
     return [f"soswap: warning: {n}" for n in result.warnings]
+
+
+def recover_warning_lines(outcomes: Sequence[RecoverOutcome]) -> List[str]:
+    return [f"soswap: warning: {w}" for r in outcomes for w in r.warnings]
 
 
 def recover_to_text(outcomes: Sequence[RecoverOutcome]) -> List[str]:
