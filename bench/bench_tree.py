@@ -86,14 +86,34 @@ def baseline_src(rev: str, into: Path) -> Path:
     return into / "src"
 
 
+class RunFailed(Exception):
+    """A timed command died (a traceback, a signal, or a shell's 126/127): its time means nothing."""
+
+
 def timed(argv: Sequence[str], runs: int, env: Optional[Dict[str, str]] = None) -> float:
     best = float("inf")
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(list(argv), env=env or BASE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
+        proc = subprocess.run(list(argv), env=env or BASE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              check=False)
         best = min(best, time.perf_counter() - t)
+        if proc.returncode < 0 or proc.returncode in (126, 127) or b"Traceback (most recent call last)" in proc.stderr:
+            last = (proc.stderr.strip().splitlines() or [b"no message"])[-1].decode(errors="replace")
+            raise RunFailed(f"{os.path.basename(argv[0])} failed (status {proc.returncode}): {last}")
     return best
+
+
+def script_cmd(tool: str) -> List[str]:
+    """``tool`` as the system runs it, except that a Python script runs on PYTHON: pax-utils' lddtree says
+    ``#!/usr/bin/env python3``, which finds whatever ``python3`` is first on PATH (here a pyenv interpreter
+    without the pyelftools it imports)."""
+    path = shutil.which(tool) or tool
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError:
+        return [path]
+    return [PYTHON, path] if first.startswith(b"#!") and b"python" in first else [path]
 
 
 def warm(argv: Sequence[str], runs: int, env: Dict[str, str]) -> float:
@@ -322,7 +342,10 @@ def main() -> int:
         if shutil.which("libtree"):
             rows["all: libtree loop (per file)"] = timed(shell_loop(["libtree", "-p"]) + files, 1)
         if shutil.which("lddtree") and not args.quick:
-            rows["all: lddtree (one process)"] = timed(["lddtree", *files], 1)
+            try:
+                rows["all: lddtree (one process)"] = timed(script_cmd("lddtree") + files, 1)
+            except RunFailed as exc:  # reported, not timed
+                print(f"lddtree: {exc}")
         for label, fl in (("regular", regular), ("all", files)):
             rows[f"{label}: soswap tree -r (one process)"] = timed(soswap_cmd("-j", "1", "-r", "--no-cache", *fl),
                                                                    r, env)
