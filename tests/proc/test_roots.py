@@ -128,3 +128,16 @@ def test_a_metadata_only_copy_up_is_no_replacement(tmp_path: Path, procs, fx) ->
         for extra in ((), ("--ignore-identical",)):
             files = files_of(stale_json("--pid", str(p.pid), *extra), p.pid)
             assert [(f["path"], f["kind"]) for f in files] == [(str(gone), "deleted")], files
+
+
+@requires_cc
+def test_a_chmod_through_an_overlay_is_no_replacement(tmp_path: Path, procs, fx) -> None:
+    """Without metacopy, a chmod through an overlay copies the whole file up, keeping its size and mtime: it
+    was reported replaced, "written through the overlay" (a chmod on any other filesystem is no change)."""
+    shared_lib(tmp_path / "lower" / "libqa.so.1", "int qa(void) { return 1; }\n")
+    with overlay(tmp_path, procs) as (_lower, upper, merged):
+        lib = merged / "libqa.so.1"
+        p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready")
+        os.chmod(lib, 0o700)
+        assert (upper / "libqa.so.1").exists()
+        assert files_of(stale_json("--pid", str(p.pid)), p.pid) == []

@@ -639,3 +639,103 @@ def test_a_mapping_whose_bind_mount_was_detached_in_another_namespace(procs, fx,
     assert [(f.path, f.kind) for f in files if f.path == "/"] == [("/", "deleted")], files
     (f,) = [f for f in files if f.path == "/"]
     assert "a new file" not in f.detail and "unknown" in f.detail, f.detail
+
+
+# QA round of 2026-12-01 --------------------------------------------------------------------------------------
+def _users(path: str) -> list:
+    doc = json.loads(run_cli(["users", "--json", path], check_rc=[0, 1]).stdout)
+    return doc["processes"] if isinstance(doc, dict) else doc[0]["processes"]
+
+
+def test_users_finds_the_old_version_under_a_name_holding_a_literal_backslash_012(procs, fx, tmp_path: Path) -> None:
+    """maps escapes a newline as ``\\012`` and leaves a backslash alone: ``users`` turned the literal
+    ``\\012`` of the name into a newline, matched nothing and said no process uses the old version."""
+    d = tmp_path / "back\\012slash"
+    d.mkdir()
+    lib = d / "libodd.so"
+    shutil.copy(fx.lib_v1, lib)
+    p = holder(procs, fx, tmp_path, f"dlopen:{lib}")
+    replace_by_rename(lib, fx.lib_v2.read_bytes())
+    assert [(u["pid"], u["version"]) for u in _users(str(lib))] == [(p.pid, "old")]
+
+
+def test_users_of_a_name_beside_a_live_file_named_deleted(procs, fx, tmp_path: Path) -> None:
+    """A process maps the live file ``libodd.so (deleted)``; ``libodd.so`` beside it was never mapped:
+    ``users libodd.so`` named the process as running an old version of it (``stale`` stat()s the literal
+    name first; ``users`` did not)."""
+    literal = tmp_path / "libodd.so (deleted)"
+    shutil.copy(fx.lib_v1, literal)
+    p = holder(procs, fx, tmp_path, f"dlopen:{literal}")
+    shutil.copy(fx.lib_v2, tmp_path / "libodd.so")
+    assert p.pid not in [u["pid"] for u in _users(str(tmp_path / "libodd.so"))]
+
+
+PTHREAD_EXIT_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+int qa(void);
+static const char *ready;
+static void *wait_forever(void *arg) {
+    (void)arg;
+    FILE *f = fopen(ready, "w");
+    if (f) fclose(f);
+    for (;;) pause();
+    return 0;
+}
+int main(int argc, char **argv) {
+    pthread_t t;
+    if (argc < 2) return 2;
+    ready = argv[1];
+    qa();
+    pthread_create(&t, 0, wait_forever, 0);
+    pthread_exit(0);
+}
+"""
+
+
+@requires_root
+def test_a_process_whose_main_thread_ended_is_read_through_a_live_threads_map_files(procs, fx,
+                                                                                     tmp_path: Path) -> None:
+    """After ``pthread_exit`` in main, ``/proc/PID/task/TID/map_files`` does not exist (a thread's own
+    directory has none) while ``/proc/TID/map_files`` does: a library whose old inode lives on through a hard
+    link was called ``deleted`` (``replaced`` for the same program with its main thread alive), and an
+    identical reinstall was reported under ``--ignore-identical`` ("map_files needs root")."""
+    from support import build
+
+    lib = build.shared_lib(tmp_path / "libqa.so", "int qa(void) { return 1; }\n", soname="libqa.so")
+    prog = build.executable(tmp_path / "thr", PTHREAD_EXIT_C,
+                            libs=[f"-L{tmp_path}", "-lqa", f"-Wl,-rpath,{tmp_path}", "-lpthread"])
+    p = procs.start([prog, tmp_path / "ready"], wait_for_file=tmp_path / "ready")
+    time.sleep(0.1)
+    os.link(lib, tmp_path / "keep")
+    replace_by_rename(lib, lib.read_bytes())  # the same bytes, another inode; the old one kept by "keep"
+    assert files_of(stale_json("--pid", str(p.pid), "--ignore-identical"), p.pid) == []
+    (f,) = [x for x in files_of(stale_json("--pid", str(p.pid)), p.pid) if x["path"] == str(lib)]
+    assert f["kind"] == "replaced" and "hard link" in f["detail"], f
+
+
+@requires_root
+def test_a_program_on_a_lazily_unmounted_filesystem_is_not_compared_with_the_hosts_file(procs, fx,
+                                                                                       tmp_path: Path) -> None:
+    """A program run from a tmpfs that is then unmounted with ``umount -l``: maps prints its path relative to
+    the detached mount (``/thr``), which names another file on the host, reported ``replaced`` (and
+    ``users`` called the process a user of the host file's old version)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    name = f"soswap-test-{os.getpid()}-holder"  # shown as /NAME once detached; made to exist on the host
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        shutil.copy(fx.holder, mnt / name)
+        p = procs.start([mnt / name, tmp_path / "ready"], wait_for_file=tmp_path / "ready")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    maps = Path(f"/proc/{p.pid}/maps").read_text()
+    assert any(line.endswith(f" /{name}") for line in maps.splitlines()), maps
+    shutil.copy(fx.holder, f"/{name}")  # another file at the name maps shows
+    try:
+        assert files_of(stale_json("--pid", str(p.pid)), p.pid) == []
+        assert p.pid not in [u["pid"] for u in _users(f"/{name}")]
+    finally:
+        os.unlink(f"/{name}")

@@ -67,6 +67,10 @@ def entry_path(pid: int, name: str) -> str:
     """``/proc/PID/name``, or the same entry of a live thread for a process whose main thread ended."""
     sub = _LIVE_THREAD.get(pid)
     if sub is not None and name.split("/", 1)[0] not in _OF_THE_LEADER:
+        if name.startswith("map_files"):
+            # a thread's own directory has no map_files (tid_base_stuff); /proc/TID, the thread looked up as a
+            # process, has (tgid_base_stuff)
+            return f"{PROC}/{sub[5:]}/{name}"
         return f"{PROC}/{pid}/{sub}/{name}"
     return f"{PROC}/{pid}/{name}"
 

@@ -476,6 +476,12 @@ class _Scanner:
         if isinstance(st, int):
             self.unverifiable += 1
             return None
+        if not view.same_file(pid, dev, inode, first.start, first.end, st) and (
+                stat.S_ISDIR(st.st_mode) or (st.st_dev != dev and view.detached(pid, dev))):
+            # the name was printed relative to a detached mount (umount -l; "/" for a detached file mount):
+            # it does not lead to the mapped file, whatever it names now
+            self.unverifiable += 1
+            return None
         if not view.same_file(pid, dev, inode, first.start, first.end, st):
             if st.st_ino == inode:  # the same number on another file system (a mount over the directory)
                 detail = (f"the path now names inode {inode} of device {_dev_text(st.st_dev)}; the mapped inode "

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tu
 from soswap.errors import AccessDenied, ProcessGone, SoswapError
 from soswap.proc import cgroup as cgroup_mod
 from soswap.proc import procfs
-from soswap.proc.maps import file_of, lines_containing, maps_form, split_deleted
+from soswap.proc.maps import DELETED_SUFFIX, file_of, lines_containing, maps_form, split_deleted, unescape
 from soswap.proc.model import FileUse, UsersReport
 from soswap.proc.view import FileView, PathGuard
 
@@ -37,6 +37,11 @@ class _Target(NamedTuple):
     path: str
     names: Tuple[bytes, ...]  #: the path as given and its resolved form
     identity: Optional[Tuple[int, int]]  #: (st_dev, st_ino) now at the path
+
+    @property
+    def shown(self) -> Tuple[bytes, ...]:
+        """The names as a maps line shows them."""
+        return tuple(maps_form(n) for n in self.names)
 
 
 class _Pass:
@@ -127,8 +132,8 @@ class _Pass:
             foreign = self.view.foreign_mount_ns(pid) is not None
             exe_link = _read_exe(pid)
             exe = split_deleted(exe_link)[0]
-            for m_dev, m_ino, m_path, start, end in self._mapped_files(lines):
-                for idx, pair in self._match(pid, m_dev, m_ino, start, end, m_path, foreign):
+            for m_dev, m_ino, m_path, start, end, shown in self._mapped_files(lines):
+                for idx, pair in self._match(pid, m_dev, m_ino, start, end, m_path, foreign, shown):
                     # idx -1: a bare inode pair, which callers pass for *old* versions. It is named as the
                     # caller gave it (stat's st_dev): on btrfs and overlayfs the maps device differs.
                     first = "old" if (pair is None or idx < 0) else "current"
@@ -159,11 +164,11 @@ class _Pass:
                                      cg.container)))
         return out
 
-    def _mapped_files(self, lines: bytes) -> List[Tuple[int, int, bytes, int, int]]:
-        """(st_dev, inode, path, start, end) of each distinct file among these maps lines, in file order, with
-        the range of its first line. A library's segments are several lines that differ only in address,
-        permissions and offset; the "dev inode path" part is parsed once per pass (every process that maps the
-        library shows the same)."""
+    def _mapped_files(self, lines: bytes) -> List[Tuple[int, int, bytes, int, int, bytes]]:
+        """(st_dev, inode, path, start, end, path field) of each distinct file among these maps lines, in file
+        order, with the range of its first line (the path field as the line shows it: escaped, " (deleted)"
+        kept). A library's segments are several lines that differ only in address, permissions and offset; the
+        "dev inode path" part is parsed once per pass (every process that maps the library shows the same)."""
         out = []
         seen = set()
         files = self._files
@@ -180,22 +185,34 @@ class _Pass:
                 ident = files[key] = file_of(*key)
             if ident:
                 start, _, end = parts[0].partition(b"-")
-                out.append((*ident, int(start, 16), int(end, 16)))
+                out.append((*ident, int(start, 16), int(end, 16), parts[5]))
         return out
 
     def _match(self, pid: int, dev: int, ino: int, start: int, end: int, path: bytes,
-               foreign: bool) -> List[Tuple[int, Optional[Tuple[int, int]]]]:
-        """[(target index, matched identity or None for "same name, other inode")]."""
+               foreign: bool, shown: bytes = b"") -> List[Tuple[int, Optional[Tuple[int, int]]]]:
+        """[(target index, matched identity or None for "same name, other inode")]. ``shown``: the path field
+        of the maps line (the kernel escapes a newline as ``\012`` and leaves a backslash alone, so a name
+        holding ``\012`` itself is matched in that form too)."""
         found = []
+        bare, deleted = split_deleted(shown)
         for idx, t in enumerate(self.targets):
             if t.identity is not None and self._same(pid, dev, ino, start, end, t.identity):
                 found.append((idx, t.identity))
-            elif path in t.names and not foreign:
+            elif (path in t.names or (b"\\" in bare and bare in t.shown)) and not foreign:
+                if deleted and self._literally_deleted(pid, dev, ino, start, end, bare):
+                    continue  # a live file named "... (deleted)": not the target at all
+                if t.identity is not None and t.identity[0] != dev and self.view.detached(pid, dev):
+                    continue  # the name is relative to a detached mount (umount -l): not the target's
                 found.append((idx, None))
             elif foreign and t.identity is not None and any(path.endswith(b"/" + os.path.basename(n))
                                                             for n in t.names) and self._names(pid, path, t):
                 found.append((idx, None))  # its name for the file is where the target is now, in its root
         return self._or_inodes(found, pid, dev, ino, start, end)
+
+    def _literally_deleted(self, pid: int, dev: int, ino: int, start: int, end: int, bare: bytes) -> bool:
+        """The mapped file is a live one whose name ends in " (deleted)" (stat()ed first, as ``stale`` does)."""
+        st = self.view.stat(self.view.root_of(pid), unescape(bare) + DELETED_SUFFIX)
+        return not isinstance(st, int) and self._same(pid, dev, ino, start, end, (st.st_dev, st.st_ino))
 
     def _names(self, pid: int, path: bytes, t: _Target) -> bool:
         """In another mount namespace a path names another file than ours: does ``path``, resolved in the

@@ -91,6 +91,8 @@ class FileView:
         self._server: Optional[StatServer] = None
         self._waited = 0.0  #: seconds spent on guarded stats that timed out
         self.map_files_denied = False
+        #: mount namespace inode -> the devices mounted there (empty: not known), for :meth:`detached`
+        self._mounted: Dict[Optional[int], FrozenSet[int]] = {}
 
     # -- roots ---------------------------------------------------------------------------------------------
     def root_of(self, pid: int) -> RootContext:
@@ -132,6 +134,25 @@ class FileView:
     def forget_root(self, pid: int) -> None:
         """Drop the cached root of ``pid`` (before reading it again: it may have changed namespace)."""
         self._roots.pop(pid, None)
+
+    def detached(self, pid: int, dev: int) -> bool:
+        """Is the device ``dev`` (a mapping's, from maps) mounted nowhere in the process's mount namespace? Then
+        the kernel printed the mapping's path relative to a detached mount (``umount -l``): the name does not
+        lead to that file from any root. False when it cannot be told (mountinfo unreadable, or btrfs there:
+        its subvolumes' files carry device numbers of their own)."""
+        try:
+            key = procfs.ns_inode(pid, "mnt")
+        except (ProcessGone, AccessDenied):
+            return False
+        devs = self._mounted.get(key)
+        if devs is None:
+            found = list(_mounts(procfs.entry_path(pid, "mountinfo")))
+            devs = frozenset(d for d, _point, _fstype, _opts in found) \
+                if found and not any(fstype == b"btrfs" for _d, _p, fstype, _o in found) else frozenset()
+            if len(self._mounted) > 64:
+                self._mounted.clear()
+            self._mounted[key] = devs
+        return bool(devs) and dev not in devs
 
     def guarded(self, dev: int) -> bool:
         """Is ``dev`` a network filesystem (or one that timed out)? Reading whole files there could hang."""
@@ -267,7 +288,16 @@ class FileView:
         if isinstance(self.stat(HOST, upper + rel), int) or _metacopy(upper + rel):
             return None  # not copied up, or only its metadata (metacopy=on: the data is still the lower file's)
         lower = next((d + rel for d in lowers if not isinstance(self.stat(HOST, d + rel), int)), None)
-        return (upper + rel, lower) if lower is not None else None
+        if lower is None:
+            return None
+        up, low = self.stat(HOST, upper + rel), self.stat(HOST, lower)
+        if not isinstance(up, int) and not isinstance(low, int) and (up.st_size, up.st_mtime_ns) == (
+                low.st_size, low.st_mtime_ns):
+            # copied up for its metadata only (chmod, chown: copy_up keeps the mtime), as a chmod in place is no
+            # change of the code; a write moves the mtime (a write whose mtime was put back is not seen, as on
+            # any filesystem)
+            return None
+        return upper + rel, lower
 
 
 #: The device of a path whose device is not known yet, stat()-ed through the helper (see FileView.stat).
