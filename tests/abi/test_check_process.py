@@ -406,3 +406,42 @@ int main(int argc, char **argv) {
     if verdict == "incompatible":  # what dlerror() says, NEW being at TARGET's place
         assert truth.stdout == f"{new}: cannot allocate memory in static TLS block\n"
         assert [x.message for x in c.problems] == [f"{old}: cannot allocate memory in static TLS block"]
+
+
+def test_a_process_started_as_ld_so_program_is_checked_as_that_program(tmp_path: Path, procs) -> None:
+    """``ld.so --library-path D [--preload L] ./app``: /proc/PID/exe is ld.so, and the program was checked
+    as a plugin ld.so dlopen-ed, its --preload ignored (a library defining the symbol NEW drops: restarted, it
+    runs; soswap refused) and the message dlerror()'s, not the "symbol lookup error" ld.so prints."""
+    from support.build import executable, shared_lib
+
+    lib, new = tmp_path / "lib", tmp_path / "new"
+    target = shared_lib(lib / "libfoo.so.1", "int foo(void) { return 1; }\nint keep(void) { return 0; }\n",
+                        soname="libfoo.so.1")
+    newlib = shared_lib(new / "libfoo.so.1", "int keep(void) { return 0; }\n", soname="libfoo.so.1")
+    bar = shared_lib(lib / "libbar.so", "int foo(void) { return 7; }\n")
+    executable(tmp_path / "app", '#include <stdio.h>\n#include <unistd.h>\nint foo(void);\n'
+               'int main(int c, char **v) { FILE *f = fopen(v[1], "w"); if (f) fclose(f);\n'
+               '  if (c > 2) pause(); printf("%d\\n", foo()); return 0; }\n',
+               libs=[f"-L{lib}", "-l:libfoo.so.1"])  # no RUNPATH: found through --library-path
+    ld_so = "/lib64/ld-linux-x86-64.so.2"
+    if not os.path.exists(ld_so):
+        pytest.skip("x86-64 ld.so")
+    env = {"PATH": "/usr/bin:/bin"}
+    runs = {}
+    for name, extra in (("plain", []), ("preload", ["--preload", str(bar)])):
+        argv = [ld_so, "--library-path", str(lib), *extra, "./app", str(tmp_path / f"ready-{name}")]
+        p = procs.start([*argv, "wait"], env=env, cwd=tmp_path, wait_for_file=tmp_path / f"ready-{name}")
+        r = _cli(["check", str(newlib), str(target), "--pid", str(p.pid), "--json"], tmp_path / "st")
+        (c,) = json.loads(r.stdout)["consumers"]
+        runs[name] = (argv, r.returncode, c)
+    _install_new = tmp_path / ".new"
+    shutil.copyfile(newlib, _install_new)
+    os.replace(_install_new, target)
+    argv, rc, c = runs["preload"]
+    again = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 0 and again.stdout == "7\n"
+    assert rc == 0 and c["verdict"] == "compatible", c
+    argv, rc, c = runs["plain"]
+    again = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert again.returncode == 127
+    assert rc == 1 and [p["message"] for p in c["problems"]] == again.stderr.splitlines(), (c, again.stderr)

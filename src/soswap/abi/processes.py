@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import struct
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -126,7 +127,49 @@ def read_process(pid: int) -> ProcessInfo:
                           "stale' lists it)")
     secure = _at_secure(pid)
     env = Environment.from_environ(environ, cwd=cwd if cwd.startswith("/") else "/", secure=secure)
+    if _is_dynamic_loader(os.fsencode(exe)) and len(cmdline) > 1 and not retitled:
+        # ld.so run as a program (`ld.so [OPTIONS] PROGRAM ARGS`): the program is what it loads and runs
+        run = _loader_command(cmdline[1:])
+        if run is not None:
+            program, changes = run
+            name = os.fsdecode(program)
+            exe = posixpath.normpath(posixpath.join(env.cwd, name))
+            argv0 = os.fsdecode(changes.pop("argv0", program))  # type: ignore[arg-type]
+            extra = changes.pop("preload", None)
+            if extra is not None:  # LD_PRELOAD first, then --preload (dl_main)
+                changes["preload"] = f"{env.preload}:{os.fsdecode(extra)}" if env.preload else os.fsdecode(extra)
+            env = env.replace(**changes)
     return ProcessInfo(pid, exe, argv0, env, tuple(seen.values()), note, root, where)
+
+
+def _loader_command(args: Sequence[bytes]) -> Optional[Tuple[bytes, Dict[str, object]]]:
+    """(PROGRAM, Environment changes) of ld.so's command line after its own name (rtld.c ``dl_main``: its options
+    come first; ``--library-path`` replaces LD_LIBRARY_PATH, ``--preload`` comes after LD_PRELOAD), or None
+    for a mode that runs no program (``--list``, ``--verify``, ``--help``...)."""
+    changes: Dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        value = args[i + 1] if i + 1 < len(args) else None
+        if a == b"--inhibit-cache":
+            changes["inhibit_cache"] = True
+            i += 1
+        elif a in (b"--library-path", b"--preload", b"--argv0", b"--glibc-hwcaps-mask", b"--inhibit-rpath",
+                   b"--audit", b"--glibc-hwcaps-prepend") and value is not None:
+            if a == b"--library-path":
+                changes["library_path"] = os.fsdecode(value)
+            elif a == b"--preload":
+                changes["preload"] = value
+            elif a == b"--argv0":
+                changes["argv0"] = value
+            elif a == b"--glibc-hwcaps-mask":
+                changes["hwcaps_mask"] = tuple(x for x in os.fsdecode(value).split(":") if x)
+            i += 2
+        elif a.startswith(b"--"):
+            return None
+        else:
+            return a, changes
+    return None
 
 
 def _is_dynamic_loader(path: bytes) -> bool:
