@@ -8,13 +8,14 @@ line on stderr and the error's exit code.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import importlib
 import io
 import os
 import sys
 from types import ModuleType
-from typing import Any, NoReturn, Optional, Sequence
+from typing import IO, Any, NoReturn, Optional, Sequence
 
 from soswap import __version__
 from soswap.errors import EXIT_ERROR, SoswapError, error_line
@@ -61,6 +62,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+    def _print_message(self, message: str, file: Optional[IO[str]] = None) -> None:
+        # argparse drops a failed write; --help or --version into a full device is an error here
+        if message:
+            out = file or sys.stderr
+            out.write(message)
+            if out is sys.stdout:
+                out.flush()
 
 
 def _command_module(name: str) -> Optional[ModuleType]:
@@ -144,6 +153,11 @@ def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) 
             return _hook_usage_error(hook_event, said.getvalue(), EXIT_ERROR if enforcing else 0)
         sys.stderr.write(said.getvalue())
         raise
+    except OSError as err:  # --help, --version: standard output failed (a full device, a reader gone)
+        if not isinstance(err, BrokenPipeError):
+            _error_line(_describe_oserror(err))
+        _silence_stdout()
+        return EXIT_ERROR
     if nagios:  # a monitoring check killed at its timeout still says UNKNOWN
         from soswap.commands.install import terminate_as_interrupt
 
@@ -162,11 +176,7 @@ def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) 
         return _nagios_unknown("interrupted") if nagios else 130
     except BrokenPipeError:
         # The reader went away (``soswap ... | head``): not an error worth a message.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        _silence_stdout()
         return EXIT_ERROR
     except OSError as exc:
         _error_line(_describe_oserror(exc))
@@ -312,6 +322,25 @@ def _standard_streams() -> None:
                 os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - lives as long as the process
+    for stream in (sys.stdout, sys.stderr):
+        # file names that are not UTF-8 are written back as the same bytes (surrogateescape), as ldd does; an
+        # encoding without UTF-8 (PYTHONIOENCODING=ascii, a Latin-1 locale) shows what it lacks as escapes
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            utf8 = codecs.lookup(getattr(stream, "encoding", None) or "ascii").name == "utf-8"
+            try:
+                reconfigure(errors="surrogateescape" if utf8 else "backslashreplace")
+            except (ValueError, OSError):
+                pass
+
+
+def _silence_stdout() -> None:
+    """Standard output failed: nothing more goes there, not even the flush at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _nagios_unknown(message: str) -> int:

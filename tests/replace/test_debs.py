@@ -259,3 +259,46 @@ def test_check_deb_remove_names_installed_packages(tmp_path: Path) -> None:
                        ([LIBZ, LIBZ, "--remove", "coreutils"], "--remove applies to --deb only")):
         r = subprocess.run([*run, *args], capture_output=True, text=True, env=env, timeout=120)
         assert r.returncode == 2 and says in r.stderr and r.stdout == "", r.stderr
+
+
+def _gz_deb(path: Path, data_dir: Path, tar_args: list) -> Path:
+    """A .deb whose data.tar.gz is made by GNU tar from ``data_dir`` (``tar_args``: e.g. ``--sparse``)."""
+    work = path.parent / (path.name + ".parts")
+    work.mkdir()
+    (work / "debian-binary").write_text("2.0\n")
+    control = io.BytesIO()
+    with tarfile.open(fileobj=control, mode="w:gz") as tar:
+        data = b"Package: t\nVersion: 1\nArchitecture: amd64\nMaintainer: t <t@localhost>\nDescription: t\n"
+        info = tarfile.TarInfo("./control")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    (work / "control.tar.gz").write_bytes(control.getvalue())
+    subprocess.run(["tar", "-czf", str(work / "data.tar.gz"), *tar_args, "-C", str(data_dir), "."], check=True)
+    subprocess.run(["ar", "rc", str(path), "debian-binary", "control.tar.gz", "data.tar.gz"], cwd=work, check=True)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["sparse", "zeros"])
+def test_a_package_that_unpacks_to_far_more_than_its_size_is_refused(tmp_path: Path, kind: str) -> None:
+    """A small .deb whose library is an ELF header and then 256 MiB of a hole (a sparse member, which dpkg
+    refuses) or of zeros (a compression bomb): every byte was written to $TMPDIR (GiBs from a 53 KB package,
+    as root from the apt hook). One error line now, and little written."""
+    data = tmp_path / "data" / "usr" / "lib"
+    data.mkdir(parents=True)
+    lib = data / "libbomb.so.1"
+    with open(lib, "wb") as f:
+        f.write(Path(LIBZ).read_bytes()[:4096])
+        if kind == "sparse":
+            f.truncate(256 << 20)
+        else:
+            for _ in range(256):
+                f.write(bytes(1 << 20))
+    deb = _gz_deb(tmp_path / "bomb.deb", tmp_path / "data", ["--sparse", "--format=gnu"] if kind == "sparse" else [])
+    lib.unlink()
+    assert deb.stat().st_size < 2 << 20
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(SoswapError, match="sparse file in the archive" if kind == "sparse" else "compression bomb"):
+        deb_replacements([str(deb)], str(work))
+    written = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+    assert written < 128 << 20

@@ -23,6 +23,9 @@ from soswap.replace.targets import read_manifest
     ("libfoo.so.1.2.3", "libfoo.so.1.2.3", 0),
     ("libfoo.so.1.10", "libfoo.so.1.9.9", 1),
     ("libfoo.so.1a", "libfoo.so.12", -1),
+    # digit runs accumulate in a C int (wrapping): 4294967297 counts as 1; and no run is too long to compare
+    ("libfoo.so.4294967297", "libfoo.so.2", -1),
+    ("libc.so." + "6" * 5000, "libc.so.6", -1),
 ])
 def test_libcmp_like_ldconfig(a, b, sign):
     got = libcmp(a, b)

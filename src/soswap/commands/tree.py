@@ -154,11 +154,6 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     if args.data_relocs and not args.ldd:
         raise UsageError("-d/--data-relocs goes with --ldd (use -r for the full symbol check)")
-    for stream in (sys.stdout, sys.stderr):
-        # file names that are not UTF-8 are written back as the same bytes (surrogateescape), as ldd does
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(errors="surrogateescape")
     env = _environment(args)
     profile = Profile.detect(args.root)
     if args.platform is not None:

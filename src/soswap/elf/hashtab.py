@@ -72,6 +72,9 @@ def elf_hash(name: bytes) -> int:
     return h
 
 
+#: A hash chain longer than this is indexed once instead of walked at every lookup.
+_LONG_CHAIN = 64
+
 class NameHashes:
     """Both hashes of a symbol name (bytes), computed once per name for every object it is looked up in."""
 
@@ -104,6 +107,8 @@ class RawSymbols:
 
     def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
+        #: the long hash chains, indexed once (see _long_chain): first index -> {key: indexes in chain order}
+        self._indexed: Dict[int, Dict[object, List[int]]] = {}
         tags = elf.dynamic.tags
         lay = elf.layout
         self.is64 = lay.is64
@@ -199,6 +204,16 @@ class RawSymbols:
             n = len(chain)
             h1 = h | 1
             name_off, strtab, size = self.name_off, self.strtab, len(raw)
+            indexed = self._indexed.get(idx) if n > _LONG_CHAIN else None
+            if indexed is None and n > _LONG_CHAIN:
+                indexed = self._long_gnu_chain(idx)
+            if indexed is not None:  # the same indexes in the same order, without walking the chain again
+                for i in indexed.get(h1, ()):
+                    at = name_off[i]
+                    end = at + size
+                    if strtab[at:end] == raw and (end == len(strtab) or strtab[end] == 0):
+                        out.append(i)
+                return out
             while 0 <= idx - symoffset < n:
                 word = chain[idx - symoffset]
                 if (word | 1) == h1:
@@ -216,11 +231,51 @@ class RawSymbols:
             idx = buckets[hashes.sysv(raw) % len(buckets)]
             seen = 0
             limit = min(len(chain), self.count)
+            if limit > _LONG_CHAIN:
+                indexed = self._indexed.get(idx)
+                if indexed is None:
+                    indexed = self._long_sysv_chain(idx, chain, limit)
+                if indexed is not None:
+                    return list(indexed.get(raw, ()))
             while idx and idx < limit and seen <= limit:
                 if self._name_is(idx, raw):
                     out.append(idx)
                 idx = chain[idx]
                 seen += 1
+        return out
+
+    def _long_gnu_chain(self, first: int) -> Optional[Dict[object, List[int]]]:
+        """The GNU hash chain that starts at ``first``, indexed by hash word (``| 1``), when it is long (a
+        table of few buckets: each lookup would walk it, one Python step per entry), else None (and walked)."""
+        _nb, symoffset, _shift, _bloom, _bits, _buckets, chain = self.gnu  # type: ignore[misc]
+        n, idx = len(chain), first
+        while 0 <= idx - symoffset < n and not chain[idx - symoffset] & 1:
+            idx += 1
+        if idx - first < _LONG_CHAIN:
+            return None
+        out: Dict[object, List[int]] = {}
+        for i in range(first, min(idx + 1, symoffset + n)):
+            out.setdefault(chain[i - symoffset] | 1, []).append(i)
+        self._indexed[first] = out
+        return out
+
+    def _long_sysv_chain(self, first: int, chain: array, limit: int) -> Optional[Dict[object, List[int]]]:
+        """The DT_HASH chain that starts at ``first``, indexed by name, when it is long, else None."""
+        names: List[int] = []
+        idx, seen = first, 0
+        while idx and idx < limit and seen <= limit:
+            names.append(idx)
+            idx = chain[idx]
+            seen += 1
+        if len(names) < _LONG_CHAIN:
+            return None
+        strtab, name_off = self.strtab, self.name_off
+        out: Dict[object, List[int]] = {}
+        for i in names:
+            at = name_off[i]
+            end = strtab.find(b"\0", at)
+            out.setdefault(strtab[at:end if end >= 0 else len(strtab)], []).append(i)
+        self._indexed[first] = out
         return out
 
     def row_fields(self, index: int) -> Tuple[int, int, int, int, int, int]:

@@ -398,11 +398,29 @@ def _name_at(path: str, strtab: bytes, offset: int, i: int) -> str:
 def _names(path: str, strtab: bytes, st_name: Words) -> Sequence[str]:
     """The name of each symbol: st_name offsets into DT_STRTAB, exact for tail-merged names (an offset
     into the middle of a string); ElfError for an offset outside the table or an unterminated name."""
+    _check_name_bytes(path, strtab, st_name)
     if len(st_name) >= POINTER_NAMES_MIN and strtab[-1:] == b"\0":
         names = _names_by_pointer(strtab, st_name)
         if names is not None:
             return names
     return _names_by_index(path, strtab, st_name)
+
+
+def _check_name_bytes(path: str, strtab: bytes, st_name: Words) -> None:
+    """ElfError when the names would take far more memory than any linker's table gives: symbols pointing
+    into the same long strings over and over (a crafted file; each name is a copy). A real table's names add
+    up to about its own size; the exact sum is only counted when a cheap bound says it might not."""
+    budget = max(64 << 20, 16 * len(strtab))
+    if len(st_name) * (max(map(len, strtab.split(b"\0")), default=0) + 1) <= budget:
+        return
+    find, size, total = strtab.find, len(strtab), 0
+    for off in st_name:
+        if off < size:
+            end = find(b"\0", off)
+            total += (end if end >= 0 else size) - off
+            if total > budget:
+                raise ElfError(path, f"its {len(st_name)} symbol names would take over {budget >> 20} MiB from a "
+                                     f"{size}-byte string table (names overlapping over and over: a crafted file?)")
 
 
 def _names_by_index(path: str, strtab: bytes, st_name: Words) -> Sequence[str]:

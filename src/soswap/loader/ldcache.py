@@ -54,9 +54,9 @@ def libcmp(p1: str, p2: str) -> int:
                 j0 = j
                 while j < n2 and "0" <= p2[j] <= "9":
                     j += 1
-                v1, v2 = int(p1[i0:i]), int(p2[j0:j])
+                v1, v2 = _c_int(p1[i0:i]), _c_int(p2[j0:j])
                 if v1 != v2:
-                    return v1 - v2
+                    return _c_wrap(v1 - v2)
             else:
                 return 1
         elif c2 and "0" <= c2 <= "9":
@@ -67,6 +67,23 @@ def libcmp(p1: str, p2: str) -> int:
             i += 1
             j += 1
     return 0 - (ord(p2[j]) if j < n2 else 0)
+
+
+def _c_int(digits: str) -> int:
+    """A digit run's value as ``_dl_cache_libcmp`` accumulates it in an ``int`` (wrapping past 2**31: a name
+    may hold thousands of digits)."""
+    if len(digits) <= 9:
+        return int(digits)
+    v = 0
+    for ch in digits:
+        v = (v * 10 + ord(ch) - 48) & 0xFFFFFFFF
+    return _c_wrap(v)
+
+
+def _c_wrap(v: int) -> int:
+    """``v`` as a 32-bit two's complement ``int``."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 class CacheEntry(NamedTuple):
@@ -171,6 +188,10 @@ class LdCache:
             return cls._ignored(path, little_endian, why)
         try:
             return cls.parse(data, path, little_endian)
+        except _TooMuchOverlap as exc:
+            cache = cls._ignored(path, little_endian, "")
+            cache.problem = str(exc)
+            return cache
         except CacheError as exc:
             strict = str(exc)
         try:
@@ -287,14 +308,37 @@ def _priority(subdir: Optional[str], priorities: Sequence[str]) -> int:
         return 0
 
 
-def _cstring(data: bytes, offset: int, limit: int) -> Optional[str]:
-    """The NUL-terminated string at ``offset`` (None if the offset is outside ``limit``)."""
-    if offset >= limit or offset >= len(data):
-        return None
-    end = data.find(b"\0", offset, limit)
-    if end < 0:
-        end = limit
-    return os.fsdecode(data[offset:end])
+class _TooMuchOverlap(CacheError):
+    """The file's entries point into the same long strings far more than any ldconfig output does."""
+
+
+class _Strings:
+    """The NUL-terminated strings of one cache file, each decoded once by offset. ld.so reads them in place;
+    a crafted file can point thousands of entries into one long string: the bytes decoded are bounded (a
+    real cache decodes about its own size)."""
+
+    def __init__(self, data: bytes, path: str) -> None:
+        self.data = data
+        self.path = path
+        self.memo: Dict[int, str] = {}
+        self.left = max(64 << 20, 16 * len(data))
+
+    def get(self, offset: int, limit: int) -> Optional[str]:
+        """The string at ``offset`` (None if the offset is outside ``limit``)."""
+        data = self.data
+        if offset >= limit or offset >= len(data):
+            return None
+        hit = self.memo.get(offset)
+        if hit is None:
+            end = data.find(b"\0", offset, limit)
+            if end < 0:
+                end = limit
+            self.left -= end - offset
+            if self.left < 0:
+                raise _TooMuchOverlap(f"{self.path}: its entries point into the same long strings over and over "
+                                      "(a crafted file?): soswap reads no cache")
+            hit = self.memo[offset] = os.fsdecode(data[offset:end])
+        return hit
 
 
 def _parse_old(data: bytes, path: str, little: bool, lenient: bool = False) -> LdCache:
@@ -311,10 +355,11 @@ def _parse_old(data: bytes, path: str, little: bool, lenient: bool = False) -> L
     strings_at = 16 + 12 * nlibs
     limit = len(data) - strings_at
     out: List[CacheEntry] = []
+    strings = _Strings(data, path)
     for i in range(nlibs):
         flags, key, value = struct.unpack_from(e + "iII", data, 16 + 12 * i)
-        k = _cstring(data, strings_at + key, len(data)) if key < limit else None
-        v = _cstring(data, strings_at + value, len(data)) if value < limit else None
+        k = strings.get(strings_at + key, len(data)) if key < limit else None
+        v = strings.get(strings_at + value, len(data)) if value < limit else None
         if k is None or v is None:
             if lenient:
                 continue
@@ -349,10 +394,11 @@ def _parse_new(data: bytes, base: int, path: str, little: bool, fmt: str, lenien
     # String offsets are relative to the new header (elf/dl-cache.c: string_table = cache_new) and must lie
     # inside the file (_dl_cache_verify_ptr against the file size).
     limit = size - base
+    strings = _Strings(data, path)
     for i in range(nlibs):
         flags, key, value, _osv, hwcap = row.unpack_from(data, base + 48 + 24 * i)
-        k = _cstring(data, base + key, size) if key < limit else None
-        v = _cstring(data, base + value, size) if value < limit else None
+        k = strings.get(base + key, size) if key < limit else None
+        v = strings.get(base + value, size) if value < limit else None
         if k is None or v is None:
             if lenient:
                 continue
@@ -379,6 +425,7 @@ def _parse_extensions(data: bytes, ext_offset: int, path: str, e: str) -> Tuple[
         raise CacheError(f"{path}: ld.so.cache extension directory runs past the end of the file")
     generator: Optional[str] = None
     names: List[str] = []
+    strings = _Strings(data, path)
     for i in range(count):
         tag, _flags, offset, length = struct.unpack_from(e + "IIII", data, ext_offset + 8 + 16 * i)
         if offset + length > size:
@@ -390,7 +437,7 @@ def _parse_extensions(data: bytes, ext_offset: int, path: str, e: str) -> Tuple[
                 raise CacheError(f"{path}: misaligned glibc-hwcaps section in ld.so.cache")
             for j in range(length // 4):
                 (sidx,) = struct.unpack_from(e + "I", data, offset + 4 * j)
-                s = _cstring(data, sidx, size)
+                s = strings.get(sidx, size)
                 if s is None:
                     raise CacheError(f"{path}: glibc-hwcaps name {j} points outside ld.so.cache")
                 names.append(s)

@@ -68,9 +68,10 @@ def abi_for(machine: int, elf_class: int) -> Optional[Abi]:
     return None
 
 
-_VERSION_RE = re.compile(rb"release version (\d+)\.(\d+)")
-_CACHE_VERSION_RE = re.compile(r"(\d+)\.(\d+)\)?\s*$")
-_NAME_VERSION_RE = re.compile(r"^ld-(\d+)\.(\d+)\.so$")
+# (bounded: a crafted file's digit run must not reach int()'s 4300-digit limit)
+_VERSION_RE = re.compile(rb"release version (\d{1,9})\.(\d{1,9})(?!\d)")
+_CACHE_VERSION_RE = re.compile(r"(?<!\d)(\d{1,9})\.(\d{1,9})\)?\s*$")
+_NAME_VERSION_RE = re.compile(r"^ld-(\d{1,9})\.(\d{1,9})\.so$")
 #: The glibc version assumed when nothing under the root says which it is (Debian 12's).
 DEFAULT_GLIBC = (2, 36)
 _LIB_RE = re.compile(rb"ORIGIN\0PLATFORM\0LIB\0([^\0]{1,200})\0")

@@ -7,10 +7,11 @@ preloads (``handle_preload_list``, ``/etc/ld.so.preload``) and the breadth-first
 
 from __future__ import annotations
 
+import bisect
 import errno as errnomod
 import os
 import posixpath
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -43,6 +44,21 @@ _KIND_RTLD = "interpreter"
 _KIND_VDSO = "vdso"
 _KIND_PRELOAD = "preload"
 
+
+
+class _SearchPlan(NamedTuple):
+    """A search list as :meth:`LoadSession._plan` sees it."""
+
+    dirnames: Tuple[str, ...]
+    #: (directory index, subdirectory index) of the pairs that exist, in search order (a relative directory,
+    #: the working directory's, always counts)
+    live: Tuple[Tuple[int, int], ...]
+    #: (directory index, subdirectory index, nonexisting key) of the absolute pairs that do not exist
+    missing: Tuple[Tuple[int, int, Tuple[str, int]], ...]
+    #: their (directory index, subdirectory index), for bisect
+    missing_at: Tuple[Tuple[int, int], ...]
+    #: some directory is relative: its existence depends on the working directory at each search
+    relative: bool
 
 class _Map:
     """The mutable ``struct link_map`` of one session (frozen into :class:`LoadedObject` at the end)."""
@@ -206,6 +222,9 @@ class LoadSession:
         #: The loader's errno between searches (see _replay_errno) and its directory status cache.
         self.errno = 0
         self.nonexisting: set = set()
+        #: id(search list) -> (the list, its _SearchPlan); id(plan) -> how many of its missing pairs are known
+        self._plans: Dict[int, Tuple[Sequence[SearchDir], _SearchPlan]] = {}
+        self._known_missing: Dict[int, int] = {}
         #: For sharing the outcome with programs of the same shape (loading.py): the failures whose line is
         #: "<argv0>: error while loading shared libraries: ..." (``relabel``), and False when a text names the
         #: program in a way a copy cannot rewrite (a missing interpreter).
@@ -402,7 +421,7 @@ class LoadSession:
                    other: List[bool]) -> Optional[_Found]:
         """``open_path``: try every directory and capability subdirectory in order."""
         pure = self.subst is None and not (secure_mode and self.secure)
-        key = (name, tuple(d.dirname for d in dirs), self.capstr, self.env.cwd)
+        key = (name, self._plan(dirs).dirnames, self.capstr, self.env.cwd)
         hit = self.fsys.path_memo.get(key) if pure else None
         if hit is None:
             hit = self._open_path_uncached(name, dirs, secure_mode)
@@ -419,12 +438,52 @@ class LoadSession:
         n, cap, candidate, v = found
         return _Found(candidate, v, self._reason(dirs[n], cap))
 
+    def _plan(self, dirs: Sequence[SearchDir]) -> _SearchPlan:
+        """What :meth:`_open_path` needs to know of a search list once: which (directory, subdirectory)
+        pairs exist (ld.so marks the others ``nonexisting`` and skips them for every later name)."""
+        hit = self._plans.get(id(dirs))
+        if hit is not None and hit[0] is dirs:
+            return hit[1]
+        live: List[Tuple[int, int]] = []
+        missing: List[Tuple[int, int, Tuple[str, int]]] = []
+        relative = False
+        for n, d in enumerate(dirs):
+            absolute = d.dirname.startswith("/")
+            relative |= not absolute
+            for ci, cap in enumerate(self.capstr):
+                if absolute and self.fsys.listing(self._host(d.dirname + cap)) is None:
+                    missing.append((n, ci, (d.dirname, ci)))
+                else:
+                    live.append((n, ci))
+        plan = _SearchPlan(tuple(d.dirname for d in dirs), tuple(live), tuple(missing),
+                           tuple((m[0], m[1]) for m in missing), relative)
+        if len(self._plans) > 256:
+            self._plans.clear()
+            self._known_missing.clear()
+        self._plans[id(dirs)] = (dirs, plan)
+        return plan
+
     def _replay_errno(self, dirs: Sequence[SearchDir], stop: Optional[Tuple[int, int]]) -> None:
         """What the search leaves in ``errno`` (it decides whether a miss reads "cannot open shared object
         file: No such file or directory" or just "cannot open shared object file"): every attempted open
         fails with ENOENT; a directory found missing is never tried again (``r_dir_status``, ``open_path``)."""
         caps = self.capstr
         nonexisting = self.nonexisting
+        plan = self._plan(dirs)
+        if not plan.relative:
+            # the loop below, without walking thousands of missing directories name after name: every
+            # (directory, subdirectory) before ``stop`` that is not known missing sets ENOENT; the missing
+            # ones become known
+            end = len(plan.missing) if stop is None else bisect.bisect_left(plan.missing_at, stop)
+            known = self._known_missing.get(id(plan), 0)  # the first ones are in nonexisting already
+            fresh = [m[2] for m in plan.missing[known:end] if m[2] not in nonexisting]
+            live_before = bool(plan.live) and (stop is None or plan.live[0] < stop)
+            if stop is not None or fresh or live_before:
+                self.errno = errnomod.ENOENT
+            nonexisting.update(fresh)
+            if end > known:
+                self._known_missing[id(plan)] = end
+            return
         for n, d in enumerate(dirs):
             for ci, cap in enumerate(caps):
                 if stop is not None and (n, ci) >= stop:
@@ -444,27 +503,31 @@ class LoadSession:
         fsys = self.fsys
         subst = self.subst
         any_other = False
-        for n, d in enumerate(dirs):
-            for ci, cap in enumerate(self.capstr):
-                base = d.dirname + cap
-                host_dir = self._host(base)
-                if not fsys.may_exist(host_dir, name) and (
-                        subst is None or name not in subst.names
-                        or subst.by_path(posixpath.join(host_dir, name)) is None):
+        if subst is None:  # the directories that exist (a file NEW stands for may be where none does)
+            combos: Iterable[Tuple[int, int]] = self._plan(dirs).live
+        else:
+            combos = ((n, ci) for n in range(len(dirs)) for ci in range(len(self.capstr)))
+        for n, ci in combos:
+            d, cap = dirs[n], self.capstr[ci]
+            base = d.dirname + cap
+            host_dir = self._host(base)
+            if not fsys.may_exist(host_dir, name) and (
+                    subst is None or name not in subst.names
+                    or subst.by_path(posixpath.join(host_dir, name)) is None):
+                continue
+            candidate = base + name
+            v = self._probe(candidate)
+            if v.kind == ACCEPT:
+                if secure_mode and self.secure and not self._setuid_file(v):
                     continue
-                candidate = base + name
-                v = self._probe(candidate)
-                if v.kind == ACCEPT:
-                    if secure_mode and self.secure and not self._setuid_file(v):
-                        continue
-                    return (n, cap, candidate, v), any_other, None, (n, ci)
-                if v.kind == OTHER_CLASS:
-                    any_other = True
-                    continue
-                if v.kind in (FATAL, CRASH):  # the search ends at the first file open_verify accepts or refuses
-                    return None, any_other, _refused(v, name, candidate), (n, ci)
-                if v.kind == CUT:
-                    return None, any_other, None, (n, ci)
+                return (n, cap, candidate, v), any_other, None, (n, ci)
+            if v.kind == OTHER_CLASS:
+                any_other = True
+                continue
+            if v.kind in (FATAL, CRASH):  # the search ends at the first file open_verify accepts or refuses
+                return None, any_other, _refused(v, name, candidate), (n, ci)
+            if v.kind == CUT:
+                return None, any_other, None, (n, ci)
         return None, any_other, None, None
 
     def _setuid_file(self, v: Verdict) -> bool:

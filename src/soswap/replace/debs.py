@@ -308,8 +308,10 @@ def _read(deb: str, into: str, readers: _Readers) -> _Package:
     except OSError as exc:
         raise SoswapError(f"{deb}: {exc.strerror or exc}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise SoswapError(f"{deb}: not a regular file")
+        deb_size = st.st_size
         os.set_blocking(fd, True)
         os.makedirs(into, mode=0o700)
         pkg = _Package()
@@ -326,18 +328,30 @@ def _read(deb: str, into: str, readers: _Readers) -> _Package:
         os.close(fd)
     readers.started(proc)
     problem = None
+    refused = False
     try:
         assert proc.stdout is not None
+        budget = [_UNPACK_FLOOR + _UNPACK_RATIO * deb_size]
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
                 for count, member in enumerate(tar):
-                    _take(pkg, tar, member, os.path.join(into, str(count)))
+                    _take(pkg, tar, member, os.path.join(into, str(count)), budget)
+        except _Refused as exc:
+            problem, refused = f"{deb}: {exc}: not checked", True
+            try:  # nothing more of it is read (it may unpack to terabytes)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
         except (tarfile.TarError, OSError) as exc:
             problem = f"{deb}: cannot read the package's files: {exc}"
-        proc.stdout.read()
+        if not refused:
+            while proc.stdout.read(1 << 20):  # to its end, for dpkg-deb's own verdict
+                pass
     finally:
         _, err = proc.communicate()
         readers.ended(proc)
+    if refused:
+        raise SoswapError(problem)
     if proc.returncode != 0:  # its own message says more than the empty or cut archive it left
         text = " ".join(err.decode(errors="replace").split()) or f"exit status {proc.returncode}"
         text = text[len("dpkg-deb: "):] if text.startswith("dpkg-deb: ") else text
@@ -348,8 +362,20 @@ def _read(deb: str, into: str, readers: _Readers) -> _Package:
     return pkg
 
 
-def _take(pkg: _Package, tar: tarfile.TarFile, member: tarfile.TarInfo, copy: str) -> None:
+#: What the ELF files of one package may unpack to, at most: this much plus this many times the package's size
+#: (xz packs libraries 3 to 10 times; a member of zeros, or a sparse one, is a bomb)
+_UNPACK_FLOOR = 64 << 20
+_UNPACK_RATIO = 50
+
+
+class _Refused(Exception):
+    """A package soswap does not unpack (a sparse member, or ELF files far larger than the package)."""
+
+
+def _take(pkg: _Package, tar: tarfile.TarFile, member: tarfile.TarInfo, copy: str, budget: List[int]) -> None:
     path = posixpath.normpath("/" + member.name.lstrip("/"))
+    if member.issparse():  # dpkg's tar extractor refuses these as well
+        raise _Refused(f"{path} is a sparse file in the archive, which dpkg refuses")
     if member.issym():
         pkg.links[path] = posixpath.normpath(posixpath.join(posixpath.dirname(path), member.linkname))
     elif member.islnk():  # a hard link to an earlier member: the same file under a second name
@@ -367,7 +393,16 @@ def _take(pkg: _Package, tar: tarfile.TarFile, member: tarfile.TarInfo, copy: st
         fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(head)
-            shutil.copyfileobj(source, out, 1 << 20)
+            budget[0] -= len(head)
+            while True:
+                chunk = source.read(1 << 20)
+                if not chunk:
+                    break
+                budget[0] -= len(chunk)
+                if budget[0] < 0:
+                    raise _Refused(f"its ELF files unpack to far more than the package's size ({path} and before "
+                                   "it: a compression bomb?)")
+                out.write(chunk)
         pkg.elf[path] = copy
     else:
         pkg.others.add(path)

@@ -12,6 +12,8 @@ import os
 import stat
 from typing import NamedTuple, Optional, Union
 
+from soswap.loader.ldcache import libcmp
+
 
 class LinkPlan(NamedTuple):
     """Point ``link`` (a path) at ``target`` (a name in the same directory); ``old_target`` is the current
@@ -20,37 +22,6 @@ class LinkPlan(NamedTuple):
     link: str
     target: str
     old_target: Optional[str]
-
-
-def _digits_then_rest(s: str, i: int) -> int:
-    j = i
-    while j < len(s) and s[j].isdigit():
-        j += 1
-    return j
-
-
-def libcmp(a: str, b: str) -> int:
-    """Compare two library names like ``_dl_cache_libcmp``: runs of digits numerically, and a digit sorts
-    after a non-digit. Returns <0, 0, >0."""
-    i = j = 0
-    while i < len(a) and j < len(b):
-        ca, cb = a[i], b[j]
-        if ca.isdigit() and ca.isascii():
-            if not (cb.isdigit() and cb.isascii()):
-                return 1
-            ei, ej = _digits_then_rest(a, i), _digits_then_rest(b, j)
-            va, vb = int(a[i:ei]), int(b[j:ej])
-            if va != vb:
-                return -1 if va < vb else 1
-            i, j = ei, ej
-        else:
-            if cb.isdigit() and cb.isascii():
-                return -1
-            if ca != cb:
-                return -1 if ca < cb else 1
-            i += 1
-            j += 1
-    return (len(a) - i) - (len(b) - j)
 
 
 def ldconfig_considers(name: str) -> bool:
@@ -85,7 +56,8 @@ def plan_soname_link(directory: str, name: str, soname: Optional[str]) -> Union[
     current_name = os.path.basename(current)
     dangling = not os.path.exists(os.path.join(directory, current))  # ldconfig chooses among existing files
     if dangling or os.path.dirname(current) not in ("", ".") or libcmp(name, current_name) >= 0:
-        higher = _higher_version(directory, name, soname, current_name)
+        # (a dangling link is mended whatever ldconfig would choose: it leads nowhere now)
+        higher = None if dangling else _higher_version(directory, name, soname, current_name)
         if higher is not None:
             return (f"{higher} has the SONAME {soname} too and a higher version than {name}; the soname link is "
                     f"left alone (ldconfig would point it at {higher})")
