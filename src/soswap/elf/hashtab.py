@@ -74,6 +74,7 @@ def elf_hash(name: bytes) -> int:
 
 #: A hash chain longer than this is indexed once instead of walked at every lookup.
 _LONG_CHAIN = 64
+_UNSEEN = object()
 
 class NameHashes:
     """Both hashes of a symbol name (bytes), computed once per name for every object it is looked up in."""
@@ -108,7 +109,7 @@ class RawSymbols:
     def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
         #: the long hash chains, indexed once (see _long_chain): first index -> {key: indexes in chain order}
-        self._indexed: Dict[int, Dict[object, List[int]]] = {}
+        self._indexed: Dict[int, Optional[Dict[object, List[int]]]] = {}
         tags = elf.dynamic.tags
         lay = elf.layout
         self.is64 = lay.is64
@@ -204,9 +205,11 @@ class RawSymbols:
             n = len(chain)
             h1 = h | 1
             name_off, strtab, size = self.name_off, self.strtab, len(raw)
-            indexed = self._indexed.get(idx) if n > _LONG_CHAIN else None
-            if indexed is None and n > _LONG_CHAIN:
-                indexed = self._long_gnu_chain(idx)
+            indexed = None
+            if n > _LONG_CHAIN:
+                indexed = self._indexed.get(idx, _UNSEEN)
+                if indexed is _UNSEEN:
+                    indexed = self._long_gnu_chain(idx)
             if indexed is not None:  # the same indexes in the same order, without walking the chain again
                 for i in indexed.get(h1, ()):
                     at = name_off[i]
@@ -232,8 +235,8 @@ class RawSymbols:
             seen = 0
             limit = min(len(chain), self.count)
             if limit > _LONG_CHAIN:
-                indexed = self._indexed.get(idx)
-                if indexed is None:
+                indexed = self._indexed.get(idx, _UNSEEN)
+                if indexed is _UNSEEN:
                     indexed = self._long_sysv_chain(idx, chain, limit)
                 if indexed is not None:
                     return list(indexed.get(raw, ()))
@@ -252,6 +255,7 @@ class RawSymbols:
         while 0 <= idx - symoffset < n and not chain[idx - symoffset] & 1:
             idx += 1
         if idx - first < _LONG_CHAIN:
+            self._indexed[first] = None  # short: walked at each lookup
             return None
         out: Dict[object, List[int]] = {}
         for i in range(first, min(idx + 1, symoffset + n)):
@@ -268,6 +272,7 @@ class RawSymbols:
             idx = chain[idx]
             seen += 1
         if len(names) < _LONG_CHAIN:
+            self._indexed[first] = None
             return None
         strtab, name_off = self.strtab, self.name_off
         out: Dict[object, List[int]] = {}
