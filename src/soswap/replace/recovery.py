@@ -168,14 +168,7 @@ def _is_its_directory(dfd: int, ch: Change) -> bool:
         return True
     if os.fstat(dfd).st_dev != rec.dev and not (ch.old is not None and _renumbered(dfd, ch)):
         return False
-    for name in (os.path.basename(ch.dest), ch.backup, ch.temp):
-        if name:
-            try:
-                os.lstat(name, dir_fd=dfd)
-                return True
-            except FileNotFoundError:
-                continue
-    return False
+    return _holds_any(dfd, (os.path.basename(ch.dest), ch.backup, ch.temp))
 
 
 def _dir_fd(dirs: Dirs, ch: Change, notes: List[str]) -> Optional[int]:
@@ -281,7 +274,12 @@ def _drop_flagged_link(ch: Change, dfd: int) -> bool:
 def _holds_its_files(dfd: int, ch: Change) -> bool:
     """Does the directory ``dfd`` (on the old file's device) hold ``ch``'s backup or its file? An empty mount
     point holds neither."""
-    for name in (ch.backup, os.path.basename(ch.dest)):
+    return _holds_any(dfd, (ch.backup, os.path.basename(ch.dest)))
+
+
+def _holds_any(dfd: int, names: Sequence[Optional[str]]) -> bool:
+    """Does the directory ``dfd`` hold one of ``names`` (None and empty names left out)?"""
+    for name in names:
         if not name:
             continue
         try:
