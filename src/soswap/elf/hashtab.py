@@ -74,7 +74,6 @@ def elf_hash(name: bytes) -> int:
 
 #: A hash chain longer than this is indexed once instead of walked at every lookup.
 _LONG_CHAIN = 64
-_UNSEEN = object()
 
 class NameHashes:
     """Both hashes of a symbol name (bytes), computed once per name for every object it is looked up in."""
@@ -108,8 +107,8 @@ class RawSymbols:
 
     def __init__(self, elf: ElfFile) -> None:
         self.elf = elf
-        #: the long hash chains, indexed once (see _long_chain): first index -> {key: indexes in chain order}
-        self._indexed: Dict[int, Optional[Dict[object, List[int]]]] = {}
+        #: the long hash chains, indexed once (see candidates): first index -> {key: indexes in chain order}
+        self._indexed: Dict[int, Dict[object, List[int]]] = {}
         tags = elf.dynamic.tags
         lay = elf.layout
         self.is64 = lay.is64
@@ -187,7 +186,8 @@ class RawSymbols:
 
     def candidates(self, raw: bytes, hashes: NameHashes, h: Optional[int] = None) -> List[int]:
         """The symbol indexes ``do_lookup_x`` would try for the name ``raw``, in chain order (``h``: its GNU
-        hash, if the caller has it)."""
+        hash, if the caller has it). A chain found long (a table of few buckets) is indexed the first time it
+        is walked, so that later lookups do not walk it again, one Python step per entry."""
         out: List[int] = []
         if self.gnu is not None:
             if h is None:
@@ -205,18 +205,15 @@ class RawSymbols:
             n = len(chain)
             h1 = h | 1
             name_off, strtab, size = self.name_off, self.strtab, len(raw)
-            indexed = None
-            if n > _LONG_CHAIN:
-                indexed = self._indexed.get(idx, _UNSEEN)
-                if indexed is _UNSEEN:
-                    indexed = self._long_gnu_chain(idx)
-            if indexed is not None:  # the same indexes in the same order, without walking the chain again
+            indexed = self._indexed.get(idx) if self._indexed else None
+            if indexed is not None:  # the same indexes in the same order as the walk below
                 for i in indexed.get(h1, ()):
                     at = name_off[i]
                     end = at + size
                     if strtab[at:end] == raw and (end == len(strtab) or strtab[end] == 0):
                         out.append(i)
                 return out
+            first = idx
             while 0 <= idx - symoffset < n:
                 word = chain[idx - symoffset]
                 if (word | 1) == h1:
@@ -227,61 +224,48 @@ class RawSymbols:
                 if word & 1:
                     break
                 idx += 1
+            if idx - first > _LONG_CHAIN:
+                self._index_gnu_chain(first, idx)
         elif self.sysv is not None:
             buckets, chain = self.sysv
             if not len(buckets):
                 return out
             idx = buckets[hashes.sysv(raw) % len(buckets)]
+            indexed = self._indexed.get(idx) if self._indexed else None
+            if indexed is not None:
+                return list(indexed.get(raw, ()))
+            first = idx
             seen = 0
             limit = min(len(chain), self.count)
-            if limit > _LONG_CHAIN:
-                indexed = self._indexed.get(idx, _UNSEEN)
-                if indexed is _UNSEEN:
-                    indexed = self._long_sysv_chain(idx, chain, limit)
-                if indexed is not None:
-                    return list(indexed.get(raw, ()))
             while idx and idx < limit and seen <= limit:
                 if self._name_is(idx, raw):
                     out.append(idx)
                 idx = chain[idx]
                 seen += 1
+            if seen > _LONG_CHAIN:
+                self._index_sysv_chain(first, chain, limit)
         return out
 
-    def _long_gnu_chain(self, first: int) -> Optional[Dict[object, List[int]]]:
-        """The GNU hash chain that starts at ``first``, indexed by hash word (``| 1``), when it is long (a
-        table of few buckets: each lookup would walk it, one Python step per entry), else None (and walked)."""
-        _nb, symoffset, _shift, _bloom, _bits, _buckets, chain = self.gnu  # type: ignore[misc]
-        n, idx = len(chain), first
-        while 0 <= idx - symoffset < n and not chain[idx - symoffset] & 1:
-            idx += 1
-        if idx - first < _LONG_CHAIN:
-            self._indexed[first] = None  # short: walked at each lookup
-            return None
+    def _index_gnu_chain(self, first: int, last: int) -> None:
+        """Index the GNU hash chain ``first``..``last`` (its stop word, or the end of the table) by hash word."""
+        symoffset, chain = self.gnu[1], self.gnu[6]  # type: ignore[index]
         out: Dict[object, List[int]] = {}
-        for i in range(first, min(idx + 1, symoffset + n)):
+        for i in range(first, min(last + 1, symoffset + len(chain))):
             out.setdefault(chain[i - symoffset] | 1, []).append(i)
         self._indexed[first] = out
-        return out
 
-    def _long_sysv_chain(self, first: int, chain: array, limit: int) -> Optional[Dict[object, List[int]]]:
-        """The DT_HASH chain that starts at ``first``, indexed by name, when it is long, else None."""
-        names: List[int] = []
-        idx, seen = first, 0
-        while idx and idx < limit and seen <= limit:
-            names.append(idx)
-            idx = chain[idx]
-            seen += 1
-        if len(names) < _LONG_CHAIN:
-            self._indexed[first] = None
-            return None
+    def _index_sysv_chain(self, first: int, chain: array, limit: int) -> None:
+        """Index the DT_HASH chain that starts at ``first`` by name (the walk's own bounds)."""
         strtab, name_off = self.strtab, self.name_off
         out: Dict[object, List[int]] = {}
-        for i in names:
-            at = name_off[i]
+        idx, seen = first, 0
+        while idx and idx < limit and seen <= limit:
+            at = name_off[idx]
             end = strtab.find(b"\0", at)
-            out.setdefault(strtab[at:end if end >= 0 else len(strtab)], []).append(i)
+            out.setdefault(strtab[at:end if end >= 0 else len(strtab)], []).append(idx)
+            idx = chain[idx]
+            seen += 1
         self._indexed[first] = out
-        return out
 
     def row_fields(self, index: int) -> Tuple[int, int, int, int, int, int]:
         """(st_name, st_info, st_other, st_shndx, st_value, st_size) of the symbol at ``index``, whatever the

@@ -65,6 +65,8 @@ class FileSystem:
         self._stat_memo: Dict[str, Union[os.stat_result, int]] = {}
         #: open_path results: (name, directories, capability subdirs, cwd) -> (found, other class, fatal)
         self.path_memo: Dict[tuple, tuple] = {}
+        #: (directory names, capability subdirectories, working directory) -> the search plan (session.py)
+        self.plan_memo: Dict[tuple, object] = {}
         #: Files read once per run: ld.so's own ELF (path -> ElfFile or None), /etc/ld.so.preload.
         self.file_memo: Dict[object, object] = {}
         self._real_dirs: Dict[str, str] = {}

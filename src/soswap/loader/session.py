@@ -444,6 +444,12 @@ class LoadSession:
         hit = self._plans.get(id(dirs))
         if hit is not None and hit[0] is dirs:
             return hit[1]
+        # the same directories in the file system's other sessions (the listings are the file system's)
+        key = (tuple(d.dirname for d in dirs), self.capstr, self.env.cwd)
+        shared = self.fsys.plan_memo.get(key)
+        if shared is not None:
+            self._plans[id(dirs)] = (dirs, shared)  # type: ignore[assignment]
+            return shared  # type: ignore[return-value]
         live: List[Tuple[int, int]] = []
         missing: List[Tuple[int, int, Tuple[str, int]]] = []
         relative = False
@@ -455,12 +461,14 @@ class LoadSession:
                     missing.append((n, ci, (d.dirname, ci)))
                 else:
                     live.append((n, ci))
-        plan = _SearchPlan(tuple(d.dirname for d in dirs), tuple(live), tuple(missing),
-                           tuple((m[0], m[1]) for m in missing), relative)
+        plan = _SearchPlan(key[0], tuple(live), tuple(missing), tuple((m[0], m[1]) for m in missing), relative)
         if len(self._plans) > 256:
             self._plans.clear()
             self._known_missing.clear()
         self._plans[id(dirs)] = (dirs, plan)
+        if len(self.fsys.plan_memo) > 4096:
+            self.fsys.plan_memo.clear()
+        self.fsys.plan_memo[key] = plan
         return plan
 
     def _replay_errno(self, dirs: Sequence[SearchDir], stop: Optional[Tuple[int, int]]) -> None:
