@@ -598,15 +598,16 @@ class ConsumerChecker:
             moved_in = d_new.index in brought and d_old.index != t_old and \
                 res_new.objects[d_new.index].path != res_old.objects[d_old.index].path
             if (d_new.index == t_new) != (d_old.index == t_old) or moved_in:
-                sized = self._size_problems(ld, res_new, i, ref, d_old, d_new, t_new, who, reviews)
                 p = _rebound(res_old, res_new, d_old, d_new, t_new, ref, who, plugin, moved_in)
                 if p is not None:
-                    if sized and not sized[0].silent:  # ld.so does say something: the size warning
+                    # what a copy relocation copies now: ld.so warns when the definition outgrew the copy
+                    sized = self._size_problems(ld, res_new, i, ref, d_old, d_new, t_new, who, []) if copy else []
+                    if sized and not sized[0].silent:
                         p = p._replace(detail=p.detail.replace(" (ld.so says nothing)", ""))
                     out.append(p)
-                    out.extend(q for q in sized if q.kind == P.COPY_SIZE)
-                elif d_new.index != t_new:  # a symbol that moved to another object: the same size?
                     out.extend(sized)
+                elif d_new.index != t_new:  # a symbol that moved to another object: the same size?
+                    out.extend(self._size_problems(ld, res_new, i, ref, d_old, d_new, t_new, who, reviews))
                 continue
             if d_new.index != t_new:
                 continue

@@ -45,7 +45,6 @@ _KIND_VDSO = "vdso"
 _KIND_PRELOAD = "preload"
 
 
-
 class _SearchPlan(NamedTuple):
     """A search list as :meth:`LoadSession._plan` sees it."""
 
@@ -59,6 +58,7 @@ class _SearchPlan(NamedTuple):
     missing_at: Tuple[Tuple[int, int], ...]
     #: some directory is relative: its existence depends on the working directory at each search
     relative: bool
+
 
 class _Map:
     """The mutable ``struct link_map`` of one session (frozen into :class:`LoadedObject` at the end)."""
