@@ -493,3 +493,130 @@ def test_a_forked_child_closing_leaves_the_parents_copy(tmp_path: Path) -> None:
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["True 1", "False"], r.stdout
+
+
+# QA round of 2026-12-01 ---------------------------------------------------------------------------------------
+def test_a_copy_opened_rtld_global_elsewhere_is_refused_not_silently_used(tmp_path: Path) -> None:
+    """Another copy of the library opened RTLD_GLOBAL in the process: ld.so searches the global scope first, so
+    the new generation's own calls went to that copy while the reload said it succeeded."""
+    lib = version_lib(tmp_path / "libplug.so", 1, extra="int twice(void) { return 2 * version(); }\n")
+    other = tmp_path / "other" / "libplug.so"
+    other.parent.mkdir()
+    other.write_bytes(lib.read_bytes())
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import ctypes
+        from soswap.hotload import NativeReloader, ReloadError
+        ctypes.CDLL({str(other)!r}, mode=ctypes.RTLD_GLOBAL)
+        try:
+            NativeReloader({str(lib)!r})
+            print("loaded")
+        except ReloadError as e:
+            print(e)
+        """)
+    assert "already defined in this process's global scope" in r.stdout and "\nloaded" not in r.stdout, r
+
+
+def test_glibc_itself_is_refused(tmp_path: Path) -> None:
+    """libc.so.6 loaded a second time (pthread_create through it aborted the process)."""
+    libc = next(p for p in ("/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                            "/lib64/libc.so.6") if os.path.exists(p))
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        from soswap.hotload import NativeReloader, ReloadError
+        try:
+            NativeReloader({libc!r})
+        except ReloadError as e:
+            print(e)
+        """)
+    assert "a second copy of glibc cannot work" in r.stdout, r
+
+
+def test_the_ld_so_check_holds_with_sigchld_ignored(tmp_path: Path) -> None:
+    """A daemon that ignores SIGCHLD: the kernel reaps the ld.so probe itself and its crash read as status 0,
+    so a file that makes ld.so abort was loaded and ended the process."""
+    import struct
+
+    from soswap.elf import ElfFile
+    from soswap.elf import constants as C
+
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    good = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    with ElfFile.open(str(good)) as elf:
+        gnu_hash = elf.dynamic.tags[C.DT_GNU_HASH]
+        at = next(s.offset + gnu_hash - s.vaddr for s in elf.segments_of_type(C.PT_LOAD)
+                  if s.vaddr <= gnu_hash < s.vaddr + s.filesz)
+    bloom = tmp_path / "bloom.so"
+    bloom.write_bytes(_patched(good.read_bytes(), at + 8, struct.pack("<I", 3)))
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import signal
+        from soswap.hotload import NativeReloader, ReloadError
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        r = NativeReloader({str(lib)!r})
+        swap({str(bloom)!r}, {str(lib)!r})
+        try:
+            r.reload()
+            print("loaded")
+        except ReloadError as e:
+            print(e)
+        print(r.function("version")())
+        """)
+    assert r.returncode == 0 and "ld.so aborts loading it" in r.stdout and r.stdout.endswith("1\n"), r
+
+
+def test_a_rewrite_in_place_with_size_and_mtime_put_back_is_a_change(tmp_path: Path) -> None:
+    """The same inode rewritten with the same size and its mtime put back (or a new file that got a freed
+    inode number back: install -p, tar x): changed() said no. The ctime tells."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    v2 = version_lib(tmp_path / "v2" / "libplug.so", 2)
+    assert lib.stat().st_size == v2.stat().st_size
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import os, time
+        from soswap.hotload import NativeReloader
+        r = NativeReloader({str(lib)!r})
+        st = os.stat({str(lib)!r})
+        time.sleep(0.02)
+        with open({str(lib)!r}, "r+b") as f:
+            f.write(open({str(v2)!r}, "rb").read())
+        os.utime({str(lib)!r}, ns=(st.st_atime_ns, st.st_mtime_ns))
+        print(r.changed())
+        r.reload()
+        print(r.function("version")())
+        """)
+    assert r.stdout.split() == ["True", "2"], r
+
+
+def test_a_relative_workdir_is_removed_after_a_chdir(tmp_path: Path) -> None:
+    """workdir="." then os.chdir(): the private directory was looked for in the new working directory, a new
+    one made there, and the first left behind after close()."""
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        import os
+        from soswap.hotload import NativeReloader
+        os.chdir({str(tmp_path / "a")!r})
+        r = NativeReloader({str(lib)!r}, workdir=".")
+        os.chdir({str(tmp_path / "b")!r})
+        r.reload()
+        r.close()
+        print(sorted(os.listdir({str(tmp_path / "a")!r})), sorted(os.listdir({str(tmp_path / "b")!r})))
+        """)
+    assert r.stdout.strip() == "[] []", r
+
+
+def test_a_static_program_at_the_path_is_called_so(tmp_path: Path) -> None:
+    """A statically linked program put at the library's path: ld.so's trace mode crashes on it, and the
+    reloader called the file damaged."""
+    from support.build import executable
+
+    lib = version_lib(tmp_path / "libplug.so", 1)
+    static = executable(tmp_path / "static", "int main(void) { return 0; }\n", flags=["-static"])
+    r = run_child(tmpdir=str(tmp_path), code=f"""
+        from soswap.hotload import NativeReloader, ReloadError
+        r = NativeReloader({str(lib)!r})
+        swap({str(static)!r}, {str(lib)!r})
+        try:
+            r.reload()
+        except ReloadError as e:
+            print(e)
+        """)
+    assert "a statically linked program, not a shared library" in r.stdout, r

@@ -27,6 +27,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,7 +42,7 @@ RTLD_NOW = getattr(os, "RTLD_NOW", 2)
 RTLD_LOCAL = getattr(os, "RTLD_LOCAL", 0)
 RTLD_NOLOAD = getattr(os, "RTLD_NOLOAD", 4)
 
-Identity = Tuple[int, int, int, int]
+Identity = Tuple[int, int, int, int, int]
 
 
 class ReloadError(SoswapError):
@@ -92,8 +93,10 @@ def is_loaded(path: str) -> bool:
 
 
 def _identity(path: str) -> Identity:
+    # the ctime too: a new file can get a freed inode number back with the same size and mtime (install -p,
+    # tar x), and no system call sets the ctime
     st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class NativeReloader:
@@ -118,7 +121,8 @@ class NativeReloader:
         self._on_load = on_load
         self._on_unload = on_unload
         #: where this reloader's private directory is made (None: the system's temporary directory)
-        self._parent_dir = workdir
+        # absolute: a relative one would follow a later os.chdir() (and the old directory be left behind)
+        self._parent_dir = os.path.abspath(workdir) if workdir is not None else None
         #: :meth:`reload_if_changed` waits until the file has not been written for this many seconds
         self.settle = settle
         self._lock = threading.RLock()
@@ -191,10 +195,11 @@ class NativeReloader:
             try:
                 _check_loadable(new_copy)
                 _probe_with_ld_so(new_copy)
+                _check_not_interposed(new_copy)
                 new_handle = ctypes.CDLL(new_copy, mode=RTLD_NOW | RTLD_LOCAL)
             except (OSError, ElfError) as exc:
                 why = exc.problem if isinstance(exc, ElfError) else str(exc)
-                why += _origin_hint(new_copy, why)
+                why += _origin_hint(new_copy, why) + _noexec_hint(new_copy, why)
                 _unlink(new_copy)
                 raise ReloadError(f"{self.path}: generation {gen} not loaded, {keeping}: {why}") from None
             old_handle, old_copy = self.handle, self._copy
@@ -341,6 +346,50 @@ def _check_loadable(path: str) -> None:
         elf.close()
 
 
+#: Symbols the linker defines in every object (the global scope always has the program's).
+_LINKER_SYMBOLS = frozenset({"_init", "_fini", "_edata", "_end", "__bss_start", "_DYNAMIC", "_GLOBAL_OFFSET_TABLE_"})
+
+
+def _check_not_interposed(path: str) -> None:
+    """Raise :class:`ElfError` when symbols the new generation defines are already defined in this process's
+    global scope (the program, its libraries, a copy of this library opened ``RTLD_GLOBAL``): ``do_lookup_x``
+    searches the global scope before the object's own, so the new generation's calls to its own functions and
+    its uses of its own globals would reach that other copy (its SONAME names libc or ld.so: a second glibc in
+    a process cannot work). A library linked ``-Bsymbolic``, or whose symbols are protected, binds to itself."""
+    elf = ElfFile.open(path)
+    try:
+        soname = elf.soname
+        symbolic = elf.dynamic.symbolic
+        try:
+            names = [sym.name for sym in elf.symbol_table.defined()
+                     if sym.name and sym.name not in _LINKER_SYMBOLS and sym.visibility == C.STV_DEFAULT]
+        except ElfError:
+            names = []  # ld.so took it (checked first): a table only soswap's decoder finds odd
+    finally:
+        elf.close()
+    if soname and (soname.startswith(("libc.so", "ld-linux", "ld.so", "ld64.so"))):
+        raise ElfError(path, f"it is {soname}, which this process already runs: a second copy of glibc cannot work "
+                             "in one process")
+    if symbolic:
+        return
+    everything = ctypes.CDLL(None)  # dlopen(NULL): the global scope
+    taken = [n for n in names if _defined(everything, n)]
+    if taken:
+        shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise ElfError(path, f"{shown} {'is' if len(taken) == 1 else 'are'} already defined in this process's "
+                             "global scope (the program, or a copy of the library opened with RTLD_GLOBAL): the "
+                             "new generation's own calls and globals would go there (ld.so searches the global "
+                             "scope first); link the library -Bsymbolic or load it only through this reloader")
+
+
+def _defined(scope: ctypes.CDLL, name: str) -> bool:
+    try:
+        getattr(scope, name)
+    except AttributeError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=1)
 def _own_abi() -> Optional[Tuple[int, bool, int, str, Optional[str]]]:
     """(class, little-endian, machine, machine name, PT_INTERP) of this process's program; None if unreadable."""
@@ -371,17 +420,31 @@ def _probe_with_ld_so(path: str, timeout: float = 30.0) -> None:
     for k in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
         if k in os.environ:
             env[k] = os.environ[k]
-    env.update(LD_TRACE_LOADED_OBJECTS="1", LD_WARN="yes", LD_BIND_NOW="yes")
+    trace = {"LD_TRACE_LOADED_OBJECTS": "1", "LD_WARN": "yes", "LD_BIND_NOW": "yes"}
+    import signal
+
+    # with SIGCHLD ignored (a daemon's habit) the kernel reaps children itself and their status is lost: an
+    # interpreter of ours, SIGCHLD set back to the default, runs ld.so and says how it ended
+    lost_status = signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+    argv = [sys.executable, "-S", "-c", _REPORT_STATUS, interp, path] if lost_status else [interp, path]
+    if not lost_status:  # (the interpreter of ours is not traced: it gives the variables to ld.so alone)
+        env.update(trace)
     try:
-        r = subprocess.run([interp, path], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE if lost_status else subprocess.DEVNULL,
                            stderr=subprocess.PIPE, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise ElfError(path, f"ld.so did not finish checking it in {timeout:.0f} s") from None
     except OSError:
         return
+    if lost_status:
+        try:
+            r.returncode = int(r.stdout.strip() or b"0")
+        except ValueError:
+            raise ElfError(path, "ld.so's check of it gave no status") from None
+    if r.returncode < 0 and _static_program(path):
+        raise ElfError(path, "a statically linked program, not a shared library")
     if r.returncode < 0:
-        import signal
-
         try:
             name = signal.Signals(-r.returncode).name
         except ValueError:
@@ -390,6 +453,23 @@ def _probe_with_ld_so(path: str, timeout: float = 30.0) -> None:
     if _LD_SO_ASSERTION in r.stderr:
         line = next(ln for ln in r.stderr.splitlines() if _LD_SO_ASSERTION in ln)
         raise ElfError(path, f"ld.so aborts loading it: {line.decode('utf-8', 'replace').strip()}")
+
+
+#: Run by an interpreter of ours with SIGCHLD ignored in the caller: ld.so's status on standard output.
+_REPORT_STATUS = ("import os, signal, subprocess, sys\n"
+                  "signal.signal(signal.SIGCHLD, signal.SIG_DFL)\n"
+                  "env = dict(os.environ, LD_TRACE_LOADED_OBJECTS='1', LD_WARN='yes', LD_BIND_NOW='yes')\n"
+                  "r = subprocess.run(sys.argv[1:], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)\n"
+                  "sys.stdout.write(str(r.returncode))\n")
+
+
+def _static_program(path: str) -> bool:
+    """A program without PT_DYNAMIC (ld.so's trace mode crashes on one: not the file's fault)."""
+    try:
+        with ElfFile.open(path) as elf:
+            return elf.header.type == C.ET_EXEC and not elf.is_dynamic
+    except (OSError, ElfError):
+        return False
 
 
 def _origin_hint(copy: str, why: str) -> str:
@@ -408,6 +488,18 @@ def _origin_hint(copy: str, why: str) -> str:
         return (" ($ORIGIN in its RPATH/RUNPATH names the directory of the private copy, not the library's own:"
                 " load its dependencies first, or give them absolute paths)")
     return ""
+
+
+def _noexec_hint(copy: str, why: str) -> str:
+    """Why a copy cannot be mapped: its directory (``workdir=``, or $TMPDIR) is on a noexec mount."""
+    if "failed to map segment" not in why:
+        return ""
+    try:
+        noexec = bool(os.statvfs(os.path.dirname(copy)).f_flag & os.ST_NOEXEC)
+    except OSError:
+        return ""
+    return (f" (its private copy lies in {os.path.dirname(copy)}, on a noexec mount: give workdir= a directory "
+            "that allows execution)") if noexec else ""
 
 
 def _unlink(path: str) -> None:
