@@ -149,7 +149,9 @@ def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) 
         if hook_event and exc.code == EXIT_ERROR:
             # enforcing (apt-preinstall --refuse): a check that cannot run stops apt, as a soswap that cannot
             # start does
-            enforcing = hook_event == "apt-preinstall" and "--refuse" in options
+            # (argparse takes a unique prefix, and --refuse=VALUE is refused as it is: both enforce as --refuse)
+            enforcing = hook_event == "apt-preinstall" and any(
+                len(o) >= 5 and "--refuse".startswith(o.split("=", 1)[0]) for o in options)
             return _hook_usage_error(hook_event, said.getvalue(), EXIT_ERROR if enforcing else 0)
         sys.stderr.write(said.getvalue())
         raise

@@ -788,3 +788,59 @@ def test_apt_preinstall_bounds_its_input_by_size_and_time(tmp_path: Path) -> Non
         assert writer.stdout is not None
         writer.stdout.close()
     assert r.returncode == 0 and "skipped" in r.stderr and took < 20, (took, r.stderr)
+
+
+# QA round of 2026-12-01 ---------------------------------------------------------------------------------------
+def test_remove_takes_soswaps_files_whatever_stands_at_the_other_paths(tmp_path: Path) -> None:
+    """A file of the user's at one hook path made `remove` stop before it removed anything: soswap's own dpkg
+    status-logger file was left, unnamed."""
+    root = _root(tmp_path)
+    _executable(root / "usr/bin/soswap")
+    assert hook("setup", "--root", str(root), "--command", "/usr/bin/soswap").returncode == 0
+    conf, dpkg_cfg = root / "etc/apt/apt.conf.d/99soswap", root / "etc/dpkg/dpkg.cfg.d/soswap"
+    assert dpkg_cfg.exists()
+    conf.write_text("// mine\n")
+    r = hook("remove", "--root", str(root))
+    assert r.returncode == 2 and b"not written by soswap" in r.stderr, r.stderr
+    assert not dpkg_cfg.exists() and conf.read_text() == "// mine\n"
+
+
+def test_apt_preinstall_cuts_its_input_at_newlines_only() -> None:
+    """str.splitlines() also cut at \\x0c, \\x1c, U+2028...: a package file named with one was read as a
+    relative name, never checked (and with --refuse a breaking package got through)."""
+    from soswap.commands.hook import apt_actions
+
+    odd = "/tmp/qa\x1cname\u2028x\x0c_1_all.deb"
+    assert apt_actions(f"{odd}\n") == ([odd], [])
+    assert apt_actions(f"VERSION 3\n\nname 1.0 amd64 same < 2.0 amd64 same {odd}\n") == ([odd], [])
+
+
+def test_apt_preinstall_timeout_kills_the_package_field_reader(tmp_path: Path) -> None:
+    """`dpkg-deb --field` (a package on a stalled mount) was not among the readers the timeout kills: the hook
+    took its timeout plus 2 s, blamed a system call, and left the reader running."""
+    bindir, pids = tmp_path / "bin", tmp_path / "pids"
+    bindir.mkdir()
+    fake = bindir / "dpkg-deb"
+    fake.write_text(f"#!/bin/sh\necho $$ >> {pids}\nexec sleep 600\n")
+    fake.chmod(0o755)
+    (tmp_path / "slow.deb").write_bytes(b"!<arch>\n")
+    started = time.monotonic()
+    r = hook("apt-preinstall", "--timeout", "1", stdin=f"{tmp_path / 'slow.deb'}\n".encode(),
+             env={"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    assert r.returncode == 0 and r.stderr.decode() == ("soswap: the check did not finish in 1 s; skipped (soswap "
+                                                      "check could not finish)\n"), r.stderr
+    assert time.monotonic() - started < 30
+    for pid in (int(p) for p in pids.read_text().split()):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        assert state in ("Z", "X"), (pid, state)
+
+
+def test_an_abbreviated_refuse_enforces_with_bad_arguments_too() -> None:
+    """argparse takes --refu for --refuse, and the hook enforced with it, except when an argument was bad:
+    then it let apt go on (exit 0) where --refuse stops it (exit 2)."""
+    for flag in ("--refuse", "--refu", "--refus"):
+        r = hook("apt-preinstall", flag, "--timeout", "5m")
+        assert r.returncode == 2 and b"apt stops (--refuse)" in r.stderr, (flag, r.stderr)

@@ -156,3 +156,21 @@ def test_bad_regular_expressions_fail_before_soswap_runs_and_deny_needs_restart(
     assert r["failed"] and r["msg"].startswith("bad regular expression '('"), r
     r = play({"deny": ["^nginx"]})
     assert not r["failed"] and any("deny applies to restart" in w for w in r.get("warnings", [])), r
+
+
+def test_a_regex_that_starts_with_a_dash_is_a_regex(play) -> None:
+    """ignore: ['-dbg\\.so'] went to soswap as two words, and argparse took the regex for an option: the task
+    failed with soswap's usage text."""
+    r = play({"ignore": [r"-dbg\.so"]})
+    assert not r.get("failed"), r
+    assert "count" in r
+
+
+def test_a_document_of_another_shape_is_a_failure_message(play, tmp_path: Path) -> None:
+    """An executable printing JSON of another shape (another program, a future schema) crashed the module
+    ("Module failed: 'processes'")."""
+    fake = tmp_path / "fake"
+    fake.write_text("#!/bin/sh\necho '[1, 2]'\n")
+    fake.chmod(0o755)
+    r = play({"executable": str(fake)})
+    assert r["failed"] and "does not read" in r["msg"] and "soswap.stale/1" in r["msg"], r

@@ -143,13 +143,13 @@ def main() -> None:
         module.warn("deny applies to restart: true only; it is ignored here")
     argv = [module.get_bin_path(p["executable"], required=True), "stale", "--json"]
     for regex in p["ignore"]:
-        argv += ["--ignore", regex]
+        argv.append(f"--ignore={regex}")  # (one word: a regex starting with '-' is no option)
     if p["ignore_identical"]:
         argv.append("--ignore-identical")
     if p["restart"]:
         argv.append("--restart")
         for regex in p["deny"]:
-            argv += ["--deny", regex]
+            argv.append(f"--deny={regex}")
         if module.check_mode:
             argv.append("--dry-run")
     rc, out, err = module.run_command(argv)
@@ -161,6 +161,10 @@ def main() -> None:
         doc = None
     if doc is None:
         module.fail_json(msg=err.strip() or f"soswap exited with status {rc} and no JSON document", rc=rc, cmd=argv)
+    if not (isinstance(doc, dict) and doc.get("schema") == "soswap.stale/1" and isinstance(doc.get("processes"), list)):
+        shown = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
+        module.fail_json(msg=f"{argv[0]} printed a JSON document this module does not read (schema {shown!r}, not "
+                             "'soswap.stale/1'): another program, or another soswap version", rc=rc, cmd=argv)
     processes = doc["processes"]
     kernel = doc.get("kernel")
     result = {
@@ -172,7 +176,7 @@ def main() -> None:
                   for x in processes],
         "reboot_required": bool(kernel and kernel["status"] in (2, 3)),
         "kernel": kernel,
-        "partial": doc["partial"],
+        "partial": doc.get("partial", False),
         "restarted": [],
         # not "skipped": Ansible reserves that key, and a result carrying it is shown and counted as skipped
         "not_restarted": [],

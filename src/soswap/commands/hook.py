@@ -311,7 +311,10 @@ def apt_actions(text: str) -> AptActions:
     ``NAME OLD-VERSION DIRECTION NEW-VERSION ACTION`` (version 2; version 3 adds the architecture and
     Multi-Arch type after each version), where ACTION is a .deb file, ``**CONFIGURE**`` or ``**REMOVE**``
     (apt's ``pkgDPkgPM::SendPkgsInfo``)."""
-    lines = [line.rstrip("\r") for line in text.splitlines()]
+    # one action per "\n"-ended line (str.splitlines would also cut a file name at \x0c, \x1c, U+2028...)
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
     removing: List[Tuple[str, Optional[str]]] = []
     if lines and lines[0].startswith("VERSION "):
         body = lines[lines.index("") + 1:] if "" in lines else []

@@ -341,9 +341,15 @@ def remove(root: str, manager: str = APT) -> List[str]:
     else:
         rels = [APT_CONF, DPKG_CFG]
     paths = [os.path.join(root, rel) for rel in rels]
-    present = [p for p in paths if _check_ours(p) is not None]
     removed: List[str] = []
     problems: List[str] = []
+    present = []
+    for path in paths:  # every file of soswap's goes, whatever stands at the other paths
+        try:
+            if _check_ours(path) is not None:
+                present.append(path)
+        except SoswapError as exc:
+            problems.append(str(exc))
     for path in present:
         try:
             os.unlink(path)

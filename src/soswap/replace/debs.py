@@ -315,10 +315,21 @@ def _read(deb: str, into: str, readers: _Readers) -> _Package:
         os.set_blocking(fd, True)
         os.makedirs(into, mode=0o700)
         pkg = _Package()
-        field = subprocess.run([dpkg_deb, "--field", "/dev/stdin", "Package", "Architecture"], stdin=fd,
-                               capture_output=True, timeout=300)
+        # its own process group, known to the readers: a hook's timeout kills it as it kills the others
+        field = subprocess.Popen([dpkg_deb, "--field", "/dev/stdin", "Package", "Architecture"], stdin=fd,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        readers.started(field)
+        try:
+            out, _ = field.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            field.kill()
+            out, _ = field.communicate()
+        finally:
+            readers.ended(field)
+        if readers.stopped:
+            raise SoswapError(f"{deb}: not read (stopped)")
         if field.returncode == 0:  # "Package: NAME" and "Architecture: ARCH" lines
-            fields = dict(line.partition(": ")[::2] for line in field.stdout.decode(errors="replace").splitlines())
+            fields = dict(line.partition(": ")[::2] for line in out.decode(errors="replace").split("\n"))
             pkg.name, pkg.arch = fields.get("Package", "").strip(), fields.get("Architecture", "").strip()
         os.lseek(fd, 0, os.SEEK_SET)
         # its own process group: stop() kills it with the decompressor it forks
