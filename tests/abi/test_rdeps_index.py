@@ -822,3 +822,30 @@ def test_running_out_of_descriptors_is_an_error_never_an_answer(tree: Tree, tmp_
         assert not (state / INDEX_FILE).exists()
     os.rmdir(state / "empty")
     assert _roots(_update(tree, state), tree) == _roots(_update(tree, tmp_path / "fresh"), tree) != set()
+
+
+def test_glibc_tunables_are_part_of_the_index_environment() -> None:
+    """GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2 chooses other glibc-hwcaps subdirectories: the trees kept for an
+    environment without it were reused (QA: a program listed by the index under the wrong library)."""
+    from soswap.abi.rdeps import env_fingerprint
+
+    plain = Environment.from_environ({}, cwd="/")
+    tuned = Environment.from_environ({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"}, cwd="/")
+    assert env_fingerprint(plain) != env_fingerprint(tuned)
+    assert env_fingerprint(plain) == env_fingerprint(Environment.from_environ({"GLIBC_TUNABLES": "x=1"}, cwd="/"))
+
+
+def test_a_file_still_being_written_is_looked_at_again(tree: Tree, tmp_path: Path) -> None:
+    """A program still empty when the index ran (a linker, a download, a preallocated copy) was recorded as
+    "not an ELF file", and its directory's ctime does not move when the writing ends: it was never read again."""
+    _update(tree, tmp_path / "state")
+    late = tree.root / "bin" / "late"
+    late.parent.mkdir(exist_ok=True)
+    late.write_bytes(b"")
+    _update(tree, tmp_path / "state")
+    with open(late, "r+b") as f:  # written in place: the directory is not touched
+        f.write(Path(tree["app_other"]).read_bytes())
+    late.chmod(0o755)
+    idx = _update(tree, tmp_path / "state")
+    assert str(late) in idx.stats.reread
+    assert str(late) in _roots(idx, tree) or str(tree["app_other"]) not in _roots(idx, tree)

@@ -222,9 +222,12 @@ def classify(elf: Any, mode: Optional[int] = None) -> str:
 
 
 def env_fingerprint(env: Environment) -> str:
-    """What in the environment changes a tree: the search path, preloads, and the cwd they may be relative to."""
+    """What in the environment changes a tree: the search path, preloads, the cwd they may be relative to, and the
+    CPU features GLIBC_TUNABLES turns off (they choose the glibc-hwcaps subdirectories)."""
     parts: List[Any] = [env.library_path, env.preload, env.origin_path, env.inhibit_cache,
                         env.use_preload_file, list(env.hwcaps_mask) if env.hwcaps_mask is not None else None]
+    if env.cpu_disabled:
+        parts.append(list(env.cpu_disabled))
     if env.library_path is not None or env.preload is not None:
         parts.append(env.cwd)
     return json.dumps(parts)
@@ -240,6 +243,10 @@ def profile_fingerprint(profile: Profile) -> str:
     return json.dumps([VERSION, profile.root, profile.abi.name, list(profile.glibc_version), profile.interpreter,
                        list(profile.system_dirs), profile.platform, list(profile.hwcaps_subdirs),
                        list(profile.legacy_subdirs), preload])
+
+
+#: A file that is empty, short or zeros and changed less than this long ago may still be being written.
+_YOUNG_NS = 600 * 10**9
 
 
 class _ExtrasUnusable(Exception):
@@ -670,6 +677,7 @@ class RdepsIndex:
         others: List[str] = []
         files = self.data.files
         probed = 0
+        young = False
         # the loop runs once per name of every new or changed directory (60,000 names for a cold index):
         # _probe inlined, functions in locals
         os_open, os_read, os_close, os_fstat, S_ISREG = os.open, os.read, os.close, os.fstat, stat.S_ISREG
@@ -707,8 +715,16 @@ class RdepsIndex:
                     fd = -1
                 if fd >= 0:
                     try:
-                        if os_read(fd, 4) == _ELF_MAGIC:
+                        head = os_read(fd, 4)
+                        if head == _ELF_MAGIC:
                             fst = os_fstat(fd)
+                        elif len(head) < 4 or head == b"\0\0\0\0":
+                            # empty, short or zeros so far: maybe a file still being written (a linker, a
+                            # download, a preallocated copy); its directory's ctime will not move when it is
+                            # done, so a young one has the directory listed again next time
+                            young_st = os_fstat(fd)
+                            if now_ns - max(young_st.st_mtime_ns, young_st.st_ctime_ns) < _YOUNG_NS:
+                                young = True
                     except OSError:
                         pass
                     finally:
@@ -732,7 +748,7 @@ class RdepsIndex:
         names.update(others)
         changed_names.update(names ^ old_names)
         subs = "/".join(subdirs)
-        dirs.put(d, st.st_ctime_ns if now_ns - st.st_ctime_ns >= self.racy_ns else -1, st.st_ino, subs,
+        dirs.put(d, st.st_ctime_ns if now_ns - st.st_ctime_ns >= self.racy_ns and not young else -1, st.st_ino, subs,
                  "/".join(elves), "/".join(others))
         roots.extend([prefix + n for n in elves])
         return subs
