@@ -44,6 +44,23 @@ def run_child(code: str, timeout: float = 60, tmpdir: str = "") -> subprocess.Co
                           text=True, env=env, timeout=timeout)
 
 
+def swap_and_reload(tmp_path: Path, lib: Path, *news: Path, before: str = "") -> subprocess.CompletedProcess:
+    """In a child: a reloader of ``lib`` (after ``before``, Python code); for each of ``news``, that file renamed
+    over it and a reload, printing the ReloadError (or "loaded"); then ``version()`` and the generation."""
+    return run_child(tmpdir=str(tmp_path), code=before + f"""
+from soswap.hotload import NativeReloader, ReloadError
+r = NativeReloader({str(lib)!r})
+for new in {[str(n) for n in news]!r}:
+    swap(new, {str(lib)!r})
+    try:
+        r.reload()
+        print("loaded")
+    except ReloadError as e:
+        print(e)
+print(r.function("version")(), r.generation)
+""")
+
+
 def test_plain_dlopen_after_replace_returns_the_old_code(tmp_path: Path) -> None:
     """The glibc behaviour the reloader exists for: same path, same (old) handle."""
     lib = version_lib(tmp_path / "libplug.so", 1)
@@ -82,17 +99,7 @@ def test_reload_gives_the_new_code_and_unmaps_the_old(tmp_path: Path) -> None:
 def test_a_bad_new_version_keeps_the_old_generation(tmp_path: Path) -> None:
     lib = version_lib(tmp_path / "libplug.so", 1)
     bad = shared_lib(tmp_path / "bad" / "libplug.so", "int nothere(void);\nint version(void){return nothere();}")
-    r = run_child(tmpdir=str(tmp_path), code=f"""
-        import os
-        from soswap.hotload import NativeReloader, ReloadError
-        r = NativeReloader({str(lib)!r})
-        swap({str(bad)!r}, {str(lib)!r})
-        try:
-            r.reload()
-        except ReloadError as e:
-            print("refused:", e)
-        print(r.function("version")(), r.generation)
-    """)
+    r = swap_and_reload(tmp_path, lib, bad)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert "undefined symbol: nothere" in lines[0] and "keeping generation 1" in lines[0]
@@ -365,18 +372,7 @@ def test_a_damaged_file_that_would_end_the_process_in_ld_so_is_refused(tmp_path:
     bloom.write_bytes(_patched(data, at + 8, struct.pack("<I", 3)))  # bloom_size must be a power of two
     arm = tmp_path / "arm.so"
     arm.write_bytes(_patched(data, 18, struct.pack("<H", 183)))  # e_machine: EM_AARCH64
-    r = run_child(tmpdir=str(tmp_path), code=f"""
-        from soswap.hotload import NativeReloader, ReloadError
-        r = NativeReloader({str(lib)!r})
-        for bad in ({str(bloom)!r}, {str(arm)!r}):
-            swap(bad, {str(lib)!r})
-            try:
-                r.reload()
-                print("loaded")
-            except ReloadError as e:
-                print(e)
-        print(r.function("version")(), r.generation)
-    """)
+    r = swap_and_reload(tmp_path, lib, bloom, arm)
     assert r.returncode == 0, (r.returncode, r.stderr)
     lines = r.stdout.splitlines()
     assert "keeping generation 1: ld.so aborts loading it: Inconsistency detected by ld.so" in lines[0], lines
@@ -543,20 +539,8 @@ def test_the_ld_so_check_holds_with_sigchld_ignored(tmp_path: Path) -> None:
         n = next(i for i, (tag, _v) in enumerate(elf.dynamic.entries) if tag == C.DT_GNU_HASH)
     bad = tmp_path / "bad.so"  # DT_GNU_HASH's address far away: ld.so dies of SIGSEGV reading it
     bad.write_bytes(_patched(good.read_bytes(), dyn.offset + 16 * n + 15, b"\x2f"))
-    r = run_child(tmpdir=str(tmp_path), code=f"""
-        import signal
-        from soswap.hotload import NativeReloader, ReloadError
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-        r = NativeReloader({str(lib)!r})
-        swap({str(bad)!r}, {str(lib)!r})
-        try:
-            r.reload()
-            print("loaded")
-        except ReloadError as e:
-            print(e)
-        print(r.function("version")())
-        """)
-    assert r.returncode == 0 and "ld.so crashes loading it (SIGSEGV)" in r.stdout and r.stdout.endswith("1\n"), r
+    r = swap_and_reload(tmp_path, lib, bad, before="import signal\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\n")
+    assert r.returncode == 0 and "ld.so crashes loading it (SIGSEGV)" in r.stdout and r.stdout.endswith("1 1\n"), r
 
 
 def test_a_rewrite_in_place_with_size_and_mtime_put_back_is_a_change(tmp_path: Path) -> None:
@@ -607,13 +591,5 @@ def test_a_static_program_at_the_path_is_called_so(tmp_path: Path) -> None:
 
     lib = version_lib(tmp_path / "libplug.so", 1)
     static = executable(tmp_path / "static", "int main(void) { return 0; }\n", flags=["-static"])
-    r = run_child(tmpdir=str(tmp_path), code=f"""
-        from soswap.hotload import NativeReloader, ReloadError
-        r = NativeReloader({str(lib)!r})
-        swap({str(static)!r}, {str(lib)!r})
-        try:
-            r.reload()
-        except ReloadError as e:
-            print(e)
-        """)
+    r = swap_and_reload(tmp_path, lib, static)
     assert "a statically linked program, not a shared library" in r.stdout, r
