@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import signal
 import sys
 from typing import Any, Iterator, List, Sequence, Tuple
@@ -140,8 +141,6 @@ def report_of_done(txid: Any, done: str) -> Iterator[None]:
         yield
         sys.stdout.flush()
     except OSError as exc:
-        import os
-
         try:  # nothing more is written there, not even at exit
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())

@@ -75,6 +75,7 @@ def elf_hash(name: bytes) -> int:
 #: A hash chain longer than this is indexed once instead of walked at every lookup.
 _LONG_CHAIN = 64
 
+
 class NameHashes:
     """Both hashes of a symbol name (bytes), computed once per name for every object it is looked up in."""
 

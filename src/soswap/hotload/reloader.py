@@ -25,6 +25,7 @@ import ctypes
 import functools
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -420,15 +421,12 @@ def _probe_with_ld_so(path: str, timeout: float = 30.0) -> None:
     for k in ("LD_LIBRARY_PATH", "LD_PRELOAD"):
         if k in os.environ:
             env[k] = os.environ[k]
-    trace = {"LD_TRACE_LOADED_OBJECTS": "1", "LD_WARN": "yes", "LD_BIND_NOW": "yes"}
-    import signal
-
     # with SIGCHLD ignored (a daemon's habit) the kernel reaps children itself and their status is lost: an
     # interpreter of ours, SIGCHLD set back to the default, runs ld.so and says how it ended
     lost_status = signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
     argv = [sys.executable, "-S", "-c", _REPORT_STATUS, interp, path] if lost_status else [interp, path]
     if not lost_status:  # (the interpreter of ours is not traced: it gives the variables to ld.so alone)
-        env.update(trace)
+        env.update(_TRACE_ENV)
     try:
         r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL,
                            stdout=subprocess.PIPE if lost_status else subprocess.DEVNULL,
@@ -455,10 +453,12 @@ def _probe_with_ld_so(path: str, timeout: float = 30.0) -> None:
         raise ElfError(path, f"ld.so aborts loading it: {line.decode('utf-8', 'replace').strip()}")
 
 
+#: ``ldd -r``'s variables: trace mode, every symbol bound, undefined ones reported.
+_TRACE_ENV = {"LD_TRACE_LOADED_OBJECTS": "1", "LD_WARN": "yes", "LD_BIND_NOW": "yes"}
 #: Run by an interpreter of ours with SIGCHLD ignored in the caller: ld.so's status on standard output.
 _REPORT_STATUS = ("import os, signal, subprocess, sys\n"
                   "signal.signal(signal.SIGCHLD, signal.SIG_DFL)\n"
-                  "env = dict(os.environ, LD_TRACE_LOADED_OBJECTS='1', LD_WARN='yes', LD_BIND_NOW='yes')\n"
+                  f"env = dict(os.environ, **{_TRACE_ENV!r})\n"
                   "r = subprocess.run(sys.argv[1:], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)\n"
                   "sys.stdout.write(str(r.returncode))\n")
 

@@ -74,8 +74,8 @@ _TUNABLE_FLAGS = {
 def tunable_disabled_flags(tunables: Optional[str]) -> FrozenSet[str]:
     """The /proc/cpuinfo flags that ``GLIBC_TUNABLES`` (its text) turns off through ``glibc.cpu.hwcaps``
     (``name=value`` items separated by ``:``; the last ``glibc.cpu.hwcaps`` counts; its value a list of
-    ``-NAME`` separated by ``,``). ``init_cpu_features`` applies them before it computes the ISA level, the
-    glibc-hwcaps subdirectories and ``$PLATFORM``."""
+    ``-NAME`` separated by ``,``). ``init_cpu_features`` applies them after it computed the ISA level and
+    before the glibc-hwcaps subdirectories and ``$PLATFORM`` are decided."""
     if not tunables:
         return frozenset()
     value = None

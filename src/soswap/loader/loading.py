@@ -477,8 +477,7 @@ def _run_stopped(s: LoadSession, path: str, elf: ElfFile, file: str, origin: Opt
     """A program whose dynamic section ld.so cannot get past: what execve refuses or dies of first (a run),
     else ld.so's ``crash`` (exit status, text). Nothing else is read of the program."""
     interp = elf.interpreter
-    main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin, nodeflib=False)
-    main.elf = None  # nothing reads it: ld.so never gets past it
+    main = s.setup_main(path, None, file=file, substituted=substituted, origin=origin)
     named = elf.loader_interpreter
     rtld = (rtld_path or s.profile.interpreter) if s.trace else (interp or s.profile.interpreter)
     s.setup_rtld(named if named is not None else rtld, rtld)

@@ -146,8 +146,8 @@ class Profile(NamedTuple):
 
     def without_cpu_features(self, flags: FrozenSet[str]) -> Profile:
         """The profile of a process whose ``GLIBC_TUNABLES`` turns these CPU features off
-        (:func:`soswap.loader.cpu.tunable_disabled_flags`): its ISA level, glibc-hwcaps subdirectories,
-        ``$PLATFORM`` and legacy hwcaps as ``init_cpu_features`` computes them then (tunables came in 2.26)."""
+        (:func:`soswap.loader.cpu.tunable_disabled_flags`): its glibc-hwcaps subdirectories, ``$PLATFORM`` and
+        legacy hwcaps as ``init_cpu_features`` leaves them (tunables came in 2.26); the ISA level stays."""
         if not flags or self.cpu is None or self.glibc_version < (2, 26):
             return self
         vendor, have, arch = self.cpu

@@ -52,10 +52,9 @@ class _SearchPlan(NamedTuple):
     #: (directory index, subdirectory index) of the pairs that exist, in search order (a relative directory,
     #: the working directory's, always counts)
     live: Tuple[Tuple[int, int], ...]
-    #: (directory index, subdirectory index, nonexisting key) of the absolute pairs that do not exist
+    #: (directory index, subdirectory index, nonexisting key) of the absolute pairs that do not exist, in search
+    #: order (bisect by a (directory index, subdirectory index) pair: those before it sort first)
     missing: Tuple[Tuple[int, int, Tuple[str, int]], ...]
-    #: their (directory index, subdirectory index), for bisect
-    missing_at: Tuple[Tuple[int, int], ...]
     #: some directory is relative: its existence depends on the working directory at each search
     relative: bool
 
@@ -461,7 +460,7 @@ class LoadSession:
                     missing.append((n, ci, (d.dirname, ci)))
                 else:
                     live.append((n, ci))
-        plan = _SearchPlan(key[0], tuple(live), tuple(missing), tuple((m[0], m[1]) for m in missing), relative)
+        plan = _SearchPlan(key[0], tuple(live), tuple(missing), relative)
         if len(self._plans) > 256:
             self._plans.clear()
             self._known_missing.clear()
@@ -482,7 +481,7 @@ class LoadSession:
             # the loop below, without walking thousands of missing directories name after name: every
             # (directory, subdirectory) before ``stop`` that is not known missing sets ENOENT; the missing
             # ones become known
-            end = len(plan.missing) if stop is None else bisect.bisect_left(plan.missing_at, stop)
+            end = len(plan.missing) if stop is None else bisect.bisect_left(plan.missing, stop)
             known = self._known_missing.get(id(plan), 0)  # the first ones are in nonexisting already
             fresh = [m[2] for m in plan.missing[known:end] if m[2] not in nonexisting]
             live_before = bool(plan.live) and (stop is None or plan.live[0] < stop)
@@ -611,10 +610,10 @@ class LoadSession:
 
     # -- dl_main ----------------------------------------------------------------------------------------
 
-    def setup_main(self, path: str, elf: ElfFile, *, file: str, substituted: bool, origin: Optional[str],
-                   nodeflib: Optional[bool] = None) -> _Map:
-        """The main program's link map (``rtld_setup_main_map``); ``origin`` from :func:`main_origin`;
-        ``nodeflib`` given where the dynamic section is not read (DF_1_NODEFLIB otherwise)."""
+    def setup_main(self, path: str, elf: Optional[ElfFile], *, file: str, substituted: bool,
+                   origin: Optional[str]) -> _Map:
+        """The main program's link map (``rtld_setup_main_map``); ``origin`` from :func:`main_origin`; ``elf``
+        None for a program whose dynamic section ld.so never gets past (nothing of it is read)."""
         # _dl_new_object: the main map answers to no name, even when ld.so runs it as `ld.so PROG` (ldd): a
         # DT_NEEDED naming the program by the path it was run as loads that file again (checked with ldd)
         main = self._new_map("", "", _KIND_EXE)
@@ -623,11 +622,10 @@ class LoadSession:
         main.substituted = substituted
         main.is_main = True
         main.reason = M.Reason(M.RULE_ROOT, "the program")
-        main.nodeflib = bool(elf.dynamic.flags_1 & C.DF_1_NODEFLIB) if nodeflib is None else nodeflib
+        main.nodeflib = elf is not None and bool(elf.dynamic.flags_1 & C.DF_1_NODEFLIB)
         main.origin = origin
         self.main = main
-        if nodeflib is None:  # its SONAME: the main map has no other name
-            self._register_names(main)
+        self._register_names(main)  # its SONAME: the main map has no other name
         # The main program has no file identity (rtld.c: "We leave the values here defined to 0").
         return main
 
