@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from array import array
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
@@ -86,12 +88,12 @@ def dynamic_entries(elf: ElfFile) -> List[Tuple[int, int]]:
     lay = elf.layout
     size = seg.filesz - seg.filesz % lay.dyn.size
     raw = elf.read_mapped(seg.offset, size, "PT_DYNAMIC")
-    entries: List[Tuple[int, int]] = []
-    for tag, val in lay.dyn.iter_unpack(raw):
-        if tag == C.DT_NULL:
-            break
-        entries.append((tag, val))
-    return entries
+    words = array("Q" if lay.is64 else "I", raw)  # d_tag, d_val: unsigned words of the file's class
+    if lay.little != _NATIVE_LITTLE:
+        words.byteswap()
+    tags = words[0::2]
+    end = tags.index(C.DT_NULL) if C.DT_NULL in tags else len(tags)
+    return list(zip(tags[:end], words[1:2 * end:2]))
 
 
 def decode_dynamic(elf: ElfFile) -> DynamicInfo:
@@ -137,6 +139,11 @@ _TAG_NAMES = {
     C.DT_FILTER: "DT_FILTER",
     C.DT_AUXILIARY: "DT_AUXILIARY",
 }
+
+
+_NATIVE_LITTLE = sys.byteorder == "little"
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 class StringTable:
@@ -210,4 +217,12 @@ class StringTable:
                        self.file_offset + offset)
 
     def get(self, offset: int, what: str) -> str:
+        """The string at ``offset``, decoded as :func:`os.fsdecode` does."""
+        data = self._data
+        if data is None and self.size <= self._WHOLE:
+            data = self.load()
+        if data is not None and 0 <= offset < self.size:
+            end = data.find(b"\0", offset)
+            if end >= 0:
+                return data[offset:end].decode(_FS_ENCODING, _FS_ERRORS)
         return os.fsdecode(self.get_bytes(offset, what))

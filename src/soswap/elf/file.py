@@ -254,12 +254,12 @@ class ElfFile:
         if h.phnum > MAX_PHNUM:
             raise ElfError(self.path, f"too many program headers ({h.phnum})", 0)
         table = self._src.read(h.phoff, h.phnum * h.phentsize, "program header table")
-        segs = []
-        for i in range(h.phnum):
-            p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align = self._lay.unpack_phdr(
-                table, i * h.phentsize)
-            segs.append(Segment(p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align))
-        return tuple(segs)
+        make = Segment._make
+        if self._lay.is64:  # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+            return tuple(make((t, f, o, v, fs, ms, a)) for t, f, o, v, _p, fs, ms, a in
+                         self._lay.phdr.iter_unpack(table))
+        # p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
+        return tuple(make((t, f, o, v, fs, ms, a)) for t, o, v, _p, fs, ms, f, a in self._lay.phdr.iter_unpack(table))
 
     def segments_of_type(self, p_type: int) -> List[Segment]:
         return [s for s in self.segments if s.type == p_type]

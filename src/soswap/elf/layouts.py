@@ -53,16 +53,6 @@ class Layout:
         self.hash_header = struct.Struct(f"{e}II")  # nbucket, nchain
         self.gnu_hash_header = struct.Struct(f"{e}IIII")  # nbuckets, symoffset, bloom_size, bloom_shift
 
-    def unpack_phdr(self, data: bytes, offset: int) -> Tuple[int, int, int, int, int, int, int]:
-        """(p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align) at ``offset`` of ``data``."""
-        if self.is64:
-            p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, p_align = self.phdr.unpack_from(
-                data, offset)
-        else:
-            p_type, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, p_flags, p_align = self.phdr.unpack_from(
-                data, offset)
-        return p_type, p_flags, p_offset, p_vaddr, p_filesz, p_memsz, p_align
-
 
 _LAYOUTS: Dict[Tuple[int, bool], Layout] = {}
 

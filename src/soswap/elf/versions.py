@@ -124,7 +124,7 @@ def _decode_verneed(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> 
     lay = elf.layout
     vn, vna = lay.verneed, lay.vernaux
     region = elf.region_at_vaddr(tags[C.DT_VERNEED], _REGION, "DT_VERNEED")
-    base = region.offset
+    base, data = region.offset, region.data
     count = _chain_limit(elf, tags.get(C.DT_VERNEEDNUM), vn.size)
     out: List[VersionNeed] = []
     off = base
@@ -133,14 +133,22 @@ def _decode_verneed(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> 
         if off in seen:
             raise ElfError(elf.path, "DT_VERNEED chain loops", off)
         seen.add(off)
-        version, cnt, file_off, aux, nxt = vn.unpack(region.read(off, vn.size, "Elf_Verneed"))
+        at = off - base
+        if 0 <= at <= len(data) - vn.size:  # in the buffer (the usual case): no copy of the entry
+            version, cnt, file_off, aux, nxt = vn.unpack_from(data, at)
+        else:
+            version, cnt, file_off, aux, nxt = vn.unpack(region.read(off, vn.size, "Elf_Verneed"))
         if version != 1:
             raise ElfError(elf.path, f"unsupported Elf_Verneed version {version}", off)
         file_name = strtab.get(file_off, "version need file")
         entries: List[VersionNeedEntry] = []
         aoff = off + aux
         for _j in range(min(cnt, elf.size // vna.size)):
-            vhash, vflags, other, name_off, anext = vna.unpack(region.read(aoff, vna.size, "Elf_Vernaux"))
+            at = aoff - base
+            if 0 <= at <= len(data) - vna.size:
+                vhash, vflags, other, name_off, anext = vna.unpack_from(data, at)
+            else:
+                vhash, vflags, other, name_off, anext = vna.unpack(region.read(aoff, vna.size, "Elf_Vernaux"))
             entries.append(VersionNeedEntry(other & C.VERSYM_VERSION, vflags, vhash,
                                             strtab.get(name_off, "version need"), bool(other & C.VERSYM_HIDDEN)))
             if anext == 0:

@@ -5,7 +5,10 @@ hash chain, ``check_match``). :mod:`soswap.loader.binding` runs these over a pro
 
 from __future__ import annotations
 
-from itertools import repeat
+import sys
+from array import array
+from itertools import compress, repeat
+from operator import and_, itemgetter, lshift, ne, or_, rshift
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import ElfFile
@@ -55,6 +58,31 @@ def _find_all(data: bytes, value: int) -> List[int]:
         out.append(at)
         at = data.find(value, at + 1)
     return out
+
+
+_NATIVE_LITTLE = sys.byteorder == "little"
+_FIRST = itemgetter(0)
+_SECOND = itemgetter(1)
+
+
+def _codes64(infos: array, get, dflt: int, nolazy: Optional[frozenset]) -> List[int]:  # type: ignore[no-untyped-def]
+    """The codes (symbol << 4 | type class << 1 | lazy slot) of the ELFCLASS64 ``r_info`` words ``infos`` (native
+    order, on a little-endian host), dropping the types that make no lookup; ``nolazy``: in DT_JMPREL, the
+    types never bound lazily (None elsewhere). A table holds few distinct types: their codes are found once,
+    and the words are split and combined at C speed."""
+    words = array("I", infos.tobytes())  # each r_info as (type, symbol) on a little-endian host
+    types, syms = words[0::2], words[1::2]
+    code_of = {}
+    for t in set(types):
+        tc = get(t, dflt)
+        if tc >= 0:
+            code_of[t] = tc << 1 | (nolazy is not None and t not in nolazy)
+    shifted = map(lshift, syms, repeat(4))
+    if len(code_of) == 1 and len(types) == types.count(next(iter(code_of))):
+        return list(map(or_, shifted, repeat(next(iter(code_of.values())))))
+    if all(t in code_of for t in set(types)):
+        return list(map(or_, shifted, map(code_of.__getitem__, types)))
+    return [s << 4 | code_of[t] for t, s in zip(types, syms) if t in code_of]
 
 
 class RefTable(NamedTuple):
@@ -209,7 +237,9 @@ class ObjectSymbols:
         for infos, in_jmprel in relocation_infos(elf):
             get = tcmap[in_jmprel].get
             dflt = default_tc[in_jmprel]
-            if in_jmprel:
+            if raw.is64 and _NATIVE_LITTLE:
+                seq += _codes64(infos, get, dflt, nolazy if in_jmprel else None)
+            elif in_jmprel:
                 seq += [(i >> shift) << 4 | tc << 1 | ((i & mask) not in nolazy)
                         for i in infos if (tc := get(i & mask, dflt)) >= 0]
             else:
@@ -218,7 +248,7 @@ class ObjectSymbols:
                 tls += [i >> shift for i in infos if i & mask in tls_types]
         if self._static_tls is None:
             self._static_tls = tuple(dict.fromkeys(tls))
-        used = {c >> 4 for c in seq}
+        used = set(map(rshift, seq, repeat(4)))
         if used and max(used) >= count:
             bad = next(c >> 4 for c in seq if c >> 4 >= count)
             raise ElfError(elf.path, f"relocation names symbol {bad} of {count}")
@@ -240,20 +270,22 @@ class ObjectSymbols:
             v = self._version_ref_index(ndx & 0x7FFF, limit)
             vmap[ndx] = (v, (v.name, v.hash, v.hidden) if v is not None else None)
         refs = list(map(vmap.__getitem__, ndxs))
-        vkeys = [r[1] for r in refs]
+        vkeys = list(map(_SECOND, refs))
         weak = list(map(bool, map(infos_col.translate(_WEAK_BINDING).__getitem__, ul)))
-        meta: Dict[int, Optional[tuple]] = dict(zip(ul, zip(names, [r[0] for r in refs], vkeys, weak)))
+        meta: Dict[int, Optional[tuple]] = dict(zip(ul, zip(names, map(_FIRST, refs), vkeys, weak)))
         for i in local_syms:
             meta[i] = None
         if has_local:
             seq = [c for c in seq if meta[c >> 4] is not None]
         # l_lookup_cache: a lookup of the same symbol and class as the one before is not made again
-        codes = [c for c, prev in zip(seq, [-2, *seq]) if c >> 1 != prev >> 1]
-        symbols = [c >> 4 for c in codes]
+        halves = list(map(rshift, seq, repeat(1)))
+        codes = list(compress(seq, map(ne, halves, [-1, *halves])))
+        symbols = list(map(rshift, codes, repeat(4)))
         name_of = dict(zip(ul, names)).__getitem__
         vkey_of = dict(zip(ul, vkeys)).__getitem__
-        keys = list(zip(map(name_of, symbols), map(vkey_of, symbols), [(c >> 1) & 7 for c in codes]))
-        lazies = [bool(c & 1) for c in codes]
+        keys = list(zip(map(name_of, symbols), map(vkey_of, symbols),
+                        map(and_, map(rshift, codes, repeat(1)), repeat(7))))
+        lazies = list(map(bool, map(and_, codes, repeat(1))))
         # every symbol with a meta entry made at least one reference (its first one is never collapsed)
         files = frozenset(v.filename for v, _vkey in vmap.values() if v is not None and v.filename is not None)
         return RefTable(keys, symbols, lazies, meta, files)  # type: ignore[arg-type]
