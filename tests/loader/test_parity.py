@@ -17,7 +17,8 @@ from support.systemfiles import elf_files
 
 
 def _sweep(flag: str, relocs: str, store_dir: str) -> Tuple[int, List[str]]:
-    """Every file against ldd twice: binding afresh (the results kept in a store), then from that store."""
+    """Every file against ldd twice: binding afresh (the results kept in a store), then from that store (with
+    relocations: plain ldd binds afresh both times)."""
     files = elf_files()
     assert len(files) > 50
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -28,7 +29,10 @@ def _sweep(flag: str, relocs: str, store_dir: str) -> Tuple[int, List[str]]:
     assert cold.hits == 0 and cold.save() is None
     warm = BindStore.in_cache_dir(store_dir)
     _compare(files, want, warm, relocs, diffs)
-    assert warm.hits >= len(files) // 2, (warm.hits, warm.misses)
+    if relocs == RELOCS_NONE:  # the version check alone is not kept (it costs less than its key)
+        assert warm.hits == warm.misses == 0
+    else:
+        assert warm.hits >= len(files) // 2, (warm.hits, warm.misses)
     return len(files), diffs
 
 

@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     problem = profile.ldcache.problem if not args.ldd else None  # --ldd prints exactly what ldd prints
     if problem:
         sys.stderr.write(f"soswap: warning: {problem}\n")
-    if not args.no_cache:
+    if not args.no_cache and (args.symbols or args.data_relocs):  # the version check alone is not kept
         from soswap.loader.bindstore import BindStore
 
         loader.bind_store = BindStore.in_cache_dir(args.cache_dir)

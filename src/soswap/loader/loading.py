@@ -275,7 +275,8 @@ class Loader:
         """Symbol binding and version check over ``res`` (see docs/loader-api.md)."""
         from soswap.loader.binding import bind
 
-        store = self.bind_store
+        # the version check alone costs less than keeping its result (the key hashes every object)
+        store = self.bind_store if relocate else None
         key = store.key(res, bind_now, warn, relocate) if store is not None else None
         if store is not None and key is not None:
             hit = store.get(key, res)
