@@ -208,6 +208,28 @@ def test_apt_hook_gives_up_after_its_timeout(tmp_path: Path) -> None:
     assert r.stderr.decode() == ("soswap: the check did not finish in 1e-06 s; skipped (run 'soswap stale')\n")
 
 
+def test_a_timeout_that_expires_while_the_watchdog_starts_is_still_the_timeout(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """On a loaded machine (a CI run beside other jobs) starting the watchdog thread took longer than a
+    1 ms --timeout: the alarm fired before the check's try and escaped as "soswap hook apt: _TimedOut;
+    skipped". A watchdog that starts late (10 ms) stands in for that load."""
+    import threading
+
+    from soswap.commands import hook as hook_module
+
+    real_start = threading.Timer.start
+
+    def slow_start(self) -> None:  # type: ignore[no-untyped-def]
+        time.sleep(0.01)
+        real_start(self)
+
+    monkeypatch.setattr(threading.Timer, "start", slow_start)
+    got = hook_module._within(0.000001, lambda: time.sleep(0.5) or "finished", "run 'soswap stale'")
+    assert got is None
+    assert capsys.readouterr().err == "soswap: the check did not finish in 1e-06 s; skipped (run 'soswap stale')\n"
+    done = hook_module._within(5, lambda: "finished", "run 'soswap stale'")  # and a check in time is answered
+    assert done == "finished" and capsys.readouterr().err == ""
+
+
 def test_apt_preinstall_timeout_kills_the_package_readers(tmp_path: Path) -> None:
     """A package that never finishes reading (here a dpkg-deb that forks a child and sleeps, as dpkg-deb forks
     its decompressor): after --timeout, the hook says so, lets apt go on at once, and leaves no reader behind."""

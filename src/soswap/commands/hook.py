@@ -245,8 +245,11 @@ def _within(seconds: float, work: Callable[[], T], instead: str, budget: Optiona
 
     said = f"soswap: the check did not finish in {budget if budget is not None else seconds:g} s; skipped ({instead})"
 
+    armed = False
+
     def expired(signum: int, frame: object) -> None:
-        raise _TimedOut()
+        if armed:  # an alarm that comes as it is being disarmed is late, not a second timeout
+            raise _TimedOut()
 
     def stuck() -> None:
         # The alarm's handler runs only between system calls: a stat stuck on a dead NFS or FUSE server (a
@@ -257,18 +260,25 @@ def _within(seconds: float, work: Callable[[], T], instead: str, budget: Optiona
             os._exit(0)
 
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
     watchdog = threading.Timer(max(seconds, 0.001) + _STUCK_GRACE, stuck)
     watchdog.daemon = True
-    watchdog.start()
     try:
-        return work()
+        # Armed inside the try, disarmed in an inner finally: an alarm that fires while the watchdog thread
+        # starts (a short --timeout on a loaded machine) or while the work returns is still the timeout, never
+        # an exception that escapes as an error.
+        try:
+            watchdog.start()
+            armed = True
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+            return work()
+        finally:
+            armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
     except _TimedOut:
         _say(said, sys.stderr)
         return None
     finally:
         watchdog.cancel()
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
