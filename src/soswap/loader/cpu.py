@@ -88,6 +88,72 @@ def tunable_disabled_flags(tunables: Optional[str]) -> FrozenSet[str]:
     return frozenset(_TUNABLE_FLAGS[n[1:]] for n in value.split(",") if n.startswith("-") and n[1:] in _TUNABLE_FLAGS)
 
 
+def tunables_effect(tunables: Optional[str], glibc: Tuple[int, int]) -> Tuple[bool, bool]:
+    """What ld.so of release ``glibc`` makes of ``GLIBC_TUNABLES`` (its text) in a process the kernel did not
+    start in secure mode: (it applies the tunables, :func:`tunable_disabled_flags` included; it turns secure
+    mode on).
+
+    An AT_SECURE process never applies ``glibc.cpu.hwcaps``, whatever this says: up to 2.38 ``parse_tunables``
+    skips every tunable of security level ``SXID_ERASE``, the default one, which ``glibc.cpu.hwcaps``
+    (sysdeps/x86/dl-tunables.list) keeps; since 2.39 ``__tunables_init`` returns at once for AT_SECURE
+    (9c96c87d60ea, "elf: Ignore GLIBC_TUNABLES for setuid/setgid binaries").
+
+    The CVE-2023-4911 fix (1056e5b4c3f2: 2.39, the 2.34-2.38 branches, Debian 12 from 2.36-9+deb12u3) ends the
+    parse at the end of the string; before it, since the BZ #27471 fix (2ed18c5b53: 2.34, the 2.31-2.33
+    branches), a last value holding a ``=`` was parsed again as NAME=VALUE (``X=glibc.cpu.hwcaps=-AVX2`` turns
+    AVX2 off in Ubuntu 22.04's 2.35-0ubuntu3): modelled as fixed, the profile not knowing the patch level.
+
+    Since 2.39 ``parse_tunables_string`` refuses the whole string ("invalid GLIBC_TUNABLES ... ignored") when
+    a value holds a ``=`` or the last item has none (a trailing ``:`` included; 680c597e9c, b4cf6cac73); before,
+    it kept what it had parsed. Since 2.40 ``glibc.rtld.enable_secure=1`` (the last one, a number as
+    ``_dl_strtoul`` reads it: 71648e8004) sets ``__libc_enable_secure`` and applies none of the string's
+    tunables: the process runs in secure mode, ld.so run by ``ldd`` too (but ldd's shell, secure then, unsets
+    GLIBC_TUNABLES first: :class:`soswap.loader.ldd.LddModel`)."""
+    if not tunables or glibc < (2, 39):
+        return True, False
+    items = tunables.split(":")
+    if any(item.count("=") > 1 for item in items) or "=" not in items[-1]:
+        return False, False
+    if glibc < (2, 40):
+        return True, False
+    secure = None
+    for item in items:
+        name, sep, value = item.partition("=")
+        if sep and name == "glibc.rtld.enable_secure":
+            secure = value
+    if secure is not None and _dl_strtoul(secure) == 1:
+        return False, True
+    return True, False
+
+
+def _dl_strtoul(text: str) -> Optional[int]:
+    """``tunable_parse_num``: the number ``_dl_strtoul`` reads (blanks, a sign, 0x hexadecimal, 0 octal) as a
+    signed 64-bit value, None unless it reads the whole text without overflowing."""
+    s = text.lstrip(" \t")
+    negative = s[:1] == "-"
+    if s[:1] in ("-", "+"):
+        s = s[1:]
+    if not s or s[0] not in "0123456789":
+        return None if s else 0  # no digit: 0, read up to here
+    base, digits = 10, "0123456789"
+    if s[0] == "0":
+        if s[1:2] in ("x", "X"):
+            base, digits, s = 16, "0123456789abcdefABCDEF", s[2:]
+        else:
+            base, digits = 8, "01234567"
+    n = 0
+    while n < len(s) and s[n] in digits:
+        n += 1
+    if n != len(s):
+        return None
+    value = int(s, base) if s else 0
+    if value >= 1 << 64:
+        return None  # _dl_strtoul stops at the digit that overflows
+    if negative:
+        value = -value % (1 << 64)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 # What init_cpu_features turns off after the tunables when XSAVE cannot save the AVX state (glibc 2.36 as
 # Debian 12 ships it: checked with ld.so --list-diagnostics).
 _NEEDS_XSAVE = frozenset({"avx", "avx2", "avx_vnni", "fma", "vaes", "vpclmulqdq", "xop", "f16c", "fma4",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Mapping, NamedTuple, Optional, Tuple
+from typing import FrozenSet, Mapping, NamedTuple, Optional, Tuple
 
-from soswap.loader.cpu import tunable_disabled_flags
+from soswap.loader.cpu import tunable_disabled_flags, tunables_effect
 
 
 class Environment(NamedTuple):
@@ -27,13 +27,17 @@ class Environment(NamedTuple):
     #: ``LD_DYNAMIC_WEAK``: a weak definition loses to a later strong one.
     dynamic_weak: bool = False
     #: /proc/cpuinfo flags ``GLIBC_TUNABLES=glibc.cpu.hwcaps=-NAME`` turns off (``cpu.tunable_disabled_flags``),
-    #: sorted (the repr is part of kept results' keys)
+    #: sorted (the repr is part of kept results' keys); never in secure mode (:meth:`cpu_disabled_for`)
     cpu_disabled: Tuple[str, ...] = ()
     #: The real and effective user/group IDs of the caller, to decide AT_SECURE for set-ID programs.
     uid: int = 0
     gid: int = 0
     euid: int = 0
     egid: int = 0
+    #: The text of ``GLIBC_TUNABLES`` (None: unset or not known), for the rules of the release that reads it
+    #: (``cpu.tunables_effect``: glibc >= 2.39 ignores a malformed one, >= 2.40 knows
+    #: ``glibc.rtld.enable_secure``).
+    tunables: Optional[str] = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, cwd: Optional[str] = None,
@@ -55,10 +59,24 @@ class Environment(NamedTuple):
             gid=os.getgid(),
             euid=os.geteuid(),
             egid=os.getegid(),
+            tunables=environ.get("GLIBC_TUNABLES"),
         )
 
     def replace(self, **changes: object) -> Environment:
         return self._replace(**changes)  # type: ignore[arg-type]
+
+    def cpu_disabled_for(self, glibc: Tuple[int, int]) -> FrozenSet[str]:
+        """The CPU features ld.so of release ``glibc`` turns off for ``GLIBC_TUNABLES`` in a process the kernel
+        did not start in secure mode (an AT_SECURE one never reads ``glibc.cpu.hwcaps``): ``cpu_disabled``, or
+        none when that release ignores the whole text (``cpu.tunables_effect``)."""
+        if not self.cpu_disabled or not tunables_effect(self.tunables, glibc)[0]:
+            return frozenset()
+        return frozenset(self.cpu_disabled)
+
+    def tunables_secure(self, glibc: Tuple[int, int]) -> bool:
+        """``GLIBC_TUNABLES`` holds ``glibc.rtld.enable_secure=1`` and ld.so of release ``glibc`` (>= 2.40) reads
+        it: every run is in secure mode, ``ld.so --list`` too."""
+        return tunables_effect(self.tunables, glibc)[1]
 
     def is_secure_for(self, st: Optional[os.stat_result], path: Optional[str] = None) -> bool:
         """AT_SECURE for a program with stat result ``st`` (at host ``path``) started by this caller (``secure``

@@ -83,6 +83,14 @@ class LddModel:
     def __init__(self, loader: Loader, relocs: str = RELOCS_NONE) -> None:
         self.loader = loader
         self.relocs = relocs
+        #: the loader of the traces: GLIBC_TUNABLES=glibc.rtld.enable_secure=1 (glibc >= 2.40) puts ldd's shell
+        #: in secure mode, which unsets the unsecure variables (unsecvars.h: GLIBC_TUNABLES, LD_LIBRARY_PATH,
+        #: LD_PRELOAD, ...) before it runs ld.so: the trace itself is not secure
+        self.tracer = loader
+        env = loader.env
+        if env.tunables_secure(loader.profile.glibc_version):
+            self.tracer = loader.sibling(env.replace(library_path=None, preload=None, origin_path=None,
+                                                     dynamic_weak=False, cpu_disabled=(), tunables=None))
         self.cwd = loader.env.cwd
         self._rtlds: Optional[List[Rtld]] = None
 
@@ -208,8 +216,8 @@ class LddModel:
 
     def trace(self, name: str, rtld: Rtld) -> Tuple[str, int]:
         """The merged output of ``LD_TRACE_LOADED_OBJECTS=1 ld.so NAME`` and its exit status."""
-        res = self.loader.load(name, trace=True, argv0=name, rtld_path=rtld.path, profile=rtld.profile)
-        return render_trace(self.loader, res, self.relocs)
+        res = self.tracer.load(name, trace=True, argv0=name, rtld_path=rtld.path, profile=rtld.profile)
+        return render_trace(self.tracer, res, self.relocs)
 
 
 def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, int]:

@@ -24,7 +24,7 @@ from soswap.loader.candidates import (
     zero_fill_beyond,
 )
 from soswap.loader.environment import Environment
-from soswap.loader.profile import Profile
+from soswap.loader.profile import Abi, Profile
 from soswap.loader.session import (
     LoadSession,
     Substitutions,
@@ -81,7 +81,16 @@ class Loader:
     """The static model of ld.so for one target system (see docs/loader-api.md)."""
 
     def __init__(self, profile: Profile, env: Environment, *, cache: Optional[ElfCache] = None) -> None:
-        profile = profile.without_cpu_features(frozenset(env.cpu_disabled))  # GLIBC_TUNABLES glibc.cpu.hwcaps
+        glibc = profile.glibc_version
+        #: the CPU features GLIBC_TUNABLES (glibc.cpu.hwcaps) turns off in a run the kernel did not make secure
+        self._cpu_disabled = env.cpu_disabled_for(glibc)
+        #: GLIBC_TUNABLES=glibc.rtld.enable_secure=1 (glibc >= 2.40): every run is in secure mode, ``ld.so --list``
+        #: too (not ldd's trace: its shell unsets the variable first, see ldd.LddModel)
+        self._tunables_secure = env.tunables_secure(glibc)
+        #: per loader ABI, the profile without the tunables: an AT_SECURE run's, one object for all of them
+        #: (the templates are keyed by the profile's id)
+        self._plain: Dict[str, Profile] = {profile.abi.name: profile}
+        profile = profile.without_cpu_features(self._cpu_disabled)
         self.profile = profile
         self.env = env
         self.cache = cache if cache is not None else ElfCache()
@@ -104,9 +113,11 @@ class Loader:
         files (:class:`ElfCache`), binding caches and per-profile file-system caches (directory listings, file
         verdicts, canonical directories). Use it to check many programs under several environments (processes
         with their own ``LD_LIBRARY_PATH``) at the cost of one."""
-        other = Loader(self.profile, env, cache=self.cache)
+        other = Loader(self._plain[self.profile.abi.name], env, cache=self.cache)
         other._systems = self._systems
-        if env.cpu_disabled == self.env.cpu_disabled:
+        other._plain = self._plain
+        if other._cpu_disabled == self._cpu_disabled:
+            other.profile = self.profile
             other._profiles = self._profiles
         other._bind_cache = self.bind_cache
         other.bind_store = self.bind_store
@@ -149,8 +160,15 @@ class Loader:
             return None
         hit = self._profiles.get(abi.name)
         if hit is None:
-            hit = self._profiles[abi.name] = self.profile.for_abi(abi).without_cpu_features(
-                frozenset(self.env.cpu_disabled))
+            hit = self._profiles[abi.name] = self._plain_profile(abi).without_cpu_features(self._cpu_disabled)
+        return hit
+
+    def _plain_profile(self, abi: Abi) -> Profile:
+        """The profile of loader ABI ``abi`` without the CPU features GLIBC_TUNABLES turns off: what ld.so of an
+        AT_SECURE run uses (it never reads glibc.cpu.hwcaps: ``cpu.tunables_effect``)."""
+        hit = self._plain.get(abi.name)
+        if hit is None:
+            hit = self._plain[abi.name] = self._plain[self.profile.abi.name].for_abi(abi)
         return hit
 
     def load(self, path: str, *, substitutions: Optional[Mapping[str, Substitute]] = None, trace: bool = False,
@@ -185,8 +203,11 @@ class Loader:
             profile = self.profile_for(elf.machine, elf.elf_class)
             if profile is None:
                 raise ElfError(path, f"no dynamic loader for {elf.machine_name} ELF{elf.elf_class} files here")
-        fsys = self.file_system(profile)
         secure = False if trace else self.env.is_secure_for(st, file if isinstance(file, str) else None)
+        if secure and self._cpu_disabled and profile is self._profiles.get(profile.abi.name):
+            profile = self._plain_profile(profile.abi)  # AT_SECURE: glibc.cpu.hwcaps is not read
+        secure = secure or self._tunables_secure
+        fsys = self.file_system(profile)
         argv0 = argv0 or path
         subst: Optional[Substitutions] = None
         skey: Optional[frozenset] = None
