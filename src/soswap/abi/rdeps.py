@@ -16,6 +16,10 @@ date incrementally; what a warm update costs is one ``lstat`` per indexed direct
   their directory is listed and not looked at again until it changes. **Not seen**: such a file turned into
   an ELF file in place (``cp`` onto an existing non-ELF file of the same name): its directory does not change.
   ``--no-index`` (or deleting the cache) sees it;
+* a regular file that cannot be opened (``EACCES``: a 0700 program of root, for a user) may be an ELF file: it
+  is kept with the ELF files (type ``other``, error ``unreadable: ...``, no tree, not counted) under its key
+  and ``lstat``-ed on every update like them, so that ``chmod``, which sets its ctime but not its directory's,
+  has it opened again;
 * a tree is computed again only when its root changed, one of its members changed (members are ``stat``-ed
   wherever they are, so a library replaced by rename is seen), a name it requested appeared or disappeared in
   an indexed directory, in a watched directory or in ld.so.cache, or the loader profile,
@@ -30,6 +34,14 @@ date incrementally; what a warm update costs is one ``lstat`` per indexed direct
   key or the errno seen: one ``stat`` each per update; a path that gives something else now counts its name
   as changed (a candidate changed in place: replaced under the same name, a link's target created, made
   readable; a missing absolute name or preload that appears);
+* a watched directory or probed path is kept only while a computed tree may depend on it. The trees of one
+  indexed directory computed in one update share a :class:`Loader` (one per directory and update), whose
+  searches share their listings and ``stat`` results: together they form a *group* (:class:`_Groups`), which
+  depends on everything that loader listed or ``stat``-ed, and on nothing else. Each file records its group;
+  when the index is written, what no group with a computed tree left holds is dropped (a scope deleted or not
+  asked for any more, trees recomputed since). A tree that is not computed needs nothing: it is computed again
+  before it answers. An indexed directory keeps at most :data:`MAX_GROUPS` groups: when its trees are
+  computed, those of its smallest groups beyond are computed again with them (exact, never merged);
 * a tree affected by a change is marked whatever directory it lies in, so that an update of other
   directories, which records the change as seen, does not hide it from the next update of its own;
 * a key whose ctime is less than :data:`RACY_NS` old when it is read is not trusted next time (the racy-git
@@ -90,6 +102,8 @@ from soswap.abi.index_codec import (
     decode_extras,
     encode,
     ldcache_digest,
+    pack,
+    unpack,
 )
 from soswap.abi.sysdirs import Top, canonical_tops, under
 from soswap.cachefile import Part, Unusable, decode_part, read_document, write_document
@@ -102,13 +116,20 @@ from soswap.state import cache_dir
 
 INDEX_FILE = "rdeps-index.json"
 FORMAT = "soswap-rdeps-index"
-VERSION = 5
+VERSION = 6
 #: A timestamp this close to the time it was read may change again unseen (same tick): re-check next time.
 RACY_NS = 2_000_000_000
 #: Directories nobody asked for in this long are dropped from the index.
 TOP_TTL_S = 30 * 86400
 #: How stale the "last asked for" time of a directory may get before it is written back (one write a day).
 _USED_RESOLUTION_S = 86400
+#: Groups (the trees one loader computed: those of one indexed directory in one update) kept per indexed
+#: directory: beyond, the trees of its smallest groups are computed again with its next group
+#: (:meth:`RdepsIndex._consolidate`).
+MAX_GROUPS = 8
+#: The error recorded for a file that could not be opened when its directory was listed (it is kept with the
+#: ELF files and looked at again when its key changes: ``chmod`` sets its ctime, not its directory's).
+UNREADABLE = "unreadable: "
 
 PLUGIN = "plugin"
 __all__ = ["LIBRARY", "OTHER", "PLUGIN", "PROGRAM", "Dependent", "FileInfo", "RdepsIndex", "UpdateStats",
@@ -122,6 +143,8 @@ _ELF_MAGIC = b"\x7fELF"
 #: library, not a plugin of its dependencies).
 _SOSWAP_HIDDEN = re.compile(r"\..+\.(?:new|bak)-[0-9]{8}-[0-9]{6}-[0-9]{6}\Z", re.S)
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+#: open() errors that say "not for you" about a file that may well be an ELF file
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
 
 
 class Dependent(NamedTuple):
@@ -142,7 +165,8 @@ class FileInfo(NamedTuple):
     """What the index knows of one ELF file (:meth:`RdepsIndex.info`)."""
 
     path: str
-    #: ``program``, ``library`` or ``other`` (relocatable objects, core files, unreadable ELF files)
+    #: ``program``, ``library`` or ``other`` (relocatable objects, core files, ELF files that could not be parsed,
+    #: files that could not be opened: error ``unreadable: ...``)
     type: str
     soname: Optional[str]
     #: the objects ld.so loads with it (paths as the loader resolved them), None when not computed
@@ -223,11 +247,14 @@ def classify(elf: Any, mode: Optional[int] = None) -> str:
 
 def env_fingerprint(env: Environment) -> str:
     """What in the environment changes a tree: the search path, preloads, the cwd they may be relative to, and the
-    CPU features GLIBC_TUNABLES turns off (they choose the glibc-hwcaps subdirectories)."""
+    CPU features GLIBC_TUNABLES turns off (they choose the glibc-hwcaps subdirectories) with the text that says
+    whether a release applies them."""
     parts: List[Any] = [env.library_path, env.preload, env.origin_path, env.inhibit_cache,
                         env.use_preload_file, list(env.hwcaps_mask) if env.hwcaps_mask is not None else None]
     if env.cpu_disabled:
         parts.append(list(env.cpu_disabled))
+    if env.tunables is not None and (env.cpu_disabled or "enable_secure" in env.tunables):
+        parts.append(env.tunables)  # whether a release reads them (cpu.tunables_effect): a malformed string, secure
     if env.library_path is not None or env.preload is not None:
         parts.append(env.cwd)
     return json.dumps(parts)
@@ -267,7 +294,6 @@ class RdepsIndex:
         self.profile = profile
         self.env = env if env is not None else Environment(cwd="/")
         self.elf_cache = elf_cache if elf_cache is not None else ElfCache()
-        self._loader: Optional[Loader] = None
         self.stats = UpdateStats()
         self.data = IndexData()
         self._loaded = False
@@ -287,6 +313,8 @@ class RdepsIndex:
         self._query: Optional[_Query] = None
         self._canonical: Dict[tuple, List[Top]] = {}
         self._stored_dirs = 0
+        #: which trees' searches listed and stat-ed which watched directories and probed paths
+        self._groups = _Groups()
 
     # -- persistence --------------------------------------------------------------------------------------
 
@@ -306,8 +334,10 @@ class RdepsIndex:
             try:
                 if len(parts) != 2:
                     raise ValueError(f"{len(parts)} parts")
-                self.data = decode_core(decode_part(parts[0]), parts[1].raw, parts[1].sha256)
+                core = decode_part(parts[0])
+                self.data = decode_core(core, parts[1].raw, parts[1].sha256)
                 self._query = None
+                self._groups.load(core, self.data)
             except Unusable as exc:
                 self._rebuild(f"corrupt: {exc}")
                 return
@@ -319,6 +349,7 @@ class RdepsIndex:
 
     def _rebuild(self, why: str) -> None:
         self.data = IndexData()
+        self._groups.forget_stored()
         self._query = None
         self._extras = None
         self._stored_dirs = 0
@@ -364,11 +395,27 @@ class RdepsIndex:
         for t, recursive in [(t, tops.pop(t)[0]) for t in doomed]:
             self._drop_top(Top(t, recursive))
         with _gc_paused():
-            problem = write_document(self.path, FORMAT, VERSION, encode(self.data))
+            live = self._prune()
+            core, extras = encode(self.data)
+            core["groups"] = self._groups.encode(core, live, self.data)
+            problem = write_document(self.path, FORMAT, VERSION, (core, extras))
         self.stats.saved = self.stats.written = problem is None
         self.stats.save_error = problem
         if problem is None:
             self._dirty = False
+
+    def _prune(self) -> Dict[GroupKey, List[str]]:
+        """Drop the watched directories and probed paths that no computed tree depends on (those only the
+        searches of trees since deleted, changed or dropped with their directory listed or ``stat``-ed); the
+        groups that still hold a computed tree, with those trees (see :class:`_Groups`)."""
+        data = self.data
+        live = self._groups.live(data.files)
+        watched, probed = self._groups.needed(live, data)
+        for d in [d for d in data.watched if d not in watched]:
+            del data.watched[d]
+        for p in [p for p in data.probed if p not in probed]:
+            del data.probed[p]
+        return live
 
     # -- update -------------------------------------------------------------------------------------------
 
@@ -407,13 +454,15 @@ class RdepsIndex:
                 e[F_TREE] = None
         self._refresh_probed(changed_names, now_ns)
         roots: List[str] = []
+        per_top: List[List[str]] = []
         self._walked_tops = tops
         for top in tops:
             old = data.tops.get(top.path)
             if old is None or (top.recursive and not old[0]) or now - old[1] > _USED_RESOLUTION_S:
                 data.tops[top.path] = [top.recursive or bool(old and old[0]), now]
                 self._dirty = True
-            roots.extend(self._walk(top, now_ns, changed_names))
+            per_top.append(self._walk(top, now_ns, changed_names))
+            roots.extend(per_top[-1])
         self._roots_tops, self._roots = tops, roots
         self.stats.files = len(roots)
         changed_members = self._refresh_members(roots, now_ns)
@@ -429,12 +478,41 @@ class RdepsIndex:
                         changed_names and e[F_REQ] and not changed_names.isdisjoint(e[F_REQ].split("/")))):
                     e[F_TREE] = None
                     self._dirty = True
-        todo = [p for p in roots if files[p][F_TYPE] != OTHER and files[p][F_TREE] is None]
+        live: Optional[Dict[GroupKey, List[str]]] = None
+        for top_roots in per_top:
+            todo = [p for p in top_roots if files[p][F_TYPE] != OTHER and files[p][F_TREE] is None]
+            if todo:
+                if live is None and self._groups.count() >= MAX_GROUPS:
+                    live = self._groups.live(files)  # as before this update computed any tree
+                if live is not None:
+                    todo.extend(self._consolidate(top_roots, live))
+                self._compute_trees(todo, now_ns)
+
+    def _compute_trees(self, todo: Sequence[str], now_ns: int) -> None:
+        """Compute the trees of ``todo`` (the files of one indexed directory) with a loader of their own: they
+        form a group (:class:`_Groups`), which depends on what this loader's searches listed and ``stat``-ed,
+        all of it watched from now on."""
+        loader = Loader(self.profile, self.env, cache=self.elf_cache)
+        group = self._groups.new_group()
         for p in todo:
-            self._compute_tree(p, now_ns)
-        if self._loader is not None:
-            self._watch(self._loader.listed_directories(), now_ns)
-            self._witness(self._loader.stat_witnesses(), now_ns)
+            self._compute_tree(loader, p, now_ns)
+            self._groups.add_tree(group, p)
+        self._watch(loader.listed_directories(), now_ns, group)
+        self._witness(loader.stat_witnesses(), now_ns, group)
+
+    @staticmethod
+    def _consolidate(top_roots: Sequence[str], live: Dict[GroupKey, List[str]]) -> List[str]:
+        """The trees to compute again with the new group of an indexed directory (its files ``top_roots``, some
+        of them being computed) so that it keeps at most :data:`MAX_GROUPS` groups: those of its smallest
+        groups. Computed afresh, they depend on what the new loader lists and ``stat``-s: exactly what they
+        need now (about 0.1 ms a tree), and their old groups go with what only they needed. Only done when the
+        directory's trees are computed anyway: a directory nobody changes is never recomputed for this."""
+        here = set(top_roots)
+        smallest = sorted((len(trees), g) for g, trees in live.items() if trees[0] in here)
+        again: List[str] = []
+        for _count, g in smallest[:max(0, len(smallest) + 1 - MAX_GROUPS)]:
+            again.extend(p for p in live[g] if p in here)
+        return again
 
     def _refresh_watched(self, changed_names: Set[str], now_ns: int) -> bool:
         """List again the watched directories whose inode or ctime changed, adding the names that appeared or
@@ -499,12 +577,13 @@ class RdepsIndex:
             self._path_guard = PathGuard()
         return self._path_guard
 
-    def _witness(self, seen: Iterable[Tuple[str, Any]], now_ns: int) -> None:
-        """Record what the searches of the trees just computed saw at each path they ``stat``-ed."""
+    def _witness(self, seen: Iterable[Tuple[str, Any]], now_ns: int, group: _NewGroup) -> None:
+        """Record what the searches of the trees just computed (``group``) saw at each path they ``stat``-ed."""
         probed = self.data.probed
         for path, st in seen:
             if not path.startswith("/"):
                 continue  # relative to a working directory: not kept
+            group.probed.add(path)
             value = self._trusted(st if isinstance(st, int) else key_of(st), now_ns)
             if probed.get(path, False) != value:
                 probed[path] = value
@@ -518,12 +597,14 @@ class RdepsIndex:
         return key
 
     def _watch(self, listed: Iterable[Tuple[str, Optional[Tuple[int, int]], Optional[FrozenSet[str]]]],
-               now_ns: int) -> None:
-        """Watch every directory the searches of the trees just computed listed, with what they saw there."""
+               now_ns: int, group: _NewGroup) -> None:
+        """Watch every directory the searches of the trees just computed (``group``) listed, with what they saw
+        there."""
         watched = self.data.watched
         for d, ident, names in listed:
             if not d.startswith("/"):
                 continue  # a relative directory (LD_LIBRARY_PATH element): not stored, the working directory varies
+            group.watched.add(d)
             row = _watched_row(ident, names, now_ns, self.racy_ns)
             if watched.get(d) != row:
                 watched[d] = row
@@ -635,11 +716,13 @@ class RdepsIndex:
                 k = e[F_KEY]
                 if (k is not None and k[4] == st.st_ctime_ns and k[3] == st.st_mtime_ns and k[1] == st.st_ino
                         and k[2] == st.st_size and k[0] == st.st_dev):
-                    roots.append(p)
+                    if e[F_ERR] is None or not _is_unreadable(e):
+                        roots.append(p)
                     continue
-            if stat.S_ISREG(st.st_mode) and self._probe(p, now_ns):
+            found = self._probe(p, st, now_ns) if stat.S_ISREG(st.st_mode) else False
+            if found:
                 roots.append(p)
-            else:
+            elif found is not None:
                 gone.append(name)  # no longer an ELF file (rewritten in place), or gone
         if gone:
             self._need_extras()
@@ -675,6 +758,8 @@ class RdepsIndex:
         subdirs: List[str] = []
         elves: List[str] = []
         others: List[str] = []
+        #: files kept with the ELF files that are not (unreadable): no roots
+        no_roots: List[str] = []
         files = self.data.files
         probed = 0
         young = False
@@ -702,6 +787,8 @@ class RdepsIndex:
                     try:
                         if e[F_KEY] == key_of(entry.stat(follow_symlinks=False)):
                             elves.append(name)
+                            if _is_unreadable(e):
+                                no_roots.append(name)
                             continue
                     except OSError:
                         continue
@@ -713,6 +800,14 @@ class RdepsIndex:
                 except OSError as exc:
                     raise_if_exhausted(exc, p)
                     fd = -1
+                    if exc.errno in _DENIED:
+                        try:
+                            self._unreadable(p, entry.stat(follow_symlinks=False), exc.errno, now_ns)
+                        except OSError:
+                            continue  # gone meanwhile: its directory changed
+                        elves.append(name)
+                        no_roots.append(name)
+                        continue
                 if fd >= 0:
                     try:
                         head = os_read(fd, 4)
@@ -750,18 +845,25 @@ class RdepsIndex:
         subs = "/".join(subdirs)
         dirs.put(d, st.st_ctime_ns if now_ns - st.st_ctime_ns >= self.racy_ns and not young else -1, st.st_ino, subs,
                  "/".join(elves), "/".join(others))
-        roots.extend([prefix + n for n in elves])
+        if no_roots:
+            roots.extend([prefix + n for n in elves if n not in no_roots])
+        else:
+            roots.extend([prefix + n for n in elves])
         return subs
 
-    def _probe(self, p: str, now_ns: int) -> bool:
-        """Open the regular file at ``p`` (new, or its key changed): True when it is an ELF file, now read
-        into ``files``. The magic is read first: most files are not ELF files and cost no ``stat``."""
+    def _probe(self, p: str, st: os.stat_result, now_ns: int) -> Optional[bool]:
+        """Open the regular file at ``p`` (``lstat``: ``st``; its key changed): True when it is an ELF file, now
+        read into ``files``; None when it cannot be opened (kept, see :meth:`_unreadable`); else False. The
+        magic is read first: most files are not ELF files and cost no ``stat``."""
         self.stats.probed += 1
         files = self.data.files
         try:
             fd = os.open(p, _OPEN_FLAGS)
         except OSError as exc:
             raise_if_exhausted(exc, p)
+            if exc.errno in _DENIED:
+                self._unreadable(p, st, exc.errno, now_ns)
+                return None
             files.pop(p, None)
             return False
         try:
@@ -779,6 +881,15 @@ class RdepsIndex:
             return False
         self._read(p, st, now_ns)
         return True
+
+    def _unreadable(self, p: str, st: os.stat_result, err: int, now_ns: int) -> None:
+        """Keep the regular file ``p``, which this user cannot open (``err``), with the ELF files: keyed by its
+        ``lstat`` ``st`` and ``lstat``-ed on every update like them, so that it is opened again when its key
+        changes. ``chmod`` sets the file's ctime but not its directory's (setattr, not a directory entry change):
+        a file made readable would otherwise never be looked at again. It has no tree and is no root."""
+        self._dirty = True
+        self.data.files[p] = [self._trusted(key_of(st), now_ns), OTHER, None, None, [], "", None,
+                              UNREADABLE + os.strerror(err)]
 
     def _read(self, p: str, st: os.stat_result, now_ns: int) -> None:
         """Read the ELF file at ``p`` (new or changed) into ``files``; its tree is computed later."""
@@ -842,18 +953,13 @@ class RdepsIndex:
         data.mkeys[i] = self._trusted(k, now_ns)
         return i
 
-    def _loader_for_trees(self) -> Loader:
-        if self._loader is None:
-            self._loader = Loader(self.profile, self.env, cache=self.elf_cache)
-        return self._loader
-
-    def _compute_tree(self, p: str, now_ns: int) -> None:
+    def _compute_tree(self, loader: Loader, p: str, now_ns: int) -> None:
         e = self.data.files[p]
         self.stats.trees.append(p)
         self._dirty = True
         e[F_TREE], e[F_DIRECT], e[F_REQ], e[F_FATAL] = [], [], "", None
         try:
-            res = self._loader_for_trees().load(p)
+            res = loader.load(p)
         except ResourceError:
             raise
         except SoswapError as exc:
@@ -918,7 +1024,8 @@ class RdepsIndex:
         canon = self.canonical(tops)
         if canon == self._roots_tops:
             return self._roots
-        return [p for p in self.data.files if any(under(p, t) for t in canon)]
+        files = self.data.files
+        return [p for p, e in files.items() if any(under(p, t) for t in canon) and not _is_unreadable(e)]
 
     def identity(self, path: str) -> Optional[Identity]:
         """(st_dev, st_ino) of a member or root path as the index knows it (None: unknown)."""
@@ -1041,6 +1148,193 @@ class _Memo:
             return v
 
 
+#: The key of a group in :meth:`_Groups.live`: (0, stored number), (1, number of a group of this process), or
+#: :data:`_UNKNOWN` for computed trees of no known group (they need every watched directory and probed path).
+GroupKey = Tuple[int, int]
+_UNKNOWN: GroupKey = (2, 0)
+
+
+class _NewGroup:
+    """A group computed in this process (its ``number`` among them): what its loader listed and ``stat``-ed."""
+
+    __slots__ = ("number", "probed", "watched")
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.watched: Set[str] = set()
+        self.probed: Set[str] = set()
+
+
+class _Groups:
+    """Which watched directories and probed paths the trees depend on.
+
+    The trees one :class:`Loader` computes form a *group*: the files of one indexed directory whose trees one
+    update computed. A loader's searches share their directory listings and ``stat`` results (memoized across
+    loads: a search that finds its answer in a listing made for another tree does not list again), so each
+    tree of a group may depend on anything its loader listed or ``stat``-ed, and on nothing another loader
+    did. A watched directory or probed path that no group with a computed tree holds is needed by no tree
+    (:meth:`needed`). A tree that is not computed needs none: before it answers it is computed again, by a
+    new loader that lists and ``stat``-s anew.
+
+    Stored groups come from the index file, checked when it is read and expanded only when trees are computed
+    or the index is written: a warm update that changes nothing never does."""
+
+    def __init__(self) -> None:
+        #: the stored files in stored order, and runs of them: [count, group, count, group...] (group -1: no tree)
+        self._order: List[str] = []
+        self._runs: List[int] = []
+        #: per stored group, its watched directories and probed paths: ids into the stored orders
+        self._w_ids: List[List[int]] = []
+        self._p_ids: List[List[int]] = []
+        self._w_order: List[str] = []
+        self._p_order: List[str] = []
+        #: {stored file with a tree: its group}, made on demand
+        self._of: Optional[Dict[str, int]] = None
+        #: the groups of this process, and {tree it computed: its group's number} (the last one computing it)
+        self._new: List[_NewGroup] = []
+        self._new_of: Dict[str, int] = {}
+
+    def load(self, core: Dict[str, Any], data: IndexData) -> None:
+        """Take the groups of the core just decoded into ``data``, checked: ``KeyError``/``TypeError``/
+        ``ValueError``/``IndexError`` when anything is wrong, a computed tree in no group included."""
+        doc = core["groups"]
+        if type(doc) is not dict or data.pending is None:
+            raise TypeError("groups")
+        order, w_order = data.pending[2], data.pending[3]
+        p_order: List[str] = core["probed"]["path"]
+        kinds: str = core["files"]["kind"]
+        w_col, p_col = doc["watched"], doc["probed"]
+        if type(w_col) is not list or type(p_col) is not list or len(w_col) != len(p_col):
+            raise TypeError("groups: columns of the wrong type or length")
+        w_ids = [_ids(v, len(w_order)) for v in w_col]
+        p_ids = [_ids(v, len(p_order)) for v in p_col]
+        runs = unpack(doc["files"], "i")
+        pos = 0
+        for count, g in zip(runs[::2], runs[1::2]):
+            if count <= 0 or not -1 <= g < len(w_ids):
+                raise ValueError("groups: a bad run of files")
+            if g < 0 and not kinds[pos:pos + count].islower():  # upper case: the file's tree is computed
+                raise ValueError("groups: a computed tree in no group")
+            pos += count
+        if len(runs) % 2 or pos != len(order):
+            raise ValueError("groups: runs of the wrong length")
+        self._order, self._runs, self._w_ids, self._p_ids = order, runs, w_ids, p_ids
+        self._w_order, self._p_order, self._of = w_order, p_order, None
+
+    def forget_stored(self) -> None:
+        """The index is rebuilt: no stored group is left."""
+        self._order, self._runs, self._w_ids, self._p_ids, self._of = [], [], [], [], None
+
+    def new_group(self) -> _NewGroup:
+        self._new.append(_NewGroup(len(self._new)))
+        return self._new[-1]
+
+    def add_tree(self, group: _NewGroup, p: str) -> None:
+        """The tree of ``p`` was just computed by the loader of ``group``."""
+        self._new_of[p] = group.number
+
+    def count(self) -> int:
+        """How many groups there may be (stored, and of this process): at least as many as :meth:`live` finds."""
+        return len(self._w_ids) + len(self._new)
+
+    def _membership(self) -> Dict[str, int]:
+        if self._of is None:
+            of: Dict[str, int] = {}
+            order, runs = self._order, self._runs
+            pos = 0
+            for count, g in zip(runs[::2], runs[1::2]):
+                if g >= 0:
+                    of.update(dict.fromkeys(order[pos:pos + count], g))
+                pos += count
+            self._of = of
+        return self._of
+
+    def live(self, files: Mapping[str, List[Any]]) -> Dict[GroupKey, List[str]]:
+        """The groups that still hold a computed tree, with those trees."""
+        of, new_of = self._membership(), self._new_of
+        out: Dict[GroupKey, List[str]] = {}
+        for p, e in files.items():
+            if e[F_TREE] is not None:
+                n = new_of.get(p)
+                if n is not None:
+                    g: GroupKey = (1, n)
+                else:
+                    stored = of.get(p)
+                    g = (0, stored) if stored is not None else _UNKNOWN
+                trees = out.get(g)
+                if trees is None:
+                    out[g] = [p]
+                else:
+                    trees.append(p)
+        return out
+
+    def needed(self, groups: Iterable[GroupKey], data: IndexData) -> Tuple[Set[str], Set[str]]:
+        """The watched directories and probed paths the searches of ``groups`` listed and ``stat``-ed."""
+        watched: Set[str] = set()
+        probed: Set[str] = set()
+        for kind, n in groups:
+            if kind == 0:
+                w_order, p_order = self._w_order, self._p_order
+                watched.update([w_order[i] for i in self._w_ids[n]])
+                probed.update([p_order[i] for i in self._p_ids[n]])
+            elif kind == 1:
+                watched.update(self._new[n].watched)
+                probed.update(self._new[n].probed)
+            else:  # never written so; kept whole rather than guessed
+                watched.update(data.watched)
+                probed.update(data.probed)
+        return watched, probed
+
+    def encode(self, core: Dict[str, Any], live: Dict[GroupKey, List[str]], data: IndexData) -> Dict[str, Any]:
+        """The ``groups`` of ``core`` (just encoded from ``data``): the groups of ``live`` renumbered, each with
+        its watched directories and probed paths as ids into the core's, and the group of each of the core's
+        files, in runs."""
+        w_index = {p: i for i, p in enumerate(core["watched"]["path"])}
+        p_index = {p: i for i, p in enumerate(core["probed"]["path"])}
+        number: Dict[str, int] = {}
+        w_col: List[str] = []
+        p_col: List[str] = []
+        for n, (g, trees) in enumerate(live.items()):
+            watched, probed = self.needed([g], data)
+            w_col.append(pack(sorted(w_index[d] for d in watched if d in w_index), "i"))
+            p_col.append(pack(sorted(p_index[p] for p in probed if p in p_index), "i"))
+            number.update(dict.fromkeys(trees, n))
+        runs: List[int] = []
+        for p in _core_files(core):
+            g = number.get(p, -1)
+            if runs and runs[-1] == g:
+                runs[-2] += 1
+            else:
+                runs += [1, g]
+        return {"files": pack(runs, "i"), "watched": w_col, "probed": p_col}
+
+
+def _ids(text: Any, limit: int) -> List[int]:
+    """A packed list of ids below ``limit``."""
+    ids = unpack(text, "i")
+    if ids and (min(ids) < 0 or max(ids) >= limit):
+        raise IndexError("groups: a reference to an entry that does not exist")
+    return ids
+
+
+def _core_files(core: Dict[str, Any]) -> List[str]:
+    """The paths of the files of an encoded core, in its order (as :func:`decode_core` reads them back)."""
+    dirs, files = core["dirs"], core["files"]
+    names: List[str] = dirs["name"]
+    paths: List[str] = []
+    for parent, name in zip(unpack(dirs["parent"]), names):
+        if parent < 0:
+            paths.append(name)
+        else:
+            pp = paths[parent]
+            paths.append((pp + "/" if pp != "/" else "/") + name)
+    out = []
+    for row, name in zip(unpack(files["dir"]), files["name"]):
+        pp = paths[row]
+        out.append((pp + "/" if pp != "/" else "/") + name)
+    return out
+
+
 def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str]], now_ns: int,
                  racy_ns: int) -> List[Any]:
     """The row of a watched directory listed with inode and ctime ``ident`` (taken before the listing)."""
@@ -1049,6 +1343,11 @@ def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str
     ino, ctime = ident
     text = W_UNREADABLE if names is UNLISTABLE else "/".join(sorted(names))
     return [ino, ctime if now_ns - ctime >= racy_ns else W_RELIST, text]
+
+
+def _is_unreadable(e: List[Any]) -> bool:
+    """The file row ``e`` is that of a file that could not be opened (:meth:`RdepsIndex._unreadable`)."""
+    return e[F_ERR] is not None and e[F_ERR].startswith(UNREADABLE)
 
 
 def _dir_under(d: str, top: Top) -> bool:
