@@ -226,21 +226,23 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
     cacheable = not args.no_cache and subst is None and loader.profile.fs.is_host
     store = _result_store(loader, args) if cacheable else None
     kept: Dict[int, object] = {}
-    facts: Dict[str, object] = {}
+    file_facts = None
     if store is not None:
         file_facts = _file_facts(loader)
         kind = dict if args.json else str
         kept = store.lookup(files, file_facts, lambda v: isinstance(v, kind))
-        # a FILE's own witness is taken before its tree is computed: a change after it is seen next time
-        facts = {f: file_facts(f) for n, f in enumerate(files) if n not in kept}
 
-    def one(path: str) -> Tuple[int, object, str, bool]:
-        """The result, and whether the result cache may keep it (its objects are then witnesses)."""
+    def one(path: str) -> Tuple[int, object, str, object]:
+        """The result, and the FILE's own witness when the result cache may keep it (its objects are then
+        witnesses), else None."""
+        # a FILE's own witness is taken before its tree is computed (in the worker that computes it): a change
+        # after it is seen next time
+        facts = file_facts(path) if file_facts is not None else None
         code, payload, err, res = _tree_one(loader, path, args, subst)
         # another ABI's profile is derived from files the cache does not watch: only the host's is kept
         keep = (store is not None and res is not None and res.profile is loader.profile
                 and store.witnesses.add_result(res))
-        return code, payload, err, keep
+        return code, payload, err, facts if keep else None
 
     harvest = absorb = None
     if store is not None:
@@ -259,9 +261,9 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
         if hit is not None:
             code, payload, err = hit.status, hit.payload, hit.error  # type: ignore[attr-defined]
         else:
-            code, payload, err, keep = next(computed)  # type: ignore[misc]
-            if keep:
-                store.put(file, facts[file], code, payload, err)  # type: ignore[union-attr]
+            code, payload, err, facts = next(computed)  # type: ignore[misc]
+            if facts is not None:
+                store.put(file, facts, code, payload, err)  # type: ignore[union-attr]
         if err:
             out.flush()
             sys.stderr.write(err)
