@@ -100,6 +100,17 @@ def test_numbers_as_dl_strtoul_reads_them(text: str, value: Optional[int]) -> No
     assert _dl_strtoul(text) == value
 
 
+def test_a_number_of_thousands_of_digits_overflows_instead_of_failing() -> None:
+    """int() refuses more than 4,300 digits: a hostile GLIBC_TUNABLES made every command an internal error."""
+    for digits in ("1" * 5000, "0x" + "f" * 5000, "0" + "7" * 5000):
+        assert _dl_strtoul(digits) is None
+    assert _dl_strtoul("0" * 5000 + "1") == 1  # leading zeros are no overflow
+    text = "glibc.rtld.enable_secure=" + "1" * 5000 + ":" + MASK
+    assert tunables_effect(text, (2, 40)) == (True, False)
+    env = Environment.from_environ({"GLIBC_TUNABLES": text}, cwd="/")
+    assert not env.tunables_secure((2, 43)) and env.cpu_disabled_for((2, 43))
+
+
 # -- the real thing: a set-user-ID program run by nobody ---------------------------------------------------------
 
 

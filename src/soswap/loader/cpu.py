@@ -126,6 +126,10 @@ def tunables_effect(tunables: Optional[str], glibc: Tuple[int, int]) -> Tuple[bo
     return True, False
 
 
+#: Significant digits of the largest 64-bit value in each base _dl_strtoul reads.
+_DIGITS_64 = {8: 22, 10: 20, 16: 16}
+
+
 def _dl_strtoul(text: str) -> Optional[int]:
     """``tunable_parse_num``: the number ``_dl_strtoul`` reads (blanks, a sign, 0x hexadecimal, 0 octal) as a
     signed 64-bit value, None unless it reads the whole text without overflowing."""
@@ -141,14 +145,13 @@ def _dl_strtoul(text: str) -> Optional[int]:
             base, digits, s = 16, "0123456789abcdefABCDEF", s[2:]
         else:
             base, digits = 8, "01234567"
-    n = 0
-    while n < len(s) and s[n] in digits:
-        n += 1
-    if n != len(s):
+    if not all(c in digits for c in s):
         return None
+    if len(s.lstrip("0")) > _DIGITS_64[base]:
+        return None  # past 2**64: _dl_strtoul stops at the digit that overflows (and int() refuses 4300 digits)
     value = int(s, base) if s else 0
     if value >= 1 << 64:
-        return None  # _dl_strtoul stops at the digit that overflows
+        return None
     if negative:
         value = -value % (1 << 64)
     return value - (1 << 64) if value >= 1 << 63 else value
