@@ -208,8 +208,9 @@ def _flatten(lists: Sequence[Sequence[int]]) -> Tuple[str, str]:
 # -- the whole index ---------------------------------------------------------------------------------------
 
 
-def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """(core, extras) of ``data``, whose extras must have been decoded (see :func:`decode_extras`)."""
+def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any], List[str]]:
+    """(core, extras) of ``data``, whose extras must have been decoded (see :func:`decode_extras`), and the paths
+    of the files the core holds, in its order (:func:`decode_core` reads them back in that order)."""
     dirs = data.dirs
     dir_paths = sorted(dirs.index)
     row_of = {p: i for i, p in enumerate(dir_paths)}
@@ -244,12 +245,14 @@ def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     f_req: List[str] = []
     f_fatal: Dict[str, str] = {}
     f_err: Dict[str, str] = {}
+    order: List[str] = []
     for p, e in data.files.items():
         head, tail = posixpath.split(p)
         row = row_of.get(head)
         if row is None or not tail:
             continue  # not in an indexed directory any more
         n = len(f_dir)
+        order.append(p)
         f_dir.append(row)
         f_name.append(tail)
         f_key.append(e[F_KEY])
@@ -286,7 +289,7 @@ def encode(data: IndexData) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     }
     extras = {"others": [dirs.others[i] or "" for i in d_rows], "req": f_req, "ldcache": ldcache,
               "watched": [r[W_NAMES] for r in w_rows]}
-    return core, extras
+    return core, extras, order
 
 
 def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexData:

@@ -396,8 +396,8 @@ class RdepsIndex:
             self._drop_top(Top(t, recursive))
         with _gc_paused():
             live = self._prune()
-            core, extras = encode(self.data)
-            core["groups"] = self._groups.encode(core, live, self.data)
+            core, extras, order = encode(self.data)
+            core["groups"] = self._groups.encode(core, order, live, self.data)
             problem = write_document(self.path, FORMAT, VERSION, (core, extras))
         self.stats.saved = self.stats.written = problem is None
         self.stats.save_error = problem
@@ -716,7 +716,7 @@ class RdepsIndex:
                 k = e[F_KEY]
                 if (k is not None and k[4] == st.st_ctime_ns and k[3] == st.st_mtime_ns and k[1] == st.st_ino
                         and k[2] == st.st_size and k[0] == st.st_dev):
-                    if e[F_ERR] is None or not _is_unreadable(e):
+                    if not _is_unreadable(e):
                         roots.append(p)
                     continue
             found = self._probe(p, st, now_ns) if stat.S_ISREG(st.st_mode) else False
@@ -759,7 +759,7 @@ class RdepsIndex:
         elves: List[str] = []
         others: List[str] = []
         #: files kept with the ELF files that are not (unreadable): no roots
-        no_roots: List[str] = []
+        no_roots: Set[str] = set()
         files = self.data.files
         probed = 0
         young = False
@@ -788,7 +788,7 @@ class RdepsIndex:
                         if e[F_KEY] == key_of(entry.stat(follow_symlinks=False)):
                             elves.append(name)
                             if _is_unreadable(e):
-                                no_roots.append(name)
+                                no_roots.add(name)
                             continue
                     except OSError:
                         continue
@@ -806,7 +806,7 @@ class RdepsIndex:
                         except OSError:
                             continue  # gone meanwhile: its directory changed
                         elves.append(name)
-                        no_roots.append(name)
+                        no_roots.add(name)
                         continue
                 if fd >= 0:
                     try:
@@ -845,10 +845,7 @@ class RdepsIndex:
         subs = "/".join(subdirs)
         dirs.put(d, st.st_ctime_ns if now_ns - st.st_ctime_ns >= self.racy_ns and not young else -1, st.st_ino, subs,
                  "/".join(elves), "/".join(others))
-        if no_roots:
-            roots.extend([prefix + n for n in elves if n not in no_roots])
-        else:
-            roots.extend([prefix + n for n in elves])
+        roots.extend([prefix + n for n in elves if n not in no_roots])
         return subs
 
     def _probe(self, p: str, st: os.stat_result, now_ns: int) -> Optional[bool]:
@@ -1285,10 +1282,11 @@ class _Groups:
                 probed.update(data.probed)
         return watched, probed
 
-    def encode(self, core: Dict[str, Any], live: Dict[GroupKey, List[str]], data: IndexData) -> Dict[str, Any]:
-        """The ``groups`` of ``core`` (just encoded from ``data``): the groups of ``live`` renumbered, each with
-        its watched directories and probed paths as ids into the core's, and the group of each of the core's
-        files, in runs."""
+    def encode(self, core: Dict[str, Any], order: List[str], live: Dict[GroupKey, List[str]],
+               data: IndexData) -> Dict[str, Any]:
+        """The ``groups`` of ``core`` (just encoded from ``data``, its files in ``order``): the groups of ``live``
+        renumbered, each with its watched directories and probed paths as ids into the core's, and the group of
+        each of the core's files, in runs."""
         w_index = {p: i for i, p in enumerate(core["watched"]["path"])}
         p_index = {p: i for i, p in enumerate(core["probed"]["path"])}
         number: Dict[str, int] = {}
@@ -1300,7 +1298,7 @@ class _Groups:
             p_col.append(pack(sorted(p_index[p] for p in probed if p in p_index), "i"))
             number.update(dict.fromkeys(trees, n))
         runs: List[int] = []
-        for p in _core_files(core):
+        for p in order:
             g = number.get(p, -1)
             if runs and runs[-1] == g:
                 runs[-2] += 1
@@ -1315,24 +1313,6 @@ def _ids(text: Any, limit: int) -> List[int]:
     if ids and (min(ids) < 0 or max(ids) >= limit):
         raise IndexError("groups: a reference to an entry that does not exist")
     return ids
-
-
-def _core_files(core: Dict[str, Any]) -> List[str]:
-    """The paths of the files of an encoded core, in its order (as :func:`decode_core` reads them back)."""
-    dirs, files = core["dirs"], core["files"]
-    names: List[str] = dirs["name"]
-    paths: List[str] = []
-    for parent, name in zip(unpack(dirs["parent"]), names):
-        if parent < 0:
-            paths.append(name)
-        else:
-            pp = paths[parent]
-            paths.append((pp + "/" if pp != "/" else "/") + name)
-    out = []
-    for row, name in zip(unpack(files["dir"]), files["name"]):
-        pp = paths[row]
-        out.append((pp + "/" if pp != "/" else "/") + name)
-    return out
 
 
 def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str]], now_ns: int,

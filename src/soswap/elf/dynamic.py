@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from array import array
 from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
@@ -218,11 +217,4 @@ class StringTable:
 
     def get(self, offset: int, what: str) -> str:
         """The string at ``offset``, decoded as :func:`os.fsdecode` does."""
-        data = self._data
-        if data is None and self.size <= self._WHOLE:
-            data = self.load()
-        if data is not None and 0 <= offset < self.size:
-            end = data.find(b"\0", offset)
-            if end >= 0:
-                return data[offset:end].decode(_FS_ENCODING, _FS_ERRORS)
-        return os.fsdecode(self.get_bytes(offset, what))
+        return self.get_bytes(offset, what).decode(_FS_ENCODING, _FS_ERRORS)

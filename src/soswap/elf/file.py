@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import TYPE_CHECKING, Callable, Dict, List, NamedTuple, Optional, Tuple
+import struct
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo, decode_dynamic
@@ -124,6 +125,13 @@ class Region:
         if start >= 0 and start + length <= len(self.data):
             return self.data[start:start + length]
         return self.elf.read(offset, length, what)
+
+    def unpack(self, layout: struct.Struct, offset: int, what: str) -> Tuple[Any, ...]:
+        """``layout`` unpacked at file ``offset`` (in the buffer without a copy, else read from the file)."""
+        start = offset - self.offset
+        if start >= 0 and start + layout.size <= len(self.data):
+            return layout.unpack_from(self.data, start)
+        return layout.unpack(self.elf.read(offset, layout.size, what))
 
 
 class ElfFile:
@@ -254,12 +262,12 @@ class ElfFile:
         if h.phnum > MAX_PHNUM:
             raise ElfError(self.path, f"too many program headers ({h.phnum})", 0)
         table = self._src.read(h.phoff, h.phnum * h.phentsize, "program header table")
-        make = Segment._make
+        rows = self._lay.phdr.iter_unpack(table)
+        make = Segment._make  # tuple.__new__: cheaper than the NamedTuple's own __new__
         if self._lay.is64:  # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
-            return tuple(make((t, f, o, v, fs, ms, a)) for t, f, o, v, _p, fs, ms, a in
-                         self._lay.phdr.iter_unpack(table))
+            return tuple(make((t, f, o, v, fs, ms, a)) for t, f, o, v, _p, fs, ms, a in rows)
         # p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_flags, p_align
-        return tuple(make((t, f, o, v, fs, ms, a)) for t, o, v, _p, fs, ms, f, a in self._lay.phdr.iter_unpack(table))
+        return tuple(make((t, f, o, v, fs, ms, a)) for t, o, v, _p, fs, ms, f, a in rows)
 
     def segments_of_type(self, p_type: int) -> List[Segment]:
         return [s for s in self.segments if s.type == p_type]

@@ -91,22 +91,21 @@ def _decode_verdef(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> T
     lay = elf.layout
     vd, vda = lay.verdef, lay.verdaux
     region = elf.region_at_vaddr(tags[C.DT_VERDEF], _REGION, "DT_VERDEF")
-    base = region.offset
     count = _chain_limit(elf, tags.get(C.DT_VERDEFNUM), vd.size)
     out: List[VersionDef] = []
-    off = base
+    off = region.offset
     seen = set()
     for _ in range(count):
         if off in seen:
             raise ElfError(elf.path, "DT_VERDEF chain loops", off)
         seen.add(off)
-        version, flags, ndx, cnt, vhash, aux, nxt = vd.unpack(region.read(off, vd.size, "Elf_Verdef"))
+        version, flags, ndx, cnt, vhash, aux, nxt = region.unpack(vd, off, "Elf_Verdef")
         if version != 1:
             raise ElfError(elf.path, f"unsupported Elf_Verdef version {version}", off)
         names: List[str] = []
         aoff = off + aux
         for _j in range(min(cnt, elf.size // vda.size)):
-            name_off, anext = vda.unpack(region.read(aoff, vda.size, "Elf_Verdaux"))
+            name_off, anext = region.unpack(vda, aoff, "Elf_Verdaux")
             names.append(strtab.get(name_off, "version definition"))
             if anext == 0:
                 break
@@ -124,31 +123,22 @@ def _decode_verneed(elf: ElfFile, tags: Dict[int, int], strtab: StringTable) -> 
     lay = elf.layout
     vn, vna = lay.verneed, lay.vernaux
     region = elf.region_at_vaddr(tags[C.DT_VERNEED], _REGION, "DT_VERNEED")
-    base, data = region.offset, region.data
     count = _chain_limit(elf, tags.get(C.DT_VERNEEDNUM), vn.size)
     out: List[VersionNeed] = []
-    off = base
+    off = region.offset
     seen = set()
     for _ in range(count):
         if off in seen:
             raise ElfError(elf.path, "DT_VERNEED chain loops", off)
         seen.add(off)
-        at = off - base
-        if 0 <= at <= len(data) - vn.size:  # in the buffer (the usual case): no copy of the entry
-            version, cnt, file_off, aux, nxt = vn.unpack_from(data, at)
-        else:
-            version, cnt, file_off, aux, nxt = vn.unpack(region.read(off, vn.size, "Elf_Verneed"))
+        version, cnt, file_off, aux, nxt = region.unpack(vn, off, "Elf_Verneed")
         if version != 1:
             raise ElfError(elf.path, f"unsupported Elf_Verneed version {version}", off)
         file_name = strtab.get(file_off, "version need file")
         entries: List[VersionNeedEntry] = []
         aoff = off + aux
         for _j in range(min(cnt, elf.size // vna.size)):
-            at = aoff - base
-            if 0 <= at <= len(data) - vna.size:
-                vhash, vflags, other, name_off, anext = vna.unpack_from(data, at)
-            else:
-                vhash, vflags, other, name_off, anext = vna.unpack(region.read(aoff, vna.size, "Elf_Vernaux"))
+            vhash, vflags, other, name_off, anext = region.unpack(vna, aoff, "Elf_Vernaux")
             entries.append(VersionNeedEntry(other & C.VERSYM_VERSION, vflags, vhash,
                                             strtab.get(name_off, "version need"), bool(other & C.VERSYM_HIDDEN)))
             if anext == 0:

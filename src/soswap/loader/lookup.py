@@ -72,17 +72,18 @@ def _codes64(infos: array, get, dflt: int, nolazy: Optional[frozenset]) -> List[
     and the words are split and combined at C speed."""
     words = array("I", infos.tobytes())  # each r_info as (type, symbol) on a little-endian host
     types, syms = words[0::2], words[1::2]
+    kinds = set(types)
     code_of = {}
-    for t in set(types):
+    for t in kinds:
         tc = get(t, dflt)
         if tc >= 0:
             code_of[t] = tc << 1 | (nolazy is not None and t not in nolazy)
     shifted = map(lshift, syms, repeat(4))
-    if len(code_of) == 1 and len(types) == types.count(next(iter(code_of))):
-        return list(map(or_, shifted, repeat(next(iter(code_of.values())))))
-    if all(t in code_of for t in set(types)):
-        return list(map(or_, shifted, map(code_of.__getitem__, types)))
-    return [s << 4 | code_of[t] for t, s in zip(types, syms) if t in code_of]
+    if len(code_of) < len(kinds):  # some relocations make no lookup
+        return [s << 4 | code_of[t] for t, s in zip(types, syms) if t in code_of]
+    if len(kinds) == 1:
+        return list(map(or_, shifted, repeat(code_of[types[0]])))
+    return list(map(or_, shifted, map(code_of.__getitem__, types)))
 
 
 class RefTable(NamedTuple):
