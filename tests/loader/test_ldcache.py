@@ -3,6 +3,7 @@ ldconfig, a big-endian rewrite, malformed files (CacheError, never a traceback),
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
@@ -70,6 +71,28 @@ def test_every_format_ldconfig_writes(tmp_path: Path, fmt: str, want: str) -> No
     target = CacheTarget((0x0303,), ("x86-64-v3",), 0xF)
     hit = cache.lookup("libz.so.1", target)
     assert hit is not None and hit.value.endswith("/libz.so.1")
+
+
+@pytest.mark.parametrize("fmt", ["old", "new"])
+@pytest.mark.parametrize("dirname", ["bibliothèque", b"lib\xff\xfe"], ids=["utf-8", "not-utf-8"])
+def test_names_that_are_not_ascii(tmp_path: Path, fmt: str, dirname: object) -> None:
+    # the strings are cut from the file as bytes; a name that is not ASCII is decoded as a file name is
+    raw = os.fsencode(str(tmp_path)) + b"/" + (dirname.encode() if isinstance(dirname, str) else dirname)
+    os.mkdir(raw)
+    shutil.copy("/lib/x86_64-linux-gnu/libz.so.1", os.fsdecode(raw + b"/libsoswapz.so.1"))
+    conf = tmp_path / "ld.so.conf"
+    conf.write_bytes(raw + b"\n")
+    out = tmp_path / "cache"
+    subprocess.run(["ldconfig", "-c", fmt, "-C", str(out), "-f", str(conf), "-X"],
+                   check=True, capture_output=True, timeout=120)
+    cache = LdCache.load(str(out))
+    assert cache.problem is None
+    # ldconfig names the entry after the SONAME (libz.so.1), in our directory
+    where = os.fsdecode(raw)
+    ours = [(e.key, e.value) for e in cache.entries if e.value.startswith(where + "/")]
+    assert ours == [("libz.so.1", os.fsdecode(raw + b"/libz.so.1"))]
+    hit = cache.lookup("libz.so.1", CacheTarget((0x0303,), (), None))
+    assert hit is not None and hit.value in (where + "/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1")
 
 
 def _to_big_endian(data: bytes) -> bytes:

@@ -49,6 +49,7 @@ def _load_view(res):  # type: ignore[no-untyped-def]
 def test_shared_loader_answers_as_fresh_loaders_on_system_programs() -> None:
     shared = make_loader(cwd="/", env=BASE_ENV)
     shared_loads = 0
+    bodies: dict = {}
     for path in _sample(6):
         fresh = make_loader(cwd="/", env=BASE_ENV)
         a = shared.load(path)
@@ -56,7 +57,8 @@ def test_shared_loader_answers_as_fresh_loaders_on_system_programs() -> None:
         assert _load_view(a) == _load_view(b), path
         ba, bb = shared.bind(a, relocate=False), fresh.bind(b, relocate=False)
         assert _bound_view(ba) == _bound_view(bb), path
-        assert render_text(a, ba) == render_text(b, bb)
+        assert render_text(a, ba, bodies=bodies) == render_text(b, bb)
+        assert render_text(a, ba, show_all=True, bodies=bodies) == render_text(b, bb, show_all=True)
         assert result_json(a, ba) == result_json(b, bb)
         shared_loads += 1
     # the sample really shared something: fewer load sessions than programs
@@ -156,6 +158,31 @@ def test_library_needing_the_program_by_its_path(tmp_path: Path) -> None:
         assert "cannot dynamically load position-independent executable" in want.stdout
         got = model_ldd(*order)
         assert (got.stdout, got.stderr, got.status) == (want.stdout, want.stderr, want.status), order
+
+
+@requires_cc
+def test_library_needing_the_program_by_its_soname(tmp_path: Path) -> None:
+    # liba.so needs "libprog.so", the SONAME of programs P and Q (same shape): it resolves to the main map
+    # (_dl_map_object matches a loaded object's DT_SONAME), and each tree shows its own program there
+    stub = shared_lib(tmp_path / "stub" / "libprog.so", "int placeholder(void) { return 0; }\n", soname="libprog.so")
+    shared_lib(tmp_path / "liba.so", "int a(void) { return 0; }\n", soname="liba.so",
+               libs=["-Wl,--no-as-needed", str(stub)])
+    src = "int a(void);\nint main(void) { return a(); }\n"
+    # liba.so found through LD_LIBRARY_PATH: no reason names the program, the loads share every object
+    env = env_with(LD_LIBRARY_PATH=str(tmp_path))
+    progs = [executable(tmp_path / name, src, flags=["-Wl,-soname,libprog.so"], libs=[f"-L{tmp_path}", "-la"])
+             for name in ("p", "q")]
+    os.unlink(stub)
+    loader = make_loader(env=env)
+    bodies: dict = {}  # as soswap tree keeps them: the trees of one shape are made once
+    for prog in (*progs, *progs):
+        assert run_program(prog, env=env).status == 0  # libprog.so is the program itself: nothing is opened
+        res = loader.load(str(prog))
+        assert [o.index for o in res.objects if o.name == "libprog.so"] == []  # no object of its own
+        text = render_text(res, loader.bind(res, relocate=False), show_all=True, bodies=bodies)
+        assert f"libprog.so => {prog}  (already loaded)" in text, text
+        assert str(progs[1] if prog == progs[0] else progs[0]) not in text
+    assert len(loader._templates) == 1  # P and Q shared one load
 
 
 @requires_cc

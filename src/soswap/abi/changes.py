@@ -7,7 +7,9 @@ about. ``old_value``/``new_value`` carry the two sides as text (a size, a type, 
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from soswap.tuples import NamedTuple
 
 #: Breaks existing consumers whatever else is installed (a removed symbol, a wrong ELF class...).
 BREAKING = "breaking"

@@ -7,10 +7,11 @@ definition of NEW would a reference, recorded by the static linker against OLD's
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from soswap.elf import ElfFile, Symbol
 from soswap.elf import constants as C
+from soswap.tuples import NamedTuple
 
 #: Symbol types a lookup accepts (``check_match``: NOTYPE, OBJECT, FUNC, COMMON, TLS, GNU_IFUNC).
 LOOKUP_TYPES = frozenset({C.STT_NOTYPE, C.STT_OBJECT, C.STT_FUNC, C.STT_COMMON, C.STT_TLS, C.STT_GNU_IFUNC})

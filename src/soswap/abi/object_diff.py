@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from soswap.abi.changes import BREAKING, HARMLESS, REVIEW, Change
 from soswap.elf import ElfFile
@@ -17,6 +17,7 @@ from soswap.loader.candidates import (
     load_commands,
     overlapping,
 )
+from soswap.tuples import NamedTuple
 
 #: glibc's LIBC_ABI_MAX on x86-64 (libc-abis: DEFAULT, UNIQUE, IFUNC, ABSOLUTE): a GNU object's
 #: EI_ABIVERSION must be below it.

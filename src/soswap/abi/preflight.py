@@ -11,7 +11,7 @@ refuses the install unless forced.
 from __future__ import annotations
 
 import os
-from typing import AbstractSet, Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from soswap.abi.check import check_replacement
 from soswap.abi.consumer import SharedChecks
@@ -21,6 +21,7 @@ from soswap.abi.rdeps import environment_for_index, open_index
 from soswap.elf import ElfCache, is_elf_file, is_loadable_elf
 from soswap.errors import SoswapError
 from soswap.loader import Profile
+from soswap.tuples import NamedTuple
 
 
 class PreflightProblem(NamedTuple):

@@ -9,9 +9,10 @@ all (a call into data, a copy relocation that takes the wrong size, a TLS variab
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from soswap.abi.changes import AbiDiff, Change
+from soswap.tuples import NamedTuple
 
 # ConsumerResult.verdict values
 COMPATIBLE = "compatible"

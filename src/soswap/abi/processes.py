@@ -12,10 +12,11 @@ import functools
 import os
 import posixpath
 import struct
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone, SoswapError
 from soswap.loader import Environment
+from soswap.tuples import NamedTuple
 
 _AT_SECURE = 23
 

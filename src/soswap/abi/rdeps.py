@@ -62,21 +62,7 @@ import posixpath
 import re
 import stat
 import time
-from typing import (
-    Any,
-    Callable,
-    Dict,
-    FrozenSet,
-    Iterable,
-    Iterator,
-    List,
-    Mapping,
-    NamedTuple,
-    Optional,
-    Sequence,
-    Set,
-    Tuple,
-)
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.abi.index_codec import (
     F_DIRECT,
@@ -113,6 +99,7 @@ from soswap.errors import ResourceError, SoswapError, raise_if_exhausted
 from soswap.loader import Environment, Loader, Profile
 from soswap.loader.candidates import UNLISTABLE, FileSystem
 from soswap.state import cache_dir
+from soswap.tuples import NamedTuple
 
 INDEX_FILE = "rdeps-index.json"
 FORMAT = "soswap-rdeps-index"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from soswap.errors import SoswapError
 from soswap.loader import Profile
+from soswap.tuples import NamedTuple
 
 #: Added to ``$PATH``: the directories a root shell, a package hook or a unit has on its PATH.
 DEFAULT_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")

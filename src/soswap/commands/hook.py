@@ -30,11 +30,12 @@ import argparse
 import os
 import re
 import sys
-from typing import Callable, List, NamedTuple, Optional, Tuple, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 from soswap.commands.argtypes import seconds
 from soswap.commands.hookfiles import APT, MANAGERS
 from soswap.errors import UsageError
+from soswap.tuples import NamedTuple
 
 T = TypeVar("T")
 

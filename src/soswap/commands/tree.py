@@ -191,8 +191,7 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     def one(file: str) -> Tuple[str, str, object]:
         """ldd's output for ``file``; a file soswap cannot emulate is one error line (ok None), and the others
         are still printed, as ldd goes on with the next file after most failures."""
-        from soswap.errors import ResourceError, SoswapError
-        from soswap.report.output import error_line
+        from soswap.errors import ResourceError, SoswapError, error_line
 
         try:
             return model.one(file)
@@ -232,13 +231,15 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
         kind = dict if args.json else str
         kept = store.lookup(files, file_facts, lambda v: isinstance(v, kind))
 
+    bodies: Dict[tuple, object] = {}  # the trees of programs of one shape, made once (report.tree.tree_lines)
+
     def one(path: str) -> Tuple[int, object, str, object]:
         """The result, and the FILE's own witness when the result cache may keep it (its objects are then
         witnesses), else None."""
         # a FILE's own witness is taken before its tree is computed (in the worker that computes it): a change
         # after it is seen next time
         facts = file_facts(path) if file_facts is not None else None
-        code, payload, err, res = _tree_one(loader, path, args, subst)
+        code, payload, err, res = _tree_one(loader, path, args, subst, bodies)
         # another ABI's profile is derived from files the cache does not watch: only the host's is kept
         keep = (store is not None and res is not None and res.profile is loader.profile
                 and store.witnesses.add_result(res))
@@ -352,11 +353,10 @@ def _file_facts(loader) -> Callable[[str], Tuple[object, Optional[str], Optional
     return facts
 
 
-def _tree_one(loader, path: str, args: argparse.Namespace, subst):  # type: ignore[no-untyped-def]
+def _tree_one(loader, path: str, args: argparse.Namespace, subst, bodies=None):  # type: ignore[no-untyped-def]
     """(exit status for this file, rendered text or JSON document, error line, the load result or None)."""
-    from soswap.errors import ResourceError, SoswapError
+    from soswap.errors import ResourceError, SoswapError, error_line
     from soswap.loader.model import FIRST_CALL
-    from soswap.report.output import error_line
     from soswap.report.tree import error_json, render_text, result_json
 
     try:
@@ -374,7 +374,7 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst):  # type: igno
     code = EXIT_FOUND if failed else EXIT_OK
     if args.json:
         return code, result_json(res, bound, args.symbols), "", res
-    return code, render_text(res, bound, show_all=args.all, symbols=args.symbols), "", res
+    return code, render_text(res, bound, show_all=args.all, symbols=args.symbols, bodies=bodies), "", res
 
 
 def _named(exc: Exception, path: str) -> str:

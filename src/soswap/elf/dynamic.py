@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 from array import array
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.errors import ElfError
+from soswap.tuples import NamedTuple
 
 if TYPE_CHECKING:
     from soswap.elf.file import ElfFile

@@ -11,13 +11,14 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo, decode_dynamic
 from soswap.elf.layouts import Layout, layout_for
 from soswap.elf.source import BytesSource, FileSource, Identity, PathLike, Source
 from soswap.errors import ElfError
+from soswap.tuples import NamedTuple
 
 #: The page size of mappings (what lies past a file's end in its last page reads as zeros).
 _PAGE = mmap.PAGESIZE

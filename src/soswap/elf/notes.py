@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.errors import ElfError
+from soswap.tuples import NamedTuple
 
 if TYPE_CHECKING:
     from soswap.elf.file import ElfFile

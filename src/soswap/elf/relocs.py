@@ -9,11 +9,12 @@ need a TLS definition.
 from __future__ import annotations
 
 from array import array
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.hashtab import _words
 from soswap.errors import ElfError
+from soswap.tuples import NamedTuple
 
 if TYPE_CHECKING:
     from soswap.elf.file import ElfFile

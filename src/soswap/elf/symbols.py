@@ -8,10 +8,11 @@ import itertools
 import operator
 import sys
 from array import array
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from soswap.elf import constants as C
 from soswap.errors import ElfError
+from soswap.tuples import NamedTuple
 
 if TYPE_CHECKING:
     from soswap.elf.file import ElfFile

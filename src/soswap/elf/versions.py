@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.dynamic import StringTable
 from soswap.errors import ElfError
+from soswap.tuples import NamedTuple
 
 if TYPE_CHECKING:
     from soswap.elf.file import ElfFile

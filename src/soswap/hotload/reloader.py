@@ -33,11 +33,12 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError, SoswapError
+from soswap.tuples import NamedTuple
 
 RTLD_NOW = getattr(os, "RTLD_NOW", 2)
 RTLD_LOCAL = getattr(os, "RTLD_LOCAL", 0)

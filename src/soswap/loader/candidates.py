@@ -12,13 +12,14 @@ import mmap
 import os
 import stat
 import struct
-from typing import Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple, Union
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
 from soswap.elf.file import Segment
 from soswap.errors import ElfError, raise_if_exhausted
 from soswap.loader.profile import Profile
+from soswap.tuples import NamedTuple
 
 #: Verdicts of :func:`verify`.
 ACCEPT = "accept"

@@ -6,7 +6,9 @@ the x86-64 ISA levels (``get_isa_level``), the glibc-hwcaps subdirectories they 
 
 from __future__ import annotations
 
-from typing import FrozenSet, List, NamedTuple, Optional, Tuple
+from typing import FrozenSet, List, Optional, Tuple
+
+from soswap.tuples import NamedTuple
 
 # GNU_PROPERTY_X86_ISA_1_* bits.
 ISA_BASELINE, ISA_V2, ISA_V3, ISA_V4 = 1, 2, 4, 8

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import FrozenSet, Mapping, NamedTuple, Optional, Tuple
+from typing import FrozenSet, Mapping, Optional, Tuple
 
 from soswap.loader.cpu import tunable_disabled_flags, tunables_effect
+from soswap.tuples import NamedTuple
 
 
 class Environment(NamedTuple):

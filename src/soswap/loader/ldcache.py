@@ -11,10 +11,11 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from soswap.errors import CacheError
 from soswap.textfile import read_regular
+from soswap.tuples import NamedTuple
 
 OLD_MAGIC = b"ld.so-1.7.0"
 NEW_MAGIC = b"glibc-ld.so.cache1.1"
@@ -108,7 +109,10 @@ class CacheEntry(NamedTuple):
 
 def _is_hwcap_extension(hwcap: int) -> bool:
     # dl_cache_hwcap_extension
-    return ((hwcap >> 32) & ~ISA_LEVEL_MASK) == (HWCAP_EXTENSION >> 32)
+    return ((hwcap >> 32) & ~ISA_LEVEL_MASK) == _EXTENSION_HIGH
+
+
+_EXTENSION_HIGH = HWCAP_EXTENSION >> 32
 
 
 class CacheTarget(NamedTuple):
@@ -313,32 +317,32 @@ class _TooMuchOverlap(CacheError):
 
 
 class _Strings:
-    """The NUL-terminated strings of one cache file, each decoded once by offset. ld.so reads them in place;
-    a crafted file can point thousands of entries into one long string: the bytes decoded are bounded (a
-    real cache decodes about its own size)."""
+    """The NUL-terminated strings of one cache file. ld.so reads them in place; a crafted file can point
+    thousands of entries into one long string: the bytes read are bounded (a real cache reads about its own
+    size)."""
 
     def __init__(self, data: bytes, path: str) -> None:
         self.data = data
+        #: the file as one character per byte: a string is found and cut at C speed, and an ASCII one (every
+        #: name ldconfig writes, in practice) is already decoded
+        self.text = data.decode("latin-1")
         self.path = path
-        self.memo: Dict[int, str] = {}
         self.left = max(64 << 20, 16 * len(data))
 
     def get(self, offset: int, limit: int) -> Optional[str]:
-        """The string at ``offset`` (None if the offset is outside ``limit``)."""
-        data = self.data
-        if offset >= limit or offset >= len(data):
+        """The string at ``offset`` (None if the offset is outside ``limit``), decoded as file names are."""
+        text = self.text
+        if offset >= limit or offset >= len(text):
             return None
-        hit = self.memo.get(offset)
-        if hit is None:
-            end = data.find(b"\0", offset, limit)
-            if end < 0:
-                end = limit
-            self.left -= end - offset
-            if self.left < 0:
-                raise _TooMuchOverlap(f"{self.path}: its entries point into the same long strings over and over "
-                                      "(a crafted file?): soswap reads no cache")
-            hit = self.memo[offset] = os.fsdecode(data[offset:end])
-        return hit
+        end = text.find("\0", offset, limit)
+        if end < 0:
+            end = limit
+        self.left -= end - offset
+        if self.left < 0:
+            raise _TooMuchOverlap(f"{self.path}: its entries point into the same long strings over and over "
+                                  "(a crafted file?): soswap reads no cache")
+        hit = text[offset:end]
+        return hit if hit.isascii() else os.fsdecode(self.data[offset:end])
 
 
 def _parse_old(data: bytes, path: str, little: bool, lenient: bool = False) -> LdCache:
@@ -395,19 +399,21 @@ def _parse_new(data: bytes, base: int, path: str, little: bool, fmt: str, lenien
     # inside the file (_dl_cache_verify_ptr against the file size).
     limit = size - base
     strings = _Strings(data, path)
-    for i in range(nlibs):
-        flags, key, value, _osv, hwcap = row.unpack_from(data, base + 48 + 24 * i)
-        k = strings.get(base + key, size) if key < limit else None
-        v = strings.get(base + value, size) if value < limit else None
+    get = strings.get
+    make = CacheEntry._make
+    table = memoryview(data)[base + 48:base + 48 + 24 * nlibs]
+    for i, (flags, key, value, _osv, hwcap) in enumerate(row.iter_unpack(table)):
+        k = get(base + key, size) if key < limit else None
+        v = get(base + value, size) if value < limit else None
         if k is None or v is None:
             if lenient:
                 continue
             raise CacheError(f"{path}: ld.so.cache entry {i} points outside the file")
         sub = None
-        if _is_hwcap_extension(hwcap):
+        if hwcap >> 32 & ~ISA_LEVEL_MASK == _EXTENSION_HIGH:  # dl_cache_hwcap_extension
             idx = hwcap & 0xFFFFFFFF
             sub = hwcaps_names[idx] if idx < len(hwcaps_names) else None
-        out.append(CacheEntry(k, v, flags, hwcap, sub))
+        out.append(make((k, v, flags, hwcap, sub)))
     return LdCache(path, fmt, tuple(out), generator, hwcaps_names, little)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -21,6 +21,7 @@ from soswap.loader.loading import Loader
 from soswap.loader.profile import Profile, abi_for
 from soswap.loader.versions import verneed_assertion
 from soswap.textfile import read_regular
+from soswap.tuples import NamedTuple
 
 DEFAULT_RTLDLIST = ("/lib/ld-linux.so.2", "/lib64/ld-linux-x86-64.so.2", "/libx32/ld-linux-x32.so.2")
 _RTLDLIST_RE = re.compile(r'^RTLDLIST="?([^"\n]*)"?\s*$', re.M)

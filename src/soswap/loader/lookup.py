@@ -9,7 +9,7 @@ import sys
 from array import array
 from itertools import compress, repeat
 from operator import and_, itemgetter, lshift, ne, or_, rshift
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -17,6 +17,7 @@ from soswap.elf.relocs import KIND_COPY, KIND_NONE, KIND_PLT, KIND_RELATIVE, KIN
 from soswap.errors import ElfError
 from soswap.loader.model import Reference, VersionRef
 from soswap.loader.symtab import NameHashes, RawSymbols, Sym, relocation_infos
+from soswap.tuples import NamedTuple
 
 __all__ = ["CLASS_COPY", "CLASS_PLT", "ObjectSymbols", "RefTable", "Reference", "VersionRef"]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
+
+from soswap.tuples import NamedTuple
 
 if TYPE_CHECKING:
     from soswap.elf import ElfFile

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from typing import Dict, FrozenSet, Iterator, NamedTuple, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.errors import SoswapError, UsageError
@@ -16,6 +16,7 @@ from soswap.loader import cpu as cpumod
 from soswap.loader.ldcache import FLAG_AARCH64_LIB64, FLAG_X8664_LIB64, FLAG_X8664_LIBX32, CacheTarget, LdCache
 from soswap.loader.rootfs import RootFS
 from soswap.textfile import read_regular
+from soswap.tuples import NamedTuple
 
 
 class Abi(NamedTuple):

@@ -44,11 +44,12 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from soswap import __version__
 from soswap.cachefile import Part, Unusable, decode_part, read_document, write_document
 from soswap.loader import model as M
+from soswap.tuples import NamedTuple
 
 FORMAT = "soswap-trees"
 VERSION = 1

@@ -4,9 +4,10 @@ directory (``_dl_important_hwcaps``)."""
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from soswap.loader import dst
+from soswap.tuples import NamedTuple
 
 
 class SearchDir(NamedTuple):

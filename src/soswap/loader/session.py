@@ -11,7 +11,7 @@ import bisect
 import errno as errnomod
 import os
 import posixpath
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -34,6 +34,7 @@ from soswap.loader.environment import Environment
 from soswap.loader.profile import Profile
 from soswap.loader.searchpath import SearchDir, capability_subdirs, decompose
 from soswap.textfile import read_regular
+from soswap.tuples import NamedTuple
 
 #: SECURE_NAME_LIMIT / SECURE_PATH_LIMIT of elf/rtld.c.
 SECURE_NAME_LIMIT = 255

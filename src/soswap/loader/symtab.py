@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple
+from typing import Dict
 
 from soswap.elf import ElfFile
 from soswap.elf.hashtab import NameHashes, elf_hash, gnu_hash, gnu_hash_reference
 from soswap.elf.hashtab import RawSymbols as _RawTables
 from soswap.elf.relocs import relocation_infos, relocation_ranges
 from soswap.errors import ElfError
+from soswap.tuples import NamedTuple
 
 __all__ = ["NameHashes", "RawSymbols", "Sym", "elf_hash", "gnu_hash", "gnu_hash_reference", "relocation_infos",
            "relocation_ranges"]

@@ -9,7 +9,9 @@ names the unit, and whatever a service created below itself (a delegated subtree
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
+
+from soswap.tuples import NamedTuple
 
 #: Unit kinds, in the order the human report lists them.
 KIND_MANAGER = "manager"  # PID 1: /init.scope

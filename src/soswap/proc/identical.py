@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from soswap.elf import constants as C
 from soswap.elf.file import ElfFile
 from soswap.elf.source import Source
 from soswap.errors import ElfError
 from soswap.proc.model import JournalView
+from soswap.tuples import NamedTuple
 
 #: Default bound of the SHA-256 comparison, in bytes.
 DEFAULT_MAX_BYTES = 64 << 20

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, List, NamedTuple, Optional, Pattern, Sequence, Tuple
+from typing import Iterable, List, Optional, Pattern, Sequence, Tuple
 
 from soswap.errors import UsageError
+from soswap.tuples import NamedTuple
 
 #: The administrator's ignore file, read by ``soswap stale`` and the apt hook when it exists.
 DEFAULT_IGNORE_FILE = "/etc/soswap/stale-ignore"

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import re
 import struct
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from soswap.textfile import read_regular
+from soswap.tuples import NamedTuple
 
 UNKNOWN = 0
 CURRENT = 1

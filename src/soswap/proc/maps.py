@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+
+from soswap.tuples import NamedTuple
 
 DELETED_SUFFIX = b" (deleted)"
 

@@ -7,7 +7,9 @@ the whole scan of a small machine.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import TYPE_CHECKING, FrozenSet, Mapping, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, FrozenSet, Mapping, Optional, Tuple
+
+from soswap.tuples import NamedTuple
 
 if TYPE_CHECKING:  # annotations only: keep the start-up of `soswap stale --no-kernel` lean
     from soswap.proc.cgroup import Unit

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone
+from soswap.tuples import NamedTuple
 
 PROC = "/proc"
 

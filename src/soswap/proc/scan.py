@@ -23,7 +23,7 @@ import errno
 import os
 import stat
 import stat as stat_mod
-from typing import Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import cgroup as cgroup_mod
@@ -59,6 +59,7 @@ from soswap.proc.model import (
 from soswap.proc.timebase import Clock, scan_clock
 from soswap.proc.view import HOST, NETWORK_FS, FileView, RootContext
 from soswap.proc.vmaquery import Vma, VmaQuery
+from soswap.tuples import NamedTuple
 
 #: Name suffixes of renamed-away files (``mv lib lib.bak`` then a new file at ``lib``).
 BACKUP_SUFFIXES = (b".bak", b".old", b".orig", b"~", b".dpkg-old", b".dpkg-bak", b".dpkg-dist", b".rpmsave",

@@ -16,7 +16,7 @@ every process maps the file.
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone, SoswapError
 from soswap.proc import cgroup as cgroup_mod
@@ -24,6 +24,7 @@ from soswap.proc import procfs
 from soswap.proc.maps import DELETED_SUFFIX, file_of, lines_containing, maps_form, split_deleted, unescape
 from soswap.proc.model import FileUse, UsersReport
 from soswap.proc.view import FileView, PathGuard
+from soswap.tuples import NamedTuple
 
 #: Attempts to read one process before it counts as unreadable (it exec()s faster than we read it).
 ATTEMPTS = 3

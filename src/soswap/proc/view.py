@@ -21,10 +21,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-from typing import Dict, FrozenSet, Hashable, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import Dict, FrozenSet, Hashable, Iterator, List, Optional, Set, Tuple
 
 from soswap.errors import AccessDenied, ProcessGone
 from soswap.proc import procfs
+from soswap.tuples import NamedTuple
 
 #: Filesystems whose stat() can hang when the server is gone; stats there run in a helper process with a
 #: timeout. Every FUSE filesystem counts too (its daemon may stop answering). A name ending in "." stands for

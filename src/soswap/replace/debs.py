@@ -24,12 +24,13 @@ import stat
 import subprocess
 import tarfile
 import threading
-from typing import Dict, FrozenSet, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from soswap.abi.sysdirs import canonical_path
 from soswap.elf import is_loadable_elf
 from soswap.errors import SoswapError
 from soswap.textfile import read_regular
+from soswap.tuples import NamedTuple
 
 _ELF_MAGIC = b"\x7fELF"
 #: symbolic links followed inside one package before giving up (ELOOP in the kernel is 40)

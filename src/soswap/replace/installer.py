@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from soswap.errors import Refused, ReplaceError, StateError, UsageError
 from soswap.replace import checks, metadata, naming
@@ -46,6 +46,7 @@ from soswap.replace.transaction import (
     remove_temp,
     restore_dir_flags,
 )
+from soswap.tuples import NamedTuple
 
 #: ``preflight([(source, destination), ...]) -> problems``: the ``soswap check`` engine, run before anything
 #: is written; any problem refuses the install unless ``force``. Problems are rendered with ``str()`` (or their

@@ -12,10 +12,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from soswap.errors import ReplaceError
 from soswap.replace import syscalls
+from soswap.tuples import NamedTuple
 
 ACL_ACCESS = "system.posix_acl_access"
 ACL_DEFAULT = "system.posix_acl_default"

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 from soswap.loader.ldcache import libcmp
+from soswap.tuples import NamedTuple
 
 
 class LinkPlan(NamedTuple):

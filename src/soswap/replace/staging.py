@@ -11,13 +11,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 from soswap.errors import ReplaceError
 from soswap.replace import datacopy, metadata, syscalls
 from soswap.replace.checks import describe_oserror
 from soswap.replace.pause import pause_point
 from soswap.replace.records import InodeRecord
+from soswap.tuples import NamedTuple
 
 _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT})
 _HAVE_PROC_FD = os.path.isdir("/proc/self/fd")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import shlex
 import stat
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from soswap.errors import ReplaceError, UsageError
 from soswap.replace.modespec import parse_group, parse_mode, parse_owner
+from soswap.tuples import NamedTuple
 
 #: Largest manifest read (a manifest is a list of paths, not data).
 MANIFEST_MAX = 16 << 20

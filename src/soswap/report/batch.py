@@ -13,11 +13,12 @@ Every line is ``KEY: value`` so that existing parsers (needrestart_info.py, apt-
 
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple
+from typing import Dict, List
 
 from soswap import __version__
 from soswap.proc.cgroup import KIND_MANAGER, KIND_SESSION, KIND_SYSTEM, KIND_USER, KIND_USER_MANAGER
 from soswap.proc.model import StaleReport
+from soswap.tuples import NamedTuple
 
 
 def _user_name(uid: object) -> str:

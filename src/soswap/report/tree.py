@@ -3,12 +3,17 @@ ld.so's exact messages, and the JSON document (schema: docs/json-tree.md). No de
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from soswap.loader import model as M
 from soswap.loader.model import BindResult, Failure, LoadedObject, LoadResult
 
 _KIND_NOTE = {"interpreter": "interpreter", "vdso": "kernel vDSO", "preload": "preload"}
+
+#: The trees of :func:`tree_lines` below the program's line, by the objects they show: the key holds their
+#: ids, the value the objects (so that an id stays theirs) and the lines.
+Bodies = Dict[tuple, Tuple[tuple, List[str]]]
+_MAX_BODIES = 4096  # a run over more shapes starts again
 
 
 def _label(o: LoadedObject, requested: str) -> str:
@@ -32,9 +37,11 @@ def _reason(o: LoadedObject) -> str:
     return text
 
 
-def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True) -> List[str]:
+def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True,
+               bodies: Optional[Bodies] = None) -> List[str]:
     """The dependency tree of one result: every object under the object whose DT_NEEDED first loaded it
-    (``l_loader``); later requests for it are left out unless ``show_all``."""
+    (``l_loader``); later requests for it are left out unless ``show_all``. ``bodies``: a dict the caller keeps
+    across the results of one loader, where the trees of programs of one shape are made once."""
     objs = res.objects
     root = objs[0]
     if res.static:
@@ -47,7 +54,31 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True)
         notes.append(f"interpreter {root.elf.interpreter}")
     if res.secure:
         notes.append("secure mode (AT_SECURE)")
-    lines = [res.argv0 + (f"  ({', '.join(notes)})" if notes else "")]
+    head = res.argv0 + (f"  ({', '.join(notes)})" if notes else "")
+    # Programs of one shape share their loaded objects (loading.py, _Template): their trees below the first
+    # line are the same text. The key holds the objects' ids, and the entry the objects, so an id stays theirs.
+    if bodies is None:
+        return [head, *(_body(res, show_all, reasons, own=True) or ())]
+    key = (show_all, reasons, root.elf is not None and root.found, root.needed, root.needed_names,
+           *map(id, objs[1:]))
+    hit = bodies.get(key)
+    if hit is not None:
+        return [head, *hit[1]]
+    body = _body(res, show_all, reasons)
+    if body is None:
+        return [head, *(_body(res, show_all, reasons, own=True) or ())]
+    if len(bodies) >= _MAX_BODIES:
+        bodies.clear()
+    bodies[key] = (objs[1:], body)
+    return [head, *body]
+
+
+
+def _body(res: LoadResult, show_all: bool, reasons: bool, own: bool = False) -> Optional[List[str]]:
+    """The lines below the program's own: None when one of them names the program (it is another object's
+    dependency), unless ``own``."""
+    objs = res.objects
+    lines: List[str] = []
     children = _children(res, show_all)
     stack: List[tuple] = [(children.get(0, []), 0, "")]
     expanded = {0}
@@ -63,6 +94,8 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True)
         if dep is None:
             lines.append(f"{prefix}{branch}{name}  (skipped: no value for its dynamic string token)")
             continue
+        if dep == 0 and not own:
+            return None  # the label is the program's path or argv[0]
         o = objs[dep]
         text = _label(o, name)
         if again or dep in expanded:
@@ -126,9 +159,10 @@ def failure_lines(failures: Sequence[Failure]) -> List[str]:
 
 
 def render_text(res: LoadResult, bound: Optional[BindResult], *, show_all: bool = False,
-                symbols: bool = False) -> str:
-    """The human report of one file: the tree, then each failure as the program would print it."""
-    lines = tree_lines(res, show_all=show_all)
+                symbols: bool = False, bodies: Optional[Bodies] = None) -> str:
+    """The human report of one file: the tree, then each failure as the program would print it (``bodies``:
+    see :func:`tree_lines`)."""
+    lines = tree_lines(res, show_all=show_all, bodies=bodies)
     failures = list(bound.failures) if bound is not None else []
     load_failures = [f for f in res.failures if f.fatal or f.kind == "preload"]
     all_failures = load_failures + [f for f in failures if f not in load_failures]
