@@ -287,6 +287,10 @@ print(n)
 '''
 
 
+#: The file of the one-file rows: a small program every Debian system has.
+ONE_FILE = "/usr/bin/ls"
+
+
 def floor_cmd(files: List[str]) -> List[str]:
     """A ``python -S`` process that reads each file's ELF header, program headers, dynamic section and
     DT_NEEDED strings, and does nothing else: no search, no versions, no output. What any CPython tree costs
@@ -334,6 +338,17 @@ def main() -> int:
     r = args.runs
     try:
         rows["interpreter start (python -c pass)"] = timed([PYTHON, "-c", "pass"], max(r, 10))
+        # the interactive case: start-up (imports, the profile, ld.so.cache) against one file's work
+        for flag in ("", "-r"):
+            label = f"one file ({ONE_FILE}): soswap tree{' ' + flag if flag else ''}"
+            rows[label] = timed(soswap_cmd(*([flag] if flag else []), "--no-cache", ONE_FILE), max(r, 10), env)
+            if base_env is not None:
+                rows[f"one file: baseline {args.baseline}: soswap tree{' ' + flag if flag else ''}"] = timed(
+                    soswap_cmd(*([flag] if flag else []), "--no-cache", ONE_FILE), max(r, 10), base_env)
+            rows[f"one file: ldd{' ' + flag if flag else ''}"] = timed(["ldd", *([flag] if flag else []), ONE_FILE],
+                                                                       max(r, 10))
+        if shutil.which("libtree"):
+            rows["one file: libtree"] = timed(["libtree", "-p", ONE_FILE], max(r, 10))
         for label, fl in (("regular", regular), ("all", files)):
             rows[f"{label}: soswap tree (one process)"] = timed(soswap_cmd("-j", "1", "--no-cache", *fl), r, env)
             rows[f"{label}: soswap tree, python -S"] = timed(
@@ -387,6 +402,13 @@ def main() -> int:
     for name, sec in rows.items():
         print(f"{name:<{width}}  {sec:8.3f}")
     print()
+    for flag in ("", " -r"):
+        one = rows[f"one file ({ONE_FILE}): soswap tree{flag}"]
+        ratio = one / rows[f"one file: ldd{flag}"]
+        print(f"one file: soswap tree{flag} / ldd{flag}:{' ' * (30 - 2 * len(flag))}{ratio:6.1f}x slower")
+        b = rows.get(f"one file: baseline {args.baseline}: soswap tree{flag}")
+        if b:
+            print(f"one file: baseline / now (soswap tree{flag}):{' ' * (21 - len(flag))}{b / one:6.2f}x faster")
     for label in ("regular", "all"):
         tree = rows[f"{label}: soswap tree (one process)"]
         lt = rows.get(f"{label}: libtree (one process)")
