@@ -317,9 +317,9 @@ class _TooMuchOverlap(CacheError):
 
 
 class _Strings:
-    """The NUL-terminated strings of one cache file. ld.so reads them in place; a crafted file can point
-    thousands of entries into one long string: the bytes read are bounded (a real cache reads about its own
-    size)."""
+    """The NUL-terminated strings of one cache file, each decoded once by offset. ld.so reads them in place;
+    a crafted file can point thousands of entries into one long string: the bytes decoded are bounded (a
+    real cache decodes about its own size)."""
 
     def __init__(self, data: bytes, path: str) -> None:
         self.data = data
@@ -327,6 +327,7 @@ class _Strings:
         #: name ldconfig writes, in practice) is already decoded
         self.text = data.decode("latin-1")
         self.path = path
+        self.memo: Dict[int, str] = {}
         self.left = max(64 << 20, 16 * len(data))
 
     def get(self, offset: int, limit: int) -> Optional[str]:
@@ -334,6 +335,9 @@ class _Strings:
         text = self.text
         if offset >= limit or offset >= len(text):
             return None
+        hit = self.memo.get(offset)
+        if hit is not None:
+            return hit
         end = text.find("\0", offset, limit)
         if end < 0:
             end = limit
@@ -342,7 +346,10 @@ class _Strings:
             raise _TooMuchOverlap(f"{self.path}: its entries point into the same long strings over and over "
                                   "(a crafted file?): soswap reads no cache")
         hit = text[offset:end]
-        return hit if hit.isascii() else os.fsdecode(self.data[offset:end])
+        if not hit.isascii():
+            hit = os.fsdecode(self.data[offset:end])
+        self.memo[offset] = hit
+        return hit
 
 
 def _parse_old(data: bytes, path: str, little: bool, lenient: bool = False) -> LdCache:
