@@ -40,6 +40,7 @@ from soswap.loader.model import (
     PRELOAD,
     PROTECTED_COPY,
     PROTECTED_FUNCTION,
+    TUNABLES,
     UNDEFINED_SYMBOL,
     WEAK_VERSION,
     Failure,
@@ -48,7 +49,7 @@ from soswap.loader.model import (
 _PROGRAM, _PLUGIN, _SELF = "program", "plugin", "self"
 #: Loader failure kinds that do not break anything (tolerated by ld.so, or not about the consumer). A direct
 #: reference to a protected function only may break pointer equality (T11: compatible, a review note).
-_HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD})
+_HARMLESS_KINDS = frozenset({WEAK_VERSION, PRELOAD, TUNABLES})
 #: Change kinds whose symbols need the binding-level checks (type, copy size, protected data).
 _BINDING_KINDS = frozenset({"type-changed", "size-changed", "visibility-changed"})
 #: Change kinds whose symbols may now bind elsewhere: a symbol NEW adds can take over references that bound

@@ -98,6 +98,7 @@ from soswap.elf import constants as C
 from soswap.errors import ResourceError, SoswapError, raise_if_exhausted
 from soswap.loader import Environment, Loader, Profile
 from soswap.loader.candidates import UNLISTABLE, FileSystem
+from soswap.loader.model import TUNABLES
 from soswap.state import cache_dir
 from soswap.tuples import NamedTuple
 
@@ -964,7 +965,7 @@ class RdepsIndex:
         e[F_DIRECT] = [self._member(objects[j].path, now_ns) for j in objects[0].needed
                        if j is not None and objects[j].found and objects[j].path]
         for f in res.failures:  # names that were not found (a missing preload is no object)
-            if f.name:
+            if f.name and f.kind != TUNABLES:
                 req.add(posixpath.basename(f.name))
         req.discard("")
         e[F_REQ] = "/".join(sorted(req))

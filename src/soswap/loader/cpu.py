@@ -113,11 +113,11 @@ def tunables_effect(tunables: Optional[str], glibc: Tuple[int, int]) -> Tuple[bo
     GLIBC_TUNABLES first: :class:`soswap.loader.ldd.LddModel`)."""
     if not tunables or glibc < (2, 39):
         return True, False
-    items = tunables.split(":")
-    if any(item.count("=") > 1 for item in items) or "=" not in items[-1]:
+    if _malformed(tunables):
         return False, False
     if glibc < (2, 40):
         return True, False
+    items = tunables.split(":")
     secure = None
     for item in items:
         name, sep, value = item.partition("=")
@@ -126,6 +126,22 @@ def tunables_effect(tunables: Optional[str], glibc: Tuple[int, int]) -> Tuple[bo
     if secure is not None and _dl_strtoul(secure) == 1:
         return False, True
     return True, False
+
+
+def tunables_warning(tunables: Optional[str], glibc: Tuple[int, int]) -> Optional[str]:
+    """The line ld.so of release ``glibc`` prints on standard error as it starts, before it looks at the
+    program, when it refuses ``GLIBC_TUNABLES`` whole (``parse_tunables``, glibc >= 2.39: "WARNING: ld.so:
+    invalid GLIBC_TUNABLES `TEXT': ignored."), or None. An AT_SECURE process never parses the variable: the
+    caller leaves those out. An empty value is no tunable, not a malformed one (checked against 2.39-2.43)."""
+    if not tunables or glibc < (2, 39) or not _malformed(tunables):
+        return None
+    return f"WARNING: ld.so: invalid GLIBC_TUNABLES `{tunables}': ignored."
+
+
+def _malformed(tunables: str) -> bool:
+    # parse_tunables_string returns -1: a value holding a "=", or a last item without one ("a", "x=1:")
+    items = tunables.split(":")
+    return any(item.count("=") > 1 for item in items) or "=" not in items[-1]
 
 
 #: Significant digits of the largest 64-bit value in each base _dl_strtoul reads.

@@ -17,6 +17,7 @@ from soswap.elf import constants as C
 from soswap.errors import ElfError, SoswapError
 from soswap.loader import model as M
 from soswap.loader.candidates import ACCEPT, FileSystem, beyond_the_end, load_commands, overlapping
+from soswap.loader.cpu import tunables_warning
 from soswap.loader.loading import Loader
 from soswap.loader.profile import Profile, abi_for
 from soswap.loader.versions import verneed_assertion
@@ -32,6 +33,8 @@ RELOCS_DATA = "data"  # -d
 RELOCS_FUNCTION = "function"  # -r
 #: :meth:`LddModel.one` where the ldd script exits at that FILE.
 EXITED = "exited"
+#: What an ld.so run prints before its own output (standard error), in the order of the load's failures.
+_STARTUP_WARNINGS = frozenset({M.TUNABLES, M.PRELOAD})
 
 
 class LddOutput(NamedTuple):
@@ -140,8 +143,9 @@ class LddModel:
         return LddOutput("".join(out), "".join(err), result)
 
     def shell_warnings(self) -> List[str]:
-        """What the shell running the ldd script prints itself on standard error before anything else: the
-        loader's warnings for its own preloads (LD_PRELOAD, /etc/ld.so.preload) that cannot be loaded."""
+        """What the shell running the ldd script prints itself on standard error before anything else: its
+        loader's warning for a malformed GLIBC_TUNABLES, and for its own preloads (LD_PRELOAD,
+        /etc/ld.so.preload) that cannot be loaded."""
         fs = self.loader.profile.fs
         shell = "/bin/bash"
         try:
@@ -150,13 +154,15 @@ class LddModel:
                 shell = os.fsdecode(first[2:].strip().split(b" ")[0]) or shell
         except OSError:
             pass
-        if not self.loader.env.preload and not os.path.exists(fs.host(self.loader.profile.preload_path)):
+        loader = self.loader
+        if (not loader.env.preload and not os.path.exists(fs.host(loader.profile.preload_path))
+                and tunables_warning(loader.env.tunables, loader.profile.glibc_version) is None):
             return []
         try:
-            res = self.loader.load(shell, argv0=shell)
+            res = loader.load(shell, argv0=shell)
         except SoswapError:
             return []
-        return [f.line + "\n" for f in res.failures if f.kind == M.PRELOAD]
+        return [f.line + "\n" for f in res.failures if f.kind in _STARTUP_WARNINGS]
 
     def one(self, file: str) -> Tuple[str, str, Union[bool, str]]:
         """(stdout, stderr, success) of one file in the ldd loop; success is :data:`EXITED` where the ldd
@@ -169,25 +175,32 @@ class LddModel:
             return "", f"ldd: {name}: not regular file\n", False
         if not os.access(host, os.R_OK):
             return "", f"ldd: error: you do not have read permission for `{name}'\n", False
-        rtld, ret = self._select(name, host)
+        rtld, ret, tried = self._select(name, host)
+        # each "ld.so --verify" run warns of a malformed GLIBC_TUNABLES on the script's standard error
+        env = self.tracer.env
+        said = "".join(w + "\n" for w in (tunables_warning(env.tunables, r.profile.glibc_version) for r in tried)
+                       if w is not None)
         if ret not in (0, 1, 2):  # the script stops: no later FILE is looked at
-            return "", f"ldd: exited with unknown exit code ({ret})\n", EXITED
+            return "", f"{said}ldd: exited with unknown exit code ({ret})\n", EXITED
         if rtld is None or ret == 1:
-            return "", "\tnot a dynamic executable\n", False
+            return "", f"{said}\tnot a dynamic executable\n", False
         text, status = self.trace(name, rtld)
-        return text, "", status == 0
+        return text, said, status == 0
 
     def _host(self, name: str) -> str:
         path = name if name.startswith("/") else os.path.join(self.cwd, name)
         return self.loader.profile.fs.host(path)
 
-    def _select(self, name: str, host: str) -> Tuple[Optional[Rtld], int]:
+    def _select(self, name: str, host: str) -> Tuple[Optional[Rtld], int, List[Rtld]]:
+        """The ld.so that accepts the file, the last ``--verify`` status, and every ld.so run."""
         ret = 1
+        tried = []
         for rtld in self.rtlds():
+            tried.append(rtld)
             ret = self.verify(host, rtld.profile)
             if ret in (0, 2):
-                return rtld, ret
-        return None, ret
+                return rtld, ret, tried
+        return None, ret, tried
 
     def verify(self, host: str, profile: Profile) -> int:
         """``ld.so --verify FILE``: 0 dynamic program with an interpreter, 2 dynamic without one, 1 not
@@ -225,7 +238,7 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     """The lines ld.so prints in trace mode for ``res`` (load addresses left out) and its exit status."""
     lines: List[str] = []
     for f in res.failures:
-        if f.kind == M.PRELOAD:
+        if f.kind in _STARTUP_WARNINGS:
             lines.append(f.line)
     if res.fatal is not None and res.fatal.kind == M.CRASH:  # ld.so died mapping a file: nothing more printed
         return "".join(x + "\n" for x in lines), 135

@@ -23,6 +23,7 @@ from soswap.loader.candidates import (
     kernel_interp_errno,
     zero_fill_beyond,
 )
+from soswap.loader.cpu import tunables_warning
 from soswap.loader.environment import Environment
 from soswap.loader.profile import Abi, Profile
 from soswap.loader.session import (
@@ -425,6 +426,8 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     s.setup_rtld(named if named is not None else rtld, rtld)
     if not s.trace:
         _execve(s, path, elf, file, substituted, interp, bad_interp)
+    if s.fatal is None and (s.trace or dynamic or interp is not None):
+        _tunables_warning(s)
     s.setup_vdso()
     static = not dynamic or not elf.dynamic.needed
     if not dynamic:
@@ -435,6 +438,14 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     searchlist = [m for m in queue if not m.faked]
     initfini = sort_maps(searchlist, s.maps) if not s.aborted else []
     return _freeze(s, searchlist, initfini, static=static)
+
+
+def _tunables_warning(s: LoadSession) -> None:
+    """The warning of a malformed GLIBC_TUNABLES, printed as ld.so starts (``__tunables_init``, before the
+    program is looked at); an AT_SECURE process does not parse the variable."""
+    text = None if s.secure else tunables_warning(s.env.tunables, s.profile.glibc_version)
+    if text is not None:
+        s.failures.insert(0, M.Failure(M.TUNABLES, "GLIBC_TUNABLES", None, text, text, M.WARNING, False))
 
 
 def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, interp: Optional[str],
@@ -506,6 +517,7 @@ def _run_stopped(s: LoadSession, path: str, elf: ElfFile, file: str, origin: Opt
     if not s.trace:
         _execve(s, path, elf, file, substituted, interp, kernel_interp_errno(elf) if interp is not None else 0)
     if s.fatal is None:
+        _tunables_warning(s)
         _execve_fails(s, M.CRASH, path, crash[0], crash[1])
     s.setup_vdso()
     return _freeze(s, [main], [], static=False)

@@ -37,6 +37,8 @@ WEAK_VERSION = "weak-version"
 COPY_SIZE = "copy-size"
 ASSERTION = "assertion"
 PRELOAD = "preload"
+#: ``parse_tunables`` (glibc >= 2.39) refuses GLIBC_TUNABLES whole: a warning every ld.so run prints first.
+TUNABLES = "tunables"
 NO_INTERPRETER = "no-interpreter"
 #: execve refuses the program itself (``open_exec``: a noexec mount).
 NOT_EXECUTABLE = "not-executable"

@@ -164,7 +164,7 @@ def render_text(res: LoadResult, bound: Optional[BindResult], *, show_all: bool 
     see :func:`tree_lines`)."""
     lines = tree_lines(res, show_all=show_all, bodies=bodies)
     failures = list(bound.failures) if bound is not None else []
-    load_failures = [f for f in res.failures if f.fatal or f.kind == "preload"]
+    load_failures = [f for f in res.failures if f.fatal or f.kind in (M.PRELOAD, M.TUNABLES)]
     all_failures = load_failures + [f for f in failures if f not in load_failures]
     if symbols and bound is not None:
         lines.append(f"symbols: {bound.bindings_checked} references checked, "
