@@ -12,7 +12,9 @@ refuses it), a library, bash and, where the root has it, an i386 library. The va
 (``env -i`` there: chroot itself would run under LD_PRELOAD); soswap gets LD_LIBRARY_PATH and LD_PRELOAD as
 ``--library-path`` and ``--preload`` (the host's ld.so would read them for soswap's own Python) and the others
 in its environment. Standard output (load addresses removed), standard error and status must be identical;
-each difference is printed as a unified diff (ldd to soswap), and the status is 1 if there is one.
+each difference is printed as a unified diff (ldd to soswap), and the status is 1 if there is one. Each case
+also runs a program in the root under the same variables (``true``, or ``bash -c :``): what it prints on
+standard error as it starts and its status must be the startup lines and the verdict of ``tree --json -r``.
 """
 
 from __future__ import annotations
@@ -56,15 +58,7 @@ def one_case(base: Path, files: List[str], env: Dict[str, str], flag: List[str])
     real = subprocess.run([CHROOT, str(base), "/usr/bin/env", "-i", "PATH=/usr/bin:/bin", *inside, "/usr/bin/ldd",
                            *flag, *files], env={}, capture_output=True, text=True, errors="surrogateescape",
                           timeout=300)
-    opts: List[str] = []
-    soswap_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SRC}
-    for k, v in env.items():
-        if k == "LD_LIBRARY_PATH":
-            opts += ["--library-path", v]
-        elif k == "LD_PRELOAD":
-            opts += ["--preload", v]
-        else:
-            soswap_env[k] = v
+    opts, soswap_env = _soswap_args(env)
     got = subprocess.run([PYTHON, "-m", "soswap", "tree", "--no-cache", "--root", str(base), *opts, "--ldd", *flag,
                           *files], env=soswap_env, capture_output=True, text=True, errors="surrogateescape",
                          timeout=300)
@@ -76,6 +70,43 @@ def one_case(base: Path, files: List[str], env: Dict[str, str], flag: List[str])
         out += difflib.unified_diff(a.splitlines(), b.splitlines(), f"ldd.{name}", f"soswap.{name}", lineterm="",
                                     n=1)
     return "\n".join(out)
+
+
+#: Programs run in the root (with these arguments they print nothing and exit 0 when they start).
+RUNS = [("/usr/bin/true", []), ("/usr/bin/bash", ["-c", ":"])]
+
+
+def one_run(base: Path, prog: str, args: List[str], env: Dict[str, str]) -> Optional[str]:
+    """The program itself as the oracle: what it prints on standard error as it starts (preload errors, the
+    tunables warning, a fatal error) and its status, against ``tree --json -r``'s startup lines and verdict."""
+    import json
+
+    real = subprocess.run([CHROOT, str(base), "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()], prog,
+                           *args], env={}, capture_output=True, text=True, errors="surrogateescape", timeout=300)
+    opts, soswap_env = _soswap_args(env)
+    got = subprocess.run([PYTHON, "-m", "soswap", "tree", "--no-cache", "--root", str(base), *opts, "--json", "-r",
+                          prog], env=soswap_env, capture_output=True, text=True, errors="surrogateescape",
+                         timeout=300)
+    doc = json.loads(got.stdout)["results"][0]
+    lines = [f["line"] for f in doc["failures"] if f["when"] in ("startup", "warning")]
+    status = doc["fatal"]["exit_status"] if doc["fatal"] else 0
+    if (lines, status) == (real.stderr.splitlines(), real.returncode):
+        return None
+    return f"ran: status {real.returncode}, {real.stderr.splitlines()}\npredicted: status {status}, {lines}"
+
+
+def _soswap_args(env: Dict[str, str]):  # type: ignore[no-untyped-def]
+    """soswap's options and environment for ``env``."""
+    opts: List[str] = []
+    soswap_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SRC}
+    for k, v in env.items():
+        if k == "LD_LIBRARY_PATH":
+            opts += ["--library-path", v]
+        elif k == "LD_PRELOAD":
+            opts += ["--preload", v]
+        else:
+            soswap_env[k] = v
+    return opts, soswap_env
 
 
 def main() -> int:
@@ -104,10 +135,12 @@ def main() -> int:
                     env[name] = value
             flag = rng.choice(FLAGS)
             diff = one_case(base / root, files, env, flag)
+            prog, prog_args = rng.choice(RUNS)
+            ran = one_run(base / root, prog, prog_args, env)
             total += 1
-            if diff is not None:
+            if diff is not None or ran is not None:
                 bad += 1
-                print(f"{root} {' '.join(flag) or '(no flag)'} {env}:\n{diff}\n")
+                print(f"{root} {' '.join(flag) or '(no flag)'} {env}:\n{diff or ''}\n{ran or ''}\n")
         differ += bad
         print(f"{root}: {args.cases} cases, {args.cases - bad} identical")
     print(f"all: {total} cases, {total - differ} identical")
