@@ -444,8 +444,8 @@ def _tunables_warning(s: LoadSession) -> None:
     """The warning of a malformed GLIBC_TUNABLES, printed as ld.so starts (``__tunables_init``, before the
     program is looked at); an AT_SECURE process does not parse the variable."""
     text = None if s.secure else tunables_warning(s.env.tunables, s.profile.glibc_version)
-    if text is not None:
-        s.failures.insert(0, M.Failure(M.TUNABLES, "GLIBC_TUNABLES", None, text, text, M.WARNING, False))
+    if text is not None:  # the session's first failure: nothing is searched or mapped yet
+        s.failures.append(M.Failure(M.TUNABLES, "GLIBC_TUNABLES", None, text, text, M.WARNING, False))
 
 
 def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, interp: Optional[str],
