@@ -101,6 +101,27 @@ def test_warm_run_prints_what_a_cold_run_prints(sets: Dict[str, Path], tmp_path:
     json.loads(tree("--json", *progs, cache=cache).stdout)
 
 
+def test_a_json_result_is_kept_as_its_text(sets: Dict[str, Path], tmp_path: Path) -> None:
+    """``--json`` keeps each result as the one line of JSON it prints; a kept value that is not one JSON object
+    on one line is not used (the run computes that result again)."""
+    d = sets["plain"]
+    cache = tmp_path / "cache"
+    progs = [str(d / "prog"), str(d / "prog2")]
+    cold = tree("--json", *progs, cache=cache)
+    index, *gs = groups(cache)
+    (g,) = gs
+    for p in progs:
+        assert isinstance(g["entries"][p][4], str) and json.loads(g["entries"][p][4])["file"] == p
+    forged = '{"file": "forged"}'
+    g["entries"][progs[0]][4] = forged  # believed: a file of ours, and one object on one line
+    g["entries"][progs[1]][4] = '{"file": "forged"}\n], "x": {'  # would break the document: not used
+    assert write_document(str(cache / FILE), FORMAT, VERSION, [index, g]) is None
+    warm = tree("--json", *progs, cache=cache)
+    results = json.loads(warm.stdout)["results"]
+    assert results[0] == {"file": "forged"}
+    assert results[1] == json.loads(cold.stdout)["results"][1]
+
+
 def test_in_place_rewrite_with_size_and_mtime_restored(sets: Dict[str, Path], tmp_path: Path) -> None:
     d = sets["inplace"]
     cache = tmp_path / "cache"

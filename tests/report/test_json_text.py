@@ -48,3 +48,13 @@ def test_layout_and_escapes() -> None:
         "}",
     ]
     assert os.fsencode(json.loads("\n".join(lines))["results"][0]["path"]) == b"/lib/libz\xff.so"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_DOCS, max_size=4))
+def test_values_encoded_beforehand_are_written_as_they_are(docs: list) -> None:
+    # tree's workers encode their results themselves: the document reads as if the parent had encoded them
+    from soswap.report.output import encoded
+
+    plain = json_text({"profile": {"root": "/"}, "results": docs})
+    assert json_text({"profile": {"root": "/"}, "results": [encoded(d) for d in docs]}) == plain

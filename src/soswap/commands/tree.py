@@ -228,8 +228,9 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
     file_facts = None
     if store is not None:
         file_facts = _file_facts(loader)
-        kind = dict if args.json else str
-        kept = store.lookup(files, file_facts, lambda v: isinstance(v, kind))
+        # a JSON result is kept as its text (report.output.encoded), a tree as its lines
+        kept = store.lookup(files, file_facts, lambda v: isinstance(v, str) and (not args.json or (
+            v[:1] == "{" and v[-1:] == "}" and "\n" not in v)))
 
     bodies: Dict[tuple, object] = {}  # the trees of programs of one shape, made once (report.tree.tree_lines)
 
@@ -257,6 +258,8 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
     status = EXIT_OK
     docs = []
     out = sys.stdout
+    if args.json:
+        from soswap.report.output import RawJSON
     for n, file in enumerate(files):
         hit = kept.get(n)
         if hit is not None:
@@ -269,7 +272,7 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
             out.flush()
             sys.stderr.write(err)
         if args.json:
-            docs.append(payload)
+            docs.append(payload if hit is None else RawJSON(payload))
         elif payload:
             out.write(payload)  # type: ignore[arg-type]
         status = max(status, code)
@@ -359,6 +362,9 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst, bodies=None): 
     from soswap.loader.model import FIRST_CALL
     from soswap.report.tree import error_json, render_text, result_json
 
+    if args.json:
+        from soswap.report.output import encoded
+
     try:
         res = loader.load(path, substitutions=subst)
         bound = loader.bind(res) if args.symbols else loader.bind(res, relocate=False)
@@ -366,14 +372,14 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst, bodies=None): 
         raise  # soswap's own limits: no answer for this FILE or the next
     except SoswapError as exc:
         text = " ".join(_named(exc, path).splitlines())
-        return EXIT_ERROR, error_json(path, text) if args.json else "", error_line(text), None
+        return EXIT_ERROR, encoded(error_json(path, text)) if args.json else "", error_line(text), None
     # a failure at startup, an unresolved symbol, or what kills the program at a first call (check_match's
     # assertion; a warning printed at a first call has no exit status)
     failed = bound.fatal is not None or bound.unresolved or any(
         f.when == FIRST_CALL and f.exit_status is not None for f in bound.failures)
     code = EXIT_FOUND if failed else EXIT_OK
     if args.json:
-        return code, result_json(res, bound, args.symbols), "", res
+        return code, encoded(result_json(res, bound, args.symbols)), "", res
     return code, render_text(res, bound, show_all=args.all, symbols=args.symbols, bodies=bodies), "", res
 
 
