@@ -366,6 +366,12 @@ def main() -> int:
             if shutil.which("libtree"):
                 rows[f"{label}: libtree (one process)"] = timed(["libtree", "-p", *fl], r)
             rows[f"{label}: floor: python -S reading DT_NEEDED only"] = timed(floor_cmd(fl), r)
+        # the machine-readable form: results encoded in the workers, the parent writes them
+        rows["all: soswap tree --json, -j auto"] = timed(soswap_cmd("--json", "--no-cache", *files), r, env)
+        rows["all: soswap tree --json, warm result cache"] = warm(soswap_cmd("--json", *files), r, env)
+        if base_env is not None:
+            rows[f"all: baseline {args.baseline}: soswap tree --json, -j auto"] = timed(
+                soswap_cmd("--json", "--no-cache", *files), r, base_env)
         rows["all: soswap tree --ldd"] = timed(soswap_cmd("-j", "1", "--no-cache", "--ldd", *files), r, env)
         rows["all: ldd loop"] = timed(shell_loop(["ldd"]) + files, 1)
         if shutil.which("libtree"):
@@ -402,6 +408,10 @@ def main() -> int:
     for name, sec in rows.items():
         print(f"{name:<{width}}  {sec:8.3f}")
     print()
+    b = rows.get(f"all: baseline {args.baseline}: soswap tree --json, -j auto")
+    if b:
+        ratio = b / rows["all: soswap tree --json, -j auto"]
+        print(f"all: baseline / now (soswap tree --json, -j auto):   {ratio:6.2f}x faster")
     for flag in ("", " -r"):
         one = rows[f"one file ({ONE_FILE}): soswap tree{flag}"]
         ratio = one / rows[f"one file: ldd{flag}"]
