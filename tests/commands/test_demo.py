@@ -139,6 +139,37 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("soswap-demo-*"))
 
 
+def test_a_signal_as_a_program_starts_leaves_nothing_running(tmp_path: Path) -> None:
+    """SIGTERM just after the demo forked one of its programs, before it could note it: the program is still
+    stopped (the demo holds the signal over the start). Each start of the first program is interrupted so."""
+    import signal
+    import time
+
+    code = ("import os, signal, subprocess, sys\n"
+            "real = subprocess.Popen.__init__\n"
+            "def init(self, args, *a, **k):\n"
+            "    real(self, args, *a, **k)\n"
+            "    if 'a.out' in str(args[0]):\n"
+            "        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "subprocess.Popen.__init__ = init\n"
+            "from soswap.console import main\n"
+            "sys.argv = ['soswap', 'demo']\n"
+            "sys.exit(main())\n")
+    environ = dict(os.environ, PYTHONPATH=SRC, TMPDIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120)
+    time.sleep(0.2)
+    left = [pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+            if str(tmp_path) in _cmdline(pid)]
+    for pid in left:  # the test's own cleanup, by PID
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert r.returncode == 130, r.stderr
+    assert not left, "a program of the demo outlived it"
+    assert not list(tmp_path.glob("soswap-demo-*"))
+
+
 def _descendants(pid: int) -> list:
     out, todo = [], [pid]
     while todo:

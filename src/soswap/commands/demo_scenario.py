@@ -72,14 +72,20 @@ def find_compiler() -> Optional[str]:
     return None
 
 
+#: What terminate_as_interrupt turns into KeyboardInterrupt (and Ctrl-C).
+_HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 class Running:
     """a.out started by the demo; always stopped by PID."""
 
-    def __init__(self, argv: Sequence[str], log: Path) -> None:
+    def __init__(self, argv: Sequence[str], log: Path, mask: Optional[set] = None) -> None:
+        """``mask``: the signal mask the program starts with (the caller's, when it holds signals here)."""
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        unmask = None if mask is None else (lambda: signal.pthread_sigmask(signal.SIG_SETMASK, mask))
         self.proc = subprocess.Popen(list(argv), stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=unmask)
         self.pid = self.proc.pid
 
     def wait_for(self, text: str, timeout: float = 5.0) -> bool:
@@ -171,8 +177,15 @@ class Scenario:
             return r.returncode, None
 
     def start_aout(self, binary: Path, tag: str) -> Running:
-        run = Running([str(binary)], self.dir / f"{tag}.log")
-        self.running.append(run)
+        # A Ctrl-C or SIGTERM (raised here as KeyboardInterrupt) between the fork and the append would leave
+        # the program running, unknown to cleanup(): both happen with those signals held, and the program
+        # gets the demo's own mask back before it executes.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            run = Running([str(binary)], self.dir / f"{tag}.log", mask)
+            self.running.append(run)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return run
 
     def record(self, step: Step) -> Step:
