@@ -287,4 +287,5 @@ def test_nagios_interrupted_while_loading_is_unknown_and_a_late_interrupt_keeps_
         printed = r.stdout.split(" ", 2)[1]
         assert r.returncode == {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}[printed], (sig, r.returncode,
                                                                                                r.stdout)
-        assert "Traceback" not in r.stderr and r.stdout.count("\n") == 1
+        # one report (its long text lists the stale processes this machine happens to have, if any)
+        assert "Traceback" not in r.stderr and r.stdout.startswith("STALE ") and "\nSTALE " not in r.stdout
