@@ -135,14 +135,28 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
             p.kill()
             p.wait(timeout=10)
     time.sleep(0.2)
-    assert not [c for c in started if _cmdline(c)], "a process of the demo outlived it"
+    left = _programs_under(tmp_path)  # the ones seen running, and any started after that look
+    assert not [c for c in started if _cmdline(c)] and not left, "a process of the demo outlived it"
     assert not list(tmp_path.glob("soswap-demo-*"))
+
+
+def _programs_under(directory: Path) -> list:
+    """The processes whose command line names a file under ``directory``, killed by PID (the test's cleanup)."""
+    import signal
+
+    left = [pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+            if str(directory) in _cmdline(pid)]
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
 
 
 def test_a_signal_as_a_program_starts_leaves_nothing_running(tmp_path: Path) -> None:
     """SIGTERM just after the demo forked one of its programs, before it could note it: the program is still
-    stopped (the demo holds the signal over the start). Each start of the first program is interrupted so."""
-    import signal
+    stopped (the demo holds the signal over the start and the note)."""
     import time
 
     code = ("import os, signal, subprocess, sys\n"
@@ -158,13 +172,7 @@ def test_a_signal_as_a_program_starts_leaves_nothing_running(tmp_path: Path) -> 
     environ = dict(os.environ, PYTHONPATH=SRC, TMPDIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120)
     time.sleep(0.2)
-    left = [pid for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
-            if str(tmp_path) in _cmdline(pid)]
-    for pid in left:  # the test's own cleanup, by PID
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    left = _programs_under(tmp_path)
     assert r.returncode == 130, r.stderr
     assert not left, "a program of the demo outlived it"
     assert not list(tmp_path.glob("soswap-demo-*"))
