@@ -127,6 +127,9 @@ class RunWitnesses:
         self.probes: Dict[str, Witness] = {}
         self.members: Dict[str, Tuple[int, ...]] = {}
         self.newest_ns = 0
+        #: add_result's answer by the scope tuple of the results of one shape (loading.py, _Template: they share
+        #: their objects but the program's, so their members are added once); the tuple is kept with it
+        self._shapes: Dict[int, Tuple[tuple, bool]] = {}
 
     def add_loader(self, loader: Any) -> None:
         """Everything the searches of ``loader`` listed and ``stat``-ed."""
@@ -144,16 +147,24 @@ class RunWitnesses:
     def add_result(self, res: M.LoadResult) -> bool:
         """The objects of ``res`` as members, but the FILE itself (its own facts are kept with its result).
         False when one has no on-disk identity (nothing to watch)."""
+        scope = res.scope
+        hit = self._shapes.get(id(scope)) if scope else None  # () is one object for every empty scope
+        if hit is not None and hit[0] is scope:
+            return hit[1]
+        ok = True
         for o in res.objects:
             elf = o.elf
             if elf is None or o.index == 0:
                 continue
             fp = elf.fingerprint
             if fp is None:
-                return False
+                ok = False
+                break
             self.members[elf.path] = fp
             self.newest_ns = max(self.newest_ns, fp[4])
-        return True
+        if scope:
+            self._shapes[id(scope)] = (scope, ok)
+        return ok
 
     def snapshot(self) -> Dict[str, Any]:
         """A plain value (a forked worker sends it to its parent)."""
