@@ -109,10 +109,7 @@ class CacheEntry(NamedTuple):
 
 def _is_hwcap_extension(hwcap: int) -> bool:
     # dl_cache_hwcap_extension
-    return ((hwcap >> 32) & ~ISA_LEVEL_MASK) == _EXTENSION_HIGH
-
-
-_EXTENSION_HIGH = HWCAP_EXTENSION >> 32
+    return ((hwcap >> 32) & ~ISA_LEVEL_MASK) == (HWCAP_EXTENSION >> 32)
 
 
 class CacheTarget(NamedTuple):
@@ -417,7 +414,7 @@ def _parse_new(data: bytes, base: int, path: str, little: bool, fmt: str, lenien
                 continue
             raise CacheError(f"{path}: ld.so.cache entry {i} points outside the file")
         sub = None
-        if hwcap >> 32 & ~ISA_LEVEL_MASK == _EXTENSION_HIGH:  # dl_cache_hwcap_extension
+        if _is_hwcap_extension(hwcap):
             idx = hwcap & 0xFFFFFFFF
             sub = hwcaps_names[idx] if idx < len(hwcaps_names) else None
         out.append(make((k, v, flags, hwcap, sub)))

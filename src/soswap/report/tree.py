@@ -58,27 +58,26 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True,
     # Programs of one shape share their loaded objects (loading.py, _Template): their trees below the first
     # line are the same text. The key holds the objects' ids, and the entry the objects, so an id stays theirs.
     if bodies is None:
-        return [head, *(_body(res, show_all, reasons, own=True) or ())]
+        return [head, *_body(res, show_all, reasons)[0]]
     key = (show_all, reasons, root.elf is not None and root.found, root.needed, root.needed_names,
            *map(id, objs[1:]))
     hit = bodies.get(key)
     if hit is not None:
         return [head, *hit[1]]
-    body = _body(res, show_all, reasons)
-    if body is None:
-        return [head, *(_body(res, show_all, reasons, own=True) or ())]
-    if len(bodies) >= _MAX_BODIES:
-        bodies.clear()
-    bodies[key] = (objs[1:], body)
+    body, shared = _body(res, show_all, reasons)
+    if shared:
+        if len(bodies) >= _MAX_BODIES:
+            bodies.clear()
+        bodies[key] = (objs[1:], body)
     return [head, *body]
 
 
-
-def _body(res: LoadResult, show_all: bool, reasons: bool, own: bool = False) -> Optional[List[str]]:
-    """The lines below the program's own: None when one of them names the program (it is another object's
-    dependency), unless ``own``."""
+def _body(res: LoadResult, show_all: bool, reasons: bool) -> Tuple[List[str], bool]:
+    """The lines below the program's own, and whether they are those of every program of its shape (no line
+    names the program: it is no other object's dependency)."""
     objs = res.objects
     lines: List[str] = []
+    shared = True
     children = _children(res, show_all)
     stack: List[tuple] = [(children.get(0, []), 0, "")]
     expanded = {0}
@@ -94,8 +93,7 @@ def _body(res: LoadResult, show_all: bool, reasons: bool, own: bool = False) -> 
         if dep is None:
             lines.append(f"{prefix}{branch}{name}  (skipped: no value for its dynamic string token)")
             continue
-        if dep == 0 and not own:
-            return None  # the label is the program's path or argv[0]
+        shared = shared and dep != 0  # the label is the program's path or argv[0]
         o = objs[dep]
         text = _label(o, name)
         if again or dep in expanded:
@@ -109,7 +107,7 @@ def _body(res: LoadResult, show_all: bool, reasons: bool, own: bool = False) -> 
         kids = children.get(dep)
         if o.found and kids:
             stack.append((kids, 0, prefix + ("    " if last else "│   ")))
-    return lines
+    return lines, shared
 
 
 def _children(res: LoadResult, show_all: bool) -> Dict[int, List[tuple]]:
