@@ -7,7 +7,11 @@ objects), GLIBC_TUNABLES (malformed, ``glibc.cpu.hwcaps``, ``glibc.rtld.enable_s
     python bench/parity_env.py [--base DIR] [--cases N] [--seed S] [ROOT...]
 
 ROOT names a release root under --base (default /srv/qa-roots; ``bench/parity_roots.py --build`` makes them);
-default: every root there. Each case runs ldd in the root over a program, a shell script (``ld.so --verify``
+default: every root there built for this machine's CPU. A root built for another machine (bookworm-arm64) runs
+under qemu-user (binfmt_misc: see bench/parity_roots.py), the multiarch directories named below become its own,
+and the vDSO line, which qemu-user 7.2 does not give, is taken out of soswap's output.
+
+Each case runs ldd in the root over a program, a shell script (``ld.so --verify``
 refuses it), a library, bash and, where the root has it, an i386 library. The variables are set inside the root
 (``env -i`` there: chroot itself would run under LD_PRELOAD); soswap gets LD_LIBRARY_PATH and LD_PRELOAD as
 ``--library-path`` and ``--preload`` (the host's ld.so would read them for soswap's own Python) and the others
@@ -30,6 +34,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
+sys.path.insert(0, SRC)
+
+from soswap.loader.profile import Profile, host_abi, same_cpu  # noqa: E402
+
 PYTHON = sys.executable
 ADDR = re.compile(r" \(0x[0-9a-f]+\)")
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
@@ -45,11 +53,24 @@ BIND_NOW = [None, "1"]
 FLAGS = [[], ["-r"], ["-d"]]
 
 
+VDSO_LINE = re.compile(r"^\tlinux-(?:vdso|vdso64)\.so\.1\n", re.M)
+
+
 def files_of(base: Path) -> List[str]:
     files = ["/usr/bin/true", "/usr/bin/ldd", "/lib/x86_64-linux-gnu/libc.so.6", "/usr/bin/bash"]
     if (base / "lib" / "i386-linux-gnu" / "libc.so.6").exists():
         files.append("/lib/i386-linux-gnu/libc.so.6")
     return files
+
+
+def native(base: Path) -> bool:
+    """BASE is built for this machine's CPU (else it runs under qemu-user)."""
+    return same_cpu(Profile.detect(str(base)).abi.name, host_abi())
+
+
+def localized(value: str, base: Path) -> str:
+    """VALUE with x86-64's multiarch directory replaced by BASE's own."""
+    return value.replace("x86_64-linux-gnu", Profile.detect(str(base)).abi.triplet)
 
 
 def one_case(base: Path, files: List[str], env: Dict[str, str], flag: List[str]) -> Optional[str]:
@@ -63,10 +84,11 @@ def one_case(base: Path, files: List[str], env: Dict[str, str], flag: List[str])
                           *files], env=soswap_env, capture_output=True, text=True, errors="surrogateescape",
                          timeout=300)
     want = (ADDR.sub("", real.stdout), real.stderr, real.returncode)
-    if want == (got.stdout, got.stderr, got.returncode):
+    got_out = got.stdout if native(base) else VDSO_LINE.sub("", got.stdout)
+    if want == (got_out, got.stderr, got.returncode):
         return None
     out = [f"status: ldd {real.returncode}, soswap {got.returncode}"]
-    for name, a, b in (("out", want[0], got.stdout), ("err", want[1], got.stderr)):
+    for name, a, b in (("out", want[0], got_out), ("err", want[1], got.stderr)):
         out += difflib.unified_diff(a.splitlines(), b.splitlines(), f"ldd.{name}", f"soswap.{name}", lineterm="",
                                     n=1)
     return "\n".join(out)
@@ -117,14 +139,15 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     args = ap.parse_args()
     base = Path(args.base)
-    roots = args.roots or sorted(p.name for p in base.iterdir() if (p / "usr" / "bin" / "ldd").exists())
+    roots = args.roots or sorted(p.name for p in base.iterdir() if (p / "usr" / "bin" / "ldd").exists()
+                                 and native(p))
     if not roots:
         print(f"no release root under {base} (bench/parity_roots.py --build makes them)", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
     total = differ = 0
     for root in roots:
-        files = files_of(base / root)
+        files = [localized(f, base / root) for f in files_of(base / root)]
         bad = 0
         for _ in range(args.cases):
             env = {}
@@ -132,7 +155,7 @@ def main() -> int:
                                   ("GLIBC_TUNABLES", TUNABLES), ("LD_BIND_NOW", BIND_NOW)):
                 value = rng.choice(choices)
                 if value is not None:
-                    env[name] = value
+                    env[name] = localized(value, base / root)
             flag = rng.choice(FLAGS)
             diff = one_case(base / root, files, env, flag)
             prog, prog_args = rng.choice(RUNS)

@@ -6,7 +6,14 @@ loader, ``chroot R ldd [-r]``, for every ELF file of R's /usr/bin, /usr/sbin and
 
 ROOT names a directory under --base (default /srv/qa-roots): bullseye (glibc 2.31), jammy (2.35), noble
 (2.39), trixie (2.41), sid (2.43); bullseye and trixie also carry i386 libc6, zlib1g and libstdc++6, so that
-32-bit files and the 32-bit loader are among those compared.
+32-bit files and the 32-bit loader are among those compared; bookworm-i386 is a 32-bit system (its own /bin/sh
+is i386). Roots built for other machines: bookworm-arm64 (aarch64, glibc 2.36) and bookworm-s390x (s390x,
+big-endian, 2.36); not checked unless named.
+
+A root of another machine runs under qemu-user (Debian's qemu-user-static, its binfmt_misc entry registered:
+``cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register``, binfmt_misc mounted). soswap
+models that machine itself, whose kernel maps a vDSO; qemu-user 7.2 maps none for these targets, so the vDSO
+line is taken out of soswap's output before the comparison, and is the only thing taken out.
 
 Building (network, a few minutes each; run as root): --build makes the missing roots with debootstrap, then
 checks; --build-only makes them and stops. A root is made in NAME.tmp (removed first) and renamed to NAME only
@@ -52,6 +59,9 @@ class Recipe(NamedTuple):
     include: str
     family: str
     i386: bool = False
+    #: debootstrap --arch for a root of another machine ("" = this machine's); its binfmt_misc entry's name
+    arch: str = ""
+    qemu: str = ""
 
 
 DEBIAN = "http://deb.debian.org/debian"
@@ -62,7 +72,16 @@ ROOTS = {
     "noble": Recipe("noble", UBUNTU, "openssh-client,curl,python3", "gutsy"),
     "trixie": Recipe("trixie", DEBIAN, "libssl3t64,openssh-client,curl,python3", "sid", True),
     "sid": Recipe("sid", DEBIAN, "openssh-client,curl", "sid"),
+    "bookworm-arm64": Recipe("bookworm", DEBIAN, "libssl3,libcurl4,python3-minimal", "sid", arch="arm64",
+                             qemu="qemu-aarch64"),
+    "bookworm-s390x": Recipe("bookworm", DEBIAN, "libssl3,python3-minimal", "sid", arch="s390x",
+                             qemu="qemu-s390x"),
+    "bookworm-i386": Recipe("bookworm", DEBIAN, "libssl3,libcurl4,python3-minimal", "sid", arch="i386"),
 }
+DEFAULT_ROOTS = [n for n, r in ROOTS.items() if not r.qemu]
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+#: the kernel's vDSO as ldd lists it (emulated roots: taken out of soswap's output)
+VDSO_LINE = re.compile(r"^\tlinux-(?:vdso|gate|vdso32|vdso64)\.so\.1\n", re.M)
 SCRIPTS = Path("/usr/share/debootstrap/scripts")
 I386 = ("libc6:i386", "zlib1g:i386", "libstdc++6:i386")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -171,6 +190,7 @@ def build(root: Path, name: str) -> None:
     tmp = root.with_name(root.name + ".tmp")
     remove(tmp)
     subprocess.run(["debootstrap", "--variant=minbase", f"--include={recipe.include}", "--no-check-gpg",
+                    *([f"--arch={recipe.arch}"] if recipe.arch else []),
                     recipe.suite, str(tmp), recipe.mirror, *suite_script(recipe)], check=True)
     if recipe.i386:
         add_i386(tmp)
@@ -220,11 +240,21 @@ def ldd(root: Path, flag: str, files: List[str]) -> Run:
 
 
 def soswap(root: Path, flag: str, files: List[str], cache: Path, state: Path) -> Run:
-    """``soswap tree --root ROOT --ldd [FLAG] FILES...``, one run, with CACHE as its cache directory."""
+    """``soswap tree --root ROOT --ldd [FLAG] FILES...``, one run, with CACHE as its cache directory (for a
+    root of another machine, without the vDSO line that qemu-user's ldd cannot print)."""
     env = {"PATH": PATH, "PYTHONPATH": SRC, "SOSWAP_CACHE_DIR": str(cache), "SOSWAP_STATE_DIR": str(state)}
     p = subprocess.run([sys.executable, "-m", "soswap", "tree", "--root", str(root), "--ldd",
                         *([flag] if flag else []), *files], env=env, capture_output=True, cwd="/", timeout=3600)
-    return Run(text(p.stdout), text(p.stderr), p.returncode)
+    out = text(p.stdout)
+    if emulated(root):
+        out = VDSO_LINE.sub("", out)
+    return Run(out, text(p.stderr), p.returncode)
+
+
+def emulated(root: Path) -> bool:
+    """ROOT is built for another machine, whose programs run under qemu-user here."""
+    recipe = ROOTS.get(root.name)
+    return bool(recipe and recipe.qemu)
 
 
 def split(out: str, files: List[str]) -> Dict[str, Optional[str]]:
@@ -361,7 +391,7 @@ def check_root(root: Path, name: str, cache: Path, state: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("roots", nargs="*", default=list(ROOTS), metavar="ROOT")
+    ap.add_argument("roots", nargs="*", default=DEFAULT_ROOTS, metavar="ROOT")
     ap.add_argument("--base", default="/srv/qa-roots")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--build", action="store_true", help="make missing roots with debootstrap, then check")
@@ -388,6 +418,11 @@ def main() -> int:
                 else:
                     add_i386(root)
                     print(f"{name}: i386 packages added")
+                continue
+            qemu = ROOTS[name].qemu if name in ROOTS else ""
+            if qemu and not (BINFMT / qemu).exists():
+                print(f"{name}: {BINFMT / qemu} is not registered (qemu-user-static: see the top of this file)")
+                bad += 1
                 continue
             if not built(root):
                 if not (args.build or args.build_only):

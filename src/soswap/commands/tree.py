@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="never emulate secure mode (default: decide from the file's set-ID bits and "
                           "capabilities, its mount and the caller)")
     parser.add_argument("--platform", metavar="NAME", default=None, help="value of $PLATFORM (default: detected)")
+    parser.add_argument("--cpuinfo", metavar="FILE", default=None,
+                        help="the target's /proc/cpuinfo, for its glibc-hwcaps and hwcap subdirectories (default: "
+                             "this machine's; for a --root built for another machine, a CPU without optional "
+                             "features)")
     parser.add_argument("--glibc-hwcaps-mask", metavar="LIST", default=None,
                         help="only these glibc-hwcaps subdirectories (colon-separated), as ld.so's option")
     parser.add_argument("--inhibit-cache", action="store_true", help="do not use ld.so.cache")
@@ -155,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.data_relocs and not args.ldd:
         raise UsageError("-d/--data-relocs goes with --ldd (use -r for the full symbol check)")
     env = _environment(args)
-    profile = Profile.detect(args.root)
+    profile = Profile.detect(args.root, cpuinfo=_cpuinfo(args.cpuinfo))
     if args.platform is not None:
         profile = profile.replace(platform=args.platform)
     loader = Loader(profile, env, cache=ElfCache())
@@ -173,6 +177,18 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if loader.bind_store is not None:
             loader.bind_store.save()  # a cache: when it cannot be written, the next run binds afresh
+
+
+def _cpuinfo(path: Optional[str]) -> Optional[str]:
+    """The text of ``--cpuinfo FILE`` (None: not given)."""
+    if path is None:
+        return None
+    from soswap.textfile import read_regular
+
+    try:
+        return read_regular(path, 1 << 20).decode("utf-8", "replace")
+    except OSError as exc:
+        raise UsageError(f"--cpuinfo {path}: {exc.strerror or exc}") from None
 
 
 def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]

@@ -19,11 +19,12 @@ from soswap.loader import model as M
 from soswap.loader.candidates import ACCEPT, FileSystem, beyond_the_end, load_commands, overlapping
 from soswap.loader.cpu import tunables_warning
 from soswap.loader.loading import Loader
-from soswap.loader.profile import Profile, abi_for
+from soswap.loader.profile import Profile, abi_for, host_abi, same_cpu
 from soswap.loader.versions import verneed_assertion
 from soswap.textfile import read_regular
 from soswap.tuples import NamedTuple
 
+#: x86-64's ``RTLDLIST`` (ldd is generated per architecture; another ABI's is its own ld.so)
 DEFAULT_RTLDLIST = ("/lib/ld-linux.so.2", "/lib64/ld-linux-x86-64.so.2", "/libx32/ld-linux-x32.so.2")
 _RTLDLIST_RE = re.compile(r'^RTLDLIST="?([^"\n]*)"?\s*$', re.M)
 
@@ -61,12 +62,16 @@ def rtld_list(loader: Loader) -> Tuple[str, ...]:
         m = _RTLDLIST_RE.search(text)
         if m:
             return tuple(m.group(1).split())
-    return DEFAULT_RTLDLIST
+    abi = loader.profile.abi
+    return DEFAULT_RTLDLIST if same_cpu(abi.name, "x86_64") else (abi.interpreter,)
 
 
-def _runnable_abis() -> Tuple[str, ...]:
-    """Loader ABIs the running kernel can execute (``$rtld --version`` succeeds)."""
+def _runnable_abis(profile: Profile) -> Tuple[str, ...]:
+    """Loader ABIs whose ``$rtld --version`` succeeds: those the running kernel executes, and for a root built
+    for another machine, that machine's (ldd runs there, not under an emulator)."""
     machine = os.uname().machine
+    if not same_cpu(profile.abi.name, host_abi()):
+        return ("x86_64", "i386") if profile.abi.name == "x86_64" else (profile.abi.name,)
     if machine == "x86_64":
         abis = ["x86_64", "i386"]
         try:
@@ -101,7 +106,7 @@ class LddModel:
     def rtlds(self) -> List[Rtld]:
         if self._rtlds is None:
             out = []
-            runnable = _runnable_abis()
+            runnable = _runnable_abis(self.loader.profile)
             fs = self.loader.profile.fs
             for path in rtld_list(self.loader):
                 host = fs.host(path)

@@ -61,6 +61,51 @@ _HOST_ABI = {"x86_64": "x86_64", "amd64": "x86_64", "i686": "i386", "i386": "i38
              "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 
 
+def host_abi() -> str:
+    """The loader ABI of this machine's own programs."""
+    return _HOST_ABI.get(os.uname().machine, "x86_64")
+
+
+#: ABIs one CPU runs (a 64-bit x86 kernel runs i386 and x32 programs too).
+_CPU_FAMILY = {"x86_64": "x86", "i386": "x86", "x32": "x86"}
+
+
+def same_cpu(abi: str, other: str) -> bool:
+    """Programs of both ABIs run on one CPU, which ``init_cpu_features`` sees alike."""
+    return _CPU_FAMILY.get(abi, abi) == _CPU_FAMILY.get(other, other)
+
+
+def host_cpu(abi: str) -> cpumod.CpuInfo:
+    """This machine's CPU when ``abi`` runs on it; for another architecture (a root built for another
+    machine), a CPU with no optional features: what ld.so would see there is not known here (``--cpuinfo``)."""
+    if same_cpu(abi, host_abi()):
+        return cpumod.CpuInfo.read(arch=abi)
+    return cpumod.CpuInfo("", frozenset(), abi)
+
+
+#: Where a root's own programs are (their ELF header says which machine the root is built for).
+_ROOT_PROBES = ("/bin/sh", "/usr/bin/env", "/sbin/init", "/usr/bin/ls")
+
+
+def root_abi(fs: RootFS) -> str:
+    """The loader ABI a system root is built for: that of its shell (or another program every system has),
+    when its interpreter is there; else the first ABI, the host's first, whose ld.so the root has."""
+    host = host_abi()
+    for probe in _ROOT_PROBES:
+        head = _read_prefix(fs.host(probe), 64)
+        if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+            continue
+        little = head[5] == 1
+        machine = int.from_bytes(head[18:20], "little" if little else "big")
+        abi = abi_for(machine, 64 if head[4] == 2 else 32)
+        if abi is not None and abi.little_endian == little and os.path.exists(fs.host(abi.interpreter)):
+            return abi.name
+    for name in (host, *ABIS):
+        if os.path.exists(fs.host(ABIS[name].interpreter)):
+            return name
+    return host
+
+
 def abi_for(machine: int, elf_class: int) -> Optional[Abi]:
     """The ABI whose ld.so loads ELF files of ``machine`` and ``elf_class`` (None if unknown)."""
     for abi in ABIS.values():
@@ -117,15 +162,22 @@ class Profile(NamedTuple):
                interpreter: Optional[str] = None) -> Profile:
         """Read the profile of the system under ``root``.
 
-        ``abi`` picks the loader ABI (default: the host's); ``cpuinfo`` is the text of /proc/cpuinfo to use
-        (default: the host's); ``interpreter`` the ld.so path inside ``root`` (default: the ABI's).
+        ``abi`` picks the loader ABI (default: the host's, and for another root the one it is built for:
+        :func:`root_abi`); ``cpuinfo`` is the text of the target's /proc/cpuinfo (default: the host's when the
+        ABI runs on this CPU, else a CPU with no optional features: :func:`host_cpu`); ``interpreter`` the
+        ld.so path inside ``root`` (default: the ABI's).
         """
         fs = RootFS(root)
         if abi is None:
-            abi = _HOST_ABI.get(os.uname().machine, "x86_64")
+            abi = host_abi() if fs.is_host else root_abi(fs)
         if abi not in ABIS:
             raise UsageError(f"unknown loader ABI {abi!r} (known: {', '.join(sorted(ABIS))})")
         a = ABIS[abi]
+        info = cpumod.CpuInfo.parse(cpuinfo, a.name) if cpuinfo is not None else host_cpu(a.name)
+        return cls._detect(fs, a, info, interpreter)
+
+    @classmethod
+    def _detect(cls, fs: RootFS, a: Abi, info: cpumod.CpuInfo, interpreter: Optional[str]) -> Profile:
         interp = interpreter or a.interpreter
         ldso = _read_prefix(fs.host(interp), 4 << 20)
         dirs = _system_dirs_from_ldso(ldso, a)
@@ -134,8 +186,6 @@ class Profile(NamedTuple):
         version = (_version_from_ldso(ldso) or _version_from_libc(fs, dirs) or _version_from_name(fs, interp)
                    or _version_from_cache(fs.host("/etc/ld.so.cache")) or DEFAULT_GLIBC)
         lib = _lib_from_ldso(ldso) or (dirs[0].strip("/") if dirs else "lib")
-        info = cpumod.CpuInfo.parse(cpuinfo, a.name) if cpuinfo is not None else cpumod.CpuInfo.read(
-            arch=a.name)
         facts = _cpu_facts(a.name, info, version)
         return cls(root=fs.root, abi=a, glibc_version=version, interpreter=interp, system_dirs=dirs, lib=lib,
                    vdso=a.vdso, cpu=(info.vendor, tuple(sorted(info.flags)), info.arch),
@@ -163,7 +213,12 @@ class Profile(NamedTuple):
         """The profile of a sibling ABI on the same system (e.g. i386 next to x86_64), detected afresh."""
         if abi == self.abi:
             return self
-        return Profile.detect(self.root, abi=abi.name)
+        if self.cpu is not None and same_cpu(abi.name, self.abi.name):
+            # the CPU the profile was made for (a --cpuinfo included), seen by the sibling ABI
+            info = cpumod.CpuInfo(self.cpu[0], frozenset(self.cpu[1]), abi.name)
+        else:
+            info = host_cpu(abi.name)
+        return Profile._detect(_fs_for(self.root), abi, info, None)
 
     # -- derived -----------------------------------------------------------------------------------
 
@@ -251,6 +306,13 @@ def _cpu_facts(abi: str, info: cpumod.CpuInfo, version: Tuple[int, int]) -> Dict
         platform_bit = 1 << 49
         if version <= (2, 36):
             legacy = cpumod.legacy_subdirs((["sse2"] if sse2 else []) + [platform, "tls"])
+    elif abi == "aarch64":
+        platform = abi  # AT_PLATFORM (the kernel's ELF_PLATFORM)
+        # HWCAP_IMPORTANT is HWCAP_ATOMICS, bit 8 (sysdeps/unix/sysv/linux/aarch64/dl-procinfo.h)
+        atomics = info.has("atomics")
+        legacy_hwcap = (1 << 8) if atomics else 0
+        if version <= (2, 36):
+            legacy = cpumod.legacy_subdirs((["atomics"] if atomics else []) + [platform, "tls"])
     else:
         platform = abi
         if version <= (2, 36):
