@@ -7,8 +7,9 @@ loader, ``chroot R ldd [-r]``, for every ELF file of R's /usr/bin, /usr/sbin and
 ROOT names a directory under --base (default /srv/qa-roots): bullseye (glibc 2.31), jammy (2.35), noble
 (2.39), trixie (2.41), sid (2.43); bullseye and trixie also carry i386 libc6, zlib1g and libstdc++6, so that
 32-bit files and the 32-bit loader are among those compared; bookworm-i386 is a 32-bit system (its own /bin/sh
-is i386). Roots built for other machines: bookworm-arm64 (aarch64, glibc 2.36) and bookworm-s390x (s390x,
-big-endian, 2.36); not checked unless named.
+is i386). Roots built for other machines, all Debian 12 (glibc 2.36): bookworm-arm64 (aarch64), bookworm-armhf
+(32-bit ARM, hard-float), bookworm-ppc64el (POWER, little-endian) and bookworm-s390x (big-endian); not checked
+unless named.
 
 A root of another machine runs under qemu-user (Debian's qemu-user-static, its binfmt_misc entry registered:
 ``cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register``, binfmt_misc mounted). soswap
@@ -76,6 +77,10 @@ ROOTS = {
                              qemu="qemu-aarch64"),
     "bookworm-s390x": Recipe("bookworm", DEBIAN, "libssl3,python3-minimal", "sid", arch="s390x",
                              qemu="qemu-s390x"),
+    "bookworm-armhf": Recipe("bookworm", DEBIAN, "libssl3,libcurl4,python3-minimal", "sid", arch="armhf",
+                             qemu="qemu-arm"),
+    "bookworm-ppc64el": Recipe("bookworm", DEBIAN, "libssl3,libcurl4,python3-minimal", "sid", arch="ppc64el",
+                               qemu="qemu-ppc64le"),
     "bookworm-i386": Recipe("bookworm", DEBIAN, "libssl3,libcurl4,python3-minimal", "sid", arch="i386"),
 }
 DEFAULT_ROOTS = [n for n, r in ROOTS.items() if not r.qemu]

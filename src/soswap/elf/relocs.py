@@ -210,6 +210,7 @@ LAZY_PLT_TYPES: Dict[int, frozenset] = {
     C.EM_X86_64: frozenset((7, 36, 37)),
     C.EM_386: frozenset((7, 41, 42)),
     C.EM_AARCH64: frozenset((1026, 1031, 1032)),
+    C.EM_ARM: frozenset((22, 13)),  # JUMP_SLOT, TLS_DESC: an IRELATIVE there is a bad type too
 }
 
 

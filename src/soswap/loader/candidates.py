@@ -282,8 +282,9 @@ class FileSystem:
         want_data = C.ELFDATA2LSB if abi.little_endian else C.ELFDATA2MSB
         ident = head[:16]
         osabi, abiversion = ident[7], ident[8]
+        osabi_ok = osabi in (C.ELFOSABI_SYSV, C.ELFOSABI_GNU) or osabi == abi.extra_osabi
         ok8 = (ident[:4] == C.ELFMAG and ident[4] == want_class and ident[5] == want_data and ident[6] == 1
-               and osabi in (C.ELFOSABI_SYSV, C.ELFOSABI_GNU))
+               and osabi_ok)
         abiver_ok = abiversion == 0 or (osabi == C.ELFOSABI_GNU and abiversion < self.profile.libc_abi_max)
         pad_ok = not any(ident[9:16])
         if not (ok8 and abiver_ok and pad_ok):
@@ -296,7 +297,7 @@ class FileSystem:
                                else "ELF file data encoding not big-endian")
             if ident[6] != 1:
                 return Verdict(FATAL, "ELF file version ident does not match current one")
-            if osabi not in (C.ELFOSABI_SYSV, C.ELFOSABI_GNU):
+            if not osabi_ok:
                 return Verdict(FATAL, "ELF file OS ABI invalid")
             if not abiver_ok:
                 return Verdict(FATAL, "ELF file ABI version invalid")
@@ -308,6 +309,10 @@ class FileSystem:
         if e_version != 1:
             return Verdict(FATAL, "ELF file version does not match current one")
         if e_machine != abi.machine:
+            return Verdict(SKIP)
+        if abi.refused_float and not abi.accepts_flags(struct.unpack_from(e + "I", head, 36)[0]):
+            # an ARM object of the other float ABI (VALID_FLOAT_ABI) is passed over as one of another machine:
+            # checked on Debian 12's armhf ld.so (upstream's VALID_ELF_HEADER would call it an "internal error")
             return Verdict(SKIP)
         if e_type not in (C.ET_DYN, C.ET_EXEC):
             return Verdict(FATAL, "only ET_DYN and ET_EXEC can be loaded")

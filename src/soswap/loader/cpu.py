@@ -28,12 +28,15 @@ class CpuInfo(NamedTuple):
     vendor: str  # "GenuineIntel", "AuthenticAMD", ...
     flags: FrozenSet[str]
     arch: str  # "x86_64", "aarch64", ...
+    #: ARM's "CPU architecture" (7, 8; 0: not said): the kernel's AT_PLATFORM is "v7l", "v8l"
+    architecture: int = 0
 
     @classmethod
     def parse(cls, text: str, arch: str = "x86_64") -> CpuInfo:
         """Parse the text of ``/proc/cpuinfo`` (the first processor block is enough)."""
         vendor = ""
         flags: FrozenSet[str] = frozenset()
+        architecture = 0
         for line in text.splitlines():
             key, sep, value = line.partition(":")
             if not sep:
@@ -43,7 +46,22 @@ class CpuInfo(NamedTuple):
                 vendor = value.strip()
             elif key in ("flags", "Features") and not flags:
                 flags = frozenset(value.split())
-        return cls(vendor, flags, arch)
+            elif key == "CPU architecture" and not architecture:
+                digits = value.strip()
+                architecture = int(digits) if digits.isdigit() and len(digits) < 3 else 0
+        return cls(vendor, flags, arch, architecture)
+
+    def facts(self) -> tuple:
+        """The CPU as a profile keeps it (:attr:`soswap.loader.profile.Profile.cpu`): the flags sorted, the
+        architecture only when known."""
+        out: tuple = (self.vendor, tuple(sorted(self.flags)), self.arch)
+        return (*out, self.architecture) if self.architecture else out
+
+    @classmethod
+    def from_facts(cls, facts: tuple, arch: Optional[str] = None) -> CpuInfo:
+        """The inverse of :meth:`facts` (for ABI ``arch`` when given: a sibling ABI on the same CPU)."""
+        vendor, flags, own, *rest = facts
+        return cls(vendor, frozenset(flags), arch or own, *rest)
 
     @classmethod
     def read(cls, path: str = "/proc/cpuinfo", arch: str = "x86_64") -> CpuInfo:

@@ -33,7 +33,9 @@ FLAG_REQUIRED_MASK = 0xFF00
 FLAG_ELF_LIBC6 = 0x0003
 FLAG_X8664_LIB64 = 0x0300
 FLAG_X8664_LIBX32 = 0x0800
+FLAG_ARM_LIBHF = 0x0900
 FLAG_AARCH64_LIB64 = 0x0A00
+FLAG_ARM_LIBSF = 0x0B00
 
 #: Size limit for a cache file (the live one is ~40 KiB; glibc maps whatever is there).
 MAX_CACHE_SIZE = 256 << 20

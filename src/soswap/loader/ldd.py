@@ -116,10 +116,10 @@ class LddModel:
                     elf = self.loader.cache.get(host)
                 except ElfError:
                     continue
-                abi = abi_for(elf.machine, elf.elf_class)
+                abi = abi_for(elf.machine, elf.elf_class, elf.header.flags)
                 if abi is None or abi.name not in runnable:
                     continue
-                profile = self.loader.profile_for(elf.machine, elf.elf_class)
+                profile = self.loader.profile_for(elf.machine, elf.elf_class, elf.header.flags)
                 if profile is None:
                     continue
                 out.append(Rtld(path, profile.replace(interpreter=path) if profile.interpreter != path

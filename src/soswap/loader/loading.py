@@ -152,11 +152,12 @@ class Loader:
         for fs in list(self._systems.values()):
             yield from fs.stat_witnesses()
 
-    def profile_for(self, machine: int, elf_class: int) -> Optional[Profile]:
-        """The profile of the loader ABI that runs files of ``machine``/``elf_class`` on this system."""
+    def profile_for(self, machine: int, elf_class: int, e_flags: int = 0) -> Optional[Profile]:
+        """The profile of the loader ABI that runs files of ``machine``/``elf_class`` (and ``e_flags``: ARM's
+        float ABI) on this system."""
         from soswap.loader.profile import abi_for
 
-        abi = abi_for(machine, elf_class)
+        abi = abi_for(machine, elf_class, e_flags)
         if abi is None:
             return None
         hit = self._profiles.get(abi.name)
@@ -201,7 +202,7 @@ class Loader:
             elf = self.cache.get(host, st)
             file = host
         if profile is None:
-            profile = self.profile_for(elf.machine, elf.elf_class)
+            profile = self.profile_for(elf.machine, elf.elf_class, elf.header.flags)
             if profile is None:
                 raise ElfError(path, f"no dynamic loader for {elf.machine_name} ELF{elf.elf_class} files here")
         secure = False if trace else self.env.is_secure_for(st, file if isinstance(file, str) else None)

@@ -13,7 +13,15 @@ from typing import Dict, FrozenSet, Iterator, Optional, Tuple
 from soswap.elf import constants as C
 from soswap.errors import SoswapError, UsageError
 from soswap.loader import cpu as cpumod
-from soswap.loader.ldcache import FLAG_AARCH64_LIB64, FLAG_X8664_LIB64, FLAG_X8664_LIBX32, CacheTarget, LdCache
+from soswap.loader.ldcache import (
+    FLAG_AARCH64_LIB64,
+    FLAG_ARM_LIBHF,
+    FLAG_ARM_LIBSF,
+    FLAG_X8664_LIB64,
+    FLAG_X8664_LIBX32,
+    CacheTarget,
+    LdCache,
+)
 from soswap.loader.rootfs import RootFS
 from soswap.textfile import read_regular
 from soswap.tuples import NamedTuple
@@ -37,6 +45,15 @@ class Abi(NamedTuple):
     upstream_dirs: Tuple[str, ...]
     #: The vDSO's soname, or None when the architecture has none.
     vdso: Optional[str]
+    #: ARM: the float ABI flag (``EF_ARM_ABI_FLOAT_*``) of EABI v5 objects this ld.so refuses (``VALID_FLOAT_ABI``).
+    refused_float: int = 0
+    #: An OS ABI byte accepted besides SYSV and GNU (``EXTRA_OSABI``: ARM's ELFOSABI_ARM_AEABI).
+    extra_osabi: Optional[int] = None
+
+    def accepts_flags(self, e_flags: int) -> bool:
+        """``VALID_FLOAT_ABI``: an object's ``e_flags`` do not name the other ARM float ABI."""
+        return not (self.refused_float and e_flags & C.EF_ARM_EABIMASK == C.EF_ARM_EABI_VER5
+                    and e_flags & self.refused_float)
 
 
 ABIS: Dict[str, Abi] = {
@@ -52,13 +69,21 @@ ABIS: Dict[str, Abi] = {
                    "powerpc64le-linux-gnu", ("/lib64/", "/usr/lib64/"), "linux-vdso64.so.1"),
     "s390x": Abi("s390x", C.EM_S390, 64, False, "/lib/ld64.so.1", (0x0403,), 0x0403,
                  "s390x-linux-gnu", ("/lib64/", "/usr/lib64/"), "linux-vdso64.so.1"),
+    # sysdeps/unix/sysv/linux/arm: ld.so.cache entries of the other float ABI are refused, unmarked ones taken
+    "armhf": Abi("armhf", C.EM_ARM, 32, True, "/lib/ld-linux-armhf.so.3", (FLAG_ARM_LIBHF | 3, 3),
+                 FLAG_ARM_LIBHF | 3, "arm-linux-gnueabihf", ("/lib/", "/usr/lib/"), "linux-vdso.so.1",
+                 C.EF_ARM_ABI_FLOAT_SOFT, C.ELFOSABI_ARM_AEABI),
+    "armel": Abi("armel", C.EM_ARM, 32, True, "/lib/ld-linux.so.3", (FLAG_ARM_LIBSF | 3, 3),
+                 FLAG_ARM_LIBSF | 3, "arm-linux-gnueabi", ("/lib/", "/usr/lib/"), "linux-vdso.so.1",
+                 C.EF_ARM_ABI_FLOAT_HARD, C.ELFOSABI_ARM_AEABI),
     "riscv64": Abi("riscv64", C.EM_RISCV, 64, True, "/lib/ld-linux-riscv64-lp64d.so.1", (0x1003,), 0x1003,
                    "riscv64-linux-gnu", ("/lib64/lp64d/", "/usr/lib64/lp64d/"), "linux-vdso.so.1"),
 }
 assert ABIS["x86_64"].cache_flags == (FLAG_X8664_LIB64 | 3,)
 
 _HOST_ABI = {"x86_64": "x86_64", "amd64": "x86_64", "i686": "i386", "i386": "i386", "aarch64": "aarch64",
-             "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+             "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "armv7l": "armhf",
+             "armv8l": "armhf"}
 
 
 def host_abi() -> str:
@@ -67,7 +92,7 @@ def host_abi() -> str:
 
 
 #: ABIs one CPU runs (a 64-bit x86 kernel runs i386 and x32 programs too).
-_CPU_FAMILY = {"x86_64": "x86", "i386": "x86", "x32": "x86"}
+_CPU_FAMILY = {"x86_64": "x86", "i386": "x86", "x32": "x86", "armhf": "arm", "armel": "arm"}
 
 
 def same_cpu(abi: str, other: str) -> bool:
@@ -96,8 +121,10 @@ def root_abi(fs: RootFS) -> str:
         if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
             continue
         little = head[5] == 1
-        machine = int.from_bytes(head[18:20], "little" if little else "big")
-        abi = abi_for(machine, 64 if head[4] == 2 else 32)
+        order = "little" if little else "big"
+        machine = int.from_bytes(head[18:20], order)
+        flags = int.from_bytes(head[48:52] if head[4] == 2 else head[36:40], order)
+        abi = abi_for(machine, 64 if head[4] == 2 else 32, flags)
         if abi is not None and abi.little_endian == little and os.path.exists(fs.host(abi.interpreter)):
             return abi.name
     for name in (host, *ABIS):
@@ -106,10 +133,11 @@ def root_abi(fs: RootFS) -> str:
     return host
 
 
-def abi_for(machine: int, elf_class: int) -> Optional[Abi]:
-    """The ABI whose ld.so loads ELF files of ``machine`` and ``elf_class`` (None if unknown)."""
+def abi_for(machine: int, elf_class: int, e_flags: int = 0) -> Optional[Abi]:
+    """The ABI whose ld.so loads ELF files of ``machine``, ``elf_class`` and ``e_flags`` (None if unknown). An ARM
+    object that names no float ABI is taken as hard-float, Debian's armhf."""
     for abi in ABIS.values():
-        if abi.machine == machine and abi.elf_class == elf_class:
+        if abi.machine == machine and abi.elf_class == elf_class and abi.accepts_flags(e_flags):
             return abi
     return None
 
@@ -151,9 +179,10 @@ class Profile(NamedTuple):
     #: readlink("/proc/self/exe") works for a program there: the main program's $ORIGIN (``_dl_get_origin``).
     #: False for a chroot without /proc, where it is LD_ORIGIN_PATH or unknown.
     proc_self_exe: bool = True
-    #: The CPU the CPU-derived fields were computed from, as (vendor, sorted flags, arch) (None: not read).
+    #: The CPU the CPU-derived fields were computed from, as (vendor, sorted flags, arch[, ARM architecture])
+    #: (:meth:`soswap.loader.cpu.CpuInfo.facts`; None: not read).
     #: Sorted: the profile's repr is part of kept results' keys.
-    cpu: Optional[Tuple[str, Tuple[str, ...], str]] = None
+    cpu: Optional[tuple] = None
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -188,7 +217,7 @@ class Profile(NamedTuple):
         lib = _lib_from_ldso(ldso) or (dirs[0].strip("/") if dirs else "lib")
         facts = _cpu_facts(a.name, info, version)
         return cls(root=fs.root, abi=a, glibc_version=version, interpreter=interp, system_dirs=dirs, lib=lib,
-                   vdso=a.vdso, cpu=(info.vendor, tuple(sorted(info.flags)), info.arch),
+                   vdso=a.vdso, cpu=info.facts(),
                    **facts)  # type: ignore[arg-type]
 
     def replace(self, **changes: object) -> Profile:
@@ -201,13 +230,12 @@ class Profile(NamedTuple):
         legacy hwcaps as ``init_cpu_features`` leaves them (tunables came in 2.26); the ISA level stays."""
         if not flags or self.cpu is None or self.glibc_version < (2, 26):
             return self
-        vendor, have, arch = self.cpu
-        info = cpumod.CpuInfo(vendor, frozenset(have), arch)
+        info = cpumod.CpuInfo.from_facts(self.cpu)
         info = info.without(flags | cpumod.also_turned_off(info.flags, flags, self.glibc_version))
         facts = _cpu_facts(self.abi.name, info, self.glibc_version)
         # the ISA level is computed before the tunables are applied (update_active): it stays
         facts["isa_level"] = self.isa_level
-        return self._replace(cpu=(vendor, tuple(sorted(info.flags)), arch), **facts)  # type: ignore[arg-type]
+        return self._replace(cpu=info.facts(), **facts)  # type: ignore[arg-type]
 
     def for_abi(self, abi: Abi) -> Profile:
         """The profile of a sibling ABI on the same system (e.g. i386 next to x86_64), detected afresh."""
@@ -215,7 +243,7 @@ class Profile(NamedTuple):
             return self
         if self.cpu is not None and same_cpu(abi.name, self.abi.name):
             # the CPU the profile was made for (a --cpuinfo included), seen by the sibling ABI
-            info = cpumod.CpuInfo(self.cpu[0], frozenset(self.cpu[1]), abi.name)
+            info = cpumod.CpuInfo.from_facts(self.cpu, abi.name)
         else:
             info = host_cpu(abi.name)
         return Profile._detect(_fs_for(self.root), abi, info, None)
@@ -313,6 +341,14 @@ def _cpu_facts(abi: str, info: cpumod.CpuInfo, version: Tuple[int, int]) -> Dict
         legacy_hwcap = (1 << 8) if atomics else 0
         if version <= (2, 36):
             legacy = cpumod.legacy_subdirs((["atomics"] if atomics else []) + [platform, "tls"])
+    elif abi in ("armhf", "armel"):
+        # AT_PLATFORM is "v<architecture>l" (the kernel's ELF_PLATFORM; /proc/cpuinfo's "CPU architecture");
+        # HWCAP_IMPORTANT is VFP (bit 6) and NEON (bit 12) (sysdeps/unix/sysv/linux/arm/dl-procinfo.h)
+        platform = f"v{info.architecture or 7}l"
+        names = [n for n in ("vfp", "neon") if info.has(n)]
+        legacy_hwcap = (1 << 6 if "vfp" in names else 0) | (1 << 12 if "neon" in names else 0)
+        if version <= (2, 36):
+            legacy = cpumod.legacy_subdirs([*names, platform, "tls"])
     else:
         platform = abi
         if version <= (2, 36):
