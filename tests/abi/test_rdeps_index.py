@@ -716,6 +716,30 @@ def test_any_value_anywhere_in_a_checksummed_index_never_escapes(fuzz_base: tupl
 
 
 @pytest.mark.parametrize("column", ["subs", "elves"])
+@pytest.mark.parametrize("listing", ["/", "bin/", "a//b", "..", "."])
+def test_a_listing_with_a_name_that_is_not_one_component_is_corrupt(fuzz_base: tuple, column: str,
+                                                                    listing: str) -> None:
+    """Found by the fuzz test above: an empty directory's subdirectory listing made "/" (checksums matching)
+    named a subdirectory "", and the update wrote back every program under it as ``bin//app``. A listed name
+    must be one path component; else the index is rebuilt."""
+    tree, path, good = fuzz_base
+    _head, core, extras = _parts(path)
+    doc = json.loads(core)
+    rows = doc["dirs"][column]
+    rows[next(i for i, names in enumerate(rows) if not names)] = listing
+    saved = path.read_bytes()
+    try:
+        _write(path, json.dumps(doc).encode(), extras)
+        idx = _index(tree, path.parent)
+        idx.update([Top(str(tree.root), True)])
+        assert idx.stats.rebuilt is not None and idx.stats.rebuilt.startswith("corrupt"), idx.stats.rebuilt
+        idx.save()
+        assert _roots(_update(tree, path.parent), tree) == good
+    finally:
+        path.write_bytes(saved)
+
+
+@pytest.mark.parametrize("column", ["subs", "elves"])
 def test_a_listing_that_leaves_out_stored_rows_is_corrupt(fuzz_base: tuple, column: str) -> None:
     """Found by the fuzz test above: with the root's subdirectory listing emptied (checksums matching), the
     walk skipped every directory below and the index lost every dependent. Each stored directory must be

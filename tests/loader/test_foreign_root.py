@@ -1,9 +1,9 @@
 """A root built for another machine (``soswap tree --root`` on an arm64 or armhf image from an x86-64 host): its ABI
 comes from its own files, the host's CPU is not taken for its CPU, and ``--ldd`` prints what ldd prints on that
-machine. The fixtures are built with Debian's cross compilers against their arm64 and armhf glibc; the oracle is
-that glibc's own ld.so, run under qemu-user (``qemu-aarch64-static -L ROOT``, no binfmt_misc needed). Under
-``-L``, qemu gives the program its host path, so the oracle's paths lose the root's prefix before the
-comparison; and qemu-user 7.2 maps no vDSO, so the model's vDSO line is left out."""
+machine. The fixtures are built with clang (or Debian's gcc-TRIPLET) against Debian's arm64 and armhf cross
+glibc; the oracle is that glibc's own ld.so, run under qemu-user (``qemu-aarch64-static -L ROOT``, no
+binfmt_misc needed). Under ``-L``, qemu gives the program its host path, so the oracle's paths lose the root's
+prefix before the comparison; and qemu-user 7.2 maps no vDSO, so the model's vDSO line is left out."""
 
 from __future__ import annotations
 
@@ -28,10 +28,9 @@ _VDSO = re.compile(r"^\tlinux-vdso\.so\.1\n", re.M)
 
 
 class Target(NamedTuple):
-    """A machine: its ABI, the cross compiler, where the cross glibc lies, its ld.so and qemu-user."""
+    """A machine: its ABI, its GNU triplet (Debian's cross glibc lies in /usr/TRIPLET), its ld.so and qemu-user."""
 
     abi: str
-    cc: str
     triplet: str
     interpreter: str
     qemu: str
@@ -40,9 +39,19 @@ class Target(NamedTuple):
     def libc(self) -> Path:
         return Path("/usr") / self.triplet / "lib"
 
-    def missing(self) -> Optional[str]:
-        if shutil.which(self.cc) is None or not (self.libc / Path(self.interpreter).name).exists():
-            return f"no {self.cc} (gcc-{self.triplet}) with its glibc"
+    def compiler(self) -> Optional[List[str]]:
+        """The cross compiler: Debian's gcc-TRIPLET, else clang with the cross binutils' linker (the gcc cross
+        compilers conflict with gcc-multilib, which the other tests need). None: neither, or no cross glibc."""
+        if not (self.libc / Path(self.interpreter).name).exists() or not (self.libc / "crt1.o").exists():
+            return None
+        gcc = shutil.which(f"{self.triplet}-gcc")
+        if gcc:
+            return [gcc]
+        ld = shutil.which(f"{self.triplet}-ld")
+        clang = shutil.which("clang") or next(
+            (c for c in (shutil.which(f"clang-{v}") for v in range(20, 13, -1)) if c), None)
+        if clang and ld:
+            return [clang, f"--target={self.triplet}", f"-fuse-ld={ld}"]
         return None
 
     def qemu_path(self) -> str:
@@ -52,16 +61,16 @@ class Target(NamedTuple):
         return path
 
 
-ARM64 = Target("aarch64", "aarch64-linux-gnu-gcc", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1", "qemu-aarch64")
-ARMHF = Target("armhf", "arm-linux-gnueabihf-gcc", "arm-linux-gnueabihf", "/lib/ld-linux-armhf.so.3", "qemu-arm")
+ARM64 = Target("aarch64", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1", "qemu-aarch64")
+ARMHF = Target("armhf", "arm-linux-gnueabihf", "/lib/ld-linux-armhf.so.3", "qemu-arm")
 
 pytestmark = pytest.mark.skipif(host_abi() != "x86_64", reason="an x86-64 host looking at another machine's root")
 
 
-def _cc(target: Target, *args: str) -> None:
-    r = subprocess.run([target.cc, *args], capture_output=True, text=True)
+def _cc(cc: List[str], *args: str) -> None:
+    r = subprocess.run([*cc, *args], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.fail(f"{target.cc} {' '.join(args)}:\n{r.stderr}")
+        pytest.fail(f"{' '.join(cc)} {' '.join(args)}:\n{r.stderr}")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -74,11 +83,12 @@ def _write(path: Path, text: str) -> Path:
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """(target, its root made by :func:`build_root`)."""
     target: Target = request.param
-    why = target.missing()
-    if why:
-        pytest.skip(why)
+    cc = target.compiler()
+    if cc is None:
+        pytest.skip(f"no compiler for {target.triplet} with its glibc (clang, binutils-{target.triplet}, "
+                    f"libc6-dev-*-cross, libgcc-12-dev-*-cross)")
     top = tmp_path_factory.mktemp(target.abi)
-    yield target, build_root(target, top)
+    yield target, build_root(target, cc, top)
     shutil.rmtree(top, ignore_errors=True)
 
 
@@ -92,7 +102,7 @@ def root(built: tuple) -> Path:
     return built[1]
 
 
-def build_root(target: Target, top: Path) -> Path:
+def build_root(target: Target, cc: List[str], top: Path) -> Path:
     """A root of ``target``: the cross glibc's ld.so and libc, ``/opt/foo/libfoo.so.1`` (versions FOO_1 and
     FOO_2), ``/srv/old/libfoo.so.1`` (FOO_1 only, without ``foo2``), and programs that use it:
 
@@ -113,20 +123,20 @@ def build_root(target: Target, top: Path) -> Path:
     one = _write(src / "one.map", "FOO_1 { global: foo; local: *; };\n")
     (r / "opt" / "foo").mkdir(parents=True)
     (r / "srv" / "old").mkdir(parents=True)
-    _cc(target, "-shared", "-fPIC", "-o", str(r / "opt/foo/libfoo.so.1"), "-Wl,-soname,libfoo.so.1",
+    _cc(cc, "-shared", "-fPIC", "-o", str(r / "opt/foo/libfoo.so.1"), "-Wl,-soname,libfoo.so.1",
         f"-Wl,--version-script={both}", str(foo))
-    _cc(target, "-shared", "-fPIC", "-o", str(r / "srv/old/libfoo.so.1"), "-Wl,-soname,libfoo.so.1",
+    _cc(cc, "-shared", "-fPIC", "-o", str(r / "srv/old/libfoo.so.1"), "-Wl,-soname,libfoo.so.1",
         f"-Wl,--version-script={one}", str(old))
-    _cc(target, "-shared", "-fPIC", "-o", str(src / "libfoo.so.1"), "-Wl,-soname,libfoo.so.1", str(foo))
+    _cc(cc, "-shared", "-fPIC", "-o", str(src / "libfoo.so.1"), "-Wl,-soname,libfoo.so.1", str(foo))
     main = _write(src / "main.c", "int foo(void); int foo2(void);\n"
                                   "int main(int argc, char **argv)\n"
                                   "{ (void)argv; return argc > 1 ? foo2() : foo() - 1; }\n")
     (r / "usr" / "bin").mkdir(parents=True)
     (r / "bin").mkdir()
-    _cc(target, "-o", str(r / "usr/bin/prog"), str(main), f"-L{r / 'opt/foo'}", "-l:libfoo.so.1",
+    _cc(cc, "-o", str(r / "usr/bin/prog"), str(main), f"-L{r / 'opt/foo'}", "-l:libfoo.so.1",
         "-Wl,--enable-new-dtags", "-Wl,-rpath,$ORIGIN/../../opt/foo")
-    _cc(target, "-o", str(r / "usr/bin/plain"), str(main), f"-L{r / 'opt/foo'}", "-l:libfoo.so.1")
-    _cc(target, "-o", str(r / "usr/bin/lazy"), str(main), f"-L{src}", "-l:libfoo.so.1", "-Wl,--enable-new-dtags",
+    _cc(cc, "-o", str(r / "usr/bin/plain"), str(main), f"-L{r / 'opt/foo'}", "-l:libfoo.so.1")
+    _cc(cc, "-o", str(r / "usr/bin/lazy"), str(main), f"-L{src}", "-l:libfoo.so.1", "-Wl,--enable-new-dtags",
         "-Wl,-rpath,/srv/old")
     shutil.copy(r / "usr/bin/plain", r / "bin" / "sh")
     return r

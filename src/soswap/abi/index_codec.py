@@ -326,6 +326,11 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     dirs.ctime = unpack(d["ctime"], "q", nd)
     dirs.subs = _strings(d["subs"], nd)
     dirs.elves = _strings(d["elves"], nd)
+    # a name is one path component: a "/" inside one, or an empty, "." or ".." name, would make another path
+    # of a directory ("bin//app") that no walk finds again
+    if not all(map(_one_component, (n for n, p in zip(names, parents) if p >= 0))) or not all(
+            map(_sound_listing, dirs.subs)) or not all(map(_sound_listing, dirs.elves)):
+        raise ValueError("a name that is not one path component")
     # An unchanged directory is trusted for its listing: the walk descends only into the subdirectories it
     # lists and rechecks only the ELF files it lists. A row its parent does not list, or a file its directory
     # does not list, would never be looked at again (and its dependents would be missed).
@@ -345,6 +350,8 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     if fdirs and (min(fdirs) < 0 or max(fdirs) >= nd):
         raise IndexError("a file in a directory that does not exist")
     _check_listed(fdirs, fnames, dirs.elves, "an ELF file its directory does not list")
+    if not all(map(_one_component, fnames)):
+        raise ValueError("a file name that is not one path component")
     keys = _unpack_keys(_typed(f["key"], dict), nf)
     kinds = _typed(f["kind"], str)
     if len(kinds) != nf or not set(kinds) <= set("pPlLoO"):
@@ -382,6 +389,15 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     return data
 
 
+def _one_component(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
+
+
+def _sound_listing(listing: str) -> bool:
+    """A ``/``-joined listing of names, each one path component (the empty listing lists nothing)."""
+    return not listing or all(n and n not in (".", "..") for n in listing.split("/"))
+
+
 def _check_listed(owners: List[int], names: List[str], listings: List[str], problem: str) -> None:
     """Every ``names[i]`` (with an owner row ``owners[i]`` >= 0) is in the owner's ``/``-joined listing."""
     listed: Dict[int, frozenset] = {}
@@ -399,6 +415,8 @@ def decode_extras(data: IndexData, doc: Dict[str, Any], files_in_order: List[str
                   watched_in_order: List[str]) -> None:
     """Fill in what the extras part holds (for the rows that came from the file and still lack it)."""
     others = _strings(doc["others"], dirs_stored)
+    if not all(map(_sound_listing, others)):
+        raise ValueError("a name that is not one path component")
     req = _strings(doc["req"], len(files_in_order))
     watched_names = _strings(doc["watched"], len(watched_in_order))
     ldcache = {}
