@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import random
 import re
 import shutil
@@ -36,7 +37,7 @@ from typing import Dict, List, Optional
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 sys.path.insert(0, SRC)
 
-from soswap.loader.profile import Profile, host_abi, same_cpu  # noqa: E402
+from soswap.loader.profile import Abi, Profile, host_abi, same_cpu  # noqa: E402
 
 PYTHON = sys.executable
 ADDR = re.compile(r" \(0x[0-9a-f]+\)")
@@ -63,14 +64,20 @@ def files_of(base: Path) -> List[str]:
     return files
 
 
+@functools.cache
+def abi_of(base: Path) -> Abi:
+    """The loader ABI BASE is built for (read once per root)."""
+    return Profile.detect(str(base)).abi
+
+
 def native(base: Path) -> bool:
     """BASE is built for this machine's CPU (else it runs under qemu-user)."""
-    return same_cpu(Profile.detect(str(base)).abi.name, host_abi())
+    return same_cpu(abi_of(base).name, host_abi())
 
 
 def localized(value: str, base: Path) -> str:
     """VALUE with x86-64's multiarch directory replaced by BASE's own."""
-    return value.replace("x86_64-linux-gnu", Profile.detect(str(base)).abi.triplet)
+    return value.replace("x86_64-linux-gnu", abi_of(base).triplet)
 
 
 def one_case(base: Path, files: List[str], env: Dict[str, str], flag: List[str]) -> Optional[str]:

@@ -326,10 +326,9 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     dirs.ctime = unpack(d["ctime"], "q", nd)
     dirs.subs = _strings(d["subs"], nd)
     dirs.elves = _strings(d["elves"], nd)
-    # a name is one path component: a "/" inside one, or an empty, "." or ".." name, would make another path
-    # of a directory ("bin//app") that no walk finds again
-    if not all(map(_one_component, (n for n, p in zip(names, parents) if p >= 0))) or not all(
-            map(_sound_listing, dirs.subs)) or not all(map(_sound_listing, dirs.elves)):
+    # a listed name is one path component: an empty, "." or ".." one would make another path of a directory
+    # ("bin//app") that no walk finds again (every stored name is in a listing: _check_listed below)
+    if not all(map(_sound_listing, dirs.subs)) or not all(map(_sound_listing, dirs.elves)):
         raise ValueError("a name that is not one path component")
     # An unchanged directory is trusted for its listing: the walk descends only into the subdirectories it
     # lists and rechecks only the ELF files it lists. A row its parent does not list, or a file its directory
@@ -350,8 +349,6 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     if fdirs and (min(fdirs) < 0 or max(fdirs) >= nd):
         raise IndexError("a file in a directory that does not exist")
     _check_listed(fdirs, fnames, dirs.elves, "an ELF file its directory does not list")
-    if not all(map(_one_component, fnames)):
-        raise ValueError("a file name that is not one path component")
     keys = _unpack_keys(_typed(f["key"], dict), nf)
     kinds = _typed(f["kind"], str)
     if len(kinds) != nf or not set(kinds) <= set("pPlLoO"):
@@ -389,13 +386,14 @@ def decode_core(doc: Dict[str, Any], extras: bytes, extras_sha: str) -> IndexDat
     return data
 
 
-def _one_component(name: str) -> bool:
-    return bool(name) and "/" not in name and name not in (".", "..")
+def _listed(listing: str) -> List[str]:
+    """The names of a ``/``-joined listing (the empty listing lists nothing)."""
+    return listing.split("/") if listing else []
 
 
 def _sound_listing(listing: str) -> bool:
-    """A ``/``-joined listing of names, each one path component (the empty listing lists nothing)."""
-    return not listing or all(n and n not in (".", "..") for n in listing.split("/"))
+    """Each name of a ``/``-joined listing is one path component."""
+    return all(n and n not in (".", "..") for n in _listed(listing))
 
 
 def _check_listed(owners: List[int], names: List[str], listings: List[str], problem: str) -> None:
@@ -406,7 +404,7 @@ def _check_listed(owners: List[int], names: List[str], listings: List[str], prob
             continue
         names_of = listed.get(owner)
         if names_of is None:
-            names_of = listed[owner] = frozenset(listings[owner].split("/"))
+            names_of = listed[owner] = frozenset(_listed(listings[owner]))
         if name not in names_of:
             raise ValueError(problem)
 

@@ -11,7 +11,8 @@ import re
 from typing import Dict, FrozenSet, Iterator, Optional, Tuple
 
 from soswap.elf import constants as C
-from soswap.errors import SoswapError, UsageError
+from soswap.elf.file import decode_header
+from soswap.errors import ElfError, SoswapError, UsageError
 from soswap.loader import cpu as cpumod
 from soswap.loader.ldcache import (
     FLAG_AARCH64_LIB64,
@@ -118,14 +119,12 @@ def root_abi(fs: RootFS) -> str:
     host = host_abi()
     for probe in _ROOT_PROBES:
         head = _read_prefix(fs.host(probe), 64)
-        if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
+        try:
+            h, _layout = decode_header(head, probe, len(head))
+        except ElfError:
             continue
-        little = head[5] == 1
-        order = "little" if little else "big"
-        machine = int.from_bytes(head[18:20], order)
-        flags = int.from_bytes(head[48:52] if head[4] == 2 else head[36:40], order)
-        abi = abi_for(machine, 64 if head[4] == 2 else 32, flags)
-        if abi is not None and abi.little_endian == little and os.path.exists(fs.host(abi.interpreter)):
+        abi = abi_for(h.machine, h.elf_class, h.flags)
+        if abi is not None and abi.little_endian == h.little_endian and os.path.exists(fs.host(abi.interpreter)):
             return abi.name
     for name in (host, *ABIS):
         if os.path.exists(fs.host(ABIS[name].interpreter)):
