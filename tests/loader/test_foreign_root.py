@@ -1,9 +1,10 @@
-"""A root built for another machine (``soswap tree --root`` on an arm64 or armhf image from an x86-64 host): its ABI
-comes from its own files, the host's CPU is not taken for its CPU, and ``--ldd`` prints what ldd prints on that
-machine. The fixtures are built with clang (or Debian's gcc-TRIPLET) against Debian's arm64 and armhf cross
-glibc; the oracle is that glibc's own ld.so, run under qemu-user (``qemu-aarch64-static -L ROOT``, no
-binfmt_misc needed). Under ``-L``, qemu gives the program its host path, so the oracle's paths lose the root's
-prefix before the comparison; and qemu-user 7.2 maps no vDSO, so the model's vDSO line is left out."""
+"""A root built for another machine (``soswap tree --root`` on an arm64, armhf, ppc64el or s390x image from an x86-64
+host): its ABI comes from its own files, the host's CPU is not taken for its CPU, its CPU's glibc-hwcaps and
+legacy subdirectories are the target's, and ``--ldd`` prints what ldd prints on that machine. The fixtures are
+built with clang (or Debian's gcc-TRIPLET) against Debian's cross glibc; the oracle is that glibc's own ld.so, run
+under qemu-user (``qemu-aarch64-static -L ROOT``, no binfmt_misc needed), with the CPU models qemu has. Under
+``-L``, qemu gives the program its host path, so the oracle's paths lose the root's prefix before the comparison;
+and qemu-user 7.2 maps no vDSO, so the model's vDSO line is left out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import pytest
 
@@ -24,7 +25,7 @@ from soswap.loader.rootfs import RootFS
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 _ADDR = re.compile(r" \(0x[0-9a-f]+\)")
-_VDSO = re.compile(r"^\tlinux-vdso\.so\.1\n", re.M)
+_VDSO = re.compile(r"^\tlinux-vdso(?:64)?\.so\.1\n", re.M)
 
 
 class Target(NamedTuple):
@@ -34,6 +35,11 @@ class Target(NamedTuple):
     triplet: str
     interpreter: str
     qemu: str
+    #: qemu CPU models ("": its default) whose subdirectories differ (``-cpu``)
+    cpus: Tuple[str, ...] = ("",)
+    #: a /proc/cpuinfo of the machine, and two subdirectories it gives (a legacy one with the important hwcaps,
+    #: and one the CPU's platform or level names)
+    cpuinfo: Tuple[str, str, str] = ("", "", "")
 
     @property
     def libc(self) -> Path:
@@ -61,8 +67,21 @@ class Target(NamedTuple):
         return path
 
 
-ARM64 = Target("aarch64", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1", "qemu-aarch64")
-ARMHF = Target("armhf", "arm-linux-gnueabihf", "/lib/ld-linux-armhf.so.3", "qemu-arm")
+ARM64 = Target("aarch64", "aarch64-linux-gnu", "/lib/ld-linux-aarch64.so.1", "qemu-aarch64",
+               cpuinfo=("processor\t: 0\nFeatures\t: fp asimd atomics cpuid\n", "tls/aarch64/atomics", "tls/aarch64"))
+ARMHF = Target("armhf", "arm-linux-gnueabihf", "/lib/ld-linux-armhf.so.3", "qemu-arm",
+               cpuinfo=("processor\t: 0\nFeatures\t: half thumb fastmult vfp edsp neon\nCPU architecture: 7\n",
+                        "tls/v7l/neon/vfp", "tls/v7l"))
+# a POWER9 in POWER9 mode; a z14 (machine type 3906), as their kernels write /proc/cpuinfo
+PPC64EL = Target("ppc64le", "powerpc64le-linux-gnu", "/lib64/ld64.so.2", "qemu-ppc64le",
+                 ("power8", "power9", "power10"),
+                 ("processor\t: 0\ncpu\t\t: POWER9 (architected), altivec supported\nclock\t\t: 2750.000000MHz\n",
+                  "tls/power9/altivec/dfp", "glibc-hwcaps/power9"))
+S390X = Target("s390x", "s390x-linux-gnu", "/lib/ld64.so.1", "qemu-s390x", ("", "qemu,vx=off,vxeh=off"),
+               ("vendor_id       : IBM/S390\n# processors    : 2\n"
+                "features\t: esan3 zarch stfle msa ldisp eimm dfp edat etf3eh highgprs te vx vxd vxe gs sie\n"
+                "processor 0: version = 00,  identification = 2F8F28,  machine = 3906\n",
+                "tls/z14/vxe/vx/dfp/eimm/ldisp/zarch", "glibc-hwcaps/z14"))
 
 pytestmark = pytest.mark.skipif(host_abi() != "x86_64", reason="an x86-64 host looking at another machine's root")
 
@@ -79,7 +98,7 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=[ARM64, ARMHF], ids=["arm64", "armhf"])
+@pytest.fixture(scope="module", params=[ARM64, ARMHF, PPC64EL, S390X], ids=["arm64", "armhf", "ppc64el", "s390x"])
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """(target, its root made by :func:`build_root`)."""
     target: Target = request.param
@@ -115,7 +134,8 @@ def build_root(target: Target, cc: List[str], top: Path) -> Path:
     src = top / "src"
     (r / "lib" / target.triplet).mkdir(parents=True)
     (r / "etc").mkdir()
-    shutil.copy(target.libc / Path(target.interpreter).name, r / "lib")
+    (r / target.interpreter.lstrip("/")).parent.mkdir(exist_ok=True)
+    shutil.copy(target.libc / Path(target.interpreter).name, r / target.interpreter.lstrip("/"))
     shutil.copy(target.libc / "libc.so.6", r / "lib" / target.triplet)
     foo = _write(src / "foo.c", "int foo(void){return 1;}\nint foo2(void){return 2;}\n")
     old = _write(src / "old.c", "int foo(void){return 1;}\n")
@@ -153,12 +173,16 @@ def _model(root: Path, file: str, env: Dict[str, str], relocs: str = RELOCS_NONE
     return Outcome(_VDSO.sub("", out.stdout), out.stderr, out.status)
 
 
-def _oracle(machine: Target, root: Path, file: str, env: Dict[str, str], *extra_env: str) -> Outcome:
+def _qemu(machine: Target, root: Path, cpu: str = "") -> List[str]:
+    return [machine.qemu_path(), *(["-cpu", cpu] if cpu else []), "-L", str(root)]
+
+
+def _oracle(machine: Target, root: Path, file: str, env: Dict[str, str], *extra_env: str, cpu: str = "") -> Outcome:
     """The target's ld.so tracing the program ``file`` under qemu: what ldd prints for it (ldd starts ld.so with
     the program as its argument, and ld.so then names itself by the program's PT_INTERP, as here). A library
     cannot be run this way: ``ld.so LIB`` under ``-L`` gets ld.so's host path as its name; the bench's root sweep
     has them."""
-    args = [machine.qemu_path(), "-L", str(root), "-E", "LD_TRACE_LOADED_OBJECTS=1"]
+    args = [*_qemu(machine, root, cpu), "-E", "LD_TRACE_LOADED_OBJECTS=1"]
     for k, v in env.items():
         args += ["-E", f"{k}={v}"]
     for e in extra_env:
@@ -169,9 +193,17 @@ def _oracle(machine: Target, root: Path, file: str, env: Dict[str, str], *extra_
     return Outcome(_ADDR.sub("", r.stdout).replace(str(root) + "/", "/"), "", r.returncode)
 
 
-def _search_path(machine: Target, root: Path) -> List[str]:
+def _auxv(machine: Target, root: Path, cpu: str = "") -> str:
+    """What ``LD_SHOW_AUXV=1`` prints on the target's CPU: the hwcaps and platform its ld.so starts from."""
+    r = subprocess.run([*_qemu(machine, root, cpu), "-E", "LD_SHOW_AUXV=1", str(root / "usr/bin/prog")],
+                       capture_output=True, text=True, env=BASE_ENV, timeout=120)
+    assert "AT_HWCAP" in r.stdout, r.stderr
+    return r.stdout
+
+
+def _search_path(machine: Target, root: Path, cpu: str = "") -> List[str]:
     """The subdirectories the real ld.so tries in an LD_LIBRARY_PATH directory (``LD_DEBUG=libs``), in order."""
-    r = subprocess.run([machine.qemu_path(), "-L", str(root), "-E", "LD_DEBUG=libs", "-E",
+    r = subprocess.run([*_qemu(machine, root, cpu), "-E", "LD_DEBUG=libs", "-E",
                         "LD_LIBRARY_PATH=/nowhere", str(root / "usr/bin/prog")], capture_output=True, text=True,
                        env=BASE_ENV, timeout=120)
     m = re.search(r"search path=(\S+)\s+\(LD_LIBRARY_PATH\)", r.stderr)
@@ -203,8 +235,9 @@ def test_without_a_shell_the_ld_so_present_names_the_abi(machine: Target, root: 
 def test_a_foreign_root_does_not_take_the_hosts_cpu(machine: Target, root: Path) -> None:
     p = Profile.detect(str(root))
     assert p.cpu == ("", (), machine.abi) and p.legacy_hwcap == 0
-    plat = {"aarch64": "aarch64", "armhf": "v7l"}[machine.abi]
-    assert (p.platform, p.legacy_subdirs) == (plat, (f"tls/{plat}", "tls", plat))
+    # the kernel's AT_PLATFORM for the ABI's first CPU: no hwcaps, no glibc-hwcaps level
+    plat = {"aarch64": "aarch64", "armhf": "v7l", "ppc64le": "power8", "s390x": "z10"}[machine.abi]
+    assert (p.platform, p.legacy_subdirs, p.hwcaps_subdirs) == (plat, (f"tls/{plat}", "tls", plat), ())
     # the host's own root keeps the host's CPU
     assert Profile.detect("/").cpu[1] != ()  # type: ignore[index]
 
@@ -230,6 +263,55 @@ def test_vfp_neon_subdirectories_match_the_real_ld_so(machine: Target, root: Pat
     p = Profile.detect(str(root), cpuinfo=cpuinfo)
     assert list(p.legacy_subdirs) == _search_path(machine, root)
     assert (p.platform, p.legacy_hwcap) == ("v8l", 1 << 6 | 1 << 12)
+
+
+def test_subdirectories_match_the_real_ld_so_on_each_cpu(machine: Target, root: Path) -> None:
+    # what LD_SHOW_AUXV prints on the CPU, given as --cpuinfo, gives the glibc-hwcaps levels
+    # (_dl_hwcaps_subdirs_active: POWER9/10 from AT_HWCAP2, z13-z16 from AT_HWCAP) and the legacy subdirectories
+    # (HWCAP_IMPORTANT and AT_PLATFORM, which qemu-user gives only on ARM) that ld.so searches, in its order
+    seen = set()
+    for cpu in machine.cpus:
+        auxv = _auxv(machine, root, cpu)
+        p = Profile.detect(str(root), cpuinfo=auxv)
+        assert [f"glibc-hwcaps/{d}" for d in p.hwcaps_subdirs] + list(p.legacy_subdirs) == \
+            _search_path(machine, root, cpu), cpu
+        at_platform = re.search(r"^AT_PLATFORM:\s*(\S+)", auxv, re.M)
+        assert p.platform == (at_platform.group(1) if at_platform else None)
+        seen.add(p.hwcaps_subdirs)
+    assert len(seen) == len(machine.cpus)  # each CPU model is a case of its own
+
+
+def test_a_library_in_a_glibc_hwcaps_subdirectory_is_loaded_where_the_cpu_has_the_level(machine: Target,
+                                                                                         root: Path) -> None:
+    # the FOO_1-only libfoo in the lowest level's subdirectory of the RUNPATH directory: the CPUs with that
+    # level load it (and FOO_2 is not found), the others the one beside it
+    level = {"ppc64le": "power9", "s390x": "z13"}.get(machine.abi)
+    if level is None:
+        pytest.skip("glibc 2.36 has no glibc-hwcaps subdirectories on ARM")
+    sub = root / "opt/foo/glibc-hwcaps" / level
+    sub.mkdir(parents=True)
+    shutil.copy(root / "srv/old/libfoo.so.1", sub)
+    try:
+        loaded = []
+        for cpu in machine.cpus:
+            want = _oracle(machine, root, "/usr/bin/prog", {}, cpu=cpu)
+            loader = Loader(Profile.detect(str(root), cpuinfo=_auxv(machine, root, cpu)),
+                            Environment.from_environ({}, cwd="/"))
+            got = LddModel(loader, RELOCS_NONE).run(["/usr/bin/prog"])
+            assert _VDSO.sub("", got.stdout) == want.stdout, cpu
+            loaded.append(f"glibc-hwcaps/{level}/libfoo.so.1" in want.stdout)
+        assert any(loaded) and not all(loaded)
+    finally:
+        shutil.rmtree(root / "opt/foo/glibc-hwcaps")
+
+
+def test_proc_cpuinfo_names_the_platform_and_levels(machine: Target, root: Path) -> None:
+    # /proc/cpuinfo as the target's kernel writes it: POWER's "cpu" line and Z's machine type give AT_PLATFORM
+    text, legacy, named = machine.cpuinfo
+    p = Profile.detect(str(root), cpuinfo=text)
+    dirs = [f"glibc-hwcaps/{d}" for d in p.hwcaps_subdirs] + list(p.legacy_subdirs)
+    assert legacy in dirs and named in dirs
+    assert dirs.index(legacy) < dirs.index(legacy.rsplit("/", 1)[0])  # the important hwcaps first
 
 
 # -- ldd on that machine -----------------------------------------------------------------------------------------
@@ -297,13 +379,13 @@ def test_the_command_names_the_foreign_abi(root: Path, machine: Target) -> None:
     assert r.returncode == 0, r.stderr
     assert f'"abi": "{machine.abi}"' in r.stdout
     cpuinfo = root.parent / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd atomics vfp neon\n")
+    text, legacy, named = machine.cpuinfo
+    cpuinfo.write_text(text)
     r = subprocess.run([sys.executable, "-m", "soswap", "tree", "--root", str(root), "--json", "--clean-env",
                         "--cpuinfo", str(cpuinfo), "/usr/bin/prog"], capture_output=True, text=True, env=env,
                        timeout=120)
-    plain = '"tls/aarch64"' if machine.abi == "aarch64" else '"tls/v7l"'
-    rich = '"tls/aarch64/atomics"' if machine.abi == "aarch64" else '"tls/v7l/neon/vfp"'
-    assert r.returncode == 0 and rich in r.stdout and plain in r.stdout, r.stderr
+    assert r.returncode == 0 and f'"{legacy}"' in r.stdout, r.stderr
+    assert f'"{named.split("/")[-1]}"' in r.stdout
     r = subprocess.run([sys.executable, "-m", "soswap", "tree", "--cpuinfo", str(root / "nothing"), "/bin/true"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stdout == ""

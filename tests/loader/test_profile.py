@@ -14,7 +14,15 @@ import pytest
 
 from loader.helpers import PROFILE
 from soswap.loader import Profile
-from soswap.loader.cpu import CpuInfo, isa_level, legacy_subdirs, x86_64_hwcaps_subdirs, x86_64_platform
+from soswap.loader.cpu import (
+    CpuInfo,
+    isa_level,
+    legacy_subdirs,
+    ppc64le_hwcaps_subdirs,
+    s390x_hwcaps_subdirs,
+    x86_64_hwcaps_subdirs,
+    x86_64_platform,
+)
 from soswap.loader.dst import has_dst, is_dst, is_trusted_path, substitute
 from soswap.loader.rootfs import RootFS
 
@@ -124,6 +132,84 @@ def test_v3_needs_bmi_from_glibc_237() -> None:
     cpu = CpuInfo.parse(CPUINFO.format(vendor="GenuineIntel", flags=V3.replace(" bmi1 bmi2", "")))
     assert isa_level(cpu, (2, 36)) & 4
     assert not isa_level(cpu, (2, 37)) & 4
+
+
+# /proc/cpuinfo as POWER kernels write it (the "cpu" line is the cpu_spec's name), and what the kernel's
+# AT_PLATFORM and AT_HWCAP2 are for it
+@pytest.mark.parametrize("cpu, platform, levels", [
+    ("POWER8E (raw), altivec supported", "power8", ()),
+    ("POWER8NVL (raw), altivec supported", "power8", ()),
+    ("POWER9 (architected), altivec supported", "power9", ("power9",)),
+    ("POWER10 (raw), altivec supported", "power10", ("power10", "power9")),
+    ("Power11 (architected), altivec supported", "power11", ("power10", "power9")),
+])
+def test_power_cpuinfo(cpu: str, platform: str, levels: tuple) -> None:
+    info = CpuInfo.parse(f"processor\t: 0\ncpu\t\t: {cpu}\nclock\t\t: 2750.000000MHz\n", "ppc64le")
+    assert info.platform == platform and info.has("altivec", "dfp")
+    assert ppc64le_hwcaps_subdirs(info) == levels
+    p = Profile.detect("/", abi="ppc64le", cpuinfo=f"cpu\t\t: {cpu}\n")
+    assert p.platform == platform and p.legacy_hwcap == 1 << 28 | 1 << 10  # PPC_FEATURE_HAS_ALTIVEC, _HAS_DFP
+    # _dl_string_platform: power8 is bit 32 + 13; glibc knows no power11 (entries with a platform are skipped)
+    bits = {"power8": 1 << 45, "power9": 1 << 46, "power10": 1 << 47}
+    if platform != "power10" or p.glibc_version >= (2, 32):  # power10 came in 2.32
+        assert p.legacy_platform_bit == bits.get(platform, 0)
+    assert CpuInfo.from_facts(info.facts()) == info
+
+
+_Z = ("vendor_id       : IBM/S390\n# processors    : 4\nfeatures\t: {features}\n"
+      "facilities      : 0 1 2 3 4 6 7 8 9 10 12 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 30 31 32 33 34 35 "
+      "36 37 38 40 41 42 43 44 45 47 48 49 50 51 52 53 54 57 58 59 60 61 64 69 71 73 74 75 76 77 78 80 81 82 "
+      "{extra}129 130 131 133 134 135 138 139 146 147 148 150 151 152 155 156 168\n"
+      "processor 0: version = 00,  identification = 2F8F28,  machine = {machine}\n")
+_Z13 = "esan3 zarch stfle msa ldisp eimm dfp edat etf3eh highgprs te vx sie"
+_Z14 = _Z13.replace(" vx ", " vx vxd vxe gs ")
+_Z15 = _Z14.replace(" gs ", " gs vxe2 vxp sort dflt ")
+_Z16 = _Z15.replace(" dflt ", " dflt vxp2 nnpa ")
+
+
+@pytest.mark.parametrize("features, machine, extra, glibc, platform, levels", [
+    (_Z13, "2964", "", (2, 36), "z13", ("z13",)),
+    (_Z14, "3906", "", (2, 36), "z14", ("z14", "z13")),
+    (_Z15, "8561", "", (2, 36), "z15", ("z15", "z14", "z13")),
+    (_Z16, "3931", "", (2, 35), "z16", ("z15", "z14", "z13")),  # z16 came in 2.36
+    (_Z16, "3931", "", (2, 36), "z16", ("z16", "z15", "z14", "z13")),
+    (_Z16, "9175", "84 198 199 201 ", (2, 41), "z17", ("z16", "z15", "z14", "z13")),
+    (_Z16, "9175", "84 198 199 201 ", (2, 42), "z17", ("z17", "z16", "z15", "z14", "z13")),  # the facilities
+    (_Z16, "9175", "84 198 201 ", (2, 42), "z17", ("z16", "z15", "z14", "z13")),
+    (_Z13.replace(" vx", ""), "2827", "", (2, 36), "zEC12", ()),
+    (_Z15.replace(" vxd", ""), "8561", "", (2, 36), "z15", ("z13",)),  # each level needs the ones before it
+    (_Z13, "1234", "", (2, 36), "z10", ("z13",)),  # an unknown machine type: setup_elf_platform's default
+])
+def test_z_cpuinfo(features: str, machine: str, extra: str, glibc: tuple, platform: str, levels: tuple) -> None:
+    text = _Z.format(features=features, machine=machine, extra=extra)
+    info = CpuInfo.parse(text, "s390x")
+    assert info.platform == platform
+    assert s390x_hwcaps_subdirs(info, glibc) == levels
+    p = Profile.detect("/", abi="s390x", cpuinfo=text)
+    # HWCAP_IMPORTANT: ZARCH LDISP EIMM DFP VX VXE VXRS_EXT2, by bit number
+    important = [n for b, n in ((1, "zarch"), (4, "ldisp"), (5, "eimm"), (6, "dfp"), (11, "vx"), (13, "vxe"),
+                                (15, "vxe2")) if info.has(n)]
+    assert p.legacy_hwcap == sum(1 << b for b, n in ((1, "zarch"), (4, "ldisp"), (5, "eimm"), (6, "dfp"),
+                                                     (11, "vx"), (13, "vxe"), (15, "vxe2")) if n in important)
+    if p.glibc_version <= (2, 36):
+        assert p.legacy_subdirs[0] == "/".join(["tls", platform, *reversed(important)])
+
+
+def test_an_auxv_dump_is_what_ld_so_starts_from() -> None:
+    # LD_SHOW_AUXV=1 on the target: names where _dl_procinfo knows them, a number on AArch64 (HWCAP_ATOMICS is
+    # bit 8 of AT_HWCAP; AT_HWCAP2's bits are not hwcaps ld.so searches by); no AT_PLATFORM: none
+    arm64 = CpuInfo.parse("AT_SYSINFO_EHDR:      0x7f0\nAT_HWCAP:             ecfffffb\nAT_HWCAP2:            0x100\n"
+                          "AT_PAGESZ:            4096\n", "aarch64")
+    assert arm64.flags == frozenset({"atomics"}) and arm64.platform == ""
+    assert CpuInfo.parse("AT_HWCAP:             ecfffefb\nAT_HWCAP2:   0x100\n", "aarch64").flags == frozenset()
+    power = CpuInfo.parse("AT_HWCAP:  vsx arch_2_06 dfp fpu altivec ppc64\nAT_HWCAP2:  darn ieee128 arch_3_00 "
+                          "vcrypto tar isel arch_2_07\nAT_PLATFORM:   power9\n", "ppc64le")
+    assert power.platform == "power9" and ppc64le_hwcaps_subdirs(power) == ("power9",)
+    p = Profile.detect("/", abi="ppc64le", cpuinfo="AT_HWCAP:   vsx dfp altivec\nAT_HWCAP2:   ieee128 arch_3_00\n")
+    assert p.platform is None and "power8" not in "".join(p.legacy_subdirs)
+    if p.glibc_version <= (2, 36):
+        assert p.legacy_subdirs == ("tls/altivec/dfp", "tls/altivec", "tls/dfp", "tls", "altivec/dfp", "altivec",
+                                    "dfp")
 
 
 def test_legacy_power_set_order() -> None:

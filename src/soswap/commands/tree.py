@@ -66,9 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "capabilities, its mount and the caller)")
     parser.add_argument("--platform", metavar="NAME", default=None, help="value of $PLATFORM (default: detected)")
     parser.add_argument("--cpuinfo", metavar="FILE", default=None,
-                        help="the target's /proc/cpuinfo, for its glibc-hwcaps and hwcap subdirectories (default: "
-                             "this machine's; for a --root built for another machine, a CPU without optional "
-                             "features)")
+                        help="the target's /proc/cpuinfo, or what LD_SHOW_AUXV=1 /bin/true prints there, for "
+                             "its glibc-hwcaps and hwcap subdirectories and $PLATFORM (default: this machine's; "
+                             "for a --root built for another machine, a CPU without optional features)")
     parser.add_argument("--glibc-hwcaps-mask", metavar="LIST", default=None,
                         help="only these glibc-hwcaps subdirectories (colon-separated), as ld.so's option")
     parser.add_argument("--inhibit-cache", action="store_true", help="do not use ld.so.cache")

@@ -45,6 +45,7 @@ EM_PARISC = 15
 EM_PPC = 20
 EM_PPC64 = 21
 EM_S390 = 22
+EM_ALPHA = 0x9026  # glibc's elf.h (the unofficial number every Linux Alpha object carries)
 EM_ARM = 40
 #: ARM e_flags: the EABI version (``EF_ARM_EABI_VERSION``) and the float ABI of an EABI v5 object.
 EF_ARM_EABIMASK = 0xFF000000

@@ -231,6 +231,12 @@ class ElfFile:
         return self.header.machine
 
     @property
+    def hash_entry_size(self) -> int:
+        """The size of a DT_HASH word: ``Elf_Symndx`` is 64 bits on 64-bit s390 and Alpha
+        (sysdeps/unix/sysv/linux/{s390,alpha}/bits/elfclass.h), 32 bits elsewhere."""
+        return 8 if self.header.machine in (C.EM_S390, C.EM_ALPHA) and self.layout.is64 else 4
+
+    @property
     def machine_name(self) -> str:
         return C.EM_NAMES.get(self.header.machine, str(self.header.machine))
 

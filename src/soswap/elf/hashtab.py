@@ -13,7 +13,7 @@ from operator import mul
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from soswap.elf import constants as C
-from soswap.elf.symbols import symbol_count
+from soswap.elf.symbols import symbol_count, sysv_hash_header
 from soswap.errors import ElfError
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ def _words(data: bytes, code: str, little: bool) -> array:
     return a
 
 
+
 class RawSymbols:
     """Dynamic symbol table, string table, DT_VERSYM and hash table of one object, as arrays."""
 
@@ -175,8 +176,10 @@ class RawSymbols:
 
     def _load_sysv(self, addr: int) -> Tuple[array, array]:
         elf = self.elf
-        nbucket, nchain = elf.layout.hash_header.unpack(elf.read_at_vaddr(addr, 8, "DT_HASH"))
-        words = _words(elf.read_at_vaddr(addr + 8, 4 * (nbucket + nchain), "DT_HASH"), "I", elf.layout.little)
+        nbucket, nchain = sysv_hash_header(elf, addr)
+        size = elf.hash_entry_size
+        words = _words(elf.read_at_vaddr(addr + 2 * size, size * (nbucket + nchain), "DT_HASH"),
+                       "I" if size == 4 else "Q", elf.layout.little)
         return words[:nbucket], words[nbucket:]
 
     def _name_is(self, index: int, name: bytes) -> bool:

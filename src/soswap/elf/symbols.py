@@ -6,6 +6,7 @@ import functools
 import gc
 import itertools
 import operator
+import struct
 import sys
 from array import array
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -292,6 +293,15 @@ def _without_gc(fn: Callable[..., Any], *args: Any) -> Any:
             gc.enable()
 
 
+def sysv_hash_header(elf: ElfFile, addr: int) -> Tuple[int, int]:
+    """(nbucket, nchain) of the DT_HASH table at ``addr`` (words of :attr:`ElfFile.hash_entry_size`)."""
+    size = elf.hash_entry_size
+    head = elf.read_at_vaddr(addr, 2 * size, "DT_HASH")
+    if size == 4:
+        return elf.layout.hash_header.unpack(head)
+    return struct.unpack(("<" if elf.layout.little else ">") + "QQ", head)
+
+
 def symbol_count(elf: ElfFile) -> int:
     """The number of dynamic symbols: DT_HASH's nchain; else the end of DT_GNU_HASH's last chain; else (no
     hash table, or a GNU hash table with no hashed symbol) the section headers, else the gap between DT_SYMTAB
@@ -299,7 +309,7 @@ def symbol_count(elf: ElfFile) -> int:
     tags = elf.dynamic.tags
     lay = elf.layout
     if C.DT_HASH in tags:
-        _nbucket, nchain = lay.hash_header.unpack(elf.read_at_vaddr(tags[C.DT_HASH], 8, "DT_HASH"))
+        _nbucket, nchain = sysv_hash_header(elf, tags[C.DT_HASH])
         return int(nchain)
     floor = 0
     if C.DT_GNU_HASH in tags:

@@ -1,11 +1,13 @@
-"""What the loader derives from the CPU, computed from ``/proc/cpuinfo`` (never by running ld.so or cpuid):
-the x86-64 ISA levels (``get_isa_level``), the glibc-hwcaps subdirectories they activate, ``$PLATFORM``
-(``init_cpu_features``: ``haswell`` / ``xeon_phi`` on Intel) and the legacy hwcap bits (``HWCAP_X86_64``,
-``HWCAP_X86_AVX512_1``) behind the pre-2.37 ``tls/haswell/avx512_1/x86_64`` subdirectories.
+"""What the loader derives from the CPU, computed from ``/proc/cpuinfo`` or from what ``LD_SHOW_AUXV=1`` prints
+on the target (never by running ld.so or cpuid): the x86-64 ISA levels (``get_isa_level``), the glibc-hwcaps
+subdirectories they activate, ``$PLATFORM`` (``init_cpu_features``: ``haswell`` / ``xeon_phi`` on Intel) and the
+legacy hwcap bits (``HWCAP_X86_64``, ``HWCAP_X86_AVX512_1``) behind the pre-2.37 ``tls/haswell/avx512_1/x86_64``
+subdirectories; the POWER and Z levels (``_dl_hwcaps_subdirs_active``) from the kernel's hwcap names.
 """
 
 from __future__ import annotations
 
+import re
 from typing import FrozenSet, List, Optional, Tuple
 
 from soswap.tuples import NamedTuple
@@ -26,36 +28,65 @@ class CpuInfo(NamedTuple):
     """The facts about the CPU that the loader uses."""
 
     vendor: str  # "GenuineIntel", "AuthenticAMD", ...
+    #: x86: /proc/cpuinfo's flags; elsewhere the kernel's hwcap names (AT_HWCAP, AT_HWCAP2)
     flags: FrozenSet[str]
     arch: str  # "x86_64", "aarch64", ...
     #: ARM's "CPU architecture" (7, 8; 0: not said): the kernel's AT_PLATFORM is "v7l", "v8l"
     architecture: int = 0
+    #: The kernel's AT_PLATFORM when the text says it (None: not said; "": none, which ld.so takes as no
+    #: platform). Not used on x86, where ``init_cpu_features`` sets the platform.
+    platform: Optional[str] = None
 
     @classmethod
     def parse(cls, text: str, arch: str = "x86_64") -> CpuInfo:
-        """Parse the text of ``/proc/cpuinfo`` (the first processor block is enough)."""
+        """Parse the text of ``/proc/cpuinfo`` (the first processor block is enough), or what
+        ``LD_SHOW_AUXV=1`` prints on the target (``AT_HWCAP``, ``AT_HWCAP2``, ``AT_PLATFORM`` lines: the values
+        ld.so itself starts from)."""
         vendor = ""
         flags: FrozenSet[str] = frozenset()
         architecture = 0
+        platform: Optional[str] = None
+        dump = False  # the text is LD_SHOW_AUXV's
+        hwcaps: List[str] = []
+        extra: List[str] = []
         for line in text.splitlines():
             key, sep, value = line.partition(":")
             if not sep:
                 continue
             key = key.strip()
-            if key == "vendor_id" and not vendor:
+            if key.startswith("AT_"):
+                dump = True
+                if key in ("AT_HWCAP", "AT_HWCAP2"):
+                    hwcaps += _auxv_names(value.split(), arch, key == "AT_HWCAP")
+                elif key == "AT_PLATFORM":
+                    platform = value.strip()
+            elif key == "vendor_id" and not vendor:
                 vendor = value.strip()
-            elif key in ("flags", "Features") and not flags:
+            elif key in ("flags", "Features", "features") and not flags:
                 flags = frozenset(value.split())
             elif key == "CPU architecture" and not architecture:
                 digits = value.strip()
                 architecture = int(digits) if digits.isdigit() and len(digits) < 3 else 0
-        return cls(vendor, flags, arch, architecture)
+            elif key == "cpu" and arch == "ppc64le" and platform is None:
+                platform, names = _power_model(value)
+                extra += names
+            elif key == "facilities" and arch == "s390x":
+                extra += [f"stfle{n}" for n in value.split() if n in _ARCH15_FACILITIES]
+        if dump:  # AT_PLATFORM is absent when the kernel gave none
+            return cls(vendor, frozenset(hwcaps), arch, architecture, platform or "")
+        if arch == "s390x":
+            m = _S390_MACHINE.search(text)
+            if m:
+                platform = _S390_MACHINES.get(m.group(1).upper(), "z10")
+        return cls(vendor, flags.union(extra), arch, architecture, platform)
 
     def facts(self) -> tuple:
         """The CPU as a profile keeps it (:attr:`soswap.loader.profile.Profile.cpu`): the flags sorted, the
-        architecture only when known."""
-        out: tuple = (self.vendor, tuple(sorted(self.flags)), self.arch)
-        return (*out, self.architecture) if self.architecture else out
+        architecture and platform only when known."""
+        out: tuple = (self.vendor, tuple(sorted(self.flags)), self.arch, self.architecture, self.platform)
+        while len(out) > 3 and out[-1] in (0, None):
+            out = out[:-1]
+        return out
 
     @classmethod
     def from_facts(cls, facts: tuple, arch: Optional[str] = None) -> CpuInfo:
@@ -258,6 +289,78 @@ def x86_64_platform(cpu: CpuInfo) -> Tuple[str, bool]:
         if platform is None and cpu.has("avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt"):
             platform = "haswell"
     return (platform or "x86_64"), avx512_1
+
+
+# -- POWER and Z: the kernel's names for the CPU -------------------------------------------------------------
+
+#: The hwcap names (AT_HWCAP, AT_HWCAP2) a POWER CPU of each ISA level has that ld.so looks at: HWCAP_IMPORTANT
+#: (altivec, dfp: POWER6 and later) and what _dl_hwcaps_subdirs_active tests (the kernel's COMMON_USER2_POWER9
+#: and _POWER10 in arch/powerpc/kernel/cpu_specs_book3s_64.h; POWER11 has POWER10's).
+_POWER_NAMES = {8: ("altivec", "dfp"), 9: ("altivec", "dfp", "arch_3_00", "ieee128"),
+                10: ("altivec", "dfp", "arch_3_00", "ieee128", "arch_3_1", "mma")}
+_POWER_MODEL = re.compile(r"\s*power(\d+)", re.I)
+
+
+def _power_model(cpu: str) -> Tuple[Optional[str], Tuple[str, ...]]:
+    """(AT_PLATFORM, hwcap names) of /proc/cpuinfo's ``cpu`` line on POWER ("POWER9 (architected), altivec
+    supported"): the kernel's cpu_spec platform is "power" and the model's number ("POWER8E" and "POWER8NVL"
+    are "power8")."""
+    m = _POWER_MODEL.match(cpu)
+    if m is None or len(m.group(1)) > 3:
+        return None, ()
+    n = int(m.group(1))
+    return f"power{n}", _POWER_NAMES[min(max(n, 8), 10)] if n >= 6 else ()
+
+
+#: The kernel's AT_PLATFORM by machine type (setup_elf_platform, arch/s390/kernel/processor.c; unknown: "z10").
+_S390_MACHINES = {"2817": "z196", "2818": "z196", "2827": "zEC12", "2828": "zEC12", "2964": "z13", "2965": "z13",
+                  "3906": "z14", "3907": "z14", "8561": "z15", "8562": "z15", "3931": "z16", "3932": "z16",
+                  "9175": "z17", "9176": "z17"}
+_S390_MACHINE = re.compile(r"machine\s*[=:]\s*([0-9A-Fa-f]{4})\b")
+#: The facilities (STFLE bits) S390_IS_ARCH15 asks for: z17 (sysdeps/s390/cpu-features.h, glibc 2.42)
+_ARCH15_FACILITIES = ("84", "198", "199", "201")
+#: AArch64's HWCAP_ATOMICS (bit 8): ld.so prints AT_HWCAP there as a hexadecimal number
+_AARCH64_HWCAP_NAMES = ((8, "atomics"),)
+
+
+def _auxv_names(words: List[str], arch: str, first: bool) -> List[str]:
+    """The hwcap names of an ``AT_HWCAP`` (``first``) or ``AT_HWCAP2`` value as ``LD_SHOW_AUXV`` prints it:
+    names where ``_dl_procinfo`` knows them, else a hexadecimal number, of which only AArch64's ATOMICS bit
+    (in AT_HWCAP) is read."""
+    if len(words) == 1 and arch == "aarch64":
+        if not first:
+            return []
+        try:
+            value = int(words[0], 16)
+        except ValueError:
+            return words
+        return [name for bit, name in _AARCH64_HWCAP_NAMES if value >> bit & 1]
+    return words
+
+
+def ppc64le_hwcaps_subdirs(cpu: CpuInfo) -> Tuple[str, ...]:
+    """The active glibc-hwcaps subdirectories, best first (sysdeps/powerpc/powerpc64/le/dl-hwcaps-subdirs.c:
+    POWER9 needs ARCH_3_00 and IEEE128, POWER10 also ARCH_3_1 and MMA)."""
+    if not cpu.has("arch_3_00", "ieee128"):
+        return ()
+    return ("power10", "power9") if cpu.has("arch_3_1", "mma") else ("power9",)
+
+
+#: (subdirectory, the hwcap names it needs, the first glibc that has it), in the order
+#: _dl_hwcaps_subdirs_active tests them (sysdeps/s390/s390-64/dl-hwcaps-subdirs.c); z17 asks the facilities.
+_S390_LEVELS = (("z13", ("vx",), (2, 33)), ("z14", ("vxd", "vxe", "gs"), (2, 33)), ("z15", ("vxe2", "vxp"), (2, 33)),
+                ("z16", ("vxp2",), (2, 36)), ("z17", tuple(f"stfle{n}" for n in _ARCH15_FACILITIES), (2, 42)))
+
+
+def s390x_hwcaps_subdirs(cpu: CpuInfo, glibc: Tuple[int, int]) -> Tuple[str, ...]:
+    """The active glibc-hwcaps subdirectories of release ``glibc``, best first: each level needs the ones
+    before it."""
+    out: List[str] = []
+    for name, needs, since in _S390_LEVELS:
+        if glibc < since or not cpu.has(*needs):
+            break
+        out.insert(0, name)
+    return tuple(out)
 
 
 def legacy_subdirs(names: List[str]) -> Tuple[str, ...]:

@@ -333,27 +333,58 @@ def _cpu_facts(abi: str, info: cpumod.CpuInfo, version: Tuple[int, int]) -> Dict
         platform_bit = 1 << 49
         if version <= (2, 36):
             legacy = cpumod.legacy_subdirs((["sse2"] if sse2 else []) + [platform, "tls"])
-    elif abi == "aarch64":
-        platform = abi  # AT_PLATFORM (the kernel's ELF_PLATFORM)
-        # HWCAP_IMPORTANT is HWCAP_ATOMICS, bit 8 (sysdeps/unix/sysv/linux/aarch64/dl-procinfo.h)
-        atomics = info.has("atomics")
-        legacy_hwcap = (1 << 8) if atomics else 0
-        if version <= (2, 36):
-            legacy = cpumod.legacy_subdirs((["atomics"] if atomics else []) + [platform, "tls"])
-    elif abi in ("armhf", "armel"):
-        # AT_PLATFORM is "v<architecture>l" (the kernel's ELF_PLATFORM; /proc/cpuinfo's "CPU architecture");
-        # HWCAP_IMPORTANT is VFP (bit 6) and NEON (bit 12) (sysdeps/unix/sysv/linux/arm/dl-procinfo.h)
-        platform = f"v{info.architecture or 7}l"
-        names = [n for n in ("vfp", "neon") if info.has(n)]
-        legacy_hwcap = (1 << 6 if "vfp" in names else 0) | (1 << 12 if "neon" in names else 0)
-        if version <= (2, 36):
-            legacy = cpumod.legacy_subdirs([*names, platform, "tls"])
     else:
-        platform = abi
+        # AT_PLATFORM, the kernel's ELF_PLATFORM, as the CPU's text says it, else the ABI's usual one; an empty
+        # one is none (dl_platform_init)
+        platform = info.platform if info.platform is not None else _DEFAULT_PLATFORM.get(abi, abi)
+        if abi in ("armhf", "armel") and info.platform is None:
+            platform = f"v{info.architecture or 7}l"  # /proc/cpuinfo's "CPU architecture"
+        platform = platform or None
+        # HWCAP_IMPORTANT (each arch's dl-procinfo.h), the names by bit number
+        important = _IMPORTANT_HWCAPS.get(abi, ())
+        names = [name for _bit, name in important if info.has(name)]
+        legacy_hwcap = sum(1 << bit for bit, name in important if name in names)
+        if abi == "ppc64le" and version >= (2, 33):
+            hwcaps = cpumod.ppc64le_hwcaps_subdirs(info)
+        elif abi == "s390x" and version >= (2, 33):
+            hwcaps = cpumod.s390x_hwcaps_subdirs(info, version)
+        platforms = _platforms(abi, version)
+        if platforms:
+            # _dl_string_platform: bits from _DL_FIRST_PLATFORM (32 on POWER and Z)
+            platform_mask = ((1 << len(platforms)) - 1) << 32
+            platform_bit = 1 << (32 + platforms.index(platform)) if platform in platforms else 0
         if version <= (2, 36):
-            legacy = cpumod.legacy_subdirs([platform, "tls"])
+            legacy = cpumod.legacy_subdirs([*names, *([platform] if platform else []), "tls"])
     return dict(platform=platform, hwcaps_subdirs=hwcaps, legacy_subdirs=legacy, isa_level=isa,
                 legacy_hwcap=legacy_hwcap, legacy_platform_bit=platform_bit, legacy_platform_mask=platform_mask)
+
+
+#: AT_PLATFORM where the CPU's text does not say it: the kernel's for the ABI's first CPU (POWER8 for ppc64le;
+#: setup_elf_platform's default on Z)
+_DEFAULT_PLATFORM = {"ppc64le": "power8", "s390x": "z10"}
+#: HWCAP_IMPORTANT as (bit, name), by bit number: aarch64 HWCAP_ATOMICS; arm VFP, NEON; powerpc
+#: PPC_FEATURE_HAS_DFP, _HAS_ALTIVEC; s390 ZARCH, LDISP, EIMM, DFP, VX, VXE, VXRS_EXT2
+_IMPORTANT_HWCAPS = {
+    "aarch64": ((8, "atomics"),),
+    "armhf": ((6, "vfp"), (12, "neon")),
+    "armel": ((6, "vfp"), (12, "neon")),
+    "ppc64le": ((10, "dfp"), (28, "altivec")),
+    "s390x": ((1, "zarch"), (4, "ldisp"), (5, "eimm"), (6, "dfp"), (11, "vx"), (13, "vxe"), (15, "vxe2")),
+}
+
+
+def _platforms(abi: str, version: Tuple[int, int]) -> Tuple[str, ...]:
+    """The platforms ``_dl_string_platform`` knows, by bit (from _DL_FIRST_PLATFORM), where ld.so.cache entries
+    may carry one (sysdeps/powerpc/dl-procinfo.h, sysdeps/s390/dl-procinfo.c)."""
+    if abi == "ppc64le":
+        # power10 came in 2.32
+        power = ("power4", "ppc970", "power5", "power5+", "power6", "ppc-cell-be", "power6x", "power7", "ppca2",
+                 "ppc405", "ppc440", "ppc464", "ppc476", "power8", "power9", "power10")
+        return power if version >= (2, 32) else power[:-1]
+    if abi == "s390x":
+        z = ("g5", "z900", "z990", "z9-109", "z10", "z196", "zEC12", "z13", "z14", "z15", "z16", "z17")
+        return z[:12] if version >= (2, 42) else z[:11] if version >= (2, 36) else z[:10]
+    return ()
 
 
 _CACHES: Dict[Tuple[object, ...], LdCache] = {}
