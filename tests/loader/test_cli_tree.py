@@ -95,6 +95,55 @@ def test_ldd_mode_goes_on_after_a_file_it_cannot_emulate(tmp_path: Path) -> None
         assert got.stdout.endswith(f"{bad}:\n/usr/bin/true:\n" + want.stdout.split("/usr/bin/true:\n")[1])
 
 
+def _dynamic_entry(data: bytes, tag: int) -> int:
+    """The file offset of the value of ``tag`` in the dynamic section of the x86-64 ELF file ``data``."""
+    import struct
+
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    dyn = next(struct.unpack_from("<Q", data, phoff + i * 56 + 8)[0] for i in range(phnum)
+               if struct.unpack_from("<I", data, phoff + i * 56)[0] == 2)
+    n = 0
+    while struct.unpack_from("<q", data, dyn + 16 * n)[0] != tag:
+        assert struct.unpack_from("<q", data, dyn + 16 * n)[0] != 0, tag
+        n += 1
+    return dyn + 16 * n + 8
+
+
+def test_references_that_cannot_be_checked_are_an_error_not_silence(tmp_path: Path) -> None:
+    """A library whose DT_HASH says it has fewer symbols than its relocations name (ld.so looks in DT_GNU_HASH
+    and reads the symbols anyway; soswap sizes the table by DT_HASH): ``-r`` cannot check its references. The
+    tree is printed with the reason, one error line names the library, and the status is 2; ``--ldd -r`` has
+    that one line in place of the file's output. Such a library was passed over in silence: "every reference
+    resolves"."""
+    import struct
+
+    d = tmp_path / "d"
+    shared_lib(d / "libb.so", lib_source("b"), soname="libb.so")
+    lib = shared_lib(d / "liba.so", lib_source("a", calls=["b"]), soname="liba.so", libs=[f"-L{d}", "-lb"],
+                     flags=["-Wl,--hash-style=both"])
+    prog = executable(tmp_path / "prog", sources_needing("a"), flags=rpath_flags(str(d), old_dtags=True),
+                      libs=[f"-L{d}", "-la"])
+    data = bytearray(lib.read_bytes())
+    at = struct.unpack_from("<Q", data, _dynamic_entry(data, 4))[0]  # DT_HASH: its vaddr is its offset here
+    struct.pack_into("<I", data, at + 4, 1)  # nchain
+    lib.write_bytes(bytes(data))
+    assert subprocess.run([str(prog)], env=BASE_ENV, timeout=60).returncode == 0  # ld.so does not mind
+    r = soswap("-r", "--no-cache", str(prog))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [f"soswap: error: {lib}: its references cannot be checked: relocation names "
+                                     f"symbol {r.stderr.split('names symbol ')[1].split(' ')[0]} of 1"]
+    assert f"symbols: not checked in {lib}: relocation names symbol" in r.stdout and "liba.so => " in r.stdout
+    doc = json.loads(soswap("-r", "--json", "--no-cache", str(prog)).stdout)["results"][0]
+    assert [u["object"] for u in doc["symbols"]["unchecked"]] == [
+        o["index"] for o in doc["objects"] if o["path"] == str(lib)]
+    assert soswap(str(prog)).returncode == 0  # without -r nothing reads those tables
+    got = soswap("--ldd", "-r", str(prog), "/usr/bin/true")
+    assert got.returncode == 2 and got.stderr.splitlines() == r.stderr.splitlines()
+    assert got.stdout == f"{prog}:\n/usr/bin/true:\n" + real_ldd("/usr/bin/true", flag="-r").stdout
+    assert soswap("--ldd", str(prog)).stdout == real_ldd(str(prog)).stdout
+
+
 def test_ldd_mode_exits_where_the_ldd_script_exits(tmp_path: Path) -> None:
     """``ld.so --verify`` killed by SIGBUS (a program cut in its data): ldd says "exited with unknown exit code
     (135)" and exits 1 at once, on any number of workers: the FILEs after it are not listed."""

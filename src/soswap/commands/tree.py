@@ -394,9 +394,14 @@ def _tree_one(loader, path: str, args: argparse.Namespace, subst, bodies=None): 
     failed = bound.fatal is not None or bound.unresolved or any(
         f.when == FIRST_CALL and f.exit_status is not None for f in bound.failures)
     code = EXIT_FOUND if failed else EXIT_OK
+    # an object whose references cannot be checked (a malformed file): the report stands, the answer is open
+    err = "".join(error_line(f"{res.objects[i].path or path}: its references cannot be checked: {why}")
+                  for i, why in bound.unchecked)
+    if err:
+        code = EXIT_ERROR
     if args.json:
-        return code, encoded(result_json(res, bound, args.symbols)), "", res
-    return code, render_text(res, bound, show_all=args.all, symbols=args.symbols, bodies=bodies), "", res
+        return code, encoded(result_json(res, bound, args.symbols)), err, res
+    return code, render_text(res, bound, show_all=args.all, symbols=args.symbols, bodies=bodies), err, res
 
 
 def _named(exc: Exception, path: str) -> str:

@@ -138,6 +138,8 @@ class Binder:
         objs = res.objects
         self.scope = [i for i in res.scope if objs[i].elf is not None and objs[i].found]
         self.main = res.scope[0] if res.scope else 0
+        #: object index -> why its symbol tables could not be decoded
+        self.sym_errors: Dict[int, str] = {}
         self._syms: Dict[int, Optional[ObjectSymbols]] = {}
         self._closure: Dict[int, frozenset] = {}
         self._prepared = False
@@ -248,8 +250,9 @@ class Binder:
             elf = self.res.objects[i].elf
             try:
                 hit = self.cache.symbols(elf) if elf is not None else None
-            except ElfError:
+            except ElfError as exc:
                 hit = None
+                self.sym_errors[i] = exc.problem
             self._syms[i] = hit  # type: ignore[assignment]
         return hit  # type: ignore[return-value]
 
@@ -544,25 +547,29 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         failures.append(crash)
         return M.BindResult(res, tuple(failures), tuple(unresolved), fatal or crash, checked)
     # _dl_relocate_object for each object in reverse l_initfini order (ld.so itself excluded)
+    unchecked: List[Tuple[int, str]] = []
     for i in reversed(res.initfini):
         o = objs[i]
         if o.kind == "interpreter" or o.elf is None or not o.found:
             continue
         syms = b.syms(i)
         if syms is None:
+            unchecked.append((i, b.sym_errors.get(i, "its symbols cannot be read")))
             continue
         if cut and o.elf.cut_short:
             why = relocation_beyond(o.elf)
             if why is not None and not why[1]:
                 crash = _sigbus(b, i, f"relocating {o.path or argv0}", why[0])
                 failures.append(crash)
-                return M.BindResult(res, tuple(failures), tuple(unresolved), fatal or crash, checked)
+                return M.BindResult(res, tuple(failures), tuple(unresolved), fatal or crash, checked,
+                                    tuple(unchecked))
         lazy = not (syms.bind_now or now)
         missing = b.missing_needs(i) if res.trace else frozenset()
         limit = syms.version_limit(missing) if missing else None
         try:
             t = syms.table(limit)
-        except ElfError:
+        except ElfError as exc:
+            unchecked.append((i, exc.problem))
             continue
         if limit == 0 and t.keys and C.DT_VERSYM in o.elf.dynamic.tags:
             # Trace mode: every version this object needs is from a missing object, so l_versions is never
@@ -573,7 +580,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             failures.append(f)
             if fatal is None:
                 fatal = f
-            return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
+            return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked, tuple(unchecked))
         checked += len(t.keys)
         # (position in relocation order, failure): the lookups' messages come out in that order
         events: List[Tuple[int, M.Failure]] = []
@@ -612,7 +619,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
                 fatal = f
             if f.fatal and f.kind in _ABORTS:
                 # ld.so dies here (an assertion, or _dl_signal_error outside any catch): nothing after it runs
-                return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
+                return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked, tuple(unchecked))
     if fatal is None and not res.trace:
         f = _second_dynamic_linker(b)
         if f is not None:
@@ -620,7 +627,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             fatal = f
     if cut:
         fatal = _init_crash(b, failures, fatal)
-    return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked)
+    return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked, tuple(unchecked))
 
 
 def _sigbus(b: Binder, i: int, doing: str, why: str) -> M.Failure:

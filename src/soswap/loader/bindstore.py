@@ -165,7 +165,10 @@ class BindStore:
     # -- writing ----------------------------------------------------------------------------------------------
 
     def put(self, key: str, res: M.LoadResult, result: M.BindResult) -> None:
-        """Keep ``result`` (unless a file it read changed too recently to be told apart from a later change)."""
+        """Keep ``result`` (unless a file it read changed too recently to be told apart from a later change, or
+        some object's references could not be checked: that error is found again each run)."""
+        if result.unchecked:
+            return
         for o in res.objects:
             fp = o.elf.fingerprint if o.elf is not None else None
             if fp is not None and fp[4] > self._racy_limit:

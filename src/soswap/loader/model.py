@@ -264,6 +264,9 @@ class BindResult(NamedTuple):
     unresolved: Tuple[Unresolved, ...]
     fatal: Optional[Failure]
     bindings_checked: int
+    #: Objects whose references could not be checked, as (index, what is wrong): their symbol or relocation
+    #: tables cannot be decoded (a malformed file), so what ld.so makes of them is not known.
+    unchecked: Tuple[Tuple[int, str], ...] = ()
 
     @property
     def loadable(self) -> bool:

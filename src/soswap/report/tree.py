@@ -167,6 +167,8 @@ def render_text(res: LoadResult, bound: Optional[BindResult], *, show_all: bool 
     if symbols and bound is not None:
         lines.append(f"symbols: {bound.bindings_checked} references checked, "
                      f"{len(bound.unresolved)} unresolved")
+        lines.extend(f"symbols: not checked in {res.objects[i].path or res.argv0}: {why}"
+                     for i, why in bound.unchecked)
     lines.extend(failure_lines(all_failures))
     fatal = bound.fatal if bound is not None else res.fatal
     if fatal is not None:
@@ -235,6 +237,7 @@ def result_json(res: LoadResult, bound: Optional[BindResult], symbols: bool = Fa
             "checked": bound.bindings_checked,
             "unresolved": [{"object": u.object, "symbol": u.symbol, "version": u.version, "when": u.when,
                             "plt": u.plt} for u in bound.unresolved],
+            "unchecked": [{"object": i, "reason": why} for i, why in bound.unchecked],
         }
     return doc
 
