@@ -13,6 +13,7 @@ from typing import Dict
 import pytest
 
 from loader.helpers import PROFILE
+from soswap.errors import UsageError
 from soswap.loader import Profile
 from soswap.loader.cpu import (
     CpuInfo,
@@ -210,6 +211,10 @@ def test_an_auxv_dump_is_what_ld_so_starts_from() -> None:
     if p.glibc_version <= (2, 36):
         assert p.legacy_subdirs == ("tls/altivec/dfp", "tls/altivec", "tls/dfp", "tls", "altivec/dfp", "altivec",
                                     "dfp")
+    # x86's ld.so asks the CPU (cpuid): a dump of its auxiliary vector is refused, not read as a bare CPU
+    for abi in ("x86_64", "i386"):
+        with pytest.raises(UsageError, match="LD_SHOW_AUXV dump"):
+            Profile.detect("/", abi=abi, cpuinfo="AT_HWCAP:        178bfbff\nAT_PLATFORM:      x86_64\n")
 
 
 def test_legacy_power_set_order() -> None:

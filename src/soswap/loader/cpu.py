@@ -24,6 +24,14 @@ _V4 = ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
 _V3_238 = ("bmi1", "bmi2")
 
 
+_AUXV_LINE = re.compile(r"^AT_[A-Z0-9_]+:", re.M)
+
+
+def is_auxv_dump(text: str) -> bool:
+    """The text is what ``LD_SHOW_AUXV=1`` prints (not a /proc/cpuinfo)."""
+    return _AUXV_LINE.search(text) is not None
+
+
 class CpuInfo(NamedTuple):
     """The facts about the CPU that the loader uses."""
 

@@ -201,6 +201,10 @@ class Profile(NamedTuple):
         if abi not in ABIS:
             raise UsageError(f"unknown loader ABI {abi!r} (known: {', '.join(sorted(ABIS))})")
         a = ABIS[abi]
+        if cpuinfo is not None and _CPU_FAMILY.get(a.name) == "x86" and cpumod.is_auxv_dump(cpuinfo):
+            # init_cpu_features asks the CPU itself (cpuid): AT_HWCAP says next to nothing on x86
+            raise UsageError("an LD_SHOW_AUXV dump does not say which features an x86 CPU has: give its "
+                             "/proc/cpuinfo")
         info = cpumod.CpuInfo.parse(cpuinfo, a.name) if cpuinfo is not None else host_cpu(a.name)
         return cls._detect(fs, a, info, interpreter)
 
