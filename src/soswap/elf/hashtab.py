@@ -103,7 +103,6 @@ def _words(data: bytes, code: str, little: bool) -> array:
     return a
 
 
-
 class RawSymbols:
     """Dynamic symbol table, string table, DT_VERSYM and hash table of one object, as arrays."""
 

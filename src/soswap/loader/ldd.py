@@ -253,7 +253,8 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     main = res.objects[0]
     warn = relocs != RELOCS_NONE
     b = loader.bind(res, bind_now=relocs == RELOCS_FUNCTION, warn=warn, relocate=warn)
-    for i, why in b.unchecked:  # what ld.so makes of a file whose tables cannot be decoded is not known
+    if b.unchecked:  # what ld.so makes of a file whose tables cannot be decoded is not known
+        i, why = b.unchecked[0]
         raise ElfError(res.objects[i].path or res.argv0, f"its references cannot be checked: {why}")
     for f in b.failures:
         if f.kind in (M.VERSION, M.NO_VERSION_INFO, M.WEAK_VERSION):
