@@ -105,6 +105,29 @@ def test_dynamic_values_out_of_bounds(small_lib: bytes, tag: int, value: int, pr
     assert problem in str(error_of(_patch_dynamic(small_lib, tag, value)))
 
 
+@pytest.mark.parametrize("nchain", [1, 0x7FFF_FFFF])
+def test_a_dt_hash_that_disagrees_with_dt_gnu_hash(tmp_path: Path, nchain: int) -> None:
+    """With both hash tables ld.so reads DT_GNU_HASH only (``_dl_setup_hash``): a DT_HASH nchain too small,
+    or too large for the file, leaves the symbol table as long as the GNU chains (and the section header)
+    say, and every symbol decodable."""
+    from elftools.elf.elffile import ELFFile
+
+    from soswap.elf.symbols import symbol_count
+
+    lib = shared_lib(tmp_path / "libh.so", LIB_SRC, soname="libh.so", version_script=MAP,
+                     flags=["-Wl,--hash-style=both"])
+    with open(lib, "rb") as f:
+        dynsym = ELFFile(f).get_section_by_name(".dynsym")
+        want = dynsym.num_symbols()
+        hash_at = ELFFile(f).get_section_by_name(".hash")["sh_offset"]
+    data = bytearray(lib.read_bytes())
+    struct.pack_into("<I", data, hash_at + 4, nchain)
+    elf = ElfFile.from_bytes(bytes(data), "libh.so")
+    assert symbol_count(elf) == want
+    assert "foo" in {s.name for s in elf.symbols}
+    decode_all(elf)
+
+
 def test_needed_string_offset_out_of_bounds(small_lib: bytes) -> None:
     err = error_of(_patch_dynamic(small_lib, 1, 1 << 30))
     assert "DT_NEEDED" in str(err)

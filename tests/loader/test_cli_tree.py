@@ -110,30 +110,66 @@ def _dynamic_entry(data: bytes, tag: int) -> int:
     return dyn + 16 * n + 8
 
 
-def test_references_that_cannot_be_checked_are_an_error_not_silence(tmp_path: Path) -> None:
-    """A library whose DT_HASH says it has fewer symbols than its relocations name (ld.so looks in DT_GNU_HASH
-    and reads the symbols anyway; soswap sizes the table by DT_HASH): ``-r`` cannot check its references. The
-    tree is printed with the reason, one error line names the library, and the status is 2; ``--ldd -r`` has
-    that one line in place of the file's output. Such a library was passed over in silence: "every reference
-    resolves"."""
-    import struct
-
-    d = tmp_path / "d"
+def _a_calls_b(tmp: Path):  # type: ignore[no-untyped-def]
+    """liba.so (both hash tables) calling libb.so, and a program using liba.so through an RPATH."""
+    d = tmp / "d"
     shared_lib(d / "libb.so", lib_source("b"), soname="libb.so")
     lib = shared_lib(d / "liba.so", lib_source("a", calls=["b"]), soname="liba.so", libs=[f"-L{d}", "-lb"],
                      flags=["-Wl,--hash-style=both"])
-    prog = executable(tmp_path / "prog", sources_needing("a"), flags=rpath_flags(str(d), old_dtags=True),
+    prog = executable(tmp / "prog", sources_needing("a"), flags=rpath_flags(str(d), old_dtags=True),
                       libs=[f"-L{d}", "-la"])
+    return lib, prog
+
+
+def _shrink_dt_hash(lib: Path) -> None:
+    """Set the nchain of ``lib``'s DT_HASH to 1 (its DT_GNU_HASH is left as it is)."""
+    import struct
+
     data = bytearray(lib.read_bytes())
     at = struct.unpack_from("<Q", data, _dynamic_entry(data, 4))[0]  # DT_HASH: its vaddr is its offset here
-    struct.pack_into("<I", data, at + 4, 1)  # nchain
+    struct.pack_into("<I", data, at + 4, 1)
     lib.write_bytes(bytes(data))
-    assert subprocess.run([str(prog)], env=BASE_ENV, timeout=60).returncode == 0  # ld.so does not mind
+
+
+def test_a_dt_hash_that_disagrees_with_dt_gnu_hash_is_not_what_ld_so_reads(tmp_path: Path) -> None:
+    """A library with both hash tables whose DT_HASH says it has one symbol: ld.so looks up in DT_GNU_HASH
+    (``_dl_setup_hash`` never reads DT_HASH then) and the program runs. soswap sized the symbol table by
+    DT_HASH: ``-r`` could not check the library's references, and ``check`` said the program would lose
+    ``a_fn`` with that library as NEW (a false refusal). The program run is the oracle."""
+    lib, prog = _a_calls_b(tmp_path)
+    old = tmp_path / "liba-old.so"
+    shutil.copy2(lib, old)
+    _shrink_dt_hash(lib)
+    assert subprocess.run([str(prog)], env=BASE_ENV, timeout=60).returncode == 0
+    r = soswap("-r", "--no-cache", str(prog))
+    assert (r.returncode, r.stderr) == (0, ""), r.stdout
+    assert "symbols: " in r.stdout and ", 0 unresolved" in r.stdout and "not checked" not in r.stdout
+    assert soswap("--ldd", "-r", str(prog)).stdout == real_ldd(str(prog), flag="-r").stdout
+    # the same library as NEW over the intact one
+    e = dict(BASE_ENV, PYTHONPATH=SRC, SOSWAP_STATE_DIR=str(tmp_path / "state"))
+    got = subprocess.run([sys.executable, "-m", "soswap", "check", "--cache-dir", str(tmp_path / "cache"), "--full",
+                          str(lib), str(old), "--consumer", str(prog)], env=e, capture_output=True, text=True,
+                         timeout=120)
+    assert got.returncode == 0 and got.stdout.startswith("compatible:"), got.stdout + got.stderr
+
+
+def test_references_that_cannot_be_checked_are_an_error_not_silence(tmp_path: Path) -> None:
+    """A library whose PLT relocation names a symbol past the end of its symbol table: ``-r`` cannot check its
+    references. The tree is printed with the reason, one error line names the library, and the status is 2;
+    ``--ldd -r`` has that one line in place of the file's output. Such a library was passed over in silence:
+    "every reference resolves"."""
+    import struct
+
+    lib, prog = _a_calls_b(tmp_path)
+    data = bytearray(lib.read_bytes())
+    jmprel = struct.unpack_from("<Q", data, _dynamic_entry(data, 23))[0]  # DT_JMPREL: vaddr == offset here
+    struct.pack_into("<I", data, jmprel + 12, 0x7FFF)  # the symbol half of the first entry's r_info
+    lib.write_bytes(bytes(data))
     r = soswap("-r", "--no-cache", str(prog))
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines() == [f"soswap: error: {lib}: its references cannot be checked: relocation names "
-                                     f"symbol {r.stderr.split('names symbol ')[1].split(' ')[0]} of 1"]
-    assert f"symbols: not checked in {lib}: relocation names symbol" in r.stdout and "liba.so => " in r.stdout
+                                     f"symbol 32767 of {r.stderr.split(' of ')[-1].strip()}"]
+    assert f"symbols: not checked in {lib}: relocation names symbol 32767" in r.stdout and "liba.so => " in r.stdout
     doc = json.loads(soswap("-r", "--json", "--no-cache", str(prog)).stdout)["results"][0]
     assert [u["object"] for u in doc["symbols"]["unchecked"]] == [
         o["index"] for o in doc["objects"] if o["path"] == str(lib)]

@@ -303,20 +303,31 @@ def sysv_hash_header(elf: ElfFile, addr: int) -> Tuple[int, int]:
 
 
 def symbol_count(elf: ElfFile) -> int:
-    """The number of dynamic symbols: DT_HASH's nchain; else the end of DT_GNU_HASH's last chain; else (no
-    hash table, or a GNU hash table with no hashed symbol) the section headers, else the gap between DT_SYMTAB
-    and a DT_STRTAB that follows it."""
+    """The number of dynamic symbols: the end of DT_GNU_HASH's last chain, or DT_HASH's nchain when it is larger
+    and the table that long fits in its segment; DT_HASH's nchain alone; else (no hash table, or a GNU hash
+    table with no hashed symbol) the section headers, else the gap between DT_SYMTAB and a DT_STRTAB that
+    follows it."""
     tags = elf.dynamic.tags
     lay = elf.layout
-    if C.DT_HASH in tags:
-        _nbucket, nchain = sysv_hash_header(elf, tags[C.DT_HASH])
-        return int(nchain)
+    gnu: Optional[int] = None
     floor = 0
     if C.DT_GNU_HASH in tags:
-        n = _gnu_hash_count(elf, tags[C.DT_GNU_HASH])
-        if n is not None:
-            return n
-        floor = _gnu_symoffset(elf, tags[C.DT_GNU_HASH])
+        try:
+            gnu = _gnu_hash_count(elf, tags[C.DT_GNU_HASH])
+            floor = _gnu_symoffset(elf, tags[C.DT_GNU_HASH])
+        except ElfError:
+            if C.DT_HASH not in tags:
+                raise
+    if C.DT_HASH in tags:
+        _nbucket, nchain = sysv_hash_header(elf, tags[C.DT_HASH])
+        if gnu is None:
+            return int(nchain)
+        # _dl_setup_hash: with DT_GNU_HASH ld.so never reads DT_HASH (its lookups reach the GNU chains'
+        # symbols); relocations index the table directly, so a larger nchain that fits only widens it
+        fits = C.DT_SYMTAB in tags and nchain * lay.sym.size <= elf.room_at(tags[C.DT_SYMTAB])
+        return int(nchain) if nchain > gnu and fits else gnu
+    if gnu is not None:
+        return gnu
     n = _count_from_section_headers(elf)
     if n is not None:
         return max(n, floor)
