@@ -63,6 +63,45 @@ def test_a_new_cut_short_is_refused(tmp_path: Path) -> None:
     assert doc["verdict"] == "incompatible" and [c["kind"] for c in doc["refusals"]] == ["file-truncated"]
 
 
+def _bad_plt_symbol(lib: Path, out: Path) -> Path:
+    """A copy of ``lib`` whose first DT_JMPREL entry names symbol 32767, past the end of its symbol table."""
+    import struct
+
+    data = bytearray(lib.read_bytes())
+    elf = ElfFile.open(lib)
+    jmprel = elf.vaddr_to_offset(elf.dynamic.tags[C.DT_JMPREL], 24, "DT_JMPREL")
+    struct.pack_into("<I", data, jmprel + 12, 0x7FFF)  # the symbol half of r_info (Elf64_Rela)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_new_whose_relocations_cannot_be_decoded_is_refused(tmp_path: Path) -> None:
+    """A relocation of NEW names a symbol past the end of its symbol table: ld.so reads whatever lies there
+    (here the program dies of SIGSEGV). No consumer's binding of NEW can be checked, and the diff finds no
+    other change, so every consumer was "compatible" and install went ahead: it is refused now."""
+    src = "int bar(void);\nint foo(void) { return bar() + 1; }\n"
+    bar = shared_lib(tmp_path / "v1" / "libbar.so", "int bar(void) { return 41; }\n", soname="libbar.so")
+    old = shared_lib(tmp_path / "v1" / "libfoo.so.1", src, soname="libfoo.so.1", libs=[str(bar)])
+    app = executable(tmp_path / "app", "int foo(void);\nint main(void) { return foo() - 42; }\n",
+                     libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    bad = _bad_plt_symbol(old, tmp_path / "v2" / "libfoo.so.1")
+    shutil.copy2(bar, bad.parent / "libbar.so")
+    assert _run([str(app)], old.parent).returncode == 0
+    assert _run([str(app)], bad.parent).returncode < 0  # killed while relocating or at the call
+    (change,) = diff_files(str(old), str(bad)).changes
+    assert (change.kind, change.severity) == ("references-undecodable", "breaking")
+    assert "relocation names symbol 32767 of" in change.detail
+    r = _check(tmp_path, "--consumer", str(app), "--json", str(bad), str(old))
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["verdict"] == "incompatible" and [c["kind"] for c in doc["refusals"]] == ["references-undecodable"]
+    # OLD as bad as NEW: a note, not a refusal (nothing gets worse)
+    worse = _bad_plt_symbol(old, tmp_path / "v3" / "libfoo.so.1")
+    (same,) = diff_files(str(bad), str(worse)).changes
+    assert (same.kind, same.severity) == ("references-undecodable", "review")
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.6])
 def test_a_new_cut_before_its_dynamic_section_is_refused_as_cut_short(tmp_path: Path, fraction: float) -> None:
     """Most of an interrupted copy's cuts fall before the dynamic section (near the end of a library): NEW is

@@ -66,6 +66,7 @@ KINDS = (
     # loader-relevant flags and properties
     "exec-stack",
     "plt-reloc-refused",
+    "references-undecodable",
     "flag-added",
     "flag-removed",
     "isa-level-raised",
@@ -117,6 +118,8 @@ KIND_NOTES: Dict[str, str] = {
     "version-need-added": "'version `V' not found' at startup where the providing library lacks it",
     "exec-stack": "executable stacks for the whole process; dlopen fails on glibc >= 2.41",
     "plt-reloc-refused": "'unexpected PLT reloc type' at startup under lazy binding",
+    "references-undecodable": "NEW's symbol or relocation tables cannot be decoded: no consumer's binding of it "
+                              "can be checked, and ld.so relocates it with whatever lies past its symbol table",
     "flag-added": "loader behaviour changes",
     "flag-removed": "loader behaviour changes",
     "isa-level-raised": "'CPU ISA level is lower than required' on older CPUs",

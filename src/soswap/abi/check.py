@@ -37,8 +37,9 @@ from soswap.loader.model import NOT_FOUND
 UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machine-changed", "osabi-changed",
                               "abiversion-changed", "header-invalid", "elf-type-changed",
                               "segments-unmappable", "file-truncated"})
-#: Breaking changes refused by policy even though consumers still run (ldconfig would break them later).
-POLICY_KINDS = frozenset({"soname-changed"})
+#: Breaking changes refused by policy: consumers still run (ldconfig would break them later), or no consumer's
+#: binding of NEW can be checked (its own tables cannot be decoded).
+POLICY_KINDS = frozenset({"soname-changed", "references-undecodable"})
 
 
 def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str]] = None,

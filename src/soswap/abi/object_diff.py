@@ -17,6 +17,7 @@ from soswap.loader.candidates import (
     load_commands,
     overlapping,
 )
+from soswap.loader.lookup import reference_problem
 from soswap.tuples import NamedTuple
 
 #: glibc's LIBC_ABI_MAX on x86-64 (libc-abis: DEFAULT, UNIQUE, IFUNC, ABSOLUTE): a GNU object's
@@ -374,7 +375,26 @@ def diff_loader_flags(old: ElfFile, new: ElfFile) -> List[Change]:
                           f"NEW's DT_JMPREL holds a relocation of type {bad:#04x}, which ld.so does not bind lazily: "
                           f"'unexpected PLT reloc type {bad:#04x}' at startup, unless everything is bound now "
                           "(LD_BIND_NOW, -z now)", None, f"type {bad:#04x}"))
+    out.extend(_references_undecodable(old, new))
     return out
+
+
+def _references_undecodable(old: ElfFile, new: ElfFile) -> List[Change]:
+    """NEW's symbol or relocation tables cannot be decoded (a relocation names a symbol past the end of the
+    symbol table): no consumer's binding of NEW can be checked, and ld.so reads whatever lies there."""
+    if not (new.is_dynamic and C.DT_SYMTAB in new.dynamic.tags):
+        return []
+    problem = reference_problem(new)
+    if problem is None:
+        return []
+    before = reference_problem(old) if old.is_dynamic and C.DT_SYMTAB in old.dynamic.tags else None
+    if before is not None:
+        return [Change("references-undecodable", REVIEW, None, None,
+                       f"NEW's references cannot be checked ({problem}); neither could OLD's ({before})",
+                       before, problem)]
+    return [Change("references-undecodable", BREAKING, None, None,
+                   f"NEW's references cannot be checked: {problem}; ld.so binds what it finds at that place "
+                   "(a wrong symbol, a crash while relocating)", None, problem)]
 
 
 def _isa_level(old: ElfFile, new: ElfFile) -> List[Change]:

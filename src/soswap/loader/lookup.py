@@ -128,6 +128,17 @@ FOUND_WEAK = 3
 FOUND_NOVERSIONS = 4  # accepted because the object has no versioning (see _NoVersions)
 
 
+def reference_problem(elf: ElfFile) -> Optional[str]:
+    """Why the references of ``elf`` cannot be decoded (its symbol table, or a relocation naming a symbol past
+    it: ``tree -r`` reports the object as not checked), or None. ``_dl_relocate_object`` indexes the symbol
+    table by each relocation's symbol without a bound: what ld.so makes of such a file is not known."""
+    try:
+        ObjectSymbols(elf, NameHashes()).table()
+    except ElfError as exc:
+        return exc.problem
+    return None
+
+
 class ObjectSymbols:
     """What binding needs from one ELF file, decoded once and kept by the :class:`Loader`."""
 
