@@ -314,7 +314,8 @@ def symbol_count(elf: ElfFile) -> int:
     if C.DT_GNU_HASH in tags:
         try:
             gnu = _gnu_hash_count(elf, tags[C.DT_GNU_HASH])
-            floor = _gnu_symoffset(elf, tags[C.DT_GNU_HASH])
+            if gnu is None:
+                floor = _gnu_symoffset(elf, tags[C.DT_GNU_HASH])
         except ElfError:
             if C.DT_HASH not in tags:
                 raise
