@@ -102,6 +102,36 @@ def test_apt_hook_skips_when_suspended_unchanged_or_after_a_dpkg_error(tmp_path:
     assert markers(state) == []  # taken: the next apt run starts afresh
 
 
+def test_apt_hook_waits_for_the_status_logger_dpkg_left_running(procs, tmp_path: Path) -> None:
+    """dpkg never waits for its status logger: apt's Post-Invoke can start while the logger of the last dpkg
+    run has not written its markers yet (seen in CI under load: the upgrade's "changed" marker came after the
+    apt hook looked, so the hook skipped its check and the marker was left for the next apt run). The hook
+    waits for the running logger, then takes what it wrote."""
+    state = tmp_path / "state"
+    state.mkdir()  # an earlier run's logger made it: no marker means "nothing unpacked"
+    environ = dict(os.environ, PYTHONPATH=SRC)
+    environ.pop("SOSWAP_SUSPEND", None)
+    logger = subprocess.Popen([sys.executable, "-m", "soswap", "hook", "dpkg-status", "--state-dir", str(state)],
+                              stdin=subprocess.PIPE, env=environ)
+    try:
+        logger.stdin.write(UPGRADE)  # type: ignore[union-attr]
+        logger.stdin.flush()  # type: ignore[union-attr]
+        apt = subprocess.Popen([sys.executable, "-m", "soswap", "hook", "apt", "--state-dir", str(state)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ)
+        time.sleep(1.5)  # the apt hook has started and looked by now; dpkg "exits": the logger's input ends
+        assert apt.poll() is None, apt.communicate()
+        logger.stdin.close()  # type: ignore[union-attr]
+        assert logger.wait(timeout=60) == 0
+        out, err = apt.communicate(timeout=120)
+    finally:
+        for p in (logger,) + ((apt,) if "apt" in locals() else ()):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    assert apt.returncode == 0 and b"Traceback" not in err, err
+    assert markers(state) == []  # the apt hook took the upgrade's marker (and so ran its check)
+
+
 def _targets_of(pid: int) -> List[str]:
     """The group lines of the summary for this one process, as ``soswap stale --batch`` groups it."""
     from soswap.proc.scan import ScanOptions, scan_stale

@@ -178,6 +178,51 @@ def _touch(state_dir: str, marker: str) -> None:
     os.close(fd)
 
 
+#: How long the apt hook waits at most for dpkg's status loggers to end (each reads to the end of a pipe dpkg
+#: has closed: well under a second, unless the machine is very loaded).
+_LOGGER_WAIT_S = 15.0
+
+
+def _is_status_logger(argv: Tuple[bytes, ...]) -> bool:
+    """A ``soswap hook dpkg-status`` process, or the ``sh -c`` line dpkg starts it with."""
+    if b"dpkg-status" in argv:
+        return b"hook" in argv[:argv.index(b"dpkg-status")]
+    return any(b"hook dpkg-status" in a for a in argv)
+
+
+def _wait_for_status_loggers(seconds: float) -> None:
+    """Wait until no dpkg status logger runs (at most ``seconds``). dpkg forks its status loggers before it
+    starts its action and never waits for them (``run_status_loggers``, src/main/main.c): apt may run
+    DPkg::Post-Invoke while the logger of its last dpkg run has yet to leave its markers. A logger exists from
+    before that dpkg run's work, so once none is left, every marker of the apt run is there."""
+    import time
+
+    from soswap.errors import SoswapError
+    from soswap.proc.procfs import list_pids, read_cmdline
+
+    deadline = time.monotonic() + seconds
+    me = os.getpid()
+    while True:
+        try:
+            pids = list_pids()
+        except OSError:
+            return
+        running = False
+        for pid in pids:
+            if pid == me:
+                continue
+            try:
+                argv = read_cmdline(pid)
+            except (SoswapError, OSError):
+                continue  # gone, or not ours to read
+            if _is_status_logger(argv):
+                running = True
+                break
+        if not running or time.monotonic() >= deadline:
+            return
+        time.sleep(0.02)
+
+
 def _take_markers(state_dir: str) -> Optional[set]:
     """The markers ``dpkg-status`` left (removed as they are read), or None when it never ran here (no state
     directory: the status-logger is not installed, so every run is checked)."""
@@ -220,6 +265,7 @@ class _Refused(Exception):
 def _apt(args: argparse.Namespace) -> None:
     if os.environ.get("SOSWAP_SUSPEND"):
         return
+    _wait_for_status_loggers(min(args.timeout, _LOGGER_WAIT_S))
     markers = _take_markers(args.state_dir)
     if markers is not None:
         if ERRORED in markers:
