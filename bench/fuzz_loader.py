@@ -7,7 +7,8 @@ files; bench/fuzz_elf.py covers the ELF reader alone.
 Each input is a real program or one of the libraries it loads, mutated (mostly inside .dynsym, .dynstr,
 .gnu.hash, the relocation and version sections, the dynamic section: what binding reads), then loaded as the
 program (or with the library substituted, the what-if API), bound with every relocation, rendered as text and
-JSON, and given to the ldd model. Prints how many inputs were handled and how many raised the one-line
+JSON, and given to the ldd model; a mutated library is also compared with its original (``soswap diff``, whose
+checks decode its references too). Prints how many inputs were handled and how many raised the one-line
 SoswapError; any other exception or a hang (> 20 s) is a bug: its input is kept in /tmp/fuzz-loader-*.bin and
 the exit status is 1.
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from elftools.elf.elffile import ELFFile
 
 from fuzz_elf import Hang, _alarm, mutate
+from soswap.abi import diff_files
 from soswap.elf import ElfCache
 from soswap.errors import SoswapError
 from soswap.loader import Environment, Loader, Profile
@@ -121,6 +123,11 @@ def main() -> int:
                 if subst is None:
                     try:
                         LddModel(loader, RELOCS_FUNCTION).one(str(path))
+                    except SoswapError:
+                        errors += 1
+                else:
+                    try:
+                        diff_files(lib, str(path))
                     except SoswapError:
                         errors += 1
             except Hang:
