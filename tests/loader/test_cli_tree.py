@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loader.helpers import BASE_ENV, PROFILE, env_with, lib_source, real_ldd, sources_needing
-from support.build import executable, requires_cc, requires_root, rpath_flags, shared_lib
+from support.build import executable, requires_cc, requires_root, rpath_flags, run_cc, shared_lib
 
 pytestmark = requires_cc
 
@@ -178,6 +178,36 @@ def test_references_that_cannot_be_checked_are_an_error_not_silence(tmp_path: Pa
     assert got.returncode == 2 and got.stderr.splitlines() == r.stderr.splitlines()
     assert got.stdout == f"{prog}:\n/usr/bin/true:\n" + real_ldd("/usr/bin/true", flag="-r").stdout
     assert soswap("--ldd", str(prog)).stdout == real_ldd(str(prog)).stdout
+
+
+@pytest.mark.parametrize("e_type, words", [(1, "relocatable object (ET_REL)"), (4, "core dump (ET_CORE)")])
+def test_an_object_file_or_a_core_dump_is_never_executed(tmp_path: Path, e_type: int, words: str) -> None:
+    """execve runs ET_EXEC and ET_DYN files only (``load_elf_binary``): an object file (or a core dump) is
+    ENOEXEC, exit status 126 from a shell. It was shown as a statically linked program that runs."""
+    import struct
+
+    obj = tmp_path / "thing"
+    (tmp_path / "t.c").write_text("int main(void) { return 0; }\n")
+    run_cc(["-c", "-o", str(obj), str(tmp_path / "t.c")])
+    data = bytearray(obj.read_bytes())
+    struct.pack_into("<H", data, 16, e_type)
+    obj.write_bytes(bytes(data))
+    obj.chmod(0o755)
+    with pytest.raises(OSError) as run:  # the oracle: the kernel refuses it
+        subprocess.run([str(obj)], timeout=60)
+    assert run.value.errno == 8  # ENOEXEC
+    r = soswap("--no-cache", str(obj))
+    kind = words.split("(")[1].rstrip(")")
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    assert r.stdout.splitlines() == [
+        f"{obj}  (ELF {words}: neither a program nor a shared library)",
+        f"fails at startup: {obj}: cannot execute: Exec format error ({kind}: the kernel executes ET_EXEC and "
+        "ET_DYN files only)",
+        "verdict: the program cannot start (exit status 126)"]
+    doc = json.loads(soswap("--json", "--no-cache", str(obj)).stdout)["results"][0]
+    assert not doc["loadable"] and (doc["fatal"]["kind"], doc["fatal"]["exit_status"]) == ("not-executable", 126)
+    got, want = soswap("--ldd", str(obj)), real_ldd(str(obj))
+    assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
 
 
 def test_ldd_mode_exits_where_the_ldd_script_exits(tmp_path: Path) -> None:

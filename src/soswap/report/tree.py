@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from soswap.elf import constants as C
 from soswap.loader import model as M
 from soswap.loader.model import BindResult, Failure, LoadedObject, LoadResult
 
+#: What an ELF file execve does not run is (the tree's first line).
+_TYPE_WORDS = {C.ET_NONE: "file of no type (ET_NONE)", C.ET_REL: "relocatable object (ET_REL)",
+               C.ET_CORE: "core dump (ET_CORE)"}
 _KIND_NOTE = {"interpreter": "interpreter", "vdso": "kernel vDSO", "preload": "preload"}
 
 #: The trees of :func:`tree_lines` below the program's line, by the objects they show: the key holds their
@@ -48,6 +52,9 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True,
         interp = root.elf.interpreter if root.elf is not None else None
         if interp:  # ldd says "statically linked" too, but ld.so runs it
             return [f"{res.argv0}  (interpreter {interp}; no DT_NEEDED: no library is loaded)"]
+        if root.elf is not None and root.elf.type not in (C.ET_EXEC, C.ET_DYN):
+            return [f"{res.argv0}  (ELF {_TYPE_WORDS.get(root.elf.type, 'file of an unknown type')}: "
+                    "neither a program nor a shared library)"]
         return [f"{res.argv0}  (statically linked: nothing is loaded)"]
     notes = []
     if root.elf is not None and root.elf.interpreter:
