@@ -210,6 +210,29 @@ def test_an_object_file_or_a_core_dump_is_never_executed(tmp_path: Path, e_type:
     assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
 
 
+@pytest.mark.parametrize("flag, present", [("-f", False), ("-f", True), ("-F", True)])
+def test_a_filter_library_as_file_keeps_its_tree_and_ldd_output(tmp_path: Path, flag: str, present: bool) -> None:
+    """A library with DT_AUXILIARY (``-f``) or DT_FILTER (``-F``) as FILE: ld.so links the filtee in front of
+    its filter (dl-deps.c), i.e. before the FILE, so its list from the FILE never shows it. The filtee came
+    first in the result: ``--ldd`` printed "statically linked" (a missing auxiliary filtee, as a CUDA library
+    under /usr/local has) or the FILE itself as a library line. ldd is the oracle."""
+    d = tmp_path / "d"
+    if present:
+        shared_lib(d / "libaux.so", "int aux(void) { return 1; }\n", soname="libaux.so")
+    lib = shared_lib(d / "libflt.so", '#include <stdio.h>\nint flt(void) { return puts("x"); }\n',
+                     soname="libflt.so", flags=[f"-Wl,{flag},libaux.so", f"-Wl,-rpath,{d}"])
+    for extra in ((), ("-r",)):
+        got = soswap("--no-cache", "--ldd", *extra, str(lib))
+        want = real_ldd(str(lib), flag=extra[0] if extra else None)
+        assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
+    assert "libc.so.6 => " in got.stdout and "libaux" not in got.stdout
+    r = soswap("--no-cache", str(lib))
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == str(lib)
+    assert ("libaux.so => " in r.stdout) == present
+    doc = json.loads(soswap("--no-cache", "--json", str(lib)).stdout)["results"][0]
+    assert doc["objects"][0]["kind"] == "executable" and doc["objects"][0]["file"] == str(lib)
+
+
 def test_ldd_mode_exits_where_the_ldd_script_exits(tmp_path: Path) -> None:
     """``ld.so --verify`` killed by SIGBUS (a program cut in its data): ldd says "exited with unknown exit code
     (135)" and exits 1 at once, on any number of workers: the FILEs after it are not listed."""

@@ -265,7 +265,10 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     if main.elf is None or not main.elf.dynamic.needed:
         lines.append("\tstatically linked")
     else:
+        unlisted = res.unlisted
         for o in res.objects[1:]:
+            if o.index in unlisted:  # rtld lists main_map->l_next onwards: a filtee of the program is before it
+                continue
             name = o.name or res.argv0  # DSO_FILENAME: an empty name prints as the program's
             if not o.found:
                 lines.append(f"\t{name} => not found")

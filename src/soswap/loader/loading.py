@@ -557,6 +557,12 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
         # needs it, right after the last object of the search list (before the vDSO when that is the program
         # alone, before the libraries not found); it is still outside the search list
         chain.insert(chain.index(searchlist[-1]) + 1, rtld)
+    # a filtee of the program goes before it (dl-deps.c links it in front of its filter): the namespace's list
+    # still starts at the program, so what lies before it is never reached; it comes last here
+    head = next(n for n, m in enumerate(chain) if m.is_main) if chain and not chain[0].is_main else 0
+    if head:
+        chain = chain[head:] + chain[:head]
+    unlisted = tuple(range(len(chain) - head, len(chain)))
     order = {m.cid: n for n, m in enumerate(chain)}
     get = order.get
 
@@ -600,7 +606,7 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
     return M.LoadResult(path=s.argv0, objects=tuple(objects), scope=scope,
                         initfini=init, failures=tuple(failures), fatal=fatal, profile=s.profile, env=s.env,
                         secure=s.secure, trace=s.trace, argv0=s.argv0, static=static,
-                        substitutes_rejected=tuple(s.rejected))
+                        substitutes_rejected=tuple(s.rejected), unlisted=unlisted)
 
 
 class _Template:

@@ -155,6 +155,10 @@ class LoadResult(NamedTuple):
     #: The substitution targets (paths P of ``substitutions``) whose substitute the search opened and refused
     #: (skipped for another machine or class, or fatal), in the order met; ``()`` without substitutions.
     substitutes_rejected: Tuple[str, ...] = ()
+    #: Objects ld.so links before the program in its chain (a filtee of the program, DT_AUXILIARY/DT_FILTER,
+    #: and what goes before it): loaded and in the scope, but its list from the program (ldd's) never reaches
+    #: them. They come last in ``objects``, the program stays at index 0.
+    unlisted: Tuple[int, ...] = ()
 
     @property
     def root(self) -> LoadedObject:
