@@ -17,7 +17,7 @@ from soswap.errors import ElfError
 def diff_objects(old: ElfFile, new: ElfFile) -> AbiDiff:
     """Compare two opened ELF files. Raises :class:`ElfError` when either is malformed, or when OLD is not
     something the loader loads (a relocatable object, a core file)."""
-    if old.type not in (C.ET_DYN, C.ET_EXEC):
+    if old.type not in C.LOADABLE_TYPES:
         raise ElfError(old.path, f"not a shared library or executable (e_type {old.type_name})")
     changes: List[Change]
     changes, foreign = diff_header(old, new)

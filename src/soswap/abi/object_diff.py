@@ -209,7 +209,7 @@ def _static_tls(old: ElfFile, new: ElfFile) -> List[Change]:
 
 def _type_change(old: ElfFile, new: ElfFile) -> List[Change]:
     old_role, new_role = role_of(old), role_of(new)
-    if new.type not in (C.ET_DYN, C.ET_EXEC):
+    if new.type not in C.LOADABLE_TYPES:
         return [Change("elf-type-changed", BREAKING, None, None,
                        f"e_type {old.type_name} -> {new.type_name}: 'only ET_DYN and ET_EXEC can be loaded'",
                        old.type_name, new.type_name)]
@@ -382,12 +382,10 @@ def diff_loader_flags(old: ElfFile, new: ElfFile) -> List[Change]:
 def _references_undecodable(old: ElfFile, new: ElfFile) -> List[Change]:
     """NEW's symbol or relocation tables cannot be decoded (a relocation names a symbol past the end of the
     symbol table): no consumer's binding of NEW can be checked, and ld.so reads whatever lies there."""
-    if not (new.is_dynamic and C.DT_SYMTAB in new.dynamic.tags):
-        return []
     problem = reference_problem(new)
     if problem is None:
         return []
-    before = reference_problem(old) if old.is_dynamic and C.DT_SYMTAB in old.dynamic.tags else None
+    before = reference_problem(old)
     if before is not None:
         return [Change("references-undecodable", REVIEW, None, None,
                        f"NEW's references cannot be checked ({problem}); neither could OLD's ({before})",

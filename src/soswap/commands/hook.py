@@ -200,24 +200,19 @@ def _wait_for_status_loggers(seconds: float) -> None:
     from soswap.errors import SoswapError
     from soswap.proc.procfs import list_pids, read_cmdline
 
+    def is_logger(pid: int) -> bool:
+        try:
+            return _is_status_logger(read_cmdline(pid))
+        except (SoswapError, OSError):
+            return False  # gone, or not ours to read
+
     deadline = time.monotonic() + seconds
     me = os.getpid()
     while True:
         try:
-            pids = list_pids()
+            running = any(is_logger(pid) for pid in list_pids() if pid != me)
         except OSError:
             return
-        running = False
-        for pid in pids:
-            if pid == me:
-                continue
-            try:
-                argv = read_cmdline(pid)
-            except (SoswapError, OSError):
-                continue  # gone, or not ours to read
-            if _is_status_logger(argv):
-                running = True
-                break
         if not running or time.monotonic() >= deadline:
             return
         time.sleep(0.02)

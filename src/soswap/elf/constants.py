@@ -35,6 +35,8 @@ ELFOSABI_ARM_AEABI = 64
 
 # e_type
 ET_NONE, ET_REL, ET_EXEC, ET_DYN, ET_CORE = 0, 1, 2, 3, 4
+#: What execve runs and ld.so maps (``load_elf_binary``, ``open_verify``).
+LOADABLE_TYPES = (ET_EXEC, ET_DYN)
 ET_NAMES = {ET_NONE: "NONE", ET_REL: "REL", ET_EXEC: "EXEC", ET_DYN: "DYN", ET_CORE: "CORE"}
 
 # e_machine (the ones worth a name; others print as a number)

@@ -314,7 +314,7 @@ class FileSystem:
             # an ARM object of the other float ABI (VALID_FLOAT_ABI) is passed over as one of another machine:
             # checked on Debian 12's armhf ld.so (upstream's VALID_ELF_HEADER would call it an "internal error")
             return Verdict(SKIP)
-        if e_type not in (C.ET_DYN, C.ET_EXEC):
+        if e_type not in C.LOADABLE_TYPES:
             return Verdict(FATAL, "only ET_DYN and ET_EXEC can be loaded")
         if abi.elf_class == 64:
             phoff, phentsize, phnum = struct.unpack_from(e + "Q", head, 32)[0], *struct.unpack_from(

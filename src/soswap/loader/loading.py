@@ -239,7 +239,7 @@ class Loader:
             # what _run checks on the program itself before the search (execve's refusals)
             execve = None if trace else (kernel_cannot_map(elf), bad_interp,
                                          interp is not None and sub_root is None and fsys.noexec(file),
-                                         elf.cut_short, elf.type in _EXECUTABLE_TYPES)
+                                         elf.cut_short, elf.type in C.LOADABLE_TYPES)
             key = (*self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin), skey,
                    sub_root is not None, execve)
             t = self._templates.get(key)
@@ -398,10 +398,6 @@ class Loader:
         return b
 
 
-#: The ELF types execve runs (``load_elf_binary``).
-_EXECUTABLE_TYPES = (C.ET_EXEC, C.ET_DYN)
-
-
 def _execve_fails(s: LoadSession, kind: str, name: str, status: int, text: str) -> None:
     """The program does not get to ld.so: the kernel's exec refuses it or it dies first."""
     assert s.main is not None
@@ -463,7 +459,7 @@ def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: boo
         # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
         _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
                       f"{path}: cannot execute: Permission denied (its mount is noexec)")
-    elif not substituted and elf.type not in _EXECUTABLE_TYPES:
+    elif not substituted and elf.type not in C.LOADABLE_TYPES:
         # load_elf_binary executes ET_EXEC and ET_DYN only: an object file or a core dump is ENOEXEC
         what = f"ET_{C.ET_NAMES[elf.type]}" if elf.type in C.ET_NAMES else f"e_type {elf.type:#x}"
         _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: Exec format error ({what}: the "

@@ -132,6 +132,8 @@ def reference_problem(elf: ElfFile) -> Optional[str]:
     """Why the references of ``elf`` cannot be decoded (its symbol table, or a relocation naming a symbol past
     it: ``tree -r`` reports the object as not checked), or None. ``_dl_relocate_object`` indexes the symbol
     table by each relocation's symbol without a bound: what ld.so makes of such a file is not known."""
+    if not (elf.is_dynamic and C.DT_SYMTAB in elf.dynamic.tags):
+        return None
     try:
         ObjectSymbols(elf, NameHashes()).table()
     except ElfError as exc:

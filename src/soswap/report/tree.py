@@ -52,7 +52,7 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True,
         interp = root.elf.interpreter if root.elf is not None else None
         if interp:  # ldd says "statically linked" too, but ld.so runs it
             return [f"{res.argv0}  (interpreter {interp}; no DT_NEEDED: no library is loaded)"]
-        if root.elf is not None and root.elf.type not in (C.ET_EXEC, C.ET_DYN):
+        if root.elf is not None and root.elf.type not in C.LOADABLE_TYPES:
             return [f"{res.argv0}  (ELF {_TYPE_WORDS.get(root.elf.type, 'file of an unknown type')}: "
                     "neither a program nor a shared library)"]
         return [f"{res.argv0}  (statically linked: nothing is loaded)"]
