@@ -50,6 +50,24 @@ def test_exit_status_and_text(tmp_path: Path) -> None:
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("soswap: error: ")
 
 
+def test_a_program_given_again_through_links_is_reported_the_same(tmp_path: Path) -> None:
+    """A FILE's program is released after the last of its names (Loader.release): the same program given
+    again through a symbolic and a hard link, between others and after its libraries, is reported each time
+    as alone."""
+    ok, broken = _ok_and_broken(tmp_path)
+    (tmp_path / "sym").symlink_to(ok)
+    os.link(ok, tmp_path / "hard")
+    lib = str(tmp_path / "d" / "liba.so")
+    files = [str(ok), lib, str(broken), str(tmp_path / "sym"), str(ok), str(tmp_path / "hard"), lib]
+    for flags in (["-r"], ["--ldd", "-r"], []):
+        for jobs in ("1", "3"):
+            together = soswap("--no-cache", "-j", jobs, *flags, *files)
+            alone = [soswap("--no-cache", *flags, f) for f in files]
+            header = (lambda f: f"{f}:\n") if "--ldd" in flags else (lambda f: "")
+            assert together.stdout == "".join(header(f) + r.stdout for f, r in zip(files, alone)), (flags, jobs)
+            assert together.returncode == max(r.returncode for r in alone), (flags, jobs)
+
+
 def test_not_an_elf_file_is_one_error_line(tmp_path: Path) -> None:
     (tmp_path / "script").write_text("#!/bin/sh\necho hi\n")
     r = soswap(str(tmp_path / "script"))

@@ -289,3 +289,50 @@ def test_loads_with_equal_substitution_maps_share_one_key() -> None:
         loader.load(prog, substitutions=dict(subs))  # a new, equal map each time
     keys = {id(k[-2]) for k in loader._templates if k[-2] is not None}
     assert len(keys) == 1
+
+
+def test_released_programs_answer_as_fresh_loaders() -> None:
+    """``Loader.release`` forgets a program's tables; loading and binding it again (and the next programs,
+    which share its libraries) answers exactly as a fresh loader does."""
+    shared = make_loader(cwd="/", env=BASE_ENV)
+    paths = _sample(24)
+    for path in paths + paths[::-1]:
+        fresh = make_loader(cwd="/", env=BASE_ENV)
+        a, b = shared.load(path), fresh.load(path)
+        ba, bb = shared.bind(a), fresh.bind(b)
+        assert _bound_view(ba) == _bound_view(bb), path
+        elf = a.objects[0].elf
+        shared.release(a)
+        held = shared.bind_cache.objects.get(id(elf))  # type: ignore[attr-defined]
+        if elf is not None and elf.soname is None:
+            assert held is None or held.elf is not elf, path  # the program's tables are gone
+            assert elf.dynamic.strtab._data is None, path
+        elif elf is not None and not a.static:
+            assert held is not None and held.elf is elf, path  # a library FILE stays: others load it
+
+
+@requires_cc
+def test_released_program_rewritten_in_place_is_an_error_not_a_mixed_answer(tmp_path: Path) -> None:
+    """A released program is read again only from the same, unchanged file: rewritten in place since, the
+    reading fails with one clear error instead of mixing old and new tables."""
+    from soswap.errors import ElfError
+
+    lib = shared_lib(tmp_path / "libm1.so", "int m1(void) { return 1; }", soname="libm1.so")
+    prog = executable(tmp_path / "prog", "int m1(void); int main(void) { return m1(); }",
+                      libs=[str(lib)], flags=rpath_flags(str(tmp_path)))
+    loader = make_loader(cwd=tmp_path)
+    res = loader.load(str(prog))
+    assert not loader.bind(res).unresolved
+    loader.release(res)
+    elf = res.objects[0].elf
+    data = bytearray(prog.read_bytes())
+    data[-1] ^= 0xFF  # same size; the mtime moves
+    st = prog.stat()
+    prog.write_bytes(bytes(data))
+    os.utime(prog, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        elf.dynamic.strtab.load()
+    except ElfError as exc:
+        assert "changed" in str(exc)
+    else:
+        raise AssertionError("a rewritten file was read as the released one")

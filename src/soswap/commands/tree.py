@@ -249,6 +249,10 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
             v[:1] == "{" and v[-1:] == "}" and "\n" not in v)))
 
     bodies: Dict[tuple, object] = {}  # the trees of programs of one shape, made once (report.tree.tree_lines)
+    todo = [f for n, f in enumerate(files) if n not in kept]
+    # -r decodes every program's symbol tables and references: released after each FILE (not worth a stat of
+    # every FILE without them)
+    repeats = _repeats(loader, todo) if args.symbols else None
 
     def one(path: str) -> Tuple[int, object, str, object]:
         """The result, and the FILE's own witness when the result cache may keep it (its objects are then
@@ -260,6 +264,8 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
         # another ABI's profile is derived from files the cache does not watch: only the host's is kept
         keep = (store is not None and res is not None and res.profile is loader.profile
                 and store.witnesses.add_result(res))
+        if res is not None and repeats is not None:
+            _release_after_last(loader, res, repeats)
         return code, payload, err, facts if keep else None
 
     harvest = absorb = None
@@ -269,7 +275,6 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
             return store.witnesses.snapshot()
 
         absorb = store.witnesses.merge
-    todo = [f for n, f in enumerate(files) if n not in kept]
     computed = iter(_map_files(one, todo, args.jobs, loader.bind_store, harvest, absorb))
     status = EXIT_OK
     docs = []
@@ -304,6 +309,34 @@ def _run_tree(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyp
         store.save([(p, stat_witness(p)) for p in (profile.fs.host(profile.cache_path),
                                                    profile.fs.host(profile.preload_path))])
     return status
+
+
+def _repeats(loader, files: List[str]) -> Dict[tuple, int]:  # type: ignore[no-untyped-def]
+    """How many of ``files`` each file given more than once (under other names: symbolic links, hard links)
+    stands for, by identity: its program's tables are kept until the last of them is done."""
+    from soswap.elf.source import identity_of
+
+    fs, cwd = loader.profile.fs, loader.env.cwd
+    seen: Dict[tuple, int] = {}
+    for f in files:
+        try:
+            st = os.stat(fs.host(f if f.startswith("/") else posixpath.join(cwd, f)))
+        except (OSError, ValueError):
+            continue
+        ident = identity_of(st)
+        seen[ident] = seen.get(ident, 0) + 1
+    return {k: n for k, n in seen.items() if n > 1}
+
+
+def _release_after_last(loader, res, repeats: Dict[tuple, int]) -> None:  # type: ignore[no-untyped-def]
+    """:meth:`Loader.release` the program of ``res`` unless another FILE still to come is the same file."""
+    elf = res.objects[0].elf if res.objects else None
+    ident = elf.identity if elf is not None else None
+    left = repeats.get(ident, 0) if ident is not None else 0
+    if left > 1:
+        repeats[ident] = left - 1
+    else:
+        loader.release(res)
 
 
 def _result_store(loader, args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -190,6 +190,11 @@ class StringTable:
             self._data = self._elf.read(self.file_offset, self.size, "DT_STRTAB")
         return self._data
 
+    def release(self) -> None:
+        """Forget the table read whole (:meth:`load` reads it again when asked)."""
+        if self._elf is not None and self.size:
+            self._data = None
+
     def get_bytes(self, offset: int, what: str) -> bytes:
         if offset >= self.size:
             raise ElfError(self.path, f"{what} string offset {offset} is outside DT_STRTAB ({self.size} bytes)",

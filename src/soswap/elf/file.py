@@ -186,6 +186,18 @@ class ElfFile:
         """Release the file descriptor. Later lazy decoding reopens the file and checks it is unchanged."""
         self._src.close()
 
+    def release_buffers(self) -> None:
+        """Forget the bulk tables read so far (the string table, the symbol table, the relocations), keeping the
+        headers and what is decoded from them: for a program done with, held by a cache only as a file already
+        seen. Each is read again if asked for: the file is closed here, and reopening it checks that it is the
+        same file, unchanged (:class:`~soswap.elf.source.FileSource`)."""
+        if self._dynamic is not None:
+            self._dynamic.strtab.release()
+        self._symtab = None
+        self._relocations = None
+        self._raw_symbols = None
+        self.close()
+
     def on_reopen(self, hook: Optional[Callable[[], None]]) -> None:
         """Call ``hook`` whenever lazy decoding reopens the file after :meth:`close` (files in memory never do)."""
         if isinstance(self._src, FileSource):

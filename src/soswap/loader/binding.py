@@ -67,27 +67,18 @@ class BindCache:
         self.version_outcomes: Dict[tuple, tuple] = {}
         #: id -> library LoadedObject whose version check finds nothing (shared by same-shape results)
         self.versions_clean: Dict[int, M.LoadedObject] = {}
-        #: id of a program's RefTable -> (the table, its positions _program_checks looks at)
-        self._program_positions: Dict[int, Tuple[RefTable, Tuple[int, ...]]] = {}
         #: id of an ElfFile -> (the file, needs indirect extern access)
         self._indirect: Dict[int, Tuple[ElfFile, bool]] = {}
         #: id of an ElfFile -> (the file, the first DT_JMPREL type ld.so refuses to bind lazily, or None)
         self._bad_plt: Dict[int, Tuple[ElfFile, Optional[int]]] = {}
 
-    def program_positions(self, t: RefTable, syms: ObjectSymbols) -> Tuple[int, ...]:
-        """Positions of ``t`` (the program's references) that ld.so checks beyond the lookup: its copy relocations
-        and its PLT-class references through a symbol with a nonzero ``st_value`` and ``SHN_UNDEF`` (a canonical
-        function address: ``_dl_check_protected_symbol``)."""
-        hit = self._program_positions.get(id(t))
-        if hit is None or hit[0] is not t:
-            raw = syms.raw
-            values, shndxs = raw.value, raw.shndx
-            symbols = t.symbols
-            out = tuple(n for n, k in enumerate(t.keys)
-                        if k[2] == CLASS_COPY or (k[2] & CLASS_PLT and values[symbols[n]] != 0
-                                                  and shndxs[symbols[n]] == C.SHN_UNDEF))
-            hit = self._program_positions[id(t)] = (t, out)
-        return hit[1]
+    def forget(self, elf: ElfFile) -> None:
+        """Drop the symbol tables and references decoded of ``elf`` (a program whose FILE is done: nothing else
+        loads it). They are decoded again if the file is met again; the other caches hold what their keys name,
+        or compare identities, so none of them mistakes a new decoding for this one."""
+        s = self.objects.get(id(elf))
+        if s is not None and s.elf is elf:
+            del self.objects[id(elf)]
 
     def indirect_extern_access(self, elf: Optional[ElfFile]) -> bool:
         """The object needs GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS (``l_1_needed``, from its
@@ -413,9 +404,12 @@ class Binder:
         # references through the object's own definitions resolve in any scope holding it
         foreign = self._syms[i].foreign_positions(t)  # type: ignore[union-attr]
         if i == main:
-            ok = self._lib_ok  # known answers in this library scope first: most references are there
+            # known answers first: in this library scope, then a library of the scope that accepted the same
+            # key for another program (most references are there)
+            ok, definer, mset = self._lib_ok, self.cache.definer, self.lib_mset
+            todo = [n for n in foreign if not ok.get(keys[n]) and definer.get(keys[n]) not in mset]
             resolves = self.resolves
-            return [n for n in [n for n in foreign if not ok.get(keys[n])] if not resolves(keys[n])]
+            return [n for n in todo if not resolves(keys[n])]
         cache = self.cache
         skey = (id(t), self.lib_files)
         hit = cache.scope_unresolved.get(skey)
@@ -820,7 +814,7 @@ def _program_checks(b: Binder, i: int, syms: ObjectSymbols, t: RefTable, lazy: b
     relocation, the size check of ``elf_machine_rela`` (R_X86_64_COPY)."""
     from soswap.loader.symtab import Sym
 
-    positions = b.cache.program_positions(t, syms)
+    positions = syms.program_positions(t)
     if not positions:
         return
     argv0 = b.res.argv0

@@ -310,6 +310,19 @@ class Loader:
             store.put(key, res, result)
         return result
 
+    def release(self, res: M.LoadResult) -> None:
+        """Forget the bulk data decoded for the program of ``res`` (its symbol tables and references, its
+        string table): a caller that loads many programs once each (``soswap tree FILE...``) keeps its memory
+        to the libraries they share. Anything forgotten is decoded again if that file is loaded again. A FILE
+        with a DT_SONAME is kept: a library, which the next programs may load."""
+        objs = res.objects
+        elf = objs[0].elf if objs else None
+        if elf is None or elf.soname is not None:
+            return
+        if self._bind_cache is not None:
+            self._bind_cache.forget(elf)  # type: ignore[attr-defined]
+        elf.release_buffers()
+
     # -- where does a reference bind (docs/loader-api.md, "References and definitions") ------------------
 
     def references(self, res: M.LoadResult, i: int) -> Tuple[Reference, ...]:

@@ -181,6 +181,7 @@ class ObjectSymbols:
         self._static_tls: Optional[Tuple[int, ...]] = None
         self._static_tls_at: Dict[int, Tuple[int, ...]] = {}
         self._foreign: Dict[int, Tuple[int, ...]] = {}
+        self._checked: Dict[int, Tuple[int, ...]] = {}
         self._shadowing: Optional[frozenset] = None
         self._locals: Optional[frozenset] = None
         #: key -> FOUND_* code and symbol index; key -> the value accept() returns
@@ -354,6 +355,20 @@ class ObjectSymbols:
             return tuple(range(len(t.keys)))
         keys = t.keys
         return tuple(n for n, i in enumerate(t.symbols) if i not in own or keys[n][2] == CLASS_COPY)
+
+    def program_positions(self, t: RefTable) -> Tuple[int, ...]:
+        """Positions of ``t`` (a table of this object, the program) that ld.so checks beyond the lookup: its copy
+        relocations and its PLT-class references through a symbol with a nonzero ``st_value`` and ``SHN_UNDEF``
+        (a canonical function address: ``_dl_check_protected_symbol``)."""
+        hit = self._checked.get(id(t))
+        if hit is None:
+            values, shndxs = self.raw.value, self.raw.shndx
+            symbols = t.symbols
+            hit = self._checked[id(t)] = tuple(
+                n for n, k in enumerate(t.keys)
+                if k[2] == CLASS_COPY or (k[2] & CLASS_PLT and values[symbols[n]] != 0
+                                          and shndxs[symbols[n]] == C.SHN_UNDEF))  # t lives in self._tables
+        return hit
 
     def _local_symbols(self) -> frozenset:
         """Indexes of the symbols ``resolve_map`` binds to the object itself without a lookup: local binding,
