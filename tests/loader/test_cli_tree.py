@@ -228,6 +228,55 @@ def test_an_object_file_or_a_core_dump_is_never_executed(tmp_path: Path, e_type:
     assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
 
 
+def test_a_program_without_execute_permission_cannot_start(tmp_path: Path) -> None:
+    """execve checks MAY_EXEC first (``do_open_execat``): a program with no execute bit for the caller (for
+    root: none at all) is EACCES, the shell's 126. ``ldd`` does not look at the bit (it runs ld.so on it)."""
+    ok, _broken = _ok_and_broken(tmp_path)
+    ok.chmod(0o644)
+    if os.geteuid() != 0 and os.access(ok, os.X_OK):  # pragma: no cover - an ACL grants it
+        pytest.skip("an ACL grants execute permission here")
+    with pytest.raises(PermissionError):  # the oracle: the kernel refuses it
+        subprocess.run([str(ok)], timeout=60)
+    r = soswap("--no-cache", str(ok))
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    assert (f"fails at startup: {ok}: cannot execute: Permission denied (no execute permission for this user)"
+            in r.stdout.splitlines())
+    assert r.stdout.splitlines()[-1] == "verdict: the program cannot start (exit status 126)"
+    doc = json.loads(soswap("--json", "--no-cache", str(ok)).stdout)["results"][0]
+    assert (doc["fatal"]["kind"], doc["fatal"]["exit_status"]) == ("not-executable", 126)
+    got, want = soswap("--ldd", str(ok)), real_ldd(str(ok))
+    assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
+    ok.chmod(0o700)  # the owner's bit alone: enough for its owner
+    r = soswap("--no-cache", str(ok))
+    assert r.returncode == 0 and "cannot execute" not in r.stdout, r.stdout
+
+
+def test_execute_permission_of_another_identity_follows_the_mode_bits(tmp_path: Path) -> None:
+    """For an identity other than soswap's own, the mode bits decide as ``generic_permission`` does: root
+    needs any execute bit, anyone else the owner's, group's or others' bit that applies to them."""
+    from soswap.loader.environment import mode_allows_execute
+
+    f = tmp_path / "prog"
+    f.write_bytes(b"")
+    me = os.stat(f)
+    uid = 65534 if me.st_uid != 65534 else 65533  # neither the owner nor root
+    gid = 65534 if me.st_gid != 65534 else 65533
+    cases = [
+        (0o744, 0, 0, True), (0o644, 0, 0, False), (0o010, 0, 0, True), (0o001, 0, 0, True),
+        (0o744, uid, gid, False), (0o751, uid, gid, True),
+        (0o710, uid, me.st_gid, True), (0o701, uid, me.st_gid, False),
+        (0o100, me.st_uid or uid, gid, me.st_uid != 0), (0o011, me.st_uid or uid, gid, me.st_uid == 0),
+    ]
+    for mode, euid, egid, want in cases:
+        f.chmod(mode)
+        assert mode_allows_execute(os.stat(f), euid, egid) is want, (oct(mode), euid, egid)
+    # a test run as another user than root checks its own rule against the kernel
+    if os.geteuid() != 0:  # pragma: no cover - CI runs as root
+        for mode in (0o700, 0o070, 0o007, 0o644):
+            f.chmod(mode)
+            assert mode_allows_execute(os.stat(f), os.geteuid(), os.getegid()) == os.access(f, os.X_OK), oct(mode)
+
+
 @pytest.mark.parametrize("flag, present", [("-f", False), ("-f", True), ("-F", True)])
 def test_a_filter_library_as_file_keeps_its_tree_and_ldd_output(tmp_path: Path, flag: str, present: bool) -> None:
     """A library with DT_AUXILIARY (``-f``) or DT_FILTER (``-F``) as FILE: ld.so links the filtee in front of

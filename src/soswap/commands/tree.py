@@ -163,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.platform is not None:
         profile = profile.replace(platform=args.platform)
     loader = Loader(profile, env, cache=ElfCache())
+    loader.execute_permission = True  # what happens when FILE runs: execve checks the execute bit
     problem = profile.ldcache.problem if not args.ldd else None  # --ldd prints exactly what ldd prints
     if problem:
         sys.stderr.write(f"soswap: warning: {problem}\n")

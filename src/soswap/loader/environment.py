@@ -96,6 +96,32 @@ class Environment(NamedTuple):
             return True
         return path is not None and self.uid != 0 and _file_capabilities(path)
 
+    def may_execute(self, st: os.stat_result, path: str) -> bool:
+        """This caller may execute the file with stat result ``st`` at host ``path`` (``do_open_execat`` →
+        ``may_open`` → ``inode_permission(MAY_EXEC)``). For our own identity the kernel is asked (``faccessat``
+        with AT_EACCESS: ACLs and dropped capabilities count); for another, the mode bits: root needs any execute
+        bit (``generic_permission``), anyone else the owner's, the group's or the others' bit that applies."""
+        if (self.uid, self.euid, self.gid, self.egid) == (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
+            try:
+                return os.access(path, os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+            except (OSError, ValueError):
+                return True  # not known: execve is not predicted to fail
+        return mode_allows_execute(st, self.euid, self.egid)
+
+
+def mode_allows_execute(st: os.stat_result, euid: int, egid: int) -> bool:
+    """The mode bits of ``st`` let a process with these effective IDs execute the file (``generic_permission``:
+    root, with CAP_DAC_OVERRIDE, needs any execute bit; anyone else the owner's, the group's or the others' bit,
+    whichever class it is in; supplementary groups and ACLs are not known here)."""
+    mode = st.st_mode
+    if euid == 0:
+        return bool(mode & 0o111)
+    if st.st_uid == euid:
+        return bool(mode & stat.S_IXUSR)
+    if st.st_gid == egid:
+        return bool(mode & stat.S_IXGRP)
+    return bool(mode & stat.S_IXOTH)
+
 
 def mount_nosuid(path: str) -> bool:
     """The file at ``path`` is on a ``nosuid`` mount (set-ID bits and file capabilities do nothing there)."""

@@ -100,6 +100,10 @@ class Loader:
         self._bind_cache: Optional[object] = None
         #: binding results kept between runs (``soswap.loader.bindstore.BindStore``), consulted by :meth:`bind`
         self.bind_store: Optional[BindStore] = None
+        #: a program (with PT_INTERP) the caller may not execute is refused as execve refuses it (EACCES, 126):
+        #: ``soswap tree``'s question, "what happens when FILE runs"; off for consumers that are loaded to be
+        #: checked, not run (a PAM module with PT_INTERP and mode 0644 is dlopen()ed)
+        self.execute_permission = False
         #: load results shared by programs of the same shape (see _Template), and per file system whether the
         #: environment or /etc/ld.so.preload holds a dynamic string token
         self._templates: Dict[tuple, _Template] = {}
@@ -122,6 +126,7 @@ class Loader:
             other._profiles = self._profiles
         other._bind_cache = self.bind_cache
         other.bind_store = self.bind_store
+        other.execute_permission = self.execute_permission
         return other
 
     @property
@@ -233,13 +238,15 @@ class Loader:
         interp = elf.interpreter
         # what binfmt_elf says of PT_INTERP (a substitute is never executed)
         bad_interp = kernel_interp_errno(elf) if interp is not None and not trace and sub_root is None else 0
+        no_exec = (self.execute_permission and interp is not None and not trace and st is not None
+                   and not self.env.may_execute(st, host))
         # a load with substitutions shares templates with the loads of the same shape and the same set
         key: Optional[tuple] = None
         if subst is None or skey is not None:
             # what _run checks on the program itself before the search (execve's refusals)
             execve = None if trace else (kernel_cannot_map(elf), bad_interp,
                                          interp is not None and sub_root is None and fsys.noexec(file),
-                                         elf.cut_short, elf.type in C.LOADABLE_TYPES)
+                                         elf.cut_short, elf.type in C.LOADABLE_TYPES, no_exec)
             key = (*self._shape(elf, dyn, profile, fsys, trace, secure, rtld_path, ldcache, origin), skey,
                    sub_root is not None, execve)
             t = self._templates.get(key)
@@ -247,7 +254,7 @@ class Loader:
                 return t.instantiate(argv0, elf, file, origin, self.env, secure)
         s = LoadSession(profile, self.env, fsys, trace=trace, secure=secure, argv0=argv0, substitutions=subst,
                         ldcache=ldcache)
-        res = _run(s, path, elf, file, sub_root is not None, rtld_path, origin, interp, bad_interp)
+        res = _run(s, path, elf, file, sub_root is not None, rtld_path, origin, interp, bad_interp, no_exec)
         if key is not None and s.portable:
             # reasons naming the program: a directory of its own DT_RPATH/DT_RUNPATH ("RPATH d of ./prog")
             named = tuple(o.index for o in res.objects[1:] if o.reason.owner == 0)
@@ -429,7 +436,7 @@ def _open_substitute(sub: Substitute, cache: ElfCache) -> ElfFile:
 
 
 def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, rtld_path: Optional[str],
-         origin: Optional[str], interp: Optional[str], bad_interp: int = 0) -> M.LoadResult:
+         origin: Optional[str], interp: Optional[str], bad_interp: int = 0, no_exec: bool = False) -> M.LoadResult:
     profile = s.profile
     dynamic = elf.is_dynamic
     main = s.setup_main(path, elf, file=file, substituted=substituted, origin=origin)
@@ -439,7 +446,7 @@ def _run(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, 
     named = elf.loader_interpreter
     s.setup_rtld(named if named is not None else rtld, rtld)
     if not s.trace:
-        _execve(s, path, elf, file, substituted, interp, bad_interp)
+        _execve(s, path, elf, file, substituted, interp, bad_interp, no_exec)
     if s.fatal is None and (s.trace or dynamic or interp is not None):
         _tunables_warning(s)
     s.setup_vdso()
@@ -463,7 +470,7 @@ def _tunables_warning(s: LoadSession) -> None:
 
 
 def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: bool, interp: Optional[str],
-            bad_interp: int) -> None:
+            bad_interp: int, no_exec: bool = False) -> None:
     """What execve refuses or dies of before ld.so runs (``do_open_execat``, ``load_elf_binary``), as a fatal
     failure of ``s``."""
     err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
@@ -472,6 +479,11 @@ def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: boo
         # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
         _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
                       f"{path}: cannot execute: Permission denied (its mount is noexec)")
+    elif no_exec and not substituted:
+        # do_open_execat: the open for execution checks MAY_EXEC (inode_permission), EACCES as the noexec mount
+        # above (faccessat says no for both); "ld.so FILE" loads it all the same (it opens the file for reading)
+        _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
+                      f"{path}: cannot execute: Permission denied (no execute permission for this user)")
     elif not substituted and elf.type not in C.LOADABLE_TYPES:
         # load_elf_binary executes ET_EXEC and ET_DYN only: an object file or a core dump is ENOEXEC
         what = f"ET_{C.ET_NAMES[elf.type]}" if elf.type in C.ET_NAMES else f"e_type {elf.type:#x}"
