@@ -6,7 +6,7 @@ median and best wall clock, the median user and system time and minor page fault
 
 ``REV_B`` defaults to the work tree's ``src/``; each REV is extracted with ``git archive`` (nothing in the work
 tree changes) and its bytecode compiled first. ``--regular`` leaves the symbolic links out. Example (the
-bench/RESULTS-tree.md rows of 2026-12-02 15:10 UTC)::
+bench/RESULTS-tree.md rows of 2026-12-02 13:59 UTC)::
 
     python bench/ab_tree.py --runs 10 a81b948 -- -r --no-cache
     python bench/ab_tree.py --runs 6 a81b948 -- -j 1 -r --no-cache
