@@ -33,9 +33,12 @@ def run_once(src: Path, argv: List[str]) -> Tuple[float, float, float, int]:
     """(wall, user, system, minor faults) of one ``soswap tree`` run."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    subprocess.run([PYTHON, "-m", "soswap", "tree", *argv], env=env_for(src), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, check=False)
+    proc = subprocess.run([PYTHON, "-m", "soswap", "tree", *argv], env=env_for(src), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, check=False)
     wall = time.perf_counter() - t
+    if proc.returncode not in (0, 1):  # 2: an error, not a time worth reporting
+        raise SystemExit(f"ab_tree: soswap tree failed ({proc.returncode}) under {src}: "
+                         f"{proc.stderr.decode(errors='replace').strip()[:300]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
             after.ru_minflt - before.ru_minflt)

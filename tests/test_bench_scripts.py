@@ -28,3 +28,15 @@ def test_bench_tree_profile_wraps_the_current_loader() -> None:
         assert rows["total"] > 0
         phases = {k.strip().split(":")[0] for k in rows if k.startswith("  ")}
         assert phases == ({"bind", "elf", "load", "-r"} if symbols else {"bind", "elf", "load"}), rows
+
+
+def test_ab_tree_times_a_real_run() -> None:
+    """``bench/ab_tree.py`` (two revisions in interleaved runs) still starts the command it times, and a run
+    that fails is an error, not a fast time."""
+    import pytest
+
+    bench = _bench("ab_tree")
+    wall, user, system, faults = bench.run_once(bench.SRC, ["--no-cache", "-r", "/usr/bin/ls"])
+    assert wall > 0 and user + system > 0 and faults > 100
+    with pytest.raises(SystemExit, match="failed"):
+        bench.run_once(bench.SRC, ["--no-cache", "/nonexistent/program"])
