@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import posixpath
 import sys
 from array import array
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from soswap.digest import sha256_hex
 
 #: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of a file
 Key = Tuple[int, int, int, int, int]
@@ -123,7 +124,7 @@ class IndexData:
 
 
 def ldcache_digest(entries: Dict[str, List[str]]) -> str:
-    return hashlib.sha256(json.dumps(entries, sort_keys=True, ensure_ascii=True).encode("ascii")).hexdigest()
+    return sha256_hex(json.dumps(entries, sort_keys=True, ensure_ascii=True).encode("ascii"))
 
 
 # -- integer columns ---------------------------------------------------------------------------------------

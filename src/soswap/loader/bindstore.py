@@ -28,13 +28,13 @@ before use.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from soswap import __version__
 from soswap.cachefile import Unusable, decode_part, read_document, write_document
+from soswap.digest import blake2b, sha256_hex
 from soswap.elf.source import Identity, identity_of
 from soswap.loader import model as M
 
@@ -66,7 +66,7 @@ def code_fingerprint() -> str:
                         parts.append((e.name, st.st_size, st.st_mtime_ns))
         except OSError:
             parts.append((d, None))
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
+    return sha256_hex(repr(parts).encode())
 
 
 class BindStore:
@@ -132,7 +132,7 @@ class BindStore:
     def key(self, res: M.LoadResult, bind_now: Optional[bool], warn: bool, relocate: bool) -> Optional[str]:
         """The key of binding ``res`` with these arguments, or None when a file has no on-disk identity
         (an in-memory image)."""
-        h = hashlib.blake2b(digest_size=16)
+        h = blake2b(digest_size=16)
         memo = self._object_text
         for o in res.objects:
             hit = memo.get(id(o))

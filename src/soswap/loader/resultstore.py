@@ -41,13 +41,13 @@ type-checked before use.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from soswap import __version__
 from soswap.cachefile import Part, Unusable, decode_part, read_document, write_document
+from soswap.digest import sha256_hex
 from soswap.loader import model as M
 from soswap.tuples import NamedTuple
 
@@ -91,7 +91,7 @@ def mounts_fingerprint() -> str:
         raw = read_regular("/proc/self/mountinfo", 64 << 20)
     except OSError as exc:
         return f"unreadable: {exc.errno}"
-    return hashlib.sha256(raw).hexdigest()
+    return sha256_hex(raw)
 
 
 def code_fingerprint() -> str:
@@ -116,7 +116,7 @@ def code_fingerprint() -> str:
                     pending.append(e.path)
             except OSError:
                 parts.append((d, e.name, None))
-    return hashlib.sha256(repr(parts).encode("utf-8", "surrogateescape")).hexdigest()
+    return sha256_hex(repr(parts).encode("utf-8", "surrogateescape"))
 
 
 class RunWitnesses:
@@ -224,7 +224,7 @@ class ResultStore:
     def __init__(self, path: str, settings: Sequence[object], *, racy_ns: int = RACY_NS) -> None:
         self.path = path
         self.code = code_fingerprint()
-        self.settings = hashlib.sha256(repr((self.code, *settings)).encode("utf-8", "surrogateescape")).hexdigest()
+        self.settings = sha256_hex(repr((self.code, *settings)).encode("utf-8", "surrogateescape"))
         self._mounts: Optional[str] = None
         self.racy_limit = time.time_ns() - racy_ns
         #: why the file could not be used or written, if it could not (never fatal)

@@ -30,9 +30,9 @@ def _hidden(name: str, mark: str, txid: str) -> str:
     candidate = f".{name}{mark}{txid}"
     if len(os.fsencode(candidate)) <= NAME_MAX:
         return candidate
-    import hashlib  # rare (names near NAME_MAX), and hashlib costs ~8 ms to import
+    from soswap.digest import sha256_hex  # rare (names near NAME_MAX)
 
-    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:24]
+    digest = sha256_hex(os.fsencode(name))[:24]
     return f".soswap-{digest}{mark}{txid}"
 
 
