@@ -34,7 +34,7 @@ __all__ = ["LARGE", "blake2b", "sha256_hex"]
 def sha256_hex(data: bytes) -> str:
     """The SHA-256 of ``data`` as hex digits."""
     if len(data) < LARGE:
-        return str(_builtin_sha256(data).hexdigest())
+        return _builtin_sha256(data).hexdigest()
     import hashlib
 
     return hashlib.sha256(data).hexdigest()

@@ -317,11 +317,10 @@ def _repeats(loader, files: List[str]) -> Dict[tuple, int]:  # type: ignore[no-u
     stands for, by identity: its program's tables are kept until the last of them is done."""
     from soswap.elf.source import identity_of
 
-    fs, cwd = loader.profile.fs, loader.env.cwd
     seen: Dict[tuple, int] = {}
     for f in files:
         try:
-            st = os.stat(fs.host(f if f.startswith("/") else posixpath.join(cwd, f)))
+            st = os.stat(loader.host_path(f))
         except (OSError, ValueError):
             continue
         ident = identity_of(st)
@@ -332,10 +331,9 @@ def _repeats(loader, files: List[str]) -> Dict[tuple, int]:  # type: ignore[no-u
 def _release_after_last(loader, res, repeats: Dict[tuple, int]) -> None:  # type: ignore[no-untyped-def]
     """:meth:`Loader.release` the program of ``res`` unless another FILE still to come is the same file."""
     elf = res.objects[0].elf if res.objects else None
-    ident = elf.identity if elf is not None else None
-    left = repeats.get(ident, 0) if ident is not None else 0
+    left = repeats.get(elf.identity, 0) if elf is not None else 0
     if left > 1:
-        repeats[ident] = left - 1
+        repeats[elf.identity] = left - 1  # type: ignore[union-attr]
     else:
         loader.release(res)
 

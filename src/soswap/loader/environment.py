@@ -3,6 +3,7 @@ working directory, secure (AT_SECURE) mode and the CPU features ``GLIBC_TUNABLES
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from typing import FrozenSet, Mapping, Optional, Tuple
@@ -101,12 +102,18 @@ class Environment(NamedTuple):
         ``may_open`` → ``inode_permission(MAY_EXEC)``). For our own identity the kernel is asked (``faccessat``
         with AT_EACCESS: ACLs and dropped capabilities count); for another, the mode bits: root needs any execute
         bit (``generic_permission``), anyone else the owner's, the group's or the others' bit that applies."""
-        if (self.uid, self.euid, self.gid, self.egid) == (os.getuid(), os.geteuid(), os.getgid(), os.getegid()):
+        if (self.uid, self.euid, self.gid, self.egid) == _own_ids():
             try:
                 return os.access(path, os.X_OK, effective_ids=os.access in os.supports_effective_ids)
             except (OSError, ValueError):
                 return True  # not known: execve is not predicted to fail
         return mode_allows_execute(st, self.euid, self.egid)
+
+
+@functools.lru_cache(maxsize=1)
+def _own_ids() -> Tuple[int, int, int, int]:
+    """(uid, euid, gid, egid) of this process, read once (soswap never changes them)."""
+    return os.getuid(), os.geteuid(), os.getgid(), os.getegid()
 
 
 def mode_allows_execute(st: os.stat_result, euid: int, egid: int) -> bool:

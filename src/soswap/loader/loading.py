@@ -185,7 +185,7 @@ class Loader:
         if not path:
             raise UsageError("empty file name")
         base_fs = self.profile.fs
-        host = base_fs.host(path if path.startswith("/") else posixpath.join(self.env.cwd, path))
+        host = self.host_path(path)
         sub_root: Optional[Substitute] = None
         if substitutions:
             if base_fs.is_host and path == host:  # the host's own root: a key names the file only as itself
@@ -263,6 +263,10 @@ class Loader:
                     self._templates.clear()
                 self._templates[key] = _Template(res, tuple(s.relabel), named, ldcache)
         return res
+
+    def host_path(self, path: str) -> str:
+        """Where ``path`` (relative to the environment's working directory, inside ``--root``) is on this host."""
+        return self.profile.fs.host(path if path.startswith("/") else posixpath.join(self.env.cwd, path))
 
     def _substitutions(self, fsys: FileSystem, items: Mapping[str, Substitute]
                        ) -> Tuple[Substitutions, Optional[frozenset]]:
