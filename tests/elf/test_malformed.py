@@ -12,7 +12,9 @@ import pytest
 
 from elf.decode_all import decode_all
 from soswap.elf import ElfFile
+from soswap.elf.source import HEAD
 from soswap.errors import ElfError
+from soswap.report.elf import elf_to_json
 from support.build import requires_cc, shared_lib
 
 LIB_SRC = r"""
@@ -194,16 +196,32 @@ def test_special_paths(path: str, problem: str) -> None:
         ElfFile.open(path)
 
 
-def test_file_truncated_while_being_read(tmp_path: Path, small_lib: bytes) -> None:
-    """A file truncated under us gives an error, not SIGBUS (no mmap) and not garbage."""
-    p = tmp_path / "libshrink.so"
-    p.write_bytes(small_lib)
+def test_file_truncated_while_being_read(tmp_path: Path) -> None:
+    """A file truncated under us gives an error, not SIGBUS (no mmap) and not garbage: the tables past the
+    head (read in one piece at open) are read after the truncation."""
+    src = LIB_SRC + "const char filler[1 << 16] = {1};\nconst char *fill(void) { return filler; }\n"
+    p = shared_lib(tmp_path / "libshrink.so", src, soname="libshrink.so", version_script=MAP)
     elf = ElfFile.open(p)
-    elf.needed
+    assert elf.size > 2 * HEAD
+    assert min(s.offset for s in elf.segments_of_type(2)) > HEAD  # PT_DYNAMIC lies past the head
     with open(p, "r+b") as f:
         f.truncate(200)
     with pytest.raises(ElfError, match=r"shrank|outside|changed"):
         decode_all(elf)
+
+
+def test_file_truncated_within_its_head(tmp_path: Path, small_lib: bytes) -> None:
+    """A file no larger than the head is read in one piece at open: truncated after that, it still decodes as
+    the file that was opened (one consistent snapshot), never as a mix of old and new bytes."""
+    assert len(small_lib) <= HEAD
+    p = tmp_path / "libshrink.so"
+    p.write_bytes(small_lib)
+    elf = ElfFile.open(p)
+    with open(p, "r+b") as f:
+        f.truncate(200)
+    decode_all(elf)
+    assert elf_to_json(elf, with_symbols=True) == elf_to_json(ElfFile.from_bytes(small_lib, str(p)),
+                                                              with_symbols=True)
 
 
 def test_file_replaced_between_lazy_reads(tmp_path: Path, small_lib: bytes) -> None:
