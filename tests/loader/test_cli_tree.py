@@ -228,6 +228,58 @@ def test_an_object_file_or_a_core_dump_is_never_executed(tmp_path: Path, e_type:
     assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
 
 
+#: (name, header field offset, struct format, value, what the refusal says): ELF64 e_phoff 32, e_phentsize 54,
+#: e_phnum 56
+_BAD_PHDRS = [
+    ("entry-size", 54, "<H", 48, "e_phentsize is 48, not the 56 bytes of an Elf64_Phdr"),
+    ("no-entries", 56, "<H", 0, "it has no program headers"),
+    ("over-64k", 56, "<H", 1200, "its program header table is larger than 64 KiB (67200 bytes)"),
+    ("past-the-end", 32, "<Q", -100, "runs past the end of the file"),
+]
+
+
+@pytest.mark.parametrize("name, at, fmt, value, why", _BAD_PHDRS, ids=[c[0] for c in _BAD_PHDRS])
+def test_a_program_header_table_the_kernel_cannot_read(tmp_path: Path, name: str, at: int, fmt: str, value: int,
+                                                        why: str) -> None:
+    """binfmt_elf ``load_elf_phdrs`` reads the whole program header table before anything else: a wrong entry
+    size, no entry, more than 64 KiB or a table past the end of the file is ENOEXEC (the shell's 126). Before,
+    the first three gave an error line (status 2) and a program without program headers was shown as a static
+    program that runs; ``--ldd`` stays ldd's "not a dynamic executable"."""
+    import struct
+
+    (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
+    prog = tmp_path / name
+    run_cc(["-o", str(prog), str(tmp_path / "p.c")])
+    data = bytearray(prog.read_bytes())
+    struct.pack_into(fmt, data, at, value if value >= 0 else len(data) + value)
+    prog.write_bytes(bytes(data))
+    prog.chmod(0o755)
+    with pytest.raises(OSError) as run:  # the oracle: the kernel refuses it
+        subprocess.run([str(prog)], timeout=60)
+    assert run.value.errno == 8  # ENOEXEC
+    r = soswap("--no-cache", str(prog))
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == (f"{prog}  (no program headers: nothing can be loaded)" if value == 0 else str(prog))
+    assert lines[1].startswith(f"fails at startup: {prog}: cannot execute: Exec format error (")
+    assert why in lines[1] and len(lines) == 3
+    assert lines[2] == "verdict: the program cannot start (exit status 126)"
+    doc = json.loads(soswap("--json", "-r", "--no-cache", str(prog)).stdout)["results"][0]
+    assert (doc["fatal"]["kind"], doc["fatal"]["exit_status"]) == ("not-executable", 126)
+    got, want = soswap("--ldd", str(prog)), real_ldd(str(prog))
+    assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
+    # a consumer loaded to be checked, not run, still meets the file's own error (soswap elf, check)
+    from soswap.elf import ElfFile
+    from soswap.errors import ElfError
+    from soswap.loader import Environment, Loader
+
+    if value != 0:
+        with pytest.raises(ElfError):
+            Loader(PROFILE, Environment.from_environ(BASE_ENV)).load(str(prog))
+        with pytest.raises(ElfError):
+            ElfFile.open(prog)
+
+
 def test_a_program_without_execute_permission_cannot_start(tmp_path: Path) -> None:
     """execve checks MAY_EXEC first (``do_open_execat``): a program with no execute bit for the caller (for
     root: none at all) is EACCES, the shell's 126. ``ldd`` does not look at the bit (it runs ld.so on it)."""

@@ -377,6 +377,24 @@ def kernel_interp_errno(elf: ElfFile) -> int:
     return 0 if raw and raw[-1] == 0 else errnomod.ENOEXEC
 
 
+def program_header_refusal(elf_class: int, phentsize: int, phnum: int, phoff: int, size: int) -> Optional[str]:
+    """Why binfmt_elf ``load_elf_phdrs`` cannot read the program header table of a program it is asked to run
+    (execve's ENOEXEC), or None: an entry size other than the class's ``Elf_Phdr``, no entries or more than
+    64 KiB of them, a table that runs past the end of the file (``elf_read``'s short read)."""
+    entry = 56 if elf_class == 64 else 32
+    if phentsize != entry:
+        return f"e_phentsize is {phentsize}, not the {entry} bytes of an Elf{elf_class}_Phdr"
+    table = phentsize * phnum
+    if table == 0:
+        return "it has no program headers"
+    if table > 65536:
+        return f"its program header table is larger than 64 KiB ({table} bytes)"
+    if phoff + table > size:
+        return (f"its program header table ({table} bytes at {phoff:#x}) runs past the end of the file "
+                f"({size} bytes)")
+    return None
+
+
 def _exec_errno(host_path: str, st: os.stat_result, machine: int) -> int:
     try:
         if not stat.S_ISREG(st.st_mode) or not os.access(host_path, os.X_OK):
@@ -401,10 +419,11 @@ def _exec_errno(host_path: str, st: os.stat_result, machine: int) -> int:
         else:
             phoff = struct.unpack_from(e + "I", head, 28)[0]
             phentsize, phnum = struct.unpack_from(e + "HH", head, 42)
-        size = phentsize * phnum
         # load_elf_phdrs: any problem is "not an interpreter" (the -ELIBBAD set before its checks)
-        if phentsize != (56 if head[4] == C.ELFCLASS64 else 32) or not 0 < size <= 65536:
+        elf_class = 64 if head[4] == C.ELFCLASS64 else 32
+        if program_header_refusal(elf_class, phentsize, phnum, 0, 1 << 16) is not None:
             return errnomod.ELIBBAD
+        size = phentsize * phnum
         if len(os.pread(fd, size, phoff)) != size:
             return errnomod.ELIBBAD
         return 0

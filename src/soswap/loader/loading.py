@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Mapping, Opti
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
 from soswap.elf.dynamic import DynamicInfo, dynamic_entries
+from soswap.elf.file import decode_header
+from soswap.elf.source import FileSource
 from soswap.errors import ElfError, UsageError
 from soswap.loader import model as M
 from soswap.loader.candidates import (
@@ -21,6 +23,7 @@ from soswap.loader.candidates import (
     Substitute,
     kernel_cannot_map,
     kernel_interp_errno,
+    program_header_refusal,
     zero_fill_beyond,
 )
 from soswap.loader.cpu import tunables_warning
@@ -204,7 +207,15 @@ class Loader:
                 st = os.stat(host)
             except OSError as exc:
                 raise ElfError(path, exc.strerror or str(exc)) from None
-            elf = self.cache.get(host, st)
+            try:
+                elf = self.cache.get(host, st)
+            except ElfError:
+                # tree's question, "what happens when FILE runs": a table the kernel cannot read is its refusal
+                refused = (self._unreadable_program(path, host, st, argv0)
+                           if self.execute_permission and not trace else None)
+                if refused is None:
+                    raise
+                return refused
             file = host
         if profile is None:
             profile = self.profile_for(elf.machine, elf.elf_class, elf.header.flags)
@@ -263,6 +274,33 @@ class Loader:
                     self._templates.clear()
                 self._templates[key] = _Template(res, tuple(s.relabel), named, ldcache)
         return res
+
+    def _unreadable_program(self, path: str, host: str, st: os.stat_result,
+                            argv0: Optional[str]) -> Optional[M.LoadResult]:
+        """The run of a FILE whose ELF header is sound but whose program headers binfmt_elf cannot read: execve
+        refuses it (``load_elf_phdrs``, ENOEXEC) after the checks that come first; None when that is not why it
+        could not be decoded."""
+        try:
+            with FileSource(host) as src:
+                header, _lay = decode_header(src.read(0, min(src.size, 64), "ELF header"), path, src.size)
+        except ElfError:
+            return None
+        why = program_header_refusal(header.elf_class, header.phentsize, header.phnum, header.phoff, st.st_size)
+        profile = self.profile_for(header.machine, header.elf_class, header.flags)
+        if why is None or profile is None:
+            return None
+        fsys = self.file_system(profile)
+        s = LoadSession(profile, self.env, fsys, trace=False, secure=self.env.is_secure_for(st, host),
+                        argv0=argv0 or path, substitutions=None, ldcache=None)
+        s.setup_main(path, None, file=host, substituted=False, origin=None)
+        if fsys.noexec(host):  # do_open_execat, before any binfmt handler reads the file
+            _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
+                          f"{path}: cannot execute: Permission denied (its mount is noexec)")
+        elif header.type not in C.LOADABLE_TYPES:
+            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, _not_loadable_text(path, header.type))
+        else:
+            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: Exec format error ({why})")
+        return _freeze(s, [s.main], [], static=False)  # type: ignore[list-item]
 
     def host_path(self, path: str) -> str:
         """Where ``path`` (relative to the environment's working directory, inside ``--root``) is on this host."""
@@ -489,10 +527,9 @@ def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: boo
         _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
                       f"{path}: cannot execute: Permission denied (no execute permission for this user)")
     elif not substituted and elf.type not in C.LOADABLE_TYPES:
-        # load_elf_binary executes ET_EXEC and ET_DYN only: an object file or a core dump is ENOEXEC
-        what = f"ET_{C.ET_NAMES[elf.type]}" if elf.type in C.ET_NAMES else f"e_type {elf.type:#x}"
-        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: Exec format error ({what}: the "
-                                                      "kernel executes ET_EXEC and ET_DYN files only)")
+        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, _not_loadable_text(path, elf.type))
+    elif not substituted and (why := _header_refusal(elf)) is not None:
+        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: Exec format error ({why})")
     elif bad_interp:  # load_elf_binary reads PT_INTERP before it opens the interpreter
         _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: {os.strerror(bad_interp)} (the "
                                                       "kernel refuses its PT_INTERP)")
@@ -516,6 +553,19 @@ def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: boo
         # the kernel jumps into the interpreter unrelocated; a program that needs a loader itself crashes
         _execve_fails(s, M.CRASH, path, 139, f"{path}: killed by SIGSEGV: its program interpreter {interp} is "
                                              "a dynamically linked program, not a dynamic loader")
+
+
+def _not_loadable_text(path: str, e_type: int) -> str:
+    # load_elf_binary executes ET_EXEC and ET_DYN only: an object file or a core dump is ENOEXEC
+    what = f"ET_{C.ET_NAMES[e_type]}" if e_type in C.ET_NAMES else f"e_type {e_type:#x}"
+    return f"{path}: cannot execute: Exec format error ({what}: the kernel executes ET_EXEC and ET_DYN files only)"
+
+
+def _header_refusal(elf: ElfFile) -> Optional[str]:
+    """:func:`program_header_refusal` for a file that decoded (no program headers, or more than the kernel
+    reads)."""
+    h = elf.header
+    return program_header_refusal(h.elf_class, h.phentsize, h.phnum, h.phoff, elf.size)
 
 
 def _dynamic_crash(elf: ElfFile, path: str, profile: Profile, tags: Optional[Dict[int, int]],

@@ -55,6 +55,8 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True,
         if root.elf is not None and root.elf.type not in C.LOADABLE_TYPES:
             return [f"{res.argv0}  (ELF {_TYPE_WORDS.get(root.elf.type, 'file of an unknown type')}: "
                     "neither a program nor a shared library)"]
+        if root.elf is not None and not root.elf.segments:
+            return [f"{res.argv0}  (no program headers: nothing can be loaded)"]
         return [f"{res.argv0}  (statically linked: nothing is loaded)"]
     notes = []
     if root.elf is not None and root.elf.interpreter:
