@@ -18,6 +18,7 @@ from loader.helpers import (
     by_name,
     env_with,
     make_loader,
+    model_ldd,
     predict,
     real_ldd,
     run_program,
@@ -185,6 +186,31 @@ def test_case29_preload_interposes(tmp_path: Path) -> None:
     assert_ldd_parity(e, env=env)
 
 
+@pytest.mark.parametrize("broken", ["dependency", "version", "bind-now"])
+def test_a_preload_the_ldd_shell_cannot_start_with(tmp_path: Path, broken: str) -> None:
+    """LD_PRELOAD reaches the shell that runs the ldd script too: a preload that loads but needs a library
+    that is not found, a version its dependency lacks, or (under LD_BIND_NOW) a function nothing defines,
+    kills the shell as it starts. ldd then prints only the shell's own error and exits with its status (127,
+    or 1 for the version); ``soswap tree --ldd`` showed the whole list (found by bench/fuzz_worlds.py)."""
+    dep = shared_lib(tmp_path / "build" / "libdep.so", "int dep_v2(void) { return 2; }\n", soname="libdep.so",
+                     version_script="D_1 { local: *; };\nD_2 { global: dep_v2; } D_1;\n")
+    if broken == "version":  # the installed libdep.so defines D_1 only
+        shared_lib(tmp_path / "lib" / "libdep.so", "int dep_v1(void) { return 1; }\n", soname="libdep.so",
+                   version_script="D_1 { global: dep_v1; local: *; };\n")
+    pre_src = "int dep_v2(void);\nint pre(void) { return dep_v2(); }\n"
+    if broken == "bind-now":
+        pre_src = "int nowhere(void);\nint pre(void) { return nowhere(); }\n"
+    pre = shared_lib(tmp_path / "lib" / "libpre.so", pre_src, soname="libpre.so",
+                     flags=rpath_flags(str(tmp_path / "lib")), libs=[] if broken == "bind-now" else [str(dep)])
+    env = env_with(LD_PRELOAD=str(pre), **({"LD_BIND_NOW": "1"} if broken == "bind-now" else {}))
+    for flag in (None, "-r"):
+        out = assert_ldd_parity("/bin/true", env=env, flag=flag)
+        assert out.stdout == "" and out.status == (1 if broken == "version" else 127), out
+        assert out.stderr.startswith("/bin/bash: "), out
+    real = assert_run_prediction("/bin/true", env=env)  # the program meets the same error
+    assert real.status == (1 if broken == "version" else 127)
+
+
 def test_copy_relocation_size_mismatch_warning(tmp_path: Path) -> None:
     shared_lib(tmp_path / "old" / "libc2.so", "int table[4] = {1, 2, 3, 4};\n", soname="libc2.so")
     shared_lib(tmp_path / "new" / "libc2.so", "int table[8] = {1, 2, 3, 4};\n", soname="libc2.so")
@@ -298,6 +324,10 @@ def test_a_second_copy_of_the_dynamic_linker_crashes_the_program(tmp_path: Path)
     assert fatal is not None and fatal.kind == "crash" and fatal.exit_status == 128 + signal.SIGFPE
     assert "a second copy of the dynamic linker" in fatal.line
     assert predict(e)[1].fatal is None  # without the preload
+    # the shell running the ldd script dies of it first: ldd prints nothing; a shell shows 128 + SIGFPE
+    want, got = real_ldd(e, env=env), model_ldd(e, env=env)
+    assert (want.stdout, want.stderr, want.status) == ("", "", -signal.SIGFPE)
+    assert (got.stdout, got.stderr, got.status) == ("", "", 128 + signal.SIGFPE)
 
 
 def test_a_tls_descriptor_bound_to_a_plain_variable_kills_ld_so(tmp_path: Path) -> None:

@@ -202,8 +202,11 @@ def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untype
     files = list(args.files)
     single = len(files) == 1
     status = 0
-    for line in model.shell_warnings():
+    said, dies = model.shell_start()
+    for line in said:
         err.write(line)
+    if dies is not None:  # the shell running the ldd script cannot start: nothing else is printed
+        return dies
 
     def one(file: str) -> Tuple[str, str, object]:
         """ldd's output for ``file``; a file soswap cannot emulate is one error line (ok None), and the others

@@ -131,8 +131,11 @@ class LddModel:
         """The output of ``ldd FILE...``."""
         if not files:
             return LddOutput("", "ldd: missing file arguments\nTry `ldd --help' for more information.\n", 1)
+        said, dies = self.shell_start()
+        if dies is not None:
+            return LddOutput("", "".join(said), dies)
         out: List[str] = []
-        err: List[str] = self.shell_warnings()
+        err: List[str] = list(said)
         result = 0
         single = len(files) == 1
         for file in files:
@@ -147,10 +150,12 @@ class LddModel:
                 result = 1
         return LddOutput("".join(out), "".join(err), result)
 
-    def shell_warnings(self) -> List[str]:
-        """What the shell running the ldd script prints itself on standard error before anything else: its
-        loader's warning for a malformed GLIBC_TUNABLES, and for its own preloads (LD_PRELOAD,
-        /etc/ld.so.preload) that cannot be loaded."""
+    def shell_start(self) -> Tuple[List[str], Optional[int]]:
+        """What the shell running the ldd script prints itself on standard error before anything else (its
+        loader's warning for a malformed GLIBC_TUNABLES, and for its own preloads, LD_PRELOAD and
+        /etc/ld.so.preload, that cannot be loaded), and the status it dies with when it cannot start, or None:
+        a preload that loads can still need a library that is not found, a version that is not there, or a
+        symbol it binds at startup. Then ldd prints nothing else."""
         fs = self.loader.profile.fs
         shell = "/bin/bash"
         try:
@@ -162,12 +167,22 @@ class LddModel:
         loader = self.loader
         if (not loader.env.preload and not os.path.exists(fs.host(loader.profile.preload_path))
                 and tunables_warning(loader.env.tunables, loader.profile.glibc_version) is None):
-            return []
+            return [], None
         try:
             res = loader.load(shell, argv0=shell)
+            bound = (loader.bind(res) if res.fatal is None and any(o.kind == "preload" for o in res.objects)
+                     else None)
         except SoswapError:
-            return []
-        return [f.line + "\n" for f in res.failures if f.kind in _STARTUP_WARNINGS]
+            return [], None
+        said = [f.line + "\n" for f in res.failures if f.kind in _STARTUP_WARNINGS]
+        fatal = res.fatal if res.fatal is not None and res.fatal.kind != M.PRELOAD else (
+            bound.fatal if bound is not None else None)
+        if fatal is None:
+            return said, None
+        if fatal.kind == M.CRASH:  # killed by a signal: the shell says nothing itself (status 128 + signal)
+            return said, fatal.exit_status
+        # ld.so's run of the shell (not traced): the error of the first object that fails, then exit
+        return [*said, fatal.line + "\n"], fatal.exit_status
 
     def one(self, file: str) -> Tuple[str, str, Union[bool, str]]:
         """(stdout, stderr, success) of one file in the ldd loop; success is :data:`EXITED` where the ldd

@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Differential fuzzing of the search and binding model on random worlds of real libraries: the real ``ldd``
+and the real program are the oracles.
+
+    python bench/fuzz_worlds.py [--cases N] [--seed S] [--keep DIR]
+
+Each case builds, with gcc, a small world in a new directory: two to five libraries ``libwK.so`` whose
+DT_NEEDED entries form a random graph (cycles included), each in zero to two directories as a *full* copy
+(``f_K``, ``g_K`` and the data object ``d_K``, versions ``VK_1`` and ``VK_2``) or a *lean* one (``f_K`` only,
+``VK_1`` only), some without symbol versioning, some placed as a symbolic link to another copy, with random
+DT_RPATH or DT_RUNPATH entries on every object (absolute, ``$ORIGIN``-relative, relative to the working
+directory, empty elements, directories that do not exist), a program linked against the full copies (some
+with ``-z now``), and a random ``LD_LIBRARY_PATH``. Then, from the world's directory, the program run as
+``bin/prog`` or by its absolute path:
+
+* ``ldd`` and ``ldd -r`` against soswap's model of them (``soswap tree --ldd [-r]``): standard output,
+  standard error and exit status must be identical;
+* the program itself (it references every function and data object of its libraries but calls none) against
+  the prediction of ``soswap tree -r``: the fatal line and the exit status, or the warnings and a clean start.
+
+Every difference is printed with the case's seed and its world described; ``--keep DIR`` keeps the worlds that
+differ there. The exit status is 1 when a case differs, 2 when the tools are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from soswap.elf import ElfCache
+from soswap.loader import Environment, Loader, Profile
+from soswap.loader.ldd import RELOCS_FUNCTION, RELOCS_NONE, LddModel
+
+CC = os.environ.get("CC", "gcc")
+ADDR = re.compile(r" \(0x[0-9a-f]+\)")
+_PROFILE = Profile.detect()
+#: where libraries go: plain directories, and the expansions of $LIB and $PLATFORM (lib/x86_64-linux-gnu, x86_64)
+DIRS = ("d0", "d1", "d2", "sub/d3", _PROFILE.lib, _PROFILE.platform)
+#: the directories above as dynamic string tokens name them
+_TOKENS = {_PROFILE.lib: ("$LIB", "${LIB}"), _PROFILE.platform: ("$PLATFORM", "${PLATFORM}")}
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
+
+
+class World(NamedTuple):
+    root: Path
+    program: str  #: as run, from ``root``
+    env: Dict[str, str]
+    description: str
+
+
+class BuildFailed(Exception):
+    pass
+
+
+def _cc(args: Sequence[str]) -> None:
+    r = subprocess.run([CC, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildFailed(f"{CC} {' '.join(args)}:\n{r.stderr}")
+
+
+def _path_list(rng: random.Random) -> str:
+    """A DT_RPATH/DT_RUNPATH or LD_LIBRARY_PATH value: one to three elements."""
+    elements = []
+    for _ in range(rng.randint(1, 3)):
+        d = rng.choice(DIRS)
+        token = rng.choice(_TOKENS.get(d, (d,)))
+        forms = ["{root}/" + token, "$ORIGIN/../" + token, "${ORIGIN}/../" + d, "$ORIGIN", d, "", "{root}/nothere",
+                 "$ORIGIN/../../" + d.split("/")[-1], "$ORIGINAL/../" + d, "$NOTATOKEN/" + d]
+        elements.append(rng.choices(forms, weights=[4, 4, 1, 1, 2, 0.5, 0.5, 0.5, 0.3, 0.3])[0])
+    return ":".join(elements)
+
+
+def _search_flags(rng: random.Random, root: Path) -> Tuple[List[str], str]:
+    kind = rng.choice(["none", "rpath", "runpath", "runpath"])
+    if kind == "none":
+        return [], ""
+    value = _path_list(rng).replace("{root}", str(root))
+    if not value:  # an empty string is no entry at all for the linker
+        value = ":"
+    tag = "--disable-new-dtags" if kind == "rpath" else "--enable-new-dtags"
+    return [f"-Wl,-rpath,{value}", f"-Wl,{tag}"], f"{kind.upper()}={value}"
+
+
+def _lib_source(k: int, deps: Sequence[int], full: bool) -> str:
+    ext = "".join(f"extern int f_{j}(void); extern int g_{j}(void); extern int d_{j};\n" for j in deps)
+    uses = "".join(f" + f_{j}() + g_{j}() + d_{j}" for j in deps)
+    own = f"int d_{k} = 7;\nint g_{k}(void) {{ return 2; }}\n" if full else ""
+    return f"{ext}{own}int f_{k}(void) {{ return 1{uses}; }}\n"
+
+
+def _version_script(k: int, full: bool) -> str:
+    if full:
+        return f"V{k}_1 {{ global: f_{k}; local: *; }};\nV{k}_2 {{ global: g_{k}; d_{k}; }} V{k}_1;\n"
+    return f"V{k}_1 {{ global: f_{k}; local: *; }};\n"
+
+
+def _build_lib(out: Path, k: int, needed: Sequence[Tuple[int, Path]], full: bool, versioned: bool,
+               extra: Sequence[str], soname: str = "") -> None:
+    """Library ``k`` at ``out``; ``needed``: (library, stub whose DT_SONAME becomes the DT_NEEDED entry)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = out.with_name(out.name + ".c")
+    src.write_text(_lib_source(k, [j for j, _stub in needed], full))
+    args = ["-shared", "-fPIC", "-o", str(out), f"-Wl,-soname,{soname or f'libw{k}.so'}", "-Wl,--no-as-needed",
+            *extra]
+    if versioned:
+        vs = out.with_name(out.name + ".map")
+        vs.write_text(_version_script(k, full))
+        args.append(f"-Wl,--version-script,{vs}")
+    args += [str(src), *[str(stub) for _j, stub in needed]]
+    _cc(args)
+    src.unlink()
+
+
+def _needed_name(rng: random.Random, k: int) -> str:
+    """The DT_NEEDED entry naming library ``k``: its SONAME, another name of it, or a path from the working
+    directory (a name with a slash is opened as it is)."""
+    return rng.choices([f"libw{k}.so", f"libw{k}.so.1", f"{rng.choice(DIRS)}/libw{k}.so"], weights=[7, 2, 1])[0]
+
+
+def build_world(rng: random.Random, root: Path) -> World:
+    """A random world in ``root`` (see the module's description)."""
+    n = rng.randint(2, 5)
+    versioned = [rng.random() < 0.7 for _ in range(n)]
+    deps = [rng.sample([j for j in range(n) if j != k], rng.randint(0, min(2, n - 1))) for k in range(n)]
+    prog_deps = rng.sample(range(n), rng.randint(1, min(3, n)))
+    build = root / "build"
+    stubs: Dict[Tuple[int, str], Path] = {}
+
+    def stub(k: int) -> Tuple[int, Path]:
+        """A full copy of library ``k`` without DT_NEEDED, whose DT_SONAME is the name a dependent uses."""
+        name = _needed_name(rng, k)
+        hit = stubs.get((k, name))
+        if hit is None:
+            hit = stubs[(k, name)] = build / str(len(stubs)) / f"libw{k}.so"
+            _build_lib(hit, k, [], True, versioned[k], [], soname=name)
+        return k, hit
+
+    def names(needed: Sequence[Tuple[int, Path]]) -> List[str]:
+        return [next(nm for (j2, nm), p in stubs.items() if p == path) for _j, path in needed]
+
+    lines = [f"world: {n} libraries"]
+    for k in range(n):
+        placed: List[Path] = []
+        for d in rng.sample(DIRS, rng.choices([0, 1, 2], weights=[1, 5, 4])[0]):
+            file = rng.choices([f"libw{k}.so", f"libw{k}.so.1"], weights=[4, 1])[0]
+            target = root / d / file
+            if placed and rng.random() < 0.3:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.path.relpath(placed[0], target.parent), target)
+                lines.append(f"  {d}/{file} -> {placed[0].relative_to(root)}")
+                continue
+            full = rng.random() < 0.6
+            flags, search = _search_flags(rng, root)
+            if rng.random() < 0.15:
+                flags.append("-Wl,-z,now")
+                search += ", -z now"
+            needed = [stub(j) for j in deps[k]]
+            _build_lib(target, k, needed, full, versioned[k], flags)
+            placed.append(target)
+            if rng.random() < 0.2:  # the other name of the same file
+                other = target.with_name(f"libw{k}.so.1" if file == f"libw{k}.so" else f"libw{k}.so")
+                os.symlink(target.name, other)
+                lines.append(f"  {d}/{other.name} -> {file}")
+            lines.append(f"  {d}/{file}: {'full' if full else 'lean'}{'' if versioned[k] else ', unversioned'}, "
+                         f"needs {names(needed)}{', ' + search.lstrip(', ') if search else ''}")
+    needed = [stub(j) for j in prog_deps]
+    weak = [j for j in prog_deps if rng.random() < 0.25]  # g_j and d_j referenced weakly: missing, they are 0
+    ext = "".join(f"extern int f_{j}(void);\n" + ("__attribute__((weak)) " if j in weak else "")
+                  + f"extern int g_{j}(void);\n" + ("__attribute__((weak)) " if j in weak else "")
+                  + f"extern int d_{j};\n" for j in prog_deps)
+    uses = "".join(f" + f_{j}() + (g_{j} ? g_{j}() : 0) + (&d_{j} ? d_{j} : 0)" if j in weak
+                   else f" + f_{j}() + g_{j}() + d_{j}" for j in prog_deps)
+    src = root / "prog.c"
+    src.write_text(f"{ext}int main(int argc, char **argv) {{ (void)argv; if (argc > 100) return 0{uses}; "
+                   "return 0; }\n")
+    flags, search = _search_flags(rng, root)
+    now = rng.random() < 0.25
+    prog = root / "bin" / "prog"
+    prog.parent.mkdir(parents=True, exist_ok=True)
+    _cc(["-o", str(prog), "-Wl,--no-as-needed", *flags, *(["-Wl,-z,now"] if now else []), str(src),
+         *[str(p) for _j, p in needed]])
+    prog_names = names(needed)
+    shutil.rmtree(build)
+    env = dict(BASE_ENV)
+    if rng.random() < 0.5:
+        env["LD_LIBRARY_PATH"] = _path_list(rng).replace("{root}", str(root))
+    if rng.random() < 0.15:
+        env["LD_BIND_NOW"] = "1"
+    if rng.random() < 0.15:
+        k = rng.randrange(n)
+        env["LD_PRELOAD"] = rng.choice([f"libw{k}.so", f"{root}/{rng.choice(DIRS)}/libw{k}.so", "libnothere.so"])
+    lines.append(f"  bin/prog needs {prog_names}{', ' + search if search else ''}{', -z now' if now else ''}"
+                 f"{', weak g/d of ' + str(weak) if weak else ''}")
+    lines.append("  " + " ".join(f"{v}={env[v]!r}" for v in ("LD_LIBRARY_PATH", "LD_PRELOAD", "LD_BIND_NOW")
+                                 if v in env))
+    run_as = "bin/prog" if rng.random() < 0.5 else str(prog)
+    return World(root, run_as, env, "\n".join(lines))
+
+
+def _loader(world: World, profile: Profile) -> Loader:
+    return Loader(profile, Environment.from_environ(world.env, cwd=str(world.root)), cache=ElfCache())
+
+
+def ldd_difference(world: World, profile: Profile, flag: Optional[str]) -> Optional[str]:
+    """The difference between ``ldd [flag]`` and soswap's model of it, or None."""
+    r = subprocess.run(["ldd", *([flag] if flag else []), world.program], cwd=world.root, env=world.env,
+                       capture_output=True, text=True, errors="surrogateescape", timeout=60)
+    want = (ADDR.sub("", r.stdout), r.stderr, r.returncode)
+    out = LddModel(_loader(world, profile), RELOCS_FUNCTION if flag else RELOCS_NONE).run([world.program])
+    got = (out.stdout, out.stderr, out.status)
+    if got == want:
+        return None
+    return f"ldd {flag or ''}: ldd said {want!r}\n  soswap said {got!r}"
+
+
+def run_difference(world: World, profile: Profile) -> Optional[str]:
+    """The difference between running the program and what ``soswap tree -r`` predicts, or None."""
+    r = subprocess.run([world.program], cwd=world.root, env=world.env, capture_output=True, text=True,
+                       errors="surrogateescape", timeout=60)
+    said = [ln for ln in r.stderr.splitlines() if ln]
+    loader = _loader(world, profile)
+    res = loader.load(world.program, argv0=world.program)
+    bound = loader.bind(res)
+    fatal = bound.fatal
+    if fatal is None:
+        warnings = [f.line for f in list(res.failures) + list(bound.failures)
+                    if f.when == "warning" and f.kind != "copy-size"]
+        if r.returncode == 0 and warnings == said:
+            return None
+        return f"run: predicted a clean start with {warnings!r}; the program exited {r.returncode}: {said!r}"
+    if r.returncode == fatal.exit_status and fatal.line in said:
+        return None
+    return f"run: predicted {fatal.line!r} (status {fatal.exit_status}); the program exited {r.returncode}: {said!r}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=int, default=100, help="worlds to build and compare (default 100)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the first case (default 1; case i uses seed+i)")
+    ap.add_argument("--keep", metavar="DIR", help="copy the worlds that differ into DIR")
+    args = ap.parse_args(argv)
+    if shutil.which(CC) is None or shutil.which("ldd") is None:
+        print(f"fuzz_worlds: needs {CC} and ldd", file=sys.stderr)
+        return 2
+    profile = _PROFILE
+    differ = 0
+    with tempfile.TemporaryDirectory(prefix="soswap-worlds-") as tmp:
+        for i in range(args.cases):
+            seed = args.seed + i
+            root = Path(tmp) / f"w{seed}"
+            root.mkdir()
+            try:
+                world = build_world(random.Random(seed), root)
+            except BuildFailed as exc:
+                print(f"seed {seed}: could not build the world: {exc}", file=sys.stderr)
+                return 2
+            found = [d for d in (ldd_difference(world, profile, None), ldd_difference(world, profile, "-r"),
+                                 run_difference(world, profile)) if d is not None]
+            if found:
+                differ += 1
+                print(f"seed {seed}: {len(found)} difference(s)\n{world.description}")
+                for d in found:
+                    print("  " + d)
+                if args.keep:
+                    shutil.copytree(root, Path(args.keep) / root.name, symlinks=True)
+            shutil.rmtree(root)
+    print(f"{args.cases} worlds, {differ} with a difference")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

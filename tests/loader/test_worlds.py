@@ -1,0 +1,51 @@
+"""Random worlds of real libraries (bench/fuzz_worlds.py): search paths of every kind on every object, copies
+that differ, links, versions, preloads; the real ``ldd``, ``ldd -r`` and the program itself are the oracles.
+The benchmark runs hundreds of worlds; CI runs a fixed few, and checks that they meet what they are there to
+meet (libraries found and not found, versions and symbols missing)."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from support.build import requires_cc
+
+pytestmark = requires_cc
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _fuzz_worlds():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("fuzz_worlds_under_test", ROOT / "bench" / "fuzz_worlds.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_worlds_match_ldd_and_the_programs(tmp_path: Path) -> None:
+    fw = _fuzz_worlds()
+    met: Counter = Counter()
+    differences = []
+    for seed in range(1, 25):
+        root = tmp_path / f"w{seed}"
+        root.mkdir()
+        world = fw.build_world(random.Random(seed), root)
+        for found in (fw.ldd_difference(world, fw._PROFILE, None), fw.ldd_difference(world, fw._PROFILE, "-r"),
+                      fw.run_difference(world, fw._PROFILE)):
+            if found is not None:
+                differences.append(f"seed {seed}:\n{world.description}\n{found}")
+        r = subprocess.run(["ldd", "-r", world.program], cwd=root, env=world.env, capture_output=True, text=True,
+                           timeout=60)
+        said = r.stdout + r.stderr
+        for what in ("libw", "not found", "version `", "undefined symbol: g_", "undefined symbol: d_"):
+            met[what] += what in said
+        met["found"] += "libw" in said.replace("=> not found", "")
+    assert not differences, "\n\n".join(differences)
+    assert all(met[k] >= 2 for k in ("found", "not found", "version `", "undefined symbol: g_",
+                                     "undefined symbol: d_")), met
