@@ -5,12 +5,16 @@ and the real program are the oracles.
     python bench/fuzz_worlds.py [--cases N] [--seed S] [--keep DIR]
 
 Each case builds, with gcc, a small world in a new directory: two to five libraries ``libwK.so`` whose
-DT_NEEDED entries form a random graph (cycles included), each in zero to two directories as a *full* copy
-(``f_K``, ``g_K`` and the data object ``d_K``, versions ``VK_1`` and ``VK_2``) or a *lean* one (``f_K`` only,
-``VK_1`` only), some without symbol versioning, some placed as a symbolic link to another copy, with random
-DT_RPATH or DT_RUNPATH entries on every object (absolute, ``$ORIGIN``-relative, relative to the working
-directory, empty elements, directories that do not exist), a program linked against the full copies (some
-with ``-z now``), and a random ``LD_LIBRARY_PATH``. Then, from the world's directory, the program run as
+DT_NEEDED entries form a random graph (cycles included) and name them by SONAME, by another name or by a path
+from the working directory; each library in zero to two of six directories (two of them ``$LIB`` and
+``$PLATFORM``) as a *full* copy (``f_K``, ``g_K``, the data object ``d_K`` and the thread-local ``t_K``,
+versions ``VK_1`` and ``VK_2``; some with ``d_K`` and ``g_K`` protected, or ``d_K`` larger than the program's
+copy) or a *lean* one (``f_K`` only, ``VK_1`` only), some defining another library's ``g_J`` and ``d_J`` too,
+some without symbol versioning, some placed as a symbolic link to another copy; random DT_RPATH or DT_RUNPATH
+entries on every object (absolute, ``$ORIGIN``-relative, ``$LIB``, ``$PLATFORM``, braced, relative to the
+working directory, empty elements, unknown tokens, directories that do not exist); a program linked against
+the full copies (some with ``-z now``, some references weak), and a random ``LD_LIBRARY_PATH``,
+``LD_PRELOAD`` and ``LD_BIND_NOW``. Then, from the world's directory, the program run as
 ``bin/prog`` or by its absolute path:
 
 * ``ldd`` and ``ldd -r`` against soswap's model of them (``soswap tree --ldd [-r]``): standard output,
@@ -19,7 +23,8 @@ with ``-z now``), and a random ``LD_LIBRARY_PATH``. Then, from the world's direc
   the prediction of ``soswap tree -r``: the fatal line and the exit status, or the warnings and a clean start.
 
 Every difference is printed with the case's seed and its world described; ``--keep DIR`` keeps the worlds that
-differ there. The exit status is 1 when a case differs, 2 when the tools are missing.
+differ there. A known difference (:data:`KNOWN`) is counted apart. The exit status is 1 when a case differs
+otherwise, 2 when the tools are missing.
 """
 
 from __future__ import annotations
@@ -91,30 +96,38 @@ def _search_flags(rng: random.Random, root: Path) -> Tuple[List[str], str]:
     return [f"-Wl,-rpath,{value}", f"-Wl,{tag}"], f"{kind.upper()}={value}"
 
 
-def _lib_source(k: int, deps: Sequence[int], full: bool) -> str:
-    ext = "".join(f"extern int f_{j}(void); extern int g_{j}(void); extern int d_{j};\n" for j in deps)
-    uses = "".join(f" + f_{j}() + g_{j}() + d_{j}" for j in deps)
-    own = f"int d_{k} = 7;\nint g_{k}(void) {{ return 2; }}\n" if full else ""
+def _lib_source(k: int, deps: Sequence[int], full: bool, also: Sequence[int] = (), flavour: str = "") -> str:
+    """``also``: other libraries whose ``g_j`` and ``d_j`` this one defines too (interposition); ``flavour``:
+    "protected" (``d_K`` and ``g_K`` of protected visibility) or "bigger" (``d_K`` twice the size the program
+    copied)."""
+    ext = "".join(f"extern int f_{j}(void); extern int g_{j}(void); extern int d_{j}; extern __thread int t_{j};\n"
+                  for j in deps)
+    uses = "".join(f" + f_{j}() + g_{j}() + d_{j} + t_{j}" for j in deps)
+    vis = '__attribute__((visibility("protected"))) ' if flavour == "protected" else ""
+    data = f"int d_{k}[2] = {{7, 7}};\n" if flavour == "bigger" else f"{vis}int d_{k} = 7;\n"
+    own = f"{data}{vis}int g_{k}(void) {{ return 2; }}\n__thread int t_{k} = 3;\n" if full else ""
+    own += "".join(f"int d_{j} = 9;\nint g_{j}(void) {{ return 9; }}\n" for j in also)
     return f"{ext}{own}int f_{k}(void) {{ return 1{uses}; }}\n"
 
 
-def _version_script(k: int, full: bool) -> str:
+def _version_script(k: int, full: bool, also: Sequence[int] = ()) -> str:
+    extra = "".join(f" g_{j}; d_{j};" for j in also)
     if full:
-        return f"V{k}_1 {{ global: f_{k}; local: *; }};\nV{k}_2 {{ global: g_{k}; d_{k}; }} V{k}_1;\n"
-    return f"V{k}_1 {{ global: f_{k}; local: *; }};\n"
+        return f"V{k}_1 {{ global: f_{k};{extra} local: *; }};\nV{k}_2 {{ global: g_{k}; d_{k}; t_{k}; }} V{k}_1;\n"
+    return f"V{k}_1 {{ global: f_{k};{extra} local: *; }};\n"
 
 
 def _build_lib(out: Path, k: int, needed: Sequence[Tuple[int, Path]], full: bool, versioned: bool,
-               extra: Sequence[str], soname: str = "") -> None:
+               extra: Sequence[str], soname: str = "", also: Sequence[int] = (), flavour: str = "") -> None:
     """Library ``k`` at ``out``; ``needed``: (library, stub whose DT_SONAME becomes the DT_NEEDED entry)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     src = out.with_name(out.name + ".c")
-    src.write_text(_lib_source(k, [j for j, _stub in needed], full))
+    src.write_text(_lib_source(k, [j for j, _stub in needed], full, also, flavour))
     args = ["-shared", "-fPIC", "-o", str(out), f"-Wl,-soname,{soname or f'libw{k}.so'}", "-Wl,--no-as-needed",
             *extra]
     if versioned:
         vs = out.with_name(out.name + ".map")
-        vs.write_text(_version_script(k, full))
+        vs.write_text(_version_script(k, full, also))
         args.append(f"-Wl,--version-script,{vs}")
     args += [str(src), *[str(stub) for _j, stub in needed]]
     _cc(args)
@@ -165,21 +178,29 @@ def build_world(rng: random.Random, root: Path) -> World:
                 flags.append("-Wl,-z,now")
                 search += ", -z now"
             needed = [stub(j) for j in deps[k]]
-            _build_lib(target, k, needed, full, versioned[k], flags)
+            # mostly versioned as the copy the others linked against, sometimes not (or the other way round)
+            copy_versioned = versioned[k] if rng.random() < 0.8 else not versioned[k]
+            also = [j for j in range(n) if j != k and rng.random() < 0.1]
+            flavour = rng.choices(["", "protected", "bigger"], weights=[8, 1, 1])[0] if full else ""
+            _build_lib(target, k, needed, full, copy_versioned, flags, also=also, flavour=flavour)
+            if also:
+                search += f", defines g/d of {also}"
+            if flavour:
+                search += f", {flavour} d_{k}"
             placed.append(target)
             if rng.random() < 0.2:  # the other name of the same file
                 other = target.with_name(f"libw{k}.so.1" if file == f"libw{k}.so" else f"libw{k}.so")
                 os.symlink(target.name, other)
                 lines.append(f"  {d}/{other.name} -> {file}")
-            lines.append(f"  {d}/{file}: {'full' if full else 'lean'}{'' if versioned[k] else ', unversioned'}, "
+            lines.append(f"  {d}/{file}: {'full' if full else 'lean'}{'' if copy_versioned else ', unversioned'}, "
                          f"needs {names(needed)}{', ' + search.lstrip(', ') if search else ''}")
     needed = [stub(j) for j in prog_deps]
     weak = [j for j in prog_deps if rng.random() < 0.25]  # g_j and d_j referenced weakly: missing, they are 0
-    ext = "".join(f"extern int f_{j}(void);\n" + ("__attribute__((weak)) " if j in weak else "")
-                  + f"extern int g_{j}(void);\n" + ("__attribute__((weak)) " if j in weak else "")
-                  + f"extern int d_{j};\n" for j in prog_deps)
-    uses = "".join(f" + f_{j}() + (g_{j} ? g_{j}() : 0) + (&d_{j} ? d_{j} : 0)" if j in weak
-                   else f" + f_{j}() + g_{j}() + d_{j}" for j in prog_deps)
+    ext = "".join(f"extern int f_{j}(void);\nextern __thread int t_{j};\n"
+                  + ("__attribute__((weak)) " if j in weak else "") + f"extern int g_{j}(void);\n"
+                  + ("__attribute__((weak)) " if j in weak else "") + f"extern int d_{j};\n" for j in prog_deps)
+    uses = "".join(f" + f_{j}() + t_{j} + (g_{j} ? g_{j}() : 0) + (&d_{j} ? d_{j} : 0)" if j in weak
+                   else f" + f_{j}() + t_{j} + g_{j}() + d_{j}" for j in prog_deps)
     src = root / "prog.c"
     src.write_text(f"{ext}int main(int argc, char **argv) {{ (void)argv; if (argc > 100) return 0{uses}; "
                    "return 0; }\n")
@@ -220,7 +241,43 @@ def ldd_difference(world: World, profile: Profile, flag: Optional[str]) -> Optio
     got = (out.stdout, out.stderr, out.status)
     if got == want:
         return None
+    if flag and reads_past_versions(world, profile):
+        return KNOWN + f"ldd -r read past a version array: it said {want!r}\n  soswap said {got!r}"
     return f"ldd {flag or ''}: ldd said {want!r}\n  soswap said {got!r}"
+
+
+#: The start of a difference that is known and documented (docs/tree.md, "Remaining known differences"):
+#: ``ldd -r`` with a dependency not found reads past the array of an object's version names (its size counts
+#: only the versions of the files found), and prints what lies there, or dies of it; soswap prints the
+#: reference without a version, what that memory holds almost always (see :func:`reads_past_versions`).
+KNOWN = "known: "
+
+
+def reads_past_versions(world: World, profile: Profile) -> bool:
+    """Whether ``ldd -r`` reads past an object's ``l_versions`` (``_dl_check_map_versions`` in trace mode sizes
+    it by the version indexes of its definitions and of the files found; a relocation through a symbol whose
+    DT_VERSYM index is higher reads what follows the array)."""
+    from soswap.loader.symtab import RawSymbols, relocation_infos
+
+    res = _loader(world, profile).load(world.program, trace=True, argv0=world.program)
+    objs = res.objects
+
+    def found(name: str) -> bool:  # find_needed: the first object of the chain known by that name
+        return next((o.found for o in objs if name == o.path or name in o.names), False)
+
+    for o in objs:
+        if not o.found or o.elf is None or o.kind in ("vdso", "interpreter"):
+            continue
+        elf = o.elf
+        high = max([d.index for d in elf.version_definitions]
+                   + [e.index for need in elf.version_needs if found(need.file) for e in need.entries], default=0)
+        versym = RawSymbols(elf).versym
+        if high == 0 or versym is None:
+            continue
+        shift = 32 if elf.elf_class == 64 else 8
+        if any(versym[i >> shift] & 0x7FFF > high for infos, _plt in relocation_infos(elf) for i in infos):
+            return True
+    return False
 
 
 def run_difference(world: World, profile: Profile) -> Optional[str]:
@@ -253,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"fuzz_worlds: needs {CC} and ldd", file=sys.stderr)
         return 2
     profile = _PROFILE
-    differ = 0
+    differ = known = 0
     with tempfile.TemporaryDirectory(prefix="soswap-worlds-") as tmp:
         for i in range(args.cases):
             seed = args.seed + i
@@ -266,7 +323,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 2
             found = [d for d in (ldd_difference(world, profile, None), ldd_difference(world, profile, "-r"),
                                  run_difference(world, profile)) if d is not None]
-            if found:
+            if found and all(d.startswith(KNOWN) for d in found):
+                known += 1
+                print(f"seed {seed}: {found[0]}")
+            elif found:
                 differ += 1
                 print(f"seed {seed}: {len(found)} difference(s)\n{world.description}")
                 for d in found:
@@ -274,7 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if args.keep:
                     shutil.copytree(root, Path(args.keep) / root.name, symlinks=True)
             shutil.rmtree(root)
-    print(f"{args.cases} worlds, {differ} with a difference")
+    print(f"{args.cases} worlds, {differ} with a difference, {known} with only a known one")
     return 1 if differ else 0
 
 
