@@ -49,3 +49,24 @@ def test_random_worlds_match_ldd_and_the_programs(tmp_path: Path) -> None:
     assert not differences, "\n\n".join(differences)
     assert all(met[k] >= 2 for k in ("found", "not found", "version `", "undefined symbol: g_",
                                      "undefined symbol: d_")), met
+
+
+#: Worlds (of the generator as it is) where ``ldd -r`` reads past the program's ``l_versions``: into the vDSO's
+#: array (its ``LINUX_2.6``), and onto a pointer taken as the hash with no name (``, version `` and nothing).
+_PAST_THE_ARRAY = [(16, ", version LINUX_2.6\t"), (151, ", version \t")]
+
+
+def test_ldd_r_reading_past_a_version_array(tmp_path: Path) -> None:
+    """Trace mode sizes an object's ``l_versions`` by the versions of the files found; a reference through a
+    version of a missing file with a higher index reads what follows in ld.so's start-up heap: the arrays of
+    the next objects in link-map order (binding.VersionArena). ldd prints what it reads there."""
+    fw = _fuzz_worlds()
+    for seed, printed in _PAST_THE_ARRAY:
+        root = tmp_path / f"w{seed}"
+        root.mkdir()
+        world = fw.build_world(random.Random(seed), root)
+        assert fw.reads_past_versions(world, fw._PROFILE), f"seed {seed} no longer reads past (the generator changed)"
+        r = subprocess.run(["ldd", "-r", world.program], cwd=root, env=world.env, capture_output=True, text=True,
+                           timeout=60)
+        assert printed in r.stdout, f"seed {seed}: ldd -r no longer prints {printed!r} (the generator changed)"
+        assert fw.ldd_difference(world, fw._PROFILE, "-r") is None

@@ -135,6 +135,7 @@ class Binder:
         self._closure: Dict[int, frozenset] = {}
         self._prepared = False
         self._name_index: Optional[Dict[str, int]] = None
+        self._arena: Optional[VersionArena] = None
 
     def name_index(self) -> Dict[str, int]:
         """name -> index of the first object of the chain known by it (``find_needed``, elf/dl-version.c)."""
@@ -246,6 +247,18 @@ class Binder:
                 self.sym_errors[i] = exc.problem
             self._syms[i] = hit  # type: ignore[assignment]
         return hit  # type: ignore[return-value]
+
+    def versions_beyond(self, i: int, limit: int) -> Dict[int, Optional[M.VersionRef]]:
+        """Trace mode: the version each DT_VERSYM index of object ``i`` above ``limit`` reads past the end of its
+        ``l_versions`` (``elf_dynamic_do_Rela`` indexes it without a bound), by index; None where that memory
+        says no version (a zero hash) or where what it holds is not known (see :class:`VersionArena`)."""
+        if self._arena is None:
+            self._arena = VersionArena(self)
+        syms = self.syms(i)
+        versym = syms.raw.versym if syms is not None else None
+        if versym is None:
+            return {}
+        return {ndx: self._arena.read(i, ndx) for ndx in {v & 0x7FFF for v in set(versym)} if ndx > limit}
 
     def missing_needs(self, i: int) -> frozenset:
         """The DT_VERNEED file names of object ``i`` that resolve to a "not found" entry (trace mode)."""
@@ -440,6 +453,88 @@ class Binder:
         return [n for n in hit if keys[n][2] == CLASS_COPY or not accepts(keys[n])]
 
 
+class VersionArena:
+    """ld.so's start-up heap after ``_dl_check_all_versions`` in trace mode, as far as it is known: each object's
+    ``l_versions`` array (``calloc`` of ``l_nversions`` 24-byte ``struct r_found_version``, from the minimal
+    malloc: 16-byte aligned, one after the other in link-map chain order, the vDSO's included; a faked object
+    has none). ``l_nversions`` counts the versions of the files found only, so a reference through a version
+    of a missing file with a higher index reads the entry at that index in the memory that follows: zeros
+    (no version), another object's entry (its version, e.g. the vDSO's ``LINUX_2.6``), or a mix of fields.
+    Reads past the last array, or whose name would be a hash taken as a pointer, are not known."""
+
+    def __init__(self, b: Binder) -> None:
+        #: object index -> (offset of its array, l_nversions)
+        self.arrays: Dict[int, Tuple[int, int]] = {}
+        #: offset of an 8-byte word -> ("ptr", text) or ("word", hash, hidden); every other word is zero
+        self.words: Dict[int, tuple] = {}
+        self.end = 0
+        objs = b.res.objects
+        index = b.name_index()
+        for o in objs:
+            if not o.found:
+                continue  # _dl_check_all_versions skips l_faked
+            entries: Dict[int, Tuple[str, int, int, Optional[str]]] = {}
+            if o.kind == "vdso":
+                from soswap.loader.vdso import vdso_version_definitions
+
+                defs = vdso_version_definitions()
+                if defs is None:
+                    return  # what follows is not known
+                high = max((d[0] for d in defs), default=0)
+                entries = {d[0]: (d[1], d[2], 0, None) for d in defs if not d[3]}
+            elif o.elf is None:
+                return
+            else:
+                try:
+                    needs, defs2 = o.elf.version_needs, o.elf.version_definitions
+                except ElfError:
+                    return
+                high = max((d.index for d in defs2), default=0)
+                for need in needs:
+                    t = index.get(need.file)
+                    if t is None:
+                        return  # ld.so stops at its assertion first
+                    if objs[t].found:
+                        high = max([high, *(e.index for e in need.entries)])
+                for need in needs:
+                    for e in need.entries:
+                        if e.index <= high:
+                            entries[e.index] = (e.name, e.hash, 0x8000 if e.hidden else 0, need.file)
+                for d in defs2:
+                    if not d.is_base:
+                        entries[d.index] = (d.name, d.hash, 0, None)
+            if high == 0:
+                continue
+            base = self.end
+            self.arrays[o.index] = (base, high + 1)
+            for ndx, (name, vhash, hidden, filename) in entries.items():
+                self.words[base + 24 * ndx] = ("ptr", name)
+                if vhash or hidden:
+                    self.words[base + 24 * ndx + 8] = ("word", vhash, hidden)
+                if filename is not None:
+                    self.words[base + 24 * ndx + 16] = ("ptr", filename)
+            self.end = base + -(-24 * (high + 1) // 16) * 16
+
+    def read(self, i: int, ndx: int) -> Optional[M.VersionRef]:
+        """The version entry ``ndx`` of object ``i``'s array reads (None: no version, or not known)."""
+        where = self.arrays.get(i)
+        if where is None:
+            return None
+        at = where[0] + 24 * ndx
+        if at + 24 > self.end:
+            return None  # past the last array: not known (taken as no version)
+        name_w, hash_w, file_w = self.words.get(at), self.words.get(at + 8), self.words.get(at + 16)
+        if hash_w is None:
+            return None  # a zero hash: RESOLVE_MAP passes no version
+        vhash, hidden = (hash_w[1], hash_w[2]) if hash_w[0] == "word" else (-1, 1)  # half of a pointer
+        if name_w is not None and name_w[0] != "ptr":
+            return None  # a hash taken as the name's pointer: not known
+        # a hash taken as the file's pointer is read only where an object without versioning defines the
+        # name (the pre-2.41 check_match assertion): taken as none
+        return M.VersionRef(name_w[1] if name_w is not None else "", vhash, bool(hidden),
+                            file_w[1] if file_w is not None and file_w[0] == "ptr" else None)
+
+
 def _needs_indirect_access(elf: ElfFile) -> bool:
     # _dl_process_pt_gnu_property -> _dl_process_gnu_property: GNU_PROPERTY_1_NEEDED sets l_1_needed
     from soswap.elf.notes import iter_notes
@@ -560,8 +655,9 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         lazy = not (syms.bind_now or now)
         missing = b.missing_needs(i) if res.trace else frozenset()
         limit = syms.version_limit(missing) if missing else None
+        beyond = b.versions_beyond(i, limit) if limit is not None and missing else None
         try:
-            t = syms.table(limit)
+            t = syms.table(limit, beyond)
         except ElfError as exc:
             unchecked.append((i, exc.problem))
             continue
@@ -579,7 +675,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         # (position in relocation order, failure): the lookups' messages come out in that order
         events: List[Tuple[int, M.Failure]] = []
         if b.unversioned_names and not t.version_files.isdisjoint(b.unversioned_names):
-            bad = _exact_lookups(b, i, syms.references(limit), lazy, res.trace, events)
+            bad = _exact_lookups(b, i, syms.references(limit, beyond), lazy, res.trace, events)
         else:
             bad = b.unresolved(i, t)
         who = o.path or argv0
@@ -593,7 +689,7 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             when = M.STARTUP if at_startup else M.FIRST_CALL
             vname = ref.version.name if ref.version is not None else None
             name = ref.name
-            msg = f"undefined symbol: {name}" + (f", version {vname}" if vname else "")
+            msg = f"undefined symbol: {name}" + (f", version {vname}" if vname is not None else "")
             unresolved.append(M.Unresolved(i, name, vname, when, ref.lazy, False))
             events.append((n, M.Failure(M.UNDEFINED_SYMBOL, who, i, f"{who}: {msg}",
                                         f"{argv0}: symbol lookup error: {who}: {msg}", when, at_startup, name,

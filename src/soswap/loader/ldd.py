@@ -295,7 +295,7 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     if warn:
         for f in b.failures:
             if f.kind == M.UNDEFINED_SYMBOL and f.symbol is not None:
-                text = f"undefined symbol: {f.symbol}" + (f", version {f.version}" if f.version else "")
+                text = f"undefined symbol: {f.symbol}" + (f", version {f.version}" if f.version is not None else "")
                 lines.append(f"{text}\t({f.name})")
             elif f.kind in (M.COPY_SIZE, M.PROTECTED_COPY, M.PROTECTED_FUNCTION):
                 lines.append(f.line)

@@ -9,7 +9,7 @@ import sys
 from array import array
 from itertools import compress, repeat
 from operator import and_, itemgetter, lshift, ne, or_, rshift
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -176,8 +176,8 @@ class ObjectSymbols:
         self.bind_now = elf.dynamic.bind_now
         self.symbolic = elf.dynamic.symbolic
         self.ndx_high = ndx_high
-        self._tables: Dict[int, RefTable] = {}
-        self._refs: Dict[int, Tuple[Reference, ...]] = {}
+        self._tables: Dict[object, RefTable] = {}
+        self._refs: Dict[object, Tuple[Reference, ...]] = {}
         self._static_tls: Optional[Tuple[int, ...]] = None
         self._static_tls_at: Dict[int, Tuple[int, ...]] = {}
         self._foreign: Dict[int, Tuple[int, ...]] = {}
@@ -211,14 +211,15 @@ class ObjectSymbols:
         """The files named by the versions of :meth:`references` (no version limit)."""
         return self.table().version_files
 
-    def references(self, limit: Optional[int] = None) -> Tuple[Reference, ...]:
+    def references(self, limit: Optional[int] = None,
+                   beyond: Optional[Mapping[int, Optional[VersionRef]]] = None) -> Tuple[Reference, ...]:
         """The lookups of ``_dl_relocate_object`` with immediate binding, in order, consecutive lookups of the
-        same symbol and class collapsed (``l_lookup_cache``). ``limit``: see :meth:`version_limit`."""
-        lim = self.ndx_high if limit is None else limit
-        hit = self._refs.get(lim)
+        same symbol and class collapsed (``l_lookup_cache``). ``limit``, ``beyond``: see :meth:`table`."""
+        key = self._table_key(limit, beyond)
+        hit = self._refs.get(key)
         if hit is None:
-            t = self.table(lim)
-            hit = self._refs[lim] = tuple(self.reference(t, n) for n in range(len(t.keys)))
+            t = self.table(limit, beyond)
+            hit = self._refs[key] = tuple(self.reference(t, n) for n in range(len(t.keys)))
         return hit
 
     @staticmethod
@@ -229,15 +230,22 @@ class ObjectSymbols:
         meta = t.meta[symidx]
         return Reference(key, symidx, meta[1], t.lazy[n], key[2] == CLASS_COPY, meta[3])
 
-    def table(self, limit: Optional[int] = None) -> RefTable:
-        """:meth:`references` as a :class:`RefTable` (decoded once per version limit)."""
-        lim = self.ndx_high if limit is None else limit
-        t = self._tables.get(lim)
+    def table(self, limit: Optional[int] = None,
+              beyond: Optional[Mapping[int, Optional[VersionRef]]] = None) -> RefTable:
+        """:meth:`references` as a :class:`RefTable` (decoded once per version limit). ``limit``: see
+        :meth:`version_limit`; ``beyond``: the version a reference with an index above it reads past the end of
+        ``l_versions`` (trace mode; None: no version), by index."""
+        key = self._table_key(limit, beyond)
+        t = self._tables.get(key)
         if t is None:
-            t = self._tables[lim] = self._decode_table(lim)
+            t = self._tables[key] = self._decode_table(self.ndx_high if limit is None else limit, beyond)
         return t
 
-    def _decode_table(self, limit: int) -> RefTable:
+    def _table_key(self, limit: Optional[int], beyond: Optional[Mapping[int, Optional[VersionRef]]]) -> object:
+        lim = self.ndx_high if limit is None else limit
+        return (lim, tuple(sorted(beyond.items()))) if beyond else lim
+
+    def _decode_table(self, limit: int, beyond: Optional[Mapping[int, Optional[VersionRef]]] = None) -> RefTable:
         elf = self.elf
         raw = self.raw
         count = raw.count
@@ -284,6 +292,8 @@ class ObjectSymbols:
         vmap: Dict[int, tuple] = {}
         for ndx in set(ndxs):
             v = self._version_ref_index(ndx & 0x7FFF, limit)
+            if beyond and (ndx & 0x7FFF) > limit:
+                v = beyond.get(ndx & 0x7FFF)
             vmap[ndx] = (v, (v.name, v.hash, v.hidden) if v is not None else None)
         refs = list(map(vmap.__getitem__, ndxs))
         vkeys = list(map(_SECOND, refs))

@@ -1,0 +1,40 @@
+"""The version definitions of this kernel's vDSO, read from soswap's own mapping of it (``[vdso]`` in
+/proc/self/maps, the bytes through /proc/self/mem): ld.so gives the vDSO a version array like any object's
+(``_dl_check_map_versions``), and in trace mode a reference can read it (:mod:`soswap.loader.binding`,
+``version_arena``). Nothing is executed; the image is decoded as any ELF file in memory."""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional, Tuple
+
+from soswap.errors import ElfError
+
+#: (index, name, ELF hash) of each version the vDSO defines, its base version included (name "" for it)
+VersionDefs = Tuple[Tuple[int, str, int, bool], ...]
+
+
+@functools.lru_cache(maxsize=1)
+def vdso_version_definitions() -> Optional[VersionDefs]:
+    """(index, name, hash, is_base) of every Elf_Verdef of this kernel's vDSO; None where it cannot be read
+    (no vDSO, /proc not mounted, a kernel that forbids reading it)."""
+    from soswap.elf import ElfFile
+
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            line = next((ln for ln in f if ln.rstrip().endswith(b"[vdso]")), None)
+        if line is None:
+            return None
+        start, end = (int(x, 16) for x in line.split(None, 1)[0].split(b"-"))
+        if not 0 < end - start <= 1 << 20:
+            return None
+        fd = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            image = os.pread(fd, end - start, start)
+        finally:
+            os.close(fd)
+        elf = ElfFile.from_bytes(image, "[vdso]")
+        return tuple((d.index, d.name, d.hash, d.is_base) for d in elf.version_definitions)
+    except (OSError, ValueError, ElfError):
+        return None
