@@ -477,9 +477,11 @@ class VersionArena:
             if o.kind == "vdso":
                 from soswap.loader.vdso import vdso_version_definitions
 
-                defs = vdso_version_definitions()
-                if defs is None:
-                    return  # what follows is not known
+                vdso = vdso_version_definitions()
+                main = objs[0].elf if objs else None
+                if vdso is None or main is None or (vdso[0], vdso[1]) != (main.machine, main.elf_class):
+                    return  # another vDSO (a 32-bit program's): what follows is not known
+                defs = vdso[2]
                 high = max((d[0] for d in defs), default=0)
                 entries = {d[0]: (d[1], d[2], 0, None) for d in defs if not d[3]}
             elif o.elf is None:

@@ -11,14 +11,15 @@ from typing import Optional, Tuple
 
 from soswap.errors import ElfError
 
-#: (index, name, ELF hash) of each version the vDSO defines, its base version included (name "" for it)
-VersionDefs = Tuple[Tuple[int, str, int, bool], ...]
+#: (e_machine, ELF class, ((index, name, ELF hash, is the base version), ...)) of the vDSO
+VdsoVersions = Tuple[int, int, Tuple[Tuple[int, str, int, bool], ...]]
 
 
 @functools.lru_cache(maxsize=1)
-def vdso_version_definitions() -> Optional[VersionDefs]:
-    """(index, name, hash, is_base) of every Elf_Verdef of this kernel's vDSO; None where it cannot be read
-    (no vDSO, /proc not mounted, a kernel that forbids reading it)."""
+def vdso_version_definitions() -> Optional[VdsoVersions]:
+    """The machine and class of soswap's own vDSO and every Elf_Verdef of it: the vDSO a program of that machine
+    and class gets; None where it cannot be read (no vDSO, /proc not mounted, a kernel that forbids reading
+    it)."""
     from soswap.elf import ElfFile
 
     try:
@@ -35,6 +36,7 @@ def vdso_version_definitions() -> Optional[VersionDefs]:
         finally:
             os.close(fd)
         elf = ElfFile.from_bytes(image, "[vdso]")
-        return tuple((d.index, d.name, d.hash, d.is_base) for d in elf.version_definitions)
+        return elf.machine, elf.elf_class, tuple((d.index, d.name, d.hash, d.is_base)
+                                                 for d in elf.version_definitions)
     except (OSError, ValueError, ElfError):
         return None
