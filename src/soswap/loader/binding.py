@@ -457,10 +457,11 @@ class VersionArena:
     """ld.so's start-up heap after ``_dl_check_all_versions`` in trace mode, as far as it is known: each object's
     ``l_versions`` array (``calloc`` of ``l_nversions`` 24-byte ``struct r_found_version``, from the minimal
     malloc: 16-byte aligned, one after the other in link-map chain order, the vDSO's included; a faked object
-    has none). ``l_nversions`` counts the versions of the files found only, so a reference through a version
-    of a missing file with a higher index reads the entry at that index in the memory that follows: zeros
-    (no version), another object's entry (its version, e.g. the vDSO's ``LINUX_2.6``), or a mix of fields.
-    Reads past the last array, or whose name would be a hash taken as a pointer, are not known."""
+    has none), each after the message buffers of that object's own check, which stay allocated.
+    ``l_nversions`` counts the versions of the files found only, so a reference through a version of a missing
+    file with a higher index reads the entry at that index in the memory that follows: zeros (no version),
+    another object's entry (its version, e.g. the vDSO's ``LINUX_2.6``), a message's text, or a mix of fields.
+    Reads past the last array, or whose name would be a hash or text taken as a pointer, are not known."""
 
     def __init__(self, b: Binder) -> None:
         #: object index -> (offset of its array, l_nversions)
@@ -505,9 +506,19 @@ class VersionArena:
                 for d in defs2:
                     if not d.is_base:
                         entries[d.index] = (d.name, d.hash, 0, None)
+            if o.kind != "vdso":
+                # the messages of its version check (trace mode is verbose): each one buffer, objname and text,
+                # that is never freed before the program is relocated (dl-exception.c, adjust_message_buffer)
+                for f in version_check(b, o):
+                    if f.kind in (M.VERSION, M.NO_VERSION_INFO, M.WEAK_VERSION):
+                        text = f.name.encode() + b"\0" + f.message[len(f.name) + 2:].encode() + b"\0"
+                        at = -(-self.end // 16) * 16
+                        for w in range(at, at + len(text), 8):
+                            self.words[w] = ("bytes", text[w - at:w - at + 8].ljust(8, b"\0"))
+                        self.end = at + len(text)
             if high == 0:
                 continue
-            base = self.end
+            base = -(-self.end // 16) * 16
             self.arrays[o.index] = (base, high + 1)
             for ndx, (name, vhash, hidden, filename) in entries.items():
                 self.words[base + 24 * ndx] = ("ptr", name)
@@ -517,6 +528,13 @@ class VersionArena:
                     self.words[base + 24 * ndx + 16] = ("ptr", filename)
             self.end = base + -(-24 * (high + 1) // 16) * 16
 
+    def _word(self, at: int) -> Optional[tuple]:
+        """The 8-byte word at ``at``: None for zeros."""
+        w = self.words.get(at)
+        if w is not None and w[0] == "bytes" and not any(w[1]):
+            return None
+        return w
+
     def read(self, i: int, ndx: int) -> Optional[M.VersionRef]:
         """The version entry ``ndx`` of object ``i``'s array reads (None: no version, or not known)."""
         where = self.arrays.get(i)
@@ -525,12 +543,19 @@ class VersionArena:
         at = where[0] + 24 * ndx
         if at + 24 > self.end:
             return None  # past the last array: not known (taken as no version)
-        name_w, hash_w, file_w = self.words.get(at), self.words.get(at + 8), self.words.get(at + 16)
+        name_w, hash_w, file_w = (self._word(at + d) for d in (0, 8, 16))
         if hash_w is None:
             return None  # a zero hash: RESOLVE_MAP passes no version
-        vhash, hidden = (hash_w[1], hash_w[2]) if hash_w[0] == "word" else (-1, 1)  # half of a pointer
+        if hash_w[0] == "word":
+            vhash, hidden = hash_w[1], hash_w[2]
+        elif hash_w[0] == "bytes":  # a message's text
+            vhash, hidden = int.from_bytes(hash_w[1][:4], "little"), int.from_bytes(hash_w[1][4:], "little")
+            if vhash == 0:
+                return None
+        else:
+            vhash, hidden = -1, 1  # half of a pointer
         if name_w is not None and name_w[0] != "ptr":
-            return None  # a hash taken as the name's pointer: not known
+            return None  # a hash or text taken as the name's pointer: not known
         # a hash taken as the file's pointer is read only where an object without versioning defines the
         # name (the pre-2.41 check_match assertion): taken as none
         return M.VersionRef(name_w[1] if name_w is not None else "", vhash, bool(hidden),
