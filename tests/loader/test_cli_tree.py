@@ -198,22 +198,28 @@ def test_references_that_cannot_be_checked_are_an_error_not_silence(tmp_path: Pa
     assert soswap("--ldd", str(prog)).stdout == real_ldd(str(prog)).stdout
 
 
+def _patch_and_see_enoexec(path: Path, fmt: str, at: int, value: int) -> None:
+    """Write ``value`` (``struct`` format ``fmt``) at offset ``at`` of ``path``, make it executable, and check the
+    oracle: the kernel refuses to run it (ENOEXEC)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, at, value)
+    path.write_bytes(bytes(data))
+    path.chmod(0o755)
+    with pytest.raises(OSError) as run:
+        subprocess.run([str(path)], timeout=60)
+    assert run.value.errno == 8  # ENOEXEC
+
+
 @pytest.mark.parametrize("e_type, words", [(1, "relocatable object (ET_REL)"), (4, "core dump (ET_CORE)")])
 def test_an_object_file_or_a_core_dump_is_never_executed(tmp_path: Path, e_type: int, words: str) -> None:
     """execve runs ET_EXEC and ET_DYN files only (``load_elf_binary``): an object file (or a core dump) is
     ENOEXEC, exit status 126 from a shell. It was shown as a statically linked program that runs."""
-    import struct
-
     obj = tmp_path / "thing"
     (tmp_path / "t.c").write_text("int main(void) { return 0; }\n")
     run_cc(["-c", "-o", str(obj), str(tmp_path / "t.c")])
-    data = bytearray(obj.read_bytes())
-    struct.pack_into("<H", data, 16, e_type)
-    obj.write_bytes(bytes(data))
-    obj.chmod(0o755)
-    with pytest.raises(OSError) as run:  # the oracle: the kernel refuses it
-        subprocess.run([str(obj)], timeout=60)
-    assert run.value.errno == 8  # ENOEXEC
+    _patch_and_see_enoexec(obj, "<H", 16, e_type)
     r = soswap("--no-cache", str(obj))
     kind = words.split("(")[1].rstrip(")")
     assert r.returncode == 1 and r.stderr == "", r.stderr
@@ -245,18 +251,10 @@ def test_a_program_header_table_the_kernel_cannot_read(tmp_path: Path, name: str
     size, no entry, more than 64 KiB or a table past the end of the file is ENOEXEC (the shell's 126). Before,
     the first three gave an error line (status 2) and a program without program headers was shown as a static
     program that runs; ``--ldd`` stays ldd's "not a dynamic executable"."""
-    import struct
-
     (tmp_path / "p.c").write_text("int main(void) { return 0; }\n")
     prog = tmp_path / name
     run_cc(["-o", str(prog), str(tmp_path / "p.c")])
-    data = bytearray(prog.read_bytes())
-    struct.pack_into(fmt, data, at, value if value >= 0 else len(data) + value)
-    prog.write_bytes(bytes(data))
-    prog.chmod(0o755)
-    with pytest.raises(OSError) as run:  # the oracle: the kernel refuses it
-        subprocess.run([str(prog)], timeout=60)
-    assert run.value.errno == 8  # ENOEXEC
+    _patch_and_see_enoexec(prog, fmt, at, value if value >= 0 else prog.stat().st_size + value)
     r = soswap("--no-cache", str(prog))
     assert r.returncode == 1 and r.stderr == "", r.stderr
     lines = r.stdout.splitlines()

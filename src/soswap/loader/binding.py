@@ -474,7 +474,6 @@ class VersionArena:
         for o in objs:
             if not o.found:
                 continue  # _dl_check_all_versions skips l_faked
-            entries: Dict[int, Tuple[str, int, int, Optional[str]]] = {}
             if o.kind == "vdso":
                 from soswap.loader.vdso import vdso_version_definitions
 
@@ -482,30 +481,25 @@ class VersionArena:
                 main = objs[0].elf if objs else None
                 if vdso is None or main is None or (vdso[0], vdso[1]) != (main.machine, main.elf_class):
                     return  # another vDSO (a 32-bit program's): what follows is not known
-                defs = vdso[2]
-                high = max((d[0] for d in defs), default=0)
-                entries = {d[0]: (d[1], d[2], 0, None) for d in defs if not d[3]}
+                needs, defs = (), vdso[2]
             elif o.elf is None:
                 return
             else:
                 try:
-                    needs, defs2 = o.elf.version_needs, o.elf.version_definitions
+                    needs, defs = o.elf.version_needs, o.elf.version_definitions
                 except ElfError:
                     return
-                high = max((d.index for d in defs2), default=0)
-                for need in needs:
-                    t = index.get(need.file)
-                    if t is None:
-                        return  # ld.so stops at its assertion first
-                    if objs[t].found:
-                        high = max([high, *(e.index for e in need.entries)])
-                for need in needs:
-                    for e in need.entries:
-                        if e.index <= high:
-                            entries[e.index] = (e.name, e.hash, 0x8000 if e.hidden else 0, need.file)
-                for d in defs2:
-                    if not d.is_base:
-                        entries[d.index] = (d.name, d.hash, 0, None)
+            high = max((d.index for d in defs), default=0)
+            for need in needs:
+                t = index.get(need.file)
+                if t is None:
+                    return  # ld.so stops at its assertion first
+                if objs[t].found:
+                    high = max([high, *(e.index for e in need.entries)])
+            entries: Dict[int, Tuple[str, int, int, Optional[str]]] = {
+                e.index: (e.name, e.hash, 0x8000 if e.hidden else 0, need.file)
+                for need in needs for e in need.entries if e.index <= high}
+            entries.update((d.index, (d.name, d.hash, 0, None)) for d in defs if not d.is_base)
             if o.kind != "vdso":
                 # the messages of its version check (trace mode is verbose): each one buffer, objname and text,
                 # that is never freed before the program is relocated (dl-exception.c, adjust_message_buffer)

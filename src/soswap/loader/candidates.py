@@ -421,10 +421,10 @@ def _exec_errno(host_path: str, st: os.stat_result, machine: int) -> int:
             phentsize, phnum = struct.unpack_from(e + "HH", head, 42)
         # load_elf_phdrs: any problem is "not an interpreter" (the -ELIBBAD set before its checks)
         elf_class = 64 if head[4] == C.ELFCLASS64 else 32
-        if program_header_refusal(elf_class, phentsize, phnum, 0, 1 << 16) is not None:
+        if program_header_refusal(elf_class, phentsize, phnum, phoff, st.st_size) is not None:
             return errnomod.ELIBBAD
         size = phentsize * phnum
-        if len(os.pread(fd, size, phoff)) != size:
+        if len(os.pread(fd, size, phoff)) != size:  # a file cut since it was stat()ed
             return errnomod.ELIBBAD
         return 0
     except OSError as exc:

@@ -9,7 +9,7 @@ import errno
 import os
 import posixpath
 import signal
-from typing import TYPE_CHECKING, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Tuple, Union
 
 from soswap.elf import ElfCache, ElfFile
 from soswap.elf import constants as C
@@ -293,13 +293,11 @@ class Loader:
         s = LoadSession(profile, self.env, fsys, trace=False, secure=self.env.is_secure_for(st, host),
                         argv0=argv0 or path, substitutions=None, ldcache=None)
         s.setup_main(path, None, file=host, substituted=False, origin=None)
-        if fsys.noexec(host):  # do_open_execat, before any binfmt handler reads the file
-            _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
-                          f"{path}: cannot execute: Permission denied (its mount is noexec)")
-        elif header.type not in C.LOADABLE_TYPES:
-            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, _not_loadable_text(path, header.type))
-        else:
-            _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: Exec format error ({why})")
+        # the execute bit is not asked: without its program headers a FILE is not known to be a program
+        refused = _refused_at_open(path, noexec=fsys.noexec(host), no_exec=False, e_type=header.type,
+                                   phdrs=lambda: why)
+        assert refused is not None  # why is not None
+        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, refused)
         return _freeze(s, [s.main], [], static=False)  # type: ignore[list-item]
 
     def host_path(self, path: str) -> str:
@@ -517,19 +515,12 @@ def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: boo
     failure of ``s``."""
     err = s.fsys.exec_errno(s.fsys.fs.host(interp), elf.machine) if interp is not None else 0
     rtld_elf = s.rtld.elf if s.rtld is not None else None
-    if interp is not None and not substituted and s.fsys.noexec(file):
-        # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
-        _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
-                      f"{path}: cannot execute: Permission denied (its mount is noexec)")
-    elif no_exec and not substituted:
-        # do_open_execat: the open for execution checks MAY_EXEC (inode_permission), EACCES as the noexec mount
-        # above (faccessat says no for both); "ld.so FILE" loads it all the same (it opens the file for reading)
-        _execve_fails(s, M.NOT_EXECUTABLE, path, 126,
-                      f"{path}: cannot execute: Permission denied (no execute permission for this user)")
-    elif not substituted and elf.type not in C.LOADABLE_TYPES:
-        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, _not_loadable_text(path, elf.type))
-    elif not substituted and (why := _header_refusal(elf)) is not None:
-        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: Exec format error ({why})")
+    h = elf.header
+    refused = None if substituted else _refused_at_open(
+        path, noexec=interp is not None and s.fsys.noexec(file), no_exec=no_exec, e_type=h.type,
+        phdrs=lambda: program_header_refusal(h.elf_class, h.phentsize, h.phnum, h.phoff, elf.size))
+    if refused is not None:
+        _execve_fails(s, M.NOT_EXECUTABLE, path, 126, refused)
     elif bad_interp:  # load_elf_binary reads PT_INTERP before it opens the interpreter
         _execve_fails(s, M.NOT_EXECUTABLE, path, 126, f"{path}: cannot execute: {os.strerror(bad_interp)} (the "
                                                       "kernel refuses its PT_INTERP)")
@@ -555,17 +546,24 @@ def _execve(s: LoadSession, path: str, elf: ElfFile, file: str, substituted: boo
                                              "a dynamically linked program, not a dynamic loader")
 
 
-def _not_loadable_text(path: str, e_type: int) -> str:
-    # load_elf_binary executes ET_EXEC and ET_DYN only: an object file or a core dump is ENOEXEC
-    what = f"ET_{C.ET_NAMES[e_type]}" if e_type in C.ET_NAMES else f"e_type {e_type:#x}"
-    return f"{path}: cannot execute: Exec format error ({what}: the kernel executes ET_EXEC and ET_DYN files only)"
-
-
-def _header_refusal(elf: ElfFile) -> Optional[str]:
-    """:func:`program_header_refusal` for a file that decoded (no program headers, or more than the kernel
-    reads)."""
-    h = elf.header
-    return program_header_refusal(h.elf_class, h.phentsize, h.phnum, h.phoff, elf.size)
+def _refused_at_open(path: str, *, noexec: bool, no_exec: bool, e_type: int,
+                     phdrs: Callable[[], Optional[str]]) -> Optional[str]:
+    """The text of what execve refuses first, in its order, before binfmt_elf reads past the program headers
+    (the shell's 126), or None. ``phdrs``: why ``load_elf_phdrs`` cannot read them, asked last."""
+    if noexec:
+        # do_open_execat: a program on a noexec mount is refused before its interpreter is looked at
+        return f"{path}: cannot execute: Permission denied (its mount is noexec)"
+    if no_exec:
+        # do_open_execat: the open for execution checks MAY_EXEC (inode_permission), EACCES as the noexec mount
+        # above (faccessat says no for both); "ld.so FILE" loads it all the same (it opens the file for reading)
+        return f"{path}: cannot execute: Permission denied (no execute permission for this user)"
+    if e_type not in C.LOADABLE_TYPES:
+        # load_elf_binary executes ET_EXEC and ET_DYN only: an object file or a core dump is ENOEXEC
+        what = f"ET_{C.ET_NAMES[e_type]}" if e_type in C.ET_NAMES else f"e_type {e_type:#x}"
+        return (f"{path}: cannot execute: Exec format error ({what}: the kernel executes ET_EXEC and ET_DYN files "
+                "only)")
+    why = phdrs()
+    return f"{path}: cannot execute: Exec format error ({why})" if why is not None else None
 
 
 def _dynamic_crash(elf: ElfFile, path: str, profile: Profile, tags: Optional[Dict[int, int]],

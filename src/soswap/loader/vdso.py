@@ -1,7 +1,8 @@
 """The version definitions of this kernel's vDSO, read from soswap's own mapping of it (``[vdso]`` in
 /proc/self/maps, the bytes through /proc/self/mem): ld.so gives the vDSO a version array like any object's
-(``_dl_check_map_versions``), and in trace mode a reference can read it (:mod:`soswap.loader.binding`,
-``version_arena``). Nothing is executed; the image is decoded as any ELF file in memory."""
+(``_dl_check_map_versions``), and in trace mode a reference can read it
+(:class:`soswap.loader.binding.VersionArena`). Nothing is executed; the image is decoded as any ELF file in
+memory."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import functools
 import os
 from typing import Optional, Tuple
 
+from soswap.elf.versions import VersionDef
 from soswap.errors import ElfError
 
-#: (e_machine, ELF class, ((index, name, ELF hash, is the base version), ...)) of the vDSO
-VdsoVersions = Tuple[int, int, Tuple[Tuple[int, str, int, bool], ...]]
+#: (e_machine, ELF class, version definitions) of the vDSO
+VdsoVersions = Tuple[int, int, Tuple[VersionDef, ...]]
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,7 +38,6 @@ def vdso_version_definitions() -> Optional[VdsoVersions]:
         finally:
             os.close(fd)
         elf = ElfFile.from_bytes(image, "[vdso]")
-        return elf.machine, elf.elf_class, tuple((d.index, d.name, d.hash, d.is_base)
-                                                 for d in elf.version_definitions)
+        return elf.machine, elf.elf_class, tuple(elf.version_definitions)
     except (OSError, ValueError, ElfError):
         return None
