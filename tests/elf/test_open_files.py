@@ -3,11 +3,13 @@ often their lazy parts reopen them (a cold rdeps index over /usr ran out of desc
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,27 @@ def test_reopened_files_count_against_the_limit(tmp_path: Path) -> None:
     assert _open_fds() <= before + 8
     cache.close()
     assert _open_fds() <= before
+
+
+def test_a_dropped_cache_frees_its_files_at_once(tmp_path: Path) -> None:
+    """No reference cycle holds a parsed file (its string table, its reopen hook): a dropped cache frees them by
+    reference counting, not in one long pass of the cyclic collector at the end of a large run."""
+    lib = tmp_path / "libz.so.1"
+    shutil.copyfile(os.path.realpath(LIBZ), lib)
+    cache = ElfCache(open_files=1)
+    elf = cache.get(str(lib))
+    assert elf.dynamic.soname == "libz.so.1"
+    cache.get(LIBZ)  # closes the first file (one descriptor kept open)...
+    assert elf.symbols  # ...which reads again through its reopen hook
+    refs = [weakref.ref(o) for o in (elf, elf.dynamic.strtab, elf.source)]
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        del elf, cache
+        assert [r() for r in refs] == [None, None, None]
+    finally:
+        if was:
+            gc.enable()
 
 
 def test_check_builds_a_cold_index_under_a_low_descriptor_limit(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 from soswap.elf.file import ElfFile
 from soswap.elf.source import Identity, identity_of
@@ -46,7 +47,7 @@ class ElfCache:
                 hit = exc
             else:
                 self._keep_open(ident, hit)
-                hit.on_reopen(lambda ident=ident, elf=hit: self._keep_open(ident, elf))
+                hit.on_reopen(_reopen_hook(self, ident, hit))
             self._by_identity[ident] = hit
         if isinstance(hit, ElfError):
             raise hit
@@ -63,6 +64,21 @@ class ElfCache:
         """Close every descriptor still open (the parsed data stays usable; files reopen on demand)."""
         while self._open:
             self._open.popitem()[1].close()
+
+
+def _reopen_hook(cache: ElfCache, ident: Identity, elf: ElfFile) -> Callable[[], None]:
+    """What ``elf``'s source calls when it reopens the file: counted as open again. It holds the cache and the
+    file weakly: the source belongs to the file, and a strong reference would make a cycle that keeps every
+    parsed file of a dropped cache for the cyclic collector."""
+    cache_ref = weakref.ref(cache)
+    elf_ref = weakref.ref(elf)
+
+    def reopened() -> None:
+        owner, parsed = cache_ref(), elf_ref()
+        if owner is not None and parsed is not None:
+            owner._keep_open(ident, parsed)
+
+    return reopened
 
 
 def _default_open_files() -> int:

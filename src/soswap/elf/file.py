@@ -198,6 +198,11 @@ class ElfFile:
         self._raw_symbols = None
         self.close()
 
+    @property
+    def source(self) -> Source:
+        """Where the file's bytes are read from."""
+        return self._src
+
     def on_reopen(self, hook: Optional[Callable[[], None]]) -> None:
         """Call ``hook`` whenever lazy decoding reopens the file after :meth:`close` (files in memory never do)."""
         if isinstance(self._src, FileSource):
