@@ -2,7 +2,7 @@
 """Differential fuzzing of the search and binding model on random worlds of real libraries: the real ``ldd``
 and the real program are the oracles.
 
-    python bench/fuzz_worlds.py [--cases N] [--seed S] [--keep DIR]
+    python bench/fuzz_worlds.py [--cases N] [--seed S] [--filters] [--keep DIR]
 
 Each case builds, with gcc, a small world in a new directory: two to five libraries ``libwK.so`` whose
 DT_NEEDED entries form a random graph (cycles included) and name them by SONAME, by another name or by a path
@@ -15,7 +15,9 @@ copy; random DT_RPATH or DT_RUNPATH entries on every object (absolute, ``$ORIGIN
 ``$PLATFORM``, braced, relative to the working directory, empty elements, unknown tokens, directories that do
 not exist); a program linked against the full copies (some with ``-z now``, some references weak, some
 position-dependent and taking a function's address), and a random ``LD_LIBRARY_PATH``, ``LD_PRELOAD`` and
-``LD_BIND_NOW``. Then, from the world's directory, the program run as
+``LD_BIND_NOW``. With ``--filters`` (other worlds for the same seeds), half the library copies also get a
+DT_FILTER or DT_AUXILIARY entry naming another library by any of its names, or one that exists nowhere (rings
+of filters included). Then, from the world's directory, the program run as
 ``bin/prog`` or by its absolute path:
 
 * ``ldd`` and ``ldd -r`` against soswap's model of them (``soswap tree --ldd [-r]``): standard output,
@@ -34,7 +36,9 @@ import argparse
 import os
 import random
 import re
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,8 +148,21 @@ def _needed_name(rng: random.Random, k: int) -> str:
     return rng.choices([f"libw{k}.so", f"libw{k}.so.1", f"{rng.choice(DIRS)}/libw{k}.so"], weights=[7, 2, 1])[0]
 
 
-def build_world(rng: random.Random, root: Path) -> World:
-    """A random world in ``root`` (see the module's description)."""
+def _filter_flags(rng: random.Random, k: int, n: int) -> Tuple[List[str], str]:
+    """Sometimes a DT_FILTER or DT_AUXILIARY entry on a copy of library ``k``: another library by any name it
+    can be needed by, or a library that exists nowhere."""
+    if rng.random() >= 0.5:
+        return [], ""
+    tag = rng.choice(["filter", "auxiliary"])
+    others = [j for j in range(n) if j != k]
+    name = "libnothere.so" if not others or rng.random() < 0.25 else _needed_name(rng, rng.choice(others))
+    return [f"-Wl,--{tag}={name}"], f", {tag} {name}"
+
+
+def build_world(rng: random.Random, root: Path, filters: Optional[random.Random] = None) -> World:
+    """A random world in ``root`` (see the module's description); ``filters`` draws the DT_FILTER and
+    DT_AUXILIARY entries of the libraries (none without it: the worlds of a seed stay as they were before
+    filters were drawn)."""
     n = rng.randint(2, 5)
     versioned = [rng.random() < 0.7 for _ in range(n)]
     deps = [rng.sample([j for j in range(n) if j != k], rng.randint(0, min(2, n - 1))) for k in range(n)]
@@ -187,6 +204,10 @@ def build_world(rng: random.Random, root: Path) -> World:
             also = [j for j in range(n) if j != k and rng.random() < 0.1]
             flavour = rng.choices(["", "protected", "bigger", "two-versions"],
                                   weights=[8, 1, 1, 2 if copy_versioned else 0])[0] if full else ""
+            if filters is not None:
+                filter_flags, filter_said = _filter_flags(filters, k, n)
+                flags += filter_flags
+                search += filter_said
             _build_lib(target, k, needed, full, copy_versioned, flags, also=also, flavour=flavour)
             if also:
                 search += f", defines g/d of {also}"
@@ -242,13 +263,46 @@ def _loader(world: World, profile: Profile) -> Loader:
     return Loader(profile, Environment.from_environ(world.env, cwd=str(world.root)), cache=ElfCache())
 
 
+#: How long a command of a world may run (ldd, the program).
+TIMEOUT = 60
+
+#: The stack a command runs with when it did not end in :data:`TIMEOUT` seconds. Filters that walk one another
+#: for ever in trace mode with a library not found among them make a new "not found" object at every turn, so
+#: every turn is slower than the last: ld.so's 8 MiB stack runs out after 9 minutes here (ldd's status 1,
+#: nothing printed), 1 MiB after 4 s, 256 KiB after 0.2 s. Nothing else ld.so does comes near that depth.
+SMALL_STACK = 256 * 1024
+
+
+def _small_stack() -> None:
+    resource.setrlimit(resource.RLIMIT_STACK, (SMALL_STACK, SMALL_STACK))
+
+
+def _run(cmd: Sequence[str], world: World) -> Optional[subprocess.CompletedProcess]:
+    """``cmd`` run in the world's directory and environment, in a session of its own; when it still runs after
+    :data:`TIMEOUT` seconds it is killed with all its processes (ldd's ld.so too) and run once more with a
+    :data:`SMALL_STACK`; None when that does not end either."""
+    for limit in (None, _small_stack):
+        with subprocess.Popen(cmd, cwd=world.root, env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, errors="surrogateescape", start_new_session=True,
+                              preexec_fn=limit) as proc:
+            try:
+                out, err = proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                continue
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    return None
+
+
 def ldd_difference(world: World, profile: Profile, flag: Optional[str]) -> Optional[str]:
     """The difference between ``ldd [flag]`` and soswap's model of it, or None."""
-    r = subprocess.run(["ldd", *([flag] if flag else []), world.program], cwd=world.root, env=world.env,
-                       capture_output=True, text=True, errors="surrogateescape", timeout=60)
-    want = (ADDR.sub("", r.stdout), r.stderr, r.returncode)
     out = LddModel(_loader(world, profile), RELOCS_FUNCTION if flag else RELOCS_NONE).run([world.program])
     got = (out.stdout, out.stderr, out.status)
+    r = _run(["ldd", *([flag] if flag else []), world.program], world)
+    if r is None:
+        return f"ldd {flag or ''} still ran after {TIMEOUT} s, with a small stack too; soswap said {got!r}"
+    want = (ADDR.sub("", r.stdout), r.stderr, r.returncode)
     if got == want:
         return None
     if flag and reads_past_versions(world, profile):
@@ -293,8 +347,9 @@ def reads_past_versions(world: World, profile: Profile) -> bool:
 
 def run_difference(world: World, profile: Profile) -> Optional[str]:
     """The difference between running the program and what ``soswap tree -r`` predicts, or None."""
-    r = subprocess.run([world.program], cwd=world.root, env=world.env, capture_output=True, text=True,
-                       errors="surrogateescape", timeout=60)
+    r = _run([world.program], world)
+    if r is None:
+        return f"run: the program still ran after {TIMEOUT} s, with a small stack too"
     said = [ln for ln in r.stderr.splitlines() if ln]
     loader = _loader(world, profile)
     res = loader.load(world.program, argv0=world.program)
@@ -306,7 +361,11 @@ def run_difference(world: World, profile: Profile) -> Optional[str]:
         if r.returncode == 0 and warnings == said:
             return None
         return f"run: predicted a clean start with {warnings!r}; the program exited {r.returncode}: {said!r}"
-    if r.returncode == fatal.exit_status and fatal.line in said:
+    if fatal.kind == "crash":  # killed by a signal: nobody prints the line, the warnings before it are printed
+        warnings = [f.line for f in res.failures if f.when == "warning"]
+        if r.returncode in (fatal.exit_status, 128 - fatal.exit_status) and warnings == said:
+            return None
+    elif r.returncode == fatal.exit_status and fatal.line in said:
         return None
     return f"run: predicted {fatal.line!r} (status {fatal.exit_status}); the program exited {r.returncode}: {said!r}"
 
@@ -316,6 +375,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--cases", type=int, default=100, help="worlds to build and compare (default 100)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the first case (default 1; case i uses seed+i)")
     ap.add_argument("--keep", metavar="DIR", help="copy the worlds that differ into DIR")
+    ap.add_argument("--filters", action="store_true",
+                    help="also give some library copies a DT_FILTER or DT_AUXILIARY entry (other worlds)")
     args = ap.parse_args(argv)
     if shutil.which(CC) is None or shutil.which("ldd") is None:
         print(f"fuzz_worlds: needs {CC} and ldd", file=sys.stderr)
@@ -328,7 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             root = Path(tmp) / f"w{seed}"
             root.mkdir()
             try:
-                world = build_world(random.Random(seed), root)
+                world = build_world(random.Random(seed), root, random.Random(-seed) if args.filters else None)
             except BuildFailed as exc:
                 print(f"seed {seed}: could not build the world: {exc}", file=sys.stderr)
                 return 2

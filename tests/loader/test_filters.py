@@ -5,13 +5,20 @@ and running the program are the oracles."""
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import List
 
 import pytest
 
-from loader.helpers import assert_ldd_parity, assert_run_prediction, env_with, predict
+from loader.helpers import assert_ldd_parity, assert_run_prediction, env_with, make_loader, predict
 from support.build import executable, requires_cc, shared_lib
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 pytestmark = requires_cc
 
@@ -82,3 +89,61 @@ def test_a_filter_library_given_to_ldd(tmp_path: Path) -> None:
     _filters(tmp_path, "-Wl,--filter,libx.so")
     out = assert_ldd_parity(tmp_path / "libfilt.so")
     assert out.status == 0
+
+
+@pytest.mark.parametrize("ring", [2, 3])
+def test_filters_that_filter_one_another_crash_ld_so(tmp_path: Path, ring: int) -> None:
+    """lib0 filters lib1, which filters lib2 ... which filters lib0: each walk moves the next one before the one
+    walked, which walks it again, for ever (dl-deps.c), an alloca each turn: ld.so dies of SIGSEGV with nothing
+    printed, ldd prints nothing for the program and exits 1. soswap predicts it, and does not loop itself."""
+    lib = tmp_path / "lib"
+    for k in range(ring):
+        tag = "--filter" if k % 2 == 0 else "--auxiliary"
+        shared_lib(lib / f"lib{k}.so", f"int f{k}(void) {{ return {k}; }}\n", soname=f"lib{k}.so",
+                   flags=[f"-Wl,{tag},lib{(k + 1) % ring}.so"])
+    prog = executable(tmp_path / "prog", "int f0(void);\nint main(void) { return f0(); }\n",
+                      flags=["-Wl,-rpath,$ORIGIN/lib", "-Wl,--disable-new-dtags", "-Wl,--no-as-needed"],
+                      libs=[f"-L{lib}", *[f"-l{k}" for k in range(ring)]])
+    # first the CLI in a process of its own, bounded: a loop in the model would hang CI rather than fail it
+    r = subprocess.run([sys.executable, "-m", "soswap", "tree", str(prog)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": SRC},
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    assert "fails at startup: ld.so crashes (SIGSEGV, stack overflow): the filters of" in r.stdout, r.stdout
+    assert "exit status 139" in r.stdout and r.returncode == 1
+    real = assert_run_prediction(prog)
+    assert real.status == -signal.SIGSEGV
+    for relocs in (None, "-r"):
+        out = assert_ldd_parity(prog, flag=relocs)
+        assert (out.stdout, out.status) == ("", 1)
+
+
+def test_a_filter_ring_with_a_library_not_found_ends_ldd_only_when_its_stack_does(tmp_path: Path) -> None:
+    """In trace mode a library not found is no error: lib0 of the ring needs one, and each time the ring walks
+    lib0 again, ``_dl_map_object`` searches for it again (it skips the objects it faked) and appends a new
+    "not found" entry. The list never repeats and every turn is slower than the last: with the default 8 MiB
+    stack ldd ran for 9 minutes here. Under a 256 KiB stack ld.so dies of SIGSEGV in a fraction of a second,
+    printing nothing, and ldd exits 1: soswap predicts that end at once. The program itself stops at the
+    missing library (not found is fatal outside trace mode)."""
+    stub = tmp_path / "stub"
+    shared_lib(stub / "libgone.so", "int gone(void) { return 0; }\n", soname="libgone.so")
+    lib = tmp_path / "lib"
+    shared_lib(lib / "lib0.so", "int f0(void) { return 0; }\n", soname="lib0.so",
+               flags=["-Wl,--filter,lib1.so", "-Wl,--no-as-needed"], libs=[f"-L{stub}", "-lgone"])
+    shared_lib(lib / "lib1.so", "int f1(void) { return 1; }\n", soname="lib1.so", flags=["-Wl,--auxiliary,lib0.so"])
+    prog = executable(tmp_path / "prog", "int f0(void);\nint main(void) { return f0(); }\n",
+                      flags=["-Wl,-rpath,$ORIGIN/lib", "-Wl,--disable-new-dtags", "-Wl,--no-as-needed"],
+                      libs=[f"-L{lib}", "-l0", "-l1"])
+    (stub / "libgone.so").unlink()
+    small = 256 * 1024
+    for flag in ([], ["-r"]):
+        r = subprocess.run(["ldd", *flag, str(prog)], capture_output=True, text=True, timeout=60,
+                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_STACK, (small, small)))
+        model = subprocess.run([sys.executable, "-m", "soswap", "tree", "--ldd", *flag, str(prog)],
+                               capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC},
+                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+        assert (r.stdout, r.returncode) == ("", 1), r
+        assert (model.stdout, model.stderr, model.returncode) == (r.stdout, r.stderr, r.returncode)
+    res = make_loader().load(str(prog), trace=True, argv0=str(prog))
+    assert res.fatal is not None and res.fatal.kind == "crash" and "the filters of" in res.fatal.line
+    real = assert_run_prediction(prog)
+    assert real.status == 127 and "libgone.so: cannot open shared object file" in real.stderr

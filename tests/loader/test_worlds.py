@@ -51,6 +51,31 @@ def test_random_worlds_match_ldd_and_the_programs(tmp_path: Path) -> None:
                                      "undefined symbol: d_")), met
 
 
+#: Worlds drawn with filters (``--filters``) where a loaded library has a DT_FILTER or DT_AUXILIARY entry.
+_FILTER_SEEDS = [1, 4, 7, 9, 13, 31, 36, 40]
+
+
+def test_random_worlds_with_filters(tmp_path: Path) -> None:
+    """Worlds whose libraries carry DT_FILTER and DT_AUXILIARY entries naming the others (or nothing there):
+    identical to ``ldd``, ``ldd -r`` and the program, and they do load filters."""
+    fw = _fuzz_worlds()
+    differences = []
+    filters = 0
+    for seed in _FILTER_SEEDS:
+        root = tmp_path / f"f{seed}"
+        root.mkdir()
+        world = fw.build_world(random.Random(seed), root, random.Random(-seed))
+        for found in (fw.ldd_difference(world, fw._PROFILE, None), fw.ldd_difference(world, fw._PROFILE, "-r"),
+                      fw.run_difference(world, fw._PROFILE)):
+            if found is not None:
+                differences.append(f"seed {seed}:\n{world.description}\n{found}")
+        res = fw._loader(world, fw._PROFILE).load(world.program, argv0=world.program)
+        filters += any(o.found and o.elf is not None and o.kind in ("library", "preload")
+                       and (o.elf.dynamic.filters or o.elf.dynamic.auxiliary) for o in res.objects)
+    assert not differences, "\n\n".join(differences)
+    assert filters >= 6, f"only {filters} of the worlds load a filter (the generator changed)"
+
+
 #: Worlds (of the generator as it is) where ``ldd -r`` reads past the program's ``l_versions``: into the vDSO's
 #: array (its ``LINUX_2.6``), and onto a pointer taken as the hash with no name (``, version `` and nothing).
 _PAST_THE_ARRAY = [(16, ", version LINUX_2.6\t"), (151, ", version \t")]

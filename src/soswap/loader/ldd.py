@@ -260,8 +260,8 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     for f in res.failures:
         if f.kind in _STARTUP_WARNINGS:
             lines.append(f.line)
-    if res.fatal is not None and res.fatal.kind == M.CRASH:  # ld.so died mapping a file: nothing more printed
-        return "".join(x + "\n" for x in lines), 135
+    if res.fatal is not None and res.fatal.kind == M.CRASH:  # ld.so died mapping its objects: nothing more printed
+        return "".join(x + "\n" for x in lines), res.fatal.exit_status or 135
     if res.fatal is not None and res.fatal.kind != M.PRELOAD:
         lines.append(res.fatal.line)
         return "".join(x + "\n" for x in lines), 127

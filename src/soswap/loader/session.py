@@ -316,6 +316,21 @@ class LoadSession:
         if self.trace:
             self.aborted = True
 
+    def _filter_loop(self, obj: _Map, chain: List[_Map]) -> None:
+        """``_dl_map_object_deps`` never ends: filters (DT_FILTER, DT_AUXILIARY) that move one another before
+        themselves for ever, an alloca each turn, until the stack overflows: ld.so dies of SIGSEGV, having
+        printed nothing of its own (the shell reports the signal, exit status 139). The load stops in trace mode."""
+        looping = [m.path or m.name or self.argv0 for m in chain if m.elf is not None and not m.faked
+                   and (m.elf.dynamic.filters or m.elf.dynamic.auxiliary)]
+        text = (f"ld.so crashes (SIGSEGV, stack overflow): the filters of {', '.join(looping)} move one another "
+                "before themselves for ever (_dl_map_object_deps)")
+        f = M.Failure(M.CRASH, obj.path or obj.name, obj.cid, text, text, M.STARTUP, True, exit_status=139)
+        self.failures.append(f)
+        if self.fatal is None:
+            self.fatal = f
+        if self.trace:
+            self.aborted = True
+
     def _fail(self, kind: str, obj: Optional[_Map], name: str, message: str, *, fatal: bool = True,
               when: str = M.STARTUP, line: Optional[str] = None, exit_status: Optional[int] = 127,
               substitute: bool = False) -> M.Failure:
@@ -735,14 +750,39 @@ class LoadSession:
                 known.append([p, False])
                 reserved.add(p.cid)
         run = 0
+        walked = set()  # objects whose entries were walked once
+        states: Optional[set] = None
+        looped = False
         while run < len(known):
             entry = known[run]
             lm = entry[0]
+            if lm.cid in walked and not looped:
+                # A filtee moved before a filter walked already: dl-deps.c walks it again. The walk depends on
+                # nothing but the list, its done marks and the position, so a state seen before is an endless
+                # loop (filters that filter each other), and each turn takes an alloca: ld.so dies of SIGSEGV.
+                state = (tuple(e[0].cid for e in known), tuple(e[1] for e in known), run)
+                if states is None:
+                    states = set()
+                if state in states or len(states) >= _MAX_REWALKS:
+                    self._filter_loop(lm, [e[0] for e in known])
+                    if self.aborted:
+                        return [e[0] for e in known]
+                    looped = True  # the tree is still drawn: the objects not walked yet are walked once
+                states.add(state)
+            if looped and lm.cid in walked:
+                entry[1] = True
+                while run < len(known) and known[run][1]:
+                    run += 1
+                continue
+            again = lm.cid in walked  # its DT_NEEDED objects are on the list, its dependencies recorded
+            walked.add(lm.cid)
             entry[1] = True
             at = run  # where the next filtee goes: before the filter's entry
             if lm.elf is not None and not lm.faked:
                 for tag, raw in dependency_items(self.fsys, lm.elf):
                     if tag == C.DT_NEEDED:
+                        if again:
+                            continue
                         dep = self._one_needed(lm, raw)
                         if dep is None:
                             if self.aborted:
@@ -757,7 +797,7 @@ class LoadSession:
                             dep.depth = lm.depth + 1
                             known.append([dep, False])
                     else:
-                        at = self._filter(lm, tag, raw, known, reserved, at)
+                        at = self._filter(lm, tag, raw, known, reserved, at, record=not again)
                     if self.aborted:
                         return [e[0] for e in known]
             while run < len(known) and known[run][1]:
@@ -811,9 +851,11 @@ class LoadSession:
         m.reason = M.Reason(M.RULE_NOT_FOUND, f"{miss.path}: {miss.message}" if miss.path else miss.message)
         return m
 
-    def _filter(self, lm: _Map, tag: int, raw: str, known: List[List], reserved: set, at: int) -> int:
+    def _filter(self, lm: _Map, tag: int, raw: str, known: List[List], reserved: set, at: int, *,
+                record: bool = True) -> int:
         """DT_AUXILIARY / DT_FILTER of ``lm``, whose entry is ``known[at]``: the filtee goes before it in the
-        search list and in the chain of loaded objects (dl-deps.c). Returns where ``lm``'s entry is now."""
+        search list and in the chain of loaded objects (dl-deps.c). Returns where ``lm``'s entry is now.
+        ``record``: the filtee is one of ``lm``'s dependencies (not on a second walk: ``l_initfini`` is set)."""
         if self._dst_refused(lm, raw):
             return at
         name = self._expand(lm, raw) if dst.has_dst(raw) else raw
@@ -836,10 +878,11 @@ class LoadSession:
             self._fail(miss.kind, lm, name, miss.message, fatal=False, when=M.WARNING, exit_status=None,
                        substitute=miss.substitute)
             aux = self._faked(lm, name, miss)
-        lm.needed.append(aux.cid)
-        lm.needed_names.append(raw)
-        if lm.cid not in aux.requested_by:
-            aux.requested_by.append(lm.cid)
+        if record:
+            lm.needed.append(aux.cid)
+            lm.needed_names.append(raw)
+            if lm.cid not in aux.requested_by:
+                aux.requested_by.append(lm.cid)
         if aux.cid in reserved:
             later = next((j for j in range(at + 1, len(known)) if known[j][0] is aux), None)
             if later is None:
@@ -853,6 +896,11 @@ class LoadSession:
         return at + 1
 
     # -- finishing ---------------------------------------------------------------------------------------
+
+
+#: Second walks of one load that are never the same state twice: ld.so's stack (an alloca each turn) runs out
+#: long before, so this many is taken as the endless loop too (a bound on soswap's own work).
+_MAX_REWALKS = 10_000
 
 
 def _refused(v: Verdict, name: str, opened: str) -> Tuple[str, str, str, str]:
