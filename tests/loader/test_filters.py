@@ -91,6 +91,14 @@ def test_a_filter_library_given_to_ldd(tmp_path: Path) -> None:
     assert out.status == 0
 
 
+def _soswap(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own, bounded in time and memory: a loop in the model would hang CI (or fill
+    the machine's memory) rather than fail the test."""
+    return subprocess.run([sys.executable, "-m", "soswap", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": SRC},
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+
+
 @pytest.mark.parametrize("ring", [2, 3])
 def test_filters_that_filter_one_another_crash_ld_so(tmp_path: Path, ring: int) -> None:
     """lib0 filters lib1, which filters lib2 ... which filters lib0: each walk moves the next one before the one
@@ -104,10 +112,7 @@ def test_filters_that_filter_one_another_crash_ld_so(tmp_path: Path, ring: int) 
     prog = executable(tmp_path / "prog", "int f0(void);\nint main(void) { return f0(); }\n",
                       flags=["-Wl,-rpath,$ORIGIN/lib", "-Wl,--disable-new-dtags", "-Wl,--no-as-needed"],
                       libs=[f"-L{lib}", *[f"-l{k}" for k in range(ring)]])
-    # first the CLI in a process of its own, bounded: a loop in the model would hang CI rather than fail it
-    r = subprocess.run([sys.executable, "-m", "soswap", "tree", str(prog)], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": SRC},
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+    r = _soswap("tree", str(prog))  # first the CLI, bounded
     assert "fails at startup: ld.so crashes (SIGSEGV, stack overflow): the filters of" in r.stdout, r.stdout
     assert "exit status 139" in r.stdout and r.returncode == 1
     real = assert_run_prediction(prog)
@@ -138,9 +143,7 @@ def test_a_filter_ring_with_a_library_not_found_ends_ldd_only_when_its_stack_doe
     for flag in ([], ["-r"]):
         r = subprocess.run(["ldd", *flag, str(prog)], capture_output=True, text=True, timeout=60,
                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_STACK, (small, small)))
-        model = subprocess.run([sys.executable, "-m", "soswap", "tree", "--ldd", *flag, str(prog)],
-                               capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": SRC},
-                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+        model = _soswap("tree", "--ldd", *flag, str(prog))
         assert (r.stdout, r.returncode) == ("", 1), r
         assert (model.stdout, model.stderr, model.returncode) == (r.stdout, r.stderr, r.returncode)
     res = make_loader().load(str(prog), trace=True, argv0=str(prog))

@@ -307,14 +307,7 @@ class LoadSession:
         """ld.so dies of SIGBUS mapping a truncated file (:func:`soswap.loader.candidates._beyond_the_end`): it
         prints nothing; the shell reports the signal, exit status 135. The load stops in trace mode."""
         path = miss.path or miss.objname
-        text = f"ld.so crashes (SIGBUS) mapping {path}: {miss.message}"
-        f = M.Failure(M.CRASH, path, obj.cid, text, text, M.STARTUP, True, exit_status=135,
-                      substitute=miss.substitute)
-        self.failures.append(f)
-        if self.fatal is None:
-            self.fatal = f
-        if self.trace:
-            self.aborted = True
+        self._dies(obj, path, f"ld.so crashes (SIGBUS) mapping {path}: {miss.message}", 135, miss.substitute)
 
     def _filter_loop(self, obj: _Map, chain: List[_Map]) -> None:
         """``_dl_map_object_deps`` never ends: filters (DT_FILTER, DT_AUXILIARY) that move one another before
@@ -322,9 +315,13 @@ class LoadSession:
         printed nothing of its own (the shell reports the signal, exit status 139). The load stops in trace mode."""
         looping = [m.path or m.name or self.argv0 for m in chain if m.elf is not None and not m.faked
                    and (m.elf.dynamic.filters or m.elf.dynamic.auxiliary)]
-        text = (f"ld.so crashes (SIGSEGV, stack overflow): the filters of {', '.join(looping)} move one another "
-                "before themselves for ever (_dl_map_object_deps)")
-        f = M.Failure(M.CRASH, obj.path or obj.name, obj.cid, text, text, M.STARTUP, True, exit_status=139)
+        self._dies(obj, obj.path or obj.name, f"ld.so crashes (SIGSEGV, stack overflow): the filters of "
+                   f"{', '.join(looping)} move one another before themselves for ever (_dl_map_object_deps)", 139)
+
+    def _dies(self, obj: _Map, name: str, text: str, status: int, substitute: bool = False) -> None:
+        """ld.so dies of a signal: nothing is printed (``text`` says what happens), the shell reports exit
+        status ``status``. The load stops in trace mode."""
+        f = M.Failure(M.CRASH, name, obj.cid, text, text, M.STARTUP, True, exit_status=status, substitute=substitute)
         self.failures.append(f)
         if self.fatal is None:
             self.fatal = f
@@ -751,34 +748,27 @@ class LoadSession:
                 reserved.add(p.cid)
         run = 0
         walked = set()  # objects whose entries were walked once
-        states: Optional[set] = None
+        states: set = set()
         looped = False
         while run < len(known):
             entry = known[run]
             lm = entry[0]
-            if lm.cid in walked and not looped:
+            again = lm.cid in walked  # its DT_NEEDED objects are on the list, its dependencies recorded
+            if again and not looped:
                 # A filtee moved before a filter walked already: dl-deps.c walks it again. The walk depends on
                 # nothing but the list, its done marks and the position, so a state seen before is an endless
                 # loop (filters that filter each other), and each turn takes an alloca: ld.so dies of SIGSEGV.
                 state = (tuple(e[0].cid for e in known), tuple(e[1] for e in known), run)
-                if states is None:
-                    states = set()
                 if state in states or len(states) >= _MAX_REWALKS:
                     self._filter_loop(lm, [e[0] for e in known])
                     if self.aborted:
                         return [e[0] for e in known]
                     looped = True  # the tree is still drawn: the objects not walked yet are walked once
                 states.add(state)
-            if looped and lm.cid in walked:
-                entry[1] = True
-                while run < len(known) and known[run][1]:
-                    run += 1
-                continue
-            again = lm.cid in walked  # its DT_NEEDED objects are on the list, its dependencies recorded
             walked.add(lm.cid)
             entry[1] = True
             at = run  # where the next filtee goes: before the filter's entry
-            if lm.elf is not None and not lm.faked:
+            if lm.elf is not None and not lm.faked and not (again and looped):
                 for tag, raw in dependency_items(self.fsys, lm.elf):
                     if tag == C.DT_NEEDED:
                         if again:
