@@ -216,3 +216,27 @@ def test_kernel_statuses(tmp_path: Path) -> None:
     (boot / "vmlinuz-6.10.0-1-amd64").write_bytes(b"tiny")  # too small to be a kernel: ignored
     assert kernel.check(str(boot), "6.1.0-20-amd64", "x", skip_in_container=False).status == kernel.CURRENT
     assert kernel.version_key("6.10.0") > kernel.version_key("6.9.12")
+
+
+def test_unreadable_processes_are_named() -> None:
+    """The processes the kernel refused to show are named: the first five in the text line, all in JSON and in
+    the Nagios long output (a comm that could not be read either leaves the pid alone)."""
+    from soswap.proc.model import StaleReport
+    from soswap.report.nagios import render as render_nagios
+    from soswap.report.stale import refused_text, render_text, report_json
+
+    assert refused_text(()) == ""
+    assert refused_text(((1, "init"),)) == "pid 1 (init)"
+    assert refused_text(((1, "init"), (7, ""))) == "pid 1 (init) and pid 7"
+    many = tuple((n, f"p{n}") for n in range(1, 9))
+    assert refused_text(many) == "pid 1 (p1), pid 2 (p2), pid 3 (p3), pid 4 (p4), pid 5 (p5) and 3 more"
+    report = StaleReport(processes=(), partial=True, scanned=9, unreadable=8, unverifiable=0, kernel=None,
+                         refused=(*many[:7], (8, "")))
+    assert ": pid 1 (p1), pid 2 (p2), pid 3 (p3), pid 4 (p4), pid 5 (p5) and 3 more\n" in render_text(report)
+    doc = report_json(report)
+    assert doc["unreadable_processes"][0] == {"pid": 1, "comm": "p1"}
+    assert doc["unreadable_processes"][-1] == {"pid": 8, "comm": None}
+    text, _status = render_nagios(report, euid=0)
+    lines = text.splitlines()
+    at = lines.index("Unreadable:")
+    assert lines[at + 1:] == [f"- pid {n} (p{n})" for n in range(1, 8)] + ["- pid 8"]

@@ -474,6 +474,15 @@ def test_unprivileged_run_is_partial_without_false_alarms(procs, fx, tmp_path: P
         doc = json.loads(r.stdout)
         assert doc["partial"] is True and doc["unreadable"] > 0
         assert doc["processes"] == []  # nobody's own process is fine; root's stale one is not visible
+        # ... and it is named among those that could not be read, with its comm (stat needs no ptrace access)
+        refused = {x["pid"]: x["comm"] for x in doc["unreadable_processes"]}
+        assert len(refused) == doc["unreadable"] and p_nobody.pid not in refused
+        assert refused[q.pid] == Path(f"/proc/{q.pid}/comm").read_text().rstrip("\n")
+        text = run_cli(["stale", "--no-kernel"], user=True).stdout
+        assert "could not be read (run as root to see them): pid " in text
+        users = json.loads(run_cli(["users", "--json", str(lib_root)], user=True).stdout)
+        assert users["partial"] is True and users["processes"] == []
+        assert q.pid in {x["pid"] for x in users["unreadable_processes"]}
         replace_by_rename(d / "libfix.so", fx.lib_v2.read_bytes())
         doc = json.loads(run_cli(["stale", "--json", "--no-kernel"], user=True).stdout)
         assert [(x["pid"], [f["kind"] for f in x["files"]]) for x in doc["processes"]] == \

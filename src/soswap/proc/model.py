@@ -74,6 +74,8 @@ class StaleReport(NamedTuple):
     scan_time: float = 0.0  #: wall-clock time of the scan, seconds (realtime, for the prometheus timestamp)
     unstable: int = 0  #: processes that exec()ed (or lost a mapping) during every attempt to read them
     identical: int = 0  #: deleted/replaced files not reported: identical content (--ignore-identical)
+    #: (pid, comm) of each process counted in ``unreadable``, in scan order (comm "" when not readable either)
+    refused: Tuple[Tuple[int, str], ...] = ()
 
     @property
     def stale(self) -> bool:
@@ -128,3 +130,5 @@ class UsersReport(NamedTuple):
     inode: Optional[int]
     uses: Tuple[FileUse, ...]
     partial: bool
+    #: (pid, comm) of the processes that could not be read (comm "" when not readable either)
+    refused: Tuple[Tuple[int, str], ...] = ()

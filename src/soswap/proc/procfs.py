@@ -203,6 +203,15 @@ def read_stat(pid: int) -> ProcStat:
     return st
 
 
+def comm_of(pid: int) -> str:
+    """The comm of a process whose address space the kernel refused to show, or "": ``/proc/PID/stat`` needs no
+    ptrace access (do_task_stat only blanks some fields), where ``maps`` does (mm_access)."""
+    try:
+        return os.fsdecode(read_stat(pid).comm)
+    except (ProcessGone, AccessDenied):
+        return ""
+
+
 def _threads(pid: int) -> List[int]:
     """The other threads of ``pid`` (its ``task`` directory, the leader left out), the oldest first."""
     try:

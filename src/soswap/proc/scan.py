@@ -110,6 +110,8 @@ class _Scanner:
         self.summaries: Dict[tuple, Tuple[int, bool]] = {}  # (root, set of tails or files) -> summary
         self.tail_ids: Dict[bytes, object] = {}  # pass 2: maps line tail -> (dev, inode, raw path) or None
         self.unreadable = 0
+        #: (pid, comm) of the processes the kernel refused to show (comm empty when its stat is refused too)
+        self.refused: List[Tuple[int, str]] = []
         self.unverifiable = 0
         self.scanned = 0
         self.unstable = 0
@@ -788,6 +790,7 @@ class _Scanner:
                 continue
             except AccessDenied:
                 self.unreadable += 1
+                self.refused.append((pid, procfs.comm_of(pid)))
                 continue
             if proc is not None:
                 found.append(proc)
@@ -806,6 +809,7 @@ class _Scanner:
             scan_time=started,
             unstable=self.unstable,
             identical=self.identical,
+            refused=tuple(self.refused),
         )
 
 

@@ -65,6 +65,8 @@ class _Pass:
         #: line names no file
         self._files: Dict[Tuple[bytes, bytes, bytes], Tuple[int, ...]] = {}
         self.unreadable = 0
+        #: (pid, comm) of the processes counted in ``unreadable``
+        self.refused: List[Tuple[int, str]] = []
         self.self_pid = os.getpid()
 
     def run(self) -> Dict[int, List[FileUse]]:
@@ -90,10 +92,12 @@ class _Pass:
                         break
                 else:
                     self.unreadable += 1  # exec()ed during every attempt: counted as not read (partial)
+                    self.refused.append((pid, procfs.comm_of(pid)))
             except ProcessGone:
                 continue
             except AccessDenied:
                 self.unreadable += 1
+                self.refused.append((pid, procfs.comm_of(pid)))
         return out
 
     def _same(self, pid: int, dev: int, ino: int, start: int, end: int, pair: Tuple[int, int]) -> bool:
@@ -322,7 +326,8 @@ def find_users(paths: Sequence[str], *, fds: bool = True, pids: Optional[Sequenc
     for idx, t in enumerate(targets):
         uses = tuple(sorted(found.get(idx, []), key=lambda u: u.pid))
         reports.append(UsersReport(t.path, t.identity is not None, t.identity[0] if t.identity else None,
-                                   t.identity[1] if t.identity else None, uses, scan.unreadable > 0))
+                                   t.identity[1] if t.identity else None, uses, scan.unreadable > 0,
+                                   tuple(scan.refused)))
     return reports
 
 

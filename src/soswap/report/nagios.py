@@ -90,6 +90,9 @@ def render(report: StaleReport, euid: Optional[int] = None) -> Tuple[str, int]:
         if items:
             lines.append(f"{label}:")
             lines.extend(f"- {_clean(i)}" for i in items)
+    if report.refused:
+        lines.append("Unreadable:")
+        lines.extend(f"- pid {pid}" + (f" ({_clean(comm)})" if comm else "") for pid, comm in report.refused)
     return "\n".join(lines) + "\n", status
 
 

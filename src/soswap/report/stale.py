@@ -81,7 +81,8 @@ def render_text(report: StaleReport, restart: Any = None) -> str:
     summary = f"scanned {report.scanned} process{'es' if report.scanned != 1 else ''}"
     if report.partial:
         hint = "run as root to see them" if os.geteuid() != 0 else "not even as root: another namespace or an LSM"
-        summary += f"; PARTIAL: {report.unreadable} could not be read ({hint})"
+        who = refused_text(report.refused)
+        summary += f"; PARTIAL: {report.unreadable} could not be read ({hint})" + (f": {who}" if who else "")
     if report.unverifiable:
         summary += (f"; {report.unverifiable} mapped path{'s' if report.unverifiable != 1 else ''} could not be "
                     "checked")
@@ -98,6 +99,19 @@ def render_text(report: StaleReport, restart: Any = None) -> str:
     if restart is not None:
         lines.extend(render_restart(restart))
     return "\n".join(lines) + "\n"
+
+
+#: At most this many refused processes are named in a text line (all of them are in the JSON).
+_NAMED_REFUSED = 5
+
+
+def refused_text(refused: Sequence[Tuple[int, str]], limit: int = _NAMED_REFUSED) -> str:
+    """``pid 1 (systemd), pid 812 (sshd) and 3 more``: the processes that could not be read, for one line."""
+    named = [f"pid {pid} ({_printable(comm)})" if comm else f"pid {pid}" for pid, comm in refused[:limit]]
+    more = len(refused) - len(named)
+    if more > 0:
+        return ", ".join(named) + f" and {more} more"
+    return ", ".join(named[:-1]) + (" and " if len(named) > 1 else "") + (named[-1] if named else "")
 
 
 def render_restart(outcome: Any) -> List[str]:
@@ -177,6 +191,7 @@ def report_json(report: StaleReport, restart: Any = None) -> Dict[str, Any]:
         "partial": report.partial,
         "scanned": report.scanned,
         "unreadable": report.unreadable,
+        "unreadable_processes": [{"pid": pid, "comm": comm or None} for pid, comm in report.refused],
         "unverifiable": report.unverifiable,
         "unstable": report.unstable,
         "identical": report.identical,
@@ -209,6 +224,7 @@ def users_json(report: UsersReport) -> Dict[str, Any]:
         "dev": report.dev,
         "inode": report.inode,
         "partial": report.partial,
+        "unreadable_processes": [{"pid": pid, "comm": comm or None} for pid, comm in report.refused],
         "processes": [
             {"pid": u.pid, "exe": u.exe, "cmdline": list(u.cmdline), "how": list(u.how), "version": u.version,
              "dev": u.dev, "inode": u.inode, "unit": u.unit.name if u.unit else None, "container": u.container}
@@ -239,5 +255,6 @@ def render_users_text(reports: Sequence[UsersReport]) -> str:
             unit = f" [{u.unit.name}]" if u.unit else ""
             lines.append(f"  pid {u.pid:<7} {','.join(u.how):<16} {u.version:<7} {argv}{unit}")
         if r.partial:
-            lines.append("  (partial: some processes could not be read)")
+            who = refused_text(r.refused)
+            lines.append("  (partial: some processes could not be read" + (f": {who})" if who else ")"))
     return "\n".join(lines) + "\n"
