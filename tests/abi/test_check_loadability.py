@@ -102,6 +102,42 @@ def test_a_new_whose_relocations_cannot_be_decoded_is_refused(tmp_path: Path) ->
     assert (same.kind, same.severity) == ("references-undecodable", "review")
 
 
+def test_a_consumer_whose_relocations_cannot_be_decoded_is_a_review_note(tmp_path: Path) -> None:
+    """A consumer (not NEW) has a relocation naming a symbol past its symbol table: what ld.so binds there is not
+    known (here the program dies of SIGSEGV with OLD already). check said "compatible: NEW breaks none of the 1
+    consumer checked", silent about the references it could not check; now the consumer is compatible, to
+    review, with the reason, and install says it as a warning (not a refusal: NEW makes nothing worse that can
+    be seen). A library of the consumer's tree is judged the same way."""
+    old = shared_lib(tmp_path / "v1" / "libfoo.so.1", "int foo(void) { return 41; }\nint bar(void) { return 1; }\n",
+                     soname="libfoo.so.1")
+    new = shared_lib(tmp_path / "v2" / "libfoo.so.1", "int foo(void) { return 41; }\n", soname="libfoo.so.1")
+    src = "int foo(void);\nint bar(void);\nint main(void) { return foo() + bar() - 42; }\n"
+    app = executable(tmp_path / "app", src, libs=[str(old)], flags=rpath_flags(str(old.parent)))
+    assert _run([str(app)], old.parent).returncode == 0
+    r = _check(tmp_path, "--consumer", str(app), "--json", str(new), str(old))
+    assert r.returncode == 1 and json.loads(r.stdout)["verdict"] == "incompatible"  # bar is gone: the control
+    bad = _bad_plt_symbol(app, tmp_path / "bad" / "app")
+    bad.chmod(0o755)
+    assert _run([str(bad)], old.parent).returncode < 0  # ld.so binds garbage: SIGSEGV
+    r = _check(tmp_path, "--consumer", str(bad), "--json", str(new), str(old))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    (consumer,) = doc["consumers"]
+    assert doc["verdict"] == consumer["verdict"] == "compatible"
+    assert consumer["note"].startswith(f"review: its references cannot all be checked ({bad}: relocation names "
+                                       "symbol 32767 of ")
+    text = _check(tmp_path, "--consumer", str(bad), "--", str(new), str(old)).stdout
+    assert "compatible, to review (1):" in text and "references cannot all be checked" in text
+    # a library of the tree: the same note, naming the library
+    lib = shared_lib(tmp_path / "v1" / "libmid.so", "int bar(void);\nint mid(void) { return bar(); }\n",
+                     soname="libmid.so", libs=[str(old)])
+    _bad_plt_symbol(lib, tmp_path / "badlib" / "libmid.so")
+    user = executable(tmp_path / "user", "int mid(void);\nint main(void) { return mid() - 1; }\n",
+                      libs=[str(lib)], flags=rpath_flags(str(tmp_path / "badlib"), str(old.parent), old_dtags=True))
+    doc = json.loads(_check(tmp_path, "--consumer", str(user), "--json", str(new), str(old)).stdout)
+    assert f"({tmp_path / 'badlib' / 'libmid.so'}: relocation names symbol 32767" in doc["consumers"][0]["note"]
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.3, 0.6])
 def test_a_new_cut_before_its_dynamic_section_is_refused_as_cut_short(tmp_path: Path, fraction: float) -> None:
     """Most of an interrupted copy's cuts fall before the dynamic section (near the end of a library): NEW is

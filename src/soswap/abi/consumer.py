@@ -98,8 +98,9 @@ class SharedChecks:
 
     def __init__(self) -> None:
         self.loaders: Dict[Environment, Loader] = {}
-        #: (world, environment, path, argv0, bind_now) -> failures; world: the substitutions, or () for OLD
-        self.failures: Dict[tuple, List[Failure]] = {}
+        #: (world, environment, path, argv0, bind_now) -> (failures, objects whose references could not be
+        #: decoded: "PATH: why"); world: the substitutions, or () for OLD
+        self.failures: Dict[tuple, Tuple[List[Failure], Tuple[str, ...]]] = {}
         #: the system's program and library directories (:func:`soswap.abi.sysdirs.system_tops`), once
         self.system_tops: Optional[list] = None
         #: (id of an ElfFile, as the program) -> (that ElfFile, the names it looks up, or None: unreadable)
@@ -306,8 +307,13 @@ class ConsumerChecker:
         if t_new is not None and not self.full and not self._may_break(res_new):
             self.shortcuts += 1
             return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
-        new_failures = self._failures_of(ld, res_new, bind_now, (self._world, env, path, argv0, mode, tls_align),
-                                         plugin, tls_align)
+        new_failures, unchecked = self._failures_of(ld, res_new, bind_now,
+                                                    (self._world, env, path, argv0, mode, tls_align), plugin, tls_align)
+        # An object whose relocations name a symbol past its symbol table: ld.so binds whatever lies there (or
+        # crashes), so what NEW changes for its references cannot be told. Said, not refused (as a process that
+        # could not be checked); NEW's own such tables are the diff's references-undecodable.
+        review = (f"review: its references cannot all be checked ({'; '.join(unchecked)}): what ld.so binds "
+                  "there is not known, with OLD or NEW") if unchecked else ""
         # ld.so's warning about a protected function (pointer equality): a review note, not a break (T11)
         warned = [f for f in new_failures if f.kind == PROTECTED_FUNCTION]
         new_failures = [f for f in new_failures if f.kind != PROTECTED_FUNCTION]
@@ -315,7 +321,7 @@ class ConsumerChecker:
         internal = bool(self.now_internal) and t_new is not None
         tree_changes = self.tree_may_change and t_new is not None
         if not new_failures and not warned and not watched and not internal and not tree_changes:
-            return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source)
+            return P.ConsumerResult(path, role, P.COMPATIBLE, pid=pid, source=source, note=review)
         if res_old is None:
             res_old = ld.load(path, argv0=argv0)
         t_old = self._target_index(res_old)
@@ -323,8 +329,8 @@ class ConsumerChecker:
         if tree_changes and t_old is not None:
             brought, more_refs = self._brought_in(ld, res_old, res_new)
             watched = watched + more_refs
-        old_failures = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode, tls_align), plugin,
-                                         tls_align)
+        old_failures, _ = self._failures_of(ld, res_old, bind_now, ((), env, path, argv0, mode, tls_align), plugin,
+                                            tls_align)
         old_warned = {f.line for f in old_failures if f.kind == PROTECTED_FUNCTION}
         old_failures = [f for f in old_failures if f.kind != PROTECTED_FUNCTION]
         new_problems = [self._problem(f, res_new, mode) for f in new_failures]
@@ -332,6 +338,8 @@ class ConsumerChecker:
         reviews = [f"review: ld.so warns `{f.line}`: the program's address of {f.symbol} and the library's now "
                    "differ (comparisons of the two pointers change; calls still work)"
                    for f in warned if f.line not in old_warned]
+        if review:
+            reviews.append(review)
         if watched and t_old is not None and t_new is not None:
             found, more_reviews = self._binding_problems(ld, res_old, res_new, t_old, t_new, watched, plugin, brought)
             new_problems.extend(found)
@@ -433,7 +441,7 @@ class ConsumerChecker:
         return None
 
     def _failures_of(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], key: tuple,
-                     plugin: bool = False, tls_align: int = 0) -> List[Failure]:
+                     plugin: bool = False, tls_align: int = 0) -> Tuple[List[Failure], Tuple[str, ...]]:
         """:meth:`_failures`, once per ``key`` in the shared checks (the same consumer in the same world)."""
         cache = self._shared.failures
         hit = cache.get(key)
@@ -442,18 +450,22 @@ class ConsumerChecker:
         return hit
 
     def _failures(self, ld: Loader, res: LoadResult, bind_now: Optional[bool], plugin: bool,
-                  tls_align: int = 0) -> List[Failure]:
+                  tls_align: int = 0) -> Tuple[List[Failure], Tuple[str, ...]]:
+        """ld.so's failures for this load (the harmless kinds left out), and the objects other than NEW whose
+        references could not be decoded ("PATH: why")."""
         refused = _dlopen_refusals(res, max(_TCB_ALIGNMENT, tls_align)) if plugin else []
         if refused:
-            return refused  # dlopen fails while mapping: nothing is relocated
+            return refused, ()  # dlopen fails while mapping: nothing is relocated
         b = ld.bind(res, bind_now=bind_now, warn=True)
+        unchecked = tuple(f"{res.objects[i].path or res.argv0}: {why}" for i, why in b.unchecked
+                          if not self._is_new(res.objects[i]))
         out = list(res.failures)
         known = set(out)
         for f in b.failures:
             if f not in known:
                 out.append(f)
         # copy relocations' sizes are judged by _binding_problems (size and type, both directions)
-        return [f for f in out if f.kind not in _HARMLESS_KINDS and f.kind != COPY_SIZE]
+        return [f for f in out if f.kind not in _HARMLESS_KINDS and f.kind != COPY_SIZE], unchecked
 
     def _problem(self, f: Failure, res: LoadResult, mode: str) -> P.Problem:
         obj = None
