@@ -232,8 +232,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         full = run_child([*base, "--full"], env)
         fdoc = json.loads(full.stdout)
         rows.append(("soswap check --full", "warm index", full.seconds, full.peak_mb,
-                     f"exit {full.status}; every consumer bound; {fdoc['summary']['broken']} already broken "
-                     "with OLD"))
+                     f"exit {full.status}; every consumer bound, in -j workers ({os.cpu_count()} CPUs); "
+                     f"{fdoc['summary']['broken']} already broken with OLD"))
+        serial = run_child([*base, "--full", "-j", "1"], env)
+        rows.append(("soswap check --full", "warm index, -j 1", serial.seconds, serial.peak_mb,
+                     f"exit {serial.status}; the same in one process: {serial.seconds / full.seconds:.2f}x "
+                     "the time of -j"))
         rd = median_run([sys.executable, "-m", "soswap", "rdeps", "--json", lib], env, args.repeat)
         rdoc = json.loads(rd.stdout)
         rows.append(("soswap rdeps", "warm index", rd.seconds, rd.peak_mb,

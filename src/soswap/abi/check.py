@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import AbstractSet, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.abi import problems as P
 from soswap.abi.changes import BREAKING
@@ -42,6 +42,10 @@ UNLOADABLE_KINDS = frozenset({"elf-class-changed", "byte-order-changed", "machin
 POLICY_KINDS = frozenset({"soname-changed", "references-undecodable"})
 
 
+#: ``mapper(fn, items) -> [fn(item) for item in items]``, computed however the caller likes (in order).
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], List[Any]]
+
+
 def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str]] = None,
                       scope: Optional[Sequence[str]] = None, pids: Optional[Sequence[int]] = None,
                       processes: Optional[bool] = None, system: Optional[bool] = None,
@@ -52,7 +56,8 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
                       index: Optional[RdepsIndex] = None,
                       mapping: Optional[Tuple[Sequence[int], Optional[str]]] = None,
                       shared: Optional[SharedChecks] = None,
-                      leaving: AbstractSet[str] = frozenset()) -> P.CheckResult:
+                      leaving: AbstractSet[str] = frozenset(),
+                      mapper: Optional[Mapper] = None) -> P.CheckResult:
     """Check NEW against every consumer of the installed TARGET (see the module docstring and docs/check.md).
 
     ``consumers``: files to check (programs as they run, shared libraries as plugins loaded with
@@ -72,7 +77,9 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     over /proc for several files). ``shared``: a :class:`SharedChecks` the checks of one transaction share (the
     same ``also`` map for each), so that each consumer is loaded and bound once for all of them. ``leaving``:
     files the same transaction deletes (:func:`soswap.abi.sysdirs.canonical_path` of each): the directories'
-    programs and plugins among them are not checked (a running process always is).
+    programs and plugins among them are not checked (a running process always is). ``mapper``: how the indexed
+    consumers the diff cannot prove safe are loaded and bound, ``mapper(fn, items) == [fn(i) for i in items]``
+    (the default); the command line passes one that runs them in forked workers (``soswap check -j``).
 
     Raises :class:`SoswapError` on bad input (TARGET or NEW missing or malformed, a named consumer that is
     not a loadable ELF file, a scope that is not a directory, an unknown PID).
@@ -110,6 +117,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     index_stats: Optional[Dict[str, object]] = None
     skipped: List[Tuple[int, str]] = []
     unaffected = 0
+    pending: List[Tuple[str, bool, str]] = []  # indexed consumers to load and bind: (path, plugin, source)
 
     for path in consumers or ():
         if "named" not in sources:
@@ -152,11 +160,12 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
             seen.add(key)
             source = "scope" if any(under(dep.path, t) for t in scope_canon) else "system"
             info = index.info(dep.path)
-            try:
-                results.append(checker.check_indexed(dep.path, info.tree if info is not None else None,
-                                                     env=index_env, plugin=plugin, source=source))
-            except SoswapError:
-                continue  # changed or vanished since the index saw it
+            hit = checker.shortcut(dep.path, info.tree if info is not None else None, plugin=plugin, source=source)
+            if hit is not None:
+                results.append(hit)
+            else:
+                pending.append((dep.path, plugin, source))
+        results.extend(_bind_each(checker, pending, index_env, mapper))
 
     pid_list: List[int] = list(pids or ())
     if pids:
@@ -184,6 +193,28 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     discovery = P.Discovery(tuple(sources), index_path, index_stats, tuple(skipped), max(unaffected, 0),
                             shortcuts)
     return P.CheckResult(target, new, verdict, diff, tuple(_sorted(results)), self_result, refusals, discovery)
+
+
+def _bind_each(checker: ConsumerChecker, pending: Sequence[Tuple[str, bool, str]], env: Environment,
+               mapper: Optional[Mapper]) -> List[P.ConsumerResult]:
+    """The verdicts of the indexed consumers ``pending`` ((path, plugin, source) each), loaded and bound through
+    ``mapper``; one that changed or vanished since the index saw it is left out. The diff's shortcuts taken
+    on a loaded tree are counted in ``checker``, wherever ``mapper`` ran them."""
+
+    def one(item: Tuple[str, bool, str]) -> Tuple[Optional[P.ConsumerResult], int]:
+        path, plugin, source = item
+        before = checker.shortcuts
+        try:
+            result: Optional[P.ConsumerResult] = checker.check(path, env=env, plugin=plugin, source=source)
+        except SoswapError:
+            result = None  # changed or vanished since the index saw it
+        taken = checker.shortcuts - before
+        checker.shortcuts = before  # counted once below, whether this ran here or in a forked worker
+        return result, taken
+
+    done = mapper(one, pending) if mapper is not None and len(pending) > 1 else [one(i) for i in pending]
+    checker.shortcuts += sum(taken for _result, taken in done)
+    return [result for result, _taken in done if result is not None]
 
 
 @functools.lru_cache(maxsize=16384)

@@ -245,10 +245,17 @@ class ConsumerChecker:
         """The verdict for a consumer the rdeps index found, whose tree (loaded with TARGET, in ``env``: the
         index's environment) is ``tree``. When the diff alone proves it safe on that tree (:meth:`safe_by_diff`),
         it is not loaded again; else as :meth:`check`."""
+        hit = self.shortcut(path, tree, plugin=plugin, source=source)
+        return hit if hit is not None else self.check(path, env=env, plugin=plugin, source=source)
+
+    def shortcut(self, path: str, tree: Optional[Sequence[str]], *, plugin: bool = False,
+                 source: str = "") -> Optional[P.ConsumerResult]:
+        """The compatible verdict :meth:`check_indexed` gives without loading the consumer (the diff alone proves
+        it safe on its indexed ``tree``: :meth:`safe_by_diff`), or None when it must be loaded and bound."""
         if tree is not None and self.safe_by_diff(path, tree, program=not plugin):
             self.shortcuts += 1
             return P.ConsumerResult(path, P.ROLE_PLUGIN if plugin else P.ROLE_PROGRAM, P.COMPATIBLE, source=source)
-        return self.check(path, env=env, plugin=plugin, source=source)
+        return None
 
     def safe_by_diff(self, root: str, tree: Sequence[str], *, program: bool) -> bool:
         """Can the diff alone prove that NEW does not hurt the consumer ``root`` whose tree with TARGET is

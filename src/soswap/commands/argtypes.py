@@ -28,3 +28,14 @@ def directory_name(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty directory name")
     return text
+
+
+def positive_jobs(text: str) -> int:
+    """``-j/--jobs``: a number of worker processes, 1 or more (1: none, the work is done in the process)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of worker processes: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a number of worker processes: {text!r} (1 or more)")
+    return value

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, Callable, List, Optional, Sequence
 
-from soswap.commands.argtypes import directory_name
+from soswap.commands.argtypes import directory_name, positive_jobs
 from soswap.errors import EXIT_FOUND, EXIT_OK, UsageError
 
 NAME = "check"
@@ -66,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="build the rdeps index in memory only (nothing is written)")
     parser.add_argument("--full", action="store_true",
                         help="bind every consumer, even those the diff alone proves safe")
+    parser.add_argument("--jobs", "-j", type=positive_jobs, default=None, metavar="N",
+                        help="worker processes for the consumers that must be loaded and bound (default: one per "
+                             "CPU, up to 4, when there are many; 1 = no workers)")
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-abi.md)")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list the compatible consumers")
 
@@ -102,12 +106,24 @@ def run(args: argparse.Namespace) -> int:
         args.target, args.new,
         consumers=args.consumer or None, scope=args.scope or None, pids=args.pid or None,
         processes=None if explicit else not args.no_processes,
-        cache_dir=args.cache_dir, keep_index=not args.no_index, full=args.full)
+        cache_dir=args.cache_dir, keep_index=not args.no_index, full=args.full, mapper=consumer_mapper(args.jobs))
     if args.json:
         write_check_json(result, sys.stdout)
     else:
         sys.stdout.write("\n".join(map(one_line, check_to_text(result, verbose=args.verbose))) + "\n")
     return EXIT_OK if result.compatible else EXIT_FOUND
+
+
+def consumer_mapper(jobs: Optional[int]) -> Callable[[Callable[[Any], Any], Sequence[Any]], List[Any]]:
+    """The ``mapper`` of :func:`soswap.abi.check_replacement` for ``-j``: the consumers to bind are spread over
+    forked workers (:func:`soswap.commands.workers.parallel_map`), in path order."""
+
+    def mapper(fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
+        from soswap.commands.workers import parallel_map
+
+        return parallel_map(fn, items, jobs, name=lambda item: item[0])
+
+    return mapper
 
 
 def _check_debs(args: argparse.Namespace, explicit: bool) -> int:

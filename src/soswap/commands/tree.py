@@ -8,7 +8,7 @@ import posixpath
 import sys
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, TypeVar
 
-from soswap.commands.argtypes import directory_name
+from soswap.commands.argtypes import directory_name, positive_jobs
 from soswap.errors import EXIT_ERROR, EXIT_FOUND, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "/var/cache/soswap as root, else $XDG_CACHE_HOME/soswap)")
     parser.add_argument("--no-cache", action="store_true",
                         help="compute everything afresh and keep nothing (see docs/tree.md, 'Result cache')")
-    parser.add_argument("--jobs", "-j", type=int, default=None, metavar="N",
+    parser.add_argument("--jobs", "-j", type=positive_jobs, default=None, metavar="N",
                         help="worker processes for many files (default: one per CPU, up to 4; 1 = no workers)")
 
 
@@ -154,8 +154,6 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--root {args.root}: not a directory")
     if args.json and args.ldd:
         raise UsageError("--json cannot be combined with --ldd")
-    if args.jobs is not None and args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
     if args.data_relocs and not args.ldd:
         raise UsageError("-d/--data-relocs goes with --ldd (use -r for the full symbol check)")
     env = _environment(args)
@@ -455,10 +453,6 @@ def _named(exc: Exception, path: str) -> str:
 
 # -- many files on several CPUs ----------------------------------------------------------------------------
 
-#: Below this many files per worker, forking costs more than it saves.
-_MIN_FILES_PER_JOB = 48
-
-
 def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
                store: Optional[BindStore] = None,
                harvest: Optional[Callable[[], object]] = None,
@@ -468,13 +462,13 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     binding results the workers computed go into ``store``. ``harvest`` runs in each worker after its last
     file, and ``absorb`` gets what it returned in the parent (the result cache's witnesses). Falls back to one
     process where fork is unavailable."""
-    if jobs is None:
-        jobs = min(os.cpu_count() or 1, 4, len(files) // _MIN_FILES_PER_JOB)
-    # never more workers than files, nor many more than CPUs (a worker is a whole process)
-    jobs = min(jobs, len(files), 4 * (os.cpu_count() or 1))
+    if len(files) < 2 or jobs == 1:  # one file: not even the workers' module is imported
+        return [fn(f) for f in files]
+    from soswap.commands.workers import NoWorkers, job_count, map_in_workers
+
+    jobs = job_count(jobs, len(files))
     if jobs <= 1 or len(files) < 2 or not hasattr(os, "fork"):
         return [fn(f) for f in files]
-    from soswap.commands.workers import NoWorkers, map_in_workers
 
     if store is not None:
         store.load()

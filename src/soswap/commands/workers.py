@@ -61,6 +61,35 @@ class NoWorkers(Exception):
     """Not one worker could be forked: the caller does the work itself."""
 
 
+#: Below this many items per worker, forking costs more than it saves.
+MIN_ITEMS_PER_JOB = 48
+
+
+def job_count(jobs: Optional[int], items: int) -> int:
+    """How many workers for ``items`` pieces of work: ``jobs`` (``-j``), by default one per CPU, at most 4 and
+    with at least :data:`MIN_ITEMS_PER_JOB` items each; never more than the items, nor many more than CPUs (a
+    worker is a whole process). 1 or less: no worker, the work is done in this process."""
+    if jobs is None:
+        jobs = min(os.cpu_count() or 1, 4, items // MIN_ITEMS_PER_JOB)
+    return min(jobs, items, 4 * (os.cpu_count() or 1))
+
+
+def parallel_map(fn: Callable[[Any], T], items: Sequence[Any], jobs: Optional[int],
+                 name: Callable[[Any], str] = str) -> List[T]:
+    """``[fn(item) for item in items]``, over forked workers (:func:`job_count`) when there are many items.
+    The workers start on stretches in the order of ``name(item)`` (a path: files of one directory share
+    libraries) and send back their answers pickled. In this process where fork is unavailable or refused."""
+    count = job_count(jobs, len(items))
+    if count <= 1 or len(items) < 2 or not hasattr(os, "fork"):
+        return [fn(item) for item in items]
+    keys = [f"{name(item)}\0{n}" for n, item in enumerate(items)]  # unique, in name order
+    try:
+        out, _finished = map_in_workers(lambda key: fn(items[int(key.rpartition("\0")[2])]), keys, count)
+    except NoWorkers:  # the system refuses more processes: the work is done here
+        return [fn(item) for item in items]
+    return out
+
+
 def map_in_workers(fn: Callable[[str], T], files: Sequence[str], jobs: int,
                    finish: Optional[Callable[[], object]] = None) -> Tuple[List[T], List[object]]:
     """``[fn(f) for f in files]`` computed by ``jobs`` forked workers, in the order of ``files``, and what
