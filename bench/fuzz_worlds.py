@@ -2,7 +2,7 @@
 """Differential fuzzing of the search and binding model on random worlds of real libraries: the real ``ldd``
 and the real program are the oracles.
 
-    python bench/fuzz_worlds.py [--cases N] [--seed S] [--filters] [--keep DIR]
+    python bench/fuzz_worlds.py [--cases N] [--seed S] [--filters] [--many] [--keep DIR]
 
 Each case builds, with gcc, a small world in a new directory: two to five libraries ``libwK.so`` whose
 DT_NEEDED entries form a random graph (cycles included) and name them by SONAME, by another name or by a path
@@ -24,6 +24,9 @@ of filters included). Then, from the world's directory, the program run as
   standard error and exit status must be identical;
 * the program itself (it references every function and data object of its libraries but calls none) against
   the prediction of ``soswap tree -r``: the fatal line and the exit status, or the warnings and a clean start.
+* with ``--many``, ``ldd [-r]`` over several FILEs in one call (the program, a copy of it beside it, up to three
+  library files and a copy of the first): the ``FILE:`` headers, the loads the model shares between FILEs of
+  one shape, libraries as FILEs (a filter library among them).
 
 Every difference is printed with the case's seed and its world described; ``--keep DIR`` keeps the worlds that
 differ there. A known difference (:data:`KNOWN`) is counted apart. The exit status is 1 when a case differs
@@ -311,6 +314,63 @@ def ldd_difference(world: World, profile: Profile, flag: Optional[str]) -> Optio
 
 
 #: The start of a difference that is known and documented (docs/tree.md, "Remaining known differences"):
+def many_files(world: World) -> List[str]:
+    """FILEs for one ``ldd FILE...`` call: the program, a copy of it beside it (the same shape: the model shares
+    the first one's load with it), and up to three of the world's library files as FILEs of their own (each
+    its own load, with its own filters and RUNPATH), with a copy of the first beside it (a name no search
+    asks for)."""
+    prog = world.root / world.program if not world.program.startswith("/") else Path(world.program)
+    twin = prog.with_name(prog.name + "-twin")
+    if not twin.exists():
+        shutil.copy2(prog, twin)
+    files = [world.program, str(twin)]
+    libs = sorted(p for d in DIRS for p in (world.root / d).glob("libw*.so*")
+                  if p.is_file() and not p.is_symlink() and p.read_bytes()[:4] == b"\x7fELF")[:3]
+    if libs:
+        copy = libs[0].with_name(libs[0].name + ".twin")
+        shutil.copy2(libs[0], copy)
+        libs.insert(1, copy)
+    return files + [str(p) for p in libs]
+
+
+#: Where the copies of objects linked before the main map exhaust the process's mappings decides ld.so's message:
+#: a copy whose segment cannot be mapped, or (soswap's prediction) the search list's allocation after it.
+_OUT_OF_MAPS = re.compile(
+    r"(: error while loading shared libraries: )[^:\n]+: failed to map segment from shared object$", re.M)
+_SEARCH_LIST = r"\1cannot allocate symbol search list: Cannot allocate memory"
+
+
+def ldd_many_difference(world: World, profile: Profile, flag: Optional[str]) -> Optional[str]:
+    """:func:`ldd_difference` for several FILEs in one call (:func:`many_files`): the ``FILE:`` headers, the
+    loads shared between FILEs of one shape, libraries as FILEs."""
+    files = many_files(world)
+    out = LddModel(_loader(world, profile), RELOCS_FUNCTION if flag else RELOCS_NONE).run(files)
+    got = (out.stdout, out.stderr, out.status)
+    r = _run(["ldd", *([flag] if flag else []), *files], world)
+    if r is None:
+        return f"ldd {flag or ''} FILE...: still ran after {TIMEOUT} s, with a small stack too"
+    want = (ADDR.sub("", r.stdout), r.stderr, r.returncode)
+    if got == want:
+        return None
+    if flag and reads_past_versions(world, profile):
+        return KNOWN + "ldd -r FILE... read past a version array:\n" + _delta(want, got)
+    if (_OUT_OF_MAPS.sub(_SEARCH_LIST, want[0]), *want[1:]) == got:
+        return KNOWN + "the mappings ran out while a segment was mapped, not at the search list's allocation"
+    return f"ldd {flag or ''} {' '.join(files)}:\n" + _delta(want, got)
+
+
+def _delta(want: Tuple[str, str, int], got: Tuple[str, str, int]) -> str:
+    """What soswap said differently from ldd: a unified diff of the standard output, then the rest."""
+    import difflib
+
+    lines = list(difflib.unified_diff(want[0].splitlines(), got[0].splitlines(), "ldd", "soswap", lineterm="", n=2))
+    if want[1] != got[1]:
+        lines.append(f"stderr: ldd {want[1]!r}, soswap {got[1]!r}")
+    if want[2] != got[2]:
+        lines.append(f"status: ldd {want[2]}, soswap {got[2]}")
+    return "\n".join("    " + line for line in lines)
+
+
 #: ``ldd -r`` with a dependency not found reads past the array of an object's version names (its size counts
 #: only the versions of the files found), and prints what lies there, or dies of it. soswap models that memory
 #: (``binding.VersionArena``) but not what lies past the last array or a hash taken as a pointer (see
@@ -375,6 +435,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--cases", type=int, default=100, help="worlds to build and compare (default 100)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the first case (default 1; case i uses seed+i)")
     ap.add_argument("--keep", metavar="DIR", help="copy the worlds that differ into DIR")
+    ap.add_argument("--many", action="store_true",
+                    help="also compare one ldd call over several FILEs: the program, a copy of it, libraries")
     ap.add_argument("--filters", action="store_true",
                     help="also give some library copies a DT_FILTER or DT_AUXILIARY entry (other worlds)")
     args = ap.parse_args(argv)
@@ -395,6 +457,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 2
             found = [d for d in (ldd_difference(world, profile, None), ldd_difference(world, profile, "-r"),
                                  run_difference(world, profile)) if d is not None]
+            if args.many:
+                found += [d for d in (ldd_many_difference(world, profile, None),
+                                      ldd_many_difference(world, profile, "-r")) if d is not None]
             if found and all(d.startswith(KNOWN) for d in found):
                 known += 1
                 print(f"seed {seed}: {found[0]}")

@@ -348,6 +348,13 @@ def test_a_filter_library_as_file_keeps_its_tree_and_ldd_output(tmp_path: Path, 
     assert ("libaux.so => " in r.stdout) == present
     doc = json.loads(soswap("--no-cache", "--json", str(lib)).stdout)["results"][0]
     assert doc["objects"][0]["kind"] == "executable" and doc["objects"][0]["file"] == str(lib)
+    # a second FILE of the same shape (a copy) shares the first one's load: the filtee stays unlisted there too
+    # (the copy of the shared result left it out, and --ldd printed "libaux.so => ..." for the second FILE)
+    twin = d / "libflt2.so"
+    shutil.copyfile(lib, twin)
+    got = soswap("--no-cache", "--ldd", "-j", "1", str(lib), str(twin))
+    want = real_ldd(str(lib), str(twin))
+    assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
 
 
 def test_ldd_mode_exits_where_the_ldd_script_exits(tmp_path: Path) -> None:

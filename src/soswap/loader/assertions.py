@@ -13,6 +13,11 @@ _CHECK_MATCH_LINES: Dict[Tuple[int, int], int] = {(2, 31): 111, (2, 35): 106, (2
 _VERNEED_LINES: Dict[Tuple[int, int], int] = {(2, 31): 205, (2, 35): 204}
 
 
+#: elf/rtld.c, init_tls: an object with TLS is linked before the main map (a filtee of the FILE or program): the
+#: count of TLS modules from the main map misses it. Debian 12 (2.36); other releases not compared.
+_INIT_TLS_LINES: Dict[Tuple[int, int], int] = {(2, 36): 776}
+
+
 def _line(table: Dict[Tuple[int, int], int], glibc: Tuple[int, int]) -> int:
     """The line of the newest release in ``table`` not newer than ``glibc`` (the oldest one's before it)."""
     known = sorted(table)
@@ -33,3 +38,9 @@ def verneed_assertion(glibc: Tuple[int, int]) -> str:
     """What ld.so prints when _dl_check_map_versions finds no object for a version need's file."""
     return (f"Inconsistency detected by ld.so: dl-version.c: {_line(_VERNEED_LINES, glibc)}: _dl_check_map_versions: "
             "Assertion `needed != NULL' failed!")
+
+
+def init_tls_assertion(glibc: Tuple[int, int]) -> str:
+    """What ld.so prints when init_tls counts fewer TLS modules from the main map than were loaded."""
+    return (f"Inconsistency detected by ld.so: rtld.c: {_line(_INIT_TLS_LINES, glibc)}: init_tls: "
+            "Assertion `i == GL(dl_tls_max_dtv_idx)' failed!")

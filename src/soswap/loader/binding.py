@@ -610,6 +610,8 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
     fatal: Optional[M.Failure] = res.fatal
     argv0 = res.argv0
     objs = res.objects
+    if fatal is not None and fatal.kind == M.OUT_OF_MEMORY:
+        return M.BindResult(res, (), (), fatal, 0)  # _dl_map_object_deps signalled it: nothing after it runs
     # _dl_check_all_versions, in link-map chain order
     for o in objs:
         if not o.found or o.elf is None or o.kind == "vdso":
@@ -621,6 +623,10 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
                 fatal = f
         if found and found[-1].kind == M.ASSERTION:
             return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, 0)  # ld.so aborted
+    tls = _unlisted_tls(res)
+    if tls is not None:  # init_tls, after the version check
+        failures.append(tls)
+        return M.BindResult(res, tuple(failures), tuple(unresolved), fatal or tls, 0)
     # x86 ISA level (_rtld_main_check), before relocation; not in trace mode
     isa = res.profile.isa_level
     if not res.trace and isa is not None:
@@ -739,6 +745,21 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
     if cut:
         fatal = _init_crash(b, failures, fatal)
     return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked, tuple(unchecked))
+
+
+def _unlisted_tls(res: M.LoadResult) -> Optional[M.Failure]:
+    """``init_tls`` (rtld.c) counts the TLS modules on the chain from the main map and asserts that it found every
+    one loaded: an object with PT_TLS linked before the main map (``res.unlisted``: a filtee of the FILE or
+    program) is missed, and ld.so aborts."""
+    for i in res.unlisted:
+        elf = res.objects[i].elf
+        if elf is not None and any(seg.memsz for seg in elf.segments_of_type(C.PT_TLS)):
+            from soswap.loader.assertions import init_tls_assertion
+
+            text = init_tls_assertion(res.profile.glibc_version)
+            return M.Failure(M.ASSERTION, res.objects[0].display or res.argv0, 0, text, text, M.STARTUP, True,
+                             exit_status=127)
+    return None
 
 
 def _sigbus(b: Binder, i: int, doing: str, why: str) -> M.Failure:

@@ -16,6 +16,7 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError, SoswapError
 from soswap.loader import model as M
+from soswap.loader.assertions import init_tls_assertion
 from soswap.loader.candidates import ACCEPT, FileSystem, beyond_the_end, load_commands, overlapping
 from soswap.loader.cpu import tunables_warning
 from soswap.loader.loading import Loader
@@ -274,8 +275,8 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     for f in b.failures:
         if f.kind in (M.VERSION, M.NO_VERSION_INFO, M.WEAK_VERSION):
             lines.append(f.line)
-        elif f.line == verneed_assertion(res.profile.glibc_version):  # the version check aborted
-            lines.append(f.line)
+        elif f.line in (verneed_assertion(res.profile.glibc_version), init_tls_assertion(res.profile.glibc_version)):
+            lines.append(f.line)  # the version check aborted, or init_tls after it
             return "".join(x + "\n" for x in lines), 127
     if main.elf is None or not main.elf.dynamic.needed:
         lines.append("\tstatically linked")

@@ -727,7 +727,7 @@ class _Template:
                 fl[n] = f._replace(line=f"{argv0}: error while loading shared libraries: {f.message}")
             failures = tuple(fl)
             fatal = next((f for f in failures if f.fatal), None)
-        return M.LoadResult(path=argv0, objects=objects, scope=r.scope, initfini=r.initfini,
-                            failures=failures, fatal=fatal, profile=r.profile, env=env, secure=secure,
-                            trace=r.trace, argv0=argv0, static=r.static,
-                            substitutes_rejected=r.substitutes_rejected)
+        # every other field is the template's (unlisted: a filtee of a FILE was shown by the second FILE of a
+        # shape, as a field left out of a copy made field by field)
+        return r._replace(path=argv0, objects=objects, failures=failures, fatal=fatal, env=env, secure=secure,
+                          argv0=argv0)

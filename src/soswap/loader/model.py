@@ -43,6 +43,9 @@ NO_INTERPRETER = "no-interpreter"
 #: execve refuses the program itself (``open_exec``: a noexec mount).
 NOT_EXECUTABLE = "not-executable"
 CRASH = "crash"
+#: ``_dl_map_object_deps``: the symbol search list cannot be allocated (ENOMEM). Reached when filters placed
+#: before the main map make a new copy of an object at every turn until no mapping is left.
+OUT_OF_MEMORY = "out-of-memory"
 #: ``_dl_check_protected_symbol`` (glibc 2.36 as Debian ships it): a warning for a copy relocation of the program
 #: against a STV_PROTECTED data symbol, and for a PLT reference of the program with a nonzero st_value (a
 #: canonical function address) to a STV_PROTECTED function; the error that follows the warning when the defining

@@ -11,7 +11,7 @@ import bisect
 import errno as errnomod
 import os
 import posixpath
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.elf import ElfFile
 from soswap.elf import constants as C
@@ -219,6 +219,12 @@ class LoadSession:
         self.aborted = False
         #: (object, object it goes before) in the chain of loaded objects: a filtee moves before its filter
         self.chain_moves: List[Tuple[int, int]] = []
+        #: Objects linked before the main map (a filtee of the FILE or program, and the filtees before those):
+        #: _dl_map_object searches the chain from the main map (_ns_loaded), so they are never found again by
+        #: name or file identity, and a later request maps another copy.
+        self.hidden: Set[int] = set()
+        #: The chain of link maps (cids) as dl-deps.c relinks it, for :attr:`hidden`.
+        self.chain: List[int] = []
         #: The loader's errno between searches (see _replay_errno) and its directory status cache.
         self.errno = 0
         self.nonexisting: set = set()
@@ -241,6 +247,7 @@ class LoadSession:
     def _new_map(self, name: str, path: str, kind: str) -> _Map:
         m = _Map(len(self.maps), name, path, kind)
         self.maps.append(m)
+        self.chain.append(m.cid)
         return m
 
     def _register_names(self, m: _Map) -> None:
@@ -313,10 +320,11 @@ class LoadSession:
         """``_dl_map_object_deps`` never ends: filters (DT_FILTER, DT_AUXILIARY) that move one another before
         themselves for ever, an alloca each turn, until the stack overflows: ld.so dies of SIGSEGV, having
         printed nothing of its own (the shell reports the signal, exit status 139). The load stops in trace mode."""
-        looping = [m.path or m.name or self.argv0 for m in chain if m.elf is not None and not m.faked
-                   and (m.elf.dynamic.filters or m.elf.dynamic.auxiliary)]
-        self._dies(obj, obj.path or obj.name, f"ld.so crashes (SIGSEGV, stack overflow): the filters of "
-                   f"{', '.join(looping)} move one another before themselves for ever (_dl_map_object_deps)", 139)
+        looping = [m.path or m.libnames[0] or self.argv0 for m in chain if m.elf is not None and not m.faked
+                   and (m.elf.dynamic.filters or m.elf.dynamic.auxiliary)]  # the FILE itself: no path, argv[0]
+        self._dies(obj, obj.path or obj.libnames[0] or self.argv0,
+                   f"ld.so crashes (SIGSEGV, stack overflow): the filters of {', '.join(looping)} move one another "
+                   "before themselves for ever (_dl_map_object_deps)", 139)
 
     def _dies(self, obj: _Map, name: str, text: str, status: int, substitute: bool = False) -> None:
         """ld.so dies of a signal: nothing is printed (``text`` says what happens), the shell reports exit
@@ -349,6 +357,9 @@ class LoadSession:
         """``_dl_map_object``: the object called ``name`` requested by ``loader``; raises :class:`_Miss` when
         it cannot be loaded (the caller decides whether that is fatal, a faked entry or a warning)."""
         hit = self.by_name.get(name)
+        if hit is not None and self.hidden and hit in self.hidden:
+            hit = self._visible(lambda m: name in m.libnames or name == m.path
+                                or (m.elf is not None and m.elf.dynamic.soname == name))
         if hit is not None:
             return self.maps[hit]
         self._refused_sub = False
@@ -387,6 +398,9 @@ class LoadSession:
         # _dl_map_object_from_fd: the same file under another name is the same object
         if v.file_id is not None:
             same = self.by_id.get(v.file_id)
+            if same is not None and self.hidden and same in self.hidden:
+                fid = v.file_id
+                same = self._visible(lambda m: m.file_id == fid)
             if same is not None:
                 m = self.maps[same]
                 self._add_name(m, name)
@@ -404,6 +418,14 @@ class LoadSession:
             self.by_id.setdefault(v.file_id, m.cid)
         self._register_names(m)
         return m
+
+    def _visible(self, match: Callable[[_Map], bool]) -> Optional[int]:
+        """The first object on the chain from the main map that ``match`` accepts (the slow way, needed only when
+        an object with that name or identity lies before the main map: :attr:`hidden`)."""
+        for m in self.maps:
+            if m.cid not in self.hidden and not m.faked and match(m):
+                return m.cid
+        return None
 
     def _probe(self, realname: str) -> Verdict:
         """``open_verify`` of one path (target path, possibly relative to the cwd)."""
@@ -792,7 +814,19 @@ class LoadSession:
                         return [e[0] for e in known]
             while run < len(known) and known[run][1]:
                 run += 1
+            if self.hidden and len(self.maps) > _MAX_OBJECTS:
+                self._out_of_maps()
+                return [e[0] for e in known]
         return [e[0] for e in known]
+
+    def _out_of_maps(self) -> None:
+        """Filters before the main map ask for objects ld.so cannot find again (:attr:`hidden`): each turn maps
+        new copies, until the process has no mapping left (vm.max_map_count). The mapping that fails is a
+        filtee's (ignored, or ending the walk); the search list of so many objects cannot be allocated
+        after it: ``_dl_map_object_deps`` signals ENOMEM (checked with ld.so: 15,600 copies, 7.6 s)."""
+        self._fail(M.OUT_OF_MEMORY, None, "", "cannot allocate symbol search list: Cannot allocate memory")
+        if self.trace:
+            self.aborted = True
 
     def _dst_refused(self, lm: _Map, raw: str) -> bool:
         """expand_dst (dl-deps.c): a dynamic string token in a secure program is fatal, in DT_NEEDED, DT_FILTER
@@ -883,10 +917,20 @@ class LoadSession:
             aux.depth = lm.depth + 1
         known.insert(at, [aux, False])
         self.chain_moves.append((aux.cid, lm.cid))
+        # dl-deps.c links the filtee right before its filter: what ends up before the main map is off the chain
+        chain = self.chain
+        chain.remove(aux.cid)
+        chain.insert(chain.index(lm.cid), aux.cid)
+        main = self.main.cid if self.main is not None else chain[0]
+        self.hidden = set(chain[:chain.index(main)])
         return at + 1
 
     # -- finishing ---------------------------------------------------------------------------------------
 
+
+#: Objects one load may map while objects lie before the main map (:meth:`LoadSession._out_of_maps`): far more
+#: than any program loads, far fewer than the copies a real run maps before it runs out of mappings.
+_MAX_OBJECTS = 4096
 
 #: Second walks of one load that are never the same state twice: ld.so's stack (an alloca each turn) runs out
 #: long before, so this many is taken as the endless loop too (a bound on soswap's own work).

@@ -17,6 +17,9 @@ _KIND_NOTE = {"interpreter": "interpreter", "vdso": "kernel vDSO", "preload": "p
 #: The trees of :func:`tree_lines` below the program's line, by the objects they show: the key holds their
 #: ids, the value the objects (so that an id stays theirs) and the lines.
 Bodies = Dict[tuple, Tuple[tuple, List[str]]]
+#: Levels of the tree drawn: programs go a dozen deep; a load that maps copy after copy of the same objects
+#: (docs/tree.md, "Filters") would otherwise draw thousands of levels.
+_MAX_DEPTH = 64
 _MAX_BODIES = 4096  # a run over more shapes starts again
 
 
@@ -115,7 +118,11 @@ def _body(res: LoadResult, show_all: bool, reasons: bool) -> Tuple[List[str], bo
         expanded.add(dep)
         kids = children.get(dep)
         if o.found and kids:
-            stack.append((kids, 0, prefix + ("    " if last else "│   ")))
+            below = prefix + ("    " if last else "│   ")
+            if len(stack) >= _MAX_DEPTH:  # copies of copies (filters before the program): never a real tree
+                lines.append(f"{below}└── … not drawn below {_MAX_DEPTH} levels (--json lists every object)")
+                continue
+            stack.append((kids, 0, below))
     return lines, shared
 
 
