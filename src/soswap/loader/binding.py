@@ -612,9 +612,10 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
     objs = res.objects
     if fatal is not None and fatal.kind == M.OUT_OF_MEMORY:
         return M.BindResult(res, (), (), fatal, 0)  # _dl_map_object_deps signalled it: nothing after it runs
-    # _dl_check_all_versions, in link-map chain order
+    # _dl_check_all_versions, in link-map chain order from the main map (_ns_loaded): not what lies before it
+    unlisted = res.unlisted
     for o in objs:
-        if not o.found or o.elf is None or o.kind == "vdso":
+        if not o.found or o.elf is None or o.kind == "vdso" or o.index in unlisted:
             continue
         found = version_check(b, o)
         for f in found:
