@@ -217,3 +217,18 @@ def test_filters_before_the_main_map_that_ask_for_each_other_run_out_of_mappings
     r = _soswap("tree", "--no-cache", str(w1))
     assert r.returncode == 1 and "cannot allocate symbol search list" in r.stdout
     assert max(map(len, r.stdout.splitlines())) < 1000 and "not drawn below 64 levels" in r.stdout
+
+
+def test_ldd_r_reports_what_a_filtee_of_the_file_cannot_resolve(tmp_path: Path) -> None:
+    """libw1.so, filtee of the FILE libw0.so (so before the main map, and out of the version check), references
+    d0, which the FILE no longer defines: ``ldd -r`` relocates it all the same and reports the symbol. (With a
+    thread-local reference there instead, ld.so was seen dying of SIGSEGV: not modelled, docs/tree.md.)"""
+    d = tmp_path / "d"
+    stub = shared_lib(tmp_path / "stub" / "libw0.so", "int d0 = 1;\nint f0(void) { return 0; }\n", soname="libw0.so")
+    shared_lib(d / "libw1.so", "extern int d0;\nint f1(void) { return d0; }\n", soname="libw1.so",
+               libs=[str(stub)], flags=[f"-Wl,-rpath,{d}"])
+    lib = shared_lib(d / "libw0.so", "int f0(void) { return 0; }\n", soname="libw0.so",
+                     flags=["-Wl,--filter,libw1.so", f"-Wl,-rpath,{d}"])
+    assert assert_ldd_parity(lib).status == 0
+    out = assert_ldd_parity(lib, flag="-r")
+    assert f"undefined symbol: d0\t({d / 'libw1.so'})" in out.stdout
