@@ -298,22 +298,28 @@ def _run(cmd: Sequence[str], world: World) -> Optional[subprocess.CompletedProce
     return None
 
 
-def ldd_difference(world: World, profile: Profile, flag: Optional[str]) -> Optional[str]:
-    """The difference between ``ldd [flag]`` and soswap's model of it, or None."""
-    out = LddModel(_loader(world, profile), RELOCS_FUNCTION if flag else RELOCS_NONE).run([world.program])
+def ldd_difference(world: World, profile: Profile, flag: Optional[str],
+                   files: Optional[List[str]] = None) -> Optional[str]:
+    """The difference between ``ldd [flag] FILE...`` and soswap's model of it, or None; ``files``: the FILEs
+    (default: the program alone; :func:`many_files` for several in one call)."""
+    files = [world.program] if files is None else files
+    out = LddModel(_loader(world, profile), RELOCS_FUNCTION if flag else RELOCS_NONE).run(files)
     got = (out.stdout, out.stderr, out.status)
-    r = _run(["ldd", *([flag] if flag else []), world.program], world)
+    command = f"ldd {flag + ' ' if flag else ''}{' '.join(files)}"
+    r = _run(["ldd", *([flag] if flag else []), *files], world)
     if r is None:
-        return f"ldd {flag or ''} still ran after {TIMEOUT} s, with a small stack too; soswap said {got!r}"
+        return f"{command}: still ran after {TIMEOUT} s, with a small stack too; soswap said {got!r}"
     want = (ADDR.sub("", r.stdout), r.stderr, r.returncode)
     if got == want:
         return None
     if flag and reads_past_versions(world, profile):
-        return KNOWN + f"ldd -r read past a version array: it said {want!r}\n  soswap said {got!r}"
-    return f"ldd {flag or ''}: ldd said {want!r}\n  soswap said {got!r}"
+        return KNOWN + f"{command}: read past a version array:\n" + _delta(want, got)
+    if (_OUT_OF_MAPS.sub(_SEARCH_LIST, want[0]), *want[1:]) == got:
+        return KNOWN + f"{command}: the mappings ran out while a segment was mapped, not at the search list's " \
+                       "allocation"
+    return f"{command}:\n" + _delta(want, got)
 
 
-#: The start of a difference that is known and documented (docs/tree.md, "Remaining known differences"):
 def many_files(world: World) -> List[str]:
     """FILEs for one ``ldd FILE...`` call: the program, a copy of it beside it (the same shape: the model shares
     the first one's load with it), and up to three of the world's library files as FILEs of their own (each
@@ -340,25 +346,6 @@ _OUT_OF_MAPS = re.compile(
 _SEARCH_LIST = r"\1cannot allocate symbol search list: Cannot allocate memory"
 
 
-def ldd_many_difference(world: World, profile: Profile, flag: Optional[str]) -> Optional[str]:
-    """:func:`ldd_difference` for several FILEs in one call (:func:`many_files`): the ``FILE:`` headers, the
-    loads shared between FILEs of one shape, libraries as FILEs."""
-    files = many_files(world)
-    out = LddModel(_loader(world, profile), RELOCS_FUNCTION if flag else RELOCS_NONE).run(files)
-    got = (out.stdout, out.stderr, out.status)
-    r = _run(["ldd", *([flag] if flag else []), *files], world)
-    if r is None:
-        return f"ldd {flag or ''} FILE...: still ran after {TIMEOUT} s, with a small stack too"
-    want = (ADDR.sub("", r.stdout), r.stderr, r.returncode)
-    if got == want:
-        return None
-    if flag and reads_past_versions(world, profile):
-        return KNOWN + "ldd -r FILE... read past a version array:\n" + _delta(want, got)
-    if (_OUT_OF_MAPS.sub(_SEARCH_LIST, want[0]), *want[1:]) == got:
-        return KNOWN + "the mappings ran out while a segment was mapped, not at the search list's allocation"
-    return f"ldd {flag or ''} {' '.join(files)}:\n" + _delta(want, got)
-
-
 def _delta(want: Tuple[str, str, int], got: Tuple[str, str, int]) -> str:
     """What soswap said differently from ldd: a unified diff of the standard output, then the rest."""
     import difflib
@@ -371,6 +358,7 @@ def _delta(want: Tuple[str, str, int], got: Tuple[str, str, int]) -> str:
     return "\n".join("    " + line for line in lines)
 
 
+#: The start of a difference that is known and documented (docs/tree.md, "Remaining known differences"):
 #: ``ldd -r`` with a dependency not found reads past the array of an object's version names (its size counts
 #: only the versions of the files found), and prints what lies there, or dies of it. soswap models that memory
 #: (``binding.VersionArena``) but not what lies past the last array or a hash taken as a pointer (see
@@ -458,8 +446,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             found = [d for d in (ldd_difference(world, profile, None), ldd_difference(world, profile, "-r"),
                                  run_difference(world, profile)) if d is not None]
             if args.many:
-                found += [d for d in (ldd_many_difference(world, profile, None),
-                                      ldd_many_difference(world, profile, "-r")) if d is not None]
+                files = many_files(world)
+                found += [d for d in (ldd_difference(world, profile, None, files),
+                                      ldd_difference(world, profile, "-r", files)) if d is not None]
             if found and all(d.startswith(KNOWN) for d in found):
                 known += 1
                 print(f"seed {seed}: {found[0]}")

@@ -4,9 +4,6 @@ as in one process (verdicts, problems, the diff's shortcut count), and bad value
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
@@ -14,16 +11,10 @@ import pytest
 
 from support.build import executable, requires_cc, rpath_flags, shared_lib
 
+from .cli import soswap_check
+
 pytestmark = requires_cc
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
-    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
-               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, "-m", "soswap", "check", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 def _world(tmp_path: Path, count: int) -> List[Path]:
@@ -52,7 +43,7 @@ def test_workers_give_the_report_of_one_process(tmp_path: Path) -> None:
     docs = {}
     for jobs in ("1", "3"):
         for full in ((), ("--full",)):
-            r = _check(tmp_path, "--scope", str(tmp_path / "apps"), "-j", jobs, *full, "--json", "--", new, old)
+            r = soswap_check(tmp_path, "--scope", str(tmp_path / "apps"), "-j", jobs, *full, "--json", "--", new, old)
             assert r.returncode == 1, r.stderr
             docs[jobs, full] = json.loads(r.stdout)
     for full in ((), ("--full",)):
@@ -68,7 +59,7 @@ def test_workers_give_the_report_of_one_process(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value", ["0", "-2", "x", "1.5", ""])
 def test_a_bad_jobs_value_is_one_usage_error(tmp_path: Path, value: str) -> None:
     lib = shared_lib(tmp_path / "libfoo.so.1", "int foo(void) { return 1; }\n", soname="libfoo.so.1")
-    r = _check(tmp_path, f"--jobs={value}", str(lib), str(lib))
+    r = soswap_check(tmp_path, f"--jobs={value}", str(lib), str(lib))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.splitlines()[-1].startswith("soswap check: error: argument --jobs/-j: not a number of worker "
                                                 "processes"), r.stderr

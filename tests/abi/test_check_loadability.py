@@ -22,18 +22,12 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from support.build import executable, requires_cc, rpath_flags, shared_lib
 
+from .cli import soswap_check
+
 pytestmark = requires_cc
 ROOT = Path(__file__).resolve().parents[2]
 DLOPEN = ('#include <dlfcn.h>\n#include <stdio.h>\nint main(int c, char **v) { (void)c;\n'
           '  if (!dlopen(v[1], RTLD_NOW)) { printf("%s\\n", dlerror()); return 1; } puts("loaded"); return 0; }\n')
-
-
-def _check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
-    env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
-               SOSWAP_CACHE_DIR=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, "-m", "soswap", "check", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 def _run(args: List[str], libdir: Path) -> subprocess.CompletedProcess:
@@ -57,7 +51,7 @@ def test_a_new_cut_short_is_refused(tmp_path: Path) -> None:
     assert _run([str(app)], cut.parent).returncode == -7  # SIGBUS in ld.so, as an interrupted copy makes it
     (change,) = diff_files(str(old), str(cut)).changes
     assert (change.kind, change.severity) == ("file-truncated", "breaking") and "SIGBUS" in change.detail
-    r = _check(tmp_path, "--scope", str(tmp_path), "--json", str(cut), str(old))
+    r = soswap_check(tmp_path, "--scope", str(tmp_path), "--json", str(cut), str(old))
     assert r.returncode == 1, r.stderr
     doc = json.loads(r.stdout)
     assert doc["verdict"] == "incompatible" and [c["kind"] for c in doc["refusals"]] == ["file-truncated"]
@@ -92,7 +86,7 @@ def test_a_new_whose_relocations_cannot_be_decoded_is_refused(tmp_path: Path) ->
     (change,) = diff_files(str(old), str(bad)).changes
     assert (change.kind, change.severity) == ("references-undecodable", "breaking")
     assert "relocation names symbol 32767 of" in change.detail
-    r = _check(tmp_path, "--consumer", str(app), "--json", str(bad), str(old))
+    r = soswap_check(tmp_path, "--consumer", str(app), "--json", str(bad), str(old))
     assert r.returncode == 1, r.stderr
     doc = json.loads(r.stdout)
     assert doc["verdict"] == "incompatible" and [c["kind"] for c in doc["refusals"]] == ["references-undecodable"]
@@ -114,19 +108,19 @@ def test_a_consumer_whose_relocations_cannot_be_decoded_is_a_review_note(tmp_pat
     src = "int foo(void);\nint bar(void);\nint main(void) { return foo() + bar() - 42; }\n"
     app = executable(tmp_path / "app", src, libs=[str(old)], flags=rpath_flags(str(old.parent)))
     assert _run([str(app)], old.parent).returncode == 0
-    r = _check(tmp_path, "--consumer", str(app), "--json", str(new), str(old))
+    r = soswap_check(tmp_path, "--consumer", str(app), "--json", str(new), str(old))
     assert r.returncode == 1 and json.loads(r.stdout)["verdict"] == "incompatible"  # bar is gone: the control
     bad = _bad_plt_symbol(app, tmp_path / "bad" / "app")
     bad.chmod(0o755)
     assert _run([str(bad)], old.parent).returncode < 0  # ld.so binds garbage: SIGSEGV
-    r = _check(tmp_path, "--consumer", str(bad), "--json", str(new), str(old))
+    r = soswap_check(tmp_path, "--consumer", str(bad), "--json", str(new), str(old))
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     (consumer,) = doc["consumers"]
     assert doc["verdict"] == consumer["verdict"] == "compatible"
     assert consumer["note"].startswith(f"review: its references cannot all be checked ({bad}: relocation names "
                                        "symbol 32767 of ")
-    text = _check(tmp_path, "--consumer", str(bad), "--", str(new), str(old)).stdout
+    text = soswap_check(tmp_path, "--consumer", str(bad), "--", str(new), str(old)).stdout
     assert "compatible, to review (1):" in text and "references cannot all be checked" in text
     # a library of the tree: the same note, naming the library
     lib = shared_lib(tmp_path / "v1" / "libmid.so", "int bar(void);\nint mid(void) { return bar(); }\n",
@@ -134,7 +128,7 @@ def test_a_consumer_whose_relocations_cannot_be_decoded_is_a_review_note(tmp_pat
     _bad_plt_symbol(lib, tmp_path / "badlib" / "libmid.so")
     user = executable(tmp_path / "user", "int mid(void);\nint main(void) { return mid() - 1; }\n",
                       libs=[str(lib)], flags=rpath_flags(str(tmp_path / "badlib"), str(old.parent), old_dtags=True))
-    doc = json.loads(_check(tmp_path, "--consumer", str(user), "--json", str(new), str(old)).stdout)
+    doc = json.loads(soswap_check(tmp_path, "--consumer", str(user), "--json", str(new), str(old)).stdout)
     assert f"({tmp_path / 'badlib' / 'libmid.so'}: relocation names symbol 32767" in doc["consumers"][0]["note"]
 
 
@@ -157,7 +151,7 @@ def test_a_new_cut_before_its_dynamic_section_is_refused_as_cut_short(tmp_path: 
     assert _run([str(app)], cut.parent).returncode == -7  # SIGBUS in ld.so
     (change,) = diff_files(str(old), str(cut)).changes
     assert (change.kind, change.severity) == ("file-truncated", "breaking") and "SIGBUS" in change.detail
-    r = _check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
+    r = soswap_check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
     assert r.returncode == 1, r.stderr
     doc = json.loads(r.stdout)
     assert [c["kind"] for c in doc["refusals"]] == ["file-truncated"]
@@ -199,7 +193,7 @@ def test_a_new_cut_where_ld_so_relocates_kills_it(tmp_path: Path) -> None:
     cut.write_bytes(old.read_bytes()[:_page_after_dynamic(old)])
     assert _run([str(app)], old.parent).returncode == 0
     assert _run([str(app)], cut.parent).returncode == -7
-    r = _check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
+    r = soswap_check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
     assert r.returncode == 1, r.stderr
     (problem,) = json.loads(r.stdout)["consumers"][0]["problems"]
     assert problem["message"].startswith("ld.so crashes (SIGBUS)") and "relocations write" in problem["message"]
@@ -241,7 +235,7 @@ def test_a_new_cut_after_its_segments_loads_and_is_a_review_note(tmp_path: Path)
     assert _run([str(app)], cut.parent).returncode == 0
     (change,) = diff_files(str(old), str(cut)).changes
     assert (change.kind, change.severity) == ("file-incomplete", "review")
-    r = _check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
+    r = soswap_check(tmp_path, "--consumer", str(app), "--json", "--", str(cut), str(old))
     assert r.returncode == 0 and json.loads(r.stdout)["refusals"] == [], r.stdout
     env = {k: v for k, v in os.environ.items() if not k.startswith("LD_")}
     env.update(PYTHONPATH=str(ROOT / "src"), SOSWAP_STATE_DIR=str(tmp_path / "state"),
@@ -276,7 +270,7 @@ def test_a_static_tls_block_that_grew_breaks_a_plugin(tmp_path: Path, src: str, 
     assert (change.kind, change.severity) == ("static-tls-grown", "review")
     if values is not None:
         assert (change.old_value, change.new_value) == values
-    r = _check(tmp_path, "--scope", str(plug.parent), "--json", str(new), str(old))
+    r = soswap_check(tmp_path, "--scope", str(plug.parent), "--json", str(new), str(old))
     assert r.returncode == 1, r.stderr
     (consumer,) = json.loads(r.stdout)["consumers"]
     assert consumer["verdict"] == "incompatible"
@@ -307,7 +301,7 @@ def test_a_module_with_an_interpreter_that_cannot_be_executed_is_a_plugin(tmp_pa
     dl = executable(tmp_path / "dl", DLOPEN, libs=["-ldl"])
     real = _run([str(dl), str(mod)], new.parent)
     assert real.returncode == 1
-    r = _check(tmp_path, "--scope", str(mod.parent), "--json", str(new), str(old))
+    r = soswap_check(tmp_path, "--scope", str(mod.parent), "--json", str(new), str(old))
     assert r.returncode == 1, r.stderr
     (consumer,) = json.loads(r.stdout)["consumers"]
     assert (consumer["role"], consumer["verdict"]) == ("plugin", "incompatible")
@@ -331,7 +325,7 @@ def test_a_new_cut_short_where_ld_so_touches_nothing_is_refused_too(tmp_path: Pa
     assert _run([str(app)], cut.parent).returncode == -7
     (change,) = diff_files(str(old), str(cut)).changes
     assert (change.kind, change.severity) == ("file-truncated", "breaking") and "reads zeros" in change.detail
-    r = _check(tmp_path, "--consumer", str(app), "--json", str(cut), str(old))
+    r = soswap_check(tmp_path, "--consumer", str(app), "--json", str(cut), str(old))
     assert r.returncode == 1 and json.loads(r.stdout)["refusals"][0]["kind"] == "file-truncated", r.stderr
 
 

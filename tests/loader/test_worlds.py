@@ -92,8 +92,9 @@ def test_random_worlds_as_many_files(tmp_path: Path) -> None:
         root = tmp_path / f"m{seed}"
         root.mkdir()
         world = fw.build_world(random.Random(seed), root, random.Random(-seed))
+        files = fw.many_files(world)
         for flag in (None, "-r"):
-            found = fw.ldd_many_difference(world, fw._PROFILE, flag)
+            found = fw.ldd_difference(world, fw._PROFILE, flag, files)
             if found is not None and not found.startswith(fw.KNOWN):
                 differences.append(f"seed {seed}:\n{world.description}\n{found}")
     assert not differences, "\n\n".join(differences)

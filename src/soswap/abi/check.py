@@ -212,7 +212,7 @@ def _bind_each(checker: ConsumerChecker, pending: Sequence[Tuple[str, bool, str]
         checker.shortcuts = before  # counted once below, whether this ran here or in a forked worker
         return result, taken
 
-    done = mapper(one, pending) if mapper is not None and len(pending) > 1 else [one(i) for i in pending]
+    done = mapper(one, pending) if mapper is not None else [one(i) for i in pending]
     checker.shortcuts += sum(taken for _result, taken in done)
     return [result for result, _taken in done if result is not None]
 

@@ -464,22 +464,12 @@ def _map_files(fn: Callable[[str], T], files: List[str], jobs: Optional[int],
     process where fork is unavailable."""
     if len(files) < 2 or jobs == 1:  # one file: not even the workers' module is imported
         return [fn(f) for f in files]
-    from soswap.commands.workers import NoWorkers, job_count, map_in_workers
-
-    jobs = job_count(jobs, len(files))
-    if jobs <= 1 or len(files) < 2 or not hasattr(os, "fork"):
-        return [fn(f) for f in files]
-
-    if store is not None:
-        store.load()
+    from soswap.commands.workers import map_items
 
     def finish() -> Tuple[Dict[str, object], object]:
         return (store.take_new() if store is not None else {}), (harvest() if harvest is not None else None)
 
-    try:
-        out, finished = map_in_workers(fn, files, jobs, finish)
-    except NoWorkers:  # the system refuses more processes: the work is done here
-        return [fn(f) for f in files]
+    out, finished = map_items(fn, files, jobs, prepare=store.load if store is not None else None, finish=finish)
     for new, harvested in finished:  # type: ignore[misc]
         if store is not None:
             store.merge(new)

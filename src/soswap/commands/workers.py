@@ -76,18 +76,28 @@ def job_count(jobs: Optional[int], items: int) -> int:
 
 def parallel_map(fn: Callable[[Any], T], items: Sequence[Any], jobs: Optional[int],
                  name: Callable[[Any], str] = str) -> List[T]:
-    """``[fn(item) for item in items]``, over forked workers (:func:`job_count`) when there are many items.
-    The workers start on stretches in the order of ``name(item)`` (a path: files of one directory share
-    libraries) and send back their answers pickled. In this process where fork is unavailable or refused."""
+    """``[fn(item) for item in items]``, over forked workers when there are many items (:func:`map_items`)."""
+    return map_items(fn, items, jobs, name)[0]
+
+
+def map_items(fn: Callable[[Any], T], items: Sequence[Any], jobs: Optional[int], name: Callable[[Any], str] = str,
+              *, prepare: Optional[Callable[[], object]] = None,
+              finish: Optional[Callable[[], object]] = None) -> Tuple[List[T], List[object]]:
+    """``[fn(item) for item in items]``, over forked workers (:func:`job_count`) when there are many items, and
+    what ``finish`` returned in each worker after its last item (none when the work was done here). The
+    workers start on stretches in the order of ``name(item)`` (a path: files of one directory share
+    libraries) and send back their answers pickled; ``prepare`` runs here just before they are forked (what
+    they should inherit loaded). In this process where fork is unavailable or refused."""
     count = job_count(jobs, len(items))
-    if count <= 1 or len(items) < 2 or not hasattr(os, "fork"):
-        return [fn(item) for item in items]
+    if count <= 1 or not hasattr(os, "fork"):
+        return [fn(item) for item in items], []
+    if prepare is not None:
+        prepare()
     keys = [f"{name(item)}\0{n}" for n, item in enumerate(items)]  # unique, in name order
     try:
-        out, _finished = map_in_workers(lambda key: fn(items[int(key.rpartition("\0")[2])]), keys, count)
+        return map_in_workers(lambda key: fn(items[int(key.rpartition("\0")[2])]), keys, count, finish)
     except NoWorkers:  # the system refuses more processes: the work is done here
-        return [fn(item) for item in items]
-    return out
+        return [fn(item) for item in items], []
 
 
 def map_in_workers(fn: Callable[[str], T], files: Sequence[str], jobs: int,

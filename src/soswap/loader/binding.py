@@ -23,6 +23,7 @@ from soswap.elf import ElfFile
 from soswap.elf import constants as C
 from soswap.errors import ElfError
 from soswap.loader import model as M
+from soswap.loader.assertions import init_tls_assertion
 from soswap.loader.candidates import init_beyond, relocation_beyond
 from soswap.loader.versions import version_check
 
@@ -755,8 +756,6 @@ def _unlisted_tls(res: M.LoadResult) -> Optional[M.Failure]:
     for i in res.unlisted:
         elf = res.objects[i].elf
         if elf is not None and any(seg.memsz for seg in elf.segments_of_type(C.PT_TLS)):
-            from soswap.loader.assertions import init_tls_assertion
-
             text = init_tls_assertion(res.profile.glibc_version)
             return M.Failure(M.ASSERTION, res.objects[0].display or res.argv0, 0, text, text, M.STARTUP, True,
                              exit_status=127)

@@ -272,10 +272,11 @@ def render_trace(loader: Loader, res: M.LoadResult, relocs: str) -> Tuple[str, i
     if b.unchecked:  # what ld.so makes of a file whose tables cannot be decoded is not known
         i, why = b.unchecked[0]
         raise ElfError(res.objects[i].path or res.argv0, f"its references cannot be checked: {why}")
+    aborted = (verneed_assertion(res.profile.glibc_version), init_tls_assertion(res.profile.glibc_version))
     for f in b.failures:
         if f.kind in (M.VERSION, M.NO_VERSION_INFO, M.WEAK_VERSION):
             lines.append(f.line)
-        elif f.line in (verneed_assertion(res.profile.glibc_version), init_tls_assertion(res.profile.glibc_version)):
+        elif f.line in aborted:
             lines.append(f.line)  # the version check aborted, or init_tls after it
             return "".join(x + "\n" for x in lines), 127
     if main.elf is None or not main.elf.dynamic.needed:

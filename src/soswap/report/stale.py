@@ -108,10 +108,9 @@ _NAMED_REFUSED = 5
 def refused_text(refused: Sequence[Tuple[int, str]], limit: int = _NAMED_REFUSED) -> str:
     """``pid 1 (systemd), pid 812 (sshd) and 3 more``: the processes that could not be read, for one line."""
     named = [f"pid {pid} ({_printable(comm)})" if comm else f"pid {pid}" for pid, comm in refused[:limit]]
-    more = len(refused) - len(named)
-    if more > 0:
-        return ", ".join(named) + f" and {more} more"
-    return ", ".join(named[:-1]) + (" and " if len(named) > 1 else "") + (named[-1] if named else "")
+    if len(refused) > limit:
+        named.append(f"{len(refused) - limit} more")
+    return f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else "".join(named)
 
 
 def render_restart(outcome: Any) -> List[str]:
