@@ -10,11 +10,15 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import List
 
 import pytest
 
+from soswap.proc import ScanOptions, procfs, scan_stale
+from soswap.proc.statx import birth_time_ns
+from soswap.proc.timebase import Clock
 from support.build import requires_cc, requires_root, shared_lib
 
 from .conftest import files_of, overlay, run_cli, stale_json
@@ -101,14 +105,45 @@ def test_a_file_written_through_an_overlay_is_a_copy_up_not_an_in_place_change(t
         assert (f["path"], f["kind"]) == (str(lib), "replaced") and "overlayfs" in f["detail"], f
         # a process started after the copy-up maps the upper file: a write into it is in place
         s = procs.start([fx.holder, tmp_path / "ready3", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready3")
-        import time
-
         time.sleep(0.05)
         with open(lib, "r+b") as fh:
             fh.seek(100)
             fh.write(b"\0")
         (g,) = files_of(stale_json("--pid", str(s.pid)), s.pid)
         assert g["kind"] == "modified", g
+
+
+@requires_cc
+def test_a_copy_up_within_a_tick_of_the_start_is_compared_with_the_lower_file(tmp_path: Path, procs, fx) -> None:
+    """A copy-up whose birth lies within a tick of the process start (start times count whole ticks) cannot be
+    placed before or after the mapping; written after the start, the file was reported "modified ... old and
+    new code mixed" even when the bytes were the same (a CI failure of the test above). Either way the copy
+    began as the lower file's bytes: it is reported replaced-or-written and compared with the lower file. The
+    scan's clock is moved (nothing changes the system clock) so that the start falls on the copy's birth."""
+    shared_lib(tmp_path / "lower" / "libqa.so.1", "int qa(void) { return 1; }\n")
+    with overlay(tmp_path, procs) as (lower, upper, merged):
+        lib = merged / "libqa.so.1"
+        p = procs.start([fx.holder, tmp_path / "ready", f"dlopen:{lib}"], wait_for_file=tmp_path / "ready")
+        data = (lower / "libqa.so.1").read_bytes()
+        with open(lib, "r+b") as f:  # copied up here (its birth), written again well after it
+            f.write(data[:64])
+            f.flush()
+            time.sleep(0.05)
+            f.write(data[64:128])
+        born = birth_time_ns(os.fsencode(upper / "libqa.so.1")) or (upper / "libqa.so.1").stat().st_ctime_ns
+        real = Clock()
+        shift = born - real.start_realtime_ns(procfs.read_stat(p.pid).starttime)
+        clock = Clock(now=lambda: (real.real_now_ns + shift, real.boot_now_ns))
+        (proc,) = scan_stale(ScanOptions(pids=[p.pid], kernel=False, clock=clock)).processes
+        assert [(f.path, f.kind) for f in proc.files] == [(str(lib), "replaced")], proc.files
+        assert "as the process started" in proc.files[0].detail, proc.files
+        identical = scan_stale(ScanOptions(pids=[p.pid], kernel=False, clock=clock, ignore_identical=True))
+        assert identical.processes == () and identical.identical == 1, identical
+        with open(lib, "r+b") as f:  # now another byte: the code differs from what the process maps
+            f.seek(100)
+            f.write(bytes([data[100] ^ 0xFF]))
+        (proc,) = scan_stale(ScanOptions(pids=[p.pid], kernel=False, clock=clock, ignore_identical=True)).processes
+        assert [f.kind for f in proc.files] == ["replaced"], proc.files
 
 
 @requires_cc

@@ -496,12 +496,23 @@ class _Scanner:
             return self._unless_identical(StaleFile(
                 name, REPLACED, role, "recorded as a replaced old version by soswap", dev, inode), old_link, ctx, None)
         copied = view.overlay_copy(path, st.st_dev) if ctx.key is None and os.major(st.st_dev) == 0 else None
-        if copied is not None and self._born_after(copied[0], starttime):
-            # written through the overlay after the start: the process maps the lower file the copy hides
-            f = StaleFile(name, REPLACED, role, "overlayfs: written through the overlay after the process started "
-                          "(copied up into its upper layer); the process maps the lower layer's file it now hides",
-                          dev, inode)
-            return self._unless_identical(f, os.fsdecode(copied[1]), ctx, copied[0])
+        if copied is not None:
+            born = self._birth(copied[0])
+            if self.clock.judge(born, starttime):
+                # written through the overlay after the start: the process maps the lower file the copy hides
+                f = StaleFile(name, REPLACED, role, "overlayfs: written through the overlay after the process "
+                              "started (copied up into its upper layer); the process maps the lower layer's file it "
+                              "now hides", dev, inode)
+                return self._unless_identical(f, os.fsdecode(copied[1]), ctx, copied[0])
+            if born is not None and self.clock.around_start(born, starttime) and self.clock.judge(
+                    st.st_mtime_ns, starttime):
+                # copied up within a tick of the start, written after it: the process maps the lower file, or
+                # the copy written in place. Either way the copy began as the lower file's bytes, so comparing
+                # it with the lower file tells whether the code changed.
+                f = StaleFile(name, REPLACED, role, "overlayfs: copied up into its upper layer as the process "
+                              "started and written after it; the process maps the lower layer's file it now hides, "
+                              "or the copy written in place", dev, inode)
+                return self._unless_identical(f, os.fsdecode(copied[1]), ctx, copied[0])
         if path.endswith(BACKUP_SUFFIXES):
             renamed = self._renamed_away(ctx, path, dev, st)
             if renamed is not None:
@@ -532,16 +543,16 @@ class _Scanner:
                              "(in-place change: old and new code mixed in memory)", dev, inode)
         return None
 
-    def _born_after(self, path: bytes, starttime: int) -> bool:
-        """The file at ``path`` (a host path) was created after the process started: its birth time (statx), or
-        its ctime where the filesystem keeps none."""
+    @staticmethod
+    def _birth(path: bytes) -> Optional[int]:
+        """When the file at ``path`` (a host path) was created: its birth time (statx), or its ctime where the
+        filesystem keeps none; None when it cannot be stat()-ed."""
         from soswap.proc.statx import birth_time_ns
 
         try:
-            born = birth_time_ns(path) or os.stat(path).st_ctime_ns
+            return birth_time_ns(path) or os.stat(path).st_ctime_ns
         except OSError:
-            return False
-        return bool(self.clock.judge(born, starttime))
+            return None
 
     def _loader_transient(self, ctx: RootContext, path: bytes, dev: int, over: List[Mapping]) -> bool:
         """True when no mapping in ``over`` (all past the end of the ELF file at ``path``) lies within one

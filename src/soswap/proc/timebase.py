@@ -119,6 +119,12 @@ class Clock:
             return None
         return file_time_ns > self.start_realtime_ns(starttime_ticks) + self.tick_ns
 
+    def around_start(self, file_time_ns: int, starttime_ticks: int) -> bool:
+        """The file time lies within a tick either side of the process start: neither certainly before nor
+        certainly after it (the start time is counted in whole ticks)."""
+        start = self.start_realtime_ns(starttime_ticks)
+        return start - self.tick_ns < file_time_ns <= start + self.tick_ns
+
     def changed_after_start(self, file_time_ns: Optional[int], starttime_ticks: int) -> bool:
         """True only when the file time certainly lies after the process start (see :meth:`judge`)."""
         return self.judge(file_time_ns, starttime_ticks) is True
