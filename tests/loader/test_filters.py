@@ -17,6 +17,7 @@ from typing import List
 import pytest
 
 from loader.helpers import assert_ldd_parity, assert_run_prediction, env_with, make_loader, model_ldd, predict, real_ldd
+from soswap.elf import ElfFile
 from support.build import executable, requires_cc, shared_lib
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -232,3 +233,26 @@ def test_ldd_r_reports_what_a_filtee_of_the_file_cannot_resolve(tmp_path: Path) 
     assert assert_ldd_parity(lib).status == 0
     out = assert_ldd_parity(lib, flag="-r")
     assert f"undefined symbol: d0\t({d / 'libw1.so'})" in out.stdout
+
+
+@requires_cc
+def test_ldd_r_dies_relocating_a_versioned_filtee_of_the_file(tmp_path: Path) -> None:
+    """The same filtee with symbol versioning: never version-checked, it has no l_versions array, and its first
+    relocation through a version index reads address 24 × ndx: ld.so dies of SIGSEGV (ldd: status 1, nothing
+    after what it printed). soswap said "undefined symbol: d0" and status 0."""
+    d = tmp_path / "d"
+    stub = shared_lib(tmp_path / "stub" / "libw0.so", "int d0 = 1;\nint f0(void) { return 0; }\n", soname="libw0.so")
+    shared_lib(d / "libw1.so", "extern int d0;\nint f1(void) { return d0; }\n", soname="libw1.so",
+               version_script="V1 { global: f1; local: *; };", libs=[str(stub)], flags=[f"-Wl,-rpath,{d}"])
+    lib = shared_lib(d / "libw0.so", "int f0(void) { return 0; }\n", soname="libw0.so",
+                     flags=["-Wl,--filter,libw1.so", f"-Wl,-rpath,{d}"])
+    out = assert_ldd_parity(lib, flag="-r")
+    assert out.status == 1 and "undefined symbol" not in out.stdout, out
+    assert assert_ldd_parity(lib, flag="-d").status == 1  # GLOB_DAT is relocated at once without -r too
+    _res, bound = predict(lib)
+    assert bound.fatal is not None and bound.fatal.kind == "crash" and bound.fatal.exit_status == 139, bound.fatal
+    assert "no version array" in bound.fatal.message
+    with ElfFile.open(sys.executable) as exe:
+        rtld = exe.interpreter
+    if rtld:  # the loader itself, run on the FILE as ldd does without tracing: the same fault
+        assert subprocess.run([rtld, str(lib)], capture_output=True).returncode == -signal.SIGSEGV

@@ -690,16 +690,16 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
         except ElfError as exc:
             unchecked.append((i, exc.problem))
             continue
-        if limit == 0 and t.keys and C.DT_VERSYM in o.elf.dynamic.tags:
-            # Trace mode: every version this object needs is from a missing object, so l_versions is never
-            # allocated, and elf_dynamic_do_Rela dereferences &l_versions[ndx]: ld.so dies of SIGSEGV.
-            who = o.path or argv0
-            text = f"ld.so crashes (SIGSEGV) relocating {who}: all its symbol versions come from missing objects"
-            f = M.Failure(M.CRASH, who, i, text, text, M.STARTUP, True, exit_status=139)
-            failures.append(f)
-            if fatal is None:
-                fatal = f
-            return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked, tuple(unchecked))
+        # l_versions is NULL for an object never version-checked (linked before the main map) and, in trace
+        # mode, for one whose versions all come from missing objects: elf_dynamic_do_Rela still takes
+        # &l_versions[ndx] for each relocation, and resolve_map reads its hash (dl-reloc.c): the first lookup
+        # through a version index other than 0 kills ld.so with SIGSEGV.
+        crash_at = (_null_versions_crash(syms, t, lazy) if limit == 0 or i in res.unlisted else None)
+        if crash_at is not None:
+            why = ("it lies before the main map, which the version check starts from" if i in res.unlisted
+                   else "all its symbol versions come from missing objects")
+            text = f"ld.so crashes (SIGSEGV) relocating {o.path or argv0}: it has no version array ({why})"
+            crash = M.Failure(M.CRASH, o.path or argv0, i, text, text, M.STARTUP, True, exit_status=139)
         checked += len(t.keys)
         # (position in relocation order, failure): the lookups' messages come out in that order
         events: List[Tuple[int, M.Failure]] = []
@@ -709,6 +709,8 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             bad = b.unresolved(i, t)
         who = o.path or argv0
         for n in bad:
+            if crash_at is not None and n >= crash_at:
+                continue  # not reached
             if t.meta[t.symbols[n]][3]:  # type: ignore[index]
                 continue  # an undefined weak reference resolves to 0
             ref = syms.reference(t, n)
@@ -731,6 +733,9 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
             bad = _bad_plt_type(b, i, o)
             if bad is not None:
                 events.append((len(t.keys), bad))  # DT_JMPREL comes after the other tables
+        if crash_at is not None:
+            events = [e for e in events if e[0] < crash_at]
+            events.append((crash_at, crash))
         events.sort(key=_position)
         for _n, f in events:
             failures.append(f)
@@ -747,6 +752,19 @@ def bind(res: M.LoadResult, cache: BindCache, *, bind_now: Optional[bool] = None
     if cut:
         fatal = _init_crash(b, failures, fatal)
     return M.BindResult(res, tuple(failures), tuple(unresolved), fatal, checked, tuple(unchecked))
+
+
+def _null_versions_crash(syms: ObjectSymbols, t: RefTable, lazy: bool) -> Optional[int]:
+    """The position in ``t`` of the first lookup made at startup through a symbol whose DT_VERSYM index is not 0:
+    where an object without ``l_versions`` faults; None when it has no DT_VERSYM or makes no such lookup."""
+    versym = syms.raw.versym
+    if versym is None:
+        return None
+    lazies = t.lazy
+    for n, sym in enumerate(t.symbols):
+        if versym[sym] & 0x7FFF and not (lazy and lazies[n]):
+            return n
+    return None
 
 
 def _unlisted_tls(res: M.LoadResult) -> Optional[M.Failure]:
