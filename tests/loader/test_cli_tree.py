@@ -346,8 +346,13 @@ def test_a_filter_library_as_file_keeps_its_tree_and_ldd_output(tmp_path: Path, 
     r = soswap("--no-cache", str(lib))
     assert r.returncode == 0 and r.stdout.splitlines()[0] == str(lib)
     assert ("libaux.so => " in r.stdout) == present
+    tag = {"-f": "auxiliary", "-F": "filter"}[flag]
+    if present:
+        assert f"libaux.so => {d / 'libaux.so'}  (filtee: DT_{tag.upper()})  [" in r.stdout, r.stdout
     doc = json.loads(soswap("--no-cache", "--json", str(lib)).stdout)["results"][0]
     assert doc["objects"][0]["kind"] == "executable" and doc["objects"][0]["file"] == str(lib)
+    kinds = dict(zip(doc["objects"][0]["needed"], doc["objects"][0]["needed_kinds"]))
+    assert sorted(kinds.values()) == sorted(["needed", tag] if present else ["needed"]), doc["objects"][0]
     # a second FILE of the same shape (a copy) shares the first one's load: the filtee stays unlisted there too
     # (the copy of the shared result left it out, and --ldd printed "libaux.so => ..." for the second FILE)
     twin = d / "libflt2.so"
@@ -355,6 +360,35 @@ def test_a_filter_library_as_file_keeps_its_tree_and_ldd_output(tmp_path: Path, 
     got = soswap("--no-cache", "--ldd", "-j", "1", str(lib), str(twin))
     want = real_ldd(str(lib), str(twin))
     assert (got.stdout, got.stderr, got.returncode) == (want.stdout, want.stderr, want.status)
+
+
+def test_a_file_without_dt_needed_still_loads_its_preloads_and_filtees(tmp_path: Path) -> None:
+    """ldd says "statically linked" for a dynamic file without DT_NEEDED, but ld.so still loads its preloads
+    and filtees: the tree said "nothing is loaded" (LD_DEBUG=libs of the program is the oracle)."""
+    d = tmp_path / "d"
+    shared_lib(d / "libaux.so", "int aux(void) { return 1; }\n", soname="libaux.so")
+    flt = shared_lib(d / "libflt.so", "int flt(void) { return 1; }\n", soname="libflt.so",
+                     flags=["-nostdlib", "-Wl,-F,libaux.so", f"-Wl,-rpath,{d}"])
+    r = soswap("--no-cache", str(flt))
+    assert r.stdout.splitlines() == [
+        f'{flt}  (no DT_NEEDED: ldd says "statically linked")',
+        f"└── libaux.so => {d / 'libaux.so'}  (filtee: DT_FILTER)  [RUNPATH {d}/ of {flt}]"], r.stdout
+    assert real_ldd(str(flt)).stdout == "\tstatically linked\n"
+    prog = tmp_path / "noneeds"
+    src = tmp_path / "noneeds.c"
+    src.write_text('void start(void) { for (;;) __asm__ volatile (""); }\n')
+    run_cc(["-nostdlib", "-pie", "-fPIE", "-Wl,-e,start", f"-Wl,--dynamic-linker={PROFILE.interpreter}", "-o",
+            str(prog), str(src)])
+    preload = shared_lib(d / "libpre.so", "int pre(void) { return 1; }\n", soname="libpre.so", flags=["-nostdlib"])
+    env = env_with(LD_PRELOAD=str(preload))
+    r = soswap("--no-cache", str(prog), env=env)
+    assert r.returncode == 0 and f"└── {preload}  [" in r.stdout and "statically linked" in r.stdout, r.stdout
+    try:  # it spins once started: run() kills and reaps it at the timeout, with what it printed until then
+        loaded = subprocess.run([str(prog)], env=env_with(LD_PRELOAD=str(preload), LD_DEBUG="libs"),
+                                capture_output=True, text=True, timeout=2).stderr
+    except subprocess.TimeoutExpired as exc:
+        loaded = exc.stderr.decode() if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+    assert f"calling init: {preload}" in loaded, loaded
 
 
 def test_ldd_mode_exits_where_the_ldd_script_exits(tmp_path: Path) -> None:

@@ -663,7 +663,7 @@ def _freeze(s: LoadSession, searchlist: List[_Map], initfini: List[_Map], *, sta
         needed = tuple([get(c) if c is not None else None for c in m.needed])
         objects.append(make(n, m.libnames[0], tuple(names), m.path, m.file, m.elf, m.kind, not m.faked,
                             idx(m.loader), requested, needed, m.depth, m.origin, reason, m.substituted, display,
-                            tuple(m.needed_names)))
+                            tuple(m.needed_names), tuple(m.needed_kinds)))
     failures = []
     for f in s.failures:
         if f.object is not None:

@@ -24,6 +24,11 @@ RULE_INTERPRETER = "interpreter"
 RULE_VDSO = "vdso"
 RULE_NOT_FOUND = "not-found"
 
+# The dynamic tags a dependency comes from (LoadedObject.needed_kinds)
+NEEDED = "needed"
+FILTER = "filter"  # DT_FILTER: the filtee goes before its filter in the search list; missing, it is fatal
+AUXILIARY = "auxiliary"  # DT_AUXILIARY: the same, but a filtee that cannot be loaded is ignored
+
 # Failure.kind values
 NOT_FOUND = "not-found"
 WRONG_CLASS = "wrong-class"
@@ -106,6 +111,8 @@ class LoadedObject(NamedTuple):
     display: str = ""
     #: The name each entry of ``needed`` was asked for by, as the dynamic section writes it.
     needed_names: Tuple[str, ...] = ()
+    #: The dynamic tag of each entry of ``needed``: :data:`NEEDED`, :data:`FILTER` or :data:`AUXILIARY`.
+    needed_kinds: Tuple[str, ...] = ()
 
     @property
     def soname(self) -> Optional[str]:

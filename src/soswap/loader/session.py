@@ -75,6 +75,7 @@ class _Map:
         "libnames",
         "loader",
         "needed",
+        "needed_kinds",
         "needed_names",
         "nodeflib",
         "origin",
@@ -101,6 +102,8 @@ class _Map:
         self.requested_by: List[int] = []
         self.needed: List[Optional[int]] = []
         self.needed_names: List[str] = []
+        #: "needed", "filter" or "auxiliary": the dynamic tag of each entry of ``needed``
+        self.needed_kinds: List[str] = []
         self.depth = 0
         self.substituted = False
         self.is_main = False
@@ -802,6 +805,7 @@ class LoadSession:
                             continue
                         lm.needed.append(dep.cid)
                         lm.needed_names.append(raw)
+                        lm.needed_kinds.append(M.NEEDED)
                         if lm.cid not in dep.requested_by:
                             dep.requested_by.append(lm.cid)
                         if dep.cid not in reserved:
@@ -843,6 +847,7 @@ class LoadSession:
         if self._dst_refused(lm, raw):
             lm.needed.append(None)
             lm.needed_names.append(raw)
+            lm.needed_kinds.append(M.NEEDED)
             return None
         if dst.has_dst(raw):
             name = self._expand(lm, raw)
@@ -905,6 +910,7 @@ class LoadSession:
         if record:
             lm.needed.append(aux.cid)
             lm.needed_names.append(raw)
+            lm.needed_kinds.append(M.FILTER if tag == C.DT_FILTER else M.AUXILIARY)
             if lm.cid not in aux.requested_by:
                 aux.requested_by.append(lm.cid)
         if aux.cid in reserved:

@@ -51,7 +51,9 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True,
     across the results of one loader, where the trees of programs of one shape are made once."""
     objs = res.objects
     root = objs[0]
-    if res.static:
+    # ldd's "statically linked" means no DT_NEEDED; ld.so still loads the preloads and filtees of such a file
+    loads = res.static and any(o.kind in ("library", "preload") for o in objs[1:])
+    if res.static and not loads:
         interp = root.elf.interpreter if root.elf is not None else None
         if interp:  # ldd says "statically linked" too, but ld.so runs it
             return [f"{res.argv0}  (interpreter {interp}; no DT_NEEDED: no library is loaded)"]
@@ -66,13 +68,15 @@ def tree_lines(res: LoadResult, *, show_all: bool = False, reasons: bool = True,
         notes.append(f"interpreter {root.elf.interpreter}")
     if res.secure:
         notes.append("secure mode (AT_SECURE)")
+    if loads:
+        notes.append('no DT_NEEDED: ldd says "statically linked"')
     head = res.argv0 + (f"  ({', '.join(notes)})" if notes else "")
     # Programs of one shape share their loaded objects (loading.py, _Template): their trees below the first
     # line are the same text. The key holds the objects' ids, and the entry the objects, so an id stays theirs.
     if bodies is None:
         return [head, *_body(res, show_all, reasons)[0]]
     key = (show_all, reasons, root.elf is not None and root.found, root.needed, root.needed_names,
-           *map(id, objs[1:]))
+           root.needed_kinds, *map(id, objs[1:]))
     hit = bodies.get(key)
     if hit is not None:
         return [head, *hit[1]]
@@ -99,7 +103,7 @@ def _body(res: LoadResult, show_all: bool, reasons: bool) -> Tuple[List[str], bo
             stack.pop()
             continue
         stack[-1] = (items, pos + 1, prefix)
-        dep, name, again = items[pos]
+        dep, name, again, kind = items[pos]
         last = pos == len(items) - 1
         branch = "└── " if last else "├── "
         if dep is None:
@@ -108,6 +112,8 @@ def _body(res: LoadResult, show_all: bool, reasons: bool) -> Tuple[List[str], bo
         shared = shared and dep != 0  # the label is the program's path or argv[0]
         o = objs[dep]
         text = _label(o, name)
+        if kind != M.NEEDED:
+            text += f"  (filtee: DT_{kind.upper()})"
         if again or dep in expanded:
             text += "  (already loaded)"
             lines.append(prefix + branch + text)
@@ -127,28 +133,31 @@ def _body(res: LoadResult, show_all: bool, reasons: bool) -> Tuple[List[str], bo
 
 
 def _children(res: LoadResult, show_all: bool) -> Dict[int, List[tuple]]:
-    """parent index -> [(child index or None, requested name, is a repeat)] in DT_NEEDED order."""
+    """parent index -> [(child index or None, requested name, is a repeat, dynamic tag kind)] in the dynamic
+    section's order."""
     objs = res.objects
-    out: Dict[int, List[tuple]] = {0: [(o.index, o.name, False) for o in objs if o.kind == "preload"]}
+    out: Dict[int, List[tuple]] = {0: [(o.index, o.name, False, M.NEEDED) for o in objs if o.kind == "preload"]}
     for o in objs:
         if o.elf is None or not o.found:
             continue
         names = o.needed_names
+        kinds = o.needed_kinds
         lst = out.setdefault(o.index, [])
         seen = set()
         for n, dep in enumerate(o.needed):
             name = names[n] if n < len(names) else "?"
+            kind = kinds[n] if n < len(kinds) else M.NEEDED
             if dep is None:
-                lst.append((None, name, False))
+                lst.append((None, name, False, kind))
                 continue
             d = objs[dep]
             owner = d.loader if d.loader is not None else (d.requested_by[0] if d.requested_by else None)
             first = owner == o.index and dep not in seen and d.kind != "preload"
             seen.add(dep)
             if not d.found or first:
-                lst.append((dep, name, False))
+                lst.append((dep, name, False, kind))
             elif show_all:
-                lst.append((dep, name, True))
+                lst.append((dep, name, True, kind))
     return out
 
 
@@ -224,6 +233,7 @@ def object_json(o: LoadedObject) -> Dict[str, Any]:
         "loader": o.loader,
         "requested_by": list(o.requested_by),
         "needed": list(o.needed),
+        "needed_kinds": list(o.needed_kinds),
         "depth": o.depth,
         "origin": o.origin,
         "substituted": o.substituted,
