@@ -12,6 +12,7 @@ bad offset dereferenced there would kill this process, which the run would show 
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import signal
@@ -62,8 +63,11 @@ def _alarm(_s: int, _f: object) -> None:
 
 
 def main() -> int:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 300.0
-    files = sys.argv[2:]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("seconds", nargs="?", type=float, default=300.0, help="how long to run (default 300)")
+    ap.add_argument("files", nargs="*", help="ELF files to mutate (default: a sample of /usr/bin and /usr/lib)")
+    args = ap.parse_args()
+    seconds, files = args.seconds, args.files
     if not files:
         rng0 = random.Random(1)
         pool = [str(p) for d in ("/usr/bin", "/usr/lib/x86_64-linux-gnu") for p in Path(d).iterdir()

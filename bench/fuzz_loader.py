@@ -15,6 +15,7 @@ the exit status is 1.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -81,7 +82,9 @@ def targeted(rng: random.Random, data: bytes, spans: List[Tuple[int, int]]) -> b
 
 
 def main() -> int:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 300.0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("seconds", nargs="?", type=float, default=300.0, help="how long to run (default 300)")
+    seconds = ap.parse_args().seconds
     profile = Profile.detect()
     env = Environment.from_environ({})
     work = Path(tempfile.mkdtemp(prefix="fuzz-loader-"))
