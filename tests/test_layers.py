@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "soswap"
 #: package (or top-level module) -> layer; a module may import only lower layers. Layer 0 is for everyone.
 LAYERS: Dict[str, int] = {
     "__init__": 0, "errors": 0, "state": 0, "cachefile": 0, "digest": 0, "textfile": 0, "limits": 0, "tuples": 0,
+    "cpus": 0,
     "elf": 1,
     "loader": 2, "hotload": 2,
     "proc": 3,

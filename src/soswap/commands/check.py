@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bind every consumer, even those the diff alone proves safe")
     parser.add_argument("--jobs", "-j", type=positive_jobs, default=None, metavar="N",
                         help="worker processes for the consumers that must be loaded and bound (default: one per "
-                             "CPU, up to 4, when there are many; 1 = no workers)")
+                             "usable CPU, up to 4, when there are many; 1 = no workers)")
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-abi.md)")
     parser.add_argument("-v", "--verbose", action="store_true", help="also list the compatible consumers")
 

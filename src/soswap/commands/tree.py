@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true",
                         help="compute everything afresh and keep nothing (see docs/tree.md, 'Result cache')")
     parser.add_argument("--jobs", "-j", type=positive_jobs, default=None, metavar="N",
-                        help="worker processes for many files (default: one per CPU, up to 4; 1 = no workers)")
+                        help="worker processes for many files (default: one per usable CPU, up to 4; 1 = no workers)")
 
 
 def _environment(args: argparse.Namespace):  # type: ignore[no-untyped-def]

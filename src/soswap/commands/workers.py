@@ -17,6 +17,7 @@ import sys
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+from soswap.cpus import usable_cpus
 from soswap.errors import SoswapError
 
 T = TypeVar("T")
@@ -66,12 +67,16 @@ MIN_ITEMS_PER_JOB = 48
 
 
 def job_count(jobs: Optional[int], items: int) -> int:
-    """How many workers for ``items`` pieces of work: ``jobs`` (``-j``), by default one per CPU, at most 4 and
-    with at least :data:`MIN_ITEMS_PER_JOB` items each; never more than the items, nor many more than CPUs (a
-    worker is a whole process). 1 or less: no worker, the work is done in this process."""
+    """How many workers for ``items`` pieces of work: ``jobs`` (``-j``), by default one per CPU this process may
+    use (:func:`soswap.cpus.usable_cpus`: its affinity and cgroup quota), at most 4 and with at least
+    :data:`MIN_ITEMS_PER_JOB` items each; never more than the items, nor many more than CPUs (a worker is a
+    whole process). 1 or less: no worker, the work is done in this process."""
+    if jobs is None and items // MIN_ITEMS_PER_JOB <= 1:
+        return items // MIN_ITEMS_PER_JOB  # too little work to share, whatever the CPUs (not read)
+    cpus = usable_cpus()
     if jobs is None:
-        jobs = min(os.cpu_count() or 1, 4, items // MIN_ITEMS_PER_JOB)
-    return min(jobs, items, 4 * (os.cpu_count() or 1))
+        jobs = min(cpus, 4, items // MIN_ITEMS_PER_JOB)
+    return min(jobs, items, 4 * cpus)
 
 
 def parallel_map(fn: Callable[[Any], T], items: Sequence[Any], jobs: Optional[int],

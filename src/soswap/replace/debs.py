@@ -27,6 +27,7 @@ import threading
 from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from soswap.abi.sysdirs import canonical_path
+from soswap.cpus import usable_cpus
 from soswap.elf import is_loadable_elf
 from soswap.errors import SoswapError
 from soswap.textfile import read_regular
@@ -113,7 +114,7 @@ def deb_replacements(debs: Sequence[str], workdir: str, diverted: Optional[Dict[
     from concurrent.futures import ThreadPoolExecutor
 
     readers = _Readers()
-    pool = ThreadPoolExecutor(max_workers=max(1, min(len(debs), os.cpu_count() or 1, 8)))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(debs), usable_cpus(), 8)))
     try:
         packages = list(pool.map(readers.read, debs, [os.path.join(workdir, str(n)) for n in range(len(debs))]))
     except BaseException:  # an error, or the hook's timeout: no thread or dpkg-deb outlives the call
