@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
 from soswap.commands.argtypes import directory_name, positive_jobs
 from soswap.errors import EXIT_FOUND, EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from soswap.abi.check import Mapper
 
 NAME = "check"
 HELP = "will NEW break the programs, plugins and processes that use the installed TARGET?"
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.compatible else EXIT_FOUND
 
 
-def consumer_mapper(jobs: Optional[int]) -> Callable[[Callable[[Any], Any], Sequence[Any]], List[Any]]:
+def consumer_mapper(jobs: Optional[int]) -> Mapper:
     """The ``mapper`` of :func:`soswap.abi.check_replacement` for ``-j``: the consumers to bind are spread over
     forked workers (:func:`soswap.commands.workers.parallel_map`), in path order."""
 

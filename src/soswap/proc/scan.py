@@ -109,7 +109,6 @@ class _Scanner:
         self.verdicts: Dict[tuple, object] = {}  # (root, maps line without its address) -> verdict
         self.summaries: Dict[tuple, Tuple[int, bool]] = {}  # (root, set of tails or files) -> summary
         self.tail_ids: Dict[bytes, object] = {}  # pass 2: maps line tail -> (dev, inode, raw path) or None
-        self.unreadable = 0
         #: (pid, comm) of the processes the kernel refused to show (comm empty when its stat is refused too)
         self.refused: List[Tuple[int, str]] = []
         self.unverifiable = 0
@@ -496,23 +495,10 @@ class _Scanner:
             return self._unless_identical(StaleFile(
                 name, REPLACED, role, "recorded as a replaced old version by soswap", dev, inode), old_link, ctx, None)
         copied = view.overlay_copy(path, st.st_dev) if ctx.key is None and os.major(st.st_dev) == 0 else None
-        if copied is not None:
-            born = self._birth(copied[0])
-            if self.clock.judge(born, starttime):
-                # written through the overlay after the start: the process maps the lower file the copy hides
-                f = StaleFile(name, REPLACED, role, "overlayfs: written through the overlay after the process "
-                              "started (copied up into its upper layer); the process maps the lower layer's file it "
-                              "now hides", dev, inode)
-                return self._unless_identical(f, os.fsdecode(copied[1]), ctx, copied[0])
-            if born is not None and self.clock.around_start(born, starttime) and self.clock.judge(
-                    st.st_mtime_ns, starttime):
-                # copied up within a tick of the start, written after it: the process maps the lower file, or
-                # the copy written in place. Either way the copy began as the lower file's bytes, so comparing
-                # it with the lower file tells whether the code changed.
-                f = StaleFile(name, REPLACED, role, "overlayfs: copied up into its upper layer as the process "
-                              "started and written after it; the process maps the lower layer's file it now hides, "
-                              "or the copy written in place", dev, inode)
-                return self._unless_identical(f, os.fsdecode(copied[1]), ctx, copied[0])
+        detail = self._copy_up(copied[0], starttime, st.st_mtime_ns) if copied is not None else None
+        if copied is not None and detail is not None:
+            return self._unless_identical(StaleFile(name, REPLACED, role, detail, dev, inode),
+                                          os.fsdecode(copied[1]), ctx, copied[0])
         if path.endswith(BACKUP_SUFFIXES):
             renamed = self._renamed_away(ctx, path, dev, st)
             if renamed is not None:
@@ -543,16 +529,25 @@ class _Scanner:
                              "(in-place change: old and new code mixed in memory)", dev, inode)
         return None
 
-    @staticmethod
-    def _birth(path: bytes) -> Optional[int]:
-        """When the file at ``path`` (a host path) was created: its birth time (statx), or its ctime where the
-        filesystem keeps none; None when it cannot be stat()-ed."""
+    def _copy_up(self, upper: bytes, starttime: int, mtime_ns: int) -> Optional[str]:
+        """Why a file whose overlay copy is ``upper`` (a host path) counts as replaced, or None. The copy's
+        creation (statx birth time, else ctime) after the start: the process maps the lower file the copy hides.
+        Within a tick of the start, and written after it: the lower file, or the copy written in place; either
+        way the copy began as the lower file's bytes, so comparing it with the lower file tells whether the code
+        changed."""
         from soswap.proc.statx import birth_time_ns
 
         try:
-            return birth_time_ns(path) or os.stat(path).st_ctime_ns
+            born = birth_time_ns(upper) or os.stat(upper).st_ctime_ns
         except OSError:
             return None
+        if self.clock.judge(born, starttime):
+            return ("overlayfs: written through the overlay after the process started (copied up into its upper "
+                    "layer); the process maps the lower layer's file it now hides")
+        if self.clock.around_start(born, starttime) and self.clock.judge(mtime_ns, starttime):
+            return ("overlayfs: copied up into its upper layer as the process started and written after it; the "
+                    "process maps the lower layer's file it now hides, or the copy written in place")
+        return None
 
     def _loader_transient(self, ctx: RootContext, path: bytes, dev: int, over: List[Mapping]) -> bool:
         """True when no mapping in ``over`` (all past the end of the ELF file at ``path``) lies within one
@@ -800,7 +795,6 @@ class _Scanner:
             except ProcessGone:
                 continue
             except AccessDenied:
-                self.unreadable += 1
                 self.refused.append((pid, procfs.comm_of(pid)))
                 continue
             if proc is not None:
@@ -812,9 +806,9 @@ class _Scanner:
             kernel = kernel_mod.check(self.o.boot_dir)
         return StaleReport(
             processes=tuple(found),
-            partial=self.unreadable > 0,
+            partial=bool(self.refused),
             scanned=self.scanned,
-            unreadable=self.unreadable,
+            unreadable=len(self.refused),
             unverifiable=self.unverifiable,
             kernel=kernel,
             scan_time=started,

@@ -64,8 +64,7 @@ class _Pass:
         #: ("dev", "inode", "path" fields of a maps line) -> (st_dev, inode, unescaped path), or () when the
         #: line names no file
         self._files: Dict[Tuple[bytes, bytes, bytes], Tuple[int, ...]] = {}
-        self.unreadable = 0
-        #: (pid, comm) of the processes counted in ``unreadable``
+        #: (pid, comm) of the processes that could not be read (the report is partial)
         self.refused: List[Tuple[int, str]] = []
         self.self_pid = os.getpid()
 
@@ -91,12 +90,10 @@ class _Pass:
                             out.setdefault(idx, []).append(use)
                         break
                 else:
-                    self.unreadable += 1  # exec()ed during every attempt: counted as not read (partial)
-                    self.refused.append((pid, procfs.comm_of(pid)))
+                    self.refused.append((pid, procfs.comm_of(pid)))  # exec()ed during every attempt: not read
             except ProcessGone:
                 continue
             except AccessDenied:
-                self.unreadable += 1
                 self.refused.append((pid, procfs.comm_of(pid)))
         return out
 
@@ -326,7 +323,7 @@ def find_users(paths: Sequence[str], *, fds: bool = True, pids: Optional[Sequenc
     for idx, t in enumerate(targets):
         uses = tuple(sorted(found.get(idx, []), key=lambda u: u.pid))
         reports.append(UsersReport(t.path, t.identity is not None, t.identity[0] if t.identity else None,
-                                   t.identity[1] if t.identity else None, uses, scan.unreadable > 0,
+                                   t.identity[1] if t.identity else None, uses, bool(scan.refused),
                                    tuple(scan.refused)))
     return reports
 

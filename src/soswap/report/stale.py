@@ -113,6 +113,10 @@ def refused_text(refused: Sequence[Tuple[int, str]], limit: int = _NAMED_REFUSED
     return f"{', '.join(named[:-1])} and {named[-1]}" if len(named) > 1 else "".join(named)
 
 
+def _refused_json(refused: Sequence[Tuple[int, str]]) -> List[Dict[str, Any]]:
+    return [{"pid": pid, "comm": comm or None} for pid, comm in refused]
+
+
 def render_restart(outcome: Any) -> List[str]:
     lines = ["", "restart (dry run):" if outcome.dry_run else "restart:"]
     for note in outcome.notes:
@@ -190,7 +194,7 @@ def report_json(report: StaleReport, restart: Any = None) -> Dict[str, Any]:
         "partial": report.partial,
         "scanned": report.scanned,
         "unreadable": report.unreadable,
-        "unreadable_processes": [{"pid": pid, "comm": comm or None} for pid, comm in report.refused],
+        "unreadable_processes": _refused_json(report.refused),
         "unverifiable": report.unverifiable,
         "unstable": report.unstable,
         "identical": report.identical,
@@ -223,7 +227,7 @@ def users_json(report: UsersReport) -> Dict[str, Any]:
         "dev": report.dev,
         "inode": report.inode,
         "partial": report.partial,
-        "unreadable_processes": [{"pid": pid, "comm": comm or None} for pid, comm in report.refused],
+        "unreadable_processes": _refused_json(report.refused),
         "processes": [
             {"pid": u.pid, "exe": u.exe, "cmdline": list(u.cmdline), "how": list(u.how), "version": u.version,
              "dev": u.dev, "inode": u.inode, "unit": u.unit.name if u.unit else None, "container": u.container}
