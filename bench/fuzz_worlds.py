@@ -283,7 +283,8 @@ def _small_stack() -> None:
 def _run(cmd: Sequence[str], world: World) -> Optional[subprocess.CompletedProcess]:
     """``cmd`` run in the world's directory and environment, in a session of its own; when it still runs after
     :data:`TIMEOUT` seconds it is killed with all its processes (ldd's ld.so too) and run once more with a
-    :data:`SMALL_STACK`; None when that does not end either."""
+    :data:`SMALL_STACK` (the result's ``args`` then end with :data:`SMALL`); None when that does not end
+    either."""
     for limit in (None, _small_stack):
         with subprocess.Popen(cmd, cwd=world.root, env=world.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, errors="surrogateescape", start_new_session=True,
@@ -294,8 +295,12 @@ def _run(cmd: Sequence[str], world: World) -> Optional[subprocess.CompletedProce
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
                 continue
-        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        return subprocess.CompletedProcess([*cmd, SMALL] if limit else cmd, proc.returncode, out, err)
     return None
+
+
+#: What :func:`_run` appends to the arguments of a run that needed the small stack.
+SMALL = "<small stack>"
 
 
 def ldd_difference(world: World, profile: Profile, flag: Optional[str],
@@ -314,6 +319,9 @@ def ldd_difference(world: World, profile: Profile, flag: Optional[str],
         return None
     if flag and reads_past_versions(world, profile):
         return KNOWN + f"{command}: read past a version array:\n" + _delta(want, got)
+    if r.args[-1] == SMALL and want == (_SEARCH_LIST_LINE.sub("", got[0]), *got[1:]):
+        return KNOWN + f"{command}: a FILE whose copies of filtees exhaust ld.so's memory ran out of the small " \
+                       "stack the harness gives ld.so when another FILE loops for ever"
     if (_OUT_OF_MAPS.sub(_SEARCH_LIST, want[0]), *want[1:]) == got:
         return KNOWN + f"{command}: the mappings ran out while a segment was mapped, not at the search list's " \
                        "allocation"
@@ -344,6 +352,9 @@ def many_files(world: World) -> List[str]:
 _OUT_OF_MAPS = re.compile(
     r"(: error while loading shared libraries: )[^:\n]+: failed to map segment from shared object$", re.M)
 _SEARCH_LIST = r"\1cannot allocate symbol search list: Cannot allocate memory"
+_SEARCH_LIST_LINE = re.compile(
+    r"^[^\n]*: error while loading shared libraries: cannot allocate symbol search list: Cannot allocate memory\n",
+    re.M)
 
 
 def _delta(want: Tuple[str, str, int], got: Tuple[str, str, int]) -> str:

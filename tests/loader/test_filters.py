@@ -256,3 +256,32 @@ def test_ldd_r_dies_relocating_a_versioned_filtee_of_the_file(tmp_path: Path) ->
         rtld = exe.interpreter
     if rtld:  # the loader itself, run on the FILE as ldd does without tracing: the same fault
         assert subprocess.run([rtld, str(lib)], capture_output=True).returncode == -signal.SIGSEGV
+
+
+@requires_cc
+def test_a_versioned_lookup_reaching_a_filtee_of_the_file_hits_the_check_match_assertion(tmp_path: Path) -> None:
+    """A filtee of the FILE is never version-checked, so ld.so gives it no l_versyms either, and check_match takes
+    it as an object without versioning: a versioned reference whose version names it (libw2.so's f4@V4 from
+    "libw4.so") reaches it first in the scope, and glibc < 2.41 aborts on its assertion. soswap said the program
+    starts (fuzz_worlds --many --filters, seeds 344 and 349)."""
+    d = tmp_path / "d"
+    # no relocations of its own: nothing of it faults for want of l_versions
+    w4 = shared_lib(d / "libw4.so", "int f4(void) { return 4; }\n", soname="libw4.so",
+                    version_script="V4 { global: f4; local: *; };", flags=["-nostdlib"])
+    # its own search finds a second copy of the same file: the filtee lies before the main map, where
+    # _dl_map_object's name and inode matches do not look
+    w2 = shared_lib(d / "libw2.so", "extern int f4(void);\nint (*p2)(void) = f4;\nint f2(void) { return f4(); }\n",
+                    soname="libw2.so", libs=[str(w4)], flags=[f"-Wl,-rpath,{d}"])
+    lib = shared_lib(d / "libw0.so", "int f0(void) { return 0; }\n", soname="libw0.so", libs=[str(w2)],
+                     flags=["-Wl,--auxiliary,libw4.so", f"-Wl,-rpath,{d}", "-Wl,--no-as-needed"])
+    res, bound = predict(lib)
+    if res.profile.glibc_version >= (2, 41):
+        pytest.skip("glibc 2.41 dropped the check_match assertion")
+    out = assert_ldd_parity(lib, flag="-r")
+    assert "check_match: Assertion" in out.stdout + out.stderr, out
+    assert bound.fatal is not None and bound.fatal.kind == "assertion", bound.fatal
+    with ElfFile.open(sys.executable) as exe:
+        rtld = exe.interpreter
+    if rtld:  # the loader itself, run on the FILE: the same abort
+        run = subprocess.run([rtld, str(lib)], capture_output=True, text=True)
+        assert run.returncode == 127 and "check_match: Assertion" in run.stderr, run

@@ -51,6 +51,8 @@ class BindCache:
         self.glibc = glibc
         self._hashes: Optional[NameHashes] = None
         self.objects: Dict[int, ObjectSymbols] = {}
+        #: the same for objects ld.so gives no ``l_versyms`` (see :meth:`Binder.null_versyms`)
+        self.unversioned: Dict[int, ObjectSymbols] = {}
         #: reference key -> an object (ObjectSymbols) that accepted it
         self.definer: Dict[Tuple[object, ...], ObjectSymbols] = {}
         #: (id of a library's RefTable, files of its dependency closure) -> positions unresolved there
@@ -77,9 +79,10 @@ class BindCache:
         """Drop the symbol tables and references decoded of ``elf`` (a program whose FILE is done: nothing else
         loads it). They are decoded again if the file is met again; the other caches hold what their keys name,
         or compare identities, so none of them mistakes a new decoding for this one."""
-        s = self.objects.get(id(elf))
-        if s is not None and s.elf is elf:
-            del self.objects[id(elf)]
+        for table in (self.objects, self.unversioned):
+            s = table.get(id(elf))
+            if s is not None and s.elf is elf:
+                del table[id(elf)]
 
     def indirect_extern_access(self, elf: Optional[ElfFile]) -> bool:
         """The object needs GNU_PROPERTY_1_NEEDED_INDIRECT_EXTERN_ACCESS (``l_1_needed``, from its
@@ -109,13 +112,16 @@ class BindCache:
             self._hashes = NameHashes()
         return self._hashes
 
-    def symbols(self, elf: ElfFile) -> ObjectSymbols:
+    def symbols(self, elf: ElfFile, null_versyms: bool = False) -> ObjectSymbols:
+        """The :class:`ObjectSymbols` of ``elf``, decoded once; ``null_versyms``: as ld.so sees an object it
+        gave no ``l_versyms`` (a separate decoding: its lookups differ)."""
         key = id(elf)
-        s = self.objects.get(key)
+        table = self.unversioned if null_versyms else self.objects
+        s = table.get(key)
         if s is None or s.elf is not elf:
             from soswap.loader.lookup import ObjectSymbols
 
-            s = self.objects[key] = ObjectSymbols(elf, self.hashes, self.glibc < (2, 36))
+            s = table[key] = ObjectSymbols(elf, self.hashes, self.glibc < (2, 36), null_versyms)
         return s
 
 
@@ -137,6 +143,7 @@ class Binder:
         self._prepared = False
         self._name_index: Optional[Dict[str, int]] = None
         self._arena: Optional[VersionArena] = None
+        self._null: Optional[frozenset] = None
 
     def name_index(self) -> Dict[str, int]:
         """name -> index of the first object of the chain known by it (``find_needed``, elf/dl-version.c)."""
@@ -180,7 +187,7 @@ class Binder:
         #: (the pre-2.41 assertion compares them with version needs) and the lookup rules
         self._copy_key = (self.lib_msyms, tuple((objs[i].path, objs[i].names) for i in self.lib_members),
                           self.dynamic_weak, self.glibc)
-        self.lib_files = frozenset(id(objs[i].elf) for i in self.lib_members)
+        self.lib_files = frozenset(self.file_key(i) for i in self.lib_members)
         self.main_defines = main in self.member_set
         ok = self.cache.scope_ok.get(self.lib_files)
         if ok is None:
@@ -237,12 +244,42 @@ class Binder:
             self.cache.verdefs[key] = hit
         return hit[1], hit[2]
 
+    @property
+    def null_versyms(self) -> frozenset:
+        """Indexes of the objects ld.so gives no ``l_versyms`` (``_dl_check_map_versions`` sets it with
+        ``l_versions``, when ``l_nversions`` > 0): those linked before the main map, which
+        ``_dl_check_all_versions`` never reaches, and in trace mode those that define no version and whose
+        version needs all name missing (faked) objects. Their definitions match any version (``check_match``
+        with a NULL ``verstab``)."""
+        null = self._null
+        if null is None:
+            res = self.res
+            found = set(res.unlisted)
+            if res.trace and not all(o.found for o in res.objects):
+                for o in res.objects:
+                    if not o.found or o.elf is None or o.index in found:
+                        continue
+                    try:
+                        needs, defs = o.elf.version_needs, o.elf.version_definitions
+                    except ElfError:
+                        continue
+                    if needs and not defs and self.missing_needs(o.index) >= {n.file for n in needs}:
+                        found.add(o.index)
+            null = self._null = frozenset(found)
+        return null
+
+    def file_key(self, i: int) -> object:
+        """Object ``i``'s file as cache keys name it: its identity, marked when ld.so sees it without
+        ``l_versyms`` (its lookups differ)."""
+        elf = self.res.objects[i].elf
+        return (id(elf), True) if i in self.null_versyms else id(elf)
+
     def syms(self, i: int) -> Optional[ObjectSymbols]:
         hit = self._syms.get(i, _UNSET)
         if hit is _UNSET:
             elf = self.res.objects[i].elf
             try:
-                hit = self.cache.symbols(elf) if elf is not None else None
+                hit = self.cache.symbols(elf, i in self.null_versyms) if elf is not None else None
             except ElfError as exc:
                 hit = None
                 self.sym_errors[i] = exc.problem
@@ -428,9 +465,8 @@ class Binder:
         skey = (id(t), self.lib_files)
         hit = cache.scope_unresolved.get(skey)
         if hit is None:
-            objs = self.res.objects
             clo = self.closure(i) & self.member_set
-            ckey = (id(t), frozenset(id(objs[c].elf) for c in clo))
+            ckey = (id(t), frozenset(self.file_key(c) for c in clo))
             inner = cache.lib_unresolved.get(ckey)
             if inner is None:
                 order = tuple(self._syms[m] for m in self.members if m in clo)
@@ -472,9 +508,10 @@ class VersionArena:
         self.end = 0
         objs = b.res.objects
         index = b.name_index()
+        unlisted = b.res.unlisted
         for o in objs:
-            if not o.found:
-                continue  # _dl_check_all_versions skips l_faked
+            if not o.found or o.index in unlisted:
+                continue  # _dl_check_all_versions skips l_faked, and starts at the main map
             if o.kind == "vdso":
                 from soswap.loader.vdso import vdso_version_definitions
 

@@ -144,7 +144,8 @@ def reference_problem(elf: ElfFile) -> Optional[str]:
 class ObjectSymbols:
     """What binding needs from one ELF file, decoded once and kept by the :class:`Loader`."""
 
-    def __init__(self, elf: ElfFile, hashes: NameHashes, extern_protected_data: bool = False) -> None:
+    def __init__(self, elf: ElfFile, hashes: NameHashes, extern_protected_data: bool = False,
+                 null_versyms: bool = False) -> None:
         self.elf = elf
         self.hashes = hashes
         #: glibc < 2.36 on x86: GLOB_DAT is ELF_RTYPE_CLASS_EXTERN_PROTECTED_DATA (see _type_classes)
@@ -169,8 +170,11 @@ class ObjectSymbols:
             ndx_high = max(ndx_high, d.index)
             if not d.is_base:
                 self.versions[d.index] = (d.hash, d.name, False, None)
-        # _dl_check_map_versions: l_versyms is set only when some version index exists
-        self.has_versyms = ndx_high > 0 and C.DT_VERSYM in tags and self.raw.versym is not None
+        # _dl_check_map_versions: l_versyms is set only when some version index exists, and only for an object
+        # the version check reaches (``null_versyms``: one linked before the main map, or in trace mode one whose
+        # versions all come from missing objects): check_match then takes it as an object without versioning
+        self.has_versyms = (not null_versyms and ndx_high > 0 and C.DT_VERSYM in tags
+                            and self.raw.versym is not None)
         self.has_verdef = C.DT_VERDEF in tags
         self.verdefs = frozenset((d.hash, d.name) for d in defs)
         self.bind_now = elf.dynamic.bind_now
