@@ -197,3 +197,16 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_compiler_that_fails_silently_is_named_with_its_status(tmp_path: Path) -> None:
+    """CC=/bin/false prints nothing: the error line ended in 'failed: '; it now gives the exit status. Its
+    work directory is removed all the same."""
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no false(1)")
+    r = demo(env=dict(os.environ, CC=false, TMPDIR=str(tmp_path)))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"soswap: error: building libgateway.so failed: {false} exited with status 1 and printed nothing"]
+    assert not list(tmp_path.glob("soswap-demo-*"))

@@ -316,6 +316,23 @@ def test_damaged_journal_is_an_error_not_a_traceback(tmp_path, libfoo, state):
     assert "nothing to recover" in r.stdout
 
 
+def test_a_rollback_dry_run_fails_on_a_damaged_journal_as_the_rollback_does(tmp_path, libfoo, state):
+    """The oldest live journal damaged: the rollback stops in its recovery (exit 2, 'move it aside'); its dry
+    run said 'would roll back ...', exit 0. Now the same line and status."""
+    d = tmp_path / "app"
+    lib = libfoo.deploy(d, with_programs=False)
+    for src in (libfoo.v2, libfoo.v1, libfoo.v2):
+        soswap(["install", "--no-check", "--no-report", src, lib], state, check=0)
+    oldest = sorted((state / "tx").glob("*.json"))[0]
+    oldest.write_bytes(b'{"version":1,"txid":')
+    dry = soswap(["rollback", "--dry-run"], state, check=2)
+    real = soswap(["rollback"], state, check=2)
+    assert dry.stdout == "" and "would roll back" not in dry.stderr
+    assert dry.stderr == real.stderr and real.stderr.count("soswap: error:") == 1
+    assert f"{oldest}: unreadable journal" in real.stderr and "move it aside" in real.stderr
+    assert sha256(lib) == libfoo.sha2
+
+
 def _journal_with(state: Path, txid: str, change) -> Path:  # type: ignore[no-untyped-def]
     """The live journal of ``txid`` after ``change(record)``."""
     path = state / "tx" / f"{txid}.json"
@@ -351,7 +368,7 @@ def test_a_journal_with_fields_of_the_wrong_type_is_one_clear_error(tmp_path, li
     lib = libfoo.deploy(d)
     txid = json.loads(soswap(["install", "--json", libfoo.v2, lib], state, check=0).stdout)["txid"]
     _journal_with(state, txid, damage)
-    for argv in (["history"], ["recover"], ["rollback"]):
+    for argv in (["history"], ["recover"], ["rollback"], ["rollback", "--dry-run"]):
         r = soswap(argv, state, check=2)
         assert r.stderr.count("soswap: error:") == 1 and "move it aside" in r.stderr, r.stderr
         assert "internal error" not in r.stderr

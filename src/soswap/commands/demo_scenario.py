@@ -72,6 +72,26 @@ def find_compiler() -> Optional[str]:
     return None
 
 
+#: Seconds a compilation of the demo's tiny sources may take before the demo gives up (never a hang).
+COMPILE_TIMEOUT = 300
+
+
+def compiler_failure(cc: str, r: subprocess.CompletedProcess) -> str:
+    """Why the compiler ``cc`` failed: the last line it wrote on standard error (or output), else its exit
+    status or the signal that killed it (``CC=/bin/false`` prints nothing)."""
+    for text in (r.stderr, r.stdout):
+        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    if r.returncode < 0:
+        try:
+            name = signal.Signals(-r.returncode).name
+        except ValueError:
+            name = f"signal {-r.returncode}"
+        return f"{cc} was killed by {name} and printed nothing"
+    return f"{cc} exited with status {r.returncode} and printed nothing"
+
+
 #: What terminate_as_interrupt turns into KeyboardInterrupt (and Ctrl-C).
 _HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
@@ -153,9 +173,17 @@ class Scenario:
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text(source)
         out.parent.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run([self.cc, "-O1", "-o", str(out), str(src), *args], capture_output=True, text=True)
+        argv = [self.cc, "-O1", "-o", str(out), str(src), *args]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL,
+                               timeout=COMPILE_TIMEOUT)
+        except OSError as exc:
+            raise DemoError(f"building {out.name} failed: cannot run {self.cc}: {exc.strerror or exc}") from None
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"building {out.name} failed: {self.cc} did not finish within {COMPILE_TIMEOUT} s") \
+                from None
         if r.returncode != 0:
-            raise DemoError(f"building {out.name} failed: {r.stderr.strip().splitlines()[-1] if r.stderr else ''}")
+            raise DemoError(f"building {out.name} failed: {compiler_failure(self.cc, r)}")
 
     def soswap(self, *args: str, show: bool = True) -> subprocess.CompletedProcess:
         """Run ``soswap ARGS`` as a user would, in the work directory; echo it and its output."""

@@ -4,7 +4,8 @@
 * a bind-mounted file, i.e. the destination is a mount point (``EBUSY`` from ``rename``: fs/namei.c
   ``vfs_rename`` → ``is_local_mountpoint``),
 * ``chattr +i``/``+a`` on the file or its directory (``EPERM`` even for root: fs/namei.c ``may_delete``),
-* a network filesystem, where other clients mapping the file get ESTALE/SIGBUS (fs/nfs/unlink.c).
+* a network filesystem, where other clients mapping the file get ESTALE/SIGBUS (fs/nfs/unlink.c),
+* a source whose size does not say what reading it yields (a /proc or /sys pseudo-file), or that cannot be read.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import stat
 from typing import List, Optional
 
-from soswap.errors import Refused, ReplaceError
+from soswap.errors import Refused, ReplaceError, raise_if_exhausted
 from soswap.replace import syscalls
 from soswap.replace.metadata import BLOCKING_FLAGS
 
@@ -44,6 +45,26 @@ def check_directory(dfd: int, directory: str, allow_nfs: bool) -> None:
             f"{directory}: on a network filesystem ({kind}): other clients that map the old file would get "
             "ESTALE/SIGBUS; use --allow-nfs to replace it anyway"
         )
+
+
+def check_source_data(fd: int, source: str, st: os.stat_result) -> None:
+    """Refuse (ReplaceError) a source whose data cannot be copied as ``st.st_size`` bytes: a pseudo-file (proc,
+    sysfs...: its size, 0 or 4096, says nothing of its content), or one that fails to read (EIO, as
+    ``/proc/self/mem`` gives) or reads longer or shorter than its size; nothing is written before this."""
+    ftype = syscalls.fs_type(fd)
+    if ftype in syscalls.PSEUDO_FS:
+        raise ReplaceError(f"{source}: a {syscalls.PSEUDO_FS[ftype]} pseudo-file, whose size ({st.st_size} bytes) "
+                           "says nothing of its content; copy it to a regular file first; nothing was replaced")
+    try:  # the byte past the end, and the last one: a regular file of this size has none and one
+        past_end = os.pread(fd, 1, st.st_size)
+        last = os.pread(fd, 1, st.st_size - 1) if st.st_size else b"-"
+    except OSError as exc:
+        raise_if_exhausted(exc, source)
+        raise ReplaceError(f"{source}: cannot read the source: {exc.strerror or exc}; nothing was replaced") \
+            from None
+    if past_end or not last:
+        raise ReplaceError(f"{source}: holds {'more' if past_end else 'fewer'} than the {st.st_size} bytes its size "
+                           "says (a pseudo-file?); copy it to a regular file first; nothing was replaced")
 
 
 def directory_flags(dfd: int) -> int:

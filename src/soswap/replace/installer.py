@@ -100,14 +100,25 @@ NEW_FILE_MODE = 0o755
 
 
 def _check_source(req: Request) -> os.stat_result:
+    """The source's identity, once it is known to be a regular file that reads as its size says (a dry run
+    refuses what the install would)."""
     try:
         st = os.stat(req.source)
     except OSError as exc:
         raise ReplaceError(f"{req.source}: cannot read the source: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise ReplaceError(f"{req.source}: the source is not a regular file")
-    if not os.access(req.source, os.R_OK):
-        raise ReplaceError(f"{req.source}: cannot read the source: Permission denied")
+    try:  # O_NONBLOCK: a FIFO put there since the stat is not waited for (fifo(7))
+        fd = os.open(req.source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ReplaceError(f"{req.source}: cannot read the source: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReplaceError(f"{req.source}: the source is not a regular file")
+        checks.check_source_data(fd, req.source, st)
+    finally:
+        os.close(fd)
     return st
 
 

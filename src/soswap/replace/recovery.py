@@ -62,8 +62,15 @@ def _changes(record: Dict[str, Any], path: str) -> List[Change]:
 
 
 def pending_txids(state: StateDir) -> List[str]:
-    """Transactions an interrupted soswap left behind (without taking the lock; for dry runs)."""
-    return [r["txid"] for r in state.live_records() if r["state"] in PENDING] if state.exists() else []
+    """Transactions an interrupted soswap left behind (without taking the lock; for dry runs). Reads every
+    live journal and the entries of the pending ones as the recovery at the start of an install or rollback
+    does, so a dry run fails with the StateError the real run would (an unreadable or malformed journal)."""
+    if not state.exists():
+        return []
+    pending = [r for r in state.live_records() if r["state"] in PENDING]
+    for record in pending:
+        _changes(record, state.journal_path(record["txid"]))
+    return [r["txid"] for r in pending]
 
 
 def recover(state: StateDir, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, *,
@@ -433,11 +440,13 @@ def rollback(state: StateDir, txid: Optional[str] = None, dry_run: bool = False,
     transaction of kind ``rollback`` that is itself journaled, recoverable and kept for rollback."""
     if not state.exists():
         raise UsageError(f"no transactions in {state.path}")
-    if dry_run:
+    if dry_run:  # the recovery the real rollback runs first reads every live journal: so does this
+        notices = tuple(Notice(state.path, f"interrupted transaction {t} would be recovered first")
+                        for t in pending_txids(state))
         record = state.read(txid) if txid else _latest_rollbackable(state)
         changes = _rollback_changes(record, state.journal_path(record["txid"]), "dry-run", state)
         planned = tuple(c._replace(temp=None, backup=None) for c in changes)
-        return InstallResult(None, "dry-run", planned, (), rollback_of=record["txid"])
+        return InstallResult(None, "dry-run", planned, notices, rollback_of=record["txid"])
     state.lock(lock_timeout)
     try:
         recovered = state.recovered = tuple(recover_locked(state))

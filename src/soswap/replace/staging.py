@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 from soswap.errors import ReplaceError
 from soswap.replace import datacopy, metadata, syscalls
-from soswap.replace.checks import describe_oserror
+from soswap.replace.checks import check_source_data, describe_oserror
 from soswap.replace.pause import pause_point
 from soswap.replace.records import InodeRecord
 from soswap.tuples import NamedTuple
@@ -82,13 +82,7 @@ def stage_file(
         st = os.fstat(src_fd)
         if not same_identity(st, source_st):
             raise ReplaceError(f"{source}: changed while soswap was installing it; nothing was replaced")
-        try:  # a /proc or /sys file says 0 (or 4096) bytes and holds other content: its size cannot be copied
-            longer = bool(os.pread(src_fd, 1, st.st_size))
-        except OSError:
-            longer = False
-        if longer:
-            raise ReplaceError(f"{source}: holds more than the {st.st_size} bytes its size says (a /proc or /sys "
-                               "file?); copy it to a regular file first; nothing was replaced")
+        check_source_data(src_fd, source, st)  # a pseudo-file, or one that fails to read, is refused
         old_hash: Optional[datacopy.HashJob] = None
         if old_st is not None:
             try:

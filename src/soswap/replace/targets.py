@@ -12,8 +12,9 @@ import shlex
 import stat
 from typing import List, Optional, Sequence
 
-from soswap.errors import ReplaceError, UsageError
+from soswap.errors import ReplaceError, UsageError, raise_if_exhausted
 from soswap.replace.modespec import parse_group, parse_mode, parse_owner
+from soswap.textfile import read_regular
 from soswap.tuples import NamedTuple
 
 #: Largest manifest read (a manifest is a list of paths, not data).
@@ -93,11 +94,11 @@ def read_manifest(path: str) -> List[Request]:
     """Parse a manifest: one ``SRC DEST [mode=MODE] [owner=USER] [group=GROUP]`` per line, shell-quoted;
     blank lines and ``#`` comments ignored. Relative SRC/DEST are relative to the manifest's directory. A
     DEST ending in ``/`` is a directory (the file keeps its name)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MANIFEST_MAX + 1)
+    try:  # a pipe is read to its end; a FIFO nobody writes to reads as empty rather than block the open (fifo(7))
+        raw = read_regular(path, MANIFEST_MAX + 1, pipes=True)
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+        raise_if_exhausted(exc, path)
+        raise UsageError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
     if len(raw) > MANIFEST_MAX:
         raise UsageError(f"{path}: manifest larger than {MANIFEST_MAX} bytes")
     if b"\0" in raw:
