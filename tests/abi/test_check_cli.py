@@ -13,6 +13,8 @@ from typing import Dict, List
 
 import pytest
 
+from support.build import run_cc
+
 from .cases import Case
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +70,44 @@ def test_bad_consumers_scopes_and_pids(t1: Case, tmp_path: Path) -> None:
     _one_error(_cli([*base, "--consumer", str(t1.app), "--no-processes"], tmp_path), "--no-processes")
     r = _cli([*base, "--pid", "abc"], tmp_path)
     assert r.returncode == 2 and b"not a process ID" in r.stderr and b"Traceback" not in r.stderr
+
+
+#: Named consumers execve and dlopen would not load: (how the file is made, what the error line says).
+_UNLOADABLE = {
+    "object": ("gcc -c", "not a program or shared library (ET_REL: a relocatable object)"),
+    "program-typed-rel": ("the program, e_type 1", "not a program or shared library (ET_REL: a relocatable object)"),
+    "core": ("the library, e_type 4", "not a program or shared library (ET_CORE: a core dump)"),
+    "class": ("the library, EI_CLASS 1", "cannot be loaded: e_phentsize is 0, not the 32 bytes of an Elf32_Phdr "
+                                         "(read as ELF64, its header fits: its EI_CLASS byte says ELFCLASS32)"),
+    "machine": ("the library, e_machine 0x28", "no dynamic loader for arm ELF64 files here"),
+}
+
+
+def _patched(src: Path, dst: Path, offset: int, value: int) -> Path:
+    data = bytearray(src.read_bytes())
+    data[offset] = value
+    dst.write_bytes(bytes(data))
+    dst.chmod(0o755)
+    return dst
+
+
+@pytest.mark.parametrize("how", sorted(_UNLOADABLE))
+def test_a_named_consumer_that_cannot_be_loaded_is_an_error(t1: Case, tmp_path: Path, how: str) -> None:
+    """``--consumer`` took an object file, a core file, a 64-bit file whose header says ELFCLASS32 as a program
+    or a plugin that "does not load TARGET": exit 0, compatible. Neither execve nor dlopen loads them (soswap
+    tree predicts execve's ENOEXEC for each): exit 2, one line naming the file and why."""
+    if how == "object":
+        src = tmp_path / "lib.c"
+        src.write_text("int foo(int x) { return x + 1; }\n")
+        bad = tmp_path / "lib.o"
+        run_cc(["-c", "-o", str(bad), str(src)])
+    elif how == "program-typed-rel":
+        bad = _patched(t1.app, tmp_path / "app", 0x10, 1)
+    else:
+        offset, value = {"core": (0x10, 4), "class": (4, 1), "machine": (0x12, 0x28)}[how]
+        bad = _patched(t1.old, tmp_path / "libfoo.so.1", offset, value)
+    r = _cli(["check", str(t1.old), str(t1.old), "--consumer", str(bad)], tmp_path)
+    _one_error(r, f"soswap: error: {bad}: {_UNLOADABLE[how][1]}")
 
 
 def test_options_that_take_every_argument_after_them_say_so(t1: Case, tmp_path: Path) -> None:
@@ -126,8 +166,9 @@ def test_json_shape(abi_cases: Dict[str, Case], tmp_path: Path) -> None:
         args += ["--consumer", str(c)]
     r = _cli(args, tmp_path, LD_LIBRARY_PATH=f"{case.old.parent}:{case.deps_dir}")
     doc = json.loads(r.stdout)
-    assert set(doc) == {"target", "new", "verdict", "summary", "refusals", "self", "consumers", "discovery",
-                        "changes"}
+    assert set(doc) == {"target", "new", "verdict", "partial", "summary", "refusals", "self", "consumers",
+                        "discovery", "changes"}
+    assert doc["partial"] is False
     assert doc["summary"] == {"consumers": 2, "incompatible": 1, "broken": 0, "compatible": 1, "unaffected": 0,
                               "changes": {"breaking": 1, "review": 0, "harmless": 0}}
     first = doc["consumers"][0]
@@ -135,8 +176,8 @@ def test_json_shape(abi_cases: Dict[str, Case], tmp_path: Path) -> None:
     assert set(first["problems"][0]) == {"kind", "symbol", "version", "when", "message", "object", "fatal",
                                          "silent", "detail"}
     assert doc["self"]["verdict"] == "compatible"
-    assert doc["discovery"] == {"sources": ["named"], "index": None, "skipped": [], "unaffected": 0,
-                                "shortcuts": 1}  # the app: it uses bar only
+    assert doc["discovery"] == {"sources": ["named"], "index": None, "skipped": [], "unreadable": [],
+                                "unaffected": 0, "shortcuts": 1}  # the app: it uses bar only
 
 
 def test_text_report(abi_cases: Dict[str, Case], tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
+import struct
 from typing import AbstractSet, Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from soswap.abi import problems as P
@@ -27,10 +29,12 @@ from soswap.abi.diff import diff_objects
 from soswap.abi.object_diff import static_tls_align
 from soswap.abi.processes import ProcessInfo, processes_mapping, read_process
 from soswap.abi.rdeps import LIBRARY, PLUGIN, PROGRAM, RdepsIndex, classify, environment_for_index, open_index
-from soswap.abi.sysdirs import Top, canonical_path, canonical_tops, system_tops, under
+from soswap.abi.sysdirs import Top, canonical_path, canonical_tops, scope_directory, system_tops, under
 from soswap.elf import ElfCache, ElfFile
+from soswap.elf import constants as C
 from soswap.errors import AccessDenied, ElfError, ProcessGone, SoswapError, UsageError
 from soswap.loader import Environment, LoadResult, Profile
+from soswap.loader.candidates import program_header_refusal
 from soswap.loader.model import NOT_FOUND
 
 #: Breaking changes that make NEW unloadable where OLD is, whatever the consumer.
@@ -82,7 +86,9 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     (the default); the command line passes one that runs them in forked workers (``soswap check -j``).
 
     Raises :class:`SoswapError` on bad input (TARGET or NEW missing or malformed, a named consumer that is
-    not a loadable ELF file, a scope that is not a directory, an unknown PID).
+    not a loadable ELF file, a scope that is not a directory or cannot be listed, an unknown PID). What the
+    walk of the directories could not read below them (a directory it cannot list, a file it cannot open) is
+    no error: ``discovery.unreadable`` lists it, and the result is ``partial``.
     """
     target_abs = _existing_file(target, "TARGET")
     _existing_file(new, "NEW")
@@ -116,17 +122,18 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
     index_path: Optional[str] = None
     index_stats: Optional[Dict[str, object]] = None
     skipped: List[Tuple[int, str]] = []
+    unreadable: List[Tuple[str, str]] = []
     unaffected = 0
     pending: List[Tuple[str, bool, str]] = []  # indexed consumers to load and bind: (path, plugin, source)
 
     for path in consumers or ():
         if "named" not in sources:
             sources.append("named")
-        plugin = _is_library(path, cache)
+        plugin = _named_consumer(path, cache)
         results.append(checker.check(path, env=env, plugin=plugin, source="named"))
         seen.add((os.path.realpath(path), plugin))
 
-    scope_tops = [Top(_existing_dir(d), True) for d in scope or ()]
+    scope_tops = [Top(scope_directory(d), True) for d in scope or ()]
     scope_canon = canonical_tops(scope_tops)
     tops: List[Top] = list(scope_tops)
     if system:
@@ -148,6 +155,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
         index_path = index.path
         index_stats = index.stats.as_dict()
         deps = index.dependents(target_abs, tops)
+        unreadable = index.unreadable(tops)  # may be programs or plugins of TARGET: the verdict cannot tell
         in_tops = any(under(os.path.realpath(target_abs), t) for t in index.canonical(tops))
         unaffected = index.stats.files - len(deps) - (1 if in_tops else 0)
         for dep in deps:
@@ -191,7 +199,7 @@ def check_replacement(target: str, new: str, *, consumers: Optional[Sequence[str
             or (self_result is not None and self_result.verdict == P.INCOMPATIBLE)):
         verdict = P.INCOMPATIBLE
     discovery = P.Discovery(tuple(sources), index_path, index_stats, tuple(skipped), max(unaffected, 0),
-                            shortcuts)
+                            shortcuts, tuple(unreadable))
     return P.CheckResult(target, new, verdict, diff, tuple(_sorted(results)), self_result, refusals, discovery)
 
 
@@ -598,18 +606,49 @@ def _existing_file(path: str, what: str) -> str:
     return os.path.abspath(path)
 
 
-def _existing_dir(path: str) -> str:
-    if not path or not os.path.isdir(path):
-        raise UsageError(f"--scope {path}: not a directory")
-    return os.path.abspath(path)
+#: The ELF types neither the kernel nor ld.so loads, as ``soswap tree`` names them.
+_UNLOADABLE_TYPES = {C.ET_NONE: "ET_NONE: a file of no type", C.ET_REL: "ET_REL: a relocatable object",
+                     C.ET_CORE: "ET_CORE: a core dump"}
 
 
-def _is_library(path: str, cache: ElfCache) -> bool:
-    """A named consumer is checked as a plugin when it is a shared library (not a program)."""
+def _named_consumer(path: str, cache: ElfCache) -> bool:
+    """Whether the named consumer ``path`` is checked as a plugin (a shared library, not a program). Raises
+    :class:`ElfError` when it is no file execve or dlopen could load: missing, not a regular file, not ELF or
+    malformed, neither a program nor a shared library (ET_REL, ET_CORE), program headers that cannot be read
+    (a wrong e_phentsize, none at all: a 64-bit file whose header says ELFCLASS32)."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise ElfError(path, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ElfError(path, "not a regular file")
     elf: ElfFile = cache.get(os.path.abspath(path), st)
-    return classify(elf) == LIBRARY
+    why = _unloadable_reason(elf)
+    if why is not None:
+        raise ElfError(path, why)
+    return classify(elf, st.st_mode) == LIBRARY
+
+
+def _unloadable_reason(elf: ElfFile) -> Optional[str]:
+    """Why neither execve nor dlopen would load ``elf`` (its ELF type, its program header table), or None."""
+    h = elf.header
+    if h.type not in C.LOADABLE_TYPES:
+        return f"not a program or shared library ({_UNLOADABLE_TYPES.get(h.type, f'e_type {h.type:#x}')})"
+    why = program_header_refusal(h.elf_class, h.phentsize, h.phnum, h.phoff, elf.size)
+    if why is None:
+        return None
+    return f"cannot be loaded: {why}{_other_class_hint(elf)}"
+
+
+def _other_class_hint(elf: ElfFile) -> str:
+    """A note when the header's e_phentsize fits the other ELF class (its EI_CLASS byte is wrong), else ""."""
+    h = elf.header
+    other, offset, size = (64, 54, 56) if h.elf_class == 32 else (32, 42, 32)
+    try:
+        raw = elf.read(offset, 2, "ELF header")
+    except ElfError:
+        return ""
+    if len(raw) == 2 and struct.unpack("<H" if h.little_endian else ">H", raw)[0] == size:
+        return f" (read as ELF{other}, its header fits: its EI_CLASS byte says ELFCLASS{h.elf_class})"
+    return ""
 

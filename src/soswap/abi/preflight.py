@@ -83,6 +83,7 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
         mapped, note = processes_mapping_each([d for _, d in checked])
     shared = SharedChecks()  # every check below loads with the whole transaction in place: loads and failures
     out: List[PreflightProblem] = []
+    said_unreadable = False  # one walk for the whole transaction: what it could not read is said once
     for source, dest in checked:
         others = {d: s for d, s in everything.items() if d != dest}
         try:
@@ -93,16 +94,27 @@ def preflight(pairs: Sequence[Tuple[str, str]], *, cache_dir: Optional[str] = No
             out.append(PreflightProblem(dest, source, "unchecked",
                                         f"{dest}: cannot check {source} as its replacement: {exc}"))
             continue
-        out.extend(problems_of(result))
+        out.extend(problems_of(result, unreadable=not said_unreadable))
+        said_unreadable = said_unreadable or bool(result.discovery.unreadable)
     return out
+
+
+def unreadable_note(unreadable: Sequence[Tuple[str, str]]) -> str:
+    """One line about what the walk could not read (``(path, why)`` each): the first named, the rest counted."""
+    path, why = unreadable[0]
+    more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+    return (f"not checked: {path} ({why}){more} could not be read: any may be a program or plugin that loads "
+            "it (soswap check lists them)")
 
 
 #: The kind of a :class:`PreflightProblem` that is no reason to refuse (see ``kind``).
 REVIEW_NOTE = "review"
 
 
-def problems_of(result: CheckResult) -> List[PreflightProblem]:
-    """The reasons to refuse, from one :class:`CheckResult`, and its review notes (kind :data:`REVIEW_NOTE`)."""
+def problems_of(result: CheckResult, *, unreadable: bool = True) -> List[PreflightProblem]:
+    """The reasons to refuse, from one :class:`CheckResult`, and its review notes (kind :data:`REVIEW_NOTE`).
+    ``unreadable``: include the note about what the walk of the directories could not read (the checks of one
+    transaction share one walk: said once)."""
     target, new = result.target, result.new
     out: List[PreflightProblem] = []
     for ch in result.refusals:
@@ -128,6 +140,9 @@ def problems_of(result: CheckResult) -> List[PreflightProblem]:
         if pid:  # not a refusal (soswap could not tell), but never silent: install prints it as a warning
             why = why if why.startswith("process ") else f"process {pid} maps it and was not checked: {why}"
             out.append(PreflightProblem(target, new, REVIEW_NOTE, f"{target}: {why}", None, pid))
+    if unreadable and result.discovery.unreadable:  # not a refusal either, and never silent
+        note = unreadable_note(result.discovery.unreadable)
+        out.append(PreflightProblem(target, new, REVIEW_NOTE, f"{target}: {note}"))
     s = result.self_check
     if s is not None and s.verdict == INCOMPATIBLE and s.problems:
         first = s.problems[0]

@@ -111,6 +111,19 @@ class Discovery(NamedTuple):
     unaffected: int = 0
     #: Consumers judged compatible from the diff alone, without binding them (``full=False``).
     shortcuts: int = 0
+    #: What the walk of the scanned directories could not read (a directory it cannot list, a file it cannot
+    #: open), with the reason: any of them may be a consumer, and the verdict does not speak for them.
+    unreadable: Tuple[Tuple[str, str], ...] = ()
+
+    @property
+    def unchecked_processes(self) -> Tuple[Tuple[int, str], ...]:
+        """The processes that map TARGET and were not checked (not the notes about the whole process scan)."""
+        return tuple((pid, why) for pid, why in self.skipped_processes if pid)
+
+    @property
+    def partial(self) -> bool:
+        """Something that may be a consumer was not checked: an unreadable file or directory, a process."""
+        return bool(self.unreadable or self.unchecked_processes)
 
 
 class CheckResult(NamedTuple):

@@ -20,6 +20,9 @@ date incrementally; what a warm update costs is one ``lstat`` per indexed direct
   is kept with the ELF files (type ``other``, error ``unreadable: ...``, no tree, not counted) under its key
   and ``lstat``-ed on every update like them, so that ``chmod``, which sets its ctime but not its directory's,
   has it opened again;
+* what an update could not read is listed (:meth:`RdepsIndex.unreadable`: a directory that cannot be listed, a
+  file that cannot be opened or looked up, with the reason): it may hold programs or plugins, and no answer of
+  the index speaks for them. They are the errors the walk meets anyway: nothing is looked at for them alone;
 * a tree is computed again only when its root changed, one of its members changed (members are ``stat``-ed
   wherever they are, so a library replaced by rename is seen), a name it requested appeared or disappeared in
   an indexed directory, in a watched directory or in ld.so.cache, or the loader profile,
@@ -133,6 +136,12 @@ _SOSWAP_HIDDEN = re.compile(r"\..+\.(?:new|bak)-[0-9]{8}-[0-9]{6}-[0-9]{6}\Z", r
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
 #: open() errors that say "not for you" about a file that may well be an ELF file
 _DENIED = frozenset({errno.EACCES, errno.EPERM})
+#: errors that say a path is gone (removed while it was walked): nothing is left unread there
+_GONE = frozenset({errno.ENOENT, errno.ENOTDIR})
+#: what could not be done to an unreadable path (:meth:`RdepsIndex.unreadable`)
+CANNOT_LIST = "cannot list the directory"
+CANNOT_OPEN = "cannot open the file"
+CANNOT_STAT = "cannot look it up"
 
 
 class Dependent(NamedTuple):
@@ -293,6 +302,8 @@ class RdepsIndex:
         self._roots: List[str] = []
         #: the tops of the update in progress
         self._walked_tops: List[Top] = []
+        #: what the last update could not read: {path: why} (:meth:`unreadable`)
+        self._unread: Dict[str, str] = {}
         #: members stat-ed during this update
         self._checked: Set[int] = set()
         #: the stored extras part (decoded on demand) and how many directory rows came from the file
@@ -425,6 +436,7 @@ class RdepsIndex:
         self._query = None
         self._canonical.clear()
         self._checked = set()
+        self._unread = {}
         data = self.data
         tops = canonical_tops(tops)
         now_ns = time.time_ns()
@@ -623,7 +635,8 @@ class RdepsIndex:
         roots: List[str] = []
         try:
             top_dev = os.stat(top.path).st_dev
-        except OSError:
+        except OSError as exc:
+            self._refused(top.path, CANNOT_STAT, exc)
             self._drop_top(top)
             return roots
         dirs = self.data.dirs
@@ -640,7 +653,8 @@ class RdepsIndex:
             d = pop()
             try:
                 st = lstat(d)
-            except OSError:
+            except OSError as exc:
+                self._refused(d, CANNOT_STAT, exc)  # a directory whose parent can be listed, not searched
                 changed = True
                 continue
             if st.st_dev != top_dev or not S_ISDIR(st.st_mode):
@@ -696,8 +710,9 @@ class RdepsIndex:
             p = prefix + name
             try:
                 st = lstat(p)
-            except OSError:
-                gone.append(name)
+            except OSError as exc:
+                self._refused(p, CANNOT_STAT, exc)
+                gone.append(name)  # listed again next time (ctime -1 below)
                 continue
             e = files.get(p)
             if e is not None:
@@ -706,6 +721,8 @@ class RdepsIndex:
                         and k[2] == st.st_size and k[0] == st.st_dev):
                     if not _is_unreadable(e):
                         roots.append(p)
+                    else:
+                        self._unread[p] = _unread_reason(e)
                     continue
             found = self._probe(p, st, now_ns) if stat.S_ISREG(st.st_mode) else False
             if found:
@@ -727,7 +744,6 @@ class RdepsIndex:
                   roots: List[str]) -> Optional[str]:
         """List ``d`` (new, or changed); its subdirectories joined with ``/`` (None: unreadable)."""
         self.stats.dirs_listed += 1
-        self._dirty = True
         dirs = self.data.dirs
         prefix = d + "/" if d != "/" else "/"
         old_names: Set[str] = set()
@@ -740,9 +756,11 @@ class RdepsIndex:
             it = os.scandir(d)
         except OSError as exc:
             raise_if_exhausted(exc, d)  # never taken for an unreadable directory, and kept in the index
+            self._refused(d, CANNOT_LIST, exc)  # not kept: listed (and said) again on every update
             if i is not None:
                 self._forget_dir(d, changed_names)
-            return None
+            return None  # nothing else changed: an unreadable directory alone does not have the index written
+        self._dirty = True
         subdirs: List[str] = []
         elves: List[str] = []
         others: List[str] = []
@@ -764,7 +782,8 @@ class RdepsIndex:
                     if not entry.is_file(follow_symlinks=False):
                         others.append(name)  # symlinks, sockets...: names that matter for resolution only
                         continue
-                except OSError:
+                except OSError as exc:
+                    young = self._refused(prefix + name, CANNOT_STAT, exc) or young  # listed again next time
                     continue
                 if name[0] == "." and _SOSWAP_HIDDEN.match(name):
                     others.append(name)
@@ -777,8 +796,10 @@ class RdepsIndex:
                             elves.append(name)
                             if _is_unreadable(e):
                                 no_roots.add(name)
+                                self._unread[p] = _unread_reason(e)
                             continue
-                    except OSError:
+                    except OSError as exc:
+                        young = self._refused(p, CANNOT_STAT, exc) or young  # listed again next time
                         continue
                 # a new or changed file: the ELF magic first (most files are not ELF files: no stat for them)
                 probed += 1
@@ -791,8 +812,9 @@ class RdepsIndex:
                     if exc.errno in _DENIED:
                         try:
                             self._unreadable(p, entry.stat(follow_symlinks=False), exc.errno, now_ns)
-                        except OSError:
-                            continue  # gone meanwhile: its directory changed
+                        except OSError as stat_exc:  # gone meanwhile (its directory changed), or not searchable
+                            young = self._refused(p, CANNOT_STAT, stat_exc) or young  # listed again next time
+                            continue
                         elves.append(name)
                         no_roots.add(name)
                         continue
@@ -873,8 +895,19 @@ class RdepsIndex:
         changes. ``chmod`` sets the file's ctime but not its directory's (setattr, not a directory entry change):
         a file made readable would otherwise never be looked at again. It has no tree and is no root."""
         self._dirty = True
-        self.data.files[p] = [self._trusted(key_of(st), now_ns), OTHER, None, None, [], "", None,
-                              UNREADABLE + os.strerror(err)]
+        e: List[Any] = [self._trusted(key_of(st), now_ns), OTHER, None, None, [], "", None,
+                        UNREADABLE + os.strerror(err)]
+        self.data.files[p] = e
+        self._unread[p] = _unread_reason(e)
+
+    def _refused(self, p: str, what: str, exc: OSError) -> bool:
+        """Note that ``p`` could not be read (``what`` failed with ``exc``; :meth:`unreadable`). True when it
+        was noted: not when it is gone (removed while the walk ran), which leaves nothing unread."""
+        raise_if_exhausted(exc, p)
+        if exc.errno in _GONE:
+            return False
+        self._unread[p] = f"{what}: {exc.strerror or exc}"
+        return True
 
     def _read(self, p: str, st: os.stat_result, now_ns: int) -> None:
         """Read the ELF file at ``p`` (new or changed) into ``files``; its tree is computed later."""
@@ -1011,6 +1044,16 @@ class RdepsIndex:
             return self._roots
         files = self.data.files
         return [p for p, e in files.items() if any(under(p, t) for t in canon) and not _is_unreadable(e)]
+
+    def unreadable(self, tops: Sequence[Top]) -> List[Tuple[str, str]]:
+        """What the last :meth:`update` (of the same directories) could not read under ``tops``, as ``(path,
+        why)`` by path: directories it could not list or look up, files it could not open. Any of them may be a
+        program or a plugin that loads any library: the index's answers do not speak for them."""
+        canon = self.canonical(tops)
+        found = sorted(self._unread.items())
+        if canon == self._roots_tops:
+            return found
+        return [(p, why) for p, why in found if any(p == t.path or under(p, t) for t in canon)]
 
     def identity(self, path: str) -> Optional[Identity]:
         """(st_dev, st_ino) of a member or root path as the index knows it (None: unknown)."""
@@ -1316,6 +1359,11 @@ def _watched_row(ident: Optional[Tuple[int, int]], names: Optional[FrozenSet[str
 def _is_unreadable(e: List[Any]) -> bool:
     """The file row ``e`` is that of a file that could not be opened (:meth:`RdepsIndex._unreadable`)."""
     return e[F_ERR] is not None and e[F_ERR].startswith(UNREADABLE)
+
+
+def _unread_reason(e: List[Any]) -> str:
+    """Why the file of row ``e`` (:func:`_is_unreadable`) was not read."""
+    return f"{CANNOT_OPEN}: {e[F_ERR][len(UNREADABLE):]}"
 
 
 def _dir_under(d: str, top: Top) -> bool:

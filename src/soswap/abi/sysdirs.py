@@ -8,11 +8,13 @@ directory inside a recursive one is dropped (it is walked already).
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import stat
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from soswap.errors import SoswapError
+from soswap.errors import SoswapError, UsageError, raise_if_exhausted
 from soswap.loader import Profile
 from soswap.tuples import NamedTuple
 
@@ -40,7 +42,7 @@ def canonical_tops(tops: Sequence[Top]) -> List[Top]:
     best: Dict[str, bool] = {}
     for path, recursive in wanted.items():
         real = os.path.realpath(path)
-        if not os.path.isdir(real):
+        if not _directory_or_denied(real):
             continue
         # never walk the whole file system: "/" is read flat
         best[real] = (best.get(real, False) or recursive) and real != "/"
@@ -51,6 +53,32 @@ def canonical_tops(tops: Sequence[Top]) -> List[Top]:
             continue
         out.append(Top(p, best[p]))
     return out
+
+
+def _directory_or_denied(path: str) -> bool:
+    """``path`` is a directory, or may be one this user cannot look up (``EACCES``: a parent it cannot search):
+    kept, so that the walk says it could not read it (:meth:`soswap.abi.rdeps.RdepsIndex.unreadable`) instead
+    of leaving it out unsaid."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError as exc:
+        return exc.errno in (errno.EACCES, errno.EPERM)
+
+
+def scope_directory(path: str) -> str:
+    """The absolute path of a ``--scope`` directory; :class:`UsageError` when it is not one, or cannot be listed
+    (the directory asked for: an error, not a partial answer)."""
+    if not path:
+        raise UsageError("--scope: empty directory name")
+    try:
+        with os.scandir(path):
+            pass
+    except NotADirectoryError:
+        raise UsageError(f"--scope {path}: not a directory") from None
+    except OSError as exc:
+        raise_if_exhausted(exc, path)
+        raise UsageError(f"--scope {path}: {exc.strerror or exc}") from None
+    return os.path.abspath(path)
 
 
 def _same_device(a: str, b: str) -> bool:

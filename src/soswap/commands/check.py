@@ -41,8 +41,13 @@ files the transaction deletes (what an upgraded package no longer ships, the ins
 Programs and plugins are loaded with this command's environment (LD_LIBRARY_PATH, LD_PRELOAD, LD_BIND_NOW).
 ELF-level only: function signatures, struct layouts and vtable slots are not compared (docs/check.md).
 
-Exit status: 0 safe for every consumer checked, 1 NEW breaks at least one (or is refused: SONAME change, not
-loadable here), 2 error."""
+What could not be read under the directories searched (a directory that cannot be listed, a file that cannot be
+opened: another user's 0700 program), and processes that map TARGET but could not be checked, are listed under
+"not checked:" with the reason, and the verdict line says PARTIAL: the verdict does not speak for them.
+
+Exit status: 0 safe for every consumer checked (also when PARTIAL), 1 NEW breaks at least one (or is refused:
+SONAME change, not loadable here), 2 error (NEW or TARGET unreadable or malformed, a named consumer that is not
+a loadable program or shared library, a --scope directory that cannot be listed)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

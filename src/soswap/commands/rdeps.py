@@ -22,7 +22,12 @@ are kept in an index in the cache directory (shared by every soswap command; --c
 an ELF file that did not change (device, inode, size, mtime, ctime) is not read again, a tree none of whose
 members changed is not computed again. A corrupt index is rebuilt.
 
-Exit status: 0 done (whether or not anything loads LIB), 2 error."""
+What could not be read under the directories (a directory that cannot be listed, a file that cannot be
+opened: another user's 0700 program) is listed after the dependents, with the reason, and the first line says
+the answer is partial: any of them may load LIB.
+
+Exit status: 0 done (whether or not anything loads LIB; also when partial), 2 error (LIB unreadable or not
+ELF, a --scope directory that cannot be listed)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from soswap.abi.rdeps import environment_for_index, open_index
-    from soswap.abi.sysdirs import Top, system_tops
+    from soswap.abi.sysdirs import Top, scope_directory, system_tops
     from soswap.elf import ElfCache
     from soswap.loader import Profile
     from soswap.report.abi import rdeps_to_json, rdeps_to_text
@@ -57,21 +62,20 @@ def run(args: argparse.Namespace) -> int:
     cache = ElfCache()
     elf = cache.get(os.path.abspath(lib))
     soname = elf.soname if elf.is_dynamic else None
-    for d in args.scope:
-        if not os.path.isdir(d):
-            raise UsageError(f"--scope {d}: not a directory")
+    scopes = [scope_directory(d) for d in args.scope]
     profile = Profile.detect()
-    tops = [Top(os.path.abspath(d), True) for d in args.scope] or system_tops(profile)
+    tops = [Top(d, True) for d in scopes] or system_tops(profile)
     index = open_index(args.cache_dir, profile, environment_for_index(os.environ), keep=not args.no_index,
                        elf_cache=cache)
     index.update(tops)
     index.save()
     deps = index.dependents(os.path.abspath(lib), tops)
+    unreadable = index.unreadable(tops)
     stats = index.stats.as_dict()
     if args.json:
-        sys.stdout.write(json_text(rdeps_to_json(lib, soname, deps, index.path, stats)))
+        sys.stdout.write(json_text(rdeps_to_json(lib, soname, deps, index.path, stats, unreadable)))
     else:
-        sys.stdout.write("\n".join(rdeps_to_text(lib, soname, deps, index.path, stats)) + "\n")
+        sys.stdout.write("\n".join(rdeps_to_text(lib, soname, deps, index.path, stats, unreadable)) + "\n")
     return EXIT_OK
 
 

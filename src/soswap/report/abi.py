@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
 
 from soswap.abi.changes import KIND_NOTES, SEVERITIES, AbiDiff, Change
-from soswap.abi.problems import CheckResult, ConsumerResult, Problem
+from soswap.abi.problems import CheckResult, ConsumerResult, Discovery, Problem
 from soswap.abi.rdeps import Dependent
 
 #: One line per severity, shown above its changes.
@@ -173,6 +173,7 @@ def check_to_json(result: CheckResult) -> Dict[str, Any]:
         "target": result.target,
         "new": result.new,
         "verdict": result.verdict,
+        "partial": d.partial,
         "summary": summary,
         "refusals": [change_to_json(c) for c in result.refusals],
         "self": consumer_to_json(result.self_check) if result.self_check is not None else None,
@@ -181,11 +182,45 @@ def check_to_json(result: CheckResult) -> Dict[str, Any]:
             "sources": list(d.sources),
             "index": index,
             "skipped": [{"pid": pid or None, "reason": why} for pid, why in d.skipped_processes],
+            "unreadable": unreadable_to_json(d.unreadable),
             "unaffected": d.unaffected,
             "shortcuts": d.shortcuts,
         },
         "changes": [change_to_json(c) for c in result.diff.changes],
     }
+
+
+def unreadable_to_json(unreadable: Sequence[Tuple[str, str]]) -> List[Dict[str, str]]:
+    """``discovery.unreadable`` of ``check --json`` (``unreadable`` of ``rdeps --json``)."""
+    return [{"path": path, "reason": why} for path, why in unreadable]
+
+
+#: At most this many unreadable paths are named in the text reports (the JSON has them all).
+_NAMED_UNREADABLE = 20
+
+
+def unreadable_lines(unreadable: Sequence[Tuple[str, str]], title: str) -> List[str]:
+    """The text section listing what the walk could not read under ``title``, empty when none."""
+    if not unreadable:
+        return []
+    lines = ["", f"{title} ({len(unreadable)}):"]
+    lines.extend(f"  {path}: {why}" for path, why in unreadable[:_NAMED_UNREADABLE])
+    if len(unreadable) > _NAMED_UNREADABLE:
+        lines.append(f"  (and {len(unreadable) - _NAMED_UNREADABLE} more: --json lists them all)")
+    return lines
+
+
+def _unreadable_count(n: int) -> str:
+    return f"{n} unreadable file{'s' if n != 1 else ''} or director{'ies' if n != 1 else 'y'}"
+
+
+def _partial_note(d: Discovery) -> str:
+    """What the verdict line adds when the verdict does not speak for everything (``d.partial``)."""
+    parts = [_unreadable_count(len(d.unreadable))] if d.unreadable else []
+    k = len(d.unchecked_processes)
+    if k:
+        parts.append(f"{k} process{'es' if k != 1 else ''} that map{'s' if k == 1 else ''} TARGET")
+    return f"; PARTIAL: not checked: {' and '.join(parts)} (listed below)" if parts else ""
 
 
 def write_check_json(result: CheckResult, stream: TextIO) -> None:
@@ -225,7 +260,7 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
         head = f"compatible: NEW breaks none of the {checked} consumer{'s' if checked != 1 else ''} checked"
     diff_counts = result.diff.counts()
     lines = [
-        head,
+        head + _partial_note(result.discovery),
         f"  target: {result.target}",
         f"  new:    {result.new}",
         "  changes: " + ", ".join(f"{diff_counts[s]} {s}" for s in SEVERITIES) + " (soswap diff TARGET NEW)",
@@ -279,11 +314,13 @@ def check_to_text(result: CheckResult, verbose: bool = False) -> List[str]:
         lines.append("")
         lines.append(f"{_VERDICT_TITLES['unaffected']} ({len(unaffected)}):")
         lines.extend(_consumer_title(c) for c in unaffected)
-    skipped = [(pid, why) for pid, why in result.discovery.skipped_processes if pid]
+    skipped = result.discovery.unchecked_processes
     if skipped:  # a process that maps TARGET and was not checked: the verdict does not speak for it
         lines.append("")
         lines.append(f"not checked: these processes map TARGET ({len(skipped)}):")
         lines.extend(f"  pid {pid}: {why}" for pid, why in skipped)
+    lines.extend(unreadable_lines(result.discovery.unreadable,
+                                  "not checked: could not be read, may be consumers of TARGET"))
     lines.append("")
     lines.append("consumers from: " + _discovery_text(result))
     if result.verdict == "compatible" and result.diff.breaking:
@@ -306,7 +343,7 @@ def _discovery_text(result: CheckResult) -> str:
         n = by_source.get(key, 0)
         text = f"{names.get(src, src)} ({n})"
         if src == "processes":
-            skipped = [pid for pid, _ in d.skipped_processes if pid]
+            skipped = d.unchecked_processes
             if skipped:
                 text = f"{names[src]} ({n}; {len(skipped)} not checked)"
         parts.append(text)
@@ -329,8 +366,9 @@ def _discovery_text(result: CheckResult) -> str:
 
 
 def rdeps_to_json(library: str, soname: Optional[str], dependents: List[Dependent], index_path: Optional[str],
-                  stats: Dict[str, Any]) -> Dict[str, Any]:
-    """The JSON object of ``soswap rdeps --json`` (docs/json-abi.md)."""
+                  stats: Dict[str, Any], unreadable: Sequence[Tuple[str, str]] = ()) -> Dict[str, Any]:
+    """The JSON object of ``soswap rdeps --json`` (docs/json-abi.md). ``unreadable``: what the walk could not
+    read, as ``(path, why)`` (the answer is then ``partial``)."""
     summary = {"program": 0, "plugin": 0, "library": 0}
     for d in dependents:
         summary[d.role] = summary.get(d.role, 0) + 1
@@ -342,17 +380,21 @@ def rdeps_to_json(library: str, soname: Optional[str], dependents: List[Dependen
         "summary": summary,
         "dependents": [{"path": d.path, "role": d.role, "direct": d.direct, "soname": d.soname,
                         "fatal": d.fatal} for d in dependents],
+        "partial": bool(unreadable),
+        "unreadable": unreadable_to_json(unreadable),
         "index": index,
     }
 
 
 def rdeps_to_text(library: str, soname: Optional[str], dependents: List[Dependent], index_path: Optional[str],
-                  stats: Dict[str, Any]) -> List[str]:
-    doc = rdeps_to_json(library, soname, dependents, index_path, stats)
+                  stats: Dict[str, Any], unreadable: Sequence[Tuple[str, str]] = ()) -> List[str]:
+    """Human report of ``soswap rdeps``: the count, the dependents by role, what could not be read, the index."""
+    doc = rdeps_to_json(library, soname, dependents, index_path, stats, unreadable)
     s = doc["summary"]
     name = f" ({soname})" if soname else ""
+    partial = (f"; PARTIAL: {_unreadable_count(len(unreadable))} (listed below)" if unreadable else "")
     lines = [f"{library}{name}: {len(dependents)} dependents ({s['program']} programs, {s['plugin']} plugins, "
-             f"{s['library']} libraries)"]
+             f"{s['library']} libraries){partial}"]
     titles = {"program": "programs", "plugin": "plugins (shared libraries no indexed file loads: dlopen'ed)",
               "library": "libraries (loaded by other indexed files)"}
     for role in ("program", "plugin", "library"):
@@ -366,6 +408,7 @@ def rdeps_to_text(library: str, soname: Optional[str], dependents: List[Dependen
             if d.fatal:
                 flags.append(f"does not start: {d.fatal}")
             lines.append(f"  {d.path}  ({'; '.join(flags)})")
+    lines.extend(unreadable_lines(unreadable, "not read: these may load LIB"))
     lines.append("")
     where = index_path or "in memory"
     lines.append(f"index: {where} ({stats.get('files')} ELF files, {stats.get('reread')} re-read, "
