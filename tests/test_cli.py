@@ -214,7 +214,9 @@ def test_install_refuses_a_source_longer_than_its_size(tmp_path) -> None:  # typ
     """/proc/cpuinfo says 0 bytes: copying its size would install an empty file. Refused, nothing created."""
     dest = tmp_path / "cpuinfo"
     r = soswap("install", "--no-check", "--no-report", "/proc/cpuinfo", str(dest))
-    assert r.returncode == 2 and "holds more than the 0 bytes" in r.stderr and not dest.exists(), r.stderr
+    assert r.returncode == 2 and not dest.exists(), r.stderr
+    assert r.stderr == ("soswap: error: /proc/cpuinfo: a proc pseudo-file, whose size (0 bytes) says nothing of its "
+                        "content; copy it to a regular file first; nothing was replaced\n")
     assert not list(tmp_path.iterdir())  # no temporary file left either
 
 
@@ -289,3 +291,17 @@ def test_nagios_interrupted_while_loading_is_unknown_and_a_late_interrupt_keeps_
                                                                                                r.stdout)
         # one report (its long text lists the stale processes this machine happens to have, if any)
         assert "Traceback" not in r.stderr and r.stdout.startswith("STALE ") and "\nSTALE " not in r.stdout
+
+
+@pytest.mark.parametrize("content", [b"", b"\x7fELF\x02\x01\x01" + bytes(200), b"model: x\nsome text\n"])
+def test_tree_refuses_a_cpuinfo_that_says_nothing_of_a_cpu(tmp_path: Path, content: bytes) -> None:
+    """An empty file, an ELF file or other text given as --cpuinfo described a CPU without any feature: the tree
+    then predicted "CPU ISA level is lower than required" for libc. A usage error now, status 2."""
+    junk = tmp_path / "cpuinfo"
+    junk.write_bytes(content)
+    r = soswap("tree", "--no-cache", "--cpuinfo", str(junk), "/bin/true")
+    assert r.returncode == 2 and r.stdout == "", r
+    assert r.stderr == f"soswap: error: --cpuinfo {junk}: neither a /proc/cpuinfo nor what LD_SHOW_AUXV=1 prints\n"
+    good = tmp_path / "good"
+    good.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # another machine's text is still taken
+    assert soswap("tree", "--no-cache", "--cpuinfo", str(good), "/bin/true").returncode in (0, 1)

@@ -127,6 +127,48 @@ def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) 
     script): a Ctrl-C after the command ended is only remembered (:data:`_INTERRUPTED`), not raised in the
     destructors that run as the command's objects go."""
     _standard_streams()
+    stdout = sys.stdout
+    sys.stdout = _NamedStream(stdout, _STDOUT)  # type: ignore[assignment]
+    try:
+        return _main(argv, finish_quietly)
+    finally:
+        if sys.stdout.__class__ is _NamedStream:
+            sys.stdout = stdout
+
+
+_STDOUT = "standard output"
+
+
+class _NamedStream:
+    """A standard stream whose write errors name it: an OSError of ``write`` or ``flush`` names no file, and
+    "No space left on device" alone does not say that it was standard output (``>/dev/full``)."""
+
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self._stream = stream
+        self._name = name
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise self._named(exc) from None
+
+    def _named(self, exc: OSError) -> OSError:
+        if exc.filename is None:
+            exc.filename = self._name
+        return exc
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def _main(argv: Optional[Sequence[str]], finish_quietly: bool) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     command = _selected_command(args_list)
     if command is None and not {"-h", "--help"} & set(args_list):
@@ -155,11 +197,12 @@ def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) 
             return _hook_usage_error(hook_event, said.getvalue(), EXIT_ERROR if enforcing else 0)
         sys.stderr.write(said.getvalue())
         raise
-    except OSError as err:  # --help, --version: standard output failed (a full device, a reader gone)
+    except OSError as err:  # --help, --version, a usage error: a standard stream failed (a full device, ...)
         if not isinstance(err, BrokenPipeError):
             _error_line(_describe_oserror(err))
-        _silence_stdout()
-        return EXIT_ERROR
+        if err.filename == _STDOUT:
+            _silence_stdout()
+        return _nagios_unknown(_describe_oserror(err)) if nagios else EXIT_ERROR
     if nagios:  # a monitoring check killed at its timeout still says UNKNOWN
         from soswap.commands.install import terminate_as_interrupt
 
@@ -181,8 +224,11 @@ def main(argv: Optional[Sequence[str]] = None, *, finish_quietly: bool = False) 
         _silence_stdout()
         return EXIT_ERROR
     except OSError as exc:
-        _error_line(_describe_oserror(exc))
-        return _nagios_unknown(_describe_oserror(exc)) if nagios else EXIT_ERROR
+        text = _describe_oserror(exc)
+        _error_line(text)
+        if exc.filename == _STDOUT:
+            _silence_stdout()
+        return _nagios_unknown(text) if nagios else EXIT_ERROR
     except MemoryError:
         _error_line("out of memory")
         return _nagios_unknown("out of memory") if nagios else EXIT_ERROR

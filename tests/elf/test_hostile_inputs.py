@@ -20,10 +20,11 @@ from support.build import executable, requires_cc, shared_lib
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def _soswap(*args: str, env: Dict[str, str] = {}, stdout: object = subprocess.PIPE) -> subprocess.CompletedProcess:  # noqa: B006
+def _soswap(*args: str, env: Dict[str, str] = {}, stdout: object = subprocess.PIPE,  # noqa: B006
+            stderr: object = subprocess.PIPE) -> subprocess.CompletedProcess:
     e = dict(os.environ, PYTHONPATH=SRC, **env)
     return subprocess.run([sys.executable, "-m", "soswap", *args], env=e, stdout=stdout,  # type: ignore[call-overload]
-                          stderr=subprocess.PIPE, text=True, timeout=120)
+                          stderr=stderr, text=True, timeout=120)
 
 
 def _layout(data: bytes) -> Tuple[List[tuple], Dict[int, int]]:
@@ -151,12 +152,23 @@ def test_file_names_an_ascii_output_cannot_encode(tmp_path: Path) -> None:
             assert r.returncode == 2 and "internal error" not in r.stderr and r.stderr.count("soswap: error:") == 1
 
 
-def test_help_and_version_into_a_full_device() -> None:
-    """--help and --version written to /dev/full: the output was lost and the status 0."""
-    for args in (["--help"], ["--version"], ["elf", "--help"]):
+def test_help_version_and_reports_into_a_full_device() -> None:
+    """--help and --version written to /dev/full: the output was lost and the status 0. A report (small, or
+    larger than the stream's buffer) said only "No space left on device", not of what."""
+    for args in (["--help"], ["--version"], ["elf", "--help"], ["elf", "/bin/true"], ["elf", "-s", sys.executable],
+                 ["tree", "--no-cache", "/bin/true"]):
         with open("/dev/full", "w") as full:
             r = _soswap(*args, stdout=full)
-        assert r.returncode == 2 and r.stderr.strip() == "soswap: error: No space left on device", (args, r.stderr)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stderr == "soswap: error: standard output: No space left on device\n", (args, r.stderr)
+
+
+def test_stale_nagios_is_unknown_when_its_usage_error_cannot_be_written() -> None:
+    """``stale --nagios`` never exits 2 (a monitoring plugin's UNKNOWN is 3), not even when argparse's usage
+    message cannot be written (standard error full)."""
+    with open("/dev/full", "w") as full:
+        r = _soswap("stale", "--nagios", "--pid", "abc", stderr=full)
+    assert r.returncode == 3 and r.stdout.startswith("STALE UNKNOWN"), r
 
 
 @requires_cc

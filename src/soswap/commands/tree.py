@@ -182,12 +182,16 @@ def _cpuinfo(path: Optional[str]) -> Optional[str]:
     """The text of ``--cpuinfo FILE`` (None: not given)."""
     if path is None:
         return None
+    from soswap.loader.cpu import is_cpu_text
     from soswap.textfile import read_regular
 
     try:
-        return read_regular(path, 1 << 20).decode("utf-8", "replace")
+        text = read_regular(path, 1 << 20).decode("utf-8", "replace")
     except OSError as exc:
         raise UsageError(f"--cpuinfo {path}: {exc.strerror or exc}") from None
+    if not is_cpu_text(text):
+        raise UsageError(f"--cpuinfo {path}: neither a /proc/cpuinfo nor what LD_SHOW_AUXV=1 prints")
+    return text
 
 
 def _run_ldd(loader, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]

@@ -32,6 +32,15 @@ def is_auxv_dump(text: str) -> bool:
     return _AUXV_LINE.search(text) is not None
 
 
+#: A line every architecture's /proc/cpuinfo has at least one of (s390x: ``processor 0: version = ...``).
+_CPUINFO_LINE = re.compile(r"^(?:processor|vendor_id|flags|Features|features|cpu)[ \t]*(?:\d+[ \t]*)?:", re.M)
+
+
+def is_cpu_text(text: str) -> bool:
+    """The text is a /proc/cpuinfo or what ``LD_SHOW_AUXV=1`` prints (anything else says nothing of a CPU)."""
+    return _CPUINFO_LINE.search(text) is not None or is_auxv_dump(text)
+
+
 class CpuInfo(NamedTuple):
     """The facts about the CPU that the loader uses."""
 

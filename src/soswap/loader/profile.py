@@ -201,6 +201,8 @@ class Profile(NamedTuple):
         if abi not in ABIS:
             raise UsageError(f"unknown loader ABI {abi!r} (known: {', '.join(sorted(ABIS))})")
         a = ABIS[abi]
+        if cpuinfo is not None and not cpumod.is_cpu_text(cpuinfo):
+            raise UsageError("the CPU text is neither a /proc/cpuinfo nor what LD_SHOW_AUXV=1 prints")
         if cpuinfo is not None and _CPU_FAMILY.get(a.name) == "x86" and cpumod.is_auxv_dump(cpuinfo):
             # init_cpu_features asks the CPU itself (cpuid): AT_HWCAP says next to nothing on x86
             raise UsageError("an LD_SHOW_AUXV dump does not say which features an x86 CPU has: give its "
