@@ -193,3 +193,28 @@ def test_thousands_of_missing_search_directories(tmp_path: Path) -> None:
     assert "libn299.so => not found" in mine.stdout
     r = _soswap("tree", "--no-cache", str(prog), env=env)
     assert "libn299.so: cannot open shared object file: No such file or directory" in r.stdout
+
+
+@requires_cc
+def test_control_characters_from_a_file_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A SONAME (and so the program's DT_NEEDED) holding an escape sequence and a newline: ``elf``, ``tree`` and
+    ``diff`` wrote it raw, so inspecting a hostile file could drive the terminal. They show it escaped; ``tree
+    --ldd`` still prints what ldd prints (ldd writes it raw)."""
+    hostile = "lib\x1b[31mRED\nx.so"
+    lib = shared_lib(tmp_path / "libesc.so", "int f(void) { return 0; }\n", soname=hostile)
+    prog = executable(tmp_path / "prog", "int f(void);\nint main(void) { return f(); }\n", libs=[str(lib)])
+    shown = "lib\\x1b[31mRED\\nx.so"
+    for args in (["elf", str(lib)], ["tree", "--no-cache", str(prog)], ["diff", str(lib), str(lib)]):
+        r = _soswap(*args)
+        assert r.returncode in (0, 1) and "\x1b" not in r.stdout, (args, r)
+        if args[0] != "diff":
+            assert shown in r.stdout, (args, r.stdout)
+    r = _soswap("tree", "--no-cache", "--ldd", str(prog))
+    assert f"\t{hostile} => not found" in r.stdout
+
+
+def test_an_error_writing_a_file_names_it_not_its_temporary_file(tmp_path: Path) -> None:
+    """``stale --prometheus DIR/x.prom`` with DIR missing named soswap's temporary file (``DIR/.x.prom.PID.tmp``)."""
+    target = tmp_path / "nodir" / "x.prom"
+    r = _soswap("stale", "--prometheus", str(target), "--pid", str(os.getpid()))
+    assert r.returncode == 2 and r.stderr == f"soswap: error: {target}: No such file or directory\n", r

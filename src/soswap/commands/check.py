@@ -163,5 +163,7 @@ def _check_debs(args: argparse.Namespace, explicit: bool) -> int:
                          f"{result.packages} package{'s' if result.packages != 1 else ''} would replace{left}: "
                          "nothing breaks\n")
     else:
-        sys.stdout.write("".join(f"{p.message}\n" for p in result.problems))
+        from soswap.report.output import one_line
+
+        sys.stdout.write("".join(f"{one_line(p.message)}\n" for p in result.problems))
     return EXIT_FOUND if result.problems else EXIT_OK

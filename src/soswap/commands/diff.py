@@ -37,10 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from soswap.abi import diff_files
     from soswap.report.abi import diff_to_text, write_diff_json
+    from soswap.report.output import one_line
 
     diff = diff_files(args.old, args.new)
     if args.json:
         write_diff_json(diff, sys.stdout)
     else:
-        sys.stdout.write("\n".join(diff_to_text(diff, summary_only=args.summary)) + "\n")
+        sys.stdout.write("\n".join(map(one_line, diff_to_text(diff, summary_only=args.summary))) + "\n")
     return EXIT_FOUND if diff.breaking else EXIT_OK

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from soswap.errors import EXIT_ERROR, EXIT_OK, ElfError
-from soswap.report.output import error_line
+from soswap.report.output import error_line, one_line
 
 NAME = "elf"
 HELP = "show the dynamic section, versions and symbols of ELF files"
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.json:
                     objects.append(elf_to_json(elf, args.symbols))
                 else:
-                    text = "\n".join(elf_to_text(elf, args.symbols))
+                    text = "\n".join(map(one_line, elf_to_text(elf, args.symbols)))
                     sys.stdout.write(text + "\n")
         except ElfError as exc:
             sys.stdout.flush()

@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from soswap.elf import ElfCache
     from soswap.loader import Profile
     from soswap.report.abi import rdeps_to_json, rdeps_to_text
+    from soswap.report.output import one_line
 
     lib = args.library
     if lib is None:
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json_text(rdeps_to_json(lib, soname, deps, index.path, stats, unreadable)))
     else:
-        sys.stdout.write("\n".join(rdeps_to_text(lib, soname, deps, index.path, stats, unreadable)) + "\n")
+        lines = rdeps_to_text(lib, soname, deps, index.path, stats, unreadable)
+        sys.stdout.write("\n".join(map(one_line, lines)) + "\n")
     return EXIT_OK
 
 

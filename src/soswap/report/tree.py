@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from soswap.elf import constants as C
 from soswap.loader import model as M
 from soswap.loader.model import BindResult, Failure, LoadedObject, LoadResult
+from soswap.report.output import one_line
 
 #: What an ELF file execve does not run is (the tree's first line).
 _TYPE_WORDS = {C.ET_NONE: "file of no type (ET_NONE)", C.ET_REL: "relocatable object (ET_REL)",
@@ -198,7 +199,9 @@ def render_text(res: LoadResult, bound: Optional[BindResult], *, show_all: bool 
     fatal = bound.fatal if bound is not None else res.fatal
     if fatal is not None:
         lines.append(f"verdict: the program cannot start (exit status {fatal.exit_status})")
-    return "\n".join(lines) + "\n"
+    # names and messages come from the files: a control character in one (an escape sequence in a DT_NEEDED)
+    # is shown escaped, never sent to the terminal
+    return "\n".join(map(one_line, lines)) + "\n"
 
 
 # -- JSON --------------------------------------------------------------------------------------------------
