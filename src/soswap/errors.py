@@ -27,8 +27,12 @@ class SoswapError(Exception):
 
 def error_line(message: str) -> str:
     """``soswap: error: MESSAGE`` on one line (a newline in a file name, or a message of several lines, is
-    joined with spaces), with its newline."""
-    return f"soswap: error: {' '.join(message.splitlines())}\n"
+    joined with spaces; another control character, an escape sequence in a name taken from a file, is shown as
+    ``\\xNN``), with its newline."""
+    text = " ".join(message.splitlines())
+    if not text.isprintable():
+        text = "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch for ch in text)
+    return f"soswap: error: {text}\n"
 
 
 class ResourceError(SoswapError):

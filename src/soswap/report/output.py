@@ -60,7 +60,7 @@ def one_line(text: str) -> str:
     out = []
     for ch in text:
         code = ord(ch)
-        if code < 0x20 or code == 0x7F:
+        if code < 0x20 or 0x7F <= code < 0xA0:  # C0 and C1 controls (U+009B is a CSI to some terminals)
             out.append({"\n": "\\n", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
         else:
             out.append(ch)
