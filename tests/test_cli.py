@@ -305,3 +305,12 @@ def test_tree_refuses_a_cpuinfo_that_says_nothing_of_a_cpu(tmp_path: Path, conte
     good = tmp_path / "good"
     good.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # another machine's text is still taken
     assert soswap("tree", "--no-cache", "--cpuinfo", str(good), "/bin/true").returncode in (0, 1)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_stale_and_check_refuse_a_bad_pid_alike(value: str) -> None:
+    """``stale --pid 0`` said "no process with PID 0" and ``--pid abc`` argparse's "invalid int value"; ``check``
+    said "not a process ID": one usage error for both now."""
+    for command in ("stale", "check"):
+        r = soswap(command, f"--pid={value}")
+        assert r.returncode == 2 and f"argument --pid: not a process ID: {value!r}" in r.stderr, (command, r)

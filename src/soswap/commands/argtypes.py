@@ -39,3 +39,14 @@ def positive_jobs(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"not a number of worker processes: {text!r} (1 or more)")
     return value
+
+
+def process_id(text: str) -> int:
+    """A process ID: a decimal number above 0 (``--pid``)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
+    return value

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence
 
-from soswap.commands.argtypes import directory_name, positive_jobs
+from soswap.commands.argtypes import directory_name, positive_jobs, process_id
 from soswap.errors import EXIT_FOUND, EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -84,13 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _pid(text: str) -> int:
     try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a process ID: {text!r} (--pid takes every argument after it; "
-                                         "put -- before NEW TARGET)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
-    return value
+        return process_id(text)
+    except argparse.ArgumentTypeError as exc:
+        if text.lstrip("-").isdigit():
+            raise
+        raise argparse.ArgumentTypeError(f"{exc} (--pid takes every argument after it; put -- before NEW "
+                                         "TARGET)") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ import os
 import sys
 from typing import List
 
+from soswap.commands.argtypes import process_id
+
 NAME = "stale"
 HELP = "list processes running old, deleted, modified or truncated code (and a pending kernel)"
 DESCRIPTION = """\
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fmt.add_argument("--nagios", action="store_true", help="Nagios/Icinga plugin output and exit status")
     parser.add_argument("--prometheus", metavar="FILE",
                         help="also write a node_exporter textfile-collector file, atomically")
-    parser.add_argument("--pid", type=int, nargs="+", metavar="PID", help="check only these processes")
+    parser.add_argument("--pid", type=process_id, nargs="+", metavar="PID", help="check only these processes")
     parser.add_argument("--path", nargs="+", metavar="PREFIX", help="report only files under these prefixes")
     parser.add_argument("--data", action="store_true",
                         help="also report non-executable mappings (locale-archive, caches, databases)")
