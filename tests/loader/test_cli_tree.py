@@ -445,6 +445,9 @@ def test_replace_option(tmp_path: Path) -> None:
     assert r.returncode == 1 and "undefined symbol: b" in r.stdout and "what-if" in r.stdout
     r = soswap("--replace", "nonsense", str(ok))
     assert r.returncode == 2 and r.stderr.startswith("soswap: error: --replace")
+    target = tmp_path / "d" / "libb.so"
+    r = soswap("--replace", f"{target}={new}", "--replace", f"{target}={ok}", str(ok))  # the last one won
+    assert r.returncode == 2 and r.stderr == f"soswap: error: --replace {target}: given twice, with {new} and {ok}\n"
 
 
 @requires_root

@@ -80,7 +80,8 @@ def test_manifest_errors(tmp_path):
     m = tmp_path / "m"
     for text, message in [("", "lists no files"), ("a\n", "expected"), ("a b mode=\n", "bad option"),
                           ("a b colour=red\n", "unknown option"), ("'a b\n", "No closing quotation"),
-                          ("a b mode=99\n", "invalid mode")]:
+                          ("a b mode=99\n", "invalid mode"),
+                          ("a b mode=u+s,g=u mode=0755\n", r"m:1: mode= given twice")]:
         m.write_text(text)
         with pytest.raises(UsageError, match=message):
             read_manifest(str(m))

@@ -130,6 +130,8 @@ def _substitutions(items: List[str]) -> Optional[Dict[str, str]]:
             raise UsageError(f"--replace {item!r}: expected PATH=FILE")
         if not os.path.isfile(file):
             raise UsageError(f"--replace {item!r}: {file} is not a file")
+        if out.get(path, file) != file:
+            raise UsageError(f"--replace {path}: given twice, with {out[path]} and {file}")
         out[path] = file
     return out
 

@@ -118,10 +118,14 @@ def read_manifest(path: str) -> List[Request]:
         if words[1].endswith("/"):
             dest = os.path.join(dest, os.path.basename(src))
         mode = uid = gid = None
+        given = set()
         for opt in words[2:]:
             key, sep, value = opt.partition("=")
             if not sep or not value:
                 raise UsageError(f"{path}:{lineno}: bad option {opt!r} (mode=, owner=, group=)")
+            if key in given:  # which one was meant is not for soswap to guess
+                raise UsageError(f"{path}:{lineno}: {key}= given twice")
+            given.add(key)
             try:
                 if key == "mode":
                     mode = parse_mode(value)
