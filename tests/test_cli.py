@@ -314,3 +314,12 @@ def test_stale_and_check_refuse_a_bad_pid_alike(value: str) -> None:
     for command in ("stale", "check"):
         r = soswap(command, f"--pid={value}")
         assert r.returncode == 2 and f"argument --pid: not a process ID: {value!r}" in r.stderr, (command, r)
+
+
+def test_history_count_and_elf_empty_name_are_said_like_the_other_commands(tmp_path: Path) -> None:
+    """``history -n -1`` was a ``soswap: error:`` line where other bad option values are argparse's usage error;
+    ``elf ""`` said ": No such file or directory" where tree says "empty file name"."""
+    r = soswap("history", "-n", "-1", "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 2 and "argument -n/--last: not a count: '-1' (0 or more)" in r.stderr, r
+    r = soswap("elf", "", "/bin/true")
+    assert r.returncode == 2 and r.stderr == "soswap: error: empty file name\n" and "ELF64" in r.stdout, r

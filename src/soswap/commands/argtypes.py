@@ -50,3 +50,14 @@ def process_id(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
     return value
+
+
+def count(text: str) -> int:
+    """A count: a decimal number, 0 or more (``history -n``)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (0 or more)")
+    return value

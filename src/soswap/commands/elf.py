@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     objects = []
     for path in args.files:
+        if not path:  # as tree and users say it (open("") is ENOENT, ": No such file or directory")
+            sys.stdout.flush()
+            sys.stderr.write(error_line("empty file name"))
+            status = EXIT_ERROR
+            continue
         try:
             with ElfFile.open(path) as elf:
                 if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from soswap.commands.argtypes import count
 from soswap.commands.install import add_state_arguments
 from soswap.errors import EXIT_OK
 
@@ -18,14 +19,13 @@ Exit status: 0, or 2 when the state directory is unreadable."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", "--last", type=int, metavar="N", help="only the N most recent transactions")
+    parser.add_argument("-n", "--last", type=count, metavar="N", help="only the N most recent transactions")
     parser.add_argument("-v", "--verbose", action="store_true", help="list every file of every transaction")
     parser.add_argument("--json", action="store_true", help="machine-readable output (docs/json-install.md)")
     add_state_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from soswap.errors import UsageError
     from soswap.replace import StateDir, history
     from soswap.report.install import emit, history_to_json, history_to_text
     from soswap.report.output import print_json
@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     state = StateDir(args.state_dir)
     entries = history(state)
     if args.last is not None:
-        if args.last < 0:
-            raise UsageError("-n/--last must be 0 or more")
         entries = entries[len(entries) - args.last:] if args.last else []
     if args.json:
         print_json(history_to_json(entries, state.path))
