@@ -259,6 +259,30 @@ def test_ldd_r_with_a_missing_versioned_library(tmp_path: Path) -> None:
     assert f"undefined symbol: foo\t({late})" in out.stdout or "version VER_1" in out.stdout
 
 
+def test_ldd_d_with_an_object_whose_versions_all_come_from_missing_objects(tmp_path: Path) -> None:
+    """Trace mode: libx.so defines no version and needs versions only from a library not found, so it gets no
+    l_versyms either (l_nversions 0): check_match takes it as unversioned, and libr.so's data reference to s@V,
+    whose version names libx.so, aborts on glibc < 2.41's assertion (ldd -d: data relocations only, so libx.so's
+    own PLT reference through its missing version is never bound). soswap said ldd prints nothing more."""
+    stub, d = tmp_path / "stub", tmp_path / "d"
+    missing = shared_lib(stub / "libmissing.so", "int m(void) { return 1; }\n", soname="libmissing.so",
+                         version_script="M1 { global: m; local: *; };", flags=["-nostdlib"])
+    shared_lib(d / "libx.so", "extern int m(void);\nint s(void) { return m(); }\n", soname="libx.so",
+               flags=["-nostdlib"], libs=[str(missing)])
+    versioned = shared_lib(stub / "libx.so", "int s(void) { return 2; }\n", soname="libx.so",
+                           version_script="V { global: s; local: *; };", flags=["-nostdlib"])
+    libr = shared_lib(d / "libr.so", "extern int s(void);\nint (*ps)(void) = s;\nint r(void) { return s(); }\n",
+                      soname="libr.so", flags=["-nostdlib"], libs=[str(versioned)])
+    prog = executable(tmp_path / "prog", "int r(void);\nint main(void) { return r(); }\n",
+                      libs=["-Wl,--no-as-needed", "-Wl,--allow-shlib-undefined", str(libr), str(d / "libx.so")],
+                      flags=rpath_flags(str(d)))
+    shutil.rmtree(stub)
+    out = assert_ldd_parity(prog, flag="-d")
+    if make_loader().profile.glibc_version < (2, 41):
+        assert "check_match: Assertion" in out.stdout + out.stderr, out
+    assert_ldd_parity(prog, flag="-r")  # libx.so's own reference through its missing version kills ld.so first
+
+
 def test_a_version_need_naming_a_file_nothing_loads_aborts_ld_so(tmp_path: Path) -> None:
     """The program's DT_NEEDED "libv.so" is turned into "bv.so" (the tail of the same string) while its version
     needs still name libv.so, as a hand-edited or ``patchelf --remove-needed`` file can be: find_needed finds
