@@ -238,6 +238,46 @@ def test_a_consumer_the_transaction_deletes_is_not_checked(tmp_path: Path) -> No
     assert dropped.problems == [] and dropped.leaving == {str(prog), str(inst / "libq.so.1.0")}
 
 
+@requires_cc
+def test_check_deb_says_its_review_notes(tmp_path: Path) -> None:
+    """A process that maps the library and cannot be checked (its program deleted) is a review note: no reason
+    to stop apt, but ``check --deb`` dropped it, and so every note (what the scan could not read, too). Now in
+    ``notes``, printed as ``note:`` lines."""
+    import signal
+    import sys
+    import time
+
+    inst = tmp_path / "inst"
+    shared_lib(inst / "libq.so.1.0", CONSUMED, soname="libq.so.1")
+    (inst / "libq.so.1").symlink_to("libq.so.1.0")
+    prog = executable(tmp_path / "prog", "#include <unistd.h>\nint foo(void);\n"
+                      "int main(void) { pause(); return foo(); }\n",
+                      libs=[str(inst / "libq.so.1"), f"-Wl,-rpath,{inst}"])
+    v2 = shared_lib(tmp_path / "v2" / "libq.so.1.1", CONSUMED, soname="libq.so.1")
+    deb = _deb(tmp_path / "libq.deb", [("." + str(inst / "libq.so.1.1"), "file", v2.read_bytes()),
+                                       ("." + str(inst / "libq.so.1"), "symlink", "libq.so.1.1")], package="libq")
+    proc = subprocess.Popen([str(prog)])
+    try:
+        maps = Path(f"/proc/{proc.pid}/maps")
+        for _ in range(500):  # until the loader has mapped the library
+            if "libq.so.1.0" in maps.read_text():
+                break
+            time.sleep(0.01)
+        prog.unlink()
+        result = check_debs([str(deb)], admindir=str(_admin(tmp_path / "a", {})), scope=[str(inst)],
+                            processes=True, cache_dir=str(tmp_path / "cache"), diverted={})
+        assert result.problems == []
+        assert [n.pid for n in result.notes] == [proc.pid] and result.notes[0].kind == "review", result.notes
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+        # the default discovery, where the processes are (it builds the system's rdeps index: some seconds)
+        r = subprocess.run([sys.executable, "-m", "soswap", "check", "--deb", str(deb), "--cache-dir",
+                            str(tmp_path / "cache")], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and f"note: {inst}" in r.stdout and f"process {proc.pid}" in r.stdout, r
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def test_check_deb_remove_names_installed_packages(tmp_path: Path) -> None:
     """``soswap check --deb ... --remove PACKAGE``: the package's ELF files are left out (listed in --json);
     a package that is not installed, or --remove without --deb, is a usage error."""

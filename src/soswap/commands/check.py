@@ -154,15 +154,18 @@ def _check_debs(args: argparse.Namespace, explicit: bool) -> int:
 
         print_json({"schema": "soswap.check-debs/1", "packages": list(args.deb), "checked": result.checked,
                     "leaving": sorted(result.leaving), "compatible": not result.problems,
-                    "problems": [p.to_json() for p in result.problems]})
-    elif not result.problems:
+                    "problems": [p.to_json() for p in result.problems],
+                    "notes": [p.to_json() for p in result.notes]})
+        return EXIT_FOUND if result.problems else EXIT_OK
+    from soswap.report.output import one_line
+
+    if not result.problems:
         gone = len(result.leaving)
         left = f" (not the {gone} ELF file{'s' if gone != 1 else ''} the transaction deletes)" if gone else ""
         sys.stdout.write(f"checked {result.checked} installed ELF file{'s' if result.checked != 1 else ''} that "
                          f"{result.packages} package{'s' if result.packages != 1 else ''} would replace{left}: "
                          "nothing breaks\n")
     else:
-        from soswap.report.output import one_line
-
         sys.stdout.write("".join(f"{one_line(p.message)}\n" for p in result.problems))
+    sys.stdout.write("".join(f"note: {one_line(p.message)}\n" for p in result.notes))
     return EXIT_FOUND if result.problems else EXIT_OK

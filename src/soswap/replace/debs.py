@@ -431,6 +431,9 @@ class DebCheck(NamedTuple):
     problems: list
     #: the installed ELF files the transaction deletes (not checked as consumers), canonical paths
     leaving: FrozenSet[str] = frozenset()
+    #: the review notes (kind ``review``: what could not be checked, compatible consumers to review), no reason
+    #: to stop apt but never silent
+    notes: tuple = ()
 
 
 def check_debs(debs: Sequence[str], diverted: Optional[Dict[str, Tuple[str, str]]] = None,
@@ -449,14 +452,14 @@ def check_debs(debs: Sequence[str], diverted: Optional[Dict[str, Tuple[str, str]
         problems = preflight(plan.pairs + plan.new_files, leaving=plan.leaving,
                              **discovery)  # type: ignore[arg-type]
     out = []
+    notes = []
     for p in problems:
-        if p.kind == REVIEW_NOTE:  # no reason to stop apt (soswap check names them)
-            continue
         text = p.message
         for copy, label in plan.labels.items():
             text = text.replace(copy, label)
         new = plan.labels.get(p.new, p.new)
         if p.kind == "consumer":  # "NEW breaks ..." -> "libfoo1_2.0_amd64.deb:/usr/lib/... breaks ..."
             text = text.replace("NEW ", f"{new} ", 1)
-        out.append(p._replace(new=new, message=text))
-    return DebCheck(len(plan.pairs), len(debs), out, plan.leaving)
+        # a review note is no reason to stop apt: said, not counted as a problem
+        (notes if p.kind == REVIEW_NOTE else out).append(p._replace(new=new, message=text))
+    return DebCheck(len(plan.pairs), len(debs), out, plan.leaving, tuple(notes))
