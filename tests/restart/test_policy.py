@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -14,6 +15,7 @@ from soswap.proc.cgroup import classify
 from soswap.proc.model import StaleFile, StaleProcess, StaleReport
 from soswap.proc.procfs import read_stat
 from soswap.restart import Policy, execute, systemd_running
+from soswap.restart.policy import own_units
 from soswap.restart.systemctl import refuse_manual_stop
 
 FILE = StaleFile("/usr/lib/libssl.so.3", "deleted", "library", "", 1, 2)
@@ -179,3 +181,56 @@ def test_a_systemctl_that_cannot_run_is_a_failure_and_a_warning_with_status_0_is
                         "Job for a.service failed because the control process exited with error code.\n"
                         "See \"systemctl status a.service\" and \"journalctl -xeu a.service\" for details.")
     assert "\n" not in two_lines.describe(False) and two_lines.describe(False).endswith("for details.)")
+
+
+def test_the_units_soswap_runs_in_are_never_restarted() -> None:
+    """An apt hook run by a configuration agent's service (puppet, a CI runner) was planned to ``try-restart``
+    that service when it ran stale code: systemd would have killed soswap and apt in the middle of their
+    work."""
+    plan = Policy(own=frozenset({"agent.service"})).plan(report(
+        proc(10, "/system.slice/agent.service"), proc(11, "/system.slice/nginx.service")))
+    assert plan.restart == ("nginx.service",)
+    assert {s.name: s.reason for s in plan.skipped} == {
+        "agent.service": "soswap runs in it: restart it once soswap and what started it have ended"}
+
+
+def _systemd_hierarchy() -> Optional[Path]:
+    """Where this system keeps the cgroups /proc/PID/cgroup names for systemd (v1 name=systemd, else v2)."""
+    with open("/proc/self/cgroup", "rb") as f:
+        lines = f.read().decode().splitlines()
+    if any(":name=systemd:" in line for line in lines):
+        base = Path("/sys/fs/cgroup/systemd")
+    else:
+        base = Path("/sys/fs/cgroup/unified") if Path("/sys/fs/cgroup/unified/cgroup.procs").exists() \
+            else Path("/sys/fs/cgroup")
+    return base if (base / "cgroup.procs").exists() and os.access(base, os.W_OK) else None
+
+
+def test_own_units_are_read_from_this_process_and_its_ancestors(tmp_path: Path) -> None:
+    """A real cgroup named like a service: a shell placed in it runs a Python that moves itself back to the root
+    cgroup; own_units still finds the service through its parent."""
+    import subprocess
+    import sys
+
+    base = _systemd_hierarchy()
+    if base is None:
+        pytest.skip("no writable cgroup hierarchy for systemd's names")
+    slice_made = not (base / "system.slice").exists()
+    unit = base / "system.slice" / f"soswap-test-own-{os.getpid()}.service"
+    unit.mkdir(parents=True)
+    try:
+        code = ("import os, sys\nfrom soswap.restart.policy import own_units\n"
+                "print(' '.join(sorted(own_units())))\n"
+                f"open({str(base / 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+                "print(' '.join(sorted(own_units())))\n")
+        shell = f'echo $$ > "{unit}/cgroup.procs" && "{sys.executable}" -c "$0"; echo $$ > "{base}/cgroup.procs"'
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+        r = subprocess.run(["/bin/sh", "-c", shell, code], capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        own, parents = r.stdout.splitlines()
+        assert unit.name in own.split() and unit.name in parents.split(), r.stdout
+        assert unit.name not in own_units()  # this process is not in it
+    finally:
+        unit.rmdir()
+        if slice_made:
+            (base / "system.slice").rmdir()

@@ -6,6 +6,8 @@ Rules (needrestart's ``override_rc`` and systemd practice):
 - units on the deny-list (dbus, display managers, networking, getty, ``user@``, logind, container and VM
   managers, oneshot maintenance jobs) → reported, never restarted: restarting them cuts sessions or networks;
 - units with ``RefuseManualStop=yes`` → skipped (systemctl would fail on them);
+- the units soswap itself and its ancestors run in (an apt hook run by a configuration agent's service) →
+  skipped: stopping one kills soswap, and whatever called it, in the middle of their work;
 - PID 1 (``/init.scope``, or systemd in ``/``) → ``systemctl daemon-reexec``, never a restart; another init in
   ``/`` is reported on its own;
 - a user manager (``user@UID.service/init.scope``) → reported with the reexec command for it;
@@ -14,9 +16,10 @@ Rules (needrestart's ``override_rc`` and systemd practice):
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Pattern, Sequence, Tuple
+from typing import Dict, FrozenSet, List, Optional, Pattern, Sequence, Tuple
 
 from soswap.proc.cgroup import (
     KIND_CONTAINER,
@@ -25,6 +28,7 @@ from soswap.proc.cgroup import (
     KIND_SYSTEM,
     KIND_USER,
     KIND_USER_MANAGER,
+    parse,
 )
 from soswap.proc.model import StaleReport
 
@@ -78,13 +82,19 @@ class RestartPlan:
 
 
 class Policy:
-    def __init__(self, deny: Sequence[str] = DEFAULT_DENY, extra_deny: Sequence[str] = ()) -> None:
+    """Which units of a :class:`StaleReport` to restart. ``own``: the system units never restarted because soswap
+    runs in them (default: :func:`own_units`, read when a plan is made)."""
+
+    def __init__(self, deny: Sequence[str] = DEFAULT_DENY, extra_deny: Sequence[str] = (),
+                 own: Optional[FrozenSet[str]] = None) -> None:
         self.deny: List[Pattern[str]] = [re.compile(p) for p in (*deny, *extra_deny)]
+        self.own = own
 
     def denied(self, unit: str) -> bool:
         return any(p.search(unit) for p in self.deny)
 
     def plan(self, report: StaleReport) -> RestartPlan:
+        own = self.own if self.own is not None else own_units()
         restart: List[str] = []
         skipped: Dict[str, Skipped] = {}
         sessions, containers, processes, user_managers = [], [], [], []
@@ -116,7 +126,10 @@ class Policy:
                                                       "user unit: reported only"))
             elif unit.kind == KIND_SYSTEM:
                 members.setdefault(unit.name, []).append(member)
-                if self.denied(unit.name):
+                if unit.name in own:
+                    skipped.setdefault(unit.name, Skipped(unit.name, "soswap runs in it: restart it once soswap "
+                                                                     "and what started it have ended"))
+                elif self.denied(unit.name):
                     skipped.setdefault(unit.name, Skipped(unit.name, "on the deny-list"))
                 elif unit.name.endswith(".scope"):
                     skipped.setdefault(unit.name, Skipped(unit.name, "a scope cannot be restarted"))
@@ -127,6 +140,27 @@ class Policy:
         return RestartPlan(tuple(sorted(restart)), reexec, tuple(sorted(user_managers)),
                            tuple(skipped[k] for k in sorted(skipped)), tuple(sessions), tuple(sorted(containers)),
                            tuple(processes), {k: tuple(v) for k, v in members.items()})
+
+
+def own_units(pid: Optional[int] = None) -> FrozenSet[str]:
+    """The system units process ``pid`` (default: this one) and its ancestors run in, from ``/proc/PID/cgroup``
+    up the parent chain (``/proc/PID/stat``). Whatever cannot be read ends the walk."""
+    units = set()
+    pid = os.getpid() if pid is None else pid
+    for _ in range(4096):  # a parent chain is never that long; a loop in what /proc says ends here
+        if pid <= 1:
+            break
+        try:
+            with open(f"/proc/{pid}/cgroup", "rb") as f:
+                unit = parse(f.read()).unit
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                ppid = int(f.read().rpartition(b")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if unit is not None and unit.kind == KIND_SYSTEM:
+            units.add(unit.name)
+        pid = ppid
+    return frozenset(units)
 
 
 def _add(items: list, value: object) -> None:
