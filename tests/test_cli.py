@@ -323,3 +323,24 @@ def test_history_count_and_elf_empty_name_are_said_like_the_other_commands(tmp_p
     assert r.returncode == 2 and "argument -n/--last: not a count: '-1' (0 or more)" in r.stderr, r
     r = soswap("elf", "", "/bin/true")
     assert r.returncode == 2 and r.stderr == "soswap: error: empty file name\n" and "ELF64" in r.stdout, r
+
+
+def test_stale_pid_of_a_thread_checks_its_process_once() -> None:
+    """``stale --pid PID TID`` reported the thread as a process of its own (same exe, same start time: two
+    entries for one process, and a ``--batch`` line for the thread)."""
+    import json
+    import os
+    import threading
+
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait)
+    thread.start()
+    try:
+        tid = thread.native_id
+        r = soswap("stale", "--json", "--pid", str(os.getpid()), str(tid))
+    finally:
+        done.set()
+        thread.join()
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == f"soswap: note: {tid} is a thread of process {os.getpid()}, which is checked\n"
+    assert json.loads(r.stdout)["scanned"] == 1

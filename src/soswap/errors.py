@@ -26,13 +26,18 @@ class SoswapError(Exception):
 
 
 def error_line(message: str) -> str:
-    """``soswap: error: MESSAGE`` on one line (a newline in a file name, or a message of several lines, is
-    joined with spaces; another control character, an escape sequence in a name taken from a file, is shown as
-    ``\\xNN``), with its newline."""
+    """``soswap: error: MESSAGE`` on one line (see :func:`message_line`), with its newline."""
+    return f"soswap: error: {message_line(message)}\n"
+
+
+def message_line(message: str) -> str:
+    """``message`` as one line for a terminal: a newline in a file name, or a message of several lines, is
+    joined with spaces; another control character (an escape sequence in a name taken from a file or from a
+    tool's output) is shown as ``\\xNN``."""
     text = " ".join(message.splitlines())
     if not text.isprintable():
         text = "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch for ch in text)
-    return f"soswap: error: {text}\n"
+    return text
 
 
 class ResourceError(SoswapError):

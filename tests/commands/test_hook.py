@@ -896,3 +896,14 @@ def test_an_abbreviated_refuse_enforces_with_bad_arguments_too() -> None:
     for flag in ("--refuse", "--refu", "--refus"):
         r = hook("apt-preinstall", flag, "--timeout", "5m")
         assert r.returncode == 2 and b"apt stops (--refuse)" in r.stderr, (flag, r.stderr)
+
+
+def test_hook_messages_escape_control_characters(tmp_path: Path) -> None:
+    """``hook apt-preinstall`` wrote a package's file name, and dpkg-deb's message about it, with their raw
+    escape sequences."""
+    bad = tmp_path / "x\x1b[31mred\x07.deb"
+    bad.write_bytes(b"not a package")
+    r = hook("apt-preinstall", "--timeout", "20", stdin=f"{bad}\n".encode())
+    said = r.stdout + r.stderr
+    assert r.returncode == 0 and b"\x1b" not in said and b"\x07" not in said, r
+    assert b"x\\x1b[31mred\\x07.deb" in r.stderr, r.stderr

@@ -234,3 +234,12 @@ def test_own_units_are_read_from_this_process_and_its_ancestors(tmp_path: Path) 
         unit.rmdir()
         if slice_made:
             (base / "system.slice").rmdir()
+
+
+def test_batch_pid_lines_keep_their_fields_whatever_the_process_name() -> None:
+    """A process that names itself ``\\e[31mA\\nB=1,2`` (prctl PR_SET_NAME) made ``NEEDRESTART-PID: ?[31mA?B=1,2=5229``:
+    a ``comm=pid,pid`` reader found PIDs 1 and 2."""
+    from soswap.report.batch import render
+
+    text = render(report(proc(5229, "/", comm="\x1b[31mA\nB=1,2")))
+    assert "NEEDRESTART-PID: ?[31mA?B?1?2=5229\n" in text, text

@@ -128,8 +128,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say(line: str, stream) -> None:  # type: ignore[no-untyped-def]
+    """Write ``line`` (lines): file names from the packages and other tools' messages can hold control
+    characters, shown escaped (``message_line``)."""
+    from soswap.errors import message_line
+
     try:
-        stream.write(line + "\n")
+        stream.write("".join(message_line(part) + "\n" for part in line.split("\n")))
         stream.flush()
     except (OSError, ValueError):
         pass

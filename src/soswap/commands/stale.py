@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List
+from typing import Dict, List
 
 from soswap.commands.argtypes import process_id
 
@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         for pid in args.pid:
             if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
                 raise UsageError(f"no process with PID {pid}")
+        args.pid = _thread_groups(args.pid)
         _note_codeless(args.pid)
     if args.restart and not args.dry_run:
         from soswap.errors import Refused
@@ -178,6 +179,26 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"soswap: error: restart failed: {'; '.join(failures)}\n")
         return 2
     return status
+
+
+def _thread_groups(pids: List[int]) -> List[int]:
+    """The processes of ``pids``, each once: a thread's ID (``/proc/TID`` exists, unlisted) stands for its thread
+    group (``Tgid`` in ``/proc/TID/status``), which is what is reported, with a note."""
+    out: Dict[int, None] = {}
+    for pid in pids:
+        tgid = pid
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Tgid:"):
+                        tgid = int(line.split()[1])
+                        break
+        except (OSError, ValueError, IndexError):
+            pass  # it ended meanwhile, or cannot be read: the scan says so
+        if tgid != pid and tgid > 0:
+            sys.stderr.write(f"soswap: note: {pid} is a thread of process {tgid}, which is checked\n")
+        out[tgid if tgid > 0 else pid] = None
+    return list(out)
 
 
 def _note_codeless(pids: List[int]) -> None:

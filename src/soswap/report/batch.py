@@ -64,7 +64,8 @@ def restart_targets(report: StaleReport) -> RestartTargets:
                 if entry not in services:
                     services.append(entry)
             else:
-                loose.setdefault(_clean(p.comm) or "?", []).append(p.pid)
+                # "=" and "," separate the fields of the PID line: a name holding them would read as more PIDs
+                loose.setdefault(_clean(p.comm).replace("=", "?").replace(",", "?") or "?", []).append(p.pid)
         elif unit.kind == KIND_MANAGER:
             if "systemd-manager" not in services:
                 services.append("systemd-manager")
