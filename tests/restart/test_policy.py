@@ -243,3 +243,10 @@ def test_batch_pid_lines_keep_their_fields_whatever_the_process_name() -> None:
 
     text = render(report(proc(5229, "/", comm="\x1b[31mA\nB=1,2")))
     assert "NEEDRESTART-PID: ?[31mA?B?1?2=5229\n" in text, text
+
+
+def test_a_container_inside_a_service_is_reported_not_restarted_with_it() -> None:
+    """A stale process in ``/system.slice/bar.service/docker/ID`` was grouped as a container (reported only) while
+    the plan restarted bar.service, and the container with it."""
+    plan = Policy(own=frozenset()).plan(report(proc(30, "/system.slice/bar.service/docker/0123456789abcdef")))
+    assert plan.restart == () and plan.containers == ("docker:0123456789abcdef",), plan

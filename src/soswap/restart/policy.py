@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Pattern, Sequence, Tuple
 
 from soswap.proc.cgroup import (
-    KIND_CONTAINER,
     KIND_MANAGER,
     KIND_SESSION,
     KIND_SYSTEM,
@@ -103,7 +102,7 @@ class Policy:
         for proc in report.processes:
             unit = proc.unit
             member = Member(proc.pid, proc.starttime)
-            if proc.container is not None and (unit is None or unit.kind == KIND_CONTAINER):
+            if proc.container is not None:  # a container under a service too: reported only, as it is grouped
                 _add(containers, proc.container)
                 continue
             if unit is None:
