@@ -32,12 +32,24 @@ def error_line(message: str) -> str:
 
 def message_line(message: str) -> str:
     """``message`` as one line for a terminal: a newline in a file name, or a message of several lines, is
-    joined with spaces; another control character (an escape sequence in a name taken from a file or from a
-    tool's output) is shown as ``\\xNN``."""
-    text = " ".join(message.splitlines())
-    if not text.isprintable():
-        text = "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch for ch in text)
-    return text
+    joined with spaces; another control character is escaped (:func:`escape_controls`)."""
+    return escape_controls(" ".join(message.splitlines()))
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with its C0 and C1 control characters escaped (``\\n``, ``\\t``, ``\\xNN``): an escape sequence in a
+    name taken from a file or from a tool's output never reaches the terminal (U+009B is a CSI to some
+    terminals). Undecodable bytes (surrogates) are left to the stream's error handler."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            out.append({"\n": "\\n", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class ResourceError(SoswapError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Optional
 
 #: timers and deadlines beyond this overflow time_t on the way (setitimer, monotonic deadlines); a year
 MAX_SECONDS = 365 * 24 * 3600
@@ -32,10 +33,9 @@ def directory_name(text: str) -> str:
 
 def positive_jobs(text: str) -> int:
     """``-j/--jobs``: a number of worker processes, 1 or more (1: none, the work is done in the process)."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of worker processes: {text!r}") from None
+    value = _decimal(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not a number of worker processes: {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"not a number of worker processes: {text!r} (1 or more)")
     return value
@@ -43,21 +43,23 @@ def positive_jobs(text: str) -> int:
 
 def process_id(text: str) -> int:
     """A process ID: a decimal number above 0 (``--pid``)."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = 0
-    if value <= 0:
+    value = _decimal(text)
+    if value is None or value <= 0:
         raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
     return value
 
 
 def count(text: str) -> int:
     """A count: a decimal number, 0 or more (``history -n``)."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        value = -1
-    if value < 0:
+    value = _decimal(text)
+    if value is None or value < 0:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (0 or more)")
     return value
+
+
+def _decimal(text: str) -> Optional[int]:
+    """``text`` as a decimal integer (None: it is none)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        return None

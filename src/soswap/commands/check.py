@@ -149,6 +149,7 @@ def _check_debs(args: argparse.Namespace, explicit: bool) -> int:
     result = check_debs(args.deb, removing=removing, cache_dir=args.cache_dir, consumers=args.consumer or None,
                         scope=args.scope or None, pids=args.pid or None,
                         processes=None if explicit else not args.no_processes)
+    status = EXIT_FOUND if result.problems else EXIT_OK
     if args.json:
         from soswap.report.output import print_json
 
@@ -156,7 +157,7 @@ def _check_debs(args: argparse.Namespace, explicit: bool) -> int:
                     "leaving": sorted(result.leaving), "compatible": not result.problems,
                     "problems": [p.to_json() for p in result.problems],
                     "notes": [p.to_json() for p in result.notes]})
-        return EXIT_FOUND if result.problems else EXIT_OK
+        return status
     from soswap.report.output import one_line
 
     if not result.problems:
@@ -168,4 +169,4 @@ def _check_debs(args: argparse.Namespace, explicit: bool) -> int:
     else:
         sys.stdout.write("".join(f"{one_line(p.message)}\n" for p in result.problems))
     sys.stdout.write("".join(f"note: {one_line(p.message)}\n" for p in result.notes))
-    return EXIT_FOUND if result.problems else EXIT_OK
+    return status

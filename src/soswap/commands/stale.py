@@ -182,22 +182,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _thread_groups(pids: List[int]) -> List[int]:
-    """The processes of ``pids``, each once: a thread's ID (``/proc/TID`` exists, unlisted) stands for its thread
-    group (``Tgid`` in ``/proc/TID/status``), which is what is reported, with a note."""
+    """The processes of ``pids``, each once: a thread's ID stands for its process (:func:`procfs.read_tgid`),
+    which is what is reported, with a note."""
+    from soswap.errors import SoswapError
+    from soswap.proc import procfs
+
     out: Dict[int, None] = {}
     for pid in pids:
-        tgid = pid
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"Tgid:"):
-                        tgid = int(line.split()[1])
-                        break
-        except (OSError, ValueError, IndexError):
-            pass  # it ended meanwhile, or cannot be read: the scan says so
-        if tgid != pid and tgid > 0:
+            tgid = procfs.read_tgid(pid)
+        except (SoswapError, OSError):
+            tgid = pid  # it ended meanwhile, or cannot be read: the scan says so
+        if tgid != pid:
             sys.stderr.write(f"soswap: note: {pid} is a thread of process {tgid}, which is checked\n")
-        out[tgid if tgid > 0 else pid] = None
+        out[tgid] = None
     return list(out)
 
 

@@ -252,6 +252,18 @@ def read_uid(pid: int) -> Optional[int]:
     return parse_status_ids(read_file(pid, "status"))[0]
 
 
+def read_tgid(pid: int) -> int:
+    """The process (thread group) that ``pid`` belongs to: itself, or for a thread's ID (``/proc/TID`` exists,
+    unlisted) its process's, from ``Tgid`` in ``/proc/PID/status``."""
+    for line in read_file(pid, "status").split(b"\n"):
+        if line.startswith(b"Tgid:"):
+            fields = line.split()
+            if len(fields) > 1 and fields[1].isdigit():
+                return int(fields[1])
+            break
+    return pid
+
+
 #: A run of this many NULs ends a process title written over argv (its padding), not empty arguments.
 TITLE_PADDING = b"\0" * 4
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable, List, Optional, Sequence, TextIO
 
 # error_line lives in soswap.errors (the CLI prints it without importing this package); kept importable here
 from soswap.errors import error_line as error_line
+from soswap.errors import escape_controls
 
 
 def print_json(obj: Any, stream: Optional[TextIO] = None) -> None:
@@ -53,18 +54,9 @@ def json_text(obj: Any, depth: int = 0) -> str:
 
 
 def one_line(text: str) -> str:
-    """``text`` with its control characters escaped (``\\n``, ``\\t``, ``\\xNN``): a file name with a newline
-    stays on its line of a report. Undecodable bytes (surrogates) are left to the stream's error handler."""
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if code < 0x20 or 0x7F <= code < 0xA0:  # C0 and C1 controls (U+009B is a CSI to some terminals)
-            out.append({"\n": "\\n", "\t": "\\t"}.get(ch, f"\\x{code:02x}"))
-        else:
-            out.append(ch)
-    return "".join(out)
+    """``text`` with its control characters escaped (:func:`soswap.errors.escape_controls`): a file name with a
+    newline stays on its line of a report."""
+    return escape_controls(text)
 
 
 def table(rows: Iterable[Sequence[str]], header: Optional[Sequence[str]] = None, indent: str = "") -> List[str]:

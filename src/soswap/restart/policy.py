@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Optional, Pattern, Sequence, Tuple
 
+from soswap.errors import SoswapError
+from soswap.proc import procfs
 from soswap.proc.cgroup import (
     KIND_MANAGER,
     KIND_SESSION,
@@ -150,11 +152,9 @@ def own_units(pid: Optional[int] = None) -> FrozenSet[str]:
         if pid <= 1:
             break
         try:
-            with open(f"/proc/{pid}/cgroup", "rb") as f:
-                unit = parse(f.read()).unit
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                ppid = int(f.read().rpartition(b")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
+            unit = parse(procfs.read_file(pid, "cgroup")).unit
+            ppid = procfs.read_stat(pid).ppid
+        except (SoswapError, OSError):
             break
         if unit is not None and unit.kind == KIND_SYSTEM:
             units.add(unit.name)
